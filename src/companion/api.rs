@@ -1,0 +1,358 @@
+//! The HTTP API of `multitokens serve`: admin endpoints (bearer admin key), self-service endpoints
+//! (authenticated by the token itself), RFC 7662 introspection, the filter's internal lookup,
+//! and health checks. Errors are JSON `{"detail": "..."}`.
+
+use super::error::StoreError;
+use super::store::{IssueRequest, TokenStore};
+use crate::core::digest::TokenDigest;
+use crate::core::token::RoutingTag;
+use crate::core::ttl::TokenTtl;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRef, FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::future::Future;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// Shared state of the API.
+#[derive(Clone)]
+pub struct AppState {
+    /// The token store.
+    pub store: Arc<TokenStore>,
+    /// The admin bearer key.
+    pub admin_key: Arc<str>,
+    /// The key the filter presents on the internal lookup endpoint.
+    pub internal_key: Arc<str>,
+}
+
+impl FromRef<AppState> for Arc<TokenStore> {
+    fn from_ref(state: &AppState) -> Self {
+        state.store.clone()
+    }
+}
+
+/// An error answered as JSON `{"detail": ...}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    detail: String,
+    challenge: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        ApiError { status, detail: detail.into(), challenge: None }
+    }
+
+    fn unauthorized(detail: &str, error: Option<&'static str>) -> Self {
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            detail: detail.into(),
+            challenge: Some(match error {
+                Some(_) => "Bearer realm=\"multitokens\", error=\"invalid_token\"",
+                None => "Bearer realm=\"multitokens\"",
+            }),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::InvalidToken => ApiError::unauthorized("Invalid token.", Some("invalid_token")),
+            StoreError::Unavailable(msg) | StoreError::Corrupt(msg) => {
+                tracing::error!(error = %msg, "token store failure");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Token store unavailable.")
+            }
+            other => ApiError::new(
+                StatusCode::from_u16(other.http_status()).unwrap_or(StatusCode::BAD_REQUEST),
+                other.to_string(),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(json!({ "detail": self.detail }))).into_response();
+        if let Some(challenge) = self.challenge {
+            response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
+        response
+    }
+}
+
+/// A JSON body with size limit and errors in the API's own shape; unknown fields are rejected.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|r| ApiError::new(r.status(), "Request body too large or unreadable."))?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("Invalid JSON body: {e}")))
+    }
+}
+
+/// The credential in `Authorization: Bearer|Token <credential>`.
+fn credential(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, rest) = value.split_once(' ')?;
+    let rest = rest.trim();
+    (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token"))
+        .then_some(rest)
+        .filter(|r| !r.is_empty())
+}
+
+fn check_key(parts: &Parts, expected: &str) -> Result<(), ApiError> {
+    let Some(given) = credential(parts) else {
+        return Err(ApiError::unauthorized("Authentication credentials were not provided.", None));
+    };
+    if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::FORBIDDEN, "Invalid admin key."))
+    }
+}
+
+/// Proof that the request carries the admin key.
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        check_key(parts, &state.admin_key).map(|_| Admin)
+    }
+}
+
+/// Proof that the request carries the internal (filter) key.
+pub struct Internal;
+
+impl FromRequestParts<AppState> for Internal {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        check_key(parts, &state.internal_key).map(|_| Internal)
+    }
+}
+
+/// The caller's own token (self-service endpoints).
+pub struct CallerToken(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for CallerToken {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        credential(parts)
+            .map(|t| CallerToken(t.to_string()))
+            .ok_or_else(|| ApiError::unauthorized("Authentication credentials were not provided.", None))
+    }
+}
+
+/// A TTL in a request body: seconds or `"never"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TtlField {
+    Seconds(u64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssueBody {
+    user: String,
+    #[serde(default)]
+    device: Option<String>,
+    #[serde(default)]
+    ttl: Option<TtlField>,
+    #[serde(default)]
+    scopes: Vec<String>,
+}
+
+async fn issue(_: Admin, State(store): State<Arc<TokenStore>>, JsonBody(body): JsonBody<IssueBody>) -> Result<Response, ApiError> {
+    let ttl = match body.ttl {
+        None => None,
+        Some(TtlField::Seconds(s)) => Some(s.to_string().parse::<TokenTtl>()),
+        Some(TtlField::Text(t)) => Some(t.parse::<TokenTtl>()),
+    }
+    .transpose()
+    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("Invalid ttl: {e}")))?;
+    let issued = store
+        .issue(IssueRequest { user: body.user, device: body.device, ttl, scopes: body.scopes })
+        .await?;
+    Ok((StatusCode::CREATED, Json(issued)).into_response())
+}
+
+async fn list(_: Admin, State(store): State<Arc<TokenStore>>, Path(user): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(store.list(&user).await?).into_response())
+}
+
+async fn revoke_user(_: Admin, State(store): State<Arc<TokenStore>>, Path(user): Path<String>) -> Result<Response, ApiError> {
+    let revoked = store.revoke_all(&user, None).await?;
+    Ok(Json(json!({ "revoked": revoked })).into_response())
+}
+
+async fn revoke_by_id(
+    _: Admin,
+    State(store): State<Arc<TokenStore>>,
+    Path((user, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    store.revoke_by_id(&user, &id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+struct IntrospectBody {
+    token: String,
+}
+
+/// RFC 7662 token introspection: form-encoded (the RFC's) or JSON `token`.
+async fn introspect(_: Admin, State(store): State<Arc<TokenStore>>, req: Request) -> Result<Response, ApiError> {
+    let is_json = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let bytes = Bytes::from_request(req, &())
+        .await
+        .map_err(|r| ApiError::new(r.status(), "Request body too large or unreadable."))?;
+    let body: IntrospectBody = if is_json {
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("Invalid JSON body: {e}")))?
+    } else {
+        serde_urlencoded_token(&bytes).ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "Missing token parameter."))?
+    };
+    match store.whoami(&body.token).await {
+        Ok(info) => {
+            let now = super::store::now_secs();
+            let mut answer = json!({
+                "active": true,
+                "sub": info.user,
+                "device": info.device,
+                "iat": info.created,
+                "scope": info.scopes.join(" "),
+                "token_type": "Bearer",
+                "jti": info.id,
+            });
+            if let Some(secs) = info.expires_in {
+                answer["exp"] = Value::from(now + secs);
+            }
+            Ok(Json(answer).into_response())
+        }
+        Err(StoreError::InvalidToken) => Ok(Json(json!({ "active": false })).into_response()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn serde_urlencoded_token(bytes: &[u8]) -> Option<IntrospectBody> {
+    serde_urlencoded::from_bytes(bytes).ok()
+}
+
+async fn current(State(store): State<Arc<TokenStore>>, CallerToken(token): CallerToken) -> Result<Response, ApiError> {
+    Ok(Json(store.whoami(&token).await?).into_response())
+}
+
+async fn logout_current(State(store): State<Arc<TokenStore>>, CallerToken(token): CallerToken) -> Result<Response, ApiError> {
+    store.revoke(&token).await?;
+    Ok(Json(json!({ "revoked": 1 })).into_response())
+}
+
+async fn logout_others(State(store): State<Arc<TokenStore>>, CallerToken(token): CallerToken) -> Result<Response, ApiError> {
+    let me = store.whoami(&token).await?;
+    let revoked = store.revoke_all(&me.user, Some(&token)).await?;
+    Ok(Json(json!({ "revoked": revoked })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LookupBody {
+    tag: String,
+    digest: String,
+    #[serde(default)]
+    refresh_ttl: Option<u64>,
+}
+
+/// The filter's lookup: it sends the routing tag and digest, never the token.
+async fn internal_lookup(_: Internal, State(store): State<Arc<TokenStore>>, JsonBody(body): JsonBody<LookupBody>) -> Result<Response, ApiError> {
+    let bad = || ApiError::new(StatusCode::BAD_REQUEST, "tag must be 8 and digest 64 hex characters.");
+    let mut tag = [0u8; 4];
+    hex::decode_to_slice(&body.tag, &mut tag).map_err(|_| bad())?;
+    let tag = RoutingTag(tag);
+    let digest = TokenDigest::from_hex(&body.digest).ok_or_else(bad)?;
+    let Some(mut info) = store.lookup_digest(tag, &digest).await? else {
+        return Ok(Json(json!({ "active": false })).into_response());
+    };
+    if let Some(secs) = body.refresh_ttl.filter(|s| *s > 0) {
+        let ttl = TokenTtl::Seconds(secs.min(crate::core::ttl::MAX_TTL_SECS));
+        if store.refresh(tag, &digest, ttl).await? {
+            info.expires_in = Some(info.expires_in.map_or(secs, |e| e.max(secs)));
+        }
+    }
+    Ok(Json(json!({
+        "active": true,
+        "user": info.user,
+        "device": info.device,
+        "scopes": info.scopes,
+        "expires_in": info.expires_in,
+        "id": info.id,
+    }))
+    .into_response())
+}
+
+async fn healthz() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+async fn readyz(State(store): State<Arc<TokenStore>>) -> Response {
+    match store.ping().await {
+        Ok(()) => Json(json!({ "status": "ready" })).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Redis unreachable.").into_response()
+        }
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "Not found.")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed.")
+}
+
+/// The API router over its state.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/v1/tokens", post(issue))
+        .route("/v1/users/{user}/tokens", get(list).delete(revoke_user))
+        .route("/v1/users/{user}/tokens/{id}", delete(revoke_by_id))
+        .route("/v1/introspect", post(introspect))
+        .route("/v1/tokens/current", get(current).delete(logout_current))
+        .route("/v1/tokens/others", delete(logout_others))
+        .route("/v1/internal/lookup", post(internal_lookup))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Serves the API on a bound listener until `shutdown` completes.
+pub async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+}

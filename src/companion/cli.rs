@@ -1,0 +1,324 @@
+//! The `multitokens` command line: issue, whoami, revoke, revoke-all, list and serve.
+//!
+//! Exit codes: 0 success; 1 the token is not valid or not found (or the login was refused by
+//! `max_tokens_per_user`); 2 usage or configuration error; 3 Redis unreachable or failing.
+//! Errors are one line on stderr.
+
+use super::api::{self, AppState};
+use super::error::StoreError;
+use super::settings::{read_config_file, RawSettings, Settings};
+use super::store::{IssueRequest, TokenStore};
+use crate::core::ttl::TokenTtl;
+use clap::{Args, Parser, Subcommand};
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Per-device bearer tokens for Envoy: issue, verify and revoke tokens stored (as digests) in Redis.
+///
+/// Settings come from flags, then MULTITOKENS_* environment variables, then the TOML config file,
+/// then defaults. Secrets (MULTITOKENS_HASH_KEY, MULTITOKENS_ADMIN_KEY, MULTITOKENS_INTERNAL_KEY)
+/// are read from the environment or the config file only, never from flags.
+#[derive(Parser, Debug)]
+#[command(name = "multitokens", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Settings accepted as flags (each also from its environment variable).
+#[derive(Args, Debug)]
+pub struct SettingsArgs {
+    /// TOML config file with any of the settings (keys: redis_url, prefix, token_ttl, ...).
+    #[arg(long, env = "MULTITOKENS_CONFIG", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Redis URL: redis://host:port/db for one node; for a Redis Cluster a comma-separated list of
+    /// seed URLs or redis+cluster://host:port,host:port [default: redis://127.0.0.1:6379/0].
+    #[arg(long, env = "MULTITOKENS_REDIS_URL", global = true, value_name = "URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Token prefix (letters and digits), also the Redis key namespace [default: mt].
+    #[arg(long, env = "MULTITOKENS_PREFIX", global = true)]
+    pub prefix: Option<String>,
+    /// Lifetime of new tokens: seconds or `never` [default: 2592000, 30 days].
+    #[arg(long, env = "MULTITOKENS_TOKEN_TTL", global = true, value_name = "SECS|never")]
+    pub token_ttl: Option<String>,
+    /// Whether a login resets the TTL of the user's other tokens to token_ttl [default: true].
+    #[arg(long, env = "MULTITOKENS_RESET_TTL_ON_LOGIN", global = true, value_name = "BOOL")]
+    pub reset_ttl_on_login: Option<String>,
+    /// Whether that reset also gives immortal tokens a TTL [default: true].
+    #[arg(long, env = "MULTITOKENS_OVERWRITE_NONE_TTL", global = true, value_name = "BOOL")]
+    pub overwrite_none_ttl: Option<String>,
+    /// Most live tokens per user [default: unlimited].
+    #[arg(long, env = "MULTITOKENS_MAX_TOKENS_PER_USER", global = true, value_name = "N")]
+    pub max_tokens_per_user: Option<String>,
+    /// At the limit: `reject` the login or `evict_oldest` token [default: reject].
+    #[arg(long, env = "MULTITOKENS_MAX_TOKENS_POLICY", global = true, value_name = "POLICY")]
+    pub max_tokens_policy: Option<String>,
+    /// Connect and response timeout towards Redis, in milliseconds [default: 2000].
+    #[arg(long, env = "MULTITOKENS_REDIS_TIMEOUT_MS", global = true, value_name = "MS")]
+    pub redis_timeout_ms: Option<String>,
+}
+
+/// What to do.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Issue a token for a user (log in one device). Prints the token, or JSON with --json:
+    /// {"token","id","user","device","first","expires_in"}.
+    Issue {
+        /// The user id.
+        #[arg(long)]
+        user: String,
+        /// A label for the device or browser.
+        #[arg(long)]
+        device: Option<String>,
+        /// This token's lifetime: seconds or `never` (default: token_ttl).
+        #[arg(long, value_name = "SECS|never")]
+        ttl: Option<TokenTtl>,
+        /// A scope granted to the token (repeatable).
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show whom a token belongs to. Prints the user id, or JSON with --json:
+    /// {"id","user","device","created","expires_in","scopes"}. Exit 1 if the token is not valid.
+    Whoami {
+        /// The token, or `-` to read it from standard input.
+        token: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke one token (log out one device). Exit 1 if it was not live.
+    Revoke {
+        /// The token, or `-` to read it from standard input.
+        token: String,
+    },
+    /// Revoke all of a user's tokens (log out everywhere), or all but one with --except.
+    /// Prints how many were revoked ({"revoked": n} with --json).
+    RevokeAll {
+        /// The user id.
+        #[arg(long)]
+        user: String,
+        /// Keep this token (log out all other devices); `-` reads it from standard input.
+        #[arg(long, value_name = "TOKEN")]
+        except: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a user's live tokens: id, device, created, expires_in, scopes (a JSON array with --json).
+    List {
+        /// The user id.
+        #[arg(long)]
+        user: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve the HTTP API (needs MULTITOKENS_ADMIN_KEY). Stops on Ctrl-C or SIGTERM.
+    Serve {
+        /// Address to listen on [default: 127.0.0.1:8080].
+        #[arg(long, env = "MULTITOKENS_LISTEN", value_name = "ADDR")]
+        listen: Option<String>,
+    },
+}
+
+/// A failure with its exit code and one-line message.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        let message = match &e {
+            StoreError::InvalidToken => "the token is not valid (malformed, unknown, revoked or expired)".to_string(),
+            other => other.to_string(),
+        };
+        Failure { code: e.exit_code(), message }
+    }
+}
+
+fn usage(message: impl Into<String>) -> Failure {
+    Failure { code: 2, message: message.into() }
+}
+
+fn raw_settings(args: &SettingsArgs, listen: Option<String>) -> RawSettings {
+    let mut raw = RawSettings::default();
+    raw.set("redis_url", args.redis_url.clone());
+    raw.set("prefix", args.prefix.clone());
+    raw.set("token_ttl", args.token_ttl.clone());
+    raw.set("reset_ttl_on_login", args.reset_ttl_on_login.clone());
+    raw.set("overwrite_none_ttl", args.overwrite_none_ttl.clone());
+    raw.set("max_tokens_per_user", args.max_tokens_per_user.clone());
+    raw.set("max_tokens_policy", args.max_tokens_policy.clone());
+    raw.set("redis_timeout_ms", args.redis_timeout_ms.clone());
+    raw.set("listen", listen);
+    for (name, var) in [
+        ("hash_key", "MULTITOKENS_HASH_KEY"),
+        ("admin_key", "MULTITOKENS_ADMIN_KEY"),
+        ("internal_key", "MULTITOKENS_INTERNAL_KEY"),
+    ] {
+        raw.set(name, std::env::var(var).ok());
+    }
+    raw
+}
+
+fn read_token(arg: &str) -> Result<String, Failure> {
+    if arg != "-" {
+        return Ok(arg.trim().to_string());
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| usage(format!("cannot read the token from standard input: {e}")))?;
+    Ok(line.trim().to_string())
+}
+
+fn print(text: &str) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}").map_err(|e| Failure { code: 2, message: format!("cannot write output: {e}") })
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutting down");
+}
+
+async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
+    let store = TokenStore::from_settings(&settings)?;
+    match command {
+        Command::Issue { user, device, ttl, scopes, json } => {
+            let issued = store.issue(IssueRequest { user, device, ttl, scopes }).await?;
+            print(&if json { to_json(&issued) } else { issued.token })
+        }
+        Command::Whoami { token, json } => {
+            let info = store.whoami(&read_token(&token)?).await?;
+            print(&if json { to_json(&info) } else { info.user })
+        }
+        Command::Revoke { token } => {
+            store.revoke(&read_token(&token)?).await?;
+            Ok(())
+        }
+        Command::RevokeAll { user, except, json } => {
+            let except = except.as_deref().map(read_token).transpose()?;
+            let revoked = store.revoke_all(&user, except.as_deref()).await?;
+            print(&if json { serde_json::json!({ "revoked": revoked }).to_string() } else { revoked.to_string() })
+        }
+        Command::List { user, json } => {
+            let tokens = store.list(&user).await?;
+            if json {
+                let rows: Vec<_> = tokens
+                    .iter()
+                    .map(|t| serde_json::json!({"id": t.id, "device": t.device, "created": t.created, "expires_in": t.expires_in, "scopes": t.scopes}))
+                    .collect();
+                return print(&to_json(&rows));
+            }
+            for t in tokens {
+                let expires = t.expires_in.map_or("never".to_string(), |s| format!("{s}s"));
+                print(&format!("{}\t{}\t{}\t{}\t{}", t.id, t.device, t.created, expires, t.scopes.join(" ")))?;
+            }
+            Ok(())
+        }
+        Command::Serve { .. } => {
+            let admin_key = settings
+                .admin_key
+                .clone()
+                .ok_or_else(|| usage("serve needs an admin key: set MULTITOKENS_ADMIN_KEY (or admin_key in the config file)"))?;
+            if admin_key.len() < 16 {
+                return Err(usage("admin_key must be at least 16 characters"));
+            }
+            let internal_key = settings.internal_key.clone().unwrap_or_else(|| admin_key.clone());
+            let listener = tokio::net::TcpListener::bind(&settings.listen)
+                .await
+                .map_err(|e| usage(format!("cannot listen on {}: {e}", settings.listen)))?;
+            let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            if let Err(e) = store.ping().await {
+                tracing::warn!(error = %e, "Redis is not reachable yet; /readyz answers 503 until it is");
+            }
+            tracing::info!(listen = %addr, prefix = %settings.prefix, "multitokens API listening");
+            let state = AppState { store: Arc::new(store), admin_key: admin_key.into(), internal_key: internal_key.into() };
+            api::run(listener, state, shutdown_signal())
+                .await
+                .map_err(|e| Failure { code: 3, message: format!("server error: {e}") })
+        }
+    }
+}
+
+fn init_logging() {
+    let level = std::env::var("MULTITOKENS_LOG")
+        .ok()
+        .and_then(|l| l.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::INFO);
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(level).with_target(false);
+    let _ = builder.try_init();
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let text = e.render().to_string();
+            let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid usage");
+            eprintln!("multitokens: {}", line.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    if matches!(cli.command, Command::Serve { .. }) {
+        init_logging();
+    }
+    let listen = match &cli.command {
+        Command::Serve { listen } => listen.clone(),
+        _ => None,
+    };
+    let result = (|| {
+        let file = cli.settings.config.as_deref().map(read_config_file).transpose().map_err(usage)?;
+        let settings = Settings::resolve(&raw_settings(&cli.settings, listen), file.as_ref()).map_err(usage)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Failure { code: 3, message: format!("cannot start the runtime: {e}") })?;
+        runtime.block_on(execute(cli.command, settings))
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("multitokens: {}", f.message.lines().next().unwrap_or("error"));
+            ExitCode::from(f.code)
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! The native companion `multitokens`: CLI and HTTP API that issue, list, verify and revoke tokens
+//! in Redis (single node or Redis Cluster) through the atomic scripts of [`crate::core::scripts`].
+
+pub mod api;
+pub mod cli;
+pub mod connection;
+pub mod error;
+pub mod settings;
+pub mod store;

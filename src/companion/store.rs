@@ -1,0 +1,420 @@
+//! The token store: every operation of the seed (`create_token`, `get_user_from_token`,
+//! `expire_token`, `expire_all_tokens`) as one atomic Lua script over the core key layout.
+
+use super::connection::{Redis, RedisTarget};
+use super::error::StoreError;
+use super::settings::{MaxTokensPolicy, Settings};
+use crate::core::digest::{TokenDigest, TokenHasher};
+use crate::core::keys::KeyLayout;
+use crate::core::record::TokenRecord;
+use crate::core::scripts;
+use crate::core::token::{self, RoutingTag};
+use crate::core::ttl::TokenTtl;
+use crate::core::user::{validate_device, validate_scopes, validate_user};
+use crate::core::verdict::{evaluate, Verdict};
+use redis::{Script, Value};
+use serde::Serialize;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Revocation feed length kept in Redis (approximate trim).
+pub const FEED_MAX_LEN: usize = 100_000;
+
+/// Token policy: the seed's settings plus the per-user limit.
+#[derive(Clone, Debug)]
+pub struct StorePolicy {
+    /// Token prefix and key namespace.
+    pub prefix: String,
+    /// Default lifetime of new tokens and of reset ones.
+    pub token_ttl: TokenTtl,
+    /// Whether issuing resets the TTL of the user's other tokens.
+    pub reset_ttl_on_login: bool,
+    /// Whether that reset also makes immortal tokens mortal.
+    pub overwrite_none_ttl: bool,
+    /// Most live tokens per user.
+    pub max_tokens_per_user: Option<u32>,
+    /// What to do at the limit.
+    pub max_tokens_policy: MaxTokensPolicy,
+}
+
+impl StorePolicy {
+    /// The policy part of the settings.
+    pub fn from_settings(s: &Settings) -> Self {
+        StorePolicy {
+            prefix: s.prefix.clone(),
+            token_ttl: s.token_ttl,
+            reset_ttl_on_login: s.reset_ttl_on_login,
+            overwrite_none_ttl: s.overwrite_none_ttl,
+            max_tokens_per_user: s.max_tokens_per_user,
+            max_tokens_policy: s.max_tokens_policy,
+        }
+    }
+}
+
+/// A login request.
+#[derive(Clone, Debug, Default)]
+pub struct IssueRequest {
+    /// The user.
+    pub user: String,
+    /// Device label.
+    pub device: Option<String>,
+    /// Lifetime of this token; the policy's `token_ttl` when `None`.
+    pub ttl: Option<TokenTtl>,
+    /// Scopes granted.
+    pub scopes: Vec<String>,
+}
+
+/// A freshly issued token (the only time the token itself is ever returned).
+#[derive(Clone, Debug, Serialize)]
+pub struct Issued {
+    /// The token; show it to the client once.
+    pub token: String,
+    /// Its public id.
+    pub id: String,
+    /// The user.
+    pub user: String,
+    /// Device label.
+    pub device: String,
+    /// True iff the user had no live token before this one.
+    pub first: bool,
+    /// Seconds until it expires, `null` if immortal.
+    pub expires_in: Option<u64>,
+}
+
+/// What is known about a live token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TokenInfo {
+    /// Public id.
+    pub id: String,
+    /// The user.
+    pub user: String,
+    /// Device label.
+    pub device: String,
+    /// Issue time, Unix seconds.
+    pub created: u64,
+    /// Seconds until it expires, `null` if immortal.
+    pub expires_in: Option<u64>,
+    /// Scopes granted.
+    pub scopes: Vec<String>,
+}
+
+impl TokenInfo {
+    fn from_record(record: TokenRecord, expires_in: Option<u64>) -> Self {
+        TokenInfo {
+            id: record.id,
+            user: record.user,
+            device: record.device,
+            created: record.created,
+            expires_in,
+            scopes: record.scopes,
+        }
+    }
+}
+
+struct Scripts {
+    issue: Script,
+    lookup: Script,
+    revoke: Script,
+    revoke_all: Script,
+    revoke_by_id: Script,
+    list: Script,
+    refresh: Script,
+}
+
+/// The token store over Redis.
+pub struct TokenStore {
+    redis: Redis,
+    keys: KeyLayout,
+    hasher: TokenHasher,
+    policy: StorePolicy,
+    scripts: Scripts,
+}
+
+/// Current Unix time in seconds.
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("unexpected reply to {what}"))
+}
+
+fn as_int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        _ => None,
+    }
+}
+
+fn as_text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+impl TokenStore {
+    /// A store from resolved settings; does not connect yet.
+    pub fn from_settings(settings: &Settings) -> Result<Self, StoreError> {
+        let target = RedisTarget::parse(&settings.redis_url).map_err(StoreError::BadInput)?;
+        let redis = Redis::open(&target, settings.redis_timeout)
+            .map_err(|e| StoreError::BadInput(format!("invalid redis_url: {e}")))?;
+        Ok(Self::new(redis, StorePolicy::from_settings(settings), settings.hash_key.as_deref()))
+    }
+
+    /// A store over a Redis handle.
+    pub fn new(redis: Redis, policy: StorePolicy, hash_key: Option<&str>) -> Self {
+        TokenStore {
+            redis,
+            keys: KeyLayout::new(&policy.prefix),
+            hasher: TokenHasher::new(hash_key.map(str::as_bytes)),
+            policy,
+            scripts: Scripts {
+                issue: Script::new(scripts::ISSUE),
+                lookup: Script::new(scripts::LOOKUP),
+                revoke: Script::new(scripts::REVOKE),
+                revoke_all: Script::new(scripts::REVOKE_ALL),
+                revoke_by_id: Script::new(scripts::REVOKE_BY_ID),
+                list: Script::new(scripts::LIST),
+                refresh: Script::new(scripts::REFRESH),
+            },
+        }
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &StorePolicy {
+        &self.policy
+    }
+
+    /// The key layout in force.
+    pub fn keys(&self) -> &KeyLayout {
+        &self.keys
+    }
+
+    /// Checks that Redis answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.redis.conn().await?;
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Logs a device in: mints a token and stores its digest atomically with the policy applied.
+    pub async fn issue(&self, req: IssueRequest) -> Result<Issued, StoreError> {
+        validate_user(&req.user).map_err(StoreError::BadInput)?;
+        let device = req.device.unwrap_or_default();
+        validate_device(&device).map_err(StoreError::BadInput)?;
+        validate_scopes(&req.scopes).map_err(StoreError::BadInput)?;
+        let tag = RoutingTag::for_user(&req.user);
+        let ttl = req.ttl.unwrap_or(self.policy.token_ttl);
+        let mut conn = self.redis.conn().await?;
+        // A digest collision is astronomically unlikely; one retry covers it anyway.
+        for _ in 0..2 {
+            let token = token::generate(&self.policy.prefix, &req.user)
+                .map_err(|e| StoreError::Unavailable(format!("OS random source failed: {e}")))?;
+            let digest = self.hasher.digest(&token);
+            let record = TokenRecord {
+                id: digest.public_id(),
+                user: req.user.clone(),
+                device: device.clone(),
+                created: now_secs(),
+                scopes: req.scopes.clone(),
+                expires_at: None,
+            };
+            let reply: Vec<Value> = self
+                .scripts
+                .issue
+                .key(self.keys.index_key(&req.user))
+                .key(self.keys.record_key(tag, &digest))
+                .arg(digest.to_hex())
+                .arg(record.to_json())
+                .arg(ttl.as_millis_or_zero())
+                .arg(self.policy.token_ttl.as_millis_or_zero())
+                .arg(if self.policy.reset_ttl_on_login { "1" } else { "0" })
+                .arg(if self.policy.overwrite_none_ttl { "1" } else { "0" })
+                .arg(self.policy.max_tokens_per_user.unwrap_or(0))
+                .arg(self.policy.max_tokens_policy.as_str())
+                .arg(self.keys.record_prefix(tag))
+                .invoke_async(&mut conn)
+                .await?;
+            let status = reply.first().and_then(as_int).ok_or_else(|| corrupt("issue"))?;
+            let first = reply.get(1).and_then(as_int).ok_or_else(|| corrupt("issue"))? == 1;
+            match status {
+                0 => {
+                    let evicted: Vec<String> = reply[2..].iter().filter_map(as_text).collect();
+                    self.publish_revoked(&evicted).await;
+                    tracing::info!(user = %record.user, id = %record.id, first, evicted = evicted.len(), "token issued");
+                    return Ok(Issued {
+                        token,
+                        id: record.id,
+                        user: record.user,
+                        device,
+                        first,
+                        expires_in: ttl.seconds(),
+                    });
+                }
+                1 => return Err(StoreError::LimitReached(self.policy.max_tokens_per_user.unwrap_or(0))),
+                _ => continue,
+            }
+        }
+        Err(StoreError::Unavailable("could not mint a unique token".into()))
+    }
+
+    /// Checks a token's format and returns its routing tag and digest, or `InvalidToken`.
+    pub fn digest_of(&self, token: &str) -> Result<(RoutingTag, TokenDigest), StoreError> {
+        let tag = token::parse(token, &self.policy.prefix).map_err(|_| StoreError::InvalidToken)?;
+        Ok((tag, self.hasher.digest(token)))
+    }
+
+    /// Looks a token up by routing tag and digest (what the filter sends), `None` if not live.
+    pub async fn lookup_digest(&self, tag: RoutingTag, digest: &TokenDigest) -> Result<Option<TokenInfo>, StoreError> {
+        let mut conn = self.redis.conn().await?;
+        let (value, pttl): (Option<Vec<u8>>, i64) =
+            self.scripts.lookup.key(self.keys.record_key(tag, digest)).invoke_async(&mut conn).await?;
+        match evaluate(value.as_deref(), pttl, now_secs()).map_err(StoreError::Corrupt)? {
+            Verdict::Valid(v) => Ok(Some(TokenInfo::from_record(v.record, v.expires_in))),
+            Verdict::Invalid => Ok(None),
+        }
+    }
+
+    /// Who a token belongs to (the seed's `get_user_from_token`).
+    pub async fn whoami(&self, token: &str) -> Result<TokenInfo, StoreError> {
+        let (tag, digest) = self.digest_of(token)?;
+        self.lookup_digest(tag, &digest).await?.ok_or(StoreError::InvalidToken)
+    }
+
+    /// Logs out one device. `NotFound` if the token was not live.
+    pub async fn revoke(&self, token: &str) -> Result<(), StoreError> {
+        let (tag, digest) = self.digest_of(token)?;
+        let mut conn = self.redis.conn().await?;
+        let member = digest.to_hex();
+        let revoked: i64 = self
+            .scripts
+            .revoke
+            .key(self.keys.record_key(tag, &digest))
+            .arg(&member)
+            .arg(self.keys.index_prefix(tag))
+            .invoke_async(&mut conn)
+            .await?;
+        if revoked != 1 {
+            return Err(StoreError::InvalidToken);
+        }
+        self.publish_revoked(&[member]).await;
+        tracing::info!(id = %digest.public_id(), "token revoked");
+        Ok(())
+    }
+
+    /// Logs a user out everywhere, or everywhere but the device of `except` (which must be a live
+    /// token of that user). Returns how many tokens were revoked.
+    pub async fn revoke_all(&self, user: &str, except: Option<&str>) -> Result<u64, StoreError> {
+        validate_user(user).map_err(StoreError::BadInput)?;
+        let keep = match except {
+            Some(token) => {
+                let info = self.whoami(token).await?;
+                if info.user != user {
+                    return Err(StoreError::InvalidToken);
+                }
+                self.digest_of(token)?.1.to_hex()
+            }
+            None => String::new(),
+        };
+        let mut conn = self.redis.conn().await?;
+        let tag = RoutingTag::for_user(user);
+        let revoked: Vec<String> = self
+            .scripts
+            .revoke_all
+            .key(self.keys.index_key(user))
+            .arg(self.keys.record_prefix(tag))
+            .arg(keep)
+            .invoke_async(&mut conn)
+            .await?;
+        self.publish_revoked(&revoked).await;
+        tracing::info!(user, revoked = revoked.len(), others_only = except.is_some(), "tokens revoked");
+        Ok(revoked.len() as u64)
+    }
+
+    /// Logs out one of a user's devices by the token's public id.
+    pub async fn revoke_by_id(&self, user: &str, id: &str) -> Result<(), StoreError> {
+        validate_user(user).map_err(StoreError::BadInput)?;
+        let mut conn = self.redis.conn().await?;
+        let tag = RoutingTag::for_user(user);
+        let member: Option<String> = self
+            .scripts
+            .revoke_by_id
+            .key(self.keys.index_key(user))
+            .arg(self.keys.record_prefix(tag))
+            .arg(id)
+            .invoke_async(&mut conn)
+            .await?;
+        let member = member.ok_or_else(|| StoreError::NotFound(format!("no live token with id {id:?} for this user")))?;
+        self.publish_revoked(&[member]).await;
+        tracing::info!(user, id, "token revoked by id");
+        Ok(())
+    }
+
+    /// A user's live tokens, oldest first.
+    pub async fn list(&self, user: &str) -> Result<Vec<TokenInfo>, StoreError> {
+        validate_user(user).map_err(StoreError::BadInput)?;
+        let mut conn = self.redis.conn().await?;
+        let tag = RoutingTag::for_user(user);
+        let flat: Vec<Value> = self
+            .scripts
+            .list
+            .key(self.keys.index_key(user))
+            .arg(self.keys.record_prefix(tag))
+            .invoke_async(&mut conn)
+            .await?;
+        let now = now_secs();
+        let mut out = Vec::with_capacity(flat.len() / 2);
+        for pair in flat.chunks(2) {
+            let [Value::BulkString(json), pttl] = pair else { return Err(corrupt("list")) };
+            let pttl = as_int(pttl).ok_or_else(|| corrupt("list"))?;
+            if let Verdict::Valid(v) = evaluate(Some(json), pttl, now).map_err(StoreError::Corrupt)? {
+                out.push(TokenInfo::from_record(v.record, v.expires_in));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sliding expiry: pushes a mortal token's TTL out to `ttl`; true if it was refreshed.
+    pub async fn refresh(&self, tag: RoutingTag, digest: &TokenDigest, ttl: TokenTtl) -> Result<bool, StoreError> {
+        let TokenTtl::Seconds(_) = ttl else { return Ok(false) };
+        let mut conn = self.redis.conn().await?;
+        let refreshed: i64 = self
+            .scripts
+            .refresh
+            .key(self.keys.record_key(tag, digest))
+            .arg(ttl.as_millis_or_zero())
+            .arg(self.keys.index_prefix(tag))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(refreshed == 1)
+    }
+
+    /// Appends revoked digests to the revocation feed that filters poll. Best effort: the records
+    /// are already gone; a lost entry only means a filter cache keeps a verdict until its TTL.
+    async fn publish_revoked(&self, members: &[String]) {
+        if members.is_empty() {
+            return;
+        }
+        let result = async {
+            let mut conn = self.redis.conn().await?;
+            let mut pipe = redis::pipe();
+            for m in members {
+                pipe.cmd("XADD")
+                    .arg(self.keys.revocation_feed())
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(FEED_MAX_LEN)
+                    .arg("*")
+                    .arg("d")
+                    .arg(m)
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut conn).await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, count = members.len(), "could not append to the revocation feed");
+        }
+    }
+}

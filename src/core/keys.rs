@@ -1,0 +1,77 @@
+//! The Redis key layout. Every key of one user carries the same hash tag `{<routing tag hex>}`,
+//! so a user's keys live in one Redis Cluster slot and one Lua script can change them atomically.
+//!
+//! - `<ns>:{<tag>}:t:<digest hex>`: a token record (JSON), its Redis TTL the token's lifetime.
+//! - `<ns>:{<tag>}:u:<user>`: the user's index, a sorted set of digests scored by creation time.
+//! - `<ns>:revoked`: the revocation feed (a capped stream of revoked digests) that filters poll.
+
+use super::digest::TokenDigest;
+use super::token::RoutingTag;
+
+/// Builds the keys of one namespace (the token prefix).
+#[derive(Clone, Debug)]
+pub struct KeyLayout {
+    namespace: String,
+}
+
+impl KeyLayout {
+    /// The layout for a namespace; the companion and the filter use the token prefix.
+    pub fn new(namespace: &str) -> Self {
+        KeyLayout { namespace: namespace.to_string() }
+    }
+
+    /// Everything before the digest in a record key; the scripts append index members to it.
+    pub fn record_prefix(&self, tag: RoutingTag) -> String {
+        format!("{}:{{{}}}:t:", self.namespace, tag.to_hex())
+    }
+
+    /// Everything before the user id in an index key; the scripts append the record's user to it.
+    pub fn index_prefix(&self, tag: RoutingTag) -> String {
+        format!("{}:{{{}}}:u:", self.namespace, tag.to_hex())
+    }
+
+    /// The record key of a token.
+    pub fn record_key(&self, tag: RoutingTag, digest: &TokenDigest) -> String {
+        let mut key = self.record_prefix(tag);
+        key.push_str(&digest.to_hex());
+        key
+    }
+
+    /// The index key of a user.
+    pub fn index_key(&self, user: &str) -> String {
+        let mut key = self.index_prefix(RoutingTag::for_user(user));
+        key.push_str(user);
+        key
+    }
+
+    /// The revocation feed stream.
+    pub fn revocation_feed(&self) -> String {
+        format!("{}:revoked", self.namespace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::digest::TokenHasher;
+
+    fn hash_tag(key: &str) -> &str {
+        let open = key.find('{').unwrap();
+        let close = key[open..].find('}').unwrap() + open;
+        &key[open + 1..close]
+    }
+
+    #[test]
+    fn a_users_keys_share_one_hash_tag() {
+        let keys = KeyLayout::new("mt");
+        let tag = RoutingTag::for_user("alice");
+        let digest = TokenHasher::new(None).digest("mt_whatever");
+        let record = keys.record_key(tag, &digest);
+        let index = keys.index_key("alice");
+        assert_eq!(hash_tag(&record), hash_tag(&index));
+        assert_eq!(index, format!("{}alice", keys.index_prefix(tag)));
+        // a user id with braces cannot change the hash tag: ours comes first
+        assert_eq!(hash_tag(&keys.index_key("{evil}")), RoutingTag::for_user("{evil}").to_hex());
+        assert!(record.ends_with(&digest.to_hex()));
+    }
+}

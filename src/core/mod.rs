@@ -1,0 +1,10 @@
+//! Token core: everything the filter and the companion must agree on, with no host calls.
+
+pub mod digest;
+pub mod keys;
+pub mod record;
+pub mod scripts;
+pub mod token;
+pub mod ttl;
+pub mod user;
+pub mod verdict;

@@ -1,0 +1,57 @@
+//! The token record stored (as JSON) under the token's record key.
+
+use serde::{Deserialize, Serialize};
+
+/// What Redis holds about one token. Never the token itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Public short id of the token.
+    pub id: String,
+    /// The user the token belongs to.
+    pub user: String,
+    /// Device label given at login (may be empty).
+    #[serde(default)]
+    pub device: String,
+    /// Issue time, Unix seconds.
+    pub created: u64,
+    /// Scopes granted to the token.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Optional absolute expiry (Unix seconds) that no TTL reset or refresh extends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+impl TokenRecord {
+    /// JSON bytes as stored in Redis.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Parses a stored record; garbage is an error, not a valid token.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("corrupt token record: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_tolerates_newer_fields() {
+        let r = TokenRecord {
+            id: "0123456789abcdef".into(),
+            user: "alice".into(),
+            device: "laptop".into(),
+            created: 1_700_000_000,
+            scopes: vec!["read".into()],
+            expires_at: None,
+        };
+        assert_eq!(TokenRecord::from_json(r.to_json().as_bytes()).unwrap(), r);
+        let newer = br#"{"id":"x","user":"u","created":1,"future":true}"#;
+        assert_eq!(TokenRecord::from_json(newer).unwrap().user, "u");
+        assert!(TokenRecord::from_json(b"\x00garbage").is_err());
+        assert!(TokenRecord::from_json(br#"{"user":"u"}"#).is_err());
+    }
+}

@@ -1,0 +1,209 @@
+//! The Lua scripts behind every multi-key mutation. Each runs atomically in Redis; all keys it
+//! touches share the user's hash tag, so they are safe in Redis Cluster. Index members are token
+//! digests (hex), scored by creation time in milliseconds (so the oldest token comes first).
+//!
+//! Invariants the scripts keep: a record listed in the index exists or is pruned on the next
+//! script that walks the index; the index lives at least as long as its longest-lived record
+//! (so "log out everywhere" always finds every live token).
+
+/// Helpers shared by the scripts that walk a user's index.
+macro_rules! prelude {
+    () => {
+        r#"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Members of the index whose record still exists, oldest first; prunes the rest.
+local function live_members(index, record_prefix)
+  local live = {}
+  for _, member in ipairs(redis.call('ZRANGE', index, 0, -1)) do
+    if redis.call('EXISTS', record_prefix .. member) == 1 then
+      live[#live + 1] = member
+    else
+      redis.call('ZREM', index, member)
+    end
+  end
+  return live
+end
+
+-- Keeps the index alive exactly as long as its longest-lived record (forever if one is immortal).
+local function fit_index_ttl(index, record_prefix, live)
+  if #live == 0 then
+    redis.call('DEL', index)
+    return
+  end
+  local longest = 0
+  for _, member in ipairs(live) do
+    local pttl = redis.call('PTTL', record_prefix .. member)
+    if pttl == -1 then
+      redis.call('PERSIST', index)
+      return
+    end
+    if pttl > longest then longest = pttl end
+  end
+  redis.call('PEXPIRE', index, longest + 1000)
+end
+"#
+    };
+}
+
+/// Issues a token: prune, enforce the per-user limit, reset other tokens' TTL, store, index.
+///
+/// KEYS: index, new record. ARGV: member (digest hex), record JSON, new token TTL ms (0 = never),
+/// reset TTL ms (0 = never), reset on login (1/0), overwrite immortal TTL (1/0), max tokens
+/// (0 = unlimited), policy (`reject` | `evict_oldest`), record key prefix.
+/// Returns `{status, first, evicted...}`: status 0 ok, 1 limit reached, 2 duplicate digest.
+pub const ISSUE: &str = concat!(
+    prelude!(),
+    r#"
+local index, record, member = KEYS[1], KEYS[2], ARGV[1]
+local record_prefix = ARGV[9]
+if redis.call('EXISTS', record) == 1 then return {2, 0} end
+local live = live_members(index, record_prefix)
+local first = 0
+if #live == 0 then first = 1 end
+local result = {0, first}
+local max = tonumber(ARGV[7])
+if max > 0 and #live >= max then
+  if ARGV[8] ~= 'evict_oldest' then return {1, first} end
+  local excess = #live - max + 1
+  local kept = {}
+  for i, m in ipairs(live) do
+    if i <= excess then
+      redis.call('DEL', record_prefix .. m)
+      redis.call('ZREM', index, m)
+      result[#result + 1] = m
+    else
+      kept[#kept + 1] = m
+    end
+  end
+  live = kept
+end
+if ARGV[5] == '1' then
+  local reset = tonumber(ARGV[4])
+  for _, m in ipairs(live) do
+    local key = record_prefix .. m
+    local pttl = redis.call('PTTL', key)
+    if reset == 0 then
+      if pttl >= 0 then redis.call('PERSIST', key) end
+    elseif pttl >= 0 or ARGV[6] == '1' then
+      redis.call('PEXPIRE', key, reset)
+    end
+  end
+end
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then
+  redis.call('SET', record, ARGV[2], 'PX', ttl)
+else
+  redis.call('SET', record, ARGV[2])
+end
+redis.call('ZADD', index, now_ms(), member)
+live[#live + 1] = member
+fit_index_ttl(index, record_prefix, live)
+return result
+"#
+);
+
+/// Reads one record with its remaining TTL in one round trip.
+///
+/// KEYS: record. Returns `{value or nil, pttl}`.
+pub const LOOKUP: &str = r#"
+return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
+"#;
+
+/// Revokes one token (log out one device).
+///
+/// KEYS: record. ARGV: member, index key prefix. Returns 1 if a live token was revoked, else 0.
+pub const REVOKE: &str = r#"
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+redis.call('DEL', KEYS[1])
+local ok, rec = pcall(cjson.decode, raw)
+if ok and type(rec) == 'table' and type(rec.user) == 'string' then
+  redis.call('ZREM', ARGV[2] .. rec.user, ARGV[1])
+end
+return 1
+"#;
+
+/// Revokes all of a user's tokens, or all but one (log out everywhere / everywhere else).
+///
+/// KEYS: index. ARGV: record key prefix, member to keep (empty for none).
+/// Returns the revoked members (only those whose record was still live).
+pub const REVOKE_ALL: &str = concat!(
+    prelude!(),
+    r#"
+local index, record_prefix, keep = KEYS[1], ARGV[1], ARGV[2]
+local revoked, kept = {}, {}
+for _, m in ipairs(redis.call('ZRANGE', index, 0, -1)) do
+  if m == keep and redis.call('EXISTS', record_prefix .. m) == 1 then
+    kept[#kept + 1] = m
+  else
+    if redis.call('DEL', record_prefix .. m) == 1 then revoked[#revoked + 1] = m end
+    redis.call('ZREM', index, m)
+  end
+end
+fit_index_ttl(index, record_prefix, kept)
+return revoked
+"#
+);
+
+/// Revokes one of a user's tokens by its public id.
+///
+/// KEYS: index. ARGV: record key prefix, public id. Returns the revoked member, or nil.
+pub const REVOKE_BY_ID: &str = concat!(
+    prelude!(),
+    r#"
+local index, record_prefix, id = KEYS[1], ARGV[1], ARGV[2]
+local found = false
+for _, m in ipairs(live_members(index, record_prefix)) do
+  local ok, rec = pcall(cjson.decode, redis.call('GET', record_prefix .. m))
+  if ok and type(rec) == 'table' and rec.id == id then
+    redis.call('DEL', record_prefix .. m)
+    redis.call('ZREM', index, m)
+    found = m
+    break
+  end
+end
+fit_index_ttl(index, record_prefix, live_members(index, record_prefix))
+return found
+"#
+);
+
+/// Lists a user's live tokens, oldest first, pruning dead index members.
+///
+/// KEYS: index. ARGV: record key prefix. Returns `{json, pttl, json, pttl, ...}`.
+pub const LIST: &str = r#"
+local index, record_prefix = KEYS[1], ARGV[1]
+local out = {}
+for _, m in ipairs(redis.call('ZRANGE', index, 0, -1)) do
+  local key = record_prefix .. m
+  local raw = redis.call('GET', key)
+  if raw then
+    out[#out + 1] = raw
+    out[#out + 1] = redis.call('PTTL', key)
+  else
+    redis.call('ZREM', index, m)
+  end
+end
+return out
+"#;
+
+/// Sliding expiry: pushes a mortal token's TTL out to the given value (never shortens it, never
+/// touches immortal tokens) and keeps the user's index alive at least as long.
+///
+/// KEYS: record. ARGV: TTL ms, index key prefix. Returns 1 if refreshed, else 0.
+pub const REFRESH: &str = r#"
+local ttl = tonumber(ARGV[1])
+local pttl = redis.call('PTTL', KEYS[1])
+if pttl < 0 or pttl >= ttl then return 0 end
+redis.call('PEXPIRE', KEYS[1], ttl)
+local ok, rec = pcall(cjson.decode, redis.call('GET', KEYS[1]))
+if ok and type(rec) == 'table' and type(rec.user) == 'string' then
+  local index = ARGV[2] .. rec.user
+  local ittl = redis.call('PTTL', index)
+  if ittl >= 0 and ittl < ttl + 1000 then redis.call('PEXPIRE', index, ttl + 1000) end
+end
+return 1
+"#;

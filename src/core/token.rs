@@ -1,0 +1,195 @@
+//! The token format: `<prefix>_<body>`, body = base64url(version | routing tag | secret | checksum).
+//!
+//! The checksum (first 4 bytes of SHA-256 over the bytes before it) lets a malformed, truncated or
+//! mistyped token be rejected without any Redis round trip, and lets secret scanners recognise
+//! leaked tokens. The routing tag is derived from the user id and becomes the Redis Cluster hash
+//! tag of every key of that user.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use std::fmt;
+
+/// Format version carried in the first body byte.
+pub const TOKEN_VERSION: u8 = 1;
+/// Bytes of the routing tag.
+pub const ROUTING_TAG_LEN: usize = 4;
+/// Random bytes of the secret part.
+pub const SECRET_LEN: usize = 32;
+/// Bytes of the checksum.
+pub const CHECKSUM_LEN: usize = 4;
+/// Decoded body length.
+pub const BODY_LEN: usize = 1 + ROUTING_TAG_LEN + SECRET_LEN + CHECKSUM_LEN;
+/// Encoded body length (unpadded base64url of [`BODY_LEN`] bytes).
+pub const BODY_B64_LEN: usize = (BODY_LEN * 4).div_ceil(3);
+/// The default token prefix.
+pub const DEFAULT_PREFIX: &str = "mt";
+/// The longest accepted prefix.
+pub const MAX_PREFIX_LEN: usize = 16;
+
+/// A few bytes derived from the user id; shared by all of the user's tokens and Redis keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RoutingTag(pub [u8; ROUTING_TAG_LEN]);
+
+impl RoutingTag {
+    /// The routing tag of a user id.
+    pub fn for_user(user: &str) -> Self {
+        let hash = Sha256::new()
+            .chain_update(b"multitokens/routing\0")
+            .chain_update(user.as_bytes())
+            .finalize();
+        let mut tag = [0u8; ROUTING_TAG_LEN];
+        tag.copy_from_slice(&hash[..ROUTING_TAG_LEN]);
+        RoutingTag(tag)
+    }
+
+    /// Lower-case hex, as used inside the Redis hash tag braces.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+/// Why a string is not a well-formed token. None of these needs Redis to decide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FormatError {
+    /// Wrong length for this prefix.
+    Length,
+    /// Does not start with `<prefix>_`.
+    Prefix,
+    /// The body is not unpadded base64url.
+    Encoding,
+    /// Unknown format version.
+    Version,
+    /// The checksum does not match: truncated, mistyped or forged.
+    Checksum,
+}
+
+impl fmt::Display for FormatError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FormatError::Length => "token has the wrong length",
+            FormatError::Prefix => "token has the wrong prefix",
+            FormatError::Encoding => "token body is not base64url",
+            FormatError::Version => "token has an unknown version",
+            FormatError::Checksum => "token checksum does not match",
+        })
+    }
+}
+
+impl std::error::Error for FormatError {}
+
+/// Checks a token prefix: 1 to 16 ASCII letters or digits.
+pub fn validate_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty() || prefix.len() > MAX_PREFIX_LEN {
+        return Err(format!("prefix must be 1 to {MAX_PREFIX_LEN} characters long"));
+    }
+    if !prefix.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err("prefix may contain only ASCII letters and digits".to_string());
+    }
+    Ok(())
+}
+
+/// The token length for a prefix.
+pub fn token_len(prefix: &str) -> usize {
+    prefix.len() + 1 + BODY_B64_LEN
+}
+
+fn checksum(bytes: &[u8]) -> [u8; CHECKSUM_LEN] {
+    let hash = Sha256::digest(bytes);
+    let mut sum = [0u8; CHECKSUM_LEN];
+    sum.copy_from_slice(&hash[..CHECKSUM_LEN]);
+    sum
+}
+
+/// Mints a new token for a user: 32 fresh bytes from the OS random source.
+pub fn generate(prefix: &str, user: &str) -> Result<String, getrandom::Error> {
+    let mut body = [0u8; BODY_LEN];
+    body[0] = TOKEN_VERSION;
+    body[1..1 + ROUTING_TAG_LEN].copy_from_slice(&RoutingTag::for_user(user).0);
+    getrandom::fill(&mut body[1 + ROUTING_TAG_LEN..1 + ROUTING_TAG_LEN + SECRET_LEN])?;
+    let sum = checksum(&body[..BODY_LEN - CHECKSUM_LEN]);
+    body[BODY_LEN - CHECKSUM_LEN..].copy_from_slice(&sum);
+    let mut token = String::with_capacity(token_len(prefix));
+    token.push_str(prefix);
+    token.push('_');
+    URL_SAFE_NO_PAD.encode_string(body, &mut token);
+    Ok(token)
+}
+
+/// Checks a token's shape and checksum and returns its routing tag. No I/O.
+pub fn parse(token: &str, prefix: &str) -> Result<RoutingTag, FormatError> {
+    if token.len() != token_len(prefix) {
+        return Err(FormatError::Length);
+    }
+    let encoded = token
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('_'))
+        .ok_or(FormatError::Prefix)?;
+    let mut body = [0u8; BODY_LEN + 2];
+    let n = URL_SAFE_NO_PAD
+        .decode_slice(encoded, &mut body)
+        .map_err(|_| FormatError::Encoding)?;
+    if n != BODY_LEN {
+        return Err(FormatError::Encoding);
+    }
+    if body[0] != TOKEN_VERSION {
+        return Err(FormatError::Version);
+    }
+    if checksum(&body[..BODY_LEN - CHECKSUM_LEN])[..] != body[BODY_LEN - CHECKSUM_LEN..BODY_LEN] {
+        return Err(FormatError::Checksum);
+    }
+    let mut tag = [0u8; ROUTING_TAG_LEN];
+    tag.copy_from_slice(&body[1..1 + ROUTING_TAG_LEN]);
+    Ok(RoutingTag(tag))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_tokens_parse_and_carry_the_users_tag() {
+        let t = generate("mt", "alice").unwrap();
+        assert_eq!(t.len(), token_len("mt"));
+        assert!(t.starts_with("mt_"));
+        assert_eq!(parse(&t, "mt").unwrap(), RoutingTag::for_user("alice"));
+        assert_ne!(generate("mt", "alice").unwrap(), t, "tokens are random");
+    }
+
+    #[test]
+    fn truncated_extended_or_mistyped_tokens_are_rejected() {
+        let t = generate("mt", "bob").unwrap();
+        assert_eq!(parse(&t[..t.len() - 1], "mt"), Err(FormatError::Length));
+        assert_eq!(parse(&t[1..], "mt"), Err(FormatError::Length));
+        assert_eq!(parse(&format!("{t}A"), "mt"), Err(FormatError::Length));
+        // flip every body character in turn: each is caught by the checksum or the encoding
+        for i in 3..t.len() {
+            let mut bytes = t.clone().into_bytes();
+            bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+            let flipped = String::from_utf8(bytes).unwrap();
+            assert!(parse(&flipped, "mt").is_err(), "flip at {i} accepted");
+        }
+    }
+
+    #[test]
+    fn other_prefixes_and_garbage_are_rejected() {
+        let t = generate("ab", "carol").unwrap();
+        assert_eq!(parse(&t, "mt"), Err(FormatError::Prefix));
+        let long = generate("abc", "carol").unwrap();
+        assert_eq!(parse(&long, "mt"), Err(FormatError::Length));
+        let garbage = format!("mt_{}", "!".repeat(BODY_B64_LEN));
+        assert_eq!(parse(&garbage, "mt"), Err(FormatError::Encoding));
+        assert_eq!(parse("", "mt"), Err(FormatError::Length));
+        let multibyte = format!("mt_{}", "é".repeat(BODY_B64_LEN / 2));
+        assert!(parse(&multibyte, "mt").is_err());
+    }
+
+    #[test]
+    fn prefixes_are_validated() {
+        assert!(validate_prefix("mt").is_ok());
+        assert!(validate_prefix("Acme2").is_ok());
+        assert!(validate_prefix("").is_err());
+        assert!(validate_prefix("a_b").is_err());
+        assert!(validate_prefix(&"a".repeat(17)).is_err());
+    }
+}

@@ -1,0 +1,68 @@
+//! User ids and device labels: what is accepted before anything reaches Redis.
+
+/// Longest accepted user id, in bytes.
+pub const MAX_USER_LEN: usize = 256;
+/// Longest accepted device label, in bytes.
+pub const MAX_DEVICE_LEN: usize = 256;
+/// Longest accepted scope, in bytes.
+pub const MAX_SCOPE_LEN: usize = 128;
+/// Most scopes on one token.
+pub const MAX_SCOPES: usize = 64;
+
+fn printable(s: &str) -> bool {
+    !s.chars().any(char::is_control)
+}
+
+/// Checks a user id: 1 to 256 bytes, no control characters.
+pub fn validate_user(user: &str) -> Result<(), String> {
+    if user.is_empty() || user.len() > MAX_USER_LEN {
+        return Err(format!("user must be 1 to {MAX_USER_LEN} bytes long"));
+    }
+    if !printable(user) {
+        return Err("user must not contain control characters".to_string());
+    }
+    Ok(())
+}
+
+/// Checks a device label: up to 256 bytes, no control characters.
+pub fn validate_device(device: &str) -> Result<(), String> {
+    if device.len() > MAX_DEVICE_LEN || !printable(device) {
+        return Err(format!("device must be at most {MAX_DEVICE_LEN} bytes without control characters"));
+    }
+    Ok(())
+}
+
+/// Checks scopes: at most 64, each 1 to 128 printable characters without spaces (RFC 6749 scope-token).
+pub fn validate_scopes(scopes: &[String]) -> Result<(), String> {
+    if scopes.len() > MAX_SCOPES {
+        return Err(format!("at most {MAX_SCOPES} scopes per token"));
+    }
+    for scope in scopes {
+        let ok = !scope.is_empty()
+            && scope.len() <= MAX_SCOPE_LEN
+            && scope.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+        if !ok {
+            return Err(format!("invalid scope {scope:?}: 1 to {MAX_SCOPE_LEN} visible ASCII characters, no quotes or backslashes"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_devices_and_scopes_are_checked() {
+        assert!(validate_user("alice@example.com").is_ok());
+        assert!(validate_user("").is_err());
+        assert!(validate_user("a\nb").is_err());
+        assert!(validate_user(&"u".repeat(257)).is_err());
+        assert!(validate_device("").is_ok());
+        assert!(validate_device("Alice's iPhone").is_ok());
+        assert!(validate_device("x\u{0}").is_err());
+        assert!(validate_scopes(&["read".into(), "orders:write".into()]).is_ok());
+        assert!(validate_scopes(&["two words".into()]).is_err());
+        assert!(validate_scopes(&["".into()]).is_err());
+    }
+}

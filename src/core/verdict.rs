@@ -1,0 +1,101 @@
+//! The auth decision on a record looked up by digest: valid (with identity) or not.
+
+use super::record::TokenRecord;
+
+/// Remaining lifetime reported by Redis `PTTL`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Remaining {
+    /// The key does not exist (`-2`).
+    Missing,
+    /// The key never expires (`-1`).
+    Immortal,
+    /// Milliseconds left.
+    Millis(u64),
+}
+
+impl Remaining {
+    /// From a raw `PTTL` reply.
+    pub fn from_pttl(pttl: i64) -> Self {
+        match pttl {
+            -1 => Remaining::Immortal,
+            n if n < 0 => Remaining::Missing,
+            n => Remaining::Millis(n as u64),
+        }
+    }
+
+    /// Whole seconds left (rounded up), `None` for immortal or missing.
+    pub fn seconds(&self) -> Option<u64> {
+        match self {
+            Remaining::Millis(ms) => Some(ms.div_ceil(1000)),
+            _ => None,
+        }
+    }
+}
+
+/// A token that is valid right now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidToken {
+    /// The stored record.
+    pub record: TokenRecord,
+    /// Seconds until it expires, `None` if immortal.
+    pub expires_in: Option<u64>,
+}
+
+/// What a lookup by digest means.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The token is live.
+    Valid(ValidToken),
+    /// Unknown, revoked or expired.
+    Invalid,
+}
+
+/// Decides on a `GET` + `PTTL` reply. Garbage in Redis is an error (fail closed), not a verdict.
+pub fn evaluate(value: Option<&[u8]>, pttl: i64, now_secs: u64) -> Result<Verdict, String> {
+    let Some(bytes) = value else { return Ok(Verdict::Invalid) };
+    let remaining = Remaining::from_pttl(pttl);
+    if remaining == Remaining::Missing || remaining == Remaining::Millis(0) {
+        return Ok(Verdict::Invalid);
+    }
+    let record = TokenRecord::from_json(bytes)?;
+    let mut expires_in = remaining.seconds();
+    if let Some(at) = record.expires_at {
+        if at <= now_secs {
+            return Ok(Verdict::Invalid);
+        }
+        let hard = at - now_secs;
+        expires_in = Some(expires_in.map_or(hard, |s| s.min(hard)));
+    }
+    Ok(Verdict::Valid(ValidToken { record, expires_in }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(expires_at: Option<u64>) -> Vec<u8> {
+        TokenRecord {
+            id: "i".into(),
+            user: "u".into(),
+            device: String::new(),
+            created: 10,
+            scopes: vec![],
+            expires_at,
+        }
+        .to_json()
+        .into_bytes()
+    }
+
+    #[test]
+    fn decides_on_presence_ttl_and_absolute_expiry() {
+        assert_eq!(evaluate(None, -2, 100), Ok(Verdict::Invalid));
+        let Verdict::Valid(v) = evaluate(Some(&json(None)), 1500, 100).unwrap() else { panic!() };
+        assert_eq!(v.expires_in, Some(2));
+        let Verdict::Valid(v) = evaluate(Some(&json(None)), -1, 100).unwrap() else { panic!() };
+        assert_eq!(v.expires_in, None);
+        assert_eq!(evaluate(Some(&json(Some(100))), -1, 100), Ok(Verdict::Invalid));
+        let Verdict::Valid(v) = evaluate(Some(&json(Some(130))), 60_000, 100).unwrap() else { panic!() };
+        assert_eq!(v.expires_in, Some(30));
+        assert!(evaluate(Some(b"not json"), 1000, 100).is_err());
+    }
+}
