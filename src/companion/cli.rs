@@ -292,9 +292,15 @@ pub fn main() -> ExitCode {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
+            // clap's message, folded into one line: everything before the usage / tip block
             let text = e.render().to_string();
-            let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid usage");
-            eprintln!("multitokens: {}", line.trim_start_matches("error: "));
+            let line: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .skip_while(|l| l.is_empty())
+                .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
+                .collect();
+            eprintln!("multitokens: {}", line.join(" ").trim_start_matches("error: "));
             return ExitCode::from(2);
         }
     };

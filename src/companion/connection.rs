@@ -67,8 +67,11 @@ pub enum Redis {
 }
 
 impl Redis {
-    /// Builds the handle without connecting; errors only on a malformed URL.
+    /// Builds the handle without connecting; errors on a malformed URL or outside a tokio runtime.
     pub fn open(target: &RedisTarget, timeout: Duration) -> RedisResult<Redis> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(redis::RedisError::from((redis::ErrorKind::Client, "Redis::open needs a running tokio runtime")));
+        }
         match target {
             RedisTarget::Single(url) => {
                 let client = redis::Client::open(url.as_str())?;

@@ -2,7 +2,7 @@
 //! so a user's keys live in one Redis Cluster slot and one Lua script can change them atomically.
 //!
 //! - `<ns>:{<tag>}:t:<digest hex>`: a token record (JSON), its Redis TTL the token's lifetime.
-//! - `<ns>:{<tag>}:u:<user>`: the user's index, a sorted set of digests scored by creation time.
+//! - `<ns>:{<tag>}:u:<user>`: the user's index, a sorted set of digests scored by creation order.
 //! - `<ns>:revoked`: the revocation feed (a capped stream of revoked digests) that filters poll.
 
 use super::digest::TokenDigest;

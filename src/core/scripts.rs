@@ -1,6 +1,7 @@
 //! The Lua scripts behind every multi-key mutation. Each runs atomically in Redis; all keys it
 //! touches share the user's hash tag, so they are safe in Redis Cluster. Index members are token
-//! digests (hex), scored by creation time in milliseconds (so the oldest token comes first).
+//! digests (hex), scored by creation time in microseconds, strictly increasing per user (so the
+//! oldest token comes first).
 //!
 //! Invariants the scripts keep: a record listed in the index exists or is pruned on the next
 //! script that walks the index; the index lives at least as long as its longest-lived record
@@ -10,9 +11,13 @@
 macro_rules! prelude {
     () => {
         r#"
-local function now_ms()
+-- Creation order: server time in microseconds, strictly after the user's newest token.
+local function next_score(index)
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local score = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local newest = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')
+  if newest[2] and tonumber(newest[2]) >= score then score = tonumber(newest[2]) + 1 end
+  return score
 end
 
 -- Members of the index whose record still exists, oldest first; prunes the rest.
@@ -99,7 +104,7 @@ if ttl > 0 then
 else
   redis.call('SET', record, ARGV[2])
 end
-redis.call('ZADD', index, now_ms(), member)
+redis.call('ZADD', index, string.format('%.0f', next_score(index)), member)
 live[#live + 1] = member
 fit_index_ttl(index, record_prefix, live)
 return result

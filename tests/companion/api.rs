@@ -1,0 +1,234 @@
+//! The HTTP API, served for real on a port-0 listener, against a real redis-server.
+
+use crate::support::{CompanionServer, RedisServer};
+use crate::{policy, store_at};
+use multitokens::companion::api::{self, AppState};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+const ADMIN: &str = "admin-key-for-tests-0123456789";
+const INTERNAL: &str = "internal-key-for-tests-0123456789";
+
+struct Api {
+    base: String,
+    agent: ureq::Agent,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Api {
+    fn start(redis_url: &str) -> Api {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let mut p = policy();
+        p.max_tokens_per_user = Some(5);
+        let store = runtime.block_on(async { store_at(redis_url, p, None) });
+        let state = AppState { store: Arc::new(store), admin_key: ADMIN.into(), internal_key: INTERNAL.into() };
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        runtime.spawn(api::run(listener, state, async move {
+            let _ = rx.await;
+        }));
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        Api { base, agent, _shutdown: tx, _runtime: runtime }
+    }
+
+    fn call(&self, method: &str, path: &str, auth: Option<&str>, body: Option<Value>) -> (u16, Value, Option<String>) {
+        let url = format!("{}{}", self.base, path);
+        let mut req = ureq::http::Request::builder().method(method).uri(&url);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let response = match body {
+            Some(b) => self.agent.run(req.header("content-type", "application/json").body(b.to_string()).unwrap()),
+            None => self.agent.run(req.body(()).unwrap()),
+        }
+        .unwrap();
+        let status = response.status().as_u16();
+        let challenge = response.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_string());
+        let text = response.into_body().read_to_string().unwrap();
+        let value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        (status, value, challenge)
+    }
+
+    fn raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+        let req = ureq::http::Request::builder()
+            .method("POST")
+            .uri(format!("{}{}", self.base, path))
+            .header("authorization", format!("Bearer {ADMIN}"))
+            .header("content-type", content_type)
+            .body(body)
+            .unwrap();
+        let response = self.agent.run(req).unwrap();
+        let status = response.status().as_u16();
+        let text = response.into_body().read_to_string().unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+}
+
+fn admin() -> Option<&'static str> {
+    Some("Bearer admin-key-for-tests-0123456789")
+}
+
+#[test]
+fn admin_endpoints_issue_list_and_revoke() {
+    let redis = RedisServer::start();
+    let api = Api::start(&redis.url());
+    let (status, a, _) = api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "alice", "device": "laptop", "scopes": ["read"]})));
+    assert_eq!(status, 201);
+    assert_eq!(a["first"], true);
+    let keys: Vec<&str> = a.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, vec!["device", "expires_in", "first", "id", "token", "user"]);
+    let (_, b, _) = api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "alice", "device": "phone", "ttl": "never"})));
+    assert_eq!((b["first"].clone(), b["expires_in"].clone()), (json!(false), Value::Null));
+
+    let (status, list, _) = api.call("GET", "/v1/users/alice/tokens", admin(), None);
+    assert_eq!(status, 200);
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    let id = a["id"].as_str().unwrap();
+    assert_eq!(api.call("DELETE", &format!("/v1/users/alice/tokens/{id}"), admin(), None).0, 204);
+    let (status, body, _) = api.call("DELETE", &format!("/v1/users/alice/tokens/{id}"), admin(), None);
+    assert_eq!(status, 404);
+    assert!(body["detail"].is_string());
+    let (status, body, _) = api.call("DELETE", "/v1/users/alice/tokens", admin(), None);
+    assert_eq!((status, body), (200, json!({"revoked": 1})));
+}
+
+#[test]
+fn admin_key_is_required_and_checked() {
+    let redis = RedisServer::start();
+    let api = Api::start(&redis.url());
+    let body = Some(json!({"user": "x"}));
+    let (status, detail, challenge) = api.call("POST", "/v1/tokens", None, body.clone());
+    assert_eq!(status, 401);
+    assert_eq!(detail["detail"], "Authentication credentials were not provided.");
+    assert!(challenge.unwrap().starts_with("Bearer"));
+    assert_eq!(api.call("POST", "/v1/tokens", Some("Bearer wrong-key"), body.clone()).0, 403);
+    assert_eq!(api.call("GET", "/v1/users/x/tokens", Some("Basic Zm9vOmJhcg=="), None).0, 401);
+    // the internal key is not an admin key and vice versa
+    assert_eq!(api.call("POST", "/v1/tokens", Some(&format!("Bearer {INTERNAL}")), body).0, 403);
+    let lookup = json!({"tag": "00000000", "digest": "0".repeat(64)});
+    assert_eq!(api.call("POST", "/v1/internal/lookup", admin(), Some(lookup)).0, 403);
+}
+
+#[test]
+fn self_service_current_and_others() {
+    let redis = RedisServer::start();
+    let api = Api::start(&redis.url());
+    let issue = |device: &str| api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "bob", "device": device}))).1["token"].as_str().unwrap().to_string();
+    let (laptop, phone, tablet) = (issue("laptop"), issue("phone"), issue("tablet"));
+    let (status, me, _) = api.call("GET", "/v1/tokens/current", Some(&format!("Token {laptop}")), None);
+    assert_eq!((status, me["user"].clone(), me["device"].clone()), (200, json!("bob"), json!("laptop")));
+    let (status, body, _) = api.call("DELETE", "/v1/tokens/others", Some(&format!("Bearer {laptop}")), None);
+    assert_eq!((status, body), (200, json!({"revoked": 2})));
+    for t in [&phone, &tablet] {
+        let (status, body, challenge) = api.call("GET", "/v1/tokens/current", Some(&format!("Bearer {t}")), None);
+        assert_eq!((status, body["detail"].clone()), (401, json!("Invalid token.")));
+        assert!(challenge.unwrap().contains("invalid_token"));
+    }
+    assert_eq!(api.call("DELETE", "/v1/tokens/current", Some(&format!("token {laptop}")), None).0, 200);
+    assert_eq!(api.call("GET", "/v1/tokens/current", Some(&format!("Token {laptop}")), None).0, 401);
+    assert_eq!(api.call("GET", "/v1/tokens/current", None, None).0, 401);
+}
+
+#[test]
+fn introspection_per_rfc_7662() {
+    let redis = RedisServer::start();
+    let api = Api::start(&redis.url());
+    let (_, issued, _) = api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "carol", "device": "tv", "ttl": 600, "scopes": ["a", "b"]})));
+    let token = issued["token"].as_str().unwrap();
+    let (status, v, _) = api.call("POST", "/v1/introspect", admin(), Some(json!({"token": token})));
+    assert_eq!(status, 200);
+    assert_eq!((v["active"].clone(), v["sub"].clone(), v["device"].clone(), v["scope"].clone()), (json!(true), json!("carol"), json!("tv"), json!("a b")));
+    let (iat, exp) = (v["iat"].as_u64().unwrap(), v["exp"].as_u64().unwrap());
+    assert!((599..=601).contains(&(exp - iat)));
+    let (status, v) = api.raw("/v1/introspect", "application/x-www-form-urlencoded", format!("token={token}").into_bytes());
+    assert_eq!((status, v["active"].clone()), (200, json!(true)));
+    let (status, v) = api.raw("/v1/introspect", "application/x-www-form-urlencoded", b"token=mt_nope".to_vec());
+    assert_eq!((status, v), (200, json!({"active": false})));
+    assert_eq!(api.raw("/v1/introspect", "application/x-www-form-urlencoded", b"nothing=1".to_vec()).0, 400);
+}
+
+#[test]
+fn bad_requests_get_json_errors() {
+    let redis = RedisServer::start();
+    let api = Api::start(&redis.url());
+    for (body, needle) in [
+        (json!({"device": "x"}), "user"),
+        (json!({"user": "x", "ttl": "soon"}), "ttl"),
+        (json!({"user": "x", "bogus": 1}), "bogus"),
+        (json!({"user": "", "device": "x"}), "user"),
+        (json!({"user": "x", "scopes": ["has space"]}), "scope"),
+    ] {
+        let (status, v, _) = api.call("POST", "/v1/tokens", admin(), Some(body));
+        assert_eq!(status, 400);
+        assert!(v["detail"].as_str().unwrap().contains(needle), "{v}");
+    }
+    let (status, v) = api.raw("/v1/tokens", "application/json", b"{not json".to_vec());
+    assert_eq!(status, 400);
+    assert!(v["detail"].is_string());
+    let (status, v) = api.raw("/v1/tokens", "application/json", vec![b' '; 64 * 1024]);
+    assert_eq!(status, 413);
+    assert!(v["detail"].is_string());
+    assert_eq!(api.call("GET", "/nope", None, None).0, 404);
+    assert_eq!(api.call("PUT", "/v1/tokens", admin(), None).0, 405);
+    // the limit answers 409
+    for _ in 0..5 {
+        assert_eq!(api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "lim"}))).0, 201);
+    }
+    let (status, v, _) = api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "lim"})));
+    assert_eq!(status, 409);
+    assert!(v["detail"].as_str().unwrap().contains("max_tokens_per_user"));
+}
+
+#[test]
+fn health_readiness_and_internal_lookup() {
+    let mut redis = RedisServer::start();
+    let api = Api::start(&redis.url());
+    assert_eq!(api.call("GET", "/healthz", None, None).0, 200);
+    assert_eq!(api.call("GET", "/readyz", None, None).0, 200);
+    let (_, issued, _) = api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "dora", "device": "d", "ttl": 100})));
+    let token = issued["token"].as_str().unwrap();
+    let store = api._runtime.block_on(async { store_at(&redis.url(), policy(), None) });
+    let (tag, digest) = store.digest_of(token).unwrap();
+    let internal = format!("Bearer {INTERNAL}");
+    let body = json!({"tag": tag.to_hex(), "digest": digest.to_hex(), "refresh_ttl": 500});
+    let (status, v, _) = api.call("POST", "/v1/internal/lookup", Some(&internal), Some(body.clone()));
+    assert_eq!((status, v["active"].clone(), v["user"].clone()), (200, json!(true), json!("dora")));
+    assert!(v["expires_in"].as_u64().unwrap() >= 499, "refreshed: {v}");
+    let (status, v, _) = api.call("POST", "/v1/internal/lookup", Some(&internal), Some(json!({"tag": "zz", "digest": "00"})));
+    assert_eq!(status, 400, "{v}");
+
+    redis.kill();
+    let (status, v, _) = api.call("GET", "/readyz", None, None);
+    assert_eq!((status, v["detail"].clone()), (503, json!("Redis unreachable.")));
+    let (status, v, _) = api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "dora"})));
+    assert_eq!(status, 503);
+    assert!(v["detail"].is_string());
+    assert_eq!(api.call("POST", "/v1/internal/lookup", Some(&internal), Some(body)).0, 503);
+    redis.restart();
+    let mut ready = false;
+    for _ in 0..50 {
+        if api.call("GET", "/readyz", None, None).0 == 200 {
+            ready = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(ready, "the API recovers when Redis returns");
+}
+
+#[test]
+fn the_serve_binary_starts_and_answers() {
+    let redis = RedisServer::start();
+    let server = CompanionServer::start(&redis.url(), &[("MULTITOKENS_ADMIN_KEY", ADMIN)]);
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let response = agent
+        .post(format!("{}/v1/tokens", server.base()))
+        .header("authorization", &format!("Bearer {ADMIN}"))
+        .send_json(json!({"user": "eve"}))
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let ready = agent.get(format!("{}/readyz", server.base())).call().unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+}

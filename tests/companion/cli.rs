@@ -1,0 +1,148 @@
+//! The CLI contract: output, JSON shapes, exit codes, one-line errors.
+
+use crate::support::{companion, RedisServer};
+use serde_json::Value;
+
+fn env(redis: &RedisServer) -> Vec<(&'static str, String)> {
+    vec![("MULTITOKENS_REDIS_URL", redis.url())]
+}
+
+fn run(args: &[&str], env: &[(&'static str, String)], stdin: Option<&str>) -> (i32, String, String) {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = companion(args, &env, stdin);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+fn assert_one_line_error(code: i32, expected: i32, stderr: &str, needle: &str) {
+    assert_eq!(code, expected, "stderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line on stderr, got: {stderr}");
+    assert!(stderr.contains(needle), "{stderr:?} should mention {needle:?}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"));
+}
+
+#[test]
+fn issue_whoami_revoke_round_trip() {
+    let redis = RedisServer::start();
+    let e = env(&redis);
+    let (code, token, _) = run(&["issue", "--user", "alice", "--device", "laptop", "--scope", "read"], &e, None);
+    assert_eq!(code, 0);
+    assert!(token.starts_with("mt_") && !token.contains(char::is_whitespace));
+    let (code, user, _) = run(&["whoami", &token], &e, None);
+    assert_eq!((code, user.as_str()), (0, "alice"));
+    let (code, json, _) = run(&["whoami", "--json", "-"], &e, Some(&format!("{token}\n")));
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&json).unwrap();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, vec!["created", "device", "expires_in", "id", "scopes", "user"]);
+    assert_eq!(v["scopes"], serde_json::json!(["read"]));
+    assert_eq!(run(&["revoke", &token], &e, None).0, 0);
+    let (code, _, err) = run(&["whoami", &token], &e, None);
+    assert_one_line_error(code, 1, &err, "not valid");
+    let (code, _, err) = run(&["revoke", &token], &e, None);
+    assert_one_line_error(code, 1, &err, "not valid");
+}
+
+#[test]
+fn issue_json_list_and_revoke_all() {
+    let redis = RedisServer::start();
+    let e = env(&redis);
+    let (code, out, _) = run(&["issue", "--user", "bob", "--json", "--ttl", "never"], &e, None);
+    assert_eq!(code, 0);
+    let first: Value = serde_json::from_str(&out).unwrap();
+    let keys: Vec<&str> = first.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, vec!["device", "expires_in", "first", "id", "token", "user"]);
+    assert_eq!((first["first"].clone(), first["expires_in"].clone()), (Value::Bool(true), Value::Null));
+    let (_, out, _) = run(&["issue", "--user", "bob", "--device", "phone", "--json", "--ttl", "60"], &e, None);
+    let second: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((second["first"].clone(), second["expires_in"].clone()), (Value::Bool(false), Value::from(60)));
+
+    let (code, out, _) = run(&["list", "--user", "bob", "--json"], &e, None);
+    assert_eq!(code, 0);
+    let list: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    let row_keys: Vec<&str> = list[0].as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(row_keys, vec!["created", "device", "expires_in", "id", "scopes"]);
+    assert_eq!(list[1]["device"], "phone");
+
+    let keep = second["token"].as_str().unwrap();
+    let (code, out, _) = run(&["revoke-all", "--user", "bob", "--except", keep, "--json"], &e, None);
+    assert_eq!((code, out.as_str()), (0, r#"{"revoked":1}"#));
+    let (code, out, _) = run(&["revoke-all", "--user", "bob"], &e, None);
+    assert_eq!((code, out.as_str()), (0, "1"));
+    let (code, out, _) = run(&["list", "--user", "bob", "--json"], &e, None);
+    assert_eq!((code, out.as_str()), (0, "[]"));
+}
+
+#[test]
+fn settings_come_from_flags_env_and_config_file() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("multitokens.toml");
+    std::fs::write(&file, format!("redis_url = \"{}\"\nprefix = \"filepfx\"\ntoken_ttl = 120\n", redis.url())).unwrap();
+    let cfg = vec![("MULTITOKENS_CONFIG", file.display().to_string())];
+    let (code, out, _) = run(&["issue", "--user", "u", "--json"], &cfg, None);
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert!(v["token"].as_str().unwrap().starts_with("filepfx_"));
+    assert_eq!(v["expires_in"], 120);
+    let mut env_over = cfg.clone();
+    env_over.push(("MULTITOKENS_PREFIX", "envpfx".into()));
+    let (_, token, _) = run(&["issue", "--user", "u"], &env_over, None);
+    assert!(token.starts_with("envpfx_"));
+    let (_, token, _) = run(&["issue", "--user", "u", "--prefix", "flagpfx"], &env_over, None);
+    assert!(token.starts_with("flagpfx_"));
+}
+
+#[test]
+fn bad_usage_and_config_exit_2_with_one_line() {
+    let redis = RedisServer::start();
+    let mut e = env(&redis);
+    let (code, _, err) = run(&["issue"], &e, None);
+    assert_one_line_error(code, 2, &err, "--user");
+    let (code, _, err) = run(&["frobnicate"], &e, None);
+    assert_one_line_error(code, 2, &err, "frobnicate");
+    let (code, _, err) = run(&["issue", "--user", "x", "--ttl", "soon"], &e, None);
+    assert_one_line_error(code, 2, &err, "soon");
+    e.push(("MULTITOKENS_TOKEN_TTL", "-3".into()));
+    let (code, _, err) = run(&["issue", "--user", "x"], &e, None);
+    assert_one_line_error(code, 2, &err, "token_ttl");
+    let (code, _, err) = run(&["issue", "--user", "x"], &[("MULTITOKENS_CONFIG", "/nonexistent/mt.toml".into())], None);
+    assert_one_line_error(code, 2, &err, "/nonexistent/mt.toml");
+    let (code, _, err) = run(&["issue", "--user", ""], &env(&redis), None);
+    assert_one_line_error(code, 2, &err, "user");
+    let (code, _, err) = run(&["serve"], &env(&redis), None);
+    assert_one_line_error(code, 2, &err, "MULTITOKENS_ADMIN_KEY");
+}
+
+#[test]
+fn malformed_tokens_exit_1_and_redis_down_exits_3() {
+    let mut redis = RedisServer::start();
+    let e = env(&redis);
+    for bad in ["", "garbage", "mt_AAAA", "Bearer mt_x"] {
+        let (code, _, err) = run(&["whoami", bad], &e, None);
+        assert_one_line_error(code, 1, &err, "not valid");
+    }
+    let (_, token, _) = run(&["issue", "--user", "zed"], &e, None);
+    redis.kill();
+    let (code, _, err) = run(&["whoami", &token], &e, None);
+    assert_one_line_error(code, 3, &err, "Redis");
+    let (code, _, err) = run(&["issue", "--user", "zed"], &e, None);
+    assert_one_line_error(code, 3, &err, "Redis");
+    assert!(!err.contains(&token));
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for sub in ["issue", "whoami", "revoke", "revoke-all", "list", "serve"] {
+        let (code, out, _) = run(&[sub, "--help"], &[], None);
+        assert_eq!(code, 0);
+        assert!(out.contains("Usage: multitokens"), "{sub}: {out}");
+    }
+    let (code, out, _) = run(&["--help"], &[], None);
+    assert_eq!(code, 0);
+    assert!(out.contains("MULTITOKENS_REDIS_URL") && out.contains("revoke-all"));
+}

@@ -1,0 +1,43 @@
+//! The store against a real 3-node Redis Cluster: users spread over the slots.
+
+use crate::support::RedisCluster;
+use crate::{policy, store_at};
+use multitokens::companion::error::StoreError;
+use multitokens::companion::store::IssueRequest;
+
+#[tokio::test]
+async fn every_operation_works_across_the_slots() {
+    let cluster = RedisCluster::start();
+    let store = store_at(&cluster.url(), policy(), Some("cluster-pepper"));
+    let users: Vec<String> = (0..40).map(|i| format!("user-{i}")).collect();
+    let mut tokens = Vec::new();
+    for user in &users {
+        let a = store.issue(IssueRequest { user: user.clone(), device: Some("a".into()), ..Default::default() }).await.unwrap();
+        let b = store.issue(IssueRequest { user: user.clone(), device: Some("b".into()), ..Default::default() }).await.unwrap();
+        assert!(a.first && !b.first);
+        tokens.push((user.clone(), a.token, b.token));
+    }
+    // the keys really are spread over all three masters
+    for node in &cluster.nodes {
+        let size: i64 = node.cli(&["DBSIZE"]).trim().parse().unwrap();
+        assert!(size > 0, "node {} holds no keys", node.port);
+    }
+    for (user, a, b) in &tokens {
+        assert_eq!(&store.whoami(a).await.unwrap().user, user);
+        assert_eq!(store.list(user).await.unwrap().len(), 2);
+        store.revoke(a).await.unwrap();
+        assert!(matches!(store.whoami(a).await, Err(StoreError::InvalidToken)));
+        assert!(store.whoami(b).await.is_ok());
+    }
+    for (user, _, b) in tokens.iter().take(20) {
+        let c = store.issue(IssueRequest { user: user.clone(), device: Some("c".into()), ..Default::default() }).await.unwrap();
+        assert_eq!(store.revoke_all(user, Some(&c.token)).await.unwrap(), 1);
+        assert!(store.whoami(b).await.is_err());
+        assert_eq!(store.revoke_all(user, None).await.unwrap(), 1);
+        assert!(store.whoami(&c.token).await.is_err());
+        assert!(store.list(user).await.unwrap().is_empty());
+    }
+    for (user, _, b) in tokens.iter().skip(20) {
+        assert_eq!(&store.whoami(b).await.unwrap().user, user, "other users untouched");
+    }
+}

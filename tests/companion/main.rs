@@ -1,0 +1,35 @@
+//! Companion integration tests against real `redis-server` processes (single node and cluster).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod api;
+mod cli;
+mod cluster;
+mod concurrency;
+mod store;
+
+use multitokens::companion::connection::{Redis, RedisTarget};
+use multitokens::companion::settings::MaxTokensPolicy;
+use multitokens::companion::store::{StorePolicy, TokenStore};
+use multitokens::core::ttl::TokenTtl;
+use std::time::Duration;
+
+/// The seed's defaults: 30-day TTL, reset on login, overwrite immortal TTLs, no limit.
+pub fn policy() -> StorePolicy {
+    StorePolicy {
+        prefix: "mt".into(),
+        token_ttl: TokenTtl::Seconds(30 * 24 * 3600),
+        reset_ttl_on_login: true,
+        overwrite_none_ttl: true,
+        max_tokens_per_user: None,
+        max_tokens_policy: MaxTokensPolicy::Reject,
+    }
+}
+
+/// A store over a Redis URL.
+pub fn store_at(url: &str, policy: StorePolicy, hash_key: Option<&str>) -> TokenStore {
+    let redis = Redis::open(&RedisTarget::parse(url).unwrap(), Duration::from_millis(1500)).unwrap();
+    TokenStore::new(redis, policy, hash_key)
+}
