@@ -312,6 +312,22 @@ async fn internal_lookup(_: Internal, State(store): State<Arc<TokenStore>>, Json
     .into_response())
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedQuery {
+    #[serde(default)]
+    after: Option<String>,
+}
+
+/// The revocation feed for filters: digests revoked after a cursor.
+async fn internal_revocations(
+    _: Internal,
+    State(store): State<Arc<TokenStore>>,
+    axum::extract::Query(query): axum::extract::Query<FeedQuery>,
+) -> Result<Response, ApiError> {
+    Ok(Json(store.revocations_after(query.after.as_deref()).await?).into_response())
+}
+
 async fn healthz() -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }
@@ -346,6 +362,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/tokens/current", get(current).delete(logout_current))
         .route("/v1/tokens/others", delete(logout_others))
         .route("/v1/internal/lookup", post(internal_lookup))
+        .route("/v1/internal/revocations", get(internal_revocations))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -18,6 +18,26 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Revocation feed length kept in Redis (approximate trim).
 pub const FEED_MAX_LEN: usize = 100_000;
+/// Most feed entries returned by one poll.
+pub const FEED_PAGE: usize = 1000;
+
+/// A page of the revocation feed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RevocationPage {
+    /// Cursor to send next time.
+    pub cursor: String,
+    /// Digests (hex) revoked after the previous cursor.
+    pub digests: Vec<String>,
+    /// True when entries after the previous cursor were lost (trimmed, or the feed was reset):
+    /// the caller must drop every cached verdict.
+    pub reset: bool,
+}
+
+/// Parses a stream id `ms-seq` for ordering.
+fn stream_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
 
 /// Token policy: the seed's settings plus the per-user limit.
 #[derive(Clone, Debug)]
@@ -149,6 +169,7 @@ fn as_text(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
         Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
         _ => None,
     }
 }
@@ -390,6 +411,54 @@ impl TokenStore {
         Ok(refreshed == 1)
     }
 
+    /// Reads the revocation feed after `cursor`; without a cursor, returns the current tail so a new
+    /// poller starts from now.
+    pub async fn revocations_after(&self, cursor: Option<&str>) -> Result<RevocationPage, StoreError> {
+        let feed = self.keys.revocation_feed();
+        let mut conn = self.redis.conn().await?;
+        let Some(cursor) = cursor else {
+            let tail: redis::streams::StreamRangeReply =
+                redis::cmd("XREVRANGE").arg(&feed).arg("+").arg("-").arg("COUNT").arg(1).query_async(&mut conn).await?;
+            let cursor = tail.ids.first().map_or_else(|| "0-0".to_string(), |e| e.id.clone());
+            return Ok(RevocationPage { cursor, digests: vec![], reset: false });
+        };
+        let after = stream_id(cursor).ok_or_else(|| StoreError::BadInput("cursor must be a stream id like 1700000000000-0".into()))?;
+        let exists: bool = redis::cmd("EXISTS").arg(&feed).query_async(&mut conn).await?;
+        if !exists {
+            return Ok(RevocationPage { cursor: "0-0".into(), digests: vec![], reset: after != (0, 0) });
+        }
+        let info: Value = redis::cmd("XINFO").arg("STREAM").arg(&feed).query_async(&mut conn).await?;
+        let field = |name| stream_info_field(&info, name);
+        let max_deleted = field("max-deleted-entry-id").and_then(|id| stream_id(&id)).unwrap_or((0, 0));
+        let last = field("last-generated-id").and_then(|id| stream_id(&id)).unwrap_or((0, 0));
+        // Trimming removes the oldest entries, so nothing after the cursor was lost iff the cursor
+        // entry itself is still there (or, from an empty start, nothing was ever trimmed).
+        let cursor_kept = if after == (0, 0) {
+            let added = field("entries-added").and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+            let length = field("length").and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+            added <= length
+        } else {
+            let at: redis::streams::StreamRangeReply =
+                redis::cmd("XRANGE").arg(&feed).arg(cursor).arg(cursor).query_async(&mut conn).await?;
+            !at.ids.is_empty()
+        };
+        if last < after || max_deleted > after || !cursor_kept {
+            let page = Box::pin(self.revocations_after(None)).await?;
+            return Ok(RevocationPage { reset: true, ..page });
+        }
+        let page: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&feed)
+            .arg(format!("({cursor}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(FEED_PAGE)
+            .query_async(&mut conn)
+            .await?;
+        let cursor = page.ids.last().map_or_else(|| cursor.to_string(), |e| e.id.clone());
+        let digests = page.ids.iter().filter_map(|e| e.get::<String>("d")).collect();
+        Ok(RevocationPage { cursor, digests, reset: false })
+    }
+
     /// Appends revoked digests to the revocation feed that filters poll. Best effort: the records
     /// are already gone; a lost entry only means a filter cache keeps a verdict until its TTL.
     async fn publish_revoked(&self, members: &[String]) {
@@ -416,5 +485,17 @@ impl TokenStore {
         if let Err(e) = result {
             tracing::warn!(error = %e, count = members.len(), "could not append to the revocation feed");
         }
+    }
+}
+
+/// A field of an `XINFO STREAM` reply (RESP2 flat array or RESP3 map).
+fn stream_info_field(info: &Value, name: &str) -> Option<String> {
+    match info {
+        Value::Array(items) => items.chunks(2).find_map(|kv| match kv {
+            [k, v] if as_text(k).as_deref() == Some(name) => as_text(v),
+            _ => None,
+        }),
+        Value::Map(pairs) => pairs.iter().find_map(|(k, v)| (as_text(k).as_deref() == Some(name)).then(|| as_text(v)).flatten()),
+        _ => None,
     }
 }

@@ -326,3 +326,29 @@ async fn garbage_in_redis_and_redis_down_are_errors_not_verdicts() {
     assert!(matches!(store.issue(req("", "a")).await, Err(StoreError::BadInput(_))));
     assert!(matches!(store.issue(req("a\nb", "a")).await, Err(StoreError::BadInput(_))));
 }
+
+#[tokio::test]
+async fn the_revocation_feed_pages_and_detects_loss() {
+    let redis = RedisServer::start();
+    let store = store_at(&redis.url(), policy(), None);
+    let start = store.revocations_after(None).await.unwrap();
+    assert_eq!((start.cursor.as_str(), start.digests.len(), start.reset), ("0-0", 0, false));
+    let a = store.issue(req("sam", "a")).await.unwrap().token;
+    let b = store.issue(req("sam", "b")).await.unwrap().token;
+    store.revoke(&a).await.unwrap();
+    let page = store.revocations_after(Some(&start.cursor)).await.unwrap();
+    assert_eq!(page.digests, vec![store.digest_of(&a).unwrap().1.to_hex()]);
+    assert!(!page.reset);
+    let again = store.revocations_after(Some(&page.cursor)).await.unwrap();
+    assert!(again.digests.is_empty() && again.cursor == page.cursor);
+    store.revoke(&b).await.unwrap();
+    let next = store.revocations_after(Some(&page.cursor)).await.unwrap();
+    assert_eq!(next.digests, vec![store.digest_of(&b).unwrap().1.to_hex()]);
+    // entries the poller never saw are trimmed away: it is told to reset
+    redis.cli(&["XTRIM", "mt:revoked", "MAXLEN", "0"]);
+    assert!(store.revocations_after(Some(&page.cursor)).await.unwrap().reset);
+    // the feed is gone entirely (Redis flushed): reset too
+    redis.cli(&["FLUSHALL"]);
+    assert!(store.revocations_after(Some(&next.cursor)).await.unwrap().reset);
+    assert!(matches!(store.revocations_after(Some("garbage")).await, Err(StoreError::BadInput(_))));
+}
