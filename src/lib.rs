@@ -8,5 +8,6 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod core;
+pub mod filter;
 #[cfg(feature = "companion")]
 pub mod companion;

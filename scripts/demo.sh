@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# `make demo`: Redis on a private port, the companion, the demo app and Envoy with the filter,
+# all in the foreground. Ctrl-C stops all of them.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+DEMO_PORT="${DEMO_PORT:-10000}"
+REDIS_PORT="${DEMO_REDIS_PORT:-16379}"
+COMPANION_PORT=18080
+APP_PORT=18081
+ADMIN_PORT=19901
+ENVOY="${ENVOY_BIN:-$root/.tools/bin/envoy}"
+ADMIN_KEY="demo-admin-key-change-me-please"
+INTERNAL_KEY="demo-internal-key-change-me"
+
+work="$(mktemp -d -t multitokens-demo.XXXXXX)"
+pids=()
+cleanup() {
+  trap - EXIT INT TERM
+  echo
+  echo "demo: stopping"
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+for port in "$DEMO_PORT" "$REDIS_PORT" "$COMPANION_PORT" "$APP_PORT" "$ADMIN_PORT"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "demo: port $port is already in use (set DEMO_PORT for the listener)" >&2
+    exit 1
+  fi
+done
+
+wait_port() {
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "demo: $2 did not start on port $1 (logs in $work)" >&2
+  exit 1
+}
+
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$work" --save "" --appendonly no >"$work/redis.log" 2>&1 &
+pids+=($!)
+wait_port "$REDIS_PORT" redis-server
+
+MULTITOKENS_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" \
+MULTITOKENS_ADMIN_KEY="$ADMIN_KEY" MULTITOKENS_INTERNAL_KEY="$INTERNAL_KEY" \
+  target/release/multitokens serve --listen "127.0.0.1:$COMPANION_PORT" 2>"$work/companion.log" &
+pids+=($!)
+wait_port "$COMPANION_PORT" "the companion"
+
+DEMO_APP_LISTEN="127.0.0.1:$APP_PORT" MULTITOKENS_URL="http://127.0.0.1:$COMPANION_PORT" MULTITOKENS_ADMIN_KEY="$ADMIN_KEY" \
+  target/release/multitokens-demo-app 2>"$work/app.log" &
+pids+=($!)
+wait_port "$APP_PORT" "the demo app"
+
+sed "s/port_value: 10000/port_value: $DEMO_PORT/" envoy/envoy.yaml >"$work/envoy.yaml"
+"$ENVOY" -c "$work/envoy.yaml" --concurrency 2 --log-level warn 2>"$work/envoy.log" &
+pids+=($!)
+wait_port "$DEMO_PORT" Envoy
+
+cat <<EOT
+multitokens demo is up (Ctrl-C stops everything):
+  Envoy + multitokens filter  http://127.0.0.1:$DEMO_PORT   (admin, stats: http://127.0.0.1:$ADMIN_PORT/stats?filter=multitokens)
+  companion API               http://127.0.0.1:$COMPANION_PORT  (admin key: $ADMIN_KEY)
+  demo app                    http://127.0.0.1:$APP_PORT
+  redis-server                127.0.0.1:$REDIS_PORT (data in $work, removed on exit)
+
+Try it:
+  TOKEN=\$(curl -s -X POST http://127.0.0.1:$DEMO_PORT/login -H 'content-type: application/json' \\
+           -d '{"user":"alice","device":"laptop"}' | sed -E 's/.*"token":"([^"]+)".*/\1/')
+  curl -s http://127.0.0.1:$DEMO_PORT/api/whoami -H "Authorization: Bearer \$TOKEN"
+  curl -s -X POST http://127.0.0.1:$DEMO_PORT/logout -H "Authorization: Bearer \$TOKEN"
+  curl -s -i http://127.0.0.1:$DEMO_PORT/api/whoami -H "Authorization: Bearer \$TOKEN"   # 401 now
+EOT
+wait -n "${pids[@]}" || true
+echo "demo: a component exited; see the logs in $work:" >&2
+tail -n 5 "$work"/*.log >&2 || true
+exit 1

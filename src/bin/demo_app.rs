@@ -1,0 +1,146 @@
+//! The demo application behind Envoy: it trusts the identity headers the multitokens filter sets
+//! and calls the companion's admin API to log users in and out.
+//!
+//! Environment: `DEMO_APP_LISTEN` (default 127.0.0.1:18081), `MULTITOKENS_URL` (the companion,
+//! default http://127.0.0.1:18080), `MULTITOKENS_ADMIN_KEY`.
+//!
+//! Routes: `POST /login {"user","device","scopes"?}` -> 201 `{"token"}` (a real app checks a
+//! password first); `GET /api/whoami`; `GET /api/admin/stats` (needs scope `admin` at the edge);
+//! `POST /logout`; `POST /logout-all`; `GET /public/headers` (echoes identity headers, excluded
+//! from auth); `GET /healthz`.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+struct Demo {
+    companion: String,
+    admin_key: String,
+    agent: ureq::Agent,
+}
+
+fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+/// Calls the companion's admin API off the async runtime.
+async fn admin_call(demo: Arc<Demo>, method: &'static str, path: String, body: Option<Value>) -> Response {
+    let result = tokio::task::spawn_blocking(move || {
+        let uri = format!("{}{}", demo.companion, path);
+        let auth = format!("Bearer {}", demo.admin_key);
+        let request = ureq::http::Request::builder().method(method).uri(uri).header("authorization", auth);
+        let response = match body {
+            Some(b) => demo.agent.run(request.header("content-type", "application/json").body(b.to_string()).map_err(|e| e.to_string())?),
+            None => demo.agent.run(request.body(()).map_err(|e| e.to_string())?),
+        }
+        .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let text = response.into_body().read_to_string().map_err(|e| e.to_string())?;
+        Ok::<_, String>((status, text))
+    })
+    .await;
+    match result {
+        Ok(Ok((status, text))) => {
+            let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            (StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), Json(value)).into_response()
+        }
+        _ => (StatusCode::BAD_GATEWAY, Json(json!({"detail": "companion unreachable"}))).into_response(),
+    }
+}
+
+async fn login(State(demo): State<Arc<Demo>>, Json(body): Json<Value>) -> Response {
+    let user = body.get("user").and_then(Value::as_str).unwrap_or_default().to_string();
+    let device = body.get("device").and_then(Value::as_str).unwrap_or_default().to_string();
+    let scopes = body.get("scopes").cloned().unwrap_or_else(|| json!([]));
+    let response = admin_call(demo, "POST", "/v1/tokens".into(), Some(json!({"user": user, "device": device, "scopes": scopes}))).await;
+    if response.status() != StatusCode::CREATED {
+        return response;
+    }
+    // pass on only the token: the rest is the companion's business
+    let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024).await.unwrap_or_default();
+    let issued: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (StatusCode::CREATED, Json(json!({"token": issued["token"], "first": issued["first"]}))).into_response()
+}
+
+fn identity(headers: &HeaderMap) -> Value {
+    json!({
+        "user": header(headers, "x-multitokens-user"),
+        "device": header(headers, "x-multitokens-device"),
+        "scopes": header(headers, "x-multitokens-scopes"),
+        "token_id": header(headers, "x-multitokens-token-id"),
+        "authorization_forwarded": headers.contains_key("authorization"),
+    })
+}
+
+async fn whoami(headers: HeaderMap) -> Response {
+    match header(&headers, "x-multitokens-user") {
+        Some(user) => Json(json!({"user": user, "device": header(&headers, "x-multitokens-device")})).into_response(),
+        None => (StatusCode::UNAUTHORIZED, Json(json!({"detail": "no identity: is the multitokens filter in front?"}))).into_response(),
+    }
+}
+
+async fn logout(State(demo): State<Arc<Demo>>, headers: HeaderMap) -> Response {
+    let (Some(user), Some(id)) = (header(&headers, "x-multitokens-user"), header(&headers, "x-multitokens-token-id")) else {
+        return (StatusCode::UNAUTHORIZED, Json(json!({"detail": "no identity"}))).into_response();
+    };
+    let response = admin_call(demo, "DELETE", format!("/v1/users/{}/tokens/{}", encode(&user), encode(&id)), None).await;
+    if response.status() == StatusCode::NO_CONTENT {
+        return Json(json!({"revoked": 1})).into_response();
+    }
+    response
+}
+
+async fn logout_all(State(demo): State<Arc<Demo>>, headers: HeaderMap) -> Response {
+    let Some(user) = header(&headers, "x-multitokens-user") else {
+        return (StatusCode::UNAUTHORIZED, Json(json!({"detail": "no identity"}))).into_response();
+    };
+    admin_call(demo, "DELETE", format!("/v1/users/{}/tokens", encode(&user)), None).await
+}
+
+/// Percent-encodes a path segment.
+fn encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let listen = std::env::var("DEMO_APP_LISTEN").unwrap_or_else(|_| "127.0.0.1:18081".into());
+    let demo = Arc::new(Demo {
+        companion: std::env::var("MULTITOKENS_URL").unwrap_or_else(|_| "http://127.0.0.1:18080".into()),
+        admin_key: std::env::var("MULTITOKENS_ADMIN_KEY").unwrap_or_default(),
+        agent: ureq::Agent::config_builder().http_status_as_error(false).build().into(),
+    });
+    let app = Router::new()
+        .route("/login", post(login))
+        .route("/api/whoami", get(whoami))
+        .route("/api/admin/stats", get(|| async { Json(json!({"admin": true})) }))
+        .route("/logout", post(logout))
+        .route("/logout-all", post(logout_all))
+        .route("/public/headers", get(|headers: HeaderMap| async move { Json(identity(&headers)) }))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .with_state(demo);
+    let listener = match tokio::net::TcpListener::bind(&listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("multitokens-demo-app: cannot listen on {listen}: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match axum::serve(listener, app).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("multitokens-demo-app: {e}");
+            std::process::ExitCode::from(3)
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! The filter's plugin configuration (JSON), parsed and checked once in `on_configure`. Unknown
+//! fields are rejected and every error names the field.
+
+use super::rules::{ExcludeRule, ScopeRule};
+use crate::core::digest::TokenHasher;
+use crate::core::token::{validate_prefix, DEFAULT_PREFIX};
+use serde::Deserialize;
+
+/// What to do when the token store cannot be asked (down, slow, failing).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// Answer 503 (the default: fail closed).
+    #[default]
+    Deny,
+    /// Keep accepting tokens positively verified within `stale_window_ms`; 503 for the rest.
+    AllowCached,
+}
+
+/// Where the HTTP callout goes: the companion's internal API, as an Envoy cluster.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CompanionTarget {
+    /// Envoy cluster name of the companion.
+    pub cluster: String,
+    /// `:authority` of the callout.
+    #[serde(default = "default_authority")]
+    pub authority: String,
+    /// The companion's internal key (MULTITOKENS_INTERNAL_KEY, or its admin key).
+    pub api_key: String,
+    /// Callout timeout.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// Verdict cache sizing.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Most entries per worker (0 disables the cache).
+    #[serde(default = "default_max_entries")]
+    pub max_entries: usize,
+    /// How long a positive verdict is served from the cache.
+    #[serde(default = "default_ttl_ms")]
+    pub ttl_ms: u64,
+    /// How long "unknown token" is remembered.
+    #[serde(default = "default_negative_ttl_ms")]
+    pub negative_ttl_ms: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig { max_entries: default_max_entries(), ttl_ms: default_ttl_ms(), negative_ttl_ms: default_negative_ttl_ms() }
+    }
+}
+
+/// Sliding expiry: a used token's TTL is pushed out, at most once per interval.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshConfig {
+    /// The TTL a used token gets, in seconds.
+    pub ttl: u64,
+    /// Least time between two refreshes of one token.
+    #[serde(default = "default_refresh_interval_ms")]
+    pub min_interval_ms: u64,
+}
+
+/// The plugin configuration as written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// Token prefix; must match the companion's.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// HMAC key for digests; must match the companion's MULTITOKENS_HASH_KEY.
+    #[serde(default)]
+    pub hash_key: Option<String>,
+    /// Realm in `WWW-Authenticate`.
+    #[serde(default = "default_realm")]
+    pub realm: String,
+    /// Accepted `Authorization` schemes (case-insensitive).
+    #[serde(default = "default_schemes")]
+    pub schemes: Vec<String>,
+    /// Cookie to read the token from when there is no `Authorization` header.
+    #[serde(default)]
+    pub cookie: Option<String>,
+    /// Upstream header carrying the user id.
+    #[serde(default = "default_user_header")]
+    pub user_header: String,
+    /// Upstream header carrying the device label.
+    #[serde(default = "default_device_header")]
+    pub device_header: String,
+    /// Upstream header carrying the scopes (space-separated).
+    #[serde(default = "default_scopes_header")]
+    pub scopes_header: String,
+    /// Upstream header carrying the token's public id (for logout of this device).
+    #[serde(default = "default_token_id_header")]
+    pub token_id_header: String,
+    /// Remove the credential (header or cookie) before the upstream.
+    #[serde(default = "default_true")]
+    pub strip_credential: bool,
+    /// Requests that need no token.
+    #[serde(default)]
+    pub exclude: Vec<ExcludeRule>,
+    /// Scopes required per path.
+    #[serde(default)]
+    pub required_scopes: Vec<ScopeRule>,
+    /// The companion to ask.
+    pub companion: CompanionTarget,
+    /// Verdict cache.
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// How often the revocation feed is polled (0 disables polling and caching of positives).
+    #[serde(default = "default_poll_ms")]
+    pub revocation_poll_ms: u64,
+    /// What to do when the store cannot be asked.
+    #[serde(default)]
+    pub failure_mode: FailureMode,
+    /// With `allow_cached`: how long after its last positive check a token is still accepted.
+    #[serde(default = "default_stale_window_ms")]
+    pub stale_window_ms: u64,
+    /// Sliding expiry on use.
+    #[serde(default)]
+    pub refresh_on_use: Option<RefreshConfig>,
+}
+
+fn default_prefix() -> String { DEFAULT_PREFIX.into() }
+fn default_realm() -> String { "multitokens".into() }
+fn default_schemes() -> Vec<String> { vec!["Bearer".into(), "Token".into()] }
+fn default_user_header() -> String { "x-multitokens-user".into() }
+fn default_device_header() -> String { "x-multitokens-device".into() }
+fn default_scopes_header() -> String { "x-multitokens-scopes".into() }
+fn default_token_id_header() -> String { "x-multitokens-token-id".into() }
+fn default_true() -> bool { true }
+fn default_authority() -> String { "multitokens".into() }
+fn default_timeout_ms() -> u64 { 500 }
+fn default_max_entries() -> usize { 10_000 }
+fn default_ttl_ms() -> u64 { 30_000 }
+fn default_negative_ttl_ms() -> u64 { 10_000 }
+fn default_poll_ms() -> u64 { 1000 }
+fn default_stale_window_ms() -> u64 { 300_000 }
+fn default_refresh_interval_ms() -> u64 { 60_000 }
+
+/// The configuration compiled for use: validated, lower-cased, with the hasher built.
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    /// The checked configuration.
+    pub config: FilterConfig,
+    /// Digest function (keyed when `hash_key` is set).
+    pub hasher: TokenHasher,
+    /// Identity header names, lower-case, removed from every request.
+    pub identity_headers: [String; 4],
+}
+
+fn header_name(field: &str, value: &str) -> Result<String, String> {
+    let ok = !value.is_empty() && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !ok {
+        return Err(format!("{field}: {value:?} is not a valid header name"));
+    }
+    Ok(value.to_ascii_lowercase())
+}
+
+impl Compiled {
+    /// Parses and checks plugin configuration bytes.
+    pub fn parse(bytes: &[u8]) -> Result<Compiled, String> {
+        let config: FilterConfig = serde_json::from_slice(bytes).map_err(|e| format!("invalid multitokens configuration: {e}"))?;
+        Self::compile(config).map_err(|e| format!("invalid multitokens configuration: {e}"))
+    }
+
+    fn compile(mut config: FilterConfig) -> Result<Compiled, String> {
+        validate_prefix(&config.prefix).map_err(|e| format!("prefix: {e}"))?;
+        if config.schemes.is_empty() || config.schemes.iter().any(|s| s.is_empty() || s.contains(' ')) {
+            return Err("schemes: give at least one scheme, without spaces".into());
+        }
+        if let Some(cookie) = &config.cookie {
+            if cookie.is_empty() || cookie.contains([';', '=', ' ']) {
+                return Err(format!("cookie: {cookie:?} is not a valid cookie name"));
+            }
+        }
+        let identity_headers = [
+            header_name("user_header", &config.user_header)?,
+            header_name("device_header", &config.device_header)?,
+            header_name("scopes_header", &config.scopes_header)?,
+            header_name("token_id_header", &config.token_id_header)?,
+        ];
+        if identity_headers.iter().any(|h| h == "authorization" || h.starts_with(':')) {
+            return Err("user_header/device_header/scopes_header/token_id_header: must not be authorization".into());
+        }
+        for (i, rule) in config.exclude.iter().enumerate() {
+            rule.check().map_err(|e| format!("exclude[{i}]: {e}"))?;
+        }
+        for (i, rule) in config.required_scopes.iter().enumerate() {
+            rule.check().map_err(|e| format!("required_scopes[{i}]: {e}"))?;
+        }
+        let c = &config.companion;
+        if c.cluster.is_empty() {
+            return Err("companion.cluster: must name an Envoy cluster".into());
+        }
+        if c.api_key.is_empty() {
+            return Err("companion.api_key: must not be empty".into());
+        }
+        if !(1..=60_000).contains(&c.timeout_ms) {
+            return Err("companion.timeout_ms: must be 1 to 60000".into());
+        }
+        if config.cache.max_entries > 10_000_000 {
+            return Err("cache.max_entries: at most 10000000".into());
+        }
+        if config.revocation_poll_ms != 0 && !(100..=600_000).contains(&config.revocation_poll_ms) {
+            return Err("revocation_poll_ms: 0 (off) or 100 to 600000".into());
+        }
+        if let Some(r) = &config.refresh_on_use {
+            if r.ttl == 0 || r.ttl > crate::core::ttl::MAX_TTL_SECS {
+                return Err("refresh_on_use.ttl: seconds, at least 1".into());
+            }
+        }
+        config.schemes = config.schemes.iter().map(|s| s.to_ascii_lowercase()).collect();
+        let hasher = TokenHasher::new(config.hash_key.as_deref().map(str::as_bytes));
+        Ok(Compiled { config, hasher, identity_headers })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"{"companion": {"cluster": "mt", "api_key": "k"}}"#;
+
+    #[test]
+    fn minimal_config_gets_the_documented_defaults() {
+        let c = Compiled::parse(MINIMAL.as_bytes()).unwrap();
+        assert_eq!(c.config.prefix, "mt");
+        assert_eq!(c.config.schemes, vec!["bearer", "token"]);
+        assert_eq!(c.config.failure_mode, FailureMode::Deny);
+        assert!(c.config.strip_credential);
+        assert_eq!(c.config.revocation_poll_ms, 1000);
+        assert_eq!(c.identity_headers[0], "x-multitokens-user");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "prefixx": "mt"}"#, "prefixx"),
+            (r#"{"companion": {"cluster": "mt", "api_key": "k", "timeout": 5}}"#, "timeout"),
+            (r#"{"companion": {"cluster": "mt"}}"#, "api_key"),
+            (r#"{}"#, "companion"),
+            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "prefix": "a_b"}"#, "prefix"),
+            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "failure_mode": "open"}"#, "open"),
+            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "user_header": "bad header"}"#, "user_header"),
+            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "exclude": [{"path": "x"}]}"#, "exclude[0]"),
+            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "exclude": [{"paht": "/x"}]}"#, "paht"),
+            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "required_scopes": [{"prefix": "/a"}]}"#, "scopes"),
+            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "cache": {"size": 1}}"#, "size"),
+            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "revocation_poll_ms": 5}"#, "revocation_poll_ms"),
+            ("not json", "invalid multitokens configuration"),
+        ];
+        for (json, field) in cases {
+            let err = Compiled::parse(json.as_bytes()).unwrap_err();
+            assert!(err.contains(field), "{json}: {err}");
+        }
+    }
+}

@@ -1,0 +1,566 @@
+//! The filter's decisions, behind the small [`Host`] trait so they run natively in unit tests
+//! with a mock host. [`HttpFlow`] handles one request; [`Worker`] is the per-VM state (config,
+//! cache, revocation feed cursor) that the root context owns and every request shares.
+
+use super::cache::{Cached, Entry, Identity, VerdictCache};
+use super::config::{Compiled, FailureMode};
+use super::credential::{self, Credential, Source};
+use super::lookup::{self, Answer, CalloutProblem, LookupRequest};
+use super::reply::{self, Denial, LocalReply};
+use super::rules::{missing_scopes, path_only};
+use crate::core::digest::TokenDigest;
+use crate::core::token;
+use std::rc::Rc;
+
+/// Counters the filter keeps (Envoy stats `multitokens.<name>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metric {
+    /// Requests let through with a valid token.
+    Allowed,
+    /// Requests let through on a stale verdict while the store was down (`allow_cached`).
+    AllowedStale,
+    /// Requests excluded from authentication.
+    Excluded,
+    /// Denied: no credential.
+    DeniedMissing,
+    /// Denied: malformed token (no callout made).
+    DeniedMalformed,
+    /// Denied: unknown, revoked or expired token.
+    DeniedInvalid,
+    /// Denied: missing scope.
+    DeniedScope,
+    /// Denied: store unavailable.
+    DeniedUnavailable,
+    /// Verdict served from the cache.
+    CacheHit,
+    /// Verdict had to be looked up.
+    CacheMiss,
+    /// Callout got no response (timeout, reset, no upstream).
+    CalloutFailed,
+    /// Callout got a bad response.
+    CalloutError,
+    /// Cached verdicts dropped by the revocation feed.
+    RevocationsApplied,
+}
+
+impl Metric {
+    /// Every metric, for definition at start.
+    pub const ALL: [Metric; 13] = [
+        Metric::Allowed,
+        Metric::AllowedStale,
+        Metric::Excluded,
+        Metric::DeniedMissing,
+        Metric::DeniedMalformed,
+        Metric::DeniedInvalid,
+        Metric::DeniedScope,
+        Metric::DeniedUnavailable,
+        Metric::CacheHit,
+        Metric::CacheMiss,
+        Metric::CalloutFailed,
+        Metric::CalloutError,
+        Metric::RevocationsApplied,
+    ];
+
+    /// The stat name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Metric::Allowed => "multitokens.allowed",
+            Metric::AllowedStale => "multitokens.allowed_stale",
+            Metric::Excluded => "multitokens.excluded",
+            Metric::DeniedMissing => "multitokens.denied_missing",
+            Metric::DeniedMalformed => "multitokens.denied_malformed",
+            Metric::DeniedInvalid => "multitokens.denied_invalid",
+            Metric::DeniedScope => "multitokens.denied_scope",
+            Metric::DeniedUnavailable => "multitokens.denied_unavailable",
+            Metric::CacheHit => "multitokens.cache_hit",
+            Metric::CacheMiss => "multitokens.cache_miss",
+            Metric::CalloutFailed => "multitokens.callout_failed",
+            Metric::CalloutError => "multitokens.callout_error",
+            Metric::RevocationsApplied => "multitokens.revocations_applied",
+        }
+    }
+
+    /// Index into [`Metric::ALL`].
+    pub fn index(&self) -> usize {
+        Metric::ALL.iter().position(|m| m == self).unwrap_or(0)
+    }
+}
+
+/// What the proxy offers the request flow.
+pub trait Host {
+    /// A request header (lower-case name; pseudo-headers like `:path` included).
+    fn header(&self, name: &str) -> Option<String>;
+    /// Sets a request header.
+    fn set_header(&mut self, name: &str, value: &str);
+    /// Removes a request header.
+    fn remove_header(&mut self, name: &str);
+    /// Sends a local reply instead of forwarding.
+    fn send_reply(&mut self, reply: &LocalReply);
+    /// Starts the lookup callout; returns its call id.
+    fn dispatch_lookup(&mut self, request: &LookupRequest) -> Result<u32, String>;
+    /// Counts one event.
+    fn count(&mut self, metric: Metric);
+    /// Logs a warning (never a token).
+    fn warn(&self, message: &str);
+}
+
+/// What the proxy should do with the request now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Forward it (possibly with rewritten headers).
+    Continue,
+    /// Wait for the callout.
+    Pause,
+    /// A local reply was sent.
+    Replied,
+}
+
+/// State of the revocation feed poller.
+#[derive(Clone, Debug, Default)]
+pub struct FeedState {
+    /// Cursor of the last page applied.
+    pub cursor: Option<String>,
+    /// When the last page was applied (ms).
+    pub last_ok_ms: u64,
+    /// Whether a poll is under way.
+    pub in_flight: bool,
+}
+
+/// Per-VM (per worker) state shared by all requests.
+#[derive(Debug)]
+pub struct Worker {
+    /// The compiled configuration (shared, so a request can hold it while changing the worker).
+    pub compiled: Rc<Compiled>,
+    /// The verdict cache.
+    pub cache: VerdictCache,
+    /// Revocation feed poller.
+    pub feed: FeedState,
+    /// Tokens due for a sliding refresh (tag hex, digest hex), sent on the next tick.
+    pub refresh_queue: Vec<LookupRequest>,
+}
+
+/// Most refreshes waiting for the next tick.
+pub const MAX_REFRESH_QUEUE: usize = 1024;
+
+impl Worker {
+    /// State for a freshly configured VM.
+    pub fn new(compiled: Compiled) -> Self {
+        let cache = VerdictCache::new(compiled.config.cache.max_entries);
+        Worker { compiled: Rc::new(compiled), cache, feed: FeedState::default(), refresh_queue: Vec::new() }
+    }
+
+    /// Positive verdicts are served from the cache only while the revocation feed is followed:
+    /// a page applied within three poll intervals (plus the callout timeout).
+    pub fn feed_is_current(&self, now: u64) -> bool {
+        let c = &self.compiled.config;
+        c.revocation_poll_ms > 0
+            && self.feed.cursor.is_some()
+            && now.saturating_sub(self.feed.last_ok_ms) <= 3 * c.revocation_poll_ms + c.companion.timeout_ms
+    }
+
+    /// Applies a feed page; returns how many cached verdicts were dropped.
+    pub fn apply_feed(&mut self, page: lookup::FeedPage, now: u64) -> usize {
+        let mut applied = 0;
+        if page.reset {
+            applied = self.cache.len();
+            self.cache.clear();
+        }
+        for hex in &page.digests {
+            if let Some(d) = TokenDigest::from_hex(hex) {
+                if self.cache.revoke(&d) {
+                    applied += 1;
+                }
+            }
+        }
+        self.feed.cursor = Some(page.cursor);
+        self.feed.last_ok_ms = now;
+        self.feed.in_flight = false;
+        applied
+    }
+}
+
+/// A lookup under way for one request.
+#[derive(Debug)]
+struct Pending {
+    call: u32,
+    token: String,
+    digest: TokenDigest,
+    source: Source,
+    method: String,
+    path: String,
+}
+
+/// One request's flow.
+#[derive(Debug, Default)]
+pub struct HttpFlow {
+    pending: Option<Pending>,
+}
+
+impl HttpFlow {
+    /// A new request.
+    pub fn new() -> Self {
+        HttpFlow::default()
+    }
+
+    /// The call id this request waits for, if any.
+    pub fn waiting_for(&self) -> Option<u32> {
+        self.pending.as_ref().map(|p| p.call)
+    }
+
+    /// Request headers arrived.
+    pub fn on_request_headers(&mut self, host: &mut dyn Host, worker: &mut Worker, now: u64) -> Step {
+        let config = &worker.compiled.config;
+        // identity headers come only from us: drop whatever the client sent, on every request
+        for name in &worker.compiled.identity_headers {
+            host.remove_header(name);
+        }
+        let method = host.header(":method").unwrap_or_default();
+        let raw_path = host.header(":path").unwrap_or_default();
+        let path = path_only(&raw_path);
+        if config.exclude.iter().any(|r| r.matching.matches(&method, path)) {
+            host.count(Metric::Excluded);
+            return Step::Continue;
+        }
+        let authorization = host.header("authorization");
+        let cookies = if config.cookie.is_some() { host.header("cookie") } else { None };
+        let (token, source) =
+            match credential::extract(authorization.as_deref(), cookies.as_deref(), &config.schemes, config.cookie.as_deref()) {
+                Credential::Missing => return deny(host, worker, Denial::Missing, Metric::DeniedMissing, &[]),
+                Credential::Empty => return deny(host, worker, Denial::Invalid, Metric::DeniedMalformed, &[]),
+                Credential::Token(t, s) => (t, s),
+            };
+        // format and checksum: a malformed token never causes a callout
+        let Ok(tag) = token::parse(token, &config.prefix) else {
+            return deny(host, worker, Denial::Invalid, Metric::DeniedMalformed, &[]);
+        };
+        let feed_current = worker.feed_is_current(now);
+        if let Some(entry) = worker.cache.get(token) {
+            if entry.fresh_until > now {
+                match &entry.verdict {
+                    Cached::Unknown => {
+                        host.count(Metric::CacheHit);
+                        return deny(host, worker, Denial::Invalid, Metric::DeniedInvalid, &[]);
+                    }
+                    Cached::Valid(_) if feed_current => {
+                        host.count(Metric::CacheHit);
+                        let token = token.to_string();
+                        self.queue_refresh(worker, &token, tag, now);
+                        return authorize(host, worker, &token, source, &method, path, false);
+                    }
+                    Cached::Valid(_) => {}
+                }
+            }
+        }
+        host.count(Metric::CacheMiss);
+        let digest = worker.compiled.hasher.digest(token);
+        let refresh_ttl = config.refresh_on_use.as_ref().map(|r| r.ttl);
+        let request = LookupRequest { tag: tag.to_hex(), digest: digest.to_hex(), refresh_ttl };
+        match host.dispatch_lookup(&request) {
+            Ok(call) => {
+                self.pending = Some(Pending { call, token: token.to_string(), digest, source, method, path: path.to_string() });
+                Step::Pause
+            }
+            Err(e) => {
+                host.warn(&format!("multitokens: cannot dispatch the lookup: {e}"));
+                host.count(Metric::CalloutFailed);
+                let token = token.to_string();
+                unavailable(host, worker, &token, source, &method, path, now)
+            }
+        }
+    }
+
+    fn queue_refresh(&self, worker: &mut Worker, token: &str, tag: token::RoutingTag, now: u64) {
+        let Some(refresh) = worker.compiled.config.refresh_on_use.clone() else { return };
+        let Some(entry) = worker.cache.get_mut(token) else { return };
+        if now.saturating_sub(entry.refreshed_at) < refresh.min_interval_ms || worker.refresh_queue.len() >= MAX_REFRESH_QUEUE {
+            return;
+        }
+        entry.refreshed_at = now;
+        let digest = entry.digest.to_hex();
+        worker.refresh_queue.push(LookupRequest { tag: tag.to_hex(), digest, refresh_ttl: Some(refresh.ttl) });
+    }
+
+    /// The lookup callout answered (`status` `None`: no response at all).
+    pub fn on_lookup_response(&mut self, host: &mut dyn Host, worker: &mut Worker, status: Option<u32>, body: &[u8], now: u64) -> Step {
+        let Some(p) = self.pending.take() else { return Step::Continue };
+        match lookup::parse_answer(status, body) {
+            Ok(Answer::Valid(identity, expires_in)) => {
+                let cfg = &worker.compiled.config;
+                let token_left = expires_in.map_or(u64::MAX, |s| s.saturating_mul(1000));
+                let fresh = cfg.cache.ttl_ms.min(token_left);
+                let usable = match cfg.failure_mode {
+                    FailureMode::AllowCached => cfg.stale_window_ms.min(token_left),
+                    FailureMode::Deny => fresh,
+                };
+                let refreshed_at = if cfg.refresh_on_use.is_some() { now } else { 0 };
+                let step = authorize_identity(host, worker, &identity, p.source, &p.method, &p.path, false);
+                worker.cache.insert(
+                    &p.token,
+                    Entry { digest: p.digest, verdict: Cached::Valid(identity), fresh_until: now + fresh, usable_until: now + usable, refreshed_at },
+                );
+                step
+            }
+            Ok(Answer::Unknown) => {
+                let ttl = worker.compiled.config.cache.negative_ttl_ms;
+                worker.cache.insert(&p.token, Entry { digest: p.digest, verdict: Cached::Unknown, fresh_until: now + ttl, usable_until: now + ttl, refreshed_at: 0 });
+                deny(host, worker, Denial::Invalid, Metric::DeniedInvalid, &[])
+            }
+            Err(problem) => {
+                match &problem {
+                    CalloutProblem::NoResponse => host.count(Metric::CalloutFailed),
+                    CalloutProblem::BadResponse(why) => {
+                        host.count(Metric::CalloutError);
+                        host.warn(&format!("multitokens: token store answered badly: {why}"));
+                    }
+                }
+                unavailable(host, worker, &p.token, p.source, &p.method, &p.path, now)
+            }
+        }
+    }
+}
+
+fn deny(host: &mut dyn Host, worker: &Worker, denial: Denial, metric: Metric, missing: &[&str]) -> Step {
+    host.count(metric);
+    host.send_reply(&reply::deny(denial, &worker.compiled.config.realm, missing));
+    Step::Replied
+}
+
+/// The store could not be asked: `allow_cached` may accept a recently verified token.
+fn unavailable(host: &mut dyn Host, worker: &mut Worker, token: &str, source: Source, method: &str, path: &str, now: u64) -> Step {
+    if worker.compiled.config.failure_mode == FailureMode::AllowCached {
+        if let Some(e) = worker.cache.get(token) {
+            if e.usable_until > now && matches!(e.verdict, Cached::Valid(_)) {
+                return authorize(host, worker, token, source, method, path, true);
+            }
+        }
+    }
+    deny(host, worker, Denial::Unavailable, Metric::DeniedUnavailable, &[])
+}
+
+fn authorize(host: &mut dyn Host, worker: &Worker, token: &str, source: Source, method: &str, path: &str, stale: bool) -> Step {
+    match worker.cache.get(token).map(|e| &e.verdict) {
+        Some(Cached::Valid(identity)) => authorize_identity(host, worker, identity, source, method, path, stale),
+        _ => deny(host, worker, Denial::Invalid, Metric::DeniedInvalid, &[]),
+    }
+}
+
+fn authorize_identity(host: &mut dyn Host, worker: &Worker, identity: &Identity, source: Source, method: &str, path: &str, stale: bool) -> Step {
+    let compiled = &worker.compiled;
+    let missing = missing_scopes(&compiled.config.required_scopes, method, path, &identity.scopes);
+    if !missing.is_empty() {
+        return deny(host, worker, Denial::Scope, Metric::DeniedScope, &missing);
+    }
+    let [user, device, scopes, id] = &compiled.identity_headers;
+    host.set_header(user, &identity.user);
+    host.set_header(device, &identity.device);
+    host.set_header(scopes, &identity.scopes_header);
+    host.set_header(id, &identity.id);
+    if compiled.config.strip_credential {
+        match source {
+            Source::Header => host.remove_header("authorization"),
+            Source::Cookie => {
+                if let (Some(name), Some(cookies)) = (compiled.config.cookie.as_deref(), host.header("cookie")) {
+                    match credential::without_cookie(&cookies, name) {
+                        Some(rest) => host.set_header("cookie", &rest),
+                        None => host.remove_header("cookie"),
+                    }
+                }
+            }
+        }
+    }
+    host.count(if stale { Metric::AllowedStale } else { Metric::Allowed });
+    Step::Continue
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::digest::TokenHasher;
+    use std::collections::HashMap;
+
+    #[derive(Default)]
+    struct MockHost {
+        headers: HashMap<String, String>,
+        replies: Vec<LocalReply>,
+        lookups: Vec<String>,
+        metrics: Vec<Metric>,
+    }
+
+    impl Host for MockHost {
+        fn header(&self, name: &str) -> Option<String> {
+            self.headers.get(name).cloned()
+        }
+        fn set_header(&mut self, name: &str, value: &str) {
+            self.headers.insert(name.into(), value.into());
+        }
+        fn remove_header(&mut self, name: &str) {
+            self.headers.remove(name);
+        }
+        fn send_reply(&mut self, reply: &LocalReply) {
+            self.replies.push(reply.clone());
+        }
+        fn dispatch_lookup(&mut self, request: &LookupRequest) -> Result<u32, String> {
+            self.lookups.push(serde_json::to_string(request).unwrap());
+            Ok(self.lookups.len() as u32)
+        }
+        fn count(&mut self, metric: Metric) {
+            self.metrics.push(metric);
+        }
+        fn warn(&self, _: &str) {}
+    }
+
+    fn worker(extra: &str) -> Worker {
+        let json = format!(
+            r#"{{"companion": {{"cluster": "c", "api_key": "k"}}, "exclude": [{{"path": "/healthz"}}],
+               "required_scopes": [{{"prefix": "/admin", "scopes": ["admin"]}}] {extra}}}"#
+        );
+        Worker::new(Compiled::parse(json.as_bytes()).unwrap())
+    }
+
+    fn request(path: &str, auth: Option<&str>) -> MockHost {
+        let mut h = MockHost::default();
+        h.headers.insert(":method".into(), "GET".into());
+        h.headers.insert(":path".into(), path.into());
+        h.headers.insert("x-multitokens-user".into(), "spoofed".into());
+        if let Some(a) = auth {
+            h.headers.insert("authorization".into(), a.into());
+        }
+        h
+    }
+
+    const VALID: &[u8] = br#"{"active":true,"user":"alice","device":"phone","scopes":["read"],"expires_in":3600,"id":"abc"}"#;
+
+    fn run(w: &mut Worker, path: &str, token: &str, answer: Option<(Option<u32>, &[u8])>, now: u64) -> MockHost {
+        let mut h = request(path, Some(&format!("Bearer {token}")));
+        let mut flow = HttpFlow::new();
+        let step = flow.on_request_headers(&mut h, w, now);
+        if step == Step::Pause {
+            let (status, body) = answer.expect("a lookup was made");
+            flow.on_lookup_response(&mut h, w, status, body, now);
+        }
+        h
+    }
+
+    fn follow_feed(w: &mut Worker, now: u64) {
+        w.apply_feed(lookup::FeedPage { cursor: "1-0".into(), digests: vec![], reset: false }, now);
+    }
+
+    #[test]
+    fn missing_and_malformed_credentials_never_call_out() {
+        let mut w = worker("");
+        let mut h = request("/api", None);
+        assert_eq!(HttpFlow::new().on_request_headers(&mut h, &mut w, 0), Step::Replied);
+        assert_eq!(h.replies[0].status, 401);
+        assert!(h.replies[0].body.contains("not provided"));
+        let t = token::generate("mt", "alice").unwrap();
+        for bad in [&t[1..], &t[..t.len() - 1], "Zm9v", "mt_"] {
+            let h = run(&mut w, "/api", bad, None, 0);
+            assert_eq!(h.replies[0].status, 401);
+            assert!(h.replies[0].body.contains("Invalid token."));
+            assert!(h.lookups.is_empty());
+        }
+    }
+
+    #[test]
+    fn identity_headers_are_always_replaced() {
+        let mut w = worker("");
+        let mut h = request("/healthz", None);
+        assert_eq!(HttpFlow::new().on_request_headers(&mut h, &mut w, 0), Step::Continue);
+        assert!(!h.headers.contains_key("x-multitokens-user"), "spoofed header removed on excluded path");
+        let t = token::generate("mt", "alice").unwrap();
+        let h = run(&mut w, "/api", &t, Some((Some(200), VALID)), 0);
+        assert_eq!(h.headers["x-multitokens-user"], "alice");
+        assert_eq!(h.headers["x-multitokens-device"], "phone");
+        assert_eq!(h.headers["x-multitokens-scopes"], "read");
+        assert_eq!(h.headers["x-multitokens-token-id"], "abc");
+        assert!(!h.headers.contains_key("authorization"), "credential stripped");
+        let sent: serde_json::Value = serde_json::from_str(&h.lookups[0]).unwrap();
+        assert_eq!(sent["digest"], TokenHasher::new(None).digest(&t).to_hex());
+        assert!(!h.lookups[0].contains(&t[3..]), "the token itself never leaves the filter");
+    }
+
+    #[test]
+    fn cache_serves_positives_only_while_following_the_feed() {
+        let mut w = worker("");
+        let t = token::generate("mt", "alice").unwrap();
+        run(&mut w, "/api", &t, Some((Some(200), VALID)), 1000);
+        // no feed page yet: ask again
+        assert_eq!(run(&mut w, "/api", &t, Some((Some(200), VALID)), 1100).lookups.len(), 1);
+        follow_feed(&mut w, 1200);
+        let h = run(&mut w, "/api", &t, None, 1300);
+        assert!(h.lookups.is_empty() && h.metrics.contains(&Metric::CacheHit));
+        assert_eq!(h.headers["x-multitokens-user"], "alice");
+        // revoked through the feed: the next request asks the store
+        let digest = TokenHasher::new(None).digest(&t).to_hex();
+        assert_eq!(w.apply_feed(lookup::FeedPage { cursor: "2-0".into(), digests: vec![digest], reset: false }, 1400), 1);
+        let h = run(&mut w, "/api", &t, Some((Some(200), br#"{"active":false}"#)), 1500);
+        assert_eq!(h.replies[0].status, 401);
+        // the negative verdict is cached
+        assert!(run(&mut w, "/api", &t, None, 1600).lookups.is_empty());
+        // the feed goes silent: positives are no longer trusted from the cache
+        let u = token::generate("mt", "alice").unwrap();
+        run(&mut w, "/api", &u, Some((Some(200), VALID)), 1700);
+        assert!(run(&mut w, "/api", &u, None, 1800).lookups.is_empty());
+        assert_eq!(run(&mut w, "/api", &u, Some((Some(200), VALID)), 1400 + 3 * 1000 + 501).lookups.len(), 1);
+    }
+
+    #[test]
+    fn a_positive_entry_never_outlives_the_token() {
+        let mut w = worker("");
+        follow_feed(&mut w, 0);
+        let t = token::generate("mt", "alice").unwrap();
+        let short = br#"{"active":true,"user":"alice","device":"","scopes":[],"expires_in":1,"id":"x"}"#;
+        run(&mut w, "/api", &t, Some((Some(200), short)), 0);
+        assert_eq!(w.cache.get(&t).unwrap().fresh_until, 1000);
+    }
+
+    #[test]
+    fn scopes_are_enforced_per_path() {
+        let mut w = worker("");
+        let t = token::generate("mt", "alice").unwrap();
+        let h = run(&mut w, "/admin/users", &t, Some((Some(200), VALID)), 0);
+        assert_eq!(h.replies[0].status, 403);
+        assert!(h.replies[0].headers.iter().any(|(_, v)| v.contains("insufficient_scope")));
+    }
+
+    #[test]
+    fn store_down_denies_by_default() {
+        let mut w = worker("");
+        follow_feed(&mut w, 0);
+        let t = token::generate("mt", "alice").unwrap();
+        for (status, body) in [(None, &b""[..]), (Some(503), &b"{}"[..]), (Some(200), &b"garbage"[..])] {
+            let h = run(&mut w, "/api", &t, Some((status, body)), 0);
+            assert_eq!(h.replies[0].status, 503);
+            assert!(h.replies[0].body.contains("Authentication service unavailable."));
+        }
+    }
+
+    #[test]
+    fn allow_cached_accepts_recently_verified_tokens_within_the_window() {
+        let mut w = worker(r#", "failure_mode": "allow_cached", "stale_window_ms": 10000, "cache": {"ttl_ms": 1000}"#);
+        let known = token::generate("mt", "alice").unwrap();
+        run(&mut w, "/api", &known, Some((Some(200), VALID)), 0);
+        let h = run(&mut w, "/api", &known, Some((None, b"")), 5000);
+        assert!(h.replies.is_empty(), "accepted from the stale cache");
+        assert!(h.metrics.contains(&Metric::AllowedStale));
+        assert_eq!(h.headers["x-multitokens-user"], "alice");
+        let h = run(&mut w, "/api", &known, Some((None, b"")), 10_001);
+        assert_eq!(h.replies[0].status, 503, "beyond the window");
+        let stranger = token::generate("mt", "bob").unwrap();
+        assert_eq!(run(&mut w, "/api", &stranger, Some((None, b"")), 5000).replies[0].status, 503);
+    }
+
+    #[test]
+    fn sliding_refresh_is_queued_at_most_once_per_interval() {
+        let mut w = worker(r#", "refresh_on_use": {"ttl": 600, "min_interval_ms": 1000}"#);
+        follow_feed(&mut w, 0);
+        let t = token::generate("mt", "alice").unwrap();
+        let h = run(&mut w, "/api", &t, Some((Some(200), VALID)), 0);
+        assert!(h.lookups[0].contains("\"refresh_ttl\":600"));
+        run(&mut w, "/api", &t, None, 500);
+        assert!(w.refresh_queue.is_empty());
+        run(&mut w, "/api", &t, None, 1000);
+        run(&mut w, "/api", &t, None, 1500);
+        assert_eq!(w.refresh_queue.len(), 1);
+    }
+}

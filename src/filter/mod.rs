@@ -1,0 +1,15 @@
+//! The proxy-wasm HTTP filter. Everything but the host calls is plain Rust here, tested natively:
+//! [`config`] (parsed once at load), [`credential`] (finding the token), [`cache`] (bounded verdict
+//! cache with revocation), [`rules`] (exclusions and scope rules), [`reply`] (local replies) and
+//! [`flow`] (the per-request decision, behind the small [`flow::Host`] trait). The `wasm` module is
+//! the thin proxy-wasm shell, built only for the `wasm-filter` feature.
+
+pub mod cache;
+pub mod config;
+pub mod credential;
+pub mod flow;
+pub mod lookup;
+pub mod reply;
+pub mod rules;
+#[cfg(feature = "wasm-filter")]
+mod wasm;

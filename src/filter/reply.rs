@@ -1,0 +1,77 @@
+//! The local replies the filter sends, in the wording Django REST framework clients know.
+
+/// A local reply: status, headers and a JSON body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalReply {
+    /// HTTP status.
+    pub status: u32,
+    /// Extra headers.
+    pub headers: Vec<(String, String)>,
+    /// JSON body.
+    pub body: String,
+}
+
+/// Why a request is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Denial {
+    /// No credential: 401.
+    Missing,
+    /// Malformed, unknown, revoked or expired: 401 `invalid_token`.
+    Invalid,
+    /// Token lacks a scope the path requires: 403 `insufficient_scope`.
+    Scope,
+    /// The token store cannot be asked: 503.
+    Unavailable,
+}
+
+fn json_body(detail: &str) -> String {
+    serde_json::json!({ "detail": detail }).to_string()
+}
+
+/// Builds the reply for a denial. `missing` lists the scopes lacking (for `Scope`).
+pub fn deny(denial: Denial, realm: &str, missing: &[&str]) -> LocalReply {
+    let json = ("content-type".to_string(), "application/json".to_string());
+    let challenge = |extra: &str| ("www-authenticate".to_string(), format!("Bearer realm=\"{realm}\"{extra}"));
+    match denial {
+        Denial::Missing => LocalReply {
+            status: 401,
+            headers: vec![json, challenge("")],
+            body: json_body("Authentication credentials were not provided."),
+        },
+        Denial::Invalid => LocalReply {
+            status: 401,
+            headers: vec![json, challenge(", error=\"invalid_token\"")],
+            body: json_body("Invalid token."),
+        },
+        Denial::Scope => LocalReply {
+            status: 403,
+            headers: vec![json, challenge(&format!(", error=\"insufficient_scope\", scope=\"{}\"", missing.join(" ")))],
+            body: json_body("You do not have permission to perform this action."),
+        },
+        Denial::Unavailable => LocalReply {
+            status: 503,
+            headers: vec![json, ("retry-after".to_string(), "1".to_string())],
+            body: json_body("Authentication service unavailable."),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_carry_status_challenge_and_detail() {
+        let r = deny(Denial::Missing, "api", &[]);
+        assert_eq!(r.status, 401);
+        assert!(r.headers.contains(&("www-authenticate".into(), "Bearer realm=\"api\"".into())));
+        assert_eq!(r.body, r#"{"detail":"Authentication credentials were not provided."}"#);
+        let r = deny(Denial::Invalid, "api", &[]);
+        assert!(r.headers[1].1.contains("error=\"invalid_token\""));
+        assert_eq!(r.body, r#"{"detail":"Invalid token."}"#);
+        let r = deny(Denial::Scope, "api", &["admin", "write"]);
+        assert_eq!(r.status, 403);
+        assert!(r.headers[1].1.contains("scope=\"admin write\""));
+        assert_eq!(deny(Denial::Unavailable, "api", &[]).status, 503);
+    }
+}
