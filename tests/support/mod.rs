@@ -216,7 +216,11 @@ pub struct CompanionServer {
 impl CompanionServer {
     /// Starts `serve` against a Redis URL with extra environment.
     pub fn start(redis_url: &str, env: &[(&str, &str)]) -> Self {
-        let port = free_port(false);
+        Self::start_on(free_port(false), redis_url, env)
+    }
+
+    /// Starts `serve` on a given port (to restart it where it was).
+    pub fn start_on(port: u16, redis_url: &str, env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(companion_bin());
         cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .env("MULTITOKENS_REDIS_URL", redis_url)
@@ -240,4 +244,117 @@ impl Drop for CompanionServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The repository root.
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A built filter, e.g. `multitokens_filter.wasm`; fails clearly when `make wasm` has not run.
+pub fn wasm_path(name: &str) -> std::path::PathBuf {
+    let path = repo_root().join("target/wasm32-wasip1/wasm-release").join(name);
+    assert!(path.exists(), "{} is missing: run `make wasm` (make test does)", path.display());
+    path
+}
+
+/// The Envoy binary: `$ENVOY_BIN`, else `.tools/bin/envoy` (installed by `make tools`).
+pub fn envoy_bin() -> std::path::PathBuf {
+    let path = std::env::var_os("ENVOY_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".tools/bin/envoy"));
+    assert!(path.exists(), "{} is missing: run `make tools` (make test does)", path.display());
+    path
+}
+
+/// A running Envoy.
+pub struct Envoy {
+    child: Child,
+    pub log: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+impl Envoy {
+    /// Starts Envoy on a config text and waits for `wait_port` to accept connections.
+    pub fn start(config: &str, wait_port: u16, concurrency: u32) -> Envoy {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("envoy.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = dir.path().join("envoy.log");
+        let child = Command::new(envoy_bin())
+            .arg("-c")
+            .arg(&config_path)
+            .args(["--concurrency", &concurrency.to_string(), "--log-level", "info", "--disable-hot-restart"])
+            .arg("--log-path")
+            .arg(&log)
+            .current_dir(repo_root())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn envoy");
+        let mut envoy = Envoy { child, log, _dir: dir };
+        if !wait_for_port(wait_port, Duration::from_secs(30)) {
+            let _ = envoy.child.kill();
+            panic!("envoy did not start:\n{}", envoy.log_text());
+        }
+        envoy
+    }
+
+    /// Envoy's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether Envoy is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `envoy --mode validate` on a config text; returns (success, output).
+pub fn envoy_validate(config: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("envoy.yaml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(envoy_bin())
+        .args(["--mode", "validate", "-c"])
+        .arg(&path)
+        .arg("--disable-hot-restart")
+        .current_dir(repo_root())
+        .output()
+        .expect("envoy --mode validate");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// The JSON text of a `value: |` block scalar that follows `marker` in a YAML file.
+pub fn yaml_block_after(text: &str, marker: &str) -> Option<String> {
+    let found = text.find(marker)?;
+    let start = text[..found].rfind('\n').map_or(0, |i| i + 1);
+    let rest = &text[start..];
+    let mut lines = rest.lines();
+    let head = lines.next()?;
+    let head_indent = head.len() - head.trim_start().len();
+    let mut block = Vec::new();
+    let mut indent = None;
+    for line in lines {
+        if line.trim().is_empty() {
+            block.push(String::new());
+            continue;
+        }
+        let this = line.len() - line.trim_start().len();
+        if this <= head_indent {
+            break;
+        }
+        let i = *indent.get_or_insert(this);
+        block.push(line.get(i..).unwrap_or(line.trim_start()).to_string());
+    }
+    Some(block.join("\n"))
 }

@@ -1,0 +1,283 @@
+//! End to end through real Envoy 1.40 (V8) with the stock filter build, the real companion, the
+//! demo app and a real redis-server, each on free ports. The Envoy config is envoy/envoy.yaml with
+//! its ports rewritten, so the shipped example is what is tested.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use serde_json::{json, Value};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::{free_port, repo_root, wait_for_port, wasm_path, CompanionServer, Envoy, RedisServer};
+
+const ADMIN_KEY: &str = "e2e-admin-key-0123456789abcdef";
+const INTERNAL_KEY: &str = "demo-internal-key-change-me";
+
+struct Stack {
+    redis: RedisServer,
+    companion: Option<CompanionServer>,
+    companion_port: u16,
+    app: Child,
+    envoy: Envoy,
+    port: u16,
+    admin_port: u16,
+    agent: ureq::Agent,
+}
+
+struct Reply {
+    status: u16,
+    body: Value,
+    challenge: Option<String>,
+}
+
+impl Stack {
+    /// Starts the stack; `patch` edits the filter's plugin configuration.
+    fn start(patch: impl Fn(&mut Value)) -> Stack {
+        let redis = RedisServer::start();
+        let companion_port = free_port(false);
+        let companion = Self::companion(&redis, companion_port);
+        let app_port = free_port(false);
+        let app = Command::new(env!("CARGO_BIN_EXE_multitokens-demo-app"))
+            .env("DEMO_APP_LISTEN", format!("127.0.0.1:{app_port}"))
+            .env("MULTITOKENS_URL", format!("http://127.0.0.1:{companion_port}"))
+            .env("MULTITOKENS_ADMIN_KEY", ADMIN_KEY)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(wait_for_port(app_port, Duration::from_secs(10)));
+        let (port, admin_port) = (free_port(false), free_port(false));
+        let yaml = std::fs::read_to_string(repo_root().join("envoy/envoy.yaml")).unwrap();
+        let plugin = support::yaml_block_after(&yaml, "value: |").unwrap();
+        let mut config: Value = serde_json::from_str(&plugin).unwrap();
+        patch(&mut config);
+        let patched = serde_json::to_string_pretty(&config).unwrap().replace('\n', "\n                    ");
+        let yaml = yaml
+            .replace(&plugin.replace('\n', "\n                    "), &patched)
+            .replace("port_value: 10000", &format!("port_value: {port}"))
+            .replace("port_value: 19901", &format!("port_value: {admin_port}"))
+            .replace("port_value: 18080", &format!("port_value: {companion_port}"))
+            .replace("port_value: 18081", &format!("port_value: {app_port}"))
+            .replace(
+                "filename: target/wasm32-wasip1/wasm-release/multitokens_filter.wasm",
+                &format!("filename: {}", wasm_path("multitokens_filter.wasm").display()),
+            );
+        assert!(yaml.contains(&patched), "plugin configuration was not rewritten");
+        let envoy = Envoy::start(&yaml, port, 2);
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let stack = Stack { redis, companion: Some(companion), companion_port, app, envoy, port, admin_port, agent };
+        // the filter follows the revocation feed within a poll or two
+        std::thread::sleep(Duration::from_millis(1200));
+        stack
+    }
+
+    fn companion(redis: &RedisServer, port: u16) -> CompanionServer {
+        CompanionServer::start_on(
+            port,
+            &redis.url(),
+            &[("MULTITOKENS_ADMIN_KEY", ADMIN_KEY), ("MULTITOKENS_INTERNAL_KEY", INTERNAL_KEY)],
+        )
+    }
+
+    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<Value>) -> Reply {
+        let mut req = ureq::http::Request::builder().method(method).uri(format!("http://127.0.0.1:{}{}", self.port, path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let response = match body {
+            Some(b) => self.agent.run(req.header("content-type", "application/json").body(b.to_string()).unwrap()),
+            None => self.agent.run(req.body(()).unwrap()),
+        }
+        .unwrap();
+        let status = response.status().as_u16();
+        let challenge = response.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_string());
+        let text = response.into_body().read_to_string().unwrap_or_default();
+        Reply { status, body: serde_json::from_str(&text).unwrap_or(Value::Null), challenge }
+    }
+
+    fn get(&self, path: &str, auth: Option<&str>) -> Reply {
+        match auth {
+            Some(a) => self.request("GET", path, &[("authorization", a)], None),
+            None => self.request("GET", path, &[], None),
+        }
+    }
+
+    fn login(&self, user: &str, device: &str, scopes: &[&str]) -> String {
+        let r = self.request("POST", "/login", &[], Some(json!({"user": user, "device": device, "scopes": scopes})));
+        assert_eq!(r.status, 201, "login: {}", r.body);
+        r.body["token"].as_str().unwrap().to_string()
+    }
+
+    fn stat(&self, name: &str) -> u64 {
+        let text = self
+            .agent
+            .get(format!("http://127.0.0.1:{}/stats?filter=wasmcustom.multitokens", self.admin_port))
+            .call()
+            .unwrap()
+            .into_body()
+            .read_to_string()
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("wasmcustom.multitokens.{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Waits until `GET path` with `auth` answers `status`; returns how long it took.
+    fn wait_for_status(&self, path: &str, auth: &str, status: u16, limit: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            let got = self.get(path, Some(auth)).status;
+            if got == status {
+                return started.elapsed();
+            }
+            assert!(started.elapsed() < limit, "still {got} after {limit:?}, wanted {status}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = self.app.kill();
+        let _ = self.app.wait();
+    }
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+#[test]
+fn the_request_matrix() {
+    let s = Stack::start(|_| {});
+    let alice = s.login("alice", "laptop", &[]);
+
+    // missing, empty, wrong scheme: "not provided"
+    for headers in [vec![], vec![("authorization", "")], vec![("authorization", "Basic YWxpY2U6cHc=")]] {
+        let r = s.request("GET", "/api/whoami", &headers, None);
+        assert_eq!(r.status, 401, "{headers:?}");
+        assert_eq!(r.body["detail"], "Authentication credentials were not provided.");
+        assert_eq!(r.challenge.as_deref(), Some("Bearer realm=\"multitokens-demo\""));
+    }
+    // scheme spelling and spacing
+    for auth in [format!("bearer {alice}"), format!("Token {alice}"), format!("Bearer    {alice}   "), format!("BEARER {alice}")] {
+        let r = s.get("/api/whoami", Some(&auth));
+        assert_eq!((r.status, r.body["user"].clone()), (200, json!("alice")), "{auth:?}");
+    }
+    // malformed tokens: 401 invalid_token, and never a callout
+    let misses = s.stat("cache_miss");
+    let other_prefix = format!("xx{}", &alice[2..]);
+    let mut flipped = alice.clone().into_bytes();
+    flipped[20] = if flipped[20] == b'A' { b'B' } else { b'A' };
+    let flipped = String::from_utf8(flipped).unwrap();
+    for bad in [other_prefix.as_str(), &alice[..alice.len() - 1], &alice[1..], flipped.as_str(), "Bearer", "mt_"] {
+        let r = s.get("/api/whoami", Some(&bearer(bad)));
+        assert_eq!(r.status, 401, "{bad:?}");
+        assert_eq!(r.body["detail"], "Invalid token.");
+        assert!(r.challenge.unwrap().contains("error=\"invalid_token\""));
+    }
+    assert_eq!(s.stat("cache_miss"), misses, "malformed tokens caused a callout");
+    assert!(s.stat("denied_malformed") >= 6);
+    // a 64 KB header: refused (by Envoy's header limit or by the filter), never let in, no crash
+    let huge = format!("Bearer {}", "A".repeat(64 * 1024));
+    let r = s.get("/api/whoami", Some(&huge));
+    assert!(r.status == 401 || r.status == 431, "64 KB header got {}", r.status);
+    assert_eq!(s.get("/api/whoami", Some(&bearer(&alice))).status, 200, "Envoy still serves");
+
+    // spoofed identity headers are removed, authenticated or excluded
+    let r = s.request("GET", "/api/whoami", &[("authorization", &bearer(&alice)), ("x-multitokens-user", "root")], None);
+    assert_eq!(r.body["user"], "alice");
+    let r = s.request("GET", "/public/headers", &[("x-multitokens-user", "root"), ("x-multitokens-scopes", "admin")], None);
+    assert_eq!(r.status, 200);
+    assert_eq!((r.body["user"].clone(), r.body["scopes"].clone()), (Value::Null, Value::Null));
+    // excluded paths need no token
+    assert_eq!(s.get("/healthz", None).status, 200);
+    assert_eq!(s.request("OPTIONS", "/api/whoami", &[], None).status, 405, "preflight reaches the app");
+
+    // scopes
+    assert_eq!(s.get("/api/admin/stats", Some(&bearer(&alice))).status, 403);
+    let r = s.get("/api/admin/stats", Some(&bearer(&alice)));
+    assert!(r.challenge.unwrap().contains("insufficient_scope"));
+    let admin = s.login("root", "console", &["admin"]);
+    assert_eq!(s.get("/api/admin/stats", Some(&bearer(&admin))).status, 200);
+
+    // two devices; logout one, the other stays; logout-all
+    let phone = s.login("alice", "phone", &[]);
+    assert_eq!(s.get("/api/whoami", Some(&bearer(&phone))).body["device"], "phone");
+    assert_eq!(s.get("/api/whoami", Some(&bearer(&alice))).body["device"], "laptop");
+    let r = s.request("POST", "/logout", &[("authorization", &bearer(&phone))], None);
+    assert_eq!((r.status, r.body.clone()), (200, json!({"revoked": 1})));
+    s.wait_for_status("/api/whoami", &bearer(&phone), 401, Duration::from_secs(3));
+    assert_eq!(s.get("/api/whoami", Some(&bearer(&alice))).status, 200, "the other device is still logged in");
+    let tablet = s.login("alice", "tablet", &[]);
+    let r = s.request("POST", "/logout-all", &[("authorization", &bearer(&tablet))], None);
+    assert_eq!((r.status, r.body.clone()), (200, json!({"revoked": 2})));
+    for t in [&alice, &tablet] {
+        s.wait_for_status("/api/whoami", &bearer(t), 401, Duration::from_secs(3));
+    }
+    assert_eq!(s.get("/api/admin/stats", Some(&bearer(&admin))).status, 200, "other users untouched");
+    assert!(s.stat("allowed") > 0 && s.stat("denied_missing") >= 3 && s.stat("denied_scope") >= 1);
+}
+
+#[test]
+fn a_revoked_token_is_refused_within_the_poll_interval_with_the_cache_on() {
+    let s = Stack::start(|c| c["cache"]["ttl_ms"] = json!(600_000));
+    let token = s.login("bob", "laptop", &[]);
+    assert_eq!(s.get("/api/whoami", Some(&bearer(&token))).status, 200);
+    let hits = s.stat("cache_hit");
+    for _ in 0..5 {
+        assert_eq!(s.get("/api/whoami", Some(&bearer(&token))).status, 200);
+    }
+    assert!(s.stat("cache_hit") > hits, "served from the cache");
+    // revoke out of band, straight through the companion CLI
+    let out = support::companion(&["revoke", &token], &[("MULTITOKENS_REDIS_URL", &s.redis.url())], None);
+    assert!(out.status.success());
+    let took = s.wait_for_status("/api/whoami", &bearer(&token), 401, Duration::from_secs(5));
+    assert!(took < Duration::from_millis(2500), "revocation took {took:?}");
+    assert!(s.stat("revocations_applied") >= 1);
+}
+
+#[test]
+fn store_down_denies_then_recovers() {
+    let mut s = Stack::start(|_| {});
+    let token = s.login("carol", "laptop", &[]);
+    assert_eq!(s.get("/api/whoami", Some(&bearer(&token))).status, 200);
+    s.companion = None; // stopped
+    let fresh = support::companion(&["issue", "--user", "carol"], &[("MULTITOKENS_REDIS_URL", &s.redis.url())], None);
+    let fresh = String::from_utf8(fresh.stdout).unwrap().trim().to_string();
+    let r = s.get("/api/whoami", Some(&bearer(&fresh)));
+    assert_eq!((r.status, r.body["detail"].clone()), (503, json!("Authentication service unavailable.")));
+    // a cached verdict is not trusted once the revocation feed has gone silent
+    s.wait_for_status("/api/whoami", &bearer(&token), 503, Duration::from_secs(6));
+    assert!(s.stat("denied_unavailable") >= 2);
+    s.companion = Some(Stack::companion(&s.redis, s.companion_port));
+    s.wait_for_status("/api/whoami", &bearer(&fresh), 200, Duration::from_secs(5));
+    assert_eq!(s.get("/api/whoami", Some(&bearer(&token))).status, 200);
+    assert!(s.envoy.alive());
+}
+
+#[test]
+fn allow_cached_accepts_known_tokens_for_a_bounded_time_then_recovers() {
+    let mut s = Stack::start(|c| {
+        c["failure_mode"] = json!("allow_cached");
+        c["stale_window_ms"] = json!(4000);
+        c["cache"]["ttl_ms"] = json!(500);
+    });
+    let known = s.login("dave", "laptop", &[]);
+    assert_eq!(s.get("/api/whoami", Some(&bearer(&known))).status, 200);
+    let verified = Instant::now();
+    let unknown = support::companion(&["issue", "--user", "dave"], &[("MULTITOKENS_REDIS_URL", &s.redis.url())], None);
+    let unknown = String::from_utf8(unknown.stdout).unwrap().trim().to_string();
+    s.companion = None;
+    std::thread::sleep(Duration::from_millis(800));
+    let r = s.get("/api/whoami", Some(&bearer(&known)));
+    assert_eq!((r.status, r.body["user"].clone()), (200, json!("dave")), "accepted from the stale cache");
+    assert!(s.stat("allowed_stale") >= 1);
+    assert_eq!(s.get("/api/whoami", Some(&bearer(&unknown))).status, 503, "never verified: refused");
+    let r = s.wait_for_status("/api/whoami", &bearer(&known), 503, Duration::from_secs(8));
+    assert!(verified.elapsed() >= Duration::from_millis(3500), "stale acceptance ended early ({r:?})");
+    s.companion = Some(Stack::companion(&s.redis, s.companion_port));
+    s.wait_for_status("/api/whoami", &bearer(&known), 200, Duration::from_secs(5));
+    assert_eq!(s.get("/api/whoami", Some(&bearer(&unknown))).status, 200);
+}
