@@ -3,6 +3,7 @@
 pub mod digest;
 pub mod keys;
 pub mod record;
+pub mod resp;
 pub mod scripts;
 pub mod token;
 pub mod ttl;

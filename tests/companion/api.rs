@@ -51,7 +51,9 @@ impl Api {
         (status, value, challenge)
     }
 
+    /// A request on its own connection (the server may close it, e.g. after a 413).
     fn raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).max_idle_connections(0).build().into();
         let req = ureq::http::Request::builder()
             .method("POST")
             .uri(format!("{}{}", self.base, path))
@@ -59,7 +61,7 @@ impl Api {
             .header("content-type", content_type)
             .body(body)
             .unwrap();
-        let response = self.agent.run(req).unwrap();
+        let response = agent.run(req).unwrap();
         let status = response.status().as_u16();
         let text = response.into_body().read_to_string().unwrap();
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
