@@ -7,6 +7,7 @@ export ENVOY_BIN ?= $(TOOLS)/bin/envoy
 WASM_TARGET := wasm32-wasip1
 WASM_DIR := target/$(WASM_TARGET)/wasm-release
 WASM_STOCK := $(WASM_DIR)/multitokens_filter.wasm
+WASM_REDIS := $(WASM_DIR)/multitokens_filter_redis.wasm
 
 .PHONY: all tools build wasm lint test demo bench oci clean
 
@@ -20,16 +21,20 @@ tools:
 build:
 	cargo build --release --bin multitokens
 
-## wasm: the proxy-wasm filter for stock Envoy and Istio -> multitokens_filter.wasm
+## wasm: both filter builds: multitokens_filter.wasm (stock Envoy, Istio) and
+##       multitokens_filter_redis.wasm (Redis callouts: Higress-patched Envoy)
 wasm:
+	cargo rustc --lib --profile wasm-release --target $(WASM_TARGET) --no-default-features --features redis-callout --crate-type cdylib
+	cp $(WASM_DIR)/multitokens.wasm $(WASM_REDIS)
 	cargo rustc --lib --profile wasm-release --target $(WASM_TARGET) --no-default-features --features wasm-filter --crate-type cdylib
 	cp $(WASM_DIR)/multitokens.wasm $(WASM_STOCK)
-	@ls -l $(WASM_STOCK)
+	@ls -l $(WASM_STOCK) $(WASM_REDIS)
 
 ## lint: clippy (unwrap/expect/panic denied outside tests) for the native and the wasm builds
 lint:
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --lib --target $(WASM_TARGET) --no-default-features --features wasm-filter -- -D warnings
+	cargo clippy --lib --target $(WASM_TARGET) --no-default-features --features redis-callout -- -D warnings
 
 ## test: everything CI runs (installs its tools first)
 test: tools lint wasm

@@ -138,6 +138,7 @@ struct Scripts {
     revoke_by_id: Script,
     list: Script,
     refresh: Script,
+    feed: Script,
 }
 
 /// The token store over Redis.
@@ -198,6 +199,7 @@ impl TokenStore {
                 revoke_by_id: Script::new(scripts::REVOKE_BY_ID),
                 list: Script::new(scripts::LIST),
                 refresh: Script::new(scripts::REFRESH),
+                feed: Script::new(scripts::FEED),
             },
         }
     }
@@ -411,52 +413,27 @@ impl TokenStore {
         Ok(refreshed == 1)
     }
 
-    /// Reads the revocation feed after `cursor`; without a cursor, returns the current tail so a new
-    /// poller starts from now.
+    /// Reads the revocation feed after `cursor` (one atomic script, [`scripts::FEED`]); without a
+    /// cursor, returns the current tail so a new poller starts from now.
     pub async fn revocations_after(&self, cursor: Option<&str>) -> Result<RevocationPage, StoreError> {
-        let feed = self.keys.revocation_feed();
+        if let Some(c) = cursor {
+            if stream_id(c).is_none() {
+                return Err(StoreError::BadInput("cursor must be a stream id like 1700000000000-0".into()));
+            }
+        }
         let mut conn = self.redis.conn().await?;
-        let Some(cursor) = cursor else {
-            let tail: redis::streams::StreamRangeReply =
-                redis::cmd("XREVRANGE").arg(&feed).arg("+").arg("-").arg("COUNT").arg(1).query_async(&mut conn).await?;
-            let cursor = tail.ids.first().map_or_else(|| "0-0".to_string(), |e| e.id.clone());
-            return Ok(RevocationPage { cursor, digests: vec![], reset: false });
-        };
-        let after = stream_id(cursor).ok_or_else(|| StoreError::BadInput("cursor must be a stream id like 1700000000000-0".into()))?;
-        let exists: bool = redis::cmd("EXISTS").arg(&feed).query_async(&mut conn).await?;
-        if !exists {
-            return Ok(RevocationPage { cursor: "0-0".into(), digests: vec![], reset: after != (0, 0) });
-        }
-        let info: Value = redis::cmd("XINFO").arg("STREAM").arg(&feed).query_async(&mut conn).await?;
-        let field = |name| stream_info_field(&info, name);
-        let max_deleted = field("max-deleted-entry-id").and_then(|id| stream_id(&id)).unwrap_or((0, 0));
-        let last = field("last-generated-id").and_then(|id| stream_id(&id)).unwrap_or((0, 0));
-        // Trimming removes the oldest entries, so nothing after the cursor was lost iff the cursor
-        // entry itself is still there (or, from an empty start, nothing was ever trimmed).
-        let cursor_kept = if after == (0, 0) {
-            let added = field("entries-added").and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
-            let length = field("length").and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
-            added <= length
-        } else {
-            let at: redis::streams::StreamRangeReply =
-                redis::cmd("XRANGE").arg(&feed).arg(cursor).arg(cursor).query_async(&mut conn).await?;
-            !at.ids.is_empty()
-        };
-        if last < after || max_deleted > after || !cursor_kept {
-            let page = Box::pin(self.revocations_after(None)).await?;
-            return Ok(RevocationPage { reset: true, ..page });
-        }
-        let page: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(&feed)
-            .arg(format!("({cursor}"))
-            .arg("+")
-            .arg("COUNT")
+        let reply: Vec<Value> = self
+            .scripts
+            .feed
+            .key(self.keys.revocation_feed())
+            .arg(cursor.unwrap_or(""))
             .arg(FEED_PAGE)
-            .query_async(&mut conn)
+            .invoke_async(&mut conn)
             .await?;
-        let cursor = page.ids.last().map_or_else(|| cursor.to_string(), |e| e.id.clone());
-        let digests = page.ids.iter().filter_map(|e| e.get::<String>("d")).collect();
-        Ok(RevocationPage { cursor, digests, reset: false })
+        let cursor = reply.first().and_then(as_text).ok_or_else(|| corrupt("feed"))?;
+        let reset = reply.get(1).and_then(as_int).ok_or_else(|| corrupt("feed"))? == 1;
+        let digests = reply.iter().skip(2).filter_map(as_text).collect();
+        Ok(RevocationPage { cursor, digests, reset })
     }
 
     /// Appends revoked digests to the revocation feed that filters poll. Best effort: the records
@@ -485,17 +462,5 @@ impl TokenStore {
         if let Err(e) = result {
             tracing::warn!(error = %e, count = members.len(), "could not append to the revocation feed");
         }
-    }
-}
-
-/// A field of an `XINFO STREAM` reply (RESP2 flat array or RESP3 map).
-fn stream_info_field(info: &Value, name: &str) -> Option<String> {
-    match info {
-        Value::Array(items) => items.chunks(2).find_map(|kv| match kv {
-            [k, v] if as_text(k).as_deref() == Some(name) => as_text(v),
-            _ => None,
-        }),
-        Value::Map(pairs) => pairs.iter().find_map(|(k, v)| (as_text(k).as_deref() == Some(name)).then(|| as_text(v)).flatten()),
-        _ => None,
     }
 }

@@ -33,6 +33,42 @@ pub struct CompanionTarget {
     pub timeout_ms: u64,
 }
 
+/// Where the Redis callouts go (Redis-callout build): an Envoy cluster in front of Redis.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RedisTarget {
+    /// Envoy cluster name of the Redis, optionally with `?db=N`.
+    pub cluster: String,
+    /// ACL user (`AUTH user password`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password (`AUTH password`, or with `username`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Connect and operation timeout.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// How the filter reaches the token store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// HTTP callouts to the companion (stock Envoy, Istio).
+    Companion(CompanionTarget),
+    /// Redis callouts straight to Redis (Envoy with the Redis-callout ABI, e.g. Higress).
+    Redis(RedisTarget),
+}
+
+impl Transport {
+    /// The callout timeout.
+    pub fn timeout_ms(&self) -> u64 {
+        match self {
+            Transport::Companion(c) => c.timeout_ms,
+            Transport::Redis(r) => r.timeout_ms,
+        }
+    }
+}
+
 /// Verdict cache sizing.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -105,8 +141,12 @@ pub struct FilterConfig {
     /// Scopes required per path.
     #[serde(default)]
     pub required_scopes: Vec<ScopeRule>,
-    /// The companion to ask.
-    pub companion: CompanionTarget,
+    /// The companion to ask (stock build); give this or `redis`.
+    #[serde(default)]
+    pub companion: Option<CompanionTarget>,
+    /// The Redis to ask through Redis callouts (Redis-callout build); give this or `companion`.
+    #[serde(default)]
+    pub redis: Option<RedisTarget>,
     /// Verdict cache.
     #[serde(default)]
     pub cache: CacheConfig,
@@ -150,6 +190,10 @@ pub struct Compiled {
     pub hasher: TokenHasher,
     /// Identity header names, lower-case, removed from every request.
     pub identity_headers: [String; 4],
+    /// How the token store is reached.
+    pub transport: Transport,
+    /// Redis key layout (the Redis transport reads the companion's keys).
+    pub keys: crate::core::keys::KeyLayout,
 }
 
 fn header_name(field: &str, value: &str) -> Result<String, String> {
@@ -192,16 +236,40 @@ impl Compiled {
         for (i, rule) in config.required_scopes.iter().enumerate() {
             rule.check().map_err(|e| format!("required_scopes[{i}]: {e}"))?;
         }
-        let c = &config.companion;
-        if c.cluster.is_empty() {
-            return Err("companion.cluster: must name an Envoy cluster".into());
-        }
-        if c.api_key.is_empty() {
-            return Err("companion.api_key: must not be empty".into());
-        }
-        if !(1..=60_000).contains(&c.timeout_ms) {
-            return Err("companion.timeout_ms: must be 1 to 60000".into());
-        }
+        let transport = match (config.companion.clone(), config.redis.clone()) {
+            (Some(c), None) => {
+                if c.cluster.is_empty() {
+                    return Err("companion.cluster: must name an Envoy cluster".into());
+                }
+                if c.api_key.is_empty() {
+                    return Err("companion.api_key: must not be empty".into());
+                }
+                if !(1..=60_000).contains(&c.timeout_ms) {
+                    return Err("companion.timeout_ms: must be 1 to 60000".into());
+                }
+                Transport::Companion(c)
+            }
+            (None, Some(r)) => {
+                if r.cluster.is_empty() || r.cluster.starts_with('?') {
+                    return Err("redis.cluster: must name an Envoy cluster (optionally with ?db=N)".into());
+                }
+                if let Some((_, db)) = r.cluster.split_once('?') {
+                    let n = db.strip_prefix("db=").and_then(|n| n.parse::<u32>().ok());
+                    if n.is_none() {
+                        return Err(format!("redis.cluster: {db:?} is not ?db=N"));
+                    }
+                }
+                if r.username.is_some() && r.password.is_none() {
+                    return Err("redis.password: needed with redis.username".into());
+                }
+                if !(1..=60_000).contains(&r.timeout_ms) {
+                    return Err("redis.timeout_ms: must be 1 to 60000".into());
+                }
+                Transport::Redis(r)
+            }
+            (Some(_), Some(_)) => return Err("companion, redis: give one transport, not both".into()),
+            (None, None) => return Err("missing field `companion` (or `redis` for the Redis-callout build)".into()),
+        };
         if config.cache.max_entries > 10_000_000 {
             return Err("cache.max_entries: at most 10000000".into());
         }
@@ -215,7 +283,8 @@ impl Compiled {
         }
         config.schemes = config.schemes.iter().map(|s| s.to_ascii_lowercase()).collect();
         let hasher = TokenHasher::new(config.hash_key.as_deref().map(str::as_bytes));
-        Ok(Compiled { config, hasher, identity_headers })
+        let keys = crate::core::keys::KeyLayout::new(&config.prefix);
+        Ok(Compiled { config, hasher, identity_headers, transport, keys })
     }
 }
 
@@ -234,6 +303,8 @@ mod tests {
         assert!(c.config.strip_credential);
         assert_eq!(c.config.revocation_poll_ms, 1000);
         assert_eq!(c.identity_headers[0], "x-multitokens-user");
+        let r = Compiled::parse(br#"{"redis": {"cluster": "outbound|6379||redis.svc?db=2", "password": "p"}}"#).unwrap();
+        assert!(matches!(r.transport, Transport::Redis(ref t) if t.cluster.ends_with("?db=2")));
     }
 
     #[test]
@@ -242,6 +313,10 @@ mod tests {
             (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "prefixx": "mt"}"#, "prefixx"),
             (r#"{"companion": {"cluster": "mt", "api_key": "k", "timeout": 5}}"#, "timeout"),
             (r#"{"companion": {"cluster": "mt"}}"#, "api_key"),
+            (r#"{"redis": {"cluster": "r?db=x"}}"#, "redis.cluster"),
+            (r#"{"redis": {"cluster": "r", "username": "u"}}"#, "redis.password"),
+            (r#"{"redis": {"cluster": "r", "timeout": 3}}"#, "timeout"),
+            (r#"{"redis": {"cluster": "r"}, "companion": {"cluster": "mt", "api_key": "k"}}"#, "one transport"),
             (r#"{}"#, "companion"),
             (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "prefix": "a_b"}"#, "prefix"),
             (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "failure_mode": "open"}"#, "open"),

@@ -122,8 +122,22 @@ pub struct FeedState {
     pub cursor: Option<String>,
     /// When the last page was applied (ms).
     pub last_ok_ms: u64,
-    /// Whether a poll is under way.
-    pub in_flight: bool,
+    /// The poll under way: its call id and when it started (ms).
+    pub call: Option<(u32, u64)>,
+}
+
+impl FeedState {
+    /// Whether a new poll should start now (none under way, or the last one is overdue by twice
+    /// the callout timeout, which the host should never let happen).
+    pub fn may_poll(&mut self, now: u64, timeout_ms: u64) -> bool {
+        match self.call {
+            Some((_, started)) if now.saturating_sub(started) <= 2 * timeout_ms => false,
+            _ => {
+                self.call = None;
+                true
+            }
+        }
+    }
 }
 
 /// Per-VM (per worker) state shared by all requests.
@@ -135,7 +149,7 @@ pub struct Worker {
     pub cache: VerdictCache,
     /// Revocation feed poller.
     pub feed: FeedState,
-    /// Tokens due for a sliding refresh (tag hex, digest hex), sent on the next tick.
+    /// Tokens due for a sliding refresh, sent on the next tick.
     pub refresh_queue: Vec<LookupRequest>,
 }
 
@@ -155,7 +169,7 @@ impl Worker {
         let c = &self.compiled.config;
         c.revocation_poll_ms > 0
             && self.feed.cursor.is_some()
-            && now.saturating_sub(self.feed.last_ok_ms) <= 3 * c.revocation_poll_ms + c.companion.timeout_ms
+            && now.saturating_sub(self.feed.last_ok_ms) <= 3 * c.revocation_poll_ms + self.compiled.transport.timeout_ms()
     }
 
     /// Applies a feed page; returns how many cached verdicts were dropped.
@@ -174,7 +188,7 @@ impl Worker {
         }
         self.feed.cursor = Some(page.cursor);
         self.feed.last_ok_ms = now;
-        self.feed.in_flight = false;
+        self.feed.call = None;
         applied
     }
 }
@@ -254,7 +268,7 @@ impl HttpFlow {
         host.count(Metric::CacheMiss);
         let digest = worker.compiled.hasher.digest(token);
         let refresh_ttl = config.refresh_on_use.as_ref().map(|r| r.ttl);
-        let request = LookupRequest { tag: tag.to_hex(), digest: digest.to_hex(), refresh_ttl };
+        let request = LookupRequest { tag, digest, refresh_ttl };
         match host.dispatch_lookup(&request) {
             Ok(call) => {
                 self.pending = Some(Pending { call, token: token.to_string(), digest, source, method, path: path.to_string() });
@@ -276,14 +290,13 @@ impl HttpFlow {
             return;
         }
         entry.refreshed_at = now;
-        let digest = entry.digest.to_hex();
-        worker.refresh_queue.push(LookupRequest { tag: tag.to_hex(), digest, refresh_ttl: Some(refresh.ttl) });
+        worker.refresh_queue.push(LookupRequest { tag, digest: entry.digest, refresh_ttl: Some(refresh.ttl) });
     }
 
-    /// The lookup callout answered (`status` `None`: no response at all).
-    pub fn on_lookup_response(&mut self, host: &mut dyn Host, worker: &mut Worker, status: Option<u32>, body: &[u8], now: u64) -> Step {
+    /// The lookup answered (already interpreted by the transport).
+    pub fn on_lookup_response(&mut self, host: &mut dyn Host, worker: &mut Worker, answer: Result<Answer, CalloutProblem>, now: u64) -> Step {
         let Some(p) = self.pending.take() else { return Step::Continue };
-        match lookup::parse_answer(status, body) {
+        match answer {
             Ok(Answer::Valid(identity, expires_in)) => {
                 let cfg = &worker.compiled.config;
                 let token_left = expires_in.map_or(u64::MAX, |s| s.saturating_mul(1000));
@@ -400,7 +413,7 @@ mod tests {
             self.replies.push(reply.clone());
         }
         fn dispatch_lookup(&mut self, request: &LookupRequest) -> Result<u32, String> {
-            self.lookups.push(serde_json::to_string(request).unwrap());
+            self.lookups.push(String::from_utf8(request.to_json()).unwrap());
             Ok(self.lookups.len() as u32)
         }
         fn count(&mut self, metric: Metric) {
@@ -436,7 +449,7 @@ mod tests {
         let step = flow.on_request_headers(&mut h, w, now);
         if step == Step::Pause {
             let (status, body) = answer.expect("a lookup was made");
-            flow.on_lookup_response(&mut h, w, status, body, now);
+            flow.on_lookup_response(&mut h, w, lookup::parse_answer(status, body), now);
         }
         h
     }

@@ -2,7 +2,9 @@
 //! digest (`POST /v1/internal/lookup`) and the revocation feed (`GET /v1/internal/revocations`).
 
 use super::cache::Identity;
-use serde::{Deserialize, Serialize};
+use crate::core::digest::TokenDigest;
+use crate::core::token::RoutingTag;
+use serde::Deserialize;
 
 /// Path of the lookup endpoint.
 pub const LOOKUP_PATH: &str = "/v1/internal/lookup";
@@ -10,15 +12,25 @@ pub const LOOKUP_PATH: &str = "/v1/internal/lookup";
 pub const FEED_PATH: &str = "/v1/internal/revocations";
 
 /// The lookup request: routing tag and digest, never the token.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LookupRequest {
-    /// Routing tag, hex.
-    pub tag: String,
-    /// Token digest, hex.
-    pub digest: String,
+    /// Routing tag.
+    pub tag: RoutingTag,
+    /// Token digest.
+    pub digest: TokenDigest,
     /// Sliding refresh to apply, seconds.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub refresh_ttl: Option<u64>,
+}
+
+impl LookupRequest {
+    /// The JSON body for the companion's lookup endpoint.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut body = serde_json::json!({ "tag": self.tag.to_hex(), "digest": self.digest.to_hex() });
+        if let Some(ttl) = self.refresh_ttl {
+            body["refresh_ttl"] = ttl.into();
+        }
+        body.to_string().into_bytes()
+    }
 }
 
 #[derive(Deserialize)]

@@ -9,6 +9,7 @@ pub mod config;
 pub mod credential;
 pub mod flow;
 pub mod lookup;
+pub mod redis_transport;
 pub mod reply;
 pub mod rules;
 #[cfg(feature = "wasm-filter")]

@@ -1,0 +1,335 @@
+//! The proxy-wasm shell: wires Envoy's host calls to [`super::flow`]. No decisions are made here.
+//!
+//! Flow as in proxy-wasm-rust-sdk `http_auth_random`: dispatch the callout, return `Pause`, then
+//! resume or send the local reply in the callback. The root context owns the per-VM [`Worker`]
+//! (config, cache, revocation feed) and polls the feed on its tick. The stock build reaches the
+//! store through HTTP callouts to the companion; the `redis-callout` build can also use Envoy's
+//! Redis callouts ([`redis`]).
+
+#[cfg(feature = "redis-callout")]
+mod redis;
+
+use super::config::{Compiled, Transport};
+use super::flow::{Host, HttpFlow, Metric, Step, Worker};
+use super::lookup::{self, FeedPage, LookupRequest, LOOKUP_PATH};
+use super::reply::{self, Denial, LocalReply};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|root_id| -> Box<dyn RootContext> { Box::new(Root::new(root_id)) });
+}}
+
+fn log(level: LogLevel, message: &str) {
+    let _ = hostcalls::log(level, message);
+}
+
+fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Metric ids, defined once per VM.
+#[derive(Default)]
+struct Metrics {
+    ids: [Option<u32>; Metric::ALL.len()],
+}
+
+impl Metrics {
+    fn define() -> Self {
+        let mut m = Metrics::default();
+        for metric in Metric::ALL {
+            m.ids[metric.index()] = hostcalls::define_metric(MetricType::Counter, metric.name()).ok();
+        }
+        m
+    }
+
+    fn add(&self, metric: Metric, n: i64) {
+        if let Some(id) = self.ids[metric.index()] {
+            let _ = hostcalls::increment_metric(id, n);
+        }
+    }
+}
+
+/// Sends a request to the companion through its Envoy cluster.
+fn http_callout(compiled: &Compiled, method: &str, path: &str, body: Option<&[u8]>) -> Result<u32, String> {
+    let Transport::Companion(c) = &compiled.transport else {
+        return Err("no companion configured".into());
+    };
+    let auth = format!("Bearer {}", c.api_key);
+    let mut headers = vec![(":method", method), (":path", path), (":authority", c.authority.as_str()), ("authorization", auth.as_str())];
+    if body.is_some() {
+        headers.push(("content-type", "application/json"));
+    }
+    hostcalls::dispatch_http_call(&c.cluster, headers, body, vec![], Duration::from_millis(c.timeout_ms))
+        .map_err(|s| format!("dispatch to cluster {:?} failed: {s:?}", c.cluster))
+}
+
+/// The HTTP callout response of the current callback: status (`None`: no response) and body.
+fn http_response(num_headers: usize, body_size: usize) -> (Option<u32>, Vec<u8>) {
+    if num_headers == 0 {
+        return (None, Vec::new());
+    }
+    let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+        .ok()
+        .flatten()
+        .and_then(|s| s.parse::<u32>().ok());
+    let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
+    (status.or(Some(0)), body)
+}
+
+/// Applies a feed poll's outcome to the worker.
+fn apply_feed(worker: &mut Worker, metrics: &Metrics, page: Result<FeedPage, lookup::CalloutProblem>) {
+    match page {
+        Ok(page) => {
+            let applied = worker.apply_feed(page, now_ms());
+            if applied > 0 {
+                metrics.add(Metric::RevocationsApplied, applied as i64);
+            }
+        }
+        Err(problem) => {
+            worker.feed.call = None;
+            metrics.add(if problem == lookup::CalloutProblem::NoResponse { Metric::CalloutFailed } else { Metric::CalloutError }, 1);
+            log(LogLevel::Warn, &format!("multitokens: revocation feed poll failed: {problem:?}"));
+        }
+    }
+}
+
+struct Root {
+    id: u32,
+    worker: Option<Rc<RefCell<Worker>>>,
+    metrics: Rc<Metrics>,
+    last_purge_ms: u64,
+}
+
+impl Root {
+    fn new(id: u32) -> Self {
+        Root { id, worker: None, metrics: Rc::new(Metrics::default()), last_purge_ms: 0 }
+    }
+
+    /// Starts the transport; an error stops the plugin from loading.
+    fn start_transport(&self, compiled: &Compiled) -> Result<(), String> {
+        match &compiled.transport {
+            Transport::Companion(_) => Ok(()),
+            #[cfg(feature = "redis-callout")]
+            Transport::Redis(target) => redis::init(target),
+            #[cfg(not(feature = "redis-callout"))]
+            Transport::Redis(_) => Err("invalid multitokens configuration: redis: this is the stock build, which has no Redis \
+                callouts (upstream Envoy cannot load them); use `companion`, or deploy multitokens_filter_redis.wasm on an \
+                Envoy with the Redis-callout ABI (e.g. Higress)"
+                .into()),
+        }
+    }
+
+    fn poll_feed(&self, worker: &mut Worker, now: u64) {
+        if worker.compiled.config.revocation_poll_ms == 0 || !worker.feed.may_poll(now, worker.compiled.transport.timeout_ms()) {
+            return;
+        }
+        let dispatched = match &worker.compiled.transport {
+            Transport::Companion(_) => http_callout(&worker.compiled, "GET", &lookup::feed_path(worker.feed.cursor.as_deref()), None),
+            #[cfg(feature = "redis-callout")]
+            Transport::Redis(target) => redis::poll_feed(target, &worker.compiled.keys, worker.feed.cursor.as_deref(), self.id),
+            #[cfg(not(feature = "redis-callout"))]
+            Transport::Redis(_) => Err("no Redis callouts in this build".into()),
+        };
+        match dispatched {
+            Ok(call) => worker.feed.call = Some((call, now)),
+            Err(e) => log(LogLevel::Warn, &format!("multitokens: revocation feed poll: {e}")),
+        }
+    }
+
+    fn send_refreshes(&self, worker: &mut Worker) {
+        for request in std::mem::take(&mut worker.refresh_queue) {
+            let sent = match &worker.compiled.transport {
+                Transport::Companion(_) => http_callout(&worker.compiled, "POST", LOOKUP_PATH, Some(&request.to_json())),
+                #[cfg(feature = "redis-callout")]
+                Transport::Redis(target) => redis::refresh(target, &worker.compiled.keys, &request),
+                #[cfg(not(feature = "redis-callout"))]
+                Transport::Redis(_) => Err("no Redis callouts in this build".into()),
+            };
+            if let Err(e) = sent {
+                log(LogLevel::Warn, &format!("multitokens: sliding refresh: {e}"));
+            }
+        }
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _: usize) {
+        let Some(worker) = &self.worker else { return };
+        let Ok(mut worker) = worker.try_borrow_mut() else { return };
+        if worker.feed.call.map(|(call, _)| call) != Some(token) {
+            return; // a sliding refresh: nothing to do with its answer
+        }
+        let (status, body) = http_response(num_headers, body_size);
+        apply_feed(&mut worker, &self.metrics, lookup::parse_feed(status, &body));
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _: usize) -> bool {
+        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX).ok().flatten().unwrap_or_default();
+        let compiled = match Compiled::parse(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                log(LogLevel::Error, &e);
+                return false;
+            }
+        };
+        if let Err(e) = self.start_transport(&compiled) {
+            log(LogLevel::Error, &e);
+            return false;
+        }
+        let poll = compiled.config.revocation_poll_ms;
+        let worker = Rc::new(RefCell::new(Worker::new(compiled)));
+        self.metrics = Rc::new(Metrics::define());
+        #[cfg(feature = "redis-callout")]
+        redis::register_root(self.id, worker.clone(), self.metrics.clone());
+        self.worker = Some(worker);
+        let _ = hostcalls::set_tick_period(Duration::from_millis(if poll > 0 { poll } else { 1000 }));
+        log(LogLevel::Info, "multitokens: configured");
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(worker) = self.worker.clone() else { return };
+        let Ok(mut worker) = worker.try_borrow_mut() else { return };
+        let now = now_ms();
+        self.poll_feed(&mut worker, now);
+        self.send_refreshes(&mut worker);
+        if now.saturating_sub(self.last_purge_ms) > 10_000 {
+            worker.cache.purge_expired(now);
+            self.last_purge_ms = now;
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let flow = Rc::new(RefCell::new(HttpFlow::new()));
+        #[cfg(feature = "redis-callout")]
+        redis::register_flow(context_id, flow.clone());
+        Some(Box::new(Http { id: context_id, root_id: self.id, worker: self.worker.clone(), metrics: self.metrics.clone(), flow }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// The [`Host`] over Envoy's host calls for the HTTP context in effect.
+struct EnvoyHost<'a> {
+    metrics: &'a Metrics,
+    compiled: &'a Compiled,
+    context_id: u32,
+    root_id: u32,
+}
+
+impl Host for EnvoyHost<'_> {
+    fn header(&self, name: &str) -> Option<String> {
+        hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
+    }
+
+    fn set_header(&mut self, name: &str, value: &str) {
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+    }
+
+    fn remove_header(&mut self, name: &str) {
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+    }
+
+    fn send_reply(&mut self, reply: &LocalReply) {
+        let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let _ = hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes()));
+    }
+
+    fn dispatch_lookup(&mut self, request: &LookupRequest) -> Result<u32, String> {
+        match &self.compiled.transport {
+            Transport::Companion(_) => http_callout(self.compiled, "POST", LOOKUP_PATH, Some(&request.to_json())),
+            #[cfg(feature = "redis-callout")]
+            Transport::Redis(target) => redis::lookup(target, &self.compiled.keys, request, self.context_id, self.root_id),
+            #[cfg(not(feature = "redis-callout"))]
+            Transport::Redis(_) => Err(format!("no Redis callouts in this build (context {}, root {})", self.context_id, self.root_id)),
+        }
+    }
+
+    fn count(&mut self, metric: Metric) {
+        self.metrics.add(metric, 1);
+    }
+
+    fn warn(&self, message: &str) {
+        log(LogLevel::Warn, message);
+    }
+}
+
+/// Runs one step of a request's flow with the worker borrowed; fails closed if it cannot be.
+fn with_flow(
+    flow: &RefCell<HttpFlow>,
+    worker: Option<&Rc<RefCell<Worker>>>,
+    metrics: &Metrics,
+    ids: (u32, u32),
+    run: impl FnOnce(&mut HttpFlow, &mut EnvoyHost, &mut Worker) -> Step,
+) -> Step {
+    let (Some(worker), Ok(mut flow)) = (worker, flow.try_borrow_mut()) else { return unavailable(metrics) };
+    let Ok(mut worker) = worker.try_borrow_mut() else { return unavailable(metrics) };
+    let compiled = Rc::clone(&worker.compiled);
+    let mut host = EnvoyHost { metrics, compiled: &compiled, context_id: ids.0, root_id: ids.1 };
+    run(&mut flow, &mut host, &mut worker)
+}
+
+/// Fails closed when the worker is not usable (never expected: config is checked at load).
+fn unavailable(metrics: &Metrics) -> Step {
+    let r = reply::deny(Denial::Unavailable, "multitokens", &[]);
+    let headers: Vec<(&str, &str)> = r.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let _ = hostcalls::send_http_response(r.status, headers, Some(r.body.as_bytes()));
+    metrics.add(Metric::DeniedUnavailable, 1);
+    Step::Replied
+}
+
+struct Http {
+    id: u32,
+    root_id: u32,
+    worker: Option<Rc<RefCell<Worker>>>,
+    metrics: Rc<Metrics>,
+    flow: Rc<RefCell<HttpFlow>>,
+}
+
+impl Drop for Http {
+    fn drop(&mut self) {
+        #[cfg(feature = "redis-callout")]
+        redis::forget_flow(self.id);
+    }
+}
+
+impl Context for Http {
+    fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _: usize) {
+        if self.flow.try_borrow().map(|f| f.waiting_for()).ok().flatten() != Some(token) {
+            return;
+        }
+        let (status, body) = http_response(num_headers, body_size);
+        let answer = lookup::parse_answer(status, &body);
+        let step = with_flow(&self.flow, self.worker.as_ref(), &self.metrics, (self.id, self.root_id), |flow, host, worker| {
+            flow.on_lookup_response(host, worker, answer, now_ms())
+        });
+        if step == Step::Continue {
+            let _ = hostcalls::resume_http_request();
+        }
+    }
+}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        let step = with_flow(&self.flow, self.worker.as_ref(), &self.metrics, (self.id, self.root_id), |flow, host, worker| {
+            flow.on_request_headers(host, worker, now_ms())
+        });
+        match step {
+            Step::Continue => Action::Continue,
+            Step::Pause | Step::Replied => Action::Pause,
+        }
+    }
+}

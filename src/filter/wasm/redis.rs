@@ -1,0 +1,185 @@
+//! Envoy's Redis callouts (the Higress ABI, `../shared/docs/redis-callout-abi.md`): the host
+//! functions `proxy_redis_init` / `proxy_redis_call`, and the guest callback
+//! `proxy_on_redis_call_response`, which the host calls on the ROOT context. This module routes
+//! each reply by its call token back to the HTTP context paused on it (or to the feed poller).
+
+use super::{apply_feed, log, now_ms, with_flow, Metrics};
+use crate::filter::config::RedisTarget;
+use crate::filter::flow::{HttpFlow, Step, Worker};
+use crate::filter::lookup::LookupRequest;
+use crate::filter::redis_transport;
+use crate::core::keys::KeyLayout;
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::LogLevel;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+
+/// Buffer type of a Redis call response.
+const REDIS_CALL_RESPONSE: u32 = 9;
+
+#[allow(clashing_extern_declarations)]
+extern "C" {
+    fn proxy_redis_init(
+        service_ptr: *const u8,
+        service_size: usize,
+        username_ptr: *const u8,
+        username_size: usize,
+        password_ptr: *const u8,
+        password_size: usize,
+        timeout_milliseconds: u32,
+    ) -> u32;
+    fn proxy_redis_call(service_ptr: *const u8, service_size: usize, query_ptr: *const u8, query_size: usize, return_token: *mut u32) -> u32;
+    fn proxy_get_buffer_bytes(buffer_type: u32, start: usize, max_size: usize, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
+}
+
+/// What a Redis call was for.
+enum Purpose {
+    /// A paused request's lookup: its HTTP context and root.
+    Lookup { context_id: u32, root_id: u32 },
+    /// The revocation feed poll of a root context.
+    Feed { root_id: u32 },
+    /// A sliding refresh; its answer is not needed.
+    Refresh,
+}
+
+#[derive(Default)]
+struct Registry {
+    calls: HashMap<u32, Purpose>,
+    flows: HashMap<u32, Weak<RefCell<HttpFlow>>>,
+    roots: HashMap<u32, (Rc<RefCell<Worker>>, Rc<Metrics>)>,
+}
+
+thread_local! {
+    static REGISTRY: RefCell<Registry> = RefCell::new(Registry::default());
+}
+
+fn with_registry<T>(f: impl FnOnce(&mut Registry) -> T) -> Option<T> {
+    REGISTRY.with(|r| r.try_borrow_mut().ok().map(|mut r| f(&mut r)))
+}
+
+/// Remembers a configured root context's worker.
+pub(super) fn register_root(root_id: u32, worker: Rc<RefCell<Worker>>, metrics: Rc<Metrics>) {
+    with_registry(|r| r.roots.insert(root_id, (worker, metrics)));
+}
+
+/// Remembers a request's flow so its Redis reply can find it.
+pub(super) fn register_flow(context_id: u32, flow: Rc<RefCell<HttpFlow>>) {
+    with_registry(|r| r.flows.insert(context_id, Rc::downgrade(&flow)));
+}
+
+/// Forgets a finished request.
+pub(super) fn forget_flow(context_id: u32) {
+    with_registry(|r| r.flows.remove(&context_id));
+}
+
+/// Configures the host's Redis client for the cluster (`AUTH` and `SELECT` as configured).
+pub(super) fn init(target: &RedisTarget) -> Result<(), String> {
+    let user = target.username.as_deref().unwrap_or("");
+    let pass = target.password.as_deref().unwrap_or("");
+    let timeout = u32::try_from(target.timeout_ms).unwrap_or(u32::MAX);
+    // SAFETY: every pointer/length pair describes a live byte slice for the duration of the call.
+    let status = unsafe {
+        proxy_redis_init(
+            target.cluster.as_ptr(),
+            target.cluster.len(),
+            user.as_ptr(),
+            user.len(),
+            pass.as_ptr(),
+            pass.len(),
+            timeout,
+        )
+    };
+    match status {
+        0 => Ok(()),
+        2 => Err(format!("invalid multitokens configuration: redis.cluster: Envoy has no cluster {:?}", target.cluster)),
+        other => Err(format!("invalid multitokens configuration: redis: proxy_redis_init failed with status {other}")),
+    }
+}
+
+fn call(target: &RedisTarget, query: &[u8], purpose: Purpose) -> Result<u32, String> {
+    let mut token: u32 = 0;
+    // SAFETY: the slices live for the call; `token` is a valid u32 the host writes to.
+    let status = unsafe { proxy_redis_call(target.cluster.as_ptr(), target.cluster.len(), query.as_ptr(), query.len(), &mut token) };
+    match status {
+        0 => {
+            with_registry(|r| r.calls.insert(token, purpose));
+            Ok(token)
+        }
+        2 => Err(format!("Redis callout: no cluster {:?}", target.cluster)),
+        10 => Err("Redis callout: no healthy Redis host".into()),
+        other => Err(format!("Redis callout failed with status {other}")),
+    }
+}
+
+/// Starts a request's lookup.
+pub(super) fn lookup(target: &RedisTarget, keys: &KeyLayout, request: &LookupRequest, context_id: u32, root_id: u32) -> Result<u32, String> {
+    let token = call(target, &redis_transport::lookup_command(keys, request), Purpose::Lookup { context_id, root_id })?;
+    // the sliding refresh rides along as its own command, so the request waits for one round trip
+    if let Some(refresh) = redis_transport::refresh_command(keys, request) {
+        let _ = call(target, &refresh, Purpose::Refresh);
+    }
+    Ok(token)
+}
+
+/// Starts a feed poll.
+pub(super) fn poll_feed(target: &RedisTarget, keys: &KeyLayout, cursor: Option<&str>, root_id: u32) -> Result<u32, String> {
+    call(target, &redis_transport::feed_command(keys, cursor), Purpose::Feed { root_id })
+}
+
+/// Sends a sliding refresh.
+pub(super) fn refresh(target: &RedisTarget, keys: &KeyLayout, request: &LookupRequest) -> Result<u32, String> {
+    match redis_transport::refresh_command(keys, request) {
+        Some(query) => call(target, &query, Purpose::Refresh),
+        None => Err("refresh without a TTL".into()),
+    }
+}
+
+/// The reply bytes, readable only during the callback.
+fn reply_bytes(size: usize) -> Option<Vec<u8>> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut len: usize = 0;
+    // SAFETY: the host writes a pointer it allocated through our proxy_on_memory_allocate (the
+    // SDK's Vec-based allocator) and its length; ownership passes to us, as in the SDK's get_buffer.
+    unsafe {
+        if proxy_get_buffer_bytes(REDIS_CALL_RESPONSE, 0, size, &mut data, &mut len) != 0 {
+            return None;
+        }
+        if data.is_null() {
+            return Some(Vec::new());
+        }
+        Some(Vec::from_raw_parts(data, len, len))
+    }
+}
+
+/// The guest callback of the Redis-callout ABI.
+#[no_mangle]
+pub extern "C" fn proxy_on_redis_call_response(_root_context_id: u32, token: u32, status: u32, response_size: usize) {
+    let Some(Some(purpose)) = with_registry(|r| r.calls.remove(&token)) else { return };
+    let bytes = if status == 0 { reply_bytes(response_size) } else { None };
+    match purpose {
+        Purpose::Refresh => {}
+        Purpose::Feed { root_id } => {
+            let Some(Some((worker, metrics))) = with_registry(|r| r.roots.get(&root_id).cloned()) else { return };
+            let Ok(mut worker) = worker.try_borrow_mut() else { return };
+            apply_feed(&mut worker, &metrics, redis_transport::parse_feed(bytes.as_deref()));
+        }
+        Purpose::Lookup { context_id, root_id } => {
+            let found = with_registry(|r| (r.flows.get(&context_id).and_then(Weak::upgrade), r.roots.get(&root_id).cloned()));
+            let Some((Some(flow), Some((worker, metrics)))) = found else {
+                log(LogLevel::Debug, "multitokens: Redis reply for a finished request");
+                return;
+            };
+            if hostcalls::set_effective_context(context_id).is_err() {
+                return;
+            }
+            let answer = redis_transport::parse_lookup(bytes.as_deref(), now_ms() / 1000);
+            let step = with_flow(&flow, Some(&worker), &metrics, (context_id, root_id), |flow, host, worker| {
+                flow.on_lookup_response(host, worker, answer, now_ms())
+            });
+            if step == Step::Continue {
+                let _ = hostcalls::resume_http_request();
+            }
+        }
+    }
+}
