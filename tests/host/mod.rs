@@ -1,0 +1,661 @@
+//! A proxy-wasm host for tests (wasmi): loads a built filter and implements the proxy-wasm ABI
+//! 0.2.1 the filter uses (plugin configuration, header maps, local replies, continue, HTTP
+//! callouts, metrics, tick, time, logs) plus the Redis-callout extension of
+//! `../shared/docs/redis-callout-abi.md` (`proxy_redis_init`, `proxy_redis_call`, the root-context
+//! callback `proxy_on_redis_call_response`, buffer type 9).
+//!
+//! Its HTTP callouts go over real TCP to the addresses given per cluster (the real companion);
+//! its Redis callouts send the raw RESP query to a real Redis (or Envoy's redis_proxy) and hand
+//! back the raw reply. Like the host client of the ABI, it speaks to one endpoint and does not
+//! follow cluster redirections.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use wasmi::{Caller, Engine, Extern, Func, Instance, Linker, Module, Store, Val};
+
+const OK: i32 = 0;
+const NOT_FOUND: i32 = 1;
+const BAD_ARGUMENT: i32 = 2;
+const UNIMPLEMENTED: i32 = 12;
+
+/// Where the host sends callouts, by Envoy cluster name.
+#[derive(Clone, Debug, Default)]
+pub struct Upstreams {
+    /// HTTP clusters.
+    pub http: HashMap<String, SocketAddr>,
+    /// Redis clusters (names without `?db=N`).
+    pub redis: HashMap<String, SocketAddr>,
+}
+
+/// A callout the guest started, waiting for the host to perform it.
+#[derive(Clone, Debug)]
+enum Callout {
+    Http { token: u32, context: u32, cluster: String, headers: Vec<(String, String)>, body: Vec<u8>, timeout_ms: u32 },
+    Redis { token: u32, service: String, query: Vec<u8> },
+}
+
+/// A local reply the guest sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u32,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl LocalReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// What became of a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Sent upstream with these request headers.
+    Forwarded(Vec<(String, String)>),
+    /// Answered locally.
+    Replied(LocalReply),
+    /// Still paused (a callout never answered).
+    Paused,
+}
+
+impl Outcome {
+    pub fn status(&self) -> u32 {
+        match self {
+            Outcome::Forwarded(_) => 200,
+            Outcome::Replied(r) => r.status,
+            Outcome::Paused => 0,
+        }
+    }
+
+    pub fn upstream_header(&self, name: &str) -> Option<String> {
+        match self {
+            Outcome::Forwarded(h) => h.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn reply(&self) -> &LocalReply {
+        match self {
+            Outcome::Replied(r) => r,
+            other => panic!("expected a local reply, got {other:?}"),
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    plugin_config: Vec<u8>,
+    request_headers: Vec<(String, String)>,
+    local_reply: Option<LocalReply>,
+    continued: bool,
+    callouts: Vec<Callout>,
+    call_response_headers: Vec<(String, String)>,
+    call_response_body: Vec<u8>,
+    redis_response: Vec<u8>,
+    effective_context: u32,
+    next_token: u32,
+    metric_names: Vec<String>,
+    metric_values: Vec<i64>,
+    logs: Vec<(i32, String)>,
+    tick_period_ms: u32,
+    redis_init: Option<(String, String, String, u32)>,
+    upstreams: Upstreams,
+}
+
+type Host<'a> = Caller<'a, State>;
+
+fn memory(caller: &Host) -> wasmi::Memory {
+    caller.get_export("memory").and_then(Extern::into_memory).expect("guest exports memory")
+}
+
+fn read_bytes(caller: &Host, ptr: i32, len: i32) -> Vec<u8> {
+    let mut buf = vec![0u8; len as usize];
+    memory(caller).read(caller, ptr as u32 as usize, &mut buf).expect("guest pointer in bounds");
+    buf
+}
+
+fn read_string(caller: &Host, ptr: i32, len: i32) -> String {
+    String::from_utf8_lossy(&read_bytes(caller, ptr, len)).into_owned()
+}
+
+fn write_bytes(caller: &mut Host, ptr: i32, bytes: &[u8]) {
+    memory(caller).write(caller, ptr as u32 as usize, bytes).expect("guest pointer in bounds");
+}
+
+fn write_u32(caller: &mut Host, ptr: i32, value: u32) {
+    write_bytes(caller, ptr, &value.to_le_bytes());
+}
+
+/// Copies bytes into guest memory allocated by the guest's `proxy_on_memory_allocate`, and
+/// writes the pointer and size where the guest asked.
+fn hand_over(caller: &mut Host, bytes: &[u8], ret_ptr: i32, ret_size: i32) -> i32 {
+    if bytes.is_empty() {
+        write_u32(caller, ret_ptr, 0);
+        write_u32(caller, ret_size, 0);
+        return OK;
+    }
+    let alloc = caller.get_export("proxy_on_memory_allocate").and_then(Extern::into_func).expect("allocator export");
+    let mut out = [Val::I32(0)];
+    alloc.call(&mut *caller, &[Val::I32(bytes.len() as i32)], &mut out).expect("allocate");
+    let Val::I32(addr) = out[0] else { panic!("allocator returned no pointer") };
+    write_bytes(caller, addr, bytes);
+    write_u32(caller, ret_ptr, addr as u32);
+    write_u32(caller, ret_size, bytes.len() as u32);
+    OK
+}
+
+/// proxy-wasm header map serialization: count, (key len, value len)*, (key \0 value \0)*.
+fn serialize_map(pairs: &[(String, String)]) -> Vec<u8> {
+    let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
+    for (k, v) in pairs {
+        out.extend((k.len() as u32).to_le_bytes());
+        out.extend((v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs {
+        out.extend(k.as_bytes());
+        out.push(0);
+        out.extend(v.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+fn deserialize_map(bytes: &[u8]) -> Vec<(String, String)> {
+    if bytes.len() < 4 {
+        return vec![];
+    }
+    let n = u32::from_le_bytes(bytes[0..4].try_into().unwrap()) as usize;
+    let mut sizes = Vec::new();
+    for i in 0..n {
+        let at = 4 + i * 8;
+        let k = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        let v = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+        sizes.push((k, v));
+    }
+    let mut pos = 4 + n * 8;
+    let mut out = Vec::new();
+    for (k, v) in sizes {
+        let key = String::from_utf8_lossy(&bytes[pos..pos + k]).into_owned();
+        pos += k + 1;
+        let value = String::from_utf8_lossy(&bytes[pos..pos + v]).into_owned();
+        pos += v + 1;
+        out.push((key, value));
+    }
+    out
+}
+
+fn map_of(state: &mut State, map_type: i32) -> Option<&mut Vec<(String, String)>> {
+    match map_type {
+        0 => Some(&mut state.request_headers),
+        6 => Some(&mut state.call_response_headers),
+        _ => None,
+    }
+}
+
+/// Defines the host functions.
+fn link(linker: &mut Linker<State>) {
+    linker
+        .func_wrap("env", "proxy_log", |c: Host, level: i32, ptr: i32, len: i32| -> i32 {
+            let msg = read_string(&c, ptr, len);
+            let mut c = c;
+            c.data_mut().logs.push((level, msg));
+            OK
+        })
+        .unwrap()
+        .func_wrap("env", "proxy_get_current_time_nanoseconds", |mut c: Host, ret: i32| -> i32 {
+            let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+            write_bytes(&mut c, ret, &nanos.to_le_bytes());
+            OK
+        })
+        .unwrap()
+        .func_wrap("env", "proxy_set_tick_period_milliseconds", |mut c: Host, period: i32| -> i32 {
+            c.data_mut().tick_period_ms = period as u32;
+            OK
+        })
+        .unwrap()
+        .func_wrap("env", "proxy_get_buffer_bytes", |mut c: Host, kind: i32, start: i32, max: i32, ret_ptr: i32, ret_size: i32| -> i32 {
+            let data = match kind {
+                4 => c.data().call_response_body.clone(),
+                7 => c.data().plugin_config.clone(),
+                9 => c.data().redis_response.clone(),
+                _ => return NOT_FOUND,
+            };
+            let start = (start as u32 as usize).min(data.len());
+            let end = start.saturating_add(max as u32 as usize).min(data.len());
+            hand_over(&mut c, &data[start..end], ret_ptr, ret_size)
+        })
+        .unwrap()
+        .func_wrap("env", "proxy_get_header_map_pairs", |mut c: Host, map: i32, ret_ptr: i32, ret_size: i32| -> i32 {
+            let Some(pairs) = map_of(c.data_mut(), map).cloned() else { return NOT_FOUND };
+            hand_over(&mut c, &serialize_map(&pairs), ret_ptr, ret_size)
+        })
+        .unwrap()
+        .func_wrap("env", "proxy_get_header_map_value", |mut c: Host, map: i32, kp: i32, kl: i32, ret_ptr: i32, ret_size: i32| -> i32 {
+            let key = read_string(&c, kp, kl).to_ascii_lowercase();
+            let Some(pairs) = map_of(c.data_mut(), map) else { return NOT_FOUND };
+            let Some(value) = pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()) else { return NOT_FOUND };
+            hand_over(&mut c, value.as_bytes(), ret_ptr, ret_size)
+        })
+        .unwrap()
+        .func_wrap("env", "proxy_add_header_map_value", |mut c: Host, map: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> i32 {
+            let (key, value) = (read_string(&c, kp, kl).to_ascii_lowercase(), read_string(&c, vp, vl));
+            let Some(pairs) = map_of(c.data_mut(), map) else { return NOT_FOUND };
+            pairs.push((key, value));
+            OK
+        })
+        .unwrap()
+        .func_wrap("env", "proxy_replace_header_map_value", |mut c: Host, map: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> i32 {
+            let (key, value) = (read_string(&c, kp, kl).to_ascii_lowercase(), read_string(&c, vp, vl));
+            let Some(pairs) = map_of(c.data_mut(), map) else { return NOT_FOUND };
+            pairs.retain(|(k, _)| *k != key);
+            pairs.push((key, value));
+            OK
+        })
+        .unwrap()
+        .func_wrap("env", "proxy_remove_header_map_value", |mut c: Host, map: i32, kp: i32, kl: i32| -> i32 {
+            let key = read_string(&c, kp, kl).to_ascii_lowercase();
+            let Some(pairs) = map_of(c.data_mut(), map) else { return NOT_FOUND };
+            pairs.retain(|(k, _)| *k != key);
+            OK
+        })
+        .unwrap()
+        .func_wrap(
+            "env",
+            "proxy_send_local_response",
+            |mut c: Host, status: i32, _dp: i32, _dl: i32, bp: i32, bl: i32, hp: i32, hl: i32, _grpc: i32| -> i32 {
+                let body = read_string(&c, bp, bl);
+                let headers = deserialize_map(&read_bytes(&c, hp, hl));
+                c.data_mut().local_reply = Some(LocalReply { status: status as u32, headers, body });
+                OK
+            },
+        )
+        .unwrap()
+        .func_wrap("env", "proxy_continue_stream", |mut c: Host, stream: i32| -> i32 {
+            if stream == 0 {
+                c.data_mut().continued = true;
+            }
+            OK
+        })
+        .unwrap()
+        .func_wrap("env", "proxy_set_effective_context", |mut c: Host, context: i32| -> i32 {
+            c.data_mut().effective_context = context as u32;
+            OK
+        })
+        .unwrap()
+        .func_wrap(
+            "env",
+            "proxy_http_call",
+            |mut c: Host, up: i32, ul: i32, hp: i32, hl: i32, bp: i32, bl: i32, _tp: i32, _tl: i32, timeout: i32, ret: i32| -> i32 {
+                let cluster = read_string(&c, up, ul);
+                if !c.data().upstreams.http.contains_key(&cluster) {
+                    return BAD_ARGUMENT;
+                }
+                let headers = deserialize_map(&read_bytes(&c, hp, hl));
+                let body = if bl > 0 { read_bytes(&c, bp, bl) } else { vec![] };
+                let state = c.data_mut();
+                state.next_token += 1;
+                let token = state.next_token;
+                let context = state.effective_context;
+                state.callouts.push(Callout::Http { token, context, cluster, headers, body, timeout_ms: timeout as u32 });
+                write_u32(&mut c, ret, token);
+                OK
+            },
+        )
+        .unwrap()
+        .func_wrap("env", "proxy_define_metric", |mut c: Host, _kind: i32, np: i32, nl: i32, ret: i32| -> i32 {
+            let name = read_string(&c, np, nl);
+            let state = c.data_mut();
+            let id = match state.metric_names.iter().position(|n| *n == name) {
+                Some(i) => i,
+                None => {
+                    state.metric_names.push(name);
+                    state.metric_values.push(0);
+                    state.metric_names.len() - 1
+                }
+            };
+            write_u32(&mut c, ret, id as u32);
+            OK
+        })
+        .unwrap()
+        .func_wrap("env", "proxy_increment_metric", |mut c: Host, id: i32, offset: i64| -> i32 {
+            match c.data_mut().metric_values.get_mut(id as usize) {
+                Some(v) => {
+                    *v += offset;
+                    OK
+                }
+                None => NOT_FOUND,
+            }
+        })
+        .unwrap()
+        .func_wrap(
+            "env",
+            "proxy_redis_init",
+            |mut c: Host, sp: i32, sl: i32, up: i32, ul: i32, pp: i32, pl: i32, timeout: i32| -> i32 {
+                let service = read_string(&c, sp, sl);
+                let name = service.split('?').next().unwrap_or("").to_string();
+                if !c.data().upstreams.redis.contains_key(&name) {
+                    return BAD_ARGUMENT;
+                }
+                let (user, pass) = (read_string(&c, up, ul), read_string(&c, pp, pl));
+                c.data_mut().redis_init = Some((service, user, pass, timeout as u32));
+                OK
+            },
+        )
+        .unwrap()
+        .func_wrap("env", "proxy_redis_call", |mut c: Host, sp: i32, sl: i32, qp: i32, ql: i32, ret: i32| -> i32 {
+            let service = read_string(&c, sp, sl);
+            let name = service.split('?').next().unwrap_or("").to_string();
+            if !c.data().upstreams.redis.contains_key(&name) {
+                return BAD_ARGUMENT;
+            }
+            let query = read_bytes(&c, qp, ql);
+            let state = c.data_mut();
+            state.next_token += 1;
+            let token = state.next_token;
+            state.callouts.push(Callout::Redis { token, service, query });
+            write_u32(&mut c, ret, token);
+            OK
+        })
+        .unwrap()
+        .func_wrap("env", "proxy_get_property", |_: Host, _: i32, _: i32, _: i32, _: i32| -> i32 { NOT_FOUND })
+        .unwrap()
+        .func_wrap("wasi_snapshot_preview1", "random_get", |mut c: Host, ptr: i32, len: i32| -> i32 {
+            let mut buf = vec![0u8; len as usize];
+            getrandom::fill(&mut buf).unwrap();
+            write_bytes(&mut c, ptr, &buf);
+            0
+        })
+        .unwrap()
+        .func_wrap("wasi_snapshot_preview1", "environ_sizes_get", |mut c: Host, count: i32, size: i32| -> i32 {
+            write_u32(&mut c, count, 0);
+            write_u32(&mut c, size, 0);
+            0
+        })
+        .unwrap()
+        .func_wrap("wasi_snapshot_preview1", "environ_get", |_: Host, _: i32, _: i32| -> i32 { 0 })
+        .unwrap()
+        .func_wrap("wasi_snapshot_preview1", "fd_write", |mut c: Host, _fd: i32, iovs: i32, n: i32, written: i32| -> i32 {
+            let mut total = 0u32;
+            let mut text = Vec::new();
+            for i in 0..n {
+                let iov = read_bytes(&c, iovs + i * 8, 8);
+                let ptr = u32::from_le_bytes(iov[0..4].try_into().unwrap()) as i32;
+                let len = u32::from_le_bytes(iov[4..8].try_into().unwrap()) as i32;
+                text.extend(read_bytes(&c, ptr, len));
+                total += len as u32;
+            }
+            c.data_mut().logs.push((-1, String::from_utf8_lossy(&text).into_owned()));
+            write_u32(&mut c, written, total);
+            0
+        })
+        .unwrap()
+        .func_wrap("wasi_snapshot_preview1", "proc_exit", |_: Host, code: i32| -> Result<(), wasmi::Error> {
+            Err(wasmi::Error::new(format!("guest called proc_exit({code})")))
+        })
+        .unwrap();
+}
+
+/// Reads one RESP value off a stream and returns its raw bytes (the host does no interpretation).
+fn read_resp(reader: &mut impl BufRead, out: &mut Vec<u8>, depth: usize) -> std::io::Result<()> {
+    if depth > 32 {
+        return Err(std::io::Error::other("RESP nested too deep"));
+    }
+    let mut line = Vec::new();
+    reader.read_until(b'\n', &mut line)?;
+    if line.len() < 3 || !line.ends_with(b"\r\n") {
+        return Err(std::io::Error::other("connection closed mid-reply"));
+    }
+    out.extend_from_slice(&line);
+    let n: i64 = std::str::from_utf8(&line[1..line.len() - 2]).ok().and_then(|s| s.parse().ok()).unwrap_or(-1);
+    match line[0] {
+        b'$' if n >= 0 => {
+            let mut data = vec![0u8; n as usize + 2];
+            reader.read_exact(&mut data)?;
+            out.extend(data);
+        }
+        b'*' if n > 0 => {
+            for _ in 0..n {
+                read_resp(reader, out, depth + 1)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A loaded filter under test.
+pub struct TestHost {
+    store: Store<State>,
+    instance: Instance,
+    root_id: u32,
+    next_context: u32,
+}
+
+impl TestHost {
+    /// Loads a `.wasm`, starts the VM and configures the plugin; `Err` carries the guest's logs
+    /// when it refuses the configuration.
+    pub fn load(wasm: &Path, plugin_config: &str, upstreams: Upstreams) -> Result<TestHost, String> {
+        let engine = Engine::default();
+        let module = Module::new(&engine, std::fs::read(wasm).unwrap()).map_err(|e| e.to_string())?;
+        let mut linker = Linker::<State>::new(&engine);
+        link(&mut linker);
+        // every other import answers "unimplemented" (the filter must not rely on it); defining
+        // one the host already implements fails and is skipped
+        for import in module.imports() {
+            if let wasmi::ExternType::Func(ty) = import.ty() {
+                let ty = ty.clone();
+                let _ = linker.func_new(import.module(), import.name(), ty, |_, _, out| {
+                    for slot in out.iter_mut() {
+                        *slot = Val::I32(UNIMPLEMENTED);
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let state = State { plugin_config: plugin_config.as_bytes().to_vec(), upstreams, ..State::default() };
+        let mut store = Store::new(&engine, state);
+        let instance = linker.instantiate_and_start(&mut store, &module).map_err(|e| e.to_string())?;
+        let mut host = TestHost { store, instance, root_id: 1, next_context: 1 };
+        if host.export("_initialize").is_some() {
+            host.call("_initialize", &[]);
+        }
+        host.call("proxy_on_context_create", &[Val::I32(1), Val::I32(0)]);
+        host.call("proxy_on_vm_start", &[Val::I32(1), Val::I32(0)]);
+        let size = plugin_config.len() as i32;
+        if host.call("proxy_on_configure", &[Val::I32(1), Val::I32(size)]) != 1 {
+            return Err(host.logs().join("\n"));
+        }
+        Ok(host)
+    }
+
+    fn export(&self, name: &str) -> Option<Func> {
+        self.instance.get_func(&self.store, name)
+    }
+
+    /// Calls a guest export; returns its i32 result (0 when it has none).
+    fn call(&mut self, name: &str, args: &[Val]) -> i32 {
+        let func = self.export(name).unwrap_or_else(|| panic!("guest does not export {name}"));
+        let ty = func.ty(&self.store);
+        let mut out: Vec<Val> = ty.results().iter().map(|_| Val::I32(0)).collect();
+        func.call(&mut self.store, args, &mut out).unwrap_or_else(|e| panic!("{name} trapped: {e}\nlogs:\n{}", self.logs().join("\n")));
+        match out.first() {
+            Some(Val::I32(v)) => *v,
+            _ => 0,
+        }
+    }
+
+    /// The guest's log lines.
+    pub fn logs(&self) -> Vec<String> {
+        self.store.data().logs.iter().map(|(l, m)| format!("[{l}] {m}")).collect()
+    }
+
+    /// A metric's value by name (e.g. `multitokens.allowed`).
+    pub fn metric(&self, name: &str) -> i64 {
+        let s = self.store.data();
+        s.metric_names.iter().position(|n| n == name).map_or(0, |i| s.metric_values[i])
+    }
+
+    /// What `proxy_redis_init` was given.
+    pub fn redis_init(&self) -> Option<(String, String, String, u32)> {
+        self.store.data().redis_init.clone()
+    }
+
+    /// The tick period the guest asked for.
+    pub fn tick_period_ms(&self) -> u32 {
+        self.store.data().tick_period_ms
+    }
+
+    /// Runs one request through the filter, performing its callouts for real.
+    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)]) -> Outcome {
+        self.next_context += 1;
+        let ctx = self.next_context;
+        {
+            let s = self.store.data_mut();
+            s.request_headers = vec![(":method".into(), method.into()), (":path".into(), path.into()), (":authority".into(), "test".into())];
+            s.request_headers.extend(headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.to_string())));
+            s.local_reply = None;
+            s.continued = false;
+            s.effective_context = ctx;
+        }
+        self.call("proxy_on_context_create", &[Val::I32(ctx as i32), Val::I32(self.root_id as i32)]);
+        let n = self.store.data().request_headers.len() as i32;
+        let action = self.call("proxy_on_request_headers", &[Val::I32(ctx as i32), Val::I32(n), Val::I32(1)]);
+        if action == 0 {
+            self.store.data_mut().continued = true;
+        }
+        // perform callouts until the request is decided
+        for _ in 0..8 {
+            let s = self.store.data();
+            if s.local_reply.is_some() || s.continued {
+                break;
+            }
+            if !self.run_callouts() {
+                break;
+            }
+        }
+        let s = self.store.data();
+        let outcome = match (&s.local_reply, s.continued) {
+            (Some(r), _) => Outcome::Replied(r.clone()),
+            (None, true) => Outcome::Forwarded(s.request_headers.clone()),
+            (None, false) => Outcome::Paused,
+        };
+        self.call("proxy_on_done", &[Val::I32(ctx as i32)]);
+        self.call("proxy_on_log", &[Val::I32(ctx as i32)]);
+        self.call("proxy_on_delete", &[Val::I32(ctx as i32)]);
+        outcome
+    }
+
+    /// One timer tick of the root context, with the callouts it starts.
+    pub fn tick(&mut self) {
+        self.store.data_mut().effective_context = self.root_id;
+        self.call("proxy_on_tick", &[Val::I32(self.root_id as i32)]);
+        while self.run_callouts() {}
+    }
+
+    /// Performs every pending callout; false when there was none.
+    fn run_callouts(&mut self) -> bool {
+        let pending = std::mem::take(&mut self.store.data_mut().callouts);
+        if pending.is_empty() {
+            return false;
+        }
+        for callout in pending {
+            match callout {
+                Callout::Http { token, context, cluster, headers, body, timeout_ms } => {
+                    let addr = self.store.data().upstreams.http[&cluster];
+                    let response = http_call(addr, &headers, &body, timeout_ms);
+                    let (n, size) = match response {
+                        Some((headers, body)) => {
+                            let s = self.store.data_mut();
+                            let (n, size) = (headers.len(), body.len());
+                            s.call_response_headers = headers;
+                            s.call_response_body = body;
+                            (n, size)
+                        }
+                        None => (0, 0),
+                    };
+                    self.store.data_mut().effective_context = context;
+                    self.call("proxy_on_http_call_response", &[Val::I32(context as i32), Val::I32(token as i32), Val::I32(n as i32), Val::I32(size as i32), Val::I32(0)]);
+                }
+                Callout::Redis { token, service, query } => {
+                    let (status, size) = match self.redis_call(&service, &query) {
+                        Some(reply) => {
+                            let size = reply.len();
+                            self.store.data_mut().redis_response = reply;
+                            (0, size)
+                        }
+                        None => (1, 0),
+                    };
+                    self.store.data_mut().effective_context = self.root_id;
+                    self.call("proxy_on_redis_call_response", &[Val::I32(self.root_id as i32), Val::I32(token as i32), Val::I32(status), Val::I32(size as i32)]);
+                    self.store.data_mut().redis_response.clear();
+                }
+            }
+        }
+        true
+    }
+
+    /// Sends the raw query to the Redis behind the service (after AUTH/SELECT as initialised).
+    fn redis_call(&self, service: &str, query: &[u8]) -> Option<Vec<u8>> {
+        let (name, db) = match service.split_once("?db=") {
+            Some((n, d)) => (n, d.parse::<u32>().ok()),
+            None => (service, None),
+        };
+        let addr = *self.store.data().upstreams.redis.get(name)?;
+        let init = self.store.data().redis_init.clone();
+        let timeout = Duration::from_millis(init.as_ref().map_or(1000, |i| i.3 as u64));
+        let stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
+        stream.set_read_timeout(Some(timeout)).ok()?;
+        let mut writer = stream.try_clone().ok()?;
+        let mut reader = BufReader::new(stream);
+        let mut prelude = Vec::new();
+        if let Some((_, user, pass, _)) = &init {
+            match (user.is_empty(), pass.is_empty()) {
+                (false, false) => prelude.push(multitokens::core::resp::encode_command(&["AUTH", user, pass])),
+                (true, false) => prelude.push(multitokens::core::resp::encode_command(&["AUTH", pass])),
+                _ => {}
+            }
+        }
+        if let Some(db) = db {
+            prelude.push(multitokens::core::resp::encode_command(&["SELECT", &db.to_string()]));
+        }
+        for command in prelude {
+            writer.write_all(&command).ok()?;
+            let mut ignored = Vec::new();
+            read_resp(&mut reader, &mut ignored, 0).ok()?;
+        }
+        writer.write_all(query).ok()?;
+        let mut reply = Vec::new();
+        read_resp(&mut reader, &mut reply, 0).ok()?;
+        Some(reply)
+    }
+}
+
+/// Performs an HTTP/1.1 callout; `None` when there is no response (refused, reset, timeout).
+fn http_call(addr: SocketAddr, headers: &[(String, String)], body: &[u8], timeout_ms: u32) -> Option<(Vec<(String, String)>, Vec<u8>)> {
+    let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_millis(timeout_ms as u64)))
+        .build()
+        .into();
+    let mut request = ureq::http::Request::builder().method(get(":method").as_str()).uri(format!("http://{addr}{}", get(":path")));
+    for (k, v) in headers.iter().filter(|(k, _)| !k.starts_with(':')) {
+        request = request.header(k.as_str(), v.as_str());
+    }
+    let response = agent.run(request.body(body.to_vec()).ok()?).ok()?;
+    let mut out = vec![(":status".to_string(), response.status().as_u16().to_string())];
+    for (k, v) in response.headers() {
+        out.push((k.as_str().to_string(), v.to_str().unwrap_or("").to_string()));
+    }
+    let body = response.into_body().read_to_vec().ok()?;
+    Some((out, body))
+}

@@ -1,0 +1,270 @@
+//! Both filter builds in the proxy-wasm test host (tests/host), held to one behaviour: the stock
+//! build over HTTP callouts to the real companion, the Redis-callout build over Redis callouts to
+//! a real redis-server, with tokens issued by the real companion. Plus the Redis failure modes,
+//! upstream Envoy refusing the Redis-callout build, and a real Redis Cluster behind Envoy's
+//! redis_proxy.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod host;
+mod support;
+
+use host::{Outcome, TestHost, Upstreams};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::time::Duration;
+use support::{companion, repo_root, wasm_path, CompanionServer, RedisServer};
+
+const INTERNAL_KEY: &str = "host-internal-key-0123456789";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Build {
+    Stock,
+    Redis,
+}
+
+struct Stack {
+    redis: RedisServer,
+    companion: Option<CompanionServer>,
+    build: Build,
+}
+
+impl Stack {
+    fn start(build: Build) -> Stack {
+        let redis = RedisServer::start();
+        let companion = CompanionServer::start(
+            &redis.url(),
+            &[("MULTITOKENS_ADMIN_KEY", "host-admin-key-0123456789"), ("MULTITOKENS_INTERNAL_KEY", INTERNAL_KEY)],
+        );
+        Stack { redis, companion: Some(companion), build }
+    }
+
+    fn upstreams(&self) -> Upstreams {
+        let mut u = Upstreams::default();
+        if let Some(c) = &self.companion {
+            u.http.insert("companion".into(), addr(c.port));
+        }
+        u.redis.insert("redis".into(), addr(self.redis.port));
+        u
+    }
+
+    fn config(&self, extra: Value) -> String {
+        let mut config = json!({
+            "exclude": [{"path": "/healthz"}],
+            "required_scopes": [{"prefix": "/admin/", "scopes": ["admin"]}],
+            "cache": {"ttl_ms": 600000},
+        });
+        match self.build {
+            Build::Stock => config["companion"] = json!({"cluster": "companion", "api_key": INTERNAL_KEY}),
+            Build::Redis => config["redis"] = json!({"cluster": "redis", "timeout_ms": 500}),
+        }
+        for (k, v) in extra.as_object().unwrap() {
+            config[k] = v.clone();
+        }
+        config.to_string()
+    }
+
+    fn load(&self, extra: Value) -> TestHost {
+        let wasm = match self.build {
+            Build::Stock => wasm_path("multitokens_filter.wasm"),
+            Build::Redis => wasm_path("multitokens_filter_redis.wasm"),
+        };
+        let mut host = TestHost::load(&wasm, &self.config(extra), self.upstreams()).unwrap_or_else(|logs| panic!("load failed:\n{logs}"));
+        host.tick(); // follow the revocation feed from now on
+        host
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = companion(args, &[("MULTITOKENS_REDIS_URL", &self.redis.url())], None);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    fn issue(&self, user: &str, device: &str, extra: &[&str]) -> String {
+        let mut args = vec!["issue", "--user", user, "--device", device];
+        args.extend_from_slice(extra);
+        self.cli(&args)
+    }
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn get(host: &mut TestHost, path: &str, token: &str) -> Outcome {
+    host.request("GET", path, &[("authorization", &format!("Bearer {token}"))])
+}
+
+fn assert_invalid(outcome: &Outcome) {
+    let r = outcome.reply();
+    assert_eq!(r.status, 401, "{outcome:?}");
+    assert_eq!(r.json()["detail"], "Invalid token.");
+    assert!(r.header("www-authenticate").unwrap().contains("invalid_token"));
+}
+
+/// The behaviour matrix of the stock-Envoy issue, for one build.
+fn behaviour_matrix(build: Build) {
+    let stack = Stack::start(build);
+    let mut host = stack.load(json!({}));
+
+    // missing credential
+    let r = host.request("GET", "/api", &[]);
+    assert_eq!(r.reply().status, 401);
+    assert_eq!(r.reply().json()["detail"], "Authentication credentials were not provided.");
+    // malformed: no lookup at all
+    let alice = stack.issue("alice", "laptop", &[]);
+    let misses = host.metric("multitokens.cache_miss");
+    let mut flipped = alice.clone().into_bytes();
+    flipped[10] = if flipped[10] == b'A' { b'B' } else { b'A' };
+    for bad in [&alice[..alice.len() - 1], &alice[1..], &format!("xx{}", &alice[2..]), &String::from_utf8(flipped).unwrap()] {
+        assert_invalid(&get(&mut host, "/api", bad));
+    }
+    assert_eq!(host.metric("multitokens.cache_miss"), misses, "malformed tokens caused a lookup");
+    // valid: identity injected, credential stripped, spoofed headers replaced
+    let r = host.request("GET", "/api", &[("authorization", &format!("Bearer {alice}")), ("x-multitokens-user", "root")]);
+    assert_eq!(r.upstream_header("x-multitokens-user").as_deref(), Some("alice"));
+    assert_eq!(r.upstream_header("x-multitokens-device").as_deref(), Some("laptop"));
+    assert_eq!(r.upstream_header("authorization"), None);
+    // excluded path: no token needed, spoofed identity removed
+    let r = host.request("GET", "/healthz", &[("x-multitokens-user", "root")]);
+    assert!(matches!(r, Outcome::Forwarded(_)));
+    assert_eq!(r.upstream_header("x-multitokens-user"), None);
+    // another device of the same user; revoke one, the other stays (through the feed, cache on)
+    let phone = stack.issue("alice", "phone", &[]);
+    assert_eq!(get(&mut host, "/api", &phone).upstream_header("x-multitokens-device").as_deref(), Some("phone"));
+    let hits = host.metric("multitokens.cache_hit");
+    assert!(matches!(get(&mut host, "/api", &alice), Outcome::Forwarded(_)));
+    assert!(host.metric("multitokens.cache_hit") > hits, "served from the cache");
+    stack.cli(&["revoke", &alice]);
+    host.tick();
+    assert!(host.metric("multitokens.revocations_applied") >= 1);
+    assert_invalid(&get(&mut host, "/api", &alice));
+    assert!(matches!(get(&mut host, "/api", &phone), Outcome::Forwarded(_)));
+    // revoke-all
+    let tablet = stack.issue("alice", "tablet", &[]);
+    assert!(matches!(get(&mut host, "/api", &tablet), Outcome::Forwarded(_)));
+    assert_eq!(stack.cli(&["revoke-all", "--user", "alice"]), "2");
+    host.tick();
+    assert_invalid(&get(&mut host, "/api", &phone));
+    assert_invalid(&get(&mut host, "/api", &tablet));
+    // expired: a positive verdict never outlives the token
+    let brief = stack.issue("bob", "watch", &["--ttl", "1"]);
+    assert!(matches!(get(&mut host, "/api", &brief), Outcome::Forwarded(_)));
+    std::thread::sleep(Duration::from_millis(1100));
+    host.tick();
+    assert_invalid(&get(&mut host, "/api", &brief));
+    // scopes
+    let plain = stack.issue("carol", "laptop", &[]);
+    let r = get(&mut host, "/admin/users", &plain);
+    assert_eq!(r.reply().status, 403);
+    assert!(r.reply().header("www-authenticate").unwrap().contains("insufficient_scope"));
+    let admin = stack.issue("carol", "console", &["--scope", "admin"]);
+    assert!(matches!(get(&mut host, "/admin/users", &admin), Outcome::Forwarded(_)));
+    assert!(host.metric("multitokens.allowed") >= 6 && host.metric("multitokens.denied_scope") == 1);
+}
+
+#[test]
+fn the_stock_build_in_the_test_host() {
+    behaviour_matrix(Build::Stock);
+}
+
+#[test]
+fn the_redis_callout_build_in_the_test_host() {
+    behaviour_matrix(Build::Redis);
+}
+
+/// The store going away: both builds answer 503, never allow.
+#[test]
+fn store_down_fails_closed_in_both_builds() {
+    for build in [Build::Stock, Build::Redis] {
+        let mut stack = Stack::start(build);
+        let mut host = stack.load(json!({}));
+        let token = stack.issue("dora", "laptop", &[]);
+        match build {
+            Build::Stock => stack.companion = None,
+            Build::Redis => stack.redis.kill(),
+        }
+        let r = get(&mut host, "/api", &token);
+        assert_eq!(r.reply().status, 503, "{build:?}");
+        assert_eq!(r.reply().json()["detail"], "Authentication service unavailable.");
+        assert!(host.metric("multitokens.callout_failed") >= 1, "{build:?}");
+    }
+}
+
+#[test]
+fn redis_errors_and_garbage_map_to_the_failure_mode() {
+    // -NOAUTH: Redis wants a password the filter does not have
+    let locked = RedisServer::start_with(&["--requirepass", "sesame"], false);
+    let config = json!({"redis": {"cluster": "redis"}}).to_string();
+    let mut upstreams = Upstreams::default();
+    upstreams.redis.insert("redis".into(), addr(locked.port));
+    let mut host = TestHost::load(&wasm_path("multitokens_filter_redis.wasm"), &config, upstreams.clone()).unwrap();
+    let token = multitokens::core::token::generate("mt", "eve").unwrap();
+    let r = get(&mut host, "/api", &token);
+    assert_eq!(r.reply().status, 503);
+    assert!(host.metric("multitokens.callout_error") >= 1);
+    assert!(host.logs().iter().any(|l| l.contains("NOAUTH")), "{:?}", host.logs());
+    // with the password (AUTH sent by the host after proxy_redis_init) it works
+    let config = json!({"redis": {"cluster": "redis?db=3", "password": "sesame"}}).to_string();
+    let mut host = TestHost::load(&wasm_path("multitokens_filter_redis.wasm"), &config, upstreams).unwrap();
+    assert_eq!(host.redis_init().unwrap().0, "redis?db=3");
+    assert_invalid(&get(&mut host, "/api", &token));
+
+    // garbage: the "Redis" is an HTTP server
+    let redis = RedisServer::start();
+    let http = CompanionServer::start(&redis.url(), &[("MULTITOKENS_ADMIN_KEY", "host-admin-key-0123456789")]);
+    let mut upstreams = Upstreams::default();
+    upstreams.redis.insert("redis".into(), addr(http.port));
+    let mut host = TestHost::load(&wasm_path("multitokens_filter_redis.wasm"), &json!({"redis": {"cluster": "redis"}}).to_string(), upstreams).unwrap();
+    assert_eq!(get(&mut host, "/api", &token).reply().status, 503);
+    // and allow_cached never lets an unverified token in
+    let redis = RedisServer::start();
+    let stack_redis_url = redis.url();
+    let mut upstreams = Upstreams::default();
+    upstreams.redis.insert("redis".into(), addr(redis.port));
+    let config = json!({"redis": {"cluster": "redis"}, "failure_mode": "allow_cached"}).to_string();
+    let mut host = TestHost::load(&wasm_path("multitokens_filter_redis.wasm"), &config, upstreams).unwrap();
+    let out = companion(&["issue", "--user", "frank"], &[("MULTITOKENS_REDIS_URL", &stack_redis_url)], None);
+    let known = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(matches!(get(&mut host, "/api", &known), Outcome::Forwarded(_)));
+    drop(redis);
+    assert!(matches!(get(&mut host, "/api", &known), Outcome::Forwarded(_)), "recently verified: accepted");
+    assert_eq!(get(&mut host, "/api", &token).reply().status, 503, "never verified: refused");
+}
+
+#[test]
+fn each_build_refuses_the_transport_it_cannot_serve() {
+    let config = json!({"redis": {"cluster": "redis"}}).to_string();
+    let mut upstreams = Upstreams::default();
+    upstreams.redis.insert("redis".into(), addr(1));
+    let err = TestHost::load(&wasm_path("multitokens_filter.wasm"), &config, upstreams.clone()).err().expect("stock build must refuse redis");
+    assert!(err.contains("stock build") && err.contains("multitokens_filter_redis.wasm"), "{err}");
+    // an unknown Redis cluster is refused at configure time (proxy_redis_init answers BadArgument)
+    let config = json!({"redis": {"cluster": "nowhere"}}).to_string();
+    let err = TestHost::load(&wasm_path("multitokens_filter_redis.wasm"), &config, upstreams).err().expect("unknown cluster");
+    assert!(err.contains("redis.cluster"), "{err}");
+}
+
+#[test]
+fn upstream_envoy_refuses_the_redis_callout_build() {
+    let text = std::fs::read_to_string(repo_root().join("envoy/envoy.yaml")).unwrap();
+    let redis_wasm = wasm_path("multitokens_filter_redis.wasm").display().to_string();
+    let port = support::free_port(false);
+    let admin = support::free_port(false);
+    let config = text
+        .replace("filename: target/wasm32-wasip1/wasm-release/multitokens_filter.wasm", &format!("filename: {redis_wasm}"))
+        .replace("port_value: 10000", &format!("port_value: {port}"))
+        .replace("port_value: 19901", &format!("port_value: {admin}"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("envoy.yaml");
+    std::fs::write(&path, config).unwrap();
+    let out = std::process::Command::new(support::envoy_bin())
+        .arg("-c")
+        .arg(&path)
+        .args(["--disable-hot-restart", "--concurrency", "1"])
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(log.contains("missing import: env.proxy_redis_"), "{log}");
+}
