@@ -48,9 +48,10 @@ demo: tools wasm build
 bench: tools wasm build
 	scripts/bench.sh
 
-## oci: the OCI image Istio pulls (needs docker or podman)
+## oci: the OCI images Istio and Higress pull (needs docker or podman)
 oci: wasm
 	docker build -f envoy/istio/Dockerfile -t multitokens-filter:latest $(WASM_DIR)
+	docker build -f envoy/higress/Dockerfile -t multitokens-filter-redis:latest $(WASM_DIR)
 
 clean:
 	cargo clean

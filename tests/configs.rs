@@ -44,7 +44,7 @@ fn with_built_wasm(text: &str) -> String {
 #[test]
 fn every_envoy_config_validates() {
     let configs = envoy_configs();
-    assert!(configs.len() >= 2, "expected envoy.yaml and compose/envoy.yaml");
+    assert!(configs.len() >= 3, "expected envoy.yaml, compose/envoy.yaml and redis-cluster-proxy.yaml");
     for (path, text) in configs {
         let (ok, output) = envoy_validate(&with_built_wasm(&text));
         assert!(ok, "{} does not validate:\n{output}", path.display());
@@ -61,9 +61,13 @@ fn plugin_configs() -> Vec<(PathBuf, String)> {
         if text.contains("envoy.extensions.filters.http.wasm.v3.Wasm") {
             out.push((path.clone(), yaml_block_after(&text, "value: |").unwrap()));
         }
-        if let Some(at) = text.find("pluginConfig:") {
-            // written as a JSON object (valid YAML flow mapping) so it can be checked as is
-            out.push((path.clone(), text[at + "pluginConfig:".len()..].trim().to_string()));
+        for key in ["pluginConfig:", "defaultConfig:"] {
+            if let Some(at) = text.find(key) {
+                // written as a JSON object (a valid YAML flow mapping) so it can be checked as is
+                let rest = &text[at + key.len()..];
+                let json = rest.split("\n---").next().unwrap_or(rest).trim();
+                out.push((path.clone(), json.to_string()));
+            }
         }
     }
     out
@@ -72,7 +76,8 @@ fn plugin_configs() -> Vec<(PathBuf, String)> {
 #[test]
 fn every_plugin_configuration_parses() {
     let configs = plugin_configs();
-    assert!(configs.len() >= 3, "envoy.yaml, compose/envoy.yaml and the Istio WasmPlugin: {configs:?}");
+    assert!(configs.len() >= 4, "envoy.yaml, compose/envoy.yaml, the Istio and the Higress WasmPlugins: {configs:?}");
+    assert!(configs.iter().any(|(_, json)| json.contains("\"redis\"")), "the Higress config uses the Redis transport");
     for (path, json) in configs {
         if let Err(e) = Compiled::parse(json.as_bytes()) {
             panic!("{}: {e}", path.display());

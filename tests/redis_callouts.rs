@@ -268,3 +268,75 @@ fn upstream_envoy_refuses_the_redis_callout_build() {
     assert!(!out.status.success());
     assert!(log.contains("missing import: env.proxy_redis_"), "{log}");
 }
+
+/// A real 3-node Redis Cluster behind stock Envoy's redis_proxy (envoy/redis-cluster-proxy.yaml),
+/// the Redis-callout build's callouts going through it, tokens issued by the companion straight
+/// into the cluster for users spread over the slots.
+#[test]
+fn redis_cluster_through_envoys_redis_proxy() {
+    let cluster = support::RedisCluster::start();
+    let text = std::fs::read_to_string(repo_root().join("envoy/redis-cluster-proxy.yaml")).unwrap();
+    let (listen, admin) = (support::free_port(false), support::free_port(false));
+    let mut config = text.replace("port_value: 16400", &format!("port_value: {listen}")).replace("port_value: 19902", &format!("port_value: {admin}"));
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        config = config.replace(&format!("port_value: {}", 7000 + i), &format!("port_value: {}", node.port));
+    }
+    let _envoy = support::Envoy::start(&config, listen, 1);
+    wait_for_redis_proxy(listen);
+    let plugin = json!({"redis": {"cluster": "redis_cluster_proxy", "timeout_ms": 1000}, "cache": {"ttl_ms": 600000}}).to_string();
+    let mut host = TestHost::load(&wasm_path("multitokens_filter_redis.wasm"), &plugin, host_upstreams(listen)).unwrap();
+    host.tick();
+    assert_eq!(host.metric("multitokens.callout_error") + host.metric("multitokens.callout_failed"), 0, "{:?}", host.logs());
+
+    let url = cluster.url();
+    let issue = |user: &str| {
+        let out = companion(&["issue", "--user", user], &[("MULTITOKENS_REDIS_URL", &url)], None);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let tokens: Vec<(String, String)> = (0..30).map(|i| format!("user-{i}")).map(|u| (issue(&u), u)).collect();
+    for node in &cluster.nodes {
+        let size: i64 = node.cli(&["DBSIZE"]).trim().parse().unwrap();
+        assert!(size > 0, "users are spread over every master");
+    }
+    for (token, user) in &tokens {
+        let r = get(&mut host, "/api", token);
+        assert_eq!(r.upstream_header("x-multitokens-user").as_deref(), Some(user.as_str()), "{r:?}");
+    }
+    // revoke half through the companion (cluster mode); the feed travels through the proxy too
+    for (token, _) in tokens.iter().step_by(2) {
+        let out = companion(&["revoke", token], &[("MULTITOKENS_REDIS_URL", &url)], None);
+        assert!(out.status.success());
+    }
+    host.tick();
+    assert!(host.metric("multitokens.revocations_applied") >= 15, "{}", host.metric("multitokens.revocations_applied"));
+    for (i, (token, user)) in tokens.iter().enumerate() {
+        let r = get(&mut host, "/api", token);
+        if i % 2 == 0 {
+            assert_invalid(&r);
+        } else {
+            assert_eq!(r.upstream_header("x-multitokens-user").as_deref(), Some(user.as_str()));
+        }
+    }
+}
+
+/// Waits until Envoy has learnt the cluster's slots and runs a script through the proxy.
+fn wait_for_redis_proxy(port: u16) {
+    let started = std::time::Instant::now();
+    loop {
+        let ok = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+            .and_then(|mut c| redis::cmd("EVAL").arg("return 1").arg(1).arg("{probe}").query::<i64>(&mut c));
+        if ok == Ok(1) {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "redis_proxy not ready: {ok:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn host_upstreams(port: u16) -> Upstreams {
+    let mut upstreams = Upstreams::default();
+    upstreams.redis.insert("redis_cluster_proxy".into(), addr(port));
+    upstreams
+}
