@@ -160,6 +160,9 @@ fn behaviour_matrix(build: Build) {
     let admin = stack.issue("carol", "console", &["--scope", "admin"]);
     assert!(matches!(get(&mut host, "/admin/users", &admin), Outcome::Forwarded(_)));
     assert!(host.metric("multitokens.allowed") >= 6 && host.metric("multitokens.denied_scope") == 1);
+    host.tick();
+    assert!(host.metric("multitokens.cache_entries") >= 1, "gauge of cached verdicts");
+    assert!(host.metric("multitokens.vm_memory_bytes") >= 65_536, "gauge of the VM's memory");
 }
 
 #[test]

@@ -328,6 +328,27 @@ async fn internal_revocations(
     Ok(Json(store.revocations_after(query.after.as_deref()).await?).into_response())
 }
 
+/// Envoy `ext_authz` (HTTP service) check: Envoy forwards the request's `authorization` header to
+/// `/v1/ext_authz/<original path>`; 200 with the identity headers allows, 401 denies.
+async fn ext_authz(State(store): State<Arc<TokenStore>>, CallerToken(token): CallerToken) -> Result<Response, ApiError> {
+    let info = store.whoami(&token).await?;
+    let mut response = StatusCode::OK.into_response();
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("x-multitokens-user", info.user.as_str()),
+        ("x-multitokens-device", info.device.as_str()),
+        ("x-multitokens-token-id", info.id.as_str()),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(name, v);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&info.scopes.join(" ")) {
+        headers.insert("x-multitokens-scopes", v);
+    }
+    Ok(response)
+}
+
 async fn healthz() -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }
@@ -363,6 +384,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/tokens/others", delete(logout_others))
         .route("/v1/internal/lookup", post(internal_lookup))
         .route("/v1/internal/revocations", get(internal_revocations))
+        .route("/v1/ext_authz", axum::routing::any(ext_authz))
+        .route("/v1/ext_authz/{*path}", axum::routing::any(ext_authz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

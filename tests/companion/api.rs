@@ -234,3 +234,19 @@ fn the_serve_binary_starts_and_answers() {
     let ready = agent.get(format!("{}/readyz", server.base())).call().unwrap();
     assert_eq!(ready.status().as_u16(), 200);
 }
+
+#[test]
+fn ext_authz_check_for_envoys_ext_authz_filter() {
+    let redis = RedisServer::start();
+    let api = Api::start(&redis.url());
+    let (_, issued, _) = api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "fay", "device": "tv", "scopes": ["a", "b"]})));
+    let token = issued["token"].as_str().unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let ok = agent.get(format!("{}/v1/ext_authz/api/orders?x=1", api.base)).header("authorization", &format!("Bearer {token}")).call().unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+    assert_eq!(ok.headers()["x-multitokens-user"], "fay");
+    assert_eq!(ok.headers()["x-multitokens-scopes"], "a b");
+    let denied = agent.post(format!("{}/v1/ext_authz/api", api.base)).header("authorization", "Bearer mt_nope").send_empty().unwrap();
+    assert_eq!(denied.status().as_u16(), 401);
+    assert_eq!(agent.get(format!("{}/v1/ext_authz/api", api.base)).call().unwrap().status().as_u16(), 401);
+}

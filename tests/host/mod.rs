@@ -17,6 +17,9 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use wasmi::{Caller, Engine, Extern, Func, Instance, Linker, Module, Store, Val};
 
+/// Header pairs as the ABI passes them.
+type Headers = Vec<(String, String)>;
+
 const OK: i32 = 0;
 const NOT_FOUND: i32 = 1;
 const BAD_ARGUMENT: i32 = 2;
@@ -336,6 +339,16 @@ fn link(linker: &mut Linker<State>) {
             }
         })
         .unwrap()
+        .func_wrap("env", "proxy_record_metric", |mut c: Host, id: i32, value: i64| -> i32 {
+            match c.data_mut().metric_values.get_mut(id as usize) {
+                Some(v) => {
+                    *v = value;
+                    OK
+                }
+                None => NOT_FOUND,
+            }
+        })
+        .unwrap()
         .func_wrap(
             "env",
             "proxy_redis_init",
@@ -640,7 +653,7 @@ impl TestHost {
 }
 
 /// Performs an HTTP/1.1 callout; `None` when there is no response (refused, reset, timeout).
-fn http_call(addr: SocketAddr, headers: &[(String, String)], body: &[u8], timeout_ms: u32) -> Option<(Vec<(String, String)>, Vec<u8>)> {
+fn http_call(addr: SocketAddr, headers: &[(String, String)], body: &[u8], timeout_ms: u32) -> Option<(Headers, Vec<u8>)> {
     let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default();
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)

@@ -36,10 +36,12 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Metric ids, defined once per VM.
+/// Metric ids, defined once per VM: the counters of [`Metric`] and two gauges.
 #[derive(Default)]
 struct Metrics {
     ids: [Option<u32>; Metric::ALL.len()],
+    cache_entries: Option<u32>,
+    vm_memory_bytes: Option<u32>,
 }
 
 impl Metrics {
@@ -48,7 +50,20 @@ impl Metrics {
         for metric in Metric::ALL {
             m.ids[metric.index()] = hostcalls::define_metric(MetricType::Counter, metric.name()).ok();
         }
+        m.cache_entries = hostcalls::define_metric(MetricType::Gauge, "multitokens.cache_entries").ok();
+        m.vm_memory_bytes = hostcalls::define_metric(MetricType::Gauge, "multitokens.vm_memory_bytes").ok();
         m
+    }
+
+    /// Records the gauges: verdicts cached and the VM's linear memory.
+    fn record_gauges(&self, cache_entries: usize) {
+        if let Some(id) = self.cache_entries {
+            let _ = hostcalls::record_metric(id, cache_entries as u64);
+        }
+        #[cfg(target_arch = "wasm32")]
+        if let Some(id) = self.vm_memory_bytes {
+            let _ = hostcalls::record_metric(id, (core::arch::wasm32::memory_size::<0>() as u64) * 65_536);
+        }
     }
 
     fn add(&self, metric: Metric, n: i64) {
@@ -208,6 +223,7 @@ impl RootContext for Root {
             worker.cache.purge_expired(now);
             self.last_purge_ms = now;
         }
+        self.metrics.record_gauges(worker.cache.len());
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
