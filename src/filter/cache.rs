@@ -3,6 +3,7 @@
 //! revocation feed can drop entries. A positive entry never outlives the token's remaining TTL.
 
 use crate::core::digest::TokenDigest;
+use crate::core::token::RoutingTag;
 use std::collections::{HashMap, VecDeque};
 
 /// Who a valid token belongs to, as injected upstream.
@@ -40,6 +41,8 @@ pub enum Cached {
 /// One cache entry.
 #[derive(Clone, Debug)]
 pub struct Entry {
+    /// The token's routing tag (for sliding refreshes).
+    pub tag: RoutingTag,
     /// The token's digest (for revocation).
     pub digest: TokenDigest,
     /// The verdict.
@@ -156,6 +159,7 @@ mod tests {
 
     fn entry(token: &str) -> Entry {
         Entry {
+            tag: RoutingTag([0; 4]),
             digest: TokenHasher::new(None).digest(token),
             verdict: Cached::Unknown,
             fresh_until: 100,

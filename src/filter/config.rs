@@ -194,6 +194,8 @@ pub struct Compiled {
     pub transport: Transport,
     /// Redis key layout (the Redis transport reads the companion's keys).
     pub keys: crate::core::keys::KeyLayout,
+    /// The deny replies that never vary.
+    pub replies: super::reply::FixedReplies,
 }
 
 fn header_name(field: &str, value: &str) -> Result<String, String> {
@@ -284,7 +286,8 @@ impl Compiled {
         config.schemes = config.schemes.iter().map(|s| s.to_ascii_lowercase()).collect();
         let hasher = TokenHasher::new(config.hash_key.as_deref().map(str::as_bytes));
         let keys = crate::core::keys::KeyLayout::new(&config.prefix);
-        Ok(Compiled { config, hasher, identity_headers, transport, keys })
+        let replies = super::reply::FixedReplies::new(&config.realm);
+        Ok(Compiled { config, hasher, identity_headers, transport, keys, replies })
     }
 }
 

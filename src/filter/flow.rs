@@ -198,6 +198,7 @@ impl Worker {
 struct Pending {
     call: u32,
     token: String,
+    tag: token::RoutingTag,
     digest: TokenDigest,
     source: Source,
     method: String,
@@ -243,10 +244,7 @@ impl HttpFlow {
                 Credential::Empty => return deny(host, worker, Denial::Invalid, Metric::DeniedMalformed, &[]),
                 Credential::Token(t, s) => (t, s),
             };
-        // format and checksum: a malformed token never causes a callout
-        let Ok(tag) = token::parse(token, &config.prefix) else {
-            return deny(host, worker, Denial::Invalid, Metric::DeniedMalformed, &[]);
-        };
+        // a cached token passed the format check when it was cached: look it up first
         let feed_current = worker.feed_is_current(now);
         if let Some(entry) = worker.cache.get(token) {
             if entry.fresh_until > now {
@@ -258,20 +256,24 @@ impl HttpFlow {
                     Cached::Valid(_) if feed_current => {
                         host.count(Metric::CacheHit);
                         let token = token.to_string();
-                        self.queue_refresh(worker, &token, tag, now);
+                        queue_refresh(worker, &token, now);
                         return authorize(host, worker, &token, source, &method, path, false);
                     }
                     Cached::Valid(_) => {}
                 }
             }
         }
+        // format and checksum: a malformed token never causes a callout
+        let Ok(tag) = token::parse(token, &config.prefix) else {
+            return deny(host, worker, Denial::Invalid, Metric::DeniedMalformed, &[]);
+        };
         host.count(Metric::CacheMiss);
         let digest = worker.compiled.hasher.digest(token);
         let refresh_ttl = config.refresh_on_use.as_ref().map(|r| r.ttl);
         let request = LookupRequest { tag, digest, refresh_ttl };
         match host.dispatch_lookup(&request) {
             Ok(call) => {
-                self.pending = Some(Pending { call, token: token.to_string(), digest, source, method, path: path.to_string() });
+                self.pending = Some(Pending { call, token: token.to_string(), tag, digest, source, method, path: path.to_string() });
                 Step::Pause
             }
             Err(e) => {
@@ -281,16 +283,6 @@ impl HttpFlow {
                 unavailable(host, worker, &token, source, &method, path, now)
             }
         }
-    }
-
-    fn queue_refresh(&self, worker: &mut Worker, token: &str, tag: token::RoutingTag, now: u64) {
-        let Some(refresh) = worker.compiled.config.refresh_on_use.clone() else { return };
-        let Some(entry) = worker.cache.get_mut(token) else { return };
-        if now.saturating_sub(entry.refreshed_at) < refresh.min_interval_ms || worker.refresh_queue.len() >= MAX_REFRESH_QUEUE {
-            return;
-        }
-        entry.refreshed_at = now;
-        worker.refresh_queue.push(LookupRequest { tag, digest: entry.digest, refresh_ttl: Some(refresh.ttl) });
     }
 
     /// The lookup answered (already interpreted by the transport).
@@ -309,13 +301,13 @@ impl HttpFlow {
                 let step = authorize_identity(host, worker, &identity, p.source, &p.method, &p.path, false);
                 worker.cache.insert(
                     &p.token,
-                    Entry { digest: p.digest, verdict: Cached::Valid(identity), fresh_until: now + fresh, usable_until: now + usable, refreshed_at },
+                    Entry { tag: p.tag, digest: p.digest, verdict: Cached::Valid(identity), fresh_until: now + fresh, usable_until: now + usable, refreshed_at },
                 );
                 step
             }
             Ok(Answer::Unknown) => {
                 let ttl = worker.compiled.config.cache.negative_ttl_ms;
-                worker.cache.insert(&p.token, Entry { digest: p.digest, verdict: Cached::Unknown, fresh_until: now + ttl, usable_until: now + ttl, refreshed_at: 0 });
+                worker.cache.insert(&p.token, Entry { tag: p.tag, digest: p.digest, verdict: Cached::Unknown, fresh_until: now + ttl, usable_until: now + ttl, refreshed_at: 0 });
                 deny(host, worker, Denial::Invalid, Metric::DeniedInvalid, &[])
             }
             Err(problem) => {
@@ -332,9 +324,27 @@ impl HttpFlow {
     }
 }
 
+/// Queues a sliding refresh of a cached token if one is due.
+fn queue_refresh(worker: &mut Worker, token: &str, now: u64) {
+    let Some(refresh) = worker.compiled.config.refresh_on_use.clone() else { return };
+    if worker.refresh_queue.len() >= MAX_REFRESH_QUEUE {
+        return;
+    }
+    let Some(entry) = worker.cache.get_mut(token) else { return };
+    if now.saturating_sub(entry.refreshed_at) < refresh.min_interval_ms {
+        return;
+    }
+    entry.refreshed_at = now;
+    let request = LookupRequest { tag: entry.tag, digest: entry.digest, refresh_ttl: Some(refresh.ttl) };
+    worker.refresh_queue.push(request);
+}
+
 fn deny(host: &mut dyn Host, worker: &Worker, denial: Denial, metric: Metric, missing: &[&str]) -> Step {
     host.count(metric);
-    host.send_reply(&reply::deny(denial, &worker.compiled.config.realm, missing));
+    match worker.compiled.replies.get(denial) {
+        Some(fixed) => host.send_reply(fixed),
+        None => host.send_reply(&reply::deny(denial, &worker.compiled.config.realm, missing)),
+    }
     Step::Replied
 }
 

@@ -24,6 +24,35 @@ pub enum Denial {
     Unavailable,
 }
 
+/// The replies that do not vary per request, built once at configure time.
+#[derive(Clone, Debug)]
+pub struct FixedReplies {
+    missing: LocalReply,
+    invalid: LocalReply,
+    unavailable: LocalReply,
+}
+
+impl FixedReplies {
+    /// Builds them for a realm.
+    pub fn new(realm: &str) -> Self {
+        FixedReplies {
+            missing: deny(Denial::Missing, realm, &[]),
+            invalid: deny(Denial::Invalid, realm, &[]),
+            unavailable: deny(Denial::Unavailable, realm, &[]),
+        }
+    }
+
+    /// The prebuilt reply of a denial (`None` for `Scope`, which names the missing scopes).
+    pub fn get(&self, denial: Denial) -> Option<&LocalReply> {
+        match denial {
+            Denial::Missing => Some(&self.missing),
+            Denial::Invalid => Some(&self.invalid),
+            Denial::Unavailable => Some(&self.unavailable),
+            Denial::Scope => None,
+        }
+    }
+}
+
 fn json_body(detail: &str) -> String {
     serde_json::json!({ "detail": detail }).to_string()
 }

@@ -1,0 +1,30 @@
+-- wrk script: GET with "Authorization: Bearer <token>", rotating over the tokens in $TOKENS_FILE
+-- (one per line), starting at a random offset per thread. Prints one JSON line when done.
+local tokens = {}
+local i = 0
+local path = os.getenv("BENCH_PATH") or "/api/bench"
+
+function init(args)
+  local file = os.getenv("TOKENS_FILE")
+  if file then
+    for line in io.lines(file) do tokens[#tokens + 1] = line end
+  end
+  math.randomseed(os.time() + tonumber(tostring({}):match("0x(%x+)") or "0", 16) % 1000)
+  if #tokens > 0 then i = math.random(#tokens) end
+end
+
+function request()
+  if #tokens == 0 then
+    return wrk.format("GET", path)
+  end
+  i = i % #tokens + 1
+  return wrk.format("GET", path, { ["Authorization"] = "Bearer " .. tokens[i] })
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests":%d,"duration_us":%d,"socket_errors":%d,"status_errors":%d,"p50_us":%d,"p99_us":%d}\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(99)))
+end

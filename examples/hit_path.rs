@@ -1,0 +1,113 @@
+//! Native micro-benchmark of the filter's request path (what `make bench` reports as "where the
+//! time goes"): the whole cache-hit decision and its parts, in nanoseconds per request, with a
+//! minimal in-memory host. Prints one JSON line.
+
+use multitokens::core::token;
+use multitokens::filter::config::Compiled;
+use multitokens::filter::flow::{Host, HttpFlow, Metric, Step, Worker};
+use multitokens::filter::lookup::{Answer, FeedPage, LookupRequest};
+use multitokens::filter::cache::Identity;
+use multitokens::filter::reply::LocalReply;
+use std::hint::black_box;
+use std::time::Instant;
+
+/// Headers in a small vector, as a proxy hands them over.
+struct MemoryHost {
+    headers: Vec<(String, String)>,
+    calls: u32,
+}
+
+impl Host for MemoryHost {
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }
+    fn set_header(&mut self, name: &str, value: &str) {
+        match self.headers.iter_mut().find(|(k, _)| k == name) {
+            Some(h) => value.clone_into(&mut h.1),
+            None => self.headers.push((name.to_string(), value.to_string())),
+        }
+    }
+    fn remove_header(&mut self, name: &str) {
+        self.headers.retain(|(k, _)| k != name);
+    }
+    fn send_reply(&mut self, _: &LocalReply) {}
+    fn dispatch_lookup(&mut self, _: &LookupRequest) -> Result<u32, String> {
+        self.calls += 1;
+        Ok(self.calls)
+    }
+    fn count(&mut self, _: Metric) {}
+    fn warn(&self, _: &str) {}
+}
+
+fn per_op(iterations: u32, f: impl FnMut(u32)) -> f64 {
+    let mut f = f;
+    let start = Instant::now();
+    for i in 0..iterations {
+        f(i);
+    }
+    start.elapsed().as_nanos() as f64 / iterations as f64
+}
+
+fn main() {
+    let config = br#"{"companion": {"cluster": "c", "api_key": "k"}, "exclude": [{"path": "/healthz"}],
+        "required_scopes": [{"prefix": "/admin/", "scopes": ["admin"]}], "cache": {"ttl_ms": 600000}}"#;
+    let compiled = match Compiled::parse(config) {
+        Ok(c) => c,
+        Err(e) => return eprintln!("{e}"),
+    };
+    let hasher = compiled.hasher.clone();
+    let mut worker = Worker::new(compiled);
+    worker.apply_feed(FeedPage { cursor: "1-0".into(), digests: vec![], reset: false }, 0);
+    let tokens: Vec<String> = (0..1000).filter_map(|i| token::generate("mt", &format!("user-{}", i % 100)).ok()).collect();
+    let mut host = MemoryHost { headers: Vec::new(), calls: 0 };
+    let reset = |host: &mut MemoryHost, t: &str| {
+        host.headers.clear();
+        host.headers.push((":method".into(), "GET".into()));
+        host.headers.push((":path".into(), "/api/bench".into()));
+        host.headers.push(("authorization".into(), format!("Bearer {t}")));
+    };
+    // prime the cache: one lookup per token
+    for (i, t) in tokens.iter().enumerate() {
+        reset(&mut host, t);
+        let mut flow = HttpFlow::new();
+        if flow.on_request_headers(&mut host, &mut worker, 1) == Step::Pause {
+            let id = Identity::new(format!("user-{}", i % 100), "laptop".into(), vec!["read".into()], format!("{i:016x}"));
+            flow.on_lookup_response(&mut host, &mut worker, Ok(Answer::Valid(id, Some(3600))), 1);
+        }
+    }
+    let n = 300_000;
+    let mut hits = 0u32;
+    let hit = per_op(n, |i| {
+        let t = &tokens[(i as usize) % tokens.len()];
+        reset(&mut host, t);
+        if HttpFlow::new().on_request_headers(&mut host, &mut worker, 2) == Step::Continue {
+            hits += 1;
+        }
+    });
+    let host_setup = per_op(n, |i| reset(&mut host, &tokens[(i as usize) % tokens.len()]));
+    let parse = per_op(n, |i| {
+        black_box(token::parse(black_box(&tokens[(i as usize) % tokens.len()]), "mt")).ok();
+    });
+    let digest = per_op(n, |i| {
+        black_box(hasher.digest(black_box(&tokens[(i as usize) % tokens.len()])));
+    });
+    let cache = per_op(n, |i| {
+        black_box(worker.cache.get(black_box(&tokens[(i as usize) % tokens.len()])).is_some());
+    });
+    let malformed = per_op(n, |i| {
+        let t = &tokens[(i as usize) % tokens.len()];
+        reset(&mut host, &t[..t.len() - 1]);
+        black_box(HttpFlow::new().on_request_headers(&mut host, &mut worker, 2));
+    });
+    println!(
+        "{{\"hit_path_ns\":{:.0},\"host_setup_ns\":{:.0},\"token_parse_ns\":{:.0},\"digest_ns\":{:.0},\"cache_lookup_ns\":{:.0},\"malformed_reject_ns\":{:.0},\"hits\":{},\"lookups\":{}}}",
+        hit - host_setup,
+        host_setup,
+        parse,
+        digest,
+        cache,
+        malformed - host_setup,
+        hits,
+        host.calls
+    );
+}
