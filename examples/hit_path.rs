@@ -18,6 +18,9 @@ struct MemoryHost {
 }
 
 impl Host for MemoryHost {
+    fn request_headers(&self) -> Vec<(String, String)> {
+        self.headers.clone()
+    }
     fn header(&self, name: &str) -> Option<String> {
         self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
     }

@@ -108,7 +108,9 @@ impl Stack {
         r.body["token"].as_str().unwrap().to_string()
     }
 
+    /// A filter counter (the filter hands its counts to Envoy on its 1 s tick: wait one).
     fn stat(&self, name: &str) -> u64 {
+        std::thread::sleep(Duration::from_millis(1100));
         let text = self
             .agent
             .get(format!("http://127.0.0.1:{}/stats?filter=wasmcustom.multitokens", self.admin_port))

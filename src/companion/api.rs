@@ -285,8 +285,12 @@ struct LookupBody {
     refresh_ttl: Option<u64>,
 }
 
-/// The filter's lookup: it sends the routing tag and digest, never the token.
-async fn internal_lookup(_: Internal, State(store): State<Arc<TokenStore>>, JsonBody(body): JsonBody<LookupBody>) -> Result<Response, ApiError> {
+/// The filter's lookup: it sends the routing tag and digest, never the token (a bodiless GET).
+async fn internal_lookup(
+    _: Internal,
+    State(store): State<Arc<TokenStore>>,
+    axum::extract::Query(body): axum::extract::Query<LookupBody>,
+) -> Result<Response, ApiError> {
     let bad = || ApiError::new(StatusCode::BAD_REQUEST, "tag must be 8 and digest 64 hex characters.");
     let mut tag = [0u8; 4];
     hex::decode_to_slice(&body.tag, &mut tag).map_err(|_| bad())?;
@@ -382,7 +386,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/introspect", post(introspect))
         .route("/v1/tokens/current", get(current).delete(logout_current))
         .route("/v1/tokens/others", delete(logout_others))
-        .route("/v1/internal/lookup", post(internal_lookup))
+        .route("/v1/internal/lookup", get(internal_lookup))
         .route("/v1/internal/revocations", get(internal_revocations))
         .route("/v1/ext_authz", axum::routing::any(ext_authz))
         .route("/v1/ext_authz/{*path}", axum::routing::any(ext_authz))

@@ -123,15 +123,15 @@ pub struct FilterConfig {
     /// Upstream header carrying the user id.
     #[serde(default = "default_user_header")]
     pub user_header: String,
-    /// Upstream header carrying the device label.
+    /// Upstream header carrying the device label (`null`: not sent).
     #[serde(default = "default_device_header")]
-    pub device_header: String,
-    /// Upstream header carrying the scopes (space-separated).
+    pub device_header: Option<String>,
+    /// Upstream header carrying the scopes, space-separated (`null`: not sent).
     #[serde(default = "default_scopes_header")]
-    pub scopes_header: String,
-    /// Upstream header carrying the token's public id (for logout of this device).
+    pub scopes_header: Option<String>,
+    /// Upstream header carrying the token's public id, for "log out this device" (`null`: not sent).
     #[serde(default = "default_token_id_header")]
-    pub token_id_header: String,
+    pub token_id_header: Option<String>,
     /// Remove the credential (header or cookie) before the upstream.
     #[serde(default = "default_true")]
     pub strip_credential: bool,
@@ -168,9 +168,9 @@ fn default_prefix() -> String { DEFAULT_PREFIX.into() }
 fn default_realm() -> String { "multitokens".into() }
 fn default_schemes() -> Vec<String> { vec!["Bearer".into(), "Token".into()] }
 fn default_user_header() -> String { "x-multitokens-user".into() }
-fn default_device_header() -> String { "x-multitokens-device".into() }
-fn default_scopes_header() -> String { "x-multitokens-scopes".into() }
-fn default_token_id_header() -> String { "x-multitokens-token-id".into() }
+fn default_device_header() -> Option<String> { Some("x-multitokens-device".into()) }
+fn default_scopes_header() -> Option<String> { Some("x-multitokens-scopes".into()) }
+fn default_token_id_header() -> Option<String> { Some("x-multitokens-token-id".into()) }
 fn default_true() -> bool { true }
 fn default_authority() -> String { "multitokens".into() }
 fn default_timeout_ms() -> u64 { 500 }
@@ -181,6 +181,26 @@ fn default_poll_ms() -> u64 { 1000 }
 fn default_stale_window_ms() -> u64 { 300_000 }
 fn default_refresh_interval_ms() -> u64 { 60_000 }
 
+/// The identity headers set upstream (lower-case); the optional ones can be switched off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityHeaders {
+    /// The user id.
+    pub user: String,
+    /// The device label.
+    pub device: Option<String>,
+    /// The scopes.
+    pub scopes: Option<String>,
+    /// The token's public id.
+    pub token_id: Option<String>,
+}
+
+impl IdentityHeaders {
+    /// Every name in use.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.user.as_str()).chain([&self.device, &self.scopes, &self.token_id].into_iter().flatten().map(String::as_str))
+    }
+}
+
 /// The configuration compiled for use: validated, lower-cased, with the hasher built.
 #[derive(Clone, Debug)]
 pub struct Compiled {
@@ -188,14 +208,19 @@ pub struct Compiled {
     pub config: FilterConfig,
     /// Digest function (keyed when `hash_key` is set).
     pub hasher: TokenHasher,
-    /// Identity header names, lower-case, removed from every request.
-    pub identity_headers: [String; 4],
+    /// Identity headers: only the filter sets them; client values never reach the upstream.
+    pub identity_headers: IdentityHeaders,
+    /// Whether decisions need more than the `authorization` header (rules or a cookie): then all
+    /// request headers are read in one host call, else just that one header.
+    pub needs_all_headers: bool,
     /// How the token store is reached.
     pub transport: Transport,
     /// Redis key layout (the Redis transport reads the companion's keys).
     pub keys: crate::core::keys::KeyLayout,
     /// The deny replies that never vary.
     pub replies: super::reply::FixedReplies,
+    /// `Bearer <api_key>` for the companion callouts, built once.
+    pub companion_auth: String,
 }
 
 fn header_name(field: &str, value: &str) -> Result<String, String> {
@@ -223,15 +248,17 @@ impl Compiled {
                 return Err(format!("cookie: {cookie:?} is not a valid cookie name"));
             }
         }
-        let identity_headers = [
-            header_name("user_header", &config.user_header)?,
-            header_name("device_header", &config.device_header)?,
-            header_name("scopes_header", &config.scopes_header)?,
-            header_name("token_id_header", &config.token_id_header)?,
-        ];
-        if identity_headers.iter().any(|h| h == "authorization" || h.starts_with(':')) {
-            return Err("user_header/device_header/scopes_header/token_id_header: must not be authorization".into());
+        let optional = |field: &str, value: &Option<String>| value.as_deref().map(|v| header_name(field, v)).transpose();
+        let identity_headers = IdentityHeaders {
+            user: header_name("user_header", &config.user_header)?,
+            device: optional("device_header", &config.device_header)?,
+            scopes: optional("scopes_header", &config.scopes_header)?,
+            token_id: optional("token_id_header", &config.token_id_header)?,
+        };
+        if identity_headers.names().any(|h| h == "authorization" || h == "cookie") {
+            return Err("user_header/device_header/scopes_header/token_id_header: must not be authorization or cookie".into());
         }
+        let needs_all_headers = !config.exclude.is_empty() || !config.required_scopes.is_empty() || config.cookie.is_some();
         for (i, rule) in config.exclude.iter().enumerate() {
             rule.check().map_err(|e| format!("exclude[{i}]: {e}"))?;
         }
@@ -287,7 +314,11 @@ impl Compiled {
         let hasher = TokenHasher::new(config.hash_key.as_deref().map(str::as_bytes));
         let keys = crate::core::keys::KeyLayout::new(&config.prefix);
         let replies = super::reply::FixedReplies::new(&config.realm);
-        Ok(Compiled { config, hasher, identity_headers, transport, keys, replies })
+        let companion_auth = match &transport {
+            Transport::Companion(c) => format!("Bearer {}", c.api_key),
+            Transport::Redis(_) => String::new(),
+        };
+        Ok(Compiled { config, hasher, identity_headers, needs_all_headers, transport, keys, replies, companion_auth })
     }
 }
 
@@ -305,7 +336,10 @@ mod tests {
         assert_eq!(c.config.failure_mode, FailureMode::Deny);
         assert!(c.config.strip_credential);
         assert_eq!(c.config.revocation_poll_ms, 1000);
-        assert_eq!(c.identity_headers[0], "x-multitokens-user");
+        assert_eq!(c.identity_headers.names().collect::<Vec<_>>(), ["x-multitokens-user", "x-multitokens-device", "x-multitokens-scopes", "x-multitokens-token-id"]);
+        assert!(!c.needs_all_headers, "no rules: only authorization is read");
+        let lean = Compiled::parse(br#"{"companion": {"cluster": "mt", "api_key": "k"}, "token_id_header": null, "scopes_header": null}"#).unwrap();
+        assert_eq!(lean.identity_headers.names().collect::<Vec<_>>(), ["x-multitokens-user", "x-multitokens-device"]);
         let r = Compiled::parse(br#"{"redis": {"cluster": "outbound|6379||redis.svc?db=2", "password": "p"}}"#).unwrap();
         assert!(matches!(r.transport, Transport::Redis(ref t) if t.cluster.ends_with("?db=2")));
     }

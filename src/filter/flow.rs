@@ -88,9 +88,12 @@ impl Metric {
 
 /// What the proxy offers the request flow.
 pub trait Host {
-    /// A request header (lower-case name; pseudo-headers like `:path` included).
+    /// All request headers, lower-case names, pseudo-headers (`:method`, `:path`) included: one
+    /// host call per request instead of one per header.
+    fn request_headers(&self) -> Vec<(String, String)>;
+    /// One request header (lower-case name).
     fn header(&self, name: &str) -> Option<String>;
-    /// Sets a request header.
+    /// Sets a request header, replacing every value it had.
     fn set_header(&mut self, name: &str, value: &str);
     /// Removes a request header.
     fn remove_header(&mut self, name: &str);
@@ -193,6 +196,14 @@ impl Worker {
     }
 }
 
+/// What the decision needs from a request, read once from its headers.
+#[derive(Debug, Default)]
+struct RequestInfo {
+    method: String,
+    path: String,
+    cookie: Option<String>,
+}
+
 /// A lookup under way for one request.
 #[derive(Debug)]
 struct Pending {
@@ -201,8 +212,7 @@ struct Pending {
     tag: token::RoutingTag,
     digest: TokenDigest,
     source: Source,
-    method: String,
-    path: String,
+    request: RequestInfo,
 }
 
 /// One request's flow.
@@ -224,40 +234,46 @@ impl HttpFlow {
 
     /// Request headers arrived.
     pub fn on_request_headers(&mut self, host: &mut dyn Host, worker: &mut Worker, now: u64) -> Step {
-        let config = &worker.compiled.config;
-        // identity headers come only from us: drop whatever the client sent, on every request
-        for name in &worker.compiled.identity_headers {
-            host.remove_header(name);
-        }
-        let method = host.header(":method").unwrap_or_default();
-        let raw_path = host.header(":path").unwrap_or_default();
-        let path = path_only(&raw_path);
-        if config.exclude.iter().any(|r| r.matching.matches(&method, path)) {
+        let compiled = Rc::clone(&worker.compiled);
+        let config = &compiled.config;
+        let headers = if compiled.needs_all_headers {
+            host.request_headers()
+        } else {
+            host.header("authorization").map(|v| vec![("authorization".to_string(), v)]).unwrap_or_default()
+        };
+        let find = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        let method = find(":method").unwrap_or_default();
+        let path = path_only(find(":path").unwrap_or_default());
+        if config.exclude.iter().any(|r| r.matching.matches(method, path)) {
+            // identity headers come only from us: drop any the client sent. (On authenticated
+            // requests setting them replaces every client value; denied requests go nowhere.)
+            for name in compiled.identity_headers.names() {
+                if find(name).is_some() {
+                    host.remove_header(name);
+                }
+            }
             host.count(Metric::Excluded);
             return Step::Continue;
         }
-        let authorization = host.header("authorization");
-        let cookies = if config.cookie.is_some() { host.header("cookie") } else { None };
-        let (token, source) =
-            match credential::extract(authorization.as_deref(), cookies.as_deref(), &config.schemes, config.cookie.as_deref()) {
-                Credential::Missing => return deny(host, worker, Denial::Missing, Metric::DeniedMissing, &[]),
-                Credential::Empty => return deny(host, worker, Denial::Invalid, Metric::DeniedMalformed, &[]),
-                Credential::Token(t, s) => (t, s),
-            };
+        let cookie = if config.cookie.is_some() { find("cookie") } else { None };
+        let (token, source) = match credential::extract(find("authorization"), cookie, &config.schemes, config.cookie.as_deref()) {
+            Credential::Missing => return deny(host, &compiled, Denial::Missing, Metric::DeniedMissing, &[]),
+            Credential::Empty => return deny(host, &compiled, Denial::Invalid, Metric::DeniedMalformed, &[]),
+            Credential::Token(t, s) => (t, s),
+        };
         // a cached token passed the format check when it was cached: look it up first
-        let feed_current = worker.feed_is_current(now);
         if let Some(entry) = worker.cache.get(token) {
             if entry.fresh_until > now {
                 match &entry.verdict {
                     Cached::Unknown => {
                         host.count(Metric::CacheHit);
-                        return deny(host, worker, Denial::Invalid, Metric::DeniedInvalid, &[]);
+                        return deny(host, &compiled, Denial::Invalid, Metric::DeniedInvalid, &[]);
                     }
-                    Cached::Valid(_) if feed_current => {
+                    Cached::Valid(identity) if worker.feed_is_current(now) => {
                         host.count(Metric::CacheHit);
-                        let token = token.to_string();
-                        queue_refresh(worker, &token, now);
-                        return authorize(host, worker, &token, source, &method, path, false);
+                        let step = authorize(host, &compiled, identity, source, cookie, method, path, false);
+                        queue_refresh(worker, token, now);
+                        return step;
                     }
                     Cached::Valid(_) => {}
                 }
@@ -265,22 +281,21 @@ impl HttpFlow {
         }
         // format and checksum: a malformed token never causes a callout
         let Ok(tag) = token::parse(token, &config.prefix) else {
-            return deny(host, worker, Denial::Invalid, Metric::DeniedMalformed, &[]);
+            return deny(host, &compiled, Denial::Invalid, Metric::DeniedMalformed, &[]);
         };
         host.count(Metric::CacheMiss);
-        let digest = worker.compiled.hasher.digest(token);
+        let digest = compiled.hasher.digest(token);
         let refresh_ttl = config.refresh_on_use.as_ref().map(|r| r.ttl);
-        let request = LookupRequest { tag, digest, refresh_ttl };
-        match host.dispatch_lookup(&request) {
+        let request = RequestInfo { method: method.to_string(), path: path.to_string(), cookie: cookie.map(str::to_string) };
+        match host.dispatch_lookup(&LookupRequest { tag, digest, refresh_ttl }) {
             Ok(call) => {
-                self.pending = Some(Pending { call, token: token.to_string(), tag, digest, source, method, path: path.to_string() });
+                self.pending = Some(Pending { call, token: token.to_string(), tag, digest, source, request });
                 Step::Pause
             }
             Err(e) => {
                 host.warn(&format!("multitokens: cannot dispatch the lookup: {e}"));
                 host.count(Metric::CalloutFailed);
-                let token = token.to_string();
-                unavailable(host, worker, &token, source, &method, path, now)
+                unavailable(host, worker, token, source, &request, now)
             }
         }
     }
@@ -298,7 +313,8 @@ impl HttpFlow {
                     FailureMode::Deny => fresh,
                 };
                 let refreshed_at = if cfg.refresh_on_use.is_some() { now } else { 0 };
-                let step = authorize_identity(host, worker, &identity, p.source, &p.method, &p.path, false);
+                let r = &p.request;
+                let step = authorize(host, &worker.compiled, &identity, p.source, r.cookie.as_deref(), &r.method, &r.path, false);
                 worker.cache.insert(
                     &p.token,
                     Entry { tag: p.tag, digest: p.digest, verdict: Cached::Valid(identity), fresh_until: now + fresh, usable_until: now + usable, refreshed_at },
@@ -308,7 +324,7 @@ impl HttpFlow {
             Ok(Answer::Unknown) => {
                 let ttl = worker.compiled.config.cache.negative_ttl_ms;
                 worker.cache.insert(&p.token, Entry { tag: p.tag, digest: p.digest, verdict: Cached::Unknown, fresh_until: now + ttl, usable_until: now + ttl, refreshed_at: 0 });
-                deny(host, worker, Denial::Invalid, Metric::DeniedInvalid, &[])
+                deny(host, &worker.compiled, Denial::Invalid, Metric::DeniedInvalid, &[])
             }
             Err(problem) => {
                 match &problem {
@@ -318,7 +334,7 @@ impl HttpFlow {
                         host.warn(&format!("multitokens: token store answered badly: {why}"));
                     }
                 }
-                unavailable(host, worker, &p.token, p.source, &p.method, &p.path, now)
+                unavailable(host, worker, &p.token, p.source, &p.request, now)
             }
         }
     }
@@ -339,51 +355,59 @@ fn queue_refresh(worker: &mut Worker, token: &str, now: u64) {
     worker.refresh_queue.push(request);
 }
 
-fn deny(host: &mut dyn Host, worker: &Worker, denial: Denial, metric: Metric, missing: &[&str]) -> Step {
+fn deny(host: &mut dyn Host, compiled: &Compiled, denial: Denial, metric: Metric, missing: &[&str]) -> Step {
     host.count(metric);
-    match worker.compiled.replies.get(denial) {
+    match compiled.replies.get(denial) {
         Some(fixed) => host.send_reply(fixed),
-        None => host.send_reply(&reply::deny(denial, &worker.compiled.config.realm, missing)),
+        None => host.send_reply(&reply::deny(denial, &compiled.config.realm, missing)),
     }
     Step::Replied
 }
 
 /// The store could not be asked: `allow_cached` may accept a recently verified token.
-fn unavailable(host: &mut dyn Host, worker: &mut Worker, token: &str, source: Source, method: &str, path: &str, now: u64) -> Step {
-    if worker.compiled.config.failure_mode == FailureMode::AllowCached {
-        if let Some(e) = worker.cache.get(token) {
-            if e.usable_until > now && matches!(e.verdict, Cached::Valid(_)) {
-                return authorize(host, worker, token, source, method, path, true);
+fn unavailable(host: &mut dyn Host, worker: &Worker, token: &str, source: Source, request: &RequestInfo, now: u64) -> Step {
+    let compiled = &worker.compiled;
+    if compiled.config.failure_mode == FailureMode::AllowCached {
+        if let Some(Entry { verdict: Cached::Valid(identity), usable_until, .. }) = worker.cache.get(token) {
+            if *usable_until > now {
+                let r = request;
+                return authorize(host, compiled, identity, source, r.cookie.as_deref(), &r.method, &r.path, true);
             }
         }
     }
-    deny(host, worker, Denial::Unavailable, Metric::DeniedUnavailable, &[])
+    deny(host, compiled, Denial::Unavailable, Metric::DeniedUnavailable, &[])
 }
 
-fn authorize(host: &mut dyn Host, worker: &Worker, token: &str, source: Source, method: &str, path: &str, stale: bool) -> Step {
-    match worker.cache.get(token).map(|e| &e.verdict) {
-        Some(Cached::Valid(identity)) => authorize_identity(host, worker, identity, source, method, path, stale),
-        _ => deny(host, worker, Denial::Invalid, Metric::DeniedInvalid, &[]),
-    }
-}
-
-fn authorize_identity(host: &mut dyn Host, worker: &Worker, identity: &Identity, source: Source, method: &str, path: &str, stale: bool) -> Step {
-    let compiled = &worker.compiled;
+/// Lets a request with a valid token through: scope check, identity headers, credential strip.
+#[allow(clippy::too_many_arguments)]
+fn authorize(
+    host: &mut dyn Host,
+    compiled: &Compiled,
+    identity: &Identity,
+    source: Source,
+    cookie: Option<&str>,
+    method: &str,
+    path: &str,
+    stale: bool,
+) -> Step {
     let missing = missing_scopes(&compiled.config.required_scopes, method, path, &identity.scopes);
     if !missing.is_empty() {
-        return deny(host, worker, Denial::Scope, Metric::DeniedScope, &missing);
+        return deny(host, compiled, Denial::Scope, Metric::DeniedScope, &missing);
     }
-    let [user, device, scopes, id] = &compiled.identity_headers;
-    host.set_header(user, &identity.user);
-    host.set_header(device, &identity.device);
-    host.set_header(scopes, &identity.scopes_header);
-    host.set_header(id, &identity.id);
+    // replacing sets exactly one value: whatever the client sent under these names is gone
+    let names = &compiled.identity_headers;
+    host.set_header(&names.user, &identity.user);
+    for (name, value) in [(&names.device, &identity.device), (&names.scopes, &identity.scopes_header), (&names.token_id, &identity.id)] {
+        if let Some(name) = name {
+            host.set_header(name, value);
+        }
+    }
     if compiled.config.strip_credential {
         match source {
             Source::Header => host.remove_header("authorization"),
             Source::Cookie => {
-                if let (Some(name), Some(cookies)) = (compiled.config.cookie.as_deref(), host.header("cookie")) {
-                    match credential::without_cookie(&cookies, name) {
+                if let (Some(name), Some(cookies)) = (compiled.config.cookie.as_deref(), cookie) {
+                    match credential::without_cookie(cookies, name) {
                         Some(rest) => host.set_header("cookie", &rest),
                         None => host.remove_header("cookie"),
                     }
@@ -410,6 +434,9 @@ mod tests {
     }
 
     impl Host for MockHost {
+        fn request_headers(&self) -> Vec<(String, String)> {
+            self.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        }
         fn header(&self, name: &str) -> Option<String> {
             self.headers.get(name).cloned()
         }
@@ -423,7 +450,7 @@ mod tests {
             self.replies.push(reply.clone());
         }
         fn dispatch_lookup(&mut self, request: &LookupRequest) -> Result<u32, String> {
-            self.lookups.push(String::from_utf8(request.to_json()).unwrap());
+            self.lookups.push(request.path());
             Ok(self.lookups.len() as u32)
         }
         fn count(&mut self, metric: Metric) {
@@ -497,8 +524,7 @@ mod tests {
         assert_eq!(h.headers["x-multitokens-scopes"], "read");
         assert_eq!(h.headers["x-multitokens-token-id"], "abc");
         assert!(!h.headers.contains_key("authorization"), "credential stripped");
-        let sent: serde_json::Value = serde_json::from_str(&h.lookups[0]).unwrap();
-        assert_eq!(sent["digest"], TokenHasher::new(None).digest(&t).to_hex());
+        assert!(h.lookups[0].contains(&format!("digest={}", TokenHasher::new(None).digest(&t).to_hex())));
         assert!(!h.lookups[0].contains(&t[3..]), "the token itself never leaves the filter");
     }
 
@@ -579,7 +605,7 @@ mod tests {
         follow_feed(&mut w, 0);
         let t = token::generate("mt", "alice").unwrap();
         let h = run(&mut w, "/api", &t, Some((Some(200), VALID)), 0);
-        assert!(h.lookups[0].contains("\"refresh_ttl\":600"));
+        assert!(h.lookups[0].contains("refresh_ttl=600"));
         run(&mut w, "/api", &t, None, 500);
         assert!(w.refresh_queue.is_empty());
         run(&mut w, "/api", &t, None, 1000);

@@ -23,13 +23,13 @@ pub struct LookupRequest {
 }
 
 impl LookupRequest {
-    /// The JSON body for the companion's lookup endpoint.
-    pub fn to_json(&self) -> Vec<u8> {
-        let mut body = serde_json::json!({ "tag": self.tag.to_hex(), "digest": self.digest.to_hex() });
+    /// The companion's lookup path for this request (a bodiless GET; hex needs no escaping).
+    pub fn path(&self) -> String {
+        let mut path = format!("{LOOKUP_PATH}?tag={}&digest={}", self.tag.to_hex(), self.digest.to_hex());
         if let Some(ttl) = self.refresh_ttl {
-            body["refresh_ttl"] = ttl.into();
+            path.push_str(&format!("&refresh_ttl={ttl}"));
         }
-        body.to_string().into_bytes()
+        path
     }
 }
 

@@ -109,8 +109,8 @@ fn admin_key_is_required_and_checked() {
     assert_eq!(api.call("GET", "/v1/users/x/tokens", Some("Basic Zm9vOmJhcg=="), None).0, 401);
     // the internal key is not an admin key and vice versa
     assert_eq!(api.call("POST", "/v1/tokens", Some(&format!("Bearer {INTERNAL}")), body).0, 403);
-    let lookup = json!({"tag": "00000000", "digest": "0".repeat(64)});
-    assert_eq!(api.call("POST", "/v1/internal/lookup", admin(), Some(lookup)).0, 403);
+    let lookup = format!("/v1/internal/lookup?tag=00000000&digest={}", "0".repeat(64));
+    assert_eq!(api.call("GET", &lookup, admin(), None).0, 403);
 }
 
 #[test]
@@ -194,11 +194,11 @@ fn health_readiness_and_internal_lookup() {
     let store = api._runtime.block_on(async { store_at(&redis.url(), policy(), None) });
     let (tag, digest) = store.digest_of(token).unwrap();
     let internal = format!("Bearer {INTERNAL}");
-    let body = json!({"tag": tag.to_hex(), "digest": digest.to_hex(), "refresh_ttl": 500});
-    let (status, v, _) = api.call("POST", "/v1/internal/lookup", Some(&internal), Some(body.clone()));
+    let lookup = format!("/v1/internal/lookup?tag={}&digest={}&refresh_ttl=500", tag.to_hex(), digest.to_hex());
+    let (status, v, _) = api.call("GET", &lookup, Some(&internal), None);
     assert_eq!((status, v["active"].clone(), v["user"].clone()), (200, json!(true), json!("dora")));
     assert!(v["expires_in"].as_u64().unwrap() >= 499, "refreshed: {v}");
-    let (status, v, _) = api.call("POST", "/v1/internal/lookup", Some(&internal), Some(json!({"tag": "zz", "digest": "00"})));
+    let (status, v, _) = api.call("GET", "/v1/internal/lookup?tag=zz&digest=00", Some(&internal), None);
     assert_eq!(status, 400, "{v}");
 
     redis.kill();
@@ -207,7 +207,7 @@ fn health_readiness_and_internal_lookup() {
     let (status, v, _) = api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "dora"})));
     assert_eq!(status, 503);
     assert!(v["detail"].is_string());
-    assert_eq!(api.call("POST", "/v1/internal/lookup", Some(&internal), Some(body)).0, 503);
+    assert_eq!(api.call("GET", &lookup, Some(&internal), None).0, 503);
     redis.restart();
     let mut ready = false;
     for _ in 0..50 {

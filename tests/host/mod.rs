@@ -511,8 +511,10 @@ impl TestHost {
         self.store.data().logs.iter().map(|(l, m)| format!("[{l}] {m}")).collect()
     }
 
-    /// A metric's value by name (e.g. `multitokens.allowed`).
-    pub fn metric(&self, name: &str) -> i64 {
+    /// A metric's value by name (e.g. `multitokens.allowed`), after a tick (the filter hands its
+    /// counts to the host on its tick, as it does to Envoy).
+    pub fn metric(&mut self, name: &str) -> i64 {
+        self.tick();
         let s = self.store.data();
         s.metric_names.iter().position(|n| n == name).map_or(0, |i| s.metric_values[i])
     }

@@ -11,7 +11,7 @@ mod redis;
 
 use super::config::{Compiled, Transport};
 use super::flow::{Host, HttpFlow, Metric, Step, Worker};
-use super::lookup::{self, FeedPage, LookupRequest, LOOKUP_PATH};
+use super::lookup::{self, FeedPage, LookupRequest};
 use super::reply::{self, Denial, LocalReply};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -36,12 +36,15 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Metric ids, defined once per VM: the counters of [`Metric`] and two gauges.
+/// Metric ids, defined once per VM: the counters of [`Metric`] and two gauges. Counts are
+/// gathered in the VM and handed to Envoy on each tick, so a request costs no metric host call.
 #[derive(Default)]
 struct Metrics {
     ids: [Option<u32>; Metric::ALL.len()],
+    pending: [std::cell::Cell<i64>; Metric::ALL.len()],
     cache_entries: Option<u32>,
     vm_memory_bytes: Option<u32>,
+    reported: [std::cell::Cell<i64>; 2],
 }
 
 impl Metrics {
@@ -55,20 +58,36 @@ impl Metrics {
         m
     }
 
-    /// Records the gauges: verdicts cached and the VM's linear memory.
+    /// Updates the gauges: verdicts cached and the VM's linear memory. Envoy runs one VM per
+    /// worker (and one on the main thread) under the same stat names, so each VM adds its change
+    /// since its last report: the gauges are the totals over all VMs.
     fn record_gauges(&self, cache_entries: usize) {
-        if let Some(id) = self.cache_entries {
-            let _ = hostcalls::record_metric(id, cache_entries as u64);
-        }
         #[cfg(target_arch = "wasm32")]
-        if let Some(id) = self.vm_memory_bytes {
-            let _ = hostcalls::record_metric(id, (core::arch::wasm32::memory_size::<0>() as u64) * 65_536);
+        let memory = (core::arch::wasm32::memory_size::<0>() as i64) * 65_536;
+        #[cfg(not(target_arch = "wasm32"))]
+        let memory = 0;
+        for (i, (id, value)) in [(self.cache_entries, cache_entries as i64), (self.vm_memory_bytes, memory)].into_iter().enumerate() {
+            let delta = value - self.reported[i].get();
+            if let (Some(id), true) = (id, delta != 0) {
+                if hostcalls::increment_metric(id, delta).is_ok() {
+                    self.reported[i].set(value);
+                }
+            }
         }
     }
 
     fn add(&self, metric: Metric, n: i64) {
-        if let Some(id) = self.ids[metric.index()] {
-            let _ = hostcalls::increment_metric(id, n);
+        let cell = &self.pending[metric.index()];
+        cell.set(cell.get() + n);
+    }
+
+    /// Hands the gathered counts to Envoy.
+    fn flush(&self) {
+        for (id, cell) in self.ids.iter().zip(self.pending.iter()) {
+            let n = cell.replace(0);
+            if let (Some(id), true) = (id, n != 0) {
+                let _ = hostcalls::increment_metric(*id, n);
+            }
         }
     }
 }
@@ -78,8 +97,7 @@ fn http_callout(compiled: &Compiled, method: &str, path: &str, body: Option<&[u8
     let Transport::Companion(c) = &compiled.transport else {
         return Err("no companion configured".into());
     };
-    let auth = format!("Bearer {}", c.api_key);
-    let mut headers = vec![(":method", method), (":path", path), (":authority", c.authority.as_str()), ("authorization", auth.as_str())];
+    let mut headers = vec![(":method", method), (":path", path), (":authority", c.authority.as_str()), ("authorization", compiled.companion_auth.as_str())];
     if body.is_some() {
         headers.push(("content-type", "application/json"));
     }
@@ -163,7 +181,7 @@ impl Root {
     fn send_refreshes(&self, worker: &mut Worker) {
         for request in std::mem::take(&mut worker.refresh_queue) {
             let sent = match &worker.compiled.transport {
-                Transport::Companion(_) => http_callout(&worker.compiled, "POST", LOOKUP_PATH, Some(&request.to_json())),
+                Transport::Companion(_) => http_callout(&worker.compiled, "GET", &request.path(), None),
                 #[cfg(feature = "redis-callout")]
                 Transport::Redis(target) => redis::refresh(target, &worker.compiled.keys, &request),
                 #[cfg(not(feature = "redis-callout"))]
@@ -224,6 +242,7 @@ impl RootContext for Root {
             self.last_purge_ms = now;
         }
         self.metrics.record_gauges(worker.cache.len());
+        self.metrics.flush();
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -247,6 +266,10 @@ struct EnvoyHost<'a> {
 }
 
 impl Host for EnvoyHost<'_> {
+    fn request_headers(&self) -> Vec<(String, String)> {
+        hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+    }
+
     fn header(&self, name: &str) -> Option<String> {
         hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
     }
@@ -266,7 +289,7 @@ impl Host for EnvoyHost<'_> {
 
     fn dispatch_lookup(&mut self, request: &LookupRequest) -> Result<u32, String> {
         match &self.compiled.transport {
-            Transport::Companion(_) => http_callout(self.compiled, "POST", LOOKUP_PATH, Some(&request.to_json())),
+            Transport::Companion(_) => http_callout(self.compiled, "GET", &request.path(), None),
             #[cfg(feature = "redis-callout")]
             Transport::Redis(target) => redis::lookup(target, &self.compiled.keys, request, self.context_id, self.root_id),
             #[cfg(not(feature = "redis-callout"))]

@@ -1,0 +1,487 @@
+#!/usr/bin/env python3
+"""`make bench`: the multitokens filter against the floor and against what users would pick instead.
+
+One run on this machine, side by side: real Envoy 1.40 (`--concurrency 1`, loopback) answering
+with a direct response behind (a) no auth filter, (b) a no-op wasm filter, (c) the multitokens
+filter served from its cache, (d) the filter with the cache off, (e) Envoy's own ext_authz calling
+the companion; a flood of invalid tokens; and the companion alone against redis-benchmark. The
+Envoy scenarios run in alternating rounds and report medians. Writes bench/results.json.
+
+Settings (environment): BENCH_SECONDS (measured seconds per run, default 10), BENCH_WARMUP (2),
+BENCH_ROUNDS (3), BENCH_CONNECTIONS (16), ENVOY_BIN.
+"""
+
+import atexit
+import base64
+import hashlib
+import http.client
+import json
+import os
+import platform
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
+WARMUP = int(os.environ.get("BENCH_WARMUP", "2"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
+ENVOY = os.environ.get("ENVOY_BIN", str(ROOT / ".tools/bin/envoy"))
+COMPANION = ROOT / "target/release/multitokens"
+WASM_DIR = ROOT / "target/wasm32-wasip1/wasm-release"
+NOOP_WASM = ROOT / "target/bench-noop/wasm32-wasip1/release/noop_filter.wasm"
+WRK_DIR = ROOT / "bench/wrk"
+ADMIN_KEY = "bench-admin-key-0123456789abcdef"
+INTERNAL_KEY = "bench-internal-key-0123456789abcdef"
+
+WORK = Path(tempfile.mkdtemp(prefix="multitokens-bench."))
+PROCS = []
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def stop_all():
+    for p in PROCS:
+        if p.poll() is None:
+            p.terminate()
+    for p in PROCS:
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+atexit.register(stop_all)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, what, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"bench: {what} did not start on port {port} (logs in {WORK})")
+
+
+def start(name, argv, env=None):
+    out = open(WORK / f"{name}.log", "w")
+    p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=ROOT)
+    PROCS.append(p)
+    return p
+
+
+def make_token(user, valid_checksum=True, prefix="mt"):
+    """A well-formed token in the core's format (never stored unless issued by the companion)."""
+    tag = hashlib.sha256(b"multitokens/routing\0" + user.encode()).digest()[:4]
+    body = bytes([1]) + tag + secrets.token_bytes(32)
+    checksum = hashlib.sha256(body).digest()[:4]
+    if not valid_checksum:
+        checksum = bytes([checksum[0] ^ 0xFF]) + checksum[1:]
+    return prefix + "_" + base64.urlsafe_b64encode(body + checksum).rstrip(b"=").decode()
+
+
+def write_lines(name, lines):
+    path = WORK / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def http_json(port, method, path, body=None, headers=None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    data = json.dumps(body) if body is not None else None
+    conn.request(method, path, body=data, headers={"content-type": "application/json", **(headers or {})})
+    r = conn.getresponse()
+    text = r.read()
+    conn.close()
+    return r.status, (json.loads(text) if text else None)
+
+
+def envoy_stats(admin_port, prefix=""):
+    conn = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=5)
+    conn.request("GET", "/stats?filter=" + prefix)
+    text = conn.getresponse().read().decode()
+    conn.close()
+    stats = {}
+    for line in text.splitlines():
+        if ": " in line:
+            k, v = line.split(": ", 1)
+            try:
+                stats[k] = int(v)
+            except ValueError:
+                pass
+    return stats
+
+
+def redis_commands(port):
+    out = subprocess.run(["redis-cli", "-p", str(port), "INFO", "stats"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        if line.startswith("total_commands_processed:"):
+            return int(line.split(":")[1])
+    return 0
+
+
+# ---------- Envoy configurations ----------
+
+def wasm_filter(name, wasm, configuration=None):
+    config = ""
+    if configuration is not None:
+        value = json.dumps(configuration)
+        config = f"""
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{value}'"""
+    return f"""
+          - name: {name}
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: {name}
+                root_id: {name}
+                fail_open: false
+                vm_config:
+                  vm_id: {name}
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{ local: {{ filename: {wasm} }} }}{config}"""
+
+
+def ext_authz_filter():
+    return """
+          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              failure_mode_allow: false
+              http_service:
+                server_uri: { uri: "http://multitokens_companion", cluster: multitokens_companion, timeout: 0.5s }
+                path_prefix: /v1/ext_authz
+                authorization_request:
+                  allowed_headers:
+                    patterns: [{ exact: authorization, ignore_case: true }]
+                authorization_response:
+                  allowed_upstream_headers:
+                    patterns: [{ prefix: x-multitokens- }]"""
+
+
+def envoy_config(listen, admin, filters, companion_port):
+    return f"""
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
+static_resources:
+  listeners:
+  - name: bench
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listen} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          route_config:
+            virtual_hosts:
+            - name: bench
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                direct_response: {{ status: 200, body: {{ inline_string: "ok" }} }}
+          http_filters:{filters}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: multitokens_companion
+    type: STATIC
+    connect_timeout: 0.25s
+    load_assignment:
+      cluster_name: multitokens_companion
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {companion_port} }} }} }}
+"""
+
+
+def filter_config(cache_entries):
+    return {
+        "companion": {"cluster": "multitokens_companion", "api_key": INTERNAL_KEY, "timeout_ms": 1000},
+        "cache": {"max_entries": cache_entries, "ttl_ms": 600000, "negative_ttl_ms": 60000},
+        "revocation_poll_ms": 1000,
+    }
+
+
+class Envoy:
+    def __init__(self, name, filters, companion_port):
+        self.name = name
+        self.port, self.admin = free_port(), free_port()
+        path = WORK / f"envoy-{name}.yaml"
+        path.write_text(envoy_config(self.port, self.admin, filters, companion_port))
+        self.proc = start(f"envoy-{name}", [ENVOY, "-c", str(path), "--concurrency", "1", "--disable-hot-restart", "--log-level", "warn"])
+
+    def ready(self):
+        wait_port(self.port, f"envoy ({self.name})")
+
+
+# ---------- load ----------
+
+def wrk(port, seconds, script="tokens.lua", env=None):
+    cmd = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "2s", "--latency", "-s", str(WRK_DIR / script), f"http://127.0.0.1:{port}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=seconds + 60)
+    lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    if not lines:
+        sys.exit(f"bench: wrk failed: {out.stdout}{out.stderr}")
+    r = json.loads(lines[-1])
+    secs = max(r["duration_us"], 1) / 1e6
+    return {
+        "rps": r["requests"] / secs,
+        "p50_ms": r["p50_us"] / 1000,
+        "p99_ms": r["p99_us"] / 1000,
+        "requests": r["requests"],
+        "socket_errors": r["socket_errors"],
+        "status_errors": r["status_errors"],
+    }
+
+
+def median_of(runs):
+    return {
+        "rps": round(statistics.median(r["rps"] for r in runs), 1),
+        "p50_ms": round(statistics.median(r["p50_ms"] for r in runs), 3),
+        "p99_ms": round(statistics.median(r["p99_ms"] for r in runs), 3),
+        "errors": sum(r["socket_errors"] + r["status_errors"] for r in runs),
+        "rounds": len(runs),
+    }
+
+
+def redis_benchmark(port):
+    out = subprocess.run(
+        ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", "get,set", "-n", str(40000 * SECONDS // 10 or 40000),
+         "-c", str(CONNECTIONS), "--csv"],
+        capture_output=True, text=True, timeout=300).stdout
+    rows = [l.replace('"', "").split(",") for l in out.splitlines() if l.strip()]
+    header, results = rows[0], {}
+    for row in rows[1:]:
+        rec = dict(zip(header, row))
+        name = rec.get("test", "").lower()
+        results[f"redis_{name}"] = {
+            "rps": round(float(rec["rps"]), 1),
+            "p50_ms": float(rec.get("p50_latency_ms", "nan")),
+            "p99_ms": float(rec.get("p99_latency_ms", "nan")),
+            "errors": 0,
+        }
+    return results
+
+
+def machine():
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    envoy = subprocess.run([ENVOY, "--version"], capture_output=True, text=True).stdout.strip().split("version: ")[-1]
+    return {"cpu": model, "cores": os.cpu_count(), "kernel": platform.release(), "envoy": envoy}
+
+
+def main():
+    for path in [COMPANION, WASM_DIR / "multitokens_filter.wasm", WASM_DIR / "multitokens_filter_redis.wasm", NOOP_WASM]:
+        if not path.exists():
+            sys.exit(f"bench: {path} is missing (make bench builds it)")
+    log(f"work dir {WORK}; {SECONDS}s runs, {WARMUP}s warm-up, {ROUNDS} rounds, {CONNECTIONS} connections")
+
+    redis_port, companion_port = free_port(), free_port()
+    start("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", str(WORK), "--save", "", "--appendonly", "no"])
+    wait_port(redis_port, "redis-server")
+    start("companion", [str(COMPANION), "serve", "--listen", f"127.0.0.1:{companion_port}"], {
+        "MULTITOKENS_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "MULTITOKENS_ADMIN_KEY": ADMIN_KEY,
+        "MULTITOKENS_INTERNAL_KEY": INTERNAL_KEY,
+        "MULTITOKENS_LOG": "warn",
+    })
+    wait_port(companion_port, "the companion")
+
+    # 1,000 valid tokens of 100 users, issued by the companion
+    tokens = []
+    auth = {"authorization": f"Bearer {ADMIN_KEY}"}
+    for i in range(1000):
+        status, body = http_json(companion_port, "POST", "/v1/tokens", {"user": f"user-{i % 100}", "device": f"d{i}"}, auth)
+        if status != 201:
+            sys.exit(f"bench: issuing failed: {status} {body}")
+        tokens.append(body["token"])
+    valid_file = write_lines("valid.txt", tokens)
+    bad_file = write_lines("bad-checksum.txt", [make_token(f"user-{i % 100}", False) for i in range(50000)])
+    unknown_file = write_lines("unknown.txt", [make_token(f"user-{i % 100}") for i in range(50000)])
+
+    stock = WASM_DIR / "multitokens_filter.wasm"
+    envoys = {
+        "no_auth": Envoy("no_auth", "", companion_port),
+        "noop_wasm": Envoy("noop_wasm", wasm_filter("noop", NOOP_WASM), companion_port),
+        "filter_hit": Envoy("filter_hit", wasm_filter("multitokens", stock, filter_config(10000)), companion_port),
+        "filter_miss": Envoy("filter_miss", wasm_filter("multitokens", stock, filter_config(0)), companion_port),
+        "ext_authz": Envoy("ext_authz", ext_authz_filter(), companion_port),
+    }
+    flood = Envoy("invalid_flood", wasm_filter("multitokens", stock, filter_config(10000)), companion_port)
+    for e in list(envoys.values()) + [flood]:
+        e.ready()
+    time.sleep(2.5)  # filters follow the revocation feed
+
+    # sanity: every scenario authenticates as expected before it is measured
+    for name, e in envoys.items():
+        conn = http.client.HTTPConnection("127.0.0.1", e.port, timeout=5)
+        conn.request("GET", "/api/bench", headers={"authorization": f"Bearer {tokens[0]}"})
+        status = conn.getresponse().status
+        conn.close()
+        if status != 200:
+            sys.exit(f"bench: {name} answered {status} to a valid token (logs in {WORK})")
+        if name in ("filter_hit", "filter_miss", "ext_authz"):
+            conn = http.client.HTTPConnection("127.0.0.1", e.port, timeout=5)
+            conn.request("GET", "/api/bench", headers={"authorization": f"Bearer {make_token('x')}"})
+            if conn.getresponse().status != 401:
+                sys.exit(f"bench: {name} let an unknown token in")
+            conn.close()
+
+    env = {"TOKENS_FILE": str(valid_file)}
+    runs = {name: [] for name in envoys}
+    for r in range(ROUNDS):
+        for name, e in envoys.items():
+            wrk(e.port, WARMUP, env=env)
+            result = wrk(e.port, SECONDS, env=env)
+            runs[name].append(result)
+            log(f"round {r + 1}/{ROUNDS} {name}: {result['rps']:.0f} req/s, p50 {result['p50_ms']:.3f} ms, p99 {result['p99_ms']:.3f} ms")
+    scenarios = {name: median_of(rs) for name, rs in runs.items()}
+    time.sleep(1.2)  # the filter hands its counts to Envoy on its 1 s tick
+    hit_stats = envoy_stats(envoys["filter_hit"].admin, "multitokens")
+    scenarios["filter_hit"]["cache_hits"] = hit_stats.get("wasmcustom.multitokens.cache_hit", 0)
+    scenarios["filter_hit"]["cache_misses"] = hit_stats.get("wasmcustom.multitokens.cache_miss", 0)
+
+    # invalid flood: bad checksums must not reach the companion or Redis; unknown tokens are
+    # looked up once and remembered, in a bounded cache
+    flood_results = {}
+    for name, path in [("invalid_bad_checksum", bad_file), ("invalid_unknown", unknown_file)]:
+        before_stats = envoy_stats(flood.admin)
+        before_redis = redis_commands(redis_port)
+        wrk(flood.port, WARMUP, env={"TOKENS_FILE": str(path)})
+        started = time.time()
+        result = wrk(flood.port, SECONDS, env={"TOKENS_FILE": str(path)})
+        elapsed = time.time() - started + WARMUP
+        time.sleep(1.2)  # the filter hands its counts to Envoy on its 1 s tick
+        after_stats = envoy_stats(flood.admin)
+        after_redis = redis_commands(redis_port)
+        delta = lambda k: after_stats.get(k, 0) - before_stats.get(k, 0)
+        lookups = delta("wasmcustom.multitokens.cache_miss")
+        feed_polls = delta("cluster.multitokens_companion.upstream_rq_total") - lookups
+        flood_results[name] = {
+            "rps": round(result["rps"], 1),
+            "p50_ms": round(result["p50_ms"], 3),
+            "p99_ms": round(result["p99_ms"], 3),
+            # every answer must be 401: anything else (5xx, 200) or a socket error is an error;
+            # the companion's other requests in that time are the filter's feed polls
+            "errors": result["socket_errors"] + delta("http.bench.downstream_rq_5xx") + delta("http.bench.downstream_rq_2xx"),
+            "denied_401": delta("http.bench.downstream_rq_4xx"),
+            "lookups": lookups,
+            "companion_requests": delta("cluster.multitokens_companion.upstream_rq_total"),
+            "feed_polls": feed_polls,
+            "redis_commands": after_redis - before_redis,
+            "seconds": round(elapsed, 1),
+        }
+        log(f"{name}: {result['rps']:.0f} req/s, lookups {lookups}, Redis commands {after_redis - before_redis}")
+    time.sleep(1.5)  # let the filter's tick record its gauges
+    gauges = envoy_stats(flood.admin, "multitokens")
+    flood_results["cache_entries_after"] = gauges.get("wasmcustom.multitokens.cache_entries", -1)
+    flood_results["vm_memory_bytes_after"] = gauges.get("wasmcustom.multitokens.vm_memory_bytes", -1)
+    scenarios["invalid_flood"] = {k: flood_results["invalid_unknown"][k] for k in ("rps", "p50_ms", "p99_ms", "errors")}
+    scenarios["invalid_flood_bad_checksum"] = {k: flood_results["invalid_bad_checksum"][k] for k in ("rps", "p50_ms", "p99_ms", "errors")}
+
+    # the companion alone, and Redis as its floor
+    wrk(companion_port, WARMUP, "companion.lua", {"BENCH_MODE": "issue", "ADMIN_KEY": ADMIN_KEY})
+    r = wrk(companion_port, SECONDS, "companion.lua", {"BENCH_MODE": "issue", "ADMIN_KEY": ADMIN_KEY})
+    scenarios["companion_issue"] = median_of([r])
+    r = wrk(companion_port, SECONDS, "companion.lua", {"BENCH_MODE": "introspect", "ADMIN_KEY": ADMIN_KEY, "TOKENS_FILE": str(valid_file)})
+    scenarios["companion_introspect"] = median_of([r])
+    scenarios.update(redis_benchmark(redis_port))
+
+    hit_memory = envoy_stats(envoys["filter_hit"].admin, "multitokens").get("wasmcustom.multitokens.vm_memory_bytes", -1)
+    micro = subprocess.run([str(ROOT / "target/release/examples/hit_path")], capture_output=True, text=True).stdout.strip()
+    s = scenarios
+    ratio = lambda a, b: round(s[a]["rps"] / s[b]["rps"], 3) if s[b]["rps"] else None
+    results = {
+        "scenarios": s,
+        "ratios": {
+            "filter_hit_vs_noop_wasm": ratio("filter_hit", "noop_wasm"),
+            "filter_hit_vs_no_auth": ratio("filter_hit", "no_auth"),
+            "filter_hit_vs_ext_authz": ratio("filter_hit", "ext_authz"),
+            "filter_miss_vs_ext_authz": ratio("filter_miss", "ext_authz"),
+            "noop_wasm_vs_no_auth": ratio("noop_wasm", "no_auth"),
+            "invalid_flood_vs_filter_hit": ratio("invalid_flood", "filter_hit"),
+            "companion_introspect_vs_redis_get": ratio("companion_introspect", "redis_get"),
+            "companion_issue_vs_redis_set": ratio("companion_issue", "redis_set"),
+        },
+        "wasm_bytes": {
+            "stock": (WASM_DIR / "multitokens_filter.wasm").stat().st_size,
+            "redis": (WASM_DIR / "multitokens_filter_redis.wasm").stat().st_size,
+            "noop": NOOP_WASM.stat().st_size,
+        },
+        "filter_vm_memory_bytes": {"filter_hit": hit_memory, "after_invalid_flood": flood_results["vm_memory_bytes_after"]},
+        "invalid_flood": flood_results,
+        "hit_path_native_ns": json.loads(micro) if micro.startswith("{") else None,
+        "machine": machine(),
+        "settings": {"seconds": SECONDS, "warmup": WARMUP, "rounds": ROUNDS, "connections": CONNECTIONS, "envoy_concurrency": 1},
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    rt = results["ratios"]
+    results["targets"] = {
+        "filter_hit_at_least_0.95_of_noop_wasm": rt["filter_hit_vs_noop_wasm"] is not None and rt["filter_hit_vs_noop_wasm"] >= 0.95,
+        "filter_hit_at_least_3x_ext_authz": rt["filter_hit_vs_ext_authz"] is not None and rt["filter_hit_vs_ext_authz"] >= 3,
+        "filter_miss_at_least_ext_authz": rt["filter_miss_vs_ext_authz"] is not None and rt["filter_miss_vs_ext_authz"] >= 1,
+        "stock_build_under_250_kb": results["wasm_bytes"]["stock"] < 250_000,
+        "bad_checksums_never_reach_redis": flood_results["invalid_bad_checksum"]["lookups"] == 0,
+        "memory_bounded_during_flood": 0 <= flood_results["cache_entries_after"] <= 10000,
+    }
+
+    out = ROOT / "bench/results.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print_table(results)
+    print(f"\nwrote {out.relative_to(ROOT)}")
+
+
+def print_table(results):
+    s, base, noop = results["scenarios"], results["scenarios"]["no_auth"]["rps"], results["scenarios"]["noop_wasm"]["rps"]
+    print(f"\n{'scenario':<28}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'vs no_auth':>12}{'vs noop_wasm':>14}")
+    for name, r in s.items():
+        envoy = name in ("no_auth", "noop_wasm", "filter_hit", "filter_miss", "ext_authz", "invalid_flood", "invalid_flood_bad_checksum")
+        vs_base = f"{r['rps'] / base:.3f}" if envoy and base else "-"
+        vs_noop = f"{r['rps'] / noop:.3f}" if envoy and noop else "-"
+        print(f"{name:<28}{r['rps']:>10.0f}{r['p50_ms']:>9.3f}{r['p99_ms']:>9.3f}{r['errors']:>8}{vs_base:>12}{vs_noop:>14}")
+    print()
+    for k, v in results["ratios"].items():
+        print(f"  {k:<38} {v}")
+    w = results["wasm_bytes"]
+    print(f"  wasm bytes: stock {w['stock']}, redis {w['redis']} (no-op fixture {w['noop']})")
+    m = results["filter_vm_memory_bytes"]
+    f = results["invalid_flood"]
+    print(f"  filter VM memory: {m['filter_hit']} B after filter_hit, {m['after_invalid_flood']} B after the invalid flood "
+          f"({f['cache_entries_after']} cached verdicts)")
+    print(f"  bad-checksum flood: {f['invalid_bad_checksum']['lookups']} lookups, {f['invalid_bad_checksum']['redis_commands']} Redis commands "
+          f"({f['invalid_bad_checksum']['feed_polls']} of them feed polls)")
+    if results["hit_path_native_ns"]:
+        print(f"  native hit path: {results['hit_path_native_ns']}")
+    for k, v in results["targets"].items():
+        print(f"  target {k}: {'met' if v else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
