@@ -215,12 +215,19 @@ static_resources:
 """
 
 
-def filter_config(cache_entries):
+def filter_config(cache_entries, **extra):
     return {
         "companion": {"cluster": "multitokens_companion", "api_key": INTERNAL_KEY, "timeout_ms": 1000},
         "cache": {"max_entries": cache_entries, "ttl_ms": 600000, "negative_ttl_ms": 60000},
         "revocation_poll_ms": 1000,
+        **extra,
     }
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Envoy:
@@ -256,13 +263,16 @@ def wrk(port, seconds, script="tokens.lua", env=None):
 
 
 def median_of(runs):
-    return {
+    out = {
         "rps": round(statistics.median(r["rps"] for r in runs), 1),
         "p50_ms": round(statistics.median(r["p50_ms"] for r in runs), 3),
         "p99_ms": round(statistics.median(r["p99_ms"] for r in runs), 3),
         "errors": sum(r["socket_errors"] + r["status_errors"] for r in runs),
         "rounds": len(runs),
     }
+    if all("envoy_cpu_us_per_req" in r for r in runs):
+        out["envoy_cpu_us_per_req"] = round(statistics.median(r["envoy_cpu_us_per_req"] for r in runs), 2)
+    return out
 
 
 def redis_benchmark(port):
@@ -331,6 +341,8 @@ def main():
         "no_auth": Envoy("no_auth", "", companion_port),
         "noop_wasm": Envoy("noop_wasm", wasm_filter("noop", NOOP_WASM), companion_port),
         "filter_hit": Envoy("filter_hit", wasm_filter("multitokens", stock, filter_config(10000)), companion_port),
+        "filter_hit_lean": Envoy("filter_hit_lean", wasm_filter("multitokens", stock, filter_config(
+            10000, device_header=None, scopes_header=None, token_id_header=None)), companion_port),
         "filter_miss": Envoy("filter_miss", wasm_filter("multitokens", stock, filter_config(0)), companion_port),
         "ext_authz": Envoy("ext_authz", ext_authz_filter(), companion_port),
     }
@@ -347,7 +359,7 @@ def main():
         conn.close()
         if status != 200:
             sys.exit(f"bench: {name} answered {status} to a valid token (logs in {WORK})")
-        if name in ("filter_hit", "filter_miss", "ext_authz"):
+        if name in ("filter_hit", "filter_hit_lean", "filter_miss", "ext_authz"):
             conn = http.client.HTTPConnection("127.0.0.1", e.port, timeout=5)
             conn.request("GET", "/api/bench", headers={"authorization": f"Bearer {make_token('x')}"})
             if conn.getresponse().status != 401:
@@ -359,7 +371,9 @@ def main():
     for r in range(ROUNDS):
         for name, e in envoys.items():
             wrk(e.port, WARMUP, env=env)
+            cpu_before = cpu_seconds(e.proc.pid)
             result = wrk(e.port, SECONDS, env=env)
+            result["envoy_cpu_us_per_req"] = (cpu_seconds(e.proc.pid) - cpu_before) * 1e6 / max(result["requests"], 1)
             runs[name].append(result)
             log(f"round {r + 1}/{ROUNDS} {name}: {result['rps']:.0f} req/s, p50 {result['p50_ms']:.3f} ms, p99 {result['p99_ms']:.3f} ms")
     scenarios = {name: median_of(rs) for name, rs in runs.items()}
@@ -422,6 +436,8 @@ def main():
         "scenarios": s,
         "ratios": {
             "filter_hit_vs_noop_wasm": ratio("filter_hit", "noop_wasm"),
+            "filter_hit_lean_vs_noop_wasm": ratio("filter_hit_lean", "noop_wasm"),
+            "noop_wasm_vs_ext_authz": ratio("noop_wasm", "ext_authz"),
             "filter_hit_vs_no_auth": ratio("filter_hit", "no_auth"),
             "filter_hit_vs_ext_authz": ratio("filter_hit", "ext_authz"),
             "filter_miss_vs_ext_authz": ratio("filter_miss", "ext_authz"),
@@ -460,12 +476,13 @@ def main():
 
 def print_table(results):
     s, base, noop = results["scenarios"], results["scenarios"]["no_auth"]["rps"], results["scenarios"]["noop_wasm"]["rps"]
-    print(f"\n{'scenario':<28}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'vs no_auth':>12}{'vs noop_wasm':>14}")
+    print(f"\n{'scenario':<28}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'vs no_auth':>12}{'vs noop_wasm':>14}{'envoy us/req':>14}")
     for name, r in s.items():
-        envoy = name in ("no_auth", "noop_wasm", "filter_hit", "filter_miss", "ext_authz", "invalid_flood", "invalid_flood_bad_checksum")
+        envoy = name in ("no_auth", "noop_wasm", "filter_hit", "filter_hit_lean", "filter_miss", "ext_authz", "invalid_flood", "invalid_flood_bad_checksum")
         vs_base = f"{r['rps'] / base:.3f}" if envoy and base else "-"
         vs_noop = f"{r['rps'] / noop:.3f}" if envoy and noop else "-"
-        print(f"{name:<28}{r['rps']:>10.0f}{r['p50_ms']:>9.3f}{r['p99_ms']:>9.3f}{r['errors']:>8}{vs_base:>12}{vs_noop:>14}")
+        cpu = f"{r['envoy_cpu_us_per_req']:.1f}" if "envoy_cpu_us_per_req" in r else "-"
+        print(f"{name:<28}{r['rps']:>10.0f}{r['p50_ms']:>9.3f}{r['p99_ms']:>9.3f}{r['errors']:>8}{vs_base:>12}{vs_noop:>14}{cpu:>14}")
     print()
     for k, v in results["ratios"].items():
         print(f"  {k:<38} {v}")

@@ -154,6 +154,10 @@ pub struct Worker {
     pub feed: FeedState,
     /// Tokens due for a sliding refresh, sent on the next tick.
     pub refresh_queue: Vec<LookupRequest>,
+    /// A coarse clock (ms) for the request path, set at configure time and on every tick and
+    /// callout answer: reading the host's clock on every request is a host call. It lags real
+    /// time by at most one tick, which [`Worker::tick_ms`] takes off every positive entry.
+    pub clock_ms: u64,
 }
 
 /// Most refreshes waiting for the next tick.
@@ -163,7 +167,15 @@ impl Worker {
     /// State for a freshly configured VM.
     pub fn new(compiled: Compiled) -> Self {
         let cache = VerdictCache::new(compiled.config.cache.max_entries);
-        Worker { compiled: Rc::new(compiled), cache, feed: FeedState::default(), refresh_queue: Vec::new() }
+        Worker { compiled: Rc::new(compiled), cache, feed: FeedState::default(), refresh_queue: Vec::new(), clock_ms: 0 }
+    }
+
+    /// The tick period: how far [`Worker::clock_ms`] may lag.
+    pub fn tick_ms(&self) -> u64 {
+        match self.compiled.config.revocation_poll_ms {
+            0 => 1000,
+            poll => poll,
+        }
     }
 
     /// Positive verdicts are served from the cache only while the revocation feed is followed:
@@ -306,7 +318,9 @@ impl HttpFlow {
         match answer {
             Ok(Answer::Valid(identity, expires_in)) => {
                 let cfg = &worker.compiled.config;
-                let token_left = expires_in.map_or(u64::MAX, |s| s.saturating_mul(1000));
+                // the request path's clock may lag one tick: a positive entry ends one tick early,
+                // so it never outlives the token
+                let token_left = expires_in.map_or(u64::MAX, |s| s.saturating_mul(1000).saturating_sub(worker.tick_ms()));
                 let fresh = cfg.cache.ttl_ms.min(token_left);
                 let usable = match cfg.failure_mode {
                     FailureMode::AllowCached => cfg.stale_window_ms.min(token_left),
@@ -558,9 +572,9 @@ mod tests {
         let mut w = worker("");
         follow_feed(&mut w, 0);
         let t = token::generate("mt", "alice").unwrap();
-        let short = br#"{"active":true,"user":"alice","device":"","scopes":[],"expires_in":1,"id":"x"}"#;
+        let short = br#"{"active":true,"user":"alice","device":"","scopes":[],"expires_in":3,"id":"x"}"#;
         run(&mut w, "/api", &t, Some((Some(200), short)), 0);
-        assert_eq!(w.cache.get(&t).unwrap().fresh_until, 1000);
+        assert_eq!(w.cache.get(&t).unwrap().fresh_until, 2000, "3 s left, less one tick of clock lag");
     }
 
     #[test]

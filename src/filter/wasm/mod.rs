@@ -29,6 +29,7 @@ fn log(level: LogLevel, message: &str) {
     let _ = hostcalls::log(level, message);
 }
 
+/// The host's clock (a host call: the request path uses [`Worker::clock_ms`] instead).
 fn now_ms() -> u64 {
     hostcalls::get_current_time()
         .ok()
@@ -120,9 +121,11 @@ fn http_response(num_headers: usize, body_size: usize) -> (Option<u32>, Vec<u8>)
 
 /// Applies a feed poll's outcome to the worker.
 fn apply_feed(worker: &mut Worker, metrics: &Metrics, page: Result<FeedPage, lookup::CalloutProblem>) {
+    let now = now_ms();
+    worker.clock_ms = now;
     match page {
         Ok(page) => {
-            let applied = worker.apply_feed(page, now_ms());
+            let applied = worker.apply_feed(page, now);
             if applied > 0 {
                 metrics.add(Metric::RevocationsApplied, applied as i64);
             }
@@ -221,7 +224,9 @@ impl RootContext for Root {
             return false;
         }
         let poll = compiled.config.revocation_poll_ms;
-        let worker = Rc::new(RefCell::new(Worker::new(compiled)));
+        let mut worker = Worker::new(compiled);
+        worker.clock_ms = now_ms();
+        let worker = Rc::new(RefCell::new(worker));
         self.metrics = Rc::new(Metrics::define());
         #[cfg(feature = "redis-callout")]
         redis::register_root(self.id, worker.clone(), self.metrics.clone());
@@ -235,6 +240,7 @@ impl RootContext for Root {
         let Some(worker) = self.worker.clone() else { return };
         let Ok(mut worker) = worker.try_borrow_mut() else { return };
         let now = now_ms();
+        worker.clock_ms = now;
         self.poll_feed(&mut worker, now);
         self.send_refreshes(&mut worker);
         if now.saturating_sub(self.last_purge_ms) > 10_000 {
@@ -353,7 +359,9 @@ impl Context for Http {
         let (status, body) = http_response(num_headers, body_size);
         let answer = lookup::parse_answer(status, &body);
         let step = with_flow(&self.flow, self.worker.as_ref(), &self.metrics, (self.id, self.root_id), |flow, host, worker| {
-            flow.on_lookup_response(host, worker, answer, now_ms())
+            let now = now_ms();
+            worker.clock_ms = now;
+            flow.on_lookup_response(host, worker, answer, now)
         });
         if step == Step::Continue {
             let _ = hostcalls::resume_http_request();
@@ -364,7 +372,8 @@ impl Context for Http {
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         let step = with_flow(&self.flow, self.worker.as_ref(), &self.metrics, (self.id, self.root_id), |flow, host, worker| {
-            flow.on_request_headers(host, worker, now_ms())
+            let now = worker.clock_ms;
+            flow.on_request_headers(host, worker, now)
         });
         match step {
             Step::Continue => Action::Continue,
