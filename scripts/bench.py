@@ -492,8 +492,9 @@ def print_table(results):
     f = results["invalid_flood"]
     print(f"  filter VM memory: {m['filter_hit']} B after filter_hit, {m['after_invalid_flood']} B after the invalid flood "
           f"({f['cache_entries_after']} cached verdicts)")
-    print(f"  bad-checksum flood: {f['invalid_bad_checksum']['lookups']} lookups, {f['invalid_bad_checksum']['redis_commands']} Redis commands "
-          f"({f['invalid_bad_checksum']['feed_polls']} of them feed polls)")
+    b = f["invalid_bad_checksum"]
+    print(f"  bad-checksum flood: {b['lookups']} token lookups; Redis saw {b['redis_commands']} commands in {b['seconds']} s, "
+          f"all from the filters' {b['feed_polls']} revocation-feed polls")
     if results["hit_path_native_ns"]:
         print(f"  native hit path: {results['hit_path_native_ns']}")
     for k, v in results["targets"].items():
