@@ -57,6 +57,9 @@ pub struct SettingsArgs {
     /// At the limit: `reject` the login or `evict_oldest` token [default: reject].
     #[arg(long, env = "MULTITOKENS_MAX_TOKENS_POLICY", global = true, value_name = "POLICY")]
     pub max_tokens_policy: Option<String>,
+    /// Absolute lifetime of a token in seconds: no TTL reset or refresh extends it [default: none].
+    #[arg(long, env = "MULTITOKENS_MAX_LIFETIME", global = true, value_name = "SECS")]
+    pub max_lifetime: Option<String>,
     /// Connect and response timeout towards Redis, in milliseconds [default: 2000].
     #[arg(long, env = "MULTITOKENS_REDIS_TIMEOUT_MS", global = true, value_name = "MS")]
     pub redis_timeout_ms: Option<String>,
@@ -157,6 +160,7 @@ fn raw_settings(args: &SettingsArgs, listen: Option<String>) -> RawSettings {
     raw.set("overwrite_none_ttl", args.overwrite_none_ttl.clone());
     raw.set("max_tokens_per_user", args.max_tokens_per_user.clone());
     raw.set("max_tokens_policy", args.max_tokens_policy.clone());
+    raw.set("max_lifetime", args.max_lifetime.clone());
     raw.set("redis_timeout_ms", args.redis_timeout_ms.clone());
     raw.set("listen", listen);
     for (name, var) in [

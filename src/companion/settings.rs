@@ -52,6 +52,7 @@ pub const SETTING_NAMES: &[&str] = &[
     "hash_key",
     "max_tokens_per_user",
     "max_tokens_policy",
+    "max_lifetime",
     "admin_key",
     "internal_key",
     "redis_timeout_ms",
@@ -97,6 +98,8 @@ pub struct Settings {
     pub max_tokens_per_user: Option<u32>,
     /// What to do at the limit.
     pub max_tokens_policy: MaxTokensPolicy,
+    /// Absolute lifetime of a token in seconds, which no TTL reset or refresh extends.
+    pub max_lifetime: Option<u64>,
     /// Bearer key for the admin API.
     pub admin_key: Option<String>,
     /// Key the filter presents on the internal lookup endpoint (defaults to the admin key).
@@ -118,6 +121,7 @@ impl std::fmt::Debug for Settings {
             .field("hash_key", &self.hash_key.as_ref().map(|_| "<set>"))
             .field("max_tokens_per_user", &self.max_tokens_per_user)
             .field("max_tokens_policy", &self.max_tokens_policy)
+            .field("max_lifetime", &self.max_lifetime)
             .field("admin_key", &self.admin_key.as_ref().map(|_| "<set>"))
             .field("listen", &self.listen)
             .finish()
@@ -194,6 +198,10 @@ impl Settings {
             max_tokens_per_user,
             max_tokens_policy: parsed("max_tokens_policy", get("max_tokens_policy"), MaxTokensPolicy::from_str)?
                 .unwrap_or(MaxTokensPolicy::Reject),
+            max_lifetime: parsed("max_lifetime", get("max_lifetime"), |v| match v.trim().parse::<TokenTtl>()? {
+                TokenTtl::Seconds(s) => Ok(s),
+                TokenTtl::Never => Err("expected a number of seconds".into()),
+            })?,
             admin_key: nonempty("admin_key"),
             internal_key: nonempty("internal_key"),
             redis_timeout: Duration::from_millis(redis_timeout_ms.unwrap_or(2000)),
@@ -238,6 +246,7 @@ mod tests {
         assert!(err(&[("reset_ttl_on_login", "maybe")]).contains("reset_ttl_on_login"));
         assert!(err(&[("max_tokens_policy", "lifo")]).contains("max_tokens_policy"));
         assert!(err(&[("max_tokens_per_user", "0")]).contains("max_tokens_per_user"));
+        assert!(err(&[("max_lifetime", "never")]).contains("max_lifetime"));
         assert!(err(&[("prefix", "no_underscores")]).contains("prefix"));
         assert!(err(&[("redis_url", "http://x")]).contains("redis_url"));
     }

@@ -54,6 +54,8 @@ pub struct StorePolicy {
     pub max_tokens_per_user: Option<u32>,
     /// What to do at the limit.
     pub max_tokens_policy: MaxTokensPolicy,
+    /// Absolute lifetime in seconds (the record's `expires_at`), never extended.
+    pub max_lifetime: Option<u64>,
 }
 
 impl StorePolicy {
@@ -66,6 +68,7 @@ impl StorePolicy {
             overwrite_none_ttl: s.overwrite_none_ttl,
             max_tokens_per_user: s.max_tokens_per_user,
             max_tokens_policy: s.max_tokens_policy,
+            max_lifetime: s.max_lifetime,
         }
     }
 }
@@ -228,20 +231,26 @@ impl TokenStore {
         validate_device(&device).map_err(StoreError::BadInput)?;
         validate_scopes(&req.scopes).map_err(StoreError::BadInput)?;
         let tag = RoutingTag::for_user(&req.user);
-        let ttl = req.ttl.unwrap_or(self.policy.token_ttl);
+        // an absolute lifetime caps the token's own TTL too (an immortal token becomes mortal)
+        let ttl = match (req.ttl.unwrap_or(self.policy.token_ttl), self.policy.max_lifetime) {
+            (TokenTtl::Never, Some(max)) => TokenTtl::Seconds(max),
+            (TokenTtl::Seconds(s), Some(max)) => TokenTtl::Seconds(s.min(max)),
+            (ttl, None) => ttl,
+        };
         let mut conn = self.redis.conn().await?;
         // A digest collision is astronomically unlikely; one retry covers it anyway.
         for _ in 0..2 {
             let token = token::generate(&self.policy.prefix, &req.user)
                 .map_err(|e| StoreError::Unavailable(format!("OS random source failed: {e}")))?;
             let digest = self.hasher.digest(&token);
+            let created = now_secs();
             let record = TokenRecord {
                 id: digest.public_id(),
                 user: req.user.clone(),
                 device: device.clone(),
-                created: now_secs(),
+                created,
                 scopes: req.scopes.clone(),
-                expires_at: None,
+                expires_at: self.policy.max_lifetime.map(|max| created + max),
             };
             let reply: Vec<Value> = self
                 .scripts

@@ -7,6 +7,36 @@
 //! script that walks the index; the index lives at least as long as its longest-lived record
 //! (so "log out everywhere" always finds every live token).
 
+/// Setting a record's TTL without ever passing its absolute expiry (`expires_at`, Unix seconds).
+macro_rules! ttl_helpers {
+    () => {
+        r#"
+-- Milliseconds a record may still live under its absolute expiry (nil: it has none).
+local function hard_left(key)
+  local ok, rec = pcall(cjson.decode, redis.call('GET', key))
+  if ok and type(rec) == 'table' and type(rec.expires_at) == 'number' then
+    local t = redis.call('TIME')
+    return rec.expires_at * 1000 - (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+  end
+  return nil
+end
+
+-- Sets a record's TTL in ms (0: immortal), capped by its absolute expiry.
+local function set_ttl(key, ms)
+  local left = hard_left(key)
+  if left then
+    if left <= 0 then
+      redis.call('DEL', key)
+      return
+    end
+    if ms == 0 or ms > left then ms = left end
+  end
+  if ms == 0 then redis.call('PERSIST', key) else redis.call('PEXPIRE', key, ms) end
+end
+"#
+    };
+}
+
 /// Helpers shared by the scripts that walk a user's index.
 macro_rules! prelude {
     () => {
@@ -62,6 +92,7 @@ end
 /// Returns `{status, first, evicted...}`: status 0 ok, 1 limit reached, 2 duplicate digest.
 pub const ISSUE: &str = concat!(
     prelude!(),
+    ttl_helpers!(),
     r#"
 local index, record, member = KEYS[1], KEYS[2], ARGV[1]
 local record_prefix = ARGV[9]
@@ -92,11 +123,12 @@ if ARGV[5] == '1' then
     local key = record_prefix .. m
     local pttl = redis.call('PTTL', key)
     if reset == 0 then
-      if pttl >= 0 then redis.call('PERSIST', key) end
+      if pttl >= 0 then set_ttl(key, 0) end
     elseif pttl >= 0 or ARGV[6] == '1' then
-      redis.call('PEXPIRE', key, reset)
+      set_ttl(key, reset)
     end
   end
+  live = live_members(index, record_prefix)
 end
 local ttl = tonumber(ARGV[3])
 if ttl > 0 then
@@ -196,13 +228,20 @@ return out
 "#;
 
 /// Sliding expiry: pushes a mortal token's TTL out to the given value (never shortens it, never
-/// touches immortal tokens) and keeps the user's index alive at least as long.
+/// touches immortal tokens, never passes the absolute expiry; only extensions of a second or more)
+/// and keeps the user's index alive at least as long.
 ///
 /// KEYS: record. ARGV: TTL ms, index key prefix. Returns 1 if refreshed, else 0.
-pub const REFRESH: &str = r#"
+pub const REFRESH: &str = concat!(
+    ttl_helpers!(),
+    r#"
 local ttl = tonumber(ARGV[1])
 local pttl = redis.call('PTTL', KEYS[1])
-if pttl < 0 or pttl >= ttl then return 0 end
+if pttl < 0 then return 0 end
+local left = hard_left(KEYS[1])
+if left and left < ttl then ttl = left end
+-- refresh only what it extends by a second or more (clamped TTLs differ by clock noise)
+if ttl - pttl < 1000 then return 0 end
 redis.call('PEXPIRE', KEYS[1], ttl)
 local ok, rec = pcall(cjson.decode, redis.call('GET', KEYS[1]))
 if ok and type(rec) == 'table' and type(rec.user) == 'string' then
@@ -211,7 +250,8 @@ if ok and type(rec) == 'table' and type(rec.user) == 'string' then
   if ittl >= 0 and ittl < ttl + 1000 then redis.call('PEXPIRE', index, ttl + 1000) end
 end
 return 1
-"#;
+"#
+);
 
 /// Reads the revocation feed after a cursor, in one round trip (the companion's feed endpoint and
 /// the Redis-callout filter both use it). Without a cursor it returns the current tail, so a new

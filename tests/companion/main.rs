@@ -25,6 +25,7 @@ pub fn policy() -> StorePolicy {
         overwrite_none_ttl: true,
         max_tokens_per_user: None,
         max_tokens_policy: MaxTokensPolicy::Reject,
+        max_lifetime: None,
     }
 }
 

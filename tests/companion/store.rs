@@ -352,3 +352,32 @@ async fn the_revocation_feed_pages_and_detects_loss() {
     assert!(store.revocations_after(Some(&next.cursor)).await.unwrap().reset);
     assert!(matches!(store.revocations_after(Some("garbage")).await, Err(StoreError::BadInput(_))));
 }
+
+#[tokio::test]
+async fn max_lifetime_caps_every_ttl_and_is_never_extended() {
+    let redis = RedisServer::start();
+    let mut p = policy();
+    p.token_ttl = TokenTtl::Seconds(1000);
+    p.max_lifetime = Some(100);
+    let store = store_at(&redis.url(), p, None);
+    let immortal = store
+        .issue(IssueRequest { user: "uma".into(), ttl: Some(TokenTtl::Never), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(immortal.expires_in, Some(100), "an absolute lifetime makes every token mortal");
+    let pttl = pttl_of_token(&redis, &store, &immortal.token);
+    assert!((99_000..=100_000).contains(&pttl), "{pttl}");
+    // a later login resets the TTL of the others to token_ttl: capped by their absolute expiry
+    store.issue(req("uma", "second")).await.unwrap();
+    let pttl = pttl_of_token(&redis, &store, &immortal.token);
+    assert!((98_000..=100_000).contains(&pttl), "reset must not pass expires_at: {pttl}");
+    // a sliding refresh cannot extend it either
+    let (tag, digest) = store.digest_of(&immortal.token).unwrap();
+    assert!(!store.refresh(tag, &digest, TokenTtl::Seconds(5000)).await.unwrap());
+    assert!(pttl_of_token(&redis, &store, &immortal.token) <= 100_000);
+    // and the record carries the absolute expiry that the verdict enforces
+    let who = store.whoami(&immortal.token).await.unwrap();
+    assert!(who.expires_in.unwrap() <= 100);
+    let raw: String = redis.conn().get(store.keys().record_key(tag, &digest)).unwrap();
+    assert!(raw.contains("\"expires_at\":"), "{raw}");
+}
