@@ -246,7 +246,8 @@ class Envoy:
 
 def wrk(port, seconds, script="tokens.lua", env=None):
     cmd = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "2s", "--latency", "-s", str(WRK_DIR / script), f"http://127.0.0.1:{port}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=seconds + 60)
+    env = {**os.environ, "BENCH_WRK_DIR": str(WRK_DIR), **(env or {})}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=seconds + 60)
     lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
     if not lines:
         sys.exit(f"bench: wrk failed: {out.stdout}{out.stderr}")

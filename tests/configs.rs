@@ -87,25 +87,11 @@ fn every_plugin_configuration_parses() {
 
 #[test]
 fn a_broken_plugin_configuration_stops_envoy_and_names_the_field() {
-    let text = std::fs::read_to_string(repo_root().join("envoy/envoy.yaml")).unwrap();
-    let broken = with_built_wasm(&text).replace("\"realm\": \"multitokens-demo\",", "\"realm\": \"multitokens-demo\", \"prefixx\": \"mt\",");
+    let config = support::demo_envoy_yaml(&wasm_path("multitokens_filter.wasm"), support::free_port(false), support::free_port(false));
+    let broken = config.replace("\"realm\": \"multitokens-demo\",", "\"realm\": \"multitokens-demo\", \"prefixx\": \"mt\",");
     assert!(broken.contains("prefixx"));
-    let port = support::free_port(false);
-    let admin = support::free_port(false);
-    let broken = broken.replace("port_value: 10000", &format!("port_value: {port}")).replace("port_value: 19901", &format!("port_value: {admin}"));
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("envoy.yaml");
-    std::fs::write(&config, broken).unwrap();
-    let out = std::process::Command::new(support::envoy_bin())
-        .arg("-c")
-        .arg(&config)
-        .args(["--disable-hot-restart", "--concurrency", "1"])
-        .current_dir(repo_root())
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "Envoy must refuse a broken filter configuration");
+    let (ok, log) = support::envoy_run_expecting_exit(&broken);
+    assert!(!ok, "Envoy must refuse a broken filter configuration");
     assert!(log.contains("unknown field `prefixx`"), "the error names the field:\n{log}");
 }
 

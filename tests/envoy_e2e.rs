@@ -8,7 +8,7 @@ mod support;
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{free_port, repo_root, wait_for_port, wasm_path, CompanionServer, Envoy, RedisServer};
+use support::{free_port, repo_root, wait_for_port, wasm_path, CompanionServer, Envoy, HttpReply, RedisServer};
 
 const ADMIN_KEY: &str = "e2e-admin-key-0123456789abcdef";
 const INTERNAL_KEY: &str = "demo-internal-key-change-me";
@@ -22,12 +22,6 @@ struct Stack {
     port: u16,
     admin_port: u16,
     agent: ureq::Agent,
-}
-
-struct Reply {
-    status: u16,
-    body: Value,
-    challenge: Option<String>,
 }
 
 impl Stack {
@@ -64,8 +58,7 @@ impl Stack {
             );
         assert!(yaml.contains(&patched), "plugin configuration was not rewritten");
         let envoy = Envoy::start(&yaml, port, 2);
-        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-        let stack = Stack { redis, companion: Some(companion), companion_port, app, envoy, port, admin_port, agent };
+        let stack = Stack { redis, companion: Some(companion), companion_port, app, envoy, port, admin_port, agent: support::http_agent() };
         // the filter follows the revocation feed within a poll or two
         std::thread::sleep(Duration::from_millis(1200));
         stack
@@ -79,23 +72,11 @@ impl Stack {
         )
     }
 
-    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<Value>) -> Reply {
-        let mut req = ureq::http::Request::builder().method(method).uri(format!("http://127.0.0.1:{}{}", self.port, path));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let response = match body {
-            Some(b) => self.agent.run(req.header("content-type", "application/json").body(b.to_string()).unwrap()),
-            None => self.agent.run(req.body(()).unwrap()),
-        }
-        .unwrap();
-        let status = response.status().as_u16();
-        let challenge = response.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_string());
-        let text = response.into_body().read_to_string().unwrap_or_default();
-        Reply { status, body: serde_json::from_str(&text).unwrap_or(Value::Null), challenge }
+    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<Value>) -> HttpReply {
+        support::http_call(&self.agent, method, &format!("http://127.0.0.1:{}{}", self.port, path), headers, body)
     }
 
-    fn get(&self, path: &str, auth: Option<&str>) -> Reply {
+    fn get(&self, path: &str, auth: Option<&str>) -> HttpReply {
         match auth {
             Some(a) => self.request("GET", path, &[("authorization", a)], None),
             None => self.request("GET", path, &[], None),

@@ -249,26 +249,9 @@ fn each_build_refuses_the_transport_it_cannot_serve() {
 
 #[test]
 fn upstream_envoy_refuses_the_redis_callout_build() {
-    let text = std::fs::read_to_string(repo_root().join("envoy/envoy.yaml")).unwrap();
-    let redis_wasm = wasm_path("multitokens_filter_redis.wasm").display().to_string();
-    let port = support::free_port(false);
-    let admin = support::free_port(false);
-    let config = text
-        .replace("filename: target/wasm32-wasip1/wasm-release/multitokens_filter.wasm", &format!("filename: {redis_wasm}"))
-        .replace("port_value: 10000", &format!("port_value: {port}"))
-        .replace("port_value: 19901", &format!("port_value: {admin}"));
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("envoy.yaml");
-    std::fs::write(&path, config).unwrap();
-    let out = std::process::Command::new(support::envoy_bin())
-        .arg("-c")
-        .arg(&path)
-        .args(["--disable-hot-restart", "--concurrency", "1"])
-        .current_dir(repo_root())
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let config = support::demo_envoy_yaml(&wasm_path("multitokens_filter_redis.wasm"), support::free_port(false), support::free_port(false));
+    let (ok, log) = support::envoy_run_expecting_exit(&config);
+    assert!(!ok);
     assert!(log.contains("missing import: env.proxy_redis_"), "{log}");
 }
 

@@ -1,5 +1,7 @@
 -- wrk script against the companion alone: BENCH_MODE=issue posts /v1/tokens for rotating users;
 -- BENCH_MODE=introspect posts /v1/introspect for the tokens in $TOKENS_FILE. Needs $ADMIN_KEY.
+package.path = (os.getenv("BENCH_WRK_DIR") or "bench/wrk") .. "/?.lua;" .. package.path
+local report = require("report")
 local mode = os.getenv("BENCH_MODE") or "issue"
 local auth = "Bearer " .. (os.getenv("ADMIN_KEY") or "")
 local tokens = {}
@@ -25,10 +27,4 @@ function request()
     '{"user":"bench-' .. (n % 20000) .. '","device":"wrk"}')
 end
 
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    '{"requests":%d,"duration_us":%d,"socket_errors":%d,"status_errors":%d,"p50_us":%d,"p99_us":%d}\n',
-    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
-    latency:percentile(50), latency:percentile(99)))
-end
+done = report

@@ -1,5 +1,7 @@
 -- wrk script: GET with "Authorization: Bearer <token>", rotating over the tokens in $TOKENS_FILE
 -- (one per line), starting at a random offset per thread. Prints one JSON line when done.
+package.path = (os.getenv("BENCH_WRK_DIR") or "bench/wrk") .. "/?.lua;" .. package.path
+local report = require("report")
 local tokens = {}
 local i = 0
 local path = os.getenv("BENCH_PATH") or "/api/bench"
@@ -21,10 +23,4 @@ function request()
   return wrk.format("GET", path, { ["Authorization"] = "Bearer " .. tokens[i] })
 end
 
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    '{"requests":%d,"duration_us":%d,"socket_errors":%d,"status_errors":%d,"p50_us":%d,"p99_us":%d}\n',
-    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
-    latency:percentile(50), latency:percentile(99)))
-end
+done = report

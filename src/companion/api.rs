@@ -301,8 +301,12 @@ async fn internal_lookup(
     };
     if let Some(secs) = body.refresh_ttl.filter(|s| *s > 0) {
         let ttl = TokenTtl::Seconds(secs.min(crate::core::ttl::MAX_TTL_SECS));
+        // report the lifetime Redis now holds (a refresh may be capped by the absolute expiry)
         if store.refresh(tag, &digest, ttl).await? {
-            info.expires_in = Some(info.expires_in.map_or(secs, |e| e.max(secs)));
+            match store.lookup_digest(tag, &digest).await? {
+                Some(fresh) => info = fresh,
+                None => return Ok(Json(json!({ "active": false })).into_response()),
+            }
         }
     }
     Ok(Json(json!({

@@ -359,3 +359,74 @@ pub fn yaml_block_after(text: &str, marker: &str) -> Option<String> {
     }
     Some(block.join("\n"))
 }
+
+/// An HTTP client that reports every status instead of failing on 4xx/5xx.
+pub fn http_agent() -> ureq::Agent {
+    ureq::Agent::config_builder().http_status_as_error(false).build().into()
+}
+
+/// An HTTP answer: status, JSON body (`Null` when empty, a string when not JSON) and challenge.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    pub body: serde_json::Value,
+    pub challenge: Option<String>,
+}
+
+/// Sends a request with optional extra headers and a JSON body.
+pub fn http_call(agent: &ureq::Agent, method: &str, url: &str, headers: &[(&str, &str)], body: Option<serde_json::Value>) -> HttpReply {
+    let mut req = ureq::http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let response = match body {
+        Some(b) => agent.run(req.header("content-type", "application/json").body(b.to_string()).unwrap()),
+        None => agent.run(req.body(()).unwrap()),
+    }
+    .unwrap();
+    let status = response.status().as_u16();
+    let challenge = response.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_string());
+    let text = response.into_body().read_to_string().unwrap_or_default();
+    let body = if text.is_empty() { serde_json::Value::Null } else { serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)) };
+    HttpReply { status, body, challenge }
+}
+
+/// envoy/envoy.yaml with its listener and admin ports moved and its wasm file replaced.
+pub fn demo_envoy_yaml(wasm: &std::path::Path, listen: u16, admin: u16) -> String {
+    std::fs::read_to_string(repo_root().join("envoy/envoy.yaml"))
+        .unwrap()
+        .replace("filename: target/wasm32-wasip1/wasm-release/multitokens_filter.wasm", &format!("filename: {}", wasm.display()))
+        .replace("port_value: 10000", &format!("port_value: {listen}"))
+        .replace("port_value: 19901", &format!("port_value: {admin}"))
+}
+
+/// Runs Envoy on a config that it is expected to refuse; returns (exited successfully, stderr).
+pub fn envoy_run_expecting_exit(config: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("envoy.yaml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(envoy_bin())
+        .arg("-c")
+        .arg(&path)
+        .args(["--disable-hot-restart", "--concurrency", "1"])
+        .current_dir(repo_root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // a config Envoy accepts would run forever: give up after 30 s
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut stderr = String::new();
+            use std::io::Read;
+            let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
+            return (status.success(), stderr);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    (true, "Envoy kept running: it accepted the configuration".into())
+}
