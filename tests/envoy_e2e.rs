@@ -168,9 +168,25 @@ fn the_request_matrix() {
     assert!(r.status == 401 || r.status == 431, "64 KB header got {}", r.status);
     assert_eq!(s.get("/api/whoami", Some(&bearer(&alice))).status, 200, "Envoy still serves");
 
-    // spoofed identity headers are removed, authenticated or excluded
+    // spoofed identity headers are removed, authenticated or excluded, duplicates included
     let r = s.request("GET", "/api/whoami", &[("authorization", &bearer(&alice)), ("x-multitokens-user", "root")], None);
     assert_eq!(r.body["user"], "alice");
+    let auth = bearer(&alice);
+    let spoofed = [
+        ("authorization", auth.as_str()),
+        ("x-multitokens-user", "root"),
+        ("x-multitokens-user", "admin"),
+        ("x-multitokens-scopes", "admin"),
+        ("x-multitokens-token-id", "0000"),
+        ("x-multitokens-token-id", "1111"),
+    ];
+    let r = s.request("GET", "/api/headers", &spoofed, None);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["x-multitokens-user"], json!(["alice"]), "{}", r.body);
+    assert_eq!(r.body["x-multitokens-device"], json!(["laptop"]));
+    assert_eq!(r.body["x-multitokens-scopes"], json!([""]));
+    assert_eq!(r.body["x-multitokens-token-id"].as_array().unwrap().len(), 1);
+    assert_eq!(r.body["authorization"], json!([]), "the credential is stripped before the upstream");
     let r = s.request("GET", "/public/headers", &[("x-multitokens-user", "root"), ("x-multitokens-scopes", "admin")], None);
     assert_eq!(r.status, 200);
     assert_eq!((r.body["user"].clone(), r.body["scopes"].clone()), (Value::Null, Value::Null));
@@ -263,4 +279,24 @@ fn allow_cached_accepts_known_tokens_for_a_bounded_time_then_recovers() {
     s.companion = Some(Stack::companion(&s.redis, s.companion_port));
     s.wait_for_status("/api/whoami", &bearer(&known), 200, Duration::from_secs(5));
     assert_eq!(s.get("/api/whoami", Some(&bearer(&unknown))).status, 200);
+}
+
+#[test]
+fn without_rules_only_authorization_is_read_and_spoofing_still_fails() {
+    let s = Stack::start(|c| {
+        c.as_object_mut().unwrap().remove("exclude");
+        c.as_object_mut().unwrap().remove("required_scopes");
+    });
+    let out = support::companion(&["issue", "--user", "gus", "--device", "tv"], &[("MULTITOKENS_REDIS_URL", &s.redis.url())], None);
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let auth = bearer(&token);
+    let headers = [("authorization", auth.as_str()), ("x-multitokens-user", "root"), ("x-multitokens-user", "admin"), ("x-multitokens-device", "x")];
+    for _ in 0..2 {
+        // a lookup, then a cache hit: both replace every client value
+        let r = s.request("GET", "/api/headers", &headers, None);
+        assert_eq!(r.body["x-multitokens-user"], json!(["gus"]), "{}", r.body);
+        assert_eq!(r.body["x-multitokens-device"], json!(["tv"]));
+        assert_eq!(r.body["authorization"], json!([]));
+    }
+    assert_eq!(s.get("/healthz", None).status, 401, "without exclude rules every path needs a token");
 }

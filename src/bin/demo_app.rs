@@ -5,7 +5,8 @@
 //! default http://127.0.0.1:18080), `MULTITOKENS_ADMIN_KEY`.
 //!
 //! Routes: `POST /login {"user","device","scopes"?}` -> 201 `{"token"}` (a real app checks a
-//! password first); `GET /api/whoami`; `GET /api/admin/stats` (needs scope `admin` at the edge);
+//! password first); `GET /api/whoami`; `GET /api/headers` (every identity header value received);
+//! `GET /api/admin/stats` (needs scope `admin` at the edge);
 //! `POST /logout`; `POST /logout-all`; `GET /public/headers` (echoes identity headers, excluded
 //! from auth); `GET /healthz`.
 
@@ -66,6 +67,17 @@ async fn login(State(demo): State<Arc<Demo>>, Json(body): Json<Value>) -> Respon
     (StatusCode::CREATED, Json(json!({"token": issued["token"], "first": issued["first"]}))).into_response()
 }
 
+/// Every value the app received under the identity headers and `authorization` (to show that
+/// clients cannot add their own and that the credential is stripped).
+fn all_values(headers: &HeaderMap) -> Value {
+    let mut out = serde_json::Map::new();
+    for name in ["x-multitokens-user", "x-multitokens-device", "x-multitokens-scopes", "x-multitokens-token-id", "authorization"] {
+        let values: Vec<Value> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).map(|v| json!(v)).collect();
+        out.insert(name.to_string(), Value::Array(values));
+    }
+    Value::Object(out)
+}
+
 fn identity(headers: &HeaderMap) -> Value {
     json!({
         "user": header(headers, "x-multitokens-user"),
@@ -124,6 +136,7 @@ async fn main() -> std::process::ExitCode {
         .route("/login", post(login))
         .route("/api/whoami", get(whoami))
         .route("/api/admin/stats", get(|| async { Json(json!({"admin": true})) }))
+        .route("/api/headers", get(|headers: HeaderMap| async move { Json(all_values(&headers)) }))
         .route("/logout", post(logout))
         .route("/logout-all", post(logout_all))
         .route("/public/headers", get(|headers: HeaderMap| async move { Json(identity(&headers)) }))
