@@ -17,9 +17,9 @@ all: build wasm
 tools:
 	@scripts/install-tools.sh
 
-## build: the companion binary
+## build: the companion and the demo app (release)
 build:
-	cargo build --release --bin multitokens
+	cargo build --release --bins
 
 ## wasm: both filter builds: multitokens_filter.wasm (stock Envoy, Istio) and
 ##       multitokens_filter_redis.wasm (Redis callouts: Higress-patched Envoy)

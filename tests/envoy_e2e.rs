@@ -235,6 +235,12 @@ fn a_revoked_token_is_refused_within_the_poll_interval_with_the_cache_on() {
     let took = s.wait_for_status("/api/whoami", &bearer(&token), 401, Duration::from_secs(5));
     assert!(took < Duration::from_millis(2500), "revocation took {took:?}");
     assert!(s.stat("revocations_applied") >= 1);
+    // the filter's stats are in Prometheus form too
+    let prometheus = s.agent.get(format!("http://127.0.0.1:{}/stats/prometheus", s.admin_port)).call().unwrap().into_body().read_to_string().unwrap();
+    for name in ["allowed", "cache_hit", "cache_miss", "denied_invalid", "revocations_applied", "callout_failed", "cache_entries"] {
+        // Envoy exports the wasm custom namespace without its prefix: multitokens_<name>
+        assert!(prometheus.lines().any(|l| l.starts_with(&format!("multitokens_{name}{{"))), "{name} missing from /stats/prometheus");
+    }
 }
 
 #[test]
