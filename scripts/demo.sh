@@ -17,13 +17,13 @@ work="$(mktemp -d -t multitokens-demo.XXXXXX)"
 pids=()
 cleanup() {
   trap - EXIT INT TERM
-  echo
-  echo "demo: stopping"
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+# Ctrl-C (or SIGTERM) is the way to stop the demo: clean up and end quietly
+trap 'echo; echo "demo: stopping"; cleanup; exit 0' INT TERM
 
 for port in "$DEMO_PORT" "$REDIS_PORT" "$COMPANION_PORT" "$APP_PORT" "$ADMIN_PORT"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
