@@ -23,8 +23,10 @@ use std::sync::Arc;
 #[derive(Parser, Debug)]
 #[command(name = "multitokens", version, propagate_version = true)]
 pub struct Cli {
+    /// Settings given as flags or environment variables.
     #[command(flatten)]
     pub settings: SettingsArgs,
+    /// The subcommand to run.
     #[command(subcommand)]
     pub command: Command,
 }
