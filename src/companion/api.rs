@@ -278,7 +278,7 @@ async fn logout_others(State(store): State<Arc<TokenStore>>, CallerToken(token):
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LookupBody {
+struct LookupQuery {
     tag: String,
     digest: String,
     #[serde(default)]
@@ -289,17 +289,17 @@ struct LookupBody {
 async fn internal_lookup(
     _: Internal,
     State(store): State<Arc<TokenStore>>,
-    axum::extract::Query(body): axum::extract::Query<LookupBody>,
+    axum::extract::Query(query): axum::extract::Query<LookupQuery>,
 ) -> Result<Response, ApiError> {
     let bad = || ApiError::new(StatusCode::BAD_REQUEST, "tag must be 8 and digest 64 hex characters.");
     let mut tag = [0u8; 4];
-    hex::decode_to_slice(&body.tag, &mut tag).map_err(|_| bad())?;
+    hex::decode_to_slice(&query.tag, &mut tag).map_err(|_| bad())?;
     let tag = RoutingTag(tag);
-    let digest = TokenDigest::from_hex(&body.digest).ok_or_else(bad)?;
+    let digest = TokenDigest::from_hex(&query.digest).ok_or_else(bad)?;
     let Some(mut info) = store.lookup_digest(tag, &digest).await? else {
         return Ok(Json(json!({ "active": false })).into_response());
     };
-    if let Some(secs) = body.refresh_ttl.filter(|s| *s > 0) {
+    if let Some(secs) = query.refresh_ttl.filter(|s| *s > 0) {
         let ttl = TokenTtl::Seconds(secs.min(crate::core::ttl::MAX_TTL_SECS));
         // report the lifetime Redis now holds (a refresh may be capped by the absolute expiry)
         if store.refresh(tag, &digest, ttl).await? {

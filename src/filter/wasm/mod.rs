@@ -223,15 +223,15 @@ impl RootContext for Root {
             log(LogLevel::Error, &e);
             return false;
         }
-        let poll = compiled.config.revocation_poll_ms;
         let mut worker = Worker::new(compiled);
         worker.clock_ms = now_ms();
+        let tick = Duration::from_millis(worker.tick_ms());
         let worker = Rc::new(RefCell::new(worker));
         self.metrics = Rc::new(Metrics::define());
         #[cfg(feature = "redis-callout")]
         redis::register_root(self.id, worker.clone(), self.metrics.clone());
         self.worker = Some(worker);
-        let _ = hostcalls::set_tick_period(Duration::from_millis(if poll > 0 { poll } else { 1000 }));
+        let _ = hostcalls::set_tick_period(tick);
         log(LogLevel::Info, "multitokens: configured");
         true
     }
