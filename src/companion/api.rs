@@ -33,8 +33,8 @@ pub struct AppState {
     pub store: Arc<TokenStore>,
     /// The admin bearer key.
     pub admin_key: Arc<str>,
-    /// The key the filter presents on the internal lookup endpoint.
-    pub internal_key: Arc<str>,
+    /// The key the filter presents on the internal endpoints; `None` disables them.
+    pub internal_key: Option<Arc<str>>,
 }
 
 impl FromRef<AppState> for Arc<TokenStore> {
@@ -147,7 +147,10 @@ pub struct Internal;
 impl FromRequestParts<AppState> for Internal {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        check_key(parts, &state.internal_key).map(|_| Internal)
+        match &state.internal_key {
+            Some(key) => check_key(parts, key).map(|_| Internal),
+            None => Err(ApiError::new(StatusCode::FORBIDDEN, "Internal endpoints are disabled: set MULTITOKENS_INTERNAL_KEY.")),
+        }
     }
 }
 

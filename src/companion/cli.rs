@@ -262,7 +262,14 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
             if admin_key.len() < 16 {
                 return Err(usage("admin_key must be at least 16 characters"));
             }
-            let internal_key = settings.internal_key.clone().unwrap_or_else(|| admin_key.clone());
+            // the filter's key must not be the admin key: it sits in every Envoy's plugin config
+            let internal_key = settings.internal_key.clone();
+            match &internal_key {
+                Some(k) if *k == admin_key => return Err(usage("internal_key must differ from admin_key: it is handed to every filter")),
+                Some(k) if k.len() < 16 => return Err(usage("internal_key must be at least 16 characters")),
+                None => tracing::warn!("MULTITOKENS_INTERNAL_KEY is not set: the filter's lookup and revocation feed endpoints are disabled"),
+                Some(_) => {}
+            }
             let listener = tokio::net::TcpListener::bind(&settings.listen)
                 .await
                 .map_err(|e| usage(format!("cannot listen on {}: {e}", settings.listen)))?;
@@ -271,7 +278,7 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
                 tracing::warn!(error = %e, "Redis is not reachable yet; /readyz answers 503 until it is");
             }
             tracing::info!(listen = %addr, prefix = %settings.prefix, "multitokens API listening");
-            let state = AppState { store: Arc::new(store), admin_key: admin_key.into(), internal_key: internal_key.into() };
+            let state = AppState { store: Arc::new(store), admin_key: admin_key.into(), internal_key: internal_key.map(Into::into) };
             api::run(listener, state, shutdown_signal())
                 .await
                 .map_err(|e| Failure { code: 3, message: format!("server error: {e}") })
@@ -279,13 +286,18 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
     }
 }
 
+/// Logs of `serve` on stderr: level from `MULTITOKENS_LOG` (default info), JSON lines when
+/// `MULTITOKENS_LOG_FORMAT=json`. Fields carry users and token ids, never tokens or keys.
 fn init_logging() {
     let level = std::env::var("MULTITOKENS_LOG")
         .ok()
         .and_then(|l| l.parse::<tracing::Level>().ok())
         .unwrap_or(tracing::Level::INFO);
     let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(level).with_target(false);
-    let _ = builder.try_init();
+    let _ = match std::env::var("MULTITOKENS_LOG_FORMAT").as_deref() {
+        Ok("json") => builder.json().try_init(),
+        _ => builder.try_init(),
+    };
 }
 
 /// Runs the CLI; returns the process exit code.

@@ -22,7 +22,7 @@ impl Api {
         let mut p = policy();
         p.max_tokens_per_user = Some(5);
         let store = runtime.block_on(async { store_at(redis_url, p, None) });
-        let state = AppState { store: Arc::new(store), admin_key: ADMIN.into(), internal_key: INTERNAL.into() };
+        let state = AppState { store: Arc::new(store), admin_key: ADMIN.into(), internal_key: Some(INTERNAL.into()) };
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -205,6 +205,28 @@ fn health_readiness_and_internal_lookup() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(ready, "the API recovers when Redis returns");
+}
+
+#[test]
+fn internal_endpoints_need_their_own_key() {
+    let redis = RedisServer::start();
+    // no internal key: the filter's endpoints are disabled, the rest works
+    let server = CompanionServer::start(&redis.url(), &[("MULTITOKENS_ADMIN_KEY", ADMIN)]);
+    let agent = crate::support::http_agent();
+    let url = format!("{}/v1/internal/revocations", server.base());
+    for key in [ADMIN, INTERNAL] {
+        let r = crate::support::http_call(&agent, "GET", &url, &[("authorization", &format!("Bearer {key}"))], None);
+        assert_eq!(r.status, 403);
+        assert!(r.body["detail"].as_str().unwrap().contains("MULTITOKENS_INTERNAL_KEY"));
+    }
+    // the admin key cannot double as the internal key
+    let out = crate::support::companion(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[("MULTITOKENS_REDIS_URL", &redis.url()), ("MULTITOKENS_ADMIN_KEY", ADMIN), ("MULTITOKENS_INTERNAL_KEY", ADMIN)],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("internal_key must differ from admin_key"));
 }
 
 #[test]
