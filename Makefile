@@ -36,9 +36,10 @@ lint:
 	cargo clippy --lib --target $(WASM_TARGET) --no-default-features --features wasm-filter -- -D warnings
 	cargo clippy --lib --target $(WASM_TARGET) --no-default-features --features redis-callout -- -D warnings
 
-## test: everything CI runs (installs its tools first)
+## test: everything CI runs (installs its tools first); ends with one summary line over all targets
 test: tools lint wasm
-	cargo test --all-targets -- --test-threads=4
+	set -o pipefail; cargo test --all-targets -- --test-threads=4 2>&1 | tee target/test-output.log
+	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f; exit (p == 0) }' target/test-output.log
 
 ## demo: Redis, the companion, a demo app and Envoy with the filter, in the foreground
 demo: tools wasm build
