@@ -341,11 +341,12 @@ impl TokenStore {
         validate_user(user).map_err(StoreError::BadInput)?;
         let keep = match except {
             Some(token) => {
-                let info = self.whoami(token).await?;
+                let (tag, digest) = self.digest_of(token)?;
+                let info = self.lookup_digest(tag, &digest).await?.ok_or(StoreError::InvalidToken)?;
                 if info.user != user {
                     return Err(StoreError::InvalidToken);
                 }
-                self.digest_of(token)?.1.to_hex()
+                digest.to_hex()
             }
             None => String::new(),
         };

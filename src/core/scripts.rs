@@ -193,17 +193,19 @@ pub const REVOKE_BY_ID: &str = concat!(
     prelude!(),
     r#"
 local index, record_prefix, id = KEYS[1], ARGV[1], ARGV[2]
-local found = false
+local found, kept = false, {}
 for _, m in ipairs(live_members(index, record_prefix)) do
-  local ok, rec = pcall(cjson.decode, redis.call('GET', record_prefix .. m))
+  local ok, rec = false, nil
+  if not found then ok, rec = pcall(cjson.decode, redis.call('GET', record_prefix .. m)) end
   if ok and type(rec) == 'table' and rec.id == id then
     redis.call('DEL', record_prefix .. m)
     redis.call('ZREM', index, m)
     found = m
-    break
+  else
+    kept[#kept + 1] = m
   end
 end
-fit_index_ttl(index, record_prefix, live_members(index, record_prefix))
+fit_index_ttl(index, record_prefix, kept)
 return found
 "#
 );
