@@ -13,25 +13,25 @@ use std::time::Instant;
 
 /// Headers in a small vector, as a proxy hands them over.
 struct MemoryHost {
-    headers: Vec<(String, String)>,
+    headers: Vec<(Vec<u8>, Vec<u8>)>,
     calls: u32,
 }
 
 impl Host for MemoryHost {
-    fn request_headers(&self) -> Vec<(String, String)> {
+    fn request_headers(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
         self.headers.clone()
     }
-    fn header(&self, name: &str) -> Option<String> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        self.headers.iter().find(|(k, _)| k == name.as_bytes()).map(|(_, v)| v.clone())
     }
-    fn set_header(&mut self, name: &str, value: &str) {
-        match self.headers.iter_mut().find(|(k, _)| k == name) {
+    fn set_header(&mut self, name: &str, value: &[u8]) {
+        match self.headers.iter_mut().find(|(k, _)| k == name.as_bytes()) {
             Some(h) => value.clone_into(&mut h.1),
-            None => self.headers.push((name.to_string(), value.to_string())),
+            None => self.headers.push((name.as_bytes().to_vec(), value.to_vec())),
         }
     }
     fn remove_header(&mut self, name: &str) {
-        self.headers.retain(|(k, _)| k != name);
+        self.headers.retain(|(k, _)| k != name.as_bytes());
     }
     fn send_reply(&mut self, _: &LocalReply) {}
     fn dispatch_lookup(&mut self, _: &LookupRequest) -> Result<u32, String> {
@@ -65,9 +65,9 @@ fn main() {
     let mut host = MemoryHost { headers: Vec::new(), calls: 0 };
     let reset = |host: &mut MemoryHost, t: &str| {
         host.headers.clear();
-        host.headers.push((":method".into(), "GET".into()));
-        host.headers.push((":path".into(), "/api/bench".into()));
-        host.headers.push(("authorization".into(), format!("Bearer {t}")));
+        host.headers.push((b":method".to_vec(), b"GET".to_vec()));
+        host.headers.push((b":path".to_vec(), b"/api/bench".to_vec()));
+        host.headers.push((b"authorization".to_vec(), format!("Bearer {t}").into_bytes()));
     };
     // prime the cache: one lookup per token
     for (i, t) in tokens.iter().enumerate() {

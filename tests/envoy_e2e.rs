@@ -306,3 +306,65 @@ fn without_rules_only_authorization_is_read_and_spoofing_still_fails() {
     }
     assert_eq!(s.get("/healthz", None).status, 401, "without exclude rules every path needs a token");
 }
+
+/// Sends raw request bytes on a fresh connection; the status code of the answer (0: none).
+fn raw_status(port: u16, request: &[u8]) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return 0 };
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    if stream.write_all(request).is_err() {
+        return 0;
+    }
+    let mut head = [0u8; 12];
+    match stream.read_exact(&mut head) {
+        Ok(()) => std::str::from_utf8(&head[9..12]).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+/// Hostile header bytes through real Envoy (bytes that are not UTF-8, control characters, huge
+/// and many headers): each gets a clear answer, and afterwards every worker still serves.
+#[test]
+fn hostile_headers_never_take_a_worker_down() {
+    let s = Stack::start(|_| {});
+    let token = s.login("alice", "laptop", &[]);
+    let request = |path: &[u8], headers: &[&[u8]]| -> Vec<u8> {
+        let mut r = [b"GET ", path, b" HTTP/1.1\r\nhost: test\r\nconnection: close\r\n"].concat();
+        for h in headers {
+            r.extend_from_slice(h);
+            r.extend_from_slice(b"\r\n");
+        }
+        r.extend_from_slice(b"\r\n");
+        r
+    };
+    let auth = format!("authorization: Bearer {token}").into_bytes();
+    let many: Vec<Vec<u8>> = (0..90).map(|i| format!("x-h{i}: v{i}").into_bytes()).collect();
+    let mut many_refs: Vec<&[u8]> = many.iter().map(Vec::as_slice).collect();
+    many_refs.push(&auth);
+    let huge = format!("x-huge: {}", "h".repeat(50_000)).into_bytes();
+    let cases: Vec<(Vec<u8>, &[u16])> = vec![
+        (request(b"/api/whoami", &[&auth, b"user-agent: \xff\xfe"]), &[200]),
+        (request(b"/api/whoami", &[b"authorization: Bearer \xff\xfe"]), &[401]),
+        (request(b"/api/whoami", &[&[auth.as_slice(), b"\xff"].concat()]), &[401]),
+        (request(b"/api/whoami", &[b"authorization: \xff\xfe \xfd"]), &[401]),
+        (request(b"/api/whoami", &[&auth, b"x-ctl: a\x01b\x7fc\x1b"]), &[200, 400]),
+        (request(b"/api/whoami", &[b"authorization: Bearer mt_\x01\x02"]), &[400, 401]),
+        (request(b"/healthz", &[b"x-multitokens-user: \xff\xfe", b"x-bin: \x80\x81\x82"]), &[200]),
+        (request(b"/api/whoami", &many_refs), &[200, 431]),
+        (request(b"/api/whoami", &[&auth, &huge]), &[200, 431]),
+        (request(b"/api/\xff\xfe", &[&auth]), &[400, 404, 200]),
+    ];
+    for (i, (bytes, expected)) in cases.iter().enumerate() {
+        for _ in 0..4 {
+            let status = raw_status(s.port, bytes);
+            assert!(expected.contains(&status), "case {i}: {status}, expected one of {expected:?}");
+        }
+    }
+    // 50 valid requests over fresh connections: every worker still serves
+    for i in 0..50 {
+        let status = raw_status(s.port, &request(b"/api/whoami", &[&auth]));
+        assert_eq!(status, 200, "valid request {i} after the hostile ones");
+        assert_eq!(raw_status(s.port, &request(b"/healthz", &[])), 200, "health check {i}");
+    }
+    assert!(!s.envoy.log_text().contains("panicked"), "the filter panicked:\n{}", s.envoy.log_text());
+}

@@ -176,6 +176,39 @@ fn the_redis_callout_build_in_the_test_host() {
 }
 
 /// The store going away: both builds answer 503, never allow.
+/// Header bytes that are not UTF-8 (Envoy forwards them as sent) never trap the VM: a credential
+/// made of them is malformed (401, no lookup), any other header is never decoded.
+#[test]
+fn header_bytes_that_are_not_utf8_never_trap_either_build() {
+    for build in [Build::Stock, Build::Redis] {
+        let stack = Stack::start(build);
+        let mut host = stack.load(json!({"cookie": "session"}));
+        let token = stack.issue("alice", "laptop", &[]);
+        let raw = |path: &[u8], extra: &[(&[u8], &[u8])]| {
+            let mut h: Vec<(Vec<u8>, Vec<u8>)> = vec![(b":method".to_vec(), b"GET".to_vec()), (b":path".to_vec(), path.to_vec())];
+            h.extend(extra.iter().map(|(k, v)| (k.to_vec(), v.to_vec())));
+            h
+        };
+        let bearer = format!("Bearer {token}");
+        let misses = host.metric("multitokens.cache_miss");
+        let hostile: Vec<Vec<(Vec<u8>, Vec<u8>)>> = vec![
+            raw(b"/api", &[(b"authorization", bearer.as_bytes()), (b"user-agent", b"\xff\xfe")]),
+            raw(b"/api", &[(b"authorization", b"Bearer \xff\xfe"), (b"x-other", b"\xc3\x28")]),
+            raw(b"/api", &[(b"authorization", &[bearer.as_bytes(), b"\xff"].concat())]),
+            raw(b"/api", &[(b"authorization", b"\xff\xfe \xfd")]),
+            raw(b"/api", &[(b"cookie", b"a=\xff; session=\xfe\xfd")]),
+            raw(b"/\xff/api", &[(b"authorization", bearer.as_bytes())]),
+            raw(b"/healthz", &[(b"\xff\xfe", b"\xff"), (b"x-multitokens-user", b"\xff")]),
+        ];
+        let statuses: Vec<u32> = hostile.into_iter().map(|h| host.request_raw(h).status()).collect();
+        assert_eq!(statuses, [200, 401, 401, 401, 401, 200, 200], "{build:?}");
+        assert_eq!(host.metric("multitokens.cache_miss"), misses + 1, "{build:?}: only the well-formed token was looked up");
+        // the VM is alive and still decides
+        assert_eq!(get(&mut host, "/api", &token).upstream_header("x-multitokens-user").as_deref(), Some("alice"));
+        assert_invalid(&get(&mut host, "/api", &token[1..]));
+    }
+}
+
 #[test]
 fn store_down_fails_closed_in_both_builds() {
     for build in [Build::Stock, Build::Redis] {

@@ -1,4 +1,7 @@
 //! Finding the token in a request: `Authorization: <scheme> <token>` or an optional cookie.
+//!
+//! Header values arrive as bytes: Envoy forwards any byte a client sends (`\xff` included), so
+//! nothing here assumes UTF-8. A token that is not UTF-8 is malformed, never an error.
 
 /// What the request carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -7,6 +10,8 @@ pub enum Credential<'a> {
     Missing,
     /// An accepted scheme with no token after it.
     Empty,
+    /// An accepted scheme with a value that cannot be a token (not UTF-8).
+    Malformed,
     /// A token candidate (not yet checked), and whether it came from the cookie.
     Token(&'a str, Source),
 }
@@ -20,25 +25,24 @@ pub enum Source {
     Cookie,
 }
 
-/// Extracts the credential. `schemes` are lower-case.
-pub fn extract<'a>(authorization: Option<&'a str>, cookie_header: Option<&'a str>, schemes: &[String], cookie: Option<&str>) -> Credential<'a> {
+/// Extracts the credential from the raw header values. `schemes` are lower-case.
+pub fn extract<'a>(authorization: Option<&'a [u8]>, cookie_header: Option<&'a [u8]>, schemes: &[String], cookie: Option<&str>) -> Credential<'a> {
     if let Some(value) = authorization {
-        let value = value.trim();
-        let (scheme, rest) = value.split_once([' ', '\t']).unwrap_or((value, ""));
-        if schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme)) {
-            let token = rest.trim();
-            if token.is_empty() {
-                return Credential::Empty;
-            }
-            return Credential::Token(token, Source::Header);
+        let value = value.trim_ascii();
+        let split = value.iter().position(|b| *b == b' ' || *b == b'\t');
+        let (scheme, rest) = split.map_or((value, &b""[..]), |i| (&value[..i], &value[i + 1..]));
+        if schemes.iter().any(|s| s.as_bytes().eq_ignore_ascii_case(scheme)) {
+            return candidate(rest.trim_ascii(), Source::Header);
         }
     }
     if let (Some(name), Some(header)) = (cookie, cookie_header) {
-        for pair in header.split(';') {
-            if let Some((k, v)) = pair.trim().split_once('=') {
-                if k == name {
-                    let v = v.trim().trim_matches('"');
-                    return if v.is_empty() { Credential::Empty } else { Credential::Token(v, Source::Cookie) };
+        for pair in header.split(|b| *b == b';') {
+            let pair = pair.trim_ascii();
+            if let Some(eq) = pair.iter().position(|b| *b == b'=') {
+                if &pair[..eq] == name.as_bytes() {
+                    let v = pair[eq + 1..].trim_ascii();
+                    let v = v.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(v);
+                    return candidate(v, Source::Cookie);
                 }
             }
         }
@@ -46,14 +50,25 @@ pub fn extract<'a>(authorization: Option<&'a str>, cookie_header: Option<&'a str
     Credential::Missing
 }
 
-/// The `Cookie` header without the named cookie (`None` when nothing is left).
-pub fn without_cookie(header: &str, name: &str) -> Option<String> {
-    let kept: Vec<&str> = header
-        .split(';')
-        .map(str::trim)
-        .filter(|p| !p.is_empty() && p.split_once('=').is_none_or(|(k, _)| k != name))
+fn candidate(token: &[u8], source: Source) -> Credential<'_> {
+    if token.is_empty() {
+        return Credential::Empty;
+    }
+    match std::str::from_utf8(token) {
+        Ok(t) => Credential::Token(t, source),
+        Err(_) => Credential::Malformed,
+    }
+}
+
+/// The `Cookie` header without the named cookie (`None` when nothing is left). The other
+/// cookies are kept byte for byte.
+pub fn without_cookie(header: &[u8], name: &str) -> Option<Vec<u8>> {
+    let kept: Vec<&[u8]> = header
+        .split(|b| *b == b';')
+        .map(<[u8]>::trim_ascii)
+        .filter(|p| !p.is_empty() && p.iter().position(|b| *b == b'=').is_none_or(|eq| &p[..eq] != name.as_bytes()))
         .collect();
-    (!kept.is_empty()).then(|| kept.join("; "))
+    (!kept.is_empty()).then(|| kept.join(&b"; "[..]))
 }
 
 #[cfg(test)]
@@ -64,28 +79,43 @@ mod tests {
         vec!["bearer".into(), "token".into()]
     }
 
+    fn auth(value: &str) -> Credential<'_> {
+        extract(Some(value.as_bytes()), None, &schemes(), None)
+    }
+
     #[test]
     fn reads_the_authorization_header() {
+        assert_eq!(auth("Bearer abc"), Credential::Token("abc", Source::Header));
+        assert_eq!(auth("token   abc  "), Credential::Token("abc", Source::Header));
+        assert_eq!(auth("BEARER abc"), Credential::Token("abc", Source::Header));
+        assert_eq!(auth("Bearer"), Credential::Empty);
+        assert_eq!(auth("Bearer   "), Credential::Empty);
+        assert_eq!(auth("Basic Zm9v"), Credential::Missing);
+        assert_eq!(auth(""), Credential::Missing);
+        assert_eq!(extract(None, None, &schemes(), None), Credential::Missing);
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_malformed_never_a_crash() {
         let s = schemes();
-        assert_eq!(extract(Some("Bearer abc"), None, &s, None), Credential::Token("abc", Source::Header));
-        assert_eq!(extract(Some("token   abc  "), None, &s, None), Credential::Token("abc", Source::Header));
-        assert_eq!(extract(Some("BEARER abc"), None, &s, None), Credential::Token("abc", Source::Header));
-        assert_eq!(extract(Some("Bearer"), None, &s, None), Credential::Empty);
-        assert_eq!(extract(Some("Bearer   "), None, &s, None), Credential::Empty);
-        assert_eq!(extract(Some("Basic Zm9v"), None, &s, None), Credential::Missing);
-        assert_eq!(extract(Some(""), None, &s, None), Credential::Missing);
-        assert_eq!(extract(None, None, &s, None), Credential::Missing);
+        assert_eq!(extract(Some(b"Bearer \xff\xfe"), None, &s, None), Credential::Malformed);
+        assert_eq!(extract(Some(b"Bearer mt_\xc3"), None, &s, None), Credential::Malformed);
+        assert_eq!(extract(Some(b"\xff\xfe abc"), None, &s, None), Credential::Missing, "an unknown scheme");
+        assert_eq!(extract(None, Some(b"a=\xff; session=\xfe"), &s, Some("session")), Credential::Malformed);
+        assert_eq!(extract(None, Some(b"a=\xff; session=tok"), &s, Some("session")), Credential::Token("tok", Source::Cookie));
+        assert_eq!(without_cookie(b"a=\xff; session=tok", "session").as_deref(), Some(&b"a=\xff"[..]));
     }
 
     #[test]
     fn falls_back_to_the_cookie() {
         let s = schemes();
-        let c = Some("a=1; session=tok; b=2");
+        let c = Some(&b"a=1; session=tok; b=2"[..]);
         assert_eq!(extract(None, c, &s, Some("session")), Credential::Token("tok", Source::Cookie));
+        assert_eq!(extract(None, Some(b"session=\"tok\""), &s, Some("session")), Credential::Token("tok", Source::Cookie));
         assert_eq!(extract(None, c, &s, Some("other")), Credential::Missing);
         assert_eq!(extract(None, c, &s, None), Credential::Missing);
-        assert_eq!(extract(Some("Bearer h"), c, &s, Some("session")), Credential::Token("h", Source::Header));
-        assert_eq!(without_cookie("a=1; session=tok; b=2", "session").as_deref(), Some("a=1; b=2"));
-        assert_eq!(without_cookie("session=tok", "session"), None);
+        assert_eq!(extract(Some(b"Bearer h"), c, &s, Some("session")), Credential::Token("h", Source::Header));
+        assert_eq!(without_cookie(b"a=1; session=tok; b=2", "session").as_deref(), Some(&b"a=1; b=2"[..]));
+        assert_eq!(without_cookie(b"session=tok", "session"), None);
     }
 }

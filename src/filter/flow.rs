@@ -88,13 +88,14 @@ impl Metric {
 
 /// What the proxy offers the request flow.
 pub trait Host {
-    /// All request headers, lower-case names, pseudo-headers (`:method`, `:path`) included: one
-    /// host call per request instead of one per header.
-    fn request_headers(&self) -> Vec<(String, String)>;
-    /// One request header (lower-case name).
-    fn header(&self, name: &str) -> Option<String>;
+    /// All request headers as raw bytes (a client may send any byte), lower-case names,
+    /// pseudo-headers (`:method`, `:path`) included: one host call per request instead of one
+    /// per header.
+    fn request_headers(&self) -> Vec<(Vec<u8>, Vec<u8>)>;
+    /// One request header's raw value (lower-case name).
+    fn header(&self, name: &str) -> Option<Vec<u8>>;
     /// Sets a request header, replacing every value it had.
-    fn set_header(&mut self, name: &str, value: &str);
+    fn set_header(&mut self, name: &str, value: &[u8]);
     /// Removes a request header.
     fn remove_header(&mut self, name: &str);
     /// Sends a local reply instead of forwarding.
@@ -213,7 +214,7 @@ impl Worker {
 struct RequestInfo {
     method: String,
     path: String,
-    cookie: Option<String>,
+    cookie: Option<Vec<u8>>,
 }
 
 /// A lookup under way for one request.
@@ -251,11 +252,13 @@ impl HttpFlow {
         let headers = if compiled.needs_all_headers {
             host.request_headers()
         } else {
-            host.header("authorization").map(|v| vec![("authorization".to_string(), v)]).unwrap_or_default()
+            host.header("authorization").map(|v| vec![(b"authorization".to_vec(), v)]).unwrap_or_default()
         };
-        let find = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-        let method = find(":method").unwrap_or_default();
-        let path = path_only(find(":path").unwrap_or_default());
+        let find = |name: &str| headers.iter().find(|(k, _)| k == name.as_bytes()).map(|(_, v)| v.as_slice());
+        // method and path only meet the rules: bytes that are not UTF-8 match no rule literally
+        let method = find(":method").and_then(|m| std::str::from_utf8(m).ok()).unwrap_or_default();
+        let raw_path = String::from_utf8_lossy(find(":path").unwrap_or_default());
+        let path = path_only(&raw_path);
         if config.exclude.iter().any(|r| r.matching.matches(method, path)) {
             // identity headers come only from us: drop any the client sent. (On authenticated
             // requests setting them replaces every client value; denied requests go nowhere.)
@@ -270,7 +273,7 @@ impl HttpFlow {
         let cookie = if config.cookie.is_some() { find("cookie") } else { None };
         let (token, source) = match credential::extract(find("authorization"), cookie, &config.schemes, config.cookie.as_deref()) {
             Credential::Missing => return deny(host, &compiled, Denial::Missing, Metric::DeniedMissing, &[]),
-            Credential::Empty => return deny(host, &compiled, Denial::Invalid, Metric::DeniedMalformed, &[]),
+            Credential::Empty | Credential::Malformed => return deny(host, &compiled, Denial::Invalid, Metric::DeniedMalformed, &[]),
             Credential::Token(t, s) => (t, s),
         };
         // a cached token passed the format check when it was cached: look it up first
@@ -298,7 +301,7 @@ impl HttpFlow {
         host.count(Metric::CacheMiss);
         let digest = compiled.hasher.digest(token);
         let refresh_ttl = config.refresh_on_use.as_ref().map(|r| r.ttl);
-        let request = RequestInfo { method: method.to_string(), path: path.to_string(), cookie: cookie.map(str::to_string) };
+        let request = RequestInfo { method: method.to_string(), path: path.to_string(), cookie: cookie.map(<[u8]>::to_vec) };
         match host.dispatch_lookup(&LookupRequest { tag, digest, refresh_ttl }) {
             Ok(call) => {
                 self.pending = Some(Pending { call, token: token.to_string(), tag, digest, source, request });
@@ -399,7 +402,7 @@ fn authorize(
     compiled: &Compiled,
     identity: &Identity,
     source: Source,
-    cookie: Option<&str>,
+    cookie: Option<&[u8]>,
     method: &str,
     path: &str,
     stale: bool,
@@ -410,10 +413,10 @@ fn authorize(
     }
     // replacing sets exactly one value: whatever the client sent under these names is gone
     let names = &compiled.identity_headers;
-    host.set_header(&names.user, &identity.user);
+    host.set_header(&names.user, identity.user.as_bytes());
     for (name, value) in [(&names.device, &identity.device), (&names.scopes, &identity.scopes_header), (&names.token_id, &identity.id)] {
         if let Some(name) = name {
-            host.set_header(name, value);
+            host.set_header(name, value.as_bytes());
         }
     }
     if compiled.config.strip_credential {
@@ -441,21 +444,21 @@ mod tests {
 
     #[derive(Default)]
     struct MockHost {
-        headers: HashMap<String, String>,
+        headers: HashMap<String, Vec<u8>>,
         replies: Vec<LocalReply>,
         lookups: Vec<String>,
         metrics: Vec<Metric>,
     }
 
     impl Host for MockHost {
-        fn request_headers(&self) -> Vec<(String, String)> {
-            self.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        fn request_headers(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+            self.headers.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.clone())).collect()
         }
-        fn header(&self, name: &str) -> Option<String> {
+        fn header(&self, name: &str) -> Option<Vec<u8>> {
             self.headers.get(name).cloned()
         }
-        fn set_header(&mut self, name: &str, value: &str) {
-            self.headers.insert(name.into(), value.into());
+        fn set_header(&mut self, name: &str, value: &[u8]) {
+            self.headers.insert(name.into(), value.to_vec());
         }
         fn remove_header(&mut self, name: &str) {
             self.headers.remove(name);
@@ -483,11 +486,11 @@ mod tests {
 
     fn request(path: &str, auth: Option<&str>) -> MockHost {
         let mut h = MockHost::default();
-        h.headers.insert(":method".into(), "GET".into());
-        h.headers.insert(":path".into(), path.into());
-        h.headers.insert("x-multitokens-user".into(), "spoofed".into());
+        h.headers.insert(":method".into(), b"GET".to_vec());
+        h.headers.insert(":path".into(), path.as_bytes().to_vec());
+        h.headers.insert("x-multitokens-user".into(), b"spoofed".to_vec());
         if let Some(a) = auth {
-            h.headers.insert("authorization".into(), a.into());
+            h.headers.insert("authorization".into(), a.as_bytes().to_vec());
         }
         h
     }
@@ -526,6 +529,24 @@ mod tests {
     }
 
     #[test]
+    fn header_bytes_that_are_not_utf8_never_reach_a_lookup() {
+        let mut w = worker("");
+        let t = token::generate("mt", "alice").unwrap();
+        let mut h = request("/api", None);
+        h.headers.insert("authorization".into(), [b"Bearer ".as_slice(), t.as_bytes(), b"\xff"].concat());
+        h.headers.insert("user-agent".into(), b"\xff\xfe".to_vec());
+        assert_eq!(HttpFlow::new().on_request_headers(&mut h, &mut w, 0), Step::Replied);
+        assert_eq!(h.replies[0].status, 401);
+        assert!(h.replies[0].body.contains("Invalid token."));
+        assert!(h.lookups.is_empty() && h.metrics.contains(&Metric::DeniedMalformed));
+        // a path that is not UTF-8 is still a path: authenticated, never excluded by accident
+        let mut h = request("/healthz", None);
+        h.headers.insert(":path".into(), b"/\xffhealthz".to_vec());
+        assert_eq!(HttpFlow::new().on_request_headers(&mut h, &mut w, 0), Step::Replied);
+        assert_eq!(h.replies[0].status, 401);
+    }
+
+    #[test]
     fn identity_headers_are_always_replaced() {
         let mut w = worker("");
         let mut h = request("/healthz", None);
@@ -533,10 +554,10 @@ mod tests {
         assert!(!h.headers.contains_key("x-multitokens-user"), "spoofed header removed on excluded path");
         let t = token::generate("mt", "alice").unwrap();
         let h = run(&mut w, "/api", &t, Some((Some(200), VALID)), 0);
-        assert_eq!(h.headers["x-multitokens-user"], "alice");
-        assert_eq!(h.headers["x-multitokens-device"], "phone");
-        assert_eq!(h.headers["x-multitokens-scopes"], "read");
-        assert_eq!(h.headers["x-multitokens-token-id"], "abc");
+        assert_eq!(h.headers["x-multitokens-user"], b"alice");
+        assert_eq!(h.headers["x-multitokens-device"], b"phone");
+        assert_eq!(h.headers["x-multitokens-scopes"], b"read");
+        assert_eq!(h.headers["x-multitokens-token-id"], b"abc");
         assert!(!h.headers.contains_key("authorization"), "credential stripped");
         assert!(h.lookups[0].contains(&format!("digest={}", TokenHasher::new(None).digest(&t).to_hex())));
         assert!(!h.lookups[0].contains(&t[3..]), "the token itself never leaves the filter");
@@ -552,7 +573,7 @@ mod tests {
         follow_feed(&mut w, 1200);
         let h = run(&mut w, "/api", &t, None, 1300);
         assert!(h.lookups.is_empty() && h.metrics.contains(&Metric::CacheHit));
-        assert_eq!(h.headers["x-multitokens-user"], "alice");
+        assert_eq!(h.headers["x-multitokens-user"], b"alice");
         // revoked through the feed: the next request asks the store
         let digest = TokenHasher::new(None).digest(&t).to_hex();
         assert_eq!(w.apply_feed(lookup::FeedPage { cursor: "2-0".into(), digests: vec![digest], reset: false }, 1400), 1);
@@ -606,7 +627,7 @@ mod tests {
         let h = run(&mut w, "/api", &known, Some((None, b"")), 5000);
         assert!(h.replies.is_empty(), "accepted from the stale cache");
         assert!(h.metrics.contains(&Metric::AllowedStale));
-        assert_eq!(h.headers["x-multitokens-user"], "alice");
+        assert_eq!(h.headers["x-multitokens-user"], b"alice");
         let h = run(&mut w, "/api", &known, Some((None, b"")), 10_001);
         assert_eq!(h.replies[0].status, 503, "beyond the window");
         let stranger = token::generate("mt", "bob").unwrap();

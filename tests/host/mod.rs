@@ -10,6 +10,7 @@
 //! follow cluster redirections.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use multitokens::filter::header_map::{self, RawHeaders};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -17,8 +18,6 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use wasmi::{Caller, Engine, Extern, Func, Instance, Linker, Module, Store, Val};
 
-/// Header pairs as the ABI passes them.
-type Headers = Vec<(String, String)>;
 
 const OK: i32 = 0;
 const NOT_FOUND: i32 = 1;
@@ -62,8 +61,8 @@ impl LocalReply {
 /// What became of a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Sent upstream with these request headers.
-    Forwarded(Vec<(String, String)>),
+    /// Sent upstream with these request headers (raw bytes).
+    Forwarded(RawHeaders),
     /// Answered locally.
     Replied(LocalReply),
     /// Still paused (a callout never answered).
@@ -81,7 +80,7 @@ impl Outcome {
 
     pub fn upstream_header(&self, name: &str) -> Option<String> {
         match self {
-            Outcome::Forwarded(h) => h.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()),
+            Outcome::Forwarded(h) => h.iter().find(|(k, _)| k == name.as_bytes()).map(|(_, v)| String::from_utf8_lossy(v).into_owned()),
             _ => None,
         }
     }
@@ -97,11 +96,11 @@ impl Outcome {
 #[derive(Default)]
 struct State {
     plugin_config: Vec<u8>,
-    request_headers: Vec<(String, String)>,
+    request_headers: RawHeaders,
     local_reply: Option<LocalReply>,
     continued: bool,
     callouts: Vec<Callout>,
-    call_response_headers: Vec<(String, String)>,
+    call_response_headers: RawHeaders,
     call_response_body: Vec<u8>,
     redis_response: Vec<u8>,
     effective_context: u32,
@@ -156,47 +155,16 @@ fn hand_over(caller: &mut Host, bytes: &[u8], ret_ptr: i32, ret_size: i32) -> i3
     OK
 }
 
-/// proxy-wasm header map serialization: count, (key len, value len)*, (key \0 value \0)*.
-fn serialize_map(pairs: &[(String, String)]) -> Vec<u8> {
-    let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
-    for (k, v) in pairs {
-        out.extend((k.len() as u32).to_le_bytes());
-        out.extend((v.len() as u32).to_le_bytes());
-    }
-    for (k, v) in pairs {
-        out.extend(k.as_bytes());
-        out.push(0);
-        out.extend(v.as_bytes());
-        out.push(0);
-    }
-    out
-}
-
+/// A header map the guest handed over, as text (the guest's own maps are always UTF-8).
 fn deserialize_map(bytes: &[u8]) -> Vec<(String, String)> {
-    if bytes.len() < 4 {
-        return vec![];
-    }
-    let n = u32::from_le_bytes(bytes[0..4].try_into().unwrap()) as usize;
-    let mut sizes = Vec::new();
-    for i in 0..n {
-        let at = 4 + i * 8;
-        let k = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-        let v = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
-        sizes.push((k, v));
-    }
-    let mut pos = 4 + n * 8;
-    let mut out = Vec::new();
-    for (k, v) in sizes {
-        let key = String::from_utf8_lossy(&bytes[pos..pos + k]).into_owned();
-        pos += k + 1;
-        let value = String::from_utf8_lossy(&bytes[pos..pos + v]).into_owned();
-        pos += v + 1;
-        out.push((key, value));
-    }
-    out
+    header_map::decode(bytes)
+        .expect("the guest serialized a valid header map")
+        .into_iter()
+        .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), String::from_utf8_lossy(&v).into_owned()))
+        .collect()
 }
 
-fn map_of(state: &mut State, map_type: i32) -> Option<&mut Vec<(String, String)>> {
+fn map_of(state: &mut State, map_type: i32) -> Option<&mut RawHeaders> {
     match map_type {
         0 => Some(&mut state.request_headers),
         6 => Some(&mut state.call_response_headers),
@@ -239,25 +207,25 @@ fn link(linker: &mut Linker<State>) {
         .unwrap()
         .func_wrap("env", "proxy_get_header_map_pairs", |mut c: Host, map: i32, ret_ptr: i32, ret_size: i32| -> i32 {
             let Some(pairs) = map_of(c.data_mut(), map).cloned() else { return NOT_FOUND };
-            hand_over(&mut c, &serialize_map(&pairs), ret_ptr, ret_size)
+            hand_over(&mut c, &header_map::encode(&pairs), ret_ptr, ret_size)
         })
         .unwrap()
         .func_wrap("env", "proxy_get_header_map_value", |mut c: Host, map: i32, kp: i32, kl: i32, ret_ptr: i32, ret_size: i32| -> i32 {
-            let key = read_string(&c, kp, kl).to_ascii_lowercase();
+            let key = read_bytes(&c, kp, kl).to_ascii_lowercase();
             let Some(pairs) = map_of(c.data_mut(), map) else { return NOT_FOUND };
             let Some(value) = pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()) else { return NOT_FOUND };
-            hand_over(&mut c, value.as_bytes(), ret_ptr, ret_size)
+            hand_over(&mut c, &value, ret_ptr, ret_size)
         })
         .unwrap()
         .func_wrap("env", "proxy_add_header_map_value", |mut c: Host, map: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> i32 {
-            let (key, value) = (read_string(&c, kp, kl).to_ascii_lowercase(), read_string(&c, vp, vl));
+            let (key, value) = (read_bytes(&c, kp, kl).to_ascii_lowercase(), read_bytes(&c, vp, vl));
             let Some(pairs) = map_of(c.data_mut(), map) else { return NOT_FOUND };
             pairs.push((key, value));
             OK
         })
         .unwrap()
         .func_wrap("env", "proxy_replace_header_map_value", |mut c: Host, map: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> i32 {
-            let (key, value) = (read_string(&c, kp, kl).to_ascii_lowercase(), read_string(&c, vp, vl));
+            let (key, value) = (read_bytes(&c, kp, kl).to_ascii_lowercase(), read_bytes(&c, vp, vl));
             let Some(pairs) = map_of(c.data_mut(), map) else { return NOT_FOUND };
             pairs.retain(|(k, _)| *k != key);
             pairs.push((key, value));
@@ -265,7 +233,7 @@ fn link(linker: &mut Linker<State>) {
         })
         .unwrap()
         .func_wrap("env", "proxy_remove_header_map_value", |mut c: Host, map: i32, kp: i32, kl: i32| -> i32 {
-            let key = read_string(&c, kp, kl).to_ascii_lowercase();
+            let key = read_bytes(&c, kp, kl).to_ascii_lowercase();
             let Some(pairs) = map_of(c.data_mut(), map) else { return NOT_FOUND };
             pairs.retain(|(k, _)| *k != key);
             OK
@@ -531,12 +499,18 @@ impl TestHost {
 
     /// Runs one request through the filter, performing its callouts for real.
     pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)]) -> Outcome {
+        let mut raw: RawHeaders = vec![(b":method".to_vec(), method.into()), (b":path".to_vec(), path.into()), (b":authority".to_vec(), b"test".to_vec())];
+        raw.extend(headers.iter().map(|(k, v)| (k.to_ascii_lowercase().into_bytes(), v.as_bytes().to_vec())));
+        self.request_raw(raw)
+    }
+
+    /// Runs one request with exactly these header bytes (pseudo-headers included).
+    pub fn request_raw(&mut self, headers: RawHeaders) -> Outcome {
         self.next_context += 1;
         let ctx = self.next_context;
         {
             let s = self.store.data_mut();
-            s.request_headers = vec![(":method".into(), method.into()), (":path".into(), path.into()), (":authority".into(), "test".into())];
-            s.request_headers.extend(headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.to_string())));
+            s.request_headers = headers;
             s.local_reply = None;
             s.continued = false;
             s.effective_context = ctx;
@@ -655,7 +629,7 @@ impl TestHost {
 }
 
 /// Performs an HTTP/1.1 callout; `None` when there is no response (refused, reset, timeout).
-fn http_call(addr: SocketAddr, headers: &[(String, String)], body: &[u8], timeout_ms: u32) -> Option<(Headers, Vec<u8>)> {
+fn http_call(addr: SocketAddr, headers: &[(String, String)], body: &[u8], timeout_ms: u32) -> Option<(RawHeaders, Vec<u8>)> {
     let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default();
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -667,9 +641,9 @@ fn http_call(addr: SocketAddr, headers: &[(String, String)], body: &[u8], timeou
         request = request.header(k.as_str(), v.as_str());
     }
     let response = agent.run(request.body(body.to_vec()).ok()?).ok()?;
-    let mut out = vec![(":status".to_string(), response.status().as_u16().to_string())];
+    let mut out = vec![(b":status".to_vec(), response.status().as_u16().to_string().into_bytes())];
     for (k, v) in response.headers() {
-        out.push((k.as_str().to_string(), v.to_str().unwrap_or("").to_string()));
+        out.push((k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()));
     }
     let body = response.into_body().read_to_vec().ok()?;
     Some((out, body))

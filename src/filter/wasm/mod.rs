@@ -6,6 +6,7 @@
 //! store through HTTP callouts to the companion; the `redis-callout` build can also use Envoy's
 //! Redis callouts ([`redis`]).
 
+mod abi;
 #[cfg(feature = "redis-callout")]
 mod redis;
 
@@ -13,28 +14,24 @@ use super::config::{Compiled, Transport};
 use super::flow::{Host, HttpFlow, Metric, Step, Worker};
 use super::lookup::{self, FeedPage, LookupRequest};
 use super::reply::{self, Denial, LocalReply};
+use abi::{Buffer, Level, Map, MetricKind};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|root_id| -> Box<dyn RootContext> { Box::new(Root::new(root_id)) });
 }}
 
-fn log(level: LogLevel, message: &str) {
-    let _ = hostcalls::log(level, message);
-}
+use abi::log;
 
 /// The host's clock (a host call: the request path uses [`Worker::clock_ms`] instead).
 fn now_ms() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_millis() as u64)
+    abi::now_ms()
 }
 
 /// Metric ids, defined once per VM: the counters of [`Metric`] and two gauges. Counts are
@@ -52,10 +49,10 @@ impl Metrics {
     fn define() -> Self {
         let mut m = Metrics::default();
         for metric in Metric::ALL {
-            m.ids[metric.index()] = hostcalls::define_metric(MetricType::Counter, metric.name()).ok();
+            m.ids[metric.index()] = abi::define_metric(MetricKind::Counter, metric.name());
         }
-        m.cache_entries = hostcalls::define_metric(MetricType::Gauge, "multitokens.cache_entries").ok();
-        m.vm_memory_bytes = hostcalls::define_metric(MetricType::Gauge, "multitokens.vm_memory_bytes").ok();
+        m.cache_entries = abi::define_metric(MetricKind::Gauge, "multitokens.cache_entries");
+        m.vm_memory_bytes = abi::define_metric(MetricKind::Gauge, "multitokens.vm_memory_bytes");
         m
     }
 
@@ -70,7 +67,7 @@ impl Metrics {
         for (i, (id, value)) in [(self.cache_entries, cache_entries as i64), (self.vm_memory_bytes, memory)].into_iter().enumerate() {
             let delta = value - self.reported[i].get();
             if let (Some(id), true) = (id, delta != 0) {
-                if hostcalls::increment_metric(id, delta).is_ok() {
+                if abi::increment_metric(id, delta).is_ok() {
                     self.reported[i].set(value);
                 }
             }
@@ -87,7 +84,7 @@ impl Metrics {
         for (id, cell) in self.ids.iter().zip(self.pending.iter()) {
             let n = cell.replace(0);
             if let (Some(id), true) = (id, n != 0) {
-                let _ = hostcalls::increment_metric(*id, n);
+                let _ = abi::increment_metric(*id, n);
             }
         }
     }
@@ -111,11 +108,9 @@ fn http_response(num_headers: usize, body_size: usize) -> (Option<u32>, Vec<u8>)
     if num_headers == 0 {
         return (None, Vec::new());
     }
-    let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-        .ok()
-        .flatten()
-        .and_then(|s| s.parse::<u32>().ok());
-    let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
+    let status = abi::header(Map::CalloutResponseHeaders, ":status")
+        .and_then(|s| std::str::from_utf8(&s).ok().and_then(|s| s.parse::<u32>().ok()));
+    let body = abi::buffer(Buffer::CalloutResponseBody, body_size).unwrap_or_default();
     (status.or(Some(0)), body)
 }
 
@@ -133,7 +128,7 @@ fn apply_feed(worker: &mut Worker, metrics: &Metrics, page: Result<FeedPage, loo
         Err(problem) => {
             worker.feed.call = None;
             metrics.add(if problem == lookup::CalloutProblem::NoResponse { Metric::CalloutFailed } else { Metric::CalloutError }, 1);
-            log(LogLevel::Warn, &format!("multitokens: revocation feed poll failed: {problem:?}"));
+            log(Level::Warn, &format!("multitokens: revocation feed poll failed: {problem:?}"));
         }
     }
 }
@@ -177,7 +172,7 @@ impl Root {
         };
         match dispatched {
             Ok(call) => worker.feed.call = Some((call, now)),
-            Err(e) => log(LogLevel::Warn, &format!("multitokens: revocation feed poll: {e}")),
+            Err(e) => log(Level::Warn, &format!("multitokens: revocation feed poll: {e}")),
         }
     }
 
@@ -191,7 +186,7 @@ impl Root {
                 Transport::Redis(_) => Err("no Redis callouts in this build".into()),
             };
             if let Err(e) = sent {
-                log(LogLevel::Warn, &format!("multitokens: sliding refresh: {e}"));
+                log(Level::Warn, &format!("multitokens: sliding refresh: {e}"));
             }
         }
     }
@@ -211,28 +206,28 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_configure(&mut self, _: usize) -> bool {
-        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX).ok().flatten().unwrap_or_default();
+        let bytes = abi::buffer(Buffer::PluginConfiguration, usize::MAX).unwrap_or_default();
         let compiled = match Compiled::parse(&bytes) {
             Ok(c) => c,
             Err(e) => {
-                log(LogLevel::Error, &e);
+                log(Level::Error, &e);
                 return false;
             }
         };
         if let Err(e) = self.start_transport(&compiled) {
-            log(LogLevel::Error, &e);
+            log(Level::Error, &e);
             return false;
         }
         let mut worker = Worker::new(compiled);
         worker.clock_ms = now_ms();
-        let tick = Duration::from_millis(worker.tick_ms());
+        let tick = worker.tick_ms();
         let worker = Rc::new(RefCell::new(worker));
         self.metrics = Rc::new(Metrics::define());
         #[cfg(feature = "redis-callout")]
         redis::register_root(self.id, worker.clone(), self.metrics.clone());
         self.worker = Some(worker);
-        let _ = hostcalls::set_tick_period(tick);
-        log(LogLevel::Info, "multitokens: configured");
+        let _ = abi::set_tick_period(tick);
+        log(Level::Info, "multitokens: configured");
         true
     }
 
@@ -272,25 +267,24 @@ struct EnvoyHost<'a> {
 }
 
 impl Host for EnvoyHost<'_> {
-    fn request_headers(&self) -> Vec<(String, String)> {
-        hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+    fn request_headers(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        abi::headers(Map::RequestHeaders).unwrap_or_default()
     }
 
-    fn header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        abi::header(Map::RequestHeaders, name)
     }
 
-    fn set_header(&mut self, name: &str, value: &str) {
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+    fn set_header(&mut self, name: &str, value: &[u8]) {
+        let _ = abi::set_header(Map::RequestHeaders, name, value);
     }
 
     fn remove_header(&mut self, name: &str) {
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+        let _ = abi::remove_header(Map::RequestHeaders, name);
     }
 
     fn send_reply(&mut self, reply: &LocalReply) {
-        let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let _ = hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes()));
+        let _ = abi::send_reply(reply.status, &reply.headers, reply.body.as_bytes());
     }
 
     fn dispatch_lookup(&mut self, request: &LookupRequest) -> Result<u32, String> {
@@ -308,7 +302,7 @@ impl Host for EnvoyHost<'_> {
     }
 
     fn warn(&self, message: &str) {
-        log(LogLevel::Warn, message);
+        log(Level::Warn, message);
     }
 }
 
@@ -330,8 +324,7 @@ fn with_flow(
 /// Fails closed when the worker is not usable (never expected: config is checked at load).
 fn unavailable(metrics: &Metrics) -> Step {
     let r = reply::deny(Denial::Unavailable, "multitokens", &[]);
-    let headers: Vec<(&str, &str)> = r.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let _ = hostcalls::send_http_response(r.status, headers, Some(r.body.as_bytes()));
+    let _ = abi::send_reply(r.status, &r.headers, r.body.as_bytes());
     metrics.add(Metric::DeniedUnavailable, 1);
     Step::Replied
 }
@@ -364,7 +357,7 @@ impl Context for Http {
             flow.on_lookup_response(host, worker, answer, now)
         });
         if step == Step::Continue {
-            let _ = hostcalls::resume_http_request();
+            let _ = abi::resume_request();
         }
     }
 }

@@ -3,20 +3,16 @@
 //! `proxy_on_redis_call_response`, which the host calls on the ROOT context. This module routes
 //! each reply by its call token back to the HTTP context paused on it (or to the feed poller).
 
+use super::abi::{self, Buffer, Level};
 use super::{apply_feed, log, now_ms, with_flow, Metrics};
 use crate::filter::config::RedisTarget;
 use crate::filter::flow::{HttpFlow, Step, Worker};
 use crate::filter::lookup::LookupRequest;
 use crate::filter::redis_transport;
 use crate::core::keys::KeyLayout;
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::LogLevel;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
-
-/// Buffer type of a Redis call response.
-const REDIS_CALL_RESPONSE: u32 = 9;
 
 #[allow(clashing_extern_declarations)]
 extern "C" {
@@ -30,7 +26,6 @@ extern "C" {
         timeout_milliseconds: u32,
     ) -> u32;
     fn proxy_redis_call(service_ptr: *const u8, service_size: usize, query_ptr: *const u8, query_size: usize, return_token: *mut u32) -> u32;
-    fn proxy_get_buffer_bytes(buffer_type: u32, start: usize, max_size: usize, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
 }
 
 /// What a Redis call was for.
@@ -135,28 +130,11 @@ pub(super) fn refresh(target: &RedisTarget, keys: &KeyLayout, request: &LookupRe
     }
 }
 
-/// The reply bytes, readable only during the callback.
-fn reply_bytes(size: usize) -> Option<Vec<u8>> {
-    let mut data: *mut u8 = std::ptr::null_mut();
-    let mut len: usize = 0;
-    // SAFETY: the host writes a pointer it allocated through our proxy_on_memory_allocate (the
-    // SDK's Vec-based allocator) and its length; ownership passes to us, as in the SDK's get_buffer.
-    unsafe {
-        if proxy_get_buffer_bytes(REDIS_CALL_RESPONSE, 0, size, &mut data, &mut len) != 0 {
-            return None;
-        }
-        if data.is_null() {
-            return Some(Vec::new());
-        }
-        Some(Vec::from_raw_parts(data, len, len))
-    }
-}
-
 /// The guest callback of the Redis-callout ABI.
 #[no_mangle]
 pub extern "C" fn proxy_on_redis_call_response(_root_context_id: u32, token: u32, status: u32, response_size: usize) {
     let Some(Some(purpose)) = with_registry(|r| r.calls.remove(&token)) else { return };
-    let bytes = if status == 0 { reply_bytes(response_size) } else { None };
+    let bytes = if status == 0 { abi::buffer(Buffer::RedisCallResponse, response_size).ok() } else { None };
     match purpose {
         Purpose::Refresh => {}
         Purpose::Feed { root_id } => {
@@ -167,10 +145,10 @@ pub extern "C" fn proxy_on_redis_call_response(_root_context_id: u32, token: u32
         Purpose::Lookup { context_id, root_id } => {
             let found = with_registry(|r| (r.flows.get(&context_id).and_then(Weak::upgrade), r.roots.get(&root_id).cloned()));
             let Some((Some(flow), Some((worker, metrics)))) = found else {
-                log(LogLevel::Debug, "multitokens: Redis reply for a finished request");
+                log(Level::Debug, "multitokens: Redis reply for a finished request");
                 return;
             };
-            if hostcalls::set_effective_context(context_id).is_err() {
+            if abi::set_effective_context(context_id).is_err() {
                 return;
             }
             let now = now_ms();
@@ -180,7 +158,7 @@ pub extern "C" fn proxy_on_redis_call_response(_root_context_id: u32, token: u32
                 flow.on_lookup_response(host, worker, answer, now)
             });
             if step == Step::Continue {
-                let _ = hostcalls::resume_http_request();
+                let _ = abi::resume_request();
             }
         }
     }
