@@ -307,6 +307,66 @@ fn without_rules_only_authorization_is_read_and_spoofing_still_fails() {
     assert_eq!(s.get("/healthz", None).status, 401, "without exclude rules every path needs a token");
 }
 
+/// The sequence that once left a worker accepting revoked tokens for good (its tick had stopped):
+/// malformed credentials, logout of one device, traffic, logout everywhere. Run many times, on
+/// fresh connections and on pooled ones, so every worker sees every step.
+#[test]
+fn revoked_tokens_stay_refused_after_hostile_credentials() {
+    let s = Stack::start(|_| {});
+    let rounds: usize = std::env::var("MULTITOKENS_E2E_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(6);
+    for round in 0..rounds {
+        let laptop = s.login("alice", &format!("laptop{round}"), &[]);
+        let phone = s.login("alice", &format!("phone{round}"), &[]);
+        let bob = s.login("bob", &format!("pc{round}"), &[]);
+        let mut flipped = laptop.clone().into_bytes();
+        flipped[20] = if flipped[20] == b'A' { b'B' } else { b'A' };
+        let flipped = String::from_utf8(flipped).unwrap();
+        let malformed = [
+            String::new(),
+            format!("Basic {laptop}"),
+            bearer(&laptop[..laptop.len() / 2]),
+            bearer(&flipped),
+            bearer(&format!("xx{}", &laptop[2..])),
+            format!("Bearer {laptop} {phone}"),
+            format!("Bearer {laptop}, Bearer {phone}"),
+            bearer(&"A".repeat(60_000)),
+        ];
+        for value in &malformed {
+            for agent in [&s.agent, &support::http_agent()] {
+                let r = support::http_call(agent, "GET", &format!("http://127.0.0.1:{}/api/whoami", s.port), &[("authorization", value)], None);
+                assert!(matches!(r.status, 401 | 431), "round {round}: {} for a malformed credential", r.status);
+            }
+        }
+        let r = s.request("GET", "/api/whoami", &[("authorization", &bearer(&laptop)), ("authorization", &bearer(&phone))], None);
+        assert_eq!(r.status, 401, "two Authorization headers");
+        assert_eq!(s.request("POST", "/logout", &[("authorization", &bearer(&laptop))], None).status, 200);
+        s.wait_for_status("/api/whoami", &bearer(&laptop), 401, Duration::from_secs(3));
+        for _ in 0..20 {
+            assert_eq!(s.get("/api/whoami", Some(&bearer(&phone))).status, 200);
+        }
+        let tablet = s.login("alice", &format!("tablet{round}"), &[]);
+        assert_eq!(s.request("POST", "/logout-all", &[("authorization", &bearer(&tablet))], None).status, 200);
+        for t in [&phone, &tablet] {
+            s.wait_for_status("/api/whoami", &bearer(t), 401, Duration::from_secs(3));
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        for i in 0..40 {
+            // alternate pooled and fresh connections: both workers answer
+            let agent = if i % 2 == 0 { s.agent.clone() } else { support::http_agent() };
+            for t in [&laptop, &phone, &tablet] {
+                let r = support::http_call(&agent, "GET", &format!("http://127.0.0.1:{}/api/whoami", s.port), &[("authorization", &bearer(t))], None);
+                assert_eq!(r.status, 401, "round {round}, request {i}: a revoked token was accepted again");
+            }
+        }
+        assert_eq!(s.get("/api/whoami", Some(&bearer(&bob))).status, 200, "bob is untouched");
+    }
+    // every VM's timer keeps ticking (Envoy runs one VM per worker and one on the main thread)
+    let ticks = s.stat("ticks");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(s.stat("ticks") >= ticks + 4, "the filter's timer stopped ticking");
+    assert_eq!(s.stat("tick_overdue"), 0);
+}
+
 /// Sends raw request bytes on a fresh connection; the status code of the answer (0: none).
 fn raw_status(port: u16, request: &[u8]) -> u16 {
     use std::io::{Read, Write};

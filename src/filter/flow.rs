@@ -41,11 +41,15 @@ pub enum Metric {
     CalloutError,
     /// Cached verdicts dropped by the revocation feed.
     RevocationsApplied,
+    /// Timer ticks run (a counter that stops moving means the tick stopped).
+    Ticks,
+    /// Cached positives not trusted because the tick was overdue (they were looked up instead).
+    TickOverdue,
 }
 
 impl Metric {
     /// Every metric, for definition at start.
-    pub const ALL: [Metric; 13] = [
+    pub const ALL: [Metric; 15] = [
         Metric::Allowed,
         Metric::AllowedStale,
         Metric::Excluded,
@@ -59,6 +63,8 @@ impl Metric {
         Metric::CalloutFailed,
         Metric::CalloutError,
         Metric::RevocationsApplied,
+        Metric::Ticks,
+        Metric::TickOverdue,
     ];
 
     /// The stat name.
@@ -77,12 +83,14 @@ impl Metric {
             Metric::CalloutFailed => "multitokens.callout_failed",
             Metric::CalloutError => "multitokens.callout_error",
             Metric::RevocationsApplied => "multitokens.revocations_applied",
+            Metric::Ticks => "multitokens.ticks",
+            Metric::TickOverdue => "multitokens.tick_overdue",
         }
     }
 
-    /// Index into [`Metric::ALL`].
+    /// Index into [`Metric::ALL`] (declaration order).
     pub fn index(&self) -> usize {
-        Metric::ALL.iter().position(|m| m == self).unwrap_or(0)
+        *self as usize
     }
 }
 
@@ -155,10 +163,9 @@ pub struct Worker {
     pub feed: FeedState,
     /// Tokens due for a sliding refresh, sent on the next tick.
     pub refresh_queue: Vec<LookupRequest>,
-    /// A coarse clock (ms) for the request path, set at configure time and on every tick and
-    /// callout answer: reading the host's clock on every request is a host call. It lags real
-    /// time by at most one tick, which [`Worker::tick_ms`] takes off every positive entry.
-    pub clock_ms: u64,
+    /// When the timer last ticked (ms). The request path reads the host's clock itself, so a
+    /// tick that stops can never freeze time for cached verdicts.
+    pub last_tick_ms: u64,
 }
 
 /// Most refreshes waiting for the next tick.
@@ -168,15 +175,26 @@ impl Worker {
     /// State for a freshly configured VM.
     pub fn new(compiled: Compiled) -> Self {
         let cache = VerdictCache::new(compiled.config.cache.max_entries);
-        Worker { compiled: Rc::new(compiled), cache, feed: FeedState::default(), refresh_queue: Vec::new(), clock_ms: 0 }
+        Worker { compiled: Rc::new(compiled), cache, feed: FeedState::default(), refresh_queue: Vec::new(), last_tick_ms: 0 }
     }
 
-    /// The tick period: how far [`Worker::clock_ms`] may lag.
+    /// The tick period.
     pub fn tick_ms(&self) -> u64 {
         match self.compiled.config.revocation_poll_ms {
             0 => 1000,
             poll => poll,
         }
+    }
+
+    /// Notes that the timer ticked.
+    pub fn record_tick(&mut self, now: u64) {
+        self.last_tick_ms = now;
+    }
+
+    /// Whether the timer has missed its beat: no tick for two periods plus the callout timeout.
+    /// The tick drives the revocation feed, so while it is overdue no cached positive is trusted.
+    pub fn tick_overdue(&self, now: u64) -> bool {
+        now.saturating_sub(self.last_tick_ms) > 2 * self.tick_ms() + self.compiled.transport.timeout_ms()
     }
 
     /// Positive verdicts are served from the cache only while the revocation feed is followed:
@@ -284,6 +302,7 @@ impl HttpFlow {
                         host.count(Metric::CacheHit);
                         return deny(host, &compiled, Denial::Invalid, Metric::DeniedInvalid, &[]);
                     }
+                    Cached::Valid(_) if worker.tick_overdue(now) => host.count(Metric::TickOverdue),
                     Cached::Valid(identity) if worker.feed_is_current(now) => {
                         host.count(Metric::CacheHit);
                         let step = authorize(host, &compiled, identity, source, cookie, method, path, false);
@@ -321,9 +340,8 @@ impl HttpFlow {
         match answer {
             Ok(Answer::Valid(identity, expires_in)) => {
                 let cfg = &worker.compiled.config;
-                // the request path's clock may lag one tick: a positive entry ends one tick early,
-                // so it never outlives the token
-                let token_left = expires_in.map_or(u64::MAX, |s| s.saturating_mul(1000).saturating_sub(worker.tick_ms()));
+                // a positive entry never outlives the token
+                let token_left = expires_in.map_or(u64::MAX, |s| s.saturating_mul(1000));
                 let fresh = cfg.cache.ttl_ms.min(token_left);
                 let usable = match cfg.failure_mode {
                     FailureMode::AllowCached => cfg.stale_window_ms.min(token_left),
@@ -509,6 +527,7 @@ mod tests {
     }
 
     fn follow_feed(w: &mut Worker, now: u64) {
+        w.record_tick(now);
         w.apply_feed(lookup::FeedPage { cursor: "1-0".into(), digests: vec![], reset: false }, now);
     }
 
@@ -589,13 +608,40 @@ mod tests {
     }
 
     #[test]
+    fn cached_positives_are_not_trusted_once_the_tick_stops() {
+        let mut w = worker("");
+        follow_feed(&mut w, 0);
+        let t = token::generate("mt", "alice").unwrap();
+        run(&mut w, "/api", &t, Some((Some(200), VALID)), 0);
+        assert!(run(&mut w, "/api", &t, None, 2000).lookups.is_empty(), "served from the cache");
+        // a feed page still arrives, but the timer has not ticked for 2.6 s: ask the store
+        w.apply_feed(lookup::FeedPage { cursor: "2-0".into(), digests: vec![], reset: false }, 2550);
+        let h = run(&mut w, "/api", &t, Some((Some(200), br#"{"active":false}"#)), 2600);
+        assert_eq!(h.lookups.len(), 1);
+        assert!(h.metrics.contains(&Metric::TickOverdue));
+        assert_eq!(h.replies[0].status, 401, "revoked in the store: refused");
+        // the tick comes back: the cache is trusted again
+        follow_feed(&mut w, 2700);
+        let u = token::generate("mt", "alice").unwrap();
+        run(&mut w, "/api", &u, Some((Some(200), VALID)), 2700);
+        assert!(run(&mut w, "/api", &u, None, 2800).lookups.is_empty());
+    }
+
+    #[test]
+    fn metric_indexes_follow_the_list() {
+        for (i, m) in Metric::ALL.iter().enumerate() {
+            assert_eq!(m.index(), i, "{m:?}");
+        }
+    }
+
+    #[test]
     fn a_positive_entry_never_outlives_the_token() {
         let mut w = worker("");
         follow_feed(&mut w, 0);
         let t = token::generate("mt", "alice").unwrap();
         let short = br#"{"active":true,"user":"alice","device":"","scopes":[],"expires_in":3,"id":"x"}"#;
         run(&mut w, "/api", &t, Some((Some(200), short)), 0);
-        assert_eq!(w.cache.get(&t).unwrap().fresh_until, 2000, "3 s left, less one tick of clock lag");
+        assert_eq!(w.cache.get(&t).unwrap().fresh_until, 3000, "3 s left");
     }
 
     #[test]

@@ -29,7 +29,8 @@ proxy_wasm::main! {{
 
 use abi::log;
 
-/// The host's clock (a host call: the request path uses [`Worker::clock_ms`] instead).
+/// The host's clock, read on every request (one cheap host call): a cached verdict's age is
+/// always measured against real time, whether or not the timer still ticks.
 fn now_ms() -> u64 {
     abi::now_ms()
 }
@@ -117,7 +118,6 @@ fn http_response(num_headers: usize, body_size: usize) -> (Option<u32>, Vec<u8>)
 /// Applies a feed poll's outcome to the worker.
 fn apply_feed(worker: &mut Worker, metrics: &Metrics, page: Result<FeedPage, lookup::CalloutProblem>) {
     let now = now_ms();
-    worker.clock_ms = now;
     match page {
         Ok(page) => {
             let applied = worker.apply_feed(page, now);
@@ -219,7 +219,7 @@ impl RootContext for Root {
             return false;
         }
         let mut worker = Worker::new(compiled);
-        worker.clock_ms = now_ms();
+        worker.record_tick(now_ms());
         let tick = worker.tick_ms();
         let worker = Rc::new(RefCell::new(worker));
         self.metrics = Rc::new(Metrics::define());
@@ -235,7 +235,8 @@ impl RootContext for Root {
         let Some(worker) = self.worker.clone() else { return };
         let Ok(mut worker) = worker.try_borrow_mut() else { return };
         let now = now_ms();
-        worker.clock_ms = now;
+        worker.record_tick(now);
+        self.metrics.add(Metric::Ticks, 1);
         self.poll_feed(&mut worker, now);
         self.send_refreshes(&mut worker);
         if now.saturating_sub(self.last_purge_ms) > 10_000 {
@@ -299,6 +300,10 @@ impl Host for EnvoyHost<'_> {
 
     fn count(&mut self, metric: Metric) {
         self.metrics.add(metric, 1);
+        if metric == Metric::TickOverdue {
+            // counts are handed over on the tick, which is what is overdue: hand them over now
+            self.metrics.flush();
+        }
     }
 
     fn warn(&self, message: &str) {
@@ -352,9 +357,7 @@ impl Context for Http {
         let (status, body) = http_response(num_headers, body_size);
         let answer = lookup::parse_answer(status, &body);
         let step = with_flow(&self.flow, self.worker.as_ref(), &self.metrics, (self.id, self.root_id), |flow, host, worker| {
-            let now = now_ms();
-            worker.clock_ms = now;
-            flow.on_lookup_response(host, worker, answer, now)
+            flow.on_lookup_response(host, worker, answer, now_ms())
         });
         if step == Step::Continue {
             let _ = abi::resume_request();
@@ -365,8 +368,7 @@ impl Context for Http {
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         let step = with_flow(&self.flow, self.worker.as_ref(), &self.metrics, (self.id, self.root_id), |flow, host, worker| {
-            let now = worker.clock_ms;
-            flow.on_request_headers(host, worker, now)
+            flow.on_request_headers(host, worker, now_ms())
         });
         match step {
             Step::Continue => Action::Continue,

@@ -153,10 +153,7 @@ pub extern "C" fn proxy_on_redis_call_response(_root_context_id: u32, token: u32
             }
             let now = now_ms();
             let answer = redis_transport::parse_lookup(bytes.as_deref(), now / 1000);
-            let step = with_flow(&flow, Some(&worker), &metrics, (context_id, root_id), |flow, host, worker| {
-                worker.clock_ms = now;
-                flow.on_lookup_response(host, worker, answer, now)
-            });
+            let step = with_flow(&flow, Some(&worker), &metrics, (context_id, root_id), |flow, host, worker| flow.on_lookup_response(host, worker, answer, now));
             if step == Step::Continue {
                 let _ = abi::resume_request();
             }
