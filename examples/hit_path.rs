@@ -33,6 +33,10 @@ impl Host for MemoryHost {
     fn remove_header(&mut self, name: &str) {
         self.headers.retain(|(k, _)| k != name.as_bytes());
     }
+    fn request_trailers(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        Vec::new()
+    }
+    fn remove_trailer(&mut self, _: &str) {}
     fn send_reply(&mut self, _: &LocalReply) {}
     fn dispatch_lookup(&mut self, _: &LookupRequest) -> Result<u32, String> {
         self.calls += 1;

@@ -192,6 +192,10 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: bench
+          normalize_path: true
+          merge_slashes: true
+          path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT
+          common_http_protocol_options: {{ headers_with_underscores_action: REJECT_REQUEST }}
           route_config:
             virtual_hosts:
             - name: bench

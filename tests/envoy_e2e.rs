@@ -27,6 +27,11 @@ struct Stack {
 impl Stack {
     /// Starts the stack; `patch` edits the filter's plugin configuration.
     fn start(patch: impl Fn(&mut Value)) -> Stack {
+        Self::start_with(patch, |yaml| yaml)
+    }
+
+    /// Starts the stack; `patch` edits the plugin configuration, `edit` the Envoy config text.
+    fn start_with(patch: impl Fn(&mut Value), edit: impl Fn(String) -> String) -> Stack {
         let redis = RedisServer::start();
         let companion_port = free_port(false);
         let companion = Self::companion(&redis, companion_port);
@@ -57,7 +62,7 @@ impl Stack {
                 &format!("filename: {}", wasm_path("multitokens_filter.wasm").display()),
             );
         assert!(yaml.contains(&patched), "plugin configuration was not rewritten");
-        let envoy = Envoy::start(&yaml, port, 2);
+        let envoy = Envoy::start(&edit(yaml), port, 2);
         let stack = Stack { redis, companion: Some(companion), companion_port, app, envoy, port, admin_port, agent: support::http_agent() };
         // the filter follows the revocation feed within a poll or two
         std::thread::sleep(Duration::from_millis(1200));
@@ -427,4 +432,71 @@ fn hostile_headers_never_take_a_worker_down() {
         assert_eq!(raw_status(s.port, &request(b"/healthz", &[])), 200, "health check {i}");
     }
     assert!(!s.envoy.log_text().contains("panicked"), "the filter panicked:\n{}", s.envoy.log_text());
+}
+
+/// Paths an upstream may read differently from the rules (dot segments, encodings, empty
+/// segments, `;` parameters, backslashes) never reach the app unauthenticated or without the
+/// scope: behind the shipped config (Envoy normalises first) and behind an Envoy that does not
+/// normalise (the filter refuses them itself).
+#[test]
+fn ambiguous_paths_never_bypass_the_rules() {
+    let attacks: [&[u8]; 9] = [
+        b"/public/../api/admin/stats",
+        b"/public/%2e%2e/api/admin/stats",
+        b"/public/..%2fapi/admin/stats",
+        b"/api//admin/stats",
+        b"/api/%61dmin/stats",
+        b"/api/admin;x/stats",
+        b"/public/..;/api/admin/stats",
+        b"/public\\..\\api/admin/stats",
+        b"//api/admin/stats",
+    ];
+    let shipped = Stack::start(|_| {});
+    let raw = Stack::start_with(
+        |_| {},
+        |yaml| {
+            let stripped = yaml
+                .replace("normalize_path: true", "normalize_path: false")
+                .replace("merge_slashes: true", "merge_slashes: false")
+                .replace("path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT", "path_with_escaped_slashes_action: KEEP_UNCHANGED")
+                .replace("headers_with_underscores_action: REJECT_REQUEST", "headers_with_underscores_action: ALLOW");
+            assert_ne!(stripped, yaml, "the shipped config normalises paths");
+            stripped
+        },
+    );
+    for s in [&shipped, &raw] {
+        let user = s.login("erin", "laptop", &[]);
+        let admin = s.login("root", "console", &["admin"]);
+        for path in attacks {
+            // the app answers 404 to a path it does not route: that status means it got the request
+            for (who, auth, allowed) in [("nobody", None, &[400u16, 401][..]), ("user", Some(&user), &[400, 403][..]), ("admin", Some(&admin), &[200, 400][..])] {
+                let mut request = [b"GET ", path, b" HTTP/1.1\r\nhost: test\r\nconnection: close\r\n"].concat();
+                if let Some(t) = auth {
+                    request.extend_from_slice(format!("authorization: Bearer {t}\r\n").as_bytes());
+                }
+                request.extend_from_slice(b"\r\n");
+                let status = raw_status(s.port, &request);
+                let path = String::from_utf8_lossy(path);
+                // 3xx: Envoy redirects to the unescaped path, which then meets the rules
+                assert!(allowed.contains(&status) || (300..400).contains(&status), "{path} as {who}: {status}");
+            }
+        }
+        // a rule for GET also covers HEAD (the admin route is GET-only in the app)
+        let head = s.request("HEAD", "/api/admin/stats", &[("authorization", &bearer(&user))], None);
+        assert_eq!(head.status, 403);
+        assert_eq!(s.get("/api/admin/stats", Some(&bearer(&admin))).status, 200, "the canonical path still works");
+        assert_eq!(s.get("/public/headers?next=/../api", None).status, 200, "a query string is not the path");
+    }
+    // underscore twins of identity headers: Envoy's shipped config refuses them
+    let r = shipped.request("GET", "/public/headers", &[("x_multitokens_user", "root")], None);
+    assert_eq!(r.status, 400, "headers_with_underscores_action: REJECT_REQUEST");
+    // and behind an Envoy that lets them through, the filter removes them on any path
+    let user = raw.login("erin", "phone", &[]);
+    for path in ["/public/headers", "/api/headers"] {
+        let r = raw.request("GET", path, &[("authorization", &bearer(&user)), ("x_multitokens_user", "root"), ("X_Multitokens_Scopes", "admin")], None);
+        assert_eq!(r.status, 200, "{path}");
+        let keys: Vec<&String> = r.body.as_object().unwrap().keys().collect();
+        assert_eq!(keys.len(), 5, "{path}: only the identity names the filter sets reach the app: {}", r.body);
+        assert!(!r.body.to_string().contains("root") && !r.body.to_string().contains("admin"), "{path}: {}", r.body);
+    }
 }

@@ -67,13 +67,22 @@ async fn login(State(demo): State<Arc<Demo>>, Json(body): Json<Value>) -> Respon
     (StatusCode::CREATED, Json(json!({"token": issued["token"], "first": issued["first"]}))).into_response()
 }
 
-/// Every value the app received under the identity headers and `authorization` (to show that
-/// clients cannot add their own and that the credential is stripped).
+/// Every value the app received under the identity headers and `authorization`, and under any
+/// name a CGI/WSGI server would read as one of them (`x_multitokens_user`), keyed by the name
+/// received (to show that clients cannot add their own and that the credential is stripped).
 fn all_values(headers: &HeaderMap) -> Value {
+    const NAMES: [&str; 5] = ["x-multitokens-user", "x-multitokens-device", "x-multitokens-scopes", "x-multitokens-token-id", "authorization"];
     let mut out = serde_json::Map::new();
-    for name in ["x-multitokens-user", "x-multitokens-device", "x-multitokens-scopes", "x-multitokens-token-id", "authorization"] {
-        let values: Vec<Value> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).map(|v| json!(v)).collect();
-        out.insert(name.to_string(), Value::Array(values));
+    for name in NAMES {
+        out.insert(name.to_string(), Value::Array(Vec::new()));
+    }
+    for (name, value) in headers {
+        if NAMES.contains(&name.as_str().replace('_', "-").as_str()) {
+            let values = out.entry(name.as_str()).or_insert_with(|| Value::Array(Vec::new()));
+            if let Value::Array(values) = values {
+                values.push(json!(String::from_utf8_lossy(value.as_bytes())));
+            }
+        }
     }
     Value::Object(out)
 }

@@ -340,22 +340,23 @@ async fn internal_revocations(
 }
 
 /// Envoy `ext_authz` (HTTP service) check: Envoy forwards the request's `authorization` header to
-/// `/v1/ext_authz/<original path>`; 200 with the identity headers allows, 401 denies.
+/// `/v1/ext_authz/<original path>`; 200 with the identity headers allows, 401 denies. Values go
+/// out as their UTF-8 bytes, exactly as the filter sets them; a value that cannot be a header
+/// value is an error, never a header left out (the client's own would then reach the app).
 async fn ext_authz(State(store): State<Arc<TokenStore>>, CallerToken(token): CallerToken) -> Result<Response, ApiError> {
     let info = store.whoami(&token).await?;
+    let scopes = info.scopes.join(" ");
     let mut response = StatusCode::OK.into_response();
     let headers = response.headers_mut();
     for (name, value) in [
         ("x-multitokens-user", info.user.as_str()),
         ("x-multitokens-device", info.device.as_str()),
         ("x-multitokens-token-id", info.id.as_str()),
+        ("x-multitokens-scopes", scopes.as_str()),
     ] {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            headers.insert(name, v);
-        }
-    }
-    if let Ok(v) = HeaderValue::from_str(&info.scopes.join(" ")) {
-        headers.insert("x-multitokens-scopes", v);
+        let value = HeaderValue::from_bytes(value.as_bytes())
+            .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("The token's {name} cannot be sent as a header value.")))?;
+        headers.insert(name, value);
     }
     Ok(response)
 }

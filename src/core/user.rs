@@ -13,7 +13,13 @@ fn printable(s: &str) -> bool {
     !s.chars().any(char::is_control)
 }
 
-/// Checks a user id: 1 to 256 bytes, no control characters.
+/// No whitespace at either end: `"alice "` and `"alice"` would be two users that look alike,
+/// and an upstream that trims header values would see them as one.
+fn trimmed(s: &str) -> bool {
+    s.trim() == s
+}
+
+/// Checks a user id: 1 to 256 bytes, no control characters, no whitespace at either end.
 pub fn validate_user(user: &str) -> Result<(), String> {
     if user.is_empty() || user.len() > MAX_USER_LEN {
         return Err(format!("user must be 1 to {MAX_USER_LEN} bytes long"));
@@ -21,13 +27,19 @@ pub fn validate_user(user: &str) -> Result<(), String> {
     if !printable(user) {
         return Err("user must not contain control characters".to_string());
     }
+    if !trimmed(user) {
+        return Err("user must not start or end with whitespace".to_string());
+    }
     Ok(())
 }
 
-/// Checks a device label: up to 256 bytes, no control characters.
+/// Checks a device label: up to 256 bytes, no control characters, no whitespace at either end.
 pub fn validate_device(device: &str) -> Result<(), String> {
     if device.len() > MAX_DEVICE_LEN || !printable(device) {
         return Err(format!("device must be at most {MAX_DEVICE_LEN} bytes without control characters"));
+    }
+    if !trimmed(device) {
+        return Err("device must not start or end with whitespace".to_string());
     }
     Ok(())
 }
@@ -61,6 +73,11 @@ mod tests {
         assert!(validate_device("").is_ok());
         assert!(validate_device("Alice's iPhone").is_ok());
         assert!(validate_device("x\u{0}").is_err());
+        for bad in [" alice", "alice ", "alice\t", "\u{a0}alice", "alice\u{2003}", "a\u{7f}b", "a\u{85}b"] {
+            assert!(validate_user(bad).is_err(), "{bad:?}");
+            assert!(validate_device(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_user("José Müller").is_ok(), "inner spaces and non-ASCII are fine");
         assert!(validate_scopes(&["read".into(), "orders:write".into()]).is_ok());
         assert!(validate_scopes(&["two words".into()]).is_err());
         assert!(validate_scopes(&["".into()]).is_err());

@@ -199,6 +199,13 @@ impl IdentityHeaders {
     pub fn names(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.user.as_str()).chain([&self.device, &self.scopes, &self.token_id].into_iter().flatten().map(String::as_str))
     }
+
+    /// Whether a client's header name stands for an identity header: equal to one after
+    /// lower-casing and reading `_` as `-`, the way CGI and WSGI servers name their variables.
+    pub fn is_alias(&self, name: &[u8]) -> bool {
+        let fold = |b: &u8| if *b == b'_' { b'-' } else { b.to_ascii_lowercase() };
+        self.names().any(|ours| ours.len() == name.len() && ours.as_bytes().iter().map(fold).eq(name.iter().map(fold)))
+    }
 }
 
 /// The configuration compiled for use: validated, lower-cased, with the hasher built.
@@ -210,9 +217,8 @@ pub struct Compiled {
     pub hasher: TokenHasher,
     /// Identity headers: only the filter sets them; client values never reach the upstream.
     pub identity_headers: IdentityHeaders,
-    /// Whether decisions need more than the `authorization` header (rules or a cookie): then all
-    /// request headers are read in one host call, else just that one header.
-    pub needs_all_headers: bool,
+    /// Whether exclusion or scope rules look at the path (then only canonical paths pass).
+    pub has_path_rules: bool,
     /// How the token store is reached.
     pub transport: Transport,
     /// Redis key layout (the Redis transport reads the companion's keys).
@@ -258,7 +264,8 @@ impl Compiled {
         if identity_headers.names().any(|h| h == "authorization" || h == "cookie") {
             return Err("user_header/device_header/scopes_header/token_id_header: must not be authorization or cookie".into());
         }
-        let needs_all_headers = !config.exclude.is_empty() || !config.required_scopes.is_empty() || config.cookie.is_some();
+        let has_path_rules = config.exclude.iter().any(|r| r.matching.path.is_some() || r.matching.prefix.is_some())
+            || config.required_scopes.iter().any(|r| r.matching.path.is_some() || r.matching.prefix.is_some());
         for (i, rule) in config.exclude.iter().enumerate() {
             rule.check().map_err(|e| format!("exclude[{i}]: {e}"))?;
         }
@@ -318,7 +325,7 @@ impl Compiled {
             Transport::Companion(c) => format!("Bearer {}", c.api_key),
             Transport::Redis(_) => String::new(),
         };
-        Ok(Compiled { config, hasher, identity_headers, needs_all_headers, transport, keys, replies, companion_auth })
+        Ok(Compiled { config, hasher, identity_headers, has_path_rules, transport, keys, replies, companion_auth })
     }
 }
 
@@ -337,7 +344,7 @@ mod tests {
         assert!(c.config.strip_credential);
         assert_eq!(c.config.revocation_poll_ms, 1000);
         assert_eq!(c.identity_headers.names().collect::<Vec<_>>(), ["x-multitokens-user", "x-multitokens-device", "x-multitokens-scopes", "x-multitokens-token-id"]);
-        assert!(!c.needs_all_headers, "no rules: only authorization is read");
+        assert!(!c.has_path_rules, "no rules: the path is not looked at");
         let lean = Compiled::parse(br#"{"companion": {"cluster": "mt", "api_key": "k"}, "token_id_header": null, "scopes_header": null}"#).unwrap();
         assert_eq!(lean.identity_headers.names().collect::<Vec<_>>(), ["x-multitokens-user", "x-multitokens-device"]);
         let r = Compiled::parse(br#"{"redis": {"cluster": "outbound|6379||redis.svc?db=2", "password": "p"}}"#).unwrap();

@@ -25,29 +25,55 @@ pub enum Source {
     Cookie,
 }
 
-/// Extracts the credential from the raw header values. `schemes` are lower-case.
-pub fn extract<'a>(authorization: Option<&'a [u8]>, cookie_header: Option<&'a [u8]>, schemes: &[String], cookie: Option<&str>) -> Credential<'a> {
-    if let Some(value) = authorization {
-        let value = value.trim_ascii();
-        let split = value.iter().position(|b| *b == b' ' || *b == b'\t');
-        let (scheme, rest) = split.map_or((value, &b""[..]), |i| (&value[..i], &value[i + 1..]));
-        if schemes.iter().any(|s| s.as_bytes().eq_ignore_ascii_case(scheme)) {
-            return candidate(rest.trim_ascii(), Source::Header);
-        }
-    }
-    if let (Some(name), Some(header)) = (cookie, cookie_header) {
-        for pair in header.split(|b| *b == b';') {
-            let pair = pair.trim_ascii();
-            if let Some(eq) = pair.iter().position(|b| *b == b'=') {
-                if &pair[..eq] == name.as_bytes() {
-                    let v = pair[eq + 1..].trim_ascii();
-                    let v = v.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(v);
-                    return candidate(v, Source::Cookie);
-                }
+/// Extracts the credential from the raw header values: every `Authorization` value and every
+/// `Cookie` value the request carries. `schemes` are lower-case. A request that carries two
+/// credentials (two `Authorization` values, the cookie twice, or a header and a cookie with
+/// different tokens) is malformed: the filter never guesses which one the upstream will read.
+pub fn extract<'a>(authorization: &[&'a [u8]], cookie_headers: &[&'a [u8]], schemes: &[String], cookie: Option<&'a str>) -> Credential<'a> {
+    let from_header = match authorization {
+        [] => Credential::Missing,
+        [value] => from_authorization(value, schemes),
+        _ => return Credential::Malformed,
+    };
+    let from_cookie = match cookie {
+        Some(name) => {
+            let mut found = cookie_headers.iter().flat_map(|h| named_cookie(h, name));
+            match (found.next(), found.next()) {
+                (None, _) => Credential::Missing,
+                (Some(v), None) => candidate(v, Source::Cookie),
+                (Some(_), Some(_)) => return Credential::Malformed,
             }
         }
+        None => Credential::Missing,
+    };
+    match (from_header, from_cookie) {
+        (Credential::Token(h, _), Credential::Token(c, _)) if h != c => Credential::Malformed,
+        (Credential::Missing, c) => c,
+        (h, _) => h,
     }
-    Credential::Missing
+}
+
+fn from_authorization<'a>(value: &'a [u8], schemes: &[String]) -> Credential<'a> {
+    let value = value.trim_ascii();
+    let split = value.iter().position(|b| *b == b' ' || *b == b'\t');
+    let (scheme, rest) = split.map_or((value, &b""[..]), |i| (&value[..i], &value[i + 1..]));
+    if schemes.iter().any(|s| s.as_bytes().eq_ignore_ascii_case(scheme)) {
+        candidate(rest.trim_ascii(), Source::Header)
+    } else {
+        Credential::Missing
+    }
+}
+
+/// Every value of the named cookie in one `Cookie` header (quotes removed).
+fn named_cookie<'a>(header: &'a [u8], name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+    header.split(|b| *b == b';').filter_map(move |pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|b| *b == b'=')?;
+        (&pair[..eq] == name.as_bytes()).then(|| {
+            let v = pair[eq + 1..].trim_ascii();
+            v.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(v)
+        })
+    })
 }
 
 fn candidate(token: &[u8], source: Source) -> Credential<'_> {
@@ -60,11 +86,12 @@ fn candidate(token: &[u8], source: Source) -> Credential<'_> {
     }
 }
 
-/// The `Cookie` header without the named cookie (`None` when nothing is left). The other
-/// cookies are kept byte for byte.
-pub fn without_cookie(header: &[u8], name: &str) -> Option<Vec<u8>> {
-    let kept: Vec<&[u8]> = header
-        .split(|b| *b == b';')
+/// The `Cookie` headers without the named cookie, joined into one value (`None` when nothing is
+/// left). The other cookies are kept byte for byte.
+pub fn without_cookie(headers: &[&[u8]], name: &str) -> Option<Vec<u8>> {
+    let kept: Vec<&[u8]> = headers
+        .iter()
+        .flat_map(|h| h.split(|b| *b == b';'))
         .map(<[u8]>::trim_ascii)
         .filter(|p| !p.is_empty() && p.iter().position(|b| *b == b'=').is_none_or(|eq| &p[..eq] != name.as_bytes()))
         .collect();
@@ -80,7 +107,11 @@ mod tests {
     }
 
     fn auth(value: &str) -> Credential<'_> {
-        extract(Some(value.as_bytes()), None, &schemes(), None)
+        extract(&[value.as_bytes()], &[], &schemes(), None)
+    }
+
+    fn with_cookie<'a>(authorization: &[&'a [u8]], cookies: &[&'a [u8]], name: &'a str) -> Credential<'a> {
+        extract(authorization, cookies, &schemes(), Some(name))
     }
 
     #[test]
@@ -92,30 +123,39 @@ mod tests {
         assert_eq!(auth("Bearer   "), Credential::Empty);
         assert_eq!(auth("Basic Zm9v"), Credential::Missing);
         assert_eq!(auth(""), Credential::Missing);
-        assert_eq!(extract(None, None, &schemes(), None), Credential::Missing);
+        assert_eq!(extract(&[], &[], &schemes(), None), Credential::Missing);
     }
 
     #[test]
     fn bytes_that_are_not_utf8_are_malformed_never_a_crash() {
         let s = schemes();
-        assert_eq!(extract(Some(b"Bearer \xff\xfe"), None, &s, None), Credential::Malformed);
-        assert_eq!(extract(Some(b"Bearer mt_\xc3"), None, &s, None), Credential::Malformed);
-        assert_eq!(extract(Some(b"\xff\xfe abc"), None, &s, None), Credential::Missing, "an unknown scheme");
-        assert_eq!(extract(None, Some(b"a=\xff; session=\xfe"), &s, Some("session")), Credential::Malformed);
-        assert_eq!(extract(None, Some(b"a=\xff; session=tok"), &s, Some("session")), Credential::Token("tok", Source::Cookie));
-        assert_eq!(without_cookie(b"a=\xff; session=tok", "session").as_deref(), Some(&b"a=\xff"[..]));
+        assert_eq!(extract(&[b"Bearer \xff\xfe"], &[], &s, None), Credential::Malformed);
+        assert_eq!(extract(&[b"Bearer mt_\xc3"], &[], &s, None), Credential::Malformed);
+        assert_eq!(extract(&[b"\xff\xfe abc"], &[], &s, None), Credential::Missing, "an unknown scheme");
+        assert_eq!(with_cookie(&[], &[b"a=\xff; session=\xfe"], "session"), Credential::Malformed);
+        assert_eq!(with_cookie(&[], &[b"a=\xff; session=tok"], "session"), Credential::Token("tok", Source::Cookie));
+        assert_eq!(without_cookie(&[b"a=\xff; session=tok"], "session").as_deref(), Some(&b"a=\xff"[..]));
     }
 
     #[test]
     fn falls_back_to_the_cookie() {
-        let s = schemes();
-        let c = Some(&b"a=1; session=tok; b=2"[..]);
-        assert_eq!(extract(None, c, &s, Some("session")), Credential::Token("tok", Source::Cookie));
-        assert_eq!(extract(None, Some(b"session=\"tok\""), &s, Some("session")), Credential::Token("tok", Source::Cookie));
-        assert_eq!(extract(None, c, &s, Some("other")), Credential::Missing);
-        assert_eq!(extract(None, c, &s, None), Credential::Missing);
-        assert_eq!(extract(Some(b"Bearer h"), c, &s, Some("session")), Credential::Token("h", Source::Header));
-        assert_eq!(without_cookie(b"a=1; session=tok; b=2", "session").as_deref(), Some(&b"a=1; b=2"[..]));
-        assert_eq!(without_cookie(b"session=tok", "session"), None);
+        let c: &[u8] = b"a=1; session=tok; b=2";
+        assert_eq!(with_cookie(&[], &[c], "session"), Credential::Token("tok", Source::Cookie));
+        assert_eq!(with_cookie(&[], &[b"session=\"tok\""], "session"), Credential::Token("tok", Source::Cookie));
+        assert_eq!(with_cookie(&[], &[c], "other"), Credential::Missing);
+        assert_eq!(extract(&[], &[c], &schemes(), None), Credential::Missing);
+        assert_eq!(with_cookie(&[b"Bearer tok"], &[c], "session"), Credential::Token("tok", Source::Header), "the same token twice");
+        assert_eq!(without_cookie(&[c], "session").as_deref(), Some(&b"a=1; b=2"[..]));
+        assert_eq!(without_cookie(&[b"session=tok"], "session"), None);
+        assert_eq!(without_cookie(&[b"a=1", b"session=tok; b=2"], "session").as_deref(), Some(&b"a=1; b=2"[..]));
+    }
+
+    #[test]
+    fn two_credentials_are_never_a_guess() {
+        assert_eq!(extract(&[b"Bearer a", b"Bearer b"], &[], &schemes(), None), Credential::Malformed);
+        assert_eq!(extract(&[b"Bearer a", b"Bearer a"], &[], &schemes(), None), Credential::Malformed);
+        assert_eq!(with_cookie(&[b"Bearer a"], &[b"session=b"], "session"), Credential::Malformed);
+        assert_eq!(with_cookie(&[], &[b"session=a; session=b"], "session"), Credential::Malformed);
+        assert_eq!(with_cookie(&[], &[b"session=a", b"session=a"], "session"), Credential::Malformed);
     }
 }

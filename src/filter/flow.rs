@@ -7,7 +7,8 @@ use super::config::{Compiled, FailureMode};
 use super::credential::{self, Credential, Source};
 use super::lookup::{self, Answer, CalloutProblem, LookupRequest};
 use super::reply::{self, Denial, LocalReply};
-use super::rules::{missing_scopes, path_only};
+use super::path;
+use super::rules::missing_scopes;
 use crate::core::digest::TokenDigest;
 use crate::core::token;
 use std::rc::Rc;
@@ -45,11 +46,13 @@ pub enum Metric {
     Ticks,
     /// Cached positives not trusted because the tick was overdue (they were looked up instead).
     TickOverdue,
+    /// Denied: a path that is not canonical (400) while path rules are configured.
+    DeniedBadPath,
 }
 
 impl Metric {
     /// Every metric, for definition at start.
-    pub const ALL: [Metric; 15] = [
+    pub const ALL: [Metric; 16] = [
         Metric::Allowed,
         Metric::AllowedStale,
         Metric::Excluded,
@@ -65,6 +68,7 @@ impl Metric {
         Metric::RevocationsApplied,
         Metric::Ticks,
         Metric::TickOverdue,
+        Metric::DeniedBadPath,
     ];
 
     /// The stat name.
@@ -85,6 +89,7 @@ impl Metric {
             Metric::RevocationsApplied => "multitokens.revocations_applied",
             Metric::Ticks => "multitokens.ticks",
             Metric::TickOverdue => "multitokens.tick_overdue",
+            Metric::DeniedBadPath => "multitokens.denied_bad_path",
         }
     }
 
@@ -106,6 +111,10 @@ pub trait Host {
     fn set_header(&mut self, name: &str, value: &[u8]);
     /// Removes a request header.
     fn remove_header(&mut self, name: &str);
+    /// All request trailers as raw bytes.
+    fn request_trailers(&self) -> Vec<(Vec<u8>, Vec<u8>)>;
+    /// Removes a request trailer.
+    fn remove_trailer(&mut self, name: &str);
     /// Sends a local reply instead of forwarding.
     fn send_reply(&mut self, reply: &LocalReply);
     /// Starts the lookup callout; returns its call id.
@@ -267,29 +276,42 @@ impl HttpFlow {
     pub fn on_request_headers(&mut self, host: &mut dyn Host, worker: &mut Worker, now: u64) -> Step {
         let compiled = Rc::clone(&worker.compiled);
         let config = &compiled.config;
-        let headers = if compiled.needs_all_headers {
-            host.request_headers()
-        } else {
-            host.header("authorization").map(|v| vec![(b"authorization".to_vec(), v)]).unwrap_or_default()
-        };
-        let find = |name: &str| headers.iter().find(|(k, _)| k == name.as_bytes()).map(|(_, v)| v.as_slice());
-        // method and path only meet the rules: bytes that are not UTF-8 match no rule literally
-        let method = find(":method").and_then(|m| std::str::from_utf8(m).ok()).unwrap_or_default();
-        let raw_path = String::from_utf8_lossy(find(":path").unwrap_or_default());
-        let path = path_only(&raw_path);
-        if config.exclude.iter().any(|r| r.matching.matches(method, path)) {
-            // identity headers come only from us: drop any the client sent. (On authenticated
-            // requests setting them replaces every client value; denied requests go nowhere.)
-            for name in compiled.identity_headers.names() {
-                if find(name).is_some() {
+        let headers = host.request_headers();
+        let values = |name: &'static str| headers.iter().filter(move |(k, _)| k == name.as_bytes()).map(|(_, v)| v.as_slice());
+        // identity headers come only from us: drop whatever the client sent under those names, or
+        // under a name a CGI/WSGI server maps to the same variable (`X_Multitokens_User`). On an
+        // authenticated request the filter then sets them; a denied request goes nowhere.
+        for (name, _) in &headers {
+            if compiled.identity_headers.is_alias(name) {
+                if let Ok(name) = std::str::from_utf8(name) {
                     host.remove_header(name);
                 }
             }
+        }
+        // method and path only meet the rules, and only a canonical path does
+        let method = values(":method").next().and_then(|m| std::str::from_utf8(m).ok()).unwrap_or_default();
+        let path = if compiled.has_path_rules {
+            match path::canonical(values(":path").next().unwrap_or_default()) {
+                Ok(path) => path,
+                Err(_) => return deny(host, &compiled, Denial::BadPath, Metric::DeniedBadPath, &[]),
+            }
+        } else {
+            ""
+        };
+        if config.exclude.iter().any(|r| r.matching.matches(method, path)) {
             host.count(Metric::Excluded);
             return Step::Continue;
         }
-        let cookie = if config.cookie.is_some() { find("cookie") } else { None };
-        let (token, source) = match credential::extract(find("authorization"), cookie, &config.schemes, config.cookie.as_deref()) {
+        let cookie: Option<Vec<u8>> = match config.cookie {
+            Some(_) => {
+                let all: Vec<&[u8]> = values("cookie").collect();
+                (!all.is_empty()).then(|| all.join(&b"; "[..]))
+            }
+            None => None,
+        };
+        let cookie = cookie.as_deref();
+        let authorization: Vec<&[u8]> = values("authorization").collect();
+        let (token, source) = match credential::extract(&authorization, cookie.as_slice(), &config.schemes, config.cookie.as_deref()) {
             Credential::Missing => return deny(host, &compiled, Denial::Missing, Metric::DeniedMissing, &[]),
             Credential::Empty | Credential::Malformed => return deny(host, &compiled, Denial::Invalid, Metric::DeniedMalformed, &[]),
             Credential::Token(t, s) => (t, s),
@@ -330,6 +352,17 @@ impl HttpFlow {
                 host.warn(&format!("multitokens: cannot dispatch the lookup: {e}"));
                 host.count(Metric::CalloutFailed);
                 unavailable(host, worker, token, source, &request, now)
+            }
+        }
+    }
+
+    /// Request trailers arrived: a client cannot add identity headers through them either.
+    pub fn on_request_trailers(&mut self, host: &mut dyn Host, worker: &Worker) {
+        for (name, _) in host.request_trailers() {
+            if worker.compiled.identity_headers.is_alias(&name) {
+                if let Ok(name) = std::str::from_utf8(&name) {
+                    host.remove_trailer(name);
+                }
             }
         }
     }
@@ -442,7 +475,7 @@ fn authorize(
             Source::Header => host.remove_header("authorization"),
             Source::Cookie => {
                 if let (Some(name), Some(cookies)) = (compiled.config.cookie.as_deref(), cookie) {
-                    match credential::without_cookie(cookies, name) {
+                    match credential::without_cookie(&[cookies], name) {
                         Some(rest) => host.set_header("cookie", &rest),
                         None => host.remove_header("cookie"),
                     }
@@ -463,6 +496,7 @@ mod tests {
     #[derive(Default)]
     struct MockHost {
         headers: HashMap<String, Vec<u8>>,
+        trailers: HashMap<String, Vec<u8>>,
         replies: Vec<LocalReply>,
         lookups: Vec<String>,
         metrics: Vec<Metric>,
@@ -480,6 +514,12 @@ mod tests {
         }
         fn remove_header(&mut self, name: &str) {
             self.headers.remove(name);
+        }
+        fn request_trailers(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+            self.trailers.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.clone())).collect()
+        }
+        fn remove_trailer(&mut self, name: &str) {
+            self.trailers.remove(name);
         }
         fn send_reply(&mut self, reply: &LocalReply) {
             self.replies.push(reply.clone());
@@ -558,11 +598,53 @@ mod tests {
         assert_eq!(h.replies[0].status, 401);
         assert!(h.replies[0].body.contains("Invalid token."));
         assert!(h.lookups.is_empty() && h.metrics.contains(&Metric::DeniedMalformed));
-        // a path that is not UTF-8 is still a path: authenticated, never excluded by accident
+        // a path that is not UTF-8 is no canonical path: refused, never excluded by accident
         let mut h = request("/healthz", None);
         h.headers.insert(":path".into(), b"/\xffhealthz".to_vec());
         assert_eq!(HttpFlow::new().on_request_headers(&mut h, &mut w, 0), Step::Replied);
-        assert_eq!(h.replies[0].status, 401);
+        assert_eq!(h.replies[0].status, 400);
+    }
+
+    #[test]
+    fn only_canonical_paths_meet_the_rules() {
+        let mut w = worker("");
+        follow_feed(&mut w, 0);
+        let t = token::generate("mt", "alice").unwrap();
+        for raw in ["/healthz/../admin/users", "/admin//users", "/%61dmin/users", "/admin;x/users", "/healthz/%2e%2e/admin", "/admin%2Fusers"] {
+            let mut h = request(raw, None);
+            assert_eq!(HttpFlow::new().on_request_headers(&mut h, &mut w, 0), Step::Replied, "{raw}");
+            assert_eq!((h.replies[0].status, h.metrics[0]), (400, Metric::DeniedBadPath), "{raw}");
+            let h = run(&mut w, raw, &t, Some((Some(200), VALID)), 0);
+            assert_eq!(h.replies[0].status, 400, "{raw} with a token");
+            assert!(h.lookups.is_empty());
+        }
+        // the canonical form with a query string passes and meets the scope rule
+        assert_eq!(run(&mut w, "/admin/users?next=/../x", &t, Some((Some(200), VALID)), 0).replies[0].status, 403);
+        assert!(run(&mut w, "/healthz?x=1", &t, None, 0).replies.is_empty());
+    }
+
+    #[test]
+    fn client_identity_headers_under_any_spelling_never_pass() {
+        let mut w = worker("");
+        follow_feed(&mut w, 0);
+        let t = token::generate("mt", "alice").unwrap();
+        for path in ["/healthz", "/api"] {
+            let mut h = request(path, Some(&format!("Bearer {t}")));
+            for name in ["x_multitokens_user", "x-multitokens_scopes", "X_MULTITOKENS_TOKEN_ID", "x-multitokens-device"] {
+                h.headers.insert(name.into(), b"admin".to_vec());
+            }
+            let mut flow = HttpFlow::new();
+            if flow.on_request_headers(&mut h, &mut w, 0) == Step::Pause {
+                flow.on_lookup_response(&mut h, &mut w, lookup::parse_answer(Some(200), VALID), 0);
+            }
+            let left: Vec<_> = h.headers.iter().filter(|(_, v)| v.as_slice() == b"admin").map(|(k, _)| k.clone()).collect();
+            assert!(left.is_empty(), "{path}: {left:?} reached the upstream");
+            h.trailers.insert("x_multitokens_user".into(), b"admin".to_vec());
+            h.trailers.insert("x-multitokens-user".into(), b"admin".to_vec());
+            h.trailers.insert("grpc-status".into(), b"0".to_vec());
+            flow.on_request_trailers(&mut h, &w);
+            assert_eq!(h.trailers.keys().collect::<Vec<_>>(), ["grpc-status"], "trailers cannot add identity headers");
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The proxy-wasm HTTP filter. Everything but the host calls is plain Rust here, tested natively:
 //! [`config`] (parsed once at load), [`credential`] (finding the token), [`header_map`] (the header map wire form, as bytes), [`cache`] (bounded verdict
-//! cache with revocation), [`rules`] (exclusions and scope rules), [`reply`] (local replies) and
+//! cache with revocation), [`path`] (only canonical paths meet the rules), [`rules`] (exclusions and scope rules), [`reply`] (local replies) and
 //! [`flow`] (the per-request decision, behind the small [`flow::Host`] trait). The `wasm` module is
 //! the thin proxy-wasm shell, built only for the `wasm-filter` feature.
 
@@ -10,6 +10,7 @@ pub mod credential;
 pub mod flow;
 pub mod header_map;
 pub mod lookup;
+pub mod path;
 pub mod redis_transport;
 pub mod reply;
 pub mod rules;

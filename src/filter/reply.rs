@@ -22,6 +22,8 @@ pub enum Denial {
     Scope,
     /// The token store cannot be asked: 503.
     Unavailable,
+    /// A path that is not canonical, which upstreams may read differently: 400.
+    BadPath,
 }
 
 /// The replies that do not vary per request, built once at configure time.
@@ -30,6 +32,7 @@ pub struct FixedReplies {
     missing: LocalReply,
     invalid: LocalReply,
     unavailable: LocalReply,
+    bad_path: LocalReply,
 }
 
 impl FixedReplies {
@@ -39,6 +42,7 @@ impl FixedReplies {
             missing: deny(Denial::Missing, realm, &[]),
             invalid: deny(Denial::Invalid, realm, &[]),
             unavailable: deny(Denial::Unavailable, realm, &[]),
+            bad_path: deny(Denial::BadPath, realm, &[]),
         }
     }
 
@@ -48,6 +52,7 @@ impl FixedReplies {
             Denial::Missing => Some(&self.missing),
             Denial::Invalid => Some(&self.invalid),
             Denial::Unavailable => Some(&self.unavailable),
+            Denial::BadPath => Some(&self.bad_path),
             Denial::Scope => None,
         }
     }
@@ -82,6 +87,7 @@ pub fn deny(denial: Denial, realm: &str, missing: &[&str]) -> LocalReply {
             headers: vec![json, ("retry-after".to_string(), "1".to_string())],
             body: json_body("Authentication service unavailable."),
         },
+        Denial::BadPath => LocalReply { status: 400, headers: vec![json], body: json_body("Malformed request path.") },
     }
 }
 
@@ -102,5 +108,6 @@ mod tests {
         assert_eq!(r.status, 403);
         assert!(r.headers[1].1.contains("scope=\"admin write\""));
         assert_eq!(deny(Denial::Unavailable, "api", &[]).status, 503);
+        assert_eq!((deny(Denial::BadPath, "api", &[]).status, deny(Denial::BadPath, "api", &[]).body.as_str()), (400, r#"{"detail":"Malformed request path."}"#));
     }
 }

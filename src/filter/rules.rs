@@ -41,7 +41,9 @@ impl RequestMatch {
             (_, Some(prefix)) => path.starts_with(prefix.as_str()),
             _ => true,
         };
-        path_ok && (self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
+        // HEAD is GET without a body: a rule for GET covers it
+        let method_ok = |m: &String| m.eq_ignore_ascii_case(method) || (m.eq_ignore_ascii_case("GET") && method.eq_ignore_ascii_case("HEAD"));
+        path_ok && (self.methods.is_empty() || self.methods.iter().any(method_ok))
     }
 }
 
@@ -83,11 +85,6 @@ impl ScopeRule {
     }
 }
 
-/// The path of a `:path` value, without query string or fragment.
-pub fn path_only(raw: &str) -> &str {
-    raw.split(['?', '#']).next().unwrap_or(raw)
-}
-
 /// The scopes missing for a request under the first matching rule, if any.
 pub fn missing_scopes<'a>(rules: &'a [ScopeRule], method: &str, path: &str, granted: &[String]) -> Vec<&'a str> {
     rules
@@ -112,7 +109,8 @@ mod tests {
         assert!(m(None, Some("/public/"), &[]).matches("POST", "/public/a"));
         assert!(m(None, None, &["OPTIONS"]).matches("options", "/anything"));
         assert!(!m(None, None, &["OPTIONS"]).matches("GET", "/anything"));
-        assert_eq!(path_only("/a/b?x=1#f"), "/a/b");
+        assert!(m(Some("/x"), None, &["GET"]).matches("HEAD", "/x"), "a rule for GET covers HEAD");
+        assert!(!m(Some("/x"), None, &["HEAD"]).matches("GET", "/x"));
     }
 
     #[test]

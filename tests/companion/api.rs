@@ -258,4 +258,18 @@ fn ext_authz_check_for_envoys_ext_authz_filter() {
     let denied = agent.post(format!("{}/v1/ext_authz/api", api.base)).header("authorization", "Bearer mt_nope").send_empty().unwrap();
     assert_eq!(denied.status().as_u16(), 401);
     assert_eq!(agent.get(format!("{}/v1/ext_authz/api", api.base)).call().unwrap().status().as_u16(), 401);
+    // identity values outside ASCII go out as their UTF-8 bytes (as the filter sets them), never dropped
+    let (_, issued, _) = api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "José", "device": "Zoë's ☎"})));
+    let token = issued["token"].as_str().unwrap();
+    let ok = agent.get(format!("{}/v1/ext_authz/api", api.base)).header("authorization", &format!("Bearer {token}")).call().unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+    assert_eq!(ok.headers()["x-multitokens-user"].as_bytes(), "José".as_bytes());
+    assert_eq!(ok.headers()["x-multitokens-device"].as_bytes(), "Zoë's ☎".as_bytes());
+    // user ids and devices with whitespace at either end are refused at issuance
+    for body in [json!({"user": " root"}), json!({"user": "root\t"}), json!({"user": "bob", "device": "tv "})] {
+        let (status, answer, _) = api.call("POST", "/v1/tokens", admin(), Some(body.clone()));
+        assert_eq!(status, 400, "{body}: {answer}");
+        let detail = answer["detail"].as_str().unwrap();
+        assert!(detail.contains("whitespace") || detail.contains("control"), "{answer}");
+    }
 }

@@ -14,6 +14,8 @@ pub type Status = u32;
 pub enum Map {
     /// The request headers of the current HTTP context.
     RequestHeaders = 0,
+    /// The request trailers of the current HTTP context.
+    RequestTrailers = 2,
     /// The response headers of the HTTP callout being answered.
     CalloutResponseHeaders = 6,
 }

@@ -284,6 +284,14 @@ impl Host for EnvoyHost<'_> {
         let _ = abi::remove_header(Map::RequestHeaders, name);
     }
 
+    fn request_trailers(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        abi::headers(Map::RequestTrailers).unwrap_or_default()
+    }
+
+    fn remove_trailer(&mut self, name: &str) {
+        let _ = abi::remove_header(Map::RequestTrailers, name);
+    }
+
     fn send_reply(&mut self, reply: &LocalReply) {
         let _ = abi::send_reply(reply.status, &reply.headers, reply.body.as_bytes());
     }
@@ -374,5 +382,13 @@ impl HttpContext for Http {
             Step::Continue => Action::Continue,
             Step::Pause | Step::Replied => Action::Pause,
         }
+    }
+
+    fn on_http_request_trailers(&mut self, _: usize) -> Action {
+        with_flow(&self.flow, self.worker.as_ref(), &self.metrics, (self.id, self.root_id), |flow, host, worker| {
+            flow.on_request_trailers(host, worker);
+            Step::Continue
+        });
+        Action::Continue
     }
 }
