@@ -38,6 +38,9 @@ impl Host for MemoryHost {
     }
     fn remove_trailer(&mut self, _: &str) {}
     fn send_reply(&mut self, _: &LocalReply) {}
+    fn client_address(&self) -> Option<Vec<u8>> {
+        None
+    }
     fn dispatch_lookup(&mut self, _: &LookupRequest) -> Result<u32, String> {
         self.calls += 1;
         Ok(self.calls)

@@ -25,9 +25,17 @@ struct Stack {
 }
 
 impl Stack {
-    /// Starts the stack; `patch` edits the filter's plugin configuration.
+    /// Starts the stack; `patch` edits the filter's plugin configuration. Failed-attempt
+    /// throttling is taken out (these tests send many refused tokens from one address) except
+    /// where a test puts it back.
     fn start(patch: impl Fn(&mut Value)) -> Stack {
-        Self::start_with(patch, |yaml| yaml)
+        Self::start_with(
+            |c| {
+                c.as_object_mut().unwrap().remove("throttle");
+                patch(c)
+            },
+            |yaml| yaml,
+        )
     }
 
     /// Starts the stack; `patch` edits the plugin configuration, `edit` the Envoy config text.
@@ -499,4 +507,35 @@ fn ambiguous_paths_never_bypass_the_rules() {
         assert_eq!(keys.len(), 5, "{path}: only the identity names the filter sets reach the app: {}", r.body);
         assert!(!r.body.to_string().contains("root") && !r.body.to_string().contains("admin"), "{path}: {}", r.body);
     }
+}
+
+/// A flood of forged tokens from one client: after its budget (per worker) it gets 429 with
+/// Retry-After in DRF's wording and causes no lookup; a valid token keeps working.
+#[test]
+fn forged_token_floods_are_throttled() {
+    let s = Stack::start_with(|_| {}, |yaml| yaml); // the shipped config, throttling on
+    let alice = s.login("alice", "laptop", &[]);
+    for _ in 0..4 {
+        assert_eq!(raw_status(s.port, format!("GET /api/whoami HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {alice}\r\nconnection: close\r\n\r\n").as_bytes()), 200);
+    }
+    let misses = s.stat("cache_miss");
+    let mut statuses = Vec::new();
+    for _ in 0..80 {
+        let forged = multitokens::core::token::generate("mt", "mallory").unwrap();
+        // fresh connections: both workers see the flood
+        statuses.push(raw_status(s.port, format!("GET /api/whoami HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {forged}\r\nconnection: close\r\n\r\n").as_bytes()));
+    }
+    let refused = statuses.iter().filter(|s| **s == 401).count();
+    let throttled = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(refused + throttled, 80, "{statuses:?}");
+    assert!(refused <= 40 && throttled >= 40, "a budget of 20 per worker: {refused} refused, {throttled} throttled");
+    assert!(s.stat("cache_miss") - misses <= 40, "no lookup once throttled");
+    let r = s.get("/api/whoami", Some(&bearer("mt_forged")));
+    assert_eq!(r.status, 429);
+    assert!(r.body["detail"].as_str().unwrap().starts_with("Request was throttled. Expected available in "), "{}", r.body);
+    // the valid token, cached on every worker, still passes
+    for _ in 0..4 {
+        assert_eq!(raw_status(s.port, format!("GET /api/whoami HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {alice}\r\nconnection: close\r\n\r\n").as_bytes()), 200);
+    }
+    assert!(s.stat("denied_throttled") >= 40);
 }

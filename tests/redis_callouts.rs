@@ -209,6 +209,71 @@ fn header_bytes_that_are_not_utf8_never_trap_either_build() {
     }
 }
 
+/// Forged tokens: a client over its budget gets 429 and causes no lookup; other clients and
+/// cached valid tokens are unaffected; a forged flood never evicts a valid verdict.
+#[test]
+fn forged_token_floods_are_throttled_in_both_builds() {
+    for build in [Build::Stock, Build::Redis] {
+        let stack = Stack::start(build);
+        let mut host = stack.load(json!({"throttle": {"max_failures": 5, "window_ms": 60000}, "cache": {"ttl_ms": 600000, "max_entries": 100, "max_negative_entries": 10}}));
+        let alice = stack.issue("alice", "laptop", &[]);
+        host.set_client_address("192.0.2.10:5000");
+        assert_eq!(get(&mut host, "/api", &alice).status(), 200);
+        host.set_client_address("198.51.100.66:1234");
+        let misses = host.metric("multitokens.cache_miss");
+        let mut statuses = Vec::new();
+        for i in 0..40 {
+            host.set_client_address(&format!("198.51.100.66:{}", 1000 + i)); // new connections, same client
+            let forged = multitokens::core::token::generate("mt", "mallory").unwrap();
+            statuses.push(get(&mut host, "/api", &forged).status());
+        }
+        assert_eq!(statuses[..4], [401; 4], "{build:?}");
+        assert!(statuses[4..].iter().all(|s| *s == 429), "{build:?}: {statuses:?}");
+        assert_eq!(host.metric("multitokens.cache_miss"), misses + 5, "{build:?}: no lookup once throttled");
+        let r = get(&mut host, "/api", "mt_whatever");
+        assert_eq!(r.reply().header("retry-after"), Some("60"));
+        assert!(r.reply().json()["detail"].as_str().unwrap().starts_with("Request was throttled. Expected available in"));
+        // another client, and a valid cached token from the throttled one
+        host.set_client_address("192.0.2.10:5001");
+        assert_eq!(get(&mut host, "/api", &format!("{alice}x")).status(), 401);
+        host.set_client_address("198.51.100.66:2000");
+        assert_eq!(get(&mut host, "/api", &alice).upstream_header("x-multitokens-user").as_deref(), Some("alice"));
+        assert!(host.metric("multitokens.denied_throttled") >= 36);
+        // many clients each under budget: negatives evict only negatives
+        for i in 0..200 {
+            host.set_client_address(&format!("203.0.113.{}:1", i % 250));
+            let forged = multitokens::core::token::generate("mt", "mallory").unwrap();
+            assert_eq!(get(&mut host, "/api", &forged).status(), 401);
+        }
+        let hits = host.metric("multitokens.cache_hit");
+        assert_eq!(get(&mut host, "/api", &alice).status(), 200);
+        assert_eq!(host.metric("multitokens.cache_hit"), hits + 1, "{build:?}: the valid verdict is still cached");
+    }
+}
+
+/// The Redis-callout build sends a sliding refresh only after a positive answer: a forged token
+/// costs Redis one call.
+#[test]
+fn sliding_refresh_only_after_a_positive_answer() {
+    let stack = Stack::start(Build::Redis);
+    let mut host = stack.load(json!({"refresh_on_use": {"ttl": 600, "min_interval_ms": 1000}}));
+    let is_refresh = |q: &Vec<u8>| q.windows(7).any(|w| w == b"PEXPIRE");
+    let before = host.redis_queries().len();
+    let forged = multitokens::core::token::generate("mt", "mallory").unwrap();
+    assert_eq!(get(&mut host, "/api", &forged).status(), 401);
+    let sent: Vec<Vec<u8>> = host.redis_queries()[before..].to_vec();
+    assert_eq!(sent.len(), 1, "one lookup, no refresh");
+    let alice = stack.issue("alice", "laptop", &["--ttl", "60"]);
+    let before = host.redis_queries().len();
+    assert_eq!(get(&mut host, "/api", &alice).status(), 200);
+    let sent: Vec<Vec<u8>> = host.redis_queries()[before..].to_vec();
+    assert_eq!(sent.len(), 2, "the lookup, then the refresh");
+    assert!(!is_refresh(&sent[0]) && is_refresh(&sent[1]));
+    host.tick(); // the refresh's answer is not waited for: let the host perform it
+    let ttl: i64 = stack.redis.cli(&["--scan", "--pattern", "mt:*:t:*"]).lines().map(|k| stack.redis.cli(&["TTL", k]).trim().parse::<i64>().unwrap()).max().unwrap();
+    assert!((590..=600).contains(&ttl), "issued for 60 s, refreshed to 600 s: {ttl}");
+}
+
 #[test]
 fn store_down_fails_closed_in_both_builds() {
     for build in [Build::Stock, Build::Redis] {

@@ -55,19 +55,34 @@ pub struct Entry {
     pub refreshed_at: u64,
 }
 
+/// One kind of verdict's share of the cache: its insertion order and its bound. Positives and
+/// negatives have separate bounds, so a flood of unknown tokens evicts only other negatives.
+#[derive(Debug, Default)]
+struct Lane {
+    order: VecDeque<Box<str>>,
+    len: usize,
+    max: usize,
+}
+
 /// The bounded verdict cache.
 #[derive(Debug, Default)]
 pub struct VerdictCache {
     entries: HashMap<Box<str>, Entry>,
     by_digest: HashMap<TokenDigest, Box<str>>,
-    order: VecDeque<Box<str>>,
-    max_entries: usize,
+    positive: Lane,
+    negative: Lane,
+}
+
+fn is_positive(entry: &Entry) -> bool {
+    matches!(entry.verdict, Cached::Valid(_))
 }
 
 impl VerdictCache {
-    /// A cache holding at most `max_entries` (0: nothing is cached).
-    pub fn new(max_entries: usize) -> Self {
-        VerdictCache { max_entries, ..Default::default() }
+    /// A cache holding at most `max_positive` valid and `max_negative` unknown verdicts
+    /// (`max_positive` 0: nothing is cached).
+    pub fn new(max_positive: usize, max_negative: usize) -> Self {
+        let max_negative = if max_positive == 0 { 0 } else { max_negative };
+        VerdictCache { positive: Lane { max: max_positive, ..Lane::default() }, negative: Lane { max: max_negative, ..Lane::default() }, ..Default::default() }
     }
 
     /// Number of entries.
@@ -90,42 +105,56 @@ impl VerdictCache {
         self.entries.get_mut(token)
     }
 
-    /// Stores an entry, evicting the oldest ones beyond the bound.
+    /// Stores an entry, evicting the oldest ones of its kind beyond that kind's bound.
     pub fn insert(&mut self, token: &str, entry: Entry) {
-        if self.max_entries == 0 {
+        self.remove(token);
+        let positive = is_positive(&entry);
+        let lane = if positive { &mut self.positive } else { &mut self.negative };
+        if lane.max == 0 {
             return;
         }
-        if let Some(old) = self.entries.get(token) {
-            self.by_digest.remove(&old.digest);
-        } else {
-            while self.entries.len() >= self.max_entries {
-                let Some(oldest) = self.order.pop_front() else { break };
+        while lane.len >= lane.max {
+            let Some(oldest) = lane.order.pop_front() else { break };
+            // a key may linger from an entry since removed or replaced by the other kind
+            if self.entries.get(&oldest).is_some_and(|e| is_positive(e) == positive) {
                 if let Some(e) = self.entries.remove(&oldest) {
                     self.by_digest.remove(&e.digest);
                 }
+                lane.len -= 1;
             }
-            self.order.push_back(token.into());
         }
+        lane.order.push_back(token.into());
+        lane.len += 1;
         self.by_digest.insert(entry.digest, token.into());
         self.entries.insert(token.into(), entry);
-        // keys of removed entries linger in `order`; compact before it grows past twice the bound
-        if self.order.len() > 2 * self.max_entries {
+        // lingering keys: compact before the order grows past twice the bound
+        if lane.order.len() > 2 * lane.max {
             let entries = &self.entries;
-            self.order.retain(|k| entries.contains_key(k));
+            lane.order.retain(|k| entries.get(k).is_some_and(|e| is_positive(e) == positive));
         }
     }
 
     /// Drops the entry of a token.
     pub fn remove(&mut self, token: &str) {
         if let Some(e) = self.entries.remove(token) {
-            self.by_digest.remove(&e.digest);
+            self.forget(&e);
         }
+    }
+
+    /// Accounts for an entry taken out of `entries`.
+    fn forget(&mut self, e: &Entry) {
+        self.by_digest.remove(&e.digest);
+        let lane = if is_positive(e) { &mut self.positive } else { &mut self.negative };
+        lane.len = lane.len.saturating_sub(1);
     }
 
     /// Drops the entry of a revoked digest; true if there was one.
     pub fn revoke(&mut self, digest: &TokenDigest) -> bool {
-        match self.by_digest.remove(digest) {
-            Some(token) => self.entries.remove(&token).is_some(),
+        match self.by_digest.get(digest).cloned() {
+            Some(token) => {
+                self.remove(&token);
+                true
+            }
             None => false,
         }
     }
@@ -134,21 +163,21 @@ impl VerdictCache {
     pub fn clear(&mut self) {
         self.entries.clear();
         self.by_digest.clear();
-        self.order.clear();
+        for lane in [&mut self.positive, &mut self.negative] {
+            lane.order.clear();
+            lane.len = 0;
+        }
     }
 
     /// Drops entries that are neither fresh nor usable any more.
     pub fn purge_expired(&mut self, now: u64) {
-        let by_digest = &mut self.by_digest;
-        self.entries.retain(|_, e| {
-            let keep = e.usable_until > now || e.fresh_until > now;
-            if !keep {
-                by_digest.remove(&e.digest);
-            }
-            keep
-        });
+        let expired: Vec<Box<str>> = self.entries.iter().filter(|(_, e)| e.usable_until <= now && e.fresh_until <= now).map(|(k, _)| k.clone()).collect();
+        for token in expired {
+            self.remove(&token);
+        }
         let entries = &self.entries;
-        self.order.retain(|k| entries.contains_key(k));
+        self.positive.order.retain(|k| entries.get(k).is_some_and(is_positive));
+        self.negative.order.retain(|k| entries.get(k).is_some_and(|e| !is_positive(e)));
     }
 }
 
@@ -168,9 +197,13 @@ mod tests {
         }
     }
 
+    fn valid(token: &str) -> Entry {
+        Entry { verdict: Cached::Valid(Identity::new("u".into(), "d".into(), vec![], "i".into())), ..entry(token) }
+    }
+
     #[test]
     fn stays_bounded_under_a_flood() {
-        let mut c = VerdictCache::new(100);
+        let mut c = VerdictCache::new(100, 100);
         for i in 0..10_000 {
             let t = format!("t{i}");
             c.insert(&t, entry(&t));
@@ -179,15 +212,40 @@ mod tests {
             }
         }
         assert!(c.len() <= 100);
-        assert!(c.order.len() <= 200);
+        assert!(c.negative.order.len() <= 200);
         assert!(c.by_digest.len() <= 100);
         assert!(c.get("t9998").is_some(), "newest kept");
         assert!(c.get("t1").is_none(), "oldest evicted");
     }
 
     #[test]
+    fn a_flood_of_unknown_tokens_never_evicts_a_valid_one() {
+        let mut c = VerdictCache::new(1000, 50);
+        for i in 0..500 {
+            let t = format!("v{i}");
+            c.insert(&t, valid(&t));
+        }
+        for i in 0..100_000 {
+            let t = format!("forged{i}");
+            c.insert(&t, entry(&t));
+        }
+        assert_eq!(c.len(), 550);
+        assert!((0..500).all(|i| c.get(&format!("v{i}")).is_some()), "every valid verdict kept");
+        // positives still evict only positives, oldest first
+        for i in 500..1500 {
+            let t = format!("v{i}");
+            c.insert(&t, valid(&t));
+        }
+        assert_eq!((c.positive.len, c.negative.len), (1000, 50));
+        assert!(c.get("v0").is_none() && c.get("v1499").is_some());
+        // a verdict that changes kind moves lanes
+        c.insert("v1499", entry("v1499"));
+        assert_eq!((c.positive.len, c.negative.len), (999, 50));
+    }
+
+    #[test]
     fn revokes_by_digest_and_purges() {
-        let mut c = VerdictCache::new(10);
+        let mut c = VerdictCache::new(10, 10);
         c.insert("a", entry("a"));
         c.insert("b", entry("b"));
         assert!(c.revoke(&TokenHasher::new(None).digest("a")));
@@ -195,7 +253,7 @@ mod tests {
         assert!(!c.revoke(&TokenHasher::new(None).digest("a")));
         c.purge_expired(100);
         assert!(c.is_empty());
-        let mut off = VerdictCache::new(0);
+        let mut off = VerdictCache::new(0, 10);
         off.insert("a", entry("a"));
         assert!(off.is_empty());
     }

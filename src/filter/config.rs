@@ -82,11 +82,20 @@ pub struct CacheConfig {
     /// How long "unknown token" is remembered.
     #[serde(default = "default_negative_ttl_ms")]
     pub negative_ttl_ms: u64,
+    /// Most "unknown token" verdicts per worker, apart from the positive ones: a flood of forged
+    /// tokens evicts only other negatives.
+    #[serde(default = "default_max_negative_entries")]
+    pub max_negative_entries: usize,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        CacheConfig { max_entries: default_max_entries(), ttl_ms: default_ttl_ms(), negative_ttl_ms: default_negative_ttl_ms() }
+        CacheConfig {
+            max_entries: default_max_entries(),
+            ttl_ms: default_ttl_ms(),
+            negative_ttl_ms: default_negative_ttl_ms(),
+            max_negative_entries: default_max_negative_entries(),
+        }
     }
 }
 
@@ -162,6 +171,9 @@ pub struct FilterConfig {
     /// Sliding expiry on use.
     #[serde(default)]
     pub refresh_on_use: Option<RefreshConfig>,
+    /// Failed-attempt throttling per client (off when absent).
+    #[serde(default)]
+    pub throttle: Option<super::throttle::ThrottleConfig>,
 }
 
 fn default_prefix() -> String { DEFAULT_PREFIX.into() }
@@ -175,6 +187,7 @@ fn default_true() -> bool { true }
 fn default_authority() -> String { "multitokens".into() }
 fn default_timeout_ms() -> u64 { 500 }
 fn default_max_entries() -> usize { 10_000 }
+fn default_max_negative_entries() -> usize { 1_000 }
 fn default_ttl_ms() -> u64 { 30_000 }
 fn default_negative_ttl_ms() -> u64 { 10_000 }
 fn default_poll_ms() -> u64 { 1000 }
@@ -309,8 +322,14 @@ impl Compiled {
         if config.cache.max_entries > 10_000_000 {
             return Err("cache.max_entries: at most 10000000".into());
         }
+        if config.cache.max_negative_entries > 10_000_000 {
+            return Err("cache.max_negative_entries: at most 10000000".into());
+        }
         if config.revocation_poll_ms != 0 && !(100..=600_000).contains(&config.revocation_poll_ms) {
             return Err("revocation_poll_ms: 0 (off) or 100 to 600000".into());
+        }
+        if let Some(t) = &config.throttle {
+            t.check().map_err(|e| format!("throttle.{e}"))?;
         }
         if let Some(r) = &config.refresh_on_use {
             if r.ttl == 0 || r.ttl > crate::core::ttl::MAX_TTL_SECS {

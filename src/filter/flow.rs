@@ -9,6 +9,7 @@ use super::lookup::{self, Answer, CalloutProblem, LookupRequest};
 use super::reply::{self, Denial, LocalReply};
 use super::path;
 use super::rules::missing_scopes;
+use super::throttle::{client_key, FailureThrottle};
 use crate::core::digest::TokenDigest;
 use crate::core::token;
 use std::rc::Rc;
@@ -48,11 +49,13 @@ pub enum Metric {
     TickOverdue,
     /// Denied: a path that is not canonical (400) while path rules are configured.
     DeniedBadPath,
+    /// Denied: the client sent too many refused tokens (429, no callout).
+    DeniedThrottled,
 }
 
 impl Metric {
     /// Every metric, for definition at start.
-    pub const ALL: [Metric; 16] = [
+    pub const ALL: [Metric; 17] = [
         Metric::Allowed,
         Metric::AllowedStale,
         Metric::Excluded,
@@ -69,6 +72,7 @@ impl Metric {
         Metric::Ticks,
         Metric::TickOverdue,
         Metric::DeniedBadPath,
+        Metric::DeniedThrottled,
     ];
 
     /// The stat name.
@@ -90,6 +94,7 @@ impl Metric {
             Metric::Ticks => "multitokens.ticks",
             Metric::TickOverdue => "multitokens.tick_overdue",
             Metric::DeniedBadPath => "multitokens.denied_bad_path",
+            Metric::DeniedThrottled => "multitokens.denied_throttled",
         }
     }
 
@@ -117,6 +122,9 @@ pub trait Host {
     fn remove_trailer(&mut self, name: &str);
     /// Sends a local reply instead of forwarding.
     fn send_reply(&mut self, reply: &LocalReply);
+    /// The downstream address Envoy reports (`source.address`: after `use_remote_address` and
+    /// trusted hops), read only when a token is refused or looked up.
+    fn client_address(&self) -> Option<Vec<u8>>;
     /// Starts the lookup callout; returns its call id.
     fn dispatch_lookup(&mut self, request: &LookupRequest) -> Result<u32, String>;
     /// Counts one event.
@@ -175,6 +183,8 @@ pub struct Worker {
     /// When the timer last ticked (ms). The request path reads the host's clock itself, so a
     /// tick that stops can never freeze time for cached verdicts.
     pub last_tick_ms: u64,
+    /// Refused tokens per client, when throttling is on.
+    pub throttle: Option<FailureThrottle>,
 }
 
 /// Most refreshes waiting for the next tick.
@@ -183,8 +193,9 @@ pub const MAX_REFRESH_QUEUE: usize = 1024;
 impl Worker {
     /// State for a freshly configured VM.
     pub fn new(compiled: Compiled) -> Self {
-        let cache = VerdictCache::new(compiled.config.cache.max_entries);
-        Worker { compiled: Rc::new(compiled), cache, feed: FeedState::default(), refresh_queue: Vec::new(), last_tick_ms: 0 }
+        let cache = VerdictCache::new(compiled.config.cache.max_entries, compiled.config.cache.max_negative_entries);
+        let throttle = compiled.config.throttle.clone().map(FailureThrottle::new);
+        Worker { compiled: Rc::new(compiled), cache, feed: FeedState::default(), refresh_queue: Vec::new(), last_tick_ms: 0, throttle }
     }
 
     /// The tick period.
@@ -313,7 +324,7 @@ impl HttpFlow {
         let authorization: Vec<&[u8]> = values("authorization").collect();
         let (token, source) = match credential::extract(&authorization, cookie.as_slice(), &config.schemes, config.cookie.as_deref()) {
             Credential::Missing => return deny(host, &compiled, Denial::Missing, Metric::DeniedMissing, &[]),
-            Credential::Empty | Credential::Malformed => return deny(host, &compiled, Denial::Invalid, Metric::DeniedMalformed, &[]),
+            Credential::Empty | Credential::Malformed => return refuse(host, worker, Metric::DeniedMalformed, now),
             Credential::Token(t, s) => (t, s),
         };
         // a cached token passed the format check when it was cached: look it up first
@@ -322,7 +333,7 @@ impl HttpFlow {
                 match &entry.verdict {
                     Cached::Unknown => {
                         host.count(Metric::CacheHit);
-                        return deny(host, &compiled, Denial::Invalid, Metric::DeniedInvalid, &[]);
+                        return refuse(host, worker, Metric::DeniedInvalid, now);
                     }
                     Cached::Valid(_) if worker.tick_overdue(now) => host.count(Metric::TickOverdue),
                     Cached::Valid(identity) if worker.feed_is_current(now) => {
@@ -335,9 +346,13 @@ impl HttpFlow {
                 }
             }
         }
+        // a client over its budget of refused tokens gets no callout
+        if let Some(step) = throttled(host, worker, now) {
+            return step;
+        }
         // format and checksum: a malformed token never causes a callout
         let Ok(tag) = token::parse(token, &config.prefix) else {
-            return deny(host, &compiled, Denial::Invalid, Metric::DeniedMalformed, &[]);
+            return refuse(host, worker, Metric::DeniedMalformed, now);
         };
         host.count(Metric::CacheMiss);
         let digest = compiled.hasher.digest(token);
@@ -392,7 +407,7 @@ impl HttpFlow {
             Ok(Answer::Unknown) => {
                 let ttl = worker.compiled.config.cache.negative_ttl_ms;
                 worker.cache.insert(&p.token, Entry { tag: p.tag, digest: p.digest, verdict: Cached::Unknown, fresh_until: now + ttl, usable_until: now + ttl, refreshed_at: 0 });
-                deny(host, &worker.compiled, Denial::Invalid, Metric::DeniedInvalid, &[])
+                refuse(host, worker, Metric::DeniedInvalid, now)
             }
             Err(problem) => {
                 match &problem {
@@ -430,6 +445,30 @@ fn deny(host: &mut dyn Host, compiled: &Compiled, denial: Denial, metric: Metric
         None => host.send_reply(&reply::deny(denial, &compiled.config.realm, missing)),
     }
     Step::Replied
+}
+
+/// A refused token (401): counted against the client's budget when throttling is on; the
+/// refusal that reaches the budget already answers 429.
+fn refuse(host: &mut dyn Host, worker: &mut Worker, metric: Metric, now: u64) -> Step {
+    if let Some(throttle) = worker.throttle.as_mut() {
+        if let Some(address) = host.client_address() {
+            let client = client_key(&address);
+            throttle.record_failure(client, now);
+            if let Some(seconds) = throttle.retry_after(client, now) {
+                host.count(metric);
+                return deny(host, &worker.compiled, Denial::Throttled(seconds), Metric::DeniedThrottled, &[]);
+            }
+        }
+    }
+    deny(host, &worker.compiled, Denial::Invalid, metric, &[])
+}
+
+/// 429 if the client is over its budget of refused tokens.
+fn throttled(host: &mut dyn Host, worker: &Worker, now: u64) -> Option<Step> {
+    let throttle = worker.throttle.as_ref()?;
+    let address = host.client_address()?;
+    let seconds = throttle.retry_after(client_key(&address), now)?;
+    Some(deny(host, &worker.compiled, Denial::Throttled(seconds), Metric::DeniedThrottled, &[]))
 }
 
 /// The store could not be asked: `allow_cached` may accept a recently verified token.
@@ -523,6 +562,9 @@ mod tests {
         }
         fn send_reply(&mut self, reply: &LocalReply) {
             self.replies.push(reply.clone());
+        }
+        fn client_address(&self) -> Option<Vec<u8>> {
+            Some(b"192.0.2.7:40000".to_vec())
         }
         fn dispatch_lookup(&mut self, request: &LookupRequest) -> Result<u32, String> {
             self.lookups.push(request.path());
@@ -714,6 +756,29 @@ mod tests {
         for (i, m) in Metric::ALL.iter().enumerate() {
             assert_eq!(m.index(), i, "{m:?}");
         }
+    }
+
+    #[test]
+    fn a_client_over_its_budget_of_refused_tokens_gets_429_and_no_callout() {
+        let mut w = worker(r#", "throttle": {"max_failures": 3, "window_ms": 60000}, "cache": {"ttl_ms": 600000}"#);
+        follow_feed(&mut w, 0);
+        let good = token::generate("mt", "alice").unwrap();
+        run(&mut w, "/api", &good, Some((Some(200), VALID)), 0);
+        let forged: Vec<String> = (0..5).map(|_| token::generate("mt", "mallory").unwrap()).collect();
+        let unknown = Some((Some(200), &br#"{"active":false}"#[..]));
+        assert_eq!(run(&mut w, "/api", &forged[0], unknown, 10).replies[0].status, 401);
+        assert_eq!(run(&mut w, "/api", "mt_garbage", None, 20).replies[0].status, 401);
+        follow_feed(&mut w, 30_000);
+        let h = run(&mut w, "/api", &forged[1], unknown, 30_000);
+        assert_eq!(h.replies[0].status, 429, "the third refusal reaches the budget");
+        assert!(h.replies[0].headers.contains(&("retry-after".into(), "31".into())), "30.01 s rounded up");
+        assert!(h.replies[0].body.contains("Request was throttled. Expected available in 31 seconds."));
+        let h = run(&mut w, "/api", &forged[2], None, 30_001);
+        assert_eq!((h.replies[0].status, h.lookups.len()), (429, 0), "no callout while throttled");
+        assert!(h.metrics.contains(&Metric::DeniedThrottled));
+        assert!(run(&mut w, "/api", &good, None, 30_002).replies.is_empty(), "a cached valid token still passes");
+        follow_feed(&mut w, 60_000);
+        assert_eq!(run(&mut w, "/api", &forged[3], unknown, 60_010).replies[0].status, 401, "a new window");
     }
 
     #[test]

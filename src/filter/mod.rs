@@ -1,6 +1,6 @@
 //! The proxy-wasm HTTP filter. Everything but the host calls is plain Rust here, tested natively:
 //! [`config`] (parsed once at load), [`credential`] (finding the token), [`header_map`] (the header map wire form, as bytes), [`cache`] (bounded verdict
-//! cache with revocation), [`path`] (only canonical paths meet the rules), [`rules`] (exclusions and scope rules), [`reply`] (local replies) and
+//! cache with revocation), [`path`] (only canonical paths meet the rules), [`rules`] (exclusions and scope rules), [`reply`] (local replies), [`throttle`] (failed attempts per client) and
 //! [`flow`] (the per-request decision, behind the small [`flow::Host`] trait). The `wasm` module is
 //! the thin proxy-wasm shell, built only for the `wasm-filter` feature.
 
@@ -14,5 +14,6 @@ pub mod path;
 pub mod redis_transport;
 pub mod reply;
 pub mod rules;
+pub mod throttle;
 #[cfg(feature = "wasm-filter")]
 mod wasm;

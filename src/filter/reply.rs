@@ -24,6 +24,8 @@ pub enum Denial {
     Unavailable,
     /// A path that is not canonical, which upstreams may read differently: 400.
     BadPath,
+    /// Too many refused tokens from this client: 429, retry after that many seconds.
+    Throttled(u64),
 }
 
 /// The replies that do not vary per request, built once at configure time.
@@ -46,14 +48,14 @@ impl FixedReplies {
         }
     }
 
-    /// The prebuilt reply of a denial (`None` for `Scope`, which names the missing scopes).
+    /// The prebuilt reply of a denial (`None` for `Scope` and `Throttled`, which vary).
     pub fn get(&self, denial: Denial) -> Option<&LocalReply> {
         match denial {
             Denial::Missing => Some(&self.missing),
             Denial::Invalid => Some(&self.invalid),
             Denial::Unavailable => Some(&self.unavailable),
             Denial::BadPath => Some(&self.bad_path),
-            Denial::Scope => None,
+            Denial::Scope | Denial::Throttled(_) => None,
         }
     }
 }
@@ -88,6 +90,12 @@ pub fn deny(denial: Denial, realm: &str, missing: &[&str]) -> LocalReply {
             body: json_body("Authentication service unavailable."),
         },
         Denial::BadPath => LocalReply { status: 400, headers: vec![json], body: json_body("Malformed request path.") },
+        // DRF's throttling answer, word for word
+        Denial::Throttled(seconds) => LocalReply {
+            status: 429,
+            headers: vec![json, ("retry-after".to_string(), seconds.to_string())],
+            body: json_body(&format!("Request was throttled. Expected available in {seconds} seconds.")),
+        },
     }
 }
 
@@ -108,6 +116,9 @@ mod tests {
         assert_eq!(r.status, 403);
         assert!(r.headers[1].1.contains("scope=\"admin write\""));
         assert_eq!(deny(Denial::Unavailable, "api", &[]).status, 503);
+        let r = deny(Denial::Throttled(7), "api", &[]);
+        assert_eq!((r.status, r.body.as_str()), (429, r#"{"detail":"Request was throttled. Expected available in 7 seconds."}"#));
+        assert!(r.headers.contains(&("retry-after".into(), "7".into())));
         assert_eq!((deny(Denial::BadPath, "api", &[]).status, deny(Denial::BadPath, "api", &[]).body.as_str()), (400, r#"{"detail":"Malformed request path."}"#));
     }
 }

@@ -111,6 +111,8 @@ struct State {
     tick_period_ms: u32,
     redis_init: Option<(String, String, String, u32)>,
     upstreams: Upstreams,
+    client_address: String,
+    redis_queries: Vec<Vec<u8>>,
 }
 
 type Host<'a> = Caller<'a, State>;
@@ -257,6 +259,16 @@ fn link(linker: &mut Linker<State>) {
             OK
         })
         .unwrap()
+        .func_wrap("env", "proxy_get_property", |mut c: Host, pp: i32, pl: i32, ret_ptr: i32, ret_size: i32| -> i32 {
+            match read_bytes(&c, pp, pl).as_slice() {
+                b"source\0address" => {
+                    let address = c.data().client_address.clone();
+                    hand_over(&mut c, address.as_bytes(), ret_ptr, ret_size)
+                }
+                _ => NOT_FOUND,
+            }
+        })
+        .unwrap()
         .func_wrap("env", "proxy_set_effective_context", |mut c: Host, context: i32| -> i32 {
             c.data_mut().effective_context = context as u32;
             OK
@@ -342,12 +354,11 @@ fn link(linker: &mut Linker<State>) {
             let state = c.data_mut();
             state.next_token += 1;
             let token = state.next_token;
+            state.redis_queries.push(query.clone());
             state.callouts.push(Callout::Redis { token, service, query });
             write_u32(&mut c, ret, token);
             OK
         })
-        .unwrap()
-        .func_wrap("env", "proxy_get_property", |_: Host, _: i32, _: i32, _: i32, _: i32| -> i32 { NOT_FOUND })
         .unwrap()
         .func_wrap("wasi_snapshot_preview1", "random_get", |mut c: Host, ptr: i32, len: i32| -> i32 {
             let mut buf = vec![0u8; len as usize];
@@ -442,7 +453,7 @@ impl TestHost {
                 });
             }
         }
-        let state = State { plugin_config: plugin_config.as_bytes().to_vec(), upstreams, ..State::default() };
+        let state = State { plugin_config: plugin_config.as_bytes().to_vec(), upstreams, client_address: "192.0.2.1:40000".into(), ..State::default() };
         let mut store = Store::new(&engine, state);
         let instance = linker.instantiate_and_start(&mut store, &module).map_err(|e| e.to_string())?;
         let mut host = TestHost { store, instance, root_id: 1, next_context: 1 };
@@ -490,6 +501,16 @@ impl TestHost {
     /// What `proxy_redis_init` was given.
     pub fn redis_init(&self) -> Option<(String, String, String, u32)> {
         self.store.data().redis_init.clone()
+    }
+
+    /// Every Redis query the guest sent so far.
+    pub fn redis_queries(&self) -> &[Vec<u8>] {
+        &self.store.data().redis_queries
+    }
+
+    /// The downstream address the host reports from now on (`source.address`).
+    pub fn set_client_address(&mut self, address: &str) {
+        self.store.data_mut().client_address = address.into();
     }
 
     /// The tick period the guest asked for.

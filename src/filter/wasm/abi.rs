@@ -59,6 +59,7 @@ extern "C" {
     fn proxy_log(level: u32, message: *const u8, message_size: usize) -> u32;
     fn proxy_define_metric(metric_type: u32, name: *const u8, name_size: usize, return_id: *mut u32) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_get_property(path: *const u8, path_size: usize, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
 }
 
 fn ok(status: u32) -> Result<(), Status> {
@@ -201,4 +202,14 @@ pub fn define_metric(kind: MetricKind, name: &str) -> Option<u32> {
 pub fn increment_metric(id: u32, by: i64) -> Result<(), Status> {
     // SAFETY: no pointers.
     ok(unsafe { proxy_increment_metric(id, by) })
+}
+
+/// A property of the current context by its path segments (`["source", "address"]`).
+pub fn property(path: &[&str]) -> Option<Vec<u8>> {
+    let joined = path.join("\0");
+    let (mut data, mut size) = (std::ptr::null_mut(), 0usize);
+    // SAFETY: `joined` lives for the call; the out-pointers are valid locals.
+    let status = unsafe { proxy_get_property(joined.as_ptr(), joined.len(), &mut data, &mut size) };
+    // SAFETY: the call returned OK.
+    (status == 0).then(|| unsafe { take(data, size) })
 }

@@ -296,6 +296,10 @@ impl Host for EnvoyHost<'_> {
         let _ = abi::send_reply(reply.status, &reply.headers, reply.body.as_bytes());
     }
 
+    fn client_address(&self) -> Option<Vec<u8>> {
+        abi::property(&["source", "address"])
+    }
+
     fn dispatch_lookup(&mut self, request: &LookupRequest) -> Result<u32, String> {
         match &self.compiled.transport {
             Transport::Companion(_) => http_callout(self.compiled, "GET", &request.path(), None),

@@ -5,7 +5,8 @@
 
 use super::abi::{self, Buffer, Level};
 use super::{apply_feed, log, now_ms, with_flow, Metrics};
-use crate::filter::config::RedisTarget;
+use crate::filter::config::{RedisTarget, Transport};
+use crate::filter::lookup::Answer;
 use crate::filter::flow::{HttpFlow, Step, Worker};
 use crate::filter::lookup::LookupRequest;
 use crate::filter::redis_transport;
@@ -30,8 +31,9 @@ extern "C" {
 
 /// What a Redis call was for.
 enum Purpose {
-    /// A paused request's lookup: its HTTP context and root.
-    Lookup { context_id: u32, root_id: u32 },
+    /// A paused request's lookup: its HTTP context and root, and the sliding refresh to send
+    /// once the token proved valid (never for an unknown one: forged tokens cost one call).
+    Lookup { context_id: u32, root_id: u32, refresh: Option<Vec<u8>> },
     /// The revocation feed poll of a root context.
     Feed { root_id: u32 },
     /// A sliding refresh; its answer is not needed.
@@ -109,12 +111,8 @@ fn call(target: &RedisTarget, query: &[u8], purpose: Purpose) -> Result<u32, Str
 
 /// Starts a request's lookup.
 pub(super) fn lookup(target: &RedisTarget, keys: &KeyLayout, request: &LookupRequest, context_id: u32, root_id: u32) -> Result<u32, String> {
-    let token = call(target, &redis_transport::lookup_command(keys, request), Purpose::Lookup { context_id, root_id })?;
-    // the sliding refresh rides along as its own command, so the request waits for one round trip
-    if let Some(refresh) = redis_transport::refresh_command(keys, request) {
-        let _ = call(target, &refresh, Purpose::Refresh);
-    }
-    Ok(token)
+    let refresh = redis_transport::refresh_command(keys, request);
+    call(target, &redis_transport::lookup_command(keys, request), Purpose::Lookup { context_id, root_id, refresh })
 }
 
 /// Starts a feed poll.
@@ -142,7 +140,7 @@ pub extern "C" fn proxy_on_redis_call_response(_root_context_id: u32, token: u32
             let Ok(mut worker) = worker.try_borrow_mut() else { return };
             apply_feed(&mut worker, &metrics, redis_transport::parse_feed(bytes.as_deref()));
         }
-        Purpose::Lookup { context_id, root_id } => {
+        Purpose::Lookup { context_id, root_id, refresh } => {
             let found = with_registry(|r| (r.flows.get(&context_id).and_then(Weak::upgrade), r.roots.get(&root_id).cloned()));
             let Some((Some(flow), Some((worker, metrics)))) = found else {
                 log(Level::Debug, "multitokens: Redis reply for a finished request");
@@ -153,6 +151,13 @@ pub extern "C" fn proxy_on_redis_call_response(_root_context_id: u32, token: u32
             }
             let now = now_ms();
             let answer = redis_transport::parse_lookup(bytes.as_deref(), now / 1000);
+            if let (Ok(Answer::Valid(..)), Some(refresh)) = (&answer, refresh) {
+                if let Ok(w) = worker.try_borrow() {
+                    if let Transport::Redis(target) = &w.compiled.transport {
+                        let _ = call(target, &refresh, Purpose::Refresh);
+                    }
+                }
+            }
             let step = with_flow(&flow, Some(&worker), &metrics, (context_id, root_id), |flow, host, worker| flow.on_lookup_response(host, worker, answer, now));
             if step == Step::Continue {
                 let _ = abi::resume_request();
