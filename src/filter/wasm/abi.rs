@@ -1,7 +1,7 @@
-//! The proxy-wasm host calls the shell makes, declared here so that none can trap the VM: the
-//! SDK's own wrappers panic on a status they do not expect and decode header bytes as UTF-8 with
-//! `unwrap`. Every call here returns `Result`, and every byte the host hands over stays bytes.
-//! (HTTP callouts still go through the SDK, whose dispatcher routes their answers.)
+//! The proxy-wasm host calls (ABI 0.2.1) the shell makes. Declared here rather than taken from
+//! the proxy-wasm SDK, whose wrappers panic (trapping the VM) on a status they do not expect and
+//! decode header bytes as UTF-8 with `unwrap`: every call here returns `Result`, and every byte
+//! the host hands over stays bytes.
 
 use crate::filter::header_map::{self, RawHeaders};
 
@@ -52,8 +52,19 @@ extern "C" {
         grpc_status: i32,
     ) -> u32;
     fn proxy_continue_stream(stream_type: u32) -> u32;
-    #[cfg(feature = "redis-callout")]
     fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_http_call(
+        upstream: *const u8,
+        upstream_size: usize,
+        headers: *const u8,
+        headers_size: usize,
+        body: *const u8,
+        body_size: usize,
+        trailers: *const u8,
+        trailers_size: usize,
+        timeout_ms: u32,
+        return_token: *mut u32,
+    ) -> u32;
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     fn proxy_log(level: u32, message: *const u8, message_size: usize) -> u32;
@@ -138,7 +149,6 @@ pub fn resume_request() -> Result<(), Status> {
 }
 
 /// Makes a context the one later host calls act on.
-#[cfg(feature = "redis-callout")]
 pub fn set_effective_context(context_id: u32) -> Result<(), Status> {
     // SAFETY: no pointers.
     ok(unsafe { proxy_set_effective_context(context_id) })
@@ -165,7 +175,6 @@ pub fn set_tick_period(period_ms: u64) -> Result<(), Status> {
 #[repr(u32)]
 pub enum Level {
     /// Debug.
-    #[cfg(feature = "redis-callout")]
     Debug = 1,
     /// Info.
     Info = 2,
@@ -212,4 +221,18 @@ pub fn property(path: &[&str]) -> Option<Vec<u8>> {
     let status = unsafe { proxy_get_property(joined.as_ptr(), joined.len(), &mut data, &mut size) };
     // SAFETY: the call returned OK.
     (status == 0).then(|| unsafe { take(data, size) })
+}
+
+/// Starts a bodiless HTTP call to an Envoy cluster; its token (the answer comes to
+/// `proxy_on_http_call_response`).
+pub fn http_call(cluster: &str, headers: &[(&str, &str)], timeout_ms: u64) -> Result<u32, Status> {
+    let map = header_map::encode(headers);
+    let trailers = header_map::encode::<&str, &str>(&[]);
+    let mut token = 0u32;
+    let timeout = u32::try_from(timeout_ms).unwrap_or(u32::MAX);
+    // SAFETY: every slice lives for the call; `token` is a valid local the host writes to.
+    ok(unsafe {
+        proxy_http_call(cluster.as_ptr(), cluster.len(), map.as_ptr(), map.len(), std::ptr::null(), 0, trailers.as_ptr(), trailers.len(), timeout, &mut token)
+    })?;
+    Ok(token)
 }

@@ -1,12 +1,14 @@
 //! The proxy-wasm shell: wires Envoy's host calls to [`super::flow`]. No decisions are made here.
 //!
 //! Flow as in proxy-wasm-rust-sdk `http_auth_random`: dispatch the callout, return `Pause`, then
-//! resume or send the local reply in the callback. The root context owns the per-VM [`Worker`]
+//! resume or send the local reply in the callback. The ABI itself is spoken by [`abi`] (the host
+//! calls) and [`exports`] (the entry points), which never panic. The root context owns the per-VM [`Worker`]
 //! (config, cache, revocation feed) and polls the feed on its tick. The stock build reaches the
 //! store through HTTP callouts to the companion; the `redis-callout` build can also use Envoy's
 //! Redis callouts ([`redis`]).
 
 mod abi;
+mod exports;
 #[cfg(feature = "redis-callout")]
 mod redis;
 
@@ -15,17 +17,8 @@ use super::flow::{Host, HttpFlow, Metric, Step, Worker};
 use super::lookup::{self, FeedPage, LookupRequest};
 use super::reply::{self, Denial, LocalReply};
 use abi::{Buffer, Level, Map, MetricKind};
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::Duration;
-
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|root_id| -> Box<dyn RootContext> { Box::new(Root::new(root_id)) });
-}}
 
 use abi::log;
 
@@ -91,17 +84,16 @@ impl Metrics {
     }
 }
 
-/// Sends a request to the companion through its Envoy cluster.
-fn http_callout(compiled: &Compiled, method: &str, path: &str, body: Option<&[u8]>) -> Result<u32, String> {
+/// Sends a bodiless GET to the companion through its Envoy cluster on behalf of a context,
+/// whose callback then gets the answer.
+fn http_callout(compiled: &Compiled, path: &str, context_id: u32) -> Result<u32, String> {
     let Transport::Companion(c) = &compiled.transport else {
         return Err("no companion configured".into());
     };
-    let mut headers = vec![(":method", method), (":path", path), (":authority", c.authority.as_str()), ("authorization", compiled.companion_auth.as_str())];
-    if body.is_some() {
-        headers.push(("content-type", "application/json"));
-    }
-    hostcalls::dispatch_http_call(&c.cluster, headers, body, vec![], Duration::from_millis(c.timeout_ms))
-        .map_err(|s| format!("dispatch to cluster {:?} failed: {s:?}", c.cluster))
+    let headers = [(":method", "GET"), (":path", path), (":authority", c.authority.as_str()), ("authorization", compiled.companion_auth.as_str())];
+    let token = abi::http_call(&c.cluster, &headers, c.timeout_ms).map_err(|s| format!("dispatch to cluster {:?} failed: status {s}", c.cluster))?;
+    exports::expect_answer(token, context_id);
+    Ok(token)
 }
 
 /// The HTTP callout response of the current callback: status (`None`: no response) and body.
@@ -164,7 +156,7 @@ impl Root {
             return;
         }
         let dispatched = match &worker.compiled.transport {
-            Transport::Companion(_) => http_callout(&worker.compiled, "GET", &lookup::feed_path(worker.feed.cursor.as_deref()), None),
+            Transport::Companion(_) => http_callout(&worker.compiled, &lookup::feed_path(worker.feed.cursor.as_deref()), self.id),
             #[cfg(feature = "redis-callout")]
             Transport::Redis(target) => redis::poll_feed(target, &worker.compiled.keys, worker.feed.cursor.as_deref(), self.id),
             #[cfg(not(feature = "redis-callout"))]
@@ -179,7 +171,7 @@ impl Root {
     fn send_refreshes(&self, worker: &mut Worker) {
         for request in std::mem::take(&mut worker.refresh_queue) {
             let sent = match &worker.compiled.transport {
-                Transport::Companion(_) => http_callout(&worker.compiled, "GET", &request.path(), None),
+                Transport::Companion(_) => http_callout(&worker.compiled, &request.path(), self.id),
                 #[cfg(feature = "redis-callout")]
                 Transport::Redis(target) => redis::refresh(target, &worker.compiled.keys, &request),
                 #[cfg(not(feature = "redis-callout"))]
@@ -192,8 +184,9 @@ impl Root {
     }
 }
 
-impl Context for Root {
-    fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _: usize) {
+impl Root {
+    /// An HTTP callout of this root answered: a feed page, or a sliding refresh.
+    fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize) {
         let Some(worker) = &self.worker else { return };
         let Ok(mut worker) = worker.try_borrow_mut() else { return };
         if worker.feed.call.map(|(call, _)| call) != Some(token) {
@@ -204,8 +197,9 @@ impl Context for Root {
     }
 }
 
-impl RootContext for Root {
-    fn on_configure(&mut self, _: usize) -> bool {
+impl Root {
+    /// Parses the plugin configuration once; `false` stops the plugin from loading.
+    fn on_configure(&mut self) -> bool {
         let bytes = abi::buffer(Buffer::PluginConfiguration, usize::MAX).unwrap_or_default();
         let compiled = match Compiled::parse(&bytes) {
             Ok(c) => c,
@@ -231,6 +225,7 @@ impl RootContext for Root {
         true
     }
 
+    /// The timer: feed poll, sliding refreshes, purge, gauges and counters.
     fn on_tick(&mut self) {
         let Some(worker) = self.worker.clone() else { return };
         let Ok(mut worker) = worker.try_borrow_mut() else { return };
@@ -247,15 +242,12 @@ impl RootContext for Root {
         self.metrics.flush();
     }
 
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+    /// A new request under this root.
+    fn create_http_context(&self, context_id: u32) -> Http {
         let flow = Rc::new(RefCell::new(HttpFlow::new()));
         #[cfg(feature = "redis-callout")]
         redis::register_flow(context_id, flow.clone());
-        Some(Box::new(Http { id: context_id, root_id: self.id, worker: self.worker.clone(), metrics: self.metrics.clone(), flow }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+        Http { id: context_id, root_id: self.id, worker: self.worker.clone(), metrics: self.metrics.clone(), flow }
     }
 }
 
@@ -302,7 +294,7 @@ impl Host for EnvoyHost<'_> {
 
     fn dispatch_lookup(&mut self, request: &LookupRequest) -> Result<u32, String> {
         match &self.compiled.transport {
-            Transport::Companion(_) => http_callout(self.compiled, "GET", &request.path(), None),
+            Transport::Companion(_) => http_callout(self.compiled, &request.path(), self.context_id),
             #[cfg(feature = "redis-callout")]
             Transport::Redis(target) => redis::lookup(target, &self.compiled.keys, request, self.context_id, self.root_id),
             #[cfg(not(feature = "redis-callout"))]
@@ -361,8 +353,9 @@ impl Drop for Http {
     }
 }
 
-impl Context for Http {
-    fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _: usize) {
+impl Http {
+    /// This request's lookup answered (an answer for another call is ignored).
+    fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize) {
         if self.flow.try_borrow().map(|f| f.waiting_for()).ok().flatten() != Some(token) {
             return;
         }
@@ -377,22 +370,20 @@ impl Context for Http {
     }
 }
 
-impl HttpContext for Http {
-    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+impl Http {
+    /// Request headers: forward, or pause (for a lookup, or after a local reply).
+    fn on_request_headers(&mut self) -> Step {
         let step = with_flow(&self.flow, self.worker.as_ref(), &self.metrics, (self.id, self.root_id), |flow, host, worker| {
             flow.on_request_headers(host, worker, now_ms())
         });
-        match step {
-            Step::Continue => Action::Continue,
-            Step::Pause | Step::Replied => Action::Pause,
-        }
+        step
     }
 
-    fn on_http_request_trailers(&mut self, _: usize) -> Action {
-        with_flow(&self.flow, self.worker.as_ref(), &self.metrics, (self.id, self.root_id), |flow, host, worker| {
-            flow.on_request_trailers(host, worker);
-            Step::Continue
-        });
-        Action::Continue
+    /// Request trailers: never carry identity headers upstream.
+    fn on_request_trailers(&mut self) {
+        let (Ok(mut flow), Some(Ok(worker))) = (self.flow.try_borrow_mut(), self.worker.as_ref().map(|w| w.try_borrow())) else { return };
+        let compiled = Rc::clone(&worker.compiled);
+        let mut host = EnvoyHost { metrics: &self.metrics, compiled: &compiled, context_id: self.id, root_id: self.root_id };
+        flow.on_request_trailers(&mut host, &worker);
     }
 }
