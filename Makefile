@@ -9,7 +9,7 @@ WASM_DIR := target/$(WASM_TARGET)/wasm-release
 WASM_STOCK := $(WASM_DIR)/multitokens_filter.wasm
 WASM_REDIS := $(WASM_DIR)/multitokens_filter_redis.wasm
 
-.PHONY: all tools build wasm lint test demo bench oci clean
+.PHONY: all tools build wasm lint test fuzz demo bench oci clean
 
 all: build wasm
 
@@ -40,6 +40,10 @@ lint:
 test: tools lint wasm
 	set -o pipefail; cargo test --all-targets -- --test-threads=4 2>&1 | tee target/test-output.log
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f; exit (p == 0) }' target/test-output.log
+
+## fuzz: the property test of both built filters with many cases (make test runs 40 per build)
+fuzz: tools wasm
+	MULTITOKENS_FUZZ_CASES=$${MULTITOKENS_FUZZ_CASES:-3000} cargo test --release --test wasm_fuzz -- --test-threads=2
 
 ## demo: Redis, the companion, a demo app and Envoy with the filter, in the foreground
 demo: tools wasm build
