@@ -154,7 +154,7 @@ fn config(redis: bool) -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-fn http_answer(a: &Answer) -> Option<(Vec<(Vec<u8>, Vec<u8>)>, Vec<u8>)> {
+fn http_answer(a: &Answer) -> Option<(host::RawHeaders, Vec<u8>)> {
     let ok = |body: serde_json::Value| Some((vec![(b":status".to_vec(), b"200".to_vec())], serde_json::to_vec(&body).unwrap()));
     match a {
         Answer::Nothing => None,

@@ -10,7 +10,8 @@
 //! follow cluster redirections.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use multitokens::filter::header_map::{self, RawHeaders};
+use multitokens::filter::header_map;
+pub use multitokens::filter::header_map::RawHeaders;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
