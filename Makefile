@@ -9,9 +9,13 @@ WASM_DIR := target/$(WASM_TARGET)/wasm-release
 WASM_STOCK := $(WASM_DIR)/multitokens_filter.wasm
 WASM_REDIS := $(WASM_DIR)/multitokens_filter_redis.wasm
 
-.PHONY: all tools build wasm lint test fuzz demo bench oci clean
+.PHONY: all help tools build wasm lint test fuzz demo bench oci clean
 
 all: build wasm
+
+## help: this list
+help:
+	@grep -E '^## ' $(MAKEFILE_LIST) | sed -E 's/^## //'
 
 ## tools: install the wasm target, redis-server and Envoy 1.40 (into .tools/) when missing
 tools:
@@ -30,8 +34,9 @@ wasm:
 	cp $(WASM_DIR)/multitokens.wasm $(WASM_STOCK)
 	@ls -l $(WASM_STOCK) $(WASM_REDIS)
 
-## lint: clippy (unwrap/expect/panic denied outside tests) for the native and the wasm builds
+## lint: rustfmt check, then clippy (unwrap/expect/panic denied outside tests) for the native and the wasm builds
 lint:
+	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --lib --target $(WASM_TARGET) --no-default-features --features wasm-filter -- -D warnings
 	cargo clippy --lib --target $(WASM_TARGET) --no-default-features --features redis-callout -- -D warnings

@@ -352,7 +352,10 @@ def main():
         "ext_authz": Envoy("ext_authz", ext_authz_filter(), companion_port),
     }
     flood = Envoy("invalid_flood", wasm_filter("multitokens", stock, filter_config(10000)), companion_port)
-    for e in list(envoys.values()) + [flood]:
+    # the shipped defaults: throttling on, negatives bounded apart from positives
+    mixed = Envoy("forged_mixed", wasm_filter("multitokens", stock, filter_config(
+        10000, throttle={"max_failures": 20, "window_ms": 60000})), companion_port)
+    for e in list(envoys.values()) + [flood, mixed]:
         e.ready()
     time.sleep(2.5)  # filters follow the revocation feed
 
@@ -423,6 +426,32 @@ def main():
     flood_results["cache_entries_after"] = gauges.get("wasmcustom.multitokens.cache_entries", -1)
     flood_results["vm_memory_bytes_after"] = gauges.get("wasmcustom.multitokens.vm_memory_bytes", -1)
     scenarios["invalid_flood"] = {k: flood_results["invalid_unknown"][k] for k in ("rps", "p50_ms", "p99_ms", "errors")}
+
+    # forged tokens mixed with valid traffic (one forged, one valid, ...) from one client: the
+    # valid tokens keep their cache hits, the forged ones are throttled after the budget, and the
+    # store sees a bounded number of lookups
+    mixed_file = write_lines("mixed.txt", [t for pair in zip(tokens, (make_token(f"user-{i % 100}") for i in range(len(tokens)))) for t in pair])
+    wrk(mixed.port, WARMUP, env={"TOKENS_FILE": str(valid_file)})  # warm the cache with the valid tokens
+    time.sleep(1.2)
+    before = envoy_stats(mixed.admin)
+    result = wrk(mixed.port, SECONDS, env={"TOKENS_FILE": str(mixed_file)})
+    time.sleep(1.2)
+    after = envoy_stats(mixed.admin)
+    d = lambda k: after.get(k, 0) - before.get(k, 0)
+    mixed_results = {
+        "rps": round(result["rps"], 1), "p50_ms": round(result["p50_ms"], 3), "p99_ms": round(result["p99_ms"], 3),
+        "errors": result["socket_errors"] + d("http.bench.downstream_rq_5xx"),
+        "valid_passed": d("http.bench.downstream_rq_2xx"),
+        "forged_refused": d("wasmcustom.multitokens.denied_invalid") + d("wasmcustom.multitokens.denied_malformed"),
+        "forged_throttled": d("wasmcustom.multitokens.denied_throttled"),
+        "cache_hits": d("wasmcustom.multitokens.cache_hit"),
+        "lookups": d("wasmcustom.multitokens.cache_miss"),
+        "seconds": SECONDS,
+    }
+    mixed_results["lookups_per_second"] = round(mixed_results["lookups"] / max(SECONDS, 1), 1)
+    scenarios["forged_mixed"] = {k: mixed_results[k] for k in ("rps", "p50_ms", "p99_ms", "errors")}
+    log(f"forged_mixed: {result['rps']:.0f} req/s, {mixed_results['valid_passed']} valid passed, "
+        f"{mixed_results['forged_throttled']} throttled, {mixed_results['lookups']} lookups")
     scenarios["invalid_flood_bad_checksum"] = {k: flood_results["invalid_bad_checksum"][k] for k in ("rps", "p50_ms", "p99_ms", "errors")}
 
     # the companion alone, and Redis as its floor
@@ -458,6 +487,7 @@ def main():
         },
         "filter_vm_memory_bytes": {"filter_hit": hit_memory, "after_invalid_flood": flood_results["vm_memory_bytes_after"]},
         "invalid_flood": flood_results,
+        "forged_mixed": mixed_results,
         "hit_path_native_ns": json.loads(micro) if micro.startswith("{") else None,
         "machine": machine(),
         "settings": {"seconds": SECONDS, "warmup": WARMUP, "rounds": ROUNDS, "connections": CONNECTIONS, "envoy_concurrency": 1},
@@ -471,6 +501,9 @@ def main():
         "stock_build_under_250_kb": results["wasm_bytes"]["stock"] < 250_000,
         "bad_checksums_never_reach_redis": flood_results["invalid_bad_checksum"]["lookups"] == 0,
         "memory_bounded_during_flood": 0 <= flood_results["cache_entries_after"] <= 10000,
+        # one client, one worker: the budget (20 per window) plus the valid tokens' own misses
+        "forged_flood_lookups_bounded": mixed_results["lookups"] <= 20 + len(tokens),
+        "valid_tokens_keep_passing_in_the_flood": mixed_results["valid_passed"] >= 0.45 * (mixed_results["valid_passed"] + mixed_results["forged_refused"] + mixed_results["forged_throttled"]),
     }
 
     out = ROOT / "bench/results.json"
@@ -483,7 +516,7 @@ def print_table(results):
     s, base, noop = results["scenarios"], results["scenarios"]["no_auth"]["rps"], results["scenarios"]["noop_wasm"]["rps"]
     print(f"\n{'scenario':<28}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'vs no_auth':>12}{'vs noop_wasm':>14}{'envoy us/req':>14}")
     for name, r in s.items():
-        envoy = name in ("no_auth", "noop_wasm", "filter_hit", "filter_hit_lean", "filter_miss", "ext_authz", "invalid_flood", "invalid_flood_bad_checksum")
+        envoy = name in ("no_auth", "noop_wasm", "filter_hit", "filter_hit_lean", "filter_miss", "ext_authz", "invalid_flood", "invalid_flood_bad_checksum", "forged_mixed")
         vs_base = f"{r['rps'] / base:.3f}" if envoy and base else "-"
         vs_noop = f"{r['rps'] / noop:.3f}" if envoy and noop else "-"
         cpu = f"{r['envoy_cpu_us_per_req']:.1f}" if "envoy_cpu_us_per_req" in r else "-"
@@ -500,6 +533,9 @@ def print_table(results):
     b = f["invalid_bad_checksum"]
     print(f"  bad-checksum flood: {b['lookups']} token lookups; Redis saw {b['redis_commands']} commands in {b['seconds']} s, "
           f"all from the filters' {b['feed_polls']} revocation-feed polls")
+    x = results["forged_mixed"]
+    print(f"  forged flood mixed with valid traffic: {x['valid_passed']} valid passed, {x['forged_refused']} forged refused, "
+          f"{x['forged_throttled']} throttled (429), {x['lookups']} lookups in {x['seconds']} s")
     if results["hit_path_native_ns"]:
         print(f"  native hit path: {results['hit_path_native_ns']}")
     for k, v in results["targets"].items():

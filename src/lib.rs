@@ -7,7 +7,7 @@
 //! - `companion` (feature `companion`): the `multitokens` CLI and HTTP API over Redis.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
-pub mod core;
-pub mod filter;
 #[cfg(feature = "companion")]
 pub mod companion;
+pub mod core;
+pub mod filter;

@@ -78,11 +78,7 @@ impl Stack {
     }
 
     fn companion(redis: &RedisServer, port: u16) -> CompanionServer {
-        CompanionServer::start_on(
-            port,
-            &redis.url(),
-            &[("MULTITOKENS_ADMIN_KEY", ADMIN_KEY), ("MULTITOKENS_INTERNAL_KEY", INTERNAL_KEY)],
-        )
+        CompanionServer::start_on(port, &redis.url(), &[("MULTITOKENS_ADMIN_KEY", ADMIN_KEY), ("MULTITOKENS_INTERNAL_KEY", INTERNAL_KEY)])
     }
 
     fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<Value>) -> HttpReply {
@@ -249,7 +245,8 @@ fn a_revoked_token_is_refused_within_the_poll_interval_with_the_cache_on() {
     assert!(took < Duration::from_millis(2500), "revocation took {took:?}");
     assert!(s.stat("revocations_applied") >= 1);
     // the filter's stats are in Prometheus form too
-    let prometheus = s.agent.get(format!("http://127.0.0.1:{}/stats/prometheus", s.admin_port)).call().unwrap().into_body().read_to_string().unwrap();
+    let prometheus =
+        s.agent.get(format!("http://127.0.0.1:{}/stats/prometheus", s.admin_port)).call().unwrap().into_body().read_to_string().unwrap();
     for name in ["allowed", "cache_hit", "cache_miss", "denied_invalid", "revocations_applied", "callout_failed", "cache_entries"] {
         // Envoy exports the wasm custom namespace without its prefix: multitokens_<name>
         assert!(prometheus.lines().any(|l| l.starts_with(&format!("multitokens_{name}{{"))), "{name} missing from /stats/prometheus");
@@ -309,7 +306,8 @@ fn without_rules_only_authorization_is_read_and_spoofing_still_fails() {
     let out = support::companion(&["issue", "--user", "gus", "--device", "tv"], &[("MULTITOKENS_REDIS_URL", &s.redis.url())], None);
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let auth = bearer(&token);
-    let headers = [("authorization", auth.as_str()), ("x-multitokens-user", "root"), ("x-multitokens-user", "admin"), ("x-multitokens-device", "x")];
+    let headers =
+        [("authorization", auth.as_str()), ("x-multitokens-user", "root"), ("x-multitokens-user", "admin"), ("x-multitokens-device", "x")];
     for _ in 0..2 {
         // a lookup, then a cache hit: both replace every client value
         let r = s.request("GET", "/api/headers", &headers, None);
@@ -346,7 +344,8 @@ fn revoked_tokens_stay_refused_after_hostile_credentials() {
         ];
         for value in &malformed {
             for agent in [&s.agent, &support::http_agent()] {
-                let r = support::http_call(agent, "GET", &format!("http://127.0.0.1:{}/api/whoami", s.port), &[("authorization", value)], None);
+                let r =
+                    support::http_call(agent, "GET", &format!("http://127.0.0.1:{}/api/whoami", s.port), &[("authorization", value)], None);
                 assert!(matches!(r.status, 401 | 431), "round {round}: {} for a malformed credential", r.status);
             }
         }
@@ -367,7 +366,13 @@ fn revoked_tokens_stay_refused_after_hostile_credentials() {
             // alternate pooled and fresh connections: both workers answer
             let agent = if i % 2 == 0 { s.agent.clone() } else { support::http_agent() };
             for t in [&laptop, &phone, &tablet] {
-                let r = support::http_call(&agent, "GET", &format!("http://127.0.0.1:{}/api/whoami", s.port), &[("authorization", &bearer(t))], None);
+                let r = support::http_call(
+                    &agent,
+                    "GET",
+                    &format!("http://127.0.0.1:{}/api/whoami", s.port),
+                    &[("authorization", &bearer(t))],
+                    None,
+                );
                 assert_eq!(r.status, 401, "round {round}, request {i}: a revoked token was accepted again");
             }
         }
@@ -477,7 +482,9 @@ fn ambiguous_paths_never_bypass_the_rules() {
         let admin = s.login("root", "console", &["admin"]);
         for path in attacks {
             // the app answers 404 to a path it does not route: that status means it got the request
-            for (who, auth, allowed) in [("nobody", None, &[400u16, 401][..]), ("user", Some(&user), &[400, 403][..]), ("admin", Some(&admin), &[200, 400][..])] {
+            for (who, auth, allowed) in
+                [("nobody", None, &[400u16, 401][..]), ("user", Some(&user), &[400, 403][..]), ("admin", Some(&admin), &[200, 400][..])]
+            {
                 let mut request = [b"GET ", path, b" HTTP/1.1\r\nhost: test\r\nconnection: close\r\n"].concat();
                 if let Some(t) = auth {
                     request.extend_from_slice(format!("authorization: Bearer {t}\r\n").as_bytes());
@@ -501,7 +508,12 @@ fn ambiguous_paths_never_bypass_the_rules() {
     // and behind an Envoy that lets them through, the filter removes them on any path
     let user = raw.login("erin", "phone", &[]);
     for path in ["/public/headers", "/api/headers"] {
-        let r = raw.request("GET", path, &[("authorization", &bearer(&user)), ("x_multitokens_user", "root"), ("X_Multitokens_Scopes", "admin")], None);
+        let r = raw.request(
+            "GET",
+            path,
+            &[("authorization", &bearer(&user)), ("x_multitokens_user", "root"), ("X_Multitokens_Scopes", "admin")],
+            None,
+        );
         assert_eq!(r.status, 200, "{path}");
         let keys: Vec<&String> = r.body.as_object().unwrap().keys().collect();
         assert_eq!(keys.len(), 5, "{path}: only the identity names the filter sets reach the app: {}", r.body);
@@ -516,14 +528,23 @@ fn forged_token_floods_are_throttled() {
     let s = Stack::start_with(|_| {}, |yaml| yaml); // the shipped config, throttling on
     let alice = s.login("alice", "laptop", &[]);
     for _ in 0..4 {
-        assert_eq!(raw_status(s.port, format!("GET /api/whoami HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {alice}\r\nconnection: close\r\n\r\n").as_bytes()), 200);
+        assert_eq!(
+            raw_status(
+                s.port,
+                format!("GET /api/whoami HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {alice}\r\nconnection: close\r\n\r\n").as_bytes()
+            ),
+            200
+        );
     }
     let misses = s.stat("cache_miss");
     let mut statuses = Vec::new();
     for _ in 0..80 {
         let forged = multitokens::core::token::generate("mt", "mallory").unwrap();
         // fresh connections: both workers see the flood
-        statuses.push(raw_status(s.port, format!("GET /api/whoami HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {forged}\r\nconnection: close\r\n\r\n").as_bytes()));
+        statuses.push(raw_status(
+            s.port,
+            format!("GET /api/whoami HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {forged}\r\nconnection: close\r\n\r\n").as_bytes(),
+        ));
     }
     let refused = statuses.iter().filter(|s| **s == 401).count();
     let throttled = statuses.iter().filter(|s| **s == 429).count();
@@ -535,7 +556,13 @@ fn forged_token_floods_are_throttled() {
     assert!(r.body["detail"].as_str().unwrap().starts_with("Request was throttled. Expected available in "), "{}", r.body);
     // the valid token, cached on every worker, still passes
     for _ in 0..4 {
-        assert_eq!(raw_status(s.port, format!("GET /api/whoami HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {alice}\r\nconnection: close\r\n\r\n").as_bytes()), 200);
+        assert_eq!(
+            raw_status(
+                s.port,
+                format!("GET /api/whoami HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {alice}\r\nconnection: close\r\n\r\n").as_bytes()
+            ),
+            200
+        );
     }
     assert!(s.stat("denied_throttled") >= 40);
 }

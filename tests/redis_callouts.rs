@@ -270,7 +270,13 @@ fn sliding_refresh_only_after_a_positive_answer() {
     assert_eq!(sent.len(), 2, "the lookup, then the refresh");
     assert!(!is_refresh(&sent[0]) && is_refresh(&sent[1]));
     host.tick(); // the refresh's answer is not waited for: let the host perform it
-    let ttl: i64 = stack.redis.cli(&["--scan", "--pattern", "mt:*:t:*"]).lines().map(|k| stack.redis.cli(&["TTL", k]).trim().parse::<i64>().unwrap()).max().unwrap();
+    let ttl: i64 = stack
+        .redis
+        .cli(&["--scan", "--pattern", "mt:*:t:*"])
+        .lines()
+        .map(|k| stack.redis.cli(&["TTL", k]).trim().parse::<i64>().unwrap())
+        .max()
+        .unwrap();
     assert!((590..=600).contains(&ttl), "issued for 60 s, refreshed to 600 s: {ttl}");
 }
 
@@ -315,7 +321,9 @@ fn redis_errors_and_garbage_map_to_the_failure_mode() {
     let http = CompanionServer::start(&redis.url(), &[("MULTITOKENS_ADMIN_KEY", "host-admin-key-0123456789")]);
     let mut upstreams = Upstreams::default();
     upstreams.redis.insert("redis".into(), addr(http.port));
-    let mut host = TestHost::load(&wasm_path("multitokens_filter_redis.wasm"), &json!({"redis": {"cluster": "redis"}}).to_string(), upstreams).unwrap();
+    let mut host =
+        TestHost::load(&wasm_path("multitokens_filter_redis.wasm"), &json!({"redis": {"cluster": "redis"}}).to_string(), upstreams)
+            .unwrap();
     assert_eq!(get(&mut host, "/api", &token).reply().status, 503);
     // and allow_cached never lets an unverified token in
     let redis = RedisServer::start();
@@ -337,7 +345,8 @@ fn each_build_refuses_the_transport_it_cannot_serve() {
     let config = json!({"redis": {"cluster": "redis"}}).to_string();
     let mut upstreams = Upstreams::default();
     upstreams.redis.insert("redis".into(), addr(1));
-    let err = TestHost::load(&wasm_path("multitokens_filter.wasm"), &config, upstreams.clone()).err().expect("stock build must refuse redis");
+    let err =
+        TestHost::load(&wasm_path("multitokens_filter.wasm"), &config, upstreams.clone()).err().expect("stock build must refuse redis");
     assert!(err.contains("stock build") && err.contains("multitokens_filter_redis.wasm"), "{err}");
     // an unknown Redis cluster is refused at configure time (proxy_redis_init answers BadArgument)
     let config = json!({"redis": {"cluster": "nowhere"}}).to_string();
@@ -347,7 +356,8 @@ fn each_build_refuses_the_transport_it_cannot_serve() {
 
 #[test]
 fn upstream_envoy_refuses_the_redis_callout_build() {
-    let config = support::demo_envoy_yaml(&wasm_path("multitokens_filter_redis.wasm"), support::free_port(false), support::free_port(false));
+    let config =
+        support::demo_envoy_yaml(&wasm_path("multitokens_filter_redis.wasm"), support::free_port(false), support::free_port(false));
     let (ok, log) = support::envoy_run_expecting_exit(&config);
     assert!(!ok);
     assert!(log.contains("missing import: env.proxy_redis_"), "{log}");
@@ -361,7 +371,8 @@ fn redis_cluster_through_envoys_redis_proxy() {
     let cluster = support::RedisCluster::start();
     let text = std::fs::read_to_string(repo_root().join("envoy/redis-cluster-proxy.yaml")).unwrap();
     let (listen, admin) = (support::free_port(false), support::free_port(false));
-    let mut config = text.replace("port_value: 16400", &format!("port_value: {listen}")).replace("port_value: 19902", &format!("port_value: {admin}"));
+    let mut config =
+        text.replace("port_value: 16400", &format!("port_value: {listen}")).replace("port_value: 19902", &format!("port_value: {admin}"));
     for (i, node) in cluster.nodes.iter().enumerate() {
         config = config.replace(&format!("port_value: {}", 7000 + i), &format!("port_value: {}", node.port));
     }

@@ -104,8 +104,18 @@ fn request() -> impl Strategy<Value = Request> {
         bytes(16),
     ]);
     let path = prop::option::of(prop_oneof![
-        prop::sample::select(vec!["/api", "/admin/x", "/healthz", "/public/../admin/x", "/admin//x", "/%61dmin/x", "/admin;x", "*", "/h?x=/../"])
-            .prop_map(|p| p.as_bytes().to_vec()),
+        prop::sample::select(vec![
+            "/api",
+            "/admin/x",
+            "/healthz",
+            "/public/../admin/x",
+            "/admin//x",
+            "/%61dmin/x",
+            "/admin;x",
+            "*",
+            "/h?x=/../"
+        ])
+        .prop_map(|p| p.as_bytes().to_vec()),
         bytes(256),
     ]);
     let header = (header_name(), bytes(65_536), prop::option::weighted(0.5, 0usize..4));
@@ -115,7 +125,11 @@ fn request() -> impl Strategy<Value = Request> {
 
 /// Valid configurations for a build, with their variations, or broken ones.
 fn config(redis: bool) -> impl Strategy<Value = Vec<u8>> {
-    let transport = if redis { json!({"redis": {"cluster": "redis", "timeout_ms": 200}}) } else { json!({"companion": {"cluster": "companion", "api_key": "k"}}) };
+    let transport = if redis {
+        json!({"redis": {"cluster": "redis", "timeout_ms": 200}})
+    } else {
+        json!({"companion": {"cluster": "companion", "api_key": "k"}})
+    };
     let valid = (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), 0usize..3).prop_map(
         move |(rules, cookie, throttle, allow_cached, refresh, cache)| {
             let mut c = transport.clone();
@@ -238,7 +252,11 @@ fn run_case(redis: bool, config: &[u8], requests: &[Request], tokens: &[String])
                 Event::Answer(..) => {}
                 Event::Stray(token, a) => {
                     // (only the Redis-callout build exports the Redis callback)
-                    let call = PendingCall { token: token | 0x4000_0000, context: [ctx, 1, 777][*token as usize % 3], redis: redis && token % 2 == 0 };
+                    let call = PendingCall {
+                        token: token | 0x4000_0000,
+                        context: [ctx, 1, 777][*token as usize % 3],
+                        redis: redis && token % 2 == 0,
+                    };
                     deliver(&mut host, &call, a).map_err(TestCaseError::fail)?;
                 }
                 Event::Reset => {
@@ -265,7 +283,11 @@ fn run_case(redis: bool, config: &[u8], requests: &[Request], tokens: &[String])
             Decision::Forwarded(headers) => {
                 for (name, value) in &headers {
                     if is_identity(name) {
-                        prop_assert!(!value.starts_with(SPOOF), "a client's identity header was forwarded: {:?}", String::from_utf8_lossy(name));
+                        prop_assert!(
+                            !value.starts_with(SPOOF),
+                            "a client's identity header was forwarded: {:?}",
+                            String::from_utf8_lossy(name)
+                        );
                         prop_assert!(name.iter().all(|b| *b != b'_' && !b.is_ascii_uppercase()), "an identity alias was forwarded");
                     }
                 }

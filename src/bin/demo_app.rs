@@ -71,7 +71,8 @@ async fn login(State(demo): State<Arc<Demo>>, Json(body): Json<Value>) -> Respon
 /// name a CGI/WSGI server would read as one of them (`x_multitokens_user`), keyed by the name
 /// received (to show that clients cannot add their own and that the credential is stripped).
 fn all_values(headers: &HeaderMap) -> Value {
-    const NAMES: [&str; 5] = ["x-multitokens-user", "x-multitokens-device", "x-multitokens-scopes", "x-multitokens-token-id", "authorization"];
+    const NAMES: [&str; 5] =
+        ["x-multitokens-user", "x-multitokens-device", "x-multitokens-scopes", "x-multitokens-token-id", "authorization"];
     let mut out = serde_json::Map::new();
     for name in NAMES {
         out.insert(name.to_string(), Value::Array(Vec::new()));

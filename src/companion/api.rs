@@ -76,10 +76,7 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = %msg, "token store failure");
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Token store unavailable.")
             }
-            other => ApiError::new(
-                StatusCode::from_u16(other.http_status()).unwrap_or(StatusCode::BAD_REQUEST),
-                other.to_string(),
-            ),
+            other => ApiError::new(StatusCode::from_u16(other.http_status()).unwrap_or(StatusCode::BAD_REQUEST), other.to_string()),
         }
     }
 }
@@ -101,12 +98,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|r| ApiError::new(r.status(), "Request body too large or unreadable."))?;
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("Invalid JSON body: {e}")))
+        let bytes =
+            Bytes::from_request(req, state).await.map_err(|r| ApiError::new(r.status(), "Request body too large or unreadable."))?;
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("Invalid JSON body: {e}")))
     }
 }
 
@@ -115,9 +109,7 @@ fn credential(parts: &Parts) -> Option<&str> {
     let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
     let (scheme, rest) = value.split_once(' ')?;
     let rest = rest.trim();
-    (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token"))
-        .then_some(rest)
-        .filter(|r| !r.is_empty())
+    (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token")).then_some(rest).filter(|r| !r.is_empty())
 }
 
 fn check_key(parts: &Parts, expected: &str) -> Result<(), ApiError> {
@@ -194,9 +186,7 @@ async fn issue(_: Admin, State(store): State<Arc<TokenStore>>, JsonBody(body): J
     }
     .transpose()
     .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("Invalid ttl: {e}")))?;
-    let issued = store
-        .issue(IssueRequest { user: body.user, device: body.device, ttl, scopes: body.scopes })
-        .await?;
+    let issued = store.issue(IssueRequest { user: body.user, device: body.device, ttl, scopes: body.scopes }).await?;
     Ok((StatusCode::CREATED, Json(issued)).into_response())
 }
 
@@ -225,14 +215,8 @@ struct IntrospectBody {
 
 /// RFC 7662 token introspection: form-encoded (the RFC's) or JSON `token`.
 async fn introspect(_: Admin, State(store): State<Arc<TokenStore>>, req: Request) -> Result<Response, ApiError> {
-    let is_json = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    let bytes = Bytes::from_request(req, &())
-        .await
-        .map_err(|r| ApiError::new(r.status(), "Request body too large or unreadable."))?;
+    let is_json = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"));
+    let bytes = Bytes::from_request(req, &()).await.map_err(|r| ApiError::new(r.status(), "Request body too large or unreadable."))?;
     let body: IntrospectBody = if is_json {
         serde_json::from_slice(&bytes).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("Invalid JSON body: {e}")))?
     } else {
@@ -354,8 +338,9 @@ async fn ext_authz(State(store): State<Arc<TokenStore>>, CallerToken(token): Cal
         ("x-multitokens-token-id", info.id.as_str()),
         ("x-multitokens-scopes", scopes.as_str()),
     ] {
-        let value = HeaderValue::from_bytes(value.as_bytes())
-            .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("The token's {name} cannot be sent as a header value.")))?;
+        let value = HeaderValue::from_bytes(value.as_bytes()).map_err(|_| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("The token's {name} cannot be sent as a header value."))
+        })?;
         headers.insert(name, value);
     }
     Ok(response)

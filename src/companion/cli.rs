@@ -165,11 +165,9 @@ fn raw_settings(args: &SettingsArgs, listen: Option<String>) -> RawSettings {
     raw.set("max_lifetime", args.max_lifetime.clone());
     raw.set("redis_timeout_ms", args.redis_timeout_ms.clone());
     raw.set("listen", listen);
-    for (name, var) in [
-        ("hash_key", "MULTITOKENS_HASH_KEY"),
-        ("admin_key", "MULTITOKENS_ADMIN_KEY"),
-        ("internal_key", "MULTITOKENS_INTERNAL_KEY"),
-    ] {
+    for (name, var) in
+        [("hash_key", "MULTITOKENS_HASH_KEY"), ("admin_key", "MULTITOKENS_ADMIN_KEY"), ("internal_key", "MULTITOKENS_INTERNAL_KEY")]
+    {
         raw.set(name, std::env::var(var).ok());
     }
     raw
@@ -180,10 +178,7 @@ fn read_token(arg: &str) -> Result<String, Failure> {
         return Ok(arg.trim().to_string());
     }
     let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .map_err(|e| usage(format!("cannot read the token from standard input: {e}")))?;
+    std::io::stdin().lock().read_line(&mut line).map_err(|e| usage(format!("cannot read the token from standard input: {e}")))?;
     Ok(line.trim().to_string())
 }
 
@@ -267,7 +262,9 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
             match &internal_key {
                 Some(k) if *k == admin_key => return Err(usage("internal_key must differ from admin_key: it is handed to every filter")),
                 Some(k) if k.len() < 16 => return Err(usage("internal_key must be at least 16 characters")),
-                None => tracing::warn!("MULTITOKENS_INTERNAL_KEY is not set: the filter's lookup and revocation feed endpoints are disabled"),
+                None => {
+                    tracing::warn!("MULTITOKENS_INTERNAL_KEY is not set: the filter's lookup and revocation feed endpoints are disabled")
+                }
                 Some(_) => {}
             }
             let listener = tokio::net::TcpListener::bind(&settings.listen)
@@ -279,9 +276,7 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
             }
             tracing::info!(listen = %addr, prefix = %settings.prefix, "multitokens API listening");
             let state = AppState { store: Arc::new(store), admin_key: admin_key.into(), internal_key: internal_key.map(Into::into) };
-            api::run(listener, state, shutdown_signal())
-                .await
-                .map_err(|e| Failure { code: 3, message: format!("server error: {e}") })
+            api::run(listener, state, shutdown_signal()).await.map_err(|e| Failure { code: 3, message: format!("server error: {e}") })
         }
     }
 }
@@ -289,10 +284,7 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
 /// Logs of `serve` on stderr: level from `MULTITOKENS_LOG` (default info), JSON lines when
 /// `MULTITOKENS_LOG_FORMAT=json`. Fields carry users and token ids, never tokens or keys.
 fn init_logging() {
-    let level = std::env::var("MULTITOKENS_LOG")
-        .ok()
-        .and_then(|l| l.parse::<tracing::Level>().ok())
-        .unwrap_or(tracing::Level::INFO);
+    let level = std::env::var("MULTITOKENS_LOG").ok().and_then(|l| l.parse::<tracing::Level>().ok()).unwrap_or(tracing::Level::INFO);
     let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(level).with_target(false);
     let _ = match std::env::var("MULTITOKENS_LOG_FORMAT").as_deref() {
         Ok("json") => builder.json().try_init(),

@@ -83,11 +83,8 @@ impl Redis {
                 Ok(Redis::Single(ConnectionManager::new_lazy_with_config(client, config)?))
             }
             RedisTarget::Cluster(nodes) => {
-                let client = ClusterClient::builder(nodes.clone())
-                    .connection_timeout(timeout)
-                    .response_timeout(timeout)
-                    .retries(2)
-                    .build()?;
+                let client =
+                    ClusterClient::builder(nodes.clone()).connection_timeout(timeout).response_timeout(timeout).retries(2).build()?;
                 Ok(Redis::Cluster(Arc::new(client), Arc::new(OnceCell::new())))
             }
         }

@@ -147,11 +147,8 @@ fn toml_to_string(name: &str, value: &toml::Value) -> Result<String, String> {
 
 /// Reads a TOML config file into raw values; unknown keys are rejected by name.
 pub fn read_config_file(path: &Path) -> Result<RawSettings, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| format!("config file {}: {}", path.display(), e.message()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| format!("config file {}: {}", path.display(), e.message()))?;
     let mut raw = RawSettings::default();
     for (key, value) in &table {
         let Some(name) = SETTING_NAMES.iter().find(|n| **n == key.as_str()) else {
@@ -173,21 +170,16 @@ impl Settings {
 
         let prefix = get("prefix").unwrap_or(DEFAULT_PREFIX).to_string();
         validate_prefix(&prefix).map_err(|e| format!("invalid prefix: {e}"))?;
-        let max_tokens_per_user = parsed("max_tokens_per_user", get("max_tokens_per_user"), |v| {
-            match v.trim().parse::<u32>() {
-                Ok(n) if n > 0 => Ok(n),
-                _ => Err(format!("expected a positive whole number, got {v:?}")),
-            }
+        let max_tokens_per_user = parsed("max_tokens_per_user", get("max_tokens_per_user"), |v| match v.trim().parse::<u32>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("expected a positive whole number, got {v:?}")),
         })?;
-        let redis_timeout_ms = parsed("redis_timeout_ms", get("redis_timeout_ms"), |v| {
-            match v.trim().parse::<u64>() {
-                Ok(n) if (1..=60_000).contains(&n) => Ok(n),
-                _ => Err(format!("expected milliseconds from 1 to 60000, got {v:?}")),
-            }
+        let redis_timeout_ms = parsed("redis_timeout_ms", get("redis_timeout_ms"), |v| match v.trim().parse::<u64>() {
+            Ok(n) if (1..=60_000).contains(&n) => Ok(n),
+            _ => Err(format!("expected milliseconds from 1 to 60000, got {v:?}")),
         })?;
         let redis_url = get("redis_url").unwrap_or(DEFAULT_REDIS_URL).to_string();
-        crate::companion::connection::RedisTarget::parse(&redis_url)
-            .map_err(|e| format!("invalid redis_url: {e}"))?;
+        crate::companion::connection::RedisTarget::parse(&redis_url).map_err(|e| format!("invalid redis_url: {e}"))?;
         Ok(Settings {
             redis_url,
             prefix,

@@ -122,14 +122,7 @@ pub struct TokenInfo {
 
 impl TokenInfo {
     fn from_record(record: TokenRecord, expires_in: Option<u64>) -> Self {
-        TokenInfo {
-            id: record.id,
-            user: record.user,
-            device: record.device,
-            created: record.created,
-            expires_in,
-            scopes: record.scopes,
-        }
+        TokenInfo { id: record.id, user: record.user, device: record.device, created: record.created, expires_in, scopes: record.scopes }
     }
 }
 
@@ -182,8 +175,7 @@ impl TokenStore {
     /// A store from resolved settings; does not connect yet.
     pub fn from_settings(settings: &Settings) -> Result<Self, StoreError> {
         let target = RedisTarget::parse(&settings.redis_url).map_err(StoreError::BadInput)?;
-        let redis = Redis::open(&target, settings.redis_timeout)
-            .map_err(|e| StoreError::BadInput(format!("invalid redis_url: {e}")))?;
+        let redis = Redis::open(&target, settings.redis_timeout).map_err(|e| StoreError::BadInput(format!("invalid redis_url: {e}")))?;
         Ok(Self::new(redis, StorePolicy::from_settings(settings), settings.hash_key.as_deref()))
     }
 
@@ -275,14 +267,7 @@ impl TokenStore {
                     let evicted: Vec<String> = reply[2..].iter().filter_map(as_text).collect();
                     self.publish_revoked(&evicted).await;
                     tracing::info!(user = %record.user, id = %record.id, first, evicted = evicted.len(), "token issued");
-                    return Ok(Issued {
-                        token,
-                        id: record.id,
-                        user: record.user,
-                        device,
-                        first,
-                        expires_in: ttl.seconds(),
-                    });
+                    return Ok(Issued { token, id: record.id, user: record.user, device, first, expires_in: ttl.seconds() });
                 }
                 1 => return Err(StoreError::LimitReached(self.policy.max_tokens_per_user.unwrap_or(0))),
                 _ => continue,
@@ -389,13 +374,8 @@ impl TokenStore {
         validate_user(user).map_err(StoreError::BadInput)?;
         let mut conn = self.redis.conn().await?;
         let tag = RoutingTag::for_user(user);
-        let flat: Vec<Value> = self
-            .scripts
-            .list
-            .key(self.keys.index_key(user))
-            .arg(self.keys.record_prefix(tag))
-            .invoke_async(&mut conn)
-            .await?;
+        let flat: Vec<Value> =
+            self.scripts.list.key(self.keys.index_key(user)).arg(self.keys.record_prefix(tag)).invoke_async(&mut conn).await?;
         let now = now_secs();
         let mut out = Vec::with_capacity(flat.len() / 2);
         for pair in flat.chunks(2) {
@@ -432,14 +412,8 @@ impl TokenStore {
             }
         }
         let mut conn = self.redis.conn().await?;
-        let reply: Vec<Value> = self
-            .scripts
-            .feed
-            .key(self.keys.revocation_feed())
-            .arg(cursor.unwrap_or(""))
-            .arg(FEED_PAGE)
-            .invoke_async(&mut conn)
-            .await?;
+        let reply: Vec<Value> =
+            self.scripts.feed.key(self.keys.revocation_feed()).arg(cursor.unwrap_or("")).arg(FEED_PAGE).invoke_async(&mut conn).await?;
         let cursor = reply.first().and_then(as_text).ok_or_else(|| corrupt("feed"))?;
         let reset = reply.get(1).and_then(as_int).ok_or_else(|| corrupt("feed"))? == 1;
         let digests = reply.iter().skip(2).filter_map(as_text).collect();

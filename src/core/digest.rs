@@ -22,10 +22,7 @@ impl TokenDigest {
 
     /// The token's public id: safe to show in lists and logs, neither the secret nor the digest.
     pub fn public_id(&self) -> String {
-        let hash = Sha256::new()
-            .chain_update(b"multitokens/id\0")
-            .chain_update(self.0)
-            .finalize();
+        let hash = Sha256::new().chain_update(b"multitokens/id\0").chain_update(self.0).finalize();
         hex::encode(&hash[..8])
     }
 }
@@ -45,9 +42,7 @@ pub struct TokenHasher {
 impl TokenHasher {
     /// A hasher; with a key, digests are HMAC-SHA-256 so Redis write access cannot mint tokens.
     pub fn new(hash_key: Option<&[u8]>) -> Self {
-        let keyed = hash_key
-            .filter(|k| !k.is_empty())
-            .and_then(|k| Hmac::<Sha256>::new_from_slice(k).ok());
+        let keyed = hash_key.filter(|k| !k.is_empty()).and_then(|k| Hmac::<Sha256>::new_from_slice(k).ok());
         TokenHasher { keyed }
     }
 

@@ -143,10 +143,7 @@ mod tests {
         assert_eq!(decode(b":-3\r\n"), Ok(Reply::Int(-3)));
         assert_eq!(decode(b"$-1\r\n"), Ok(Reply::Bulk(None)));
         assert_eq!(decode(b"$5\r\na\r\nb!\r\n"), Ok(Reply::Bulk(Some(b"a\r\nb!".to_vec()))));
-        assert_eq!(
-            decode(b"*2\r\n$-1\r\n:-2\r\n"),
-            Ok(Reply::Array(Some(vec![Reply::Bulk(None), Reply::Int(-2)])))
-        );
+        assert_eq!(decode(b"*2\r\n$-1\r\n:-2\r\n"), Ok(Reply::Array(Some(vec![Reply::Bulk(None), Reply::Int(-2)]))));
         assert_eq!(decode(b"*-1\r\n"), Ok(Reply::Array(None)));
     }
 

@@ -34,10 +34,7 @@ pub struct RoutingTag(pub [u8; ROUTING_TAG_LEN]);
 impl RoutingTag {
     /// The routing tag of a user id.
     pub fn for_user(user: &str) -> Self {
-        let hash = Sha256::new()
-            .chain_update(b"multitokens/routing\0")
-            .chain_update(user.as_bytes())
-            .finalize();
+        let hash = Sha256::new().chain_update(b"multitokens/routing\0").chain_update(user.as_bytes()).finalize();
         let mut tag = [0u8; ROUTING_TAG_LEN];
         tag.copy_from_slice(&hash[..ROUTING_TAG_LEN]);
         RoutingTag(tag)
@@ -121,14 +118,9 @@ pub fn parse(token: &str, prefix: &str) -> Result<RoutingTag, FormatError> {
     if token.len() != token_len(prefix) {
         return Err(FormatError::Length);
     }
-    let encoded = token
-        .strip_prefix(prefix)
-        .and_then(|rest| rest.strip_prefix('_'))
-        .ok_or(FormatError::Prefix)?;
+    let encoded = token.strip_prefix(prefix).and_then(|rest| rest.strip_prefix('_')).ok_or(FormatError::Prefix)?;
     let mut body = [0u8; BODY_LEN + 2];
-    let n = URL_SAFE_NO_PAD
-        .decode_slice(encoded, &mut body)
-        .map_err(|_| FormatError::Encoding)?;
+    let n = URL_SAFE_NO_PAD.decode_slice(encoded, &mut body).map_err(|_| FormatError::Encoding)?;
     if n != BODY_LEN {
         return Err(FormatError::Encoding);
     }

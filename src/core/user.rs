@@ -50,9 +50,8 @@ pub fn validate_scopes(scopes: &[String]) -> Result<(), String> {
         return Err(format!("at most {MAX_SCOPES} scopes per token"));
     }
     for scope in scopes {
-        let ok = !scope.is_empty()
-            && scope.len() <= MAX_SCOPE_LEN
-            && scope.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+        let ok =
+            !scope.is_empty() && scope.len() <= MAX_SCOPE_LEN && scope.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
         if !ok {
             return Err(format!("invalid scope {scope:?}: 1 to {MAX_SCOPE_LEN} visible ASCII characters, no quotes or backslashes"));
         }

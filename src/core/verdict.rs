@@ -74,16 +74,9 @@ mod tests {
     use super::*;
 
     fn json(expires_at: Option<u64>) -> Vec<u8> {
-        TokenRecord {
-            id: "i".into(),
-            user: "u".into(),
-            device: String::new(),
-            created: 10,
-            scopes: vec![],
-            expires_at,
-        }
-        .to_json()
-        .into_bytes()
+        TokenRecord { id: "i".into(), user: "u".into(), device: String::new(), created: 10, scopes: vec![], expires_at }
+            .to_json()
+            .into_bytes()
     }
 
     #[test]

@@ -82,7 +82,11 @@ impl VerdictCache {
     /// (`max_positive` 0: nothing is cached).
     pub fn new(max_positive: usize, max_negative: usize) -> Self {
         let max_negative = if max_positive == 0 { 0 } else { max_negative };
-        VerdictCache { positive: Lane { max: max_positive, ..Lane::default() }, negative: Lane { max: max_negative, ..Lane::default() }, ..Default::default() }
+        VerdictCache {
+            positive: Lane { max: max_positive, ..Lane::default() },
+            negative: Lane { max: max_negative, ..Lane::default() },
+            ..Default::default()
+        }
     }
 
     /// Number of entries.
@@ -171,7 +175,8 @@ impl VerdictCache {
 
     /// Drops entries that are neither fresh nor usable any more.
     pub fn purge_expired(&mut self, now: u64) {
-        let expired: Vec<Box<str>> = self.entries.iter().filter(|(_, e)| e.usable_until <= now && e.fresh_until <= now).map(|(k, _)| k.clone()).collect();
+        let expired: Vec<Box<str>> =
+            self.entries.iter().filter(|(_, e)| e.usable_until <= now && e.fresh_until <= now).map(|(k, _)| k.clone()).collect();
         for token in expired {
             self.remove(&token);
         }

@@ -176,23 +176,57 @@ pub struct FilterConfig {
     pub throttle: Option<super::throttle::ThrottleConfig>,
 }
 
-fn default_prefix() -> String { DEFAULT_PREFIX.into() }
-fn default_realm() -> String { "multitokens".into() }
-fn default_schemes() -> Vec<String> { vec!["Bearer".into(), "Token".into()] }
-fn default_user_header() -> String { "x-multitokens-user".into() }
-fn default_device_header() -> Option<String> { Some("x-multitokens-device".into()) }
-fn default_scopes_header() -> Option<String> { Some("x-multitokens-scopes".into()) }
-fn default_token_id_header() -> Option<String> { Some("x-multitokens-token-id".into()) }
-fn default_true() -> bool { true }
-fn default_authority() -> String { "multitokens".into() }
-fn default_timeout_ms() -> u64 { 500 }
-fn default_max_entries() -> usize { 10_000 }
-fn default_max_negative_entries() -> usize { 1_000 }
-fn default_ttl_ms() -> u64 { 30_000 }
-fn default_negative_ttl_ms() -> u64 { 10_000 }
-fn default_poll_ms() -> u64 { 1000 }
-fn default_stale_window_ms() -> u64 { 300_000 }
-fn default_refresh_interval_ms() -> u64 { 60_000 }
+fn default_prefix() -> String {
+    DEFAULT_PREFIX.into()
+}
+fn default_realm() -> String {
+    "multitokens".into()
+}
+fn default_schemes() -> Vec<String> {
+    vec!["Bearer".into(), "Token".into()]
+}
+fn default_user_header() -> String {
+    "x-multitokens-user".into()
+}
+fn default_device_header() -> Option<String> {
+    Some("x-multitokens-device".into())
+}
+fn default_scopes_header() -> Option<String> {
+    Some("x-multitokens-scopes".into())
+}
+fn default_token_id_header() -> Option<String> {
+    Some("x-multitokens-token-id".into())
+}
+fn default_true() -> bool {
+    true
+}
+fn default_authority() -> String {
+    "multitokens".into()
+}
+fn default_timeout_ms() -> u64 {
+    500
+}
+fn default_max_entries() -> usize {
+    10_000
+}
+fn default_max_negative_entries() -> usize {
+    1_000
+}
+fn default_ttl_ms() -> u64 {
+    30_000
+}
+fn default_negative_ttl_ms() -> u64 {
+    10_000
+}
+fn default_poll_ms() -> u64 {
+    1000
+}
+fn default_stale_window_ms() -> u64 {
+    300_000
+}
+fn default_refresh_interval_ms() -> u64 {
+    60_000
+}
 
 /// The identity headers set upstream (lower-case); the optional ones can be switched off.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -362,9 +396,13 @@ mod tests {
         assert_eq!(c.config.failure_mode, FailureMode::Deny);
         assert!(c.config.strip_credential);
         assert_eq!(c.config.revocation_poll_ms, 1000);
-        assert_eq!(c.identity_headers.names().collect::<Vec<_>>(), ["x-multitokens-user", "x-multitokens-device", "x-multitokens-scopes", "x-multitokens-token-id"]);
+        assert_eq!(
+            c.identity_headers.names().collect::<Vec<_>>(),
+            ["x-multitokens-user", "x-multitokens-device", "x-multitokens-scopes", "x-multitokens-token-id"]
+        );
         assert!(!c.has_path_rules, "no rules: the path is not looked at");
-        let lean = Compiled::parse(br#"{"companion": {"cluster": "mt", "api_key": "k"}, "token_id_header": null, "scopes_header": null}"#).unwrap();
+        let lean = Compiled::parse(br#"{"companion": {"cluster": "mt", "api_key": "k"}, "token_id_header": null, "scopes_header": null}"#)
+            .unwrap();
         assert_eq!(lean.identity_headers.names().collect::<Vec<_>>(), ["x-multitokens-user", "x-multitokens-device"]);
         let r = Compiled::parse(br#"{"redis": {"cluster": "outbound|6379||redis.svc?db=2", "password": "p"}}"#).unwrap();
         assert!(matches!(r.transport, Transport::Redis(ref t) if t.cluster.ends_with("?db=2")));

@@ -6,8 +6,8 @@ use super::cache::{Cached, Entry, Identity, VerdictCache};
 use super::config::{Compiled, FailureMode};
 use super::credential::{self, Credential, Source};
 use super::lookup::{self, Answer, CalloutProblem, LookupRequest};
-use super::reply::{self, Denial, LocalReply};
 use super::path;
+use super::reply::{self, Denial, LocalReply};
 use super::rules::missing_scopes;
 use super::throttle::{client_key, FailureThrottle};
 use crate::core::digest::TokenDigest;
@@ -383,7 +383,13 @@ impl HttpFlow {
     }
 
     /// The lookup answered (already interpreted by the transport).
-    pub fn on_lookup_response(&mut self, host: &mut dyn Host, worker: &mut Worker, answer: Result<Answer, CalloutProblem>, now: u64) -> Step {
+    pub fn on_lookup_response(
+        &mut self,
+        host: &mut dyn Host,
+        worker: &mut Worker,
+        answer: Result<Answer, CalloutProblem>,
+        now: u64,
+    ) -> Step {
         let Some(p) = self.pending.take() else { return Step::Continue };
         match answer {
             Ok(Answer::Valid(identity, expires_in)) => {
@@ -400,13 +406,30 @@ impl HttpFlow {
                 let step = authorize(host, &worker.compiled, &identity, p.source, r.cookie.as_deref(), &r.method, &r.path, false);
                 worker.cache.insert(
                     &p.token,
-                    Entry { tag: p.tag, digest: p.digest, verdict: Cached::Valid(identity), fresh_until: now + fresh, usable_until: now + usable, refreshed_at },
+                    Entry {
+                        tag: p.tag,
+                        digest: p.digest,
+                        verdict: Cached::Valid(identity),
+                        fresh_until: now + fresh,
+                        usable_until: now + usable,
+                        refreshed_at,
+                    },
                 );
                 step
             }
             Ok(Answer::Unknown) => {
                 let ttl = worker.compiled.config.cache.negative_ttl_ms;
-                worker.cache.insert(&p.token, Entry { tag: p.tag, digest: p.digest, verdict: Cached::Unknown, fresh_until: now + ttl, usable_until: now + ttl, refreshed_at: 0 });
+                worker.cache.insert(
+                    &p.token,
+                    Entry {
+                        tag: p.tag,
+                        digest: p.digest,
+                        verdict: Cached::Unknown,
+                        fresh_until: now + ttl,
+                        usable_until: now + ttl,
+                        refreshed_at: 0,
+                    },
+                );
                 refuse(host, worker, Metric::DeniedInvalid, now)
             }
             Err(problem) => {
@@ -652,7 +675,9 @@ mod tests {
         let mut w = worker("");
         follow_feed(&mut w, 0);
         let t = token::generate("mt", "alice").unwrap();
-        for raw in ["/healthz/../admin/users", "/admin//users", "/%61dmin/users", "/admin;x/users", "/healthz/%2e%2e/admin", "/admin%2Fusers"] {
+        for raw in
+            ["/healthz/../admin/users", "/admin//users", "/%61dmin/users", "/admin;x/users", "/healthz/%2e%2e/admin", "/admin%2Fusers"]
+        {
             let mut h = request(raw, None);
             assert_eq!(HttpFlow::new().on_request_headers(&mut h, &mut w, 0), Step::Replied, "{raw}");
             assert_eq!((h.replies[0].status, h.metrics[0]), (400, Metric::DeniedBadPath), "{raw}");

@@ -124,7 +124,10 @@ mod tests {
     #[test]
     fn answers_and_problems() {
         let body = br#"{"active":true,"user":"u","device":"d","scopes":["a"],"expires_in":5,"id":"i"}"#;
-        assert_eq!(parse_answer(Some(200), body), Ok(Answer::Valid(Identity::new("u".into(), "d".into(), vec!["a".into()], "i".into()), Some(5))));
+        assert_eq!(
+            parse_answer(Some(200), body),
+            Ok(Answer::Valid(Identity::new("u".into(), "d".into(), vec!["a".into()], "i".into()), Some(5)))
+        );
         assert_eq!(parse_answer(Some(200), br#"{"active":false}"#), Ok(Answer::Unknown));
         assert_eq!(parse_answer(None, b""), Err(CalloutProblem::NoResponse));
         assert!(matches!(parse_answer(Some(503), b"{}"), Err(CalloutProblem::BadResponse(_))));

@@ -3,8 +3,8 @@
 //! Envoy's redis_proxy, routed by its single key) and the interpretation of the replies.
 //! Redis caches compiled scripts, so `EVAL` of these short scripts costs one SHA-1 server-side.
 
-use super::lookup::{Answer, CalloutProblem, FeedPage, LookupRequest};
 use super::cache::Identity;
+use super::lookup::{Answer, CalloutProblem, FeedPage, LookupRequest};
 use crate::core::keys::KeyLayout;
 use crate::core::resp::{decode, encode_command, Reply};
 use crate::core::scripts;
@@ -15,12 +15,7 @@ pub const FEED_PAGE: &str = "1000";
 
 /// `EVAL LOOKUP 1 <record key>`: the record and its remaining TTL.
 pub fn lookup_command(keys: &KeyLayout, request: &LookupRequest) -> Vec<u8> {
-    encode_command(&[
-        "EVAL".as_bytes(),
-        scripts::LOOKUP.as_bytes(),
-        b"1",
-        keys.record_key(request.tag, &request.digest).as_bytes(),
-    ])
+    encode_command(&["EVAL".as_bytes(), scripts::LOOKUP.as_bytes(), b"1", keys.record_key(request.tag, &request.digest).as_bytes()])
 }
 
 /// `EVAL REFRESH 1 <record key> <ttl ms> <index prefix>`: sliding expiry.
@@ -125,13 +120,21 @@ mod tests {
 
     #[test]
     fn lookup_replies() {
-        let record = TokenRecord { id: "i".into(), user: "u".into(), device: "d".into(), created: 1, scopes: vec!["s".into()], expires_at: None }.to_json();
+        let record =
+            TokenRecord { id: "i".into(), user: "u".into(), device: "d".into(), created: 1, scopes: vec!["s".into()], expires_at: None }
+                .to_json();
         let valid = format!("*2\r\n${}\r\n{}\r\n:5000\r\n", record.len(), record);
         let Ok(Answer::Valid(id, Some(5))) = parse_lookup(Some(valid.as_bytes()), 100) else { panic!() };
         assert_eq!((id.user.as_str(), id.scopes_header.as_str()), ("u", "s"));
         assert_eq!(parse_lookup(Some(b"*1\r\n:-2\r\n"), 100), Ok(Answer::Unknown));
         assert_eq!(parse_lookup(None, 100), Err(CalloutProblem::NoResponse));
-        for bad in [&b"-NOAUTH Authentication required.\r\n"[..], b"+OK\r\n", b"*2\r\n$3\r\nabc\r\n:5\r\n", b"\x00\x01", b"*3\r\n:1\r\n:2\r\n:3\r\n"] {
+        for bad in [
+            &b"-NOAUTH Authentication required.\r\n"[..],
+            b"+OK\r\n",
+            b"*2\r\n$3\r\nabc\r\n:5\r\n",
+            b"\x00\x01",
+            b"*3\r\n:1\r\n:2\r\n:3\r\n",
+        ] {
             assert!(matches!(parse_lookup(Some(bad), 100), Err(CalloutProblem::BadResponse(_))), "{bad:?}");
         }
     }

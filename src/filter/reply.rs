@@ -69,16 +69,12 @@ pub fn deny(denial: Denial, realm: &str, missing: &[&str]) -> LocalReply {
     let json = ("content-type".to_string(), "application/json".to_string());
     let challenge = |extra: &str| ("www-authenticate".to_string(), format!("Bearer realm=\"{realm}\"{extra}"));
     match denial {
-        Denial::Missing => LocalReply {
-            status: 401,
-            headers: vec![json, challenge("")],
-            body: json_body("Authentication credentials were not provided."),
-        },
-        Denial::Invalid => LocalReply {
-            status: 401,
-            headers: vec![json, challenge(", error=\"invalid_token\"")],
-            body: json_body("Invalid token."),
-        },
+        Denial::Missing => {
+            LocalReply { status: 401, headers: vec![json, challenge("")], body: json_body("Authentication credentials were not provided.") }
+        }
+        Denial::Invalid => {
+            LocalReply { status: 401, headers: vec![json, challenge(", error=\"invalid_token\"")], body: json_body("Invalid token.") }
+        }
         Denial::Scope => LocalReply {
             status: 403,
             headers: vec![json, challenge(&format!(", error=\"insufficient_scope\", scope=\"{}\"", missing.join(" ")))],
@@ -119,6 +115,9 @@ mod tests {
         let r = deny(Denial::Throttled(7), "api", &[]);
         assert_eq!((r.status, r.body.as_str()), (429, r#"{"detail":"Request was throttled. Expected available in 7 seconds."}"#));
         assert!(r.headers.contains(&("retry-after".into(), "7".into())));
-        assert_eq!((deny(Denial::BadPath, "api", &[]).status, deny(Denial::BadPath, "api", &[]).body.as_str()), (400, r#"{"detail":"Malformed request path."}"#));
+        assert_eq!(
+            (deny(Denial::BadPath, "api", &[]).status, deny(Denial::BadPath, "api", &[]).body.as_str()),
+            (400, r#"{"detail":"Malformed request path."}"#)
+        );
     }
 }

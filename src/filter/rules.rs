@@ -42,7 +42,8 @@ impl RequestMatch {
             _ => true,
         };
         // HEAD is GET without a body: a rule for GET covers it
-        let method_ok = |m: &String| m.eq_ignore_ascii_case(method) || (m.eq_ignore_ascii_case("GET") && method.eq_ignore_ascii_case("HEAD"));
+        let method_ok =
+            |m: &String| m.eq_ignore_ascii_case(method) || (m.eq_ignore_ascii_case("GET") && method.eq_ignore_ascii_case("HEAD"));
         path_ok && (self.methods.is_empty() || self.methods.iter().any(method_ok))
     }
 }
@@ -99,7 +100,11 @@ mod tests {
     use super::*;
 
     fn m(path: Option<&str>, prefix: Option<&str>, methods: &[&str]) -> RequestMatch {
-        RequestMatch { path: path.map(Into::into), prefix: prefix.map(Into::into), methods: methods.iter().map(|s| s.to_string()).collect() }
+        RequestMatch {
+            path: path.map(Into::into),
+            prefix: prefix.map(Into::into),
+            methods: methods.iter().map(|s| s.to_string()).collect(),
+        }
     }
 
     #[test]

@@ -104,7 +104,9 @@ fn admin_key_is_required_and_checked() {
 fn self_service_current_and_others() {
     let redis = RedisServer::start();
     let api = Api::start(&redis.url());
-    let issue = |device: &str| api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "bob", "device": device}))).1["token"].as_str().unwrap().to_string();
+    let issue = |device: &str| {
+        api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "bob", "device": device}))).1["token"].as_str().unwrap().to_string()
+    };
     let (laptop, phone, tablet) = (issue("laptop"), issue("phone"), issue("tablet"));
     let (status, me, _) = api.call("GET", "/v1/tokens/current", Some(&format!("Token {laptop}")), None);
     assert_eq!((status, me["user"].clone(), me["device"].clone()), (200, json!("bob"), json!("laptop")));
@@ -124,11 +126,15 @@ fn self_service_current_and_others() {
 fn introspection_per_rfc_7662() {
     let redis = RedisServer::start();
     let api = Api::start(&redis.url());
-    let (_, issued, _) = api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "carol", "device": "tv", "ttl": 600, "scopes": ["a", "b"]})));
+    let (_, issued, _) =
+        api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "carol", "device": "tv", "ttl": 600, "scopes": ["a", "b"]})));
     let token = issued["token"].as_str().unwrap();
     let (status, v, _) = api.call("POST", "/v1/introspect", admin(), Some(json!({"token": token})));
     assert_eq!(status, 200);
-    assert_eq!((v["active"].clone(), v["sub"].clone(), v["device"].clone(), v["scope"].clone()), (json!(true), json!("carol"), json!("tv"), json!("a b")));
+    assert_eq!(
+        (v["active"].clone(), v["sub"].clone(), v["device"].clone(), v["scope"].clone()),
+        (json!(true), json!("carol"), json!("tv"), json!("a b"))
+    );
     let (iat, exp) = (v["iat"].as_u64().unwrap(), v["exp"].as_u64().unwrap());
     assert!((599..=601).contains(&(exp - iat)));
     let (status, v) = api.raw("/v1/introspect", "application/x-www-form-urlencoded", format!("token={token}").into_bytes());
@@ -251,7 +257,8 @@ fn ext_authz_check_for_envoys_ext_authz_filter() {
     let (_, issued, _) = api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "fay", "device": "tv", "scopes": ["a", "b"]})));
     let token = issued["token"].as_str().unwrap();
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let ok = agent.get(format!("{}/v1/ext_authz/api/orders?x=1", api.base)).header("authorization", &format!("Bearer {token}")).call().unwrap();
+    let ok =
+        agent.get(format!("{}/v1/ext_authz/api/orders?x=1", api.base)).header("authorization", &format!("Bearer {token}")).call().unwrap();
     assert_eq!(ok.status().as_u16(), 200);
     assert_eq!(ok.headers()["x-multitokens-user"], "fay");
     assert_eq!(ok.headers()["x-multitokens-scopes"], "a b");

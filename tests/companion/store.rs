@@ -118,17 +118,11 @@ async fn immortal_tokens_and_ttl_reset_with_overwrite_none_ttl() {
     let mut p = policy();
     p.token_ttl = TokenTtl::Seconds(1000);
     let store = store_at(&redis.url(), p, None);
-    let immortal = store
-        .issue(IssueRequest { user: "hank".into(), ttl: Some(TokenTtl::Never), ..Default::default() })
-        .await
-        .unwrap();
+    let immortal = store.issue(IssueRequest { user: "hank".into(), ttl: Some(TokenTtl::Never), ..Default::default() }).await.unwrap();
     assert_eq!(immortal.expires_in, None);
     assert_eq!(pttl_of_token(&redis, &store, &immortal.token), -1);
     assert_eq!(store.whoami(&immortal.token).await.unwrap().expires_in, None);
-    let short = store
-        .issue(IssueRequest { user: "hank".into(), ttl: Some(TokenTtl::Seconds(50)), ..Default::default() })
-        .await
-        .unwrap();
+    let short = store.issue(IssueRequest { user: "hank".into(), ttl: Some(TokenTtl::Seconds(50)), ..Default::default() }).await.unwrap();
     assert!(pttl_of_token(&redis, &store, &short.token) <= 50_000);
     // the next login resets both to token_ttl, the immortal one included (overwrite_none_ttl)
     store.issue(req("hank", "third")).await.unwrap();
@@ -145,16 +139,9 @@ async fn overwrite_none_ttl_false_keeps_immortal_tokens_immortal() {
     p.token_ttl = TokenTtl::Seconds(1000);
     p.overwrite_none_ttl = false;
     let store = store_at(&redis.url(), p, None);
-    let immortal = store
-        .issue(IssueRequest { user: "ivy".into(), ttl: Some(TokenTtl::Never), ..Default::default() })
-        .await
-        .unwrap()
-        .token;
-    let short = store
-        .issue(IssueRequest { user: "ivy".into(), ttl: Some(TokenTtl::Seconds(50)), ..Default::default() })
-        .await
-        .unwrap()
-        .token;
+    let immortal = store.issue(IssueRequest { user: "ivy".into(), ttl: Some(TokenTtl::Never), ..Default::default() }).await.unwrap().token;
+    let short =
+        store.issue(IssueRequest { user: "ivy".into(), ttl: Some(TokenTtl::Seconds(50)), ..Default::default() }).await.unwrap().token;
     store.issue(req("ivy", "third")).await.unwrap();
     assert_eq!(pttl_of_token(&redis, &store, &immortal), -1);
     assert!(pttl_of_token(&redis, &store, &short) > 900_000, "mortal tokens are still reset");
@@ -166,11 +153,8 @@ async fn reset_disabled_and_reset_to_never() {
     let mut p = policy();
     p.reset_ttl_on_login = false;
     let store = store_at(&redis.url(), p.clone(), None);
-    let short = store
-        .issue(IssueRequest { user: "jack".into(), ttl: Some(TokenTtl::Seconds(50)), ..Default::default() })
-        .await
-        .unwrap()
-        .token;
+    let short =
+        store.issue(IssueRequest { user: "jack".into(), ttl: Some(TokenTtl::Seconds(50)), ..Default::default() }).await.unwrap().token;
     store.issue(req("jack", "b")).await.unwrap();
     assert!(pttl_of_token(&redis, &store, &short) <= 50_000, "no reset when disabled");
 
@@ -211,11 +195,7 @@ async fn limit_with_reject_and_evict_oldest() {
 async fn expired_tokens_are_invalid_and_pruned() {
     let redis = RedisServer::start();
     let store = store_at(&redis.url(), policy(), None);
-    let t = store
-        .issue(IssueRequest { user: "leo".into(), ttl: Some(TokenTtl::Seconds(1)), ..Default::default() })
-        .await
-        .unwrap()
-        .token;
+    let t = store.issue(IssueRequest { user: "leo".into(), ttl: Some(TokenTtl::Seconds(1)), ..Default::default() }).await.unwrap().token;
     assert!(store.whoami(&t).await.is_ok());
     tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
     assert!(matches!(store.whoami(&t).await, Err(StoreError::InvalidToken)));
@@ -291,15 +271,9 @@ async fn the_index_outlives_every_record() {
     let mut p = policy();
     p.reset_ttl_on_login = false;
     let store = store_at(&redis.url(), p, None);
-    let long = store
-        .issue(IssueRequest { user: "pat".into(), ttl: Some(TokenTtl::Seconds(5000)), ..Default::default() })
-        .await
-        .unwrap()
-        .token;
-    store
-        .issue(IssueRequest { user: "pat".into(), ttl: Some(TokenTtl::Seconds(10)), ..Default::default() })
-        .await
-        .unwrap();
+    let long =
+        store.issue(IssueRequest { user: "pat".into(), ttl: Some(TokenTtl::Seconds(5000)), ..Default::default() }).await.unwrap().token;
+    store.issue(IssueRequest { user: "pat".into(), ttl: Some(TokenTtl::Seconds(10)), ..Default::default() }).await.unwrap();
     let index_ttl: i64 = redis.conn().pttl(store.keys().index_key("pat")).unwrap();
     assert!(index_ttl >= pttl_of_token(&redis, &store, &long), "index {index_ttl}");
     // a sliding refresh past the index's TTL extends the index too
@@ -360,10 +334,7 @@ async fn max_lifetime_caps_every_ttl_and_is_never_extended() {
     p.token_ttl = TokenTtl::Seconds(1000);
     p.max_lifetime = Some(100);
     let store = store_at(&redis.url(), p, None);
-    let immortal = store
-        .issue(IssueRequest { user: "uma".into(), ttl: Some(TokenTtl::Never), ..Default::default() })
-        .await
-        .unwrap();
+    let immortal = store.issue(IssueRequest { user: "uma".into(), ttl: Some(TokenTtl::Never), ..Default::default() }).await.unwrap();
     assert_eq!(immortal.expires_in, Some(100), "an absolute lifetime makes every token mortal");
     let pttl = pttl_of_token(&redis, &store, &immortal.token);
     assert!((99_000..=100_000).contains(&pttl), "{pttl}");

@@ -19,7 +19,6 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use wasmi::{Caller, Engine, Extern, Func, Instance, Linker, Module, Store, Val};
 
-
 const OK: i32 = 0;
 const NOT_FOUND: i32 = 1;
 const BAD_ARGUMENT: i32 = 2;
@@ -331,20 +330,16 @@ fn link(linker: &mut Linker<State>) {
             }
         })
         .unwrap()
-        .func_wrap(
-            "env",
-            "proxy_redis_init",
-            |mut c: Host, sp: i32, sl: i32, up: i32, ul: i32, pp: i32, pl: i32, timeout: i32| -> i32 {
-                let service = read_string(&c, sp, sl);
-                let name = service.split('?').next().unwrap_or("").to_string();
-                if !c.data().upstreams.redis.contains_key(&name) {
-                    return BAD_ARGUMENT;
-                }
-                let (user, pass) = (read_string(&c, up, ul), read_string(&c, pp, pl));
-                c.data_mut().redis_init = Some((service, user, pass, timeout as u32));
-                OK
-            },
-        )
+        .func_wrap("env", "proxy_redis_init", |mut c: Host, sp: i32, sl: i32, up: i32, ul: i32, pp: i32, pl: i32, timeout: i32| -> i32 {
+            let service = read_string(&c, sp, sl);
+            let name = service.split('?').next().unwrap_or("").to_string();
+            if !c.data().upstreams.redis.contains_key(&name) {
+                return BAD_ARGUMENT;
+            }
+            let (user, pass) = (read_string(&c, up, ul), read_string(&c, pp, pl));
+            c.data_mut().redis_init = Some((service, user, pass, timeout as u32));
+            OK
+        })
         .unwrap()
         .func_wrap("env", "proxy_redis_call", |mut c: Host, sp: i32, sl: i32, qp: i32, ql: i32, ret: i32| -> i32 {
             let service = read_string(&c, sp, sl);
@@ -455,7 +450,12 @@ impl TestHost {
                 });
             }
         }
-        let state = State { plugin_config: plugin_config.as_bytes().to_vec(), upstreams, client_address: "192.0.2.1:40000".into(), ..State::default() };
+        let state = State {
+            plugin_config: plugin_config.as_bytes().to_vec(),
+            upstreams,
+            client_address: "192.0.2.1:40000".into(),
+            ..State::default()
+        };
         let mut store = Store::new(&engine, state);
         let instance = linker.instantiate_and_start(&mut store, &module).map_err(|e| e.to_string())?;
         let mut host = TestHost { store, instance, root_id: 1, next_context: 1 };
@@ -522,7 +522,8 @@ impl TestHost {
 
     /// Runs one request through the filter, performing its callouts for real.
     pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)]) -> Outcome {
-        let mut raw: RawHeaders = vec![(b":method".to_vec(), method.into()), (b":path".to_vec(), path.into()), (b":authority".to_vec(), b"test".to_vec())];
+        let mut raw: RawHeaders =
+            vec![(b":method".to_vec(), method.into()), (b":path".to_vec(), path.into()), (b":authority".to_vec(), b"test".to_vec())];
         raw.extend(headers.iter().map(|(k, v)| (k.to_ascii_lowercase().into_bytes(), v.as_bytes().to_vec())));
         self.request_raw(raw)
     }
@@ -595,7 +596,10 @@ impl TestHost {
                         None => (0, 0),
                     };
                     self.store.data_mut().effective_context = context;
-                    self.call("proxy_on_http_call_response", &[Val::I32(context as i32), Val::I32(token as i32), Val::I32(n as i32), Val::I32(size as i32), Val::I32(0)]);
+                    self.call(
+                        "proxy_on_http_call_response",
+                        &[Val::I32(context as i32), Val::I32(token as i32), Val::I32(n as i32), Val::I32(size as i32), Val::I32(0)],
+                    );
                 }
                 Callout::Redis { token, service, query } => {
                     let (status, size) = match self.redis_call(&service, &query) {
@@ -607,7 +611,10 @@ impl TestHost {
                         None => (1, 0),
                     };
                     self.store.data_mut().effective_context = self.root_id;
-                    self.call("proxy_on_redis_call_response", &[Val::I32(self.root_id as i32), Val::I32(token as i32), Val::I32(status), Val::I32(size as i32)]);
+                    self.call(
+                        "proxy_on_redis_call_response",
+                        &[Val::I32(self.root_id as i32), Val::I32(token as i32), Val::I32(status), Val::I32(size as i32)],
+                    );
                     self.store.data_mut().redis_response.clear();
                 }
             }
@@ -715,7 +722,8 @@ impl TestHost {
                 });
             }
         }
-        let state = State { plugin_config: plugin_config.to_vec(), upstreams, client_address: "192.0.2.1:40000".into(), ..State::default() };
+        let state =
+            State { plugin_config: plugin_config.to_vec(), upstreams, client_address: "192.0.2.1:40000".into(), ..State::default() };
         let mut store = Store::new(&engine, state);
         let instance = linker.instantiate_and_start(&mut store, &module).map_err(|e| e.to_string())?;
         let mut host = TestHost { store, instance, root_id: 1, next_context: 1 };
@@ -805,7 +813,10 @@ impl TestHost {
                 }
             }
         };
-        self.try_call("proxy_on_http_call_response", &[Val::I32(context as i32), Val::I32(token as i32), Val::I32(n as i32), Val::I32(size as i32), Val::I32(0)])?;
+        self.try_call(
+            "proxy_on_http_call_response",
+            &[Val::I32(context as i32), Val::I32(token as i32), Val::I32(n as i32), Val::I32(size as i32), Val::I32(0)],
+        )?;
         Ok(())
     }
 
@@ -820,7 +831,10 @@ impl TestHost {
             None => (1, 0),
         };
         self.store.data_mut().effective_context = self.root_id;
-        self.try_call("proxy_on_redis_call_response", &[Val::I32(self.root_id as i32), Val::I32(token as i32), Val::I32(status), Val::I32(size as i32)])?;
+        self.try_call(
+            "proxy_on_redis_call_response",
+            &[Val::I32(self.root_id as i32), Val::I32(token as i32), Val::I32(status), Val::I32(size as i32)],
+        )?;
         self.store.data_mut().redis_response.clear();
         Ok(())
     }

@@ -54,12 +54,18 @@ impl RedisServer {
         for _ in 0..5 {
             let port = free_port(cluster_node);
             let mut args: Vec<String> = vec![
-                "--port".into(), port.to_string(),
-                "--bind".into(), "127.0.0.1".into(),
-                "--dir".into(), dir.path().display().to_string(),
-                "--save".into(), "".into(),
-                "--appendonly".into(), "no".into(),
-                "--daemonize".into(), "no".into(),
+                "--port".into(),
+                port.to_string(),
+                "--bind".into(),
+                "127.0.0.1".into(),
+                "--dir".into(),
+                dir.path().display().to_string(),
+                "--save".into(),
+                "".into(),
+                "--appendonly".into(),
+                "no".into(),
+                "--daemonize".into(),
+                "no".into(),
             ];
             args.extend(extra.iter().map(|s| s.to_string()));
             let mut server = RedisServer { child: None, port, dir, args };
@@ -105,11 +111,7 @@ impl RedisServer {
 
     /// Runs `redis-cli` against this server and returns its stdout.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli");
+        let out = Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", &self.port.to_string()]).args(args).output().expect("redis-cli");
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 
@@ -261,9 +263,7 @@ pub fn wasm_path(name: &str) -> std::path::PathBuf {
 
 /// The Envoy binary: `$ENVOY_BIN`, else `.tools/bin/envoy` (installed by `make tools`).
 pub fn envoy_bin() -> std::path::PathBuf {
-    let path = std::env::var_os("ENVOY_BIN")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".tools/bin/envoy"));
+    let path = std::env::var_os("ENVOY_BIN").map(std::path::PathBuf::from).unwrap_or_else(|| repo_root().join(".tools/bin/envoy"));
     assert!(path.exists(), "{} is missing: run `make tools` (make test does)", path.display());
     path
 }
@@ -387,7 +387,8 @@ pub fn http_call(agent: &ureq::Agent, method: &str, url: &str, headers: &[(&str,
     let status = response.status().as_u16();
     let challenge = response.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_string());
     let text = response.into_body().read_to_string().unwrap_or_default();
-    let body = if text.is_empty() { serde_json::Value::Null } else { serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)) };
+    let body =
+        if text.is_empty() { serde_json::Value::Null } else { serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)) };
     HttpReply { status, body, challenge }
 }
 

@@ -37,7 +37,13 @@ pub enum Buffer {
 #[link(wasm_import_module = "env")]
 extern "C" {
     fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
-    fn proxy_get_header_map_value(map_type: u32, key: *const u8, key_size: usize, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
+    fn proxy_get_header_map_value(
+        map_type: u32,
+        key: *const u8,
+        key_size: usize,
+        return_data: *mut *mut u8,
+        return_size: *mut usize,
+    ) -> u32;
     fn proxy_replace_header_map_value(map_type: u32, key: *const u8, key_size: usize, value: *const u8, value_size: usize) -> u32;
     fn proxy_remove_header_map_value(map_type: u32, key: *const u8, key_size: usize) -> u32;
     fn proxy_get_buffer_bytes(buffer_type: u32, start: usize, max_size: usize, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
@@ -232,7 +238,18 @@ pub fn http_call(cluster: &str, headers: &[(&str, &str)], timeout_ms: u64) -> Re
     let timeout = u32::try_from(timeout_ms).unwrap_or(u32::MAX);
     // SAFETY: every slice lives for the call; `token` is a valid local the host writes to.
     ok(unsafe {
-        proxy_http_call(cluster.as_ptr(), cluster.len(), map.as_ptr(), map.len(), std::ptr::null(), 0, trailers.as_ptr(), trailers.len(), timeout, &mut token)
+        proxy_http_call(
+            cluster.as_ptr(),
+            cluster.len(),
+            map.as_ptr(),
+            map.len(),
+            std::ptr::null(),
+            0,
+            trailers.as_ptr(),
+            trailers.len(),
+            timeout,
+            &mut token,
+        )
     })?;
     Ok(token)
 }

@@ -90,8 +90,10 @@ fn http_callout(compiled: &Compiled, path: &str, context_id: u32) -> Result<u32,
     let Transport::Companion(c) = &compiled.transport else {
         return Err("no companion configured".into());
     };
-    let headers = [(":method", "GET"), (":path", path), (":authority", c.authority.as_str()), ("authorization", compiled.companion_auth.as_str())];
-    let token = abi::http_call(&c.cluster, &headers, c.timeout_ms).map_err(|s| format!("dispatch to cluster {:?} failed: status {s}", c.cluster))?;
+    let headers =
+        [(":method", "GET"), (":path", path), (":authority", c.authority.as_str()), ("authorization", compiled.companion_auth.as_str())];
+    let token = abi::http_call(&c.cluster, &headers, c.timeout_ms)
+        .map_err(|s| format!("dispatch to cluster {:?} failed: status {s}", c.cluster))?;
     exports::expect_answer(token, context_id);
     Ok(token)
 }
@@ -101,8 +103,8 @@ fn http_response(num_headers: usize, body_size: usize) -> (Option<u32>, Vec<u8>)
     if num_headers == 0 {
         return (None, Vec::new());
     }
-    let status = abi::header(Map::CalloutResponseHeaders, ":status")
-        .and_then(|s| std::str::from_utf8(&s).ok().and_then(|s| s.parse::<u32>().ok()));
+    let status =
+        abi::header(Map::CalloutResponseHeaders, ":status").and_then(|s| std::str::from_utf8(&s).ok().and_then(|s| s.parse::<u32>().ok()));
     let body = abi::buffer(Buffer::CalloutResponseBody, body_size).unwrap_or_default();
     (status.or(Some(0)), body)
 }

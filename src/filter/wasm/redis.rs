@@ -5,12 +5,12 @@
 
 use super::abi::{self, Buffer, Level};
 use super::{apply_feed, log, now_ms, with_flow, Metrics};
+use crate::core::keys::KeyLayout;
 use crate::filter::config::{RedisTarget, Transport};
-use crate::filter::lookup::Answer;
 use crate::filter::flow::{HttpFlow, Step, Worker};
+use crate::filter::lookup::Answer;
 use crate::filter::lookup::LookupRequest;
 use crate::filter::redis_transport;
-use crate::core::keys::KeyLayout;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
@@ -26,7 +26,13 @@ extern "C" {
         password_size: usize,
         timeout_milliseconds: u32,
     ) -> u32;
-    fn proxy_redis_call(service_ptr: *const u8, service_size: usize, query_ptr: *const u8, query_size: usize, return_token: *mut u32) -> u32;
+    fn proxy_redis_call(
+        service_ptr: *const u8,
+        service_size: usize,
+        query_ptr: *const u8,
+        query_size: usize,
+        return_token: *mut u32,
+    ) -> u32;
 }
 
 /// What a Redis call was for.
@@ -77,15 +83,7 @@ pub(super) fn init(target: &RedisTarget) -> Result<(), String> {
     let timeout = u32::try_from(target.timeout_ms).unwrap_or(u32::MAX);
     // SAFETY: every pointer/length pair describes a live byte slice for the duration of the call.
     let status = unsafe {
-        proxy_redis_init(
-            target.cluster.as_ptr(),
-            target.cluster.len(),
-            user.as_ptr(),
-            user.len(),
-            pass.as_ptr(),
-            pass.len(),
-            timeout,
-        )
+        proxy_redis_init(target.cluster.as_ptr(), target.cluster.len(), user.as_ptr(), user.len(), pass.as_ptr(), pass.len(), timeout)
     };
     match status {
         0 => Ok(()),
@@ -110,7 +108,13 @@ fn call(target: &RedisTarget, query: &[u8], purpose: Purpose) -> Result<u32, Str
 }
 
 /// Starts a request's lookup.
-pub(super) fn lookup(target: &RedisTarget, keys: &KeyLayout, request: &LookupRequest, context_id: u32, root_id: u32) -> Result<u32, String> {
+pub(super) fn lookup(
+    target: &RedisTarget,
+    keys: &KeyLayout,
+    request: &LookupRequest,
+    context_id: u32,
+    root_id: u32,
+) -> Result<u32, String> {
     let refresh = redis_transport::refresh_command(keys, request);
     call(target, &redis_transport::lookup_command(keys, request), Purpose::Lookup { context_id, root_id, refresh })
 }
@@ -158,7 +162,9 @@ pub extern "C" fn proxy_on_redis_call_response(_root_context_id: u32, token: u32
                     }
                 }
             }
-            let step = with_flow(&flow, Some(&worker), &metrics, (context_id, root_id), |flow, host, worker| flow.on_lookup_response(host, worker, answer, now));
+            let step = with_flow(&flow, Some(&worker), &metrics, (context_id, root_id), |flow, host, worker| {
+                flow.on_lookup_response(host, worker, answer, now)
+            });
             if step == Step::Continue {
                 let _ = abi::resume_request();
             }
