@@ -112,14 +112,15 @@ fn credential(parts: &Parts) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token")).then_some(rest).filter(|r| !r.is_empty())
 }
 
-fn check_key(parts: &Parts, expected: &str) -> Result<(), ApiError> {
+/// Checks the bearer key of a role; a wrong key is refused naming the key the endpoint needs.
+fn check_key(parts: &Parts, expected: &str, role: &str, variable: &str) -> Result<(), ApiError> {
     let Some(given) = credential(parts) else {
         return Err(ApiError::unauthorized("Authentication credentials were not provided.", None));
     };
     if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
         Ok(())
     } else {
-        Err(ApiError::new(StatusCode::FORBIDDEN, "Invalid admin key."))
+        Err(ApiError::new(StatusCode::FORBIDDEN, format!("Invalid {role} key: this endpoint needs the {role} key ({variable}).")))
     }
 }
 
@@ -129,7 +130,7 @@ pub struct Admin;
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        check_key(parts, &state.admin_key).map(|_| Admin)
+        check_key(parts, &state.admin_key, "admin", "MULTITOKENS_ADMIN_KEY").map(|_| Admin)
     }
 }
 
@@ -140,7 +141,7 @@ impl FromRequestParts<AppState> for Internal {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         match &state.internal_key {
-            Some(key) => check_key(parts, key).map(|_| Internal),
+            Some(key) => check_key(parts, key, "internal", "MULTITOKENS_INTERNAL_KEY").map(|_| Internal),
             None => Err(ApiError::new(StatusCode::FORBIDDEN, "Internal endpoints are disabled: set MULTITOKENS_INTERNAL_KEY.")),
         }
     }

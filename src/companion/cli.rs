@@ -285,7 +285,9 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
 /// `MULTITOKENS_LOG_FORMAT=json`. Fields carry users and token ids, never tokens or keys.
 fn init_logging() {
     let level = std::env::var("MULTITOKENS_LOG").ok().and_then(|l| l.parse::<tracing::Level>().ok()).unwrap_or(tracing::Level::INFO);
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(level).with_target(false);
+    // colour only on a terminal: a log file gets plain text
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(level).with_target(false).with_ansi(ansi);
     let _ = match std::env::var("MULTITOKENS_LOG_FORMAT").as_deref() {
         Ok("json") => builder.json().try_init(),
         _ => builder.try_init(),
@@ -321,9 +323,11 @@ pub fn main() -> ExitCode {
         Command::Serve { listen } => listen.clone(),
         _ => None,
     };
+    let mut redis_url = String::new();
     let result = (|| {
         let file = cli.settings.config.as_deref().map(read_config_file).transpose().map_err(usage)?;
         let settings = Settings::resolve(&raw_settings(&cli.settings, listen), file.as_ref()).map_err(usage)?;
+        redis_url = super::connection::redact(&settings.redis_url);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -333,7 +337,13 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("multitokens: {}", f.message.lines().next().unwrap_or("error"));
+            let line = f.message.lines().next().unwrap_or("error");
+            // Redis failures name the URL tried (credentials masked): the usual cause is the wrong one
+            if f.code == 3 && !redis_url.is_empty() {
+                eprintln!("multitokens: {line} (redis_url {redis_url})");
+            } else {
+                eprintln!("multitokens: {line}");
+            }
             ExitCode::from(f.code)
         }
     }

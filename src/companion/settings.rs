@@ -132,7 +132,7 @@ fn parse_bool(s: &str) -> Result<bool, String> {
     match s.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(format!("expected true or false, got {s:?}")),
+        _ => Err(format!("expected true/false, yes/no, on/off or 1/0, got {s:?}")),
     }
 }
 

@@ -405,10 +405,14 @@ impl TokenStore {
 
     /// Reads the revocation feed after `cursor` (one atomic script, [`scripts::FEED`]); without a
     /// cursor, returns the current tail so a new poller starts from now.
+    /// `0` (or `0-0`) reads the feed from its beginning.
     pub async fn revocations_after(&self, cursor: Option<&str>) -> Result<RevocationPage, StoreError> {
+        let cursor = cursor.map(|c| if c == "0" { "0-0" } else { c });
         if let Some(c) = cursor {
             if stream_id(c).is_none() {
-                return Err(StoreError::BadInput("cursor must be a stream id like 1700000000000-0".into()));
+                return Err(StoreError::BadInput(format!(
+                    "after: {c:?} is not a cursor: give 0 for the beginning, or the cursor of the last page (like 1700000000000-0)"
+                )));
             }
         }
         let mut conn = self.redis.conn().await?;

@@ -236,6 +236,33 @@ fn internal_endpoints_need_their_own_key() {
 }
 
 #[test]
+fn a_wrong_key_is_told_which_key_the_endpoint_needs_and_the_feed_starts_at_0() {
+    let redis = RedisServer::start();
+    let server = CompanionServer::start(&redis.url(), &[("MULTITOKENS_ADMIN_KEY", ADMIN), ("MULTITOKENS_INTERNAL_KEY", INTERNAL)]);
+    let agent = crate::support::http_agent();
+    let call = |path: &str, key: &str| {
+        crate::support::http_call(&agent, "GET", &format!("{}{path}", server.base()), &[("authorization", &format!("Bearer {key}"))], None)
+    };
+    let r = call("/v1/internal/revocations", ADMIN);
+    assert_eq!(r.status, 403);
+    assert_eq!(r.body["detail"], "Invalid internal key: this endpoint needs the internal key (MULTITOKENS_INTERNAL_KEY).");
+    let r = call("/v1/users/alice/tokens", INTERNAL);
+    assert_eq!(r.status, 403);
+    assert_eq!(r.body["detail"], "Invalid admin key: this endpoint needs the admin key (MULTITOKENS_ADMIN_KEY).");
+    for first in ["0", "0-0"] {
+        let r = call(&format!("/v1/internal/revocations?after={first}"), INTERNAL);
+        assert_eq!(
+            (r.status, r.body["cursor"].clone(), r.body["reset"].clone()),
+            (200, serde_json::json!("0-0"), serde_json::json!(false)),
+            "after={first}"
+        );
+    }
+    let r = call("/v1/internal/revocations?after=yesterday", INTERNAL);
+    assert_eq!(r.status, 400);
+    assert!(r.body["detail"].as_str().unwrap().contains("give 0 for the beginning"), "{}", r.body);
+}
+
+#[test]
 fn the_serve_binary_starts_and_answers() {
     let redis = RedisServer::start();
     let server = CompanionServer::start(&redis.url(), &[("MULTITOKENS_ADMIN_KEY", ADMIN)]);

@@ -116,6 +116,10 @@ fn bad_usage_and_config_exit_2_with_one_line() {
     assert_one_line_error(code, 2, &err, "user");
     let (code, _, err) = run(&["serve"], &env(&redis), None);
     assert_one_line_error(code, 2, &err, "MULTITOKENS_ADMIN_KEY");
+    let mut e = env(&redis);
+    e.push(("MULTITOKENS_RESET_TTL_ON_LOGIN", "maybe".into()));
+    let (code, _, err) = run(&["issue", "--user", "x"], &e, None);
+    assert_one_line_error(code, 2, &err, "expected true/false, yes/no, on/off or 1/0");
 }
 
 #[test]
@@ -133,6 +137,12 @@ fn malformed_tokens_exit_1_and_redis_down_exits_3() {
     let (code, _, err) = run(&["issue", "--user", "zed"], &e, None);
     assert_one_line_error(code, 3, &err, "Redis");
     assert!(!err.contains(&token));
+    assert!(err.contains(&format!("redis_url {}", redis.url())), "the URL tried is named: {err}");
+    // with credentials in the URL, they are masked
+    let (code, _, err) =
+        run(&["issue", "--user", "zed"], &[("MULTITOKENS_REDIS_URL", format!("redis://u:s3cret@127.0.0.1:{}/0", redis.port))], None);
+    assert_one_line_error(code, 3, &err, "redis://***@127.0.0.1");
+    assert!(!err.contains("s3cret"));
 }
 
 #[test]
