@@ -9,7 +9,7 @@ WASM_DIR := target/$(WASM_TARGET)/wasm-release
 WASM_STOCK := $(WASM_DIR)/multitokens_filter.wasm
 WASM_REDIS := $(WASM_DIR)/multitokens_filter_redis.wasm
 
-.PHONY: all help tools build wasm lint test fuzz demo bench oci clean
+.PHONY: all help tools build wasm install lint test fuzz demo bench oci clean
 
 all: build wasm
 
@@ -26,13 +26,27 @@ build:
 	cargo build --release --bins
 
 ## wasm: both filter builds: multitokens_filter.wasm (stock Envoy, Istio) and
-##       multitokens_filter_redis.wasm (Redis callouts: Higress-patched Envoy)
-wasm:
+##       multitokens_filter_redis.wasm (Redis callouts: Higress-patched Envoy); rebuilt only when a source changed
+wasm: $(WASM_STOCK) $(WASM_REDIS)
+	@ls -l $(WASM_STOCK) $(WASM_REDIS)
+
+WASM_SOURCES := Cargo.toml Cargo.lock $(shell find src -name '*.rs')
+
+$(WASM_REDIS): $(WASM_SOURCES)
 	cargo rustc --lib --profile wasm-release --target $(WASM_TARGET) --no-default-features --features redis-callout --crate-type cdylib
 	cp $(WASM_DIR)/multitokens.wasm $(WASM_REDIS)
+
+# (after the Redis-callout build: both link to the same multitokens.wasm before being copied)
+$(WASM_STOCK): $(WASM_SOURCES) | $(WASM_REDIS)
 	cargo rustc --lib --profile wasm-release --target $(WASM_TARGET) --no-default-features --features wasm-filter --crate-type cdylib
 	cp $(WASM_DIR)/multitokens.wasm $(WASM_STOCK)
-	@ls -l $(WASM_STOCK) $(WASM_REDIS)
+
+## install: the companion CLI `multitokens` into $(PREFIX)/bin (default ~/.local/bin); Envoy stays in .tools/bin
+PREFIX ?= $(HOME)/.local
+install: build
+	install -d $(PREFIX)/bin
+	install -m 0755 target/release/multitokens $(PREFIX)/bin/multitokens
+	@echo "installed $(PREFIX)/bin/multitokens; Envoy 1.40 is $(TOOLS)/bin/envoy (make tools)"
 
 ## lint: rustfmt check, then clippy (unwrap/expect/panic denied outside tests) for the native and the wasm builds
 lint:

@@ -15,11 +15,13 @@ INTERNAL_KEY="demo-internal-key-change-me"
 
 work="$(mktemp -d -t multitokens-demo.XXXXXX)"
 pids=()
+names=()
+keep_logs=0
 cleanup() {
   trap - EXIT INT TERM
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$work"
+  if [ "$keep_logs" = 1 ]; then echo "demo: logs kept in $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 # Ctrl-C (or SIGTERM) is the way to stop the demo: clean up and end quietly
@@ -37,28 +39,29 @@ wait_port() {
     if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
     sleep 0.1
   done
-  echo "demo: $2 did not start on port $1 (logs in $work)" >&2
+  echo "demo: $2 did not start on port $1" >&2
+  keep_logs=1
   exit 1
 }
 
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$work" --save "" --appendonly no >"$work/redis.log" 2>&1 &
-pids+=($!)
+pids+=($!); names+=(redis-server)
 wait_port "$REDIS_PORT" redis-server
 
 MULTITOKENS_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" \
 MULTITOKENS_ADMIN_KEY="$ADMIN_KEY" MULTITOKENS_INTERNAL_KEY="$INTERNAL_KEY" \
   target/release/multitokens serve --listen "127.0.0.1:$COMPANION_PORT" 2>"$work/companion.log" &
-pids+=($!)
+pids+=($!); names+=("the companion")
 wait_port "$COMPANION_PORT" "the companion"
 
 DEMO_APP_LISTEN="127.0.0.1:$APP_PORT" MULTITOKENS_URL="http://127.0.0.1:$COMPANION_PORT" MULTITOKENS_ADMIN_KEY="$ADMIN_KEY" \
   target/release/multitokens-demo-app 2>"$work/app.log" &
-pids+=($!)
+pids+=($!); names+=("the demo app")
 wait_port "$APP_PORT" "the demo app"
 
 sed "s/port_value: 10000/port_value: $DEMO_PORT/" envoy/envoy.yaml >"$work/envoy.yaml"
 "$ENVOY" -c "$work/envoy.yaml" --concurrency 2 --log-level warn 2>"$work/envoy.log" &
-pids+=($!)
+pids+=($!); names+=(Envoy)
 wait_port "$DEMO_PORT" Envoy
 
 cat <<EOT
@@ -68,14 +71,22 @@ multitokens demo is up (Ctrl-C stops everything):
   demo app                    http://127.0.0.1:$APP_PORT
   redis-server                127.0.0.1:$REDIS_PORT (data in $work, removed on exit)
 
+In another shell, these make every CLI and API example of README.md work against this demo:
+  export PATH="$root/target/release:$root/.tools/bin:\$PATH"
+  export MULTITOKENS_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0 MULTITOKENS_ADMIN_KEY=$ADMIN_KEY
+  export DEMO=http://127.0.0.1:$DEMO_PORT API=http://127.0.0.1:$COMPANION_PORT
+
 Try it:
-  TOKEN=\$(curl -s -X POST http://127.0.0.1:$DEMO_PORT/login -H 'content-type: application/json' \\
+  TOKEN=\$(curl -s -X POST \$DEMO/login -H 'content-type: application/json' \\
            -d '{"user":"alice","device":"laptop"}' | sed -E 's/.*"token":"([^"]+)".*/\1/')
-  curl -s http://127.0.0.1:$DEMO_PORT/api/whoami -H "Authorization: Bearer \$TOKEN"
-  curl -s -X POST http://127.0.0.1:$DEMO_PORT/logout -H "Authorization: Bearer \$TOKEN"
-  curl -s -i http://127.0.0.1:$DEMO_PORT/api/whoami -H "Authorization: Bearer \$TOKEN"   # 401 now
+  curl -s \$DEMO/api/whoami -H "Authorization: Bearer \$TOKEN"
+  curl -s -X POST \$DEMO/logout -H "Authorization: Bearer \$TOKEN"
+  sleep 1.5; curl -s -i \$DEMO/api/whoami -H "Authorization: Bearer \$TOKEN"   # 401: every Envoy worker applies the revocation within about a second
 EOT
 wait -n "${pids[@]}" || true
-echo "demo: a component exited; see the logs in $work:" >&2
+for i in "${!pids[@]}"; do
+  if ! kill -0 "${pids[$i]}" 2>/dev/null; then echo "demo: ${names[$i]} exited" >&2; fi
+done
 tail -n 5 "$work"/*.log >&2 || true
+keep_logs=1
 exit 1

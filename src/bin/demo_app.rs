@@ -88,16 +88,6 @@ fn all_values(headers: &HeaderMap) -> Value {
     Value::Object(out)
 }
 
-fn identity(headers: &HeaderMap) -> Value {
-    json!({
-        "user": header(headers, "x-multitokens-user"),
-        "device": header(headers, "x-multitokens-device"),
-        "scopes": header(headers, "x-multitokens-scopes"),
-        "token_id": header(headers, "x-multitokens-token-id"),
-        "authorization_forwarded": headers.contains_key("authorization"),
-    })
-}
-
 async fn whoami(headers: HeaderMap) -> Response {
     match header(&headers, "x-multitokens-user") {
         Some(user) => Json(json!({"user": user, "device": header(&headers, "x-multitokens-device")})).into_response(),
@@ -149,7 +139,7 @@ async fn main() -> std::process::ExitCode {
         .route("/api/headers", get(|headers: HeaderMap| async move { Json(all_values(&headers)) }))
         .route("/logout", post(logout))
         .route("/logout-all", post(logout_all))
-        .route("/public/headers", get(|headers: HeaderMap| async move { Json(identity(&headers)) }))
+        .route("/public/headers", get(|headers: HeaderMap| async move { Json(all_values(&headers)) }))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .with_state(demo);
     let listener = match tokio::net::TcpListener::bind(&listen).await {

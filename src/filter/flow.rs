@@ -478,7 +478,6 @@ fn refuse(host: &mut dyn Host, worker: &mut Worker, metric: Metric, now: u64) ->
             let client = client_key(&address);
             throttle.record_failure(client, now);
             if let Some(seconds) = throttle.retry_after(client, now) {
-                host.count(metric);
                 return deny(host, &worker.compiled, Denial::Throttled(seconds), Metric::DeniedThrottled, &[]);
             }
         }
