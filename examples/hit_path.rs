@@ -67,7 +67,7 @@ fn main() {
     };
     let hasher = compiled.hasher.clone();
     let mut worker = Worker::new(compiled);
-    worker.apply_feed(FeedPage { cursor: "1-0".into(), digests: vec![], reset: false }, 0);
+    worker.apply_feed(FeedPage { cursor: "1-0".into(), digests: vec![], reset: false, more: false }, 0);
     let tokens: Vec<String> = (0..1000).filter_map(|i| token::generate("mt", &format!("user-{}", i % 100)).ok()).collect();
     let mut host = MemoryHost { headers: Vec::new(), calls: 0 };
     let reset = |host: &mut MemoryHost, t: &str| {

@@ -527,7 +527,9 @@ fn ambiguous_paths_never_bypass_the_rules() {
 fn forged_token_floods_are_throttled() {
     let s = Stack::start_with(|_| {}, |yaml| yaml); // the shipped config, throttling on
     let alice = s.login("alice", "laptop", &[]);
-    for _ in 0..4 {
+    // every worker follows the feed by now; then cache alice on every worker (fresh connections)
+    std::thread::sleep(Duration::from_millis(1500));
+    for _ in 0..16 {
         assert_eq!(
             raw_status(
                 s.port,

@@ -280,6 +280,32 @@ fn sliding_refresh_only_after_a_positive_answer() {
     assert!((590..=600).contains(&ttl), "issued for 60 s, refreshed to 600 s: {ttl}");
 }
 
+/// A full feed page triggers the next read at once: thousands of revocations are applied in one
+/// tick, so the last one is enforced right away.
+#[test]
+fn a_full_feed_page_is_followed_by_the_next_at_once_in_both_builds() {
+    for build in [Build::Stock, Build::Redis] {
+        let stack = Stack::start(build);
+        let mut host = stack.load(json!({}));
+        let alice = stack.issue("alice", "laptop", &[]);
+        assert_eq!(get(&mut host, "/api", &alice).status(), 200);
+        let hits = host.metric("multitokens.cache_hit");
+        assert_eq!(get(&mut host, "/api", &alice).status(), 200);
+        assert_eq!(host.metric("multitokens.cache_hit"), hits + 1, "{build:?}: cached");
+        // 2,500 revocations of other tokens, then alice's
+        let mut conn = stack.redis.conn();
+        let mut pipe = redis::pipe();
+        for i in 0..2500u32 {
+            pipe.cmd("XADD").arg("mt:revoked").arg("*").arg("d").arg(format!("{i:064x}")).ignore();
+        }
+        pipe.query::<()>(&mut conn).unwrap();
+        stack.cli(&["revoke", &alice]);
+        host.tick();
+        assert_invalid(&get(&mut host, "/api", &alice));
+        assert!(host.metric("multitokens.revocations_applied") >= 1, "{build:?}");
+    }
+}
+
 #[test]
 fn store_down_fails_closed_in_both_builds() {
     for build in [Build::Stock, Build::Redis] {

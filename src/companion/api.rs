@@ -303,6 +303,7 @@ async fn internal_lookup(
         "device": info.device,
         "scopes": info.scopes,
         "expires_in": info.expires_in,
+        "expires_in_ms": info.expires_in_ms,
         "id": info.id,
     }))
     .into_response())

@@ -11,7 +11,7 @@ use crate::core::scripts;
 use crate::core::token::{self, RoutingTag};
 use crate::core::ttl::TokenTtl;
 use crate::core::user::{validate_device, validate_scopes, validate_user};
-use crate::core::verdict::{evaluate, Verdict};
+use crate::core::verdict::{evaluate, ValidToken, Verdict};
 use redis::{Script, Value};
 use serde::Serialize;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -19,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Revocation feed length kept in Redis (approximate trim).
 pub const FEED_MAX_LEN: usize = 100_000;
 /// Most feed entries returned by one poll.
-pub const FEED_PAGE: usize = 1000;
+pub const FEED_PAGE: usize = scripts::FEED_PAGE_SIZE;
 
 /// A page of the revocation feed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -31,6 +31,8 @@ pub struct RevocationPage {
     /// True when entries after the previous cursor were lost (trimmed, or the feed was reset):
     /// the caller must drop every cached verdict.
     pub reset: bool,
+    /// The page is full: more entries are waiting, read the next page at once.
+    pub more: bool,
 }
 
 /// Parses a stream id `ms-seq` for ordering.
@@ -116,13 +118,18 @@ pub struct TokenInfo {
     pub created: u64,
     /// Seconds until it expires, `null` if immortal.
     pub expires_in: Option<u64>,
+    /// Milliseconds until it expires (what the filter caches by; not in the CLI's output).
+    #[serde(skip)]
+    pub expires_in_ms: Option<u64>,
     /// Scopes granted.
     pub scopes: Vec<String>,
 }
 
 impl TokenInfo {
-    fn from_record(record: TokenRecord, expires_in: Option<u64>) -> Self {
-        TokenInfo { id: record.id, user: record.user, device: record.device, created: record.created, expires_in, scopes: record.scopes }
+    fn from_valid(v: ValidToken) -> Self {
+        let (expires_in, expires_in_ms) = (v.expires_in(), v.expires_in_ms);
+        let r = v.record;
+        TokenInfo { id: r.id, user: r.user, device: r.device, created: r.created, expires_in, expires_in_ms, scopes: r.scopes }
     }
 }
 
@@ -149,6 +156,11 @@ pub struct TokenStore {
 /// Current Unix time in seconds.
 pub fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The wall clock, Unix milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn corrupt(what: &str) -> StoreError {
@@ -287,8 +299,8 @@ impl TokenStore {
         let mut conn = self.redis.conn().await?;
         let (value, pttl): (Option<Vec<u8>>, i64) =
             self.scripts.lookup.key(self.keys.record_key(tag, digest)).invoke_async(&mut conn).await?;
-        match evaluate(value.as_deref(), pttl, now_secs()).map_err(StoreError::Corrupt)? {
-            Verdict::Valid(v) => Ok(Some(TokenInfo::from_record(v.record, v.expires_in))),
+        match evaluate(value.as_deref(), pttl, now_ms()).map_err(StoreError::Corrupt)? {
+            Verdict::Valid(v) => Ok(Some(TokenInfo::from_valid(v))),
             Verdict::Invalid => Ok(None),
         }
     }
@@ -376,13 +388,13 @@ impl TokenStore {
         let tag = RoutingTag::for_user(user);
         let flat: Vec<Value> =
             self.scripts.list.key(self.keys.index_key(user)).arg(self.keys.record_prefix(tag)).invoke_async(&mut conn).await?;
-        let now = now_secs();
+        let now = now_ms();
         let mut out = Vec::with_capacity(flat.len() / 2);
         for pair in flat.chunks(2) {
             let [Value::BulkString(json), pttl] = pair else { return Err(corrupt("list")) };
             let pttl = as_int(pttl).ok_or_else(|| corrupt("list"))?;
             if let Verdict::Valid(v) = evaluate(Some(json), pttl, now).map_err(StoreError::Corrupt)? {
-                out.push(TokenInfo::from_record(v.record, v.expires_in));
+                out.push(TokenInfo::from_valid(v));
             }
         }
         Ok(out)
@@ -420,8 +432,9 @@ impl TokenStore {
             self.scripts.feed.key(self.keys.revocation_feed()).arg(cursor.unwrap_or("")).arg(FEED_PAGE).invoke_async(&mut conn).await?;
         let cursor = reply.first().and_then(as_text).ok_or_else(|| corrupt("feed"))?;
         let reset = reply.get(1).and_then(as_int).ok_or_else(|| corrupt("feed"))? == 1;
-        let digests = reply.iter().skip(2).filter_map(as_text).collect();
-        Ok(RevocationPage { cursor, digests, reset })
+        let digests: Vec<String> = reply.iter().skip(2).filter_map(as_text).collect();
+        let more = digests.len() >= FEED_PAGE;
+        Ok(RevocationPage { cursor, digests, reset, more })
     }
 
     /// Appends revoked digests to the revocation feed that filters poll. Best effort: the records

@@ -255,6 +255,9 @@ return 1
 "#
 );
 
+/// Revocation feed entries read per page; a full page means more are waiting.
+pub const FEED_PAGE_SIZE: usize = 1000;
+
 /// Reads the revocation feed after a cursor, in one round trip (the companion's feed endpoint and
 /// the Redis-callout filter both use it). Without a cursor it returns the current tail, so a new
 /// poller starts from now. It reports `reset` when entries after the cursor were lost (trimmed or

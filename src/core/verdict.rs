@@ -37,8 +37,16 @@ impl Remaining {
 pub struct ValidToken {
     /// The stored record.
     pub record: TokenRecord,
-    /// Seconds until it expires, `None` if immortal.
-    pub expires_in: Option<u64>,
+    /// Milliseconds until it expires (its Redis TTL or its absolute expiry, whichever comes
+    /// first), `None` if immortal.
+    pub expires_in_ms: Option<u64>,
+}
+
+impl ValidToken {
+    /// Whole seconds until it expires (rounded up), `None` if immortal.
+    pub fn expires_in(&self) -> Option<u64> {
+        self.expires_in_ms.map(|ms| ms.div_ceil(1000))
+    }
 }
 
 /// What a lookup by digest means.
@@ -50,23 +58,28 @@ pub enum Verdict {
     Invalid,
 }
 
-/// Decides on a `GET` + `PTTL` reply. Garbage in Redis is an error (fail closed), not a verdict.
-pub fn evaluate(value: Option<&[u8]>, pttl: i64, now_secs: u64) -> Result<Verdict, String> {
+/// Decides on a `GET` + `PTTL` reply at `now_ms` (Unix milliseconds). Garbage in Redis is an
+/// error (fail closed), not a verdict.
+pub fn evaluate(value: Option<&[u8]>, pttl: i64, now_ms: u64) -> Result<Verdict, String> {
     let Some(bytes) = value else { return Ok(Verdict::Invalid) };
     let remaining = Remaining::from_pttl(pttl);
     if remaining == Remaining::Missing || remaining == Remaining::Millis(0) {
         return Ok(Verdict::Invalid);
     }
     let record = TokenRecord::from_json(bytes)?;
-    let mut expires_in = remaining.seconds();
+    let mut expires_in_ms = match remaining {
+        Remaining::Millis(ms) => Some(ms),
+        _ => None,
+    };
     if let Some(at) = record.expires_at {
-        if at <= now_secs {
+        let at_ms = at.saturating_mul(1000);
+        if at_ms <= now_ms {
             return Ok(Verdict::Invalid);
         }
-        let hard = at - now_secs;
-        expires_in = Some(expires_in.map_or(hard, |s| s.min(hard)));
+        let hard = at_ms - now_ms;
+        expires_in_ms = Some(expires_in_ms.map_or(hard, |ms| ms.min(hard)));
     }
-    Ok(Verdict::Valid(ValidToken { record, expires_in }))
+    Ok(Verdict::Valid(ValidToken { record, expires_in_ms }))
 }
 
 #[cfg(test)]
@@ -81,14 +94,15 @@ mod tests {
 
     #[test]
     fn decides_on_presence_ttl_and_absolute_expiry() {
-        assert_eq!(evaluate(None, -2, 100), Ok(Verdict::Invalid));
-        let Verdict::Valid(v) = evaluate(Some(&json(None)), 1500, 100).unwrap() else { panic!() };
-        assert_eq!(v.expires_in, Some(2));
-        let Verdict::Valid(v) = evaluate(Some(&json(None)), -1, 100).unwrap() else { panic!() };
-        assert_eq!(v.expires_in, None);
-        assert_eq!(evaluate(Some(&json(Some(100))), -1, 100), Ok(Verdict::Invalid));
-        let Verdict::Valid(v) = evaluate(Some(&json(Some(130))), 60_000, 100).unwrap() else { panic!() };
-        assert_eq!(v.expires_in, Some(30));
-        assert!(evaluate(Some(b"not json"), 1000, 100).is_err());
+        assert_eq!(evaluate(None, -2, 100_000), Ok(Verdict::Invalid));
+        let Verdict::Valid(v) = evaluate(Some(&json(None)), 1500, 100_000).unwrap() else { panic!() };
+        assert_eq!((v.expires_in_ms, v.expires_in()), (Some(1500), Some(2)));
+        let Verdict::Valid(v) = evaluate(Some(&json(None)), -1, 100_000).unwrap() else { panic!() };
+        assert_eq!(v.expires_in_ms, None);
+        assert_eq!(evaluate(Some(&json(Some(100))), -1, 100_000), Ok(Verdict::Invalid));
+        assert_eq!(evaluate(Some(&json(Some(100))), -1, 99_999).map(|v| matches!(v, Verdict::Valid(_))), Ok(true), "1 ms left");
+        let Verdict::Valid(v) = evaluate(Some(&json(Some(130))), 60_000, 100_250).unwrap() else { panic!() };
+        assert_eq!(v.expires_in_ms, Some(29_750), "the absolute expiry, to the millisecond");
+        assert!(evaluate(Some(b"not json"), 1000, 100_000).is_err());
     }
 }

@@ -153,6 +153,32 @@ pub struct FeedState {
     pub last_ok_ms: u64,
     /// The poll under way: its call id and when it started (ms).
     pub call: Option<(u32, u64)>,
+    /// Pages applied so far (a lookup remembers the count when it is dispatched).
+    pub epoch: u64,
+    /// The first page that can vouch for a lookup: pages before it were the first page or a
+    /// reset, which carry no list of what was revoked in between.
+    pub trusted_from: u64,
+    /// Digests revoked by recent pages, with the page that revoked them (bounded).
+    recent: std::collections::VecDeque<(u64, TokenDigest)>,
+    /// Pages older than this are no longer fully in `recent`.
+    recent_from: u64,
+    /// The last page was full: poll again at once.
+    pub more: bool,
+}
+
+/// Most recently revoked digests remembered to check lookups still under way.
+pub const RECENT_REVOCATIONS: usize = 20_000;
+
+impl FeedState {
+    /// Whether a page applied after `dispatched` (an epoch) revoked `digest`; `None` when that
+    /// cannot be told (the lookup started before the feed could vouch for it, or the memory of
+    /// revocations no longer reaches back that far).
+    pub fn revoked_since(&self, dispatched: u64, digest: &TokenDigest) -> Option<bool> {
+        if dispatched < self.trusted_from || dispatched < self.recent_from {
+            return None;
+        }
+        Some(self.recent.iter().rev().take_while(|(epoch, _)| *epoch > dispatched).any(|(_, d)| d == digest))
+    }
 }
 
 impl FeedState {
@@ -227,19 +253,32 @@ impl Worker {
     }
 
     /// Applies a feed page; returns how many cached verdicts were dropped.
+    ///
+    /// The first page after the VM starts, and a page saying entries were lost, drop every
+    /// cached verdict: nothing cached before can be checked against what was revoked meanwhile.
     pub fn apply_feed(&mut self, page: lookup::FeedPage, now: u64) -> usize {
         let mut applied = 0;
-        if page.reset {
+        let feed = &mut self.feed;
+        feed.epoch += 1;
+        if page.reset || feed.cursor.is_none() {
             applied = self.cache.len();
             self.cache.clear();
+            feed.trusted_from = feed.epoch;
         }
         for hex in &page.digests {
             if let Some(d) = TokenDigest::from_hex(hex) {
                 if self.cache.revoke(&d) {
                     applied += 1;
                 }
+                feed.recent.push_back((feed.epoch, d));
             }
         }
+        while feed.recent.len() > RECENT_REVOCATIONS {
+            if let Some((epoch, _)) = feed.recent.pop_front() {
+                feed.recent_from = epoch;
+            }
+        }
+        self.feed.more = page.more;
         self.feed.cursor = Some(page.cursor);
         self.feed.last_ok_ms = now;
         self.feed.call = None;
@@ -259,6 +298,8 @@ struct RequestInfo {
 #[derive(Debug)]
 struct Pending {
     call: u32,
+    /// Feed pages applied when the lookup was dispatched.
+    epoch: u64,
     token: String,
     tag: token::RoutingTag,
     digest: TokenDigest,
@@ -360,7 +401,7 @@ impl HttpFlow {
         let request = RequestInfo { method: method.to_string(), path: path.to_string(), cookie: cookie.map(<[u8]>::to_vec) };
         match host.dispatch_lookup(&LookupRequest { tag, digest, refresh_ttl }) {
             Ok(call) => {
-                self.pending = Some(Pending { call, token: token.to_string(), tag, digest, source, request });
+                self.pending = Some(Pending { call, epoch: worker.feed.epoch, token: token.to_string(), tag, digest, source, request });
                 Step::Pause
             }
             Err(e) => {
@@ -392,10 +433,16 @@ impl HttpFlow {
     ) -> Step {
         let Some(p) = self.pending.take() else { return Step::Continue };
         match answer {
-            Ok(Answer::Valid(identity, expires_in)) => {
+            Ok(Answer::Valid(identity, expires_in_ms)) => {
+                // the store was read before the feed pages applied since: one of them may have
+                // revoked this very token, and then the answer is already stale
+                let revoked = worker.feed.revoked_since(p.epoch, &p.digest);
+                if revoked == Some(true) {
+                    return deny(host, &worker.compiled, Denial::Invalid, Metric::DeniedInvalid, &[]);
+                }
                 let cfg = &worker.compiled.config;
                 // a positive entry never outlives the token
-                let token_left = expires_in.map_or(u64::MAX, |s| s.saturating_mul(1000));
+                let token_left = expires_in_ms.unwrap_or(u64::MAX);
                 let fresh = cfg.cache.ttl_ms.min(token_left);
                 let usable = match cfg.failure_mode {
                     FailureMode::AllowCached => cfg.stale_window_ms.min(token_left),
@@ -404,6 +451,9 @@ impl HttpFlow {
                 let refreshed_at = if cfg.refresh_on_use.is_some() { now } else { 0 };
                 let r = &p.request;
                 let step = authorize(host, &worker.compiled, &identity, p.source, r.cookie.as_deref(), &r.method, &r.path, false);
+                if revoked.is_none() {
+                    return step; // the feed cannot vouch for this answer: use it once, never cache it
+                }
                 worker.cache.insert(
                     &p.token,
                     Entry {
@@ -632,7 +682,7 @@ mod tests {
 
     fn follow_feed(w: &mut Worker, now: u64) {
         w.record_tick(now);
-        w.apply_feed(lookup::FeedPage { cursor: "1-0".into(), digests: vec![], reset: false }, now);
+        w.apply_feed(lookup::FeedPage { cursor: "1-0".into(), digests: vec![], reset: false, more: false }, now);
     }
 
     #[test]
@@ -737,13 +787,16 @@ mod tests {
         run(&mut w, "/api", &t, Some((Some(200), VALID)), 1000);
         // no feed page yet: ask again
         assert_eq!(run(&mut w, "/api", &t, Some((Some(200), VALID)), 1100).lookups.len(), 1);
+        // the first page drops what was cached before it; from then on the cache serves
         follow_feed(&mut w, 1200);
+        assert!(w.cache.is_empty(), "the first page after start drops every verdict");
+        assert_eq!(run(&mut w, "/api", &t, Some((Some(200), VALID)), 1250).lookups.len(), 1);
         let h = run(&mut w, "/api", &t, None, 1300);
         assert!(h.lookups.is_empty() && h.metrics.contains(&Metric::CacheHit));
         assert_eq!(h.headers["x-multitokens-user"], b"alice");
         // revoked through the feed: the next request asks the store
         let digest = TokenHasher::new(None).digest(&t).to_hex();
-        assert_eq!(w.apply_feed(lookup::FeedPage { cursor: "2-0".into(), digests: vec![digest], reset: false }, 1400), 1);
+        assert_eq!(w.apply_feed(lookup::FeedPage { cursor: "2-0".into(), digests: vec![digest], reset: false, more: false }, 1400), 1);
         let h = run(&mut w, "/api", &t, Some((Some(200), br#"{"active":false}"#)), 1500);
         assert_eq!(h.replies[0].status, 401);
         // the negative verdict is cached
@@ -763,7 +816,7 @@ mod tests {
         run(&mut w, "/api", &t, Some((Some(200), VALID)), 0);
         assert!(run(&mut w, "/api", &t, None, 2000).lookups.is_empty(), "served from the cache");
         // a feed page still arrives, but the timer has not ticked for 2.6 s: ask the store
-        w.apply_feed(lookup::FeedPage { cursor: "2-0".into(), digests: vec![], reset: false }, 2550);
+        w.apply_feed(lookup::FeedPage { cursor: "2-0".into(), digests: vec![], reset: false, more: false }, 2550);
         let h = run(&mut w, "/api", &t, Some((Some(200), br#"{"active":false}"#)), 2600);
         assert_eq!(h.lookups.len(), 1);
         assert!(h.metrics.contains(&Metric::TickOverdue));
@@ -803,6 +856,52 @@ mod tests {
         assert!(run(&mut w, "/api", &good, None, 30_002).replies.is_empty(), "a cached valid token still passes");
         follow_feed(&mut w, 60_000);
         assert_eq!(run(&mut w, "/api", &forged[3], unknown, 60_010).replies[0].status, 401, "a new window");
+    }
+
+    /// A lookup that read the store before a feed page revoked its token must not be believed.
+    #[test]
+    fn a_lookup_overtaken_by_a_revocation_is_refused_and_never_cached() {
+        let mut w = worker("");
+        follow_feed(&mut w, 0);
+        let t = token::generate("mt", "alice").unwrap();
+        let digest = TokenHasher::new(None).digest(&t);
+        let mut h = request("/api", Some(&format!("Bearer {t}")));
+        let mut flow = HttpFlow::new();
+        assert_eq!(flow.on_request_headers(&mut h, &mut w, 10), Step::Pause);
+        // the feed page revoking it is applied while the lookup is under way
+        w.apply_feed(lookup::FeedPage { cursor: "2-0".into(), digests: vec![digest.to_hex()], reset: false, more: false }, 20);
+        flow.on_lookup_response(&mut h, &mut w, lookup::parse_answer(Some(200), VALID), 30);
+        assert_eq!(h.replies[0].status, 401);
+        assert!(w.cache.get(&t).is_none_or(|e| e.verdict == Cached::Unknown), "never cached as valid");
+        // a page revoking something else does not stop a lookup from being cached
+        let u = token::generate("mt", "bob").unwrap();
+        let mut h = request("/api", Some(&format!("Bearer {u}")));
+        let mut flow = HttpFlow::new();
+        flow.on_request_headers(&mut h, &mut w, 40);
+        w.apply_feed(lookup::FeedPage { cursor: "3-0".into(), digests: vec![digest.to_hex()], reset: false, more: false }, 50);
+        flow.on_lookup_response(&mut h, &mut w, lookup::parse_answer(Some(200), VALID), 60);
+        assert!(h.replies.is_empty());
+        assert!(matches!(w.cache.get(&u).map(|e| &e.verdict), Some(Cached::Valid(_))));
+    }
+
+    /// Lookups dispatched before the feed could vouch for them (before the first page, or before a
+    /// page that reset the feed) are used once and never cached.
+    #[test]
+    fn lookups_from_before_the_feed_could_vouch_are_not_cached() {
+        for reset_first in [false, true] {
+            let mut w = worker("");
+            if reset_first {
+                follow_feed(&mut w, 0);
+            }
+            let t = token::generate("mt", "alice").unwrap();
+            let mut h = request("/api", Some(&format!("Bearer {t}")));
+            let mut flow = HttpFlow::new();
+            flow.on_request_headers(&mut h, &mut w, 10);
+            w.apply_feed(lookup::FeedPage { cursor: "9-0".into(), digests: vec![], reset: reset_first, more: false }, 20);
+            flow.on_lookup_response(&mut h, &mut w, lookup::parse_answer(Some(200), VALID), 30);
+            assert!(h.replies.is_empty(), "the answer itself is used");
+            assert!(w.cache.get(&t).is_none(), "but not cached (reset first: {reset_first})");
+        }
     }
 
     #[test]

@@ -45,13 +45,15 @@ struct LookupReply {
     #[serde(default)]
     expires_in: Option<u64>,
     #[serde(default)]
+    expires_in_ms: Option<u64>,
+    #[serde(default)]
     id: Option<String>,
 }
 
 /// What the store said about a token.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {
-    /// Valid, with seconds left (`None`: immortal).
+    /// Valid, with milliseconds left (`None`: immortal).
     Valid(Identity, Option<u64>),
     /// Unknown, revoked or expired.
     Unknown,
@@ -77,7 +79,9 @@ pub fn parse_answer(status: Option<u32>, body: &[u8]) -> Result<Answer, CalloutP
             }
             match (reply.user, reply.id) {
                 (Some(user), Some(id)) if !user.is_empty() => {
-                    Ok(Answer::Valid(Identity::new(user, reply.device.unwrap_or_default(), reply.scopes, id), reply.expires_in))
+                    // milliseconds when the companion gives them, else whole seconds
+                    let left = reply.expires_in_ms.or(reply.expires_in.map(|s| s.saturating_mul(1000)));
+                    Ok(Answer::Valid(Identity::new(user, reply.device.unwrap_or_default(), reply.scopes, id), left))
                 }
                 _ => Err(CalloutProblem::BadResponse("lookup body: active without user or id".into())),
             }
@@ -97,6 +101,9 @@ pub struct FeedPage {
     /// Entries were lost: drop every cached verdict.
     #[serde(default)]
     pub reset: bool,
+    /// The page is full: read the next one at once.
+    #[serde(default)]
+    pub more: bool,
 }
 
 /// Interprets a feed response.
@@ -126,8 +133,10 @@ mod tests {
         let body = br#"{"active":true,"user":"u","device":"d","scopes":["a"],"expires_in":5,"id":"i"}"#;
         assert_eq!(
             parse_answer(Some(200), body),
-            Ok(Answer::Valid(Identity::new("u".into(), "d".into(), vec!["a".into()], "i".into()), Some(5)))
+            Ok(Answer::Valid(Identity::new("u".into(), "d".into(), vec!["a".into()], "i".into()), Some(5000)))
         );
+        let ms = br#"{"active":true,"user":"u","id":"i","expires_in":5,"expires_in_ms":4321}"#;
+        assert!(matches!(parse_answer(Some(200), ms), Ok(Answer::Valid(_, Some(4321)))));
         assert_eq!(parse_answer(Some(200), br#"{"active":false}"#), Ok(Answer::Unknown));
         assert_eq!(parse_answer(None, b""), Err(CalloutProblem::NoResponse));
         assert!(matches!(parse_answer(Some(503), b"{}"), Err(CalloutProblem::BadResponse(_))));

@@ -10,9 +10,6 @@ use crate::core::resp::{decode, encode_command, Reply};
 use crate::core::scripts;
 use crate::core::verdict::{evaluate, Verdict};
 
-/// Feed entries read per poll.
-pub const FEED_PAGE: &str = "1000";
-
 /// `EVAL LOOKUP 1 <record key>`: the record and its remaining TTL.
 pub fn lookup_command(keys: &KeyLayout, request: &LookupRequest) -> Vec<u8> {
     encode_command(&["EVAL".as_bytes(), scripts::LOOKUP.as_bytes(), b"1", keys.record_key(request.tag, &request.digest).as_bytes()])
@@ -39,7 +36,7 @@ pub fn feed_command(keys: &KeyLayout, cursor: Option<&str>) -> Vec<u8> {
         b"1",
         keys.revocation_feed().as_bytes(),
         cursor.unwrap_or("").as_bytes(),
-        FEED_PAGE.as_bytes(),
+        scripts::FEED_PAGE_SIZE.to_string().as_bytes(),
     ])
 }
 
@@ -64,7 +61,8 @@ fn kind(r: &Reply) -> &'static str {
 }
 
 /// Interprets a lookup reply (`None`: network error). Garbage is a problem, never a verdict.
-pub fn parse_lookup(bytes: Option<&[u8]>, now_secs: u64) -> Result<Answer, CalloutProblem> {
+/// `now_ms` is the host's clock (Unix milliseconds), for a record's absolute expiry.
+pub fn parse_lookup(bytes: Option<&[u8]>, now_ms: u64) -> Result<Answer, CalloutProblem> {
     let items = reply(bytes)?;
     let (value, pttl) = match items.as_slice() {
         [Reply::Bulk(value), Reply::Int(pttl)] => (value.as_deref(), *pttl),
@@ -72,10 +70,11 @@ pub fn parse_lookup(bytes: Option<&[u8]>, now_secs: u64) -> Result<Answer, Callo
         [Reply::Int(pttl)] => (None, *pttl),
         _ => return Err(CalloutProblem::BadResponse("lookup reply is not [record, ttl]".into())),
     };
-    match evaluate(value, pttl, now_secs).map_err(CalloutProblem::BadResponse)? {
+    match evaluate(value, pttl, now_ms).map_err(CalloutProblem::BadResponse)? {
         Verdict::Valid(v) => {
+            let left = v.expires_in_ms;
             let r = v.record;
-            Ok(Answer::Valid(Identity::new(r.user, r.device, r.scopes, r.id), v.expires_in))
+            Ok(Answer::Valid(Identity::new(r.user, r.device, r.scopes, r.id), left))
         }
         Verdict::Invalid => Ok(Answer::Unknown),
     }
@@ -91,8 +90,9 @@ pub fn parse_feed(bytes: Option<&[u8]>) -> Result<FeedPage, CalloutProblem> {
     let (Some(cursor), Some(Reply::Int(reset))) = (items.first().and_then(text), items.get(1)) else {
         return Err(CalloutProblem::BadResponse("feed reply is not [cursor, reset, digests...]".into()));
     };
-    let digests = items.iter().skip(2).filter_map(text).collect();
-    Ok(FeedPage { cursor, digests, reset: *reset == 1 })
+    let digests: Vec<String> = items.iter().skip(2).filter_map(text).collect();
+    let more = digests.len() >= scripts::FEED_PAGE_SIZE;
+    Ok(FeedPage { cursor, digests, reset: *reset == 1, more })
 }
 
 #[cfg(test)]
@@ -124,7 +124,7 @@ mod tests {
             TokenRecord { id: "i".into(), user: "u".into(), device: "d".into(), created: 1, scopes: vec!["s".into()], expires_at: None }
                 .to_json();
         let valid = format!("*2\r\n${}\r\n{}\r\n:5000\r\n", record.len(), record);
-        let Ok(Answer::Valid(id, Some(5))) = parse_lookup(Some(valid.as_bytes()), 100) else { panic!() };
+        let Ok(Answer::Valid(id, Some(5000))) = parse_lookup(Some(valid.as_bytes()), 100_000) else { panic!() };
         assert_eq!((id.user.as_str(), id.scopes_header.as_str()), ("u", "s"));
         assert_eq!(parse_lookup(Some(b"*1\r\n:-2\r\n"), 100), Ok(Answer::Unknown));
         assert_eq!(parse_lookup(None, 100), Err(CalloutProblem::NoResponse));

@@ -143,6 +143,14 @@ pub extern "C" fn proxy_on_redis_call_response(_root_context_id: u32, token: u32
             let Some(Some((worker, metrics))) = with_registry(|r| r.roots.get(&root_id).cloned()) else { return };
             let Ok(mut worker) = worker.try_borrow_mut() else { return };
             apply_feed(&mut worker, &metrics, redis_transport::parse_feed(bytes.as_deref()));
+            if worker.feed.more {
+                // a full page: the next one now, not on the next tick
+                if let Transport::Redis(target) = &worker.compiled.transport {
+                    if let Ok(call) = poll_feed(target, &worker.compiled.keys, worker.feed.cursor.as_deref(), root_id) {
+                        worker.feed.call = Some((call, now_ms()));
+                    }
+                }
+            }
         }
         Purpose::Lookup { context_id, root_id, refresh } => {
             let found = with_registry(|r| (r.flows.get(&context_id).and_then(Weak::upgrade), r.roots.get(&root_id).cloned()));
@@ -154,7 +162,7 @@ pub extern "C" fn proxy_on_redis_call_response(_root_context_id: u32, token: u32
                 return;
             }
             let now = now_ms();
-            let answer = redis_transport::parse_lookup(bytes.as_deref(), now / 1000);
+            let answer = redis_transport::parse_lookup(bytes.as_deref(), now);
             if let (Ok(Answer::Valid(..)), Some(refresh)) = (&answer, refresh) {
                 if let Ok(w) = worker.try_borrow() {
                     if let Transport::Redis(target) = &w.compiled.transport {
