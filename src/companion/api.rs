@@ -100,7 +100,40 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes =
             Bytes::from_request(req, state).await.map_err(|r| ApiError::new(r.status(), "Request body too large or unreadable."))?;
-        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("Invalid JSON body: {e}")))
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(&mut de).map(JsonBody).map_err(|e| {
+            let at = if e.path().to_string() == "." { String::new() } else { format!("{}: ", e.path()) };
+            ApiError::new(StatusCode::BAD_REQUEST, format!("Invalid JSON body: {at}{}", e.inner()))
+        })
+    }
+}
+
+/// A query string, with errors in the API's own shape (naming the parameter) instead of the
+/// framework's `text/plain` answer.
+pub struct QueryArgs<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryArgs<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let query = form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes());
+        serde_path_to_error::deserialize(serde_urlencoded::Deserializer::new(query))
+            .map(QueryArgs)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("Invalid query string: {}: {}", e.path(), e.inner())))
+    }
+}
+
+/// Path parameters, with errors in the API's own shape.
+pub struct PathArgs<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathArgs<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| PathArgs(v))
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("Invalid path: {}", e.body_text())))
     }
 }
 
@@ -191,11 +224,11 @@ async fn issue(_: Admin, State(store): State<Arc<TokenStore>>, JsonBody(body): J
     Ok((StatusCode::CREATED, Json(issued)).into_response())
 }
 
-async fn list(_: Admin, State(store): State<Arc<TokenStore>>, Path(user): Path<String>) -> Result<Response, ApiError> {
+async fn list(_: Admin, State(store): State<Arc<TokenStore>>, PathArgs(user): PathArgs<String>) -> Result<Response, ApiError> {
     Ok(Json(store.list(&user).await?).into_response())
 }
 
-async fn revoke_user(_: Admin, State(store): State<Arc<TokenStore>>, Path(user): Path<String>) -> Result<Response, ApiError> {
+async fn revoke_user(_: Admin, State(store): State<Arc<TokenStore>>, PathArgs(user): PathArgs<String>) -> Result<Response, ApiError> {
     let revoked = store.revoke_all(&user, None).await?;
     Ok(Json(json!({ "revoked": revoked })).into_response())
 }
@@ -203,7 +236,7 @@ async fn revoke_user(_: Admin, State(store): State<Arc<TokenStore>>, Path(user):
 async fn revoke_by_id(
     _: Admin,
     State(store): State<Arc<TokenStore>>,
-    Path((user, id)): Path<(String, String)>,
+    PathArgs((user, id)): PathArgs<(String, String)>,
 ) -> Result<Response, ApiError> {
     store.revoke_by_id(&user, &id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -277,7 +310,7 @@ struct LookupQuery {
 async fn internal_lookup(
     _: Internal,
     State(store): State<Arc<TokenStore>>,
-    axum::extract::Query(query): axum::extract::Query<LookupQuery>,
+    QueryArgs(query): QueryArgs<LookupQuery>,
 ) -> Result<Response, ApiError> {
     let bad = || ApiError::new(StatusCode::BAD_REQUEST, "tag must be 8 and digest 64 hex characters.");
     let mut tag = [0u8; 4];
@@ -320,7 +353,7 @@ struct FeedQuery {
 async fn internal_revocations(
     _: Internal,
     State(store): State<Arc<TokenStore>>,
-    axum::extract::Query(query): axum::extract::Query<FeedQuery>,
+    QueryArgs(query): QueryArgs<FeedQuery>,
 ) -> Result<Response, ApiError> {
     Ok(Json(store.revocations_after(query.after.as_deref()).await?).into_response())
 }

@@ -257,6 +257,28 @@ fn a_wrong_key_is_told_which_key_the_endpoint_needs_and_the_feed_starts_at_0() {
             "after={first}"
         );
     }
+    // every error is JSON naming what is wrong, query strings included
+    for (path, needle) in [
+        ("/v1/internal/lookup?tag=00", "digest"),
+        ("/v1/internal/lookup?tag=00&digest=11&refresh_ttl=soon", "refresh_ttl"),
+        ("/v1/internal/lookup?tag=00&digest=11&extra=1", "extra"),
+    ] {
+        let r = call(path, INTERNAL);
+        assert_eq!(r.status, 400, "{path}");
+        let detail = r.body["detail"].as_str().unwrap_or_else(|| panic!("{path}: not JSON: {}", r.body));
+        assert!(detail.contains(needle), "{path}: {detail}");
+    }
+    for (body, needle) in [(serde_json::json!({"user": 5}), "user: invalid type"), (serde_json::json!({"user": "a", "ttl": [1]}), "ttl")] {
+        let r = crate::support::http_call(
+            &agent,
+            "POST",
+            &format!("{}/v1/tokens", server.base()),
+            &[("authorization", &format!("Bearer {ADMIN}"))],
+            Some(body.clone()),
+        );
+        assert_eq!(r.status, 400, "{body}");
+        assert!(r.body["detail"].as_str().unwrap().contains(needle), "{body}: {}", r.body);
+    }
     let r = call("/v1/internal/revocations?after=yesterday", INTERNAL);
     assert_eq!(r.status, 400);
     assert!(r.body["detail"].as_str().unwrap().contains("give 0 for the beginning"), "{}", r.body);
