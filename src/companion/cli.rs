@@ -7,7 +7,7 @@
 use super::api::{self, AppState};
 use super::error::StoreError;
 use super::settings::{read_config_file, RawSettings, Settings};
-use super::store::{IssueRequest, TokenStore};
+use super::store::{IssueRequest, KeyCheck, TokenStore};
 use crate::core::ttl::TokenTtl;
 use clap::{Args, Parser, Subcommand};
 use std::io::{BufRead, Write};
@@ -133,6 +133,10 @@ pub enum Command {
     },
 }
 
+/// What a companion with the wrong `MULTITOKENS_HASH_KEY` is told.
+const KEY_DIFFERS: &str = "MULTITOKENS_HASH_KEY does not match the key this store was written with (its <prefix>:keycheck \
+    value): every token would look unknown. Use the store's key; to start over with a new key on purpose, delete that key.";
+
 /// A failure with its exit code and one-line message.
 struct Failure {
     code: u8,
@@ -218,11 +222,19 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
     let store = TokenStore::from_settings(&settings)?;
     match command {
         Command::Issue { user, device, ttl, scopes, json } => {
+            if store.check_hash_key().await? == KeyCheck::Differs {
+                return Err(usage(KEY_DIFFERS));
+            }
             let issued = store.issue(IssueRequest { user, device, ttl, scopes }).await?;
             print(&if json { to_json(&issued) } else { issued.token })
         }
         Command::Whoami { token, json } => {
-            let info = store.whoami(&read_token(&token)?).await?;
+            let info = match store.whoami(&read_token(&token)?).await {
+                Err(StoreError::InvalidToken) if store.check_hash_key().await.ok() == Some(KeyCheck::Differs) => {
+                    return Err(Failure { code: 1, message: format!("the token is not valid: {KEY_DIFFERS}") });
+                }
+                other => other?,
+            };
             print(&if json { to_json(&info) } else { info.user })
         }
         Command::Revoke { token } => {
@@ -271,8 +283,10 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
                 .await
                 .map_err(|e| usage(format!("cannot listen on {}: {e}", settings.listen)))?;
             let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-            if let Err(e) = store.ping().await {
-                tracing::warn!(error = %e, "Redis is not reachable yet; /readyz answers 503 until it is");
+            match store.check_hash_key().await {
+                Ok(KeyCheck::Matches) => {}
+                Ok(KeyCheck::Differs) => return Err(usage(KEY_DIFFERS)),
+                Err(e) => tracing::warn!(error = %e, "Redis is not reachable yet; /readyz answers 503 until it is"),
             }
             tracing::info!(listen = %addr, prefix = %settings.prefix, "multitokens API listening");
             let state = AppState { store: Arc::new(store), admin_key: admin_key.into(), internal_key: internal_key.map(Into::into) };

@@ -153,6 +153,18 @@ pub struct TokenStore {
     scripts: Scripts,
 }
 
+/// Whether this companion's hash key is the one the store was written with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyCheck {
+    /// Same key (or the store had none and now has ours).
+    Matches,
+    /// Another key: every token of this store would look unknown.
+    Differs,
+}
+
+/// The text whose digest is the key check value.
+const KEY_CHECK_TEXT: &str = "multitokens/key-check";
+
 /// Current Unix time in seconds.
 pub fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -413,6 +425,17 @@ impl TokenStore {
             .invoke_async(&mut conn)
             .await?;
         Ok(refreshed == 1)
+    }
+
+    /// Compares this companion's hash key with the store's key check value, writing it when the
+    /// store has none yet.
+    pub async fn check_hash_key(&self) -> Result<KeyCheck, StoreError> {
+        let mut conn = self.redis.conn().await?;
+        let ours = self.hasher.digest(KEY_CHECK_TEXT).to_hex();
+        let key = self.keys.key_check();
+        let _: Option<String> = redis::cmd("SET").arg(&key).arg(&ours).arg("NX").query_async(&mut conn).await?;
+        let stored: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+        Ok(if stored.as_deref() == Some(ours.as_str()) { KeyCheck::Matches } else { KeyCheck::Differs })
     }
 
     /// Reads the revocation feed after `cursor` (one atomic script, [`scripts::FEED`]); without a

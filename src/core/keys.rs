@@ -48,6 +48,12 @@ impl KeyLayout {
     pub fn revocation_feed(&self) -> String {
         format!("{}:revoked", self.namespace)
     }
+
+    /// The key check value: the digest of a fixed text under the store's hash key, written once,
+    /// so a companion started with another key can tell (every token would look unknown).
+    pub fn key_check(&self) -> String {
+        format!("{}:keycheck", self.namespace)
+    }
 }
 
 #[cfg(test)]

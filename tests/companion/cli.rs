@@ -156,3 +156,27 @@ fn every_subcommand_has_help() {
     assert_eq!(code, 0);
     assert!(out.contains("MULTITOKENS_REDIS_URL") && out.contains("revoke-all"));
 }
+
+#[test]
+fn a_hash_key_that_does_not_match_the_store_is_named() {
+    let redis = RedisServer::start();
+    let mut a = env(&redis);
+    a.push(("MULTITOKENS_HASH_KEY", "the-right-pepper-0123456789".into()));
+    let (code, token, _) = run(&["issue", "--user", "kim"], &a, None);
+    assert_eq!(code, 0);
+    let mut b = env(&redis);
+    b.push(("MULTITOKENS_HASH_KEY", "a-wrong-pepper-0123456789".into()));
+    let (code, _, err) = run(&["whoami", token.trim()], &b, None);
+    assert_one_line_error(code, 1, &err, "MULTITOKENS_HASH_KEY does not match the key this store was written with");
+    let (code, _, err) = run(&["issue", "--user", "kim"], &b, None);
+    assert_one_line_error(code, 2, &err, "MULTITOKENS_HASH_KEY does not match");
+    b.push(("MULTITOKENS_ADMIN_KEY", "admin-key-0123456789abcdef".into()));
+    b.push(("MULTITOKENS_INTERNAL_KEY", "internal-key-0123456789abcdef".into()));
+    let (code, _, err) = run(&["serve", "--listen", "127.0.0.1:0"], &b, None);
+    assert_one_line_error(code, 2, &err, "MULTITOKENS_HASH_KEY does not match");
+    // the right key still works, and an unknown token is just not valid
+    let (code, out, _) = run(&["whoami", token.trim()], &a, None);
+    assert_eq!((code, out.trim()), (0, "kim"));
+    let (code, _, err) = run(&["whoami", "mt_nope"], &a, None);
+    assert!(code == 1 && !err.contains("HASH_KEY"), "{err}");
+}
