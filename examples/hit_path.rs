@@ -3,9 +3,9 @@
 //! minimal in-memory host. Prints one JSON line.
 
 use multitokens::core::token;
-use multitokens::filter::cache::Identity;
 use multitokens::filter::config::Compiled;
 use multitokens::filter::flow::{Host, HttpFlow, Metric, Step, Worker};
+use multitokens::filter::identity::Identity;
 use multitokens::filter::lookup::{Answer, FeedPage, LookupRequest};
 use multitokens::filter::reply::LocalReply;
 use std::hint::black_box;

@@ -42,8 +42,8 @@ enum Answer {
     Garbage { status: Vec<u8>, headers: Vec<(Vec<u8>, Vec<u8>)>, body: Vec<u8> },
     /// A well-formed positive answer (expiring in that many seconds, 0: immortal).
     Valid(u32),
-    /// A well-formed "unknown token".
-    Unknown,
+    /// A well-formed "not valid".
+    Invalid,
     /// A well-formed feed page (revoking nothing known, maybe resetting).
     Feed(bool),
 }
@@ -62,7 +62,7 @@ fn answer() -> impl Strategy<Value = Answer> {
         (bytes(8), proptest::collection::vec((bytes(16), bytes(32)), 0..6), bytes(4096))
             .prop_map(|(status, headers, body)| Answer::Garbage { status, headers, body }),
         (0u32..100_000).prop_map(Answer::Valid),
-        Just(Answer::Unknown),
+        Just(Answer::Invalid),
         any::<bool>().prop_map(Answer::Feed),
     ]
 }
@@ -179,7 +179,7 @@ fn http_answer(a: &Answer) -> Option<(host::RawHeaders, Vec<u8>)> {
         }
         Answer::Valid(secs) => ok(json!({"active": true, "user": "u-alice", "device": "d-phone", "scopes": ["admin"], "id": "i-1",
             "expires_in": if *secs == 0 { serde_json::Value::Null } else { json!(secs) }})),
-        Answer::Unknown => ok(json!({"active": false})),
+        Answer::Invalid => ok(json!({"active": false})),
         Answer::Feed(reset) => ok(json!({"cursor": "5-1", "digests": ["00"], "reset": reset})),
     }
 }
@@ -193,7 +193,7 @@ fn redis_answer(a: &Answer) -> Option<Vec<u8>> {
             let pttl: i64 = if *secs == 0 { -1 } else { i64::from(*secs) * 1000 };
             Some(format!("*2\r\n${}\r\n{record}\r\n:{pttl}\r\n", record.len()).into_bytes())
         }
-        Answer::Unknown => Some(b"*1\r\n:-2\r\n".to_vec()),
+        Answer::Invalid => Some(b"*1\r\n:-2\r\n".to_vec()),
         Answer::Feed(reset) => Some(format!("*3\r\n$3\r\n5-1\r\n:{}\r\n*1\r\n$2\r\n00\r\n", u8::from(*reset)).into_bytes()),
     }
 }

@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use multitokens::core::contract::{DEVICE_HEADER, SCOPES_HEADER, TOKEN_ID_HEADER, USER_HEADER};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -71,8 +72,7 @@ async fn login(State(demo): State<Arc<Demo>>, Json(body): Json<Value>) -> Respon
 /// name a CGI/WSGI server would read as one of them (`x_multitokens_user`), keyed by the name
 /// received (to show that clients cannot add their own and that the credential is stripped).
 fn all_values(headers: &HeaderMap) -> Value {
-    const NAMES: [&str; 5] =
-        ["x-multitokens-user", "x-multitokens-device", "x-multitokens-scopes", "x-multitokens-token-id", "authorization"];
+    const NAMES: [&str; 5] = [USER_HEADER, DEVICE_HEADER, SCOPES_HEADER, TOKEN_ID_HEADER, "authorization"];
     let mut out = serde_json::Map::new();
     for name in NAMES {
         out.insert(name.to_string(), Value::Array(Vec::new()));
@@ -89,14 +89,14 @@ fn all_values(headers: &HeaderMap) -> Value {
 }
 
 async fn whoami(headers: HeaderMap) -> Response {
-    match header(&headers, "x-multitokens-user") {
-        Some(user) => Json(json!({"user": user, "device": header(&headers, "x-multitokens-device")})).into_response(),
+    match header(&headers, USER_HEADER) {
+        Some(user) => Json(json!({"user": user, "device": header(&headers, DEVICE_HEADER)})).into_response(),
         None => (StatusCode::UNAUTHORIZED, Json(json!({"detail": "no identity: is the multitokens filter in front?"}))).into_response(),
     }
 }
 
 async fn logout(State(demo): State<Arc<Demo>>, headers: HeaderMap) -> Response {
-    let (Some(user), Some(id)) = (header(&headers, "x-multitokens-user"), header(&headers, "x-multitokens-token-id")) else {
+    let (Some(user), Some(id)) = (header(&headers, USER_HEADER), header(&headers, TOKEN_ID_HEADER)) else {
         return (StatusCode::UNAUTHORIZED, Json(json!({"detail": "no identity"}))).into_response();
     };
     let response = admin_call(demo, "DELETE", format!("/v1/users/{}/tokens/{}", encode(&user), encode(&id)), None).await;
@@ -107,7 +107,7 @@ async fn logout(State(demo): State<Arc<Demo>>, headers: HeaderMap) -> Response {
 }
 
 async fn logout_all(State(demo): State<Arc<Demo>>, headers: HeaderMap) -> Response {
-    let Some(user) = header(&headers, "x-multitokens-user") else {
+    let Some(user) = header(&headers, USER_HEADER) else {
         return (StatusCode::UNAUTHORIZED, Json(json!({"detail": "no identity"}))).into_response();
     };
     admin_call(demo, "DELETE", format!("/v1/users/{}/tokens", encode(&user)), None).await

@@ -4,6 +4,7 @@
 
 use super::error::StoreError;
 use super::store::{IssueRequest, TokenStore};
+use crate::core::contract::{self, FeedQuery, LookupAnswer, LookupQuery};
 use crate::core::digest::TokenDigest;
 use crate::core::token::RoutingTag;
 use crate::core::ttl::TokenTtl;
@@ -48,7 +49,7 @@ impl FromRef<AppState> for Arc<TokenStore> {
 pub struct ApiError {
     status: StatusCode,
     detail: String,
-    challenge: Option<&'static str>,
+    challenge: Option<String>,
 }
 
 impl ApiError {
@@ -60,10 +61,7 @@ impl ApiError {
         ApiError {
             status: StatusCode::UNAUTHORIZED,
             detail: detail.into(),
-            challenge: Some(match error {
-                Some(_) => "Bearer realm=\"multitokens\", error=\"invalid_token\"",
-                None => "Bearer realm=\"multitokens\"",
-            }),
+            challenge: Some(contract::challenge("multitokens", error, None)),
         }
     }
 }
@@ -71,7 +69,7 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::InvalidToken => ApiError::unauthorized("Invalid token.", Some("invalid_token")),
+            StoreError::InvalidToken => ApiError::unauthorized(contract::INVALID_TOKEN, Some("invalid_token")),
             StoreError::Unavailable(msg) | StoreError::Corrupt(msg) => {
                 tracing::error!(error = %msg, "token store failure");
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Token store unavailable.")
@@ -85,7 +83,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, Json(json!({ "detail": self.detail }))).into_response();
         if let Some(challenge) = self.challenge {
-            response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+            if let Ok(value) = HeaderValue::from_str(&challenge) {
+                response.headers_mut().insert(WWW_AUTHENTICATE, value);
+            }
         }
         response
     }
@@ -137,18 +137,21 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathArg
     }
 }
 
-/// The credential in `Authorization: Bearer|Token <credential>`.
+/// The credential in `Authorization: Bearer|Token <credential>`, read by the same parser as the
+/// filter's.
 fn credential(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
-    let (scheme, rest) = value.split_once(' ')?;
-    let rest = rest.trim();
-    (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token")).then_some(rest).filter(|r| !r.is_empty())
+    let values: Vec<&[u8]> = parts.headers.get_all(AUTHORIZATION).iter().map(|v| v.as_bytes()).collect();
+    let schemes: Vec<String> = contract::DEFAULT_SCHEMES.iter().map(|s| s.to_string()).collect();
+    match crate::core::credential::extract(&values, &[], &schemes, None) {
+        crate::core::credential::Credential::Token(t, _) => Some(t),
+        _ => None,
+    }
 }
 
 /// Checks the bearer key of a role; a wrong key is refused naming the key the endpoint needs.
 fn check_key(parts: &Parts, expected: &str, role: &str, variable: &str) -> Result<(), ApiError> {
     let Some(given) = credential(parts) else {
-        return Err(ApiError::unauthorized("Authentication credentials were not provided.", None));
+        return Err(ApiError::unauthorized(contract::NOT_PROVIDED, None));
     };
     if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
         Ok(())
@@ -186,9 +189,7 @@ pub struct CallerToken(pub String);
 impl<S: Send + Sync> FromRequestParts<S> for CallerToken {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        credential(parts)
-            .map(|t| CallerToken(t.to_string()))
-            .ok_or_else(|| ApiError::unauthorized("Authentication credentials were not provided.", None))
+        credential(parts).map(|t| CallerToken(t.to_string())).ok_or_else(|| ApiError::unauthorized(contract::NOT_PROVIDED, None))
     }
 }
 
@@ -297,15 +298,6 @@ async fn logout_others(State(store): State<Arc<TokenStore>>, CallerToken(token):
     Ok(Json(json!({ "revoked": revoked })).into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LookupQuery {
-    tag: String,
-    digest: String,
-    #[serde(default)]
-    refresh_ttl: Option<u64>,
-}
-
 /// The filter's lookup: it sends the routing tag and digest, never the token (a bodiless GET).
 async fn internal_lookup(
     _: Internal,
@@ -318,7 +310,7 @@ async fn internal_lookup(
     let tag = RoutingTag(tag);
     let digest = TokenDigest::from_hex(&query.digest).ok_or_else(bad)?;
     let Some(mut info) = store.lookup_digest(tag, &digest).await? else {
-        return Ok(Json(json!({ "active": false })).into_response());
+        return Ok(Json(LookupAnswer::inactive()).into_response());
     };
     if let Some(secs) = query.refresh_ttl.filter(|s| *s > 0) {
         let ttl = TokenTtl::Seconds(secs.min(crate::core::ttl::MAX_TTL_SECS));
@@ -326,27 +318,20 @@ async fn internal_lookup(
         if store.refresh(tag, &digest, ttl).await? {
             match store.lookup_digest(tag, &digest).await? {
                 Some(fresh) => info = fresh,
-                None => return Ok(Json(json!({ "active": false })).into_response()),
+                None => return Ok(Json(LookupAnswer::inactive()).into_response()),
             }
         }
     }
-    Ok(Json(json!({
-        "active": true,
-        "user": info.user,
-        "device": info.device,
-        "scopes": info.scopes,
-        "expires_in": info.expires_in,
-        "expires_in_ms": info.expires_in_ms,
-        "id": info.id,
-    }))
+    Ok(Json(LookupAnswer {
+        active: true,
+        user: Some(info.user),
+        device: Some(info.device),
+        scopes: info.scopes,
+        expires_in: info.expires_in,
+        expires_in_ms: info.expires_in_ms,
+        id: Some(info.id),
+    })
     .into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FeedQuery {
-    #[serde(default)]
-    after: Option<String>,
 }
 
 /// The revocation feed for filters: digests revoked after a cursor.
@@ -368,10 +353,10 @@ async fn ext_authz(State(store): State<Arc<TokenStore>>, CallerToken(token): Cal
     let mut response = StatusCode::OK.into_response();
     let headers = response.headers_mut();
     for (name, value) in [
-        ("x-multitokens-user", info.user.as_str()),
-        ("x-multitokens-device", info.device.as_str()),
-        ("x-multitokens-token-id", info.id.as_str()),
-        ("x-multitokens-scopes", scopes.as_str()),
+        (contract::USER_HEADER, info.user.as_str()),
+        (contract::DEVICE_HEADER, info.device.as_str()),
+        (contract::TOKEN_ID_HEADER, info.id.as_str()),
+        (contract::SCOPES_HEADER, scopes.as_str()),
     ] {
         let value = HeaderValue::from_bytes(value.as_bytes()).map_err(|_| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("The token's {name} cannot be sent as a header value."))
@@ -414,10 +399,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/introspect", post(introspect))
         .route("/v1/tokens/current", get(current).delete(logout_current))
         .route("/v1/tokens/others", delete(logout_others))
-        .route("/v1/internal/lookup", get(internal_lookup))
-        .route("/v1/internal/revocations", get(internal_revocations))
-        .route("/v1/ext_authz", axum::routing::any(ext_authz))
-        .route("/v1/ext_authz/{*path}", axum::routing::any(ext_authz))
+        .route(contract::LOOKUP_PATH, get(internal_lookup))
+        .route(contract::FEED_PATH, get(internal_revocations))
+        .route(contract::EXT_AUTHZ_PATH, axum::routing::any(ext_authz))
+        .route(&format!("{}/{{*path}}", contract::EXT_AUTHZ_PATH), axum::routing::any(ext_authz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -21,19 +21,8 @@ pub const FEED_MAX_LEN: usize = 100_000;
 /// Most feed entries returned by one poll.
 pub const FEED_PAGE: usize = scripts::FEED_PAGE_SIZE;
 
-/// A page of the revocation feed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct RevocationPage {
-    /// Cursor to send next time.
-    pub cursor: String,
-    /// Digests (hex) revoked after the previous cursor.
-    pub digests: Vec<String>,
-    /// True when entries after the previous cursor were lost (trimmed, or the feed was reset):
-    /// the caller must drop every cached verdict.
-    pub reset: bool,
-    /// The page is full: more entries are waiting, read the next page at once.
-    pub more: bool,
-}
+/// A page of the revocation feed: the contract's type, as the filter reads it.
+pub use crate::core::contract::FeedPage as RevocationPage;
 
 /// Parses a stream id `ms-seq` for ordering.
 fn stream_id(id: &str) -> Option<(u64, u64)> {

@@ -1,5 +1,7 @@
 //! Token core: everything the filter and the companion must agree on, with no host calls.
 
+pub mod contract;
+pub mod credential;
 pub mod digest;
 pub mod keys;
 pub mod record;

@@ -2,40 +2,18 @@
 //! so a hit costs one hash lookup and no hashing or parsing, with a second index by digest so the
 //! revocation feed can drop entries. A positive entry never outlives the token's remaining TTL.
 
+use super::identity::Identity;
 use crate::core::digest::TokenDigest;
 use crate::core::token::RoutingTag;
 use std::collections::{HashMap, VecDeque};
-
-/// Who a valid token belongs to, as injected upstream.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Identity {
-    /// User id.
-    pub user: String,
-    /// Device label.
-    pub device: String,
-    /// Scopes granted.
-    pub scopes: Vec<String>,
-    /// Scopes joined by spaces (the header value), computed once.
-    pub scopes_header: String,
-    /// Public token id.
-    pub id: String,
-}
-
-impl Identity {
-    /// Builds an identity, joining the scopes once.
-    pub fn new(user: String, device: String, scopes: Vec<String>, id: String) -> Self {
-        let scopes_header = scopes.join(" ");
-        Identity { user, device, scopes, scopes_header, id }
-    }
-}
 
 /// A cached verdict.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Cached {
     /// Valid when checked.
     Valid(Identity),
-    /// Unknown, revoked or expired when checked.
-    Unknown,
+    /// Not valid (unknown, revoked or expired) when checked.
+    Invalid,
 }
 
 /// One cache entry.
@@ -195,7 +173,7 @@ mod tests {
         Entry {
             tag: RoutingTag([0; 4]),
             digest: TokenHasher::new(None).digest(token),
-            verdict: Cached::Unknown,
+            verdict: Cached::Invalid,
             fresh_until: 100,
             usable_until: 100,
             refreshed_at: 0,

@@ -2,6 +2,7 @@
 //! fields are rejected and every error names the field.
 
 use super::rules::{ExcludeRule, ScopeRule};
+use crate::core::contract;
 use crate::core::digest::TokenHasher;
 use crate::core::token::{validate_prefix, DEFAULT_PREFIX};
 use serde::Deserialize;
@@ -183,19 +184,19 @@ fn default_realm() -> String {
     "multitokens".into()
 }
 fn default_schemes() -> Vec<String> {
-    vec!["Bearer".into(), "Token".into()]
+    contract::DEFAULT_SCHEMES.iter().map(|s| s.to_string()).collect()
 }
 fn default_user_header() -> String {
-    "x-multitokens-user".into()
+    contract::USER_HEADER.into()
 }
 fn default_device_header() -> Option<String> {
-    Some("x-multitokens-device".into())
+    Some(contract::DEVICE_HEADER.into())
 }
 fn default_scopes_header() -> Option<String> {
-    Some("x-multitokens-scopes".into())
+    Some(contract::SCOPES_HEADER.into())
 }
 fn default_token_id_header() -> Option<String> {
-    Some("x-multitokens-token-id".into())
+    Some(contract::TOKEN_ID_HEADER.into())
 }
 fn default_true() -> bool {
     true

@@ -2,14 +2,15 @@
 //! with a mock host. [`HttpFlow`] handles one request; [`Worker`] is the per-VM state (config,
 //! cache, revocation feed cursor) that the root context owns and every request shares.
 
-use super::cache::{Cached, Entry, Identity, VerdictCache};
+use super::cache::{Cached, Entry, VerdictCache};
 use super::config::{Compiled, FailureMode};
-use super::credential::{self, Credential, Source};
+use super::identity::Identity;
 use super::lookup::{self, Answer, CalloutProblem, LookupRequest};
 use super::path;
 use super::reply::{self, Denial, LocalReply};
 use super::rules::missing_scopes;
 use super::throttle::{client_key, FailureThrottle};
+use crate::core::credential::{self, Credential, Source};
 use crate::core::digest::TokenDigest;
 use crate::core::token;
 use std::rc::Rc;
@@ -372,7 +373,7 @@ impl HttpFlow {
         if let Some(entry) = worker.cache.get(token) {
             if entry.fresh_until > now {
                 match &entry.verdict {
-                    Cached::Unknown => {
+                    Cached::Invalid => {
                         host.count(Metric::CacheHit);
                         return refuse(host, worker, Metric::DeniedInvalid, now);
                     }
@@ -467,14 +468,14 @@ impl HttpFlow {
                 );
                 step
             }
-            Ok(Answer::Unknown) => {
+            Ok(Answer::Invalid) => {
                 let ttl = worker.compiled.config.cache.negative_ttl_ms;
                 worker.cache.insert(
                     &p.token,
                     Entry {
                         tag: p.tag,
                         digest: p.digest,
-                        verdict: Cached::Unknown,
+                        verdict: Cached::Invalid,
                         fresh_until: now + ttl,
                         usable_until: now + ttl,
                         refreshed_at: 0,
@@ -602,6 +603,7 @@ fn authorize(
 mod tests {
     use super::*;
     use crate::core::digest::TokenHasher;
+    use crate::filter::companion_transport;
     use std::collections::HashMap;
 
     #[derive(Default)]
@@ -675,7 +677,7 @@ mod tests {
         let step = flow.on_request_headers(&mut h, w, now);
         if step == Step::Pause {
             let (status, body) = answer.expect("a lookup was made");
-            flow.on_lookup_response(&mut h, w, lookup::parse_answer(status, body), now);
+            flow.on_lookup_response(&mut h, w, companion_transport::parse_answer(status, body), now);
         }
         h
     }
@@ -751,7 +753,7 @@ mod tests {
             }
             let mut flow = HttpFlow::new();
             if flow.on_request_headers(&mut h, &mut w, 0) == Step::Pause {
-                flow.on_lookup_response(&mut h, &mut w, lookup::parse_answer(Some(200), VALID), 0);
+                flow.on_lookup_response(&mut h, &mut w, companion_transport::parse_answer(Some(200), VALID), 0);
             }
             let left: Vec<_> = h.headers.iter().filter(|(_, v)| v.as_slice() == b"admin").map(|(k, _)| k.clone()).collect();
             assert!(left.is_empty(), "{path}: {left:?} reached the upstream");
@@ -870,16 +872,16 @@ mod tests {
         assert_eq!(flow.on_request_headers(&mut h, &mut w, 10), Step::Pause);
         // the feed page revoking it is applied while the lookup is under way
         w.apply_feed(lookup::FeedPage { cursor: "2-0".into(), digests: vec![digest.to_hex()], reset: false, more: false }, 20);
-        flow.on_lookup_response(&mut h, &mut w, lookup::parse_answer(Some(200), VALID), 30);
+        flow.on_lookup_response(&mut h, &mut w, companion_transport::parse_answer(Some(200), VALID), 30);
         assert_eq!(h.replies[0].status, 401);
-        assert!(w.cache.get(&t).is_none_or(|e| e.verdict == Cached::Unknown), "never cached as valid");
+        assert!(w.cache.get(&t).is_none_or(|e| e.verdict == Cached::Invalid), "never cached as valid");
         // a page revoking something else does not stop a lookup from being cached
         let u = token::generate("mt", "bob").unwrap();
         let mut h = request("/api", Some(&format!("Bearer {u}")));
         let mut flow = HttpFlow::new();
         flow.on_request_headers(&mut h, &mut w, 40);
         w.apply_feed(lookup::FeedPage { cursor: "3-0".into(), digests: vec![digest.to_hex()], reset: false, more: false }, 50);
-        flow.on_lookup_response(&mut h, &mut w, lookup::parse_answer(Some(200), VALID), 60);
+        flow.on_lookup_response(&mut h, &mut w, companion_transport::parse_answer(Some(200), VALID), 60);
         assert!(h.replies.is_empty());
         assert!(matches!(w.cache.get(&u).map(|e| &e.verdict), Some(Cached::Valid(_))));
     }
@@ -898,7 +900,7 @@ mod tests {
             let mut flow = HttpFlow::new();
             flow.on_request_headers(&mut h, &mut w, 10);
             w.apply_feed(lookup::FeedPage { cursor: "9-0".into(), digests: vec![], reset: reset_first, more: false }, 20);
-            flow.on_lookup_response(&mut h, &mut w, lookup::parse_answer(Some(200), VALID), 30);
+            flow.on_lookup_response(&mut h, &mut w, companion_transport::parse_answer(Some(200), VALID), 30);
             assert!(h.replies.is_empty(), "the answer itself is used");
             assert!(w.cache.get(&t).is_none(), "but not cached (reset first: {reset_first})");
         }

@@ -3,7 +3,7 @@
 //! Envoy's redis_proxy, routed by its single key) and the interpretation of the replies.
 //! Redis caches compiled scripts, so `EVAL` of these short scripts costs one SHA-1 server-side.
 
-use super::cache::Identity;
+use super::identity::Identity;
 use super::lookup::{Answer, CalloutProblem, FeedPage, LookupRequest};
 use crate::core::keys::KeyLayout;
 use crate::core::resp::{decode, encode_command, Reply};
@@ -76,7 +76,7 @@ pub fn parse_lookup(bytes: Option<&[u8]>, now_ms: u64) -> Result<Answer, Callout
             let r = v.record;
             Ok(Answer::Valid(Identity::new(r.user, r.device, r.scopes, r.id), left))
         }
-        Verdict::Invalid => Ok(Answer::Unknown),
+        Verdict::Invalid => Ok(Answer::Invalid),
     }
 }
 
@@ -126,7 +126,7 @@ mod tests {
         let valid = format!("*2\r\n${}\r\n{}\r\n:5000\r\n", record.len(), record);
         let Ok(Answer::Valid(id, Some(5000))) = parse_lookup(Some(valid.as_bytes()), 100_000) else { panic!() };
         assert_eq!((id.user.as_str(), id.scopes_header.as_str()), ("u", "s"));
-        assert_eq!(parse_lookup(Some(b"*1\r\n:-2\r\n"), 100), Ok(Answer::Unknown));
+        assert_eq!(parse_lookup(Some(b"*1\r\n:-2\r\n"), 100), Ok(Answer::Invalid));
         assert_eq!(parse_lookup(None, 100), Err(CalloutProblem::NoResponse));
         for bad in [
             &b"-NOAUTH Authentication required.\r\n"[..],

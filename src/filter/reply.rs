@@ -1,4 +1,7 @@
-//! The local replies the filter sends, in the wording Django REST framework clients know.
+//! The local replies the filter sends, in the wording Django REST framework clients know (the
+//! texts and challenges are the contract's, shared with the companion).
+
+use crate::core::contract;
 
 /// A local reply: status, headers and a JSON body.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,31 +70,17 @@ fn json_body(detail: &str) -> String {
 /// Builds the reply for a denial. `missing` lists the scopes lacking (for `Scope`).
 pub fn deny(denial: Denial, realm: &str, missing: &[&str]) -> LocalReply {
     let json = ("content-type".to_string(), "application/json".to_string());
-    let challenge = |extra: &str| ("www-authenticate".to_string(), format!("Bearer realm=\"{realm}\"{extra}"));
+    let challenge = |error: Option<&str>, scope: Option<&str>| ("www-authenticate".to_string(), contract::challenge(realm, error, scope));
+    let reply = |status: u32, headers: Vec<(String, String)>, detail: &str| LocalReply { status, headers, body: json_body(detail) };
     match denial {
-        Denial::Missing => {
-            LocalReply { status: 401, headers: vec![json, challenge("")], body: json_body("Authentication credentials were not provided.") }
+        Denial::Missing => reply(401, vec![json, challenge(None, None)], contract::NOT_PROVIDED),
+        Denial::Invalid => reply(401, vec![json, challenge(Some("invalid_token"), None)], contract::INVALID_TOKEN),
+        Denial::Scope => reply(403, vec![json, challenge(Some("insufficient_scope"), Some(&missing.join(" ")))], contract::NO_PERMISSION),
+        Denial::Unavailable => reply(503, vec![json, ("retry-after".to_string(), "1".to_string())], contract::AUTH_UNAVAILABLE),
+        Denial::BadPath => reply(400, vec![json], contract::BAD_PATH),
+        Denial::Throttled(seconds) => {
+            reply(429, vec![json, ("retry-after".to_string(), seconds.to_string())], &contract::throttled(seconds))
         }
-        Denial::Invalid => {
-            LocalReply { status: 401, headers: vec![json, challenge(", error=\"invalid_token\"")], body: json_body("Invalid token.") }
-        }
-        Denial::Scope => LocalReply {
-            status: 403,
-            headers: vec![json, challenge(&format!(", error=\"insufficient_scope\", scope=\"{}\"", missing.join(" ")))],
-            body: json_body("You do not have permission to perform this action."),
-        },
-        Denial::Unavailable => LocalReply {
-            status: 503,
-            headers: vec![json, ("retry-after".to_string(), "1".to_string())],
-            body: json_body("Authentication service unavailable."),
-        },
-        Denial::BadPath => LocalReply { status: 400, headers: vec![json], body: json_body("Malformed request path.") },
-        // DRF's throttling answer, word for word
-        Denial::Throttled(seconds) => LocalReply {
-            status: 429,
-            headers: vec![json, ("retry-after".to_string(), seconds.to_string())],
-            body: json_body(&format!("Request was throttled. Expected available in {seconds} seconds.")),
-        },
     }
 }
 

@@ -12,10 +12,12 @@ mod exports;
 #[cfg(feature = "redis-callout")]
 mod redis;
 
+use super::companion_transport;
 use super::config::{Compiled, Transport};
 use super::flow::{Host, HttpFlow, Metric, Step, Worker};
-use super::lookup::{self, FeedPage, LookupRequest};
+use super::lookup::{CalloutProblem, FeedPage, LookupRequest};
 use super::reply::{self, Denial, LocalReply};
+use crate::core::contract::FeedQuery;
 use abi::{Buffer, Level, Map, MetricKind};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -110,7 +112,7 @@ fn http_response(num_headers: usize, body_size: usize) -> (Option<u32>, Vec<u8>)
 }
 
 /// Applies a feed poll's outcome to the worker.
-fn apply_feed(worker: &mut Worker, metrics: &Metrics, page: Result<FeedPage, lookup::CalloutProblem>) {
+fn apply_feed(worker: &mut Worker, metrics: &Metrics, page: Result<FeedPage, CalloutProblem>) {
     let now = now_ms();
     match page {
         Ok(page) => {
@@ -121,7 +123,7 @@ fn apply_feed(worker: &mut Worker, metrics: &Metrics, page: Result<FeedPage, loo
         }
         Err(problem) => {
             worker.feed.call = None;
-            metrics.add(if problem == lookup::CalloutProblem::NoResponse { Metric::CalloutFailed } else { Metric::CalloutError }, 1);
+            metrics.add(if problem == CalloutProblem::NoResponse { Metric::CalloutFailed } else { Metric::CalloutError }, 1);
             log(Level::Warn, &format!("multitokens: revocation feed poll failed: {problem:?}"));
         }
     }
@@ -158,7 +160,7 @@ impl Root {
             return;
         }
         let dispatched = match &worker.compiled.transport {
-            Transport::Companion(_) => http_callout(&worker.compiled, &lookup::feed_path(worker.feed.cursor.as_deref()), self.id),
+            Transport::Companion(_) => http_callout(&worker.compiled, &FeedQuery::path(worker.feed.cursor.as_deref()), self.id),
             #[cfg(feature = "redis-callout")]
             Transport::Redis(target) => redis::poll_feed(target, &worker.compiled.keys, worker.feed.cursor.as_deref(), self.id),
             #[cfg(not(feature = "redis-callout"))]
@@ -195,7 +197,7 @@ impl Root {
             return; // a sliding refresh: nothing to do with its answer
         }
         let (status, body) = http_response(num_headers, body_size);
-        apply_feed(&mut worker, &self.metrics, lookup::parse_feed(status, &body));
+        apply_feed(&mut worker, &self.metrics, companion_transport::parse_feed(status, &body));
         if worker.feed.more {
             // a full page: the next one now, not on the next tick (100,000 revocations in seconds)
             self.poll_feed(&mut worker, now_ms());
@@ -366,7 +368,7 @@ impl Http {
             return;
         }
         let (status, body) = http_response(num_headers, body_size);
-        let answer = lookup::parse_answer(status, &body);
+        let answer = companion_transport::parse_answer(status, &body);
         let step = with_flow(&self.flow, self.worker.as_ref(), &self.metrics, (self.id, self.root_id), |flow, host, worker| {
             flow.on_lookup_response(host, worker, answer, now_ms())
         });
