@@ -4,10 +4,13 @@
 
 use multitokens::core::token;
 use multitokens::filter::config::Compiled;
-use multitokens::filter::flow::{Host, HttpFlow, Metric, Step, Worker};
+use multitokens::filter::flow::HttpFlow;
+use multitokens::filter::host::{Host, Step};
 use multitokens::filter::identity::Identity;
 use multitokens::filter::lookup::{Answer, FeedPage, LookupRequest};
+use multitokens::filter::metric::Metric;
 use multitokens::filter::reply::LocalReply;
+use multitokens::filter::worker::Worker;
 use std::hint::black_box;
 use std::time::Instant;
 

@@ -1,291 +1,23 @@
-//! The filter's decisions, behind the small [`Host`] trait so they run natively in unit tests
-//! with a mock host. [`HttpFlow`] handles one request; [`Worker`] is the per-VM state (config,
-//! cache, revocation feed cursor) that the root context owns and every request shares.
+//! One request's decision, behind the small [`Host`] trait so it runs natively in unit tests with
+//! a mock host: read the headers once, exclusions and path, the credential, the cache, the lookup,
+//! then forward with identity headers or answer locally.
 
-use super::cache::{Cached, Entry, VerdictCache};
+use super::host::{Host, Step};
+use super::metric::Metric;
+use super::worker::{Worker, MAX_REFRESH_QUEUE};
+
+use super::cache::{Cached, Entry};
 use super::config::{Compiled, FailureMode};
 use super::identity::Identity;
-use super::lookup::{self, Answer, CalloutProblem, LookupRequest};
+use super::lookup::{Answer, CalloutProblem, LookupRequest};
 use super::path;
-use super::reply::{self, Denial, LocalReply};
+use super::reply::{self, Denial};
 use super::rules::missing_scopes;
-use super::throttle::{client_key, FailureThrottle};
+use super::throttle::client_key;
 use crate::core::credential::{self, Credential, Source};
 use crate::core::digest::TokenDigest;
 use crate::core::token;
 use std::rc::Rc;
-
-/// Counters the filter keeps (Envoy stats `multitokens.<name>`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Metric {
-    /// Requests let through with a valid token.
-    Allowed,
-    /// Requests let through on a stale verdict while the store was down (`allow_cached`).
-    AllowedStale,
-    /// Requests excluded from authentication.
-    Excluded,
-    /// Denied: no credential.
-    DeniedMissing,
-    /// Denied: malformed token (no callout made).
-    DeniedMalformed,
-    /// Denied: unknown, revoked or expired token.
-    DeniedInvalid,
-    /// Denied: missing scope.
-    DeniedScope,
-    /// Denied: store unavailable.
-    DeniedUnavailable,
-    /// Verdict served from the cache.
-    CacheHit,
-    /// Verdict had to be looked up.
-    CacheMiss,
-    /// Callout got no response (timeout, reset, no upstream).
-    CalloutFailed,
-    /// Callout got a bad response.
-    CalloutError,
-    /// Cached verdicts dropped by the revocation feed.
-    RevocationsApplied,
-    /// Timer ticks run (a counter that stops moving means the tick stopped).
-    Ticks,
-    /// Cached positives not trusted because the tick was overdue (they were looked up instead).
-    TickOverdue,
-    /// Denied: a path that is not canonical (400) while path rules are configured.
-    DeniedBadPath,
-    /// Denied: the client sent too many refused tokens (429, no callout).
-    DeniedThrottled,
-}
-
-impl Metric {
-    /// Every metric, for definition at start.
-    pub const ALL: [Metric; 17] = [
-        Metric::Allowed,
-        Metric::AllowedStale,
-        Metric::Excluded,
-        Metric::DeniedMissing,
-        Metric::DeniedMalformed,
-        Metric::DeniedInvalid,
-        Metric::DeniedScope,
-        Metric::DeniedUnavailable,
-        Metric::CacheHit,
-        Metric::CacheMiss,
-        Metric::CalloutFailed,
-        Metric::CalloutError,
-        Metric::RevocationsApplied,
-        Metric::Ticks,
-        Metric::TickOverdue,
-        Metric::DeniedBadPath,
-        Metric::DeniedThrottled,
-    ];
-
-    /// The stat name.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Metric::Allowed => "multitokens.allowed",
-            Metric::AllowedStale => "multitokens.allowed_stale",
-            Metric::Excluded => "multitokens.excluded",
-            Metric::DeniedMissing => "multitokens.denied_missing",
-            Metric::DeniedMalformed => "multitokens.denied_malformed",
-            Metric::DeniedInvalid => "multitokens.denied_invalid",
-            Metric::DeniedScope => "multitokens.denied_scope",
-            Metric::DeniedUnavailable => "multitokens.denied_unavailable",
-            Metric::CacheHit => "multitokens.cache_hit",
-            Metric::CacheMiss => "multitokens.cache_miss",
-            Metric::CalloutFailed => "multitokens.callout_failed",
-            Metric::CalloutError => "multitokens.callout_error",
-            Metric::RevocationsApplied => "multitokens.revocations_applied",
-            Metric::Ticks => "multitokens.ticks",
-            Metric::TickOverdue => "multitokens.tick_overdue",
-            Metric::DeniedBadPath => "multitokens.denied_bad_path",
-            Metric::DeniedThrottled => "multitokens.denied_throttled",
-        }
-    }
-
-    /// Index into [`Metric::ALL`] (declaration order).
-    pub fn index(&self) -> usize {
-        *self as usize
-    }
-}
-
-/// What the proxy offers the request flow.
-pub trait Host {
-    /// All request headers as raw bytes (a client may send any byte), lower-case names,
-    /// pseudo-headers (`:method`, `:path`) included: one host call per request instead of one
-    /// per header.
-    fn request_headers(&self) -> Vec<(Vec<u8>, Vec<u8>)>;
-    /// One request header's raw value (lower-case name).
-    fn header(&self, name: &str) -> Option<Vec<u8>>;
-    /// Sets a request header, replacing every value it had.
-    fn set_header(&mut self, name: &str, value: &[u8]);
-    /// Removes a request header.
-    fn remove_header(&mut self, name: &str);
-    /// All request trailers as raw bytes.
-    fn request_trailers(&self) -> Vec<(Vec<u8>, Vec<u8>)>;
-    /// Removes a request trailer.
-    fn remove_trailer(&mut self, name: &str);
-    /// Sends a local reply instead of forwarding.
-    fn send_reply(&mut self, reply: &LocalReply);
-    /// The downstream address Envoy reports (`source.address`: after `use_remote_address` and
-    /// trusted hops), read only when a token is refused or looked up.
-    fn client_address(&self) -> Option<Vec<u8>>;
-    /// Starts the lookup callout; returns its call id.
-    fn dispatch_lookup(&mut self, request: &LookupRequest) -> Result<u32, String>;
-    /// Counts one event.
-    fn count(&mut self, metric: Metric);
-    /// Logs a warning (never a token).
-    fn warn(&self, message: &str);
-}
-
-/// What the proxy should do with the request now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Step {
-    /// Forward it (possibly with rewritten headers).
-    Continue,
-    /// Wait for the callout.
-    Pause,
-    /// A local reply was sent.
-    Replied,
-}
-
-/// State of the revocation feed poller.
-#[derive(Clone, Debug, Default)]
-pub struct FeedState {
-    /// Cursor of the last page applied.
-    pub cursor: Option<String>,
-    /// When the last page was applied (ms).
-    pub last_ok_ms: u64,
-    /// The poll under way: its call id and when it started (ms).
-    pub call: Option<(u32, u64)>,
-    /// Pages applied so far (a lookup remembers the count when it is dispatched).
-    pub epoch: u64,
-    /// The first page that can vouch for a lookup: pages before it were the first page or a
-    /// reset, which carry no list of what was revoked in between.
-    pub trusted_from: u64,
-    /// Digests revoked by recent pages, with the page that revoked them (bounded).
-    recent: std::collections::VecDeque<(u64, TokenDigest)>,
-    /// Pages older than this are no longer fully in `recent`.
-    recent_from: u64,
-    /// The last page was full: poll again at once.
-    pub more: bool,
-}
-
-/// Most recently revoked digests remembered to check lookups still under way.
-pub const RECENT_REVOCATIONS: usize = 20_000;
-
-impl FeedState {
-    /// Whether a page applied after `dispatched` (an epoch) revoked `digest`; `None` when that
-    /// cannot be told (the lookup started before the feed could vouch for it, or the memory of
-    /// revocations no longer reaches back that far).
-    pub fn revoked_since(&self, dispatched: u64, digest: &TokenDigest) -> Option<bool> {
-        if dispatched < self.trusted_from || dispatched < self.recent_from {
-            return None;
-        }
-        Some(self.recent.iter().rev().take_while(|(epoch, _)| *epoch > dispatched).any(|(_, d)| d == digest))
-    }
-}
-
-impl FeedState {
-    /// Whether a new poll should start now (none under way, or the last one is overdue by twice
-    /// the callout timeout, which the host should never let happen).
-    pub fn may_poll(&mut self, now: u64, timeout_ms: u64) -> bool {
-        match self.call {
-            Some((_, started)) if now.saturating_sub(started) <= 2 * timeout_ms => false,
-            _ => {
-                self.call = None;
-                true
-            }
-        }
-    }
-}
-
-/// Per-VM (per worker) state shared by all requests.
-#[derive(Debug)]
-pub struct Worker {
-    /// The compiled configuration (shared, so a request can hold it while changing the worker).
-    pub compiled: Rc<Compiled>,
-    /// The verdict cache.
-    pub cache: VerdictCache,
-    /// Revocation feed poller.
-    pub feed: FeedState,
-    /// Tokens due for a sliding refresh, sent on the next tick.
-    pub refresh_queue: Vec<LookupRequest>,
-    /// When the timer last ticked (ms). The request path reads the host's clock itself, so a
-    /// tick that stops can never freeze time for cached verdicts.
-    pub last_tick_ms: u64,
-    /// Refused tokens per client, when throttling is on.
-    pub throttle: Option<FailureThrottle>,
-}
-
-/// Most refreshes waiting for the next tick.
-pub const MAX_REFRESH_QUEUE: usize = 1024;
-
-impl Worker {
-    /// State for a freshly configured VM.
-    pub fn new(compiled: Compiled) -> Self {
-        let cache = VerdictCache::new(compiled.config.cache.max_entries, compiled.config.cache.max_negative_entries);
-        let throttle = compiled.config.throttle.clone().map(FailureThrottle::new);
-        Worker { compiled: Rc::new(compiled), cache, feed: FeedState::default(), refresh_queue: Vec::new(), last_tick_ms: 0, throttle }
-    }
-
-    /// The tick period.
-    pub fn tick_ms(&self) -> u64 {
-        match self.compiled.config.revocation_poll_ms {
-            0 => 1000,
-            poll => poll,
-        }
-    }
-
-    /// Notes that the timer ticked.
-    pub fn record_tick(&mut self, now: u64) {
-        self.last_tick_ms = now;
-    }
-
-    /// Whether the timer has missed its beat: no tick for two periods plus the callout timeout.
-    /// The tick drives the revocation feed, so while it is overdue no cached positive is trusted.
-    pub fn tick_overdue(&self, now: u64) -> bool {
-        now.saturating_sub(self.last_tick_ms) > 2 * self.tick_ms() + self.compiled.transport.timeout_ms()
-    }
-
-    /// Positive verdicts are served from the cache only while the revocation feed is followed:
-    /// a page applied within three poll intervals (plus the callout timeout).
-    pub fn feed_is_current(&self, now: u64) -> bool {
-        let c = &self.compiled.config;
-        c.revocation_poll_ms > 0
-            && self.feed.cursor.is_some()
-            && now.saturating_sub(self.feed.last_ok_ms) <= 3 * c.revocation_poll_ms + self.compiled.transport.timeout_ms()
-    }
-
-    /// Applies a feed page; returns how many cached verdicts were dropped.
-    ///
-    /// The first page after the VM starts, and a page saying entries were lost, drop every
-    /// cached verdict: nothing cached before can be checked against what was revoked meanwhile.
-    pub fn apply_feed(&mut self, page: lookup::FeedPage, now: u64) -> usize {
-        let mut applied = 0;
-        let feed = &mut self.feed;
-        feed.epoch += 1;
-        if page.reset || feed.cursor.is_none() {
-            applied = self.cache.len();
-            self.cache.clear();
-            feed.trusted_from = feed.epoch;
-        }
-        for hex in &page.digests {
-            if let Some(d) = TokenDigest::from_hex(hex) {
-                if self.cache.revoke(&d) {
-                    applied += 1;
-                }
-                feed.recent.push_back((feed.epoch, d));
-            }
-        }
-        while feed.recent.len() > RECENT_REVOCATIONS {
-            if let Some((epoch, _)) = feed.recent.pop_front() {
-                feed.recent_from = epoch;
-            }
-        }
-        self.feed.more = page.more;
-        self.feed.cursor = Some(page.cursor);
-        self.feed.last_ok_ms = now;
-        self.feed.call = None;
-        applied
-    }
-}
 
 /// What the decision needs from a request, read once from its headers.
 #[derive(Debug, Default)]
@@ -604,6 +336,8 @@ mod tests {
     use super::*;
     use crate::core::digest::TokenHasher;
     use crate::filter::companion_transport;
+    use crate::filter::lookup;
+    use crate::filter::reply::LocalReply;
     use std::collections::HashMap;
 
     #[derive(Default)]

@@ -7,10 +7,13 @@
 pub mod cache;
 pub mod companion_transport;
 pub mod config;
+pub mod feed;
 pub mod flow;
 pub mod header_map;
+pub mod host;
 pub mod identity;
 pub mod lookup;
+pub mod metric;
 pub mod path;
 pub mod redis_transport;
 pub mod reply;
@@ -18,3 +21,4 @@ pub mod rules;
 pub mod throttle;
 #[cfg(feature = "wasm-filter")]
 mod wasm;
+pub mod worker;

@@ -5,7 +5,7 @@
 //! context or a re-entrant call: here an unknown one is ignored, or a request fails closed.
 
 use super::{Http, Root};
-use crate::filter::flow::Step;
+use crate::filter::host::Step;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;

@@ -14,9 +14,12 @@ mod redis;
 
 use super::companion_transport;
 use super::config::{Compiled, Transport};
-use super::flow::{Host, HttpFlow, Metric, Step, Worker};
+use super::flow::HttpFlow;
+use super::host::{Host, Step};
 use super::lookup::{CalloutProblem, FeedPage, LookupRequest};
+use super::metric::Metric;
 use super::reply::{self, Denial, LocalReply};
+use super::worker::Worker;
 use crate::core::contract::FeedQuery;
 use abi::{Buffer, Level, Map, MetricKind};
 use std::cell::RefCell;

@@ -1,0 +1,46 @@
+//! What the proxy offers the filter's logic: the small trait the proxy-wasm shell implements over
+//! Envoy's host calls and the unit tests over a mock.
+
+use super::lookup::LookupRequest;
+use super::metric::Metric;
+use super::reply::LocalReply;
+
+/// What the proxy offers the request flow.
+pub trait Host {
+    /// All request headers as raw bytes (a client may send any byte), lower-case names,
+    /// pseudo-headers (`:method`, `:path`) included: one host call per request instead of one
+    /// per header.
+    fn request_headers(&self) -> Vec<(Vec<u8>, Vec<u8>)>;
+    /// One request header's raw value (lower-case name).
+    fn header(&self, name: &str) -> Option<Vec<u8>>;
+    /// Sets a request header, replacing every value it had.
+    fn set_header(&mut self, name: &str, value: &[u8]);
+    /// Removes a request header.
+    fn remove_header(&mut self, name: &str);
+    /// All request trailers as raw bytes.
+    fn request_trailers(&self) -> Vec<(Vec<u8>, Vec<u8>)>;
+    /// Removes a request trailer.
+    fn remove_trailer(&mut self, name: &str);
+    /// Sends a local reply instead of forwarding.
+    fn send_reply(&mut self, reply: &LocalReply);
+    /// The downstream address Envoy reports (`source.address`: after `use_remote_address` and
+    /// trusted hops), read only when a token is refused or looked up.
+    fn client_address(&self) -> Option<Vec<u8>>;
+    /// Starts the lookup callout; returns its call id.
+    fn dispatch_lookup(&mut self, request: &LookupRequest) -> Result<u32, String>;
+    /// Counts one event.
+    fn count(&mut self, metric: Metric);
+    /// Logs a warning (never a token).
+    fn warn(&self, message: &str);
+}
+
+/// What the proxy should do with the request now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Forward it (possibly with rewritten headers).
+    Continue,
+    /// Wait for the callout.
+    Pause,
+    /// A local reply was sent.
+    Replied,
+}
