@@ -24,6 +24,20 @@ pub struct Worker {
     pub last_tick_ms: u64,
     /// Refused tokens per client, when throttling is on.
     pub throttle: Option<FailureThrottle>,
+    /// When expired entries were last purged (ms).
+    last_purge_ms: u64,
+}
+
+/// How often the timer purges expired cache entries (ms).
+pub const PURGE_EVERY_MS: u64 = 10_000;
+
+/// What the timer asks the shell to do.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TickWork {
+    /// Start a revocation feed poll now.
+    pub poll_feed: bool,
+    /// Sliding refreshes to send.
+    pub refreshes: Vec<LookupRequest>,
 }
 
 /// Most refreshes waiting for the next tick.
@@ -34,7 +48,15 @@ impl Worker {
     pub fn new(compiled: Compiled) -> Self {
         let cache = VerdictCache::new(compiled.config.cache.max_entries, compiled.config.cache.max_negative_entries);
         let throttle = compiled.config.throttle.clone().map(FailureThrottle::new);
-        Worker { compiled: Rc::new(compiled), cache, feed: FeedState::default(), refresh_queue: Vec::new(), last_tick_ms: 0, throttle }
+        Worker {
+            compiled: Rc::new(compiled),
+            cache,
+            feed: FeedState::default(),
+            refresh_queue: Vec::new(),
+            last_tick_ms: 0,
+            throttle,
+            last_purge_ms: 0,
+        }
     }
 
     /// The tick period.
@@ -43,6 +65,33 @@ impl Worker {
             0 => 1000,
             poll => poll,
         }
+    }
+
+    /// The timer ticked: notes it, purges expired entries now and then, and says whether to poll
+    /// the feed and which sliding refreshes to send.
+    pub fn on_tick(&mut self, now: u64) -> TickWork {
+        self.record_tick(now);
+        if now.saturating_sub(self.last_purge_ms) > PURGE_EVERY_MS {
+            self.cache.purge_expired(now);
+            self.last_purge_ms = now;
+        }
+        TickWork { poll_feed: self.feed_poll_due(now), refreshes: std::mem::take(&mut self.refresh_queue) }
+    }
+
+    /// Whether a feed poll should start now: polling is on and none is under way (or the one
+    /// under way is overdue by twice the callout timeout, which the host should never let happen).
+    pub fn feed_poll_due(&mut self, now: u64) -> bool {
+        self.compiled.config.revocation_poll_ms > 0 && self.feed.may_poll(now, self.compiled.transport.timeout_ms())
+    }
+
+    /// A feed poll was dispatched.
+    pub fn feed_poll_started(&mut self, call: u32, now: u64) {
+        self.feed.call = Some((call, now));
+    }
+
+    /// A feed poll got no page (the next tick tries again).
+    pub fn feed_poll_failed(&mut self) {
+        self.feed.call = None;
     }
 
     /// Notes that the timer ticked.
@@ -71,5 +120,56 @@ impl Worker {
     /// cached verdict: nothing cached before can be checked against what was revoked meanwhile.
     pub fn apply_feed(&mut self, page: FeedPage, now: u64) -> usize {
         self.feed.apply(page, now, &mut self.cache)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::digest::TokenHasher;
+    use crate::core::token::RoutingTag;
+
+    fn worker(extra: &str) -> Worker {
+        let json = format!(r#"{{"companion": {{"cluster": "c", "api_key": "k", "timeout_ms": 500}} {extra}}}"#);
+        Worker::new(Compiled::parse(json.as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn the_tick_polls_the_feed_once_at_a_time_and_drains_refreshes() {
+        let mut w = worker("");
+        assert_eq!(w.on_tick(1000), TickWork { poll_feed: true, refreshes: vec![] });
+        w.feed_poll_started(7, 1000);
+        assert!(!w.on_tick(2000).poll_feed, "one poll under way");
+        assert!(w.on_tick(2001).poll_feed, "overdue by twice the timeout: poll again");
+        w.feed_poll_started(8, 2001);
+        w.feed_poll_failed();
+        assert!(w.on_tick(2100).poll_feed, "a failed poll is retried on the next tick");
+        assert_eq!(w.last_tick_ms, 2100);
+        let request = LookupRequest { tag: RoutingTag([1; 4]), digest: TokenHasher::new(None).digest("t"), refresh_ttl: Some(60) };
+        w.refresh_queue.push(request.clone());
+        assert_eq!(w.on_tick(2200).refreshes, vec![request]);
+        assert!(w.on_tick(2300).refreshes.is_empty(), "each refresh is sent once");
+        assert!(!worker(r#", "revocation_poll_ms": 0"#).on_tick(1000).poll_feed, "polling off");
+    }
+
+    #[test]
+    fn the_tick_purges_expired_entries_every_ten_seconds() {
+        use crate::filter::cache::{Cached, Entry};
+        let mut w = worker("");
+        let entry = |until| Entry {
+            tag: RoutingTag([0; 4]),
+            digest: TokenHasher::new(None).digest("x"),
+            verdict: Cached::Invalid,
+            fresh_until: until,
+            usable_until: until,
+            refreshed_at: 0,
+        };
+        w.cache.insert("x", entry(20_000));
+        w.on_tick(11_000); // purges; nothing has expired
+        assert_eq!(w.cache.len(), 1);
+        w.on_tick(21_000);
+        assert_eq!(w.cache.len(), 1, "expired, but purged at most every ten seconds");
+        w.on_tick(21_001);
+        assert!(w.cache.is_empty());
     }
 }

@@ -11,19 +11,20 @@ mod abi;
 mod exports;
 #[cfg(feature = "redis-callout")]
 mod redis;
+mod transport;
 
 use super::companion_transport;
-use super::config::{Compiled, Transport};
+use super::config::Compiled;
 use super::flow::HttpFlow;
 use super::host::{Host, Step};
 use super::lookup::{CalloutProblem, FeedPage, LookupRequest};
 use super::metric::Metric;
 use super::reply::{self, Denial, LocalReply};
 use super::worker::Worker;
-use crate::core::contract::FeedQuery;
 use abi::{Buffer, Level, Map, MetricKind};
 use std::cell::RefCell;
 use std::rc::Rc;
+use transport::StoreTransport;
 
 use abi::log;
 
@@ -89,20 +90,6 @@ impl Metrics {
     }
 }
 
-/// Sends a bodiless GET to the companion through its Envoy cluster on behalf of a context,
-/// whose callback then gets the answer.
-fn http_callout(compiled: &Compiled, path: &str, context_id: u32) -> Result<u32, String> {
-    let Transport::Companion(c) = &compiled.transport else {
-        return Err("no companion configured".into());
-    };
-    let headers =
-        [(":method", "GET"), (":path", path), (":authority", c.authority.as_str()), ("authorization", compiled.companion_auth.as_str())];
-    let token = abi::http_call(&c.cluster, &headers, c.timeout_ms)
-        .map_err(|s| format!("dispatch to cluster {:?} failed: status {s}", c.cluster))?;
-    exports::expect_answer(token, context_id);
-    Ok(token)
-}
-
 /// The HTTP callout response of the current callback: status (`None`: no response) and body.
 fn http_response(num_headers: usize, body_size: usize) -> (Option<u32>, Vec<u8>) {
     if num_headers == 0 {
@@ -125,7 +112,7 @@ fn apply_feed(worker: &mut Worker, metrics: &Metrics, page: Result<FeedPage, Cal
             }
         }
         Err(problem) => {
-            worker.feed.call = None;
+            worker.feed_poll_failed();
             metrics.add(if problem == CalloutProblem::NoResponse { Metric::CalloutFailed } else { Metric::CalloutError }, 1);
             log(Level::Warn, &format!("multitokens: revocation feed poll failed: {problem:?}"));
         }
@@ -136,57 +123,24 @@ struct Root {
     id: u32,
     worker: Option<Rc<RefCell<Worker>>>,
     metrics: Rc<Metrics>,
-    last_purge_ms: u64,
+    transport: Option<&'static dyn StoreTransport>,
 }
 
 impl Root {
     fn new(id: u32) -> Self {
-        Root { id, worker: None, metrics: Rc::new(Metrics::default()), last_purge_ms: 0 }
+        Root { id, worker: None, metrics: Rc::new(Metrics::default()), transport: None }
     }
 
-    /// Starts the transport; an error stops the plugin from loading.
-    fn start_transport(&self, compiled: &Compiled) -> Result<(), String> {
-        match &compiled.transport {
-            Transport::Companion(_) => Ok(()),
-            #[cfg(feature = "redis-callout")]
-            Transport::Redis(target) => redis::init(target),
-            #[cfg(not(feature = "redis-callout"))]
-            Transport::Redis(_) => Err("invalid multitokens configuration: redis: this is the stock build, which has no Redis \
-                callouts (upstream Envoy cannot load them); use `companion`, or deploy multitokens_filter_redis.wasm on an \
-                Envoy with the Redis-callout ABI (e.g. Higress)"
-                .into()),
-        }
-    }
-
+    /// Starts a feed poll if one is due.
     fn poll_feed(&self, worker: &mut Worker, now: u64) {
-        if worker.compiled.config.revocation_poll_ms == 0 || !worker.feed.may_poll(now, worker.compiled.transport.timeout_ms()) {
+        let Some(transport) = self.transport else { return };
+        if !worker.feed_poll_due(now) {
             return;
         }
-        let dispatched = match &worker.compiled.transport {
-            Transport::Companion(_) => http_callout(&worker.compiled, &FeedQuery::path(worker.feed.cursor.as_deref()), self.id),
-            #[cfg(feature = "redis-callout")]
-            Transport::Redis(target) => redis::poll_feed(target, &worker.compiled.keys, worker.feed.cursor.as_deref(), self.id),
-            #[cfg(not(feature = "redis-callout"))]
-            Transport::Redis(_) => Err("no Redis callouts in this build".into()),
-        };
-        match dispatched {
-            Ok(call) => worker.feed.call = Some((call, now)),
+        let compiled = Rc::clone(&worker.compiled);
+        match transport.poll_feed(&compiled, worker.feed.cursor.as_deref(), self.id) {
+            Ok(call) => worker.feed_poll_started(call, now),
             Err(e) => log(Level::Warn, &format!("multitokens: revocation feed poll: {e}")),
-        }
-    }
-
-    fn send_refreshes(&self, worker: &mut Worker) {
-        for request in std::mem::take(&mut worker.refresh_queue) {
-            let sent = match &worker.compiled.transport {
-                Transport::Companion(_) => http_callout(&worker.compiled, &request.path(), self.id),
-                #[cfg(feature = "redis-callout")]
-                Transport::Redis(target) => redis::refresh(target, &worker.compiled.keys, &request),
-                #[cfg(not(feature = "redis-callout"))]
-                Transport::Redis(_) => Err("no Redis callouts in this build".into()),
-            };
-            if let Err(e) = sent {
-                log(Level::Warn, &format!("multitokens: sliding refresh: {e}"));
-            }
         }
     }
 }
@@ -219,10 +173,14 @@ impl Root {
                 return false;
             }
         };
-        if let Err(e) = self.start_transport(&compiled) {
-            log(Level::Error, &e);
-            return false;
-        }
+        let transport = match transport::start(&compiled) {
+            Ok(t) => t,
+            Err(e) => {
+                log(Level::Error, &e);
+                return false;
+            }
+        };
+        self.transport = Some(transport);
         let mut worker = Worker::new(compiled);
         worker.record_tick(now_ms());
         let tick = worker.tick_ms();
@@ -236,18 +194,25 @@ impl Root {
         true
     }
 
-    /// The timer: feed poll, sliding refreshes, purge, gauges and counters.
+    /// The timer: what [`Worker::on_tick`] asks for (feed poll, sliding refreshes), then gauges
+    /// and counters.
     fn on_tick(&mut self) {
-        let Some(worker) = self.worker.clone() else { return };
+        let (Some(worker), Some(transport)) = (self.worker.clone(), self.transport) else { return };
         let Ok(mut worker) = worker.try_borrow_mut() else { return };
         let now = now_ms();
-        worker.record_tick(now);
+        let work = worker.on_tick(now);
         self.metrics.add(Metric::Ticks, 1);
-        self.poll_feed(&mut worker, now);
-        self.send_refreshes(&mut worker);
-        if now.saturating_sub(self.last_purge_ms) > 10_000 {
-            worker.cache.purge_expired(now);
-            self.last_purge_ms = now;
+        let compiled = Rc::clone(&worker.compiled);
+        if work.poll_feed {
+            match transport.poll_feed(&compiled, worker.feed.cursor.as_deref(), self.id) {
+                Ok(call) => worker.feed_poll_started(call, now),
+                Err(e) => log(Level::Warn, &format!("multitokens: revocation feed poll: {e}")),
+            }
+        }
+        for request in work.refreshes {
+            if let Err(e) = transport.refresh(&compiled, &request, self.id) {
+                log(Level::Warn, &format!("multitokens: sliding refresh: {e}"));
+            }
         }
         self.metrics.record_gauges(worker.cache.len());
         self.metrics.flush();
@@ -258,7 +223,14 @@ impl Root {
         let flow = Rc::new(RefCell::new(HttpFlow::new()));
         #[cfg(feature = "redis-callout")]
         redis::register_flow(context_id, flow.clone());
-        Http { id: context_id, root_id: self.id, worker: self.worker.clone(), metrics: self.metrics.clone(), flow }
+        Http {
+            id: context_id,
+            root_id: self.id,
+            worker: self.worker.clone(),
+            metrics: self.metrics.clone(),
+            transport: self.transport,
+            flow,
+        }
     }
 }
 
@@ -266,6 +238,7 @@ impl Root {
 struct EnvoyHost<'a> {
     metrics: &'a Metrics,
     compiled: &'a Compiled,
+    transport: Option<&'a dyn StoreTransport>,
     context_id: u32,
     root_id: u32,
 }
@@ -304,12 +277,9 @@ impl Host for EnvoyHost<'_> {
     }
 
     fn dispatch_lookup(&mut self, request: &LookupRequest) -> Result<u32, String> {
-        match &self.compiled.transport {
-            Transport::Companion(_) => http_callout(self.compiled, &request.path(), self.context_id),
-            #[cfg(feature = "redis-callout")]
-            Transport::Redis(target) => redis::lookup(target, &self.compiled.keys, request, self.context_id, self.root_id),
-            #[cfg(not(feature = "redis-callout"))]
-            Transport::Redis(_) => Err(format!("no Redis callouts in this build (context {}, root {})", self.context_id, self.root_id)),
+        match self.transport {
+            Some(t) => t.lookup(self.compiled, request, self.context_id, self.root_id),
+            None => Err("no transport started".into()),
         }
     }
 
@@ -331,13 +301,14 @@ fn with_flow(
     flow: &RefCell<HttpFlow>,
     worker: Option<&Rc<RefCell<Worker>>>,
     metrics: &Metrics,
+    transport: Option<&dyn StoreTransport>,
     ids: (u32, u32),
     run: impl FnOnce(&mut HttpFlow, &mut EnvoyHost, &mut Worker) -> Step,
 ) -> Step {
     let (Some(worker), Ok(mut flow)) = (worker, flow.try_borrow_mut()) else { return unavailable(metrics) };
     let Ok(mut worker) = worker.try_borrow_mut() else { return unavailable(metrics) };
     let compiled = Rc::clone(&worker.compiled);
-    let mut host = EnvoyHost { metrics, compiled: &compiled, context_id: ids.0, root_id: ids.1 };
+    let mut host = EnvoyHost { metrics, compiled: &compiled, transport, context_id: ids.0, root_id: ids.1 };
     run(&mut flow, &mut host, &mut worker)
 }
 
@@ -354,6 +325,7 @@ struct Http {
     root_id: u32,
     worker: Option<Rc<RefCell<Worker>>>,
     metrics: Rc<Metrics>,
+    transport: Option<&'static dyn StoreTransport>,
     flow: Rc<RefCell<HttpFlow>>,
 }
 
@@ -372,9 +344,10 @@ impl Http {
         }
         let (status, body) = http_response(num_headers, body_size);
         let answer = companion_transport::parse_answer(status, &body);
-        let step = with_flow(&self.flow, self.worker.as_ref(), &self.metrics, (self.id, self.root_id), |flow, host, worker| {
-            flow.on_lookup_response(host, worker, answer, now_ms())
-        });
+        let step =
+            with_flow(&self.flow, self.worker.as_ref(), &self.metrics, self.transport, (self.id, self.root_id), |flow, host, worker| {
+                flow.on_lookup_response(host, worker, answer, now_ms())
+            });
         if step == Step::Continue {
             let _ = abi::resume_request();
         }
@@ -384,9 +357,10 @@ impl Http {
 impl Http {
     /// Request headers: forward, or pause (for a lookup, or after a local reply).
     fn on_request_headers(&mut self) -> Step {
-        let step = with_flow(&self.flow, self.worker.as_ref(), &self.metrics, (self.id, self.root_id), |flow, host, worker| {
-            flow.on_request_headers(host, worker, now_ms())
-        });
+        let step =
+            with_flow(&self.flow, self.worker.as_ref(), &self.metrics, self.transport, (self.id, self.root_id), |flow, host, worker| {
+                flow.on_request_headers(host, worker, now_ms())
+            });
         step
     }
 
@@ -394,7 +368,13 @@ impl Http {
     fn on_request_trailers(&mut self) {
         let (Ok(mut flow), Some(Ok(worker))) = (self.flow.try_borrow_mut(), self.worker.as_ref().map(|w| w.try_borrow())) else { return };
         let compiled = Rc::clone(&worker.compiled);
-        let mut host = EnvoyHost { metrics: &self.metrics, compiled: &compiled, context_id: self.id, root_id: self.root_id };
+        let mut host = EnvoyHost {
+            metrics: &self.metrics,
+            compiled: &compiled,
+            transport: self.transport,
+            context_id: self.id,
+            root_id: self.root_id,
+        };
         flow.on_request_trailers(&mut host, &worker);
     }
 }

@@ -4,9 +4,9 @@
 //! each reply by its call token back to the HTTP context paused on it (or to the feed poller).
 
 use super::abi::{self, Buffer, Level};
+use super::transport::StoreTransport;
 use super::{apply_feed, log, now_ms, with_flow, Metrics};
-use crate::core::keys::KeyLayout;
-use crate::filter::config::{RedisTarget, Transport};
+use crate::filter::config::{Compiled, RedisTarget, Transport};
 use crate::filter::flow::HttpFlow;
 use crate::filter::host::Step;
 use crate::filter::lookup::Answer;
@@ -109,28 +109,30 @@ fn call(target: &RedisTarget, query: &[u8], purpose: Purpose) -> Result<u32, Str
     }
 }
 
-/// Starts a request's lookup.
-pub(super) fn lookup(
-    target: &RedisTarget,
-    keys: &KeyLayout,
-    request: &LookupRequest,
-    context_id: u32,
-    root_id: u32,
-) -> Result<u32, String> {
-    let refresh = redis_transport::refresh_command(keys, request);
-    call(target, &redis_transport::lookup_command(keys, request), Purpose::Lookup { context_id, root_id, refresh })
-}
+/// The Redis-callout build's transport: `EVAL`s of the core scripts through Envoy's Redis callouts.
+pub(super) struct RedisCallouts;
 
-/// Starts a feed poll.
-pub(super) fn poll_feed(target: &RedisTarget, keys: &KeyLayout, cursor: Option<&str>, root_id: u32) -> Result<u32, String> {
-    call(target, &redis_transport::feed_command(keys, cursor), Purpose::Feed { root_id })
-}
+/// The one instance.
+pub(super) static REDIS: RedisCallouts = RedisCallouts;
 
-/// Sends a sliding refresh.
-pub(super) fn refresh(target: &RedisTarget, keys: &KeyLayout, request: &LookupRequest) -> Result<u32, String> {
-    match redis_transport::refresh_command(keys, request) {
-        Some(query) => call(target, &query, Purpose::Refresh),
-        None => Err("refresh without a TTL".into()),
+impl StoreTransport for RedisCallouts {
+    fn lookup(&self, compiled: &Compiled, request: &LookupRequest, context_id: u32, root_id: u32) -> Result<u32, String> {
+        let Transport::Redis(target) = &compiled.transport else { return Err("no Redis configured".into()) };
+        let refresh = redis_transport::refresh_command(&compiled.keys, request);
+        call(target, &redis_transport::lookup_command(&compiled.keys, request), Purpose::Lookup { context_id, root_id, refresh })
+    }
+
+    fn poll_feed(&self, compiled: &Compiled, cursor: Option<&str>, root_id: u32) -> Result<u32, String> {
+        let Transport::Redis(target) = &compiled.transport else { return Err("no Redis configured".into()) };
+        call(target, &redis_transport::feed_command(&compiled.keys, cursor), Purpose::Feed { root_id })
+    }
+
+    fn refresh(&self, compiled: &Compiled, request: &LookupRequest, _: u32) -> Result<u32, String> {
+        let Transport::Redis(target) = &compiled.transport else { return Err("no Redis configured".into()) };
+        match redis_transport::refresh_command(&compiled.keys, request) {
+            Some(query) => call(target, &query, Purpose::Refresh),
+            None => Err("refresh without a TTL".into()),
+        }
     }
 }
 
@@ -147,10 +149,9 @@ pub extern "C" fn proxy_on_redis_call_response(_root_context_id: u32, token: u32
             apply_feed(&mut worker, &metrics, redis_transport::parse_feed(bytes.as_deref()));
             if worker.feed.more {
                 // a full page: the next one now, not on the next tick
-                if let Transport::Redis(target) = &worker.compiled.transport {
-                    if let Ok(call) = poll_feed(target, &worker.compiled.keys, worker.feed.cursor.as_deref(), root_id) {
-                        worker.feed.call = Some((call, now_ms()));
-                    }
+                let compiled = Rc::clone(&worker.compiled);
+                if let Ok(call) = REDIS.poll_feed(&compiled, worker.feed.cursor.as_deref(), root_id) {
+                    worker.feed_poll_started(call, now_ms());
                 }
             }
         }
@@ -172,7 +173,7 @@ pub extern "C" fn proxy_on_redis_call_response(_root_context_id: u32, token: u32
                     }
                 }
             }
-            let step = with_flow(&flow, Some(&worker), &metrics, (context_id, root_id), |flow, host, worker| {
+            let step = with_flow(&flow, Some(&worker), &metrics, Some(&REDIS), (context_id, root_id), |flow, host, worker| {
                 flow.on_lookup_response(host, worker, answer, now)
             });
             if step == Step::Continue {

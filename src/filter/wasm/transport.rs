@@ -1,0 +1,72 @@
+//! How the shell reaches the token store, chosen once at configure time: HTTP callouts to the
+//! companion, or (the Redis-callout build) Envoy's Redis callouts. The rest of the shell only sees
+//! [`StoreTransport`].
+
+use super::{abi, exports};
+use crate::core::contract::FeedQuery;
+use crate::filter::config::{Compiled, Transport};
+use crate::filter::lookup::LookupRequest;
+
+/// Lookups, feed polls and sliding refreshes; each returns the call's token.
+pub(super) trait StoreTransport {
+    /// Starts a request's lookup (its answer goes to that request's context).
+    fn lookup(&self, compiled: &Compiled, request: &LookupRequest, context_id: u32, root_id: u32) -> Result<u32, String>;
+    /// Starts a revocation feed poll after a cursor (its answer goes to the root).
+    fn poll_feed(&self, compiled: &Compiled, cursor: Option<&str>, root_id: u32) -> Result<u32, String>;
+    /// Sends a sliding refresh (its answer is not needed).
+    fn refresh(&self, compiled: &Compiled, request: &LookupRequest, root_id: u32) -> Result<u32, String>;
+}
+
+/// The stock build's transport: bodiless GETs to the companion's internal endpoints.
+pub(super) struct CompanionCallouts;
+
+impl CompanionCallouts {
+    /// Sends a GET through the companion's Envoy cluster on behalf of a context.
+    fn get(compiled: &Compiled, path: &str, context_id: u32) -> Result<u32, String> {
+        let Transport::Companion(c) = &compiled.transport else {
+            return Err("no companion configured".into());
+        };
+        let headers = [
+            (":method", "GET"),
+            (":path", path),
+            (":authority", c.authority.as_str()),
+            ("authorization", compiled.companion_auth.as_str()),
+        ];
+        let token = abi::http_call(&c.cluster, &headers, c.timeout_ms)
+            .map_err(|s| format!("dispatch to cluster {:?} failed: status {s}", c.cluster))?;
+        exports::expect_answer(token, context_id);
+        Ok(token)
+    }
+}
+
+impl StoreTransport for CompanionCallouts {
+    fn lookup(&self, compiled: &Compiled, request: &LookupRequest, context_id: u32, _: u32) -> Result<u32, String> {
+        Self::get(compiled, &request.path(), context_id)
+    }
+
+    fn poll_feed(&self, compiled: &Compiled, cursor: Option<&str>, root_id: u32) -> Result<u32, String> {
+        Self::get(compiled, &FeedQuery::path(cursor), root_id)
+    }
+
+    fn refresh(&self, compiled: &Compiled, request: &LookupRequest, root_id: u32) -> Result<u32, String> {
+        Self::get(compiled, &request.path(), root_id)
+    }
+}
+
+static COMPANION: CompanionCallouts = CompanionCallouts;
+/// Starts the configured transport; an error stops the plugin from loading.
+pub(super) fn start(compiled: &Compiled) -> Result<&'static dyn StoreTransport, String> {
+    match &compiled.transport {
+        Transport::Companion(_) => Ok(&COMPANION),
+        #[cfg(feature = "redis-callout")]
+        Transport::Redis(target) => {
+            super::redis::init(target)?;
+            Ok(&super::redis::REDIS)
+        }
+        #[cfg(not(feature = "redis-callout"))]
+        Transport::Redis(_) => Err("invalid multitokens configuration: redis: this is the stock build, which has no Redis \
+            callouts (upstream Envoy cannot load them); use `companion`, or deploy multitokens_filter_redis.wasm on an \
+            Envoy with the Redis-callout ABI (e.g. Higress)"
+            .into()),
+    }
+}
