@@ -71,7 +71,7 @@ multitokens demo is up (Ctrl-C stops everything):
   demo app                    http://127.0.0.1:$APP_PORT
   redis-server                127.0.0.1:$REDIS_PORT (data in $work, removed on exit)
 
-In another shell, these make every CLI and API example of README.md work against this demo:
+In another shell, these make every CLI and API example of the docs work against this demo:
   export PATH="$root/target/release:$root/.tools/bin:\$PATH"
   export MULTITOKENS_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0 MULTITOKENS_ADMIN_KEY=$ADMIN_KEY
   export DEMO=http://127.0.0.1:$DEMO_PORT API=http://127.0.0.1:$COMPANION_PORT

@@ -1,7 +1,7 @@
 //! A proxy-wasm host for tests (wasmi): loads a built filter and implements the proxy-wasm ABI
 //! 0.2.1 the filter uses (plugin configuration, header maps, local replies, continue, HTTP
 //! callouts, metrics, tick, time, logs) plus the Redis-callout extension of
-//! `../shared/docs/redis-callout-abi.md` (`proxy_redis_init`, `proxy_redis_call`, the root-context
+//! `docs/redis-callout-abi.md` (`proxy_redis_init`, `proxy_redis_call`, the root-context
 //! callback `proxy_on_redis_call_response`, buffer type 9).
 //!
 //! Its HTTP callouts go over real TCP to the addresses given per cluster (the real companion);

@@ -1,4 +1,4 @@
-//! Envoy's Redis callouts (the Higress ABI, `../shared/docs/redis-callout-abi.md`): the host
+//! Envoy's Redis callouts (the Higress ABI, `docs/redis-callout-abi.md`): the host
 //! functions `proxy_redis_init` / `proxy_redis_call`, and the guest callback
 //! `proxy_on_redis_call_response`, which the host calls on the ROOT context. This module routes
 //! each reply by its call token back to the HTTP context paused on it (or to the feed poller).
