@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # `make demo`: Redis on a private port, the companion, the demo app and Envoy with the filter,
-# all in the foreground. Ctrl-C stops all of them.
+# all in the foreground. Ctrl-C stops all of them. Ports: DEMO_PORT (10000), DEMO_REDIS_PORT
+# (16379), DEMO_COMPANION_PORT (18080), DEMO_APP_PORT (18081), DEMO_ADMIN_PORT (19901).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 DEMO_PORT="${DEMO_PORT:-10000}"
 REDIS_PORT="${DEMO_REDIS_PORT:-16379}"
-COMPANION_PORT=18080
-APP_PORT=18081
-ADMIN_PORT=19901
+COMPANION_PORT="${DEMO_COMPANION_PORT:-18080}"
+APP_PORT="${DEMO_APP_PORT:-18081}"
+ADMIN_PORT="${DEMO_ADMIN_PORT:-19901}"
 ENVOY="${ENVOY_BIN:-$root/.tools/bin/envoy}"
+BIN="${DEMO_BIN_DIR:-$root/target/release}"
 ADMIN_KEY="demo-admin-key-change-me-please"
 INTERNAL_KEY="demo-internal-key-change-me"
 
@@ -50,16 +52,17 @@ wait_port "$REDIS_PORT" redis-server
 
 MULTITOKENS_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" \
 MULTITOKENS_ADMIN_KEY="$ADMIN_KEY" MULTITOKENS_INTERNAL_KEY="$INTERNAL_KEY" \
-  target/release/multitokens serve --listen "127.0.0.1:$COMPANION_PORT" 2>"$work/companion.log" &
+  "$BIN/multitokens" serve --listen "127.0.0.1:$COMPANION_PORT" 2>"$work/companion.log" &
 pids+=($!); names+=("the companion")
 wait_port "$COMPANION_PORT" "the companion"
 
 DEMO_APP_LISTEN="127.0.0.1:$APP_PORT" MULTITOKENS_URL="http://127.0.0.1:$COMPANION_PORT" MULTITOKENS_ADMIN_KEY="$ADMIN_KEY" \
-  target/release/multitokens-demo-app 2>"$work/app.log" &
+  "$BIN/multitokens-demo-app" 2>"$work/app.log" &
 pids+=($!); names+=("the demo app")
 wait_port "$APP_PORT" "the demo app"
 
-sed "s/port_value: 10000/port_value: $DEMO_PORT/" envoy/envoy.yaml >"$work/envoy.yaml"
+sed -e "s/port_value: 10000/port_value: $DEMO_PORT/" -e "s/port_value: 18080/port_value: $COMPANION_PORT/" \
+    -e "s/port_value: 18081/port_value: $APP_PORT/" -e "s/port_value: 19901/port_value: $ADMIN_PORT/" envoy/envoy.yaml >"$work/envoy.yaml"
 "$ENVOY" -c "$work/envoy.yaml" --concurrency 2 --log-level warn 2>"$work/envoy.log" &
 pids+=($!); names+=(Envoy)
 wait_port "$DEMO_PORT" Envoy
