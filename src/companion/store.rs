@@ -92,6 +92,9 @@ pub struct Issued {
     pub first: bool,
     /// Seconds until it expires, `null` if immortal.
     pub expires_in: Option<u64>,
+    /// How many of the user's other tokens this login reset to `token_ttl` (`reset_ttl_on_login`:
+    /// a token issued with a short TTL or immortal now lives `token_ttl`).
+    pub ttl_reset: u64,
 }
 
 /// What is known about a live token.
@@ -277,10 +280,11 @@ impl TokenStore {
             let first = reply.get(1).and_then(as_int).ok_or_else(|| corrupt("issue"))? == 1;
             match status {
                 0 => {
-                    let evicted: Vec<String> = reply[2..].iter().filter_map(as_text).collect();
+                    let ttl_reset = reply.get(2).and_then(as_int).ok_or_else(|| corrupt("issue"))?.max(0) as u64;
+                    let evicted: Vec<String> = reply.get(3..).unwrap_or_default().iter().filter_map(as_text).collect();
                     self.publish_revoked(&evicted).await;
                     tracing::info!(user = %record.user, id = %record.id, first, evicted = evicted.len(), "token issued");
-                    return Ok(Issued { token, id: record.id, user: record.user, device, first, expires_in: ttl.seconds() });
+                    return Ok(Issued { token, id: record.id, user: record.user, device, first, expires_in: ttl.seconds(), ttl_reset });
                 }
                 1 => return Err(StoreError::LimitReached(self.policy.max_tokens_per_user.unwrap_or(0))),
                 _ => continue,

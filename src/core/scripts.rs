@@ -89,21 +89,22 @@ end
 /// KEYS: index, new record. ARGV: member (digest hex), record JSON, new token TTL ms (0 = never),
 /// reset TTL ms (0 = never), reset on login (1/0), overwrite immortal TTL (1/0), max tokens
 /// (0 = unlimited), policy (`reject` | `evict_oldest`), record key prefix.
-/// Returns `{status, first, evicted...}`: status 0 ok, 1 limit reached, 2 duplicate digest.
+/// Returns `{status, first, ttl_reset, evicted...}`: status 0 ok, 1 limit reached, 2 duplicate
+/// digest; `ttl_reset` counts the user's other tokens whose lifetime this login reset.
 pub const ISSUE: &str = concat!(
     prelude!(),
     ttl_helpers!(),
     r#"
 local index, record, member = KEYS[1], KEYS[2], ARGV[1]
 local record_prefix = ARGV[9]
-if redis.call('EXISTS', record) == 1 then return {2, 0} end
+if redis.call('EXISTS', record) == 1 then return {2, 0, 0} end
 local live = live_members(index, record_prefix)
 local first = 0
 if #live == 0 then first = 1 end
-local result = {0, first}
+local result = {0, first, 0}
 local max = tonumber(ARGV[7])
 if max > 0 and #live >= max then
-  if ARGV[8] ~= 'evict_oldest' then return {1, first} end
+  if ARGV[8] ~= 'evict_oldest' then return {1, first, 0} end
   local excess = #live - max + 1
   local kept = {}
   for i, m in ipairs(live) do
@@ -123,9 +124,10 @@ if ARGV[5] == '1' then
     local key = record_prefix .. m
     local pttl = redis.call('PTTL', key)
     if reset == 0 then
-      if pttl >= 0 then set_ttl(key, 0) end
+      if pttl >= 0 then set_ttl(key, 0); result[3] = result[3] + 1 end
     elseif pttl >= 0 or ARGV[6] == '1' then
       set_ttl(key, reset)
+      result[3] = result[3] + 1
     end
   end
   live = live_members(index, record_prefix)

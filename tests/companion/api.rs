@@ -67,9 +67,11 @@ fn admin_endpoints_issue_list_and_revoke() {
     assert_eq!(status, 201);
     assert_eq!(a["first"], true);
     let keys: Vec<&str> = a.as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(keys, vec!["device", "expires_in", "first", "id", "token", "user"]);
+    assert_eq!(keys, vec!["device", "expires_in", "first", "id", "token", "ttl_reset", "user"]);
     let (_, b, _) = api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "alice", "device": "phone", "ttl": "never"})));
     assert_eq!((b["first"].clone(), b["expires_in"].clone()), (json!(false), Value::Null));
+    assert_eq!(b["ttl_reset"], 1, "the laptop's lifetime was reset by this login");
+    assert_eq!(a["ttl_reset"], 0);
 
     let (status, list, _) = api.call("GET", "/v1/users/alice/tokens", admin(), None);
     assert_eq!(status, 200);

@@ -54,7 +54,7 @@ fn issue_json_list_and_revoke_all() {
     assert_eq!(code, 0);
     let first: Value = serde_json::from_str(&out).unwrap();
     let keys: Vec<&str> = first.as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(keys, vec!["device", "expires_in", "first", "id", "token", "user"]);
+    assert_eq!(keys, vec!["device", "expires_in", "first", "id", "token", "ttl_reset", "user"]);
     assert_eq!((first["first"].clone(), first["expires_in"].clone()), (Value::Bool(true), Value::Null));
     let (_, out, _) = run(&["issue", "--user", "bob", "--device", "phone", "--json", "--ttl", "60"], &e, None);
     let second: Value = serde_json::from_str(&out).unwrap();
