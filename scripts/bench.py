@@ -12,13 +12,10 @@ BENCH_ROUNDS (3), BENCH_CONNECTIONS (16), ENVOY_BIN.
 """
 
 import atexit
-import base64
-import hashlib
 import http.client
 import json
 import os
 import platform
-import secrets
 import socket
 import statistics
 import subprocess
@@ -34,6 +31,7 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
 ENVOY = os.environ.get("ENVOY_BIN", str(ROOT / ".tools/bin/envoy"))
 COMPANION = ROOT / "target/release/multitokens"
+MINT = ROOT / "target/release/examples/mint_tokens"
 WASM_DIR = ROOT / "target/wasm32-wasip1/wasm-release"
 NOOP_WASM = ROOT / "target/bench-noop/wasm32-wasip1/release/noop_filter.wasm"
 WRK_DIR = ROOT / "bench/wrk"
@@ -86,14 +84,10 @@ def start(name, argv, env=None):
     return p
 
 
-def make_token(user, valid_checksum=True, prefix="mt"):
-    """A well-formed token in the core's format (never stored unless issued by the companion)."""
-    tag = hashlib.sha256(b"multitokens/routing\0" + user.encode()).digest()[:4]
-    body = bytes([1]) + tag + secrets.token_bytes(32)
-    checksum = hashlib.sha256(body).digest()[:4]
-    if not valid_checksum:
-        checksum = bytes([checksum[0] ^ 0xFF]) + checksum[1:]
-    return prefix + "_" + base64.urlsafe_b64encode(body + checksum).rstrip(b"=").decode()
+def mint_tokens(count, bad_checksum=False):
+    """Well-formed tokens no store knows, minted by the core's own code (examples/mint_tokens.rs)."""
+    argv = [str(MINT), str(count)] + (["--bad-checksum"] if bad_checksum else [])
+    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.split()
 
 
 def write_lines(name, lines):
@@ -338,8 +332,8 @@ def main():
             sys.exit(f"bench: issuing failed: {status} {body}")
         tokens.append(body["token"])
     valid_file = write_lines("valid.txt", tokens)
-    bad_file = write_lines("bad-checksum.txt", [make_token(f"user-{i % 100}", False) for i in range(50000)])
-    unknown_file = write_lines("unknown.txt", [make_token(f"user-{i % 100}") for i in range(50000)])
+    bad_file = write_lines("bad-checksum.txt", mint_tokens(50000, bad_checksum=True))
+    unknown_file = write_lines("unknown.txt", mint_tokens(50000))
 
     stock = WASM_DIR / "multitokens_filter.wasm"
     envoys = {
@@ -369,7 +363,7 @@ def main():
             sys.exit(f"bench: {name} answered {status} to a valid token (logs in {WORK})")
         if name in ("filter_hit", "filter_hit_lean", "filter_miss", "ext_authz"):
             conn = http.client.HTTPConnection("127.0.0.1", e.port, timeout=5)
-            conn.request("GET", "/api/bench", headers={"authorization": f"Bearer {make_token('x')}"})
+            conn.request("GET", "/api/bench", headers={"authorization": f"Bearer {mint_tokens(1)[0]}"})
             if conn.getresponse().status != 401:
                 sys.exit(f"bench: {name} let an unknown token in")
             conn.close()
@@ -430,7 +424,7 @@ def main():
     # forged tokens mixed with valid traffic (one forged, one valid, ...) from one client: the
     # valid tokens keep their cache hits, the forged ones are throttled after the budget, and the
     # store sees a bounded number of lookups
-    mixed_file = write_lines("mixed.txt", [t for pair in zip(tokens, (make_token(f"user-{i % 100}") for i in range(len(tokens)))) for t in pair])
+    mixed_file = write_lines("mixed.txt", [t for pair in zip(tokens, mint_tokens(len(tokens))) for t in pair])
     wrk(mixed.port, WARMUP, env={"TOKENS_FILE": str(valid_file)})  # warm the cache with the valid tokens
     time.sleep(1.2)
     before = envoy_stats(mixed.admin)

@@ -10,5 +10,5 @@ if ! command -v wrk >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 fi
 cargo build --quiet --manifest-path bench/noop-filter/Cargo.toml --target wasm32-wasip1 --release --target-dir target/bench-noop
-cargo build --quiet --release --example hit_path
+cargo build --quiet --release --example hit_path --example mint_tokens
 exec python3 scripts/bench.py

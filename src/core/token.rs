@@ -113,6 +113,17 @@ pub fn generate(prefix: &str, user: &str) -> Result<String, getrandom::Error> {
     Ok(token)
 }
 
+/// The same token with its checksum broken (for tests and benchmarks: a token the filter must
+/// refuse without any lookup). `None` if `token` is not well-formed.
+pub fn with_bad_checksum(token: &str, prefix: &str) -> Option<String> {
+    parse(token, prefix).ok()?;
+    let encoded = token.strip_prefix(prefix)?.strip_prefix('_')?;
+    let mut body = [0u8; BODY_LEN + 2];
+    let n = URL_SAFE_NO_PAD.decode_slice(encoded, &mut body).ok()?;
+    body[BODY_LEN - CHECKSUM_LEN] ^= 0xff;
+    Some(format!("{prefix}_{}", URL_SAFE_NO_PAD.encode(&body[..n])))
+}
+
 /// Checks a token's shape and checksum and returns its routing tag. No I/O.
 pub fn parse(token: &str, prefix: &str) -> Result<RoutingTag, FormatError> {
     if token.len() != token_len(prefix) {
@@ -138,6 +149,15 @@ pub fn parse(token: &str, prefix: &str) -> Result<RoutingTag, FormatError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broken_checksum_is_refused_as_such() {
+        let t = generate("mt", "alice").unwrap();
+        let bad = with_bad_checksum(&t, "mt").unwrap();
+        assert_eq!(bad.len(), t.len());
+        assert_eq!(parse(&bad, "mt"), Err(FormatError::Checksum));
+        assert!(with_bad_checksum("mt_nope", "mt").is_none());
+    }
 
     #[test]
     fn generated_tokens_parse_and_carry_the_users_tag() {
