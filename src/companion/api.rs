@@ -313,7 +313,8 @@ async fn internal_lookup(
         return Ok(Json(LookupAnswer::inactive()).into_response());
     };
     if let Some(secs) = query.refresh_ttl.filter(|s| *s > 0) {
-        let ttl = TokenTtl::Seconds(secs.min(crate::core::ttl::MAX_TTL_SECS));
+        // the internal key may ask for a refresh no longer than a login's token_ttl
+        let ttl = TokenTtl::Seconds(secs.min(store.max_refresh_secs()));
         // report the lifetime Redis now holds (a refresh may be capped by the absolute expiry)
         if store.refresh(tag, &digest, ttl).await? {
             match store.lookup_digest(tag, &digest).await? {

@@ -293,6 +293,12 @@ impl TokenStore {
         Err(StoreError::Unavailable("could not mint a unique token".into()))
     }
 
+    /// The longest sliding refresh a filter may ask for: the lifetime of new tokens (`token_ttl`),
+    /// so the internal key cannot stretch a token beyond what a login would give it.
+    pub fn max_refresh_secs(&self) -> u64 {
+        self.policy.token_ttl.seconds().unwrap_or(crate::core::ttl::MAX_TTL_SECS)
+    }
+
     /// Checks a token's format and returns its routing tag and digest, or `InvalidToken`.
     pub fn digest_of(&self, token: &str) -> Result<(RoutingTag, TokenDigest), StoreError> {
         let tag = token::parse(token, &self.policy.prefix).map_err(|_| StoreError::InvalidToken)?;

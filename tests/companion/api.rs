@@ -193,6 +193,11 @@ fn health_readiness_and_internal_lookup() {
     let (status, v, _) = api.call("GET", &lookup, Some(&internal), None);
     assert_eq!((status, v["active"].clone(), v["user"].clone()), (200, json!(true), json!("dora")));
     assert!((499..=500).contains(&v["expires_in"].as_u64().unwrap()), "refreshed: {v}");
+    // the internal key cannot ask for more than a login's token_ttl
+    let greedy = format!("/v1/internal/lookup?tag={}&digest={}&refresh_ttl=999999999", tag.to_hex(), digest.to_hex());
+    let (_, v, _) = api.call("GET", &greedy, Some(&internal), None);
+    let cap = policy().token_ttl.seconds().unwrap();
+    assert!(v["expires_in"].as_u64().unwrap() <= cap, "capped at token_ttl ({cap} s): {v}");
     let (status, v, _) = api.call("GET", "/v1/internal/lookup?tag=zz&digest=00", Some(&internal), None);
     assert_eq!(status, 400, "{v}");
 
