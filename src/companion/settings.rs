@@ -102,7 +102,8 @@ pub struct Settings {
     pub max_lifetime: Option<u64>,
     /// Bearer key for the admin API.
     pub admin_key: Option<String>,
-    /// Key the filter presents on the internal lookup endpoint (defaults to the admin key).
+    /// Key the filter presents on the internal endpoints (lookup, feed); never the admin key, and
+    /// without it the internal endpoints are disabled.
     pub internal_key: Option<String>,
     /// Connect and response timeout towards Redis.
     pub redis_timeout: Duration,

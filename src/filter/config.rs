@@ -27,7 +27,7 @@ pub struct CompanionTarget {
     /// `:authority` of the callout.
     #[serde(default = "default_authority")]
     pub authority: String,
-    /// The companion's internal key (MULTITOKENS_INTERNAL_KEY, or its admin key).
+    /// The companion's internal key (MULTITOKENS_INTERNAL_KEY; never its admin key).
     pub api_key: String,
     /// Callout timeout.
     #[serde(default = "default_timeout_ms")]
