@@ -105,7 +105,7 @@ fn main() {
         black_box(hasher.digest(black_box(&tokens[(i as usize) % tokens.len()])));
     });
     let cache = per_op(n, |i| {
-        black_box(worker.cache.get(black_box(&tokens[(i as usize) % tokens.len()])).is_some());
+        black_box(worker.cache().get(black_box(&tokens[(i as usize) % tokens.len()])).is_some());
     });
     let malformed = per_op(n, |i| {
         let t = &tokens[(i as usize) % tokens.len()];

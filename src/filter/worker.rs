@@ -12,18 +12,18 @@ use std::rc::Rc;
 #[derive(Debug)]
 pub struct Worker {
     /// The compiled configuration (shared, so a request can hold it while changing the worker).
-    pub compiled: Rc<Compiled>,
+    pub(crate) compiled: Rc<Compiled>,
     /// The verdict cache.
-    pub cache: VerdictCache,
+    pub(crate) cache: VerdictCache,
     /// Revocation feed poller.
-    pub feed: FeedState,
+    pub(crate) feed: FeedState,
     /// Tokens due for a sliding refresh, sent on the next tick.
-    pub refresh_queue: Vec<LookupRequest>,
+    pub(crate) refresh_queue: Vec<LookupRequest>,
     /// When the timer last ticked (ms). The request path reads the host's clock itself, so a
     /// tick that stops can never freeze time for cached verdicts.
-    pub last_tick_ms: u64,
+    pub(crate) last_tick_ms: u64,
     /// Refused tokens per client, when throttling is on.
-    pub throttle: Option<FailureThrottle>,
+    pub(crate) throttle: Option<FailureThrottle>,
     /// When expired entries were last purged (ms).
     last_purge_ms: u64,
 }
@@ -57,6 +57,11 @@ impl Worker {
             throttle,
             last_purge_ms: 0,
         }
+    }
+
+    /// The verdict cache (read-only: the flow and the feed change it).
+    pub fn cache(&self) -> &VerdictCache {
+        &self.cache
     }
 
     /// The tick period.
