@@ -526,27 +526,23 @@ fn ambiguous_paths_never_bypass_the_rules() {
 #[test]
 fn forged_token_floods_are_throttled() {
     let s = Stack::start_with(|_| {}, |yaml| yaml); // the shipped config, throttling on
+                                                    // GET /api/whoami with a token, on a fresh connection (so both workers see the requests)
+    let whoami_fresh = |token: &str| {
+        let request = format!("GET /api/whoami HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n");
+        raw_status(s.port, request.as_bytes())
+    };
     let alice = s.login("alice", "laptop", &[]);
     // every worker follows the feed by now; then cache alice on every worker (fresh connections)
     std::thread::sleep(Duration::from_millis(1500));
     for _ in 0..16 {
-        assert_eq!(
-            raw_status(
-                s.port,
-                format!("GET /api/whoami HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {alice}\r\nconnection: close\r\n\r\n").as_bytes()
-            ),
-            200
-        );
+        assert_eq!(whoami_fresh(&alice), 200);
     }
     let misses = s.stat("cache_miss");
     let mut statuses = Vec::new();
     for _ in 0..80 {
         let forged = multitokens::core::token::generate("mt", "mallory").unwrap();
         // fresh connections: both workers see the flood
-        statuses.push(raw_status(
-            s.port,
-            format!("GET /api/whoami HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {forged}\r\nconnection: close\r\n\r\n").as_bytes(),
-        ));
+        statuses.push(whoami_fresh(&forged));
     }
     let refused = statuses.iter().filter(|s| **s == 401).count();
     let throttled = statuses.iter().filter(|s| **s == 429).count();
@@ -558,13 +554,7 @@ fn forged_token_floods_are_throttled() {
     assert!(r.body["detail"].as_str().unwrap().starts_with("Request was throttled. Expected available in "), "{}", r.body);
     // the valid token, cached on every worker, still passes
     for _ in 0..4 {
-        assert_eq!(
-            raw_status(
-                s.port,
-                format!("GET /api/whoami HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {alice}\r\nconnection: close\r\n\r\n").as_bytes()
-            ),
-            200
-        );
+        assert_eq!(whoami_fresh(&alice), 200);
     }
     assert!(s.stat("denied_throttled") >= 40);
 }

@@ -433,42 +433,11 @@ impl TestHost {
     /// Loads a `.wasm`, starts the VM and configures the plugin; `Err` carries the guest's logs
     /// when it refuses the configuration.
     pub fn load(wasm: &Path, plugin_config: &str, upstreams: Upstreams) -> Result<TestHost, String> {
-        let engine = Engine::default();
-        let module = Module::new(&engine, std::fs::read(wasm).unwrap()).map_err(|e| e.to_string())?;
-        let mut linker = Linker::<State>::new(&engine);
-        link(&mut linker);
-        // every other import answers "unimplemented" (the filter must not rely on it); defining
-        // one the host already implements fails and is skipped
-        for import in module.imports() {
-            if let wasmi::ExternType::Func(ty) = import.ty() {
-                let ty = ty.clone();
-                let _ = linker.func_new(import.module(), import.name(), ty, |_, _, out| {
-                    for slot in out.iter_mut() {
-                        *slot = Val::I32(UNIMPLEMENTED);
-                    }
-                    Ok(())
-                });
-            }
+        match Self::start(wasm, plugin_config.as_bytes(), upstreams) {
+            Ok((host, true)) => Ok(host),
+            Ok((host, false)) => Err(host.logs().join("\n")),
+            Err(trap) => panic!("{trap}"),
         }
-        let state = State {
-            plugin_config: plugin_config.as_bytes().to_vec(),
-            upstreams,
-            client_address: "192.0.2.1:40000".into(),
-            ..State::default()
-        };
-        let mut store = Store::new(&engine, state);
-        let instance = linker.instantiate_and_start(&mut store, &module).map_err(|e| e.to_string())?;
-        let mut host = TestHost { store, instance, root_id: 1, next_context: 1 };
-        if host.export("_initialize").is_some() {
-            host.call("_initialize", &[]);
-        }
-        host.call("proxy_on_context_create", &[Val::I32(1), Val::I32(0)]);
-        host.call("proxy_on_vm_start", &[Val::I32(1), Val::I32(0)]);
-        let size = plugin_config.len() as i32;
-        if host.call("proxy_on_configure", &[Val::I32(1), Val::I32(size)]) != 1 {
-            return Err(host.logs().join("\n"));
-        }
-        Ok(host)
     }
 
     fn export(&self, name: &str) -> Option<Func> {
@@ -477,14 +446,7 @@ impl TestHost {
 
     /// Calls a guest export; returns its i32 result (0 when it has none).
     fn call(&mut self, name: &str, args: &[Val]) -> i32 {
-        let func = self.export(name).unwrap_or_else(|| panic!("guest does not export {name}"));
-        let ty = func.ty(&self.store);
-        let mut out: Vec<Val> = ty.results().iter().map(|_| Val::I32(0)).collect();
-        func.call(&mut self.store, args, &mut out).unwrap_or_else(|e| panic!("{name} trapped: {e}\nlogs:\n{}", self.logs().join("\n")));
-        match out.first() {
-            Some(Val::I32(v)) => *v,
-            _ => 0,
-        }
+        self.try_call(name, args).unwrap_or_else(|trap| panic!("{trap}"))
     }
 
     /// The guest's log lines.
@@ -706,6 +668,12 @@ pub enum Decision {
 impl TestHost {
     /// Loads and configures; `Ok(None)` when the guest refuses the configuration.
     pub fn try_load(wasm: &Path, plugin_config: &[u8], upstreams: Upstreams) -> Result<Option<TestHost>, String> {
+        Self::start(wasm, plugin_config, upstreams).map(|(host, configured)| configured.then_some(host))
+    }
+
+    /// Loads, starts and configures the VM; the host and whether the guest took its configuration
+    /// (`Err`: the guest trapped).
+    fn start(wasm: &Path, plugin_config: &[u8], upstreams: Upstreams) -> Result<(TestHost, bool), String> {
         let config = String::from_utf8_lossy(plugin_config).into_owned();
         let engine = Engine::default();
         let module = Module::new(&engine, std::fs::read(wasm).unwrap()).map_err(|e| e.to_string())?;
@@ -733,7 +701,7 @@ impl TestHost {
         host.try_call("proxy_on_context_create", &[Val::I32(1), Val::I32(0)])?;
         host.try_call("proxy_on_vm_start", &[Val::I32(1), Val::I32(0)])?;
         let configured = host.try_call("proxy_on_configure", &[Val::I32(1), Val::I32(config.len() as i32)])?;
-        Ok((configured == 1).then_some(host))
+        Ok((host, configured == 1))
     }
 
     fn try_call(&mut self, name: &str, args: &[Val]) -> Result<i32, String> {
