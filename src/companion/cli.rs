@@ -191,8 +191,9 @@ fn print(text: &str) -> Result<(), Failure> {
     writeln!(out, "{text}").map_err(|e| Failure { code: 2, message: format!("cannot write output: {e}") })
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).unwrap_or_default()
+/// JSON output; a value that cannot be written is an error, never an empty line.
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, Failure> {
+    serde_json::to_string(value).map_err(|e| Failure { code: 2, message: format!("cannot write JSON output: {e}") })
 }
 
 async fn shutdown_signal() {
@@ -226,7 +227,7 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
                 return Err(usage(KEY_DIFFERS));
             }
             let issued = store.issue(IssueRequest { user, device, ttl, scopes }).await?;
-            print(&if json { to_json(&issued) } else { issued.token })
+            print(&if json { to_json(&issued)? } else { issued.token })
         }
         Command::Whoami { token, json } => {
             let info = match store.whoami(&read_token(&token)?).await {
@@ -235,7 +236,7 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
                 }
                 other => other?,
             };
-            print(&if json { to_json(&info) } else { info.user })
+            print(&if json { to_json(&info)? } else { info.user })
         }
         Command::Revoke { token } => {
             store.revoke(&read_token(&token)?).await?;
@@ -253,7 +254,7 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
                     .iter()
                     .map(|t| serde_json::json!({"id": t.id, "device": t.device, "created": t.created, "expires_in": t.expires_in, "scopes": t.scopes}))
                     .collect();
-                return print(&to_json(&rows));
+                return print(&to_json(&rows)?);
             }
             for t in tokens {
                 let expires = t.expires_in.map_or("never".to_string(), |s| format!("{s}s"));

@@ -260,13 +260,14 @@ impl TokenStore {
                 scopes: req.scopes.clone(),
                 expires_at: self.policy.max_lifetime.map(|max| created + max),
             };
+            let json = record.to_json().map_err(StoreError::Corrupt)?;
             let reply: Vec<Value> = self
                 .scripts
                 .issue
                 .key(self.keys.index_key(&req.user))
                 .key(self.keys.record_key(tag, &digest))
                 .arg(digest.to_hex())
-                .arg(record.to_json())
+                .arg(json)
                 .arg(ttl.as_millis_or_zero())
                 .arg(self.policy.token_ttl.as_millis_or_zero())
                 .arg(if self.policy.reset_ttl_on_login { "1" } else { "0" })

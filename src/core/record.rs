@@ -24,8 +24,10 @@ pub struct TokenRecord {
 
 impl TokenRecord {
     /// JSON bytes as stored in Redis.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
+    ///
+    /// An error rather than a fallback: a record that cannot be written must never be stored.
+    pub fn to_json(&self) -> Result<String, String> {
+        serde_json::to_string(self).map_err(|e| format!("cannot serialize a token record: {e}"))
     }
 
     /// Parses a stored record; garbage is an error, not a valid token.
@@ -48,7 +50,7 @@ mod tests {
             scopes: vec!["read".into()],
             expires_at: None,
         };
-        assert_eq!(TokenRecord::from_json(r.to_json().as_bytes()).unwrap(), r);
+        assert_eq!(TokenRecord::from_json(r.to_json().unwrap().as_bytes()).unwrap(), r);
         let newer = br#"{"id":"x","user":"u","created":1,"future":true}"#;
         assert_eq!(TokenRecord::from_json(newer).unwrap().user, "u");
         assert!(TokenRecord::from_json(b"\x00garbage").is_err());

@@ -89,6 +89,7 @@ mod tests {
     fn json(expires_at: Option<u64>) -> Vec<u8> {
         TokenRecord { id: "i".into(), user: "u".into(), device: String::new(), created: 10, scopes: vec![], expires_at }
             .to_json()
+            .unwrap()
             .into_bytes()
     }
 
