@@ -547,37 +547,11 @@ impl TestHost {
                 Callout::Http { token, context, cluster, headers, body, timeout_ms } => {
                     let addr = self.store.data().upstreams.http[&cluster];
                     let response = http_call(addr, &headers, &body, timeout_ms);
-                    let (n, size) = match response {
-                        Some((headers, body)) => {
-                            let s = self.store.data_mut();
-                            let (n, size) = (headers.len(), body.len());
-                            s.call_response_headers = headers;
-                            s.call_response_body = body;
-                            (n, size)
-                        }
-                        None => (0, 0),
-                    };
-                    self.store.data_mut().effective_context = context;
-                    self.call(
-                        "proxy_on_http_call_response",
-                        &[Val::I32(context as i32), Val::I32(token as i32), Val::I32(n as i32), Val::I32(size as i32), Val::I32(0)],
-                    );
+                    self.try_answer_http(context, token, response).unwrap_or_else(|trap| panic!("{trap}"));
                 }
                 Callout::Redis { token, service, query } => {
-                    let (status, size) = match self.redis_call(&service, &query) {
-                        Some(reply) => {
-                            let size = reply.len();
-                            self.store.data_mut().redis_response = reply;
-                            (0, size)
-                        }
-                        None => (1, 0),
-                    };
-                    self.store.data_mut().effective_context = self.root_id;
-                    self.call(
-                        "proxy_on_redis_call_response",
-                        &[Val::I32(self.root_id as i32), Val::I32(token as i32), Val::I32(status), Val::I32(size as i32)],
-                    );
-                    self.store.data_mut().redis_response.clear();
+                    let reply = self.redis_call(&service, &query);
+                    self.try_answer_redis(token, reply).unwrap_or_else(|trap| panic!("{trap}"));
                 }
             }
         }
