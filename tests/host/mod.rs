@@ -492,21 +492,8 @@ impl TestHost {
 
     /// Runs one request with exactly these header bytes (pseudo-headers included).
     pub fn request_raw(&mut self, headers: RawHeaders) -> Outcome {
-        self.next_context += 1;
-        let ctx = self.next_context;
-        {
-            let s = self.store.data_mut();
-            s.request_headers = headers;
-            s.local_reply = None;
-            s.continued = false;
-            s.effective_context = ctx;
-        }
-        self.call("proxy_on_context_create", &[Val::I32(ctx as i32), Val::I32(self.root_id as i32)]);
-        let n = self.store.data().request_headers.len() as i32;
-        let action = self.call("proxy_on_request_headers", &[Val::I32(ctx as i32), Val::I32(n), Val::I32(1)]);
-        if action == 0 {
-            self.store.data_mut().continued = true;
-        }
+        let client = self.store.data().client_address.clone();
+        let ctx = self.try_begin(headers, &client).unwrap_or_else(|trap| panic!("{trap}"));
         // perform callouts until the request is decided
         for _ in 0..8 {
             let s = self.store.data();
@@ -523,9 +510,7 @@ impl TestHost {
             (None, true) => Outcome::Forwarded(s.request_headers.clone()),
             (None, false) => Outcome::Paused,
         };
-        self.call("proxy_on_done", &[Val::I32(ctx as i32)]);
-        self.call("proxy_on_log", &[Val::I32(ctx as i32)]);
-        self.call("proxy_on_delete", &[Val::I32(ctx as i32)]);
+        self.try_end(ctx).unwrap_or_else(|trap| panic!("{trap}"));
         outcome
     }
 
