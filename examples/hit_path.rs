@@ -24,9 +24,6 @@ impl Host for MemoryHost {
     fn request_headers(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
         self.headers.clone()
     }
-    fn header(&self, name: &str) -> Option<Vec<u8>> {
-        self.headers.iter().find(|(k, _)| k == name.as_bytes()).map(|(_, v)| v.clone())
-    }
     fn set_header(&mut self, name: &str, value: &[u8]) {
         match self.headers.iter_mut().find(|(k, _)| k == name.as_bytes()) {
             Some(h) => value.clone_into(&mut h.1),

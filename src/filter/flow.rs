@@ -353,9 +353,6 @@ mod tests {
         fn request_headers(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
             self.headers.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.clone())).collect()
         }
-        fn header(&self, name: &str) -> Option<Vec<u8>> {
-            self.headers.get(name).cloned()
-        }
         fn set_header(&mut self, name: &str, value: &[u8]) {
             self.headers.insert(name.into(), value.to_vec());
         }

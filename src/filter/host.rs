@@ -11,8 +11,6 @@ pub trait Host {
     /// pseudo-headers (`:method`, `:path`) included: one host call per request instead of one
     /// per header.
     fn request_headers(&self) -> Vec<(Vec<u8>, Vec<u8>)>;
-    /// One request header's raw value (lower-case name).
-    fn header(&self, name: &str) -> Option<Vec<u8>>;
     /// Sets a request header, replacing every value it had.
     fn set_header(&mut self, name: &str, value: &[u8]);
     /// Removes a request header.

@@ -248,10 +248,6 @@ impl Host for EnvoyHost<'_> {
         abi::headers(Map::RequestHeaders).unwrap_or_default()
     }
 
-    fn header(&self, name: &str) -> Option<Vec<u8>> {
-        abi::header(Map::RequestHeaders, name)
-    }
-
     fn set_header(&mut self, name: &str, value: &[u8]) {
         let _ = abi::set_header(Map::RequestHeaders, name, value);
     }
