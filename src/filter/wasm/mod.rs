@@ -132,11 +132,9 @@ impl Root {
     }
 
     /// Starts a feed poll if one is due.
-    fn poll_feed(&self, worker: &mut Worker, now: u64) {
+    /// Starts a feed poll (the caller has checked that one is due).
+    fn start_feed_poll(&self, worker: &mut Worker, now: u64) {
         let Some(transport) = self.transport else { return };
-        if !worker.feed_poll_due(now) {
-            return;
-        }
         let compiled = Rc::clone(&worker.compiled);
         match transport.poll_feed(&compiled, worker.feed.cursor.as_deref(), self.id) {
             Ok(call) => worker.feed_poll_started(call, now),
@@ -157,7 +155,10 @@ impl Root {
         apply_feed(&mut worker, &self.metrics, companion_transport::parse_feed(status, &body));
         if worker.feed.more {
             // a full page: the next one now, not on the next tick (100,000 revocations in seconds)
-            self.poll_feed(&mut worker, now_ms());
+            let now = now_ms();
+            if worker.feed_poll_due(now) {
+                self.start_feed_poll(&mut worker, now);
+            }
         }
     }
 }
@@ -204,10 +205,7 @@ impl Root {
         self.metrics.add(Metric::Ticks, 1);
         let compiled = Rc::clone(&worker.compiled);
         if work.poll_feed {
-            match transport.poll_feed(&compiled, worker.feed.cursor.as_deref(), self.id) {
-                Ok(call) => worker.feed_poll_started(call, now),
-                Err(e) => log(Level::Warn, &format!("multitokens: revocation feed poll: {e}")),
-            }
+            self.start_feed_poll(&mut worker, now);
         }
         for request in work.refreshes {
             if let Err(e) = transport.refresh(&compiled, &request, self.id) {
