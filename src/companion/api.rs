@@ -66,15 +66,22 @@ impl ApiError {
     }
 }
 
+/// The HTTP status of each store failure: the one place they are mapped.
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::InvalidToken => ApiError::unauthorized(contract::INVALID_TOKEN, Some("invalid_token")),
-            StoreError::Unavailable(msg) | StoreError::Corrupt(msg) => {
-                tracing::error!(error = %msg, "token store failure");
+            StoreError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+            StoreError::LimitReached(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            StoreError::Input(_) | StoreError::BadInput(_) => ApiError::new(StatusCode::BAD_REQUEST, e.to_string()),
+            StoreError::Unavailable(_) => {
+                tracing::error!(error = %e, "token store unavailable");
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Token store unavailable.")
             }
-            other => ApiError::new(StatusCode::from_u16(other.http_status()).unwrap_or(StatusCode::BAD_REQUEST), other.to_string()),
+            StoreError::Refused(_) | StoreError::Corrupt(_) | StoreError::Record(_) | StoreError::Random(_) => {
+                tracing::error!(error = %e, "token store failure");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Token store failure; see the companion's log.")
+            }
         }
     }
 }
@@ -193,14 +200,6 @@ impl<S: Send + Sync> FromRequestParts<S> for CallerToken {
     }
 }
 
-/// A TTL in a request body: seconds or `"never"`.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum TtlField {
-    Seconds(u64),
-    Text(String),
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct IssueBody {
@@ -208,20 +207,13 @@ struct IssueBody {
     #[serde(default)]
     device: Option<String>,
     #[serde(default)]
-    ttl: Option<TtlField>,
+    ttl: Option<TokenTtl>,
     #[serde(default)]
     scopes: Vec<String>,
 }
 
 async fn issue(_: Admin, State(store): State<Arc<TokenStore>>, JsonBody(body): JsonBody<IssueBody>) -> Result<Response, ApiError> {
-    let ttl = match body.ttl {
-        None => None,
-        Some(TtlField::Seconds(s)) => Some(s.to_string().parse::<TokenTtl>()),
-        Some(TtlField::Text(t)) => Some(t.parse::<TokenTtl>()),
-    }
-    .transpose()
-    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("Invalid ttl: {e}")))?;
-    let issued = store.issue(IssueRequest { user: body.user, device: body.device, ttl, scopes: body.scopes }).await?;
+    let issued = store.issue(IssueRequest { user: body.user, device: body.device, ttl: body.ttl, scopes: body.scopes }).await?;
     Ok((StatusCode::CREATED, Json(issued)).into_response())
 }
 

@@ -5,5 +5,6 @@ pub mod api;
 pub mod cli;
 pub mod connection;
 pub mod error;
+pub mod server;
 pub mod settings;
 pub mod store;

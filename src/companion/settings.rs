@@ -1,35 +1,32 @@
 //! Companion settings, layered: command-line flag > environment variable > TOML config file
 //! (`--config` / `MULTITOKENS_CONFIG`) > default. Every error names the setting.
+//!
+//! Each setting is named once, in [`SettingsLayer`]: clap reads it from a flag and its
+//! `MULTITOKENS_<NAME>` variable, serde from the file (unknown keys rejected), and
+//! [`Settings::resolve`] stacks the layers and checks each value once.
 
 use crate::core::token::{validate_prefix, DEFAULT_PREFIX};
-use crate::core::ttl::{TokenTtl, DEFAULT_TOKEN_TTL};
+use crate::core::ttl::{TokenTtl, DEFAULT_TOKEN_TTL, MAX_TTL_SECS};
+use serde::{Deserialize, Serialize};
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 /// The Redis URL used when none is configured.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 /// The address `serve` listens on when none is configured.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// The Redis timeout when none is configured, in milliseconds.
+pub const DEFAULT_REDIS_TIMEOUT_MS: u64 = 2000;
 
 /// What happens when a user already holds `max_tokens_per_user` live tokens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
 pub enum MaxTokensPolicy {
     /// Refuse the new login with a clear error.
     Reject,
     /// Revoke the user's oldest tokens to make room.
+    #[value(name = "evict_oldest")]
     EvictOldest,
-}
-
-impl FromStr for MaxTokensPolicy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "reject" => Ok(MaxTokensPolicy::Reject),
-            "evict_oldest" => Ok(MaxTokensPolicy::EvictOldest),
-            other => Err(format!("expected 'reject' or 'evict_oldest', got {other:?}")),
-        }
-    }
 }
 
 impl MaxTokensPolicy {
@@ -42,40 +39,104 @@ impl MaxTokensPolicy {
     }
 }
 
-/// Names of every setting, as used in the TOML file; `MULTITOKENS_<NAME>` in the environment.
-pub const SETTING_NAMES: &[&str] = &[
-    "redis_url",
-    "prefix",
-    "token_ttl",
-    "reset_ttl_on_login",
-    "overwrite_none_ttl",
-    "hash_key",
-    "max_tokens_per_user",
-    "max_tokens_policy",
-    "max_lifetime",
-    "admin_key",
-    "internal_key",
-    "redis_timeout_ms",
-    "listen",
-];
-
-/// Raw values from flags and environment (already merged by clap); `None` where unset.
-#[derive(Clone, Debug, Default)]
-pub struct RawSettings {
-    /// Values by setting name.
-    pub values: Vec<(&'static str, String)>,
+/// A secret from the environment: secrets are never flags (they would show in `ps`).
+fn secret_from_env(var: &str) -> Option<String> {
+    std::env::var(var).ok()
 }
 
-impl RawSettings {
-    /// Records a value if present.
-    pub fn set(&mut self, name: &'static str, value: Option<String>) {
-        if let Some(v) = value {
-            self.values.push((name, v));
-        }
+/// A boolean flag or variable, as people write them.
+fn parse_bool(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err("expected true/false, yes/no, on/off or 1/0".to_string()),
+    }
+}
+
+/// One layer of settings, every value optional: the flags and environment (parsed by clap, typed),
+/// or the config file (parsed by serde, unknown keys rejected). The doc comments are `--help`.
+#[derive(Clone, Default, clap::Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsLayer {
+    /// Redis URL: redis://host:port/db for one node; for a Redis Cluster a comma-separated list of
+    /// seed URLs or redis+cluster://host:port,host:port [default: redis://127.0.0.1:6379/0].
+    #[arg(long, env = "MULTITOKENS_REDIS_URL", global = true, value_name = "URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Token prefix (letters and digits), also the Redis key namespace [default: mt].
+    #[arg(long, env = "MULTITOKENS_PREFIX", global = true)]
+    pub prefix: Option<String>,
+    /// Lifetime of new tokens: seconds or `never` [default: 2592000, 30 days].
+    #[arg(long, env = "MULTITOKENS_TOKEN_TTL", global = true, value_name = "SECS|never")]
+    pub token_ttl: Option<TokenTtl>,
+    /// Whether a login resets the TTL of the user's other tokens to token_ttl [default: true].
+    #[arg(long, env = "MULTITOKENS_RESET_TTL_ON_LOGIN", global = true, value_name = "BOOL",
+          action = clap::ArgAction::Set, value_parser = parse_bool)]
+    pub reset_ttl_on_login: Option<bool>,
+    /// Whether that reset also gives immortal tokens a TTL [default: true].
+    #[arg(long, env = "MULTITOKENS_OVERWRITE_NONE_TTL", global = true, value_name = "BOOL",
+          action = clap::ArgAction::Set, value_parser = parse_bool)]
+    pub overwrite_none_ttl: Option<bool>,
+    /// Most live tokens per user [default: unlimited].
+    #[arg(long, env = "MULTITOKENS_MAX_TOKENS_PER_USER", global = true, value_name = "N")]
+    pub max_tokens_per_user: Option<u32>,
+    /// At the limit: `reject` the login or `evict_oldest` token [default: reject].
+    #[arg(long, env = "MULTITOKENS_MAX_TOKENS_POLICY", global = true, value_name = "POLICY")]
+    pub max_tokens_policy: Option<MaxTokensPolicy>,
+    /// Absolute lifetime of a token in seconds: no TTL reset or refresh extends it [default: none].
+    #[arg(long, env = "MULTITOKENS_MAX_LIFETIME", global = true, value_name = "SECS")]
+    pub max_lifetime: Option<u64>,
+    /// Connect and response timeout towards Redis, in milliseconds, 1 to 60000 [default: 2000].
+    #[arg(long, env = "MULTITOKENS_REDIS_TIMEOUT_MS", global = true, value_name = "MS")]
+    pub redis_timeout_ms: Option<u64>,
+    /// Address `serve` listens on [default: 127.0.0.1:8080].
+    #[arg(long, env = "MULTITOKENS_LISTEN", global = true, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// HMAC key for digests ("pepper"): MULTITOKENS_HASH_KEY or the file, never a flag.
+    #[arg(skip = secret_from_env("MULTITOKENS_HASH_KEY"))]
+    pub hash_key: Option<String>,
+    /// Bearer key of the admin API: MULTITOKENS_ADMIN_KEY or the file, never a flag.
+    #[arg(skip = secret_from_env("MULTITOKENS_ADMIN_KEY"))]
+    pub admin_key: Option<String>,
+    /// Key of the filter's internal endpoints: MULTITOKENS_INTERNAL_KEY or the file, never a flag.
+    #[arg(skip = secret_from_env("MULTITOKENS_INTERNAL_KEY"))]
+    pub internal_key: Option<String>,
+}
+
+/// Never prints values: a layer may hold secrets.
+impl std::fmt::Debug for SettingsLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SettingsLayer").finish_non_exhaustive()
+    }
+}
+
+impl SettingsLayer {
+    /// Reads a TOML config file; unknown keys and wrong types are refused with the key's name.
+    pub fn from_file(path: &Path) -> Result<SettingsLayer, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        Self::from_toml(&text).map_err(|e| format!("config file {}: {e}", path.display()))
     }
 
-    fn get(&self, name: &str) -> Option<&str> {
-        self.values.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+    /// Parses TOML text into a layer.
+    pub fn from_toml(text: &str) -> Result<SettingsLayer, String> {
+        let deserializer = toml::Deserializer::parse(text).map_err(|e| e.message().to_string())?;
+        serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let message = e.inner().message().to_string();
+            match e.path().to_string().as_str() {
+                "." => message,
+                path => format!("setting {path}: {message}"),
+            }
+        })
+    }
+
+    /// This layer over `lower`: each value set here wins, the others come from `lower`.
+    pub fn over(self, lower: SettingsLayer) -> Result<SettingsLayer, String> {
+        let as_map = |layer: &SettingsLayer| match serde_json::to_value(layer) {
+            Ok(serde_json::Value::Object(map)) => Ok(map),
+            _ => Err("cannot merge settings".to_string()),
+        };
+        let mut merged = as_map(&lower)?;
+        merged.extend(as_map(&self)?.into_iter().filter(|(_, value)| !value.is_null()));
+        serde_json::from_value(serde_json::Value::Object(merged)).map_err(|e| format!("cannot merge settings: {e}"))
     }
 }
 
@@ -124,81 +185,44 @@ impl std::fmt::Debug for Settings {
             .field("max_tokens_policy", &self.max_tokens_policy)
             .field("max_lifetime", &self.max_lifetime)
             .field("admin_key", &self.admin_key.as_ref().map(|_| "<set>"))
+            .field("internal_key", &self.internal_key.as_ref().map(|_| "<set>"))
             .field("listen", &self.listen)
             .finish()
     }
 }
 
-fn parse_bool(s: &str) -> Result<bool, String> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(format!("expected true/false, yes/no, on/off or 1/0, got {s:?}")),
-    }
-}
-
-fn toml_to_string(name: &str, value: &toml::Value) -> Result<String, String> {
+/// A range check that names the setting.
+fn within<T: PartialOrd + std::fmt::Display>(name: &str, value: Option<T>, min: T, max: T) -> Result<Option<T>, String> {
     match value {
-        toml::Value::String(s) => Ok(s.clone()),
-        toml::Value::Integer(i) => Ok(i.to_string()),
-        toml::Value::Boolean(b) => Ok(b.to_string()),
-        _ => Err(format!("config file: setting {name} must be a string, integer or boolean")),
+        Some(v) if v < min || v > max => Err(format!("invalid {name}: expected {min} to {max}, got {v}")),
+        other => Ok(other),
     }
-}
-
-/// Reads a TOML config file into raw values; unknown keys are rejected by name.
-pub fn read_config_file(path: &Path) -> Result<RawSettings, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| format!("config file {}: {}", path.display(), e.message()))?;
-    let mut raw = RawSettings::default();
-    for (key, value) in &table {
-        let Some(name) = SETTING_NAMES.iter().find(|n| **n == key.as_str()) else {
-            return Err(format!("config file {}: unknown setting {key:?}", path.display()));
-        };
-        raw.values.push((name, toml_to_string(name, value)?));
-    }
-    Ok(raw)
 }
 
 impl Settings {
-    /// Resolves settings from flag/env values over an optional config file over defaults.
-    pub fn resolve(cli: &RawSettings, file: Option<&RawSettings>) -> Result<Settings, String> {
-        let get = |name: &str| cli.get(name).or_else(|| file.and_then(|f| f.get(name)));
-        fn parsed<T>(name: &str, value: Option<&str>, parse: impl Fn(&str) -> Result<T, String>) -> Result<Option<T>, String> {
-            value.map(|v| parse(v).map_err(|e| format!("invalid {name}: {e}"))).transpose()
-        }
-        let nonempty = |name: &str| get(name).filter(|v| !v.is_empty()).map(str::to_string);
-
-        let prefix = get("prefix").unwrap_or(DEFAULT_PREFIX).to_string();
+    /// Fills defaults into a (merged) layer and checks every value; errors name the setting.
+    pub fn resolve(layer: SettingsLayer) -> Result<Settings, String> {
+        let prefix = layer.prefix.unwrap_or_else(|| DEFAULT_PREFIX.to_string());
         validate_prefix(&prefix).map_err(|e| format!("invalid prefix: {e}"))?;
-        let max_tokens_per_user = parsed("max_tokens_per_user", get("max_tokens_per_user"), |v| match v.trim().parse::<u32>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err(format!("expected a positive whole number, got {v:?}")),
-        })?;
-        let redis_timeout_ms = parsed("redis_timeout_ms", get("redis_timeout_ms"), |v| match v.trim().parse::<u64>() {
-            Ok(n) if (1..=60_000).contains(&n) => Ok(n),
-            _ => Err(format!("expected milliseconds from 1 to 60000, got {v:?}")),
-        })?;
-        let redis_url = get("redis_url").unwrap_or(DEFAULT_REDIS_URL).to_string();
+        let redis_url = layer.redis_url.unwrap_or_else(|| DEFAULT_REDIS_URL.to_string());
         crate::companion::connection::RedisTarget::parse(&redis_url).map_err(|e| format!("invalid redis_url: {e}"))?;
+        let nonempty = |v: Option<String>| v.filter(|v| !v.is_empty());
         Ok(Settings {
             redis_url,
             prefix,
-            token_ttl: parsed("token_ttl", get("token_ttl"), TokenTtl::from_str)?.unwrap_or(DEFAULT_TOKEN_TTL),
-            reset_ttl_on_login: parsed("reset_ttl_on_login", get("reset_ttl_on_login"), parse_bool)?.unwrap_or(true),
-            overwrite_none_ttl: parsed("overwrite_none_ttl", get("overwrite_none_ttl"), parse_bool)?.unwrap_or(true),
-            hash_key: nonempty("hash_key"),
-            max_tokens_per_user,
-            max_tokens_policy: parsed("max_tokens_policy", get("max_tokens_policy"), MaxTokensPolicy::from_str)?
-                .unwrap_or(MaxTokensPolicy::Reject),
-            max_lifetime: parsed("max_lifetime", get("max_lifetime"), |v| match v.trim().parse::<TokenTtl>()? {
-                TokenTtl::Seconds(s) => Ok(s),
-                TokenTtl::Never => Err("expected a number of seconds".into()),
-            })?,
-            admin_key: nonempty("admin_key"),
-            internal_key: nonempty("internal_key"),
-            redis_timeout: Duration::from_millis(redis_timeout_ms.unwrap_or(2000)),
-            listen: get("listen").unwrap_or(DEFAULT_LISTEN).to_string(),
+            token_ttl: layer.token_ttl.unwrap_or(DEFAULT_TOKEN_TTL),
+            reset_ttl_on_login: layer.reset_ttl_on_login.unwrap_or(true),
+            overwrite_none_ttl: layer.overwrite_none_ttl.unwrap_or(true),
+            hash_key: nonempty(layer.hash_key),
+            max_tokens_per_user: within("max_tokens_per_user", layer.max_tokens_per_user, 1, u32::MAX)?,
+            max_tokens_policy: layer.max_tokens_policy.unwrap_or(MaxTokensPolicy::Reject),
+            max_lifetime: within("max_lifetime", layer.max_lifetime, 1, MAX_TTL_SECS)?,
+            admin_key: nonempty(layer.admin_key),
+            internal_key: nonempty(layer.internal_key),
+            redis_timeout: Duration::from_millis(
+                within("redis_timeout_ms", layer.redis_timeout_ms, 1, 60_000)?.unwrap_or(DEFAULT_REDIS_TIMEOUT_MS),
+            ),
+            listen: layer.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
         })
     }
 }
@@ -207,51 +231,69 @@ impl Settings {
 mod tests {
     use super::*;
 
-    fn raw(pairs: &[(&'static str, &str)]) -> RawSettings {
-        RawSettings { values: pairs.iter().map(|(n, v)| (*n, v.to_string())).collect() }
+    fn file(text: &str) -> SettingsLayer {
+        SettingsLayer::from_toml(text).unwrap()
     }
 
     #[test]
     fn defaults_match_the_documented_ones() {
-        let s = Settings::resolve(&RawSettings::default(), None).unwrap();
+        let s = Settings::resolve(SettingsLayer::default()).unwrap();
         assert_eq!(s.redis_url, DEFAULT_REDIS_URL);
         assert_eq!(s.prefix, "mt");
         assert_eq!(s.token_ttl, TokenTtl::Seconds(30 * 24 * 3600));
         assert!(s.reset_ttl_on_login && s.overwrite_none_ttl);
         assert_eq!(s.max_tokens_per_user, None);
         assert_eq!(s.max_tokens_policy, MaxTokensPolicy::Reject);
+        assert_eq!(s.redis_timeout, Duration::from_millis(2000));
     }
 
     #[test]
     fn flags_and_env_win_over_the_file() {
-        let file = raw(&[("prefix", "file"), ("token_ttl", "never"), ("max_tokens_per_user", "3")]);
-        let cli = raw(&[("prefix", "flag")]);
-        let s = Settings::resolve(&cli, Some(&file)).unwrap();
+        let lower = file("prefix = \"file\"\ntoken_ttl = \"never\"\nmax_tokens_per_user = 3\nhash_key = \"k\"\n");
+        let upper = SettingsLayer { prefix: Some("flag".into()), ..Default::default() };
+        let s = Settings::resolve(upper.over(lower).unwrap()).unwrap();
         assert_eq!(s.prefix, "flag");
         assert_eq!(s.token_ttl, TokenTtl::Never);
         assert_eq!(s.max_tokens_per_user, Some(3));
+        assert_eq!(s.hash_key.as_deref(), Some("k"));
     }
 
     #[test]
     fn errors_name_the_setting() {
-        let err = |pairs| Settings::resolve(&raw(pairs), None).unwrap_err();
-        assert!(err(&[("token_ttl", "soon")]).contains("token_ttl"));
-        assert!(err(&[("reset_ttl_on_login", "maybe")]).contains("reset_ttl_on_login"));
-        assert!(err(&[("max_tokens_policy", "lifo")]).contains("max_tokens_policy"));
-        assert!(err(&[("max_tokens_per_user", "0")]).contains("max_tokens_per_user"));
-        assert!(err(&[("max_lifetime", "never")]).contains("max_lifetime"));
-        assert!(err(&[("prefix", "no_underscores")]).contains("prefix"));
-        assert!(err(&[("redis_url", "http://x")]).contains("redis_url"));
+        let err = |text: &str| match SettingsLayer::from_toml(text) {
+            Ok(layer) => Settings::resolve(layer).unwrap_err(),
+            Err(e) => e,
+        };
+        assert!(err("token_ttl = \"soon\"").contains("token_ttl"));
+        assert!(err("token_ttl = 0").contains("token_ttl"));
+        assert!(err("reset_ttl_on_login = \"maybe\"").contains("reset_ttl_on_login"));
+        assert!(err("max_tokens_policy = \"lifo\"").contains("max_tokens_policy"));
+        assert!(err("max_tokens_per_user = 0").contains("max_tokens_per_user"));
+        assert!(err("max_tokens_per_user = -1").contains("max_tokens_per_user"));
+        assert!(err("max_lifetime = \"never\"").contains("max_lifetime"));
+        assert!(err("redis_timeout_ms = 0").contains("redis_timeout_ms"));
+        assert!(err("prefix = \"no_underscores\"").contains("prefix"));
+        assert!(err("redis_url = \"http://x\"").contains("redis_url"));
+        assert!(err("bogus = 1").contains("bogus"));
     }
 
     #[test]
-    fn config_file_rejects_unknown_settings() {
+    fn the_file_is_typed() {
+        let s = Settings::resolve(file(
+            "prefix = \"acme\"\ntoken_ttl = 60\nreset_ttl_on_login = false\nmax_tokens_policy = \"evict_oldest\"\n",
+        ))
+        .unwrap();
+        assert_eq!((s.prefix.as_str(), s.token_ttl, s.reset_ttl_on_login), ("acme", TokenTtl::Seconds(60), false));
+        assert_eq!(s.max_tokens_policy, MaxTokensPolicy::EvictOldest);
+        assert_eq!(file("token_ttl = \"3600\"").token_ttl, Some(TokenTtl::Seconds(3600)));
+    }
+
+    #[test]
+    fn config_file_is_read_from_disk_and_named_in_errors() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mt.toml");
-        std::fs::write(&path, "prefix = \"acme\"\ntoken_ttl = 60\nbogus = 1\n").unwrap();
-        assert!(read_config_file(&path).unwrap_err().contains("bogus"));
-        std::fs::write(&path, "prefix = \"acme\"\ntoken_ttl = 60\nreset_ttl_on_login = false\n").unwrap();
-        let s = Settings::resolve(&RawSettings::default(), Some(&read_config_file(&path).unwrap())).unwrap();
-        assert_eq!((s.prefix.as_str(), s.token_ttl, s.reset_ttl_on_login), ("acme", TokenTtl::Seconds(60), false));
+        std::fs::write(&path, "prefix = \"acme\"\nbogus = 1\n").unwrap();
+        let err = SettingsLayer::from_file(&path).unwrap_err();
+        assert!(err.contains("bogus") && err.contains("mt.toml"), "{err}");
     }
 }

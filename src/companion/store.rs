@@ -234,10 +234,10 @@ impl TokenStore {
 
     /// Logs a device in: mints a token and stores its digest atomically with the policy applied.
     pub async fn issue(&self, req: IssueRequest) -> Result<Issued, StoreError> {
-        validate_user(&req.user).map_err(StoreError::BadInput)?;
+        validate_user(&req.user)?;
         let device = req.device.unwrap_or_default();
-        validate_device(&device).map_err(StoreError::BadInput)?;
-        validate_scopes(&req.scopes).map_err(StoreError::BadInput)?;
+        validate_device(&device)?;
+        validate_scopes(&req.scopes)?;
         let tag = RoutingTag::for_user(&req.user);
         // an absolute lifetime caps the token's own TTL too (an immortal token becomes mortal)
         let ttl = match (req.ttl.unwrap_or(self.policy.token_ttl), self.policy.max_lifetime) {
@@ -248,8 +248,7 @@ impl TokenStore {
         let mut conn = self.redis.conn().await?;
         // A digest collision is astronomically unlikely; one retry covers it anyway.
         for _ in 0..2 {
-            let token = token::generate(&self.policy.prefix, &req.user)
-                .map_err(|e| StoreError::Unavailable(format!("OS random source failed: {e}")))?;
+            let token = token::generate(&self.policy.prefix, &req.user).map_err(|e| StoreError::Random(e.to_string()))?;
             let digest = self.hasher.digest(&token);
             let created = now_secs();
             let record = TokenRecord {
@@ -260,7 +259,7 @@ impl TokenStore {
                 scopes: req.scopes.clone(),
                 expires_at: self.policy.max_lifetime.map(|max| created + max),
             };
-            let json = record.to_json().map_err(StoreError::Corrupt)?;
+            let json = record.to_json()?;
             let reply: Vec<Value> = self
                 .scripts
                 .issue
@@ -311,7 +310,7 @@ impl TokenStore {
         let mut conn = self.redis.conn().await?;
         let (value, pttl): (Option<Vec<u8>>, i64) =
             self.scripts.lookup.key(self.keys.record_key(tag, digest)).invoke_async(&mut conn).await?;
-        match evaluate(value.as_deref(), pttl, now_ms()).map_err(StoreError::Corrupt)? {
+        match evaluate(value.as_deref(), pttl, now_ms())? {
             Verdict::Valid(v) => Ok(Some(TokenInfo::from_valid(v))),
             Verdict::Invalid => Ok(None),
         }
@@ -347,7 +346,7 @@ impl TokenStore {
     /// Logs a user out everywhere, or everywhere but the device of `except` (which must be a live
     /// token of that user). Returns how many tokens were revoked.
     pub async fn revoke_all(&self, user: &str, except: Option<&str>) -> Result<u64, StoreError> {
-        validate_user(user).map_err(StoreError::BadInput)?;
+        validate_user(user)?;
         let keep = match except {
             Some(token) => {
                 let (tag, digest) = self.digest_of(token)?;
@@ -376,7 +375,7 @@ impl TokenStore {
 
     /// Logs out one of a user's devices by the token's public id.
     pub async fn revoke_by_id(&self, user: &str, id: &str) -> Result<(), StoreError> {
-        validate_user(user).map_err(StoreError::BadInput)?;
+        validate_user(user)?;
         let mut conn = self.redis.conn().await?;
         let tag = RoutingTag::for_user(user);
         let member: Option<String> = self
@@ -395,7 +394,7 @@ impl TokenStore {
 
     /// A user's live tokens, oldest first.
     pub async fn list(&self, user: &str) -> Result<Vec<TokenInfo>, StoreError> {
-        validate_user(user).map_err(StoreError::BadInput)?;
+        validate_user(user)?;
         let mut conn = self.redis.conn().await?;
         let tag = RoutingTag::for_user(user);
         let flat: Vec<Value> =
@@ -405,7 +404,7 @@ impl TokenStore {
         for pair in flat.chunks(2) {
             let [Value::BulkString(json), pttl] = pair else { return Err(corrupt("list")) };
             let pttl = as_int(pttl).ok_or_else(|| corrupt("list"))?;
-            if let Verdict::Valid(v) = evaluate(Some(json), pttl, now).map_err(StoreError::Corrupt)? {
+            if let Verdict::Valid(v) = evaluate(Some(json), pttl, now)? {
                 out.push(TokenInfo::from_valid(v));
             }
         }

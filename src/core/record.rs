@@ -2,6 +2,17 @@
 
 use serde::{Deserialize, Serialize};
 
+/// A record that cannot be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The record could not be serialized (never stored then).
+    #[error("cannot serialize a token record: {0}")]
+    Serialize(serde_json::Error),
+    /// What Redis holds is not a token record.
+    #[error("corrupt token record: {0}")]
+    Corrupt(serde_json::Error),
+}
+
 /// What Redis holds about one token. Never the token itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRecord {
@@ -26,13 +37,13 @@ impl TokenRecord {
     /// JSON bytes as stored in Redis.
     ///
     /// An error rather than a fallback: a record that cannot be written must never be stored.
-    pub fn to_json(&self) -> Result<String, String> {
-        serde_json::to_string(self).map_err(|e| format!("cannot serialize a token record: {e}"))
+    pub fn to_json(&self) -> Result<String, RecordError> {
+        serde_json::to_string(self).map_err(RecordError::Serialize)
     }
 
     /// Parses a stored record; garbage is an error, not a valid token.
-    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
-        serde_json::from_slice(bytes).map_err(|e| format!("corrupt token record: {e}"))
+    pub fn from_json(bytes: &[u8]) -> Result<Self, RecordError> {
+        serde_json::from_slice(bytes).map_err(RecordError::Corrupt)
     }
 }
 

@@ -8,7 +8,6 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use sha2::{Digest, Sha256};
-use std::fmt;
 
 /// Format version carried in the first body byte.
 pub const TOKEN_VERSION: u8 = 1;
@@ -47,41 +46,43 @@ impl RoutingTag {
 }
 
 /// Why a string is not a well-formed token. None of these needs Redis to decide.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {
     /// Wrong length for this prefix.
+    #[error("token has the wrong length")]
     Length,
     /// Does not start with `<prefix>_`.
+    #[error("token has the wrong prefix")]
     Prefix,
     /// The body is not unpadded base64url.
+    #[error("token body is not base64url")]
     Encoding,
     /// Unknown format version.
+    #[error("token has an unknown version")]
     Version,
     /// The checksum does not match: truncated, mistyped or forged.
+    #[error("token checksum does not match")]
     Checksum,
 }
 
-impl fmt::Display for FormatError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            FormatError::Length => "token has the wrong length",
-            FormatError::Prefix => "token has the wrong prefix",
-            FormatError::Encoding => "token body is not base64url",
-            FormatError::Version => "token has an unknown version",
-            FormatError::Checksum => "token checksum does not match",
-        })
-    }
+/// Why a prefix is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PrefixError {
+    /// Empty or longer than [`MAX_PREFIX_LEN`].
+    #[error("prefix must be 1 to {MAX_PREFIX_LEN} characters long")]
+    Length,
+    /// Holds something else than ASCII letters and digits.
+    #[error("prefix may contain only ASCII letters and digits")]
+    Characters,
 }
 
-impl std::error::Error for FormatError {}
-
 /// Checks a token prefix: 1 to 16 ASCII letters or digits.
-pub fn validate_prefix(prefix: &str) -> Result<(), String> {
+pub fn validate_prefix(prefix: &str) -> Result<(), PrefixError> {
     if prefix.is_empty() || prefix.len() > MAX_PREFIX_LEN {
-        return Err(format!("prefix must be 1 to {MAX_PREFIX_LEN} characters long"));
+        return Err(PrefixError::Length);
     }
     if !prefix.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err("prefix may contain only ASCII letters and digits".to_string());
+        return Err(PrefixError::Characters);
     }
     Ok(())
 }

@@ -9,6 +9,32 @@ pub const MAX_SCOPE_LEN: usize = 128;
 /// Most scopes on one token.
 pub const MAX_SCOPES: usize = 64;
 
+/// Why a user id, device label or scope list is refused; the text is the API's 400 answer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InputError {
+    /// The user id is empty or too long.
+    #[error("user must be 1 to {MAX_USER_LEN} bytes long")]
+    UserLength,
+    /// The user id holds a control character.
+    #[error("user must not contain control characters")]
+    UserControl,
+    /// The user id starts or ends with whitespace.
+    #[error("user must not start or end with whitespace")]
+    UserWhitespace,
+    /// The device label is too long or holds a control character.
+    #[error("device must be at most {MAX_DEVICE_LEN} bytes without control characters")]
+    Device,
+    /// The device label starts or ends with whitespace.
+    #[error("device must not start or end with whitespace")]
+    DeviceWhitespace,
+    /// More than [`MAX_SCOPES`] scopes.
+    #[error("at most {MAX_SCOPES} scopes per token")]
+    TooManyScopes,
+    /// One scope is not a scope-token.
+    #[error("invalid scope {0:?}: 1 to {MAX_SCOPE_LEN} visible ASCII characters, no quotes or backslashes")]
+    Scope(String),
+}
+
 fn printable(s: &str) -> bool {
     !s.chars().any(char::is_control)
 }
@@ -20,40 +46,40 @@ fn trimmed(s: &str) -> bool {
 }
 
 /// Checks a user id: 1 to 256 bytes, no control characters, no whitespace at either end.
-pub fn validate_user(user: &str) -> Result<(), String> {
+pub fn validate_user(user: &str) -> Result<(), InputError> {
     if user.is_empty() || user.len() > MAX_USER_LEN {
-        return Err(format!("user must be 1 to {MAX_USER_LEN} bytes long"));
+        return Err(InputError::UserLength);
     }
     if !printable(user) {
-        return Err("user must not contain control characters".to_string());
+        return Err(InputError::UserControl);
     }
     if !trimmed(user) {
-        return Err("user must not start or end with whitespace".to_string());
+        return Err(InputError::UserWhitespace);
     }
     Ok(())
 }
 
 /// Checks a device label: up to 256 bytes, no control characters, no whitespace at either end.
-pub fn validate_device(device: &str) -> Result<(), String> {
+pub fn validate_device(device: &str) -> Result<(), InputError> {
     if device.len() > MAX_DEVICE_LEN || !printable(device) {
-        return Err(format!("device must be at most {MAX_DEVICE_LEN} bytes without control characters"));
+        return Err(InputError::Device);
     }
     if !trimmed(device) {
-        return Err("device must not start or end with whitespace".to_string());
+        return Err(InputError::DeviceWhitespace);
     }
     Ok(())
 }
 
 /// Checks scopes: at most 64, each 1 to 128 printable characters without spaces (RFC 6749 scope-token).
-pub fn validate_scopes(scopes: &[String]) -> Result<(), String> {
+pub fn validate_scopes(scopes: &[String]) -> Result<(), InputError> {
     if scopes.len() > MAX_SCOPES {
-        return Err(format!("at most {MAX_SCOPES} scopes per token"));
+        return Err(InputError::TooManyScopes);
     }
     for scope in scopes {
         let ok =
             !scope.is_empty() && scope.len() <= MAX_SCOPE_LEN && scope.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
         if !ok {
-            return Err(format!("invalid scope {scope:?}: 1 to {MAX_SCOPE_LEN} visible ASCII characters, no quotes or backslashes"));
+            return Err(InputError::Scope(scope.clone()));
         }
     }
     Ok(())

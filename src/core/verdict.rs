@@ -1,6 +1,6 @@
 //! The auth decision on a record looked up by digest: valid (with identity) or not.
 
-use super::record::TokenRecord;
+use super::record::{RecordError, TokenRecord};
 
 /// Remaining lifetime reported by Redis `PTTL`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +60,7 @@ pub enum Verdict {
 
 /// Decides on a `GET` + `PTTL` reply at `now_ms` (Unix milliseconds). Garbage in Redis is an
 /// error (fail closed), not a verdict.
-pub fn evaluate(value: Option<&[u8]>, pttl: i64, now_ms: u64) -> Result<Verdict, String> {
+pub fn evaluate(value: Option<&[u8]>, pttl: i64, now_ms: u64) -> Result<Verdict, RecordError> {
     let Some(bytes) = value else { return Ok(Verdict::Invalid) };
     let remaining = Remaining::from_pttl(pttl);
     if remaining == Remaining::Missing || remaining == Remaining::Millis(0) {
@@ -95,13 +95,13 @@ mod tests {
 
     #[test]
     fn decides_on_presence_ttl_and_absolute_expiry() {
-        assert_eq!(evaluate(None, -2, 100_000), Ok(Verdict::Invalid));
+        assert_eq!(evaluate(None, -2, 100_000).ok(), Some(Verdict::Invalid));
         let Verdict::Valid(v) = evaluate(Some(&json(None)), 1500, 100_000).unwrap() else { panic!() };
         assert_eq!((v.expires_in_ms, v.expires_in()), (Some(1500), Some(2)));
         let Verdict::Valid(v) = evaluate(Some(&json(None)), -1, 100_000).unwrap() else { panic!() };
         assert_eq!(v.expires_in_ms, None);
-        assert_eq!(evaluate(Some(&json(Some(100))), -1, 100_000), Ok(Verdict::Invalid));
-        assert_eq!(evaluate(Some(&json(Some(100))), -1, 99_999).map(|v| matches!(v, Verdict::Valid(_))), Ok(true), "1 ms left");
+        assert_eq!(evaluate(Some(&json(Some(100))), -1, 100_000).ok(), Some(Verdict::Invalid));
+        assert_eq!(evaluate(Some(&json(Some(100))), -1, 99_999).ok().map(|v| matches!(v, Verdict::Valid(_))), Some(true), "1 ms left");
         let Verdict::Valid(v) = evaluate(Some(&json(Some(130))), 60_000, 100_250).unwrap() else { panic!() };
         assert_eq!(v.expires_in_ms, Some(29_750), "the absolute expiry, to the millisecond");
         assert!(evaluate(Some(b"not json"), 1000, 100_000).is_err());

@@ -70,7 +70,7 @@ pub fn parse_lookup(bytes: Option<&[u8]>, now_ms: u64) -> Result<Answer, Callout
         [Reply::Int(pttl)] => (None, *pttl),
         _ => return Err(CalloutProblem::BadResponse("lookup reply is not [record, ttl]".into())),
     };
-    match evaluate(value, pttl, now_ms).map_err(CalloutProblem::BadResponse)? {
+    match evaluate(value, pttl, now_ms).map_err(|e| CalloutProblem::BadResponse(e.to_string()))? {
         Verdict::Valid(v) => {
             let left = v.expires_in_ms;
             let r = v.record;

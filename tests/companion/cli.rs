@@ -109,7 +109,14 @@ fn bad_usage_and_config_exit_2_with_one_line() {
     assert_one_line_error(code, 2, &err, "soon");
     e.push(("MULTITOKENS_TOKEN_TTL", "-3".into()));
     let (code, _, err) = run(&["issue", "--user", "x"], &e, None);
-    assert_one_line_error(code, 2, &err, "token_ttl");
+    assert_one_line_error(code, 2, &err, "--token-ttl");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mt.toml");
+    for (text, named) in [("token_ttl = -3", "token_ttl"), ("max_tokens_per_user = 0", "max_tokens_per_user"), ("bogus = 1", "bogus")] {
+        std::fs::write(&file, text).unwrap();
+        let (code, _, err) = run(&["issue", "--user", "x"], &[("MULTITOKENS_CONFIG", file.display().to_string())], None);
+        assert_one_line_error(code, 2, &err, named);
+    }
     let (code, _, err) = run(&["issue", "--user", "x"], &[("MULTITOKENS_CONFIG", "/nonexistent/mt.toml".into())], None);
     assert_one_line_error(code, 2, &err, "/nonexistent/mt.toml");
     let (code, _, err) = run(&["issue", "--user", ""], &env(&redis), None);

@@ -291,14 +291,14 @@ async fn garbage_in_redis_and_redis_down_are_errors_not_verdicts() {
     let t = store.issue(req("quinn", "a")).await.unwrap().token;
     let (tag, digest) = store.digest_of(&t).unwrap();
     let _: () = redis.conn().set(store.keys().record_key(tag, &digest), "\u{1}garbage").unwrap();
-    assert!(matches!(store.whoami(&t).await, Err(StoreError::Corrupt(_))));
+    assert!(matches!(store.whoami(&t).await, Err(StoreError::Record(_))));
     redis.kill();
     assert!(matches!(store.whoami(&t).await, Err(StoreError::Unavailable(_))));
     assert!(matches!(store.issue(req("quinn", "b")).await, Err(StoreError::Unavailable(_))));
     assert!(store.ping().await.is_err());
     // bad input is refused before Redis is asked
-    assert!(matches!(store.issue(req("", "a")).await, Err(StoreError::BadInput(_))));
-    assert!(matches!(store.issue(req("a\nb", "a")).await, Err(StoreError::BadInput(_))));
+    assert!(matches!(store.issue(req("", "a")).await, Err(StoreError::Input(_))));
+    assert!(matches!(store.issue(req("a\nb", "a")).await, Err(StoreError::Input(_))));
 }
 
 #[tokio::test]
