@@ -7,7 +7,7 @@ mod support;
 
 use multitokens::filter::config::Compiled;
 use std::path::{Path, PathBuf};
-use support::{envoy_validate, repo_root, wasm_path, yaml_block_after};
+use support::{envoy_validate, repo_root, wasm_path, EnvoyConfig};
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -34,11 +34,13 @@ fn envoy_configs() -> Vec<(PathBuf, String)> {
         .collect()
 }
 
-/// Points the config's wasm file at the freshly built one.
+/// Points the config's wasm file (if it has one) at the freshly built one.
 fn with_built_wasm(text: &str) -> String {
-    let stock = wasm_path("multitokens_filter.wasm").display().to_string();
-    text.replace("filename: target/wasm32-wasip1/wasm-release/multitokens_filter.wasm", &format!("filename: {stock}"))
-        .replace("filename: /filter/multitokens_filter.wasm", &format!("filename: {stock}"))
+    let config = EnvoyConfig::parse(text);
+    if config.plugin_configs().is_empty() {
+        return config.to_yaml();
+    }
+    config.use_wasm(&wasm_path("multitokens_filter.wasm")).to_yaml()
 }
 
 #[test]
@@ -51,22 +53,24 @@ fn every_envoy_config_validates() {
     }
 }
 
-/// Every plugin configuration in envoy/: `value: |` JSON blocks and Istio `pluginConfig:` objects.
+/// Every plugin configuration in envoy/, read with a YAML parser: the Envoy configs' wasm
+/// `configuration.value` strings, Istio's `pluginConfig` and Higress's `defaultConfig`.
 fn plugin_configs() -> Vec<(PathBuf, String)> {
     let mut files = Vec::new();
     yaml_files(&repo_root().join("envoy"), &mut files);
     let mut out = Vec::new();
     for path in files {
         let text = std::fs::read_to_string(&path).unwrap();
-        if text.contains("envoy.extensions.filters.http.wasm.v3.Wasm") {
-            out.push((path.clone(), yaml_block_after(&text, "value: |").unwrap()));
-        }
-        for key in ["pluginConfig:", "defaultConfig:"] {
-            if let Some(at) = text.find(key) {
-                // written as a JSON object (a valid YAML flow mapping) so it can be checked as is
-                let rest = &text[at + key.len()..];
-                let json = rest.split("\n---").next().unwrap_or(rest).trim();
-                out.push((path.clone(), json.to_string()));
+        for document in serde_yaml_ng::Deserializer::from_str(&text) {
+            let document: serde_json::Value = serde::Deserialize::deserialize(document).unwrap();
+            // Istio's pluginConfig and Higress's defaultConfig are YAML mappings of the JSON config
+            for key in ["pluginConfig", "defaultConfig"] {
+                if let Some(config) = document.get("spec").and_then(|spec| spec.get(key)) {
+                    out.push((path.clone(), config.to_string()));
+                }
+            }
+            if document.get("static_resources").is_some() {
+                out.extend(EnvoyConfig(document).plugin_configs().into_iter().map(|json| (path.clone(), json)));
             }
         }
     }
@@ -87,9 +91,12 @@ fn every_plugin_configuration_parses() {
 
 #[test]
 fn a_broken_plugin_configuration_stops_envoy_and_names_the_field() {
-    let config = support::demo_envoy_yaml(&wasm_path("multitokens_filter.wasm"), support::free_port(false), support::free_port(false));
-    let broken = config.replace("\"realm\": \"multitokens-demo\",", "\"realm\": \"multitokens-demo\", \"prefixx\": \"mt\",");
-    assert!(broken.contains("prefixx"));
+    let broken = EnvoyConfig::load("envoy/envoy.yaml")
+        .use_wasm(&wasm_path("multitokens_filter.wasm"))
+        .move_port(10000, support::free_port(false))
+        .move_port(19901, support::free_port(false))
+        .edit_plugin(|c| c["prefixx"] = serde_json::json!("mt"))
+        .to_yaml();
     let (ok, log) = support::envoy_run_expecting_exit(&broken);
     assert!(!ok, "Envoy must refuse a broken filter configuration");
     assert!(log.contains("unknown field `prefixx`"), "the error names the field:\n{log}");

@@ -8,7 +8,7 @@ mod support;
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{free_port, repo_root, wait_for_port, wasm_path, CompanionServer, Envoy, HttpReply, RedisServer};
+use support::{free_port, wait_for_port, wasm_path, CompanionServer, Envoy, EnvoyConfig, HttpReply, RedisServer};
 
 const ADMIN_KEY: &str = "e2e-admin-key-0123456789abcdef";
 const INTERNAL_KEY: &str = "demo-internal-key-change-me";
@@ -34,12 +34,12 @@ impl Stack {
                 c.as_object_mut().unwrap().remove("throttle");
                 patch(c)
             },
-            |yaml| yaml,
+            |config| config,
         )
     }
 
-    /// Starts the stack; `patch` edits the plugin configuration, `edit` the Envoy config text.
-    fn start_with(patch: impl Fn(&mut Value), edit: impl Fn(String) -> String) -> Stack {
+    /// Starts the stack; `patch` edits the plugin configuration, `edit` the rest of the Envoy config.
+    fn start_with(patch: impl Fn(&mut Value), edit: impl Fn(EnvoyConfig) -> EnvoyConfig) -> Stack {
         let redis = RedisServer::start();
         let companion_port = free_port(false);
         let companion = Self::companion(&redis, companion_port);
@@ -54,23 +54,16 @@ impl Stack {
             .unwrap();
         assert!(wait_for_port(app_port, Duration::from_secs(10)));
         let (port, admin_port) = (free_port(false), free_port(false));
-        let yaml = std::fs::read_to_string(repo_root().join("envoy/envoy.yaml")).unwrap();
-        let plugin = support::yaml_block_after(&yaml, "value: |").unwrap();
-        let mut config: Value = serde_json::from_str(&plugin).unwrap();
-        patch(&mut config);
-        let patched = serde_json::to_string_pretty(&config).unwrap().replace('\n', "\n                    ");
-        let yaml = yaml
-            .replace(&plugin.replace('\n', "\n                    "), &patched)
-            .replace("port_value: 10000", &format!("port_value: {port}"))
-            .replace("port_value: 19901", &format!("port_value: {admin_port}"))
-            .replace("port_value: 18080", &format!("port_value: {companion_port}"))
-            .replace("port_value: 18081", &format!("port_value: {app_port}"))
-            .replace(
-                "filename: target/wasm32-wasip1/wasm-release/multitokens_filter.wasm",
-                &format!("filename: {}", wasm_path("multitokens_filter.wasm").display()),
-            );
-        assert!(yaml.contains(&patched), "plugin configuration was not rewritten");
-        let envoy = Envoy::start(&edit(yaml), port, 2);
+        let config = edit(
+            EnvoyConfig::load("envoy/envoy.yaml")
+                .edit_plugin(&patch)
+                .move_port(10000, port)
+                .move_port(19901, admin_port)
+                .move_port(18080, companion_port)
+                .move_port(18081, app_port)
+                .use_wasm(&wasm_path("multitokens_filter.wasm")),
+        );
+        let envoy = Envoy::start(&config.to_yaml(), port, 2);
         let stack = Stack { redis, companion: Some(companion), companion_port, app, envoy, port, admin_port, agent: support::http_agent() };
         // the filter follows the revocation feed within a poll or two
         std::thread::sleep(Duration::from_millis(1200));
@@ -259,8 +252,7 @@ fn store_down_denies_then_recovers() {
     let token = s.login("carol", "laptop", &[]);
     assert_eq!(s.get("/api/whoami", Some(&bearer(&token))).status, 200);
     s.companion = None; // stopped
-    let fresh = support::companion(&["issue", "--user", "carol"], &[("MULTITOKENS_REDIS_URL", &s.redis.url())], None);
-    let fresh = String::from_utf8(fresh.stdout).unwrap().trim().to_string();
+    let fresh = support::issue_token(&s.redis.url(), "carol", &[]);
     let r = s.get("/api/whoami", Some(&bearer(&fresh)));
     assert_eq!((r.status, r.body["detail"].clone()), (503, json!("Authentication service unavailable.")));
     // a cached verdict is not trusted once the revocation feed has gone silent
@@ -282,8 +274,7 @@ fn allow_cached_accepts_known_tokens_for_a_bounded_time_then_recovers() {
     let known = s.login("dave", "laptop", &[]);
     assert_eq!(s.get("/api/whoami", Some(&bearer(&known))).status, 200);
     let verified = Instant::now();
-    let unknown = support::companion(&["issue", "--user", "dave"], &[("MULTITOKENS_REDIS_URL", &s.redis.url())], None);
-    let unknown = String::from_utf8(unknown.stdout).unwrap().trim().to_string();
+    let unknown = support::issue_token(&s.redis.url(), "dave", &[]);
     s.companion = None;
     std::thread::sleep(Duration::from_millis(800));
     let r = s.get("/api/whoami", Some(&bearer(&known)));
@@ -303,8 +294,7 @@ fn without_rules_only_authorization_is_read_and_spoofing_still_fails() {
         c.as_object_mut().unwrap().remove("exclude");
         c.as_object_mut().unwrap().remove("required_scopes");
     });
-    let out = support::companion(&["issue", "--user", "gus", "--device", "tv"], &[("MULTITOKENS_REDIS_URL", &s.redis.url())], None);
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let token = support::issue_token(&s.redis.url(), "gus", &["--device", "tv"]);
     let auth = bearer(&token);
     let headers =
         [("authorization", auth.as_str()), ("x-multitokens-user", "root"), ("x-multitokens-user", "admin"), ("x-multitokens-device", "x")];
@@ -467,14 +457,16 @@ fn ambiguous_paths_never_bypass_the_rules() {
     let shipped = Stack::start(|_| {});
     let raw = Stack::start_with(
         |_| {},
-        |yaml| {
-            let stripped = yaml
-                .replace("normalize_path: true", "normalize_path: false")
-                .replace("merge_slashes: true", "merge_slashes: false")
-                .replace("path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT", "path_with_escaped_slashes_action: KEEP_UNCHANGED")
-                .replace("headers_with_underscores_action: REJECT_REQUEST", "headers_with_underscores_action: ALLOW");
-            assert_ne!(stripped, yaml, "the shipped config normalises paths");
-            stripped
+        |mut config| {
+            for (key, raw) in [
+                ("normalize_path", json!(false)),
+                ("merge_slashes", json!(false)),
+                ("path_with_escaped_slashes_action", json!("KEEP_UNCHANGED")),
+                ("headers_with_underscores_action", json!("ALLOW")),
+            ] {
+                assert_eq!(config.set_all(key, raw), 1, "the shipped config sets {key}");
+            }
+            config
         },
     );
     for s in [&shipped, &raw] {

@@ -12,7 +12,7 @@ use host::{Outcome, TestHost, Upstreams};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::time::Duration;
-use support::{companion, repo_root, wasm_path, CompanionServer, RedisServer};
+use support::{companion, wasm_path, CompanionServer, RedisServer};
 
 const INTERNAL_KEY: &str = "host-internal-key-0123456789";
 
@@ -80,9 +80,9 @@ impl Stack {
     }
 
     fn issue(&self, user: &str, device: &str, extra: &[&str]) -> String {
-        let mut args = vec!["issue", "--user", user, "--device", device];
+        let mut args = vec!["--device", device];
         args.extend_from_slice(extra);
-        self.cli(&args)
+        support::issue_token(&self.redis.url(), user, &args)
     }
 }
 
@@ -358,8 +358,7 @@ fn redis_errors_and_garbage_map_to_the_failure_mode() {
     upstreams.redis.insert("redis".into(), addr(redis.port));
     let config = json!({"redis": {"cluster": "redis"}, "failure_mode": "allow_cached"}).to_string();
     let mut host = TestHost::load(&wasm_path("multitokens_filter_redis.wasm"), &config, upstreams).unwrap();
-    let out = companion(&["issue", "--user", "frank"], &[("MULTITOKENS_REDIS_URL", &stack_redis_url)], None);
-    let known = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let known = support::issue_token(&stack_redis_url, "frank", &[]);
     assert!(matches!(get(&mut host, "/api", &known), Outcome::Forwarded(_)));
     drop(redis);
     assert!(matches!(get(&mut host, "/api", &known), Outcome::Forwarded(_)), "recently verified: accepted");
@@ -382,8 +381,11 @@ fn each_build_refuses_the_transport_it_cannot_serve() {
 
 #[test]
 fn upstream_envoy_refuses_the_redis_callout_build() {
-    let config =
-        support::demo_envoy_yaml(&wasm_path("multitokens_filter_redis.wasm"), support::free_port(false), support::free_port(false));
+    let config = support::EnvoyConfig::load("envoy/envoy.yaml")
+        .use_wasm(&wasm_path("multitokens_filter_redis.wasm"))
+        .move_port(10000, support::free_port(false))
+        .move_port(19901, support::free_port(false))
+        .to_yaml();
     let (ok, log) = support::envoy_run_expecting_exit(&config);
     assert!(!ok);
     assert!(log.contains("missing import: env.proxy_redis_"), "{log}");
@@ -395,14 +397,13 @@ fn upstream_envoy_refuses_the_redis_callout_build() {
 #[test]
 fn redis_cluster_through_envoys_redis_proxy() {
     let cluster = support::RedisCluster::start();
-    let text = std::fs::read_to_string(repo_root().join("envoy/redis-cluster-proxy.yaml")).unwrap();
-    let (listen, admin) = (support::free_port(false), support::free_port(false));
+    let listen = support::free_port(false);
     let mut config =
-        text.replace("port_value: 16400", &format!("port_value: {listen}")).replace("port_value: 19902", &format!("port_value: {admin}"));
+        support::EnvoyConfig::load("envoy/redis-cluster-proxy.yaml").move_port(16400, listen).move_port(19902, support::free_port(false));
     for (i, node) in cluster.nodes.iter().enumerate() {
-        config = config.replace(&format!("port_value: {}", 7000 + i), &format!("port_value: {}", node.port));
+        config = config.move_port(7000 + i as u16, node.port);
     }
-    let _envoy = support::Envoy::start(&config, listen, 1);
+    let _envoy = support::Envoy::start(&config.to_yaml(), listen, 1);
     wait_for_redis_proxy(listen);
     let plugin = json!({"redis": {"cluster": "redis_cluster_proxy", "timeout_ms": 1000}, "cache": {"ttl_ms": 600000}}).to_string();
     let mut host = TestHost::load(&wasm_path("multitokens_filter_redis.wasm"), &plugin, host_upstreams(listen)).unwrap();
@@ -410,11 +411,7 @@ fn redis_cluster_through_envoys_redis_proxy() {
     assert_eq!(host.metric("multitokens.callout_error") + host.metric("multitokens.callout_failed"), 0, "{:?}", host.logs());
 
     let url = cluster.url();
-    let issue = |user: &str| {
-        let out = companion(&["issue", "--user", user], &[("MULTITOKENS_REDIS_URL", &url)], None);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
+    let issue = |user: &str| support::issue_token(&url, user, &[]);
     let tokens: Vec<(String, String)> = (0..30).map(|i| format!("user-{i}")).map(|u| (issue(&u), u)).collect();
     for node in &cluster.nodes {
         let size: i64 = node.cli(&["DBSIZE"]).trim().parse().unwrap();

@@ -1,57 +1,80 @@
-//! The HTTP API, served for real on a port-0 listener, against a real redis-server.
+//! The HTTP API, called in process through `app(state).oneshot(..)` against a real redis-server;
+//! one test keeps the real socket (the `serve` binary).
 
 use crate::support::{CompanionServer, RedisServer};
 use crate::{policy, store_at};
+use axum::body::Body;
+use axum::http::{HeaderMap, Request};
 use multitokens::companion::api::{self, AppState};
 use serde_json::{json, Value};
 use std::sync::Arc;
+use tower::ServiceExt;
 
 const ADMIN: &str = "admin-key-for-tests-0123456789";
 const INTERNAL: &str = "internal-key-for-tests-0123456789";
 
+/// The API's router over a store on real Redis; every request goes through `oneshot`.
 struct Api {
-    base: String,
-    agent: ureq::Agent,
-    _shutdown: tokio::sync::oneshot::Sender<()>,
-    _runtime: tokio::runtime::Runtime,
+    app: axum::Router,
+    runtime: tokio::runtime::Runtime,
+}
+
+/// What the API answered.
+struct Reply {
+    status: u16,
+    headers: HeaderMap,
+    body: Value,
 }
 
 impl Api {
     fn start(redis_url: &str) -> Api {
+        Api::with_internal_key(redis_url, Some(INTERNAL))
+    }
+
+    fn with_internal_key(redis_url: &str, internal_key: Option<&str>) -> Api {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let mut p = policy();
         p.max_tokens_per_user = Some(5);
         let store = runtime.block_on(async { store_at(redis_url, p, None) });
-        let state = AppState { store: Arc::new(store), admin_key: ADMIN.into(), internal_key: Some(INTERNAL.into()) };
-        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        runtime.spawn(api::run(listener, state, async move {
-            let _ = rx.await;
-        }));
-        Api { base, agent: crate::support::http_agent(), _shutdown: tx, _runtime: runtime }
+        let state = AppState { store: Arc::new(store), admin_key: ADMIN.into(), internal_key: internal_key.map(Into::into) };
+        Api { app: api::app(state), runtime }
     }
 
+    /// One request: method, path with query, headers and raw body.
+    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Reply {
+        let mut request = Request::builder().method(method).uri(path);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Body::from(body)).unwrap();
+        self.runtime.block_on(async {
+            let response = self.app.clone().oneshot(request).await.unwrap();
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+            Reply { status, headers, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) }
+        })
+    }
+
+    /// A JSON call: (status, body, `WWW-Authenticate`).
     fn call(&self, method: &str, path: &str, auth: Option<&str>, body: Option<Value>) -> (u16, Value, Option<String>) {
-        let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
-        let r = crate::support::http_call(&self.agent, method, &format!("{}{}", self.base, path), &headers, body);
-        (r.status, r.body, r.challenge)
+        let mut headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+        let bytes = match body {
+            Some(b) => {
+                headers.push(("content-type", "application/json"));
+                b.to_string().into_bytes()
+            }
+            None => Vec::new(),
+        };
+        let r = self.request(method, path, &headers, bytes);
+        let challenge = r.headers.get("www-authenticate").and_then(|v| v.to_str().ok()).map(str::to_string);
+        (r.status, r.body, challenge)
     }
 
-    /// A request on its own connection (the server may close it, e.g. after a 413).
+    /// An admin POST with any content type and body.
     fn raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
-        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).max_idle_connections(0).build().into();
-        let req = ureq::http::Request::builder()
-            .method("POST")
-            .uri(format!("{}{}", self.base, path))
-            .header("authorization", format!("Bearer {ADMIN}"))
-            .header("content-type", content_type)
-            .body(body)
-            .unwrap();
-        let response = agent.run(req).unwrap();
-        let status = response.status().as_u16();
-        let text = response.into_body().read_to_string().unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        let r = self.request("POST", path, &[("authorization", &format!("Bearer {ADMIN}")), ("content-type", content_type)], body);
+        (r.status, r.body)
     }
 }
 
@@ -186,7 +209,7 @@ fn health_readiness_and_internal_lookup() {
     assert_eq!(api.call("GET", "/readyz", None, None).0, 200);
     let (_, issued, _) = api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "dora", "device": "d", "ttl": 100})));
     let token = issued["token"].as_str().unwrap();
-    let store = api._runtime.block_on(async { store_at(&redis.url(), policy(), None) });
+    let store = api.runtime.block_on(async { store_at(&redis.url(), policy(), None) });
     let (tag, digest) = store.digest_of(token).unwrap();
     let internal = format!("Bearer {INTERNAL}");
     let lookup = format!("/v1/internal/lookup?tag={}&digest={}&refresh_ttl=500", tag.to_hex(), digest.to_hex());
@@ -224,13 +247,11 @@ fn health_readiness_and_internal_lookup() {
 fn internal_endpoints_need_their_own_key() {
     let redis = RedisServer::start();
     // no internal key: the filter's endpoints are disabled, the rest works
-    let server = CompanionServer::start(&redis.url(), &[("MULTITOKENS_ADMIN_KEY", ADMIN)]);
-    let agent = crate::support::http_agent();
-    let url = format!("{}/v1/internal/revocations", server.base());
+    let api = Api::with_internal_key(&redis.url(), None);
     for key in [ADMIN, INTERNAL] {
-        let r = crate::support::http_call(&agent, "GET", &url, &[("authorization", &format!("Bearer {key}"))], None);
-        assert_eq!(r.status, 403);
-        assert!(r.body["detail"].as_str().unwrap().contains("MULTITOKENS_INTERNAL_KEY"));
+        let (status, body, _) = api.call("GET", "/v1/internal/revocations", Some(&format!("Bearer {key}")), None);
+        assert_eq!(status, 403);
+        assert!(body["detail"].as_str().unwrap().contains("MULTITOKENS_INTERNAL_KEY"));
     }
     // the admin key cannot double as the internal key
     let out = crate::support::companion(
@@ -245,11 +266,8 @@ fn internal_endpoints_need_their_own_key() {
 #[test]
 fn a_wrong_key_is_told_which_key_the_endpoint_needs_and_the_feed_starts_at_0() {
     let redis = RedisServer::start();
-    let server = CompanionServer::start(&redis.url(), &[("MULTITOKENS_ADMIN_KEY", ADMIN), ("MULTITOKENS_INTERNAL_KEY", INTERNAL)]);
-    let agent = crate::support::http_agent();
-    let call = |path: &str, key: &str| {
-        crate::support::http_call(&agent, "GET", &format!("{}{path}", server.base()), &[("authorization", &format!("Bearer {key}"))], None)
-    };
+    let api = Api::start(&redis.url());
+    let call = |path: &str, key: &str| api.request("GET", path, &[("authorization", &format!("Bearer {key}"))], Vec::new());
     let r = call("/v1/internal/revocations", ADMIN);
     assert_eq!(r.status, 403);
     assert_eq!(r.body["detail"], "Invalid internal key: this endpoint needs the internal key (MULTITOKENS_INTERNAL_KEY).");
@@ -276,15 +294,9 @@ fn a_wrong_key_is_told_which_key_the_endpoint_needs_and_the_feed_starts_at_0() {
         assert!(detail.contains(needle), "{path}: {detail}");
     }
     for (body, needle) in [(serde_json::json!({"user": 5}), "user: invalid type"), (serde_json::json!({"user": "a", "ttl": [1]}), "ttl")] {
-        let r = crate::support::http_call(
-            &agent,
-            "POST",
-            &format!("{}/v1/tokens", server.base()),
-            &[("authorization", &format!("Bearer {ADMIN}"))],
-            Some(body.clone()),
-        );
-        assert_eq!(r.status, 400, "{body}");
-        assert!(r.body["detail"].as_str().unwrap().contains(needle), "{body}: {}", r.body);
+        let (status, answer, _) = api.call("POST", "/v1/tokens", admin(), Some(body.clone()));
+        assert_eq!(status, 400, "{body}");
+        assert!(answer["detail"].as_str().unwrap().contains(needle), "{body}: {answer}");
     }
     let r = call("/v1/internal/revocations?after=yesterday", INTERNAL);
     assert_eq!(r.status, 400);
@@ -312,22 +324,21 @@ fn ext_authz_check_for_envoys_ext_authz_filter() {
     let api = Api::start(&redis.url());
     let (_, issued, _) = api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "fay", "device": "tv", "scopes": ["a", "b"]})));
     let token = issued["token"].as_str().unwrap();
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let ok =
-        agent.get(format!("{}/v1/ext_authz/api/orders?x=1", api.base)).header("authorization", &format!("Bearer {token}")).call().unwrap();
-    assert_eq!(ok.status().as_u16(), 200);
-    assert_eq!(ok.headers()["x-multitokens-user"], "fay");
-    assert_eq!(ok.headers()["x-multitokens-scopes"], "a b");
-    let denied = agent.post(format!("{}/v1/ext_authz/api", api.base)).header("authorization", "Bearer mt_nope").send_empty().unwrap();
-    assert_eq!(denied.status().as_u16(), 401);
-    assert_eq!(agent.get(format!("{}/v1/ext_authz/api", api.base)).call().unwrap().status().as_u16(), 401);
+    let bearer = format!("Bearer {token}");
+    let ok = api.request("GET", "/v1/ext_authz/api/orders?x=1", &[("authorization", &bearer)], Vec::new());
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.headers["x-multitokens-user"], "fay");
+    assert_eq!(ok.headers["x-multitokens-scopes"], "a b");
+    let denied = api.request("POST", "/v1/ext_authz/api", &[("authorization", "Bearer mt_nope")], Vec::new());
+    assert_eq!(denied.status, 401);
+    assert_eq!(api.request("GET", "/v1/ext_authz/api", &[], Vec::new()).status, 401);
     // identity values outside ASCII go out as their UTF-8 bytes (as the filter sets them), never dropped
     let (_, issued, _) = api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "José", "device": "Zoë's ☎"})));
-    let token = issued["token"].as_str().unwrap();
-    let ok = agent.get(format!("{}/v1/ext_authz/api", api.base)).header("authorization", &format!("Bearer {token}")).call().unwrap();
-    assert_eq!(ok.status().as_u16(), 200);
-    assert_eq!(ok.headers()["x-multitokens-user"].as_bytes(), "José".as_bytes());
-    assert_eq!(ok.headers()["x-multitokens-device"].as_bytes(), "Zoë's ☎".as_bytes());
+    let bearer = format!("Bearer {}", issued["token"].as_str().unwrap());
+    let ok = api.request("GET", "/v1/ext_authz/api", &[("authorization", &bearer)], Vec::new());
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.headers["x-multitokens-user"].as_bytes(), "José".as_bytes());
+    assert_eq!(ok.headers["x-multitokens-device"].as_bytes(), "Zoë's ☎".as_bytes());
     // user ids and devices with whitespace at either end are refused at issuance
     for body in [json!({"user": " root"}), json!({"user": "root\t"}), json!({"user": "bob", "device": "tv "})] {
         let (status, answer, _) = api.call("POST", "/v1/tokens", admin(), Some(body.clone()));

@@ -13,7 +13,7 @@
 use multitokens::filter::header_map;
 pub use multitokens::filter::header_map::RawHeaders;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -393,32 +393,25 @@ fn link(linker: &mut Linker<State>) {
         .unwrap();
 }
 
-/// Reads one RESP value off a stream and returns its raw bytes (the host does no interpretation).
-fn read_resp(reader: &mut impl BufRead, out: &mut Vec<u8>, depth: usize) -> std::io::Result<()> {
-    if depth > 32 {
-        return Err(std::io::Error::other("RESP nested too deep"));
-    }
-    let mut line = Vec::new();
-    reader.read_until(b'\n', &mut line)?;
-    if line.len() < 3 || !line.ends_with(b"\r\n") {
-        return Err(std::io::Error::other("connection closed mid-reply"));
-    }
-    out.extend_from_slice(&line);
-    let n: i64 = std::str::from_utf8(&line[1..line.len() - 2]).ok().and_then(|s| s.parse().ok()).unwrap_or(-1);
-    match line[0] {
-        b'$' if n >= 0 => {
-            let mut data = vec![0u8; n as usize + 2];
-            reader.read_exact(&mut data)?;
-            out.extend(data);
+/// Reads one RESP reply off a stream with core's decoder and returns its raw bytes (the host
+/// hands them to the guest uninterpreted, as Envoy does).
+fn read_resp(reader: &mut impl Read) -> std::io::Result<Vec<u8>> {
+    use multitokens::core::resp::{decode_prefix, RespError};
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match decode_prefix(&received) {
+            Ok((_, used)) if used == received.len() => return Ok(received),
+            Ok(_) => return Err(std::io::Error::other("bytes after the reply")),
+            Err(RespError::Incomplete) => {}
+            Err(e) => return Err(std::io::Error::other(format!("not RESP: {e:?}"))),
         }
-        b'*' if n > 0 => {
-            for _ in 0..n {
-                read_resp(reader, out, depth + 1)?;
-            }
+        let n = reader.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::Error::other("connection closed mid-reply"));
         }
-        _ => {}
+        received.extend_from_slice(&chunk[..n]);
     }
-    Ok(())
 }
 
 /// A loaded filter under test.
@@ -555,7 +548,7 @@ impl TestHost {
         let stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
         stream.set_read_timeout(Some(timeout)).ok()?;
         let mut writer = stream.try_clone().ok()?;
-        let mut reader = BufReader::new(stream);
+        let mut reader = stream;
         let mut prelude = Vec::new();
         if let Some((_, user, pass, _)) = &init {
             match (user.is_empty(), pass.is_empty()) {
@@ -569,13 +562,10 @@ impl TestHost {
         }
         for command in prelude {
             writer.write_all(&command).ok()?;
-            let mut ignored = Vec::new();
-            read_resp(&mut reader, &mut ignored, 0).ok()?;
+            read_resp(&mut reader).ok()?;
         }
         writer.write_all(query).ok()?;
-        let mut reply = Vec::new();
-        read_resp(&mut reader, &mut reply, 0).ok()?;
-        Some(reply)
+        read_resp(&mut reader).ok()
     }
 }
 
