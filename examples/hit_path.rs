@@ -1,53 +1,17 @@
 //! Native micro-benchmark of the filter's request path (what `make bench` reports as "where the
 //! time goes"): the whole cache-hit decision and its parts, in nanoseconds per request, with a
-//! minimal in-memory host. Prints one JSON line.
+//! the in-memory host the unit tests use. Prints one JSON line.
 
 use multitokens::core::token;
 use multitokens::filter::config::Compiled;
 use multitokens::filter::flow::HttpFlow;
-use multitokens::filter::host::{Host, Step};
+use multitokens::filter::host::Step;
 use multitokens::filter::identity::Identity;
-use multitokens::filter::lookup::{Answer, FeedPage, LookupRequest};
-use multitokens::filter::metric::Metric;
-use multitokens::filter::reply::LocalReply;
+use multitokens::filter::lookup::{Answer, FeedPage};
+use multitokens::filter::memory_host::MemoryHost;
 use multitokens::filter::worker::Worker;
 use std::hint::black_box;
 use std::time::Instant;
-
-/// Headers in a small vector, as a proxy hands them over.
-struct MemoryHost {
-    headers: Vec<(Vec<u8>, Vec<u8>)>,
-    calls: u32,
-}
-
-impl Host for MemoryHost {
-    fn request_headers(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        self.headers.clone()
-    }
-    fn set_header(&mut self, name: &str, value: &[u8]) {
-        match self.headers.iter_mut().find(|(k, _)| k == name.as_bytes()) {
-            Some(h) => value.clone_into(&mut h.1),
-            None => self.headers.push((name.as_bytes().to_vec(), value.to_vec())),
-        }
-    }
-    fn remove_header(&mut self, name: &str) {
-        self.headers.retain(|(k, _)| k != name.as_bytes());
-    }
-    fn request_trailers(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        Vec::new()
-    }
-    fn remove_trailer(&mut self, _: &str) {}
-    fn send_reply(&mut self, _: &LocalReply) {}
-    fn client_address(&self) -> Option<Vec<u8>> {
-        None
-    }
-    fn dispatch_lookup(&mut self, _: &LookupRequest) -> Result<u32, String> {
-        self.calls += 1;
-        Ok(self.calls)
-    }
-    fn count(&mut self, _: Metric) {}
-    fn warn(&self, _: &str) {}
-}
 
 fn per_op(iterations: u32, f: impl FnMut(u32)) -> f64 {
     let mut f = f;
@@ -69,12 +33,10 @@ fn main() {
     let mut worker = Worker::new(compiled);
     worker.apply_feed(FeedPage { cursor: "1-0".into(), digests: vec![], reset: false, more: false }, 0);
     let tokens: Vec<String> = (0..1000).filter_map(|i| token::generate("mt", &format!("user-{}", i % 100)).ok()).collect();
-    let mut host = MemoryHost { headers: Vec::new(), calls: 0 };
+    let mut host = MemoryHost::default();
     let reset = |host: &mut MemoryHost, t: &str| {
-        host.headers.clear();
-        host.headers.push((b":method".to_vec(), b"GET".to_vec()));
-        host.headers.push((b":path".to_vec(), b"/api/bench".to_vec()));
-        host.headers.push((b"authorization".to_vec(), format!("Bearer {t}").into_bytes()));
+        host.reset("GET", b"/api/bench");
+        host.add_header("authorization", format!("Bearer {t}").as_bytes());
     };
     // prime the cache: one lookup per token
     for (i, t) in tokens.iter().enumerate() {
@@ -118,6 +80,6 @@ fn main() {
         cache,
         malformed - host_setup,
         hits,
-        host.calls
+        host.lookups.len()
     );
 }

@@ -337,49 +337,7 @@ mod tests {
     use crate::core::digest::TokenHasher;
     use crate::filter::companion_transport;
     use crate::filter::lookup;
-    use crate::filter::reply::LocalReply;
-    use std::collections::HashMap;
-
-    #[derive(Default)]
-    struct MockHost {
-        headers: HashMap<String, Vec<u8>>,
-        trailers: HashMap<String, Vec<u8>>,
-        replies: Vec<LocalReply>,
-        lookups: Vec<String>,
-        metrics: Vec<Metric>,
-    }
-
-    impl Host for MockHost {
-        fn request_headers(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-            self.headers.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.clone())).collect()
-        }
-        fn set_header(&mut self, name: &str, value: &[u8]) {
-            self.headers.insert(name.into(), value.to_vec());
-        }
-        fn remove_header(&mut self, name: &str) {
-            self.headers.remove(name);
-        }
-        fn request_trailers(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-            self.trailers.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.clone())).collect()
-        }
-        fn remove_trailer(&mut self, name: &str) {
-            self.trailers.remove(name);
-        }
-        fn send_reply(&mut self, reply: &LocalReply) {
-            self.replies.push(reply.clone());
-        }
-        fn client_address(&self) -> Option<Vec<u8>> {
-            Some(b"192.0.2.7:40000".to_vec())
-        }
-        fn dispatch_lookup(&mut self, request: &LookupRequest) -> Result<u32, String> {
-            self.lookups.push(request.path());
-            Ok(self.lookups.len() as u32)
-        }
-        fn count(&mut self, metric: Metric) {
-            self.metrics.push(metric);
-        }
-        fn warn(&self, _: &str) {}
-    }
+    use crate::filter::memory_host::MemoryHost;
 
     fn worker(extra: &str) -> Worker {
         let json = format!(
@@ -389,20 +347,19 @@ mod tests {
         Worker::new(Compiled::parse(json.as_bytes()).unwrap())
     }
 
-    fn request(path: &str, auth: Option<&str>) -> MockHost {
-        let mut h = MockHost::default();
-        h.headers.insert(":method".into(), b"GET".to_vec());
-        h.headers.insert(":path".into(), path.as_bytes().to_vec());
-        h.headers.insert("x-multitokens-user".into(), b"spoofed".to_vec());
+    fn request(path: &str, auth: Option<&str>) -> MemoryHost {
+        let mut h = MemoryHost::request("GET", path.as_bytes());
+        h.client_address = Some(b"192.0.2.7:40000".to_vec());
+        h.add_header("x-multitokens-user", b"spoofed");
         if let Some(a) = auth {
-            h.headers.insert("authorization".into(), a.as_bytes().to_vec());
+            h.add_header("authorization", a.as_bytes());
         }
         h
     }
 
     const VALID: &[u8] = br#"{"active":true,"user":"alice","device":"phone","scopes":["read"],"expires_in":3600,"id":"abc"}"#;
 
-    fn run(w: &mut Worker, path: &str, token: &str, answer: Option<(Option<u32>, &[u8])>, now: u64) -> MockHost {
+    fn run(w: &mut Worker, path: &str, token: &str, answer: Option<(Option<u32>, &[u8])>, now: u64) -> MemoryHost {
         let mut h = request(path, Some(&format!("Bearer {token}")));
         let mut flow = HttpFlow::new();
         let step = flow.on_request_headers(&mut h, w, now);
@@ -439,15 +396,15 @@ mod tests {
         let mut w = worker("");
         let t = token::generate("mt", "alice").unwrap();
         let mut h = request("/api", None);
-        h.headers.insert("authorization".into(), [b"Bearer ".as_slice(), t.as_bytes(), b"\xff"].concat());
-        h.headers.insert("user-agent".into(), b"\xff\xfe".to_vec());
+        h.set_header("authorization", &[b"Bearer ".as_slice(), t.as_bytes(), b"\xff"].concat());
+        h.set_header("user-agent", b"\xff\xfe");
         assert_eq!(HttpFlow::new().on_request_headers(&mut h, &mut w, 0), Step::Replied);
         assert_eq!(h.replies[0].status, 401);
         assert!(h.replies[0].body.contains("Invalid token."));
-        assert!(h.lookups.is_empty() && h.metrics.contains(&Metric::DeniedMalformed));
+        assert!(h.lookups.is_empty() && h.counted(Metric::DeniedMalformed) > 0);
         // a path that is not UTF-8 is no canonical path: refused, never excluded by accident
         let mut h = request("/healthz", None);
-        h.headers.insert(":path".into(), b"/\xffhealthz".to_vec());
+        h.set_header(":path", b"/\xffhealthz");
         assert_eq!(HttpFlow::new().on_request_headers(&mut h, &mut w, 0), Step::Replied);
         assert_eq!(h.replies[0].status, 400);
     }
@@ -462,7 +419,7 @@ mod tests {
         {
             let mut h = request(raw, None);
             assert_eq!(HttpFlow::new().on_request_headers(&mut h, &mut w, 0), Step::Replied, "{raw}");
-            assert_eq!((h.replies[0].status, h.metrics[0]), (400, Metric::DeniedBadPath), "{raw}");
+            assert_eq!((h.replies[0].status, h.counted(Metric::DeniedBadPath)), (400, 1), "{raw}");
             let h = run(&mut w, raw, &t, Some((Some(200), VALID)), 0);
             assert_eq!(h.replies[0].status, 400, "{raw} with a token");
             assert!(h.lookups.is_empty());
@@ -480,7 +437,7 @@ mod tests {
         for path in ["/healthz", "/api"] {
             let mut h = request(path, Some(&format!("Bearer {t}")));
             for name in ["x_multitokens_user", "x-multitokens_scopes", "X_MULTITOKENS_TOKEN_ID", "x-multitokens-device"] {
-                h.headers.insert(name.into(), b"admin".to_vec());
+                h.set_header(name, b"admin");
             }
             let mut flow = HttpFlow::new();
             if flow.on_request_headers(&mut h, &mut w, 0) == Step::Pause {
@@ -488,11 +445,11 @@ mod tests {
             }
             let left: Vec<_> = h.headers.iter().filter(|(_, v)| v.as_slice() == b"admin").map(|(k, _)| k.clone()).collect();
             assert!(left.is_empty(), "{path}: {left:?} reached the upstream");
-            h.trailers.insert("x_multitokens_user".into(), b"admin".to_vec());
-            h.trailers.insert("x-multitokens-user".into(), b"admin".to_vec());
-            h.trailers.insert("grpc-status".into(), b"0".to_vec());
+            h.add_trailer("x_multitokens_user", b"admin");
+            h.add_trailer("x-multitokens-user", b"admin");
+            h.add_trailer("grpc-status", b"0");
             flow.on_request_trailers(&mut h, &w);
-            assert_eq!(h.trailers.keys().collect::<Vec<_>>(), ["grpc-status"], "trailers cannot add identity headers");
+            assert_eq!(h.trailer_names(), ["grpc-status"], "trailers cannot add identity headers");
         }
     }
 
@@ -501,14 +458,14 @@ mod tests {
         let mut w = worker("");
         let mut h = request("/healthz", None);
         assert_eq!(HttpFlow::new().on_request_headers(&mut h, &mut w, 0), Step::Continue);
-        assert!(!h.headers.contains_key("x-multitokens-user"), "spoofed header removed on excluded path");
+        assert!(!h.header("x-multitokens-user").is_some(), "spoofed header removed on excluded path");
         let t = token::generate("mt", "alice").unwrap();
         let h = run(&mut w, "/api", &t, Some((Some(200), VALID)), 0);
-        assert_eq!(h.headers["x-multitokens-user"], b"alice");
-        assert_eq!(h.headers["x-multitokens-device"], b"phone");
-        assert_eq!(h.headers["x-multitokens-scopes"], b"read");
-        assert_eq!(h.headers["x-multitokens-token-id"], b"abc");
-        assert!(!h.headers.contains_key("authorization"), "credential stripped");
+        assert_eq!(h.header("x-multitokens-user").unwrap(), b"alice");
+        assert_eq!(h.header("x-multitokens-device").unwrap(), b"phone");
+        assert_eq!(h.header("x-multitokens-scopes").unwrap(), b"read");
+        assert_eq!(h.header("x-multitokens-token-id").unwrap(), b"abc");
+        assert!(!h.header("authorization").is_some(), "credential stripped");
         assert!(h.lookups[0].contains(&format!("digest={}", TokenHasher::new(None).digest(&t).to_hex())));
         assert!(!h.lookups[0].contains(&t[3..]), "the token itself never leaves the filter");
     }
@@ -525,8 +482,8 @@ mod tests {
         assert!(w.cache.is_empty(), "the first page after start drops every verdict");
         assert_eq!(run(&mut w, "/api", &t, Some((Some(200), VALID)), 1250).lookups.len(), 1);
         let h = run(&mut w, "/api", &t, None, 1300);
-        assert!(h.lookups.is_empty() && h.metrics.contains(&Metric::CacheHit));
-        assert_eq!(h.headers["x-multitokens-user"], b"alice");
+        assert!(h.lookups.is_empty() && h.counted(Metric::CacheHit) > 0);
+        assert_eq!(h.header("x-multitokens-user").unwrap(), b"alice");
         // revoked through the feed: the next request asks the store
         let digest = TokenHasher::new(None).digest(&t).to_hex();
         assert_eq!(w.apply_feed(lookup::FeedPage { cursor: "2-0".into(), digests: vec![digest], reset: false, more: false }, 1400), 1);
@@ -552,7 +509,7 @@ mod tests {
         w.apply_feed(lookup::FeedPage { cursor: "2-0".into(), digests: vec![], reset: false, more: false }, 2550);
         let h = run(&mut w, "/api", &t, Some((Some(200), br#"{"active":false}"#)), 2600);
         assert_eq!(h.lookups.len(), 1);
-        assert!(h.metrics.contains(&Metric::TickOverdue));
+        assert!(h.counted(Metric::TickOverdue) > 0);
         assert_eq!(h.replies[0].status, 401, "revoked in the store: refused");
         // the tick comes back: the cache is trusted again
         follow_feed(&mut w, 2700);
@@ -585,7 +542,7 @@ mod tests {
         assert!(h.replies[0].body.contains("Request was throttled. Expected available in 31 seconds."));
         let h = run(&mut w, "/api", &forged[2], None, 30_001);
         assert_eq!((h.replies[0].status, h.lookups.len()), (429, 0), "no callout while throttled");
-        assert!(h.metrics.contains(&Metric::DeniedThrottled));
+        assert!(h.counted(Metric::DeniedThrottled) > 0);
         assert!(run(&mut w, "/api", &good, None, 30_002).replies.is_empty(), "a cached valid token still passes");
         follow_feed(&mut w, 60_000);
         assert_eq!(run(&mut w, "/api", &forged[3], unknown, 60_010).replies[0].status, 401, "a new window");
@@ -675,8 +632,8 @@ mod tests {
         run(&mut w, "/api", &known, Some((Some(200), VALID)), 0);
         let h = run(&mut w, "/api", &known, Some((None, b"")), 5000);
         assert!(h.replies.is_empty(), "accepted from the stale cache");
-        assert!(h.metrics.contains(&Metric::AllowedStale));
-        assert_eq!(h.headers["x-multitokens-user"], b"alice");
+        assert!(h.counted(Metric::AllowedStale) > 0);
+        assert_eq!(h.header("x-multitokens-user").unwrap(), b"alice");
         let h = run(&mut w, "/api", &known, Some((None, b"")), 10_001);
         assert_eq!(h.replies[0].status, 503, "beyond the window");
         let stranger = token::generate("mt", "bob").unwrap();

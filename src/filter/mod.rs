@@ -13,6 +13,7 @@ pub mod header_map;
 pub mod host;
 pub mod identity;
 pub mod lookup;
+pub mod memory_host;
 pub mod metric;
 pub mod path;
 pub mod redis_transport;
