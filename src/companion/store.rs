@@ -258,6 +258,7 @@ impl TokenStore {
                 created,
                 scopes: req.scopes.clone(),
                 expires_at: self.policy.max_lifetime.map(|max| created + max),
+                lifetime_ms: ttl.seconds().map(|s| s * 1000),
             };
             let json = record.to_json()?;
             let reply: Vec<Value> = self

@@ -31,6 +31,10 @@ pub struct TokenRecord {
     /// Optional absolute expiry (Unix seconds) that no TTL reset or refresh extends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
+    /// The lifetime the token was issued with, in milliseconds (absent: immortal). A login's TTL
+    /// reset and a sliding refresh re-arm the token's TTL up to this, never beyond.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime_ms: Option<u64>,
 }
 
 impl TokenRecord {
@@ -59,6 +63,7 @@ mod tests {
             device: "laptop".into(),
             created: 1_700_000_000,
             scopes: vec!["read".into()],
+            lifetime_ms: Some(60_000),
             expires_at: None,
         };
         assert_eq!(TokenRecord::from_json(r.to_json().unwrap().as_bytes()).unwrap(), r);

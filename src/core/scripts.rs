@@ -7,23 +7,29 @@
 //! script that walks the index; the index lives at least as long as its longest-lived record
 //! (so "log out everywhere" always finds every live token).
 
-/// Setting a record's TTL without ever passing its absolute expiry (`expires_at`, Unix seconds).
+/// Setting a record's TTL without ever passing its absolute expiry (`expires_at`, Unix seconds) or
+/// the lifetime it was issued with (`lifetime_ms`).
 macro_rules! ttl_helpers {
     () => {
         r#"
--- Milliseconds a record may still live under its absolute expiry (nil: it has none).
-local function hard_left(key)
+-- The record's limits: ms left under its absolute expiry (nil: none), its issued lifetime in ms
+-- (nil: immortal or written before lifetimes were kept).
+local function limits(key)
   local ok, rec = pcall(cjson.decode, redis.call('GET', key))
-  if ok and type(rec) == 'table' and type(rec.expires_at) == 'number' then
+  if not ok or type(rec) ~= 'table' then return nil, nil end
+  local left, lifetime = nil, nil
+  if type(rec.expires_at) == 'number' then
     local t = redis.call('TIME')
-    return rec.expires_at * 1000 - (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+    left = rec.expires_at * 1000 - (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
   end
-  return nil
+  if type(rec.lifetime_ms) == 'number' and rec.lifetime_ms > 0 then lifetime = rec.lifetime_ms end
+  return left, lifetime
 end
 
--- Sets a record's TTL in ms (0: immortal), capped by its absolute expiry.
+-- Sets a record's TTL in ms (0: immortal), capped by its issued lifetime and absolute expiry.
 local function set_ttl(key, ms)
-  local left = hard_left(key)
+  local left, lifetime = limits(key)
+  if lifetime and (ms == 0 or ms > lifetime) then ms = lifetime end
   if left then
     if left <= 0 then
       redis.call('DEL', key)
@@ -232,7 +238,8 @@ return out
 "#;
 
 /// Sliding expiry: pushes a mortal token's TTL out to the given value (never shortens it, never
-/// touches immortal tokens, never passes the absolute expiry; only extensions of a second or more)
+/// touches immortal tokens, never passes the issued lifetime or the absolute expiry; only
+/// extensions of a second or more)
 /// and keeps the user's index alive at least as long.
 ///
 /// KEYS: record. ARGV: TTL ms, index key prefix. Returns 1 if refreshed, else 0.
@@ -242,7 +249,8 @@ pub const REFRESH: &str = concat!(
 local ttl = tonumber(ARGV[1])
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl < 0 then return 0 end
-local left = hard_left(KEYS[1])
+local left, lifetime = limits(KEYS[1])
+if lifetime and lifetime < ttl then ttl = lifetime end
 if left and left < ttl then ttl = left end
 -- refresh only what it extends by a second or more (clamped TTLs differ by clock noise)
 if ttl - pttl < 1000 then return 0 end

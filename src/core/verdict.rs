@@ -87,7 +87,7 @@ mod tests {
     use super::*;
 
     fn json(expires_at: Option<u64>) -> Vec<u8> {
-        TokenRecord { id: "i".into(), user: "u".into(), device: String::new(), created: 10, scopes: vec![], expires_at }
+        TokenRecord { id: "i".into(), user: "u".into(), device: String::new(), created: 10, scopes: vec![], expires_at, lifetime_ms: None }
             .to_json()
             .unwrap()
             .into_bytes()

@@ -121,7 +121,7 @@ mod tests {
     #[test]
     fn lookup_replies() {
         let record =
-            TokenRecord { id: "i".into(), user: "u".into(), device: "d".into(), created: 1, scopes: vec!["s".into()], expires_at: None }
+            TokenRecord { id: "i".into(), user: "u".into(), device: "d".into(), created: 1, scopes: vec!["s".into()], expires_at: None, lifetime_ms: None }
                 .to_json()
                 .unwrap();
         let valid = format!("*2\r\n${}\r\n{}\r\n:5000\r\n", record.len(), record);

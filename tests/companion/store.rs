@@ -124,12 +124,13 @@ async fn immortal_tokens_and_ttl_reset_with_overwrite_none_ttl() {
     assert_eq!(store.whoami(&immortal.token).await.unwrap().expires_in, None);
     let short = store.issue(IssueRequest { user: "hank".into(), ttl: Some(TokenTtl::Seconds(50)), ..Default::default() }).await.unwrap();
     assert!(pttl_of_token(&redis, &store, &short.token) <= 50_000);
-    // the next login resets both to token_ttl, the immortal one included (overwrite_none_ttl)
+    // the next login resets the immortal one to token_ttl (overwrite_none_ttl), and re-arms the
+    // short one to the 50 s it was issued with, never stretching it to token_ttl
     store.issue(req("hank", "third")).await.unwrap();
-    for t in [&immortal.token, &short.token] {
-        let pttl = pttl_of_token(&redis, &store, t);
-        assert!((990_000..=1_000_000).contains(&pttl), "pttl {pttl}");
-    }
+    let pttl = pttl_of_token(&redis, &store, &immortal.token);
+    assert!((990_000..=1_000_000).contains(&pttl), "pttl {pttl}");
+    let pttl = pttl_of_token(&redis, &store, &short.token);
+    assert!((40_000..=50_000).contains(&pttl), "pttl {pttl}");
 }
 
 #[tokio::test]
@@ -144,7 +145,7 @@ async fn overwrite_none_ttl_false_keeps_immortal_tokens_immortal() {
         store.issue(IssueRequest { user: "ivy".into(), ttl: Some(TokenTtl::Seconds(50)), ..Default::default() }).await.unwrap().token;
     store.issue(req("ivy", "third")).await.unwrap();
     assert_eq!(pttl_of_token(&redis, &store, &immortal), -1);
-    assert!(pttl_of_token(&redis, &store, &short) > 900_000, "mortal tokens are still reset");
+    assert!((40_000..=50_000).contains(&pttl_of_token(&redis, &store, &short)), "mortal tokens are re-armed to their own lifetime");
 }
 
 #[tokio::test]
@@ -158,12 +159,12 @@ async fn reset_disabled_and_reset_to_never() {
     store.issue(req("jack", "b")).await.unwrap();
     assert!(pttl_of_token(&redis, &store, &short) <= 50_000, "no reset when disabled");
 
-    // token_ttl = never: a login makes the user's other tokens immortal
+    // token_ttl = never: a login re-arms the user's other tokens, but a mortal one stays mortal
     p.reset_ttl_on_login = true;
     p.token_ttl = TokenTtl::Never;
     let store = store_at(&redis.url(), p, None);
     store.issue(req("jack", "c")).await.unwrap();
-    assert_eq!(pttl_of_token(&redis, &store, &short), -1);
+    assert!((40_000..=50_000).contains(&pttl_of_token(&redis, &store, &short)), "never stretched to immortal");
     let index = store.keys().index_key("jack");
     assert_eq!(redis.conn().pttl::<_, i64>(index).unwrap(), -1, "index of immortal tokens is persistent");
 }
@@ -278,9 +279,11 @@ async fn the_index_outlives_every_record() {
     assert!(index_ttl >= pttl_of_token(&redis, &store, &long), "index {index_ttl}");
     // a sliding refresh past the index's TTL extends the index too
     let (tag, digest) = store.digest_of(&long).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2100));
     assert!(store.refresh(tag, &digest, TokenTtl::Seconds(9000)).await.unwrap());
+    assert!(pttl_of_token(&redis, &store, &long) <= 5_000_000, "capped at the issued lifetime");
     let index_ttl: i64 = redis.conn().pttl(store.keys().index_key("pat")).unwrap();
-    assert!(index_ttl >= 9_000_000, "index {index_ttl}");
+    assert!(index_ttl >= pttl_of_token(&redis, &store, &long) + 900, "index {index_ttl}");
     assert!(!store.refresh(tag, &digest, TokenTtl::Seconds(100)).await.unwrap(), "refresh never shortens");
 }
 
@@ -351,4 +354,30 @@ async fn max_lifetime_caps_every_ttl_and_is_never_extended() {
     assert!(who.expires_in.unwrap() <= 100);
     let raw: String = redis.conn().get(store.keys().record_key(tag, &digest)).unwrap();
     assert!(raw.contains("\"expires_at\":"), "{raw}");
+}
+
+#[tokio::test]
+async fn reset_on_login_and_refresh_never_stretch_a_token_past_its_issued_lifetime() {
+    let redis = RedisServer::start();
+    let store = store_at(&redis.url(), policy(), None); // reset on login to 30 days
+    let short =
+        store.issue(IssueRequest { user: "ivy".into(), ttl: Some(TokenTtl::Seconds(60)), ..Default::default() }).await.unwrap().token;
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let issued = store.issue(req("ivy", "phone")).await.unwrap();
+    assert_eq!(issued.ttl_reset, 1, "the login still re-arms the other token's lifetime (the seed's semantics)");
+    let left = pttl_of_token(&redis, &store, &short);
+    assert!((58_000..=60_000).contains(&left), "re-armed to its own 60 s, not to token_ttl: {left} ms");
+    // a sliding refresh asking for a day is capped at the issued 60 s too
+    let (tag, digest) = store.digest_of(&short).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert!(store.refresh(tag, &digest, TokenTtl::Seconds(86_400)).await.unwrap());
+    let left = pttl_of_token(&redis, &store, &short);
+    assert!((58_000..=60_000).contains(&left), "refreshed to 60 s at most: {left} ms");
+    // reset-to-never (token_ttl never) re-arms a mortal token to its lifetime, never makes it immortal
+    let mut p = policy();
+    p.token_ttl = TokenTtl::Never;
+    let never = store_at(&redis.url(), p, None);
+    never.issue(req("ivy", "tablet")).await.unwrap();
+    let left = pttl_of_token(&redis, &store, &short);
+    assert!((0..=60_000).contains(&left), "still mortal, at most 60 s: {left} ms");
 }
