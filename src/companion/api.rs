@@ -2,8 +2,10 @@
 //! (authenticated by the token itself), RFC 7662 introspection, the filter's internal lookup,
 //! and health checks. Errors are JSON `{"detail": "..."}`.
 
+use super::edges::{valid_edge_id, EdgeRegistry, RevokeReport};
 use super::error::StoreError;
-use super::store::{IssueRequest, TokenStore};
+use super::feed::FeedFanout;
+use super::store::{now_ms, IssueRequest, Revocation, TokenStore};
 use crate::core::contract::{self, FeedQuery, LookupAnswer, LookupQuery};
 use crate::core::digest::TokenDigest;
 use crate::core::token::RoutingTag;
@@ -21,6 +23,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
@@ -36,7 +39,48 @@ pub struct AppState {
     pub admin_key: Arc<str>,
     /// The key the filter presents on the internal endpoints; `None` disables them.
     pub internal_key: Option<Arc<str>>,
+    /// The edges following the feed, and what each acknowledged.
+    pub edges: Arc<EdgeRegistry>,
+    /// The revocation feed, fanned out to long polls.
+    pub feed: Arc<FeedFanout>,
+    /// How long a revoke waits for the edges to apply it.
+    pub revoke_wait: Duration,
 }
+
+impl AppState {
+    /// The state over a store; [`AppState::spawn_followers`] starts its background tasks.
+    pub fn new(store: Arc<TokenStore>, admin_key: Arc<str>, internal_key: Option<Arc<str>>, revoke_wait: Duration) -> AppState {
+        let edges = EdgeRegistry::new(store.clone());
+        let feed = FeedFanout::new(store.clone());
+        AppState { store, admin_key, internal_key, edges, feed, revoke_wait }
+    }
+
+    /// Starts the background tasks (on the current tokio runtime): the feed's blocking reader,
+    /// the edge table's writer, and the sweep that publishes outboxes a dead companion left.
+    pub fn spawn_followers(&self, block: Duration) {
+        tokio::spawn(self.feed.clone().run(block));
+        tokio::spawn(self.edges.clone().run_flusher());
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            loop {
+                match store.publish_abandoned_outboxes().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(outboxes = n, "published revocations a companion had left unpublished"),
+                    Err(e) => tracing::warn!(error = %e, "outbox sweep failed"),
+                }
+                tokio::time::sleep(OUTBOX_SWEEP_EVERY).await;
+            }
+        });
+    }
+
+    /// Waits for the edges to apply a revocation and says how many did.
+    async fn confirm(&self, revocation: &Revocation) -> RevokeReport {
+        self.edges.confirm(revocation, self.revoke_wait).await
+    }
+}
+
+/// How often outboxes left behind are looked for.
+pub const OUTBOX_SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 impl FromRef<AppState> for Arc<TokenStore> {
     fn from_ref(state: &AppState) -> Self {
@@ -221,18 +265,18 @@ async fn list(_: Admin, State(store): State<Arc<TokenStore>>, PathArgs(user): Pa
     Ok(Json(store.list(&user).await?).into_response())
 }
 
-async fn revoke_user(_: Admin, State(store): State<Arc<TokenStore>>, PathArgs(user): PathArgs<String>) -> Result<Response, ApiError> {
-    let revoked = store.revoke_all(&user, None).await?;
-    Ok(Json(json!({ "revoked": revoked })).into_response())
+async fn revoke_user(_: Admin, State(state): State<AppState>, PathArgs(user): PathArgs<String>) -> Result<Response, ApiError> {
+    let revocation = state.store.revoke_all(&user, None).await?;
+    Ok(Json(state.confirm(&revocation).await).into_response())
 }
 
 async fn revoke_by_id(
     _: Admin,
-    State(store): State<Arc<TokenStore>>,
+    State(state): State<AppState>,
     PathArgs((user, id)): PathArgs<(String, String)>,
 ) -> Result<Response, ApiError> {
-    store.revoke_by_id(&user, &id).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    let revocation = state.store.revoke_by_id(&user, &id).await?;
+    Ok(Json(state.confirm(&revocation).await).into_response())
 }
 
 #[derive(Deserialize)]
@@ -279,15 +323,15 @@ async fn current(State(store): State<Arc<TokenStore>>, CallerToken(token): Calle
     Ok(Json(store.whoami(&token).await?).into_response())
 }
 
-async fn logout_current(State(store): State<Arc<TokenStore>>, CallerToken(token): CallerToken) -> Result<Response, ApiError> {
-    store.revoke(&token).await?;
-    Ok(Json(json!({ "revoked": 1 })).into_response())
+async fn logout_current(State(state): State<AppState>, CallerToken(token): CallerToken) -> Result<Response, ApiError> {
+    let revocation = state.store.revoke(&token).await?;
+    Ok(Json(state.confirm(&revocation).await).into_response())
 }
 
-async fn logout_others(State(store): State<Arc<TokenStore>>, CallerToken(token): CallerToken) -> Result<Response, ApiError> {
-    let me = store.whoami(&token).await?;
-    let revoked = store.revoke_all(&me.user, Some(&token)).await?;
-    Ok(Json(json!({ "revoked": revoked })).into_response())
+async fn logout_others(State(state): State<AppState>, CallerToken(token): CallerToken) -> Result<Response, ApiError> {
+    let me = state.store.whoami(&token).await?;
+    let revocation = state.store.revoke_all(&me.user, Some(&token)).await?;
+    Ok(Json(state.confirm(&revocation).await).into_response())
 }
 
 /// The filter's lookup: it sends the routing tag and digest, never the token (a bodiless GET).
@@ -327,13 +371,24 @@ async fn internal_lookup(
     .into_response())
 }
 
-/// The revocation feed for filters: digests revoked after a cursor.
+/// The revocation feed for filters: digests revoked after a cursor. With `wait_ms` it is a long
+/// poll (answered as soon as something is revoked); with `edge` the cursor acknowledges what
+/// that filter VM has applied.
 async fn internal_revocations(
     _: Internal,
-    State(store): State<Arc<TokenStore>>,
+    State(state): State<AppState>,
     QueryArgs(query): QueryArgs<FeedQuery>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(store.revocations_after(query.after.as_deref()).await?).into_response())
+    let wait = Duration::from_millis(query.wait_ms.unwrap_or(0)).min(super::feed::MAX_WAIT);
+    if let Some(edge) = &query.edge {
+        if !valid_edge_id(edge) {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, "edge must be 1 to 64 letters, digits, - or _."));
+        }
+        if let Some(after) = query.after.as_deref().filter(|a| super::store::stream_id(a).is_some()) {
+            state.edges.record(edge, after, now_ms() + wait.as_millis() as u64);
+        }
+    }
+    Ok(Json(state.feed.next_page(query.after.as_deref(), wait).await?).into_response())
 }
 
 /// Envoy `ext_authz` (HTTP service) check: Envoy forwards the request's `authorization` header to

@@ -4,10 +4,11 @@
 //! refused by `max_tokens_per_user`); 2 usage or configuration error; 3 Redis unreachable or
 //! failing. Errors are one line on stderr.
 
+use super::edges::{EdgeRegistry, RevokeReport};
 use super::error::StoreError;
 use super::server::{self, ServeError, KEY_DIFFERS};
 use super::settings::{Settings, SettingsLayer};
-use super::store::{IssueRequest, KeyCheck, TokenStore};
+use super::store::{IssueRequest, KeyCheck, Revocation, TokenStore};
 use crate::core::ttl::TokenTtl;
 use clap::{Parser, Subcommand};
 use std::io::{BufRead, Write};
@@ -179,6 +180,11 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String, Failure> {
     serde_json::to_string(value).map_err(|e| usage(format!("cannot write JSON output: {e}")))
 }
 
+/// Waits (at most `revoke_wait`) until the live edges applied a revocation, as the API does.
+async fn confirm(store: TokenStore, revocation: &Revocation, settings: &Settings) -> RevokeReport {
+    EdgeRegistry::new(std::sync::Arc::new(store)).confirm(revocation, settings.revoke_wait).await
+}
+
 async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
     let store = TokenStore::from_settings(&settings)?;
     match command {
@@ -199,13 +205,15 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
             print(&if json { to_json(&info)? } else { info.user })
         }
         Command::Revoke { token } => {
-            store.revoke(&read_token(&token)?).await?;
+            let revocation = store.revoke(&read_token(&token)?).await?;
+            confirm(store, &revocation, &settings).await;
             Ok(())
         }
         Command::RevokeAll { user, except, json } => {
             let except = except.as_deref().map(read_token).transpose()?;
-            let revoked = store.revoke_all(&user, except.as_deref()).await?;
-            print(&if json { serde_json::json!({ "revoked": revoked }).to_string() } else { revoked.to_string() })
+            let revocation = store.revoke_all(&user, except.as_deref()).await?;
+            let report = confirm(store, &revocation, &settings).await;
+            print(&if json { to_json(&report)? } else { report.revoked.to_string() })
         }
         Command::List { user, json } => {
             let tokens = store.list(&user).await?;

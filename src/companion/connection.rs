@@ -61,7 +61,7 @@ impl RedisTarget {
 #[derive(Clone)]
 pub enum Redis {
     /// One node, behind a reconnecting multiplexed connection.
-    Single(ConnectionManager),
+    Single(ConnectionManager, redis::Client, Duration),
     /// A cluster; connected on first use (so `serve` can start while Redis is down).
     Cluster(Arc<ClusterClient>, Arc<OnceCell<ClusterConnection>>),
 }
@@ -75,12 +75,13 @@ impl Redis {
         match target {
             RedisTarget::Single(url) => {
                 let client = redis::Client::open(url.as_str())?;
+                let manager_client = client.clone();
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(timeout))
                     .set_response_timeout(Some(timeout))
                     .set_number_of_retries(1)
                     .set_max_delay(Duration::from_millis(200));
-                Ok(Redis::Single(ConnectionManager::new_lazy_with_config(client, config)?))
+                Ok(Redis::Single(ConnectionManager::new_lazy_with_config(manager_client, config)?, client, timeout))
             }
             RedisTarget::Cluster(nodes) => {
                 let client =
@@ -90,10 +91,69 @@ impl Redis {
         }
     }
 
-    /// A connection to run commands on.
+    /// Every key matching `pattern`, from every node (each master of a cluster), by `SCAN`.
+    pub async fn scan_all(&self, pattern: &str) -> RedisResult<Vec<String>> {
+        let scan = |cursor: u64| {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
+            cmd
+        };
+        let mut found = Vec::new();
+        match self.conn().await? {
+            Conn::Single(mut c) => {
+                let mut cursor = 0u64;
+                loop {
+                    let (next, keys): (u64, Vec<String>) = scan(cursor).query_async(&mut c).await?;
+                    found.extend(keys);
+                    if next == 0 {
+                        return Ok(found);
+                    }
+                    cursor = next;
+                }
+            }
+            Conn::Dedicated(_) => Ok(found),
+            Conn::Cluster(mut c) => {
+                use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+                let nodes = c
+                    .route_command(redis::cmd("CLUSTER").arg("NODES").clone(), RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
+                    .await?;
+                let nodes: String = redis::FromRedisValue::from_redis_value(nodes)?;
+                for (host, port) in masters(&nodes) {
+                    let mut cursor = 0u64;
+                    loop {
+                        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host: host.clone(), port });
+                        let reply = c.route_command(scan(cursor), route).await?;
+                        let (next, keys): (u64, Vec<String>) = redis::FromRedisValue::from_redis_value(reply)?;
+                        found.extend(keys);
+                        if next == 0 {
+                            break;
+                        }
+                        cursor = next;
+                    }
+                }
+                Ok(found)
+            }
+        }
+    }
+
+    /// A connection of its own, for a blocking command (`XREAD BLOCK`) that must not hold up the
+    /// shared one; its response timeout is the configured timeout plus `block`.
+    pub async fn dedicated(&self, block: Duration) -> RedisResult<Conn> {
+        match self {
+            Redis::Single(_, client, timeout) => {
+                let config =
+                    redis::AsyncConnectionConfig::new().set_connection_timeout(Some(*timeout)).set_response_timeout(Some(*timeout + block));
+                let conn = client.get_multiplexed_async_connection_with_config(&config).await?;
+                Ok(Conn::Dedicated(conn))
+            }
+            Redis::Cluster(client, _) => Ok(Conn::Cluster(client.get_async_connection().await?)),
+        }
+    }
+
+    /// A connection (cheap: a handle on a shared multiplexed connection).
     pub async fn conn(&self) -> RedisResult<Conn> {
         match self {
-            Redis::Single(m) => Ok(Conn::Single(m.clone())),
+            Redis::Single(m, ..) => Ok(Conn::Single(m.clone())),
             Redis::Cluster(client, cell) => {
                 let c = cell.get_or_try_init(|| client.get_async_connection()).await?;
                 Ok(Conn::Cluster(c.clone()))
@@ -102,10 +162,29 @@ impl Redis {
     }
 }
 
+/// The reachable masters in `CLUSTER NODES` output: `(host, port)`.
+fn masters(nodes: &str) -> Vec<(String, u16)> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = fields.get(2)?;
+            if !flags.split(',').any(|f| f == "master") || flags.contains("fail") {
+                return None;
+            }
+            let address = fields.get(1)?.split('@').next()?;
+            let (host, port) = address.rsplit_once(':')?;
+            Some((host.to_string(), port.parse().ok()?))
+        })
+        .collect()
+}
+
 /// One usable connection, single or cluster.
 pub enum Conn {
-    /// One node.
+    /// One node, through the shared connection manager.
     Single(ConnectionManager),
+    /// One node, a connection of its own (for blocking commands).
+    Dedicated(redis::aio::MultiplexedConnection),
     /// A cluster (routes by key slot, follows redirections).
     Cluster(ClusterConnection),
 }
@@ -114,6 +193,7 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Dedicated(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -121,6 +201,7 @@ impl ConnectionLike for Conn {
     fn req_packed_commands<'a>(&'a mut self, pipeline: &'a Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Dedicated(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
@@ -128,6 +209,7 @@ impl ConnectionLike for Conn {
     fn get_db(&self) -> i64 {
         match self {
             Conn::Single(c) => c.get_db(),
+            Conn::Dedicated(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
         }
     }

@@ -4,7 +4,9 @@
 pub mod api;
 pub mod cli;
 pub mod connection;
+pub mod edges;
 pub mod error;
+pub mod feed;
 pub mod server;
 pub mod settings;
 pub mod store;

@@ -64,7 +64,9 @@ pub async fn serve(settings: &Settings, store: TokenStore) -> Result<(), ServeEr
         Err(e) => tracing::warn!(error = %e, "Redis is not reachable yet; /readyz answers 503 until it is"),
     }
     tracing::info!(listen = %addr, prefix = %settings.prefix, "multitokens API listening");
-    let state = AppState { store: Arc::new(store), admin_key, internal_key };
+    let state = AppState::new(Arc::new(store), admin_key, internal_key, settings.revoke_wait);
+    // the feed's blocking read returns well within the Redis timeout
+    state.spawn_followers((settings.redis_timeout / 2).min(std::time::Duration::from_secs(1)));
     api::run(listener, state, shutdown_signal()).await.map_err(ServeError::Io)
 }
 

@@ -18,6 +18,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// The Redis timeout when none is configured, in milliseconds.
 pub const DEFAULT_REDIS_TIMEOUT_MS: u64 = 2000;
 
+/// How long a revoke waits for the edges when nothing is configured, in milliseconds.
+pub const DEFAULT_REVOKE_WAIT_MS: u64 = 1000;
+
 /// What happens when a user already holds `max_tokens_per_user` live tokens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -88,6 +91,10 @@ pub struct SettingsLayer {
     /// Connect and response timeout towards Redis, in milliseconds, 1 to 60000 [default: 2000].
     #[arg(long, env = "MULTITOKENS_REDIS_TIMEOUT_MS", global = true, value_name = "MS")]
     pub redis_timeout_ms: Option<u64>,
+    /// How long a revoke waits for the live edges (filter VMs) to apply it, in milliseconds,
+    /// 0 to 10000; its answer says how many did [default: 1000].
+    #[arg(long, env = "MULTITOKENS_REVOKE_WAIT_MS", global = true, value_name = "MS")]
+    pub revoke_wait_ms: Option<u64>,
     /// Address `serve` listens on [default: 127.0.0.1:8080].
     #[arg(long, env = "MULTITOKENS_LISTEN", global = true, value_name = "ADDR")]
     pub listen: Option<String>,
@@ -168,6 +175,8 @@ pub struct Settings {
     pub internal_key: Option<String>,
     /// Connect and response timeout towards Redis.
     pub redis_timeout: Duration,
+    /// How long a revoke waits for the live edges to apply it.
+    pub revoke_wait: Duration,
     /// Listen address of `serve`.
     pub listen: String,
 }
@@ -186,6 +195,7 @@ impl std::fmt::Debug for Settings {
             .field("max_lifetime", &self.max_lifetime)
             .field("admin_key", &self.admin_key.as_ref().map(|_| "<set>"))
             .field("internal_key", &self.internal_key.as_ref().map(|_| "<set>"))
+            .field("revoke_wait", &self.revoke_wait)
             .field("listen", &self.listen)
             .finish()
     }
@@ -221,6 +231,9 @@ impl Settings {
             internal_key: nonempty(layer.internal_key),
             redis_timeout: Duration::from_millis(
                 within("redis_timeout_ms", layer.redis_timeout_ms, 1, 60_000)?.unwrap_or(DEFAULT_REDIS_TIMEOUT_MS),
+            ),
+            revoke_wait: Duration::from_millis(
+                within("revoke_wait_ms", layer.revoke_wait_ms, 0, 10_000)?.unwrap_or(DEFAULT_REVOKE_WAIT_MS),
             ),
             listen: layer.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
         })
@@ -272,6 +285,7 @@ mod tests {
         assert!(err("max_tokens_per_user = -1").contains("max_tokens_per_user"));
         assert!(err("max_lifetime = \"never\"").contains("max_lifetime"));
         assert!(err("redis_timeout_ms = 0").contains("redis_timeout_ms"));
+        assert!(err("revoke_wait_ms = 60000").contains("revoke_wait_ms"));
         assert!(err("prefix = \"no_underscores\"").contains("prefix"));
         assert!(err("redis_url = \"http://x\"").contains("redis_url"));
         assert!(err("bogus = 1").contains("bogus"));

@@ -1,7 +1,7 @@
 //! The token store: every operation of the seed (`create_token`, `get_user_from_token`,
 //! `expire_token`, `expire_all_tokens`) as one atomic Lua script over the core key layout.
 
-use super::connection::{Redis, RedisTarget};
+use super::connection::{Conn, Redis, RedisTarget};
 use super::error::StoreError;
 use super::settings::{MaxTokensPolicy, Settings};
 use crate::core::digest::{TokenDigest, TokenHasher};
@@ -12,12 +12,14 @@ use crate::core::token::{self, RoutingTag};
 use crate::core::ttl::TokenTtl;
 use crate::core::user::{validate_device, validate_scopes, validate_user};
 use crate::core::verdict::{evaluate, ValidToken, Verdict};
-use redis::{Script, Value};
+use redis::{AsyncCommands, Script, Value};
 use serde::Serialize;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Revocation feed length kept in Redis (approximate trim).
 pub const FEED_MAX_LEN: usize = 100_000;
+/// Outbox entries copied to the feed per round trip.
+const OUTBOX_BATCH: usize = 500;
 /// Most feed entries returned by one poll.
 pub const FEED_PAGE: usize = scripts::FEED_PAGE_SIZE;
 
@@ -25,7 +27,7 @@ pub const FEED_PAGE: usize = scripts::FEED_PAGE_SIZE;
 pub use crate::core::contract::FeedPage as RevocationPage;
 
 /// Parses a stream id `ms-seq` for ordering.
-fn stream_id(id: &str) -> Option<(u64, u64)> {
+pub fn stream_id(id: &str) -> Option<(u64, u64)> {
     let (ms, seq) = id.split_once('-')?;
     Some((ms.parse().ok()?, seq.parse().ok()?))
 }
@@ -97,6 +99,16 @@ pub struct Issued {
     pub ttl_reset: u64,
 }
 
+/// A committed revocation: how many tokens, and the feed position of its last entry (edges that
+/// have read up to it have dropped the tokens); `None` when nothing was revoked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revocation {
+    /// Tokens revoked.
+    pub revoked: u64,
+    /// Feed position (stream id) of the revocation's last entry.
+    pub feed_position: Option<String>,
+}
+
 /// What is known about a live token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TokenInfo {
@@ -130,6 +142,7 @@ struct Scripts {
     lookup: Script,
     revoke: Script,
     revoke_all: Script,
+    outbox_done: Script,
     revoke_by_id: Script,
     list: Script,
     refresh: Script,
@@ -207,6 +220,7 @@ impl TokenStore {
                 lookup: Script::new(scripts::LOOKUP),
                 revoke: Script::new(scripts::REVOKE),
                 revoke_all: Script::new(scripts::REVOKE_ALL),
+                outbox_done: Script::new(scripts::OUTBOX_DONE),
                 revoke_by_id: Script::new(scripts::REVOKE_BY_ID),
                 list: Script::new(scripts::LIST),
                 refresh: Script::new(scripts::REFRESH),
@@ -266,6 +280,7 @@ impl TokenStore {
                 .issue
                 .key(self.keys.index_key(&req.user))
                 .key(self.keys.record_key(tag, &digest))
+                .key(self.keys.outbox_key(tag))
                 .arg(digest.to_hex())
                 .arg(json)
                 .arg(ttl.as_millis_or_zero())
@@ -283,7 +298,9 @@ impl TokenStore {
                 0 => {
                     let ttl_reset = reply.get(2).and_then(as_int).ok_or_else(|| corrupt("issue"))?.max(0) as u64;
                     let evicted: Vec<String> = reply.get(3..).unwrap_or_default().iter().filter_map(as_text).collect();
-                    self.publish_revoked(&evicted).await;
+                    if !evicted.is_empty() {
+                        self.publish_outbox(&self.keys.outbox_key(tag)).await?;
+                    }
                     tracing::info!(user = %record.user, id = %record.id, first, evicted = evicted.len(), "token issued");
                     return Ok(Issued { token, id: record.id, user: record.user, device, first, expires_in: ttl.seconds(), ttl_reset });
                 }
@@ -323,8 +340,9 @@ impl TokenStore {
         self.lookup_digest(tag, &digest).await?.ok_or(StoreError::InvalidToken)
     }
 
-    /// Logs out one device. `NotFound` if the token was not live.
-    pub async fn revoke(&self, token: &str) -> Result<(), StoreError> {
+    /// Logs out one device. `InvalidToken` if the token was not live. Returns where the
+    /// revocation sits in the feed.
+    pub async fn revoke(&self, token: &str) -> Result<Revocation, StoreError> {
         let (tag, digest) = self.digest_of(token)?;
         let mut conn = self.redis.conn().await?;
         let member = digest.to_hex();
@@ -332,6 +350,7 @@ impl TokenStore {
             .scripts
             .revoke
             .key(self.keys.record_key(tag, &digest))
+            .key(self.keys.outbox_key(tag))
             .arg(&member)
             .arg(self.keys.index_prefix(tag))
             .invoke_async(&mut conn)
@@ -339,14 +358,14 @@ impl TokenStore {
         if revoked != 1 {
             return Err(StoreError::InvalidToken);
         }
-        self.publish_revoked(&[member]).await;
+        let feed_position = self.publish_outbox(&self.keys.outbox_key(tag)).await?;
         tracing::info!(id = %digest.public_id(), "token revoked");
-        Ok(())
+        Ok(Revocation { revoked: 1, feed_position })
     }
 
     /// Logs a user out everywhere, or everywhere but the device of `except` (which must be a live
-    /// token of that user). Returns how many tokens were revoked.
-    pub async fn revoke_all(&self, user: &str, except: Option<&str>) -> Result<u64, StoreError> {
+    /// token of that user). Returns how many tokens were revoked and where in the feed.
+    pub async fn revoke_all(&self, user: &str, except: Option<&str>) -> Result<Revocation, StoreError> {
         validate_user(user)?;
         let keep = match except {
             Some(token) => {
@@ -365,17 +384,18 @@ impl TokenStore {
             .scripts
             .revoke_all
             .key(self.keys.index_key(user))
+            .key(self.keys.outbox_key(tag))
             .arg(self.keys.record_prefix(tag))
             .arg(keep)
             .invoke_async(&mut conn)
             .await?;
-        self.publish_revoked(&revoked).await;
+        let feed_position = if revoked.is_empty() { None } else { self.publish_outbox(&self.keys.outbox_key(tag)).await? };
         tracing::info!(user, revoked = revoked.len(), others_only = except.is_some(), "tokens revoked");
-        Ok(revoked.len() as u64)
+        Ok(Revocation { revoked: revoked.len() as u64, feed_position })
     }
 
     /// Logs out one of a user's devices by the token's public id.
-    pub async fn revoke_by_id(&self, user: &str, id: &str) -> Result<(), StoreError> {
+    pub async fn revoke_by_id(&self, user: &str, id: &str) -> Result<Revocation, StoreError> {
         validate_user(user)?;
         let mut conn = self.redis.conn().await?;
         let tag = RoutingTag::for_user(user);
@@ -383,14 +403,15 @@ impl TokenStore {
             .scripts
             .revoke_by_id
             .key(self.keys.index_key(user))
+            .key(self.keys.outbox_key(tag))
             .arg(self.keys.record_prefix(tag))
             .arg(id)
             .invoke_async(&mut conn)
             .await?;
-        let member = member.ok_or_else(|| StoreError::NotFound(format!("no live token with id {id:?} for this user")))?;
-        self.publish_revoked(&[member]).await;
+        member.ok_or_else(|| StoreError::NotFound(format!("no live token with id {id:?} for this user")))?;
+        let feed_position = self.publish_outbox(&self.keys.outbox_key(tag)).await?;
         tracing::info!(user, id, "token revoked by id");
-        Ok(())
+        Ok(Revocation { revoked: 1, feed_position })
     }
 
     /// A user's live tokens, oldest first.
@@ -460,31 +481,90 @@ impl TokenStore {
         Ok(RevocationPage { cursor, digests, reset, more })
     }
 
-    /// Appends revoked digests to the revocation feed that filters poll. Best effort: the records
-    /// are already gone; a lost entry only means a filter cache keeps a verdict until its TTL.
-    async fn publish_revoked(&self, members: &[String]) {
-        if members.is_empty() {
-            return;
-        }
-        let result = async {
-            let mut conn = self.redis.conn().await?;
-            let mut pipe = redis::pipe();
-            for m in members {
-                pipe.cmd("XADD")
-                    .arg(self.keys.revocation_feed())
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(FEED_MAX_LEN)
-                    .arg("*")
-                    .arg("d")
-                    .arg(m)
-                    .ignore();
+    /// Waits at most `block` on `conn` (a dedicated connection) for feed entries after `cursor`;
+    /// returns them as (stream id, digest), oldest first.
+    pub async fn feed_entries_after(&self, conn: &mut Conn, cursor: &str, block: Duration) -> Result<Vec<(String, String)>, StoreError> {
+        use redis::streams::{StreamReadOptions, StreamReadReply};
+        let options = StreamReadOptions::default().block(block.as_millis() as usize).count(FEED_PAGE);
+        let reply: Option<StreamReadReply> = conn.xread_options(&[self.keys.revocation_feed()], &[cursor], &options).await?;
+        let mut out = Vec::new();
+        for key in reply.map(|r| r.keys).unwrap_or_default() {
+            for entry in key.ids {
+                if let Some(redis::Value::BulkString(d)) = entry.map.get("d") {
+                    out.push((entry.id.clone(), String::from_utf8_lossy(d).into_owned()));
+                }
             }
-            pipe.query_async::<()>(&mut conn).await
         }
-        .await;
-        if let Err(e) = result {
-            tracing::warn!(error = %e, count = members.len(), "could not append to the revocation feed");
+        Ok(out)
+    }
+
+    /// Writes edges' states (JSON) into the shared edge hash.
+    pub async fn write_edges(&self, entries: &[(String, String)]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
         }
+        let mut conn = self.redis.conn().await?;
+        let _: () = conn.hset_multiple(self.keys.edges(), entries).await?;
+        Ok(())
+    }
+
+    /// Every edge's state in the shared edge hash.
+    pub async fn read_edges(&self) -> Result<std::collections::HashMap<String, super::edges::EdgeState>, StoreError> {
+        let mut conn = self.redis.conn().await?;
+        let raw: std::collections::HashMap<String, String> = conn.hgetall(self.keys.edges()).await?;
+        Ok(raw.into_iter().filter_map(|(k, v)| serde_json::from_str(&v).ok().map(|s| (k, s))).collect())
+    }
+
+    /// Removes edges not due since `before_ms` from the shared hash.
+    pub async fn forget_edges(&self, before_ms: u64) -> Result<(), StoreError> {
+        let stale: Vec<String> = self.read_edges().await?.into_iter().filter(|(_, s)| s.due_ms < before_ms).map(|(k, _)| k).collect();
+        if !stale.is_empty() {
+            let mut conn = self.redis.conn().await?;
+            let _: () = conn.hdel(self.keys.edges(), stale).await?;
+        }
+        Ok(())
+    }
+
+    /// The Redis handle (for a dedicated connection).
+    pub fn redis(&self) -> &Redis {
+        &self.redis
+    }
+
+    /// Copies an outbox to the revocation feed, then removes what was copied; returns the feed
+    /// position of the last entry written (`None` when the outbox was empty). At least once: a
+    /// digest may reach the feed twice, never zero times.
+    pub async fn publish_outbox(&self, outbox: &str) -> Result<Option<String>, StoreError> {
+        let mut conn = self.redis.conn().await?;
+        let mut last = None;
+        loop {
+            let members: Vec<String> = redis::cmd("LRANGE").arg(outbox).arg(0).arg(OUTBOX_BATCH - 1).query_async(&mut conn).await?;
+            if members.is_empty() {
+                return Ok(last);
+            }
+            let mut pipe = redis::pipe();
+            for m in &members {
+                pipe.cmd("XADD").arg(self.keys.revocation_feed()).arg("MAXLEN").arg("~").arg(FEED_MAX_LEN).arg("*").arg("d").arg(m);
+            }
+            let ids: Vec<String> = pipe.query_async(&mut conn).await?;
+            last = ids.last().cloned().or(last);
+            let mut done = self.scripts.outbox_done.key(outbox);
+            for m in &members {
+                done.arg(m);
+            }
+            let _: i64 = done.invoke_async(&mut conn).await?;
+        }
+    }
+
+    /// Publishes every outbox a companion left behind (it died between a revocation and its
+    /// publication): scans each Redis node for outbox keys. Returns how many it published.
+    pub async fn publish_abandoned_outboxes(&self) -> Result<usize, StoreError> {
+        let keys = self.redis.scan_all(&self.keys.outbox_pattern()).await?;
+        let mut published = 0;
+        for key in keys {
+            if self.publish_outbox(&key).await?.is_some() {
+                published += 1;
+            }
+        }
+        Ok(published)
     }
 }

@@ -115,18 +115,36 @@ impl LookupAnswer {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeedQuery {
-    /// The cursor of the last page applied.
+    /// The cursor of the last page applied (it acknowledges that page).
     #[serde(default)]
     pub after: Option<String>,
+    /// The polling filter VM's id, so the companion can tell who has applied what.
+    #[serde(default)]
+    pub edge: Option<String>,
+    /// Hold the poll up to this long (ms) until something is revoked: a long poll.
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
 }
 
 impl FeedQuery {
-    /// The request path for a cursor (`None`: ask for the current tail). A cursor that is not a
-    /// stream id (digits and one dash) is not sent.
-    pub fn path(cursor: Option<&str>) -> String {
-        match cursor {
-            Some(c) if c.bytes().all(|b| b.is_ascii_digit() || b == b'-') => format!("{FEED_PATH}?after={c}"),
-            _ => FEED_PATH.to_string(),
+    /// The request path for a cursor (`None`: ask for the current tail), an edge id and a long
+    /// poll's wait. A cursor or edge id with other characters than those they are made of is
+    /// not sent.
+    pub fn path(cursor: Option<&str>, edge: Option<&str>, wait_ms: u64) -> String {
+        let mut query = Vec::new();
+        if let Some(c) = cursor.filter(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit() || b == b'-')) {
+            query.push(format!("after={c}"));
+        }
+        if let Some(e) = edge.filter(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')) {
+            query.push(format!("edge={e}"));
+        }
+        if wait_ms > 0 {
+            query.push(format!("wait_ms={wait_ms}"));
+        }
+        if query.is_empty() {
+            FEED_PATH.to_string()
+        } else {
+            format!("{FEED_PATH}?{}", query.join("&"))
         }
     }
 }
@@ -162,8 +180,9 @@ mod tests {
         assert_eq!(serde_json::to_string(&LookupAnswer::inactive()).unwrap(), r#"{"active":false}"#);
         let p = FeedPage { cursor: "1-0".into(), digests: vec!["ab".into()], reset: false, more: true };
         assert_eq!(serde_json::from_str::<FeedPage>(&serde_json::to_string(&p).unwrap()).unwrap(), p);
-        assert_eq!(FeedQuery::path(Some("17-3")), format!("{FEED_PATH}?after=17-3"));
-        assert_eq!(FeedQuery::path(Some("x&y")), FEED_PATH);
+        assert_eq!(FeedQuery::path(Some("17-3"), None, 0), format!("{FEED_PATH}?after=17-3"));
+        assert_eq!(FeedQuery::path(Some("x&y"), Some("a&b"), 0), FEED_PATH);
+        assert_eq!(FeedQuery::path(Some("17-3"), Some("ab12"), 5000), format!("{FEED_PATH}?after=17-3&edge=ab12&wait_ms=5000"));
         assert_eq!(
             challenge("api", Some("insufficient_scope"), Some("a b")),
             r#"Bearer realm="api", error="insufficient_scope", scope="a b""#

@@ -3,7 +3,10 @@
 //!
 //! - `<ns>:{<tag>}:t:<digest hex>`: a token record (JSON), its Redis TTL the token's lifetime.
 //! - `<ns>:{<tag>}:u:<user>`: the user's index, a sorted set of digests scored by creation order.
+//! - `<ns>:{<tag>}:o`: the outbox, a list of digests revoked by a script under this hash tag and
+//!   not yet copied to the feed: the revocation and its publication commit together.
 //! - `<ns>:revoked`: the revocation feed (a capped stream of revoked digests) that filters poll.
+//! - `<ns>:edges`: the filter VMs following the feed and the cursor each acknowledged.
 
 use super::digest::TokenDigest;
 use super::token::RoutingTag;
@@ -44,9 +47,24 @@ impl KeyLayout {
         key
     }
 
+    /// The outbox of a hash tag: digests revoked under it, waiting to be copied to the feed.
+    pub fn outbox_key(&self, tag: RoutingTag) -> String {
+        format!("{}:{{{}}}:o", self.namespace, tag.to_hex())
+    }
+
+    /// The `SCAN` pattern matching every outbox of the namespace.
+    pub fn outbox_pattern(&self) -> String {
+        format!("{}:{{*}}:o", self.namespace)
+    }
+
     /// The revocation feed stream.
     pub fn revocation_feed(&self) -> String {
         format!("{}:revoked", self.namespace)
+    }
+
+    /// The edges following the feed and what each acknowledged (a hash shared by companions).
+    pub fn edges(&self) -> String {
+        format!("{}:edges", self.namespace)
     }
 
     /// The key check value: the digest of a fixed text under the store's hash key, written once,
@@ -75,6 +93,7 @@ mod tests {
         let record = keys.record_key(tag, &digest);
         let index = keys.index_key("alice");
         assert_eq!(hash_tag(&record), hash_tag(&index));
+        assert_eq!(hash_tag(&keys.outbox_key(tag)), hash_tag(&index));
         assert_eq!(index, format!("{}alice", keys.index_prefix(tag)));
         // a user id with braces cannot change the hash tag: ours comes first
         assert_eq!(hash_tag(&keys.index_key("{evil}")), RoutingTag::for_user("{evil}").to_hex());

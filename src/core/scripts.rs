@@ -47,6 +47,17 @@ end
 macro_rules! prelude {
     () => {
         r#"
+-- Puts revoked digests in the hash tag's outbox, in the same script as the revocation: whatever
+-- Redis revokes is published (a companion copies the outbox to the feed). Kept a day at most:
+-- no cached verdict outlives that.
+local function to_outbox(outbox, members)
+  if #members == 0 then return end
+  for first = 1, #members, 500 do
+    redis.call('RPUSH', outbox, unpack(members, first, math.min(first + 499, #members)))
+  end
+  redis.call('PEXPIRE', outbox, 86400000)
+end
+
 -- Creation order: server time in microseconds, strictly after the user's newest token.
 local function next_score(index)
   local t = redis.call('TIME')
@@ -92,7 +103,7 @@ end
 
 /// Issues a token: prune, enforce the per-user limit, reset other tokens' TTL, store, index.
 ///
-/// KEYS: index, new record. ARGV: member (digest hex), record JSON, new token TTL ms (0 = never),
+/// KEYS: index, new record, outbox. ARGV: member (digest hex), record JSON, new token TTL ms (0 = never),
 /// reset TTL ms (0 = never), reset on login (1/0), overwrite immortal TTL (1/0), max tokens
 /// (0 = unlimited), policy (`reject` | `evict_oldest`), record key prefix.
 /// Returns `{status, first, ttl_reset, evicted...}`: status 0 ok, 1 limit reached, 2 duplicate
@@ -123,6 +134,9 @@ if max > 0 and #live >= max then
     end
   end
   live = kept
+  local evicted = {}
+  for i = 4, #result do evicted[#evicted + 1] = result[i] end
+  to_outbox(KEYS[3], evicted)
 end
 if ARGV[5] == '1' then
   local reset = tonumber(ARGV[4])
@@ -160,21 +174,25 @@ return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
 
 /// Revokes one token (log out one device).
 ///
-/// KEYS: record. ARGV: member, index key prefix. Returns 1 if a live token was revoked, else 0.
-pub const REVOKE: &str = r#"
+/// KEYS: record, outbox. ARGV: member, index key prefix. Returns 1 if a live token was revoked, else 0.
+pub const REVOKE: &str = concat!(
+    prelude!(),
+    r#"
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
 redis.call('DEL', KEYS[1])
+to_outbox(KEYS[2], {ARGV[1]})
 local ok, rec = pcall(cjson.decode, raw)
 if ok and type(rec) == 'table' and type(rec.user) == 'string' then
   redis.call('ZREM', ARGV[2] .. rec.user, ARGV[1])
 end
 return 1
-"#;
+"#
+);
 
 /// Revokes all of a user's tokens, or all but one (log out everywhere / everywhere else).
 ///
-/// KEYS: index. ARGV: record key prefix, member to keep (empty for none).
+/// KEYS: index, outbox. ARGV: record key prefix, member to keep (empty for none).
 /// Returns the revoked members (only those whose record was still live).
 pub const REVOKE_ALL: &str = concat!(
     prelude!(),
@@ -190,13 +208,14 @@ for _, m in ipairs(redis.call('ZRANGE', index, 0, -1)) do
   end
 end
 fit_index_ttl(index, record_prefix, kept)
+to_outbox(KEYS[2], revoked)
 return revoked
 "#
 );
 
 /// Revokes one of a user's tokens by its public id.
 ///
-/// KEYS: index. ARGV: record key prefix, public id. Returns the revoked member, or nil.
+/// KEYS: index, outbox. ARGV: record key prefix, public id. Returns the revoked member, or nil.
 pub const REVOKE_BY_ID: &str = concat!(
     prelude!(),
     r#"
@@ -214,6 +233,7 @@ for _, m in ipairs(live_members(index, record_prefix)) do
   end
 end
 fit_index_ttl(index, record_prefix, kept)
+if found then to_outbox(KEYS[2], {found}) end
 return found
 "#
 );
@@ -264,6 +284,16 @@ end
 return 1
 "#
 );
+
+/// Removes from an outbox the digests a companion has copied to the feed (one occurrence each,
+/// so digests revoked again meanwhile stay for the next drain).
+///
+/// KEYS: outbox. ARGV: the digests copied. Returns how many were removed.
+pub const OUTBOX_DONE: &str = r#"
+local removed = 0
+for _, m in ipairs(ARGV) do removed = removed + redis.call('LREM', KEYS[1], 1, m) end
+return removed
+"#;
 
 /// Revocation feed entries read per page; a full page means more are waiting.
 pub const FEED_PAGE_SIZE: usize = 1000;

@@ -160,9 +160,15 @@ pub struct FilterConfig {
     /// Verdict cache.
     #[serde(default)]
     pub cache: CacheConfig,
-    /// How often the revocation feed is polled (0 disables polling and caching of positives).
-    #[serde(default = "default_poll_ms")]
-    pub revocation_poll_ms: u64,
+    /// The timer period: how often the revocation feed is polled, or a failed long poll retried
+    /// (0 disables the feed and caching of positives). Default 1000 with the companion, 250 with
+    /// Redis callouts (which cannot hold a blocking read on the shared connection).
+    #[serde(default)]
+    pub revocation_poll_ms: Option<u64>,
+    /// Companion transport: how long the companion may hold a feed poll until something is
+    /// revoked (a long poll: revocations arrive at once); 0 polls on the timer instead.
+    #[serde(default = "default_wait_ms")]
+    pub revocation_wait_ms: u64,
     /// What to do when the store cannot be asked.
     #[serde(default)]
     pub failure_mode: FailureMode,
@@ -219,9 +225,14 @@ fn default_ttl_ms() -> u64 {
 fn default_negative_ttl_ms() -> u64 {
     10_000
 }
-fn default_poll_ms() -> u64 {
-    1000
+fn default_wait_ms() -> u64 {
+    5000
 }
+
+/// The timer period with the companion when none is configured.
+pub const DEFAULT_POLL_MS: u64 = 1000;
+/// The timer period with Redis callouts when none is configured: the bound of that build.
+pub const DEFAULT_REDIS_POLL_MS: u64 = 250;
 fn default_stale_window_ms() -> u64 {
     300_000
 }
@@ -275,6 +286,27 @@ pub struct Compiled {
     pub replies: super::reply::FixedReplies,
     /// `Bearer <api_key>` for the companion callouts, built once.
     pub companion_auth: String,
+}
+
+impl Compiled {
+    /// The timer period (ms); 0 when the feed is off.
+    pub fn poll_ms(&self) -> u64 {
+        self.config.revocation_poll_ms.unwrap_or(DEFAULT_POLL_MS)
+    }
+
+    /// How long the companion may hold a feed poll (ms); 0 without long polls (the Redis
+    /// transport, or `revocation_wait_ms: 0`).
+    pub fn feed_wait_ms(&self) -> u64 {
+        match self.transport {
+            Transport::Companion(_) if self.poll_ms() > 0 => self.config.revocation_wait_ms,
+            _ => 0,
+        }
+    }
+
+    /// The timeout of a feed poll: the callout timeout, plus the long poll's hold.
+    pub fn feed_timeout_ms(&self) -> u64 {
+        self.transport.timeout_ms() + self.feed_wait_ms()
+    }
 }
 
 fn header_name(field: &str, value: &str) -> Result<String, String> {
@@ -360,8 +392,16 @@ impl Compiled {
         if config.cache.max_negative_entries > 10_000_000 {
             return Err("cache.max_negative_entries: at most 10000000".into());
         }
-        if config.revocation_poll_ms != 0 && !(100..=600_000).contains(&config.revocation_poll_ms) {
-            return Err("revocation_poll_ms: 0 (off) or 100 to 600000".into());
+        let default_poll = match transport {
+            Transport::Companion(_) => DEFAULT_POLL_MS,
+            Transport::Redis(_) => DEFAULT_REDIS_POLL_MS,
+        };
+        let poll = *config.revocation_poll_ms.get_or_insert(default_poll);
+        if poll != 0 && !(50..=600_000).contains(&poll) {
+            return Err("revocation_poll_ms: 0 (off) or 50 to 600000".into());
+        }
+        if config.revocation_wait_ms > 25_000 {
+            return Err("revocation_wait_ms: 0 (poll on the timer) to 25000".into());
         }
         if let Some(t) = &config.throttle {
             t.check().map_err(|e| format!("throttle.{e}"))?;
@@ -396,7 +436,9 @@ mod tests {
         assert_eq!(c.config.schemes, vec!["bearer", "token"]);
         assert_eq!(c.config.failure_mode, FailureMode::Deny);
         assert!(c.config.strip_credential);
-        assert_eq!(c.config.revocation_poll_ms, 1000);
+        assert_eq!((c.poll_ms(), c.feed_wait_ms(), c.feed_timeout_ms()), (1000, 5000, 5500));
+        let redis = Compiled::parse(br#"{"redis": {"cluster": "r"}}"#).unwrap();
+        assert_eq!((redis.poll_ms(), redis.feed_wait_ms()), (250, 0), "the Redis-callout build polls every 250 ms");
         assert_eq!(
             c.identity_headers.names().collect::<Vec<_>>(),
             ["x-multitokens-user", "x-multitokens-device", "x-multitokens-scopes", "x-multitokens-token-id"]

@@ -120,10 +120,17 @@ mod tests {
 
     #[test]
     fn lookup_replies() {
-        let record =
-            TokenRecord { id: "i".into(), user: "u".into(), device: "d".into(), created: 1, scopes: vec!["s".into()], expires_at: None, lifetime_ms: None }
-                .to_json()
-                .unwrap();
+        let record = TokenRecord {
+            id: "i".into(),
+            user: "u".into(),
+            device: "d".into(),
+            created: 1,
+            scopes: vec!["s".into()],
+            expires_at: None,
+            lifetime_ms: None,
+        }
+        .to_json()
+        .unwrap();
         let valid = format!("*2\r\n${}\r\n{}\r\n:5000\r\n", record.len(), record);
         let Ok(Answer::Valid(id, Some(5000))) = parse_lookup(Some(valid.as_bytes()), 100_000) else { panic!() };
         assert_eq!((id.user.as_str(), id.scopes_header.as_str()), ("u", "s"));

@@ -26,6 +26,17 @@ pub struct Worker {
     pub(crate) throttle: Option<FailureThrottle>,
     /// When expired entries were last purged (ms).
     last_purge_ms: u64,
+    /// This VM's id on the feed: the companion counts what each edge has applied.
+    pub(crate) edge_id: String,
+}
+
+/// A random id for this VM (16 hex digits); the clock if the host gives no randomness.
+fn new_edge_id() -> String {
+    let mut bytes = [0u8; 8];
+    match getrandom::fill(&mut bytes) {
+        Ok(()) => hex::encode(bytes),
+        Err(_) => format!("t{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())),
+    }
 }
 
 /// How often the timer purges expired cache entries (ms).
@@ -56,6 +67,7 @@ impl Worker {
             last_tick_ms: 0,
             throttle,
             last_purge_ms: 0,
+            edge_id: new_edge_id(),
         }
     }
 
@@ -66,10 +78,15 @@ impl Worker {
 
     /// The tick period.
     pub fn tick_ms(&self) -> u64 {
-        match self.compiled.config.revocation_poll_ms {
+        match self.compiled.poll_ms() {
             0 => 1000,
             poll => poll,
         }
+    }
+
+    /// This VM's id on the feed.
+    pub fn edge_id(&self) -> &str {
+        &self.edge_id
     }
 
     /// The timer ticked: notes it, purges expired entries now and then, and says whether to poll
@@ -84,9 +101,18 @@ impl Worker {
     }
 
     /// Whether a feed poll should start now: polling is on and none is under way (or the one
-    /// under way is overdue by twice the callout timeout, which the host should never let happen).
+    /// under way is overdue by twice its timeout, which the host should never let happen).
     pub fn feed_poll_due(&mut self, now: u64) -> bool {
-        self.compiled.config.revocation_poll_ms > 0 && self.feed.may_poll(now, self.compiled.transport.timeout_ms())
+        self.compiled.poll_ms() > 0 && self.feed.may_poll(now, self.compiled.feed_timeout_ms())
+    }
+
+    /// Whether the next poll starts now rather than on the next tick, after a page was applied
+    /// at `now`: the page was full, or revoked something (the next poll acknowledges it), or a
+    /// long poll was held until its wait ran out. An empty page answered at once (a companion
+    /// that does not hold polls) waits for the tick, so polls never spin.
+    pub fn poll_again_now(&self, page_had_digests: bool, started: u64, now: u64) -> bool {
+        let wait = self.compiled.feed_wait_ms();
+        self.feed.more || (wait > 0 && (page_had_digests || now.saturating_sub(started) >= wait / 2))
     }
 
     /// A feed poll was dispatched.
@@ -111,12 +137,18 @@ impl Worker {
     }
 
     /// Positive verdicts are served from the cache only while the revocation feed is followed:
-    /// a page applied within three poll intervals (plus the callout timeout).
+    /// a page applied within three poll intervals (plus the callout timeout), or a long poll
+    /// under way that started right after a page and has not outlived its timeout (the
+    /// companion answers it as soon as something is revoked).
     pub fn feed_is_current(&self, now: u64) -> bool {
-        let c = &self.compiled.config;
-        c.revocation_poll_ms > 0
-            && self.feed.cursor.is_some()
-            && now.saturating_sub(self.feed.last_ok_ms) <= 3 * c.revocation_poll_ms + self.compiled.transport.timeout_ms()
+        let poll = self.compiled.poll_ms();
+        let bound = 3 * poll + self.compiled.transport.timeout_ms();
+        let recent_page = now.saturating_sub(self.feed.last_ok_ms) <= bound;
+        let held = self.compiled.feed_wait_ms() > 0
+            && self.feed.call.is_some_and(|(_, started)| {
+                started.saturating_sub(self.feed.last_ok_ms) <= bound && now.saturating_sub(started) <= self.compiled.feed_timeout_ms()
+            });
+        poll > 0 && self.feed.cursor.is_some() && (recent_page || held)
     }
 
     /// Applies a feed page; returns how many cached verdicts were dropped.
@@ -145,7 +177,8 @@ mod tests {
         assert_eq!(w.on_tick(1000), TickWork { poll_feed: true, refreshes: vec![] });
         w.feed_poll_started(7, 1000);
         assert!(!w.on_tick(2000).poll_feed, "one poll under way");
-        assert!(w.on_tick(2001).poll_feed, "overdue by twice the timeout: poll again");
+        assert!(!w.on_tick(12_000).poll_feed, "a long poll is held up to 5 s (+ the 500 ms timeout)");
+        assert!(w.on_tick(12_001).poll_feed, "overdue by twice its timeout: poll again");
         w.feed_poll_started(8, 2001);
         w.feed_poll_failed();
         assert!(w.on_tick(2100).poll_feed, "a failed poll is retried on the next tick");
@@ -155,6 +188,23 @@ mod tests {
         assert_eq!(w.on_tick(2200).refreshes, vec![request]);
         assert!(w.on_tick(2300).refreshes.is_empty(), "each refresh is sent once");
         assert!(!worker(r#", "revocation_poll_ms": 0"#).on_tick(1000).poll_feed, "polling off");
+    }
+
+    #[test]
+    fn a_long_poll_keeps_the_feed_current_and_polls_again_at_once_after_a_page() {
+        let mut w = worker("");
+        w.apply_feed(FeedPage { cursor: "1-0".into(), digests: vec![], reset: false, more: false }, 1000);
+        w.feed_poll_started(1, 1000);
+        assert!(w.feed_is_current(5_000), "held by the companion, not stale");
+        assert!(w.feed_is_current(6_500) && !w.feed_is_current(6_501), "not past the poll's timeout");
+        assert!(w.poll_again_now(true, 1000, 1010), "a page that revoked something: acknowledge it now");
+        assert!(w.poll_again_now(false, 1000, 3500), "held until its wait ran out: poll again now");
+        assert!(!w.poll_again_now(false, 1000, 1010), "an empty page at once: wait for the tick, never spin");
+        let mut plain = worker(r#", "revocation_wait_ms": 0"#);
+        plain.apply_feed(FeedPage { cursor: "1-0".into(), digests: vec![], reset: false, more: false }, 1000);
+        plain.feed_poll_started(1, 1000);
+        assert!(!plain.feed_is_current(5_000), "timer polling: three periods and the timeout at most");
+        assert!(!plain.poll_again_now(true, 1000, 1010));
     }
 
     #[test]

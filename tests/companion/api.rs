@@ -36,7 +36,7 @@ impl Api {
         let mut p = policy();
         p.max_tokens_per_user = Some(5);
         let store = runtime.block_on(async { store_at(redis_url, p, None) });
-        let state = AppState { store: Arc::new(store), admin_key: ADMIN.into(), internal_key: internal_key.map(Into::into) };
+        let state = AppState::new(Arc::new(store), ADMIN.into(), internal_key.map(Into::into), std::time::Duration::from_millis(300));
         Api { app: api::app(state), runtime }
     }
 
@@ -100,7 +100,8 @@ fn admin_endpoints_issue_list_and_revoke() {
     assert_eq!(status, 200);
     assert_eq!(list.as_array().unwrap().len(), 2);
     let id = a["id"].as_str().unwrap();
-    assert_eq!(api.call("DELETE", &format!("/v1/users/alice/tokens/{id}"), admin(), None).0, 204);
+    let (status, body, _) = api.call("DELETE", &format!("/v1/users/alice/tokens/{id}"), admin(), None);
+    assert_eq!((status, body), (200, json!({"revoked": 1, "edges": {"acknowledged": 0, "pending": 0}})));
     let (status, body, _) = api.call("DELETE", &format!("/v1/users/alice/tokens/{id}"), admin(), None);
     assert_eq!(status, 404);
     assert!(body["detail"].is_string());
@@ -136,7 +137,7 @@ fn self_service_current_and_others() {
     let (status, me, _) = api.call("GET", "/v1/tokens/current", Some(&format!("Token {laptop}")), None);
     assert_eq!((status, me["user"].clone(), me["device"].clone()), (200, json!("bob"), json!("laptop")));
     let (status, body, _) = api.call("DELETE", "/v1/tokens/others", Some(&format!("Bearer {laptop}")), None);
-    assert_eq!((status, body), (200, json!({"revoked": 2})));
+    assert_eq!((status, body), (200, json!({"revoked": 2, "edges": {"acknowledged": 0, "pending": 0}})));
     for t in [&phone, &tablet] {
         let (status, body, challenge) = api.call("GET", "/v1/tokens/current", Some(&format!("Bearer {t}")), None);
         assert_eq!((status, body["detail"].clone()), (401, json!("Invalid token.")));

@@ -70,7 +70,7 @@ fn issue_json_list_and_revoke_all() {
 
     let keep = second["token"].as_str().unwrap();
     let (code, out, _) = run(&["revoke-all", "--user", "bob", "--except", keep, "--json"], &e, None);
-    assert_eq!((code, out.as_str()), (0, r#"{"revoked":1}"#));
+    assert_eq!((code, out.as_str()), (0, r#"{"revoked":1,"edges":{"acknowledged":0,"pending":0}}"#));
     let (code, out, _) = run(&["revoke-all", "--user", "bob"], &e, None);
     assert_eq!((code, out.as_str()), (0, "1"));
     let (code, out, _) = run(&["list", "--user", "bob", "--json"], &e, None);

@@ -31,9 +31,9 @@ async fn every_operation_works_across_the_slots() {
     }
     for (user, _, b) in tokens.iter().take(20) {
         let c = store.issue(IssueRequest { user: user.clone(), device: Some("c".into()), ..Default::default() }).await.unwrap();
-        assert_eq!(store.revoke_all(user, Some(&c.token)).await.unwrap(), 1);
+        assert_eq!(store.revoke_all(user, Some(&c.token)).await.unwrap().revoked, 1);
         assert!(store.whoami(b).await.is_err());
-        assert_eq!(store.revoke_all(user, None).await.unwrap(), 1);
+        assert_eq!(store.revoke_all(user, None).await.unwrap().revoked, 1);
         assert!(store.whoami(&c.token).await.is_err());
         assert!(store.list(user).await.unwrap().is_empty());
     }

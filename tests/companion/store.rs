@@ -37,7 +37,7 @@ async fn issue_whoami_and_the_first_flag() {
     assert_eq!(who.scopes, vec!["read", "write"]);
     assert!(who.expires_in.unwrap() > 30 * 24 * 3600 - 5);
 
-    assert_eq!(store.revoke_all("alice", None).await.unwrap(), 2);
+    assert_eq!(store.revoke_all("alice", None).await.unwrap().revoked, 2);
     assert!(store.issue(req("alice", "laptop")).await.unwrap().first, "first again after log out everywhere");
 }
 
@@ -86,7 +86,7 @@ async fn revoke_all_and_revoke_others() {
     let tokens: Vec<String> = futures_tokens(&store, "frank", 4).await;
     let bystander = store.issue(req("grace", "laptop")).await.unwrap().token;
     // everywhere else: keep tokens[0]
-    assert_eq!(store.revoke_all("frank", Some(&tokens[0])).await.unwrap(), 3);
+    assert_eq!(store.revoke_all("frank", Some(&tokens[0])).await.unwrap().revoked, 3);
     assert!(store.whoami(&tokens[0]).await.is_ok());
     for t in &tokens[1..] {
         assert!(store.whoami(t).await.is_err());
@@ -95,9 +95,9 @@ async fn revoke_all_and_revoke_others() {
     assert!(matches!(store.revoke_all("frank", Some(&bystander)).await, Err(StoreError::InvalidToken)));
     assert!(store.whoami(&tokens[0]).await.is_ok());
     // everywhere
-    assert_eq!(store.revoke_all("frank", None).await.unwrap(), 1);
+    assert_eq!(store.revoke_all("frank", None).await.unwrap().revoked, 1);
     assert!(store.whoami(&tokens[0]).await.is_err());
-    assert_eq!(store.revoke_all("frank", None).await.unwrap(), 0);
+    assert_eq!(store.revoke_all("frank", None).await.unwrap().revoked, 0);
     assert!(store.whoami(&bystander).await.is_ok(), "other users untouched");
     // the revocation feed carries every revoked digest
     let feed: redis::streams::StreamRangeReply = redis.conn().xrange_all("mt:revoked").unwrap();

@@ -136,7 +136,7 @@ impl Root {
     fn start_feed_poll(&self, worker: &mut Worker, now: u64) {
         let Some(transport) = self.transport else { return };
         let compiled = Rc::clone(&worker.compiled);
-        match transport.poll_feed(&compiled, worker.feed.cursor.as_deref(), self.id) {
+        match transport.poll_feed(&compiled, worker.feed.cursor.as_deref(), worker.edge_id(), self.id) {
             Ok(call) => worker.feed_poll_started(call, now),
             Err(e) => log(Level::Warn, &format!("multitokens: revocation feed poll: {e}")),
         }
@@ -151,14 +151,17 @@ impl Root {
         if worker.feed.call.map(|(call, _)| call) != Some(token) {
             return; // a sliding refresh: nothing to do with its answer
         }
+        let started = worker.feed.call.map_or(0, |(_, at)| at);
         let (status, body) = http_response(num_headers, body_size);
-        apply_feed(&mut worker, &self.metrics, companion_transport::parse_feed(status, &body));
-        if worker.feed.more {
-            // a full page: the next one now, not on the next tick (100,000 revocations in seconds)
-            let now = now_ms();
-            if worker.feed_poll_due(now) {
-                self.start_feed_poll(&mut worker, now);
-            }
+        let page = companion_transport::parse_feed(status, &body);
+        let revoked_something = page.as_ref().is_ok_and(|p| !p.digests.is_empty() || p.reset);
+        let ok = page.is_ok();
+        apply_feed(&mut worker, &self.metrics, page);
+        let now = now_ms();
+        // a full page, a revocation (the next poll acknowledges it) or a long poll that ran its
+        // course: poll again now, not on the next tick
+        if ok && worker.poll_again_now(revoked_something, started, now) && worker.feed_poll_due(now) {
+            self.start_feed_poll(&mut worker, now);
         }
     }
 }

@@ -122,7 +122,7 @@ impl StoreTransport for RedisCallouts {
         call(target, &redis_transport::lookup_command(&compiled.keys, request), Purpose::Lookup { context_id, root_id, refresh })
     }
 
-    fn poll_feed(&self, compiled: &Compiled, cursor: Option<&str>, root_id: u32) -> Result<u32, String> {
+    fn poll_feed(&self, compiled: &Compiled, cursor: Option<&str>, _edge: &str, root_id: u32) -> Result<u32, String> {
         let Transport::Redis(target) = &compiled.transport else { return Err("no Redis configured".into()) };
         call(target, &redis_transport::feed_command(&compiled.keys, cursor), Purpose::Feed { root_id })
     }
@@ -150,7 +150,7 @@ pub extern "C" fn proxy_on_redis_call_response(_root_context_id: u32, token: u32
             if worker.feed.more {
                 // a full page: the next one now, not on the next tick
                 let compiled = Rc::clone(&worker.compiled);
-                if let Ok(call) = REDIS.poll_feed(&compiled, worker.feed.cursor.as_deref(), root_id) {
+                if let Ok(call) = REDIS.poll_feed(&compiled, worker.feed.cursor.as_deref(), "", root_id) {
                     worker.feed_poll_started(call, now_ms());
                 }
             }

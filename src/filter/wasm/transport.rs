@@ -11,8 +11,8 @@ use crate::filter::lookup::LookupRequest;
 pub(super) trait StoreTransport {
     /// Starts a request's lookup (its answer goes to that request's context).
     fn lookup(&self, compiled: &Compiled, request: &LookupRequest, context_id: u32, root_id: u32) -> Result<u32, String>;
-    /// Starts a revocation feed poll after a cursor (its answer goes to the root).
-    fn poll_feed(&self, compiled: &Compiled, cursor: Option<&str>, root_id: u32) -> Result<u32, String>;
+    /// Starts a revocation feed poll after a cursor, as edge `edge` (its answer goes to the root).
+    fn poll_feed(&self, compiled: &Compiled, cursor: Option<&str>, edge: &str, root_id: u32) -> Result<u32, String>;
     /// Sends a sliding refresh (its answer is not needed).
     fn refresh(&self, compiled: &Compiled, request: &LookupRequest, root_id: u32) -> Result<u32, String>;
 }
@@ -22,7 +22,7 @@ pub(super) struct CompanionCallouts;
 
 impl CompanionCallouts {
     /// Sends a GET through the companion's Envoy cluster on behalf of a context.
-    fn get(compiled: &Compiled, path: &str, context_id: u32) -> Result<u32, String> {
+    fn get(compiled: &Compiled, path: &str, context_id: u32, timeout_ms: u64) -> Result<u32, String> {
         let Transport::Companion(c) = &compiled.transport else {
             return Err("no companion configured".into());
         };
@@ -32,7 +32,7 @@ impl CompanionCallouts {
             (":authority", c.authority.as_str()),
             ("authorization", compiled.companion_auth.as_str()),
         ];
-        let token = abi::http_call(&c.cluster, &headers, c.timeout_ms)
+        let token = abi::http_call(&c.cluster, &headers, timeout_ms)
             .map_err(|s| format!("dispatch to cluster {:?} failed: status {s}", c.cluster))?;
         exports::expect_answer(token, context_id);
         Ok(token)
@@ -41,15 +41,16 @@ impl CompanionCallouts {
 
 impl StoreTransport for CompanionCallouts {
     fn lookup(&self, compiled: &Compiled, request: &LookupRequest, context_id: u32, _: u32) -> Result<u32, String> {
-        Self::get(compiled, &request.path(), context_id)
+        Self::get(compiled, &request.path(), context_id, compiled.transport.timeout_ms())
     }
 
-    fn poll_feed(&self, compiled: &Compiled, cursor: Option<&str>, root_id: u32) -> Result<u32, String> {
-        Self::get(compiled, &FeedQuery::path(cursor), root_id)
+    fn poll_feed(&self, compiled: &Compiled, cursor: Option<&str>, edge: &str, root_id: u32) -> Result<u32, String> {
+        let path = FeedQuery::path(cursor, Some(edge), compiled.feed_wait_ms());
+        Self::get(compiled, &path, root_id, compiled.feed_timeout_ms())
     }
 
     fn refresh(&self, compiled: &Compiled, request: &LookupRequest, root_id: u32) -> Result<u32, String> {
-        Self::get(compiled, &request.path(), root_id)
+        Self::get(compiled, &request.path(), root_id, compiled.transport.timeout_ms())
     }
 }
 
