@@ -106,7 +106,7 @@ fn admin_endpoints_issue_list_and_revoke() {
     assert_eq!(status, 404);
     assert!(body["detail"].is_string());
     let (status, body, _) = api.call("DELETE", "/v1/users/alice/tokens", admin(), None);
-    assert_eq!((status, body), (200, json!({"revoked": 1})));
+    assert_eq!((status, body), (200, json!({"revoked": 1, "edges": {"acknowledged": 0, "pending": 0}})));
 }
 
 #[test]
