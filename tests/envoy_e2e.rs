@@ -22,6 +22,7 @@ struct Stack {
     port: u16,
     admin_port: u16,
     agent: ureq::Agent,
+    config: EnvoyConfig,
 }
 
 impl Stack {
@@ -64,10 +65,19 @@ impl Stack {
                 .use_wasm(&wasm_path("multitokens_filter.wasm")),
         );
         let envoy = Envoy::start(&config.to_yaml(), port, 2);
-        let stack = Stack { redis, companion: Some(companion), companion_port, app, envoy, port, admin_port, agent: support::http_agent() };
+        let stack =
+            Stack { redis, companion: Some(companion), companion_port, app, envoy, port, admin_port, agent: support::http_agent(), config };
         // the filter follows the revocation feed within a poll or two
         std::thread::sleep(Duration::from_millis(1200));
         stack
+    }
+
+    /// Another Envoy (two workers) with the same configuration on its own ports; returns it and
+    /// its listener port.
+    fn second_envoy(&self) -> (Envoy, u16) {
+        let (port, admin_port) = (free_port(false), free_port(false));
+        let config = self.config.clone().move_port(self.port, port).move_port(self.admin_port, admin_port);
+        (Envoy::start(&config.to_yaml(), port, 2), port)
     }
 
     fn companion(redis: &RedisServer, port: u16) -> CompanionServer {
@@ -559,4 +569,85 @@ fn forged_token_floods_are_throttled() {
         assert_eq!(whoami_fresh(&alice), 200);
     }
     assert!(s.stat("denied_throttled") >= 40);
+}
+
+/// The revocation guarantee under load: two Envoys (two workers each), 200 users logging in and
+/// out while load threads keep every token busy on every worker of both. Every response is
+/// recorded with the time its request was sent: no request sent after a logout returned gets a
+/// 200 for that token.
+#[test]
+fn no_token_is_accepted_after_its_logout_returned_across_two_envoys_under_load() {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    let s = Stack::start(|c| c["cache"]["ttl_ms"] = json!(600_000));
+    let (_second, second_port) = s.second_envoy();
+    let ports = [s.port, second_port];
+    std::thread::sleep(Duration::from_millis(1200)); // the second Envoy's VMs follow the feed
+    let users: Vec<String> = (0..200).map(|i| format!("user-{i}")).collect();
+    let tokens: Vec<String> = users.iter().flat_map(|u| [s.login(u, "laptop", &[]), s.login(u, "phone", &[])]).collect();
+    let logged_out: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let violations: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (stop, sent, accepted) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load: Vec<_> = (0..6)
+        .map(|thread| {
+            let (tokens, logged_out, violations) = (tokens.clone(), logged_out.clone(), violations.clone());
+            let (stop, sent, accepted) = (stop.clone(), sent.clone(), accepted.clone());
+            std::thread::spawn(move || {
+                let agent = support::http_agent();
+                let mut i = thread * 7919;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let token = &tokens[(i * 31) % tokens.len()];
+                    let port = ports[i % 2];
+                    let at = Instant::now();
+                    let url = format!("http://127.0.0.1:{port}/api/whoami");
+                    let r = support::http_call(&agent, "GET", &url, &[("authorization", &bearer(token))], None);
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    if r.status == 200 {
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                        if logged_out.lock().unwrap().get(token).is_some_and(|out| *out <= at) {
+                            violations
+                                .lock()
+                                .unwrap()
+                                .push(format!("{token:.12}… accepted on port {port}, sent after its logout returned"));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2)); // every token cached on every worker
+    let agent = support::http_agent();
+    for (i, pair) in tokens.chunks(2).enumerate() {
+        let port = ports[i % 2];
+        let call = |path: &str, token: &str| {
+            support::http_call(&agent, "POST", &format!("http://127.0.0.1:{port}{path}"), &[("authorization", &bearer(token))], None)
+        };
+        if i % 2 == 0 {
+            // log out one device, then the other
+            for token in pair {
+                let r = call("/logout", token);
+                assert_eq!(r.status, 200, "{}", r.body);
+                logged_out.lock().unwrap().insert(token.clone(), Instant::now());
+            }
+        } else {
+            // log out everywhere
+            let r = call("/logout-all", &pair[0]);
+            assert_eq!((r.status, r.body["revoked"].clone()), (200, json!(2)), "{}", r.body);
+            let now = Instant::now();
+            for token in pair {
+                logged_out.lock().unwrap().insert(token.clone(), now);
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    for thread in load {
+        thread.join().unwrap();
+    }
+    let violations = violations.lock().unwrap();
+    assert!(violations.is_empty(), "{} accepted after logout, e.g. {:?}", violations.len(), violations.first());
+    let (sent, accepted) = (sent.load(Ordering::Relaxed), accepted.load(Ordering::Relaxed));
+    assert!(sent > 2000 && accepted > 500, "the load reached the workers: {sent} sent, {accepted} accepted");
 }
