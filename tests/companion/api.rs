@@ -16,6 +16,7 @@ const INTERNAL: &str = "internal-key-for-tests-0123456789";
 /// The API's router over a store on real Redis; every request goes through `oneshot`.
 struct Api {
     app: axum::Router,
+    state: AppState,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -37,7 +38,7 @@ impl Api {
         p.max_tokens_per_user = Some(5);
         let store = runtime.block_on(async { store_at(redis_url, p, None) });
         let state = AppState::new(Arc::new(store), ADMIN.into(), internal_key.map(Into::into), std::time::Duration::from_millis(300));
-        Api { app: api::app(state), runtime }
+        Api { app: api::app(state.clone()), state, runtime }
     }
 
     /// One request: method, path with query, headers and raw body.
@@ -347,4 +348,55 @@ fn ext_authz_check_for_envoys_ext_authz_filter() {
         let detail = answer["detail"].as_str().unwrap();
         assert!(detail.contains("whitespace") || detail.contains("control"), "{answer}");
     }
+}
+
+/// One companion holds one blocking read on Redis and fans it out: 60 long-polling edges get a
+/// revocation at once, the revoke returns when all 60 acknowledged it, and Redis sees a handful
+/// of commands, not one per edge.
+#[test]
+fn the_feed_fans_out_to_long_polls_and_the_revoke_waits_for_every_edge() {
+    let redis = RedisServer::start();
+    let api = Api::start(&redis.url());
+    let _guard = api.runtime.enter();
+    api.state.spawn_followers(std::time::Duration::from_millis(500));
+    let (_, issued, _) = api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "fan"})));
+    let token = issued["token"].as_str().unwrap().to_string();
+    let internal = format!("Bearer {INTERNAL}");
+    let tail = api.request("GET", "/v1/internal/revocations", &[("authorization", &internal)], Vec::new()).body["cursor"].as_str().unwrap().to_string();
+    std::thread::sleep(std::time::Duration::from_millis(800)); // the watcher holds the tail
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for edge in 0..60 {
+        let (app, internal, received, stop) = (api.app.clone(), internal.clone(), received.clone(), stop.clone());
+        let mut cursor = tail.clone();
+        api.runtime.spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let path = format!("/v1/internal/revocations?after={cursor}&edge=edge-{edge}&wait_ms=3000");
+                let request = Request::builder().uri(path).header("authorization", &internal).body(Body::empty()).unwrap();
+                let response = app.clone().oneshot(request).await.unwrap();
+                let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+                let page: Value = serde_json::from_slice(&bytes).unwrap();
+                if !page["digests"].as_array().unwrap().is_empty() {
+                    received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                cursor = page["cursor"].as_str().unwrap().to_string();
+            }
+        });
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500)); // every edge has polled once
+    let commands = || -> u64 {
+        let info = redis.cli(&["INFO", "stats"]);
+        info.lines().find_map(|l| l.strip_prefix("total_commands_processed:")).unwrap().trim().parse().unwrap()
+    };
+    let before = commands();
+    let started = std::time::Instant::now();
+    let (status, report, _) = api.call("DELETE", "/v1/tokens/current", Some(&format!("Bearer {token}")), None);
+    let took = started.elapsed();
+    let used = commands() - before;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!((status, report["revoked"].clone()), (200, json!(1)));
+    assert_eq!(report["edges"], json!({"acknowledged": 60, "pending": 0}), "every edge applied it before the answer");
+    assert_eq!(received.load(std::sync::atomic::Ordering::Relaxed), 60);
+    assert!(took < std::time::Duration::from_millis(900), "the edges acknowledged in {took:?}");
+    assert!(used < 60, "Redis load does not grow with the edges: {used} commands for 60 edges");
 }

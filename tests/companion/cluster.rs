@@ -41,3 +41,17 @@ async fn every_operation_works_across_the_slots() {
         assert_eq!(&store.whoami(b).await.unwrap().user, user, "other users untouched");
     }
 }
+
+#[tokio::test]
+async fn outboxes_left_behind_are_found_on_every_master() {
+    let cluster = RedisCluster::start();
+    let store = store_at(&cluster.url(), policy(), None);
+    let users: Vec<String> = (0..12).map(|i| format!("left-{i}")).collect();
+    for user in &users {
+        store.issue(IssueRequest { user: user.clone(), ..Default::default() }).await.unwrap();
+        assert_eq!(crate::store::revoke_all_then_die(&store, user).await.len(), 1);
+    }
+    assert_eq!(store.publish_abandoned_outboxes().await.unwrap(), users.len(), "every master was swept");
+    let page = store.revocations_after(Some("0")).await.unwrap();
+    assert_eq!(page.digests.len(), users.len());
+}

@@ -381,3 +381,47 @@ async fn reset_on_login_and_refresh_never_stretch_a_token_past_its_issued_lifeti
     let left = pttl_of_token(&redis, &store, &short);
     assert!((0..=60_000).contains(&left), "still mortal, at most 60 s: {left} ms");
 }
+
+/// Revokes everything of `user` the way a companion does, then dies before publishing: only the
+/// script runs.
+pub async fn revoke_all_then_die(store: &multitokens::companion::store::TokenStore, user: &str) -> Vec<String> {
+    use multitokens::core::token::RoutingTag;
+    let tag = RoutingTag::for_user(user);
+    let mut conn = store.redis().conn().await.unwrap();
+    redis::Script::new(multitokens::core::scripts::REVOKE_ALL)
+        .key(store.keys().index_key(user))
+        .key(store.keys().outbox_key(tag))
+        .arg(store.keys().record_prefix(tag))
+        .arg("")
+        .invoke_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_revocation_is_published_even_when_its_companion_dies_before_publishing() {
+    let redis = RedisServer::start();
+    let store = store_at(&redis.url(), policy(), None);
+    let tokens = futures_tokens(&store, "olga", 3).await;
+    let revoked = revoke_all_then_die(&store, "olga").await;
+    assert_eq!(revoked.len(), 3);
+    for t in &tokens {
+        assert!(store.whoami(t).await.is_err(), "revoked in Redis");
+    }
+    let feed: redis::streams::StreamRangeReply = redis.conn().xrange_all("mt:revoked").unwrap();
+    assert!(feed.ids.is_empty(), "not published yet: the companion died");
+    // the revocation sits in the user's outbox, written by the same script
+    let outbox: Vec<String> = redis.conn().lrange(store.keys().outbox_key(multitokens::core::token::RoutingTag::for_user("olga")), 0, -1).unwrap();
+    assert_eq!(outbox, revoked);
+    // any companion's sweep publishes it
+    assert_eq!(store.publish_abandoned_outboxes().await.unwrap(), 1);
+    let feed: redis::streams::StreamRangeReply = redis.conn().xrange_all("mt:revoked").unwrap();
+    let published: Vec<String> =
+        feed.ids.iter().map(|e| redis::from_redis_value(e.map["d"].clone()).unwrap()).collect();
+    assert_eq!(published, revoked);
+    assert_eq!(store.publish_abandoned_outboxes().await.unwrap(), 0, "the outbox is empty now");
+    // a revoke that returns has published already: nothing left behind
+    let t = store.issue(req("olga", "again")).await.unwrap().token;
+    store.revoke(&t).await.unwrap();
+    assert_eq!(store.publish_abandoned_outboxes().await.unwrap(), 0);
+}
