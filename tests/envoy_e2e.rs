@@ -41,7 +41,11 @@ impl Stack {
 
     /// Starts the stack; `patch` edits the plugin configuration, `edit` the rest of the Envoy config.
     fn start_with(patch: impl Fn(&mut Value), edit: impl Fn(EnvoyConfig) -> EnvoyConfig) -> Stack {
-        let redis = RedisServer::start();
+        Self::start_on(RedisServer::start(), patch, edit)
+    }
+
+    /// Starts the stack on a given Redis.
+    fn start_on(redis: RedisServer, patch: impl Fn(&mut Value), edit: impl Fn(EnvoyConfig) -> EnvoyConfig) -> Stack {
         let companion_port = free_port(false);
         let companion = Self::companion(&redis, companion_port);
         let app_port = free_port(false);
@@ -650,4 +654,105 @@ fn no_token_is_accepted_after_its_logout_returned_across_two_envoys_under_load()
     assert!(violations.is_empty(), "{} accepted after logout, e.g. {:?}", violations.len(), violations.first());
     let (sent, accepted) = (sent.load(Ordering::Relaxed), accepted.load(Ordering::Relaxed));
     assert!(sent > 2000 && accepted > 500, "the load reached the workers: {sent} sent, {accepted} accepted");
+}
+
+/// Waits until every token gets at the edge what Redis says of it (200 if live, 401 if not),
+/// then checks it a few more times on both workers: once the system has recovered, nothing
+/// revoked is accepted and nothing live is lost.
+fn edge_agrees_with_redis(s: &Stack, tokens: &[String], limit: Duration) -> (usize, usize) {
+    let (mut live, mut revoked) = (0, 0);
+    for token in tokens {
+        let out = support::companion(&["whoami", token], &[("MULTITOKENS_REDIS_URL", &s.redis.url())], None);
+        let expected = match out.status.code() {
+            Some(0) => 200,
+            Some(1) => 401,
+            other => panic!("whoami: {other:?} {}", String::from_utf8_lossy(&out.stderr)),
+        };
+        s.wait_for_status("/api/whoami", &bearer(token), expected, limit);
+        for _ in 0..4 {
+            assert_eq!(s.get("/api/whoami", Some(&bearer(token))).status, expected, "the edge disagrees with Redis");
+        }
+        if expected == 200 {
+            live += 1
+        } else {
+            revoked += 1
+        }
+    }
+    (live, revoked)
+}
+
+/// Faults around revocations: the companion SIGKILLed at points of revokes in flight and
+/// restarted; Redis SIGKILLed (append-only file, fsync always) and restarted; the feed trimmed,
+/// then deleted. After each, the edge agrees with Redis for every token, and a revoke that
+/// returned success is refused at once.
+#[test]
+fn revoked_tokens_stay_refused_through_companion_kills_redis_restarts_and_a_lost_feed() {
+    let redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"], false);
+    let unthrottled = |c: &mut Value| {
+        c.as_object_mut().unwrap().remove("throttle");
+        c["cache"]["ttl_ms"] = json!(600_000);
+    };
+    let mut s = Stack::start_on(redis, unthrottled, |c| c);
+    let tokens: Vec<String> = (0..40).map(|i| s.login(&format!("f-{i}"), "laptop", &[])).collect();
+    for t in &tokens {
+        for _ in 0..4 {
+            assert_eq!(s.get("/api/whoami", Some(&bearer(t))).status, 200); // cached on both workers
+        }
+    }
+    let companion = format!("http://127.0.0.1:{}", s.companion_port);
+    let revoke = |token: &str| {
+        support::http_call(&s.agent, "DELETE", &format!("{companion}/v1/tokens/current"), &[("authorization", &bearer(token))], None)
+    };
+
+    // 1. the companion killed while revokes are in flight, at a different point each round
+    for (round, chunk) in tokens[..20].chunks(5).enumerate() {
+        let (chunk, base) = (chunk.to_vec(), companion.clone());
+        let inflight = std::thread::spawn(move || {
+            let agent = support::http_agent();
+            for t in chunk {
+                let url = format!("{base}/v1/tokens/current");
+                let _ = agent.delete(&url).header("authorization", &format!("Bearer {t}")).call();
+            }
+        });
+        std::thread::sleep(Duration::from_millis(2 + 5 * round as u64));
+        s.companion = None; // SIGKILL
+        let _ = inflight.join();
+        s.companion = Some(Stack::companion(&s.redis, s.companion_port));
+    }
+    let (live, revoked) = edge_agrees_with_redis(&s, &tokens, Duration::from_secs(10));
+    assert!(revoked >= 1 && live >= 20, "{revoked} revoked, {live} live");
+
+    // 2. Redis killed and restarted: revokes fail while it is down, nothing committed is lost
+    s.redis.kill();
+    assert_eq!(revoke(&tokens[20]).status, 503, "no revoke can succeed without Redis");
+    s.redis.restart();
+    wait_until(Duration::from_secs(10), || support::http_call(&s.agent, "GET", &format!("{companion}/readyz"), &[], None).status == 200);
+    for t in &tokens[20..25] {
+        let r = revoke(t);
+        assert_eq!((r.status, r.body["edges"]["pending"].clone()), (200, json!(0)), "{}", r.body);
+        assert_eq!(s.get("/api/whoami", Some(&bearer(t))).status, 401, "refused as soon as the revoke returned");
+    }
+    edge_agrees_with_redis(&s, &tokens, Duration::from_secs(10));
+
+    // 3. the feed trimmed to nothing, then deleted: the edges start over, revokes still hold at once
+    for lose in [&["XTRIM", "mt:revoked", "MAXLEN", "0"][..], &["DEL", "mt:revoked"][..]] {
+        s.redis.cli(lose);
+        std::thread::sleep(Duration::from_millis(1500));
+        let (from, to) = if lose[0] == "DEL" { (30, 35) } else { (25, 30) };
+        for t in &tokens[from..to] {
+            let r = revoke(t);
+            assert_eq!(r.status, 200, "{}", r.body);
+            assert_eq!(s.get("/api/whoami", Some(&bearer(t))).status, 401, "{lose:?}: refused as soon as the revoke returned");
+        }
+    }
+    let (live, revoked) = edge_agrees_with_redis(&s, &tokens, Duration::from_secs(10));
+    assert!(live >= 5 && revoked >= 15, "{revoked} revoked, {live} live");
+}
+
+fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -362,7 +362,10 @@ fn the_feed_fans_out_to_long_polls_and_the_revoke_waits_for_every_edge() {
     let (_, issued, _) = api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "fan"})));
     let token = issued["token"].as_str().unwrap().to_string();
     let internal = format!("Bearer {INTERNAL}");
-    let tail = api.request("GET", "/v1/internal/revocations", &[("authorization", &internal)], Vec::new()).body["cursor"].as_str().unwrap().to_string();
+    let tail = api.request("GET", "/v1/internal/revocations", &[("authorization", &internal)], Vec::new()).body["cursor"]
+        .as_str()
+        .unwrap()
+        .to_string();
     std::thread::sleep(std::time::Duration::from_millis(800)); // the watcher holds the tail
     let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

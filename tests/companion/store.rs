@@ -411,13 +411,13 @@ async fn a_revocation_is_published_even_when_its_companion_dies_before_publishin
     let feed: redis::streams::StreamRangeReply = redis.conn().xrange_all("mt:revoked").unwrap();
     assert!(feed.ids.is_empty(), "not published yet: the companion died");
     // the revocation sits in the user's outbox, written by the same script
-    let outbox: Vec<String> = redis.conn().lrange(store.keys().outbox_key(multitokens::core::token::RoutingTag::for_user("olga")), 0, -1).unwrap();
+    let outbox: Vec<String> =
+        redis.conn().lrange(store.keys().outbox_key(multitokens::core::token::RoutingTag::for_user("olga")), 0, -1).unwrap();
     assert_eq!(outbox, revoked);
     // any companion's sweep publishes it
     assert_eq!(store.publish_abandoned_outboxes().await.unwrap(), 1);
     let feed: redis::streams::StreamRangeReply = redis.conn().xrange_all("mt:revoked").unwrap();
-    let published: Vec<String> =
-        feed.ids.iter().map(|e| redis::from_redis_value(e.map["d"].clone()).unwrap()).collect();
+    let published: Vec<String> = feed.ids.iter().map(|e| redis::from_redis_value(e.map["d"].clone()).unwrap()).collect();
     assert_eq!(published, revoked);
     assert_eq!(store.publish_abandoned_outboxes().await.unwrap(), 0, "the outbox is empty now");
     // a revoke that returns has published already: nothing left behind
