@@ -4,7 +4,8 @@
 One run on this machine, side by side: real Envoy 1.40 (`--concurrency 1`, loopback) answering
 with a direct response behind (a) no auth filter, (b) a no-op wasm filter, (c) the multitokens
 filter served from its cache, (d) the filter with the cache off, (e) Envoy's own ext_authz calling
-the companion; a flood of invalid tokens; and the companion alone against redis-benchmark. The
+the companion; a flood of invalid tokens; revocation latency under load (two workers, until every
+worker refuses); and the companion alone against redis-benchmark. The
 Envoy scenarios run in alternating rounds and report medians. Writes bench/results.json.
 
 Settings (environment): BENCH_SECONDS (measured seconds per run, default 10), BENCH_WARMUP (2),
@@ -229,12 +230,12 @@ def cpu_seconds(pid):
 
 
 class Envoy:
-    def __init__(self, name, filters, companion_port):
+    def __init__(self, name, filters, companion_port, concurrency=1):
         self.name = name
         self.port, self.admin = free_port(), free_port()
         path = WORK / f"envoy-{name}.yaml"
         path.write_text(envoy_config(self.port, self.admin, filters, companion_port))
-        self.proc = start(f"envoy-{name}", [ENVOY, "-c", str(path), "--concurrency", "1", "--disable-hot-restart", "--log-level", "warn"])
+        self.proc = start(f"envoy-{name}", [ENVOY, "-c", str(path), "--concurrency", str(concurrency), "--disable-hot-restart", "--log-level", "warn"])
 
     def ready(self):
         wait_port(self.port, f"envoy ({self.name})")
@@ -448,6 +449,8 @@ def main():
         f"{mixed_results['forged_throttled']} throttled, {mixed_results['lookups']} lookups")
     scenarios["invalid_flood_bad_checksum"] = {k: flood_results["invalid_bad_checksum"][k] for k in ("rps", "p50_ms", "p99_ms", "errors")}
 
+    revocation = revocation_latency(companion_port, stock, valid_file)
+
     # the companion alone, and Redis as its floor
     wrk(companion_port, WARMUP, "companion.lua", {"BENCH_MODE": "issue", "ADMIN_KEY": ADMIN_KEY})
     r = wrk(companion_port, SECONDS, "companion.lua", {"BENCH_MODE": "issue", "ADMIN_KEY": ADMIN_KEY})
@@ -482,6 +485,7 @@ def main():
         "filter_vm_memory_bytes": {"filter_hit": hit_memory, "after_invalid_flood": flood_results["vm_memory_bytes_after"]},
         "invalid_flood": flood_results,
         "forged_mixed": mixed_results,
+        "revocation": revocation,
         "hit_path_native_ns": json.loads(micro) if micro.startswith("{") else None,
         "machine": machine(),
         "settings": {"seconds": SECONDS, "warmup": WARMUP, "rounds": ROUNDS, "connections": CONNECTIONS, "envoy_concurrency": 1},
@@ -497,6 +501,8 @@ def main():
         "memory_bounded_during_flood": 0 <= flood_results["cache_entries_after"] <= 10000,
         # one client, one worker: the budget (20 per window) plus the valid tokens' own misses
         "forged_flood_lookups_bounded": mixed_results["lookups"] <= 20 + len(tokens),
+        "revoked_token_never_accepted_after_the_revoke_returned": revocation["accepted_after_return"] == 0,
+        "revocation_p99_at_most_50_ms": revocation["p99_ms"] <= 50,
         "valid_tokens_keep_passing_in_the_flood": mixed_results["valid_passed"] >= 0.45 * (mixed_results["valid_passed"] + mixed_results["forged_refused"] + mixed_results["forged_throttled"]),
     }
 
@@ -504,6 +510,53 @@ def main():
     out.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
     print(f"\nwrote {out.relative_to(ROOT)}")
+
+
+def status_on_fresh_connection(port, token):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", "/api/bench", headers={"authorization": f"Bearer {token}"})
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+def revocation_latency(companion_port, wasm, load_tokens, samples=60):
+    """Revocation latency under load: a two-worker Envoy serves cached tokens at full speed while
+    each sample revokes one token cached on both workers. The revoke returns once every worker
+    applied it, so its duration is the latency until every worker refuses; probes on fresh
+    connections right after it returned must all be refused."""
+    envoy = Envoy("revocation", wasm_filter("multitokens", wasm, filter_config(10000)), companion_port, concurrency=2)
+    envoy.ready()
+    time.sleep(2.5)
+    auth = {"authorization": f"Bearer {ADMIN_KEY}"}
+    victims = [http_json(companion_port, "POST", "/v1/tokens", {"user": f"revoked-{i}"}, auth)[1]["token"] for i in range(samples)]
+    cmd = ["wrk", "-t1", f"-c{CONNECTIONS}", "-d600s", "-s", str(WRK_DIR / "tokens.lua"), f"http://127.0.0.1:{envoy.port}"]
+    load = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "BENCH_WRK_DIR": str(WRK_DIR), "TOKENS_FILE": str(load_tokens)})
+    time.sleep(WARMUP)
+    latencies, accepted_after, pending = [], 0, 0
+    try:
+        for token in victims:
+            for _ in range(8):
+                if status_on_fresh_connection(envoy.port, token) != 200:
+                    sys.exit("bench: a victim token was not accepted before its revocation")
+            started = time.perf_counter()
+            status, body = http_json(companion_port, "DELETE", "/v1/tokens/current", headers={"authorization": f"Bearer {token}"})
+            latencies.append((time.perf_counter() - started) * 1000)
+            if status != 200:
+                sys.exit(f"bench: revoke failed: {status} {body}")
+            pending += body["edges"]["pending"]
+            accepted_after += sum(status_on_fresh_connection(envoy.port, token) == 200 for _ in range(8))
+    finally:
+        load.terminate()
+        load.wait()
+    latencies.sort()
+    pick = lambda q: round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 2)
+    result = {"samples": len(latencies), "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": round(latencies[-1], 2),
+              "accepted_after_return": accepted_after, "pending_edges": pending, "envoy_workers": 2}
+    log(f"revocation under load: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, max {result['max_ms']} ms, "
+        f"{accepted_after} accepted after the revoke returned")
+    return result
 
 
 def print_table(results):
@@ -530,6 +583,9 @@ def print_table(results):
     x = results["forged_mixed"]
     print(f"  forged flood mixed with valid traffic: {x['valid_passed']} valid passed, {x['forged_refused']} forged refused, "
           f"{x['forged_throttled']} throttled (429), {x['lookups']} lookups in {x['seconds']} s")
+    v = results["revocation"]
+    print(f"  revocation under load ({v['envoy_workers']} workers): p50 {v['p50_ms']} ms, p99 {v['p99_ms']} ms, max {v['max_ms']} ms "
+          f"until every worker refuses; {v['accepted_after_return']} accepted after the revoke returned")
     if results["hit_path_native_ns"]:
         print(f"  native hit path: {results['hit_path_native_ns']}")
     for k, v in results["targets"].items():
