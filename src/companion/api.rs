@@ -384,9 +384,10 @@ async fn internal_revocations(
         if !valid_edge_id(edge) {
             return Err(ApiError::new(StatusCode::BAD_REQUEST, "edge must be 1 to 64 letters, digits, - or _."));
         }
-        if let Some(after) = query.after.as_deref().filter(|a| super::store::stream_id(a).is_some()) {
-            state.edges.record(edge, after, now_ms() + wait.as_millis() as u64);
-        }
+        // a VM's first poll (no cursor yet) registers it as having applied nothing: it may cache
+        // verdicts as soon as it has the first page, so every later revoke waits for it
+        let acked = query.after.as_deref().filter(|a| super::store::stream_id(a).is_some()).unwrap_or("0-0");
+        state.edges.record(edge, acked, now_ms() + wait.as_millis().max(2000) as u64);
     }
     Ok(Json(state.feed.next_page(query.after.as_deref(), wait).await?).into_response())
 }

@@ -7,7 +7,6 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::OnceCell;
 
 /// Where Redis is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,7 +62,7 @@ pub enum Redis {
     /// One node, behind a reconnecting multiplexed connection.
     Single(ConnectionManager, redis::Client, Duration),
     /// A cluster; connected on first use (so `serve` can start while Redis is down).
-    Cluster(Arc<ClusterClient>, Arc<OnceCell<ClusterConnection>>),
+    Cluster(Arc<ClusterClient>, SharedCluster),
 }
 
 impl Redis {
@@ -86,7 +85,7 @@ impl Redis {
             RedisTarget::Cluster(nodes) => {
                 let client =
                     ClusterClient::builder(nodes.clone()).connection_timeout(timeout).response_timeout(timeout).retries(2).build()?;
-                Ok(Redis::Cluster(Arc::new(client), Arc::new(OnceCell::new())))
+                Ok(Redis::Cluster(Arc::new(client), SharedCluster::default()))
             }
         }
     }
@@ -112,7 +111,7 @@ impl Redis {
                 }
             }
             Conn::Dedicated(_) => Ok(found),
-            Conn::Cluster(mut c) => {
+            Conn::Cluster(mut c, _) => {
                 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
                 let nodes = c
                     .route_command(redis::cmd("CLUSTER").arg("NODES").clone(), RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
@@ -146,7 +145,7 @@ impl Redis {
                 let conn = client.get_multiplexed_async_connection_with_config(&config).await?;
                 Ok(Conn::Dedicated(conn))
             }
-            Redis::Cluster(client, _) => Ok(Conn::Cluster(client.get_async_connection().await?)),
+            Redis::Cluster(client, _) => Ok(Conn::Cluster(client.get_async_connection().await?, SharedCluster::default())),
         }
     }
 
@@ -154,9 +153,15 @@ impl Redis {
     pub async fn conn(&self) -> RedisResult<Conn> {
         match self {
             Redis::Single(m, ..) => Ok(Conn::Single(m.clone())),
-            Redis::Cluster(client, cell) => {
-                let c = cell.get_or_try_init(|| client.get_async_connection()).await?;
-                Ok(Conn::Cluster(c.clone()))
+            Redis::Cluster(client, shared) => {
+                let mut current = shared.0.lock().await;
+                if current.is_none() {
+                    *current = Some(client.get_async_connection().await?);
+                }
+                match current.as_ref() {
+                    Some(c) => Ok(Conn::Cluster(c.clone(), shared.clone())),
+                    None => Err(redis::RedisError::from((redis::ErrorKind::Client, "no cluster connection"))),
+                }
             }
         }
     }
@@ -179,6 +184,23 @@ fn masters(nodes: &str) -> Vec<(String, u16)> {
         .collect()
 }
 
+/// The cluster connection every request shares. A command that fails for want of a node (I/O,
+/// timeout, cluster down) drops it, and the next request builds a new one from the seed nodes
+/// with a fresh slot map: after a failover the companion reaches the promoted replica.
+#[derive(Clone, Default)]
+pub struct SharedCluster(Arc<tokio::sync::Mutex<Option<ClusterConnection>>>);
+
+impl SharedCluster {
+    async fn drop_if_broken<T>(&self, result: RedisResult<T>) -> RedisResult<T> {
+        if let Err(e) = &result {
+            if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_cluster_error() {
+                *self.0.lock().await = None;
+            }
+        }
+        result
+    }
+}
+
 /// One usable connection, single or cluster.
 pub enum Conn {
     /// One node, through the shared connection manager.
@@ -186,7 +208,7 @@ pub enum Conn {
     /// One node, a connection of its own (for blocking commands).
     Dedicated(redis::aio::MultiplexedConnection),
     /// A cluster (routes by key slot, follows redirections).
-    Cluster(ClusterConnection),
+    Cluster(ClusterConnection, SharedCluster),
 }
 
 impl ConnectionLike for Conn {
@@ -194,7 +216,10 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
             Conn::Dedicated(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c, shared) => Box::pin(async move {
+                let result = c.req_packed_command(cmd).await;
+                shared.drop_if_broken(result).await
+            }),
         }
     }
 
@@ -202,7 +227,10 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Dedicated(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c, shared) => Box::pin(async move {
+                let result = c.req_packed_commands(pipeline, offset, count).await;
+                shared.drop_if_broken(result).await
+            }),
         }
     }
 
@@ -210,7 +238,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.get_db(),
             Conn::Dedicated(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
+            Conn::Cluster(c, _) => c.get_db(),
         }
     }
 }

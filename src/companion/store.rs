@@ -355,10 +355,12 @@ impl TokenStore {
             .arg(self.keys.index_prefix(tag))
             .invoke_async(&mut conn)
             .await?;
+        // publish whatever the outbox holds even when this call revoked nothing: it may be a
+        // retry of a revoke whose answer was lost before its publication
+        let feed_position = self.publish_outbox(&self.keys.outbox_key(tag)).await?;
         if revoked != 1 {
             return Err(StoreError::InvalidToken);
         }
-        let feed_position = self.publish_outbox(&self.keys.outbox_key(tag)).await?;
         tracing::info!(id = %digest.public_id(), "token revoked");
         Ok(Revocation { revoked: 1, feed_position })
     }

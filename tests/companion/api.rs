@@ -356,7 +356,18 @@ fn ext_authz_check_for_envoys_ext_authz_filter() {
 #[test]
 fn the_feed_fans_out_to_long_polls_and_the_revoke_waits_for_every_edge() {
     let redis = RedisServer::start();
-    let api = Api::start(&redis.url());
+    fan_out(&redis.url(), Some(&redis));
+}
+
+/// The same on a Redis Cluster (the feed on one master, the edge table on another).
+#[test]
+fn the_feed_fans_out_on_a_redis_cluster_too() {
+    let cluster = crate::support::RedisCluster::start();
+    fan_out(&cluster.url(), None);
+}
+
+fn fan_out(url: &str, single: Option<&RedisServer>) {
+    let api = Api::start(url);
     let _guard = api.runtime.enter();
     api.state.spawn_followers(std::time::Duration::from_millis(500));
     let (_, issued, _) = api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "fan"})));
@@ -388,6 +399,7 @@ fn the_feed_fans_out_to_long_polls_and_the_revoke_waits_for_every_edge() {
     }
     std::thread::sleep(std::time::Duration::from_millis(500)); // every edge has polled once
     let commands = || -> u64 {
+        let Some(redis) = single else { return 0 };
         let info = redis.cli(&["INFO", "stats"]);
         info.lines().find_map(|l| l.strip_prefix("total_commands_processed:")).unwrap().trim().parse().unwrap()
     };

@@ -55,3 +55,40 @@ async fn outboxes_left_behind_are_found_on_every_master() {
     let page = store.revocations_after(Some("0")).await.unwrap();
     assert_eq!(page.digests.len(), users.len());
 }
+
+#[tokio::test]
+async fn a_revocation_reports_its_feed_position_and_the_fan_out_follows_it() {
+    let cluster = RedisCluster::start();
+    let store = store_at(&cluster.url(), policy(), None);
+    let t = store.issue(IssueRequest { user: "pos".into(), ..Default::default() }).await.unwrap().token;
+    let revocation = store.revoke(&t).await.unwrap();
+    let position = revocation.feed_position.expect("published: a feed position");
+    let page = store.revocations_after(Some("0")).await.unwrap();
+    assert_eq!(page.cursor, position);
+    let mut conn = store.redis().dedicated(std::time::Duration::from_millis(300)).await.unwrap();
+    let entries = store.feed_entries_after(&mut conn, "0-0", std::time::Duration::from_millis(300)).await.unwrap();
+    assert_eq!(entries.len(), 1, "the blocking read sees the feed on a cluster too");
+}
+
+#[tokio::test]
+async fn the_store_follows_a_failover() {
+    let mut cluster = RedisCluster::start_with_replicas();
+    let store = store_at(&cluster.url(), policy(), None);
+    let users: Vec<String> = (0..12).map(|i| format!("fo-{i}")).collect();
+    for user in &users {
+        store.issue(IssueRequest { user: user.clone(), ..Default::default() }).await.unwrap();
+    }
+    let master = cluster.master_of("mt:revoked");
+    cluster.fail_over(master);
+    // the store built before the failover reaches the promoted replica (after a retry or two)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    for user in &users {
+        while let Err(e) = store.issue(IssueRequest { user: user.clone(), ..Default::default() }).await {
+            assert!(std::time::Instant::now() < deadline, "never recovered: {e}");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    let revocation = store.revoke_all("fo-0", None).await.unwrap();
+    assert_eq!(revocation.revoked, 2);
+    assert!(revocation.feed_position.is_some(), "the feed is served by the promoted replica");
+}

@@ -50,7 +50,7 @@ impl CompanionServer {
             .env("MULTITOKENS_LOG", "warn")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(if std::env::var_os("MT_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() });
         let child = cmd.spawn().expect("spawn companion serve");
         assert!(wait_for_port(port, Duration::from_secs(10)), "companion did not listen");
         CompanionServer { child, port }

@@ -119,10 +119,19 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Starts three cluster-enabled nodes and joins them with `redis-cli --cluster create`.
     pub fn start() -> Self {
-        let nodes: Vec<RedisServer> = (0..3)
+        Self::start_nodes(3, 0, "5000")
+    }
+
+    /// Three masters with a replica each, failing over a second after a master stops answering.
+    pub fn start_with_replicas() -> Self {
+        Self::start_nodes(6, 1, "1000")
+    }
+
+    fn start_nodes(count: usize, replicas: u32, node_timeout: &str) -> Self {
+        let nodes: Vec<RedisServer> = (0..count)
             .map(|_| {
                 RedisServer::start_with(
-                    &["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000"],
+                    &["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", node_timeout],
                     true,
                 )
             })
@@ -132,7 +141,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli --cluster create");
         assert!(out.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
@@ -146,6 +155,71 @@ impl RedisCluster {
             std::thread::sleep(Duration::from_millis(100));
         }
         RedisCluster { nodes }
+    }
+
+    /// The node serving `key` as master now.
+    pub fn master_of(&self, key: &str) -> usize {
+        let live = self.nodes.iter().position(|n| n.cli(&["PING"]).contains("PONG")).unwrap();
+        let slot: u16 = self.nodes[live].cli(&["CLUSTER", "KEYSLOT", key]).trim().parse().unwrap();
+        let shards = self.nodes[live].cli(&["CLUSTER", "NODES"]);
+        for line in shards.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let owns = fields[8..].iter().any(|range| match range.split_once('-') {
+                Some((a, b)) => (a.parse::<u16>().unwrap()..=b.parse::<u16>().unwrap()).contains(&slot),
+                None => range.parse::<u16>().ok() == Some(slot),
+            });
+            if owns {
+                let port: u16 = fields[1].split('@').next().unwrap().rsplit_once(':').unwrap().1.parse().unwrap();
+                return self.nodes.iter().position(|n| n.port == port).unwrap();
+            }
+        }
+        panic!("no master serves slot {slot}");
+    }
+
+    /// Fails the master `index` over: SIGKILLs it and promotes its replica (`CLUSTER FAILOVER
+    /// FORCE`, as an operator does when the automatic election does not happen), then waits until
+    /// the cluster is whole again.
+    pub fn fail_over(&mut self, index: usize) {
+        let id = self.nodes[index].cli(&["CLUSTER", "MYID"]).trim().to_string();
+        let replica = self
+            .nodes
+            .iter()
+            .position(|n| {
+                let role = n.cli(&["ROLE"]);
+                let mut lines = role.lines();
+                lines.next() == Some("slave")
+                    && lines.next() == Some("127.0.0.1")
+                    && lines.next() == Some(&self.nodes[index].port.to_string())
+            })
+            .unwrap_or_else(|| panic!("master {id} has no replica"));
+        // what was written before the failure has reached the replica (a failover loses only the
+        // writes not replicated yet; the tests fail over after those are)
+        assert_eq!(self.nodes[index].cli(&["WAIT", "1", "5000"]).trim(), "1", "the replica is not in sync");
+        self.nodes[index].kill();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.nodes[replica].cli(&["ROLE"]).starts_with("master") {
+            assert!(Instant::now() < deadline, "the replica was not promoted");
+            let _ = self.nodes[replica].cli(&["CLUSTER", "FAILOVER", "FORCE"]);
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        self.wait_ok(Duration::from_secs(20));
+    }
+
+    /// Waits until the live nodes agree the cluster is whole again.
+    pub fn wait_ok(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self
+            .nodes
+            .iter()
+            .filter(|n| n.cli(&["PING"]).contains("PONG"))
+            .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        {
+            assert!(Instant::now() < deadline, "the cluster did not recover");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// `redis+cluster://host:port,host:port,host:port`.
