@@ -415,3 +415,39 @@ fn fan_out(url: &str, single: Option<&RedisServer>) {
     assert!(took < std::time::Duration::from_millis(900), "the edges acknowledged in {took:?}");
     assert!(used < 60, "Redis load does not grow with the edges: {used} commands for 60 edges");
 }
+
+/// Companions behind one Redis share what they know of the edges: edges long-poll one
+/// companion, a revoke through another still waits for them and counts them.
+#[test]
+fn a_revoke_through_another_companion_waits_for_the_same_edges() {
+    let redis = RedisServer::start();
+    let (polled, revoking) = (Api::start(&redis.url()), Api::start(&redis.url()));
+    let _guard = polled.runtime.enter();
+    polled.state.spawn_followers(std::time::Duration::from_millis(500));
+    let (_, issued, _) = revoking.call("POST", "/v1/tokens", admin(), Some(json!({"user": "shared"})));
+    let token = issued["token"].as_str().unwrap().to_string();
+    let internal = format!("Bearer {INTERNAL}");
+    let tail = polled.request("GET", "/v1/internal/revocations", &[("authorization", &internal)], Vec::new()).body["cursor"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for edge in 0..3 {
+        let (app, internal, stop) = (polled.app.clone(), internal.clone(), stop.clone());
+        let mut cursor = tail.clone();
+        polled.runtime.spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let path = format!("/v1/internal/revocations?after={cursor}&edge=other-{edge}&wait_ms=3000");
+                let request = Request::builder().uri(path).header("authorization", &internal).body(Body::empty()).unwrap();
+                let response = app.clone().oneshot(request).await.unwrap();
+                let page: Value = serde_json::from_slice(&axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap()).unwrap();
+                cursor = page["cursor"].as_str().unwrap().to_string();
+            }
+        });
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300)); // the edge table reached Redis
+    let (status, report, _) = revoking.call("DELETE", "/v1/tokens/current", Some(&format!("Bearer {token}")), None);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!((status, report["edges"].clone()), (200, json!({"acknowledged": 3, "pending": 0})));
+}
