@@ -18,6 +18,11 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// The Redis timeout when none is configured, in milliseconds.
 pub const DEFAULT_REDIS_TIMEOUT_MS: u64 = 2000;
 
+/// Live tokens per user when nothing is configured.
+pub const DEFAULT_MAX_TOKENS_PER_USER: u32 = 100;
+/// The most `max_tokens_per_user` may be: a login's script walks at most this many tokens.
+pub const MAX_TOKENS_PER_USER: u32 = 10_000;
+
 /// How long a revoke waits for the edges when nothing is configured, in milliseconds.
 pub const DEFAULT_REVOKE_WAIT_MS: u64 = 1000;
 
@@ -79,10 +84,10 @@ pub struct SettingsLayer {
     #[arg(long, env = "MULTITOKENS_OVERWRITE_NONE_TTL", global = true, value_name = "BOOL",
           action = clap::ArgAction::Set, value_parser = parse_bool)]
     pub overwrite_none_ttl: Option<bool>,
-    /// Most live tokens per user [default: unlimited].
+    /// Most live tokens per user, 1 to 10000: it bounds what one login costs Redis [default: 100].
     #[arg(long, env = "MULTITOKENS_MAX_TOKENS_PER_USER", global = true, value_name = "N")]
     pub max_tokens_per_user: Option<u32>,
-    /// At the limit: `reject` the login or `evict_oldest` token [default: reject].
+    /// At the limit: `evict_oldest` token or `reject` the login [default: evict_oldest].
     #[arg(long, env = "MULTITOKENS_MAX_TOKENS_POLICY", global = true, value_name = "POLICY")]
     pub max_tokens_policy: Option<MaxTokensPolicy>,
     /// Absolute lifetime of a token in seconds: no TTL reset or refresh extends it [default: none].
@@ -162,8 +167,8 @@ pub struct Settings {
     pub overwrite_none_ttl: bool,
     /// HMAC key for digests ("pepper").
     pub hash_key: Option<String>,
-    /// Most live tokens per user.
-    pub max_tokens_per_user: Option<u32>,
+    /// Most live tokens per user (every script's cost is bounded by it).
+    pub max_tokens_per_user: u32,
     /// What to do at the limit.
     pub max_tokens_policy: MaxTokensPolicy,
     /// Absolute lifetime of a token in seconds, which no TTL reset or refresh extends.
@@ -224,8 +229,9 @@ impl Settings {
             reset_ttl_on_login: layer.reset_ttl_on_login.unwrap_or(true),
             overwrite_none_ttl: layer.overwrite_none_ttl.unwrap_or(true),
             hash_key: nonempty(layer.hash_key),
-            max_tokens_per_user: within("max_tokens_per_user", layer.max_tokens_per_user, 1, u32::MAX)?,
-            max_tokens_policy: layer.max_tokens_policy.unwrap_or(MaxTokensPolicy::Reject),
+            max_tokens_per_user: within("max_tokens_per_user", layer.max_tokens_per_user, 1, MAX_TOKENS_PER_USER)?
+                .unwrap_or(DEFAULT_MAX_TOKENS_PER_USER),
+            max_tokens_policy: layer.max_tokens_policy.unwrap_or(MaxTokensPolicy::EvictOldest),
             max_lifetime: within("max_lifetime", layer.max_lifetime, 1, MAX_TTL_SECS)?,
             admin_key: nonempty(layer.admin_key),
             internal_key: nonempty(layer.internal_key),
@@ -255,8 +261,8 @@ mod tests {
         assert_eq!(s.prefix, "mt");
         assert_eq!(s.token_ttl, TokenTtl::Seconds(30 * 24 * 3600));
         assert!(s.reset_ttl_on_login && s.overwrite_none_ttl);
-        assert_eq!(s.max_tokens_per_user, None);
-        assert_eq!(s.max_tokens_policy, MaxTokensPolicy::Reject);
+        assert_eq!(s.max_tokens_per_user, 100);
+        assert_eq!(s.max_tokens_policy, MaxTokensPolicy::EvictOldest);
         assert_eq!(s.redis_timeout, Duration::from_millis(2000));
     }
 
@@ -267,7 +273,7 @@ mod tests {
         let s = Settings::resolve(upper.over(lower).unwrap()).unwrap();
         assert_eq!(s.prefix, "flag");
         assert_eq!(s.token_ttl, TokenTtl::Never);
-        assert_eq!(s.max_tokens_per_user, Some(3));
+        assert_eq!(s.max_tokens_per_user, 3);
         assert_eq!(s.hash_key.as_deref(), Some("k"));
     }
 
@@ -283,6 +289,7 @@ mod tests {
         assert!(err("max_tokens_policy = \"lifo\"").contains("max_tokens_policy"));
         assert!(err("max_tokens_per_user = 0").contains("max_tokens_per_user"));
         assert!(err("max_tokens_per_user = -1").contains("max_tokens_per_user"));
+        assert!(err("max_tokens_per_user = 10001").contains("max_tokens_per_user"));
         assert!(err("max_lifetime = \"never\"").contains("max_lifetime"));
         assert!(err("redis_timeout_ms = 0").contains("redis_timeout_ms"));
         assert!(err("revoke_wait_ms = 60000").contains("revoke_wait_ms"));

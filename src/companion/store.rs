@@ -59,7 +59,7 @@ impl StorePolicy {
             token_ttl: s.token_ttl,
             reset_ttl_on_login: s.reset_ttl_on_login,
             overwrite_none_ttl: s.overwrite_none_ttl,
-            max_tokens_per_user: s.max_tokens_per_user,
+            max_tokens_per_user: Some(s.max_tokens_per_user),
             max_tokens_policy: s.max_tokens_policy,
             max_lifetime: s.max_lifetime,
         }
@@ -281,6 +281,7 @@ impl TokenStore {
                 .key(self.keys.index_key(&req.user))
                 .key(self.keys.record_key(tag, &digest))
                 .key(self.keys.outbox_key(tag))
+                .key(self.keys.expiry_key(&req.user))
                 .arg(digest.to_hex())
                 .arg(json)
                 .arg(ttl.as_millis_or_zero())
@@ -353,6 +354,7 @@ impl TokenStore {
             .key(self.keys.outbox_key(tag))
             .arg(&member)
             .arg(self.keys.index_prefix(tag))
+            .arg(self.keys.expiry_prefix(tag))
             .invoke_async(&mut conn)
             .await?;
         // publish whatever the outbox holds even when this call revoked nothing: it may be a
@@ -387,6 +389,7 @@ impl TokenStore {
             .revoke_all
             .key(self.keys.index_key(user))
             .key(self.keys.outbox_key(tag))
+            .key(self.keys.expiry_key(user))
             .arg(self.keys.record_prefix(tag))
             .arg(keep)
             .invoke_async(&mut conn)
@@ -406,6 +409,7 @@ impl TokenStore {
             .revoke_by_id
             .key(self.keys.index_key(user))
             .key(self.keys.outbox_key(tag))
+            .key(self.keys.expiry_key(user))
             .arg(self.keys.record_prefix(tag))
             .arg(id)
             .invoke_async(&mut conn)
@@ -421,8 +425,14 @@ impl TokenStore {
         validate_user(user)?;
         let mut conn = self.redis.conn().await?;
         let tag = RoutingTag::for_user(user);
-        let flat: Vec<Value> =
-            self.scripts.list.key(self.keys.index_key(user)).arg(self.keys.record_prefix(tag)).invoke_async(&mut conn).await?;
+        let flat: Vec<Value> = self
+            .scripts
+            .list
+            .key(self.keys.index_key(user))
+            .key(self.keys.expiry_key(user))
+            .arg(self.keys.record_prefix(tag))
+            .invoke_async(&mut conn)
+            .await?;
         let now = now_ms();
         let mut out = Vec::with_capacity(flat.len() / 2);
         for pair in flat.chunks(2) {
@@ -445,6 +455,7 @@ impl TokenStore {
             .key(self.keys.record_key(tag, digest))
             .arg(ttl.as_millis_or_zero())
             .arg(self.keys.index_prefix(tag))
+            .arg(self.keys.expiry_prefix(tag))
             .invoke_async(&mut conn)
             .await?;
         Ok(refreshed == 1)

@@ -3,6 +3,8 @@
 //!
 //! - `<ns>:{<tag>}:t:<digest hex>`: a token record (JSON), its Redis TTL the token's lifetime.
 //! - `<ns>:{<tag>}:u:<user>`: the user's index, a sorted set of digests scored by creation order.
+//! - `<ns>:{<tag>}:x:<user>`: the same digests scored by when their record expires (Unix ms, `inf`
+//!   for immortal ones), so expired tokens are pruned by score, never by visiting each record.
 //! - `<ns>:{<tag>}:o`: the outbox, a list of digests revoked by a script under this hash tag and
 //!   not yet copied to the feed: the revocation and its publication commit together.
 //! - `<ns>:revoked`: the revocation feed (a capped stream of revoked digests) that filters poll.
@@ -31,6 +33,18 @@ impl KeyLayout {
     /// Everything before the user id in an index key; the scripts append the record's user to it.
     pub fn index_prefix(&self, tag: RoutingTag) -> String {
         format!("{}:{{{}}}:u:", self.namespace, tag.to_hex())
+    }
+
+    /// Everything before the user id in an expiry index key.
+    pub fn expiry_prefix(&self, tag: RoutingTag) -> String {
+        format!("{}:{{{}}}:x:", self.namespace, tag.to_hex())
+    }
+
+    /// The expiry index of a user: the index's members scored by when their record expires.
+    pub fn expiry_key(&self, user: &str) -> String {
+        let mut key = self.expiry_prefix(RoutingTag::for_user(user));
+        key.push_str(user);
+        key
     }
 
     /// The record key of a token.
@@ -94,6 +108,7 @@ mod tests {
         let index = keys.index_key("alice");
         assert_eq!(hash_tag(&record), hash_tag(&index));
         assert_eq!(hash_tag(&keys.outbox_key(tag)), hash_tag(&index));
+        assert_eq!(hash_tag(&keys.expiry_key("alice")), hash_tag(&index));
         assert_eq!(index, format!("{}alice", keys.index_prefix(tag)));
         // a user id with braces cannot change the hash tag: ours comes first
         assert_eq!(hash_tag(&keys.index_key("{evil}")), RoutingTag::for_user("{evil}").to_hex());

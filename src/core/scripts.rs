@@ -67,80 +67,100 @@ local function next_score(index)
   return score
 end
 
--- Members of the index whose record still exists, oldest first; prunes the rest.
-local function live_members(index, record_prefix)
-  local live = {}
-  for _, member in ipairs(redis.call('ZRANGE', index, 0, -1)) do
-    if redis.call('EXISTS', record_prefix .. member) == 1 then
-      live[#live + 1] = member
-    else
-      redis.call('ZREM', index, member)
-    end
-  end
-  return live
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Keeps the index alive exactly as long as its longest-lived record (forever if one is immortal).
-local function fit_index_ttl(index, record_prefix, live)
-  if #live == 0 then
-    redis.call('DEL', index)
+-- When a record expires, as an expiry-index score: Unix ms, 'inf' if immortal, nil if gone.
+local function expiry_of(key)
+  local pttl = redis.call('PTTL', key)
+  if pttl == -1 then return 'inf' end
+  if pttl < 0 then return nil end
+  return now_ms() + pttl
+end
+
+-- Scores a member by its record's expiry, or drops it from both indexes if the record is gone.
+local function track(index, expiry, record_prefix, member)
+  local at = expiry_of(record_prefix .. member)
+  if at then
+    redis.call('ZADD', expiry, at, member)
+  else
+    redis.call('ZREM', index, member)
+    redis.call('ZREM', expiry, member)
+  end
+end
+
+-- Prunes expired members by score (each once, however many tokens the user ever had; a record
+-- re-armed meanwhile is re-scored) and returns how many are live. An index written before the
+-- expiry index existed is scored once, record by record.
+local function prune(index, expiry, record_prefix)
+  if redis.call('ZCARD', expiry) ~= redis.call('ZCARD', index) then
+    redis.call('DEL', expiry)
+    for _, m in ipairs(redis.call('ZRANGE', index, 0, -1)) do track(index, expiry, record_prefix, m) end
+  end
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', expiry, '-inf', now_ms())) do
+    track(index, expiry, record_prefix, m)
+  end
+  return redis.call('ZCARD', index)
+end
+
+-- Keeps both indexes alive exactly as long as the longest-lived record (forever if one is
+-- immortal), from the expiry index alone.
+local function fit_index_ttl(index, expiry)
+  if redis.call('ZCARD', index) == 0 then
+    redis.call('DEL', index, expiry)
     return
   end
-  local longest = 0
-  for _, member in ipairs(live) do
-    local pttl = redis.call('PTTL', record_prefix .. member)
-    if pttl == -1 then
-      redis.call('PERSIST', index)
-      return
-    end
-    if pttl > longest then longest = pttl end
+  local last = redis.call('ZRANGE', expiry, -1, -1, 'WITHSCORES')
+  if last[2] == nil or last[2] == 'inf' then
+    redis.call('PERSIST', index)
+    redis.call('PERSIST', expiry)
+    return
   end
-  redis.call('PEXPIRE', index, longest + 1000)
+  local at = math.floor(tonumber(last[2])) + 1000
+  redis.call('PEXPIREAT', index, at)
+  redis.call('PEXPIREAT', expiry, at)
 end
 "#
     };
 }
 
 /// Issues a token: prune, enforce the per-user limit, reset other tokens' TTL, store, index.
+/// Its cost is bounded by the user's live tokens (at most `max_tokens_per_user`), never by how
+/// many the user ever had: expired ones are pruned by score.
 ///
-/// KEYS: index, new record, outbox. ARGV: member (digest hex), record JSON, new token TTL ms (0 = never),
-/// reset TTL ms (0 = never), reset on login (1/0), overwrite immortal TTL (1/0), max tokens
-/// (0 = unlimited), policy (`reject` | `evict_oldest`), record key prefix.
+/// KEYS: index, new record, outbox, expiry index. ARGV: member (digest hex), record JSON, new
+/// token TTL ms (0 = never), reset TTL ms (0 = never), reset on login (1/0), overwrite immortal
+/// TTL (1/0), max tokens (0 = unlimited), policy (`reject` | `evict_oldest`), record key prefix.
 /// Returns `{status, first, ttl_reset, evicted...}`: status 0 ok, 1 limit reached, 2 duplicate
 /// digest; `ttl_reset` counts the user's other tokens whose lifetime this login reset.
 pub const ISSUE: &str = concat!(
     prelude!(),
     ttl_helpers!(),
     r#"
-local index, record, member = KEYS[1], KEYS[2], ARGV[1]
+local index, record, outbox, expiry, member = KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1]
 local record_prefix = ARGV[9]
 if redis.call('EXISTS', record) == 1 then return {2, 0, 0} end
-local live = live_members(index, record_prefix)
+local count = prune(index, expiry, record_prefix)
 local first = 0
-if #live == 0 then first = 1 end
+if count == 0 then first = 1 end
 local result = {0, first, 0}
 local max = tonumber(ARGV[7])
-if max > 0 and #live >= max then
+if max > 0 and count >= max then
   if ARGV[8] ~= 'evict_oldest' then return {1, first, 0} end
-  local excess = #live - max + 1
-  local kept = {}
-  for i, m in ipairs(live) do
-    if i <= excess then
-      redis.call('DEL', record_prefix .. m)
-      redis.call('ZREM', index, m)
-      result[#result + 1] = m
-    else
-      kept[#kept + 1] = m
-    end
+  local evicted = redis.call('ZRANGE', index, 0, count - max)
+  for _, m in ipairs(evicted) do
+    redis.call('DEL', record_prefix .. m)
+    redis.call('ZREM', index, m)
+    redis.call('ZREM', expiry, m)
+    result[#result + 1] = m
   end
-  live = kept
-  local evicted = {}
-  for i = 4, #result do evicted[#evicted + 1] = result[i] end
-  to_outbox(KEYS[3], evicted)
+  to_outbox(outbox, evicted)
 end
 if ARGV[5] == '1' then
   local reset = tonumber(ARGV[4])
-  for _, m in ipairs(live) do
+  for _, m in ipairs(redis.call('ZRANGE', index, 0, -1)) do
     local key = record_prefix .. m
     local pttl = redis.call('PTTL', key)
     if reset == 0 then
@@ -149,8 +169,8 @@ if ARGV[5] == '1' then
       set_ttl(key, reset)
       result[3] = result[3] + 1
     end
+    track(index, expiry, record_prefix, m)
   end
-  live = live_members(index, record_prefix)
 end
 local ttl = tonumber(ARGV[3])
 if ttl > 0 then
@@ -159,8 +179,8 @@ else
   redis.call('SET', record, ARGV[2])
 end
 redis.call('ZADD', index, string.format('%.0f', next_score(index)), member)
-live[#live + 1] = member
-fit_index_ttl(index, record_prefix, live)
+track(index, expiry, record_prefix, member)
+fit_index_ttl(index, expiry)
 return result
 "#
 );
@@ -174,7 +194,8 @@ return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
 
 /// Revokes one token (log out one device).
 ///
-/// KEYS: record, outbox. ARGV: member, index key prefix. Returns 1 if a live token was revoked, else 0.
+/// KEYS: record, outbox. ARGV: member, index key prefix, expiry index key prefix. Returns 1 if a
+/// live token was revoked, else 0.
 pub const REVOKE: &str = concat!(
     prelude!(),
     r#"
@@ -185,6 +206,7 @@ to_outbox(KEYS[2], {ARGV[1]})
 local ok, rec = pcall(cjson.decode, raw)
 if ok and type(rec) == 'table' and type(rec.user) == 'string' then
   redis.call('ZREM', ARGV[2] .. rec.user, ARGV[1])
+  redis.call('ZREM', ARGV[3] .. rec.user, ARGV[1])
 end
 return 1
 "#
@@ -192,22 +214,22 @@ return 1
 
 /// Revokes all of a user's tokens, or all but one (log out everywhere / everywhere else).
 ///
-/// KEYS: index, outbox. ARGV: record key prefix, member to keep (empty for none).
+/// KEYS: index, outbox, expiry index. ARGV: record key prefix, member to keep (empty for none).
 /// Returns the revoked members (only those whose record was still live).
 pub const REVOKE_ALL: &str = concat!(
     prelude!(),
     r#"
-local index, record_prefix, keep = KEYS[1], ARGV[1], ARGV[2]
-local revoked, kept = {}, {}
+local index, expiry, record_prefix, keep = KEYS[1], KEYS[3], ARGV[1], ARGV[2]
+prune(index, expiry, record_prefix)
+local revoked = {}
 for _, m in ipairs(redis.call('ZRANGE', index, 0, -1)) do
-  if m == keep and redis.call('EXISTS', record_prefix .. m) == 1 then
-    kept[#kept + 1] = m
-  else
+  if m ~= keep or redis.call('EXISTS', record_prefix .. m) == 0 then
     if redis.call('DEL', record_prefix .. m) == 1 then revoked[#revoked + 1] = m end
     redis.call('ZREM', index, m)
+    redis.call('ZREM', expiry, m)
   end
 end
-fit_index_ttl(index, record_prefix, kept)
+fit_index_ttl(index, expiry)
 to_outbox(KEYS[2], revoked)
 return revoked
 "#
@@ -215,24 +237,27 @@ return revoked
 
 /// Revokes one of a user's tokens by its public id.
 ///
-/// KEYS: index, outbox. ARGV: record key prefix, public id. Returns the revoked member, or nil.
+/// KEYS: index, outbox, expiry index. ARGV: record key prefix, public id. Returns the revoked
+/// member, or nil.
 pub const REVOKE_BY_ID: &str = concat!(
     prelude!(),
     r#"
-local index, record_prefix, id = KEYS[1], ARGV[1], ARGV[2]
-local found, kept = false, {}
-for _, m in ipairs(live_members(index, record_prefix)) do
+local index, expiry, record_prefix, id = KEYS[1], KEYS[3], ARGV[1], ARGV[2]
+prune(index, expiry, record_prefix)
+local found = false
+for _, m in ipairs(redis.call('ZRANGE', index, 0, -1)) do
+  local raw = redis.call('GET', record_prefix .. m)
   local ok, rec = false, nil
-  if not found then ok, rec = pcall(cjson.decode, redis.call('GET', record_prefix .. m)) end
+  if raw then ok, rec = pcall(cjson.decode, raw) end
   if ok and type(rec) == 'table' and rec.id == id then
     redis.call('DEL', record_prefix .. m)
     redis.call('ZREM', index, m)
+    redis.call('ZREM', expiry, m)
     found = m
-  else
-    kept[#kept + 1] = m
+    break
   end
 end
-fit_index_ttl(index, record_prefix, kept)
+fit_index_ttl(index, expiry)
 if found then to_outbox(KEYS[2], {found}) end
 return found
 "#
@@ -240,9 +265,9 @@ return found
 
 /// Lists a user's live tokens, oldest first, pruning dead index members.
 ///
-/// KEYS: index. ARGV: record key prefix. Returns `{json, pttl, json, pttl, ...}`.
+/// KEYS: index, expiry index. ARGV: record key prefix. Returns `{json, pttl, json, pttl, ...}`.
 pub const LIST: &str = r#"
-local index, record_prefix = KEYS[1], ARGV[1]
+local index, expiry, record_prefix = KEYS[1], KEYS[2], ARGV[1]
 local out = {}
 for _, m in ipairs(redis.call('ZRANGE', index, 0, -1)) do
   local key = record_prefix .. m
@@ -252,6 +277,7 @@ for _, m in ipairs(redis.call('ZRANGE', index, 0, -1)) do
     out[#out + 1] = redis.call('PTTL', key)
   else
     redis.call('ZREM', index, m)
+    redis.call('ZREM', expiry, m)
   end
 end
 return out
@@ -262,7 +288,8 @@ return out
 /// extensions of a second or more)
 /// and keeps the user's index alive at least as long.
 ///
-/// KEYS: record. ARGV: TTL ms, index key prefix. Returns 1 if refreshed, else 0.
+/// KEYS: record. ARGV: TTL ms, index key prefix, expiry index key prefix. Returns 1 if
+/// refreshed, else 0.
 pub const REFRESH: &str = concat!(
     ttl_helpers!(),
     r#"
@@ -277,9 +304,17 @@ if ttl - pttl < 1000 then return 0 end
 redis.call('PEXPIRE', KEYS[1], ttl)
 local ok, rec = pcall(cjson.decode, redis.call('GET', KEYS[1]))
 if ok and type(rec) == 'table' and type(rec.user) == 'string' then
-  local index = ARGV[2] .. rec.user
+  local index, expiry = ARGV[2] .. rec.user, (ARGV[3] or '') .. rec.user
   local ittl = redis.call('PTTL', index)
-  if ittl >= 0 and ittl < ttl + 1000 then redis.call('PEXPIRE', index, ttl + 1000) end
+  if ittl >= 0 and ittl < ttl + 1000 then
+    redis.call('PEXPIRE', index, ttl + 1000)
+    if ARGV[3] then redis.call('PEXPIRE', expiry, ttl + 1000) end
+  end
+  local member = string.match(KEYS[1], ':t:(%x+)$')
+  if ARGV[3] and member and redis.call('ZSCORE', expiry, member) then
+    local t = redis.call('TIME')
+    redis.call('ZADD', expiry, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + ttl, member)
+  end
 end
 return 1
 "#

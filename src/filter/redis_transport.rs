@@ -15,7 +15,7 @@ pub fn lookup_command(keys: &KeyLayout, request: &LookupRequest) -> Vec<u8> {
     encode_command(&["EVAL".as_bytes(), scripts::LOOKUP.as_bytes(), b"1", keys.record_key(request.tag, &request.digest).as_bytes()])
 }
 
-/// `EVAL REFRESH 1 <record key> <ttl ms> <index prefix>`: sliding expiry.
+/// `EVAL REFRESH 1 <record key> <ttl ms> <index prefix> <expiry index prefix>`: sliding expiry.
 pub fn refresh_command(keys: &KeyLayout, request: &LookupRequest) -> Option<Vec<u8>> {
     let ttl_ms = request.refresh_ttl?.saturating_mul(1000).to_string();
     Some(encode_command(&[
@@ -25,6 +25,7 @@ pub fn refresh_command(keys: &KeyLayout, request: &LookupRequest) -> Option<Vec<
         keys.record_key(request.tag, &request.digest).as_bytes(),
         ttl_ms.as_bytes(),
         keys.index_prefix(request.tag).as_bytes(),
+        keys.expiry_prefix(request.tag).as_bytes(),
     ]))
 }
 

@@ -391,6 +391,7 @@ pub async fn revoke_all_then_die(store: &multitokens::companion::store::TokenSto
     redis::Script::new(multitokens::core::scripts::REVOKE_ALL)
         .key(store.keys().index_key(user))
         .key(store.keys().outbox_key(tag))
+        .key(store.keys().expiry_key(user))
         .arg(store.keys().record_prefix(tag))
         .arg("")
         .invoke_async(&mut conn)
@@ -424,4 +425,31 @@ async fn a_revocation_is_published_even_when_its_companion_dies_before_publishin
     let t = store.issue(req("olga", "again")).await.unwrap().token;
     store.revoke(&t).await.unwrap();
     assert_eq!(store.publish_abandoned_outboxes().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn expired_tokens_are_pruned_by_score_and_an_old_index_is_scored_once() {
+    let redis = RedisServer::start();
+    let mut p = policy();
+    p.reset_ttl_on_login = false;
+    p.max_tokens_per_user = Some(100);
+    let store = store_at(&redis.url(), p, None);
+    for i in 0..50 {
+        let short = IssueRequest { user: "pam".into(), device: Some(format!("d{i}")), ttl: Some(TokenTtl::Seconds(1)), ..Default::default() };
+        store.issue(short).await.unwrap();
+    }
+    let (index, expiry) = (store.keys().index_key("pam"), store.keys().expiry_key("pam"));
+    assert_eq!((redis.conn().zcard::<_, i64>(&index).unwrap(), redis.conn().zcard::<_, i64>(&expiry).unwrap()), (50, 50));
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    let immortal = IssueRequest { user: "pam".into(), ttl: Some(TokenTtl::Never), ..Default::default() };
+    assert!(store.issue(immortal).await.unwrap().first, "the 50 expired tokens do not count");
+    assert_eq!((redis.conn().zcard::<_, i64>(&index).unwrap(), redis.conn().zcard::<_, i64>(&expiry).unwrap()), (1, 1));
+    let scores: Vec<(String, String)> = redis.conn().zrange_withscores(&expiry, 0, -1).unwrap();
+    assert_eq!(scores[0].1, "inf", "an immortal token is scored inf");
+    assert_eq!(redis.conn().pttl::<_, i64>(&index).unwrap(), -1, "the index of an immortal token persists");
+    // an index written before the expiry index existed is scored once, record by record
+    let _: () = redis.conn().del(&expiry).unwrap();
+    store.issue(req("pam", "later")).await.unwrap();
+    assert_eq!(redis.conn().zcard::<_, i64>(&expiry).unwrap(), 2);
+    assert_eq!(store.list("pam").await.unwrap().len(), 2);
 }
