@@ -450,6 +450,7 @@ def main():
     scenarios["invalid_flood_bad_checksum"] = {k: flood_results["invalid_bad_checksum"][k] for k in ("rps", "p50_ms", "p99_ms", "errors")}
 
     revocation = revocation_latency(companion_port, stock, valid_file)
+    per_user = per_user_cost(redis_port)
 
     # the companion alone, and Redis as its floor
     wrk(companion_port, WARMUP, "companion.lua", {"BENCH_MODE": "issue", "ADMIN_KEY": ADMIN_KEY})
@@ -486,6 +487,7 @@ def main():
         "invalid_flood": flood_results,
         "forged_mixed": mixed_results,
         "revocation": revocation,
+        "per_user_cost": per_user,
         "hit_path_native_ns": json.loads(micro) if micro.startswith("{") else None,
         "machine": machine(),
         "settings": {"seconds": SECONDS, "warmup": WARMUP, "rounds": ROUNDS, "connections": CONNECTIONS, "envoy_concurrency": 1},
@@ -503,6 +505,8 @@ def main():
         "forged_flood_lookups_bounded": mixed_results["lookups"] <= 20 + len(tokens),
         "revoked_token_never_accepted_after_the_revoke_returned": revocation["accepted_after_return"] == 0,
         "revocation_p99_at_most_50_ms": revocation["p99_ms"] <= 50,
+        # a user at the documented maximum makes a login cost a bounded amount (a few ms per 100 tokens)
+        "issue_at_100_tokens_under_5_ms": per_user["100"]["issue_p50_ms"] < 5,
         "valid_tokens_keep_passing_in_the_flood": mixed_results["valid_passed"] >= 0.45 * (mixed_results["valid_passed"] + mixed_results["forged_refused"] + mixed_results["forged_throttled"]),
     }
 
@@ -559,6 +563,44 @@ def revocation_latency(companion_port, wasm, load_tokens, samples=60):
     return result
 
 
+def per_user_cost(redis_port, levels=(1, 100, 10000), samples=20):
+    """Issue and revoke-all latency for one user holding 1, 100 and 10,000 live tokens (the
+    documented maximum of max_tokens_per_user), with the shipped policy (reset TTL on login).
+    The tokens are put in place by a companion with the TTL reset off, so filling is linear."""
+    fill_port, measure_port = free_port(), free_port()
+    common = {"MULTITOKENS_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "MULTITOKENS_ADMIN_KEY": ADMIN_KEY,
+              "MULTITOKENS_LOG": "warn", "MULTITOKENS_MAX_TOKENS_PER_USER": "10000"}
+    start("companion-fill", [str(COMPANION), "serve", "--listen", f"127.0.0.1:{fill_port}"],
+          {**common, "MULTITOKENS_RESET_TTL_ON_LOGIN": "false"})
+    start("companion-measure", [str(COMPANION), "serve", "--listen", f"127.0.0.1:{measure_port}"], common)
+    wait_port(fill_port, "the fill companion")
+    wait_port(measure_port, "the measuring companion")
+    auth = {"authorization": f"Bearer {ADMIN_KEY}"}
+    out = {}
+    for n in levels:
+        user = f"heavy-{n}"
+        for i in range(n - 1):
+            status, body = http_json(fill_port, "POST", "/v1/tokens", {"user": user, "device": f"d{i}"}, auth)
+            if status != 201:
+                sys.exit(f"bench: filling failed: {status} {body}")
+        issue = []
+        for i in range(samples):
+            started = time.perf_counter()
+            status, body = http_json(measure_port, "POST", "/v1/tokens", {"user": user, "device": f"m{i}"}, auth)
+            issue.append((time.perf_counter() - started) * 1000)
+            if status != 201:
+                sys.exit(f"bench: issue failed: {status} {body}")
+        started = time.perf_counter()
+        status, body = http_json(measure_port, "DELETE", f"/v1/users/{user}/tokens", headers=auth)
+        revoke_all = (time.perf_counter() - started) * 1000
+        issue.sort()
+        out[str(n)] = {"issue_p50_ms": round(issue[len(issue) // 2], 2), "issue_max_ms": round(issue[-1], 2),
+                       "revoke_all_ms": round(revoke_all, 2), "revoked": body["revoked"] if body else None}
+        log(f"one user with {n} tokens: issue p50 {out[str(n)]['issue_p50_ms']} ms, revoke-all of "
+            f"{out[str(n)]['revoked']} in {out[str(n)]['revoke_all_ms']} ms")
+    return out
+
+
 def print_table(results):
     s, base, noop = results["scenarios"], results["scenarios"]["no_auth"]["rps"], results["scenarios"]["noop_wasm"]["rps"]
     print(f"\n{'scenario':<28}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'vs no_auth':>12}{'vs noop_wasm':>14}{'envoy us/req':>14}")
@@ -586,6 +628,8 @@ def print_table(results):
     v = results["revocation"]
     print(f"  revocation under load ({v['envoy_workers']} workers): p50 {v['p50_ms']} ms, p99 {v['p99_ms']} ms, max {v['max_ms']} ms "
           f"until every worker refuses; {v['accepted_after_return']} accepted after the revoke returned")
+    for n, c in results["per_user_cost"].items():
+        print(f"  one user with {n} tokens: issue p50 {c['issue_p50_ms']} ms (max {c['issue_max_ms']}), revoke-all of {c['revoked']} in {c['revoke_all_ms']} ms")
     if results["hit_path_native_ns"]:
         print(f"  native hit path: {results['hit_path_native_ns']}")
     for k, v in results["targets"].items():

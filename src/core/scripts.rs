@@ -158,18 +158,32 @@ if max > 0 and count >= max then
   end
   to_outbox(outbox, evicted)
 end
-if ARGV[5] == '1' then
-  local reset = tonumber(ARGV[4])
+local reset = tonumber(ARGV[4])
+local already = false
+if ARGV[5] == '1' and reset > 0 then
+  -- every token was re-armed within the last 1 % of the TTL (at most a minute): a user logging
+  -- in again and again; the expiry index says so in O(log n), and nothing is walked
+  local soonest = redis.call('ZRANGE', expiry, 0, 0, 'WITHSCORES')
+  local latest = redis.call('ZRANGE', expiry, -1, -1, 'WITHSCORES')
+  local immortal_to_reset = ARGV[6] == '1' and latest[2] == 'inf'
+  local slack = math.min(60000, math.floor(reset / 100))
+  if soonest[2] and soonest[2] ~= 'inf' and not immortal_to_reset and tonumber(soonest[2]) >= now_ms() + reset - slack then
+    already = true
+    result[3] = redis.call('ZCOUNT', expiry, '-inf', '(inf') -- the mortal ones: what a reset re-arms
+  end
+end
+if ARGV[5] == '1' and not already then
   for _, m in ipairs(redis.call('ZRANGE', index, 0, -1)) do
     local key = record_prefix .. m
     local pttl = redis.call('PTTL', key)
     if reset == 0 then
       if pttl >= 0 then set_ttl(key, 0); result[3] = result[3] + 1 end
+      track(index, expiry, record_prefix, m)
     elseif pttl >= 0 or ARGV[6] == '1' then
       set_ttl(key, reset)
       result[3] = result[3] + 1
+      track(index, expiry, record_prefix, m)
     end
-    track(index, expiry, record_prefix, m)
   end
 end
 local ttl = tonumber(ARGV[3])
@@ -221,13 +235,19 @@ pub const REVOKE_ALL: &str = concat!(
     r#"
 local index, expiry, record_prefix, keep = KEYS[1], KEYS[3], ARGV[1], ARGV[2]
 prune(index, expiry, record_prefix)
-local revoked = {}
+local revoked, kept = {}, nil
 for _, m in ipairs(redis.call('ZRANGE', index, 0, -1)) do
-  if m ~= keep or redis.call('EXISTS', record_prefix .. m) == 0 then
-    if redis.call('DEL', record_prefix .. m) == 1 then revoked[#revoked + 1] = m end
-    redis.call('ZREM', index, m)
-    redis.call('ZREM', expiry, m)
+  if m == keep and redis.call('EXISTS', record_prefix .. m) == 1 then
+    kept = {redis.call('ZSCORE', index, m), redis.call('ZSCORE', expiry, m)}
+  elseif redis.call('DEL', record_prefix .. m) == 1 then
+    revoked[#revoked + 1] = m
   end
+end
+-- both indexes go at once, and the kept token comes back with its scores
+redis.call('DEL', index, expiry)
+if kept then
+  redis.call('ZADD', index, kept[1], keep)
+  if kept[2] then redis.call('ZADD', expiry, kept[2], keep) end
 end
 fit_index_ttl(index, expiry)
 to_outbox(KEYS[2], revoked)
@@ -320,11 +340,21 @@ return 1
 "#
 );
 
-/// Removes from an outbox the digests a companion has copied to the feed (one occurrence each,
-/// so digests revoked again meanwhile stay for the next drain).
+/// Removes from an outbox the digests a companion has copied to the feed: in one LTRIM when they
+/// are still its head (the usual case, O(k)), else one occurrence each, so digests revoked again
+/// meanwhile stay for the next drain (another companion drained concurrently).
 ///
-/// KEYS: outbox. ARGV: the digests copied. Returns how many were removed.
+/// KEYS: outbox. ARGV: the digests copied, in outbox order. Returns how many were removed.
 pub const OUTBOX_DONE: &str = r#"
+local head = redis.call('LRANGE', KEYS[1], 0, #ARGV - 1)
+local same = #head == #ARGV
+for i = 1, #head do
+  if head[i] ~= ARGV[i] then same = false break end
+end
+if same then
+  redis.call('LTRIM', KEYS[1], #ARGV, -1)
+  return #ARGV
+end
 local removed = 0
 for _, m in ipairs(ARGV) do removed = removed + redis.call('LREM', KEYS[1], 1, m) end
 return removed

@@ -435,7 +435,8 @@ async fn expired_tokens_are_pruned_by_score_and_an_old_index_is_scored_once() {
     p.max_tokens_per_user = Some(100);
     let store = store_at(&redis.url(), p, None);
     for i in 0..50 {
-        let short = IssueRequest { user: "pam".into(), device: Some(format!("d{i}")), ttl: Some(TokenTtl::Seconds(1)), ..Default::default() };
+        let short =
+            IssueRequest { user: "pam".into(), device: Some(format!("d{i}")), ttl: Some(TokenTtl::Seconds(1)), ..Default::default() };
         store.issue(short).await.unwrap();
     }
     let (index, expiry) = (store.keys().index_key("pam"), store.keys().expiry_key("pam"));
@@ -452,4 +453,42 @@ async fn expired_tokens_are_pruned_by_score_and_an_old_index_is_scored_once() {
     store.issue(req("pam", "later")).await.unwrap();
     assert_eq!(redis.conn().zcard::<_, i64>(&expiry).unwrap(), 2);
     assert_eq!(store.list("pam").await.unwrap().len(), 2);
+}
+
+/// What one command costs Redis, by the commands its scripts ran.
+fn calls(redis: &RedisServer, command: &str) -> u64 {
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    let line = stats.lines().find(|l| l.starts_with(&format!("cmdstat_{command}:"))).unwrap_or("calls=0,");
+    line.split("calls=").nth(1).and_then(|v| v.split(',').next()).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_user_logging_in_again_and_again_costs_redis_the_same_at_any_number_of_tokens() {
+    let redis = RedisServer::start();
+    let mut p = policy(); // reset TTL on login, as shipped
+    p.max_tokens_per_user = Some(10_000);
+    let store = store_at(&redis.url(), p, None);
+    for i in 0..1000 {
+        store.issue(req("loop", &format!("d{i}"))).await.unwrap();
+    }
+    // the last logins re-armed every token a moment ago: the next ones walk nothing
+    let (pttl, pexpire, get) = (calls(&redis, "pttl"), calls(&redis, "pexpire"), calls(&redis, "get"));
+    for i in 0..10 {
+        assert_eq!(store.issue(req("loop", &format!("again{i}"))).await.unwrap().ttl_reset, 1000 + i);
+    }
+    let walked = (calls(&redis, "pttl") - pttl) + (calls(&redis, "pexpire") - pexpire) + (calls(&redis, "get") - get);
+    assert!(walked < 50, "10 logins of a user with 1,000 tokens visited {walked} records");
+    // an expired index entry is pruned by score, and the limit evicts the oldest at the cap
+    let capped = store_at(
+        &redis.url(),
+        multitokens::companion::store::StorePolicy {
+            max_tokens_per_user: Some(1010),
+            max_tokens_policy: MaxTokensPolicy::EvictOldest,
+            ..policy()
+        },
+        None,
+    );
+    let issued = capped.issue(req("loop", "over")).await.unwrap();
+    assert_eq!(issued.ttl_reset, 1009, "the oldest token was evicted to make room");
+    assert_eq!(capped.list("loop").await.unwrap().len(), 1010);
 }
