@@ -72,6 +72,49 @@ impl Api {
         (r.status, r.body, challenge)
     }
 
+    /// Starts the feed's followers, waits until they hold the feed's tail, and returns the tail.
+    fn follow_feed(&self) -> String {
+        let _guard = self.runtime.enter();
+        self.state.spawn_followers(std::time::Duration::from_millis(500));
+        let internal = format!("Bearer {INTERNAL}");
+        let tail = self.request("GET", "/v1/internal/revocations", &[("authorization", &internal)], Vec::new()).body["cursor"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        tail
+    }
+
+    /// `count` edges named `<name>-<i>` long-polling from `cursor` until `stop`, each page applied
+    /// at once (its next poll acknowledges it); returns how many pages carried digests.
+    fn long_poll_edges(
+        &self,
+        name: &str,
+        count: usize,
+        cursor: &str,
+        stop: &Arc<std::sync::atomic::AtomicBool>,
+    ) -> Arc<std::sync::atomic::AtomicU64> {
+        let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        for edge in 0..count {
+            let (app, received, stop) = (self.app.clone(), received.clone(), stop.clone());
+            let (mut cursor, edge) = (cursor.to_string(), format!("{name}-{edge}"));
+            self.runtime.spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let path = format!("/v1/internal/revocations?after={cursor}&edge={edge}&wait_ms=3000");
+                    let request =
+                        Request::builder().uri(path).header("authorization", format!("Bearer {INTERNAL}")).body(Body::empty()).unwrap();
+                    let response = app.clone().oneshot(request).await.unwrap();
+                    let page: Value = serde_json::from_slice(&axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap()).unwrap();
+                    if !page["digests"].as_array().unwrap().is_empty() {
+                        received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    cursor = page["cursor"].as_str().unwrap().to_string();
+                }
+            });
+        }
+        received
+    }
+
     /// An admin POST with any content type and body.
     fn raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
         let r = self.request("POST", path, &[("authorization", &format!("Bearer {ADMIN}")), ("content-type", content_type)], body);
@@ -368,35 +411,11 @@ fn the_feed_fans_out_on_a_redis_cluster_too() {
 
 fn fan_out(url: &str, single: Option<&RedisServer>) {
     let api = Api::start(url);
-    let _guard = api.runtime.enter();
-    api.state.spawn_followers(std::time::Duration::from_millis(500));
     let (_, issued, _) = api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "fan"})));
     let token = issued["token"].as_str().unwrap().to_string();
-    let internal = format!("Bearer {INTERNAL}");
-    let tail = api.request("GET", "/v1/internal/revocations", &[("authorization", &internal)], Vec::new()).body["cursor"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    std::thread::sleep(std::time::Duration::from_millis(800)); // the watcher holds the tail
-    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let tail = api.follow_feed();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for edge in 0..60 {
-        let (app, internal, received, stop) = (api.app.clone(), internal.clone(), received.clone(), stop.clone());
-        let mut cursor = tail.clone();
-        api.runtime.spawn(async move {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let path = format!("/v1/internal/revocations?after={cursor}&edge=edge-{edge}&wait_ms=3000");
-                let request = Request::builder().uri(path).header("authorization", &internal).body(Body::empty()).unwrap();
-                let response = app.clone().oneshot(request).await.unwrap();
-                let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
-                let page: Value = serde_json::from_slice(&bytes).unwrap();
-                if !page["digests"].as_array().unwrap().is_empty() {
-                    received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                cursor = page["cursor"].as_str().unwrap().to_string();
-            }
-        });
-    }
+    let received = api.long_poll_edges("edge", 60, &tail, &stop);
     std::thread::sleep(std::time::Duration::from_millis(500)); // every edge has polled once
     let commands = || -> u64 {
         let Some(redis) = single else { return 0 };
@@ -422,30 +441,11 @@ fn fan_out(url: &str, single: Option<&RedisServer>) {
 fn a_revoke_through_another_companion_waits_for_the_same_edges() {
     let redis = RedisServer::start();
     let (polled, revoking) = (Api::start(&redis.url()), Api::start(&redis.url()));
-    let _guard = polled.runtime.enter();
-    polled.state.spawn_followers(std::time::Duration::from_millis(500));
     let (_, issued, _) = revoking.call("POST", "/v1/tokens", admin(), Some(json!({"user": "shared"})));
     let token = issued["token"].as_str().unwrap().to_string();
-    let internal = format!("Bearer {INTERNAL}");
-    let tail = polled.request("GET", "/v1/internal/revocations", &[("authorization", &internal)], Vec::new()).body["cursor"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    std::thread::sleep(std::time::Duration::from_millis(800));
+    let tail = polled.follow_feed();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for edge in 0..3 {
-        let (app, internal, stop) = (polled.app.clone(), internal.clone(), stop.clone());
-        let mut cursor = tail.clone();
-        polled.runtime.spawn(async move {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let path = format!("/v1/internal/revocations?after={cursor}&edge=other-{edge}&wait_ms=3000");
-                let request = Request::builder().uri(path).header("authorization", &internal).body(Body::empty()).unwrap();
-                let response = app.clone().oneshot(request).await.unwrap();
-                let page: Value = serde_json::from_slice(&axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap()).unwrap();
-                cursor = page["cursor"].as_str().unwrap().to_string();
-            }
-        });
-    }
+    polled.long_poll_edges("other", 3, &tail, &stop);
     std::thread::sleep(std::time::Duration::from_millis(300)); // the edge table reached Redis
     let (status, report, _) = revoking.call("DELETE", "/v1/tokens/current", Some(&format!("Bearer {token}")), None);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
