@@ -116,6 +116,12 @@ impl Stack {
         self.store.url()
     }
 
+    /// Logs a token out straight through the companion's API (`DELETE /v1/tokens/current`).
+    fn revoke_at_companion(&self, token: &str) -> HttpReply {
+        let url = format!("http://127.0.0.1:{}/v1/tokens/current", self.companion_port);
+        support::http_call(&self.agent, "DELETE", &url, &[("authorization", &bearer(token))], None)
+    }
+
     fn companion(redis_url: &str, port: u16) -> CompanionServer {
         CompanionServer::start_on(port, redis_url, &[("MULTITOKENS_ADMIN_KEY", ADMIN_KEY), ("MULTITOKENS_INTERNAL_KEY", INTERNAL_KEY)])
     }
@@ -732,10 +738,6 @@ fn revoked_tokens_stay_refused_through_companion_kills_redis_restarts_and_a_lost
         }
     }
     let companion = format!("http://127.0.0.1:{}", s.companion_port);
-    let agent = support::http_agent();
-    let revoke = |token: &str| {
-        support::http_call(&agent, "DELETE", &format!("{companion}/v1/tokens/current"), &[("authorization", &bearer(token))], None)
-    };
 
     // 1. the companion killed while revokes are in flight, at a different point each round
     for (round, chunk) in tokens[..20].chunks(5).enumerate() {
@@ -757,11 +759,11 @@ fn revoked_tokens_stay_refused_through_companion_kills_redis_restarts_and_a_lost
 
     // 2. Redis killed and restarted: revokes fail while it is down, nothing committed is lost
     s.redis().kill();
-    assert_eq!(revoke(&tokens[20]).status, 503, "no revoke can succeed without Redis");
+    assert_eq!(s.revoke_at_companion(&tokens[20]).status, 503, "no revoke can succeed without Redis");
     s.redis().restart();
-    wait_until(Duration::from_secs(10), || support::http_call(&agent, "GET", &format!("{companion}/readyz"), &[], None).status == 200);
+    wait_until(Duration::from_secs(10), || support::http_call(&s.agent, "GET", &format!("{companion}/readyz"), &[], None).status == 200);
     for t in &tokens[20..25] {
-        let r = revoke(t);
+        let r = s.revoke_at_companion(t);
         assert_eq!((r.status, r.body["edges"]["pending"].clone()), (200, json!(0)), "{}", r.body);
         assert_eq!(s.get("/api/whoami", Some(&bearer(t))).status, 401, "refused as soon as the revoke returned");
     }
@@ -773,7 +775,7 @@ fn revoked_tokens_stay_refused_through_companion_kills_redis_restarts_and_a_lost
         std::thread::sleep(Duration::from_millis(1500));
         let (from, to) = if lose[0] == "DEL" { (30, 35) } else { (25, 30) };
         for t in &tokens[from..to] {
-            let r = revoke(t);
+            let r = s.revoke_at_companion(t);
             assert_eq!(r.status, 200, "{}", r.body);
             assert_eq!(s.get("/api/whoami", Some(&bearer(t))).status, 401, "{lose:?}: refused as soon as the revoke returned");
         }
@@ -807,12 +809,8 @@ fn revocations_hold_when_the_feeds_shard_fails_over() {
             assert_eq!(s.get("/api/whoami", Some(&bearer(t))).status, 200);
         }
     }
-    let companion = format!("http://127.0.0.1:{}", s.companion_port);
-    let revoke = |s: &Stack, token: &str| {
-        support::http_call(&s.agent, "DELETE", &format!("{companion}/v1/tokens/current"), &[("authorization", &bearer(token))], None)
-    };
     for t in &tokens[..10] {
-        let r = revoke(&s, t);
+        let r = s.revoke_at_companion(t);
         assert_eq!((r.status, r.body["edges"]["pending"].clone()), (200, json!(0)), "{}", r.body);
         assert_eq!(s.get("/api/whoami", Some(&bearer(t))).status, 401, "{}", r.body);
         assert!(r.body["edges"]["acknowledged"].as_u64().unwrap() >= 2, "{}", r.body);
@@ -825,7 +823,7 @@ fn revocations_hold_when_the_feeds_shard_fails_over() {
     for t in &tokens[10..20] {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let r = revoke(&s, t);
+            let r = s.revoke_at_companion(t);
             if r.status == 200 {
                 break;
             }
