@@ -107,12 +107,13 @@ impl Worker {
     }
 
     /// Whether the next poll starts now rather than on the next tick, after a page was applied
-    /// at `now`: the page was full, or revoked something (the next poll acknowledges it), or a
-    /// long poll was held until its wait ran out. An empty page answered at once (a companion
-    /// that does not hold polls) waits for the tick, so polls never spin.
+    /// at `now`: it was the VM's first page (the next poll is the first to be held, and
+    /// acknowledges it), the page was full, or revoked something (the next poll acknowledges it),
+    /// or a long poll was held until its wait ran out. An empty page answered at once (a
+    /// companion that does not hold polls) waits for the tick, so polls never spin.
     pub fn poll_again_now(&self, page_had_digests: bool, started: u64, now: u64) -> bool {
         let wait = self.compiled.feed_wait_ms();
-        self.feed.more || (wait > 0 && (page_had_digests || now.saturating_sub(started) >= wait / 2))
+        self.feed.epoch == 1 || self.feed.more || (wait > 0 && (page_had_digests || now.saturating_sub(started) >= wait / 2))
     }
 
     /// A feed poll was dispatched.
@@ -193,6 +194,8 @@ mod tests {
     #[test]
     fn a_long_poll_keeps_the_feed_current_and_polls_again_at_once_after_a_page() {
         let mut w = worker("");
+        w.apply_feed(FeedPage { cursor: "1-0".into(), digests: vec![], reset: false, more: false }, 990);
+        assert!(w.poll_again_now(false, 980, 990), "after the first page: poll again now (it is the first to be held)");
         w.apply_feed(FeedPage { cursor: "1-0".into(), digests: vec![], reset: false, more: false }, 1000);
         w.feed_poll_started(1, 1000);
         assert!(w.feed_is_current(5_000), "held by the companion, not stale");
@@ -202,6 +205,8 @@ mod tests {
         assert!(!w.poll_again_now(false, 1000, 1010), "an empty page at once: wait for the tick, never spin");
         let mut plain = worker(r#", "revocation_wait_ms": 0"#);
         plain.apply_feed(FeedPage { cursor: "1-0".into(), digests: vec![], reset: false, more: false }, 1000);
+        assert!(plain.poll_again_now(false, 1000, 1010), "after the first page: poll again now");
+        plain.apply_feed(FeedPage { cursor: "1-0".into(), digests: vec![], reset: false, more: false }, 1010);
         plain.feed_poll_started(1, 1000);
         assert!(!plain.feed_is_current(5_000), "timer polling: three periods and the timeout at most");
         assert!(!plain.poll_again_now(true, 1000, 1010));

@@ -152,17 +152,15 @@ impl Root {
             return; // a sliding refresh: nothing to do with its answer
         }
         let started = worker.feed.call.map_or(0, |(_, at)| at);
-        let first = worker.feed.cursor.is_none();
         let (status, body) = http_response(num_headers, body_size);
         let page = companion_transport::parse_feed(status, &body);
         let revoked_something = page.as_ref().is_ok_and(|p| !p.digests.is_empty() || p.reset);
         let ok = page.is_ok();
         apply_feed(&mut worker, &self.metrics, page);
         let now = now_ms();
-        // the first page (the next poll is the first to be held and acknowledges it), a full
-        // page, a revocation (the next poll acknowledges it) or a long poll that ran its course:
-        // poll again now, not on the next tick
-        if ok && (first || worker.poll_again_now(revoked_something, started, now)) && worker.feed_poll_due(now) {
+        // the first page, a full page, a revocation (the next poll acknowledges it) or a long poll
+        // that ran its course: poll again now, not on the next tick
+        if ok && worker.poll_again_now(revoked_something, started, now) && worker.feed_poll_due(now) {
             self.start_feed_poll(&mut worker, now);
         }
     }
