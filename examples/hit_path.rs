@@ -29,7 +29,7 @@ fn main() {
         Ok(c) => c,
         Err(e) => return eprintln!("{e}"),
     };
-    let hasher = compiled.hasher.clone();
+    let hasher = compiled.hash_keys.current().clone();
     let mut worker = Worker::new(compiled);
     worker.apply_feed(FeedPage { cursor: "1-0".into(), digests: vec![], reset: false, more: false }, 0);
     let tokens: Vec<String> = (0..1000).filter_map(|i| token::generate("mt", &format!("user-{}", i % 100)).ok()).collect();

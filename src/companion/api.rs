@@ -8,6 +8,7 @@ use super::feed::FeedFanout;
 use super::store::{now_ms, IssueRequest, Revocation, TokenStore};
 use crate::core::contract::{self, FeedQuery, LookupAnswer, LookupQuery};
 use crate::core::digest::TokenDigest;
+use crate::core::keyring::MAX_PREVIOUS_HASH_KEYS;
 use crate::core::token::RoutingTag;
 use crate::core::ttl::TokenTtl;
 use axum::body::Bytes;
@@ -340,14 +341,27 @@ async fn internal_lookup(
     State(store): State<Arc<TokenStore>>,
     QueryArgs(query): QueryArgs<LookupQuery>,
 ) -> Result<Response, ApiError> {
-    let bad = || ApiError::new(StatusCode::BAD_REQUEST, "tag must be 8 and digest 64 hex characters.");
+    let bad = || {
+        let most = MAX_PREVIOUS_HASH_KEYS;
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("tag must be 8 and digest 64 hex characters; previous at most {most} digests, comma-separated."),
+        )
+    };
     let mut tag = [0u8; 4];
     hex::decode_to_slice(&query.tag, &mut tag).map_err(|_| bad())?;
     let tag = RoutingTag(tag);
-    let digest = TokenDigest::from_hex(&query.digest).ok_or_else(bad)?;
-    let Some(mut info) = store.lookup_digest(tag, &digest).await? else {
+    let mut digests = vec![TokenDigest::from_hex(&query.digest).ok_or_else(bad)?];
+    for previous in query.previous.as_deref().into_iter().flat_map(|p| p.split(',')) {
+        digests.push(TokenDigest::from_hex(previous).ok_or_else(bad)?);
+    }
+    if digests.len() > 1 + MAX_PREVIOUS_HASH_KEYS {
+        return Err(bad());
+    }
+    let Some(found) = store.lookup_digests(tag, &digests).await? else {
         return Ok(Json(LookupAnswer::inactive()).into_response());
     };
+    let (mut info, digest, previous_key) = (found.info, found.digest, found.previous_key);
     if let Some(secs) = query.refresh_ttl.filter(|s| *s > 0) {
         // the internal key may ask for a refresh no longer than a login's token_ttl
         let ttl = TokenTtl::Seconds(secs.min(store.max_refresh_secs()));
@@ -367,6 +381,7 @@ async fn internal_lookup(
         expires_in: info.expires_in,
         expires_in_ms: info.expires_in_ms,
         id: Some(info.id),
+        previous_key,
     })
     .into_response())
 }

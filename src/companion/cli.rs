@@ -1,4 +1,4 @@
-//! The `multitokens` command line: issue, whoami, revoke, revoke-all, list and serve.
+//! The `multitokens` command line: issue, whoami, revoke, revoke-all, list, rekey and serve.
 //!
 //! Exit codes ([`Exit`]): 0 success; 1 the token is not valid or not found (or the login was
 //! refused by `max_tokens_per_user`); 2 usage or configuration error; 3 Redis unreachable or
@@ -88,6 +88,19 @@ pub enum Command {
         /// The user id.
         #[arg(long)]
         user: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-key every token stored under a previous hash key (MULTITOKENS_PREVIOUS_HASH_KEYS) to the
+    /// current one (MULTITOKENS_HASH_KEY), so the previous keys can be dropped with nobody logged
+    /// out. Safe while serving and safe to repeat. Prints what it did ({"scanned","current",
+    /// "rekeyed","sealed","rekeyed_on_use_only","unsealed_or_tampered","gone"} with --json); exit
+    /// 1 if tokens remain that only their next use can re-key, or records without a valid seal.
+    Rekey {
+        /// Also seal records written before records were sealed (an upgrade), with the current key.
+        #[arg(long)]
+        seal_unsealed: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -227,6 +240,30 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
             for t in tokens {
                 let expires = t.expires_in.map_or("never".to_string(), |s| format!("{s}s"));
                 print(&format!("{}\t{}\t{}\t{}\t{}", t.id, t.device, t.created, expires, t.scopes.join(" ")))?;
+            }
+            Ok(())
+        }
+        Command::Rekey { seal_unsealed, json } => {
+            if store.check_hash_key().await? == KeyCheck::Differs {
+                return Err(usage(KEY_DIFFERS));
+            }
+            let r = store.rekey_all(seal_unsealed).await?;
+            print(&if json {
+                to_json(&r)?
+            } else {
+                format!(
+                    "scanned {}, current {}, rekeyed {}, sealed {}, rekeyed on use only {}, unsealed or tampered {}, gone {}",
+                    r.scanned, r.current, r.rekeyed, r.sealed, r.rekeyed_on_use_only, r.unsealed_or_tampered, r.gone
+                )
+            })?;
+            if r.rekeyed_on_use_only > 0 || r.unsealed_or_tampered > 0 {
+                return Err(Failure::new(
+                    Exit::Refused,
+                    format!(
+                        "{} token(s) can be re-keyed only when next used and {} record(s) have no valid seal: dropping a previous key now logs the former out",
+                        r.rekeyed_on_use_only, r.unsealed_or_tampered
+                    ),
+                ));
             }
             Ok(())
         }

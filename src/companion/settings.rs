@@ -52,6 +52,53 @@ fn secret_from_env(var: &str) -> Option<String> {
     std::env::var(var).ok()
 }
 
+/// Several secrets (keys still accepted during a rotation): a comma-separated environment value,
+/// or a list (or one comma-separated string) in the file.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "OneOrMany", into = "Vec<String>")]
+pub struct SecretList(pub Vec<String>);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl From<OneOrMany> for SecretList {
+    fn from(v: OneOrMany) -> Self {
+        match v {
+            OneOrMany::One(text) => SecretList::split(&text),
+            OneOrMany::Many(list) => SecretList(list.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()),
+        }
+    }
+}
+
+impl From<SecretList> for Vec<String> {
+    fn from(v: SecretList) -> Self {
+        v.0
+    }
+}
+
+impl SecretList {
+    /// The comma-separated secrets of a text; blanks around them and empty ones dropped.
+    pub fn split(text: &str) -> Self {
+        SecretList(text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect())
+    }
+}
+
+/// Never prints the secrets, only how many.
+impl std::fmt::Debug for SecretList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} set>", self.0.len())
+    }
+}
+
+/// A list of secrets from the environment (comma-separated).
+fn secrets_from_env(var: &str) -> Option<SecretList> {
+    std::env::var(var).ok().map(|v| SecretList::split(&v))
+}
+
 /// A boolean flag or variable, as people write them.
 fn parse_bool(text: &str) -> Result<bool, String> {
     match text.trim().to_ascii_lowercase().as_str() {
@@ -106,6 +153,10 @@ pub struct SettingsLayer {
     /// HMAC key for digests ("pepper"): MULTITOKENS_HASH_KEY or the file, never a flag.
     #[arg(skip = secret_from_env("MULTITOKENS_HASH_KEY"))]
     pub hash_key: Option<String>,
+    /// Hash keys still accepted while tokens are re-keyed to the current one, comma-separated:
+    /// MULTITOKENS_PREVIOUS_HASH_KEYS or the file, never a flag.
+    #[arg(skip = secrets_from_env("MULTITOKENS_PREVIOUS_HASH_KEYS"))]
+    pub previous_hash_keys: Option<SecretList>,
     /// Bearer key of the admin API: MULTITOKENS_ADMIN_KEY or the file, never a flag.
     #[arg(skip = secret_from_env("MULTITOKENS_ADMIN_KEY"))]
     pub admin_key: Option<String>,
@@ -167,6 +218,8 @@ pub struct Settings {
     pub overwrite_none_ttl: bool,
     /// HMAC key for digests ("pepper").
     pub hash_key: Option<String>,
+    /// Hash keys still accepted (a rotation in progress), at most 4.
+    pub previous_hash_keys: Vec<String>,
     /// Most live tokens per user (every script's cost is bounded by it).
     pub max_tokens_per_user: u32,
     /// What to do at the limit.
@@ -195,6 +248,7 @@ impl std::fmt::Debug for Settings {
             .field("reset_ttl_on_login", &self.reset_ttl_on_login)
             .field("overwrite_none_ttl", &self.overwrite_none_ttl)
             .field("hash_key", &self.hash_key.as_ref().map(|_| "<set>"))
+            .field("previous_hash_keys", &self.previous_hash_keys.len())
             .field("max_tokens_per_user", &self.max_tokens_per_user)
             .field("max_tokens_policy", &self.max_tokens_policy)
             .field("max_lifetime", &self.max_lifetime)
@@ -222,6 +276,10 @@ impl Settings {
         let redis_url = layer.redis_url.unwrap_or_else(|| DEFAULT_REDIS_URL.to_string());
         crate::companion::connection::RedisTarget::parse(&redis_url).map_err(|e| format!("invalid redis_url: {e}"))?;
         let nonempty = |v: Option<String>| v.filter(|v| !v.is_empty());
+        let previous_hash_keys = layer.previous_hash_keys.unwrap_or_default().0;
+        let previous: Vec<&[u8]> = previous_hash_keys.iter().map(|k| k.as_bytes()).collect();
+        crate::core::keyring::HashKeys::new(layer.hash_key.as_deref().map(str::as_bytes), &previous)
+            .map_err(|e| format!("invalid previous_hash_keys: {e}"))?;
         Ok(Settings {
             redis_url,
             prefix,
@@ -229,6 +287,7 @@ impl Settings {
             reset_ttl_on_login: layer.reset_ttl_on_login.unwrap_or(true),
             overwrite_none_ttl: layer.overwrite_none_ttl.unwrap_or(true),
             hash_key: nonempty(layer.hash_key),
+            previous_hash_keys,
             max_tokens_per_user: within("max_tokens_per_user", layer.max_tokens_per_user, 1, MAX_TOKENS_PER_USER)?
                 .unwrap_or(DEFAULT_MAX_TOKENS_PER_USER),
             max_tokens_policy: layer.max_tokens_policy.unwrap_or(MaxTokensPolicy::EvictOldest),

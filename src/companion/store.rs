@@ -4,7 +4,8 @@
 use super::connection::{Conn, Redis, RedisTarget};
 use super::error::StoreError;
 use super::settings::{MaxTokensPolicy, Settings};
-use crate::core::digest::{TokenDigest, TokenHasher};
+use crate::core::digest::TokenDigest;
+use crate::core::keyring::HashKeys;
 use crate::core::keys::KeyLayout;
 use crate::core::record::TokenRecord;
 use crate::core::scripts;
@@ -14,6 +15,7 @@ use crate::core::user::{validate_device, validate_scopes, validate_user};
 use crate::core::verdict::{evaluate, ValidToken, Verdict};
 use redis::{AsyncCommands, Script, Value};
 use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Revocation feed length kept in Redis (approximate trim).
@@ -25,6 +27,18 @@ pub const FEED_PAGE: usize = scripts::FEED_PAGE_SIZE;
 
 /// A page of the revocation feed: the contract's type, as the filter reads it.
 pub use crate::core::contract::FeedPage as RevocationPage;
+
+/// How a sealed record's seal starts.
+const SEAL_FIELD: &[u8] = b"\"seal\":\"";
+
+/// The routing tag and digest of a record key (`<ns>:{<tag>}:t:<digest>`).
+fn parse_record_key(name: &str) -> Option<(RoutingTag, TokenDigest)> {
+    let (_, rest) = name.split_once(":{")?;
+    let (tag_hex, rest) = rest.split_once("}:t:")?;
+    let mut tag = [0u8; token::ROUTING_TAG_LEN];
+    hex::decode_to_slice(tag_hex, &mut tag).ok()?;
+    Some((RoutingTag(tag), TokenDigest::from_hex(rest)?))
+}
 
 /// Parses a stream id `ms-seq` for ordering.
 pub fn stream_id(id: &str) -> Option<(u64, u64)> {
@@ -144,6 +158,7 @@ struct Scripts {
     revoke_all: Script,
     outbox_done: Script,
     revoke_by_id: Script,
+    rekey: Script,
     list: Script,
     refresh: Script,
     feed: Script,
@@ -153,9 +168,42 @@ struct Scripts {
 pub struct TokenStore {
     redis: Redis,
     keys: KeyLayout,
-    hasher: TokenHasher,
+    hash_keys: HashKeys,
     policy: StorePolicy,
     scripts: Scripts,
+    tampered: AtomicU64,
+}
+
+/// A live token found by a lookup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    /// The token.
+    pub info: TokenInfo,
+    /// The digest its record is stored under now (after re-keying, the current key's).
+    pub digest: TokenDigest,
+    /// It was found under a previous hash key's digest: a verdict on it must not be cached (a
+    /// revocation racing the re-keying publishes the old digest).
+    pub previous_key: bool,
+}
+
+/// What `multitokens rekey` did to the namespace's records.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RekeyReport {
+    /// Records looked at.
+    pub scanned: u64,
+    /// Already under the current key.
+    pub current: u64,
+    /// Moved to the current key's digest and resealed.
+    pub rekeyed: u64,
+    /// Unsealed records (written before sealing) sealed with the current key (`--seal-unsealed`).
+    pub sealed: u64,
+    /// Version 1 tokens under a previous key: only the token gives their new digest, so they are
+    /// re-keyed when next used. Dropping the previous key logs them out.
+    pub rekeyed_on_use_only: u64,
+    /// Records without a valid seal (left alone, refused on use).
+    pub unsealed_or_tampered: u64,
+    /// Records revoked or expired while the sweep ran.
+    pub gone: u64,
 }
 
 /// Whether this companion's hash key is the one the store was written with.
@@ -205,15 +253,19 @@ impl TokenStore {
     pub fn from_settings(settings: &Settings) -> Result<Self, StoreError> {
         let target = RedisTarget::parse(&settings.redis_url).map_err(StoreError::BadInput)?;
         let redis = Redis::open(&target, settings.redis_timeout).map_err(|e| StoreError::BadInput(format!("invalid redis_url: {e}")))?;
-        Ok(Self::new(redis, StorePolicy::from_settings(settings), settings.hash_key.as_deref()))
+        let previous: Vec<&[u8]> = settings.previous_hash_keys.iter().map(|k| k.as_bytes()).collect();
+        let hash_keys = HashKeys::new(settings.hash_key.as_deref().map(str::as_bytes), &previous)
+            .map_err(|e| StoreError::BadInput(format!("previous_hash_keys: {e}")))?;
+        Ok(Self::new(redis, StorePolicy::from_settings(settings), hash_keys))
     }
 
     /// A store over a Redis handle.
-    pub fn new(redis: Redis, policy: StorePolicy, hash_key: Option<&str>) -> Self {
+    pub fn new(redis: Redis, policy: StorePolicy, hash_keys: HashKeys) -> Self {
         TokenStore {
             redis,
             keys: KeyLayout::new(&policy.prefix),
-            hasher: TokenHasher::new(hash_key.map(str::as_bytes)),
+            hash_keys,
+            tampered: AtomicU64::new(0),
             policy,
             scripts: Scripts {
                 issue: Script::new(scripts::ISSUE),
@@ -222,6 +274,7 @@ impl TokenStore {
                 revoke_all: Script::new(scripts::REVOKE_ALL),
                 outbox_done: Script::new(scripts::OUTBOX_DONE),
                 revoke_by_id: Script::new(scripts::REVOKE_BY_ID),
+                rekey: Script::new(scripts::REKEY),
                 list: Script::new(scripts::LIST),
                 refresh: Script::new(scripts::REFRESH),
                 feed: Script::new(scripts::FEED),
@@ -237,6 +290,17 @@ impl TokenStore {
     /// The key layout in force.
     pub fn keys(&self) -> &KeyLayout {
         &self.keys
+    }
+
+    /// How many records with a seal that does not verify this companion has refused.
+    pub fn tampered_records(&self) -> u64 {
+        self.tampered.load(Ordering::Relaxed)
+    }
+
+    /// Counts and logs (the token's public id only) a record refused for its seal.
+    fn refuse_tampered(&self, digest: &TokenDigest) {
+        let total = self.tampered.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(id = %digest.public_id(), tampered_records_total = total, "token record seal does not verify: refused (rewritten in Redis?)");
     }
 
     /// Checks that Redis answers.
@@ -263,7 +327,8 @@ impl TokenStore {
         // A digest collision is astronomically unlikely; one retry covers it anyway.
         for _ in 0..2 {
             let token = token::generate(&self.policy.prefix, &req.user).map_err(|e| StoreError::Random(e.to_string()))?;
-            let digest = self.hasher.digest(&token);
+            let hasher = self.hash_keys.current();
+            let digest = hasher.digest(&token);
             let created = now_secs();
             let record = TokenRecord {
                 id: digest.public_id(),
@@ -273,8 +338,9 @@ impl TokenStore {
                 scopes: req.scopes.clone(),
                 expires_at: self.policy.max_lifetime.map(|max| created + max),
                 lifetime_ms: ttl.seconds().map(|s| s * 1000),
+                token_hash: hasher.is_keyed().then(|| hex::encode(crate::core::digest::token_hash(&token))),
             };
-            let json = record.to_json()?;
+            let json = hasher.seal(&digest, record.to_json()?);
             let reply: Vec<Value> = self
                 .scripts
                 .issue
@@ -318,52 +384,121 @@ impl TokenStore {
         self.policy.token_ttl.seconds().unwrap_or(crate::core::ttl::MAX_TTL_SECS)
     }
 
-    /// Checks a token's format and returns its routing tag and digest, or `InvalidToken`.
+    /// Checks a token's format and returns its routing tag and its digest under the current key,
+    /// or `InvalidToken`.
     pub fn digest_of(&self, token: &str) -> Result<(RoutingTag, TokenDigest), StoreError> {
         let tag = token::parse(token, &self.policy.prefix).map_err(|_| StoreError::InvalidToken)?;
-        Ok((tag, self.hasher.digest(token)))
+        Ok((tag, self.hash_keys.current().digest(token)))
     }
 
-    /// Looks a token up by routing tag and digest (what the filter sends), `None` if not live.
+    /// Like [`TokenStore::digest_of`], with the digests under the previous keys after the current
+    /// one's: every digest the token may be stored under.
+    pub fn digests_of(&self, token: &str) -> Result<(RoutingTag, Vec<TokenDigest>), StoreError> {
+        let tag = token::parse(token, &self.policy.prefix).map_err(|_| StoreError::InvalidToken)?;
+        Ok((tag, self.hash_keys.digests(token)))
+    }
+
+    /// Looks a token up by routing tag and digest, `None` if not live.
     pub async fn lookup_digest(&self, tag: RoutingTag, digest: &TokenDigest) -> Result<Option<TokenInfo>, StoreError> {
+        Ok(self.lookup_digests(tag, std::slice::from_ref(digest)).await?.map(|f| f.info))
+    }
+
+    /// Looks a token up under each digest it may be stored under (the current key's first), in
+    /// one round trip; `None` if not live. A record found under a previous key's digest is
+    /// re-keyed to the first digest (on use). A record whose seal does not verify is refused,
+    /// counted and logged.
+    pub async fn lookup_digests(&self, tag: RoutingTag, digests: &[TokenDigest]) -> Result<Option<Found>, StoreError> {
         let mut conn = self.redis.conn().await?;
-        let (value, pttl): (Option<Vec<u8>>, i64) =
-            self.scripts.lookup.key(self.keys.record_key(tag, digest)).invoke_async(&mut conn).await?;
-        match evaluate(value.as_deref(), pttl, now_ms())? {
-            Verdict::Valid(v) => Ok(Some(TokenInfo::from_valid(v))),
-            Verdict::Invalid => Ok(None),
+        let mut lookup = self.scripts.lookup.prepare_invoke();
+        for d in digests {
+            lookup.key(self.keys.record_key(tag, d));
         }
+        let reply: Vec<Value> = lookup.invoke_async(&mut conn).await?;
+        let at = reply.first().and_then(as_int).ok_or_else(|| corrupt("lookup"))?;
+        let Some(&digest) = usize::try_from(at).ok().and_then(|i| i.checked_sub(1)).and_then(|i| digests.get(i)) else {
+            return Ok(None);
+        };
+        let (Some(Value::BulkString(value)), Some(pttl)) = (reply.get(1), reply.get(2).and_then(as_int)) else {
+            return Err(corrupt("lookup"));
+        };
+        let info = match evaluate(Some(value), pttl, now_ms(), |v| self.hash_keys.sealed_by(&digest, v).is_some())? {
+            Verdict::Valid(v) => v,
+            Verdict::Invalid => return Ok(None),
+            Verdict::Tampered => {
+                self.refuse_tampered(&digest);
+                return Ok(None);
+            }
+        };
+        let previous_key = at > 1;
+        let mut now_under = digest;
+        if previous_key {
+            match self.rekey_record(&mut conn, tag, &digest, &digests[0], value, &info.record).await {
+                Ok(true) => now_under = digests[0],
+                Ok(false) => {}
+                Err(e) => tracing::warn!(id = %digest.public_id(), error = %e, "re-keying a token on use failed"),
+            }
+        }
+        Ok(Some(Found { info: TokenInfo::from_valid(info), digest: now_under, previous_key }))
+    }
+
+    /// Moves a record to `new` (or reseals it in place when `new` is `old`), sealed with the
+    /// current key, if it still holds `read`. True if moved.
+    async fn rekey_record(
+        &self,
+        conn: &mut Conn,
+        tag: RoutingTag,
+        old: &TokenDigest,
+        new: &TokenDigest,
+        read: &[u8],
+        record: &TokenRecord,
+    ) -> Result<bool, StoreError> {
+        let sealed = self.hash_keys.current().seal(new, record.to_json()?);
+        let moved: i64 = self
+            .scripts
+            .rekey
+            .key(self.keys.record_key(tag, old))
+            .key(self.keys.record_key(tag, new))
+            .key(self.keys.index_key(&record.user))
+            .key(self.keys.expiry_key(&record.user))
+            .arg(old.to_hex())
+            .arg(new.to_hex())
+            .arg(read)
+            .arg(sealed)
+            .invoke_async(conn)
+            .await?;
+        if moved == 1 {
+            tracing::info!(id = %record.id, "token re-keyed under the current hash key");
+        }
+        Ok(moved == 1)
     }
 
     /// Who a token belongs to (the seed's `get_user_from_token`).
     pub async fn whoami(&self, token: &str) -> Result<TokenInfo, StoreError> {
-        let (tag, digest) = self.digest_of(token)?;
-        self.lookup_digest(tag, &digest).await?.ok_or(StoreError::InvalidToken)
+        let (tag, digests) = self.digests_of(token)?;
+        Ok(self.lookup_digests(tag, &digests).await?.ok_or(StoreError::InvalidToken)?.info)
     }
 
     /// Logs out one device. `InvalidToken` if the token was not live. Returns where the
     /// revocation sits in the feed.
     pub async fn revoke(&self, token: &str) -> Result<Revocation, StoreError> {
-        let (tag, digest) = self.digest_of(token)?;
+        let (tag, digests) = self.digests_of(token)?;
         let mut conn = self.redis.conn().await?;
-        let member = digest.to_hex();
-        let revoked: i64 = self
-            .scripts
-            .revoke
-            .key(self.keys.record_key(tag, &digest))
-            .key(self.keys.outbox_key(tag))
-            .arg(&member)
-            .arg(self.keys.index_prefix(tag))
-            .arg(self.keys.expiry_prefix(tag))
-            .invoke_async(&mut conn)
-            .await?;
+        let mut revoke = self.scripts.revoke.key(self.keys.outbox_key(tag));
+        for d in &digests {
+            revoke.key(self.keys.record_key(tag, d));
+        }
+        revoke.arg(self.keys.index_prefix(tag)).arg(self.keys.expiry_prefix(tag));
+        for d in &digests {
+            revoke.arg(d.to_hex());
+        }
+        let revoked: i64 = revoke.invoke_async(&mut conn).await?;
         // publish whatever the outbox holds even when this call revoked nothing: it may be a
         // retry of a revoke whose answer was lost before its publication
         let feed_position = self.publish_outbox(&self.keys.outbox_key(tag)).await?;
-        if revoked != 1 {
+        if revoked < 1 {
             return Err(StoreError::InvalidToken);
         }
-        tracing::info!(id = %digest.public_id(), "token revoked");
+        tracing::info!(id = %digests[0].public_id(), "token revoked");
         Ok(Revocation { revoked: 1, feed_position })
     }
 
@@ -373,12 +508,12 @@ impl TokenStore {
         validate_user(user)?;
         let keep = match except {
             Some(token) => {
-                let (tag, digest) = self.digest_of(token)?;
-                let info = self.lookup_digest(tag, &digest).await?.ok_or(StoreError::InvalidToken)?;
-                if info.user != user {
+                let (tag, digests) = self.digests_of(token)?;
+                let found = self.lookup_digests(tag, &digests).await?.ok_or(StoreError::InvalidToken)?;
+                if found.info.user != user {
                     return Err(StoreError::InvalidToken);
                 }
-                digest.to_hex()
+                found.digest.to_hex()
             }
             None => String::new(),
         };
@@ -434,12 +569,15 @@ impl TokenStore {
             .invoke_async(&mut conn)
             .await?;
         let now = now_ms();
-        let mut out = Vec::with_capacity(flat.len() / 2);
-        for pair in flat.chunks(2) {
-            let [Value::BulkString(json), pttl] = pair else { return Err(corrupt("list")) };
+        let mut out = Vec::with_capacity(flat.len() / 3);
+        for triple in flat.chunks(3) {
+            let [member, Value::BulkString(json), pttl] = triple else { return Err(corrupt("list")) };
+            let digest = as_text(member).and_then(|m| TokenDigest::from_hex(&m)).ok_or_else(|| corrupt("list"))?;
             let pttl = as_int(pttl).ok_or_else(|| corrupt("list"))?;
-            if let Verdict::Valid(v) = evaluate(Some(json), pttl, now)? {
-                out.push(TokenInfo::from_valid(v));
+            match evaluate(Some(json), pttl, now, |v| self.hash_keys.sealed_by(&digest, v).is_some())? {
+                Verdict::Valid(v) => out.push(TokenInfo::from_valid(v)),
+                Verdict::Tampered => self.refuse_tampered(&digest),
+                Verdict::Invalid => {}
             }
         }
         Ok(out)
@@ -461,15 +599,86 @@ impl TokenStore {
         Ok(refreshed == 1)
     }
 
-    /// Compares this companion's hash key with the store's key check value, writing it when the
-    /// store has none yet.
+    /// Compares this companion's hash keys with the store's key check value, writing it when the
+    /// store has none yet. A store written with one of the previous keys matches (a rotation) and
+    /// is marked as written with the current key from then on.
     pub async fn check_hash_key(&self) -> Result<KeyCheck, StoreError> {
         let mut conn = self.redis.conn().await?;
-        let ours = self.hasher.digest(KEY_CHECK_TEXT).to_hex();
+        let check = |h: &crate::core::digest::TokenHasher| h.digest(KEY_CHECK_TEXT).to_hex();
+        let ours = check(self.hash_keys.current());
         let key = self.keys.key_check();
         let _: Option<String> = redis::cmd("SET").arg(&key).arg(&ours).arg("NX").query_async(&mut conn).await?;
         let stored: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
-        Ok(if stored.as_deref() == Some(ours.as_str()) { KeyCheck::Matches } else { KeyCheck::Differs })
+        if stored.as_deref() == Some(ours.as_str()) {
+            return Ok(KeyCheck::Matches);
+        }
+        if self.hash_keys.all()[1..].iter().any(|h| stored.as_deref() == Some(check(h).as_str())) {
+            let _: () = redis::cmd("SET").arg(&key).arg(&ours).query_async(&mut conn).await?;
+            tracing::info!("the store was written with a previous hash key: rotating to the current one");
+            return Ok(KeyCheck::Matches);
+        }
+        Ok(KeyCheck::Differs)
+    }
+
+    /// Re-keys every record of the namespace stored under a previous hash key (`multitokens
+    /// rekey`), and with `seal_unsealed` seals records written before sealing with the current
+    /// key. Safe to run while serving and to run again: each record moves in one atomic script
+    /// that checks it still holds what was read. Holds the record key names in memory (~100 bytes
+    /// per token).
+    pub async fn rekey_all(&self, seal_unsealed: bool) -> Result<RekeyReport, StoreError> {
+        let pattern = format!("{}:{{*}}:t:*", self.policy.prefix);
+        let names = self.redis.scan_all(&pattern).await?;
+        let mut report = RekeyReport::default();
+        let mut conn = self.redis.conn().await?;
+        let current = self.hash_keys.current();
+        for name in names {
+            let Some((tag, digest)) = parse_record_key(&name) else { continue };
+            report.scanned += 1;
+            let (value, pttl): (Option<Vec<u8>>, i64) = redis::pipe().get(&name).cmd("PTTL").arg(&name).query_async(&mut conn).await?;
+            let Some(value) = value.filter(|_| pttl != -2) else {
+                report.gone += 1;
+                continue;
+            };
+            let record = match TokenRecord::from_json(&value) {
+                Ok(r) => r,
+                Err(_) => {
+                    report.unsealed_or_tampered += 1;
+                    continue;
+                }
+            };
+            let sealed_by = self.hash_keys.sealed_by(&digest, &value);
+            let new_digest = record.token_hash.as_deref().and_then(TokenDigest::from_hex).map(|h| current.digest_of_hash(&h.0));
+            let has_seal = value.windows(SEAL_FIELD.len()).any(|w| w == SEAL_FIELD);
+            // where the record goes, and the counter it adds to once moved
+            let (target, counter) = match (sealed_by, new_digest) {
+                (None, _) if seal_unsealed && current.is_keyed() && !has_seal => (digest, &mut report.sealed),
+                (None, _) => {
+                    self.refuse_tampered(&digest);
+                    report.unsealed_or_tampered += 1;
+                    continue;
+                }
+                (Some(0), Some(new)) if new == digest => {
+                    report.current += 1;
+                    continue;
+                }
+                (Some(_), Some(new)) => (new, &mut report.rekeyed),
+                (Some(0), None) => {
+                    report.current += 1;
+                    continue;
+                }
+                (Some(_), None) => {
+                    report.rekeyed_on_use_only += 1;
+                    continue;
+                }
+            };
+            if self.rekey_record(&mut conn, tag, &digest, &target, &value, &record).await? {
+                *counter += 1;
+            } else {
+                report.gone += 1;
+            }
+        }
+        tracing::info!(?report, "rekey sweep done");
+        Ok(report)
     }
 
     /// Reads the revocation feed after `cursor` (one atomic script, [`scripts::FEED`]); without a

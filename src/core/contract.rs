@@ -63,6 +63,9 @@ pub struct LookupQuery {
     pub tag: String,
     /// Token digest, 64 hex characters.
     pub digest: String,
+    /// Its digests under previous hash keys, comma-separated (a rotation in progress).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
     /// Sliding refresh, seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_ttl: Option<u64>,
@@ -72,6 +75,9 @@ impl LookupQuery {
     /// The request path with this query (hex and digits need no escaping).
     pub fn path(&self) -> String {
         let mut path = format!("{LOOKUP_PATH}?tag={}&digest={}", self.tag, self.digest);
+        if let Some(previous) = &self.previous {
+            path.push_str(&format!("&previous={previous}"));
+        }
         if let Some(ttl) = self.refresh_ttl {
             path.push_str(&format!("&refresh_ttl={ttl}"));
         }
@@ -102,6 +108,10 @@ pub struct LookupAnswer {
     /// The token's public id (when active).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// Found under a previous hash key's digest (and re-keyed): the filter uses the answer once
+    /// and does not cache it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub previous_key: bool,
 }
 
 impl LookupAnswer {
@@ -171,7 +181,12 @@ mod tests {
 
     #[test]
     fn both_sides_read_what_the_other_writes() {
-        let q = LookupQuery { tag: "0a0b0c0d".into(), digest: "ff".repeat(32), refresh_ttl: Some(60) };
+        let q = LookupQuery {
+            tag: "0a0b0c0d".into(),
+            digest: "ff".repeat(32),
+            previous: Some(format!("{},{}", "aa".repeat(32), "bb".repeat(32))),
+            refresh_ttl: Some(60),
+        };
         let path = q.path();
         let query = path.split_once('?').unwrap().1;
         assert_eq!(serde_urlencoded_like(query), q);

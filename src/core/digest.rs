@@ -1,5 +1,8 @@
-//! What Redis stores instead of the token: SHA-256 of it, or HMAC-SHA-256 with a server secret.
+//! What Redis stores instead of the token: SHA-256 of it, or HMAC-SHA-256 with a server secret;
+//! and the seal that binds a stored record to its digest under that secret.
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
@@ -33,32 +36,93 @@ impl std::fmt::Debug for TokenDigest {
     }
 }
 
-/// Turns tokens into digests, keyed with the optional `hash_key` ("pepper").
+/// Turns tokens into digests, keyed with the optional `hash_key` ("pepper"), and seals the records
+/// stored under them with a key derived from it.
+///
+/// A version 2 token's digest is HMAC(key, SHA-256(token)): a record keeps SHA-256(token)
+/// ([`token_hash`], useless without the key), so a sweep can re-key it under a new key. A version
+/// 1 token's is HMAC(key, token). Without a key both are SHA-256(token).
 #[derive(Clone)]
 pub struct TokenHasher {
     keyed: Option<Hmac<Sha256>>,
+    seal: Option<Hmac<Sha256>>,
 }
+
+/// SHA-256 of a token: what a version 2 digest is keyed over.
+pub fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// The label the seal key is derived under (from the hash key, so one secret serves both).
+const SEAL_KEY_LABEL: &[u8] = b"multitokens/seal-key/v1";
 
 impl TokenHasher {
-    /// A hasher; with a key, digests are HMAC-SHA-256 so Redis write access cannot mint tokens.
+    /// A hasher; with a key, digests are HMAC-SHA-256 so Redis write access cannot mint tokens,
+    /// and records are sealed so it cannot rewrite them either.
     pub fn new(hash_key: Option<&[u8]>) -> Self {
         let keyed = hash_key.filter(|k| !k.is_empty()).and_then(|k| Hmac::<Sha256>::new_from_slice(k).ok());
-        TokenHasher { keyed }
+        let seal = keyed.as_ref().and_then(|mac| {
+            let derived = mac.clone().chain_update(SEAL_KEY_LABEL).finalize().into_bytes();
+            Hmac::<Sha256>::new_from_slice(&derived).ok()
+        });
+        TokenHasher { keyed, seal }
     }
 
-    /// The digest of a token.
+    /// Whether a hash key is set (digests keyed, records sealed).
+    pub fn is_keyed(&self) -> bool {
+        self.keyed.is_some()
+    }
+
+    /// The digest of a token (of its version's scheme; text that is not a token: HMAC of it).
     pub fn digest(&self, token: &str) -> TokenDigest {
-        let bytes: [u8; 32] = match &self.keyed {
-            Some(mac) => {
-                let mut mac = mac.clone();
-                mac.update(token.as_bytes());
-                mac.finalize().into_bytes().into()
-            }
-            None => Sha256::digest(token.as_bytes()).into(),
+        match (&self.keyed, super::token::version(token)) {
+            (Some(_), Some(v)) if v >= 2 => self.digest_of_hash(&token_hash(token)),
+            (Some(mac), _) => TokenDigest(mac.clone().chain_update(token.as_bytes()).finalize().into_bytes().into()),
+            (None, _) => TokenDigest(token_hash(token)),
+        }
+    }
+
+    /// The digest of a version 2 token from its SHA-256 (what a record keeps for re-keying).
+    pub fn digest_of_hash(&self, hash: &[u8; 32]) -> TokenDigest {
+        match &self.keyed {
+            Some(mac) => TokenDigest(mac.clone().chain_update(hash).finalize().into_bytes().into()),
+            None => TokenDigest(*hash),
+        }
+    }
+
+    /// Seals a record's JSON for storage under `digest`: appends `"seal"`, an HMAC with the seal
+    /// key over the digest and the JSON before it. Unkeyed: the JSON unchanged.
+    pub fn seal(&self, digest: &TokenDigest, json: String) -> String {
+        let Some(mac) = &self.seal else { return json };
+        let Some(body) = json.strip_suffix('}') else { return json };
+        let tag = mac.clone().chain_update(digest.0).chain_update(body.as_bytes()).chain_update(b"}").finalize().into_bytes();
+        format!("{body},{SEAL_PREFIX}{}\"}}", URL_SAFE_NO_PAD.encode(tag))
+    }
+
+    /// Whether a stored record carries this key's seal over `digest` (unkeyed: always). A record
+    /// without a seal, with a broken one, or moved under another digest does not.
+    pub fn verify_seal(&self, digest: &TokenDigest, value: &[u8]) -> bool {
+        let Some(mac) = &self.seal else { return true };
+        let Some(at) = value.len().checked_sub(SEAL_SUFFIX_LEN) else { return false };
+        let (body, suffix) = value.split_at(at);
+        let Some(encoded) =
+            suffix.strip_prefix(b",").and_then(|s| s.strip_prefix(SEAL_PREFIX.as_bytes())).and_then(|s| s.strip_suffix(b"\"}"))
+        else {
+            return false;
         };
-        TokenDigest(bytes)
+        let mut tag = [0u8; 33];
+        match URL_SAFE_NO_PAD.decode_slice(encoded, &mut tag) {
+            Ok(32) => {}
+            _ => return false,
+        }
+        mac.clone().chain_update(digest.0).chain_update(body).chain_update(b"}").verify_slice(&tag[..32]).is_ok()
     }
 }
+
+/// What precedes the seal in a sealed record (after the record's last field).
+const SEAL_PREFIX: &str = "\"seal\":\"";
+/// Bytes after the record's last field: `,"seal":"` + 43 base64url characters + `"}`.
+const SEAL_SUFFIX_LEN: usize = 1 + SEAL_PREFIX.len() + 43 + 2;
 
 impl std::fmt::Debug for TokenHasher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -88,5 +152,44 @@ mod tests {
         let id = d.public_id();
         assert_eq!(id.len(), 16);
         assert!(!d.to_hex().contains(&id));
+    }
+
+    #[test]
+    fn version_two_digests_are_keyed_over_the_tokens_hash_and_version_one_over_the_token() {
+        let h = TokenHasher::new(Some(b"pepper"));
+        let v2 = crate::core::token::generate("mt", "u").unwrap();
+        assert_eq!(h.digest(&v2), h.digest_of_hash(&token_hash(&v2)));
+        let v1 = crate::core::token::generate_version_1("mt", "u").unwrap();
+        assert_ne!(h.digest(&v1), h.digest_of_hash(&token_hash(&v1)));
+        let plain = TokenHasher::new(None);
+        assert_eq!(plain.digest(&v2).0, token_hash(&v2));
+        assert_eq!(plain.digest(&v1).0, token_hash(&v1));
+    }
+
+    #[test]
+    fn a_seal_binds_the_record_to_its_digest_and_key() {
+        let h = TokenHasher::new(Some(b"pepper"));
+        let d = h.digest("mt_a");
+        let sealed = h.seal(&d, r#"{"id":"x","user":"alice"}"#.to_string());
+        assert!(sealed.starts_with(r#"{"id":"x","user":"alice","seal":""#), "{sealed}");
+        assert!(h.verify_seal(&d, sealed.as_bytes()));
+        let parsed: serde_json::Value = serde_json::from_str(&sealed).unwrap();
+        assert_eq!(parsed["user"], "alice");
+        // rewritten, moved to another digest, unsealed, resealed with another key, truncated
+        assert!(!h.verify_seal(&d, sealed.replace("alice", "admin").as_bytes()));
+        assert!(!h.verify_seal(&h.digest("mt_b"), sealed.as_bytes()));
+        assert!(!h.verify_seal(&d, br#"{"id":"x","user":"alice"}"#));
+        let other = TokenHasher::new(Some(b"other"));
+        assert!(!h.verify_seal(&d, other.seal(&d, r#"{"id":"x","user":"alice"}"#.to_string()).as_bytes()));
+        assert!(!h.verify_seal(&d, &sealed.as_bytes()[1..]));
+        assert!(!h.verify_seal(&d, b""));
+        let mut flipped = sealed.clone().into_bytes();
+        let n = flipped.len();
+        flipped[n - 3] ^= 1;
+        assert!(!h.verify_seal(&d, &flipped));
+        // no key: nothing to seal with, nothing to check
+        let plain = TokenHasher::new(None);
+        assert_eq!(plain.seal(&d, "{}".into()), "{}");
+        assert!(plain.verify_seal(&d, b"{}"));
     }
 }

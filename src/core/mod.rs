@@ -3,6 +3,7 @@
 pub mod contract;
 pub mod credential;
 pub mod digest;
+pub mod keyring;
 pub mod keys;
 pub mod record;
 pub mod resp;

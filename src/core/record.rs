@@ -35,6 +35,10 @@ pub struct TokenRecord {
     /// reset and a sliding refresh re-arm the token's TTL up to this, never beyond.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifetime_ms: Option<u64>,
+    /// SHA-256 of the token (hex; version 2 tokens): a sweep re-keys the record under a new hash
+    /// key from it. Useless without the key: the record's digest is keyed over it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_hash: Option<String>,
 }
 
 impl TokenRecord {
@@ -65,6 +69,7 @@ mod tests {
             scopes: vec!["read".into()],
             lifetime_ms: Some(60_000),
             expires_at: None,
+            token_hash: None,
         };
         assert_eq!(TokenRecord::from_json(r.to_json().unwrap().as_bytes()).unwrap(), r);
         let newer = br#"{"id":"x","user":"u","created":1,"future":true}"#;

@@ -199,30 +199,75 @@ return result
 "#
 );
 
-/// Reads one record with its remaining TTL in one round trip.
+/// Reads a token's record with its remaining TTL in one round trip, trying each digest it may be
+/// stored under (the current hash key's first, then previous keys' during a rotation).
 ///
-/// KEYS: record. Returns `{value or nil, pttl}`.
+/// KEYS: the candidate record keys. Returns `{i, value, pttl}` for the first that exists (`i`
+/// counts from 1), `{0}` if none does.
 pub const LOOKUP: &str = r#"
-return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
+for i, key in ipairs(KEYS) do
+  local value = redis.call('GET', key)
+  if value then return {i, value, redis.call('PTTL', key)} end
+end
+return {0}
 "#;
 
-/// Revokes one token (log out one device).
+/// Moves a record to the digest under the current hash key, resealed (re-keying), or reseals it
+/// in place; only if it still holds what the companion read (a revoke meanwhile wins). Its TTL
+/// and both index scores are kept.
 ///
-/// KEYS: record, outbox. ARGV: member, index key prefix, expiry index key prefix. Returns 1 if a
-/// live token was revoked, else 0.
+/// KEYS: old record, new record, index, expiry index. ARGV: old member, new member, value read,
+/// new value. Returns 1 if moved, else 0.
+pub const REKEY: &str = r#"
+local old, new = KEYS[1], KEYS[2]
+if redis.call('GET', old) ~= ARGV[3] then return 0 end
+if old == new then
+  redis.call('SET', new, ARGV[4], 'KEEPTTL')
+  return 1
+end
+if redis.call('EXISTS', new) == 1 then return 0 end
+local pttl = redis.call('PTTL', old)
+if pttl == -1 then
+  redis.call('SET', new, ARGV[4])
+elseif pttl > 0 then
+  redis.call('SET', new, ARGV[4], 'PX', pttl)
+else
+  return 0
+end
+redis.call('DEL', old)
+for _, index in ipairs({KEYS[3], KEYS[4]}) do
+  local score = redis.call('ZSCORE', index, ARGV[1])
+  if score then
+    redis.call('ZREM', index, ARGV[1])
+    redis.call('ZADD', index, score, ARGV[2])
+  end
+end
+return 1
+"#;
+
+/// Revokes one token (log out one device), under whichever digest it is stored.
+///
+/// KEYS: outbox, then the candidate record keys. ARGV: index key prefix, expiry index key
+/// prefix, then each candidate's member. Returns how many live records were revoked (0 or 1).
 pub const REVOKE: &str = concat!(
     prelude!(),
     r#"
-local raw = redis.call('GET', KEYS[1])
-if not raw then return 0 end
-redis.call('DEL', KEYS[1])
-to_outbox(KEYS[2], {ARGV[1]})
-local ok, rec = pcall(cjson.decode, raw)
-if ok and type(rec) == 'table' and type(rec.user) == 'string' then
-  redis.call('ZREM', ARGV[2] .. rec.user, ARGV[1])
-  redis.call('ZREM', ARGV[3] .. rec.user, ARGV[1])
+local revoked = 0
+for i = 2, #KEYS do
+  local raw = redis.call('GET', KEYS[i])
+  if raw then
+    local member = ARGV[i + 1]
+    redis.call('DEL', KEYS[i])
+    to_outbox(KEYS[1], {member})
+    local ok, rec = pcall(cjson.decode, raw)
+    if ok and type(rec) == 'table' and type(rec.user) == 'string' then
+      redis.call('ZREM', ARGV[1] .. rec.user, member)
+      redis.call('ZREM', ARGV[2] .. rec.user, member)
+    end
+    revoked = revoked + 1
+  end
 end
-return 1
+return revoked
 "#
 );
 
@@ -285,7 +330,7 @@ return found
 
 /// Lists a user's live tokens, oldest first, pruning dead index members.
 ///
-/// KEYS: index, expiry index. ARGV: record key prefix. Returns `{json, pttl, json, pttl, ...}`.
+/// KEYS: index, expiry index. ARGV: record key prefix. Returns `{member, json, pttl, ...}`.
 pub const LIST: &str = r#"
 local index, expiry, record_prefix = KEYS[1], KEYS[2], ARGV[1]
 local out = {}
@@ -293,6 +338,7 @@ for _, m in ipairs(redis.call('ZRANGE', index, 0, -1)) do
   local key = record_prefix .. m
   local raw = redis.call('GET', key)
   if raw then
+    out[#out + 1] = m
     out[#out + 1] = raw
     out[#out + 1] = redis.call('PTTL', key)
   else

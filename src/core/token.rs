@@ -9,8 +9,12 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
-/// Format version carried in the first body byte.
-pub const TOKEN_VERSION: u8 = 1;
+/// Format version carried in the first body byte of new tokens. Version 2 tokens are digested
+/// through their SHA-256 (see [`crate::core::digest`]), so a sweep can re-key them; version 1
+/// tokens (issued before) are still accepted.
+pub const TOKEN_VERSION: u8 = 2;
+/// The versions accepted.
+pub const ACCEPTED_VERSIONS: [u8; 2] = [1, 2];
 /// Bytes of the routing tag.
 pub const ROUTING_TAG_LEN: usize = 4;
 /// Random bytes of the secret part.
@@ -101,8 +105,18 @@ fn checksum(bytes: &[u8]) -> [u8; CHECKSUM_LEN] {
 
 /// Mints a new token for a user: 32 fresh bytes from the OS random source.
 pub fn generate(prefix: &str, user: &str) -> Result<String, getrandom::Error> {
+    mint(prefix, user, TOKEN_VERSION)
+}
+
+/// Mints a version 1 token, as issued before version 2 (for tests of the migration: such tokens
+/// are re-keyed only when used).
+pub fn generate_version_1(prefix: &str, user: &str) -> Result<String, getrandom::Error> {
+    mint(prefix, user, 1)
+}
+
+fn mint(prefix: &str, user: &str, version: u8) -> Result<String, getrandom::Error> {
     let mut body = [0u8; BODY_LEN];
-    body[0] = TOKEN_VERSION;
+    body[0] = version;
     body[1..1 + ROUTING_TAG_LEN].copy_from_slice(&RoutingTag::for_user(user).0);
     getrandom::fill(&mut body[1 + ROUTING_TAG_LEN..1 + ROUTING_TAG_LEN + SECRET_LEN])?;
     let sum = checksum(&body[..BODY_LEN - CHECKSUM_LEN]);
@@ -125,6 +139,15 @@ pub fn with_bad_checksum(token: &str, prefix: &str) -> Option<String> {
     Some(format!("{prefix}_{}", URL_SAFE_NO_PAD.encode(&body[..n])))
 }
 
+/// The format version in a token's body (`None`: no `_`, or not base64url). No checksum check:
+/// for telling how a parsed token is digested.
+pub fn version(token: &str) -> Option<u8> {
+    let (_, body) = token.split_once('_')?;
+    let mut head = [0u8; 3];
+    URL_SAFE_NO_PAD.decode_slice(body.get(..4)?, &mut head).ok()?;
+    Some(head[0])
+}
+
 /// Checks a token's shape and checksum and returns its routing tag. No I/O.
 pub fn parse(token: &str, prefix: &str) -> Result<RoutingTag, FormatError> {
     if token.len() != token_len(prefix) {
@@ -136,7 +159,7 @@ pub fn parse(token: &str, prefix: &str) -> Result<RoutingTag, FormatError> {
     if n != BODY_LEN {
         return Err(FormatError::Encoding);
     }
-    if body[0] != TOKEN_VERSION {
+    if !ACCEPTED_VERSIONS.contains(&body[0]) {
         return Err(FormatError::Version);
     }
     if checksum(&body[..BODY_LEN - CHECKSUM_LEN])[..] != body[BODY_LEN - CHECKSUM_LEN..BODY_LEN] {
@@ -195,6 +218,23 @@ mod tests {
         assert_eq!(parse("", "mt"), Err(FormatError::Length));
         let multibyte = format!("mt_{}", "é".repeat(BODY_B64_LEN / 2));
         assert!(parse(&multibyte, "mt").is_err());
+    }
+
+    #[test]
+    fn version_one_tokens_are_still_accepted_and_tell_their_version() {
+        let t = generate("mt", "dave").unwrap();
+        assert_eq!(version(&t), Some(TOKEN_VERSION));
+        let mut body = [0u8; BODY_LEN];
+        URL_SAFE_NO_PAD.decode_slice(&t[3..], &mut body).unwrap();
+        for (v, accepted) in [(1u8, true), (3, false), (0, false)] {
+            body[0] = v;
+            let sum = checksum(&body[..BODY_LEN - CHECKSUM_LEN]);
+            body[BODY_LEN - CHECKSUM_LEN..].copy_from_slice(&sum);
+            let old = format!("mt_{}", URL_SAFE_NO_PAD.encode(body));
+            assert_eq!(version(&old), Some(v));
+            assert_eq!(parse(&old, "mt").is_ok(), accepted, "version {v}");
+        }
+        assert_eq!(version("nounderscore"), None);
     }
 
     #[test]

@@ -56,15 +56,22 @@ pub enum Verdict {
     Valid(ValidToken),
     /// Unknown, revoked or expired.
     Invalid,
+    /// A record whose seal does not verify: rewritten in Redis. Refused like an unknown token,
+    /// and counted and logged by the caller.
+    Tampered,
 }
 
-/// Decides on a `GET` + `PTTL` reply at `now_ms` (Unix milliseconds). Garbage in Redis is an
-/// error (fail closed), not a verdict.
-pub fn evaluate(value: Option<&[u8]>, pttl: i64, now_ms: u64) -> Result<Verdict, RecordError> {
+/// Decides on a `GET` + `PTTL` reply at `now_ms` (Unix milliseconds); `sealed` says whether the
+/// value carries a valid seal for the digest it was read under. Garbage in Redis is an error
+/// (fail closed), not a verdict.
+pub fn evaluate(value: Option<&[u8]>, pttl: i64, now_ms: u64, sealed: impl FnOnce(&[u8]) -> bool) -> Result<Verdict, RecordError> {
     let Some(bytes) = value else { return Ok(Verdict::Invalid) };
     let remaining = Remaining::from_pttl(pttl);
     if remaining == Remaining::Missing || remaining == Remaining::Millis(0) {
         return Ok(Verdict::Invalid);
+    }
+    if !sealed(bytes) {
+        return Ok(Verdict::Tampered);
     }
     let record = TokenRecord::from_json(bytes)?;
     let mut expires_in_ms = match remaining {
@@ -87,23 +94,38 @@ mod tests {
     use super::*;
 
     fn json(expires_at: Option<u64>) -> Vec<u8> {
-        TokenRecord { id: "i".into(), user: "u".into(), device: String::new(), created: 10, scopes: vec![], expires_at, lifetime_ms: None }
-            .to_json()
-            .unwrap()
-            .into_bytes()
+        TokenRecord {
+            id: "i".into(),
+            user: "u".into(),
+            device: String::new(),
+            created: 10,
+            scopes: vec![],
+            expires_at,
+            lifetime_ms: None,
+            token_hash: None,
+        }
+        .to_json()
+        .unwrap()
+        .into_bytes()
     }
 
     #[test]
     fn decides_on_presence_ttl_and_absolute_expiry() {
-        assert_eq!(evaluate(None, -2, 100_000).ok(), Some(Verdict::Invalid));
-        let Verdict::Valid(v) = evaluate(Some(&json(None)), 1500, 100_000).unwrap() else { panic!() };
+        assert_eq!(evaluate(None, -2, 100_000, |_| true).ok(), Some(Verdict::Invalid));
+        let Verdict::Valid(v) = evaluate(Some(&json(None)), 1500, 100_000, |_| true).unwrap() else { panic!() };
         assert_eq!((v.expires_in_ms, v.expires_in()), (Some(1500), Some(2)));
-        let Verdict::Valid(v) = evaluate(Some(&json(None)), -1, 100_000).unwrap() else { panic!() };
+        let Verdict::Valid(v) = evaluate(Some(&json(None)), -1, 100_000, |_| true).unwrap() else { panic!() };
         assert_eq!(v.expires_in_ms, None);
-        assert_eq!(evaluate(Some(&json(Some(100))), -1, 100_000).ok(), Some(Verdict::Invalid));
-        assert_eq!(evaluate(Some(&json(Some(100))), -1, 99_999).ok().map(|v| matches!(v, Verdict::Valid(_))), Some(true), "1 ms left");
-        let Verdict::Valid(v) = evaluate(Some(&json(Some(130))), 60_000, 100_250).unwrap() else { panic!() };
+        assert_eq!(evaluate(Some(&json(Some(100))), -1, 100_000, |_| true).ok(), Some(Verdict::Invalid));
+        assert_eq!(
+            evaluate(Some(&json(Some(100))), -1, 99_999, |_| true).ok().map(|v| matches!(v, Verdict::Valid(_))),
+            Some(true),
+            "1 ms left"
+        );
+        let Verdict::Valid(v) = evaluate(Some(&json(Some(130))), 60_000, 100_250, |_| true).unwrap() else { panic!() };
         assert_eq!(v.expires_in_ms, Some(29_750), "the absolute expiry, to the millisecond");
-        assert!(evaluate(Some(b"not json"), 1000, 100_000).is_err());
+        assert!(evaluate(Some(b"not json"), 1000, 100_000, |_| true).is_err());
+        assert_eq!(evaluate(Some(&json(None)), 1000, 100_000, |_| false).ok(), Some(Verdict::Tampered));
+        assert_eq!(evaluate(None, -2, 100_000, |_| false).ok(), Some(Verdict::Invalid), "nothing stored: nothing tampered");
     }
 }

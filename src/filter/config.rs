@@ -3,7 +3,7 @@
 
 use super::rules::{ExcludeRule, ScopeRule};
 use crate::core::contract;
-use crate::core::digest::TokenHasher;
+use crate::core::keyring::HashKeys;
 use crate::core::token::{validate_prefix, DEFAULT_PREFIX};
 use serde::Deserialize;
 
@@ -121,6 +121,10 @@ pub struct FilterConfig {
     /// HMAC key for digests; must match the companion's MULTITOKENS_HASH_KEY.
     #[serde(default)]
     pub hash_key: Option<String>,
+    /// Hash keys still accepted during a rotation (the companion's MULTITOKENS_PREVIOUS_HASH_KEYS):
+    /// a lookup tries the token's digest under each, in the same round trip.
+    #[serde(default)]
+    pub previous_hash_keys: Vec<String>,
     /// Realm in `WWW-Authenticate`.
     #[serde(default = "default_realm")]
     pub realm: String,
@@ -272,8 +276,8 @@ impl IdentityHeaders {
 pub struct Compiled {
     /// The checked configuration.
     pub config: FilterConfig,
-    /// Digest function (keyed when `hash_key` is set).
-    pub hasher: TokenHasher,
+    /// Digest functions and seal keys: `hash_key`, then `previous_hash_keys`.
+    pub hash_keys: HashKeys,
     /// Identity headers: only the filter sets them; client values never reach the upstream.
     pub identity_headers: IdentityHeaders,
     /// Whether exclusion or scope rules look at the path (then only canonical paths pass).
@@ -412,14 +416,16 @@ impl Compiled {
             }
         }
         config.schemes = config.schemes.iter().map(|s| s.to_ascii_lowercase()).collect();
-        let hasher = TokenHasher::new(config.hash_key.as_deref().map(str::as_bytes));
+        let previous: Vec<&[u8]> = config.previous_hash_keys.iter().map(|k| k.as_bytes()).collect();
+        let hash_keys =
+            HashKeys::new(config.hash_key.as_deref().map(str::as_bytes), &previous).map_err(|e| format!("previous_hash_keys: {e}"))?;
         let keys = crate::core::keys::KeyLayout::new(&config.prefix);
         let replies = super::reply::FixedReplies::new(&config.realm);
         let companion_auth = match &transport {
             Transport::Companion(c) => format!("Bearer {}", c.api_key),
             Transport::Redis(_) => String::new(),
         };
-        Ok(Compiled { config, hasher, identity_headers, has_path_rules, transport, keys, replies, companion_auth })
+        Ok(Compiled { config, hash_keys, identity_headers, has_path_rules, transport, keys, replies, companion_auth })
     }
 }
 

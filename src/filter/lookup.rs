@@ -13,8 +13,10 @@ pub use crate::core::contract::FeedPage;
 pub struct LookupRequest {
     /// Routing tag.
     pub tag: RoutingTag,
-    /// Token digest.
+    /// Token digest under the current hash key.
     pub digest: TokenDigest,
+    /// Its digests under the previous hash keys (a rotation in progress), tried after it.
+    pub previous: Vec<TokenDigest>,
     /// Sliding refresh to apply, seconds.
     pub refresh_ttl: Option<u64>,
 }
@@ -22,7 +24,13 @@ pub struct LookupRequest {
 impl LookupRequest {
     /// The companion's lookup path for this request (a bodiless GET).
     pub fn path(&self) -> String {
-        LookupQuery { tag: self.tag.to_hex(), digest: self.digest.to_hex(), refresh_ttl: self.refresh_ttl }.path()
+        let previous = (!self.previous.is_empty()).then(|| self.previous.iter().map(TokenDigest::to_hex).collect::<Vec<_>>().join(","));
+        LookupQuery { tag: self.tag.to_hex(), digest: self.digest.to_hex(), previous, refresh_ttl: self.refresh_ttl }.path()
+    }
+
+    /// Every digest tried, the current key's first.
+    pub fn candidates(&self) -> impl Iterator<Item = &TokenDigest> {
+        std::iter::once(&self.digest).chain(&self.previous)
     }
 }
 
@@ -31,8 +39,13 @@ impl LookupRequest {
 pub enum Answer {
     /// Valid, with milliseconds left (`None`: immortal).
     Valid(Identity, Option<u64>),
+    /// Valid, but stored under a previous hash key's digest: used for this request, never
+    /// cached (a revocation racing its re-keying would publish the old digest).
+    ValidOnce(Identity, Option<u64>),
     /// Not valid: unknown, revoked or expired.
     Invalid,
+    /// The record's seal does not verify (rewritten in Redis): refused, counted and logged.
+    Tampered,
 }
 
 /// Why there is no answer.

@@ -37,11 +37,13 @@ pub enum Metric {
     DeniedBadPath,
     /// Denied: the client sent too many refused tokens (429, no callout).
     DeniedThrottled,
+    /// Denied: the token's record has no valid seal (rewritten in Redis).
+    DeniedTampered,
 }
 
 impl Metric {
     /// Every metric, for definition at start.
-    pub const ALL: [Metric; 17] = [
+    pub const ALL: [Metric; 18] = [
         Metric::Allowed,
         Metric::AllowedStale,
         Metric::Excluded,
@@ -59,6 +61,7 @@ impl Metric {
         Metric::TickOverdue,
         Metric::DeniedBadPath,
         Metric::DeniedThrottled,
+        Metric::DeniedTampered,
     ];
 
     /// The stat name.
@@ -81,6 +84,7 @@ impl Metric {
             Metric::TickOverdue => "multitokens.tick_overdue",
             Metric::DeniedBadPath => "multitokens.denied_bad_path",
             Metric::DeniedThrottled => "multitokens.denied_throttled",
+            Metric::DeniedTampered => "multitokens.denied_tampered",
         }
     }
 

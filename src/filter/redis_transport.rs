@@ -5,14 +5,20 @@
 
 use super::identity::Identity;
 use super::lookup::{Answer, CalloutProblem, FeedPage, LookupRequest};
+use crate::core::keyring::HashKeys;
 use crate::core::keys::KeyLayout;
 use crate::core::resp::{decode, encode_command, Reply};
 use crate::core::scripts;
 use crate::core::verdict::{evaluate, Verdict};
 
-/// `EVAL LOOKUP 1 <record key>`: the record and its remaining TTL.
+/// `EVAL LOOKUP n <record key>...`: the record under the first of the token's digests that has
+/// one (the current hash key's, then the previous keys'), and its remaining TTL.
 pub fn lookup_command(keys: &KeyLayout, request: &LookupRequest) -> Vec<u8> {
-    encode_command(&["EVAL".as_bytes(), scripts::LOOKUP.as_bytes(), b"1", keys.record_key(request.tag, &request.digest).as_bytes()])
+    let records: Vec<String> = request.candidates().map(|d| keys.record_key(request.tag, d)).collect();
+    let count = records.len().to_string();
+    let mut parts: Vec<&[u8]> = vec![b"EVAL", scripts::LOOKUP.as_bytes(), count.as_bytes()];
+    parts.extend(records.iter().map(|k| k.as_bytes()));
+    encode_command(&parts)
 }
 
 /// `EVAL REFRESH 1 <record key> <ttl ms> <index prefix> <expiry index prefix>`: sliding expiry.
@@ -61,23 +67,29 @@ fn kind(r: &Reply) -> &'static str {
     }
 }
 
-/// Interprets a lookup reply (`None`: network error). Garbage is a problem, never a verdict.
-/// `now_ms` is the host's clock (Unix milliseconds), for a record's absolute expiry.
-pub fn parse_lookup(bytes: Option<&[u8]>, now_ms: u64) -> Result<Answer, CalloutProblem> {
+/// Interprets a lookup reply (`None`: network error) to `request`. Garbage is a problem, never a
+/// verdict; a record is honoured only with a seal by one of `hash_keys` over the digest it was
+/// found under. `now_ms` is the host's clock (Unix milliseconds), for a record's absolute expiry.
+pub fn parse_lookup(bytes: Option<&[u8]>, now_ms: u64, hash_keys: &HashKeys, request: &LookupRequest) -> Result<Answer, CalloutProblem> {
     let items = reply(bytes)?;
-    let (value, pttl) = match items.as_slice() {
-        [Reply::Bulk(value), Reply::Int(pttl)] => (value.as_deref(), *pttl),
-        // Lua turns a nil GET into false, which ends the table early: only the TTL (-2) is left
-        [Reply::Int(pttl)] => (None, *pttl),
-        _ => return Err(CalloutProblem::BadResponse("lookup reply is not [record, ttl]".into())),
+    let (at, value, pttl) = match items.as_slice() {
+        [Reply::Int(0)] => return Ok(Answer::Invalid),
+        [Reply::Int(at), Reply::Bulk(Some(value)), Reply::Int(pttl)] => (*at, value, *pttl),
+        _ => return Err(CalloutProblem::BadResponse("lookup reply is not [index, record, ttl] or [0]".into())),
     };
-    match evaluate(value, pttl, now_ms).map_err(|e| CalloutProblem::BadResponse(e.to_string()))? {
+    let Some(digest) = usize::try_from(at).ok().and_then(|i| i.checked_sub(1)).and_then(|i| request.candidates().nth(i)) else {
+        return Err(CalloutProblem::BadResponse("lookup reply names no digest that was asked for".into()));
+    };
+    let sealed = |v: &[u8]| hash_keys.sealed_by(digest, v).is_some();
+    match evaluate(Some(value), pttl, now_ms, sealed).map_err(|e| CalloutProblem::BadResponse(e.to_string()))? {
         Verdict::Valid(v) => {
             let left = v.expires_in_ms;
             let r = v.record;
-            Ok(Answer::Valid(Identity::new(r.user, r.device, r.scopes, r.id), left))
+            let identity = Identity::new(r.user, r.device, r.scopes, r.id);
+            Ok(if at == 1 { Answer::Valid(identity, left) } else { Answer::ValidOnce(identity, left) })
         }
         Verdict::Invalid => Ok(Answer::Invalid),
+        Verdict::Tampered => Ok(Answer::Tampered),
     }
 }
 
@@ -104,7 +116,12 @@ mod tests {
     use crate::core::token::RoutingTag;
 
     fn request() -> LookupRequest {
-        LookupRequest { tag: RoutingTag::for_user("alice"), digest: TokenHasher::new(None).digest("mt_x"), refresh_ttl: Some(60) }
+        LookupRequest {
+            tag: RoutingTag::for_user("alice"),
+            digest: TokenHasher::new(None).digest("mt_x"),
+            previous: vec![],
+            refresh_ttl: Some(60),
+        }
     }
 
     #[test]
@@ -121,6 +138,9 @@ mod tests {
 
     #[test]
     fn lookup_replies() {
+        let keys = HashKeys::single(Some(b"pepper"));
+        let mut req = request();
+        req.digest = keys.current().digest("mt_x");
         let record = TokenRecord {
             id: "i".into(),
             user: "u".into(),
@@ -129,22 +149,45 @@ mod tests {
             scopes: vec!["s".into()],
             expires_at: None,
             lifetime_ms: None,
+            token_hash: None,
         }
         .to_json()
         .unwrap();
-        let valid = format!("*2\r\n${}\r\n{}\r\n:5000\r\n", record.len(), record);
-        let Ok(Answer::Valid(id, Some(5000))) = parse_lookup(Some(valid.as_bytes()), 100_000) else { panic!() };
+        let reply = |at: u8, value: &str| format!("*3\r\n:{at}\r\n${}\r\n{}\r\n:5000\r\n", value.len(), value);
+        let sealed = keys.current().seal(&req.digest, record.clone());
+        let Ok(Answer::Valid(id, Some(5000))) = parse_lookup(Some(reply(1, &sealed).as_bytes()), 100_000, &keys, &req) else { panic!() };
         assert_eq!((id.user.as_str(), id.scopes_header.as_str()), ("u", "s"));
-        assert_eq!(parse_lookup(Some(b"*1\r\n:-2\r\n"), 100), Ok(Answer::Invalid));
-        assert_eq!(parse_lookup(None, 100), Err(CalloutProblem::NoResponse));
+        // unsealed, rewritten, or sealed for another digest: refused as tampered
+        for tampered in
+            [record.clone(), sealed.replace("\"u\"", "\"admin\""), keys.current().seal(&keys.current().digest("mt_y"), record.clone())]
+        {
+            assert_eq!(parse_lookup(Some(reply(1, &tampered).as_bytes()), 100_000, &keys, &req), Ok(Answer::Tampered), "{tampered}");
+        }
+        // found under a previous key's digest: valid once
+        let rotated = HashKeys::new(Some(b"new"), &[b"pepper"]).unwrap();
+        let mut during = req.clone();
+        during.digest = rotated.current().digest("mt_x");
+        during.previous = vec![req.digest];
+        assert!(matches!(
+            parse_lookup(Some(reply(2, &sealed).as_bytes()), 100_000, &rotated, &during),
+            Ok(Answer::ValidOnce(_, Some(5000)))
+        ));
+        assert!(matches!(
+            parse_lookup(Some(reply(3, &sealed).as_bytes()), 100_000, &rotated, &during),
+            Err(CalloutProblem::BadResponse(_))
+        ));
+        assert_eq!(parse_lookup(Some(b"*1\r\n:0\r\n"), 100, &keys, &req), Ok(Answer::Invalid));
+        assert_eq!(parse_lookup(None, 100, &keys, &req), Err(CalloutProblem::NoResponse));
         for bad in [
             &b"-NOAUTH Authentication required.\r\n"[..],
             b"+OK\r\n",
-            b"*2\r\n$3\r\nabc\r\n:5\r\n",
+            b"*3\r\n:1\r\n$3\r\nabc\r\n:5\r\n",
             b"\x00\x01",
             b"*3\r\n:1\r\n:2\r\n:3\r\n",
+            b"*3\r\n:-1\r\n$2\r\n{}\r\n:3\r\n",
+            b"*1\r\n:1\r\n",
         ] {
-            assert!(matches!(parse_lookup(Some(bad), 100), Err(CalloutProblem::BadResponse(_))), "{bad:?}");
+            assert!(matches!(parse_lookup(Some(bad), 100, &HashKeys::single(None), &req), Err(CalloutProblem::BadResponse(_))), "{bad:?}");
         }
     }
 

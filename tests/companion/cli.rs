@@ -187,3 +187,34 @@ fn a_hash_key_that_does_not_match_the_store_is_named() {
     let (code, _, err) = run(&["whoami", "mt_nope"], &a, None);
     assert!(code == 1 && !err.contains("HASH_KEY"), "{err}");
 }
+
+#[test]
+fn the_rotation_runbook_from_the_command_line() {
+    let redis = RedisServer::start();
+    let with = |current: &str, previous: Option<&str>| {
+        let mut e = env(&redis);
+        e.push(("MULTITOKENS_HASH_KEY", current.to_string()));
+        if let Some(p) = previous {
+            e.push(("MULTITOKENS_PREVIOUS_HASH_KEYS", p.to_string()));
+        }
+        e
+    };
+    let old = with("pepper-one", None);
+    let tokens: Vec<String> = (0..3).map(|i| run(&["issue", "--user", &format!("u{i}")], &old, None).1).collect();
+    // a new key without the old one: nobody is recognised, and the CLI says why
+    let (code, _, err) = run(&["whoami", &tokens[0]], &with("pepper-two", None), None);
+    assert_one_line_error(code, 1, &err, "MULTITOKENS_HASH_KEY does not match");
+    // the new key with the old one still accepted; the sweep moves everyone over
+    let rotating = with("pepper-two", Some(" pepper-one ,"));
+    assert_eq!(run(&["whoami", &tokens[0]], &rotating, None).1, "u0");
+    let (code, out, err) = run(&["rekey", "--json"], &rotating, None);
+    assert_eq!(code, 0, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((report["scanned"].as_u64(), report["rekeyed"].as_u64(), report["current"].as_u64()), (Some(3), Some(2), Some(1)));
+    // the old key dropped: all three still logged in
+    for (i, t) in tokens.iter().enumerate() {
+        assert_eq!(run(&["whoami", t], &with("pepper-two", None), None).1, format!("u{i}"));
+    }
+    let (code, _, err) = run(&["rekey"], &with("pepper-three", Some("a,b,c,d,e")), None);
+    assert_one_line_error(code, 2, &err, "previous_hash_keys");
+}

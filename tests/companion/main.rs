@@ -8,11 +8,13 @@ mod api;
 mod cli;
 mod cluster;
 mod concurrency;
+mod keys;
 mod store;
 
 use multitokens::companion::connection::{Redis, RedisTarget};
 use multitokens::companion::settings::MaxTokensPolicy;
 use multitokens::companion::store::{StorePolicy, TokenStore};
+use multitokens::core::keyring::HashKeys;
 use multitokens::core::ttl::TokenTtl;
 use std::time::Duration;
 
@@ -32,5 +34,5 @@ pub fn policy() -> StorePolicy {
 /// A store over a Redis URL.
 pub fn store_at(url: &str, policy: StorePolicy, hash_key: Option<&str>) -> TokenStore {
     let redis = Redis::open(&RedisTarget::parse(url).unwrap(), Duration::from_millis(1500)).unwrap();
-    TokenStore::new(redis, policy, hash_key)
+    TokenStore::new(redis, policy, HashKeys::single(hash_key.map(str::as_bytes)))
 }

@@ -41,7 +41,9 @@ extern "C" {
 enum Purpose {
     /// A paused request's lookup: its HTTP context and root, and the sliding refresh to send
     /// once the token proved valid (never for an unknown one: forged tokens cost one call).
-    Lookup { context_id: u32, root_id: u32, refresh: Option<Vec<u8>> },
+    /// The request is kept for the digests it tried (a record is honoured only with a seal over
+    /// the digest it was found under).
+    Lookup { context_id: u32, root_id: u32, refresh: Option<Vec<u8>>, request: LookupRequest },
     /// The revocation feed poll of a root context.
     Feed { root_id: u32 },
     /// A sliding refresh; its answer is not needed.
@@ -119,7 +121,11 @@ impl StoreTransport for RedisCallouts {
     fn lookup(&self, compiled: &Compiled, request: &LookupRequest, context_id: u32, root_id: u32) -> Result<u32, String> {
         let Transport::Redis(target) = &compiled.transport else { return Err("no Redis configured".into()) };
         let refresh = redis_transport::refresh_command(&compiled.keys, request);
-        call(target, &redis_transport::lookup_command(&compiled.keys, request), Purpose::Lookup { context_id, root_id, refresh })
+        call(
+            target,
+            &redis_transport::lookup_command(&compiled.keys, request),
+            Purpose::Lookup { context_id, root_id, refresh, request: request.clone() },
+        )
     }
 
     fn poll_feed(&self, compiled: &Compiled, cursor: Option<&str>, _edge: &str, root_id: u32) -> Result<u32, String> {
@@ -155,7 +161,7 @@ pub extern "C" fn proxy_on_redis_call_response(_root_context_id: u32, token: u32
                 }
             }
         }
-        Purpose::Lookup { context_id, root_id, refresh } => {
+        Purpose::Lookup { context_id, root_id, refresh, request } => {
             let found = with_registry(|r| (r.flows.get(&context_id).and_then(Weak::upgrade), r.roots.get(&root_id).cloned()));
             let Some((Some(flow), Some((worker, metrics)))) = found else {
                 log(Level::Debug, "multitokens: Redis reply for a finished request");
@@ -165,7 +171,11 @@ pub extern "C" fn proxy_on_redis_call_response(_root_context_id: u32, token: u32
                 return;
             }
             let now = now_ms();
-            let answer = redis_transport::parse_lookup(bytes.as_deref(), now);
+            let Ok(answer) =
+                worker.try_borrow().map(|w| redis_transport::parse_lookup(bytes.as_deref(), now, &w.compiled.hash_keys, &request))
+            else {
+                return;
+            };
             if let (Ok(Answer::Valid(..)), Some(refresh)) = (&answer, refresh) {
                 if let Ok(w) = worker.try_borrow() {
                     if let Transport::Redis(target) = &w.compiled.transport {

@@ -1,0 +1,162 @@
+//! Sealed records and hash key rotation, against a real redis-server and a real Redis Cluster.
+
+use crate::support::{RedisCluster, RedisServer};
+use crate::{policy, store_at};
+use multitokens::companion::connection::{Redis, RedisTarget};
+use multitokens::companion::error::StoreError;
+use multitokens::companion::store::{IssueRequest, RekeyReport, TokenStore};
+use multitokens::core::digest::TokenHasher;
+use multitokens::core::keyring::HashKeys;
+use multitokens::core::record::TokenRecord;
+use redis::Commands;
+use std::time::Duration;
+
+fn req(user: &str, device: &str) -> IssueRequest {
+    IssueRequest { user: user.into(), device: Some(device.into()), ..Default::default() }
+}
+
+/// A store whose current hash key is `current`, still accepting `previous`.
+fn rotating_store(url: &str, current: &str, previous: &[&str]) -> TokenStore {
+    let redis = Redis::open(&RedisTarget::parse(url).unwrap(), Duration::from_millis(1500)).unwrap();
+    let previous: Vec<&[u8]> = previous.iter().map(|k| k.as_bytes()).collect();
+    TokenStore::new(redis, policy(), HashKeys::new(Some(current.as_bytes()), &previous).unwrap())
+}
+
+fn record_key(store: &TokenStore, token: &str, key: &str) -> String {
+    let (tag, _) = store.digest_of(token).unwrap();
+    store.keys().record_key(tag, &TokenHasher::new(Some(key.as_bytes())).digest(token))
+}
+
+#[tokio::test]
+async fn a_record_rewritten_in_redis_is_refused_counted_and_never_honoured() {
+    let redis = RedisServer::start();
+    let store = store_at(&redis.url(), policy(), Some("seal-pepper"));
+    let mallory = store.issue(req("mallory", "laptop")).await.unwrap();
+    let admin = store.issue(IssueRequest { scopes: vec!["admin".into()], ..req("root", "console") }).await.unwrap();
+    let mut conn = redis.conn();
+    let key = record_key(&store, &mallory.token, "seal-pepper");
+    let stored: String = conn.get(&key).unwrap();
+    assert!(stored.contains(r#""seal":""#), "records are sealed: {stored}");
+
+    // someone with write access rewrites mallory's record to another user with a scope
+    let rewritten = stored.replace(r#""user":"mallory""#, r#""user":"root""#).replace(r#""scopes":[]"#, r#""scopes":["admin"]"#);
+    assert_ne!(rewritten, stored);
+    let _: () = redis::cmd("SET").arg(&key).arg(&rewritten).arg("KEEPTTL").query(&mut conn).unwrap();
+    assert!(matches!(store.whoami(&mallory.token).await, Err(StoreError::InvalidToken)));
+    assert_eq!(store.tampered_records(), 1);
+    // or copies root's sealed record onto mallory's digest: the seal names the digest
+    let root_record: String = conn.get(record_key(&store, &admin.token, "seal-pepper")).unwrap();
+    let _: () = redis::cmd("SET").arg(&key).arg(&root_record).arg("KEEPTTL").query(&mut conn).unwrap();
+    assert!(matches!(store.whoami(&mallory.token).await, Err(StoreError::InvalidToken)));
+    // or strips the seal off a record
+    let unsealed = TokenRecord::from_json(rewritten.as_bytes()).unwrap().to_json().unwrap();
+    let _: () = redis::cmd("SET").arg(&key).arg(&unsealed).arg("KEEPTTL").query(&mut conn).unwrap();
+    assert!(matches!(store.whoami(&mallory.token).await, Err(StoreError::InvalidToken)));
+    assert_eq!(store.tampered_records(), 3);
+    // listing skips it too; the untouched record is still honoured
+    assert!(store.list("mallory").await.unwrap().is_empty());
+    assert_eq!(store.tampered_records(), 4);
+    assert_eq!(store.whoami(&admin.token).await.unwrap().scopes, vec!["admin"]);
+    // the user can still log it out
+    assert_eq!(store.revoke_all("mallory", None).await.unwrap().revoked, 1);
+}
+
+#[tokio::test]
+async fn rotating_the_hash_key_logs_nobody_out() {
+    let redis = RedisServer::start();
+    let old = store_at(&redis.url(), policy(), Some("key-2025"));
+    let tokens: Vec<String> = futures(&old, "alice", 3).await;
+    let bob = old.issue(req("bob", "phone")).await.unwrap().token;
+    // a record without the token's hash (as written before records kept it): re-keyed on use only
+    let carol = old.issue(req("carol", "tablet")).await.unwrap().token;
+    let carol_key = record_key(&old, &carol, "key-2025");
+    let mut conn = redis.conn();
+    let mut record = TokenRecord::from_json(conn.get::<_, String>(&carol_key).unwrap().as_bytes()).unwrap();
+    record.token_hash = None;
+    let digest = TokenHasher::new(Some(b"key-2025")).digest(&carol);
+    let resealed = TokenHasher::new(Some(b"key-2025")).seal(&digest, record.to_json().unwrap());
+    let _: () = redis::cmd("SET").arg(&carol_key).arg(resealed).arg("KEEPTTL").query(&mut conn).unwrap();
+
+    // the new key, the old one still accepted
+    let rotating = rotating_store(&redis.url(), "key-2026", &["key-2025"]);
+    assert_eq!(rotating.check_hash_key().await.unwrap(), multitokens::companion::store::KeyCheck::Matches);
+    // used: found under the old digest, re-keyed in place, and still one token of the user
+    let pttl_before: i64 = conn.pttl(record_key(&old, &bob, "key-2025")).unwrap();
+    assert_eq!(rotating.whoami(&bob).await.unwrap().user, "bob");
+    assert!(!conn.exists::<_, bool>(record_key(&old, &bob, "key-2025")).unwrap(), "moved away from the old digest");
+    let pttl_after: i64 = conn.pttl(record_key(&old, &bob, "key-2026")).unwrap();
+    assert!(pttl_after > 0 && pttl_after <= pttl_before, "the TTL moved with it: {pttl_before} -> {pttl_after}");
+    assert_eq!(rotating.list("bob").await.unwrap().len(), 1);
+    assert_eq!(rotating.whoami(&carol).await.unwrap().user, "carol", "re-keyed on use without the token's hash");
+    // the sweep re-keys the rest: alice's three
+    let report = rotating.rekey_all(false).await.unwrap();
+    assert_eq!(report, RekeyReport { scanned: 5, current: 2, rekeyed: 3, ..Default::default() });
+    assert_eq!(rotating.rekey_all(false).await.unwrap().current, 5, "a second sweep has nothing to do");
+    // the old key dropped: everyone still logged in, every operation works
+    let new = store_at(&redis.url(), policy(), Some("key-2026"));
+    for t in tokens.iter().chain([&bob, &carol]) {
+        assert!(new.whoami(t).await.is_ok());
+    }
+    assert_eq!(new.list("alice").await.unwrap().len(), 3);
+    new.revoke(&tokens[0]).await.unwrap();
+    assert_eq!(new.revoke_all("alice", Some(&tokens[1])).await.unwrap().revoked, 1);
+    assert!(new.whoami(&tokens[1]).await.is_ok() && new.whoami(&tokens[2]).await.is_err());
+    assert_eq!(new.tampered_records(), 0);
+}
+
+#[tokio::test]
+async fn a_token_never_used_during_the_rotation_and_without_its_hash_is_reported_by_the_sweep() {
+    let redis = RedisServer::start();
+    let old = store_at(&redis.url(), policy(), Some("k1"));
+    let t = old.issue(req("dan", "a")).await.unwrap().token;
+    let key = record_key(&old, &t, "k1");
+    let mut conn = redis.conn();
+    let mut record = TokenRecord::from_json(conn.get::<_, String>(&key).unwrap().as_bytes()).unwrap();
+    record.token_hash = None;
+    let digest = TokenHasher::new(Some(b"k1")).digest(&t);
+    let _: () =
+        redis::cmd("SET").arg(&key).arg(TokenHasher::new(Some(b"k1")).seal(&digest, record.to_json().unwrap())).query(&mut conn).unwrap();
+    // an unsealed one (written before sealing): sealed by the sweep only when asked
+    let u = old.issue(req("erin", "a")).await.unwrap().token;
+    let ukey = record_key(&old, &u, "k1");
+    let plain = TokenRecord::from_json(conn.get::<_, String>(&ukey).unwrap().as_bytes()).unwrap().to_json().unwrap();
+    let _: () = redis::cmd("SET").arg(&ukey).arg(plain).query(&mut conn).unwrap();
+    assert!(old.whoami(&u).await.is_err(), "unsealed: refused");
+
+    let rotating = rotating_store(&redis.url(), "k2", &["k1"]);
+    let report = rotating.rekey_all(false).await.unwrap();
+    assert_eq!((report.rekeyed_on_use_only, report.unsealed_or_tampered), (1, 1));
+    assert!(rotating.whoami(&t).await.is_ok(), "still accepted under the previous key");
+    let sealed = old.rekey_all(true).await.unwrap();
+    assert_eq!(sealed.sealed, 1);
+    assert_eq!(old.whoami(&u).await.unwrap().user, "erin");
+}
+
+#[tokio::test]
+async fn rotation_and_the_sweep_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    let old = store_at(&cluster.url(), policy(), Some("cluster-2025"));
+    let mut tokens = Vec::new();
+    for i in 0..30 {
+        tokens.push(old.issue(req(&format!("user-{i}"), "a")).await.unwrap().token);
+    }
+    let rotating = rotating_store(&cluster.url(), "cluster-2026", &["cluster-2025"]);
+    for t in &tokens[..5] {
+        assert!(rotating.whoami(t).await.is_ok());
+    }
+    let report = rotating.rekey_all(false).await.unwrap();
+    assert_eq!((report.scanned, report.current, report.rekeyed), (30, 5, 25));
+    let new = store_at(&cluster.url(), policy(), Some("cluster-2026"));
+    for (i, t) in tokens.iter().enumerate() {
+        assert_eq!(new.whoami(t).await.unwrap().user, format!("user-{i}"));
+        assert_eq!(new.revoke_all(&format!("user-{i}"), None).await.unwrap().revoked, 1);
+    }
+}
+
+async fn futures(store: &TokenStore, user: &str, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        out.push(store.issue(req(user, &format!("device-{i}"))).await.unwrap().token);
+    }
+    out
+}
