@@ -48,24 +48,7 @@ impl Stack {
     }
 
     fn config(&self, extra: Value) -> String {
-        let mut config = json!({
-            "exclude": [{"path": "/healthz"}],
-            "required_scopes": [{"prefix": "/admin/", "scopes": ["admin"]}],
-            "cache": {"ttl_ms": 600000},
-        });
-        match self.build {
-            // the test host performs callouts synchronously, so no long polls here: those are
-            // tested through real Envoy (tests/envoy_e2e.rs)
-            Build::Stock => {
-                config["companion"] = json!({"cluster": "companion", "api_key": INTERNAL_KEY});
-                config["revocation_wait_ms"] = json!(0);
-            }
-            Build::Redis => config["redis"] = json!({"cluster": "redis", "timeout_ms": 500}),
-        }
-        for (k, v) in extra.as_object().unwrap() {
-            config[k] = v.clone();
-        }
-        config.to_string()
+        filter_config(self.build, extra)
     }
 
     fn load(&self, extra: Value) -> TestHost {
@@ -89,6 +72,28 @@ impl Stack {
         args.extend_from_slice(extra);
         support::issue_token(&self.redis.url(), user, &args)
     }
+}
+
+/// The plugin configuration of the tests for one build, with `extra` fields set.
+fn filter_config(build: Build, extra: Value) -> String {
+    let mut config = json!({
+        "exclude": [{"path": "/healthz"}],
+        "required_scopes": [{"prefix": "/admin/", "scopes": ["admin"]}],
+        "cache": {"ttl_ms": 600000},
+    });
+    match build {
+        // the test host performs callouts synchronously, so no long polls here: those are
+        // tested through real Envoy (tests/envoy_e2e.rs)
+        Build::Stock => {
+            config["companion"] = json!({"cluster": "companion", "api_key": INTERNAL_KEY});
+            config["revocation_wait_ms"] = json!(0);
+        }
+        Build::Redis => config["redis"] = json!({"cluster": "redis", "timeout_ms": 500}),
+    }
+    for (k, v) in extra.as_object().unwrap() {
+        config[k] = v.clone();
+    }
+    config.to_string()
 }
 
 fn addr(port: u16) -> SocketAddr {
@@ -464,4 +469,108 @@ fn host_upstreams(port: u16) -> Upstreams {
     let mut upstreams = Upstreams::default();
     upstreams.redis.insert("redis_cluster_proxy".into(), addr(port));
     upstreams
+}
+
+/// Sealed records and a hash key rotation, in both builds: a record rewritten in Redis is refused
+/// (the Redis-callout build counts it as `denied_tampered`; the stock build's companion refuses
+/// it); during a rotation a token stored under the previous key is accepted and cached by the
+/// digest it is stored under; its re-keying (on use by the companion, or by `multitokens rekey`)
+/// is published like a revocation of the old digest; after the sweep the old key can be dropped
+/// from both the companion and the filter.
+#[test]
+fn tampered_records_are_refused_and_a_key_rotation_logs_nobody_out_in_both_builds() {
+    for build in [Build::Stock, Build::Redis] {
+        let redis = RedisServer::start();
+        let env = |current: &str, previous: &str| {
+            vec![
+                ("MULTITOKENS_ADMIN_KEY", "host-admin-key-0123456789".to_string()),
+                ("MULTITOKENS_INTERNAL_KEY", INTERNAL_KEY.to_string()),
+                ("MULTITOKENS_REDIS_URL", redis.url()),
+                ("MULTITOKENS_HASH_KEY", current.to_string()),
+                ("MULTITOKENS_PREVIOUS_HASH_KEYS", previous.to_string()),
+            ]
+        };
+        let run = |env: &[(&str, String)], args: &[&str]| {
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let out = companion(args, &env, None);
+            assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        };
+        let start = |env: &[(&str, String)]| {
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            CompanionServer::start(&redis.url(), &env)
+        };
+        let host_for = |companion: &CompanionServer, keys: Value| {
+            let mut upstreams = Upstreams::default();
+            upstreams.http.insert("companion".into(), addr(companion.port));
+            upstreams.redis.insert("redis".into(), addr(redis.port));
+            let wasm = wasm_path(if build == Build::Stock { "multitokens_filter.wasm" } else { "multitokens_filter_redis.wasm" });
+            let mut host =
+                TestHost::load(&wasm, &filter_config(build, keys), upstreams).unwrap_or_else(|logs| panic!("load failed:\n{logs}"));
+            host.tick();
+            host
+        };
+        let one = env("key-one", "");
+        let companion_one = start(&one);
+        let mut host = host_for(&companion_one, json!({"hash_key": "key-one"}));
+        let alice = run(&one, &["issue", "--user", "alice"]);
+        let mallory = run(&one, &["issue", "--user", "mallory"]);
+        assert_eq!(get(&mut host, "/api", &alice).status(), 200);
+        // mallory rewrites her record in Redis to become alice
+        let key = redis
+            .cli(&["--scan", "--pattern", "mt:*:t:*"])
+            .lines()
+            .map(str::to_string)
+            .find(|k| redis.cli(&["GET", k]).contains("mallory"))
+            .unwrap();
+        let record = redis.cli(&["GET", &key]).trim().replace("mallory", "alice");
+        redis.cli(&["SET", &key, &record, "KEEPTTL"]);
+        assert_invalid(&get(&mut host, "/api", &mallory));
+        if build == Build::Redis {
+            assert_eq!(host.metric("multitokens.denied_tampered"), 1);
+        }
+        drop(host);
+        drop(companion_one);
+
+        // rotation: key-two is current, key-one still accepted, in the companion and the filter
+        let rotating = env("key-two", "key-one");
+        let companion_two = start(&rotating);
+        let mut host = host_for(&companion_two, json!({"hash_key": "key-two", "previous_hash_keys": ["key-one"]}));
+        let bob = run(&rotating, &["issue", "--user", "bob"]);
+        for token in [&alice, &alice, &bob, &bob] {
+            assert_eq!(get(&mut host, "/api", token).status(), 200, "{build:?}");
+        }
+        let misses = host.metric("multitokens.cache_miss");
+        assert_eq!(get(&mut host, "/api", &alice).status(), 200);
+        assert_eq!(host.metric("multitokens.cache_miss"), misses, "{build:?}: cached");
+        assert_eq!(run(&rotating, &["revoke-all", "--user", "mallory"]), "1", "her rewritten record can still be logged out");
+        let report: Value = serde_json::from_str(&run(&rotating, &["rekey", "--json"])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((report["scanned"].as_u64(), report["unsealed_or_tampered"].as_u64()), (Some(2), Some(0)));
+        let rekeyed = if build == Build::Redis { 1 } else { 0 };
+        assert_eq!(report["rekeyed"].as_u64(), Some(rekeyed), "{build:?}: alice unless the companion re-keyed her on use");
+        // the sweep's move reaches the filter like a revocation of the old digest: the cached
+        // verdict under it goes, and the next request finds her under the new one
+        let applied = host.metric("multitokens.revocations_applied");
+        host.tick();
+        if build == Build::Redis {
+            assert!(host.metric("multitokens.revocations_applied") > applied, "the old digest's entry dropped");
+        }
+        let misses = host.metric("multitokens.cache_miss");
+        assert_eq!(get(&mut host, "/api", &alice).status(), 200);
+        assert_eq!(host.metric("multitokens.cache_miss"), misses + i64::from(build == Build::Redis));
+        drop(host);
+        drop(companion_two);
+
+        // the old key dropped everywhere: alice and bob still logged in; a revocation still lands
+        let two = env("key-two", "");
+        let companion_three = start(&two);
+        let mut host = host_for(&companion_three, json!({"hash_key": "key-two"}));
+        for token in [&alice, &bob] {
+            assert_eq!(get(&mut host, "/api", token).status(), 200, "{build:?}");
+        }
+        run(&two, &["revoke", &alice]);
+        host.tick();
+        assert_invalid(&get(&mut host, "/api", &alice));
+        assert_eq!(get(&mut host, "/api", &bob).status(), 200);
+    }
 }

@@ -358,10 +358,13 @@ async fn internal_lookup(
     if digests.len() > 1 + MAX_PREVIOUS_HASH_KEYS {
         return Err(bad());
     }
-    let Some(found) = store.lookup_digests(tag, &digests).await? else {
+    // re-key on use only towards this companion's current key: a filter still digesting with the
+    // old key (a rotation being rolled out) must not move records back
+    let rekey = query.key_id.as_deref() == Some(store.key_id().as_str());
+    let Some(found) = store.lookup_digests(tag, &digests, rekey).await? else {
         return Ok(Json(LookupAnswer::inactive()).into_response());
     };
-    let (mut info, digest, previous_key) = (found.info, found.digest, found.previous_key);
+    let (mut info, digest, stored_under) = (found.info, found.digest, found.stored_under);
     if let Some(secs) = query.refresh_ttl.filter(|s| *s > 0) {
         // the internal key may ask for a refresh no longer than a login's token_ttl
         let ttl = TokenTtl::Seconds(secs.min(store.max_refresh_secs()));
@@ -381,7 +384,7 @@ async fn internal_lookup(
         expires_in: info.expires_in,
         expires_in_ms: info.expires_in_ms,
         id: Some(info.id),
-        previous_key,
+        stored_under,
     })
     .into_response())
 }

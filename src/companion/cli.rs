@@ -95,7 +95,8 @@ pub enum Command {
     /// Re-key every token stored under a previous hash key (MULTITOKENS_PREVIOUS_HASH_KEYS) to the
     /// current one (MULTITOKENS_HASH_KEY), so the previous keys can be dropped with nobody logged
     /// out. Safe while serving and safe to repeat. Prints what it did ({"scanned","current",
-    /// "rekeyed","sealed","rekeyed_on_use_only","unsealed_or_tampered","gone"} with --json); exit
+    /// "rekeyed","sealed","rekeyed_on_use_only","unsealed_or_tampered","unsealed_or_tampered_ids",
+    /// "gone"} with --json); exit
     /// 1 if tokens remain that only their next use can re-key, or records without a valid seal.
     Rekey {
         /// Also seal records written before records were sealed (an upgrade), with the current key.
@@ -260,7 +261,7 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
                 return Err(Failure::new(
                     Exit::Refused,
                     format!(
-                        "{} token(s) can be re-keyed only when next used and {} record(s) have no valid seal: dropping a previous key now logs the former out",
+                        "{} token(s) can be re-keyed only when next used (dropping a previous key now logs them out); {} record(s) have no valid seal (refused on use; their ids: rekey --json)",
                         r.rekeyed_on_use_only, r.unsealed_or_tampered
                     ),
                 ));

@@ -179,11 +179,10 @@ pub struct TokenStore {
 pub struct Found {
     /// The token.
     pub info: TokenInfo,
-    /// The digest its record is stored under now (after re-keying, the current key's).
+    /// The digest its record is stored under now (after re-keying, the first one asked for).
     pub digest: TokenDigest,
-    /// It was found under a previous hash key's digest: a verdict on it must not be cached (a
-    /// revocation racing the re-keying publishes the old digest).
-    pub previous_key: bool,
+    /// Which of the digests asked for that is (0: the first).
+    pub stored_under: usize,
 }
 
 /// What `multitokens rekey` did to the namespace's records.
@@ -202,6 +201,8 @@ pub struct RekeyReport {
     pub rekeyed_on_use_only: u64,
     /// Records without a valid seal (left alone, refused on use).
     pub unsealed_or_tampered: u64,
+    /// The public ids of the first 100 of them (never a digest), to look into.
+    pub unsealed_or_tampered_ids: Vec<String>,
     /// Records revoked or expired while the sweep ran.
     pub gone: u64,
 }
@@ -400,14 +401,19 @@ impl TokenStore {
 
     /// Looks a token up by routing tag and digest, `None` if not live.
     pub async fn lookup_digest(&self, tag: RoutingTag, digest: &TokenDigest) -> Result<Option<TokenInfo>, StoreError> {
-        Ok(self.lookup_digests(tag, std::slice::from_ref(digest)).await?.map(|f| f.info))
+        Ok(self.lookup_digests(tag, std::slice::from_ref(digest), false).await?.map(|f| f.info))
+    }
+
+    /// The fingerprint of the current hash key (see [`crate::core::digest::TokenHasher::key_id`]).
+    pub fn key_id(&self) -> String {
+        self.hash_keys.current().key_id()
     }
 
     /// Looks a token up under each digest it may be stored under (the current key's first), in
-    /// one round trip; `None` if not live. A record found under a previous key's digest is
-    /// re-keyed to the first digest (on use). A record whose seal does not verify is refused,
-    /// counted and logged.
-    pub async fn lookup_digests(&self, tag: RoutingTag, digests: &[TokenDigest]) -> Result<Option<Found>, StoreError> {
+    /// one round trip; `None` if not live. With `rekey`, a record found under a later digest is
+    /// re-keyed to the first (on use; the first must be the current key's). A record whose seal
+    /// does not verify is refused, counted and logged.
+    pub async fn lookup_digests(&self, tag: RoutingTag, digests: &[TokenDigest], rekey: bool) -> Result<Option<Found>, StoreError> {
         let mut conn = self.redis.conn().await?;
         let mut lookup = self.scripts.lookup.prepare_invoke();
         for d in digests {
@@ -429,20 +435,20 @@ impl TokenStore {
                 return Ok(None);
             }
         };
-        let previous_key = at > 1;
-        let mut now_under = digest;
-        if previous_key {
+        let mut stored_under = (at - 1) as usize;
+        if rekey && stored_under > 0 {
             match self.rekey_record(&mut conn, tag, &digest, &digests[0], value, &info.record).await {
-                Ok(true) => now_under = digests[0],
+                Ok(true) => stored_under = 0,
                 Ok(false) => {}
                 Err(e) => tracing::warn!(id = %digest.public_id(), error = %e, "re-keying a token on use failed"),
             }
         }
-        Ok(Some(Found { info: TokenInfo::from_valid(info), digest: now_under, previous_key }))
+        Ok(Some(Found { info: TokenInfo::from_valid(info), digest: digests[stored_under], stored_under }))
     }
 
     /// Moves a record to `new` (or reseals it in place when `new` is `old`), sealed with the
-    /// current key, if it still holds `read`. True if moved.
+    /// current key, if it still holds `read`, and publishes the old digest (cached verdicts under
+    /// it are dropped). True if moved.
     async fn rekey_record(
         &self,
         conn: &mut Conn,
@@ -460,6 +466,7 @@ impl TokenStore {
             .key(self.keys.record_key(tag, new))
             .key(self.keys.index_key(&record.user))
             .key(self.keys.expiry_key(&record.user))
+            .key(self.keys.outbox_key(tag))
             .arg(old.to_hex())
             .arg(new.to_hex())
             .arg(read)
@@ -468,6 +475,9 @@ impl TokenStore {
             .await?;
         if moved == 1 {
             tracing::info!(id = %record.id, "token re-keyed under the current hash key");
+            if old != new {
+                self.publish_outbox(&self.keys.outbox_key(tag)).await?;
+            }
         }
         Ok(moved == 1)
     }
@@ -475,7 +485,7 @@ impl TokenStore {
     /// Who a token belongs to (the seed's `get_user_from_token`).
     pub async fn whoami(&self, token: &str) -> Result<TokenInfo, StoreError> {
         let (tag, digests) = self.digests_of(token)?;
-        Ok(self.lookup_digests(tag, &digests).await?.ok_or(StoreError::InvalidToken)?.info)
+        Ok(self.lookup_digests(tag, &digests, true).await?.ok_or(StoreError::InvalidToken)?.info)
     }
 
     /// Logs out one device. `InvalidToken` if the token was not live. Returns where the
@@ -509,7 +519,7 @@ impl TokenStore {
         let keep = match except {
             Some(token) => {
                 let (tag, digests) = self.digests_of(token)?;
-                let found = self.lookup_digests(tag, &digests).await?.ok_or(StoreError::InvalidToken)?;
+                let found = self.lookup_digests(tag, &digests, true).await?.ok_or(StoreError::InvalidToken)?;
                 if found.info.user != user {
                     return Err(StoreError::InvalidToken);
                 }
@@ -655,6 +665,9 @@ impl TokenStore {
                 (None, _) => {
                     self.refuse_tampered(&digest);
                     report.unsealed_or_tampered += 1;
+                    if report.unsealed_or_tampered_ids.len() < 100 {
+                        report.unsealed_or_tampered_ids.push(digest.public_id());
+                    }
                     continue;
                 }
                 (Some(0), Some(new)) if new == digest => {

@@ -66,6 +66,10 @@ pub struct LookupQuery {
     /// Its digests under previous hash keys, comma-separated (a rotation in progress).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<String>,
+    /// With `previous`: the fingerprint of the key `digest` was made with. The companion re-keys
+    /// a record found under a previous digest to `digest` only when this is its own current key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
     /// Sliding refresh, seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_ttl: Option<u64>,
@@ -77,6 +81,9 @@ impl LookupQuery {
         let mut path = format!("{LOOKUP_PATH}?tag={}&digest={}", self.tag, self.digest);
         if let Some(previous) = &self.previous {
             path.push_str(&format!("&previous={previous}"));
+        }
+        if let Some(key_id) = &self.key_id {
+            path.push_str(&format!("&key_id={key_id}"));
         }
         if let Some(ttl) = self.refresh_ttl {
             path.push_str(&format!("&refresh_ttl={ttl}"));
@@ -108,10 +115,14 @@ pub struct LookupAnswer {
     /// The token's public id (when active).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    /// Found under a previous hash key's digest (and re-keyed): the filter uses the answer once
-    /// and does not cache it.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub previous_key: bool,
+    /// Which of the digests asked for the record is stored under now: 0 `digest`, `n` the n-th of
+    /// `previous`. Revocations are published under it, so the filter caches the verdict by it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stored_under: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl LookupAnswer {
@@ -185,6 +196,7 @@ mod tests {
             tag: "0a0b0c0d".into(),
             digest: "ff".repeat(32),
             previous: Some(format!("{},{}", "aa".repeat(32), "bb".repeat(32))),
+            key_id: Some("0123456789abcdef".into()),
             refresh_ttl: Some(60),
         };
         let path = q.path();

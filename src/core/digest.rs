@@ -73,6 +73,15 @@ impl TokenHasher {
         self.keyed.is_some()
     }
 
+    /// A public fingerprint of the key (16 hex characters; empty when unkeyed): says which key a
+    /// filter digests with, and reveals nothing of it.
+    pub fn key_id(&self) -> String {
+        match &self.keyed {
+            Some(mac) => hex::encode(&mac.clone().chain_update(b"multitokens/key-id").finalize().into_bytes()[..8]),
+            None => String::new(),
+        }
+    }
+
     /// The digest of a token (of its version's scheme; text that is not a token: HMAC of it).
     pub fn digest(&self, token: &str) -> TokenDigest {
         match (&self.keyed, super::token::version(token)) {

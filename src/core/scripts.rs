@@ -214,11 +214,14 @@ return {0}
 
 /// Moves a record to the digest under the current hash key, resealed (re-keying), or reseals it
 /// in place; only if it still holds what the companion read (a revoke meanwhile wins). Its TTL
-/// and both index scores are kept.
+/// and both index scores are kept. A move puts the old digest in the outbox, as a revocation
+/// does: verdicts cached under it are dropped, and the next lookup finds the new digest.
 ///
-/// KEYS: old record, new record, index, expiry index. ARGV: old member, new member, value read,
-/// new value. Returns 1 if moved, else 0.
-pub const REKEY: &str = r#"
+/// KEYS: old record, new record, index, expiry index, outbox. ARGV: old member, new member,
+/// value read, new value. Returns 1 if moved, else 0.
+pub const REKEY: &str = concat!(
+    prelude!(),
+    r#"
 local old, new = KEYS[1], KEYS[2]
 if redis.call('GET', old) ~= ARGV[3] then return 0 end
 if old == new then
@@ -242,8 +245,10 @@ for _, index in ipairs({KEYS[3], KEYS[4]}) do
     redis.call('ZADD', index, score, ARGV[2])
   end
 end
+to_outbox(KEYS[5], {ARGV[1]})
 return 1
-"#;
+"#
+);
 
 /// Revokes one token (log out one device), under whichever digest it is stored.
 ///

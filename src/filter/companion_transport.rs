@@ -19,7 +19,10 @@ pub fn parse_answer(status: Option<u32>, body: &[u8]) -> Result<Answer, CalloutP
                     // milliseconds when the companion gives them, else whole seconds
                     let left = reply.expires_in_ms.or(reply.expires_in.map(|s| s.saturating_mul(1000)));
                     let identity = Identity::new(user, reply.device.unwrap_or_default(), reply.scopes, id);
-                    Ok(if reply.previous_key { Answer::ValidOnce(identity, left) } else { Answer::Valid(identity, left) })
+                    Ok(match reply.stored_under {
+                        0 => Answer::Valid(identity, left),
+                        n => Answer::ValidUnderPrevious(identity, left, n - 1),
+                    })
                 }
                 _ => Err(CalloutProblem::BadResponse("lookup body: active without user or id".into())),
             }
@@ -51,8 +54,8 @@ mod tests {
         let ms = br#"{"active":true,"user":"u","id":"i","expires_in":5,"expires_in_ms":4321}"#;
         assert!(matches!(parse_answer(Some(200), ms), Ok(Answer::Valid(_, Some(4321)))));
         assert_eq!(parse_answer(Some(200), br#"{"active":false}"#), Ok(Answer::Invalid));
-        let rekeyed = br#"{"active":true,"user":"u","id":"i","previous_key":true}"#;
-        assert!(matches!(parse_answer(Some(200), rekeyed), Ok(Answer::ValidOnce(_, None))));
+        let elsewhere = br#"{"active":true,"user":"u","id":"i","stored_under":2}"#;
+        assert!(matches!(parse_answer(Some(200), elsewhere), Ok(Answer::ValidUnderPrevious(_, None, 1))));
         assert_eq!(parse_answer(None, b""), Err(CalloutProblem::NoResponse));
         assert!(matches!(parse_answer(Some(503), b"{}"), Err(CalloutProblem::BadResponse(_))));
         assert!(matches!(parse_answer(Some(200), b"\xff garbage"), Err(CalloutProblem::BadResponse(_))));

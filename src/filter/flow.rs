@@ -36,6 +36,8 @@ struct Pending {
     token: String,
     tag: token::RoutingTag,
     digest: TokenDigest,
+    /// The digests under previous hash keys asked for too (a rotation in progress).
+    previous: Vec<TokenDigest>,
     source: Source,
     request: RequestInfo,
 }
@@ -133,9 +135,12 @@ impl HttpFlow {
         let Some(digest) = digests.next() else { return refuse(host, worker, Metric::DeniedMalformed, now) };
         let refresh_ttl = config.refresh_on_use.as_ref().map(|r| r.ttl);
         let request = RequestInfo { method: method.to_string(), path: path.to_string(), cookie: cookie.map(<[u8]>::to_vec) };
-        match host.dispatch_lookup(&LookupRequest { tag, digest, previous: digests.collect(), refresh_ttl }) {
+        let previous: Vec<TokenDigest> = digests.collect();
+        let key_id = (!previous.is_empty()).then(|| compiled.hash_keys.current().key_id());
+        match host.dispatch_lookup(&LookupRequest { tag, digest, previous: previous.clone(), key_id, refresh_ttl }) {
             Ok(call) => {
-                self.pending = Some(Pending { call, epoch: worker.feed.epoch, token: token.to_string(), tag, digest, source, request });
+                self.pending =
+                    Some(Pending { call, epoch: worker.feed.epoch, token: token.to_string(), tag, digest, previous, source, request });
                 Step::Pause
             }
             Err(e) => {
@@ -165,48 +170,20 @@ impl HttpFlow {
         answer: Result<Answer, CalloutProblem>,
         now: u64,
     ) -> Step {
-        let Some(p) = self.pending.take() else { return Step::Continue };
+        let Some(mut p) = self.pending.take() else { return Step::Continue };
         match answer {
-            Ok(Answer::Valid(identity, expires_in_ms)) => {
-                // the store was read before the feed pages applied since: one of them may have
-                // revoked this very token, and then the answer is already stale
-                let revoked = worker.feed.revoked_since(p.epoch, &p.digest);
-                if revoked == Some(true) {
-                    return deny(host, &worker.compiled, Denial::Invalid, Metric::DeniedInvalid, &[]);
+            Ok(Answer::Valid(identity, expires_in_ms)) => accept(host, worker, &p, identity, expires_in_ms, now),
+            // stored under a previous key's digest: revocations (and its re-keying) are published
+            // under that one, so the verdict is checked against and cached by it
+            Ok(Answer::ValidUnderPrevious(identity, expires_in_ms, n)) => match p.previous.get(n) {
+                Some(stored) => {
+                    p.digest = *stored;
+                    accept(host, worker, &p, identity, expires_in_ms, now)
                 }
-                let cfg = &worker.compiled.config;
-                // a positive entry never outlives the token
-                let token_left = expires_in_ms.unwrap_or(u64::MAX);
-                let fresh = cfg.cache.ttl_ms.min(token_left);
-                let usable = match cfg.failure_mode {
-                    FailureMode::AllowCached => cfg.stale_window_ms.min(token_left),
-                    FailureMode::Deny => fresh,
-                };
-                let refreshed_at = if cfg.refresh_on_use.is_some() { now } else { 0 };
-                let r = &p.request;
-                let step = authorize(host, &worker.compiled, &identity, p.source, r.cookie.as_deref(), &r.method, &r.path, false);
-                if revoked.is_none() {
-                    return step; // the feed cannot vouch for this answer: use it once, never cache it
+                None => {
+                    no_answer(host, worker, &p, CalloutProblem::BadResponse("the lookup answer names a digest not asked for".into()), now)
                 }
-                worker.cache.insert(
-                    &p.token,
-                    Entry {
-                        tag: p.tag,
-                        digest: p.digest,
-                        verdict: Cached::Valid(identity),
-                        fresh_until: now + fresh,
-                        usable_until: now + usable,
-                        refreshed_at,
-                    },
-                );
-                step
-            }
-            Ok(Answer::ValidOnce(identity, _)) => {
-                // stored under a previous hash key: its revocation may be published under the old
-                // digest, which the cache does not know; used for this request only
-                let r = &p.request;
-                authorize(host, &worker.compiled, &identity, p.source, r.cookie.as_deref(), &r.method, &r.path, false)
-            }
+            },
             Ok(Answer::Tampered) => {
                 host.warn("multitokens: a token record's seal does not verify (rewritten in Redis?): refused");
                 refuse(host, worker, Metric::DeniedTampered, now)
@@ -226,18 +203,56 @@ impl HttpFlow {
                 );
                 refuse(host, worker, Metric::DeniedInvalid, now)
             }
-            Err(problem) => {
-                match &problem {
-                    CalloutProblem::NoResponse => host.count(Metric::CalloutFailed),
-                    CalloutProblem::BadResponse(why) => {
-                        host.count(Metric::CalloutError);
-                        host.warn(&format!("multitokens: token store answered badly: {why}"));
-                    }
-                }
-                unavailable(host, worker, &p.token, p.source, &p.request, now)
-            }
+            Err(problem) => no_answer(host, worker, &p, problem, now),
         }
     }
+}
+
+/// A lookup said the token is valid: authorize the request, and cache the verdict by the digest
+/// the record is stored under when the feed can vouch for it.
+fn accept(host: &mut dyn Host, worker: &mut Worker, p: &Pending, identity: Identity, expires_in_ms: Option<u64>, now: u64) -> Step {
+    // the store was read before the feed pages applied since: one of them may have revoked this
+    // very token, and then the answer is already stale
+    let revoked = worker.feed.revoked_since(p.epoch, &p.digest);
+    if revoked == Some(true) {
+        return deny(host, &worker.compiled, Denial::Invalid, Metric::DeniedInvalid, &[]);
+    }
+    let cfg = &worker.compiled.config;
+    // a positive entry never outlives the token
+    let token_left = expires_in_ms.unwrap_or(u64::MAX);
+    let fresh = cfg.cache.ttl_ms.min(token_left);
+    let usable = match cfg.failure_mode {
+        FailureMode::AllowCached => cfg.stale_window_ms.min(token_left),
+        FailureMode::Deny => fresh,
+    };
+    let refreshed_at = if cfg.refresh_on_use.is_some() { now } else { 0 };
+    let r = &p.request;
+    let step = authorize(host, &worker.compiled, &identity, p.source, r.cookie.as_deref(), &r.method, &r.path, false);
+    if revoked.is_none() {
+        return step; // the feed cannot vouch for this answer: use it once, never cache it
+    }
+    let entry = Entry {
+        tag: p.tag,
+        digest: p.digest,
+        verdict: Cached::Valid(identity),
+        fresh_until: now + fresh,
+        usable_until: now + usable,
+        refreshed_at,
+    };
+    worker.cache.insert(&p.token, entry);
+    step
+}
+
+/// The store could not be asked, or answered badly: the failure mode decides.
+fn no_answer(host: &mut dyn Host, worker: &mut Worker, p: &Pending, problem: CalloutProblem, now: u64) -> Step {
+    match &problem {
+        CalloutProblem::NoResponse => host.count(Metric::CalloutFailed),
+        CalloutProblem::BadResponse(why) => {
+            host.count(Metric::CalloutError);
+            host.warn(&format!("multitokens: token store answered badly: {why}"));
+        }
+    }
+    unavailable(host, worker, &p.token, p.source, &p.request, now)
 }
 
 /// Queues a sliding refresh of a cached token if one is due.
@@ -251,7 +266,8 @@ fn queue_refresh(worker: &mut Worker, token: &str, now: u64) {
         return;
     }
     entry.refreshed_at = now;
-    let request = LookupRequest { tag: entry.tag, digest: entry.digest, previous: Vec::new(), refresh_ttl: Some(refresh.ttl) };
+    let request =
+        LookupRequest { tag: entry.tag, digest: entry.digest, previous: Vec::new(), key_id: None, refresh_ttl: Some(refresh.ttl) };
     worker.refresh_queue.push(request);
 }
 
@@ -462,6 +478,29 @@ mod tests {
             flow.on_request_trailers(&mut h, &w);
             assert_eq!(h.trailer_names(), ["grpc-status"], "trailers cannot add identity headers");
         }
+    }
+
+    #[test]
+    fn during_a_rotation_a_verdict_is_cached_by_the_digest_its_record_is_stored_under() {
+        let mut w = worker(r#", "hash_key": "new", "previous_hash_keys": ["old"]"#);
+        let t = token::generate("mt", "alice").unwrap();
+        let old = TokenHasher::new(Some(b"old")).digest(&t);
+        let stored_under_old = br#"{"active":true,"user":"alice","id":"abc","stored_under":1}"#;
+        follow_feed(&mut w, 0);
+        let h = run(&mut w, "/api", &t, Some((Some(200), stored_under_old)), 1);
+        assert_eq!(h.header("x-multitokens-user").unwrap(), b"alice");
+        let sent = &h.lookups[0];
+        assert!(sent.contains(&format!("previous={}", old.to_hex())), "{sent}");
+        assert!(sent.contains(&format!("key_id={}", TokenHasher::new(Some(b"new")).key_id())), "{sent}");
+        assert!(run(&mut w, "/api", &t, None, 2).lookups.is_empty(), "cached");
+        // the old digest revoked (or re-keyed away): the entry goes
+        w.apply_feed(lookup::FeedPage { cursor: "2-0".into(), digests: vec![old.to_hex()], reset: false, more: false }, 3);
+        assert_eq!(run(&mut w, "/api", &t, Some((Some(200), VALID)), 4).lookups.len(), 1, "looked up again");
+        // an answer naming a digest that was not asked for is a bad answer, never a verdict
+        let u = token::generate("mt", "bob").unwrap();
+        let h = run(&mut w, "/api", &u, Some((Some(200), br#"{"active":true,"user":"bob","id":"x","stored_under":2}"#)), 5);
+        assert_eq!(h.replies[0].status, 503);
+        assert!(h.counted(Metric::CalloutError) > 0);
     }
 
     #[test]

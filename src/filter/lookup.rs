@@ -17,6 +17,9 @@ pub struct LookupRequest {
     pub digest: TokenDigest,
     /// Its digests under the previous hash keys (a rotation in progress), tried after it.
     pub previous: Vec<TokenDigest>,
+    /// With `previous`: the fingerprint of the current key, so the companion may re-key the
+    /// record to `digest` on use.
+    pub key_id: Option<String>,
     /// Sliding refresh to apply, seconds.
     pub refresh_ttl: Option<u64>,
 }
@@ -25,7 +28,14 @@ impl LookupRequest {
     /// The companion's lookup path for this request (a bodiless GET).
     pub fn path(&self) -> String {
         let previous = (!self.previous.is_empty()).then(|| self.previous.iter().map(TokenDigest::to_hex).collect::<Vec<_>>().join(","));
-        LookupQuery { tag: self.tag.to_hex(), digest: self.digest.to_hex(), previous, refresh_ttl: self.refresh_ttl }.path()
+        LookupQuery {
+            tag: self.tag.to_hex(),
+            digest: self.digest.to_hex(),
+            previous,
+            key_id: self.key_id.clone(),
+            refresh_ttl: self.refresh_ttl,
+        }
+        .path()
     }
 
     /// Every digest tried, the current key's first.
@@ -39,9 +49,9 @@ impl LookupRequest {
 pub enum Answer {
     /// Valid, with milliseconds left (`None`: immortal).
     Valid(Identity, Option<u64>),
-    /// Valid, but stored under a previous hash key's digest: used for this request, never
-    /// cached (a revocation racing its re-keying would publish the old digest).
-    ValidOnce(Identity, Option<u64>),
+    /// Valid, and stored under the n-th (from 0) of the request's `previous` digests: its
+    /// revocation or re-keying is published under that digest, so it is cached by it.
+    ValidUnderPrevious(Identity, Option<u64>, usize),
     /// Not valid: unknown, revoked or expired.
     Invalid,
     /// The record's seal does not verify (rewritten in Redis): refused, counted and logged.

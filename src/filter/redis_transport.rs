@@ -86,7 +86,7 @@ pub fn parse_lookup(bytes: Option<&[u8]>, now_ms: u64, hash_keys: &HashKeys, req
             let left = v.expires_in_ms;
             let r = v.record;
             let identity = Identity::new(r.user, r.device, r.scopes, r.id);
-            Ok(if at == 1 { Answer::Valid(identity, left) } else { Answer::ValidOnce(identity, left) })
+            Ok(if at == 1 { Answer::Valid(identity, left) } else { Answer::ValidUnderPrevious(identity, left, (at - 2) as usize) })
         }
         Verdict::Invalid => Ok(Answer::Invalid),
         Verdict::Tampered => Ok(Answer::Tampered),
@@ -120,6 +120,7 @@ mod tests {
             tag: RoutingTag::for_user("alice"),
             digest: TokenHasher::new(None).digest("mt_x"),
             previous: vec![],
+            key_id: None,
             refresh_ttl: Some(60),
         }
     }
@@ -170,7 +171,7 @@ mod tests {
         during.previous = vec![req.digest];
         assert!(matches!(
             parse_lookup(Some(reply(2, &sealed).as_bytes()), 100_000, &rotated, &during),
-            Ok(Answer::ValidOnce(_, Some(5000)))
+            Ok(Answer::ValidUnderPrevious(_, Some(5000), 0))
         ));
         assert!(matches!(
             parse_lookup(Some(reply(3, &sealed).as_bytes()), 100_000, &rotated, &during),

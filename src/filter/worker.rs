@@ -184,8 +184,13 @@ mod tests {
         w.feed_poll_failed();
         assert!(w.on_tick(2100).poll_feed, "a failed poll is retried on the next tick");
         assert_eq!(w.last_tick_ms, 2100);
-        let request =
-            LookupRequest { tag: RoutingTag([1; 4]), digest: TokenHasher::new(None).digest("t"), previous: vec![], refresh_ttl: Some(60) };
+        let request = LookupRequest {
+            tag: RoutingTag([1; 4]),
+            digest: TokenHasher::new(None).digest("t"),
+            previous: vec![],
+            key_id: None,
+            refresh_ttl: Some(60),
+        };
         w.refresh_queue.push(request.clone());
         assert_eq!(w.on_tick(2200).refreshes, vec![request]);
         assert!(w.on_tick(2300).refreshes.is_empty(), "each refresh is sent once");

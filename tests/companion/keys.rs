@@ -87,6 +87,9 @@ async fn rotating_the_hash_key_logs_nobody_out() {
     let pttl_after: i64 = conn.pttl(record_key(&old, &bob, "key-2026")).unwrap();
     assert!(pttl_after > 0 && pttl_after <= pttl_before, "the TTL moved with it: {pttl_before} -> {pttl_after}");
     assert_eq!(rotating.list("bob").await.unwrap().len(), 1);
+    // the move is published like a revocation of the old digest: filters drop what they cached
+    let feed = rotating.revocations_after(Some("0")).await.unwrap();
+    assert_eq!(feed.digests, vec![TokenHasher::new(Some(b"key-2025")).digest(&bob).to_hex()]);
     assert_eq!(rotating.whoami(&carol).await.unwrap().user, "carol", "re-keyed on use without the token's hash");
     // the sweep re-keys the rest: alice's three
     let report = rotating.rekey_all(false).await.unwrap();
@@ -126,6 +129,10 @@ async fn a_token_never_used_during_the_rotation_and_without_its_hash_is_reported
     let rotating = rotating_store(&redis.url(), "k2", &["k1"]);
     let report = rotating.rekey_all(false).await.unwrap();
     assert_eq!((report.rekeyed_on_use_only, report.unsealed_or_tampered), (1, 1));
+    assert_eq!(
+        report.unsealed_or_tampered_ids,
+        vec![rotating.digest_of(&u).map(|_| TokenHasher::new(Some(b"k1")).digest(&u).public_id()).unwrap()]
+    );
     assert!(rotating.whoami(&t).await.is_ok(), "still accepted under the previous key");
     let sealed = old.rekey_all(true).await.unwrap();
     assert_eq!(sealed.sealed, 1);
