@@ -38,6 +38,8 @@ struct Stack {
     admin_port: u16,
     agent: ureq::Agent,
     config: EnvoyConfig,
+    /// Extra environment of the companion (kept across restarts).
+    companion_env: Vec<(&'static str, String)>,
 }
 
 impl Stack {
@@ -66,8 +68,18 @@ impl Stack {
 
     /// Starts the stack on a given Redis or Redis Cluster.
     fn start_on_store(store: Store, patch: impl Fn(&mut Value), edit: impl Fn(EnvoyConfig) -> EnvoyConfig) -> Stack {
+        Self::start_full(store, Vec::new(), patch, edit)
+    }
+
+    /// Starts the stack on a given store, with extra companion environment.
+    fn start_full(
+        store: Store,
+        companion_env: Vec<(&'static str, String)>,
+        patch: impl Fn(&mut Value),
+        edit: impl Fn(EnvoyConfig) -> EnvoyConfig,
+    ) -> Stack {
         let companion_port = free_port(false);
-        let companion = Self::companion(&store.url(), companion_port);
+        let companion = Self::companion(&store.url(), companion_port, &companion_env);
         let app_port = free_port(false);
         let app = Command::new(env!("CARGO_BIN_EXE_multitokens-demo-app"))
             .env("DEMO_APP_LISTEN", format!("127.0.0.1:{app_port}"))
@@ -89,8 +101,18 @@ impl Stack {
                 .use_wasm(&wasm_path("multitokens_filter.wasm")),
         );
         let envoy = Envoy::start(&config.to_yaml(), port, 2);
-        let stack =
-            Stack { store, companion: Some(companion), companion_port, app, envoy, port, admin_port, agent: support::http_agent(), config };
+        let stack = Stack {
+            store,
+            companion: Some(companion),
+            companion_port,
+            app,
+            envoy,
+            port,
+            admin_port,
+            agent: support::http_agent(),
+            config,
+            companion_env,
+        };
         // the filter follows the revocation feed within a poll or two
         std::thread::sleep(Duration::from_millis(1200));
         stack
@@ -122,8 +144,25 @@ impl Stack {
         support::http_call(&self.agent, "DELETE", &url, &[("authorization", &bearer(token))], None)
     }
 
-    fn companion(redis_url: &str, port: u16) -> CompanionServer {
-        CompanionServer::start_on(port, redis_url, &[("MULTITOKENS_ADMIN_KEY", ADMIN_KEY), ("MULTITOKENS_INTERNAL_KEY", INTERNAL_KEY)])
+    fn companion(redis_url: &str, port: u16, extra: &[(&'static str, String)]) -> CompanionServer {
+        let mut env = vec![("MULTITOKENS_ADMIN_KEY", ADMIN_KEY), ("MULTITOKENS_INTERNAL_KEY", INTERNAL_KEY)];
+        env.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
+        CompanionServer::start_on(port, redis_url, &env)
+    }
+
+    /// Restarts the companion on its port with another extra environment.
+    fn restart_companion(&mut self, env: Vec<(&'static str, String)>) {
+        self.companion = None;
+        self.companion_env = env;
+        self.companion = Some(Self::companion(&self.url(), self.companion_port, &self.companion_env));
+    }
+
+    /// Restarts Envoy on its ports with the plugin configuration edited.
+    fn restart_envoy(&mut self, patch: impl Fn(&mut Value)) {
+        self.config = self.config.clone().edit_plugin(patch);
+        self.envoy.stop();
+        self.envoy = Envoy::start(&self.config.to_yaml(), self.port, 2);
+        std::thread::sleep(Duration::from_millis(1200));
     }
 
     fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<Value>) -> HttpReply {
@@ -320,7 +359,7 @@ fn store_down_denies_then_recovers() {
     // a cached verdict is not trusted once the revocation feed has gone silent
     s.wait_for_status("/api/whoami", &bearer(&token), 503, Duration::from_secs(6));
     assert!(s.stat("denied_unavailable") >= 2);
-    s.companion = Some(Stack::companion(&s.url(), s.companion_port));
+    s.companion = Some(Stack::companion(&s.url(), s.companion_port, &s.companion_env));
     s.wait_for_status("/api/whoami", &bearer(&fresh), 200, Duration::from_secs(5));
     assert_eq!(s.get("/api/whoami", Some(&bearer(&token))).status, 200);
     assert!(s.envoy.alive());
@@ -345,7 +384,7 @@ fn allow_cached_accepts_known_tokens_for_a_bounded_time_then_recovers() {
     assert_eq!(s.get("/api/whoami", Some(&bearer(&unknown))).status, 503, "never verified: refused");
     let r = s.wait_for_status("/api/whoami", &bearer(&known), 503, Duration::from_secs(8));
     assert!(verified.elapsed() >= Duration::from_millis(3500), "stale acceptance ended early ({r:?})");
-    s.companion = Some(Stack::companion(&s.url(), s.companion_port));
+    s.companion = Some(Stack::companion(&s.url(), s.companion_port, &s.companion_env));
     s.wait_for_status("/api/whoami", &bearer(&known), 200, Duration::from_secs(5));
     assert_eq!(s.get("/api/whoami", Some(&bearer(&unknown))).status, 200);
 }
@@ -752,7 +791,7 @@ fn revoked_tokens_stay_refused_through_companion_kills_redis_restarts_and_a_lost
         std::thread::sleep(Duration::from_millis(2 + 5 * round as u64));
         s.companion = None; // SIGKILL
         let _ = inflight.join();
-        s.companion = Some(Stack::companion(&s.url(), s.companion_port));
+        s.companion = Some(Stack::companion(&s.url(), s.companion_port, &s.companion_env));
     }
     let (live, revoked) = edge_agrees_with_redis(&s, &tokens, Duration::from_secs(10));
     assert!(revoked >= 1 && live >= 20, "{revoked} revoked, {live} live");
@@ -838,4 +877,62 @@ fn revocations_hold_when_the_feeds_shard_fails_over() {
     }
     let (live, revoked) = edge_agrees_with_redis(&s, &tokens, Duration::from_secs(15));
     assert_eq!((live, revoked), (10, 20));
+}
+
+/// The hash key rotation runbook (docs/operating.md) through real Envoy: every step keeps every
+/// user logged in, and a revocation still lands after it.
+#[test]
+fn rotating_the_hash_key_through_envoy_logs_nobody_out() {
+    let keys = |current: &str, previous: &str| {
+        vec![("MULTITOKENS_HASH_KEY", current.to_string()), ("MULTITOKENS_PREVIOUS_HASH_KEYS", previous.to_string())]
+    };
+    let mut s = Stack::start_full(Store::Single(RedisServer::start()), keys("key-2025", ""), |c| c["hash_key"] = json!("key-2025"), |c| c);
+    let users = ["alice", "bob", "carol"];
+    let mut tokens: Vec<String> = users.iter().map(|u| s.login(u, "laptop", &[])).collect();
+    let all_in = |s: &Stack, tokens: &[String], step: &str| {
+        for (t, user) in tokens.iter().zip(users) {
+            let r = s.get("/api/whoami", Some(&bearer(t)));
+            assert_eq!((r.status, r.body["user"].clone()), (200, json!(user)), "{step}: {}", r.body);
+        }
+    };
+    all_in(&s, &tokens, "before");
+    // someone who logged in before the rotation and comes back only after it
+    let erin = s.login("erin", "tablet", &[]);
+    // 1. the filters accept the new key before anything is written with it
+    s.restart_envoy(|c| c["previous_hash_keys"] = json!(["key-2026"]));
+    all_in(&s, &tokens, "filters accept the new key");
+    // 2. the companions write with the new key, still accepting the old one
+    s.restart_companion(keys("key-2026", "key-2025"));
+    let dave = s.login("dave", "phone", &[]);
+    assert_eq!(s.get("/api/whoami", Some(&bearer(&dave))).status, 200, "a token issued under the new key");
+    all_in(&s, &tokens, "companions on the new key");
+    // 3. the filters digest with the new key, still accepting the old one
+    s.restart_envoy(|c| {
+        c["hash_key"] = json!("key-2026");
+        c["previous_hash_keys"] = json!(["key-2025"]);
+    });
+    all_in(&s, &tokens, "filters on the new key");
+    // 4. the sweep re-keys what is left
+    let env: Vec<(&str, String)> = [("MULTITOKENS_REDIS_URL", s.url())].into_iter().chain(keys("key-2026", "key-2025")).collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = support::companion(&["rekey", "--json"], &env, None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((report["scanned"].as_u64(), report["unsealed_or_tampered"].as_u64()), (Some(5), Some(0)), "{report}");
+    assert_eq!(report["rekeyed"].as_u64(), Some(1), "erin, the only one not re-keyed on use: {report}");
+    all_in(&s, &tokens, "after the sweep");
+    // 5. the old key dropped everywhere
+    s.restart_companion(keys("key-2026", ""));
+    s.restart_envoy(|c| {
+        c.as_object_mut().unwrap().remove("previous_hash_keys");
+    });
+    all_in(&s, &tokens, "old key dropped");
+    assert_eq!(s.get("/api/whoami", Some(&bearer(&dave))).status, 200);
+    assert_eq!(s.get("/api/whoami", Some(&bearer(&erin))).body["user"], "erin", "re-keyed by the sweep");
+    // and logging out still logs out at once
+    let r = s.request("POST", "/logout", &[("authorization", &bearer(&tokens[0]))], None);
+    assert!(r.status < 300, "logout: {} {}", r.status, r.body);
+    assert_eq!(s.get("/api/whoami", Some(&bearer(&tokens[0]))).status, 401);
+    tokens.remove(0);
+    assert!(s.envoy.alive());
 }
