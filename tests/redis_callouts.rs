@@ -416,7 +416,9 @@ fn redis_cluster_through_envoys_redis_proxy() {
     }
     let _envoy = support::Envoy::start(&config.to_yaml(), listen, 1);
     wait_for_redis_proxy(listen);
-    let plugin = json!({"redis": {"cluster": "redis_cluster_proxy", "timeout_ms": 1000}, "cache": {"ttl_ms": 600000}}).to_string();
+    // Envoy's redis_proxy does not know EVAL_RO
+    let plugin =
+        json!({"redis": {"cluster": "redis_cluster_proxy", "timeout_ms": 1000, "eval_ro": false}, "cache": {"ttl_ms": 600000}}).to_string();
     let mut host = TestHost::load(&wasm_path("multitokens_filter_redis.wasm"), &plugin, host_upstreams(listen)).unwrap();
     host.tick();
     assert_eq!(host.metric("multitokens.callout_error") + host.metric("multitokens.callout_failed"), 0, "{:?}", host.logs());
@@ -572,5 +574,76 @@ fn tampered_records_are_refused_and_a_key_rotation_logs_nobody_out_in_both_build
         host.tick();
         assert_invalid(&get(&mut host, "/api", &alice));
         assert_eq!(get(&mut host, "/api", &bob).status(), 200);
+    }
+}
+
+/// Least privilege: the Redis-callout build runs as the shipped gateway users
+/// (envoy/redis/users.acl, created with `ACL SETUSER`): lookups and the revocation feed work as the
+/// read-only user, sliding refreshes as the refresh user; neither can issue, rewrite or delete a
+/// record, not even from a script, and the read-only one cannot change a TTL either.
+#[test]
+fn the_redis_callout_build_runs_as_the_gateway_users_which_cannot_write_records() {
+    for (user, refresh) in [("mt-gateway", false), ("mt-gateway-refresh", true)] {
+        let stack = Stack::start(Build::Redis);
+        assert!(stack.redis.apply_shipped_acl().contains(&user.to_string()));
+        let mut config = json!({"redis": {"cluster": "redis", "username": user, "password": "change-me-gateway", "timeout_ms": 500}});
+        if refresh {
+            config["refresh_on_use"] = json!({"ttl": 600, "min_interval_ms": 1000});
+        }
+        let mut host = stack.load(config);
+        let alice = stack.issue("alice", "laptop", &["--ttl", "600"]);
+        let phone = stack.issue("alice", "phone", &[]);
+        std::thread::sleep(Duration::from_millis(1100));
+        let r = get(&mut host, "/api", &alice);
+        assert_eq!(r.upstream_header("x-multitokens-user").as_deref(), Some("alice"), "{user}: {:?}", host.logs());
+        assert_eq!(get(&mut host, "/api", &phone).status(), 200);
+        host.tick(); // the refresh goes out, and the feed is read
+        let records: Vec<String> = stack.redis.cli(&["--scan", "--pattern", "mt:*:t:*"]).lines().map(str::to_string).collect();
+        let key = records.iter().find(|k| stack.redis.cli(&["PTTL", k]).trim().parse::<i64>().unwrap() <= 600_000).unwrap().clone();
+        let pttl: i64 = stack.redis.cli(&["PTTL", &key]).trim().parse().unwrap();
+        assert_eq!(pttl > 599_000, refresh, "{user}: refreshed iff refresh_on_use ({pttl} ms left)");
+        stack.cli(&["revoke", &alice]);
+        host.tick();
+        assert_invalid(&get(&mut host, "/api", &alice));
+        assert_eq!(get(&mut host, "/api", &phone).status(), 200);
+        assert_eq!(host.metric("multitokens.callout_error"), 0, "{user}: {:?}", host.logs());
+
+        // what the gateway users cannot do
+        let mut conn = redis::Client::open(stack.redis.url_as(user, "change-me-gateway")).unwrap().get_connection().unwrap();
+        let key = records.iter().find(|k| stack.redis.cli(&["EXISTS", k]).trim() == "1").unwrap().clone();
+        let record = stack.redis.cli(&["GET", &key]).trim().to_string();
+        let forged = record.replace("alice", "root");
+        let index = format!("{}alice", key.split(":t:").next().unwrap().to_string() + ":u:");
+        let mut attempts: Vec<redis::Cmd> = vec![
+            redis::cmd("SET").arg(&key).arg(&forged).clone(),
+            redis::cmd("DEL").arg(&key).clone(),
+            redis::cmd("RENAME").arg(&key).arg(format!("{key}x")).clone(),
+            redis::cmd("PERSIST").arg(&key).clone(),
+            redis::cmd("EVAL").arg("return redis.call('SET', KEYS[1], ARGV[1])").arg(1).arg(&key).arg(&forged).clone(),
+            redis::cmd("EVAL").arg("return redis.call('DEL', KEYS[1])").arg(1).arg(&key).clone(),
+            redis::cmd("EVAL_RO").arg("return redis.call('DEL', KEYS[1])").arg(1).arg(&key).clone(),
+            redis::cmd("EVAL")
+                .arg(multitokens::core::scripts::REVOKE_ALL)
+                .arg(3)
+                .arg(&index)
+                .arg("mt:{x}:o")
+                .arg("mt:{x}:x:u")
+                .arg("mt:")
+                .arg("")
+                .clone(),
+            redis::cmd("FLUSHALL").clone(),
+            redis::cmd("GET").arg("other:key").clone(),
+        ];
+        if !refresh {
+            attempts.push(redis::cmd("PEXPIRE").arg(&key).arg(1).clone());
+            attempts.push(redis::cmd("PEXPIRE").arg(&index).arg(1).clone());
+        }
+        for cmd in attempts {
+            let result: redis::RedisResult<redis::Value> = cmd.query(&mut conn);
+            let sent = String::from_utf8_lossy(&cmd.get_packed_command()).chars().take(60).collect::<String>();
+            assert!(result.is_err(), "{user}: {sent:?} was allowed: {result:?}");
+        }
+        assert_eq!(stack.redis.cli(&["GET", &key]).trim(), record, "{user}: the record is untouched");
+        assert_eq!(stack.redis.cli(&["EXISTS", &index]).trim(), "1", "{user}: the index is untouched");
     }
 }

@@ -739,7 +739,8 @@ impl TokenStore {
             return Ok(());
         }
         let mut conn = self.redis.conn().await?;
-        let _: () = conn.hset_multiple(self.keys.edges(), entries).await?;
+        // HSET with several pairs (HMSET is deprecated, and not in the companion's ACL)
+        let _: i64 = redis::cmd("HSET").arg(self.keys.edges()).arg(entries).query_async(&mut conn).await?;
         Ok(())
     }
 

@@ -49,6 +49,11 @@ pub struct RedisTarget {
     /// Connect and operation timeout.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Send lookups and feed reads as `EVAL_RO` (Redis 7), so the gateway's Redis user can be
+    /// read-only. Set false when Envoy's redis_proxy stands in between (it does not know
+    /// `EVAL_RO`): they go as `EVAL`, which needs write access to the keys they read.
+    #[serde(default = "default_true")]
+    pub eval_ro: bool,
 }
 
 /// How the filter reaches the token store.

@@ -1,7 +1,12 @@
 //! The Redis-callout transport as plain code: the RESP commands the filter sends (one per
-//! callout: `EVAL` of the core scripts, so each is one round trip and, in a Redis Cluster behind
-//! Envoy's redis_proxy, routed by its single key) and the interpretation of the replies.
-//! Redis caches compiled scripts, so `EVAL` of these short scripts costs one SHA-1 server-side.
+//! callout: `EVAL_RO` / `EVAL` of the core scripts, so each is one round trip and, in a Redis
+//! Cluster behind Envoy's redis_proxy, routed by its keys' hash tag) and the interpretation of the
+//! replies. Redis caches compiled scripts, so `EVAL` of these short scripts costs one SHA-1
+//! server-side.
+//!
+//! Lookups and feed reads are `EVAL_RO` (Redis 7): Redis checks only read access to their keys,
+//! so the gateway's Redis user can be read-only (envoy/redis/users.acl). Only the sliding refresh
+//! writes (`EVAL`).
 
 use super::identity::Identity;
 use super::lookup::{Answer, CalloutProblem, FeedPage, LookupRequest};
@@ -11,12 +16,13 @@ use crate::core::resp::{decode, encode_command, Reply};
 use crate::core::scripts;
 use crate::core::verdict::{evaluate, Verdict};
 
-/// `EVAL LOOKUP n <record key>...`: the record under the first of the token's digests that has
+/// `EVAL_RO LOOKUP n <record key>...`: the record under the first of the token's digests that has
 /// one (the current hash key's, then the previous keys'), and its remaining TTL.
-pub fn lookup_command(keys: &KeyLayout, request: &LookupRequest) -> Vec<u8> {
+/// With `eval_ro` false, `EVAL` (for proxies that do not know `EVAL_RO`).
+pub fn lookup_command(keys: &KeyLayout, request: &LookupRequest, eval_ro: bool) -> Vec<u8> {
     let records: Vec<String> = request.candidates().map(|d| keys.record_key(request.tag, d)).collect();
     let count = records.len().to_string();
-    let mut parts: Vec<&[u8]> = vec![b"EVAL", scripts::LOOKUP.as_bytes(), count.as_bytes()];
+    let mut parts: Vec<&[u8]> = vec![eval(eval_ro), scripts::LOOKUP.as_bytes(), count.as_bytes()];
     parts.extend(records.iter().map(|k| k.as_bytes()));
     encode_command(&parts)
 }
@@ -35,16 +41,26 @@ pub fn refresh_command(keys: &KeyLayout, request: &LookupRequest) -> Option<Vec<
     ]))
 }
 
-/// `EVAL FEED 1 <feed> <cursor> <page>`: the revocation feed after a cursor.
-pub fn feed_command(keys: &KeyLayout, cursor: Option<&str>) -> Vec<u8> {
+/// `EVAL_RO FEED 1 <feed> <cursor> <page>`: the revocation feed after a cursor (`EVAL` without
+/// `eval_ro`).
+pub fn feed_command(keys: &KeyLayout, cursor: Option<&str>, eval_ro: bool) -> Vec<u8> {
     encode_command(&[
-        "EVAL".as_bytes(),
+        eval(eval_ro),
         scripts::FEED.as_bytes(),
         b"1",
         keys.revocation_feed().as_bytes(),
         cursor.unwrap_or("").as_bytes(),
         scripts::FEED_PAGE_SIZE.to_string().as_bytes(),
     ])
+}
+
+/// The command that runs a read-only script.
+fn eval(read_only: bool) -> &'static [u8] {
+    if read_only {
+        b"EVAL_RO"
+    } else {
+        b"EVAL"
+    }
 }
 
 fn reply(bytes: Option<&[u8]>) -> Result<Vec<Reply>, CalloutProblem> {
@@ -128,13 +144,14 @@ mod tests {
     #[test]
     fn commands_carry_the_companions_keys() {
         let keys = KeyLayout::new("mt");
-        let cmd = String::from_utf8(lookup_command(&keys, &request())).unwrap();
-        assert!(cmd.starts_with("*4\r\n$4\r\nEVAL\r\n"));
+        let cmd = String::from_utf8(lookup_command(&keys, &request(), true)).unwrap();
+        assert!(String::from_utf8(lookup_command(&keys, &request(), false)).unwrap().starts_with("*4\r\n$4\r\nEVAL\r\n"));
+        assert!(cmd.starts_with("*4\r\n$7\r\nEVAL_RO\r\n"));
         assert!(cmd.contains(&keys.record_key(request().tag, &request().digest)));
         let refresh = String::from_utf8(refresh_command(&keys, &request()).unwrap()).unwrap();
         assert!(refresh.contains("\r\n60000\r\n") && refresh.contains(&keys.index_prefix(request().tag)));
         assert!(refresh_command(&keys, &LookupRequest { refresh_ttl: None, ..request() }).is_none());
-        assert!(String::from_utf8(feed_command(&keys, Some("5-0"))).unwrap().contains("mt:revoked"));
+        assert!(String::from_utf8(feed_command(&keys, Some("5-0"), true)).unwrap().contains("mt:revoked"));
     }
 
     #[test]

@@ -86,6 +86,27 @@ impl RedisServer {
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 
+    /// Creates the users of the shipped ACL file (envoy/redis/users.acl) with `ACL SETUSER`, rule
+    /// for rule as written there; returns their names.
+    pub fn apply_shipped_acl(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(super::repo_root().join("envoy/redis/users.acl")).expect("envoy/redis/users.acl");
+        let mut users = Vec::new();
+        for line in text.lines().filter_map(|l| l.strip_prefix("user ")) {
+            let rules: Vec<&str> = line.split_whitespace().collect();
+            let mut args = vec!["ACL", "SETUSER"];
+            args.extend(&rules);
+            let out = self.cli(&args);
+            assert_eq!(out.trim(), "OK", "ACL SETUSER {line}: {out}");
+            users.push(rules[0].to_string());
+        }
+        users
+    }
+
+    /// The URL of this server for an ACL user.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        format!("redis://{user}:{password}@127.0.0.1:{}/0", self.port)
+    }
+
     /// A synchronous client connection for inspecting what the code under test wrote.
     pub fn conn(&self) -> redis::Connection {
         redis::Client::open(self.url()).unwrap().get_connection().unwrap()

@@ -123,14 +123,14 @@ impl StoreTransport for RedisCallouts {
         let refresh = redis_transport::refresh_command(&compiled.keys, request);
         call(
             target,
-            &redis_transport::lookup_command(&compiled.keys, request),
+            &redis_transport::lookup_command(&compiled.keys, request, target.eval_ro),
             Purpose::Lookup { context_id, root_id, refresh, request: request.clone() },
         )
     }
 
     fn poll_feed(&self, compiled: &Compiled, cursor: Option<&str>, _edge: &str, root_id: u32) -> Result<u32, String> {
         let Transport::Redis(target) = &compiled.transport else { return Err("no Redis configured".into()) };
-        call(target, &redis_transport::feed_command(&compiled.keys, cursor), Purpose::Feed { root_id })
+        call(target, &redis_transport::feed_command(&compiled.keys, cursor, target.eval_ro), Purpose::Feed { root_id })
     }
 
     fn refresh(&self, compiled: &Compiled, request: &LookupRequest, _: u32) -> Result<u32, String> {
