@@ -5,6 +5,7 @@
 use super::edges::{valid_edge_id, EdgeRegistry, RevokeReport};
 use super::error::StoreError;
 use super::feed::FeedFanout;
+use super::roles::{ApiKeys, Presented, Role};
 use super::store::{now_ms, IssueRequest, Revocation, TokenStore};
 use crate::core::contract::{self, FeedQuery, LookupAnswer, LookupQuery};
 use crate::core::digest::TokenDigest;
@@ -25,7 +26,6 @@ use serde_json::{json, Value};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
 /// Largest accepted request body.
@@ -36,10 +36,8 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 pub struct AppState {
     /// The token store.
     pub store: Arc<TokenStore>,
-    /// The admin bearer key.
-    pub admin_key: Arc<str>,
-    /// The key the filter presents on the internal endpoints; `None` disables them.
-    pub internal_key: Option<Arc<str>>,
+    /// The API keys by role.
+    pub keys: Arc<ApiKeys>,
     /// The edges following the feed, and what each acknowledged.
     pub edges: Arc<EdgeRegistry>,
     /// The revocation feed, fanned out to long polls.
@@ -50,10 +48,10 @@ pub struct AppState {
 
 impl AppState {
     /// The state over a store; [`AppState::spawn_followers`] starts its background tasks.
-    pub fn new(store: Arc<TokenStore>, admin_key: Arc<str>, internal_key: Option<Arc<str>>, revoke_wait: Duration) -> AppState {
+    pub fn new(store: Arc<TokenStore>, keys: ApiKeys, revoke_wait: Duration) -> AppState {
         let edges = EdgeRegistry::new(store.clone());
         let feed = FeedFanout::new(store.clone());
-        AppState { store, admin_key, internal_key, edges, feed, revoke_wait }
+        AppState { store, keys: Arc::new(keys), edges, feed, revoke_wait }
     }
 
     /// Starts the background tasks (on the current tokio runtime): the feed's blocking reader,
@@ -200,38 +198,65 @@ fn credential(parts: &Parts) -> Option<&str> {
     }
 }
 
-/// Checks the bearer key of a role; a wrong key is refused naming the key the endpoint needs.
-fn check_key(parts: &Parts, expected: &str, role: &str, variable: &str) -> Result<(), ApiError> {
-    let Some(given) = credential(parts) else {
-        return Err(ApiError::unauthorized(contract::NOT_PROVIDED, None));
+/// Checks that the request presents a key of one of `roles`: none at all is 401, a key this
+/// companion does not know is 401, a key of another role is 403 naming both roles.
+fn check_role(parts: &Parts, keys: &ApiKeys, roles: &[Role]) -> Result<(), ApiError> {
+    let needed = roles[0];
+    let basic = parts.headers.get_all(AUTHORIZATION).iter().find_map(|v| Presented::basic(v.as_bytes()));
+    let presented = match (credential(parts), basic) {
+        (Some(key), _) => Presented::Bearer(key.to_string()),
+        (None, Some(basic)) if roles.contains(&Role::Introspect) => basic,
+        _ => return Err(ApiError::unauthorized(contract::NOT_PROVIDED, None)),
     };
-    if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
-        Ok(())
-    } else {
-        Err(ApiError::new(StatusCode::FORBIDDEN, format!("Invalid {role} key: this endpoint needs the {role} key ({variable}).")))
+    match keys.role_of(&presented) {
+        Some(role) if roles.contains(&role) => Ok(()),
+        Some(role) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("This endpoint needs the {} role; the key presented has the {} role.", needed.name(), role.name()),
+        )),
+        None => Err(ApiError::unauthorized(
+            &format!("Invalid credentials: this endpoint needs a key of the {} role ({}).", needed.name(), needed.variable()),
+            Some("invalid_token"),
+        )),
     }
 }
 
-/// Proof that the request carries the admin key.
+/// Proof that the request carries an admin key.
 pub struct Admin;
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        check_key(parts, &state.admin_key, "admin", "MULTITOKENS_ADMIN_KEY").map(|_| Admin)
+        check_role(parts, &state.keys, &[Role::Admin]).map(|_| Admin)
     }
 }
 
-/// Proof that the request carries the internal (filter) key.
+/// Proof that the request comes from an introspection client (or an admin).
+pub struct Introspector;
+
+impl FromRequestParts<AppState> for Introspector {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        check_role(parts, &state.keys, &[Role::Introspect, Role::Admin]).map(|_| Introspector).map_err(|mut e| {
+            if e.status == StatusCode::UNAUTHORIZED {
+                // RFC 7662 clients authenticate with HTTP Basic: say it can
+                e.challenge = Some(format!("Basic realm=\"multitokens\", {}", e.challenge.unwrap_or_default()));
+            }
+            e
+        })
+    }
+}
+
+/// Proof that the request carries an internal (filter) key.
 pub struct Internal;
 
 impl FromRequestParts<AppState> for Internal {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        match &state.internal_key {
-            Some(key) => check_key(parts, key, "internal", "MULTITOKENS_INTERNAL_KEY").map(|_| Internal),
-            None => Err(ApiError::new(StatusCode::FORBIDDEN, "Internal endpoints are disabled: set MULTITOKENS_INTERNAL_KEY.")),
+        if !state.keys.has_internal() {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "Internal endpoints are disabled: set MULTITOKENS_INTERNAL_KEY."));
         }
+        check_role(parts, &state.keys, &[Role::Internal]).map(|_| Internal)
     }
 }
 
@@ -286,7 +311,7 @@ struct IntrospectBody {
 }
 
 /// RFC 7662 token introspection: form-encoded (the RFC's) or JSON `token`.
-async fn introspect(_: Admin, State(store): State<Arc<TokenStore>>, req: Request) -> Result<Response, ApiError> {
+async fn introspect(_: Introspector, State(store): State<Arc<TokenStore>>, req: Request) -> Result<Response, ApiError> {
     let is_json = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"));
     let bytes = Bytes::from_request(req, &()).await.map_err(|r| ApiError::new(r.status(), "Request body too large or unreadable."))?;
     let body: IntrospectBody = if is_json {

@@ -7,6 +7,7 @@ pub mod connection;
 pub mod edges;
 pub mod error;
 pub mod feed;
+pub mod roles;
 pub mod server;
 pub mod settings;
 pub mod store;

@@ -2,12 +2,12 @@
 //! and runs the API until Ctrl-C or SIGTERM.
 
 use super::api::{self, AppState};
+use super::roles::ApiKeys;
 use super::settings::Settings;
 use super::store::{KeyCheck, TokenStore};
 use std::sync::Arc;
 
-/// Shortest admin or internal key accepted.
-pub const MIN_KEY_LEN: usize = 16;
+pub use super::roles::MIN_KEY_LEN;
 
 /// What a companion with the wrong `MULTITOKENS_HASH_KEY` is told.
 pub const KEY_DIFFERS: &str = "MULTITOKENS_HASH_KEY does not match the key this store was written with (its <prefix>:keycheck \
@@ -30,32 +30,19 @@ pub enum ServeError {
     Io(std::io::Error),
 }
 
-/// The API's keys, checked: an admin key, and an internal key that is not the admin key (it sits
-/// in every Envoy's plugin config).
-fn checked_keys(settings: &Settings) -> Result<(Arc<str>, Option<Arc<str>>), ServeError> {
-    let admin_key = settings.admin_key.clone().ok_or_else(|| {
-        ServeError::Config("serve needs an admin key: set MULTITOKENS_ADMIN_KEY (or admin_key in the config file)".into())
-    })?;
-    if admin_key.len() < MIN_KEY_LEN {
-        return Err(ServeError::Config(format!("admin_key must be at least {MIN_KEY_LEN} characters")));
+/// The API's keys by role, checked ([`ApiKeys::new`]).
+fn checked_keys(settings: &Settings) -> Result<ApiKeys, ServeError> {
+    let keys = ApiKeys::new(settings.admin_keys.clone(), settings.introspect_clients.clone(), settings.internal_keys.clone())
+        .map_err(ServeError::Config)?;
+    if !keys.has_internal() {
+        tracing::warn!("MULTITOKENS_INTERNAL_KEY is not set: the filter's lookup and revocation feed endpoints are disabled");
     }
-    let internal_key = settings.internal_key.clone();
-    match &internal_key {
-        Some(k) if *k == admin_key => {
-            return Err(ServeError::Config("internal_key must differ from admin_key: it is handed to every filter".into()))
-        }
-        Some(k) if k.len() < MIN_KEY_LEN => {
-            return Err(ServeError::Config(format!("internal_key must be at least {MIN_KEY_LEN} characters")))
-        }
-        None => tracing::warn!("MULTITOKENS_INTERNAL_KEY is not set: the filter's lookup and revocation feed endpoints are disabled"),
-        Some(_) => {}
-    }
-    Ok((admin_key.into(), internal_key.map(Into::into)))
+    Ok(keys)
 }
 
 /// Serves the API with `store` until Ctrl-C or SIGTERM.
 pub async fn serve(settings: &Settings, store: TokenStore) -> Result<(), ServeError> {
-    let (admin_key, internal_key) = checked_keys(settings)?;
+    let keys = checked_keys(settings)?;
     let listener = tokio::net::TcpListener::bind(&settings.listen).await.map_err(|e| ServeError::Bind(settings.listen.clone(), e))?;
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     match store.check_hash_key().await {
@@ -64,7 +51,7 @@ pub async fn serve(settings: &Settings, store: TokenStore) -> Result<(), ServeEr
         Err(e) => tracing::warn!(error = %e, "Redis is not reachable yet; /readyz answers 503 until it is"),
     }
     tracing::info!(listen = %addr, prefix = %settings.prefix, "multitokens API listening");
-    let state = AppState::new(Arc::new(store), admin_key, internal_key, settings.revoke_wait);
+    let state = AppState::new(Arc::new(store), keys, settings.revoke_wait);
     // the feed's blocking read returns well within the Redis timeout
     state.spawn_followers((settings.redis_timeout / 2).min(std::time::Duration::from_secs(1)));
     api::run(listener, state, shutdown_signal()).await.map_err(ServeError::Io)

@@ -157,12 +157,18 @@ pub struct SettingsLayer {
     /// MULTITOKENS_PREVIOUS_HASH_KEYS or the file, never a flag.
     #[arg(skip = secrets_from_env("MULTITOKENS_PREVIOUS_HASH_KEYS"))]
     pub previous_hash_keys: Option<SecretList>,
-    /// Bearer key of the admin API: MULTITOKENS_ADMIN_KEY or the file, never a flag.
-    #[arg(skip = secret_from_env("MULTITOKENS_ADMIN_KEY"))]
-    pub admin_key: Option<String>,
-    /// Key of the filter's internal endpoints: MULTITOKENS_INTERNAL_KEY or the file, never a flag.
-    #[arg(skip = secret_from_env("MULTITOKENS_INTERNAL_KEY"))]
-    pub internal_key: Option<String>,
+    /// Bearer keys of the admin role, comma-separated (more than one while rotating):
+    /// MULTITOKENS_ADMIN_KEY or the file, never a flag.
+    #[arg(skip = secrets_from_env("MULTITOKENS_ADMIN_KEY"))]
+    pub admin_key: Option<SecretList>,
+    /// Keys of the filter's internal endpoints, comma-separated: MULTITOKENS_INTERNAL_KEY or the
+    /// file, never a flag.
+    #[arg(skip = secrets_from_env("MULTITOKENS_INTERNAL_KEY"))]
+    pub internal_key: Option<SecretList>,
+    /// RFC 7662 introspection clients, `<client id>:<secret>`, comma-separated:
+    /// MULTITOKENS_INTROSPECT_CLIENTS or the file, never a flag.
+    #[arg(skip = secrets_from_env("MULTITOKENS_INTROSPECT_CLIENTS"))]
+    pub introspect_clients: Option<SecretList>,
 }
 
 /// Never prints values: a layer may hold secrets.
@@ -226,11 +232,13 @@ pub struct Settings {
     pub max_tokens_policy: MaxTokensPolicy,
     /// Absolute lifetime of a token in seconds, which no TTL reset or refresh extends.
     pub max_lifetime: Option<u64>,
-    /// Bearer key for the admin API.
-    pub admin_key: Option<String>,
-    /// Key the filter presents on the internal endpoints (lookup, feed); never the admin key, and
-    /// without it the internal endpoints are disabled.
-    pub internal_key: Option<String>,
+    /// Bearer keys of the admin role (issue, list, revoke, introspect, audit).
+    pub admin_keys: Vec<String>,
+    /// Keys the filter presents on the internal endpoints (lookup, feed); never an admin key, and
+    /// without one the internal endpoints are disabled.
+    pub internal_keys: Vec<String>,
+    /// Introspection clients (`<id>:<secret>`): RFC 7662 only.
+    pub introspect_clients: Vec<String>,
     /// Connect and response timeout towards Redis.
     pub redis_timeout: Duration,
     /// How long a revoke waits for the live edges to apply it.
@@ -252,8 +260,9 @@ impl std::fmt::Debug for Settings {
             .field("max_tokens_per_user", &self.max_tokens_per_user)
             .field("max_tokens_policy", &self.max_tokens_policy)
             .field("max_lifetime", &self.max_lifetime)
-            .field("admin_key", &self.admin_key.as_ref().map(|_| "<set>"))
-            .field("internal_key", &self.internal_key.as_ref().map(|_| "<set>"))
+            .field("admin_keys", &self.admin_keys.len())
+            .field("internal_keys", &self.internal_keys.len())
+            .field("introspect_clients", &self.introspect_clients.len())
             .field("revoke_wait", &self.revoke_wait)
             .field("listen", &self.listen)
             .finish()
@@ -292,8 +301,9 @@ impl Settings {
                 .unwrap_or(DEFAULT_MAX_TOKENS_PER_USER),
             max_tokens_policy: layer.max_tokens_policy.unwrap_or(MaxTokensPolicy::EvictOldest),
             max_lifetime: within("max_lifetime", layer.max_lifetime, 1, MAX_TTL_SECS)?,
-            admin_key: nonempty(layer.admin_key),
-            internal_key: nonempty(layer.internal_key),
+            admin_keys: layer.admin_key.unwrap_or_default().0,
+            internal_keys: layer.internal_key.unwrap_or_default().0,
+            introspect_clients: layer.introspect_clients.unwrap_or_default().0,
             redis_timeout: Duration::from_millis(
                 within("redis_timeout_ms", layer.redis_timeout_ms, 1, 60_000)?.unwrap_or(DEFAULT_REDIS_TIMEOUT_MS),
             ),

@@ -27,7 +27,7 @@ fn refused(redis: &RedisServer, user: &str, password: &str, args: &[&str]) -> St
 #[tokio::test]
 async fn the_companion_user_can_do_everything_the_companion_does_and_nothing_else() {
     let redis = RedisServer::start();
-    assert_eq!(redis.apply_shipped_acl(), ["mt-companion", "mt-gateway"]);
+    assert_eq!(redis.apply_shipped_acl(), ["mt-companion", "mt-gateway", "mt-gateway-refresh"]);
     let url = redis.url_as("mt-companion", "change-me-companion");
     let store = store_at(&url, policy(), Some("acl-pepper"));
     assert_eq!(store.check_hash_key().await.unwrap(), multitokens::companion::store::KeyCheck::Matches);

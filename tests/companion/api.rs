@@ -6,12 +6,18 @@ use crate::{policy, store_at};
 use axum::body::Body;
 use axum::http::{HeaderMap, Request};
 use multitokens::companion::api::{self, AppState};
+use multitokens::companion::roles::ApiKeys;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use tower::ServiceExt;
 
 const ADMIN: &str = "admin-key-for-tests-0123456789";
 const INTERNAL: &str = "internal-key-for-tests-0123456789";
+/// The admin key being rotated out: still accepted.
+const OLD_ADMIN: &str = "old-admin-key-for-tests-0123456789";
+/// An RFC 7662 introspection client.
+const RESOURCE_SERVER: &str = "orders-api";
+const RESOURCE_SECRET: &str = "orders-api-secret-0123456789";
 
 /// The API's router over a store on real Redis; every request goes through `oneshot`.
 struct Api {
@@ -37,7 +43,13 @@ impl Api {
         let mut p = policy();
         p.max_tokens_per_user = Some(5);
         let store = runtime.block_on(async { store_at(redis_url, p, None) });
-        let state = AppState::new(Arc::new(store), ADMIN.into(), internal_key.map(Into::into), std::time::Duration::from_millis(300));
+        let keys = ApiKeys::new(
+            vec![ADMIN.into(), OLD_ADMIN.into()],
+            vec![format!("{RESOURCE_SERVER}:{RESOURCE_SECRET}")],
+            internal_key.map(|k| vec![k.to_string()]).unwrap_or_default(),
+        )
+        .unwrap();
+        let state = AppState::new(Arc::new(store), keys, std::time::Duration::from_millis(300));
         Api { app: api::app(state.clone()), state, runtime }
     }
 
@@ -162,7 +174,12 @@ fn admin_key_is_required_and_checked() {
     assert_eq!(status, 401);
     assert_eq!(detail["detail"], "Authentication credentials were not provided.");
     assert!(challenge.unwrap().starts_with("Bearer"));
-    assert_eq!(api.call("POST", "/v1/tokens", Some("Bearer wrong-key"), body.clone()).0, 403);
+    let (status, detail, challenge) = api.call("POST", "/v1/tokens", Some("Bearer wrong-key"), body.clone());
+    assert_eq!(
+        (status, detail["detail"].clone()),
+        (401, json!("Invalid credentials: this endpoint needs a key of the admin role (MULTITOKENS_ADMIN_KEY)."))
+    );
+    assert!(challenge.unwrap().contains("invalid_token"));
     assert_eq!(api.call("GET", "/v1/users/x/tokens", Some("Basic Zm9vOmJhcg=="), None).0, 401);
     // the internal key is not an admin key and vice versa
     assert_eq!(api.call("POST", "/v1/tokens", Some(&format!("Bearer {INTERNAL}")), body).0, 403);
@@ -315,10 +332,10 @@ fn a_wrong_key_is_told_which_key_the_endpoint_needs_and_the_feed_starts_at_0() {
     let call = |path: &str, key: &str| api.request("GET", path, &[("authorization", &format!("Bearer {key}"))], Vec::new());
     let r = call("/v1/internal/revocations", ADMIN);
     assert_eq!(r.status, 403);
-    assert_eq!(r.body["detail"], "Invalid internal key: this endpoint needs the internal key (MULTITOKENS_INTERNAL_KEY).");
+    assert_eq!(r.body["detail"], "This endpoint needs the internal role; the key presented has the admin role.");
     let r = call("/v1/users/alice/tokens", INTERNAL);
     assert_eq!(r.status, 403);
-    assert_eq!(r.body["detail"], "Invalid admin key: this endpoint needs the admin key (MULTITOKENS_ADMIN_KEY).");
+    assert_eq!(r.body["detail"], "This endpoint needs the admin role; the key presented has the internal role.");
     for first in ["0", "0-0"] {
         let r = call(&format!("/v1/internal/revocations?after={first}"), INTERNAL);
         assert_eq!(
@@ -450,4 +467,104 @@ fn a_revoke_through_another_companion_waits_for_the_same_edges() {
     let (status, report, _) = revoking.call("DELETE", "/v1/tokens/current", Some(&format!("Bearer {token}")), None);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert_eq!((status, report["edges"].clone()), (200, json!({"acknowledged": 3, "pending": 0})));
+}
+
+/// Roles: the introspection client (HTTP Basic, as RFC 7662 clients send it, or its secret as a
+/// bearer key) may introspect and nothing else; every admin key of the rotation works; a key of
+/// another role gets 403 naming both roles.
+#[test]
+fn each_role_does_its_own_job_and_keys_rotate() {
+    use base64::Engine;
+    let redis = RedisServer::start();
+    let api = Api::start(&redis.url());
+    let token = api.call("POST", "/v1/tokens", Some(&format!("Bearer {OLD_ADMIN}")), Some(json!({"user": "dora"}))).1["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let basic = |id: &str, secret: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}")));
+    let introspect = |auth: &str| {
+        let headers = [("authorization", auth), ("content-type", "application/x-www-form-urlencoded")];
+        api.request("POST", "/v1/introspect", &headers, format!("token={token}&token_type_hint=access_token").into_bytes())
+    };
+    for auth in [basic(RESOURCE_SERVER, RESOURCE_SECRET), format!("Bearer {RESOURCE_SECRET}"), format!("Bearer {ADMIN}")] {
+        let r = introspect(&auth);
+        assert_eq!((r.status, r.body["active"].clone(), r.body["sub"].clone()), (200, json!(true), json!("dora")), "{auth}");
+    }
+    // a wrong secret, or an unknown client: 401 with a Basic challenge, as HTTP Basic clients expect
+    for auth in [basic(RESOURCE_SERVER, "wrong-secret-0123456789"), basic("other-api", RESOURCE_SECRET), "Basic !!".to_string()] {
+        let r = introspect(&auth);
+        assert_eq!(r.status, 401, "{auth}");
+        assert!(r.headers.get("www-authenticate").unwrap().to_str().unwrap().starts_with("Basic realm=\"multitokens\""));
+    }
+    // the introspection client cannot mint, list or revoke; the filter's key cannot introspect
+    for (method, path) in [("POST", "/v1/tokens"), ("GET", "/v1/users/dora/tokens"), ("DELETE", "/v1/users/dora/tokens")] {
+        let (status, body, _) = api.call(method, path, Some(&basic(RESOURCE_SERVER, RESOURCE_SECRET)), Some(json!({"user": "x"})));
+        assert_eq!(status, 401, "{method} {path}: Basic is for introspection only: {body}");
+        let (status, body, _) = api.call(method, path, Some(&format!("Bearer {RESOURCE_SECRET}")), Some(json!({"user": "x"})));
+        assert_eq!(
+            (status, body["detail"].clone()),
+            (403, json!("This endpoint needs the admin role; the key presented has the introspect role.")),
+            "{method} {path}"
+        );
+    }
+    let r = introspect(&format!("Bearer {INTERNAL}"));
+    assert_eq!(
+        (r.status, r.body["detail"].clone()),
+        (403, json!("This endpoint needs the introspect role; the key presented has the internal role."))
+    );
+    assert_eq!(api.call("GET", "/v1/users/dora/tokens", Some(&format!("Bearer {ADMIN}")), None).0, 200);
+}
+
+/// A real RFC 7662 client library (Authlib from PyPI: OAuth2Session with client_secret_basic and
+/// its IntrospectTokenValidator) against the real `serve` binary: valid, insufficient scope,
+/// revoked, unknown.
+#[test]
+fn an_authlib_resource_server_introspects_with_http_basic() {
+    let redis = RedisServer::start();
+    let clients = format!("{RESOURCE_SERVER}:{RESOURCE_SECRET}");
+    let server = CompanionServer::start(&redis.url(), &[("MULTITOKENS_ADMIN_KEY", ADMIN), ("MULTITOKENS_INTROSPECT_CLIENTS", &clients)]);
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let agent = crate::support::http_agent();
+    let auth = format!("Bearer {ADMIN}");
+    let issue = |scopes: Value| {
+        let r = crate::support::http_call(
+            &agent,
+            "POST",
+            &format!("{base}/v1/tokens"),
+            &[("authorization", &auth)],
+            Some(json!({"user": "erin", "scopes": scopes})),
+        );
+        r.body["token"].as_str().unwrap().to_string()
+    };
+    let (reader, other, revoked) = (issue(json!(["orders:read"])), issue(json!(["billing"])), issue(json!(["orders:read"])));
+    let r = crate::support::http_call(
+        &agent,
+        "DELETE",
+        &format!("{base}/v1/tokens/current"),
+        &[("authorization", &format!("Bearer {revoked}"))],
+        None,
+    );
+    assert_eq!(r.status, 200);
+    let root = crate::support::repo_root();
+    let out = std::process::Command::new("python3")
+        .arg(root.join("tests/clients/introspect_authlib.py"))
+        .args([&format!("{base}/v1/introspect"), RESOURCE_SERVER, RESOURCE_SECRET, &reader, &other, &revoked, "mt_unknown"])
+        .env("PYTHONPATH", root.join(".tools/python"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0], json!({"active": true, "sub": "erin", "scope": "orders:read"}));
+    assert_eq!(lines[1], json!({"active": true, "error": "insufficient_scope"}));
+    assert_eq!(lines[2], json!({"active": false, "error": "invalid_token"}));
+    assert_eq!(lines[3], json!({"active": false, "error": "invalid_token"}));
+    // the same client with a wrong secret is refused by the companion, and Authlib says so
+    let out = std::process::Command::new("python3")
+        .arg(root.join("tests/clients/introspect_authlib.py"))
+        .args([&format!("{base}/v1/introspect"), RESOURCE_SERVER, "not-the-secret-0123456789", &reader])
+        .env("PYTHONPATH", root.join(".tools/python"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{}", String::from_utf8_lossy(&out.stderr));
 }
