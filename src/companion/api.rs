@@ -2,6 +2,7 @@
 //! (authenticated by the token itself), RFC 7662 introspection, the filter's internal lookup,
 //! and health checks. Errors are JSON `{"detail": "..."}`.
 
+use super::audit::{Actor, Origin};
 use super::edges::{valid_edge_id, EdgeRegistry, RevokeReport};
 use super::error::StoreError;
 use super::feed::FeedFanout;
@@ -221,13 +222,18 @@ fn check_role(parts: &Parts, keys: &ApiKeys, roles: &[Role]) -> Result<(), ApiEr
     }
 }
 
-/// Proof that the request carries an admin key.
-pub struct Admin;
+/// Who is asking, for the audit trail: `actor`, and the request id Envoy sent (`x-request-id`).
+fn origin(parts: &Parts, actor: Actor) -> Origin {
+    Origin::with_request_id(actor, parts.headers.get("x-request-id").map(|v| v.as_bytes()))
+}
+
+/// Proof that the request carries an admin key; the audit trail's origin.
+pub struct Admin(pub Origin);
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        check_role(parts, &state.keys, &[Role::Admin]).map(|_| Admin)
+        check_role(parts, &state.keys, &[Role::Admin]).map(|_| Admin(origin(parts, Actor::Admin)))
     }
 }
 
@@ -247,8 +253,8 @@ impl FromRequestParts<AppState> for Introspector {
     }
 }
 
-/// Proof that the request carries an internal (filter) key.
-pub struct Internal;
+/// Proof that the request carries an internal (filter) key; the audit trail's origin.
+pub struct Internal(pub Origin);
 
 impl FromRequestParts<AppState> for Internal {
     type Rejection = ApiError;
@@ -256,17 +262,18 @@ impl FromRequestParts<AppState> for Internal {
         if !state.keys.has_internal() {
             return Err(ApiError::new(StatusCode::FORBIDDEN, "Internal endpoints are disabled: set MULTITOKENS_INTERNAL_KEY."));
         }
-        check_role(parts, &state.keys, &[Role::Internal]).map(|_| Internal)
+        check_role(parts, &state.keys, &[Role::Internal]).map(|_| Internal(origin(parts, Actor::Internal)))
     }
 }
 
-/// The caller's own token (self-service endpoints).
-pub struct CallerToken(pub String);
+/// The caller's own token (self-service endpoints), and the audit trail's origin.
+pub struct CallerToken(pub String, pub Origin);
 
 impl<S: Send + Sync> FromRequestParts<S> for CallerToken {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        credential(parts).map(|t| CallerToken(t.to_string())).ok_or_else(|| ApiError::unauthorized(contract::NOT_PROVIDED, None))
+        let token = credential(parts).ok_or_else(|| ApiError::unauthorized(contract::NOT_PROVIDED, None))?;
+        Ok(CallerToken(token.to_string(), origin(parts, Actor::Token)))
     }
 }
 
@@ -282,8 +289,12 @@ struct IssueBody {
     scopes: Vec<String>,
 }
 
-async fn issue(_: Admin, State(store): State<Arc<TokenStore>>, JsonBody(body): JsonBody<IssueBody>) -> Result<Response, ApiError> {
-    let issued = store.issue(IssueRequest { user: body.user, device: body.device, ttl: body.ttl, scopes: body.scopes }).await?;
+async fn issue(
+    Admin(origin): Admin,
+    State(store): State<Arc<TokenStore>>,
+    JsonBody(body): JsonBody<IssueBody>,
+) -> Result<Response, ApiError> {
+    let issued = store.issue_as(IssueRequest { user: body.user, device: body.device, ttl: body.ttl, scopes: body.scopes }, &origin).await?;
     Ok((StatusCode::CREATED, Json(issued)).into_response())
 }
 
@@ -291,18 +302,48 @@ async fn list(_: Admin, State(store): State<Arc<TokenStore>>, PathArgs(user): Pa
     Ok(Json(store.list(&user).await?).into_response())
 }
 
-async fn revoke_user(_: Admin, State(state): State<AppState>, PathArgs(user): PathArgs<String>) -> Result<Response, ApiError> {
-    let revocation = state.store.revoke_all(&user, None).await?;
+async fn revoke_user(Admin(origin): Admin, State(state): State<AppState>, PathArgs(user): PathArgs<String>) -> Result<Response, ApiError> {
+    let revocation = state.store.revoke_all_as(&user, None, &origin).await?;
     Ok(Json(state.confirm(&revocation).await).into_response())
 }
 
 async fn revoke_by_id(
-    _: Admin,
+    Admin(origin): Admin,
     State(state): State<AppState>,
     PathArgs((user, id)): PathArgs<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let revocation = state.store.revoke_by_id(&user, &id).await?;
+    let revocation = state.store.revoke_by_id_as(&user, &id, &origin).await?;
     Ok(Json(state.confirm(&revocation).await).into_response())
+}
+
+/// The audit trail's query.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    /// Only this user's events.
+    #[serde(default)]
+    user: Option<String>,
+    /// From this time: RFC 3339, or a duration back from now (`2h`); default 24 h.
+    #[serde(default)]
+    since: Option<String>,
+    /// After this cursor (the `next` of the previous page); overrides `since`.
+    #[serde(default)]
+    after: Option<String>,
+    /// Most events in the answer, 1 to 1000 (default 100).
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// The audit trail (admin): `{"events": [...], "next": <cursor to continue from, or null>}`.
+async fn events(_: Admin, State(store): State<Arc<TokenStore>>, QueryArgs(q): QueryArgs<EventsQuery>) -> Result<Response, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "limit: 1 to 1000."));
+    }
+    let since =
+        super::audit::parse_since(q.since.as_deref().unwrap_or("24h"), now_ms()).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let (events, next) = store.audit_events(q.user.as_deref(), q.after.as_deref(), since, limit).await?;
+    Ok(Json(json!({ "events": events, "next": next })).into_response())
 }
 
 #[derive(Deserialize)]
@@ -345,24 +386,24 @@ fn serde_urlencoded_token(bytes: &[u8]) -> Option<IntrospectBody> {
     serde_urlencoded::from_bytes(bytes).ok()
 }
 
-async fn current(State(store): State<Arc<TokenStore>>, CallerToken(token): CallerToken) -> Result<Response, ApiError> {
+async fn current(State(store): State<Arc<TokenStore>>, CallerToken(token, _): CallerToken) -> Result<Response, ApiError> {
     Ok(Json(store.whoami(&token).await?).into_response())
 }
 
-async fn logout_current(State(state): State<AppState>, CallerToken(token): CallerToken) -> Result<Response, ApiError> {
-    let revocation = state.store.revoke(&token).await?;
+async fn logout_current(State(state): State<AppState>, CallerToken(token, origin): CallerToken) -> Result<Response, ApiError> {
+    let revocation = state.store.revoke_as(&token, &origin).await?;
     Ok(Json(state.confirm(&revocation).await).into_response())
 }
 
-async fn logout_others(State(state): State<AppState>, CallerToken(token): CallerToken) -> Result<Response, ApiError> {
+async fn logout_others(State(state): State<AppState>, CallerToken(token, origin): CallerToken) -> Result<Response, ApiError> {
     let me = state.store.whoami(&token).await?;
-    let revocation = state.store.revoke_all(&me.user, Some(&token)).await?;
+    let revocation = state.store.revoke_all_as(&me.user, Some(&token), &origin).await?;
     Ok(Json(state.confirm(&revocation).await).into_response())
 }
 
 /// The filter's lookup: it sends the routing tag and digest, never the token (a bodiless GET).
 async fn internal_lookup(
-    _: Internal,
+    Internal(origin): Internal,
     State(store): State<Arc<TokenStore>>,
     QueryArgs(query): QueryArgs<LookupQuery>,
 ) -> Result<Response, ApiError> {
@@ -385,7 +426,7 @@ async fn internal_lookup(
     }
     // re-key on use only towards this companion's current key: a filter still digesting with the
     // old key (a rotation being rolled out) must not move records back
-    let rekey = query.key_id.as_deref() == Some(store.key_id().as_str());
+    let rekey = Some(&origin).filter(|_| query.key_id.as_deref() == Some(store.key_id().as_str()));
     let Some(found) = store.lookup_digests(tag, &digests, rekey).await? else {
         return Ok(Json(LookupAnswer::inactive()).into_response());
     };
@@ -439,7 +480,7 @@ async fn internal_revocations(
 /// `/v1/ext_authz/<original path>`; 200 with the identity headers allows, 401 denies. Values go
 /// out as their UTF-8 bytes, exactly as the filter sets them; a value that cannot be a header
 /// value is an error, never a header left out (the client's own would then reach the app).
-async fn ext_authz(State(store): State<Arc<TokenStore>>, CallerToken(token): CallerToken) -> Result<Response, ApiError> {
+async fn ext_authz(State(store): State<Arc<TokenStore>>, CallerToken(token, _): CallerToken) -> Result<Response, ApiError> {
     let info = store.whoami(&token).await?;
     let scopes = info.scopes.join(" ");
     let mut response = StatusCode::OK.into_response();
@@ -489,6 +530,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/users/{user}/tokens", get(list).delete(revoke_user))
         .route("/v1/users/{user}/tokens/{id}", delete(revoke_by_id))
         .route("/v1/introspect", post(introspect))
+        .route("/v1/events", get(events))
         .route("/v1/tokens/current", get(current).delete(logout_current))
         .route("/v1/tokens/others", delete(logout_others))
         .route(contract::LOOKUP_PATH, get(internal_lookup))

@@ -4,6 +4,7 @@
 //! refused by `max_tokens_per_user`); 2 usage or configuration error; 3 Redis unreachable or
 //! failing. Errors are one line on stderr.
 
+use super::audit::{Actor, AuditRecord, Origin};
 use super::edges::{EdgeRegistry, RevokeReport};
 use super::error::StoreError;
 use super::server::{self, ServeError, KEY_DIFFERS};
@@ -103,6 +104,26 @@ pub enum Command {
         #[arg(long)]
         seal_unsealed: bool,
         /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the audit trail: issues, revocations, evictions and re-keyings, oldest first, one per
+    /// line (time, event, user, token id or count, device, actor, request id), or JSON lines with
+    /// --json. Never a token or a digest.
+    Events {
+        /// Only this user's events.
+        #[arg(long)]
+        user: Option<String>,
+        /// From this time: RFC 3339 (2026-11-26T10:00:00Z) or a duration back from now (15m, 2h, 7d).
+        #[arg(long, default_value = "24h", value_name = "TIME|DURATION")]
+        since: String,
+        /// Most events printed before following (1 to 100000).
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Keep printing new events as they happen (until Ctrl-C).
+        #[arg(long)]
+        follow: bool,
+        /// Print JSON lines: {"cursor","time","event","user","id","count"?,"device"?,"first"?,"actor","request_id"}.
         #[arg(long)]
         json: bool,
     },
@@ -206,7 +227,7 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
             if store.check_hash_key().await? == KeyCheck::Differs {
                 return Err(usage(KEY_DIFFERS));
             }
-            let issued = store.issue(IssueRequest { user, device, ttl, scopes }).await?;
+            let issued = store.issue_as(IssueRequest { user, device, ttl, scopes }, &Origin::new(Actor::Cli)).await?;
             print(&if json { to_json(&issued)? } else { issued.token })
         }
         Command::Whoami { token, json } => {
@@ -219,13 +240,13 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
             print(&if json { to_json(&info)? } else { info.user })
         }
         Command::Revoke { token } => {
-            let revocation = store.revoke(&read_token(&token)?).await?;
+            let revocation = store.revoke_as(&read_token(&token)?, &Origin::new(Actor::Cli)).await?;
             confirm(store, &revocation, &settings).await;
             Ok(())
         }
         Command::RevokeAll { user, except, json } => {
             let except = except.as_deref().map(read_token).transpose()?;
-            let revocation = store.revoke_all(&user, except.as_deref()).await?;
+            let revocation = store.revoke_all_as(&user, except.as_deref(), &Origin::new(Actor::Cli)).await?;
             let report = confirm(store, &revocation, &settings).await;
             print(&if json { to_json(&report)? } else { report.revoked.to_string() })
         }
@@ -248,7 +269,7 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
             if store.check_hash_key().await? == KeyCheck::Differs {
                 return Err(usage(KEY_DIFFERS));
             }
-            let r = store.rekey_all(seal_unsealed).await?;
+            let r = store.rekey_all_as(seal_unsealed, &Origin::new(Actor::Cli)).await?;
             print(&if json {
                 to_json(&r)?
             } else {
@@ -265,6 +286,46 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
                         r.rekeyed_on_use_only, r.unsealed_or_tampered
                     ),
                 ));
+            }
+            Ok(())
+        }
+        Command::Events { user, since, limit, follow, json } => {
+            if !(1..=100_000).contains(&limit) {
+                return Err(usage("--limit: 1 to 100000"));
+            }
+            let since = super::audit::parse_since(&since, super::store::now_ms()).map_err(usage)?;
+            let show = |r: &AuditRecord| -> Result<(), Failure> {
+                print(&if json {
+                    to_json(r)?
+                } else {
+                    let what = r.count.map_or(r.id.clone(), |n| format!("{n} token(s)"));
+                    format!("{}\t{}\t{}\t{}\t{}\t{}\t{}", r.time, r.event, r.user, what, r.device, r.actor, r.request_id)
+                })
+            };
+            let mut cursor: Option<String> = None;
+            let mut printed = 0;
+            while printed < limit {
+                let (events, last) = store.audit_events(user.as_deref(), cursor.as_deref(), since, limit - printed).await?;
+                for e in &events {
+                    show(e)?;
+                }
+                printed += events.len();
+                match last {
+                    Some(last) => cursor = Some(last),
+                    None => break,
+                }
+            }
+            if follow {
+                let mut conn = store.redis().dedicated(std::time::Duration::from_secs(5)).await.map_err(StoreError::from)?;
+                let mut after = cursor.unwrap_or_else(|| "$".to_string());
+                loop {
+                    for e in store.audit_events_after(&mut conn, &after, std::time::Duration::from_secs(2)).await? {
+                        after = e.cursor.clone();
+                        if user.as_deref().is_none_or(|u| e.user == u) {
+                            show(&e)?;
+                        }
+                    }
+                }
             }
             Ok(())
         }

@@ -2,6 +2,7 @@
 //! in Redis (single node or Redis Cluster) through the atomic scripts of [`crate::core::scripts`].
 
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod connection;
 pub mod edges;

@@ -1,6 +1,7 @@
 //! The token store: every operation of the seed (`create_token`, `get_user_from_token`,
 //! `expire_token`, `expire_all_tokens`) as one atomic Lua script over the core key layout.
 
+use super::audit::{self, Actor, AuditRecord, Event, Origin, AUDIT_MAX_LEN};
 use super::connection::{Conn, Redis, RedisTarget};
 use super::error::StoreError;
 use super::settings::{MaxTokensPolicy, Settings};
@@ -27,6 +28,14 @@ pub const FEED_PAGE: usize = scripts::FEED_PAGE_SIZE;
 
 /// A page of the revocation feed: the contract's type, as the filter reads it.
 pub use crate::core::contract::FeedPage as RevocationPage;
+
+/// A record as read from Redis: where, the bytes, and what they say.
+struct ReadRecord<'a> {
+    tag: RoutingTag,
+    digest: &'a TokenDigest,
+    value: &'a [u8],
+    record: &'a TokenRecord,
+}
 
 /// How a sealed record's seal starts.
 const SEAL_FIELD: &[u8] = b"\"seal\":\"";
@@ -313,6 +322,11 @@ impl TokenStore {
 
     /// Logs a device in: mints a token and stores its digest atomically with the policy applied.
     pub async fn issue(&self, req: IssueRequest) -> Result<Issued, StoreError> {
+        self.issue_as(req, &Origin::new(Actor::Companion)).await
+    }
+
+    /// [`TokenStore::issue`] on behalf of `origin` (the audit trail names it).
+    pub async fn issue_as(&self, req: IssueRequest, origin: &Origin) -> Result<Issued, StoreError> {
         validate_user(&req.user)?;
         let device = req.device.unwrap_or_default();
         validate_device(&device)?;
@@ -368,8 +382,10 @@ impl TokenStore {
                     let evicted: Vec<String> = reply.get(3..).unwrap_or_default().iter().filter_map(as_text).collect();
                     if !evicted.is_empty() {
                         self.publish_outbox(&self.keys.outbox_key(tag)).await?;
+                        self.audit(Event::Evict, &record.user, &evicted, None, None, origin).await;
                     }
                     tracing::info!(user = %record.user, id = %record.id, first, evicted = evicted.len(), "token issued");
+                    self.audit(Event::Issue, &record.user, std::slice::from_ref(&record.id), Some(&device), Some(first), origin).await;
                     return Ok(Issued { token, id: record.id, user: record.user, device, first, expires_in: ttl.seconds(), ttl_reset });
                 }
                 1 => return Err(StoreError::LimitReached(self.policy.max_tokens_per_user.unwrap_or(0))),
@@ -401,7 +417,7 @@ impl TokenStore {
 
     /// Looks a token up by routing tag and digest, `None` if not live.
     pub async fn lookup_digest(&self, tag: RoutingTag, digest: &TokenDigest) -> Result<Option<TokenInfo>, StoreError> {
-        Ok(self.lookup_digests(tag, std::slice::from_ref(digest), false).await?.map(|f| f.info))
+        Ok(self.lookup_digests(tag, std::slice::from_ref(digest), None).await?.map(|f| f.info))
     }
 
     /// The fingerprint of the current hash key (see [`crate::core::digest::TokenHasher::key_id`]).
@@ -410,10 +426,15 @@ impl TokenStore {
     }
 
     /// Looks a token up under each digest it may be stored under (the current key's first), in
-    /// one round trip; `None` if not live. With `rekey`, a record found under a later digest is
-    /// re-keyed to the first (on use; the first must be the current key's). A record whose seal
-    /// does not verify is refused, counted and logged.
-    pub async fn lookup_digests(&self, tag: RoutingTag, digests: &[TokenDigest], rekey: bool) -> Result<Option<Found>, StoreError> {
+    /// one round trip; `None` if not live. With `rekey` (who caused it), a record found under a
+    /// later digest is re-keyed to the first (on use; the first must be the current key's). A
+    /// record whose seal does not verify is refused, counted and logged.
+    pub async fn lookup_digests(
+        &self,
+        tag: RoutingTag,
+        digests: &[TokenDigest],
+        rekey: Option<&Origin>,
+    ) -> Result<Option<Found>, StoreError> {
         let mut conn = self.redis.conn().await?;
         let mut lookup = self.scripts.lookup.prepare_invoke();
         for d in digests {
@@ -436,8 +457,9 @@ impl TokenStore {
             }
         };
         let mut stored_under = (at - 1) as usize;
-        if rekey && stored_under > 0 {
-            match self.rekey_record(&mut conn, tag, &digest, &digests[0], value, &info.record).await {
+        if let Some(origin) = rekey.filter(|_| stored_under > 0) {
+            let read = ReadRecord { tag, digest: &digest, value, record: &info.record };
+            match self.rekey_record(&mut conn, read, &digests[0], origin).await {
                 Ok(true) => stored_under = 0,
                 Ok(false) => {}
                 Err(e) => tracing::warn!(id = %digest.public_id(), error = %e, "re-keying a token on use failed"),
@@ -446,18 +468,11 @@ impl TokenStore {
         Ok(Some(Found { info: TokenInfo::from_valid(info), digest: digests[stored_under], stored_under }))
     }
 
-    /// Moves a record to `new` (or reseals it in place when `new` is `old`), sealed with the
-    /// current key, if it still holds `read`, and publishes the old digest (cached verdicts under
-    /// it are dropped). True if moved.
-    async fn rekey_record(
-        &self,
-        conn: &mut Conn,
-        tag: RoutingTag,
-        old: &TokenDigest,
-        new: &TokenDigest,
-        read: &[u8],
-        record: &TokenRecord,
-    ) -> Result<bool, StoreError> {
+    /// Moves a record to `new` (or reseals it in place when `new` is its digest), sealed with
+    /// the current key, if it still holds what was read, and publishes the old digest (cached
+    /// verdicts under it are dropped). True if moved.
+    async fn rekey_record(&self, conn: &mut Conn, read: ReadRecord<'_>, new: &TokenDigest, origin: &Origin) -> Result<bool, StoreError> {
+        let ReadRecord { tag, digest: old, value: read, record } = read;
         let sealed = self.hash_keys.current().seal(new, record.to_json()?);
         let moved: i64 = self
             .scripts
@@ -478,6 +493,7 @@ impl TokenStore {
             if old != new {
                 self.publish_outbox(&self.keys.outbox_key(tag)).await?;
             }
+            self.audit(Event::Rekey, &record.user, std::slice::from_ref(&record.id), None, None, origin).await;
         }
         Ok(moved == 1)
     }
@@ -485,12 +501,17 @@ impl TokenStore {
     /// Who a token belongs to (the seed's `get_user_from_token`).
     pub async fn whoami(&self, token: &str) -> Result<TokenInfo, StoreError> {
         let (tag, digests) = self.digests_of(token)?;
-        Ok(self.lookup_digests(tag, &digests, true).await?.ok_or(StoreError::InvalidToken)?.info)
+        Ok(self.lookup_digests(tag, &digests, Some(&Origin::new(Actor::Companion))).await?.ok_or(StoreError::InvalidToken)?.info)
     }
 
     /// Logs out one device. `InvalidToken` if the token was not live. Returns where the
     /// revocation sits in the feed.
     pub async fn revoke(&self, token: &str) -> Result<Revocation, StoreError> {
+        self.revoke_as(token, &Origin::new(Actor::Companion)).await
+    }
+
+    /// [`TokenStore::revoke`] on behalf of `origin`.
+    pub async fn revoke_as(&self, token: &str, origin: &Origin) -> Result<Revocation, StoreError> {
         let (tag, digests) = self.digests_of(token)?;
         let mut conn = self.redis.conn().await?;
         let mut revoke = self.scripts.revoke.key(self.keys.outbox_key(tag));
@@ -501,25 +522,33 @@ impl TokenStore {
         for d in &digests {
             revoke.arg(d.to_hex());
         }
-        let revoked: i64 = revoke.invoke_async(&mut conn).await?;
+        let reply: Vec<Value> = revoke.invoke_async(&mut conn).await?;
+        let revoked = reply.first().and_then(as_int).ok_or_else(|| corrupt("revoke"))?;
         // publish whatever the outbox holds even when this call revoked nothing: it may be a
         // retry of a revoke whose answer was lost before its publication
         let feed_position = self.publish_outbox(&self.keys.outbox_key(tag)).await?;
         if revoked < 1 {
             return Err(StoreError::InvalidToken);
         }
-        tracing::info!(id = %digests[0].public_id(), "token revoked");
+        let (user, id) = (reply.get(1).and_then(as_text).unwrap_or_default(), reply.get(2).and_then(as_text).unwrap_or_default());
+        tracing::info!(%id, "token revoked");
+        self.audit(Event::Revoke, &user, &[id], None, None, origin).await;
         Ok(Revocation { revoked: 1, feed_position })
     }
 
     /// Logs a user out everywhere, or everywhere but the device of `except` (which must be a live
     /// token of that user). Returns how many tokens were revoked and where in the feed.
     pub async fn revoke_all(&self, user: &str, except: Option<&str>) -> Result<Revocation, StoreError> {
+        self.revoke_all_as(user, except, &Origin::new(Actor::Companion)).await
+    }
+
+    /// [`TokenStore::revoke_all`] on behalf of `origin`.
+    pub async fn revoke_all_as(&self, user: &str, except: Option<&str>, origin: &Origin) -> Result<Revocation, StoreError> {
         validate_user(user)?;
         let keep = match except {
             Some(token) => {
                 let (tag, digests) = self.digests_of(token)?;
-                let found = self.lookup_digests(tag, &digests, true).await?.ok_or(StoreError::InvalidToken)?;
+                let found = self.lookup_digests(tag, &digests, Some(origin)).await?.ok_or(StoreError::InvalidToken)?;
                 if found.info.user != user {
                     return Err(StoreError::InvalidToken);
                 }
@@ -541,11 +570,18 @@ impl TokenStore {
             .await?;
         let feed_position = if revoked.is_empty() { None } else { self.publish_outbox(&self.keys.outbox_key(tag)).await? };
         tracing::info!(user, revoked = revoked.len(), others_only = except.is_some(), "tokens revoked");
+        let event = if except.is_some() { Event::RevokeOthers } else { Event::RevokeAll };
+        self.audit(event, user, &revoked, None, None, origin).await;
         Ok(Revocation { revoked: revoked.len() as u64, feed_position })
     }
 
     /// Logs out one of a user's devices by the token's public id.
     pub async fn revoke_by_id(&self, user: &str, id: &str) -> Result<Revocation, StoreError> {
+        self.revoke_by_id_as(user, id, &Origin::new(Actor::Companion)).await
+    }
+
+    /// [`TokenStore::revoke_by_id`] on behalf of `origin`.
+    pub async fn revoke_by_id_as(&self, user: &str, id: &str, origin: &Origin) -> Result<Revocation, StoreError> {
         validate_user(user)?;
         let mut conn = self.redis.conn().await?;
         let tag = RoutingTag::for_user(user);
@@ -562,6 +598,7 @@ impl TokenStore {
         member.ok_or_else(|| StoreError::NotFound(format!("no live token with id {id:?} for this user")))?;
         let feed_position = self.publish_outbox(&self.keys.outbox_key(tag)).await?;
         tracing::info!(user, id, "token revoked by id");
+        self.audit(Event::Revoke, user, &[id.to_string()], None, None, origin).await;
         Ok(Revocation { revoked: 1, feed_position })
     }
 
@@ -636,6 +673,11 @@ impl TokenStore {
     /// that checks it still holds what was read. Holds the record key names in memory (~100 bytes
     /// per token).
     pub async fn rekey_all(&self, seal_unsealed: bool) -> Result<RekeyReport, StoreError> {
+        self.rekey_all_as(seal_unsealed, &Origin::new(Actor::Companion)).await
+    }
+
+    /// [`TokenStore::rekey_all`] on behalf of `origin`.
+    pub async fn rekey_all_as(&self, seal_unsealed: bool, origin: &Origin) -> Result<RekeyReport, StoreError> {
         let pattern = format!("{}:{{*}}:t:*", self.policy.prefix);
         let names = self.redis.scan_all(&pattern).await?;
         let mut report = RekeyReport::default();
@@ -684,7 +726,7 @@ impl TokenStore {
                     continue;
                 }
             };
-            if self.rekey_record(&mut conn, tag, &digest, &target, &value, &record).await? {
+            if self.rekey_record(&mut conn, ReadRecord { tag, digest: &digest, value: &value, record: &record }, &target, origin).await? {
                 *counter += 1;
             } else {
                 report.gone += 1;
@@ -728,6 +770,87 @@ impl TokenStore {
                 if let Some(redis::Value::BulkString(d)) = entry.map.get("d") {
                     out.push((entry.id.clone(), String::from_utf8_lossy(d).into_owned()));
                 }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Appends an event to the audit trail. The mutation it records has committed: a failure to
+    /// append is logged, never the operation's failure.
+    async fn audit(&self, event: Event, user: &str, ids: &[String], device: Option<&str>, first: Option<bool>, origin: &Origin) {
+        let fields = audit::fields(event, user, ids, device, first, origin);
+        let appended: Result<String, StoreError> = async {
+            let mut conn = self.redis.conn().await?;
+            let mut xadd = redis::cmd("XADD");
+            xadd.arg(self.keys.audit()).arg("MAXLEN").arg("~").arg(AUDIT_MAX_LEN).arg("*").arg(&fields);
+            Ok(xadd.query_async(&mut conn).await?)
+        }
+        .await;
+        if let Err(e) = appended {
+            tracing::warn!(error = %e, event = event.as_str(), user, "cannot append to the audit trail");
+        }
+    }
+
+    /// Audit events after `cursor` (a stream id; `None`: from `since_ms`, Unix ms), oldest
+    /// first, of `user` only when given; at most `limit`, reading at most `limit * 10` entries
+    /// (a user filter over a busy trail returns fewer: continue from the last cursor returned,
+    /// or `scanned_to`). Returns the events and the last stream id read.
+    pub async fn audit_events(
+        &self,
+        user: Option<&str>,
+        cursor: Option<&str>,
+        since_ms: u64,
+        limit: usize,
+    ) -> Result<(Vec<AuditRecord>, Option<String>), StoreError> {
+        let mut conn = self.redis.conn().await?;
+        let start = match cursor {
+            Some(c) => {
+                stream_id(c).ok_or_else(|| StoreError::BadInput(format!("after: {c:?} is not a cursor (like 1700000000000-0)")))?;
+                format!("({c}")
+            }
+            None => format!("{since_ms}-0"),
+        };
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.keys.audit())
+            .arg(&start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit.saturating_mul(10).max(1))
+            .query_async(&mut conn)
+            .await?;
+        let mut out = Vec::new();
+        let mut last = None;
+        for entry in reply.ids {
+            last = Some(entry.id.clone());
+            let fields: std::collections::HashMap<String, String> =
+                entry.map.iter().filter_map(|(k, v)| redis::from_redis_value::<String>(v.clone()).ok().map(|v| (k.clone(), v))).collect();
+            if let Some(r) = audit::record(&entry.id, &fields) {
+                if user.is_none_or(|u| r.user == u) {
+                    out.push(r);
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok((out, last))
+    }
+
+    /// Waits at most `block` on `conn` (a dedicated connection) for audit events after `cursor`
+    /// (`$`: from now), oldest first (`multitokens events --follow`).
+    pub async fn audit_events_after(&self, conn: &mut Conn, cursor: &str, block: Duration) -> Result<Vec<AuditRecord>, StoreError> {
+        use redis::streams::{StreamReadOptions, StreamReadReply};
+        let options = StreamReadOptions::default().block(block.as_millis() as usize).count(1000);
+        let reply: Option<StreamReadReply> = conn.xread_options(&[self.keys.audit()], &[cursor], &options).await?;
+        let mut out = Vec::new();
+        for key in reply.map(|r| r.keys).unwrap_or_default() {
+            for entry in key.ids {
+                let fields: std::collections::HashMap<String, String> = entry
+                    .map
+                    .iter()
+                    .filter_map(|(k, v)| redis::from_redis_value::<String>(v.clone()).ok().map(|v| (k.clone(), v)))
+                    .collect();
+                out.extend(audit::record(&entry.id, &fields));
             }
         }
         Ok(out)

@@ -9,6 +9,7 @@
 //!   not yet copied to the feed: the revocation and its publication commit together.
 //! - `<ns>:revoked`: the revocation feed (a capped stream of revoked digests) that filters poll.
 //! - `<ns>:edges`: the filter VMs following the feed and the cursor each acknowledged.
+//! - `<ns>:audit`: the audit trail, a capped stream of issues, revocations and re-keyings.
 
 use super::digest::TokenDigest;
 use super::token::RoutingTag;
@@ -79,6 +80,11 @@ impl KeyLayout {
     /// The edges following the feed and what each acknowledged (a hash shared by companions).
     pub fn edges(&self) -> String {
         format!("{}:edges", self.namespace)
+    }
+
+    /// The audit trail stream.
+    pub fn audit(&self) -> String {
+        format!("{}:audit", self.namespace)
     }
 
     /// The key check value: the digest of a fixed text under the store's hash key, written once,

@@ -58,6 +58,13 @@ local function to_outbox(outbox, members)
   redis.call('PEXPIRE', outbox, 86400000)
 end
 
+-- The public id in a record (for the audit trail), '' if it has none.
+local function id_of(raw)
+  local ok, rec = pcall(cjson.decode, raw or '')
+  if ok and type(rec) == 'table' and type(rec.id) == 'string' then return rec.id end
+  return ''
+end
+
 -- Creation order: server time in microseconds, strictly after the user's newest token.
 local function next_score(index)
   local t = redis.call('TIME')
@@ -134,7 +141,8 @@ end
 /// token TTL ms (0 = never), reset TTL ms (0 = never), reset on login (1/0), overwrite immortal
 /// TTL (1/0), max tokens (0 = unlimited), policy (`reject` | `evict_oldest`), record key prefix.
 /// Returns `{status, first, ttl_reset, evicted...}`: status 0 ok, 1 limit reached, 2 duplicate
-/// digest; `ttl_reset` counts the user's other tokens whose lifetime this login reset.
+/// digest; `ttl_reset` counts the user's other tokens whose lifetime this login reset; `evicted`
+/// are the public ids of the tokens evicted to make room.
 pub const ISSUE: &str = concat!(
     prelude!(),
     ttl_helpers!(),
@@ -151,10 +159,10 @@ if max > 0 and count >= max then
   if ARGV[8] ~= 'evict_oldest' then return {1, first, 0} end
   local evicted = redis.call('ZRANGE', index, 0, count - max)
   for _, m in ipairs(evicted) do
+    result[#result + 1] = id_of(redis.call('GET', record_prefix .. m))
     redis.call('DEL', record_prefix .. m)
     redis.call('ZREM', index, m)
     redis.call('ZREM', expiry, m)
-    result[#result + 1] = m
   end
   to_outbox(outbox, evicted)
 end
@@ -253,11 +261,11 @@ return 1
 /// Revokes one token (log out one device), under whichever digest it is stored.
 ///
 /// KEYS: outbox, then the candidate record keys. ARGV: index key prefix, expiry index key
-/// prefix, then each candidate's member. Returns how many live records were revoked (0 or 1).
+/// prefix, then each candidate's member. Returns `{revoked (0 or 1), user, public id}`.
 pub const REVOKE: &str = concat!(
     prelude!(),
     r#"
-local revoked = 0
+local revoked, user, id = 0, '', ''
 for i = 2, #KEYS do
   local raw = redis.call('GET', KEYS[i])
   if raw then
@@ -268,29 +276,36 @@ for i = 2, #KEYS do
     if ok and type(rec) == 'table' and type(rec.user) == 'string' then
       redis.call('ZREM', ARGV[1] .. rec.user, member)
       redis.call('ZREM', ARGV[2] .. rec.user, member)
+      user = rec.user
     end
+    id = id_of(raw)
     revoked = revoked + 1
   end
 end
-return revoked
+return {revoked, user, id}
 "#
 );
 
 /// Revokes all of a user's tokens, or all but one (log out everywhere / everywhere else).
 ///
 /// KEYS: index, outbox, expiry index. ARGV: record key prefix, member to keep (empty for none).
-/// Returns the revoked members (only those whose record was still live).
+/// Returns the public ids of the tokens revoked (only those whose record was still live).
 pub const REVOKE_ALL: &str = concat!(
     prelude!(),
     r#"
 local index, expiry, record_prefix, keep = KEYS[1], KEYS[3], ARGV[1], ARGV[2]
 prune(index, expiry, record_prefix)
-local revoked, kept = {}, nil
+local revoked, ids, kept = {}, {}, nil
 for _, m in ipairs(redis.call('ZRANGE', index, 0, -1)) do
   if m == keep and redis.call('EXISTS', record_prefix .. m) == 1 then
     kept = {redis.call('ZSCORE', index, m), redis.call('ZSCORE', expiry, m)}
-  elseif redis.call('DEL', record_prefix .. m) == 1 then
-    revoked[#revoked + 1] = m
+  else
+    local raw = redis.call('GET', record_prefix .. m)
+    if raw then
+      redis.call('DEL', record_prefix .. m)
+      revoked[#revoked + 1] = m
+      ids[#ids + 1] = id_of(raw)
+    end
   end
 end
 -- both indexes go at once, and the kept token comes back with its scores
@@ -301,7 +316,7 @@ if kept then
 end
 fit_index_ttl(index, expiry)
 to_outbox(KEYS[2], revoked)
-return revoked
+return ids
 "#
 );
 

@@ -6,6 +6,7 @@ mod support;
 
 mod acl;
 mod api;
+mod audit;
 mod cli;
 mod cluster;
 mod concurrency;

@@ -384,6 +384,8 @@ async fn reset_on_login_and_refresh_never_stretch_a_token_past_its_issued_lifeti
 
 /// Revokes everything of `user` the way a companion does, then dies before publishing: only the
 /// script runs.
+/// Runs the revoke-all script as a companion would, then "dies" before publishing; returns the
+/// public ids it revoked.
 pub async fn revoke_all_then_die(store: &multitokens::companion::store::TokenStore, user: &str) -> Vec<String> {
     use multitokens::core::token::RoutingTag;
     let tag = RoutingTag::for_user(user);
@@ -404,8 +406,10 @@ async fn a_revocation_is_published_even_when_its_companion_dies_before_publishin
     let redis = RedisServer::start();
     let store = store_at(&redis.url(), policy(), None);
     let tokens = futures_tokens(&store, "olga", 3).await;
-    let revoked = revoke_all_then_die(&store, "olga").await;
-    assert_eq!(revoked.len(), 3);
+    let ids = revoke_all_then_die(&store, "olga").await;
+    let digests: Vec<_> = tokens.iter().map(|t| store.digest_of(t).unwrap().1).collect();
+    assert_eq!(ids, digests.iter().map(|d| d.public_id()).collect::<Vec<_>>(), "the script answers the public ids");
+    let revoked: Vec<String> = digests.iter().map(|d| d.to_hex()).collect();
     for t in &tokens {
         assert!(store.whoami(t).await.is_err(), "revoked in Redis");
     }
