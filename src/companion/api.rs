@@ -6,6 +6,7 @@ use super::audit::{Actor, Origin};
 use super::edges::{valid_edge_id, EdgeRegistry, RevokeReport};
 use super::error::StoreError;
 use super::feed::FeedFanout;
+use super::metrics::{RequestLabels, RouteLabels};
 use super::roles::{ApiKeys, Presented, Role};
 use super::store::{now_ms, IssueRequest, Revocation, TokenStore};
 use crate::core::contract::{self, FeedQuery, LookupAnswer, LookupQuery};
@@ -513,6 +514,23 @@ async fn readyz(State(store): State<Arc<TokenStore>>) -> Response {
     }
 }
 
+/// Prometheus metrics (OpenMetrics text); no key, no user data: route templates and counts.
+async fn metrics(State(store): State<Arc<TokenStore>>) -> Response {
+    ([(CONTENT_TYPE, super::metrics::CONTENT_TYPE)], store.metrics().encode()).into_response()
+}
+
+/// Counts and times every request by its route template (bounded cardinality: never the path).
+async fn track(State(store): State<Arc<TokenStore>>, request: Request, next: axum::middleware::Next) -> Response {
+    let route = request.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |m| m.as_str()).to_string();
+    let method = request.method().as_str().to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let m = store.metrics();
+    m.request_seconds.get_or_create(&RouteLabels { route: route.clone() }).observe(started.elapsed().as_secs_f64());
+    m.requests.get_or_create(&RequestLabels { route, method, status: response.status().as_u16() }).inc();
+    response
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "Not found.")
 }
@@ -526,6 +544,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/v1/tokens", post(issue))
         .route("/v1/users/{user}/tokens", get(list).delete(revoke_user))
         .route("/v1/users/{user}/tokens/{id}", delete(revoke_by_id))
@@ -540,6 +559,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
 

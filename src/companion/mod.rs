@@ -8,6 +8,7 @@ pub mod connection;
 pub mod edges;
 pub mod error;
 pub mod feed;
+pub mod metrics;
 pub mod roles;
 pub mod server;
 pub mod settings;

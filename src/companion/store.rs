@@ -4,6 +4,7 @@
 use super::audit::{self, Actor, AuditRecord, Event, Origin, AUDIT_MAX_LEN};
 use super::connection::{Conn, Redis, RedisTarget};
 use super::error::StoreError;
+use super::metrics::{HowLabels, Metrics};
 use super::settings::{MaxTokensPolicy, Settings};
 use crate::core::digest::TokenDigest;
 use crate::core::keyring::HashKeys;
@@ -16,7 +17,9 @@ use crate::core::user::{validate_device, validate_scopes, validate_user};
 use crate::core::verdict::{evaluate, ValidToken, Verdict};
 use redis::{AsyncCommands, Script, Value};
 use serde::Serialize;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Revocation feed length kept in Redis (approximate trim).
@@ -180,7 +183,7 @@ pub struct TokenStore {
     hash_keys: HashKeys,
     policy: StorePolicy,
     scripts: Scripts,
-    tampered: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 /// A live token found by a lookup.
@@ -275,7 +278,7 @@ impl TokenStore {
             redis,
             keys: KeyLayout::new(&policy.prefix),
             hash_keys,
-            tampered: AtomicU64::new(0),
+            metrics: Arc::new(Metrics::default()),
             policy,
             scripts: Scripts {
                 issue: Script::new(scripts::ISSUE),
@@ -304,12 +307,25 @@ impl TokenStore {
 
     /// How many records with a seal that does not verify this companion has refused.
     pub fn tampered_records(&self) -> u64 {
-        self.tampered.load(Ordering::Relaxed)
+        self.metrics.tampered.get()
+    }
+
+    /// The store's metrics (the API adds its own to the same registry's families).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Runs a store operation's Redis round trip, recording how long it took.
+    async fn timed<T, E>(&self, op: &'static str, round_trip: impl Future<Output = Result<T, E>>) -> Result<T, E> {
+        let started = Instant::now();
+        let result = round_trip.await;
+        self.metrics.observe_redis(op, started);
+        result
     }
 
     /// Counts and logs (the token's public id only) a record refused for its seal.
     fn refuse_tampered(&self, digest: &TokenDigest) {
-        let total = self.tampered.fetch_add(1, Ordering::Relaxed) + 1;
+        let total = self.metrics.tampered.inc() + 1;
         tracing::warn!(id = %digest.public_id(), tampered_records_total = total, "token record seal does not verify: refused (rewritten in Redis?)");
     }
 
@@ -357,22 +373,25 @@ impl TokenStore {
             };
             let json = hasher.seal(&digest, record.to_json()?);
             let reply: Vec<Value> = self
-                .scripts
-                .issue
-                .key(self.keys.index_key(&req.user))
-                .key(self.keys.record_key(tag, &digest))
-                .key(self.keys.outbox_key(tag))
-                .key(self.keys.expiry_key(&req.user))
-                .arg(digest.to_hex())
-                .arg(json)
-                .arg(ttl.as_millis_or_zero())
-                .arg(self.policy.token_ttl.as_millis_or_zero())
-                .arg(if self.policy.reset_ttl_on_login { "1" } else { "0" })
-                .arg(if self.policy.overwrite_none_ttl { "1" } else { "0" })
-                .arg(self.policy.max_tokens_per_user.unwrap_or(0))
-                .arg(self.policy.max_tokens_policy.as_str())
-                .arg(self.keys.record_prefix(tag))
-                .invoke_async(&mut conn)
+                .timed(
+                    "issue",
+                    self.scripts
+                        .issue
+                        .key(self.keys.index_key(&req.user))
+                        .key(self.keys.record_key(tag, &digest))
+                        .key(self.keys.outbox_key(tag))
+                        .key(self.keys.expiry_key(&req.user))
+                        .arg(digest.to_hex())
+                        .arg(json)
+                        .arg(ttl.as_millis_or_zero())
+                        .arg(self.policy.token_ttl.as_millis_or_zero())
+                        .arg(if self.policy.reset_ttl_on_login { "1" } else { "0" })
+                        .arg(if self.policy.overwrite_none_ttl { "1" } else { "0" })
+                        .arg(self.policy.max_tokens_per_user.unwrap_or(0))
+                        .arg(self.policy.max_tokens_policy.as_str())
+                        .arg(self.keys.record_prefix(tag))
+                        .invoke_async(&mut conn),
+                )
                 .await?;
             let status = reply.first().and_then(as_int).ok_or_else(|| corrupt("issue"))?;
             let first = reply.get(1).and_then(as_int).ok_or_else(|| corrupt("issue"))? == 1;
@@ -440,7 +459,7 @@ impl TokenStore {
         for d in digests {
             lookup.key(self.keys.record_key(tag, d));
         }
-        let reply: Vec<Value> = lookup.invoke_async(&mut conn).await?;
+        let reply: Vec<Value> = self.timed("lookup", lookup.invoke_async(&mut conn)).await?;
         let at = reply.first().and_then(as_int).ok_or_else(|| corrupt("lookup"))?;
         let Some(&digest) = usize::try_from(at).ok().and_then(|i| i.checked_sub(1)).and_then(|i| digests.get(i)) else {
             return Ok(None);
@@ -475,18 +494,21 @@ impl TokenStore {
         let ReadRecord { tag, digest: old, value: read, record } = read;
         let sealed = self.hash_keys.current().seal(new, record.to_json()?);
         let moved: i64 = self
-            .scripts
-            .rekey
-            .key(self.keys.record_key(tag, old))
-            .key(self.keys.record_key(tag, new))
-            .key(self.keys.index_key(&record.user))
-            .key(self.keys.expiry_key(&record.user))
-            .key(self.keys.outbox_key(tag))
-            .arg(old.to_hex())
-            .arg(new.to_hex())
-            .arg(read)
-            .arg(sealed)
-            .invoke_async(conn)
+            .timed(
+                "rekey",
+                self.scripts
+                    .rekey
+                    .key(self.keys.record_key(tag, old))
+                    .key(self.keys.record_key(tag, new))
+                    .key(self.keys.index_key(&record.user))
+                    .key(self.keys.expiry_key(&record.user))
+                    .key(self.keys.outbox_key(tag))
+                    .arg(old.to_hex())
+                    .arg(new.to_hex())
+                    .arg(read)
+                    .arg(sealed)
+                    .invoke_async(conn),
+            )
             .await?;
         if moved == 1 {
             tracing::info!(id = %record.id, "token re-keyed under the current hash key");
@@ -522,7 +544,7 @@ impl TokenStore {
         for d in &digests {
             revoke.arg(d.to_hex());
         }
-        let reply: Vec<Value> = revoke.invoke_async(&mut conn).await?;
+        let reply: Vec<Value> = self.timed("revoke", revoke.invoke_async(&mut conn)).await?;
         let revoked = reply.first().and_then(as_int).ok_or_else(|| corrupt("revoke"))?;
         // publish whatever the outbox holds even when this call revoked nothing: it may be a
         // retry of a revoke whose answer was lost before its publication
@@ -559,14 +581,17 @@ impl TokenStore {
         let mut conn = self.redis.conn().await?;
         let tag = RoutingTag::for_user(user);
         let revoked: Vec<String> = self
-            .scripts
-            .revoke_all
-            .key(self.keys.index_key(user))
-            .key(self.keys.outbox_key(tag))
-            .key(self.keys.expiry_key(user))
-            .arg(self.keys.record_prefix(tag))
-            .arg(keep)
-            .invoke_async(&mut conn)
+            .timed(
+                "revoke_all",
+                self.scripts
+                    .revoke_all
+                    .key(self.keys.index_key(user))
+                    .key(self.keys.outbox_key(tag))
+                    .key(self.keys.expiry_key(user))
+                    .arg(self.keys.record_prefix(tag))
+                    .arg(keep)
+                    .invoke_async(&mut conn),
+            )
             .await?;
         let feed_position = if revoked.is_empty() { None } else { self.publish_outbox(&self.keys.outbox_key(tag)).await? };
         tracing::info!(user, revoked = revoked.len(), others_only = except.is_some(), "tokens revoked");
@@ -586,14 +611,17 @@ impl TokenStore {
         let mut conn = self.redis.conn().await?;
         let tag = RoutingTag::for_user(user);
         let member: Option<String> = self
-            .scripts
-            .revoke_by_id
-            .key(self.keys.index_key(user))
-            .key(self.keys.outbox_key(tag))
-            .key(self.keys.expiry_key(user))
-            .arg(self.keys.record_prefix(tag))
-            .arg(id)
-            .invoke_async(&mut conn)
+            .timed(
+                "revoke_by_id",
+                self.scripts
+                    .revoke_by_id
+                    .key(self.keys.index_key(user))
+                    .key(self.keys.outbox_key(tag))
+                    .key(self.keys.expiry_key(user))
+                    .arg(self.keys.record_prefix(tag))
+                    .arg(id)
+                    .invoke_async(&mut conn),
+            )
             .await?;
         member.ok_or_else(|| StoreError::NotFound(format!("no live token with id {id:?} for this user")))?;
         let feed_position = self.publish_outbox(&self.keys.outbox_key(tag)).await?;
@@ -608,12 +636,15 @@ impl TokenStore {
         let mut conn = self.redis.conn().await?;
         let tag = RoutingTag::for_user(user);
         let flat: Vec<Value> = self
-            .scripts
-            .list
-            .key(self.keys.index_key(user))
-            .key(self.keys.expiry_key(user))
-            .arg(self.keys.record_prefix(tag))
-            .invoke_async(&mut conn)
+            .timed(
+                "list",
+                self.scripts
+                    .list
+                    .key(self.keys.index_key(user))
+                    .key(self.keys.expiry_key(user))
+                    .arg(self.keys.record_prefix(tag))
+                    .invoke_async(&mut conn),
+            )
             .await?;
         let now = now_ms();
         let mut out = Vec::with_capacity(flat.len() / 3);
@@ -635,13 +666,16 @@ impl TokenStore {
         let TokenTtl::Seconds(_) = ttl else { return Ok(false) };
         let mut conn = self.redis.conn().await?;
         let refreshed: i64 = self
-            .scripts
-            .refresh
-            .key(self.keys.record_key(tag, digest))
-            .arg(ttl.as_millis_or_zero())
-            .arg(self.keys.index_prefix(tag))
-            .arg(self.keys.expiry_prefix(tag))
-            .invoke_async(&mut conn)
+            .timed(
+                "refresh",
+                self.scripts
+                    .refresh
+                    .key(self.keys.record_key(tag, digest))
+                    .arg(ttl.as_millis_or_zero())
+                    .arg(self.keys.index_prefix(tag))
+                    .arg(self.keys.expiry_prefix(tag))
+                    .invoke_async(&mut conn),
+            )
             .await?;
         Ok(refreshed == 1)
     }
@@ -749,8 +783,12 @@ impl TokenStore {
             }
         }
         let mut conn = self.redis.conn().await?;
-        let reply: Vec<Value> =
-            self.scripts.feed.key(self.keys.revocation_feed()).arg(cursor.unwrap_or("")).arg(FEED_PAGE).invoke_async(&mut conn).await?;
+        let reply: Vec<Value> = self
+            .timed(
+                "feed",
+                self.scripts.feed.key(self.keys.revocation_feed()).arg(cursor.unwrap_or("")).arg(FEED_PAGE).invoke_async(&mut conn),
+            )
+            .await?;
         let cursor = reply.first().and_then(as_text).ok_or_else(|| corrupt("feed"))?;
         let reset = reply.get(1).and_then(as_int).ok_or_else(|| corrupt("feed"))? == 1;
         let digests: Vec<String> = reply.iter().skip(2).filter_map(as_text).collect();
@@ -778,6 +816,17 @@ impl TokenStore {
     /// Appends an event to the audit trail. The mutation it records has committed: a failure to
     /// append is logged, never the operation's failure.
     async fn audit(&self, event: Event, user: &str, ids: &[String], device: Option<&str>, first: Option<bool>, origin: &Origin) {
+        match event {
+            Event::Issue => {
+                self.metrics.issued.inc();
+            }
+            Event::Rekey => {
+                self.metrics.rekeyed.inc();
+            }
+            Event::Revoke | Event::RevokeAll | Event::RevokeOthers | Event::Evict => {
+                self.metrics.revoked.get_or_create(&HowLabels { how: event.as_str() }).inc_by(ids.len() as u64);
+            }
+        }
         let fields = audit::fields(event, user, ids, device, first, origin);
         let appended: Result<String, StoreError> = async {
             let mut conn = self.redis.conn().await?;
@@ -904,7 +953,7 @@ impl TokenStore {
             for m in &members {
                 pipe.cmd("XADD").arg(self.keys.revocation_feed()).arg("MAXLEN").arg("~").arg(FEED_MAX_LEN).arg("*").arg("d").arg(m);
             }
-            let ids: Vec<String> = pipe.query_async(&mut conn).await?;
+            let ids: Vec<String> = self.timed("publish", pipe.query_async(&mut conn)).await?;
             last = ids.last().cloned().or(last);
             let mut done = self.scripts.outbox_done.key(outbox);
             for m in &members {

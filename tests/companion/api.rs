@@ -568,3 +568,57 @@ fn an_authlib_resource_server_introspects_with_http_basic() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// `/metrics` read by the Prometheus project's own OpenMetrics parser (prometheus-client from
+/// PyPI): requests by route template and status, Redis latency per operation, tokens issued and
+/// revoked.
+#[test]
+fn metrics_are_valid_openmetrics_with_requests_redis_latency_and_tokens() {
+    let redis = RedisServer::start();
+    let server = CompanionServer::start(&redis.url(), &[("MULTITOKENS_ADMIN_KEY", ADMIN)]);
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let agent = crate::support::http_agent();
+    let auth = format!("Bearer {ADMIN}");
+    for user in ["a", "b"] {
+        let r = crate::support::http_call(
+            &agent,
+            "POST",
+            &format!("{base}/v1/tokens"),
+            &[("authorization", &auth)],
+            Some(json!({"user": user})),
+        );
+        assert_eq!(r.status, 201);
+    }
+    crate::support::http_call(&agent, "DELETE", &format!("{base}/v1/users/a/tokens"), &[("authorization", &auth)], None);
+    crate::support::http_call(
+        &agent,
+        "GET",
+        &format!("{base}/v1/users/secret-user-name/tokens"),
+        &[("authorization", "Bearer nope")],
+        None,
+    );
+    let root = crate::support::repo_root();
+    let out = std::process::Command::new("python3")
+        .arg(root.join("tests/clients/read_metrics.py"))
+        .arg(format!("{base}/metrics"))
+        .env("PYTHONPATH", root.join(".tools/python"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let samples: Vec<Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let value = |name: &str, labels: Value| {
+        samples
+            .iter()
+            .find(|s| s["name"] == name && labels.as_object().unwrap().iter().all(|(k, v)| &s["labels"][k] == v))
+            .map(|s| s["value"].as_f64().unwrap())
+    };
+    assert_eq!(
+        value("multitokens_companion_http_requests_total", json!({"route": "/v1/tokens", "method": "POST", "status": "201"})),
+        Some(2.0)
+    );
+    assert_eq!(value("multitokens_companion_http_requests_total", json!({"route": "/v1/users/{user}/tokens", "status": "401"})), Some(1.0));
+    assert_eq!(value("multitokens_companion_tokens_issued_total", json!({})), Some(2.0));
+    assert_eq!(value("multitokens_companion_tokens_revoked_total", json!({"how": "revoke_all"})), Some(1.0));
+    assert!(value("multitokens_companion_redis_duration_seconds_count", json!({"op": "issue"})).unwrap() >= 2.0);
+    assert!(!samples.iter().any(|s| s.to_string().contains("secret-user-name")), "route templates only, never a path");
+}
