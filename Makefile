@@ -9,7 +9,7 @@ WASM_DIR := target/$(WASM_TARGET)/wasm-release
 WASM_STOCK := $(WASM_DIR)/multitokens_filter.wasm
 WASM_REDIS := $(WASM_DIR)/multitokens_filter_redis.wasm
 
-.PHONY: all help tools build wasm install lint test fuzz demo bench oci clean
+.PHONY: all help tools build wasm install lint test fuzz demo bench oci openapi clean
 
 all: build wasm
 
@@ -59,6 +59,10 @@ lint:
 test: tools lint wasm
 	set -o pipefail; cargo test --all-targets -- --test-threads=4 2>&1 | tee target/test-output.log
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f; exit (p == 0) }' target/test-output.log
+
+## openapi: rewrite docs/openapi.json from the code (a test fails while they differ)
+openapi:
+	cargo run --quiet --bin multitokens -- openapi > docs/openapi.json
 
 ## fuzz: the property test of both built filters with many cases (make test runs 40 per build)
 fuzz: tools wasm

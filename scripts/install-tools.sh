@@ -53,4 +53,12 @@ if ! PYTHONPATH="$python_tools" python3 -c "import check_jsonschema, ruamel.yaml
   python3 -m pip install --quiet --disable-pip-version-check --target "$python_tools" "${python_pins[@]}"
 fi
 
+# schemathesis (the OpenAPI fuzzer) and openapi-spec-validator, apart: their jsonschema pins differ
+schemathesis_dir="$tools/schemathesis"
+if ! PYTHONPATH="$schemathesis_dir" python3 -c "import schemathesis, openapi_spec_validator" 2>/dev/null; then
+  echo "install-tools: installing schemathesis and openapi-spec-validator from PyPI into .tools/schemathesis"
+  rm -rf "$schemathesis_dir"
+  python3 -m pip install --quiet --disable-pip-version-check --target "$schemathesis_dir" "schemathesis==4.32.5" "openapi-spec-validator==0.7.2"
+fi
+
 echo "install-tools: ready (wasm32-wasip1, $(redis-server --version | cut -d' ' -f3), envoy $envoy_version, check-jsonschema)"

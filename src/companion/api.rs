@@ -8,8 +8,8 @@ use super::error::StoreError;
 use super::feed::FeedFanout;
 use super::metrics::{RequestLabels, RouteLabels};
 use super::roles::{ApiKeys, Presented, Role};
-use super::store::{now_ms, IssueRequest, Revocation, TokenStore};
-use crate::core::contract::{self, FeedQuery, LookupAnswer, LookupQuery};
+use super::store::{now_ms, IssueRequest, Issued, Revocation, TokenInfo, TokenStore};
+use crate::core::contract::{self, FeedPage, FeedQuery, LookupAnswer, LookupQuery};
 use crate::core::digest::TokenDigest;
 use crate::core::keyring::MAX_PREVIOUS_HASH_KEYS;
 use crate::core::token::RoutingTag;
@@ -24,7 +24,6 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use serde_json::{json, Value};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,6 +88,13 @@ impl FromRef<AppState> for Arc<TokenStore> {
     }
 }
 
+/// The body of every error answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct ErrorBody {
+    /// What is wrong, in a sentence.
+    detail: String,
+}
+
 /// An error answered as JSON `{"detail": ...}`.
 #[derive(Debug)]
 pub struct ApiError {
@@ -133,7 +139,7 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.status, Json(json!({ "detail": self.detail }))).into_response();
+        let mut response = (self.status, Json(ErrorBody { detail: self.detail })).into_response();
         if let Some(challenge) = self.challenge {
             if let Ok(value) = HeaderValue::from_str(&challenge) {
                 response.headers_mut().insert(WWW_AUTHENTICATE, value);
@@ -278,19 +284,35 @@ impl<S: Send + Sync> FromRequestParts<S> for CallerToken {
     }
 }
 
-#[derive(Deserialize)]
+/// A login: the user, and optionally the device label, this token's lifetime and its scopes.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct IssueBody {
+pub(crate) struct IssueBody {
+    /// The user id: 1 to 256 bytes, no control characters, no whitespace at either end.
+    #[schema(max_length = 64, pattern = r"^[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$")]
     user: String,
+    /// A label for the device or browser: up to 256 bytes, no control characters, no whitespace
+    /// at either end.
     #[serde(default)]
+    #[schema(max_length = 64, pattern = r"^([^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?)?$")]
     device: Option<String>,
+    /// This token's lifetime: seconds, or `"never"` (default: `token_ttl`).
     #[serde(default)]
+    #[schema(schema_with = super::openapi::ttl_schema)]
     ttl: Option<TokenTtl>,
+    /// Scopes granted to the token: at most 64, each 1 to 128 visible ASCII characters without
+    /// quotes or backslashes.
     #[serde(default)]
+    #[schema(schema_with = super::openapi::scopes_schema)]
     scopes: Vec<String>,
 }
 
-async fn issue(
+/// Issues a token for a user (logs one device in).
+#[utoipa::path(post, path = "/v1/tokens", tag = "admin", request_body = IssueBody, security(("admin" = [])),
+    responses((status = 201, description = "The token (shown this once)", body = Issued),
+        (status = 409, description = "max_tokens_per_user reached (policy reject)", body = ErrorBody),
+        (status = "default", description = "Bad input (400), no or unknown key (401), another role (403), store unavailable (503)", body = ErrorBody)))]
+pub(crate) async fn issue(
     Admin(origin): Admin,
     State(store): State<Arc<TokenStore>>,
     JsonBody(body): JsonBody<IssueBody>,
@@ -299,16 +321,31 @@ async fn issue(
     Ok((StatusCode::CREATED, Json(issued)).into_response())
 }
 
-async fn list(_: Admin, State(store): State<Arc<TokenStore>>, PathArgs(user): PathArgs<String>) -> Result<Response, ApiError> {
+/// A user's live tokens, oldest first.
+#[utoipa::path(get, path = "/v1/users/{user}/tokens", tag = "admin", params(("user" = String, Path, description = "The user id")), security(("admin" = [])),
+    responses((status = 200, body = Vec<TokenInfo>), (status = "default", description = "Error", body = ErrorBody)))]
+pub(crate) async fn list(_: Admin, State(store): State<Arc<TokenStore>>, PathArgs(user): PathArgs<String>) -> Result<Response, ApiError> {
     Ok(Json(store.list(&user).await?).into_response())
 }
 
-async fn revoke_user(Admin(origin): Admin, State(state): State<AppState>, PathArgs(user): PathArgs<String>) -> Result<Response, ApiError> {
+/// Logs a user out everywhere.
+#[utoipa::path(delete, path = "/v1/users/{user}/tokens", tag = "admin", params(("user" = String, Path, description = "The user id")), security(("admin" = [])),
+    responses((status = 200, description = "Revoked, and how many edges applied it", body = RevokeReport), (status = "default", description = "Error", body = ErrorBody)))]
+pub(crate) async fn revoke_user(
+    Admin(origin): Admin,
+    State(state): State<AppState>,
+    PathArgs(user): PathArgs<String>,
+) -> Result<Response, ApiError> {
     let revocation = state.store.revoke_all_as(&user, None, &origin).await?;
     Ok(Json(state.confirm(&revocation).await).into_response())
 }
 
-async fn revoke_by_id(
+/// Logs out one of a user's devices by the token's public id.
+#[utoipa::path(delete, path = "/v1/users/{user}/tokens/{id}", tag = "admin",
+    params(("user" = String, Path, description = "The user id"), ("id" = String, Path, description = "The token's public id")), security(("admin" = [])),
+    responses((status = 200, body = RevokeReport), (status = 404, description = "No live token with that id", body = ErrorBody),
+        (status = "default", description = "Error", body = ErrorBody)))]
+pub(crate) async fn revoke_by_id(
     Admin(origin): Admin,
     State(state): State<AppState>,
     PathArgs((user, id)): PathArgs<(String, String)>,
@@ -318,9 +355,10 @@ async fn revoke_by_id(
 }
 
 /// The audit trail's query.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct EventsQuery {
+pub(crate) struct EventsQuery {
     /// Only this user's events.
     #[serde(default)]
     user: Option<String>,
@@ -335,8 +373,23 @@ struct EventsQuery {
     limit: Option<usize>,
 }
 
-/// The audit trail (admin): `{"events": [...], "next": <cursor to continue from, or null>}`.
-async fn events(_: Admin, State(store): State<Arc<TokenStore>>, QueryArgs(q): QueryArgs<EventsQuery>) -> Result<Response, ApiError> {
+/// A page of the audit trail.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct EventsPage {
+    /// The events, oldest first.
+    events: Vec<super::audit::AuditRecord>,
+    /// The cursor to continue from (`after`), or null when nothing was read.
+    next: Option<String>,
+}
+
+/// The audit trail: issues, revocations, evictions and re-keyings, oldest first.
+#[utoipa::path(get, path = "/v1/events", tag = "admin", params(EventsQuery), security(("admin" = [])),
+    responses((status = 200, body = EventsPage), (status = "default", description = "Error", body = ErrorBody)))]
+pub(crate) async fn events(
+    _: Admin,
+    State(store): State<Arc<TokenStore>>,
+    QueryArgs(q): QueryArgs<EventsQuery>,
+) -> Result<Response, ApiError> {
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "limit: 1 to 1000."));
@@ -344,16 +397,62 @@ async fn events(_: Admin, State(store): State<Arc<TokenStore>>, QueryArgs(q): Qu
     let since =
         super::audit::parse_since(q.since.as_deref().unwrap_or("24h"), now_ms()).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
     let (events, next) = store.audit_events(q.user.as_deref(), q.after.as_deref(), since, limit).await?;
-    Ok(Json(json!({ "events": events, "next": next })).into_response())
+    Ok(Json(EventsPage { events, next }).into_response())
 }
 
-#[derive(Deserialize)]
-struct IntrospectBody {
+/// An RFC 7662 introspection request.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct IntrospectBody {
+    /// The token to introspect.
     token: String,
+    /// RFC 7662's hint (ignored: there is one kind of token).
+    #[serde(default)]
+    #[allow(dead_code)]
+    token_type_hint: Option<String>,
+}
+
+/// An RFC 7662 introspection answer: `{"active": false}` for a token that is not live.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Introspection {
+    /// Whether the token is live.
+    active: bool,
+    /// The user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sub: Option<String>,
+    /// The device label.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device: Option<String>,
+    /// Issue time, Unix seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
+    /// Expiry, Unix seconds (absent for immortal tokens).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exp: Option<u64>,
+    /// Scopes, space-separated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
+    /// Always `Bearer`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_type: Option<String>,
+    /// The token's public id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jti: Option<String>,
+}
+
+impl Introspection {
+    /// RFC 7662's answer for a token that is not live.
+    fn inactive() -> Self {
+        Introspection { active: false, sub: None, device: None, iat: None, exp: None, scope: None, token_type: None, jti: None }
+    }
 }
 
 /// RFC 7662 token introspection: form-encoded (the RFC's) or JSON `token`.
-async fn introspect(_: Introspector, State(store): State<Arc<TokenStore>>, req: Request) -> Result<Response, ApiError> {
+/// RFC 7662 token introspection.
+#[utoipa::path(post, path = "/v1/introspect", tag = "introspect",
+    request_body(content((IntrospectBody = "application/x-www-form-urlencoded"), (IntrospectBody = "application/json"))),
+    security(("introspect" = []), ("admin" = [])),
+    responses((status = 200, body = Introspection), (status = "default", description = "Error", body = ErrorBody)))]
+pub(crate) async fn introspect(_: Introspector, State(store): State<Arc<TokenStore>>, req: Request) -> Result<Response, ApiError> {
     let is_json = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"));
     let bytes = Bytes::from_request(req, &()).await.map_err(|r| ApiError::new(r.status(), "Request body too large or unreadable."))?;
     let body: IntrospectBody = if is_json {
@@ -364,21 +463,19 @@ async fn introspect(_: Introspector, State(store): State<Arc<TokenStore>>, req: 
     match store.whoami(&body.token).await {
         Ok(info) => {
             let now = super::store::now_secs();
-            let mut answer = json!({
-                "active": true,
-                "sub": info.user,
-                "device": info.device,
-                "iat": info.created,
-                "scope": info.scopes.join(" "),
-                "token_type": "Bearer",
-                "jti": info.id,
-            });
-            if let Some(secs) = info.expires_in {
-                answer["exp"] = Value::from(now + secs);
-            }
-            Ok(Json(answer).into_response())
+            Ok(Json(Introspection {
+                active: true,
+                sub: Some(info.user),
+                device: Some(info.device),
+                iat: Some(info.created),
+                exp: info.expires_in.map(|secs| now + secs),
+                scope: Some(info.scopes.join(" ")),
+                token_type: Some("Bearer".into()),
+                jti: Some(info.id),
+            })
+            .into_response())
         }
-        Err(StoreError::InvalidToken) => Ok(Json(json!({ "active": false })).into_response()),
+        Err(StoreError::InvalidToken) => Ok(Json(Introspection::inactive()).into_response()),
         Err(e) => Err(e.into()),
     }
 }
@@ -387,23 +484,35 @@ fn serde_urlencoded_token(bytes: &[u8]) -> Option<IntrospectBody> {
     serde_urlencoded::from_bytes(bytes).ok()
 }
 
-async fn current(State(store): State<Arc<TokenStore>>, CallerToken(token, _): CallerToken) -> Result<Response, ApiError> {
+/// Who the presented token belongs to.
+#[utoipa::path(get, path = "/v1/tokens/current", tag = "self-service", security(("token" = [])),
+    responses((status = 200, body = TokenInfo), (status = "default", description = "Error", body = ErrorBody)))]
+pub(crate) async fn current(State(store): State<Arc<TokenStore>>, CallerToken(token, _): CallerToken) -> Result<Response, ApiError> {
     Ok(Json(store.whoami(&token).await?).into_response())
 }
 
-async fn logout_current(State(state): State<AppState>, CallerToken(token, origin): CallerToken) -> Result<Response, ApiError> {
+/// Logs out the presented token's device.
+#[utoipa::path(delete, path = "/v1/tokens/current", tag = "self-service", security(("token" = [])),
+    responses((status = 200, body = RevokeReport), (status = "default", description = "Error", body = ErrorBody)))]
+pub(crate) async fn logout_current(State(state): State<AppState>, CallerToken(token, origin): CallerToken) -> Result<Response, ApiError> {
     let revocation = state.store.revoke_as(&token, &origin).await?;
     Ok(Json(state.confirm(&revocation).await).into_response())
 }
 
-async fn logout_others(State(state): State<AppState>, CallerToken(token, origin): CallerToken) -> Result<Response, ApiError> {
+/// Logs out all the user's other devices.
+#[utoipa::path(delete, path = "/v1/tokens/others", tag = "self-service", security(("token" = [])),
+    responses((status = 200, body = RevokeReport), (status = "default", description = "Error", body = ErrorBody)))]
+pub(crate) async fn logout_others(State(state): State<AppState>, CallerToken(token, origin): CallerToken) -> Result<Response, ApiError> {
     let me = state.store.whoami(&token).await?;
     let revocation = state.store.revoke_all_as(&me.user, Some(&token), &origin).await?;
     Ok(Json(state.confirm(&revocation).await).into_response())
 }
 
 /// The filter's lookup: it sends the routing tag and digest, never the token (a bodiless GET).
-async fn internal_lookup(
+/// The stock filter's lookup by routing tag and digest (never the token).
+#[utoipa::path(get, path = "/v1/internal/lookup", tag = "internal", params(LookupQuery), security(("internal" = [])),
+    responses((status = 200, body = LookupAnswer), (status = "default", description = "Error", body = ErrorBody)))]
+pub(crate) async fn internal_lookup(
     Internal(origin): Internal,
     State(store): State<Arc<TokenStore>>,
     QueryArgs(query): QueryArgs<LookupQuery>,
@@ -459,7 +568,10 @@ async fn internal_lookup(
 /// The revocation feed for filters: digests revoked after a cursor. With `wait_ms` it is a long
 /// poll (answered as soon as something is revoked); with `edge` the cursor acknowledges what
 /// that filter VM has applied.
-async fn internal_revocations(
+/// The revocation feed for filters: digests revoked after a cursor; a long poll with `wait_ms`.
+#[utoipa::path(get, path = "/v1/internal/revocations", tag = "internal", params(FeedQuery), security(("internal" = [])),
+    responses((status = 200, body = FeedPage), (status = "default", description = "Error", body = ErrorBody)))]
+pub(crate) async fn internal_revocations(
     _: Internal,
     State(state): State<AppState>,
     QueryArgs(query): QueryArgs<FeedQuery>,
@@ -481,7 +593,12 @@ async fn internal_revocations(
 /// `/v1/ext_authz/<original path>`; 200 with the identity headers allows, 401 denies. Values go
 /// out as their UTF-8 bytes, exactly as the filter sets them; a value that cannot be a header
 /// value is an error, never a header left out (the client's own would then reach the app).
-async fn ext_authz(State(store): State<Arc<TokenStore>>, CallerToken(token, _): CallerToken) -> Result<Response, ApiError> {
+/// Envoy's ext_authz HTTP check: 200 with the identity headers, or 401.
+#[utoipa::path(get, path = "/v1/ext_authz/{path}", tag = "ext_authz", params(("path" = String, Path, description = "The checked request's path (any)")),
+    security(("token" = [])),
+    responses((status = 200, description = "Valid: identity in x-multitokens-user, -device, -token-id, -scopes"),
+        (status = "default", description = "Error", body = ErrorBody)))]
+pub(crate) async fn ext_authz(State(store): State<Arc<TokenStore>>, CallerToken(token, _): CallerToken) -> Result<Response, ApiError> {
     let info = store.whoami(&token).await?;
     let scopes = info.scopes.join(" ");
     let mut response = StatusCode::OK.into_response();
@@ -500,13 +617,24 @@ async fn ext_authz(State(store): State<Arc<TokenStore>>, CallerToken(token, _): 
     Ok(response)
 }
 
-async fn healthz() -> Response {
-    Json(json!({ "status": "ok" })).into_response()
+/// A health answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Health {
+    /// `ok` (healthz) or `ready` (readyz).
+    status: &'static str,
 }
 
-async fn readyz(State(store): State<Arc<TokenStore>>) -> Response {
+/// Answers while the process is up.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
+pub(crate) async fn healthz() -> Response {
+    Json(Health { status: "ok" }).into_response()
+}
+
+/// Answers 200 only while Redis answers.
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
+pub(crate) async fn readyz(State(store): State<Arc<TokenStore>>) -> Response {
     match store.ping().await {
-        Ok(()) => Json(json!({ "status": "ready" })).into_response(),
+        Ok(()) => Json(Health { status: "ready" }).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Redis unreachable.").into_response()
@@ -515,7 +643,10 @@ async fn readyz(State(store): State<Arc<TokenStore>>) -> Response {
 }
 
 /// Prometheus metrics (OpenMetrics text); no key, no user data: route templates and counts.
-async fn metrics(State(store): State<Arc<TokenStore>>) -> Response {
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus metrics", content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String)))]
+pub(crate) async fn metrics(State(store): State<Arc<TokenStore>>) -> Response {
     ([(CONTENT_TYPE, super::metrics::CONTENT_TYPE)], store.metrics().encode()).into_response()
 }
 
@@ -529,6 +660,11 @@ async fn track(State(store): State<Arc<TokenStore>>, request: Request, next: axu
     m.request_seconds.get_or_create(&RouteLabels { route: route.clone() }).observe(started.elapsed().as_secs_f64());
     m.requests.get_or_create(&RequestLabels { route, method, status: response.status().as_u16() }).inc();
     response
+}
+
+/// This API's OpenAPI 3.1 description (also committed as docs/openapi.json).
+async fn openapi_json() -> Response {
+    ([(CONTENT_TYPE, "application/json")], super::openapi::json()).into_response()
 }
 
 async fn not_found() -> ApiError {
@@ -545,6 +681,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
         .route("/v1/tokens", post(issue))
         .route("/v1/users/{user}/tokens", get(list).delete(revoke_user))
         .route("/v1/users/{user}/tokens/{id}", delete(revoke_by_id))

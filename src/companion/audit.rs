@@ -100,7 +100,7 @@ impl Event {
 }
 
 /// One audit event as read back (`multitokens events`, `GET /v1/events`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct AuditRecord {
     /// Its stream id (a cursor for the next page).
     pub cursor: String,

@@ -127,6 +127,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the HTTP API's OpenAPI 3.1 description (JSON), as `serve` answers at /openapi.json.
+    Openapi,
     /// Serve the HTTP API (needs MULTITOKENS_ADMIN_KEY; --listen sets the address). Stops on
     /// Ctrl-C or SIGTERM.
     Serve,
@@ -221,6 +223,9 @@ async fn confirm(store: TokenStore, revocation: &Revocation, settings: &Settings
 }
 
 async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
+    if let Command::Openapi = command {
+        return print(&super::openapi::json());
+    }
     let store = TokenStore::from_settings(&settings)?;
     match command {
         Command::Issue { user, device, ttl, scopes, json } => {
@@ -329,6 +334,7 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Openapi => print(&super::openapi::json()),
         Command::Serve => Ok(server::serve(&settings, store).await?),
     }
 }

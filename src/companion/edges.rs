@@ -29,7 +29,7 @@ pub struct EdgeState {
 }
 
 /// How many live edges acknowledged a revocation before the answer.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Acknowledgements {
     /// Live edges that applied the revocation.
     pub acknowledged: u64,
@@ -38,7 +38,7 @@ pub struct Acknowledgements {
 }
 
 /// What a revoke answers: how many tokens, and how the live edges acknowledged it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RevokeReport {
     /// Tokens revoked.
     pub revoked: u64,

@@ -9,6 +9,7 @@ pub mod edges;
 pub mod error;
 pub mod feed;
 pub mod metrics;
+pub mod openapi;
 pub mod roles;
 pub mod server;
 pub mod settings;

@@ -106,7 +106,7 @@ pub struct IssueRequest {
 }
 
 /// A freshly issued token (the only time the token itself is ever returned).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Issued {
     /// The token; show it to the client once.
     pub token: String,
@@ -136,7 +136,7 @@ pub struct Revocation {
 }
 
 /// What is known about a live token.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct TokenInfo {
     /// Public id.
     pub id: String,

@@ -57,6 +57,7 @@ pub fn challenge(realm: &str, error: Option<&str>, scope: Option<&str>) -> Strin
 /// The lookup's query: routing tag and digest (hex), never the token; and the sliding refresh
 /// to apply, in seconds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "companion", derive(utoipa::IntoParams), into_params(parameter_in = Query))]
 #[serde(deny_unknown_fields)]
 pub struct LookupQuery {
     /// Routing tag, 8 hex characters.
@@ -94,6 +95,7 @@ impl LookupQuery {
 
 /// The lookup's answer.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "companion", derive(utoipa::ToSchema))]
 pub struct LookupAnswer {
     /// Whether the token is live.
     pub active: bool,
@@ -134,6 +136,7 @@ impl LookupAnswer {
 
 /// The revocation feed's query.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "companion", derive(utoipa::IntoParams), into_params(parameter_in = Query))]
 #[serde(deny_unknown_fields)]
 pub struct FeedQuery {
     /// The cursor of the last page applied (it acknowledges that page).
@@ -172,6 +175,7 @@ impl FeedQuery {
 
 /// A page of the revocation feed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "companion", derive(utoipa::ToSchema))]
 pub struct FeedPage {
     /// Cursor for the next poll.
     pub cursor: String,

@@ -11,6 +11,7 @@ mod cli;
 mod cluster;
 mod concurrency;
 mod keys;
+mod openapi;
 mod store;
 
 use multitokens::companion::connection::{Redis, RedisTarget};
