@@ -76,10 +76,11 @@ demo: tools wasm build
 bench: tools wasm build
 	scripts/bench.sh
 
-## oci: the OCI images Istio and Higress pull (needs docker or podman)
+## oci: the OCI images Istio and Higress pull, and the companion's image (needs docker or podman)
 oci: wasm
 	docker build -f envoy/istio/Dockerfile -t multitokens-filter:latest $(WASM_DIR)
 	docker build -f envoy/higress/Dockerfile -t multitokens-filter-redis:latest $(WASM_DIR)
+	docker build -f envoy/kubernetes/Dockerfile -t multitokens:latest .
 
 clean:
 	cargo clean

