@@ -185,7 +185,8 @@ fn tool(dir: &str, program: &str, args: &[&str], stdin: Option<&str>) -> (bool, 
 #[test]
 fn the_kubernetes_manifests_validate_against_the_kubernetes_schemas() {
     let dir = repo_root().join("envoy/kubernetes");
-    let kustomization: serde_yaml_ng::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap()).unwrap();
+    let kustomization: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap()).unwrap();
     assert_eq!(kustomization["kind"].as_str(), Some("Kustomization"));
     let resources: Vec<String> =
         kustomization["resources"].as_sequence().unwrap().iter().map(|r| format!("envoy/kubernetes/{}", r.as_str().unwrap())).collect();
@@ -201,7 +202,11 @@ fn the_kubernetes_manifests_validate_against_the_kubernetes_schemas() {
     // the validator does refuse a misspelt field
     let bad = tempfile::tempdir().unwrap();
     let path = bad.path().join("deployment.yaml");
-    std::fs::write(&path, std::fs::read_to_string(dir.join("deployment.yaml")).unwrap().replace("readOnlyRootFilesystem", "readOnlyRootFilesytem")).unwrap();
+    std::fs::write(
+        &path,
+        std::fs::read_to_string(dir.join("deployment.yaml")).unwrap().replace("readOnlyRootFilesystem", "readOnlyRootFilesytem"),
+    )
+    .unwrap();
     assert!(!tool("k8s", "python3", &["-m", "kubernetes_validate", "--strict", "-k", "1.30", path.to_str().unwrap()], None).0);
     // what the pod runs as, and how it is probed
     let deployment: serde_yaml_ng::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join("deployment.yaml")).unwrap()).unwrap();

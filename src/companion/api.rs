@@ -328,15 +328,31 @@ pub(crate) async fn list(_: Admin, State(store): State<Arc<TokenStore>>, PathArg
     Ok(Json(store.list(&user).await?).into_response())
 }
 
-/// Logs a user out everywhere.
-#[utoipa::path(delete, path = "/v1/users/{user}/tokens", tag = "admin", params(("user" = String, Path, description = "The user id")), security(("admin" = [])),
-    responses((status = 200, description = "Revoked, and how many edges applied it", body = RevokeReport), (status = "default", description = "Error", body = ErrorBody)))]
+/// Which of a user's tokens a revoke-all keeps.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KeepQuery {
+    /// The public id of the one token to keep (log out all other devices); none: log out everywhere.
+    #[serde(default)]
+    except_id: Option<String>,
+}
+
+/// Logs a user out everywhere, or everywhere but one device (`except_id`).
+#[utoipa::path(delete, path = "/v1/users/{user}/tokens", tag = "admin", params(("user" = String, Path, description = "The user id"), KeepQuery), security(("admin" = [])),
+    responses((status = 200, description = "Revoked, and how many edges applied it", body = RevokeReport),
+        (status = 404, description = "except_id is no live token of the user (nothing revoked)", body = ErrorBody),
+        (status = "default", description = "Error", body = ErrorBody)))]
 pub(crate) async fn revoke_user(
     Admin(origin): Admin,
     State(state): State<AppState>,
     PathArgs(user): PathArgs<String>,
+    QueryArgs(keep): QueryArgs<KeepQuery>,
 ) -> Result<Response, ApiError> {
-    let revocation = state.store.revoke_all_as(&user, None, &origin).await?;
+    let revocation = match keep.except_id.as_deref() {
+        Some(id) => state.store.revoke_others_by_id_as(&user, id, &origin).await?,
+        None => state.store.revoke_all_as(&user, None, &origin).await?,
+    };
     Ok(Json(state.confirm(&revocation).await).into_response())
 }
 

@@ -600,6 +600,28 @@ impl TokenStore {
         Ok(Revocation { revoked: revoked.len() as u64, feed_position })
     }
 
+    /// Logs a user out of every device but the one whose token has public id `keep` (the
+    /// application knows the id from the filter's `x-multitokens-token-id`, not the token).
+    /// `NotFound` when that is no live token of the user; then nothing is revoked.
+    pub async fn revoke_others_by_id_as(&self, user: &str, keep: &str, origin: &Origin) -> Result<Revocation, StoreError> {
+        validate_user(user)?;
+        let mut conn = self.redis.conn().await?;
+        let tag = RoutingTag::for_user(user);
+        let mut invocation = self.scripts.revoke_all.prepare_invoke();
+        invocation.key(self.keys.index_key(user)).key(self.keys.outbox_key(tag)).key(self.keys.expiry_key(user));
+        invocation.arg(self.keys.record_prefix(tag)).arg("").arg(keep);
+        let revoked: Vec<String> = match self.timed("revoke_all", invocation.invoke_async(&mut conn)).await {
+            Err(e) if e.code() == Some("NOKEEP") => {
+                return Err(StoreError::NotFound(format!("no live token with id {keep:?} for this user")));
+            }
+            other => other?,
+        };
+        let feed_position = if revoked.is_empty() { None } else { self.publish_outbox(&self.keys.outbox_key(tag)).await? };
+        tracing::info!(user, revoked = revoked.len(), "tokens revoked but one");
+        self.audit(Event::RevokeOthers, user, &revoked, None, None, origin).await;
+        Ok(Revocation { revoked: revoked.len() as u64, feed_position })
+    }
+
     /// Logs out one of a user's devices by the token's public id.
     pub async fn revoke_by_id(&self, user: &str, id: &str) -> Result<Revocation, StoreError> {
         self.revoke_by_id_as(user, id, &Origin::new(Actor::Companion)).await

@@ -288,15 +288,24 @@ return {revoked, user, id}
 
 /// Revokes all of a user's tokens, or all but one (log out everywhere / everywhere else).
 ///
-/// KEYS: index, outbox, expiry index. ARGV: record key prefix, member to keep (empty for none).
-/// Returns the public ids of the tokens revoked (only those whose record was still live).
+/// KEYS: index, outbox, expiry index. ARGV: record key prefix, member to keep (empty for none),
+/// or (ARGV[3]) the public id of the token to keep. Returns the public ids of the tokens revoked
+/// (only those whose record was still live); with a public id that is no live token of the user,
+/// the error `NOKEEP` and nothing revoked.
 pub const REVOKE_ALL: &str = concat!(
     prelude!(),
     r#"
-local index, expiry, record_prefix, keep = KEYS[1], KEYS[3], ARGV[1], ARGV[2]
+local index, expiry, record_prefix, keep, keep_id = KEYS[1], KEYS[3], ARGV[1], ARGV[2], ARGV[3] or ''
 prune(index, expiry, record_prefix)
+local members = redis.call('ZRANGE', index, 0, -1)
+if keep_id ~= '' then
+  for _, m in ipairs(members) do
+    if id_of(redis.call('GET', record_prefix .. m)) == keep_id then keep = m end
+  end
+  if keep == '' then return redis.error_reply('NOKEEP no live token with that id') end
+end
 local revoked, ids, kept = {}, {}, nil
-for _, m in ipairs(redis.call('ZRANGE', index, 0, -1)) do
+for _, m in ipairs(members) do
   if m == keep and redis.call('EXISTS', record_prefix .. m) == 1 then
     kept = {redis.call('ZSCORE', index, m), redis.call('ZSCORE', expiry, m)}
   else

@@ -622,3 +622,23 @@ fn metrics_are_valid_openmetrics_with_requests_redis_latency_and_tokens() {
     assert!(value("multitokens_companion_redis_duration_seconds_count", json!({"op": "issue"})).unwrap() >= 2.0);
     assert!(!samples.iter().any(|s| s.to_string().contains("secret-user-name")), "route templates only, never a path");
 }
+
+/// "Log out all other devices" for an application that knows the current token's public id (from
+/// the filter's x-multitokens-token-id), not the token: `DELETE /v1/users/{user}/tokens?except_id=`.
+#[test]
+fn log_out_other_devices_by_the_current_tokens_id() {
+    let redis = RedisServer::start();
+    let api = Api::start(&redis.url());
+    let issue = |device: &str| api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "gina", "device": device}))).1;
+    let (_, phone, _) = (issue("laptop"), issue("phone"), issue("tablet"));
+    let id = phone["id"].as_str().unwrap();
+    let (status, body, _) = api.call("DELETE", "/v1/users/gina/tokens?except_id=0000000000000000", admin(), None);
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(api.call("GET", "/v1/users/gina/tokens", admin(), None).1.as_array().unwrap().len(), 3, "nothing revoked");
+    let (status, body, _) = api.call("DELETE", &format!("/v1/users/gina/tokens?except_id={id}"), admin(), None);
+    assert_eq!((status, body["revoked"].clone()), (200, json!(2)));
+    let left = api.call("GET", "/v1/users/gina/tokens", admin(), None).1;
+    assert_eq!(left.as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect::<Vec<_>>(), [id]);
+    let (status, me, _) = api.call("GET", "/v1/tokens/current", Some(&format!("Bearer {}", phone["token"].as_str().unwrap())), None);
+    assert_eq!((status, me["device"].clone()), (200, json!("phone")));
+}

@@ -144,7 +144,7 @@ async fn rotation_and_the_sweep_on_a_redis_cluster() {
     let cluster = RedisCluster::start();
     let old = store_at(&cluster.url(), policy(), Some("cluster-2025"));
     let mut tokens = Vec::new();
-    for i in 0..30 {
+    for i in 0..30usize {
         tokens.push(old.issue(req(&format!("user-{i}"), "a")).await.unwrap().token);
     }
     let rotating = rotating_store(&cluster.url(), "cluster-2026", &["cluster-2025"]);
@@ -154,6 +154,15 @@ async fn rotation_and_the_sweep_on_a_redis_cluster() {
     let report = rotating.rekey_all(false).await.unwrap();
     assert_eq!((report.scanned, report.current, report.rekeyed), (30, 5, 25));
     let new = store_at(&cluster.url(), policy(), Some("cluster-2026"));
+    // log out other devices by the kept token's id, on every shard
+    for i in 0..5 {
+        let user = format!("user-{i}");
+        let extra = new.issue(req(&user, "b")).await.unwrap();
+        let origin = multitokens::companion::audit::Origin::new(multitokens::companion::audit::Actor::Admin);
+        assert_eq!(new.revoke_others_by_id_as(&user, &extra.id, &origin).await.unwrap().revoked, 1);
+        assert!(new.whoami(&tokens[i]).await.is_err() && new.whoami(&extra.token).await.is_ok());
+        tokens[i] = extra.token;
+    }
     for (i, t) in tokens.iter().enumerate() {
         assert_eq!(new.whoami(t).await.unwrap().user, format!("user-{i}"));
         assert_eq!(new.revoke_all(&format!("user-{i}"), None).await.unwrap().revoked, 1);
