@@ -155,13 +155,13 @@ async fn rotation_and_the_sweep_on_a_redis_cluster() {
     assert_eq!((report.scanned, report.current, report.rekeyed), (30, 5, 25));
     let new = store_at(&cluster.url(), policy(), Some("cluster-2026"));
     // log out other devices by the kept token's id, on every shard
-    for i in 0..5 {
+    for (i, token) in tokens.iter_mut().enumerate().take(5) {
         let user = format!("user-{i}");
         let extra = new.issue(req(&user, "b")).await.unwrap();
         let origin = multitokens::companion::audit::Origin::new(multitokens::companion::audit::Actor::Admin);
         assert_eq!(new.revoke_others_by_id_as(&user, &extra.id, &origin).await.unwrap().revoked, 1);
-        assert!(new.whoami(&tokens[i]).await.is_err() && new.whoami(&extra.token).await.is_ok());
-        tokens[i] = extra.token;
+        assert!(new.whoami(token).await.is_err() && new.whoami(&extra.token).await.is_ok());
+        *token = extra.token;
     }
     for (i, t) in tokens.iter().enumerate() {
         assert_eq!(new.whoami(t).await.unwrap().user, format!("user-{i}"));
