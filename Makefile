@@ -9,7 +9,7 @@ WASM_DIR := target/$(WASM_TARGET)/wasm-release
 WASM_STOCK := $(WASM_DIR)/multitokens_filter.wasm
 WASM_REDIS := $(WASM_DIR)/multitokens_filter_redis.wasm
 
-.PHONY: all help tools build wasm install lint test fuzz demo bench oci openapi clean
+.PHONY: all help tools build wasm install lint test fuzz demo demo-django bench oci openapi clean
 
 all: build wasm
 
@@ -71,6 +71,10 @@ fuzz: tools wasm
 ## demo: Redis, the companion, a demo app and Envoy with the filter, in the foreground
 demo: tools wasm build
 	scripts/demo.sh
+
+## demo-django: the same with the Django REST framework example (examples/django, gunicorn) as the app
+demo-django: tools wasm build
+	DEMO_APP=django scripts/demo.sh
 
 ## bench: the benchmark suite (see bench/README.md)
 bench: tools wasm build

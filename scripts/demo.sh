@@ -2,6 +2,8 @@
 # `make demo`: Redis on a private port, the companion, the demo app and Envoy with the filter,
 # all in the foreground. Ctrl-C stops all of them. Ports: DEMO_PORT (10000), DEMO_REDIS_PORT
 # (16379), DEMO_COMPANION_PORT (18080), DEMO_APP_PORT (18081), DEMO_ADMIN_PORT (19901).
+# DEMO_APP=django (make demo-django) serves the Django REST framework example (examples/django)
+# with gunicorn instead of the Rust demo app.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -56,10 +58,21 @@ MULTITOKENS_ADMIN_KEY="$ADMIN_KEY" MULTITOKENS_INTERNAL_KEY="$INTERNAL_KEY" \
 pids+=($!); names+=("the companion")
 wait_port "$COMPANION_PORT" "the companion"
 
-DEMO_APP_LISTEN="127.0.0.1:$APP_PORT" MULTITOKENS_URL="http://127.0.0.1:$COMPANION_PORT" MULTITOKENS_ADMIN_KEY="$ADMIN_KEY" \
-  "$BIN/multitokens-demo-app" 2>"$work/app.log" &
-pids+=($!); names+=("the demo app")
-wait_port "$APP_PORT" "the demo app"
+if [ "${DEMO_APP:-}" = django ]; then
+  django_env=(env PYTHONPATH="$root/.tools/django" DJANGO_DB="$work/db.sqlite3"
+              MULTITOKENS_URL="http://127.0.0.1:$COMPANION_PORT" MULTITOKENS_ADMIN_KEY="$ADMIN_KEY")
+  (cd examples/django && "${django_env[@]}" python3 manage.py migrate -v 0 && "${django_env[@]}" python3 manage.py seed_demo_users >/dev/null)
+  (cd examples/django && exec "${django_env[@]}" python3 -m gunicorn mtdemo.wsgi --bind "127.0.0.1:$APP_PORT" --workers 2) 2>"$work/app.log" &
+  pids+=($!); names+=("the Django app")
+  wait_port "$APP_PORT" "the Django app"
+  login_body='{"username":"alice","password":"demo-password","device":"laptop"}'
+else
+  DEMO_APP_LISTEN="127.0.0.1:$APP_PORT" MULTITOKENS_URL="http://127.0.0.1:$COMPANION_PORT" MULTITOKENS_ADMIN_KEY="$ADMIN_KEY" \
+    "$BIN/multitokens-demo-app" 2>"$work/app.log" &
+  pids+=($!); names+=("the demo app")
+  wait_port "$APP_PORT" "the demo app"
+  login_body='{"user":"alice","device":"laptop"}'
+fi
 
 sed -e "s/port_value: 10000/port_value: $DEMO_PORT/" -e "s/port_value: 18080/port_value: $COMPANION_PORT/" \
     -e "s/port_value: 18081/port_value: $APP_PORT/" -e "s/port_value: 19901/port_value: $ADMIN_PORT/" envoy/envoy.yaml >"$work/envoy.yaml"
@@ -81,10 +94,10 @@ In another shell, these make every CLI and API example of the docs work against 
 
 Try it:
   TOKEN=\$(curl -s -X POST \$DEMO/login -H 'content-type: application/json' \\
-           -d '{"user":"alice","device":"laptop"}' | sed -E 's/.*"token":"([^"]+)".*/\1/')
+           -d '$login_body' | sed -E 's/.*"token":"([^"]+)".*/\1/')
   curl -s \$DEMO/api/whoami -H "Authorization: Bearer \$TOKEN"
   curl -s -X POST \$DEMO/logout -H "Authorization: Bearer \$TOKEN"
-  sleep 1.5; curl -s -i \$DEMO/api/whoami -H "Authorization: Bearer \$TOKEN"   # 401: every Envoy worker applies the revocation within about a second
+  curl -s -i \$DEMO/api/whoami -H "Authorization: Bearer \$TOKEN"   # 401 on the very next request: the logout returned once every Envoy worker applied it
 EOT
 wait -n "${pids[@]}" || true
 for i in "${!pids[@]}"; do

@@ -77,4 +77,13 @@ if [ ! -d "$node_dir/node_modules/@kubernetes-models/istio" ] || [ ! -d "$node_d
   npm install --silent --no-audit --no-fund --prefix "$node_dir" "@kubernetes-models/istio@3.0.1" "yaml@2.8.1" >/dev/null
 fi
 
+# the Django REST framework example (examples/django/requirements.txt, pinned)
+django_dir="$tools/django"
+if ! cmp -s "$root/examples/django/requirements.txt" "$django_dir/requirements.txt" 2>/dev/null; then
+  echo "install-tools: installing Django, Django REST framework and gunicorn from PyPI into .tools/django"
+  rm -rf "$django_dir"
+  python3 -m pip install --quiet --disable-pip-version-check --target "$django_dir" -r "$root/examples/django/requirements.txt"
+  cp "$root/examples/django/requirements.txt" "$django_dir/requirements.txt"
+fi
+
 echo "install-tools: ready (wasm32-wasip1, $(redis-server --version | cut -d' ' -f3), envoy $envoy_version, check-jsonschema)"

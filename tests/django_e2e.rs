@@ -1,0 +1,241 @@
+//! The Django REST framework example (examples/django) served by gunicorn behind real Envoy with
+//! the stock filter, the real companion and a real redis-server: login, an authenticated DRF view,
+//! the user's devices, the three logouts, spoofed identity headers, and DRF's usual 401 body.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use serde_json::{json, Value};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use support::{free_port, repo_root, wait_for_port, wasm_path, CompanionServer, Envoy, EnvoyConfig, HttpReply, RedisServer};
+
+const ADMIN_KEY: &str = "django-admin-key-0123456789";
+const INTERNAL_KEY: &str = "demo-internal-key-change-me";
+
+/// gunicorn serving the example, with its own SQLite database (migrated, users seeded).
+struct Gunicorn {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Gunicorn {
+    fn start(companion_port: u16, extra_env: &[(&str, &str)]) -> Gunicorn {
+        let dir = tempfile::tempdir().unwrap();
+        let project = repo_root().join("examples/django");
+        let tools = repo_root().join(".tools/django");
+        assert!(tools.exists(), "{} is missing: run `make tools` (make test does)", tools.display());
+        let env = |cmd: &mut Command| {
+            cmd.current_dir(&project)
+                .env("PYTHONPATH", &tools)
+                .env("DJANGO_DB", dir.path().join("db.sqlite3"))
+                .env("MULTITOKENS_URL", format!("http://127.0.0.1:{companion_port}"))
+                .env("MULTITOKENS_ADMIN_KEY", ADMIN_KEY)
+                .envs(extra_env.iter().copied());
+        };
+        for args in [&["manage.py", "migrate", "-v", "0"][..], &["manage.py", "seed_demo_users"]] {
+            let mut cmd = Command::new("python3");
+            cmd.args(args);
+            env(&mut cmd);
+            let out = cmd.output().unwrap();
+            assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let port = free_port(false);
+        let mut cmd = Command::new("python3");
+        cmd.args(["-m", "gunicorn", "mtdemo.wsgi", "--bind", &format!("127.0.0.1:{port}"), "--workers", "2"]);
+        env(&mut cmd);
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        assert!(wait_for_port(port, Duration::from_secs(20)), "gunicorn did not start");
+        Gunicorn { child, port, _dir: dir }
+    }
+
+    /// Runs a manage.py command against this app's database; returns its output.
+    fn manage(&self, args: &[&str], extra_env: &[(&str, &str)]) -> String {
+        let out = Command::new("python3")
+            .arg("manage.py")
+            .args(args)
+            .current_dir(repo_root().join("examples/django"))
+            .env("PYTHONPATH", repo_root().join(".tools/django"))
+            .env("DJANGO_DB", self._dir.path().join("db.sqlite3"))
+            .envs(extra_env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+/// Envoy (envoy/envoy.yaml, two workers) in front of the Django app, with `edit` applied.
+fn envoy_for(django: &Gunicorn, companion_port: u16, edit: impl FnOnce(EnvoyConfig) -> EnvoyConfig) -> (Envoy, u16) {
+    let (port, admin_port) = (free_port(false), free_port(false));
+    let config = EnvoyConfig::load("envoy/envoy.yaml")
+        .edit_plugin(|c| {
+            c.as_object_mut().unwrap().remove("throttle");
+        })
+        .move_port(10000, port)
+        .move_port(19901, admin_port)
+        .move_port(18080, companion_port)
+        .move_port(18081, django.port)
+        .use_wasm(&wasm_path("multitokens_filter.wasm"));
+    let envoy = Envoy::start(&edit(config).to_yaml(), port, 2);
+    std::thread::sleep(Duration::from_millis(1200)); // the filter follows the feed
+    (envoy, port)
+}
+
+impl Drop for Gunicorn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_drf_app_behind_the_filter_logs_in_authenticates_and_logs_out_three_ways() {
+    let redis = RedisServer::start();
+    let companion_port = free_port(false);
+    let _companion = CompanionServer::start_on(
+        companion_port,
+        &redis.url(),
+        &[("MULTITOKENS_ADMIN_KEY", ADMIN_KEY), ("MULTITOKENS_INTERNAL_KEY", INTERNAL_KEY)],
+    );
+    let django = Gunicorn::start(companion_port, &[]);
+    let (envoy, port) = envoy_for(&django, companion_port, |c| c);
+    let agent = support::http_agent();
+    let call = |method: &str, path: &str, headers: &[(&str, &str)], body: Option<Value>| -> HttpReply {
+        support::http_call(&agent, method, &format!("http://127.0.0.1:{port}{path}"), headers, body)
+    };
+    let login = |user: &str, device: &str| -> String {
+        let r = call("POST", "/login", &[], Some(json!({"username": user, "password": "demo-password", "device": device})));
+        assert_eq!(r.status, 200, "login: {}", r.body);
+        r.body["token"].as_str().unwrap().to_string()
+    };
+    let bearer = |t: &str| format!("Bearer {t}");
+
+    // DRF's obtain_auth_token answers: a token, or its message for wrong credentials
+    let r = call("POST", "/login", &[], Some(json!({"username": "alice", "password": "wrong"})));
+    assert_eq!((r.status, r.body.clone()), (400, json!({"non_field_errors": ["Unable to log in with provided credentials."]})));
+    let laptop = login("alice", "laptop");
+    let phone = login("alice", "phone");
+    let tablet = login("alice", "tablet");
+    let bob = login("bob", "phone");
+
+    // an authenticated DRF view sees the user through Django's RemoteUser machinery
+    let r = call("GET", "/api/whoami", &[("authorization", &bearer(&laptop))], None);
+    assert_eq!((r.status, r.body["username"].clone(), r.body["device"].clone()), (200, json!("alice"), json!("laptop")));
+    // spoofed identity headers never reach Django's view of the user
+    let r = call(
+        "GET",
+        "/api/whoami",
+        &[("authorization", &bearer(&bob)), ("x-multitokens-user", "alice"), ("X-Multitokens-User", "carol")],
+        None,
+    );
+    assert_eq!((r.status, r.body["username"].clone()), (200, json!("bob")), "{}", r.body);
+    let r = call("GET", "/api/whoami", &[("authorization", &bearer(&bob)), ("x_multitokens_user", "alice")], None);
+    assert!(r.status == 400 || r.body["username"] == "bob", "underscore spelling: {} {}", r.status, r.body);
+    for spoof in [("x-multitokens-user", "alice"), ("x_multitokens_user", "alice")] {
+        let r = call("GET", "/api/whoami", &[spoof], None);
+        assert_ne!(r.status, 200, "{spoof:?} without a token: {}", r.body);
+        assert!(r.body["username"].is_null());
+    }
+    // no credential: DRF's usual 401 body, from the filter at the edge and from Django itself
+    let r = call("GET", "/api/whoami", &[], None);
+    assert_eq!((r.status, r.body.clone()), (401, json!({"detail": "Authentication credentials were not provided."})));
+    let direct =
+        support::http_call(&agent, "GET", &format!("http://127.0.0.1:{}/api/whoami", django.port), &[("x-multitokens-user", "")], None);
+    assert_eq!((direct.status, direct.body.clone()), (401, json!({"detail": "Authentication credentials were not provided."})));
+    assert!(direct.challenge.unwrap().starts_with("Bearer"));
+
+    // the user's devices, the current one marked
+    let r = call("GET", "/api/devices", &[("authorization", &bearer(&phone))], None);
+    let devices = r.body.as_array().unwrap();
+    assert_eq!(devices.len(), 3);
+    assert_eq!(devices.iter().filter(|d| d["current"] == true).map(|d| d["device"].clone()).collect::<Vec<_>>(), [json!("phone")]);
+
+    // log out this device: refused on the very next request, the others stay
+    let r = call("POST", "/logout", &[("authorization", &bearer(&laptop))], None);
+    assert_eq!((r.status, r.body["revoked"].clone()), (200, json!(1)));
+    let r = call("GET", "/api/whoami", &[("authorization", &bearer(&laptop))], None);
+    assert_eq!((r.status, r.body.clone()), (401, json!({"detail": "Invalid token."})));
+    assert_eq!(call("GET", "/api/whoami", &[("authorization", &bearer(&phone))], None).status, 200);
+    // log out all other devices
+    let r = call("POST", "/logout-others", &[("authorization", &bearer(&phone))], None);
+    assert_eq!((r.status, r.body["revoked"].clone()), (200, json!(1)));
+    assert_eq!(call("GET", "/api/whoami", &[("authorization", &bearer(&tablet))], None).status, 401);
+    assert_eq!(call("GET", "/api/whoami", &[("authorization", &bearer(&phone))], None).status, 200);
+    // log out everywhere; bob is untouched
+    let r = call("POST", "/logout-all", &[("authorization", &bearer(&phone))], None);
+    assert_eq!((r.status, r.body["revoked"].clone()), (200, json!(1)));
+    assert_eq!(call("GET", "/api/whoami", &[("authorization", &bearer(&phone))], None).status, 401);
+    assert_eq!(call("GET", "/api/whoami", &[("authorization", &bearer(&bob))], None).status, 200);
+    drop(envoy);
+}
+
+/// The cut-over of docs/migrating-from-djforge-redis-multitokens.md: old DRF-format tokens
+/// (`Token <40 hex>`, checked by Django as before) and new ones (`Bearer mt_...`, checked by the
+/// filter) side by side, with envoy/migration/legacy-token-route.yaml in front of the catch-all
+/// route; the old route never lets an identity header through.
+#[test]
+fn old_and_new_tokens_work_side_by_side_during_the_cut_over() {
+    let legacy = [("DJANGO_LEGACY_TOKENS", "1")];
+    let redis = RedisServer::start();
+    let companion_port = free_port(false);
+    let _companion = CompanionServer::start_on(
+        companion_port,
+        &redis.url(),
+        &[("MULTITOKENS_ADMIN_KEY", ADMIN_KEY), ("MULTITOKENS_INTERNAL_KEY", INTERNAL_KEY)],
+    );
+    let django = Gunicorn::start(companion_port, &legacy);
+    let created = django.manage(&["drf_create_token", "carol"], &legacy);
+    let old = created.split_whitespace().find(|w| w.len() == 40 && w.bytes().all(|b| b.is_ascii_hexdigit())).unwrap().to_string();
+    let route: Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(repo_root().join("envoy/migration/legacy-token-route.yaml")).unwrap()).unwrap();
+    let (_envoy, port) = envoy_for(&django, companion_port, |mut c| {
+        fn routes(v: &mut Value) -> Option<&mut Vec<Value>> {
+            if v.get("routes").is_some_and(Value::is_array) {
+                return v.get_mut("routes").and_then(Value::as_array_mut);
+            }
+            match v {
+                Value::Object(m) => m.values_mut().find_map(routes),
+                Value::Array(a) => a.iter_mut().find_map(routes),
+                _ => None,
+            }
+        }
+        routes(&mut c.0).expect("a route list").insert(0, route.clone());
+        c
+    });
+    let agent = support::http_agent();
+    let call = |headers: &[(&str, &str)]| support::http_call(&agent, "GET", &format!("http://127.0.0.1:{port}/api/whoami"), headers, None);
+    // an old token: Django checks it, as before
+    let r = call(&[("authorization", &format!("Token {old}"))]);
+    assert_eq!((r.status, r.body["username"].clone()), (200, json!("carol")), "{}", r.body);
+    // the old route removes identity headers: no claiming an identity past the filter
+    let r = call(&[("authorization", &format!("Token {old}")), ("x-multitokens-user", "alice")]);
+    assert_eq!(r.body["username"], "carol");
+    let r = call(&[("authorization", &format!("token {}", "0".repeat(40))), ("x-multitokens-user", "alice")]);
+    assert_eq!((r.status, r.body.clone()), (401, json!({"detail": "Invalid token."})));
+    // a new token: the filter, as always; a malformed one never reaches Django
+    let r = support::http_call(
+        &agent,
+        "POST",
+        &format!("http://127.0.0.1:{port}/login"),
+        &[],
+        Some(json!({"username": "alice", "password": "demo-password"})),
+    );
+    let new = r.body["token"].as_str().unwrap().to_string();
+    assert_eq!(call(&[("authorization", &format!("Bearer {new}"))]).body["username"], "alice");
+    let r = call(&[("authorization", &format!("Bearer {}x", &new[..new.len() - 1]))]);
+    assert_eq!((r.status, r.body.clone()), (401, json!({"detail": "Invalid token."})));
+    // what is neither goes through the filter: not provided
+    let r = call(&[("authorization", "Token abc"), ("x-multitokens-user", "alice")]);
+    assert_eq!(r.status, 401, "{}", r.body);
+    // "log out everywhere" logs out both kinds
+    let second = django.manage(&["drf_create_token", "alice"], &legacy);
+    let old_alice = second.split_whitespace().find(|w| w.len() == 40 && w.bytes().all(|b| b.is_ascii_hexdigit())).unwrap().to_string();
+    assert_eq!(call(&[("authorization", &format!("Token {old_alice}"))]).body["username"], "alice");
+    let url = format!("http://127.0.0.1:{port}/logout-all");
+    let r = support::http_call(&agent, "POST", &url, &[("authorization", &format!("Bearer {new}"))], None);
+    assert_eq!((r.status, r.body["revoked"].clone()), (200, json!(2)), "{}", r.body);
+    assert_eq!(call(&[("authorization", &format!("Token {old_alice}"))]).status, 401);
+    assert_eq!(call(&[("authorization", &format!("Bearer {new}"))]).status, 401);
+}
