@@ -35,6 +35,7 @@ COMPANION = ROOT / "target/release/multitokens"
 MINT = ROOT / "target/release/examples/mint_tokens"
 WASM_DIR = ROOT / "target/wasm32-wasip1/wasm-release"
 NOOP_WASM = ROOT / "target/bench-noop/wasm32-wasip1/release/noop_filter.wasm"
+MINIMAL_WASM = ROOT / "target/bench-minimal/wasm32-wasip1/release/minimal_auth_filter.wasm"
 WRK_DIR = ROOT / "bench/wrk"
 ADMIN_KEY = "bench-admin-key-0123456789abcdef"
 INTERNAL_KEY = "bench-internal-key-0123456789abcdef"
@@ -155,6 +156,46 @@ def wasm_filter(name, wasm, configuration=None):
                   code: {{ local: {{ filename: {wasm} }} }}{config}"""
 
 
+def jwt_tokens(count):
+    """`count` distinct RS256 and HS256 tokens (PyJWT), and the local JWKS of both keys."""
+    import base64
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    numbers = key.public_key().public_numbers()
+    b64 = lambda n: base64.urlsafe_b64encode(n.to_bytes((n.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
+    secret = os.urandom(32)
+    jwks = {"keys": [
+        {"kty": "RSA", "alg": "RS256", "kid": "rs", "use": "sig", "n": b64(numbers.n), "e": b64(numbers.e)},
+        {"kty": "oct", "alg": "HS256", "kid": "hs", "k": base64.urlsafe_b64encode(secret).rstrip(b"=").decode()},
+    ]}
+    now = int(time.time())
+    claims = lambda i: {"iss": "bench", "sub": f"user-{i % 100}", "iat": now, "exp": now + 3600, "jti": str(i)}
+    rs = [jwt.encode(claims(i), key, algorithm="RS256", headers={"kid": "rs"}) for i in range(count)]
+    hs = [jwt.encode(claims(i), secret, algorithm="HS256", headers={"kid": "hs"}) for i in range(count)]
+    return rs, hs, json.dumps(jwks)
+
+
+def jwt_filter(jwks, cached):
+    """Envoy's own jwt_authn with a local JWKS, the subject forwarded as a header; `cached`: its
+    JWT cache on (verified tokens remembered), else every token verified (the default)."""
+    cache = "\n                  jwt_cache_config: { jwt_cache_size: 2000 }" if cached else ""
+    return f"""
+          - name: envoy.filters.http.jwt_authn
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+              providers:
+                bench:
+                  issuer: bench
+                  local_jwks: {{ inline_string: '{jwks}' }}
+                  forward: false
+                  claim_to_headers: [{{ header_name: x-user, claim_name: sub }}]{cache}
+              rules:
+              - match: {{ prefix: "/" }}
+                requires: {{ provider_name: bench }}"""
+
+
 def ext_authz_filter():
     return """
           - name: envoy.filters.http.ext_authz
@@ -173,7 +214,26 @@ def ext_authz_filter():
                     patterns: [{ prefix: x-multitokens- }]"""
 
 
+def ext_authz_grpc_filter():
+    """Envoy's ext_authz calling the companion over gRPC (envoy.service.auth.v3.Authorization)."""
+    return """
+          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              failure_mode_allow: false
+              grpc_service:
+                envoy_grpc: { cluster_name: multitokens_companion }
+                timeout: 0.5s"""
+
+
 def envoy_config(listen, admin, filters, companion_port):
+    # gRPC to the companion needs HTTP/2 (cleartext, on its API port)
+    http2 = """
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: { http2_protocol_options: {} }""" if "grpc_service" in filters else ""
     return f"""
 admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
@@ -205,7 +265,7 @@ static_resources:
   clusters:
   - name: multitokens_companion
     type: STATIC
-    connect_timeout: 0.25s
+    connect_timeout: 0.25s{http2}
     load_assignment:
       cluster_name: multitokens_companion
       endpoints:
@@ -308,7 +368,7 @@ def machine():
 
 
 def main():
-    for path in [COMPANION, WASM_DIR / "multitokens_filter.wasm", WASM_DIR / "multitokens_filter_redis.wasm", NOOP_WASM]:
+    for path in [COMPANION, WASM_DIR / "multitokens_filter.wasm", WASM_DIR / "multitokens_filter_redis.wasm", NOOP_WASM, MINIMAL_WASM]:
         if not path.exists():
             sys.exit(f"bench: {path} is missing (make bench builds it)")
     log(f"work dir {WORK}; {SECONDS}s runs, {WARMUP}s warm-up, {ROUNDS} rounds, {CONNECTIONS} connections")
@@ -337,6 +397,13 @@ def main():
     unknown_file = write_lines("unknown.txt", mint_tokens(50000))
 
     stock = WASM_DIR / "multitokens_filter.wasm"
+    rs_tokens, hs_tokens, jwks = jwt_tokens(1000)
+    token_files = {
+        "jwt_rs256": write_lines("jwt-rs256.txt", rs_tokens),
+        "jwt_rs256_cached": write_lines("jwt-rs256.txt", rs_tokens),
+        "jwt_hs256": write_lines("jwt-hs256.txt", hs_tokens),
+        "jwt_hs256_cached": write_lines("jwt-hs256.txt", hs_tokens),
+    }
     envoys = {
         "no_auth": Envoy("no_auth", "", companion_port),
         "noop_wasm": Envoy("noop_wasm", wasm_filter("noop", NOOP_WASM), companion_port),
@@ -345,6 +412,12 @@ def main():
             10000, device_header=None, scopes_header=None, token_id_header=None)), companion_port),
         "filter_miss": Envoy("filter_miss", wasm_filter("multitokens", stock, filter_config(0)), companion_port),
         "ext_authz": Envoy("ext_authz", ext_authz_filter(), companion_port),
+        "ext_authz_grpc": Envoy("ext_authz_grpc", ext_authz_grpc_filter(), companion_port),
+        "minimal_auth_wasm": Envoy("minimal_auth_wasm", wasm_filter("minimal_auth", MINIMAL_WASM), companion_port),
+        "jwt_rs256": Envoy("jwt_rs256", jwt_filter(jwks, cached=False), companion_port),
+        "jwt_rs256_cached": Envoy("jwt_rs256_cached", jwt_filter(jwks, cached=True), companion_port),
+        "jwt_hs256": Envoy("jwt_hs256", jwt_filter(jwks, cached=False), companion_port),
+        "jwt_hs256_cached": Envoy("jwt_hs256_cached", jwt_filter(jwks, cached=True), companion_port),
     }
     flood = Envoy("invalid_flood", wasm_filter("multitokens", stock, filter_config(10000)), companion_port)
     # the shipped defaults: throttling on, negatives bounded apart from positives
@@ -355,24 +428,25 @@ def main():
     time.sleep(2.5)  # filters follow the revocation feed
 
     # sanity: every scenario authenticates as expected before it is measured
+    first_token = {name: path.read_text().split("\n", 1)[0] for name, path in token_files.items()}
     for name, e in envoys.items():
         conn = http.client.HTTPConnection("127.0.0.1", e.port, timeout=5)
-        conn.request("GET", "/api/bench", headers={"authorization": f"Bearer {tokens[0]}"})
+        conn.request("GET", "/api/bench", headers={"authorization": f"Bearer {first_token.get(name, tokens[0])}"})
         status = conn.getresponse().status
         conn.close()
         if status != 200:
             sys.exit(f"bench: {name} answered {status} to a valid token (logs in {WORK})")
-        if name in ("filter_hit", "filter_hit_lean", "filter_miss", "ext_authz"):
+        if name in ("filter_hit", "filter_hit_lean", "filter_miss") or name.startswith(("jwt_", "ext_authz")):
             conn = http.client.HTTPConnection("127.0.0.1", e.port, timeout=5)
             conn.request("GET", "/api/bench", headers={"authorization": f"Bearer {mint_tokens(1)[0]}"})
             if conn.getresponse().status != 401:
                 sys.exit(f"bench: {name} let an unknown token in")
             conn.close()
 
-    env = {"TOKENS_FILE": str(valid_file)}
     runs = {name: [] for name in envoys}
     for r in range(ROUNDS):
         for name, e in envoys.items():
+            env = {"TOKENS_FILE": str(token_files.get(name, valid_file))}
             wrk(e.port, WARMUP, env=env)
             cpu_before = cpu_seconds(e.proc.pid)
             result = wrk(e.port, SECONDS, env=env)
@@ -449,6 +523,7 @@ def main():
         f"{mixed_results['forged_throttled']} throttled, {mixed_results['lookups']} lookups")
     scenarios["invalid_flood_bad_checksum"] = {k: flood_results["invalid_bad_checksum"][k] for k in ("rps", "p50_ms", "p99_ms", "errors")}
 
+    memory = memory_per_verdict(companion_port, stock)
     revocation = revocation_latency(companion_port, stock, valid_file)
     per_user = per_user_cost(redis_port)
 
@@ -468,11 +543,20 @@ def main():
         "scenarios": s,
         "ratios": {
             "filter_hit_vs_noop_wasm": ratio("filter_hit", "noop_wasm"),
+            "filter_hit_vs_minimal_auth_wasm": ratio("filter_hit", "minimal_auth_wasm"),
+            "filter_hit_vs_jwt_rs256": ratio("filter_hit", "jwt_rs256"),
+            "filter_hit_vs_jwt_rs256_cached": ratio("filter_hit", "jwt_rs256_cached"),
+            "filter_hit_vs_jwt_hs256": ratio("filter_hit", "jwt_hs256"),
+            "filter_hit_vs_jwt_hs256_cached": ratio("filter_hit", "jwt_hs256_cached"),
+            "minimal_auth_wasm_vs_jwt_rs256": ratio("minimal_auth_wasm", "jwt_rs256"),
+            "minimal_auth_wasm_vs_jwt_rs256_cached": ratio("minimal_auth_wasm", "jwt_rs256_cached"),
             "filter_hit_lean_vs_noop_wasm": ratio("filter_hit_lean", "noop_wasm"),
             "noop_wasm_vs_ext_authz": ratio("noop_wasm", "ext_authz"),
             "filter_hit_vs_no_auth": ratio("filter_hit", "no_auth"),
             "filter_hit_vs_ext_authz": ratio("filter_hit", "ext_authz"),
             "filter_miss_vs_ext_authz": ratio("filter_miss", "ext_authz"),
+            "filter_miss_vs_ext_authz_grpc": ratio("filter_miss", "ext_authz_grpc"),
+            "ext_authz_grpc_vs_ext_authz": ratio("ext_authz_grpc", "ext_authz"),
             "noop_wasm_vs_no_auth": ratio("noop_wasm", "no_auth"),
             "invalid_flood_vs_filter_hit": ratio("invalid_flood", "filter_hit"),
             "companion_introspect_vs_redis_get": ratio("companion_introspect", "redis_get"),
@@ -482,7 +566,9 @@ def main():
             "stock": (WASM_DIR / "multitokens_filter.wasm").stat().st_size,
             "redis": (WASM_DIR / "multitokens_filter_redis.wasm").stat().st_size,
             "noop": NOOP_WASM.stat().st_size,
+            "minimal_auth": MINIMAL_WASM.stat().st_size,
         },
+        "filter_vm_bytes_per_cached_verdict": memory,
         "filter_vm_memory_bytes": {"filter_hit": hit_memory, "after_invalid_flood": flood_results["vm_memory_bytes_after"]},
         "invalid_flood": flood_results,
         "forged_mixed": mixed_results,
@@ -495,6 +581,11 @@ def main():
     }
     rt = results["ratios"]
     results["targets"] = {
+        "envoy_cpu_per_request_filter_hit_at_most_3_percent_over_minimal_auth_wasm":
+            s["filter_hit"]["envoy_cpu_us_per_req"] <= 1.03 * s["minimal_auth_wasm"]["envoy_cpu_us_per_req"],
+        "filter_hit_at_least_1.55x_jwt_rs256": rt["filter_hit_vs_jwt_rs256"] is not None and rt["filter_hit_vs_jwt_rs256"] >= 1.55,
+        "filter_hit_at_least_0.83x_jwt_rs256_cached": rt["filter_hit_vs_jwt_rs256_cached"] is not None and rt["filter_hit_vs_jwt_rs256_cached"] >= 0.83,
+        "at_most_200_bytes_per_cached_verdict": all(v <= 200 for v in memory.values() if v is not None),
         "filter_hit_at_least_0.95_of_noop_wasm": rt["filter_hit_vs_noop_wasm"] is not None and rt["filter_hit_vs_noop_wasm"] >= 0.95,
         "filter_hit_at_least_3x_ext_authz": rt["filter_hit_vs_ext_authz"] is not None and rt["filter_hit_vs_ext_authz"] >= 3,
         "filter_miss_at_least_ext_authz": rt["filter_miss_vs_ext_authz"] is not None and rt["filter_miss_vs_ext_authz"] >= 1,
@@ -514,6 +605,44 @@ def main():
     out.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
     print(f"\nwrote {out.relative_to(ROOT)}")
+
+
+def memory_per_verdict(companion_port, wasm, levels=(10000, 50000)):
+    """The filter VM's memory per cached verdict: one worker, the cache sized for 60,000 of each
+    kind; each token sent once, the `vm_memory_bytes` and `cache_entries` gauges read before and
+    after. Positive (issued tokens) and negative (unknown tokens) verdicts apart."""
+    e = Envoy("memory", wasm_filter("multitokens", wasm, filter_config(60000, cache={
+        "max_entries": 60000, "ttl_ms": 3600000, "negative_ttl_ms": 3600000, "max_negative_entries": 60000})), companion_port)
+    e.ready()
+    time.sleep(2.5)
+    auth = {"authorization": f"Bearer {ADMIN_KEY}", "content-type": "application/json"}
+    issuer = http.client.HTTPConnection("127.0.0.1", companion_port, timeout=10)
+    valid = []
+    for i in range(max(levels)):
+        issuer.request("POST", "/v1/tokens", json.dumps({"user": f"mem-{i % 5000}", "device": f"d{i}"}), auth)
+        r = issuer.getresponse()
+        body = json.loads(r.read())
+        valid.append(body["token"])
+    unknown = mint_tokens(max(levels))
+    out = {}
+    for kind, pool in (("positive", valid), ("negative", unknown)):
+        conn = http.client.HTTPConnection("127.0.0.1", e.port, timeout=10)
+        sent = 0
+        for level in levels:
+            time.sleep(1.5)
+            before = envoy_stats(e.admin, "multitokens")
+            for token in pool[sent:level]:
+                conn.request("GET", "/api/bench", headers={"authorization": f"Bearer {token}"})
+                conn.getresponse().read()
+            sent = level
+            time.sleep(1.5)  # the tick hands the gauges to Envoy
+            after = envoy_stats(e.admin, "multitokens")
+            grew = after.get("wasmcustom.multitokens.cache_entries", 0) - before.get("wasmcustom.multitokens.cache_entries", 0)
+            memory = after.get("wasmcustom.multitokens.vm_memory_bytes", 0) - before.get("wasmcustom.multitokens.vm_memory_bytes", 0)
+            out[f"{kind}_at_{level}"] = round(memory / grew) if grew > 0 else None
+            log(f"memory: {kind} verdicts up to {level}: {grew} more entries, {memory} more bytes")
+    e.proc.terminate()
+    return out
 
 
 def status_on_fresh_connection(port, token):
@@ -605,7 +734,7 @@ def print_table(results):
     s, base, noop = results["scenarios"], results["scenarios"]["no_auth"]["rps"], results["scenarios"]["noop_wasm"]["rps"]
     print(f"\n{'scenario':<28}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'vs no_auth':>12}{'vs noop_wasm':>14}{'envoy us/req':>14}")
     for name, r in s.items():
-        envoy = name in ("no_auth", "noop_wasm", "filter_hit", "filter_hit_lean", "filter_miss", "ext_authz", "invalid_flood", "invalid_flood_bad_checksum", "forged_mixed")
+        envoy = "envoy_cpu_us_per_req" in r or name in ("invalid_flood", "invalid_flood_bad_checksum", "forged_mixed")
         vs_base = f"{r['rps'] / base:.3f}" if envoy and base else "-"
         vs_noop = f"{r['rps'] / noop:.3f}" if envoy and noop else "-"
         cpu = f"{r['envoy_cpu_us_per_req']:.1f}" if "envoy_cpu_us_per_req" in r else "-"
@@ -614,7 +743,8 @@ def print_table(results):
     for k, v in results["ratios"].items():
         print(f"  {k:<38} {v}")
     w = results["wasm_bytes"]
-    print(f"  wasm bytes: stock {w['stock']}, redis {w['redis']} (no-op fixture {w['noop']})")
+    print(f"  wasm bytes: stock {w['stock']}, redis {w['redis']} (no-op fixture {w['noop']}, minimal auth fixture {w['minimal_auth']})")
+    print(f"  filter VM bytes per cached verdict: {results['filter_vm_bytes_per_cached_verdict']}")
     m = results["filter_vm_memory_bytes"]
     f = results["invalid_flood"]
     print(f"  filter VM memory: {m['filter_hit']} B after filter_hit, {m['after_invalid_flood']} B after the invalid flood "

@@ -936,3 +936,79 @@ fn rotating_the_hash_key_through_envoy_logs_nobody_out() {
     tokens.remove(0);
     assert!(s.envoy.alive());
 }
+
+/// The shipped Envoy config with the multitokens wasm filter replaced by Envoy's own ext_authz
+/// filter calling the companion over gRPC (`envoy.service.auth.v3.Authorization/Check`, HTTP/2
+/// to the companion's port).
+fn with_grpc_ext_authz(mut config: EnvoyConfig) -> EnvoyConfig {
+    fn walk(v: &mut Value) {
+        match v {
+            Value::Object(map) => {
+                if let Some(Value::Array(filters)) = map.get_mut("http_filters") {
+                    for f in filters.iter_mut() {
+                        if f["name"] == "multitokens" {
+                            *f = json!({"name": "envoy.filters.http.ext_authz", "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                                "transport_api_version": "V3",
+                                "failure_mode_allow": false,
+                                "grpc_service": {"envoy_grpc": {"cluster_name": "multitokens_companion"}, "timeout": "0.5s"}}});
+                        }
+                    }
+                }
+                if map.get("name").and_then(Value::as_str) == Some("multitokens_companion") && map.contains_key("load_assignment") {
+                    map.insert(
+                        "typed_extension_protocol_options".into(),
+                        json!({
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                            "explicit_http_config": {"http2_protocol_options": {}}}}),
+                    );
+                }
+                map.values_mut().for_each(walk);
+            }
+            Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(&mut config.0);
+    config
+}
+
+/// Teams that cannot run wasm: Envoy's gRPC ext_authz against the companion gives the same
+/// decision as the filter: identity headers upstream (client values replaced, the credential
+/// removed), DRF's 401 bodies, a revocation refused at once.
+#[test]
+fn envoys_grpc_ext_authz_gets_the_filters_decision_from_the_companion() {
+    let s = Stack::start_with(|_| {}, with_grpc_ext_authz);
+    let alice = support::issue_token(&s.url(), "alice", &["--device", "laptop", "--scope", "read"]);
+    let r = s.request("GET", "/api/headers", &[("authorization", &bearer(&alice)), ("x-multitokens-user", "root")], None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["x-multitokens-user"], json!(["alice"]), "{}", r.body);
+    assert_eq!(r.body["x-multitokens-device"], json!(["laptop"]));
+    assert_eq!(r.body["x-multitokens-scopes"], json!(["read"]));
+    let r = s.get("/api/whoami", None);
+    assert_eq!((r.status, r.body["detail"].clone()), (401, json!("Authentication credentials were not provided.")));
+    assert!(r.challenge.unwrap().starts_with("Bearer realm="));
+    let r = s.get("/api/whoami", Some(&bearer(&alice[1..])));
+    assert_eq!((r.status, r.body["detail"].clone()), (401, json!("Invalid token.")));
+    assert_eq!(s.revoke_at_companion(&alice).status, 200);
+    let r = s.get("/api/whoami", Some(&bearer(&alice)));
+    assert_eq!((r.status, r.body["detail"].clone()), (401, json!("Invalid token.")));
+    // it was Envoy's ext_authz asking over gRPC, not the wasm filter
+    assert!(!s.config.to_yaml().contains("multitokens_filter.wasm"));
+    let metrics = s
+        .agent
+        .get(format!("http://127.0.0.1:{}/metrics", s.companion_port))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    let checks = metrics
+        .lines()
+        .filter(|l| l.starts_with("multitokens_companion_http_requests_total{route=\"/envoy.service.auth.v3.Authorization/Check\""))
+        .count();
+    assert!(checks >= 1, "no gRPC Check reached the companion:\n{metrics}");
+    let stats = s.agent.get(format!("http://127.0.0.1:{}/stats?filter=ext_authz", s.admin_port)).call().unwrap().into_body().read_to_string().unwrap();
+    assert!(stats.lines().any(|l| l.contains("ext_authz.ok: ") && !l.ends_with(": 0")), "{stats}");
+}

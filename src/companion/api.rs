@@ -707,6 +707,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/tokens/others", delete(logout_others))
         .route(contract::LOOKUP_PATH, get(internal_lookup))
         .route(contract::FEED_PATH, get(internal_revocations))
+        .route_service(super::grpc::CHECK_PATH, super::grpc::ExtAuthz::service(state.store.clone()))
         .route(contract::EXT_AUTHZ_PATH, axum::routing::any(ext_authz))
         .route(&format!("{}/{{*path}}", contract::EXT_AUTHZ_PATH), axum::routing::any(ext_authz))
         .fallback(not_found)

@@ -8,6 +8,7 @@ pub mod connection;
 pub mod edges;
 pub mod error;
 pub mod feed;
+pub mod grpc;
 pub mod metrics;
 pub mod openapi;
 pub mod roles;
