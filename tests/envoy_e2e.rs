@@ -996,19 +996,20 @@ fn envoys_grpc_ext_authz_gets_the_filters_decision_from_the_companion() {
     assert_eq!((r.status, r.body["detail"].clone()), (401, json!("Invalid token.")));
     // it was Envoy's ext_authz asking over gRPC, not the wasm filter
     assert!(!s.config.to_yaml().contains("multitokens_filter.wasm"));
-    let metrics = s
-        .agent
-        .get(format!("http://127.0.0.1:{}/metrics", s.companion_port))
-        .call()
-        .unwrap()
-        .into_body()
-        .read_to_string()
-        .unwrap();
+    let metrics =
+        s.agent.get(format!("http://127.0.0.1:{}/metrics", s.companion_port)).call().unwrap().into_body().read_to_string().unwrap();
     let checks = metrics
         .lines()
         .filter(|l| l.starts_with("multitokens_companion_http_requests_total{route=\"/envoy.service.auth.v3.Authorization/Check\""))
         .count();
     assert!(checks >= 1, "no gRPC Check reached the companion:\n{metrics}");
-    let stats = s.agent.get(format!("http://127.0.0.1:{}/stats?filter=ext_authz", s.admin_port)).call().unwrap().into_body().read_to_string().unwrap();
+    let stats = s
+        .agent
+        .get(format!("http://127.0.0.1:{}/stats?filter=ext_authz", s.admin_port))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
     assert!(stats.lines().any(|l| l.contains("ext_authz.ok: ") && !l.ends_with(": 0")), "{stats}");
 }

@@ -131,6 +131,12 @@ pub struct SettingsLayer {
     #[arg(long, env = "MULTITOKENS_OVERWRITE_NONE_TTL", global = true, value_name = "BOOL",
           action = clap::ArgAction::Set, value_parser = parse_bool)]
     pub overwrite_none_ttl: Option<bool>,
+    /// Honour token records that carry no seal at all, only while upgrading from a release before
+    /// sealed records, until `rekey --seal-unsealed` has run; a broken seal is refused anyway
+    /// [default: false].
+    #[arg(long, env = "MULTITOKENS_ACCEPT_UNSEALED_RECORDS", global = true, value_name = "BOOL",
+          action = clap::ArgAction::Set, value_parser = parse_bool)]
+    pub accept_unsealed_records: Option<bool>,
     /// Most live tokens per user, 1 to 10000: it bounds what one login costs Redis [default: 100].
     #[arg(long, env = "MULTITOKENS_MAX_TOKENS_PER_USER", global = true, value_name = "N")]
     pub max_tokens_per_user: Option<u32>,
@@ -226,6 +232,8 @@ pub struct Settings {
     pub hash_key: Option<String>,
     /// Hash keys still accepted (a rotation in progress), at most 4.
     pub previous_hash_keys: Vec<String>,
+    /// Honour records with no seal (an upgrade in progress).
+    pub accept_unsealed_records: bool,
     /// Most live tokens per user (every script's cost is bounded by it).
     pub max_tokens_per_user: u32,
     /// What to do at the limit.
@@ -257,6 +265,7 @@ impl std::fmt::Debug for Settings {
             .field("overwrite_none_ttl", &self.overwrite_none_ttl)
             .field("hash_key", &self.hash_key.as_ref().map(|_| "<set>"))
             .field("previous_hash_keys", &self.previous_hash_keys.len())
+            .field("accept_unsealed_records", &self.accept_unsealed_records)
             .field("max_tokens_per_user", &self.max_tokens_per_user)
             .field("max_tokens_policy", &self.max_tokens_policy)
             .field("max_lifetime", &self.max_lifetime)
@@ -297,6 +306,7 @@ impl Settings {
             overwrite_none_ttl: layer.overwrite_none_ttl.unwrap_or(true),
             hash_key: nonempty(layer.hash_key),
             previous_hash_keys,
+            accept_unsealed_records: layer.accept_unsealed_records.unwrap_or(false),
             max_tokens_per_user: within("max_tokens_per_user", layer.max_tokens_per_user, 1, MAX_TOKENS_PER_USER)?
                 .unwrap_or(DEFAULT_MAX_TOKENS_PER_USER),
             max_tokens_policy: layer.max_tokens_policy.unwrap_or(MaxTokensPolicy::EvictOldest),

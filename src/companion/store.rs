@@ -268,7 +268,8 @@ impl TokenStore {
         let redis = Redis::open(&target, settings.redis_timeout).map_err(|e| StoreError::BadInput(format!("invalid redis_url: {e}")))?;
         let previous: Vec<&[u8]> = settings.previous_hash_keys.iter().map(|k| k.as_bytes()).collect();
         let hash_keys = HashKeys::new(settings.hash_key.as_deref().map(str::as_bytes), &previous)
-            .map_err(|e| StoreError::BadInput(format!("previous_hash_keys: {e}")))?;
+            .map_err(|e| StoreError::BadInput(format!("previous_hash_keys: {e}")))?
+            .accepting_unsealed(settings.accept_unsealed_records);
         Ok(Self::new(redis, StorePolicy::from_settings(settings), hash_keys))
     }
 
@@ -467,7 +468,7 @@ impl TokenStore {
         let (Some(Value::BulkString(value)), Some(pttl)) = (reply.get(1), reply.get(2).and_then(as_int)) else {
             return Err(corrupt("lookup"));
         };
-        let info = match evaluate(Some(value), pttl, now_ms(), |v| self.hash_keys.sealed_by(&digest, v).is_some())? {
+        let info = match evaluate(Some(value), pttl, now_ms(), |v| self.hash_keys.accepts(&digest, v))? {
             Verdict::Valid(v) => v,
             Verdict::Invalid => return Ok(None),
             Verdict::Tampered => {
@@ -674,7 +675,7 @@ impl TokenStore {
             let [member, Value::BulkString(json), pttl] = triple else { return Err(corrupt("list")) };
             let digest = as_text(member).and_then(|m| TokenDigest::from_hex(&m)).ok_or_else(|| corrupt("list"))?;
             let pttl = as_int(pttl).ok_or_else(|| corrupt("list"))?;
-            match evaluate(Some(json), pttl, now, |v| self.hash_keys.sealed_by(&digest, v).is_some())? {
+            match evaluate(Some(json), pttl, now, |v| self.hash_keys.accepts(&digest, v))? {
                 Verdict::Valid(v) => out.push(TokenInfo::from_valid(v)),
                 Verdict::Tampered => self.refuse_tampered(&digest),
                 Verdict::Invalid => {}

@@ -108,6 +108,15 @@ impl TokenHasher {
         format!("{body},{SEAL_PREFIX}{}\"}}", URL_SAFE_NO_PAD.encode(tag))
     }
 
+    /// Whether a stored value ends in a seal at all (valid or not): a record written before
+    /// records were sealed has none.
+    pub fn has_seal(value: &[u8]) -> bool {
+        value
+            .len()
+            .checked_sub(SEAL_SUFFIX_LEN)
+            .is_some_and(|at| value[at..].starts_with(b",") && value[at + 1..].starts_with(SEAL_PREFIX.as_bytes()))
+    }
+
     /// Whether a stored record carries this key's seal over `digest` (unkeyed: always). A record
     /// without a seal, with a broken one, or moved under another digest does not.
     pub fn verify_seal(&self, digest: &TokenDigest, value: &[u8]) -> bool {

@@ -25,6 +25,8 @@ pub enum HashKeysError {
 pub struct HashKeys {
     /// The current key first, then the previous ones in the order given.
     hashers: Vec<TokenHasher>,
+    /// Honour records that carry no seal at all (an upgrade from a release before sealing).
+    accept_unsealed: bool,
 }
 
 impl HashKeys {
@@ -42,12 +44,26 @@ impl HashKeys {
         }
         let mut hashers = vec![TokenHasher::new(current)];
         hashers.extend(previous.iter().filter(|k| Some(**k) != current).map(|k| TokenHasher::new(Some(k))));
-        Ok(HashKeys { hashers })
+        Ok(HashKeys { hashers, accept_unsealed: false })
     }
 
     /// One key (or none): no rotation in progress.
     pub fn single(current: Option<&[u8]>) -> Self {
-        HashKeys { hashers: vec![TokenHasher::new(current)] }
+        HashKeys { hashers: vec![TokenHasher::new(current)], accept_unsealed: false }
+    }
+
+    /// The same keys, also honouring records with no seal at all while `accept` (during an upgrade
+    /// from a release before sealing, until `multitokens rekey --seal-unsealed` has run). A
+    /// record with a seal that does not verify is refused either way.
+    pub fn accepting_unsealed(mut self, accept: bool) -> Self {
+        self.accept_unsealed = accept;
+        self
+    }
+
+    /// Whether a record stored under `digest` may be honoured: sealed by one of the keys, or
+    /// unsealed while those are accepted.
+    pub fn accepts(&self, digest: &TokenDigest, value: &[u8]) -> bool {
+        self.sealed_by(digest, value).is_some() || (self.accept_unsealed && !TokenHasher::has_seal(value))
     }
 
     /// The current key's hasher: every digest written and every seal made uses it.
@@ -97,5 +113,19 @@ mod tests {
         assert_eq!(HashKeys::new(Some(b"k"), &[b""]).err(), Some(HashKeysError::Empty));
         assert_eq!(HashKeys::new(None, &[b"a"]).err(), Some(HashKeysError::NoCurrent));
         assert_eq!(HashKeys::single(None).digests(&t).len(), 1);
+    }
+
+    #[test]
+    fn unsealed_records_are_honoured_only_while_accepted_and_a_broken_seal_never() {
+        let keys = HashKeys::single(Some(b"k"));
+        let d = keys.current().digest("mt_x");
+        let plain = br#"{"id":"i","user":"u"}"#;
+        let sealed = keys.current().seal(&d, String::from_utf8(plain.to_vec()).unwrap());
+        let broken = sealed.replace("\"u\"", "\"root\"");
+        assert!(!keys.accepts(&d, plain) && keys.accepts(&d, sealed.as_bytes()));
+        let upgrading = keys.accepting_unsealed(true);
+        assert!(upgrading.accepts(&d, plain), "no seal at all: honoured during the upgrade");
+        assert!(!upgrading.accepts(&d, broken.as_bytes()), "a broken seal: never");
+        assert!(TokenHasher::has_seal(sealed.as_bytes()) && !TokenHasher::has_seal(plain));
     }
 }

@@ -130,6 +130,11 @@ pub struct FilterConfig {
     /// a lookup tries the token's digest under each, in the same round trip.
     #[serde(default)]
     pub previous_hash_keys: Vec<String>,
+    /// Honour token records with no seal at all, only while upgrading from a release before
+    /// sealed records (the companion's MULTITOKENS_ACCEPT_UNSEALED_RECORDS); a broken seal is
+    /// refused anyway.
+    #[serde(default)]
+    pub accept_unsealed_records: bool,
     /// Realm in `WWW-Authenticate`.
     #[serde(default = "default_realm")]
     pub realm: String,
@@ -422,8 +427,9 @@ impl Compiled {
         }
         config.schemes = config.schemes.iter().map(|s| s.to_ascii_lowercase()).collect();
         let previous: Vec<&[u8]> = config.previous_hash_keys.iter().map(|k| k.as_bytes()).collect();
-        let hash_keys =
-            HashKeys::new(config.hash_key.as_deref().map(str::as_bytes), &previous).map_err(|e| format!("previous_hash_keys: {e}"))?;
+        let hash_keys = HashKeys::new(config.hash_key.as_deref().map(str::as_bytes), &previous)
+            .map_err(|e| format!("previous_hash_keys: {e}"))?
+            .accepting_unsealed(config.accept_unsealed_records);
         let keys = crate::core::keys::KeyLayout::new(&config.prefix);
         let replies = super::reply::FixedReplies::new(&config.realm);
         let companion_auth = match &transport {

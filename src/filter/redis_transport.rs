@@ -96,7 +96,7 @@ pub fn parse_lookup(bytes: Option<&[u8]>, now_ms: u64, hash_keys: &HashKeys, req
     let Some(digest) = usize::try_from(at).ok().and_then(|i| i.checked_sub(1)).and_then(|i| request.candidates().nth(i)) else {
         return Err(CalloutProblem::BadResponse("lookup reply names no digest that was asked for".into()));
     };
-    let sealed = |v: &[u8]| hash_keys.sealed_by(digest, v).is_some();
+    let sealed = |v: &[u8]| hash_keys.accepts(digest, v);
     match evaluate(Some(value), pttl, now_ms, sealed).map_err(|e| CalloutProblem::BadResponse(e.to_string()))? {
         Verdict::Valid(v) => {
             let left = v.expires_in_ms;
@@ -181,6 +181,12 @@ mod tests {
         {
             assert_eq!(parse_lookup(Some(reply(1, &tampered).as_bytes()), 100_000, &keys, &req), Ok(Answer::Tampered), "{tampered}");
         }
+        // with accept_unsealed_records (an upgrade), a record with no seal at all is honoured, a
+        // broken one still is not
+        let upgrading = keys.clone().accepting_unsealed(true);
+        assert!(matches!(parse_lookup(Some(reply(1, &record).as_bytes()), 100_000, &upgrading, &req), Ok(Answer::Valid(..))));
+        let broken = sealed.replace("\"u\"", "\"admin\"");
+        assert_eq!(parse_lookup(Some(reply(1, &broken).as_bytes()), 100_000, &upgrading, &req), Ok(Answer::Tampered));
         // found under a previous key's digest: valid once
         let rotated = HashKeys::new(Some(b"new"), &[b"pepper"]).unwrap();
         let mut during = req.clone();

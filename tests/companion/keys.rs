@@ -176,3 +176,30 @@ async fn futures(store: &TokenStore, user: &str, n: usize) -> Vec<String> {
     }
     out
 }
+
+#[tokio::test]
+async fn an_upgrade_from_unsealed_records_logs_nobody_out() {
+    let redis = RedisServer::start();
+    let old = store_at(&redis.url(), policy(), Some("upgrade-key"));
+    let t = old.issue(req("ivan", "a")).await.unwrap().token;
+    let key = record_key(&old, &t, "upgrade-key");
+    let mut conn = redis.conn();
+    // what a release before sealing wrote: the record without a seal
+    let unsealed = TokenRecord::from_json(conn.get::<_, String>(&key).unwrap().as_bytes()).unwrap().to_json().unwrap();
+    let _: () = redis::cmd("SET").arg(&key).arg(&unsealed).arg("KEEPTTL").query(&mut conn).unwrap();
+    assert!(old.whoami(&t).await.is_err(), "refused once sealing is in force");
+    let upgrading = {
+        let r = Redis::open(&RedisTarget::parse(&redis.url()).unwrap(), Duration::from_millis(1500)).unwrap();
+        TokenStore::new(r, policy(), HashKeys::single(Some(b"upgrade-key")).accepting_unsealed(true))
+    };
+    assert_eq!(upgrading.whoami(&t).await.unwrap().user, "ivan", "honoured during the upgrade");
+    // a broken seal is refused even then
+    let other = old.issue(req("judy", "a")).await.unwrap().token;
+    let other_key = record_key(&old, &other, "upgrade-key");
+    let forged = conn.get::<_, String>(&other_key).unwrap().replace("judy", "ivan");
+    let _: () = redis::cmd("SET").arg(&other_key).arg(&forged).arg("KEEPTTL").query(&mut conn).unwrap();
+    assert!(upgrading.whoami(&other).await.is_err());
+    // the sweep seals what has no seal; then the flag can go
+    assert_eq!(upgrading.rekey_all(true).await.unwrap().sealed, 1);
+    assert_eq!(old.whoami(&t).await.unwrap().user, "ivan");
+}
