@@ -196,14 +196,15 @@ def jwt_filter(jwks, cached):
                 requires: {{ provider_name: bench }}"""
 
 
-def ext_authz_filter():
-    return """
-          - name: envoy.filters.http.ext_authz
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
-              transport_api_version: V3
-              failure_mode_allow: false
-              http_service:
+def ext_authz_filter(service=None):
+    """Envoy's own ext_authz asking the companion: over HTTP (`/v1/ext_authz`), or with
+    `service="grpc"` over gRPC (envoy.service.auth.v3.Authorization, HTTP/2)."""
+    if service == "grpc":
+        service = """grpc_service:
+                envoy_grpc: { cluster_name: multitokens_companion }
+                timeout: 0.5s"""
+    else:
+        service = """http_service:
                 server_uri: { uri: "http://multitokens_companion", cluster: multitokens_companion, timeout: 0.5s }
                 path_prefix: /v1/ext_authz
                 authorization_request:
@@ -212,19 +213,13 @@ def ext_authz_filter():
                 authorization_response:
                   allowed_upstream_headers:
                     patterns: [{ prefix: x-multitokens- }]"""
-
-
-def ext_authz_grpc_filter():
-    """Envoy's ext_authz calling the companion over gRPC (envoy.service.auth.v3.Authorization)."""
-    return """
+    return f"""
           - name: envoy.filters.http.ext_authz
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
               transport_api_version: V3
               failure_mode_allow: false
-              grpc_service:
-                envoy_grpc: { cluster_name: multitokens_companion }
-                timeout: 0.5s"""
+              {service}"""
 
 
 def envoy_config(listen, admin, filters, companion_port):
@@ -412,7 +407,7 @@ def main():
             10000, device_header=None, scopes_header=None, token_id_header=None)), companion_port),
         "filter_miss": Envoy("filter_miss", wasm_filter("multitokens", stock, filter_config(0)), companion_port),
         "ext_authz": Envoy("ext_authz", ext_authz_filter(), companion_port),
-        "ext_authz_grpc": Envoy("ext_authz_grpc", ext_authz_grpc_filter(), companion_port),
+        "ext_authz_grpc": Envoy("ext_authz_grpc", ext_authz_filter("grpc"), companion_port),
         "minimal_auth_wasm": Envoy("minimal_auth_wasm", wasm_filter("minimal_auth", MINIMAL_WASM), companion_port),
         "jwt_rs256": Envoy("jwt_rs256", jwt_filter(jwks, cached=False), companion_port),
         "jwt_rs256_cached": Envoy("jwt_rs256_cached", jwt_filter(jwks, cached=True), companion_port),

@@ -66,6 +66,14 @@ impl Gunicorn {
     }
 }
 
+/// The companion on a free port (with the keys envoy/envoy.yaml's filter uses).
+fn companion(redis: &RedisServer) -> (CompanionServer, u16) {
+    let port = free_port(false);
+    let server =
+        CompanionServer::start_on(port, &redis.url(), &[("MULTITOKENS_ADMIN_KEY", ADMIN_KEY), ("MULTITOKENS_INTERNAL_KEY", INTERNAL_KEY)]);
+    (server, port)
+}
+
 /// Envoy (envoy/envoy.yaml, two workers) in front of the Django app, with `edit` applied.
 fn envoy_for(django: &Gunicorn, companion_port: u16, edit: impl FnOnce(EnvoyConfig) -> EnvoyConfig) -> (Envoy, u16) {
     let (port, admin_port) = (free_port(false), free_port(false));
@@ -93,12 +101,7 @@ impl Drop for Gunicorn {
 #[test]
 fn a_drf_app_behind_the_filter_logs_in_authenticates_and_logs_out_three_ways() {
     let redis = RedisServer::start();
-    let companion_port = free_port(false);
-    let _companion = CompanionServer::start_on(
-        companion_port,
-        &redis.url(),
-        &[("MULTITOKENS_ADMIN_KEY", ADMIN_KEY), ("MULTITOKENS_INTERNAL_KEY", INTERNAL_KEY)],
-    );
+    let (_companion, companion_port) = companion(&redis);
     let django = Gunicorn::start(companion_port, &[]);
     let (envoy, port) = envoy_for(&django, companion_port, |c| c);
     let agent = support::http_agent();
@@ -179,12 +182,7 @@ fn a_drf_app_behind_the_filter_logs_in_authenticates_and_logs_out_three_ways() {
 fn old_and_new_tokens_work_side_by_side_during_the_cut_over() {
     let legacy = [("DJANGO_LEGACY_TOKENS", "1")];
     let redis = RedisServer::start();
-    let companion_port = free_port(false);
-    let _companion = CompanionServer::start_on(
-        companion_port,
-        &redis.url(),
-        &[("MULTITOKENS_ADMIN_KEY", ADMIN_KEY), ("MULTITOKENS_INTERNAL_KEY", INTERNAL_KEY)],
-    );
+    let (_companion, companion_port) = companion(&redis);
     let django = Gunicorn::start(companion_port, &legacy);
     let created = django.manage(&["drf_create_token", "carol"], &legacy);
     let old = created.split_whitespace().find(|w| w.len() == 40 && w.bytes().all(|b| b.is_ascii_hexdigit())).unwrap().to_string();

@@ -32,6 +32,14 @@ pub const FEED_PAGE: usize = scripts::FEED_PAGE_SIZE;
 /// A page of the revocation feed: the contract's type, as the filter reads it.
 pub use crate::core::contract::FeedPage as RevocationPage;
 
+/// Which token a revoke-all keeps.
+enum Keep<'a> {
+    /// The one stored under this member (digest hex; empty: none).
+    Member(&'a str),
+    /// The one with this public id.
+    PublicId(&'a str),
+}
+
 /// A record as read from Redis: where, the bytes, and what they say.
 struct ReadRecord<'a> {
     tag: RoutingTag,
@@ -579,26 +587,8 @@ impl TokenStore {
             }
             None => String::new(),
         };
-        let mut conn = self.redis.conn().await?;
-        let tag = RoutingTag::for_user(user);
-        let revoked: Vec<String> = self
-            .timed(
-                "revoke_all",
-                self.scripts
-                    .revoke_all
-                    .key(self.keys.index_key(user))
-                    .key(self.keys.outbox_key(tag))
-                    .key(self.keys.expiry_key(user))
-                    .arg(self.keys.record_prefix(tag))
-                    .arg(keep)
-                    .invoke_async(&mut conn),
-            )
-            .await?;
-        let feed_position = if revoked.is_empty() { None } else { self.publish_outbox(&self.keys.outbox_key(tag)).await? };
-        tracing::info!(user, revoked = revoked.len(), others_only = except.is_some(), "tokens revoked");
         let event = if except.is_some() { Event::RevokeOthers } else { Event::RevokeAll };
-        self.audit(event, user, &revoked, None, None, origin).await;
-        Ok(Revocation { revoked: revoked.len() as u64, feed_position })
+        self.revoke_all_keeping(user, Keep::Member(&keep), event, origin).await
     }
 
     /// Logs a user out of every device but the one whose token has public id `keep` (the
@@ -606,20 +596,30 @@ impl TokenStore {
     /// `NotFound` when that is no live token of the user; then nothing is revoked.
     pub async fn revoke_others_by_id_as(&self, user: &str, keep: &str, origin: &Origin) -> Result<Revocation, StoreError> {
         validate_user(user)?;
+        self.revoke_all_keeping(user, Keep::PublicId(keep), Event::RevokeOthers, origin).await
+    }
+
+    /// The revoke-all script for a user, keeping one token (by digest or by public id) or none;
+    /// publishes what it revoked and audits it as `event`.
+    async fn revoke_all_keeping(&self, user: &str, keep: Keep<'_>, event: Event, origin: &Origin) -> Result<Revocation, StoreError> {
         let mut conn = self.redis.conn().await?;
         let tag = RoutingTag::for_user(user);
+        let (member, id) = match keep {
+            Keep::Member(m) => (m, ""),
+            Keep::PublicId(id) => ("", id),
+        };
         let mut invocation = self.scripts.revoke_all.prepare_invoke();
         invocation.key(self.keys.index_key(user)).key(self.keys.outbox_key(tag)).key(self.keys.expiry_key(user));
-        invocation.arg(self.keys.record_prefix(tag)).arg("").arg(keep);
+        invocation.arg(self.keys.record_prefix(tag)).arg(member).arg(id);
         let revoked: Vec<String> = match self.timed("revoke_all", invocation.invoke_async(&mut conn)).await {
             Err(e) if e.code() == Some("NOKEEP") => {
-                return Err(StoreError::NotFound(format!("no live token with id {keep:?} for this user")));
+                return Err(StoreError::NotFound(format!("no live token with id {id:?} for this user")));
             }
             other => other?,
         };
         let feed_position = if revoked.is_empty() { None } else { self.publish_outbox(&self.keys.outbox_key(tag)).await? };
-        tracing::info!(user, revoked = revoked.len(), "tokens revoked but one");
-        self.audit(Event::RevokeOthers, user, &revoked, None, None, origin).await;
+        tracing::info!(user, revoked = revoked.len(), event = event.as_str(), "tokens revoked");
+        self.audit(event, user, &revoked, None, None, origin).await;
         Ok(Revocation { revoked: revoked.len() as u64, feed_position })
     }
 

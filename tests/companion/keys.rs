@@ -22,6 +22,16 @@ fn rotating_store(url: &str, current: &str, previous: &[&str]) -> TokenStore {
     TokenStore::new(redis, policy(), HashKeys::new(Some(current.as_bytes()), &previous).unwrap())
 }
 
+/// Rewrites a token's record as records were before they kept the token's hash (sealed with
+/// `pepper`): only its next use can re-key it.
+fn as_written_before_token_hashes(conn: &mut redis::Connection, key: &str, token: &str, pepper: &str) {
+    let mut record = TokenRecord::from_json(conn.get::<_, String>(key).unwrap().as_bytes()).unwrap();
+    record.token_hash = None;
+    let hasher = TokenHasher::new(Some(pepper.as_bytes()));
+    let resealed = hasher.seal(&hasher.digest(token), record.to_json().unwrap());
+    let _: () = redis::cmd("SET").arg(key).arg(resealed).arg("KEEPTTL").query(conn).unwrap();
+}
+
 fn record_key(store: &TokenStore, token: &str, key: &str) -> String {
     let (tag, _) = store.digest_of(token).unwrap();
     store.keys().record_key(tag, &TokenHasher::new(Some(key.as_bytes())).digest(token))
@@ -65,17 +75,13 @@ async fn a_record_rewritten_in_redis_is_refused_counted_and_never_honoured() {
 async fn rotating_the_hash_key_logs_nobody_out() {
     let redis = RedisServer::start();
     let old = store_at(&redis.url(), policy(), Some("key-2025"));
-    let tokens: Vec<String> = futures(&old, "alice", 3).await;
+    let tokens: Vec<String> = crate::store::futures_tokens(&old, "alice", 3).await;
     let bob = old.issue(req("bob", "phone")).await.unwrap().token;
     // a record without the token's hash (as written before records kept it): re-keyed on use only
     let carol = old.issue(req("carol", "tablet")).await.unwrap().token;
     let carol_key = record_key(&old, &carol, "key-2025");
     let mut conn = redis.conn();
-    let mut record = TokenRecord::from_json(conn.get::<_, String>(&carol_key).unwrap().as_bytes()).unwrap();
-    record.token_hash = None;
-    let digest = TokenHasher::new(Some(b"key-2025")).digest(&carol);
-    let resealed = TokenHasher::new(Some(b"key-2025")).seal(&digest, record.to_json().unwrap());
-    let _: () = redis::cmd("SET").arg(&carol_key).arg(resealed).arg("KEEPTTL").query(&mut conn).unwrap();
+    as_written_before_token_hashes(&mut conn, &carol_key, &carol, "key-2025");
 
     // the new key, the old one still accepted
     let rotating = rotating_store(&redis.url(), "key-2026", &["key-2025"]);
@@ -114,11 +120,7 @@ async fn a_token_never_used_during_the_rotation_and_without_its_hash_is_reported
     let t = old.issue(req("dan", "a")).await.unwrap().token;
     let key = record_key(&old, &t, "k1");
     let mut conn = redis.conn();
-    let mut record = TokenRecord::from_json(conn.get::<_, String>(&key).unwrap().as_bytes()).unwrap();
-    record.token_hash = None;
-    let digest = TokenHasher::new(Some(b"k1")).digest(&t);
-    let _: () =
-        redis::cmd("SET").arg(&key).arg(TokenHasher::new(Some(b"k1")).seal(&digest, record.to_json().unwrap())).query(&mut conn).unwrap();
+    as_written_before_token_hashes(&mut conn, &key, &t, "k1");
     // an unsealed one (written before sealing): sealed by the sweep only when asked
     let u = old.issue(req("erin", "a")).await.unwrap().token;
     let ukey = record_key(&old, &u, "k1");
@@ -167,14 +169,6 @@ async fn rotation_and_the_sweep_on_a_redis_cluster() {
         assert_eq!(new.whoami(t).await.unwrap().user, format!("user-{i}"));
         assert_eq!(new.revoke_all(&format!("user-{i}"), None).await.unwrap().revoked, 1);
     }
-}
-
-async fn futures(store: &TokenStore, user: &str, n: usize) -> Vec<String> {
-    let mut out = Vec::new();
-    for i in 0..n {
-        out.push(store.issue(req(user, &format!("device-{i}"))).await.unwrap().token);
-    }
-    out
 }
 
 #[tokio::test]

@@ -104,7 +104,7 @@ async fn revoke_all_and_revoke_others() {
     assert_eq!(feed.ids.len(), 4);
 }
 
-async fn futures_tokens(store: &multitokens::companion::store::TokenStore, user: &str, n: usize) -> Vec<String> {
+pub async fn futures_tokens(store: &multitokens::companion::store::TokenStore, user: &str, n: usize) -> Vec<String> {
     let mut out = Vec::new();
     for i in 0..n {
         out.push(store.issue(req(user, &format!("device-{i}"))).await.unwrap().token);
