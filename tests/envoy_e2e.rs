@@ -778,23 +778,29 @@ fn revoked_tokens_stay_refused_through_companion_kills_redis_restarts_and_a_lost
     }
     let companion = format!("http://127.0.0.1:{}", s.companion_port);
 
-    // 1. the companion killed while revokes are in flight, at a different point each round
+    // 1. the companion killed while revokes are in flight, at a different point each round: the
+    //    round's first revoke is answered, then the kill comes 2 to 17 ms into the others
     for (round, chunk) in tokens[..20].chunks(5).enumerate() {
         let (chunk, base) = (chunk.to_vec(), companion.clone());
+        let (first_done, wait_first) = std::sync::mpsc::channel();
         let inflight = std::thread::spawn(move || {
             let agent = support::http_agent();
-            for t in chunk {
+            for (i, t) in chunk.into_iter().enumerate() {
                 let url = format!("{base}/v1/tokens/current");
                 let _ = agent.delete(&url).header("authorization", &format!("Bearer {t}")).call();
+                if i == 0 {
+                    let _ = first_done.send(());
+                }
             }
         });
+        let _ = wait_first.recv_timeout(Duration::from_secs(10));
         std::thread::sleep(Duration::from_millis(2 + 5 * round as u64));
         s.companion = None; // SIGKILL
         let _ = inflight.join();
         s.companion = Some(Stack::companion(&s.url(), s.companion_port, &s.companion_env));
     }
     let (live, revoked) = edge_agrees_with_redis(&s, &tokens, Duration::from_secs(10));
-    assert!(revoked >= 1 && live >= 20, "{revoked} revoked, {live} live");
+    assert!(revoked >= 4 && live >= 20, "{revoked} revoked, {live} live");
 
     // 2. Redis killed and restarted: revokes fail while it is down, nothing committed is lost
     s.redis().kill();
