@@ -39,25 +39,24 @@ impl Actor {
     }
 }
 
-/// Who asked, and the request's id (Envoy's `x-request-id` when it is one, else a fresh one).
+/// Who asked, and the request's id (Envoy's `x-request-id` when it is one; else a fresh one is
+/// drawn when an event is written, so requests that change nothing cost nothing).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Origin {
     /// Who.
     pub actor: Actor,
-    /// The request id.
+    /// The request id; empty: none given.
     pub request_id: String,
 }
 
 impl Origin {
-    /// An origin with a fresh request id.
+    /// An origin without a request id of its own.
     pub fn new(actor: Actor) -> Origin {
-        let mut bytes = [0u8; 8];
-        let _ = getrandom::fill(&mut bytes);
-        Origin { actor, request_id: hex::encode(bytes) }
+        Origin { actor, request_id: String::new() }
     }
 
     /// An origin with the caller's request id when it is a plausible one (1 to 128 of
-    /// `[A-Za-z0-9._:-]`), else a fresh one.
+    /// `[A-Za-z0-9._:-]`).
     pub fn with_request_id(actor: Actor, given: Option<&[u8]>) -> Origin {
         match given.and_then(|g| std::str::from_utf8(g).ok()) {
             Some(id) if (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b)) => {
@@ -65,6 +64,16 @@ impl Origin {
             }
             _ => Origin::new(actor),
         }
+    }
+
+    /// The request id to record: the given one, or a fresh random one.
+    fn request_id_for_event(&self) -> String {
+        if !self.request_id.is_empty() {
+            return self.request_id.clone();
+        }
+        let mut bytes = [0u8; 8];
+        let _ = getrandom::fill(&mut bytes);
+        hex::encode(bytes)
     }
 }
 
@@ -149,7 +158,7 @@ pub fn fields(
         f.push(("first", first.to_string()));
     }
     f.push(("actor", origin.actor.as_str().to_string()));
-    f.push(("request_id", origin.request_id.clone()));
+    f.push(("request_id", origin.request_id_for_event()));
     f
 }
 
@@ -191,11 +200,15 @@ mod tests {
     #[test]
     fn request_ids_are_kept_only_when_plausible() {
         assert_eq!(Origin::with_request_id(Actor::Admin, Some(b"4f1c-9a.x:1")).request_id, "4f1c-9a.x:1");
+        let written =
+            |o: &Origin| fields(Event::Issue, "u", &["i".into()], None, None, o).into_iter().find(|(k, _)| *k == "request_id").unwrap().1;
         for bad in [&b""[..], b"a b", b"\xff", &[b'a'; 129]] {
             let o = Origin::with_request_id(Actor::Admin, Some(bad));
-            assert_eq!(o.request_id.len(), 16, "{bad:?}");
+            assert!(o.request_id.is_empty(), "{bad:?}");
+            assert_eq!(written(&o).len(), 16, "a fresh id when the event is written");
         }
-        assert_ne!(Origin::new(Actor::Cli).request_id, Origin::new(Actor::Cli).request_id);
+        assert_ne!(written(&Origin::new(Actor::Cli)), written(&Origin::new(Actor::Cli)));
+        assert_eq!(written(&Origin::with_request_id(Actor::Admin, Some(b"r-1"))), "r-1");
     }
 
     #[test]
