@@ -54,15 +54,8 @@ async fn the_companion_user_can_do_everything_the_companion_does_and_nothing_els
     store.publish_abandoned_outboxes().await.unwrap();
     // a rotation's sweep, with this user
     let bob = store.issue(req("bob", "a")).await.unwrap().token;
-    let rotating = {
-        let r = multitokens::companion::connection::Redis::open(
-            &multitokens::companion::connection::RedisTarget::parse(&url).unwrap(),
-            Duration::from_millis(1500),
-        )
-        .unwrap();
-        let keys = multitokens::core::keyring::HashKeys::new(Some(b"acl-pepper-2"), &[b"acl-pepper"]).unwrap();
-        multitokens::companion::store::TokenStore::new(r, policy(), keys)
-    };
+    let keys = multitokens::core::keyring::HashKeys::new(Some(b"acl-pepper-2"), &[b"acl-pepper"]).unwrap();
+    let rotating = crate::store_with_keys(&url, policy(), keys);
     assert_eq!(rotating.rekey_all(false).await.unwrap().rekeyed, 1);
     assert_eq!(rotating.whoami(&bob).await.unwrap().user, "bob");
 

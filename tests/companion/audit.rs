@@ -111,18 +111,8 @@ async fn evictions_and_rekeys_are_audited_and_a_cluster_keeps_the_trail_too() {
     assert_eq!(names, ["issue", "issue", "evict", "issue"]);
     assert_eq!((events[2].id.as_str(), events[2].actor.as_str()), (first.id.as_str(), "companion"));
     // a rotation's sweep: one rekey event per token moved
-    let rotating = {
-        let r = multitokens::companion::connection::Redis::open(
-            &multitokens::companion::connection::RedisTarget::parse(&redis.url()).unwrap(),
-            std::time::Duration::from_millis(1500),
-        )
-        .unwrap();
-        multitokens::companion::store::TokenStore::new(
-            r,
-            policy(),
-            multitokens::core::keyring::HashKeys::new(Some(b"k2"), &[b"k1"]).unwrap(),
-        )
-    };
+    let keys = multitokens::core::keyring::HashKeys::new(Some(b"k2"), &[b"k1"]).unwrap();
+    let rotating = crate::store_with_keys(&redis.url(), policy(), keys);
     assert_eq!(rotating.rekey_all(false).await.unwrap().rekeyed, 2);
     let (events, _) = store.audit_events(Some("carol"), None, 0, 100).await.unwrap();
     assert_eq!(events.iter().filter(|e| e.event == "rekey").count(), 2);

@@ -1,15 +1,13 @@
 //! Sealed records and hash key rotation, against a real redis-server and a real Redis Cluster.
 
 use crate::support::{RedisCluster, RedisServer};
-use crate::{policy, store_at};
-use multitokens::companion::connection::{Redis, RedisTarget};
+use crate::{policy, store_at, store_with_keys};
 use multitokens::companion::error::StoreError;
 use multitokens::companion::store::{IssueRequest, RekeyReport, TokenStore};
 use multitokens::core::digest::TokenHasher;
 use multitokens::core::keyring::HashKeys;
 use multitokens::core::record::TokenRecord;
 use redis::Commands;
-use std::time::Duration;
 
 fn req(user: &str, device: &str) -> IssueRequest {
     IssueRequest { user: user.into(), device: Some(device.into()), ..Default::default() }
@@ -17,9 +15,14 @@ fn req(user: &str, device: &str) -> IssueRequest {
 
 /// A store whose current hash key is `current`, still accepting `previous`.
 fn rotating_store(url: &str, current: &str, previous: &[&str]) -> TokenStore {
-    let redis = Redis::open(&RedisTarget::parse(url).unwrap(), Duration::from_millis(1500)).unwrap();
     let previous: Vec<&[u8]> = previous.iter().map(|k| k.as_bytes()).collect();
-    TokenStore::new(redis, policy(), HashKeys::new(Some(current.as_bytes()), &previous).unwrap())
+    store_with_keys(url, policy(), HashKeys::new(Some(current.as_bytes()), &previous).unwrap())
+}
+
+/// Rewrites a token's record as a release before sealing wrote it: the same fields, no seal.
+fn as_written_before_sealing(conn: &mut redis::Connection, key: &str) {
+    let plain = TokenRecord::from_json(conn.get::<_, String>(key).unwrap().as_bytes()).unwrap().to_json().unwrap();
+    let _: () = redis::cmd("SET").arg(key).arg(plain).arg("KEEPTTL").query(conn).unwrap();
 }
 
 /// Rewrites a token's record as records were before they kept the token's hash (sealed with
@@ -124,8 +127,7 @@ async fn a_token_never_used_during_the_rotation_and_without_its_hash_is_reported
     // an unsealed one (written before sealing): sealed by the sweep only when asked
     let u = old.issue(req("erin", "a")).await.unwrap().token;
     let ukey = record_key(&old, &u, "k1");
-    let plain = TokenRecord::from_json(conn.get::<_, String>(&ukey).unwrap().as_bytes()).unwrap().to_json().unwrap();
-    let _: () = redis::cmd("SET").arg(&ukey).arg(plain).query(&mut conn).unwrap();
+    as_written_before_sealing(&mut conn, &ukey);
     assert!(old.whoami(&u).await.is_err(), "unsealed: refused");
 
     let rotating = rotating_store(&redis.url(), "k2", &["k1"]);
@@ -178,14 +180,9 @@ async fn an_upgrade_from_unsealed_records_logs_nobody_out() {
     let t = old.issue(req("ivan", "a")).await.unwrap().token;
     let key = record_key(&old, &t, "upgrade-key");
     let mut conn = redis.conn();
-    // what a release before sealing wrote: the record without a seal
-    let unsealed = TokenRecord::from_json(conn.get::<_, String>(&key).unwrap().as_bytes()).unwrap().to_json().unwrap();
-    let _: () = redis::cmd("SET").arg(&key).arg(&unsealed).arg("KEEPTTL").query(&mut conn).unwrap();
+    as_written_before_sealing(&mut conn, &key);
     assert!(old.whoami(&t).await.is_err(), "refused once sealing is in force");
-    let upgrading = {
-        let r = Redis::open(&RedisTarget::parse(&redis.url()).unwrap(), Duration::from_millis(1500)).unwrap();
-        TokenStore::new(r, policy(), HashKeys::single(Some(b"upgrade-key")).accepting_unsealed(true))
-    };
+    let upgrading = store_with_keys(&redis.url(), policy(), HashKeys::single(Some(b"upgrade-key")).accepting_unsealed(true));
     assert_eq!(upgrading.whoami(&t).await.unwrap().user, "ivan", "honoured during the upgrade");
     // a broken seal is refused even then
     let other = old.issue(req("judy", "a")).await.unwrap().token;

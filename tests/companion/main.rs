@@ -36,6 +36,11 @@ pub fn policy() -> StorePolicy {
 
 /// A store over a Redis URL.
 pub fn store_at(url: &str, policy: StorePolicy, hash_key: Option<&str>) -> TokenStore {
+    store_with_keys(url, policy, HashKeys::single(hash_key.map(str::as_bytes)))
+}
+
+/// A store over a Redis URL with a set of hash keys (a rotation, an upgrade).
+pub fn store_with_keys(url: &str, policy: StorePolicy, keys: HashKeys) -> TokenStore {
     let redis = Redis::open(&RedisTarget::parse(url).unwrap(), Duration::from_millis(1500)).unwrap();
-    TokenStore::new(redis, policy, HashKeys::single(hash_key.map(str::as_bytes)))
+    TokenStore::new(redis, policy, keys)
 }
