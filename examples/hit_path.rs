@@ -43,8 +43,9 @@ fn main() {
         reset(&mut host, t);
         let mut flow = HttpFlow::new();
         if flow.on_request_headers(&mut host, &mut worker, 1) == Step::Pause {
-            let id = Identity::new(format!("user-{}", i % 100), "laptop".into(), vec!["read".into()], format!("{i:016x}"));
-            flow.on_lookup_response(&mut host, &mut worker, Ok(Answer::Valid(id, Some(3600))), 1);
+            if let Ok(id) = Identity::new(format!("user-{}", i % 100), "laptop".into(), vec!["read".into()], format!("{i:016x}")) {
+                flow.on_lookup_response(&mut host, &mut worker, Ok(Answer::Valid(id, Some(3600))), 1);
+            }
         }
     }
     let n = 300_000;

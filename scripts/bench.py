@@ -9,7 +9,8 @@ worker refuses); and the companion alone against redis-benchmark. The
 Envoy scenarios run in alternating rounds and report medians. Writes bench/results.json.
 
 Settings (environment): BENCH_SECONDS (measured seconds per run, default 10), BENCH_WARMUP (2),
-BENCH_ROUNDS (3), BENCH_CONNECTIONS (16), ENVOY_BIN.
+BENCH_ROUNDS (3), BENCH_CONNECTIONS (16), ENVOY_BIN; BENCH_ONLY=memory|mix|miss runs that part
+alone and prints it (no results.json), for working on one figure.
 """
 
 import atexit
@@ -30,6 +31,7 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 WARMUP = int(os.environ.get("BENCH_WARMUP", "2"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
+ONLY = os.environ.get("BENCH_ONLY", "")
 ENVOY = os.environ.get("ENVOY_BIN", str(ROOT / ".tools/bin/envoy"))
 COMPANION = ROOT / "target/release/multitokens"
 MINT = ROOT / "target/release/examples/mint_tokens"
@@ -378,6 +380,14 @@ def main():
         "MULTITOKENS_LOG": "warn",
     })
     wait_port(companion_port, "the companion")
+    stock = WASM_DIR / "multitokens_filter.wasm"
+    if ONLY:
+        parts = {"memory": lambda: memory_per_verdict(companion_port, stock), "mix": lambda: realistic_mix(companion_port, stock),
+                 "miss": lambda: miss_path(companion_port, stock)}
+        if ONLY not in parts:
+            sys.exit(f"bench: BENCH_ONLY must be one of {', '.join(parts)}")
+        print(json.dumps(parts[ONLY](), indent=2))
+        return
 
     # 1,000 valid tokens of 100 users, issued by the companion
     tokens = []
@@ -677,6 +687,36 @@ def realistic_mix(companion_port, wasm):
         log(f"{name}: {result['rps']:.0f} req/s, p99 {result['p99_ms']:.2f} ms, {len(latencies)} revocations, revoke p99 {pick(0.99)} ms")
         e.proc.terminate()
     return results
+
+
+def miss_path(companion_port, wasm, variants=None):
+    """The cache-miss path alone (BENCH_ONLY=miss): the filter with its cache off against both
+    ext_authz transports on the same 1,000 tokens, in alternating rounds, medians."""
+    auth = {"authorization": f"Bearer {ADMIN_KEY}"}
+    tokens = [http_json(companion_port, "POST", "/v1/tokens", {"user": f"miss-{i % 100}", "device": f"d{i}"}, auth)[1]["token"]
+              for i in range(1000)]
+    env = {"TOKENS_FILE": str(write_lines("miss.txt", tokens))}
+    envoys = {
+        "filter_miss": Envoy("filter_miss", wasm_filter("multitokens", wasm, filter_config(0)), companion_port),
+        "ext_authz": Envoy("ext_authz", ext_authz_filter(), companion_port),
+        "ext_authz_grpc": Envoy("ext_authz_grpc", ext_authz_filter("grpc"), companion_port),
+    }
+    for e in envoys.values():
+        e.ready()
+    time.sleep(2.5)
+    runs = {name: [] for name in envoys}
+    for r in range(ROUNDS):
+        for name, e in envoys.items():
+            wrk(e.port, WARMUP, env=env)
+            cpu_before = cpu_seconds(e.proc.pid)
+            result = wrk(e.port, SECONDS, env=env)
+            result["envoy_cpu_us_per_req"] = (cpu_seconds(e.proc.pid) - cpu_before) * 1e6 / max(result["requests"], 1)
+            runs[name].append(result)
+            log(f"round {r + 1}/{ROUNDS} {name}: {result['rps']:.0f} req/s, p99 {result['p99_ms']:.3f} ms")
+    out = {name: median_of(rs) for name, rs in runs.items()}
+    for e in envoys.values():
+        e.proc.terminate()
+    return out
 
 
 def memory_per_verdict(companion_port, wasm, levels=(10000, 50000)):

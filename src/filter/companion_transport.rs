@@ -18,7 +18,8 @@ pub fn parse_answer(status: Option<u32>, body: &[u8]) -> Result<Answer, CalloutP
                 (Some(user), Some(id)) if !user.is_empty() => {
                     // milliseconds when the companion gives them, else whole seconds
                     let left = reply.expires_in_ms.or(reply.expires_in.map(|s| s.saturating_mul(1000)));
-                    let identity = Identity::new(user, reply.device.unwrap_or_default(), reply.scopes, id);
+                    let identity = Identity::new(user, reply.device.unwrap_or_default(), reply.scopes, id)
+                        .map_err(|e| CalloutProblem::BadResponse(format!("lookup body: {e}")))?;
                     Ok(match reply.stored_under {
                         0 => Answer::Valid(identity, left),
                         n => Answer::ValidUnderPrevious(identity, left, n - 1),
@@ -49,7 +50,7 @@ mod tests {
         let body = br#"{"active":true,"user":"u","device":"d","scopes":["a"],"expires_in":5,"id":"i"}"#;
         assert_eq!(
             parse_answer(Some(200), body),
-            Ok(Answer::Valid(Identity::new("u".into(), "d".into(), vec!["a".into()], "i".into()), Some(5000)))
+            Ok(Answer::Valid(Identity::new("u".into(), "d".into(), vec!["a".into()], "i".into()).unwrap(), Some(5000)))
         );
         let ms = br#"{"active":true,"user":"u","id":"i","expires_in":5,"expires_in_ms":4321}"#;
         assert!(matches!(parse_answer(Some(200), ms), Ok(Answer::Valid(_, Some(4321)))));
@@ -60,6 +61,11 @@ mod tests {
         assert!(matches!(parse_answer(Some(503), b"{}"), Err(CalloutProblem::BadResponse(_))));
         assert!(matches!(parse_answer(Some(200), b"\xff garbage"), Err(CalloutProblem::BadResponse(_))));
         assert!(matches!(parse_answer(Some(200), br#"{"active":true}"#), Err(CalloutProblem::BadResponse(_))));
+        // scopes travel joined by spaces: one holding a space would grant its parts
+        let spaced = br#"{"active":true,"user":"u","id":"i","scopes":["admin x"]}"#;
+        assert!(matches!(parse_answer(Some(200), spaced), Err(CalloutProblem::BadResponse(_))));
+        let empty = br#"{"active":true,"user":"u","id":"i","scopes":[""]}"#;
+        assert!(matches!(parse_answer(Some(200), empty), Err(CalloutProblem::BadResponse(_))));
     }
 
     #[test]

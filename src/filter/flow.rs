@@ -6,9 +6,9 @@ use super::host::{Host, Step};
 use super::metric::Metric;
 use super::worker::{Worker, MAX_REFRESH_QUEUE};
 
-use super::cache::{Cached, Entry};
+use super::cache::{Cached, Entry, Lifetime, Stored};
 use super::config::{Compiled, FailureMode};
-use super::identity::Identity;
+use super::identity::{Identity, IdentityView};
 use super::lookup::{Answer, CalloutProblem, LookupRequest};
 use super::path;
 use super::reply::{self, Denial};
@@ -106,7 +106,7 @@ impl HttpFlow {
         // a cached token passed the format check when it was cached: look it up first
         if let Some(entry) = worker.cache.get(token) {
             if entry.fresh_until > now {
-                match &entry.verdict {
+                match entry.verdict {
                     Cached::Invalid => {
                         host.count(Metric::CacheHit);
                         return refuse(host, worker, Metric::DeniedInvalid, now);
@@ -190,17 +190,7 @@ impl HttpFlow {
             }
             Ok(Answer::Invalid) => {
                 let ttl = worker.compiled.config.cache.negative_ttl_ms;
-                worker.cache.insert(
-                    &p.token,
-                    Entry {
-                        tag: p.tag,
-                        digest: p.digest,
-                        verdict: Cached::Invalid,
-                        fresh_until: now + ttl,
-                        usable_until: now + ttl,
-                        refreshed_at: 0,
-                    },
-                );
+                worker.cache.insert_invalid(&p.token, now + ttl, now);
                 refuse(host, worker, Metric::DeniedInvalid, now)
             }
             Err(problem) => no_answer(host, worker, &p, problem, now),
@@ -227,19 +217,12 @@ fn accept(host: &mut dyn Host, worker: &mut Worker, p: &Pending, identity: Ident
     };
     let refreshed_at = if cfg.refresh_on_use.is_some() { now } else { 0 };
     let r = &p.request;
-    let step = authorize(host, &worker.compiled, &identity, p.source, r.cookie.as_deref(), &r.method, &r.path, false);
+    let step = authorize(host, &worker.compiled, identity.view(), p.source, r.cookie.as_deref(), &r.method, &r.path, false);
     if revoked.is_none() {
         return step; // the feed cannot vouch for this answer: use it once, never cache it
     }
-    let entry = Entry {
-        tag: p.tag,
-        digest: p.digest,
-        verdict: Cached::Valid(identity),
-        fresh_until: now + fresh,
-        usable_until: now + usable,
-        refreshed_at,
-    };
-    worker.cache.insert(&p.token, entry);
+    let lifetime = Lifetime { fresh_until: now + fresh, usable_until: now + usable, refreshed_at };
+    worker.cache.insert_valid(&p.token, Stored { tag: p.tag, digest: p.digest }, &identity, lifetime, now);
     step
 }
 
@@ -257,17 +240,13 @@ fn no_answer(host: &mut dyn Host, worker: &mut Worker, p: &Pending, problem: Cal
 
 /// Queues a sliding refresh of a cached token if one is due.
 fn queue_refresh(worker: &mut Worker, token: &str, now: u64) {
-    let Some(refresh) = worker.compiled.config.refresh_on_use.clone() else { return };
+    let Some(refresh) = worker.compiled.config.refresh_on_use.as_ref() else { return };
+    let (min_interval_ms, ttl) = (refresh.min_interval_ms, refresh.ttl);
     if worker.refresh_queue.len() >= MAX_REFRESH_QUEUE {
         return;
     }
-    let Some(entry) = worker.cache.get_mut(token) else { return };
-    if now.saturating_sub(entry.refreshed_at) < refresh.min_interval_ms {
-        return;
-    }
-    entry.refreshed_at = now;
-    let request =
-        LookupRequest { tag: entry.tag, digest: entry.digest, previous: Vec::new(), key_id: None, refresh_ttl: Some(refresh.ttl) };
+    let Some(stored) = worker.cache.refresh_due(token, now, min_interval_ms) else { return };
+    let request = LookupRequest { tag: stored.tag, digest: stored.digest, previous: Vec::new(), key_id: None, refresh_ttl: Some(ttl) };
     worker.refresh_queue.push(request);
 }
 
@@ -308,7 +287,7 @@ fn unavailable(host: &mut dyn Host, worker: &Worker, token: &str, source: Source
     let compiled = &worker.compiled;
     if compiled.config.failure_mode == FailureMode::AllowCached {
         if let Some(Entry { verdict: Cached::Valid(identity), usable_until, .. }) = worker.cache.get(token) {
-            if *usable_until > now {
+            if usable_until > now {
                 let r = request;
                 return authorize(host, compiled, identity, source, r.cookie.as_deref(), &r.method, &r.path, true);
             }
@@ -322,21 +301,21 @@ fn unavailable(host: &mut dyn Host, worker: &Worker, token: &str, source: Source
 fn authorize(
     host: &mut dyn Host,
     compiled: &Compiled,
-    identity: &Identity,
+    identity: IdentityView<'_>,
     source: Source,
     cookie: Option<&[u8]>,
     method: &str,
     path: &str,
     stale: bool,
 ) -> Step {
-    let missing = missing_scopes(&compiled.config.required_scopes, method, path, &identity.scopes);
+    let missing = missing_scopes(&compiled.config.required_scopes, method, path, identity);
     if !missing.is_empty() {
         return deny(host, compiled, Denial::Scope, Metric::DeniedScope, &missing);
     }
     // replacing sets exactly one value: whatever the client sent under these names is gone
     let names = &compiled.identity_headers;
     host.set_header(&names.user, identity.user.as_bytes());
-    for (name, value) in [(&names.device, &identity.device), (&names.scopes, &identity.scopes_header), (&names.token_id, &identity.id)] {
+    for (name, value) in [(&names.device, identity.device), (&names.scopes, identity.scopes), (&names.token_id, identity.id)] {
         if let Some(name) = name {
             host.set_header(name, value.as_bytes());
         }
@@ -621,7 +600,7 @@ mod tests {
         w.apply_feed(lookup::FeedPage { cursor: "3-0".into(), digests: vec![digest.to_hex()], reset: false, more: false }, 50);
         flow.on_lookup_response(&mut h, &mut w, companion_transport::parse_answer(Some(200), VALID), 60);
         assert!(h.replies.is_empty());
-        assert!(matches!(w.cache.get(&u).map(|e| &e.verdict), Some(Cached::Valid(_))));
+        assert!(matches!(w.cache.get(&u).map(|e| e.verdict), Some(Cached::Valid(_))));
     }
 
     /// Lookups dispatched before the feed could vouch for them (before the first page, or before a

@@ -101,7 +101,8 @@ pub fn parse_lookup(bytes: Option<&[u8]>, now_ms: u64, hash_keys: &HashKeys, req
         Verdict::Valid(v) => {
             let left = v.expires_in_ms;
             let r = v.record;
-            let identity = Identity::new(r.user, r.device, r.scopes, r.id);
+            let identity =
+                Identity::new(r.user, r.device, r.scopes, r.id).map_err(|e| CalloutProblem::BadResponse(format!("lookup record: {e}")))?;
             Ok(if at == 1 { Answer::Valid(identity, left) } else { Answer::ValidUnderPrevious(identity, left, (at - 2) as usize) })
         }
         Verdict::Invalid => Ok(Answer::Invalid),
@@ -174,7 +175,7 @@ mod tests {
         let reply = |at: u8, value: &str| format!("*3\r\n:{at}\r\n${}\r\n{}\r\n:5000\r\n", value.len(), value);
         let sealed = keys.current().seal(&req.digest, record.clone());
         let Ok(Answer::Valid(id, Some(5000))) = parse_lookup(Some(reply(1, &sealed).as_bytes()), 100_000, &keys, &req) else { panic!() };
-        assert_eq!((id.user.as_str(), id.scopes_header.as_str()), ("u", "s"));
+        assert_eq!((id.user.as_str(), id.scopes.as_str()), ("u", "s"));
         // unsealed, rewritten, or sealed for another digest: refused as tampered
         for tampered in
             [record.clone(), sealed.replace("\"u\"", "\"admin\""), keys.current().seal(&keys.current().digest("mt_y"), record.clone())]

@@ -1,5 +1,6 @@
 //! Path rules: requests excluded from authentication, and scopes required per path.
 
+use super::identity::IdentityView;
 use serde::Deserialize;
 
 /// Which requests a rule applies to: an exact path or a path prefix, optionally limited to methods.
@@ -87,17 +88,18 @@ impl ScopeRule {
 }
 
 /// The scopes missing for a request under the first matching rule, if any.
-pub fn missing_scopes<'a>(rules: &'a [ScopeRule], method: &str, path: &str, granted: &[String]) -> Vec<&'a str> {
+pub fn missing_scopes<'a>(rules: &'a [ScopeRule], method: &str, path: &str, granted: IdentityView<'_>) -> Vec<&'a str> {
     rules
         .iter()
         .find(|r| r.matching.matches(method, path))
-        .map(|r| r.scopes.iter().filter(|s| !granted.contains(s)).map(String::as_str).collect())
+        .map(|r| r.scopes.iter().filter(|s| !granted.has_scope(s)).map(String::as_str).collect())
         .unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::filter::identity::Identity;
 
     fn m(path: Option<&str>, prefix: Option<&str>, methods: &[&str]) -> RequestMatch {
         RequestMatch {
@@ -124,9 +126,15 @@ mod tests {
             ScopeRule { matching: m(None, Some("/admin/"), &[]), scopes: vec!["admin".into(), "read".into()] },
             ScopeRule { matching: m(None, Some("/"), &["DELETE"]), scopes: vec!["write".into()] },
         ];
-        assert_eq!(missing_scopes(&rules, "GET", "/admin/x", &["read".into()]), vec!["admin"]);
-        assert!(missing_scopes(&rules, "GET", "/admin/x", &["read".into(), "admin".into()]).is_empty());
-        assert_eq!(missing_scopes(&rules, "DELETE", "/x", &[]), vec!["write"]);
-        assert!(missing_scopes(&rules, "GET", "/x", &[]).is_empty());
+        let granted =
+            |scopes: &[&str]| Identity::new("u".into(), "d".into(), scopes.iter().map(|s| s.to_string()).collect(), "i".into()).unwrap();
+        assert_eq!(missing_scopes(&rules, "GET", "/admin/x", granted(&["read"]).view()), vec!["admin"]);
+        assert!(missing_scopes(&rules, "GET", "/admin/x", granted(&["read", "admin"]).view()).is_empty());
+        assert_eq!(missing_scopes(&rules, "DELETE", "/x", granted(&[]).view()), vec!["write"]);
+        assert!(missing_scopes(&rules, "GET", "/x", granted(&[]).view()).is_empty());
+        assert!(
+            missing_scopes(&rules, "GET", "/admin/x", granted(&["administrator", "read"]).view()).contains(&"admin"),
+            "whole scopes only"
+        );
     }
 }

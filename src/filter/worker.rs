@@ -57,7 +57,8 @@ pub const MAX_REFRESH_QUEUE: usize = 1024;
 impl Worker {
     /// State for a freshly configured VM.
     pub fn new(compiled: Compiled) -> Self {
-        let cache = VerdictCache::new(compiled.config.cache.max_entries, compiled.config.cache.max_negative_entries);
+        let cache =
+            VerdictCache::new(&compiled.config.prefix, compiled.config.cache.max_entries, compiled.config.cache.max_negative_entries);
         let throttle = compiled.config.throttle.clone().map(FailureThrottle::new);
         Worker {
             compiled: Rc::new(compiled),
@@ -220,17 +221,9 @@ mod tests {
 
     #[test]
     fn the_tick_purges_expired_entries_every_ten_seconds() {
-        use crate::filter::cache::{Cached, Entry};
         let mut w = worker("");
-        let entry = |until| Entry {
-            tag: RoutingTag([0; 4]),
-            digest: TokenHasher::new(None).digest("x"),
-            verdict: Cached::Invalid,
-            fresh_until: until,
-            usable_until: until,
-            refreshed_at: 0,
-        };
-        w.cache.insert("x", entry(20_000));
+        let t = crate::core::token::generate("mt", "alice").unwrap();
+        w.cache.insert_invalid(&t, 20_000, 0);
         w.on_tick(11_000); // purges; nothing has expired
         assert_eq!(w.cache.len(), 1);
         w.on_tick(21_000);
