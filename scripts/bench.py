@@ -10,7 +10,8 @@ Envoy scenarios run in alternating rounds and report medians. Writes bench/resul
 
 Settings (environment): BENCH_SECONDS (measured seconds per run, default 10), BENCH_WARMUP (2),
 BENCH_ROUNDS (3), BENCH_CONNECTIONS (16), ENVOY_BIN; BENCH_ONLY=memory|mix|miss runs that part
-alone and prints it (no results.json), for working on one figure.
+alone and prints it (no results.json), for working on one figure; with BENCH_BASELINE_WASM=<a
+filter .wasm> the hit and miss parts also run that build side by side (before and after a change).
 """
 
 import atexit
@@ -32,6 +33,7 @@ WARMUP = int(os.environ.get("BENCH_WARMUP", "2"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
 ONLY = os.environ.get("BENCH_ONLY", "")
+BASELINE = os.environ.get("BENCH_BASELINE_WASM", "")
 ENVOY = os.environ.get("ENVOY_BIN", str(ROOT / ".tools/bin/envoy"))
 COMPANION = ROOT / "target/release/multitokens"
 MINT = ROOT / "target/release/examples/mint_tokens"
@@ -224,13 +226,13 @@ def ext_authz_filter(service=None):
               {service}"""
 
 
-def envoy_config(listen, admin, filters, companion_port):
-    # gRPC to the companion needs HTTP/2 (cleartext, on its API port)
+def envoy_config(listen, admin, filters, companion_port, http2=False):
+    # gRPC to the companion needs HTTP/2 (cleartext, on its API port); callouts may use it too
     http2 = """
     typed_extension_protocol_options:
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: { http2_protocol_options: {} }""" if "grpc_service" in filters else ""
+        explicit_http_config: { http2_protocol_options: {} }""" if http2 or "grpc_service" in filters else ""
     return f"""
 admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
@@ -287,11 +289,11 @@ def cpu_seconds(pid):
 
 
 class Envoy:
-    def __init__(self, name, filters, companion_port, concurrency=1):
+    def __init__(self, name, filters, companion_port, concurrency=1, http2=False):
         self.name = name
         self.port, self.admin = free_port(), free_port()
         path = WORK / f"envoy-{name}.yaml"
-        path.write_text(envoy_config(self.port, self.admin, filters, companion_port))
+        path.write_text(envoy_config(self.port, self.admin, filters, companion_port, http2))
         self.proc = start(f"envoy-{name}", [ENVOY, "-c", str(path), "--concurrency", str(concurrency), "--disable-hot-restart", "--log-level", "warn"])
 
     def ready(self):
@@ -383,7 +385,7 @@ def main():
     stock = WASM_DIR / "multitokens_filter.wasm"
     if ONLY:
         parts = {"memory": lambda: memory_per_verdict(companion_port, stock), "mix": lambda: realistic_mix(companion_port, stock),
-                 "miss": lambda: miss_path(companion_port, stock)}
+                 "miss": lambda: miss_path(companion_port, stock), "hit": lambda: hit_path(companion_port, stock)}
         if ONLY not in parts:
             sys.exit(f"bench: BENCH_ONLY must be one of {', '.join(parts)}")
         print(json.dumps(parts[ONLY](), indent=2))
@@ -689,21 +691,8 @@ def realistic_mix(companion_port, wasm):
     return results
 
 
-def miss_path(companion_port, wasm, variants=None):
-    """The cache-miss path alone (BENCH_ONLY=miss): the filter with its cache off against both
-    ext_authz transports on the same 1,000 tokens, in alternating rounds, medians."""
-    auth = {"authorization": f"Bearer {ADMIN_KEY}"}
-    tokens = [http_json(companion_port, "POST", "/v1/tokens", {"user": f"miss-{i % 100}", "device": f"d{i}"}, auth)[1]["token"]
-              for i in range(1000)]
-    env = {"TOKENS_FILE": str(write_lines("miss.txt", tokens))}
-    envoys = {
-        "filter_miss": Envoy("filter_miss", wasm_filter("multitokens", wasm, filter_config(0)), companion_port),
-        "ext_authz": Envoy("ext_authz", ext_authz_filter(), companion_port),
-        "ext_authz_grpc": Envoy("ext_authz_grpc", ext_authz_filter("grpc"), companion_port),
-    }
-    for e in envoys.values():
-        e.ready()
-    time.sleep(2.5)
+def alternating(envoys, env):
+    """Each Envoy under the same load in alternating rounds; medians with Envoy CPU per request."""
     runs = {name: [] for name in envoys}
     for r in range(ROUNDS):
         for name, e in envoys.items():
@@ -713,10 +702,51 @@ def miss_path(companion_port, wasm, variants=None):
             result["envoy_cpu_us_per_req"] = (cpu_seconds(e.proc.pid) - cpu_before) * 1e6 / max(result["requests"], 1)
             runs[name].append(result)
             log(f"round {r + 1}/{ROUNDS} {name}: {result['rps']:.0f} req/s, p99 {result['p99_ms']:.3f} ms")
-    out = {name: median_of(rs) for name, rs in runs.items()}
     for e in envoys.values():
         e.proc.terminate()
-    return out
+    return {name: median_of(rs) for name, rs in runs.items()}
+
+
+def hit_path(companion_port, wasm):
+    """The cache-hit path alone (BENCH_ONLY=hit): the filter against the minimal wasm
+    authentication fixture and the no-op fixture on the same 1,000 tokens."""
+    auth = {"authorization": f"Bearer {ADMIN_KEY}"}
+    tokens = [http_json(companion_port, "POST", "/v1/tokens", {"user": f"hit-{i % 100}", "device": f"d{i}"}, auth)[1]["token"]
+              for i in range(1000)]
+    env = {"TOKENS_FILE": str(write_lines("hit.txt", tokens))}
+    envoys = {
+        "filter_hit": Envoy("filter_hit", wasm_filter("multitokens", wasm, filter_config(10000)), companion_port),
+        "minimal_auth_wasm": Envoy("minimal_auth_wasm", wasm_filter("minimal_auth", MINIMAL_WASM), companion_port),
+        "noop_wasm": Envoy("noop_wasm", wasm_filter("noop", NOOP_WASM), companion_port),
+    }
+    if BASELINE:
+        envoys["filter_hit_baseline"] = Envoy("filter_hit_baseline", wasm_filter("multitokens", BASELINE, filter_config(10000)), companion_port)
+    for e in envoys.values():
+        e.ready()
+    time.sleep(2.5)
+    return alternating(envoys, env)
+
+
+def miss_path(companion_port, wasm):
+    """The cache-miss path alone (BENCH_ONLY=miss): the filter with its cache off against both
+    ext_authz transports on the same 1,000 tokens, in alternating rounds, medians."""
+    auth = {"authorization": f"Bearer {ADMIN_KEY}"}
+    tokens = [http_json(companion_port, "POST", "/v1/tokens", {"user": f"miss-{i % 100}", "device": f"d{i}"}, auth)[1]["token"]
+              for i in range(1000)]
+    env = {"TOKENS_FILE": str(write_lines("miss.txt", tokens))}
+    envoys = {
+        "filter_miss": Envoy("filter_miss", wasm_filter("multitokens", wasm, filter_config(0)), companion_port),
+        "filter_miss_h2": Envoy("filter_miss_h2", wasm_filter("multitokens", wasm, filter_config(0)), companion_port, http2=True),
+        "ext_authz": Envoy("ext_authz", ext_authz_filter(), companion_port),
+        "ext_authz_h2": Envoy("ext_authz_h2", ext_authz_filter(), companion_port, http2=True),
+        "ext_authz_grpc": Envoy("ext_authz_grpc", ext_authz_filter("grpc"), companion_port),
+    }
+    if BASELINE:
+        envoys["filter_miss_baseline"] = Envoy("filter_miss_baseline", wasm_filter("multitokens", BASELINE, filter_config(0)), companion_port)
+    for e in envoys.values():
+        e.ready()
+    time.sleep(2.5)
+    return alternating(envoys, env)
 
 
 def memory_per_verdict(companion_port, wasm, levels=(10000, 50000)):

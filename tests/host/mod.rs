@@ -763,10 +763,15 @@ impl TestHost {
         Ok(())
     }
 
-    /// Ends a request (done, log, delete), as after the stream finished or was reset.
+    /// Ends a request (done, log, delete), as after the stream finished or was reset. Like
+    /// Envoy's proxy-wasm host, done and log are called only when the guest exports them (done
+    /// then counts as "yes"); delete is required.
     pub fn try_end(&mut self, ctx: u32) -> Result<(), String> {
-        self.try_call("proxy_on_done", &[Val::I32(ctx as i32)])?;
-        self.try_call("proxy_on_log", &[Val::I32(ctx as i32)])?;
+        for optional in ["proxy_on_done", "proxy_on_log"] {
+            if self.export(optional).is_some() {
+                self.try_call(optional, &[Val::I32(ctx as i32)])?;
+            }
+        }
         self.try_call("proxy_on_delete", &[Val::I32(ctx as i32)])?;
         Ok(())
     }

@@ -151,15 +151,8 @@ pub extern "C" fn proxy_on_http_call_response(_context_id: u32, token: u32, num_
     }
 }
 
-/// The stream is done: 1, it may be deleted.
-#[no_mangle]
-pub extern "C" fn proxy_on_done(_context_id: u32) -> u32 {
-    1
-}
-
-/// Access log time: nothing to log.
-#[no_mangle]
-pub extern "C" fn proxy_on_log(_context_id: u32) {}
+// `proxy_on_done` and `proxy_on_log` are not exported: the host then treats a stream as done at
+// once and skips the log call, two VM entries fewer per request (nothing to do in either).
 
 /// A context is deleted: forget it and every answer it still waited for.
 #[no_mangle]
