@@ -652,6 +652,39 @@ fn forged_token_floods_are_throttled() {
     assert!(s.stat("denied_throttled") >= 40);
 }
 
+/// A page load: many requests with one new token at once. Each worker sends one lookup; the
+/// requests that arrive while it is under way wait for its answer instead of sending their own.
+#[test]
+fn a_burst_with_a_new_token_costs_one_lookup_per_worker() {
+    let s = Stack::start_with(|_| {}, |yaml| yaml);
+    std::thread::sleep(Duration::from_millis(1500)); // every worker follows the feed
+    let (misses, shared) = (s.stat("cache_miss"), s.stat("lookup_shared"));
+    let (rounds, burst) = (3, 24);
+    for round in 0..rounds {
+        let token = s.login(&format!("burst-{round}"), "laptop", &[]);
+        let start = std::sync::Arc::new(std::sync::Barrier::new(burst));
+        let port = s.port;
+        let requests: Vec<_> = (0..burst)
+            .map(|_| {
+                let (start, token) = (start.clone(), token.clone());
+                std::thread::spawn(move || {
+                    let request =
+                        format!("GET /api/whoami HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n");
+                    start.wait();
+                    raw_status(port, request.as_bytes())
+                })
+            })
+            .collect();
+        let statuses: Vec<u16> = requests.into_iter().map(|r| r.join().unwrap()).collect();
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    }
+    std::thread::sleep(Duration::from_millis(1500)); // the filters hand their counts over on the tick
+    let followed = s.stat("lookup_shared") - shared;
+    let lookups = s.stat("cache_miss") - misses - followed;
+    assert!(lookups <= 2 * rounds as u64, "at most one lookup per worker and token: {lookups} lookups, {followed} followed");
+    assert!(followed > 0, "requests that came while a lookup was under way waited for it");
+}
+
 /// The revocation guarantee under load: two Envoys (two workers each), 200 users logging in and
 /// out while load threads keep every token busy on every worker of both. Every response is
 /// recorded with the time its request was sent: no request sent after a logout returned gets a

@@ -8,7 +8,7 @@
 mod host;
 mod support;
 
-use host::{Outcome, TestHost, Upstreams};
+use host::{Decision, Outcome, TestHost, Upstreams};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -263,6 +263,55 @@ fn forged_token_floods_are_throttled_in_both_builds() {
 
 /// The Redis-callout build sends a sliding refresh only after a positive answer: a forged token
 /// costs Redis one call.
+/// Requests that arrive together with one token (a page load) make one lookup: the first sends
+/// it, the others wait for its answer; if the first one's stream goes away, the others look up
+/// again rather than wait for an answer that will never come.
+#[test]
+fn concurrent_requests_with_one_token_share_one_lookup_in_both_builds() {
+    for build in [Build::Stock, Build::Redis] {
+        let stack = Stack::start(build);
+        let mut host = stack.load(json!({}));
+        let request = |t: &str| {
+            vec![
+                (b":method".to_vec(), b"GET".to_vec()),
+                (b":path".to_vec(), b"/api".to_vec()),
+                (b"authorization".to_vec(), format!("Bearer {t}").into_bytes()),
+            ]
+        };
+        let user_of = |d: Decision| match d {
+            Decision::Forwarded(headers) => headers.into_iter().find(|(k, _)| k == b"x-multitokens-user").map(|(_, v)| v),
+            other => panic!("{build:?}: not forwarded: {other:?}"),
+        };
+        let alice = stack.issue("alice", "laptop", &[]);
+        let page: Vec<u32> = (0..5).map(|_| host.try_begin(request(&alice), "192.0.2.1:1000").unwrap()).collect();
+        assert_eq!(host.pending_callouts(), 1, "{build:?}: one lookup for five requests");
+        host.run_callouts();
+        for &ctx in &page {
+            assert_eq!(user_of(host.decision_of(ctx)), Some(b"alice".to_vec()), "{build:?}");
+        }
+        // a forged token: all refused on one lookup
+        let forged = multitokens::core::token::generate("mt", "mallory").unwrap();
+        let page: Vec<u32> = (0..3).map(|_| host.try_begin(request(&forged), "192.0.2.2:1000").unwrap()).collect();
+        assert_eq!(host.pending_callouts(), 1, "{build:?}");
+        host.run_callouts();
+        for &ctx in &page {
+            assert_eq!(host.decision_of(ctx), Decision::Replied(401), "{build:?}");
+        }
+        // the leader's client goes away: the others look up again, one of them for all
+        let bob = stack.issue("bob", "phone", &[]);
+        let page: Vec<u32> = (0..3).map(|_| host.try_begin(request(&bob), "192.0.2.3:1000").unwrap()).collect();
+        assert_eq!(host.pending_callouts(), 1, "{build:?}");
+        host.try_end(page[0]).unwrap();
+        assert_eq!(host.pending_callouts(), 2, "{build:?}: the gone leader's lookup and the new one");
+        host.run_callouts();
+        for &ctx in &page[1..] {
+            assert_eq!(user_of(host.decision_of(ctx)), Some(b"bob".to_vec()), "{build:?}");
+        }
+        host.tick();
+        assert_eq!(host.metric("multitokens.lookup_shared"), 4 + 2 + 3, "{build:?}: followers counted (one twice)");
+    }
+}
+
 #[test]
 fn sliding_refresh_only_after_a_positive_answer() {
     let stack = Stack::start(Build::Redis);

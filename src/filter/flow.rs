@@ -40,12 +40,24 @@ struct Pending {
     previous: Vec<TokenDigest>,
     source: Source,
     request: RequestInfo,
+    /// Waits for another request's lookup of the same token.
+    follower: bool,
+}
+
+/// A lookup's answer for the requests that followed it (see [`super::coalesce`]).
+#[derive(Debug)]
+pub struct Share {
+    /// The answer, as the leader got it.
+    pub answer: Result<Answer, CalloutProblem>,
+    /// The followers' contexts.
+    pub followers: Vec<u32>,
 }
 
 /// One request's flow.
 #[derive(Debug, Default)]
 pub struct HttpFlow {
     pending: Option<Pending>,
+    share: Option<Share>,
 }
 
 impl HttpFlow {
@@ -131,23 +143,75 @@ impl HttpFlow {
             return refuse(host, worker, Metric::DeniedMalformed, now);
         };
         host.count(Metric::CacheMiss);
-        let mut digests = compiled.hash_keys.digests(token).into_iter();
-        let Some(digest) = digests.next() else { return refuse(host, worker, Metric::DeniedMalformed, now) };
-        let refresh_ttl = config.refresh_on_use.as_ref().map(|r| r.ttl);
         let request = RequestInfo { method: method.to_string(), path: path.to_string(), cookie: cookie.map(<[u8]>::to_vec) };
+        self.look_up(host, worker, token.to_string(), tag, source, request, now)
+    }
+
+    /// Asks the store about a well-formed token that is not cached: follows a lookup of the same
+    /// token already under way when the cache is on, else sends one (that others may follow).
+    #[allow(clippy::too_many_arguments)]
+    fn look_up(
+        &mut self,
+        host: &mut dyn Host,
+        worker: &mut Worker,
+        token: String,
+        tag: token::RoutingTag,
+        source: Source,
+        request: RequestInfo,
+        now: u64,
+    ) -> Step {
+        let compiled = Rc::clone(&worker.compiled);
+        let mut digests = compiled.hash_keys.digests(&token).into_iter();
+        let Some(digest) = digests.next() else { return refuse(host, worker, Metric::DeniedMalformed, now) };
         let previous: Vec<TokenDigest> = digests.collect();
+        // with the cache off every request is checked on its own
+        let shared = compiled.config.cache.max_entries > 0;
+        if shared {
+            if let Some(joined) = worker.in_flight.follow(&token, host.context_id()) {
+                host.count(Metric::LookupShared);
+                let (call, epoch) = (joined.call, joined.epoch);
+                self.pending = Some(Pending { call, epoch, token, tag, digest, previous, source, request, follower: true });
+                return Step::Pause;
+            }
+        }
+        let refresh_ttl = compiled.config.refresh_on_use.as_ref().map(|r| r.ttl);
         let key_id = (!previous.is_empty()).then(|| compiled.hash_keys.current().key_id());
         match host.dispatch_lookup(&LookupRequest { tag, digest, previous: previous.clone(), key_id, refresh_ttl }) {
             Ok(call) => {
-                self.pending =
-                    Some(Pending { call, epoch: worker.feed.epoch, token: token.to_string(), tag, digest, previous, source, request });
+                let epoch = worker.feed.epoch;
+                if shared {
+                    worker.in_flight.lead(&token, host.context_id(), call, epoch);
+                }
+                self.pending = Some(Pending { call, epoch, token, tag, digest, previous, source, request, follower: false });
                 Step::Pause
             }
             Err(e) => {
                 host.warn(&format!("multitokens: cannot dispatch the lookup: {e}"));
                 host.count(Metric::CalloutFailed);
-                unavailable(host, worker, token, source, &request, now)
+                unavailable(host, worker, &token, source, &request, now)
             }
+        }
+    }
+
+    /// The answer this request's lookup got, for the requests that followed it (taken once).
+    pub fn take_share(&mut self) -> Option<Share> {
+        self.share.take()
+    }
+
+    /// The lookup this request followed will not be answered (its leader is gone): look up again.
+    pub fn retry(&mut self, host: &mut dyn Host, worker: &mut Worker, now: u64) -> Step {
+        match self.pending.take() {
+            Some(p) => self.look_up(host, worker, p.token, p.tag, p.source, p.request, now),
+            None => Step::Continue,
+        }
+    }
+
+    /// This request's stream is gone: stop waiting. Returns the requests that followed its lookup,
+    /// which must look up again (the host cancels a gone stream's callouts).
+    pub fn on_gone(&mut self, worker: &mut Worker, context: u32) -> Vec<u32> {
+        match self.pending.take() {
+            Some(_) => worker.in_flight.leave(context),
+            None => Vec::new(),
         }
     }
 
@@ -171,6 +235,12 @@ impl HttpFlow {
         now: u64,
     ) -> Step {
         let Some(mut p) = self.pending.take() else { return Step::Continue };
+        if !p.follower {
+            let followers = worker.in_flight.finish(&p.token, p.call);
+            if !followers.is_empty() {
+                self.share = Some(Share { answer: answer.clone(), followers });
+            }
+        }
         match answer {
             Ok(Answer::Valid(identity, expires_in_ms)) => accept(host, worker, &p, identity, expires_in_ms, now),
             // stored under a previous key's digest: revocations (and its re-keying) are published
@@ -379,6 +449,85 @@ mod tests {
     fn follow_feed(w: &mut Worker, now: u64) {
         w.record_tick(now);
         w.apply_feed(lookup::FeedPage { cursor: "1-0".into(), digests: vec![], reset: false, more: false }, now);
+    }
+
+    /// A request for `token` in context `context`, its headers run.
+    fn begin(w: &mut Worker, token: &str, context: u32, now: u64) -> (MemoryHost, HttpFlow, Step) {
+        let mut h = request("/api", Some(&format!("Bearer {token}")));
+        h.context_id = context;
+        let mut flow = HttpFlow::new();
+        let step = flow.on_request_headers(&mut h, w, now);
+        (h, flow, step)
+    }
+
+    #[test]
+    fn concurrent_misses_of_one_token_share_one_lookup() {
+        let mut w = worker("");
+        follow_feed(&mut w, 0);
+        let t = token::generate("mt", "alice").unwrap();
+        let (mut a, mut leader, step) = begin(&mut w, &t, 1, 10);
+        assert_eq!((step, a.lookups.len()), (Step::Pause, 1));
+        let mut followers: Vec<_> = (2..5).map(|c| begin(&mut w, &t, c, 11)).collect();
+        for (h, _, step) in &followers {
+            assert_eq!((*step, h.lookups.len(), h.counted(Metric::LookupShared)), (Step::Pause, 0, 1), "no lookup of its own");
+        }
+        let (other, _, _) = begin(&mut w, &token::generate("mt", "bob").unwrap(), 9, 11);
+        assert_eq!(other.lookups.len(), 1, "another token is looked up");
+        assert_eq!(leader.on_lookup_response(&mut a, &mut w, companion_transport::parse_answer(Some(200), VALID), 20), Step::Continue);
+        let share = leader.take_share().expect("followers wait");
+        assert_eq!(share.followers, vec![2, 3, 4]);
+        assert!(leader.take_share().is_none(), "handed over once");
+        for (h, flow, _) in &mut followers {
+            assert_eq!(flow.on_lookup_response(h, &mut w, share.answer.clone(), 20), Step::Continue);
+            assert_eq!(h.header("x-multitokens-user"), Some(&b"alice"[..]));
+            assert!(flow.take_share().is_none());
+        }
+        // answered: the next request is a cache hit, not a follower
+        let (h, _, step) = begin(&mut w, &t, 6, 30);
+        assert_eq!((step, h.counted(Metric::CacheHit)), (Step::Continue, 1));
+    }
+
+    #[test]
+    fn a_follower_honours_revocations_since_the_shared_lookup_was_sent() {
+        let mut w = worker("");
+        follow_feed(&mut w, 0);
+        let t = token::generate("mt", "alice").unwrap();
+        let digest = TokenHasher::new(None).digest(&t);
+        let (mut a, mut leader, _) = begin(&mut w, &t, 1, 10);
+        // revoked after the lookup was sent, before the follower came: the store may have read the
+        // record before the revocation, so the follower must not believe the answer either
+        w.apply_feed(lookup::FeedPage { cursor: "2-0".into(), digests: vec![digest.to_hex()], reset: false, more: false }, 12);
+        let (mut b, mut follower, step) = begin(&mut w, &t, 2, 13);
+        assert_eq!((step, b.lookups.len()), (Step::Pause, 0));
+        leader.on_lookup_response(&mut a, &mut w, companion_transport::parse_answer(Some(200), VALID), 20);
+        let share = leader.take_share().unwrap();
+        assert_eq!(follower.on_lookup_response(&mut b, &mut w, share.answer, 20), Step::Replied);
+        assert_eq!((a.replies[0].status, b.replies[0].status), (401, 401));
+        assert!(w.cache.get(&t).is_none());
+    }
+
+    #[test]
+    fn followers_of_a_gone_leader_look_up_again_and_without_a_cache_nobody_follows() {
+        let mut w = worker("");
+        follow_feed(&mut w, 0);
+        let t = token::generate("mt", "alice").unwrap();
+        let (_a, mut leader, _) = begin(&mut w, &t, 1, 10);
+        let (mut b, mut second, _) = begin(&mut w, &t, 2, 11);
+        let (mut c, mut third, _) = begin(&mut w, &t, 3, 11);
+        assert_eq!(leader.on_gone(&mut w, 1), vec![2, 3]);
+        assert_eq!(second.retry(&mut b, &mut w, 12), Step::Pause);
+        assert_eq!(b.lookups.len(), 1, "the first to retry leads a new lookup");
+        assert_eq!(third.retry(&mut c, &mut w, 12), Step::Pause);
+        assert_eq!(c.lookups.len(), 0, "the next follows it");
+        assert_eq!(second.on_gone(&mut w, 2), vec![3]);
+        assert_eq!(third.on_gone(&mut w, 3), Vec::<u32>::new(), "a follower just leaves");
+        assert!(w.in_flight.is_empty());
+
+        let mut off = worker(r#", "cache": {"max_entries": 0}"#);
+        follow_feed(&mut off, 0);
+        let (a, _, _) = begin(&mut off, &t, 1, 10);
+        let (b, _, _) = begin(&mut off, &t, 2, 10);
+        assert_eq!((a.lookups.len(), b.lookups.len()), (1, 1), "with the cache off every request is checked on its own");
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub trait Host {
     /// The downstream address Envoy reports (`source.address`: after `use_remote_address` and
     /// trusted hops), read only when a token is refused or looked up.
     fn client_address(&self) -> Option<Vec<u8>>;
+    /// This request's context id (what a request that follows another's lookup is woken by).
+    fn context_id(&self) -> u32;
     /// Starts the lookup callout; returns its call id.
     fn dispatch_lookup(&mut self, request: &LookupRequest) -> Result<u32, String>;
     /// Counts one event.

@@ -25,6 +25,8 @@ pub struct MemoryHost {
     pub counts: [u64; Metric::ALL.len()],
     /// Warnings logged.
     pub warnings: RefCell<Vec<String>>,
+    /// The request's context id.
+    pub context_id: u32,
 }
 
 impl Default for MemoryHost {
@@ -37,6 +39,7 @@ impl Default for MemoryHost {
             lookups: Vec::new(),
             counts: [0; Metric::ALL.len()],
             warnings: RefCell::new(Vec::new()),
+            context_id: 1,
         }
     }
 }
@@ -120,6 +123,9 @@ impl Host for MemoryHost {
     }
     fn client_address(&self) -> Option<Vec<u8>> {
         self.client_address.clone()
+    }
+    fn context_id(&self) -> u32 {
+        self.context_id
     }
     fn dispatch_lookup(&mut self, request: &LookupRequest) -> Result<u32, String> {
         self.lookups.push(request.path());

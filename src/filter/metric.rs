@@ -39,11 +39,13 @@ pub enum Metric {
     DeniedThrottled,
     /// Denied: the token's record has no valid seal (rewritten in Redis).
     DeniedTampered,
+    /// Lookups not sent: the request waited for another request's lookup of the same token.
+    LookupShared,
 }
 
 impl Metric {
     /// Every metric, for definition at start.
-    pub const ALL: [Metric; 18] = [
+    pub const ALL: [Metric; 19] = [
         Metric::Allowed,
         Metric::AllowedStale,
         Metric::Excluded,
@@ -62,6 +64,7 @@ impl Metric {
         Metric::DeniedBadPath,
         Metric::DeniedThrottled,
         Metric::DeniedTampered,
+        Metric::LookupShared,
     ];
 
     /// The stat name.
@@ -85,6 +88,7 @@ impl Metric {
             Metric::DeniedBadPath => "multitokens.denied_bad_path",
             Metric::DeniedThrottled => "multitokens.denied_throttled",
             Metric::DeniedTampered => "multitokens.denied_tampered",
+            Metric::LookupShared => "multitokens.lookup_shared",
         }
     }
 

@@ -5,6 +5,7 @@
 //! the thin proxy-wasm shell, built only for the `wasm-filter` feature.
 
 pub mod cache;
+pub mod coalesce;
 pub mod companion_transport;
 pub mod config;
 pub mod feed;

@@ -2,6 +2,7 @@
 //! sliding refreshes due, the timer's beat and the throttle.
 
 use super::cache::VerdictCache;
+use super::coalesce::InFlight;
 use super::config::Compiled;
 use super::feed::FeedState;
 use super::lookup::{FeedPage, LookupRequest};
@@ -17,6 +18,8 @@ pub struct Worker {
     pub(crate) cache: VerdictCache,
     /// Revocation feed poller.
     pub(crate) feed: FeedState,
+    /// Lookups under way that requests with the same token follow.
+    pub(crate) in_flight: InFlight,
     /// Tokens due for a sliding refresh, sent on the next tick.
     pub(crate) refresh_queue: Vec<LookupRequest>,
     /// When the timer last ticked (ms). The request path reads the host's clock itself, so a
@@ -64,6 +67,7 @@ impl Worker {
             compiled: Rc::new(compiled),
             cache,
             feed: FeedState::default(),
+            in_flight: InFlight::default(),
             refresh_queue: Vec::new(),
             last_tick_ms: 0,
             throttle,

@@ -93,12 +93,21 @@ impl Outcome {
     }
 }
 
-#[derive(Default)]
-struct State {
-    plugin_config: Vec<u8>,
+/// One request's state on the host side.
+#[derive(Clone, Default)]
+struct Stream {
     request_headers: RawHeaders,
     local_reply: Option<LocalReply>,
     continued: bool,
+}
+
+#[derive(Default)]
+struct State {
+    plugin_config: Vec<u8>,
+    /// Requests by context id: host calls act on the effective context's.
+    streams: HashMap<u32, Stream>,
+    /// The request begun last.
+    current: u32,
     callouts: Vec<Callout>,
     call_response_headers: RawHeaders,
     call_response_body: Vec<u8>,
@@ -113,6 +122,18 @@ struct State {
     upstreams: Upstreams,
     client_address: String,
     redis_queries: Vec<Vec<u8>>,
+}
+
+impl State {
+    /// The effective context's request.
+    fn stream(&mut self) -> &mut Stream {
+        self.streams.entry(self.effective_context).or_default()
+    }
+
+    /// The request begun last.
+    fn current(&self) -> Stream {
+        self.streams.get(&self.current).cloned().unwrap_or_default()
+    }
 }
 
 type Host<'a> = Caller<'a, State>;
@@ -169,7 +190,10 @@ fn deserialize_map(bytes: &[u8]) -> Vec<(String, String)> {
 
 fn map_of(state: &mut State, map_type: i32) -> Option<&mut RawHeaders> {
     match map_type {
-        0 => Some(&mut state.request_headers),
+        0 => {
+            let ctx = state.effective_context;
+            Some(&mut state.streams.entry(ctx).or_default().request_headers)
+        }
         6 => Some(&mut state.call_response_headers),
         _ => None,
     }
@@ -248,14 +272,14 @@ fn link(linker: &mut Linker<State>) {
             |mut c: Host, status: i32, _dp: i32, _dl: i32, bp: i32, bl: i32, hp: i32, hl: i32, _grpc: i32| -> i32 {
                 let body = read_string(&c, bp, bl);
                 let headers = deserialize_map(&read_bytes(&c, hp, hl));
-                c.data_mut().local_reply = Some(LocalReply { status: status as u32, headers, body });
+                c.data_mut().stream().local_reply = Some(LocalReply { status: status as u32, headers, body });
                 OK
             },
         )
         .unwrap()
         .func_wrap("env", "proxy_continue_stream", |mut c: Host, stream: i32| -> i32 {
             if stream == 0 {
-                c.data_mut().continued = true;
+                c.data_mut().stream().continued = true;
             }
             OK
         })
@@ -489,7 +513,7 @@ impl TestHost {
         let ctx = self.try_begin(headers, &client).unwrap_or_else(|trap| panic!("{trap}"));
         // perform callouts until the request is decided
         for _ in 0..8 {
-            let s = self.store.data();
+            let s = self.store.data().current();
             if s.local_reply.is_some() || s.continued {
                 break;
             }
@@ -497,7 +521,7 @@ impl TestHost {
                 break;
             }
         }
-        let s = self.store.data();
+        let s = self.store.data().current();
         let outcome = match (&s.local_reply, s.continued) {
             (Some(r), _) => Outcome::Replied(r.clone()),
             (None, true) => Outcome::Forwarded(s.request_headers.clone()),
@@ -515,7 +539,13 @@ impl TestHost {
     }
 
     /// Performs every pending callout; false when there was none.
-    fn run_callouts(&mut self) -> bool {
+    /// Callouts started and not yet performed.
+    pub fn pending_callouts(&self) -> usize {
+        self.store.data().callouts.len()
+    }
+
+    /// Performs the callouts under way for real and delivers their answers; false if there were none.
+    pub fn run_callouts(&mut self) -> bool {
         let pending = std::mem::take(&mut self.store.data_mut().callouts);
         if pending.is_empty() {
             return false;
@@ -670,23 +700,27 @@ impl TestHost {
         let ctx = self.next_context;
         {
             let s = self.store.data_mut();
-            s.request_headers = headers;
-            s.local_reply = None;
-            s.continued = false;
+            s.streams.insert(ctx, Stream { request_headers: headers, ..Stream::default() });
+            s.current = ctx;
             s.effective_context = ctx;
             s.client_address = client.into();
         }
         self.try_call("proxy_on_context_create", &[Val::I32(ctx as i32), Val::I32(self.root_id as i32)])?;
-        let n = self.store.data().request_headers.len() as i32;
+        let n = self.store.data().current().request_headers.len() as i32;
         if self.try_call("proxy_on_request_headers", &[Val::I32(ctx as i32), Val::I32(n), Val::I32(1)])? == 0 {
-            self.store.data_mut().continued = true;
+            self.store.data_mut().stream().continued = true;
         }
         Ok(ctx)
     }
 
-    /// Where the current request stands.
+    /// Where the request begun last stands.
     pub fn decision(&self) -> Decision {
-        let s = self.store.data();
+        self.decision_of(self.store.data().current)
+    }
+
+    /// Where the request of context `ctx` stands.
+    pub fn decision_of(&self, ctx: u32) -> Decision {
+        let s = self.store.data().streams.get(&ctx).cloned().unwrap_or_default();
         match (&s.local_reply, s.continued) {
             (Some(r), _) => Decision::Replied(r.status),
             (None, true) => Decision::Forwarded(s.request_headers.clone()),
@@ -694,10 +728,9 @@ impl TestHost {
         }
     }
 
-    /// Whether the guest both replied locally and resumed the request (never allowed).
+    /// Whether the guest both replied locally and resumed a request (never allowed).
     pub fn replied_and_resumed(&self) -> bool {
-        let s = self.store.data();
-        s.local_reply.is_some() && s.continued
+        self.store.data().streams.values().any(|s| s.local_reply.is_some() && s.continued)
     }
 
     /// The callouts started since the last call.
@@ -767,12 +800,14 @@ impl TestHost {
     /// Envoy's proxy-wasm host, done and log are called only when the guest exports them (done
     /// then counts as "yes"); delete is required.
     pub fn try_end(&mut self, ctx: u32) -> Result<(), String> {
+        self.store.data_mut().effective_context = ctx;
         for optional in ["proxy_on_done", "proxy_on_log"] {
             if self.export(optional).is_some() {
                 self.try_call(optional, &[Val::I32(ctx as i32)])?;
             }
         }
         self.try_call("proxy_on_delete", &[Val::I32(ctx as i32)])?;
+        self.store.data_mut().streams.remove(&ctx);
         Ok(())
     }
 }

@@ -36,7 +36,7 @@ fn root(id: u32) -> Option<Rc<RefCell<Root>>> {
     with(|c| c.roots.get(&id).cloned()).flatten()
 }
 
-fn stream(id: u32) -> Option<Rc<RefCell<Http>>> {
+pub(super) fn stream(id: u32) -> Option<Rc<RefCell<Http>>> {
     with(|c| c.streams.get(&id).cloned()).flatten()
 }
 
@@ -157,6 +157,11 @@ pub extern "C" fn proxy_on_http_call_response(_context_id: u32, token: u32, num_
 /// A context is deleted: forget it and every answer it still waited for.
 #[no_mangle]
 pub extern "C" fn proxy_on_delete(context_id: u32) {
+    if let Some(s) = stream(context_id) {
+        if let Ok(mut s) = s.try_borrow_mut() {
+            s.on_gone();
+        }
+    }
     with(|c| {
         c.streams.remove(&context_id);
         c.roots.remove(&context_id);

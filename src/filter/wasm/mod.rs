@@ -17,7 +17,7 @@ use super::companion_transport;
 use super::config::Compiled;
 use super::flow::HttpFlow;
 use super::host::{Host, Step};
-use super::lookup::{CalloutProblem, FeedPage, LookupRequest};
+use super::lookup::{Answer, CalloutProblem, FeedPage, LookupRequest};
 use super::metric::Metric;
 use super::reply::{self, Denial, LocalReply};
 use super::worker::Worker;
@@ -245,6 +245,10 @@ struct EnvoyHost<'a> {
 }
 
 impl Host for EnvoyHost<'_> {
+    fn context_id(&self) -> u32 {
+        self.context_id
+    }
+
     fn request_headers(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
         abi::headers(Map::RequestHeaders).unwrap_or_default()
     }
@@ -340,7 +344,12 @@ impl Http {
             return;
         }
         let (status, body) = http_response(num_headers, body_size);
-        let answer = companion_transport::parse_answer(status, &body);
+        self.answer(companion_transport::parse_answer(status, &body));
+    }
+
+    /// Decides on the lookup's answer (this context is the effective one), then hands it to the
+    /// requests that followed the lookup.
+    fn answer(&mut self, answer: Result<Answer, CalloutProblem>) {
         let step =
             with_flow(&self.flow, self.worker.as_ref(), &self.metrics, self.transport, (self.id, self.root_id), |flow, host, worker| {
                 flow.on_lookup_response(host, worker, answer, now_ms())
@@ -348,6 +357,47 @@ impl Http {
         if step == Step::Continue {
             let _ = abi::resume_request();
         }
+        let share = self.flow.try_borrow_mut().ok().and_then(|mut f| f.take_share());
+        if let Some(share) = share {
+            for follower in share.followers {
+                in_context(follower, |http| http.answer(share.answer.clone()));
+            }
+        }
+    }
+
+    /// This request's stream is gone: the requests that followed its lookup look up again.
+    fn on_gone(&mut self) {
+        let followers = match (self.flow.try_borrow_mut(), self.worker.as_ref().map(|w| w.try_borrow_mut())) {
+            (Ok(mut flow), Some(Ok(mut worker))) => flow.on_gone(&mut worker, self.id),
+            _ => return,
+        };
+        for follower in followers {
+            in_context(follower, |http| {
+                let step = with_flow(
+                    &http.flow,
+                    http.worker.as_ref(),
+                    &http.metrics,
+                    http.transport,
+                    (http.id, http.root_id),
+                    |flow, host, worker| flow.retry(host, worker, now_ms()),
+                );
+                if step == Step::Continue {
+                    let _ = abi::resume_request();
+                }
+            });
+        }
+    }
+}
+
+/// Runs `f` on another live request, made the effective context first.
+fn in_context(context_id: u32, f: impl FnOnce(&mut Http)) {
+    let Some(http) = exports::stream(context_id) else { return };
+    if abi::set_effective_context(context_id).is_err() {
+        return;
+    }
+    let borrowed = http.try_borrow_mut();
+    if let Ok(mut http) = borrowed {
+        f(&mut http);
     }
 }
 

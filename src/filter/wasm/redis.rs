@@ -189,6 +189,12 @@ pub extern "C" fn proxy_on_redis_call_response(_root_context_id: u32, token: u32
             if step == Step::Continue {
                 let _ = abi::resume_request();
             }
+            let share = flow.try_borrow_mut().ok().and_then(|mut f| f.take_share());
+            if let Some(share) = share {
+                for follower in share.followers {
+                    super::in_context(follower, |http| http.answer(share.answer.clone()));
+                }
+            }
         }
     }
 }
