@@ -4,14 +4,16 @@
 One run on this machine, side by side: real Envoy 1.40 (`--concurrency 1`, loopback) answering
 with a direct response behind (a) no auth filter, (b) a no-op wasm filter, (c) the multitokens
 filter served from its cache, (d) the filter with the cache off, (e) Envoy's own ext_authz calling
-the companion; a flood of invalid tokens; revocation latency under load (two workers, until every
-worker refuses); and the companion alone against redis-benchmark. The
+the companion (HTTP/1.1, HTTP/2 and gRPC); Envoy's jwt_authn and a minimal wasm authentication
+fixture; a flood of invalid tokens; page-load bursts; the realistic mix; memory per cached
+verdict; revocation latency under load (two workers, until every worker refuses); and the
+companion alone against redis-benchmark. The
 Envoy scenarios run in alternating rounds and report medians. Writes bench/results.json.
 
 Settings (environment): BENCH_SECONDS (measured seconds per run, default 10), BENCH_WARMUP (2),
-BENCH_ROUNDS (3), BENCH_CONNECTIONS (16), ENVOY_BIN; BENCH_ONLY=memory|mix|miss runs that part
+BENCH_ROUNDS (3), BENCH_CONNECTIONS (16), ENVOY_BIN; BENCH_ONLY=memory|mix|miss|hit|burst runs that part
 alone and prints it (no results.json), for working on one figure; with BENCH_BASELINE_WASM=<a
-filter .wasm> the hit and miss parts also run that build side by side (before and after a change).
+filter .wasm> the hit, miss and burst parts also run that build side by side (before and after a change).
 """
 
 import atexit
@@ -385,7 +387,8 @@ def main():
     stock = WASM_DIR / "multitokens_filter.wasm"
     if ONLY:
         parts = {"memory": lambda: memory_per_verdict(companion_port, stock), "mix": lambda: realistic_mix(companion_port, stock),
-                 "miss": lambda: miss_path(companion_port, stock), "hit": lambda: hit_path(companion_port, stock)}
+                 "miss": lambda: miss_path(companion_port, stock), "hit": lambda: hit_path(companion_port, stock),
+                 "burst": lambda: burst(companion_port, stock)}
         if ONLY not in parts:
             sys.exit(f"bench: BENCH_ONLY must be one of {', '.join(parts)}")
         print(json.dumps(parts[ONLY](), indent=2))
@@ -420,6 +423,9 @@ def main():
         "filter_miss": Envoy("filter_miss", wasm_filter("multitokens", stock, filter_config(0)), companion_port),
         "ext_authz": Envoy("ext_authz", ext_authz_filter(), companion_port),
         "ext_authz_grpc": Envoy("ext_authz_grpc", ext_authz_filter("grpc"), companion_port),
+        # the miss path with HTTP/2 to the companion, for both (one connection, multiplexed)
+        "filter_miss_h2": Envoy("filter_miss_h2", wasm_filter("multitokens", stock, filter_config(0)), companion_port, http2=True),
+        "ext_authz_h2": Envoy("ext_authz_h2", ext_authz_filter(), companion_port, http2=True),
         "minimal_auth_wasm": Envoy("minimal_auth_wasm", wasm_filter("minimal_auth", MINIMAL_WASM), companion_port),
         "jwt_rs256": Envoy("jwt_rs256", jwt_filter(jwks, cached=False), companion_port),
         "jwt_rs256_cached": Envoy("jwt_rs256_cached", jwt_filter(jwks, cached=True), companion_port),
@@ -443,7 +449,7 @@ def main():
         conn.close()
         if status != 200:
             sys.exit(f"bench: {name} answered {status} to a valid token (logs in {WORK})")
-        if name in ("filter_hit", "filter_hit_lean", "filter_miss") or name.startswith(("jwt_", "ext_authz")):
+        if name in ("filter_hit", "filter_hit_lean", "filter_miss", "filter_miss_h2") or name.startswith(("jwt_", "ext_authz")):
             conn = http.client.HTTPConnection("127.0.0.1", e.port, timeout=5)
             conn.request("GET", "/api/bench", headers={"authorization": f"Bearer {mint_tokens(1)[0]}"})
             if conn.getresponse().status != 401:
@@ -531,6 +537,8 @@ def main():
     scenarios["invalid_flood_bad_checksum"] = {k: flood_results["invalid_bad_checksum"][k] for k in ("rps", "p50_ms", "p99_ms", "errors")}
 
     memory = memory_per_verdict(companion_port, stock)
+    bursts = burst(companion_port, stock)
+    scenarios.update(bursts)
     mix = realistic_mix(companion_port, stock)
     scenarios["mix_filter"] = {k: mix["mix_filter"][k] for k in ("rps", "p50_ms", "p99_ms", "errors", "envoy_cpu_us_per_req")}
     scenarios["mix_ext_authz"] = {k: mix["mix_ext_authz"][k] for k in ("rps", "p50_ms", "p99_ms", "errors", "envoy_cpu_us_per_req")}
@@ -568,6 +576,13 @@ def main():
             "filter_miss_vs_ext_authz_grpc": ratio("filter_miss", "ext_authz_grpc"),
             "ext_authz_grpc_vs_ext_authz": ratio("ext_authz_grpc", "ext_authz"),
             "mix_filter_vs_mix_ext_authz": ratio("mix_filter", "mix_ext_authz"),
+            "filter_miss_h2_vs_ext_authz_h2": ratio("filter_miss_h2", "ext_authz_h2"),
+            "filter_miss_h2_vs_filter_miss": ratio("filter_miss_h2", "filter_miss"),
+            "ext_authz_h2_vs_ext_authz": ratio("ext_authz_h2", "ext_authz"),
+            "filter_miss_best_vs_ext_authz_best": round(max(s[k]["rps"] for k in ("filter_miss", "filter_miss_h2"))
+                                                        / max(s[k]["rps"] for k in ("ext_authz", "ext_authz_h2", "ext_authz_grpc")), 3),
+            "burst_filter_vs_burst_ext_authz": ratio("burst_filter", "burst_ext_authz"),
+            "filter_hit_lean_vs_minimal_auth_wasm": ratio("filter_hit_lean", "minimal_auth_wasm"),
             "noop_wasm_vs_no_auth": ratio("noop_wasm", "no_auth"),
             "invalid_flood_vs_filter_hit": ratio("invalid_flood", "filter_hit"),
             "companion_introspect_vs_redis_get": ratio("companion_introspect", "redis_get"),
@@ -603,6 +618,9 @@ def main():
         "filter_hit_at_least_0.95_of_noop_wasm": rt["filter_hit_vs_noop_wasm"] is not None and rt["filter_hit_vs_noop_wasm"] >= 0.95,
         "filter_hit_at_least_3x_ext_authz": rt["filter_hit_vs_ext_authz"] is not None and rt["filter_hit_vs_ext_authz"] >= 3,
         "filter_miss_at_least_ext_authz": rt["filter_miss_vs_ext_authz"] is not None and rt["filter_miss_vs_ext_authz"] >= 1,
+        "filter_miss_best_transport_at_least_ext_authz_best": rt["filter_miss_best_vs_ext_authz_best"] >= 1,
+        # page loads: one lookup per burst and worker
+        "burst_one_lookup_per_burst": s["burst_filter"]["lookups_per_request"] <= 1.5 / s["burst_filter"]["repeat"],
         "stock_build_under_250_kb": results["wasm_bytes"]["stock"] < 250_000,
         "bad_checksums_never_reach_redis": flood_results["invalid_bad_checksum"]["lookups"] == 0,
         "memory_bounded_during_flood": 0 <= flood_results["cache_entries_after"] <= 10000,
@@ -691,8 +709,9 @@ def realistic_mix(companion_port, wasm):
     return results
 
 
-def alternating(envoys, env):
-    """Each Envoy under the same load in alternating rounds; medians with Envoy CPU per request."""
+def alternating(envoys, env, keep=False):
+    """Each Envoy under the same load in alternating rounds; medians with Envoy CPU per request.
+    The Envoys are stopped after, unless `keep`."""
     runs = {name: [] for name in envoys}
     for r in range(ROUNDS):
         for name, e in envoys.items():
@@ -703,7 +722,8 @@ def alternating(envoys, env):
             runs[name].append(result)
             log(f"round {r + 1}/{ROUNDS} {name}: {result['rps']:.0f} req/s, p99 {result['p99_ms']:.3f} ms")
     for e in envoys.values():
-        e.proc.terminate()
+        if not keep:
+            e.proc.terminate()
     return {name: median_of(rs) for name, rs in runs.items()}
 
 
@@ -725,6 +745,41 @@ def hit_path(companion_port, wasm):
         e.ready()
     time.sleep(2.5)
     return alternating(envoys, env)
+
+
+def burst(companion_port, wasm, repeat=16):
+    """Page loads (BENCH_ONLY=burst): each token sent `repeat` times in a row over the 16
+    connections, 1,000 tokens whose cached verdicts last 1 s, so a token's burst comes back after
+    its verdict expired: every burst starts with a miss. The filter sends one lookup per burst and
+    worker (the rest wait for it, or hit); ext_authz asks for every request."""
+    auth = {"authorization": f"Bearer {ADMIN_KEY}"}
+    tokens = [http_json(companion_port, "POST", "/v1/tokens", {"user": f"burst-{i % 100}", "device": f"d{i}"}, auth)[1]["token"]
+              for i in range(1000)]
+    env = {"TOKENS_FILE": str(write_lines("burst.txt", tokens)), "BENCH_REPEAT": str(repeat)}
+    config = filter_config(10000)
+    config["cache"]["ttl_ms"] = 1000
+    envoys = {
+        "burst_filter": Envoy("burst_filter", wasm_filter("multitokens", wasm, config), companion_port),
+        "burst_ext_authz": Envoy("burst_ext_authz", ext_authz_filter(), companion_port),
+    }
+    if BASELINE:
+        envoys["burst_filter_baseline"] = Envoy("burst_filter_baseline", wasm_filter("multitokens", BASELINE, config), companion_port)
+    for e in envoys.values():
+        e.ready()
+    time.sleep(2.5)
+    before = envoy_stats(envoys["burst_filter"].admin, "multitokens")
+    out = alternating({k: v for k, v in envoys.items()}, env, keep=True)
+    time.sleep(1.5)  # the tick hands the counts to Envoy
+    after = envoy_stats(envoys["burst_filter"].admin, "multitokens")
+    for e in envoys.values():
+        e.proc.terminate()
+    d = lambda k: after.get(f"wasmcustom.multitokens.{k}", 0) - before.get(f"wasmcustom.multitokens.{k}", 0)
+    requests = d("allowed") + d("denied_invalid")
+    out["burst_filter"]["lookups_per_request"] = round((d("cache_miss") - d("lookup_shared")) / max(requests, 1), 4)
+    out["burst_filter"]["shared_per_request"] = round(d("lookup_shared") / max(requests, 1), 4)
+    out["burst_filter"]["repeat"] = repeat
+    log(f"burst: {out['burst_filter']['lookups_per_request']} lookups per request, {out['burst_filter']['shared_per_request']} shared")
+    return out
 
 
 def miss_path(companion_port, wasm):
