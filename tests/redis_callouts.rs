@@ -307,8 +307,22 @@ fn concurrent_requests_with_one_token_share_one_lookup_in_both_builds() {
         for &ctx in &page[1..] {
             assert_eq!(user_of(host.decision_of(ctx)), Some(b"bob".to_vec()), "{build:?}");
         }
+        // a lookup the host never answers: past its timeout and a second, the tick sends the
+        // requests that followed it to look up again
+        let carol = stack.issue("carol", "phone", &[]);
+        let stuck = host.try_begin(request(&carol), "192.0.2.4:1000").unwrap();
+        let waiting = host.try_begin(request(&carol), "192.0.2.4:1001").unwrap();
+        let unanswered = host.take_calls();
+        assert_eq!(unanswered.len(), 1, "{build:?}");
+        assert_eq!(host.decision_of(waiting), Decision::Pending);
+        std::thread::sleep(Duration::from_millis(500 + 1100)); // the lookup timeout (500 ms) and a second
+        host.try_tick().unwrap();
+        host.run_callouts(); // (the unanswered lookup was taken away: only the follower's new one is answered)
+        assert_eq!(user_of(host.decision_of(waiting)), Some(b"carol".to_vec()), "{build:?}");
+        assert_eq!(host.decision_of(stuck), Decision::Pending, "{build:?}: its own lookup is still unanswered");
+        host.try_end(stuck).unwrap();
         host.tick();
-        assert_eq!(host.metric("multitokens.lookup_shared"), 4 + 2 + 3, "{build:?}: followers counted (one twice)");
+        assert_eq!(host.metric("multitokens.lookup_shared"), 4 + 2 + 3 + 1, "{build:?}: followers counted (one twice)");
     }
 }
 

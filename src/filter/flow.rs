@@ -167,7 +167,7 @@ impl HttpFlow {
         // with the cache off every request is checked on its own
         let shared = compiled.config.cache.max_entries > 0;
         if shared {
-            if let Some(joined) = worker.in_flight.follow(&token, host.context_id()) {
+            if let Some(joined) = worker.in_flight.follow(&token, host.context_id(), now, worker.max_lookup_wait_ms()) {
                 host.count(Metric::LookupShared);
                 let (call, epoch) = (joined.call, joined.epoch);
                 self.pending = Some(Pending { call, epoch, token, tag, digest, previous, source, request, follower: true });
@@ -180,7 +180,7 @@ impl HttpFlow {
             Ok(call) => {
                 let epoch = worker.feed.epoch;
                 if shared {
-                    worker.in_flight.lead(&token, host.context_id(), call, epoch);
+                    worker.in_flight.lead(&token, host.context_id(), call, epoch, now);
                 }
                 self.pending = Some(Pending { call, epoch, token, tag, digest, previous, source, request, follower: false });
                 Step::Pause

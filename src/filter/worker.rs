@@ -52,6 +52,8 @@ pub struct TickWork {
     pub poll_feed: bool,
     /// Sliding refreshes to send.
     pub refreshes: Vec<LookupRequest>,
+    /// Requests that followed a lookup never answered: they look up again.
+    pub look_up_again: Vec<u32>,
 }
 
 /// Most refreshes waiting for the next tick.
@@ -102,7 +104,14 @@ impl Worker {
             self.cache.purge_expired(now);
             self.last_purge_ms = now;
         }
-        TickWork { poll_feed: self.feed_poll_due(now), refreshes: std::mem::take(&mut self.refresh_queue) }
+        let look_up_again = self.in_flight.expire(now, self.max_lookup_wait_ms());
+        TickWork { poll_feed: self.feed_poll_due(now), refreshes: std::mem::take(&mut self.refresh_queue), look_up_again }
+    }
+
+    /// How long requests wait for another request's lookup: its timeout and a second more (the
+    /// host answers every callout, with a timeout at the latest).
+    pub fn max_lookup_wait_ms(&self) -> u64 {
+        self.compiled.transport.timeout_ms().saturating_add(1000)
     }
 
     /// Whether a feed poll should start now: polling is on and none is under way (or the one
@@ -180,7 +189,7 @@ mod tests {
     #[test]
     fn the_tick_polls_the_feed_once_at_a_time_and_drains_refreshes() {
         let mut w = worker("");
-        assert_eq!(w.on_tick(1000), TickWork { poll_feed: true, refreshes: vec![] });
+        assert_eq!(w.on_tick(1000), TickWork { poll_feed: true, refreshes: vec![], look_up_again: vec![] });
         w.feed_poll_started(7, 1000);
         assert!(!w.on_tick(2000).poll_feed, "one poll under way");
         assert!(!w.on_tick(12_000).poll_feed, "a long poll is held up to 5 s (+ the 500 ms timeout)");

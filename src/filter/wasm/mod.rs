@@ -215,8 +215,13 @@ impl Root {
                 log(Level::Warn, &format!("multitokens: sliding refresh: {e}"));
             }
         }
+
         self.metrics.record_gauges(worker.cache.len());
         self.metrics.flush();
+        drop(worker);
+        for follower in work.look_up_again {
+            in_context(follower, Http::retry);
+        }
     }
 
     /// A new request under this root.
@@ -372,19 +377,18 @@ impl Http {
             _ => return,
         };
         for follower in followers {
-            in_context(follower, |http| {
-                let step = with_flow(
-                    &http.flow,
-                    http.worker.as_ref(),
-                    &http.metrics,
-                    http.transport,
-                    (http.id, http.root_id),
-                    |flow, host, worker| flow.retry(host, worker, now_ms()),
-                );
-                if step == Step::Continue {
-                    let _ = abi::resume_request();
-                }
+            in_context(follower, Http::retry);
+        }
+    }
+
+    /// The lookup this request followed will not be answered: look up again.
+    fn retry(&mut self) {
+        let step =
+            with_flow(&self.flow, self.worker.as_ref(), &self.metrics, self.transport, (self.id, self.root_id), |flow, host, worker| {
+                flow.retry(host, worker, now_ms())
             });
+        if step == Step::Continue {
+            let _ = abi::resume_request();
         }
     }
 }
