@@ -395,13 +395,7 @@ def main():
         return
 
     # 1,000 valid tokens of 100 users, issued by the companion
-    tokens = []
-    auth = {"authorization": f"Bearer {ADMIN_KEY}"}
-    for i in range(1000):
-        status, body = http_json(companion_port, "POST", "/v1/tokens", {"user": f"user-{i % 100}", "device": f"d{i}"}, auth)
-        if status != 201:
-            sys.exit(f"bench: issuing failed: {status} {body}")
-        tokens.append(body["token"])
+    tokens = issue_tokens(companion_port, "user")
     valid_file = write_lines("valid.txt", tokens)
     bad_file = write_lines("bad-checksum.txt", mint_tokens(50000, bad_checksum=True))
     unknown_file = write_lines("unknown.txt", mint_tokens(50000))
@@ -456,17 +450,7 @@ def main():
                 sys.exit(f"bench: {name} let an unknown token in")
             conn.close()
 
-    runs = {name: [] for name in envoys}
-    for r in range(ROUNDS):
-        for name, e in envoys.items():
-            env = {"TOKENS_FILE": str(token_files.get(name, valid_file))}
-            wrk(e.port, WARMUP, env=env)
-            cpu_before = cpu_seconds(e.proc.pid)
-            result = wrk(e.port, SECONDS, env=env)
-            result["envoy_cpu_us_per_req"] = (cpu_seconds(e.proc.pid) - cpu_before) * 1e6 / max(result["requests"], 1)
-            runs[name].append(result)
-            log(f"round {r + 1}/{ROUNDS} {name}: {result['rps']:.0f} req/s, p50 {result['p50_ms']:.3f} ms, p99 {result['p99_ms']:.3f} ms")
-    scenarios = {name: median_of(rs) for name, rs in runs.items()}
+    scenarios = alternating(envoys, lambda name: {"TOKENS_FILE": str(token_files.get(name, valid_file))}, keep=True)
     time.sleep(1.2)  # the filter hands its counts to Envoy on its 1 s tick
     hit_stats = envoy_stats(envoys["filter_hit"].admin, "multitokens")
     scenarios["filter_hit"]["cache_hits"] = hit_stats.get("wasmcustom.multitokens.cache_hit", 0)
@@ -722,18 +706,45 @@ def realistic_mix(companion_port, wasm):
     return results
 
 
-def alternating(envoys, env, keep=False):
-    """Each Envoy under the same load in alternating rounds; medians with Envoy CPU per request.
-    The Envoys are stopped after, unless `keep`."""
+def side_by_side(envoys, env, companion_port, baseline_config, keep=False):
+    """With BENCH_BASELINE_WASM, adds that build (configured with `baseline_config`) as
+    `<first scenario>_baseline`; waits until every Envoy is up and follows the feed; then
+    `alternating`."""
+    if BASELINE:
+        name = f"{next(iter(envoys))}_baseline"
+        envoys[name] = Envoy(name, wasm_filter("multitokens", BASELINE, baseline_config), companion_port)
+    for e in envoys.values():
+        e.ready()
+    time.sleep(2.5)
+    return alternating(envoys, env, keep)
+
+
+def issue_tokens(companion_port, prefix, count=1000):
+    """`count` tokens of 100 users named `<prefix>-<n>`, issued by the companion."""
+    auth = {"authorization": f"Bearer {ADMIN_KEY}"}
+    tokens = []
+    for i in range(count):
+        status, body = http_json(companion_port, "POST", "/v1/tokens", {"user": f"{prefix}-{i % 100}", "device": f"d{i}"}, auth)
+        if status != 201:
+            sys.exit(f"bench: issuing failed: {status} {body}")
+        tokens.append(body["token"])
+    return tokens
+
+
+def alternating(envoys, env_of, keep=False):
+    """Each Envoy under its load (`env`: the wrk settings, or a function of the scenario's name
+    giving them) in alternating rounds; medians with Envoy CPU per request. The Envoys are
+    stopped after, unless `keep`."""
     runs = {name: [] for name in envoys}
     for r in range(ROUNDS):
         for name, e in envoys.items():
+            env = env_of(name) if callable(env_of) else env_of
             wrk(e.port, WARMUP, env=env)
             cpu_before = cpu_seconds(e.proc.pid)
             result = wrk(e.port, SECONDS, env=env)
             result["envoy_cpu_us_per_req"] = (cpu_seconds(e.proc.pid) - cpu_before) * 1e6 / max(result["requests"], 1)
             runs[name].append(result)
-            log(f"round {r + 1}/{ROUNDS} {name}: {result['rps']:.0f} req/s, p99 {result['p99_ms']:.3f} ms")
+            log(f"round {r + 1}/{ROUNDS} {name}: {result['rps']:.0f} req/s, p50 {result['p50_ms']:.3f} ms, p99 {result['p99_ms']:.3f} ms")
     for e in envoys.values():
         if not keep:
             e.proc.terminate()
@@ -743,21 +754,14 @@ def alternating(envoys, env, keep=False):
 def hit_path(companion_port, wasm):
     """The cache-hit path alone (BENCH_ONLY=hit): the filter against the minimal wasm
     authentication fixture and the no-op fixture on the same 1,000 tokens."""
-    auth = {"authorization": f"Bearer {ADMIN_KEY}"}
-    tokens = [http_json(companion_port, "POST", "/v1/tokens", {"user": f"hit-{i % 100}", "device": f"d{i}"}, auth)[1]["token"]
-              for i in range(1000)]
+    tokens = issue_tokens(companion_port, "hit")
     env = {"TOKENS_FILE": str(write_lines("hit.txt", tokens))}
     envoys = {
         "filter_hit": Envoy("filter_hit", wasm_filter("multitokens", wasm, filter_config(10000)), companion_port),
         "minimal_auth_wasm": Envoy("minimal_auth_wasm", wasm_filter("minimal_auth", MINIMAL_WASM), companion_port),
         "noop_wasm": Envoy("noop_wasm", wasm_filter("noop", NOOP_WASM), companion_port),
     }
-    if BASELINE:
-        envoys["filter_hit_baseline"] = Envoy("filter_hit_baseline", wasm_filter("multitokens", BASELINE, filter_config(10000)), companion_port)
-    for e in envoys.values():
-        e.ready()
-    time.sleep(2.5)
-    return alternating(envoys, env)
+    return side_by_side(envoys, env, companion_port, filter_config(10000))
 
 
 def burst(companion_port, wasm, repeat=16):
@@ -765,9 +769,7 @@ def burst(companion_port, wasm, repeat=16):
     connections, 1,000 tokens whose cached verdicts last 1 s, so a token's burst comes back after
     its verdict expired: every burst starts with a miss. The filter sends one lookup per burst and
     worker (the rest wait for it, or hit); ext_authz asks for every request."""
-    auth = {"authorization": f"Bearer {ADMIN_KEY}"}
-    tokens = [http_json(companion_port, "POST", "/v1/tokens", {"user": f"burst-{i % 100}", "device": f"d{i}"}, auth)[1]["token"]
-              for i in range(1000)]
+    tokens = issue_tokens(companion_port, "burst")
     env = {"TOKENS_FILE": str(write_lines("burst.txt", tokens)), "BENCH_REPEAT": str(repeat)}
     config = filter_config(10000)
     config["cache"]["ttl_ms"] = 1000
@@ -775,13 +777,9 @@ def burst(companion_port, wasm, repeat=16):
         "burst_filter": Envoy("burst_filter", wasm_filter("multitokens", wasm, config), companion_port),
         "burst_ext_authz": Envoy("burst_ext_authz", ext_authz_filter(), companion_port),
     }
-    if BASELINE:
-        envoys["burst_filter_baseline"] = Envoy("burst_filter_baseline", wasm_filter("multitokens", BASELINE, config), companion_port)
-    for e in envoys.values():
-        e.ready()
-    time.sleep(2.5)
+    envoys["burst_filter"].ready()
     before = envoy_stats(envoys["burst_filter"].admin, "multitokens")
-    out = alternating({k: v for k, v in envoys.items()}, env, keep=True)
+    out = side_by_side(envoys, env, companion_port, config, keep=True)
     time.sleep(1.5)  # the tick hands the counts to Envoy
     after = envoy_stats(envoys["burst_filter"].admin, "multitokens")
     for e in envoys.values():
@@ -798,9 +796,7 @@ def burst(companion_port, wasm, repeat=16):
 def miss_path(companion_port, wasm):
     """The cache-miss path alone (BENCH_ONLY=miss): the filter with its cache off against both
     ext_authz transports on the same 1,000 tokens, in alternating rounds, medians."""
-    auth = {"authorization": f"Bearer {ADMIN_KEY}"}
-    tokens = [http_json(companion_port, "POST", "/v1/tokens", {"user": f"miss-{i % 100}", "device": f"d{i}"}, auth)[1]["token"]
-              for i in range(1000)]
+    tokens = issue_tokens(companion_port, "miss")
     env = {"TOKENS_FILE": str(write_lines("miss.txt", tokens))}
     envoys = {
         "filter_miss": Envoy("filter_miss", wasm_filter("multitokens", wasm, filter_config(0)), companion_port),
@@ -809,12 +805,7 @@ def miss_path(companion_port, wasm):
         "ext_authz_h2": Envoy("ext_authz_h2", ext_authz_filter(), companion_port, http2=True),
         "ext_authz_grpc": Envoy("ext_authz_grpc", ext_authz_filter("grpc"), companion_port),
     }
-    if BASELINE:
-        envoys["filter_miss_baseline"] = Envoy("filter_miss_baseline", wasm_filter("multitokens", BASELINE, filter_config(0)), companion_port)
-    for e in envoys.values():
-        e.ready()
-    time.sleep(2.5)
-    return alternating(envoys, env)
+    return side_by_side(envoys, env, companion_port, filter_config(0))
 
 
 def memory_per_verdict(companion_port, wasm, levels=(10000, 50000)):
