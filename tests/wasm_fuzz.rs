@@ -213,14 +213,33 @@ fn is_identity(name: &[u8]) -> bool {
     folded.starts_with(b"x-multitokens-")
 }
 
-fn run_case(redis: bool, config: &[u8], requests: &[Request], tokens: &[String]) -> Result<(), TestCaseError> {
+/// One build loaded with a configuration (`None`: it refused it), its upstreams unreachable: the
+/// cases answer every call themselves.
+fn load(redis: bool, config: &[u8]) -> Result<Option<TestHost>, TestCaseError> {
     let wasm = wasm_path(if redis { "multitokens_filter_redis.wasm" } else { "multitokens_filter.wasm" });
     let unused = SocketAddr::from(([127, 0, 0, 1], 9));
     let mut upstreams = Upstreams::default();
     upstreams.http.insert("companion".into(), unused);
     upstreams.redis.insert("redis".into(), unused);
-    let loaded = TestHost::try_load(&wasm, config, upstreams).map_err(TestCaseError::fail)?;
-    let Some(mut host) = loaded else { return Ok(()) }; // refused: fine, as long as it did not trap
+    TestHost::try_load(&wasm, config, upstreams).map_err(TestCaseError::fail)
+}
+
+/// Runs a property over `default_cases` cases (`MULTITOKENS_FUZZ_CASES` overrides).
+fn check<S: Strategy>(default_cases: u32, strategy: S, case: impl Fn(S::Value) -> Result<(), TestCaseError>) {
+    let cases = std::env::var("MULTITOKENS_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default_cases);
+    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+    if let Err(e) = runner.run(&strategy, case) {
+        panic!("{e}");
+    }
+}
+
+/// `n` well-formed tokens of different users.
+fn tokens(n: usize) -> Vec<String> {
+    (0..n).map(|i| multitokens::core::token::generate("mt", &format!("user{i}")).unwrap()).collect()
+}
+
+fn run_case(redis: bool, config: &[u8], requests: &[Request], tokens: &[String]) -> Result<(), TestCaseError> {
+    let Some(mut host) = load(redis, config)? else { return Ok(()) }; // refused: fine, as long as it did not trap
     let mut calls: Vec<PendingCall> = Vec::new();
     host.try_tick().map_err(TestCaseError::fail)?;
     calls.extend(host.take_calls());
@@ -333,12 +352,7 @@ fn act() -> impl Strategy<Value = Act> {
 /// answered no request still waits (a request that followed another's lookup gets its answer,
 /// or looks up again when the other went away). A forwarded request carries the answer's user.
 fn run_concurrent_case(redis: bool, config: &[u8], acts: &[Act], tokens: &[String]) -> Result<(), TestCaseError> {
-    let wasm = wasm_path(if redis { "multitokens_filter_redis.wasm" } else { "multitokens_filter.wasm" });
-    let unused = SocketAddr::from(([127, 0, 0, 1], 9));
-    let mut upstreams = Upstreams::default();
-    upstreams.http.insert("companion".into(), unused);
-    upstreams.redis.insert("redis".into(), unused);
-    let Some(mut host) = TestHost::try_load(&wasm, config, upstreams).map_err(TestCaseError::fail)? else { return Ok(()) };
+    let Some(mut host) = load(redis, config)? else { return Ok(()) };
     let mut calls: Vec<PendingCall> = Vec::new();
     let mut live: Vec<u32> = Vec::new();
     host.try_tick().map_err(TestCaseError::fail)?;
@@ -394,15 +408,11 @@ fn run_concurrent_case(redis: bool, config: &[u8], acts: &[Act], tokens: &[Strin
 }
 
 fn fuzz_concurrent(redis: bool) {
+    let tokens = tokens(3);
     // small cases, so more of them: a lookup's followers outliving it takes a few acts to arise
-    let cases = std::env::var("MULTITOKENS_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(120);
-    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
-    let tokens: Vec<String> = (0..3).map(|i| multitokens::core::token::generate("mt", &format!("user{i}")).unwrap()).collect();
-    let strategy = (config(redis), proptest::collection::vec(act(), 1..40));
-    let result = runner.run(&strategy, |(config, acts)| run_concurrent_case(redis, &config, &acts, &tokens));
-    if let Err(e) = result {
-        panic!("{e}");
-    }
+    check(120, (config(redis), proptest::collection::vec(act(), 1..40)), |(config, acts)| {
+        run_concurrent_case(redis, &config, &acts, &tokens)
+    });
 }
 
 #[test]
@@ -416,14 +426,10 @@ fn requests_in_flight_together_share_lookups_and_none_is_left_waiting_in_the_red
 }
 
 fn fuzz(redis: bool) {
-    let cases = std::env::var("MULTITOKENS_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
-    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
-    let tokens: Vec<String> = (0..4).map(|i| multitokens::core::token::generate("mt", &format!("user{i}")).unwrap()).collect();
-    let strategy = (config(redis), proptest::collection::vec(request(), 1..5));
-    let result = runner.run(&strategy, |(config, requests)| run_case(redis, &config, &requests, &tokens));
-    if let Err(e) = result {
-        panic!("{e}");
-    }
+    let tokens = tokens(4);
+    check(40, (config(redis), proptest::collection::vec(request(), 1..5)), |(config, requests)| {
+        run_case(redis, &config, &requests, &tokens)
+    });
 }
 
 #[test]
