@@ -182,18 +182,22 @@ impl Stack {
         r.body["token"].as_str().unwrap().to_string()
     }
 
-    /// A filter counter (the filter hands its counts to Envoy on its 1 s tick: wait one).
-    fn stat(&self, name: &str) -> u64 {
-        std::thread::sleep(Duration::from_millis(1100));
-        let text = self
-            .agent
-            .get(format!("http://127.0.0.1:{}/stats?filter=wasmcustom.multitokens", self.admin_port))
+    /// Envoy's stats whose names match `filter` (admin `/stats`), as text.
+    fn stats(&self, filter: &str) -> String {
+        self.agent
+            .get(format!("http://127.0.0.1:{}/stats?filter={filter}", self.admin_port))
             .call()
             .unwrap()
             .into_body()
             .read_to_string()
-            .unwrap();
-        text.lines()
+            .unwrap()
+    }
+
+    /// A filter counter (the filter hands its counts to Envoy on its 1 s tick: wait one).
+    fn stat(&self, name: &str) -> u64 {
+        std::thread::sleep(Duration::from_millis(1100));
+        self.stats("wasmcustom.multitokens")
+            .lines()
             .find_map(|l| l.strip_prefix(&format!("wasmcustom.multitokens.{name}: ")))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0)
@@ -1042,13 +1046,6 @@ fn envoys_grpc_ext_authz_gets_the_filters_decision_from_the_companion() {
         .filter(|l| l.starts_with("multitokens_companion_http_requests_total{route=\"/envoy.service.auth.v3.Authorization/Check\""))
         .count();
     assert!(checks >= 1, "no gRPC Check reached the companion:\n{metrics}");
-    let stats = s
-        .agent
-        .get(format!("http://127.0.0.1:{}/stats?filter=ext_authz", s.admin_port))
-        .call()
-        .unwrap()
-        .into_body()
-        .read_to_string()
-        .unwrap();
+    let stats = s.stats("ext_authz");
     assert!(stats.lines().any(|l| l.contains("ext_authz.ok: ") && !l.ends_with(": 0")), "{stats}");
 }

@@ -215,7 +215,6 @@ impl Root {
                 log(Level::Warn, &format!("multitokens: sliding refresh: {e}"));
             }
         }
-
         self.metrics.record_gauges(worker.cache.len());
         self.metrics.flush();
         drop(worker);
