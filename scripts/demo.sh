@@ -16,6 +16,9 @@ ENVOY="${ENVOY_BIN:-$root/.tools/bin/envoy}"
 BIN="${DEMO_BIN_DIR:-$root/target/release}"
 ADMIN_KEY="demo-admin-key-change-me-please"
 INTERNAL_KEY="demo-internal-key-change-me"
+# a fresh hash key per run (256 random bits): the companion digests with it, the filter checks
+# tokens' MACs with it; envoy/envoy.yaml holds a placeholder the filter refuses
+HASH_KEY="$(head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
 
 work="$(mktemp -d -t multitokens-demo.XXXXXX)"
 pids=()
@@ -53,7 +56,7 @@ pids+=($!); names+=(redis-server)
 wait_port "$REDIS_PORT" redis-server
 
 MULTITOKENS_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" \
-MULTITOKENS_ADMIN_KEY="$ADMIN_KEY" MULTITOKENS_INTERNAL_KEY="$INTERNAL_KEY" \
+MULTITOKENS_ADMIN_KEY="$ADMIN_KEY" MULTITOKENS_INTERNAL_KEY="$INTERNAL_KEY" MULTITOKENS_HASH_KEY="$HASH_KEY" \
   "$BIN/multitokens" serve --listen "127.0.0.1:$COMPANION_PORT" 2>"$work/companion.log" &
 pids+=($!); names+=("the companion")
 wait_port "$COMPANION_PORT" "the companion"
@@ -75,7 +78,8 @@ else
 fi
 
 sed -e "s/port_value: 10000/port_value: $DEMO_PORT/" -e "s/port_value: 18080/port_value: $COMPANION_PORT/" \
-    -e "s/port_value: 18081/port_value: $APP_PORT/" -e "s/port_value: 19901/port_value: $ADMIN_PORT/" envoy/envoy.yaml >"$work/envoy.yaml"
+    -e "s/port_value: 18081/port_value: $APP_PORT/" -e "s/port_value: 19901/port_value: $ADMIN_PORT/" \
+    -e "s/REPLACE-ME-with-multitokens-keygen/$HASH_KEY/" envoy/envoy.yaml >"$work/envoy.yaml"
 "$ENVOY" -c "$work/envoy.yaml" --concurrency 2 --log-level warn 2>"$work/envoy.log" &
 pids+=($!); names+=(Envoy)
 wait_port "$DEMO_PORT" Envoy

@@ -5,6 +5,7 @@
 
 mod support;
 
+use multitokens::core::keyring::{generate_hash_key, HASH_KEY_PLACEHOLDER};
 use multitokens::filter::config::Compiled;
 use std::path::{Path, PathBuf};
 use support::{envoy_validate, repo_root, wasm_path, EnvoyConfig};
@@ -83,8 +84,15 @@ fn every_plugin_configuration_parses() {
     assert!(configs.len() >= 4, "envoy.yaml, compose/envoy.yaml, the Istio and the Higress WasmPlugins: {configs:?}");
     assert!(configs.iter().any(|(_, json)| json.contains("\"redis\"")), "the Higress config uses the Redis transport");
     for (path, json) in configs {
-        if let Err(e) = Compiled::parse(json.as_bytes()) {
-            panic!("{}: {e}", path.display());
+        // every shipped stack runs with a key: the placeholder is refused, naming the field, and a
+        // key from `multitokens keygen` in its place is what a deployment loads
+        assert!(json.contains(HASH_KEY_PLACEHOLDER), "{}: no hash_key", path.display());
+        let err = Compiled::parse(json.as_bytes()).err().unwrap_or_default();
+        assert!(err.contains("hash_key: a hash key needs 256 random bits"), "{}: {err}", path.display());
+        let keyed = json.replace(HASH_KEY_PLACEHOLDER, &generate_hash_key().unwrap());
+        match Compiled::parse(keyed.as_bytes()) {
+            Ok(c) => assert!(!c.config.accept_legacy_tokens, "{}: new deployments check every token", path.display()),
+            Err(e) => panic!("{}: {e}", path.display()),
         }
     }
 }

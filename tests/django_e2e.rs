@@ -8,7 +8,7 @@ mod support;
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use support::{free_port, repo_root, wait_for_port, wasm_path, CompanionServer, Envoy, EnvoyConfig, HttpReply, RedisServer};
+use support::{free_port, repo_root, wait_for_port, wasm_path, CompanionServer, Envoy, EnvoyConfig, HttpReply, RedisServer, TEST_HASH_KEY};
 
 const ADMIN_KEY: &str = "django-admin-key-0123456789";
 const INTERNAL_KEY: &str = "demo-internal-key-change-me";
@@ -69,8 +69,11 @@ impl Gunicorn {
 /// The companion on a free port (with the keys envoy/envoy.yaml's filter uses).
 fn companion(redis: &RedisServer) -> (CompanionServer, u16) {
     let port = free_port(false);
-    let server =
-        CompanionServer::start_on(port, &redis.url(), &[("MULTITOKENS_ADMIN_KEY", ADMIN_KEY), ("MULTITOKENS_INTERNAL_KEY", INTERNAL_KEY)]);
+    let server = CompanionServer::start_on(
+        port,
+        &redis.url(),
+        &[("MULTITOKENS_ADMIN_KEY", ADMIN_KEY), ("MULTITOKENS_INTERNAL_KEY", INTERNAL_KEY), ("MULTITOKENS_HASH_KEY", TEST_HASH_KEY)],
+    );
     (server, port)
 }
 
@@ -78,9 +81,7 @@ fn companion(redis: &RedisServer) -> (CompanionServer, u16) {
 fn envoy_for(django: &Gunicorn, companion_port: u16, edit: impl FnOnce(EnvoyConfig) -> EnvoyConfig) -> (Envoy, u16) {
     let (port, admin_port) = (free_port(false), free_port(false));
     let config = EnvoyConfig::load("envoy/envoy.yaml")
-        .edit_plugin(|c| {
-            c.as_object_mut().unwrap().remove("throttle");
-        })
+        .keyed(TEST_HASH_KEY)
         .move_port(10000, port)
         .move_port(19901, admin_port)
         .move_port(18080, companion_port)

@@ -8,7 +8,7 @@ mod support;
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{free_port, wait_for_port, wasm_path, CompanionServer, Envoy, EnvoyConfig, HttpReply, RedisServer};
+use support::{free_port, wait_for_port, wasm_path, CompanionServer, Envoy, EnvoyConfig, HttpReply, RedisServer, TEST_HASH_KEY};
 
 const ADMIN_KEY: &str = "e2e-admin-key-0123456789abcdef";
 const INTERNAL_KEY: &str = "demo-internal-key-change-me";
@@ -93,6 +93,7 @@ impl Stack {
         let (port, admin_port) = (free_port(false), free_port(false));
         let config = edit(
             EnvoyConfig::load("envoy/envoy.yaml")
+                .keyed(TEST_HASH_KEY)
                 .edit_plugin(&patch)
                 .move_port(10000, port)
                 .move_port(19901, admin_port)
@@ -138,6 +139,11 @@ impl Stack {
         self.store.url()
     }
 
+    /// Issues a token with the CLI under the stack's hash key.
+    fn issue(&self, user: &str, args: &[&str]) -> String {
+        support::issue_token_with(&self.url(), user, args, &[("MULTITOKENS_HASH_KEY", TEST_HASH_KEY)])
+    }
+
     /// Logs a token out straight through the companion's API (`DELETE /v1/tokens/current`).
     fn revoke_at_companion(&self, token: &str) -> HttpReply {
         let url = format!("http://127.0.0.1:{}/v1/tokens/current", self.companion_port);
@@ -145,7 +151,9 @@ impl Stack {
     }
 
     fn companion(redis_url: &str, port: u16, extra: &[(&'static str, String)]) -> CompanionServer {
-        let mut env = vec![("MULTITOKENS_ADMIN_KEY", ADMIN_KEY), ("MULTITOKENS_INTERNAL_KEY", INTERNAL_KEY)];
+        // the key of the shipped config's filter; a test's own keys come after and win
+        let mut env =
+            vec![("MULTITOKENS_ADMIN_KEY", ADMIN_KEY), ("MULTITOKENS_INTERNAL_KEY", INTERNAL_KEY), ("MULTITOKENS_HASH_KEY", TEST_HASH_KEY)];
         env.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
         CompanionServer::start_on(port, redis_url, &env)
     }
@@ -334,7 +342,11 @@ fn a_token_revoked_through_the_cli_is_refused_as_soon_as_the_cli_returns_with_th
     }
     assert!(s.stat("cache_hit") > hits, "served from the cache");
     // revoke out of band, straight through the companion CLI: it returns once the edges applied it
-    let out = support::companion(&["revoke-all", "--user", "bob", "--json"], &[("MULTITOKENS_REDIS_URL", &s.url())], None);
+    let out = support::companion(
+        &["revoke-all", "--user", "bob", "--json"],
+        &[("MULTITOKENS_REDIS_URL", &s.url()), ("MULTITOKENS_HASH_KEY", TEST_HASH_KEY)],
+        None,
+    );
     assert!(out.status.success());
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["edges"]["pending"], 0, "{report}");
@@ -357,7 +369,7 @@ fn store_down_denies_then_recovers() {
     let token = s.login("carol", "laptop", &[]);
     assert_eq!(s.get("/api/whoami", Some(&bearer(&token))).status, 200);
     s.companion = None; // stopped
-    let fresh = support::issue_token(&s.url(), "carol", &[]);
+    let fresh = s.issue("carol", &[]);
     let r = s.get("/api/whoami", Some(&bearer(&fresh)));
     assert_eq!((r.status, r.body["detail"].clone()), (503, json!("Authentication service unavailable.")));
     // a cached verdict is not trusted once the revocation feed has gone silent
@@ -379,7 +391,7 @@ fn allow_cached_accepts_known_tokens_for_a_bounded_time_then_recovers() {
     let known = s.login("dave", "laptop", &[]);
     assert_eq!(s.get("/api/whoami", Some(&bearer(&known))).status, 200);
     let verified = Instant::now();
-    let unknown = support::issue_token(&s.url(), "dave", &[]);
+    let unknown = s.issue("dave", &[]);
     s.companion = None;
     std::thread::sleep(Duration::from_millis(800));
     let r = s.get("/api/whoami", Some(&bearer(&known)));
@@ -399,7 +411,7 @@ fn without_rules_only_authorization_is_read_and_spoofing_still_fails() {
         c.as_object_mut().unwrap().remove("exclude");
         c.as_object_mut().unwrap().remove("required_scopes");
     });
-    let token = support::issue_token(&s.url(), "gus", &["--device", "tv"]);
+    let token = s.issue("gus", &["--device", "tv"]);
     let auth = bearer(&token);
     let headers =
         [("authorization", auth.as_str()), ("x-multitokens-user", "root"), ("x-multitokens-user", "admin"), ("x-multitokens-device", "x")];
@@ -776,7 +788,8 @@ fn no_token_is_accepted_after_its_logout_returned_across_two_envoys_under_load()
 fn edge_agrees_with_redis(s: &Stack, tokens: &[String], limit: Duration) -> (usize, usize) {
     let (mut live, mut revoked) = (0, 0);
     for token in tokens {
-        let out = support::companion(&["whoami", token], &[("MULTITOKENS_REDIS_URL", &s.url())], None);
+        let out =
+            support::companion(&["whoami", token], &[("MULTITOKENS_REDIS_URL", &s.url()), ("MULTITOKENS_HASH_KEY", TEST_HASH_KEY)], None);
         let expected = match out.status.code() {
             Some(0) => 200,
             Some(1) => 401,
@@ -929,7 +942,12 @@ fn rotating_the_hash_key_through_envoy_logs_nobody_out() {
     let keys = |current: &str, previous: &str| {
         vec![("MULTITOKENS_HASH_KEY", current.to_string()), ("MULTITOKENS_PREVIOUS_HASH_KEYS", previous.to_string())]
     };
-    let mut s = Stack::start_full(Store::Single(RedisServer::start()), keys("key-2025", ""), |c| c["hash_key"] = json!("key-2025"), |c| c);
+    let mut s = Stack::start_full(
+        Store::Single(RedisServer::start()),
+        keys("key-2025-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE", ""),
+        |c| c["hash_key"] = json!("key-2025-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE"),
+        |c| c,
+    );
     let users = ["alice", "bob", "carol"];
     let mut tokens: Vec<String> = users.iter().map(|u| s.login(u, "laptop", &[])).collect();
     let all_in = |s: &Stack, tokens: &[String], step: &str| {
@@ -942,21 +960,24 @@ fn rotating_the_hash_key_through_envoy_logs_nobody_out() {
     // someone who logged in before the rotation and comes back only after it
     let erin = s.login("erin", "tablet", &[]);
     // 1. the filters accept the new key before anything is written with it
-    s.restart_envoy(|c| c["previous_hash_keys"] = json!(["key-2026"]));
+    s.restart_envoy(|c| c["previous_hash_keys"] = json!(["key-2026-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE"]));
     all_in(&s, &tokens, "filters accept the new key");
     // 2. the companions write with the new key, still accepting the old one
-    s.restart_companion(keys("key-2026", "key-2025"));
+    s.restart_companion(keys("key-2026-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE", "key-2025-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE"));
     let dave = s.login("dave", "phone", &[]);
     assert_eq!(s.get("/api/whoami", Some(&bearer(&dave))).status, 200, "a token issued under the new key");
     all_in(&s, &tokens, "companions on the new key");
     // 3. the filters digest with the new key, still accepting the old one
     s.restart_envoy(|c| {
-        c["hash_key"] = json!("key-2026");
-        c["previous_hash_keys"] = json!(["key-2025"]);
+        c["hash_key"] = json!("key-2026-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE");
+        c["previous_hash_keys"] = json!(["key-2025-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE"]);
     });
     all_in(&s, &tokens, "filters on the new key");
     // 4. the sweep re-keys what is left
-    let env: Vec<(&str, String)> = [("MULTITOKENS_REDIS_URL", s.url())].into_iter().chain(keys("key-2026", "key-2025")).collect();
+    let env: Vec<(&str, String)> = [("MULTITOKENS_REDIS_URL", s.url())]
+        .into_iter()
+        .chain(keys("key-2026-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE", "key-2025-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE"))
+        .collect();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let out = support::companion(&["rekey", "--json"], &env, None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -964,10 +985,13 @@ fn rotating_the_hash_key_through_envoy_logs_nobody_out() {
     assert_eq!((report["scanned"].as_u64(), report["unsealed_or_tampered"].as_u64()), (Some(5), Some(0)), "{report}");
     assert_eq!(report["rekeyed"].as_u64(), Some(1), "erin, the only one not re-keyed on use: {report}");
     all_in(&s, &tokens, "after the sweep");
-    // 5. the old key dropped everywhere
-    s.restart_companion(keys("key-2026", ""));
+    // 5. the old key retired everywhere: no digest is tried under it, its tokens' MACs still verify
+    let mut env = keys("key-2026-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE", "");
+    env.push(("MULTITOKENS_RETIRED_HASH_KEYS", "key-2025-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE".to_string()));
+    s.restart_companion(env);
     s.restart_envoy(|c| {
         c.as_object_mut().unwrap().remove("previous_hash_keys");
+        c["retired_hash_keys"] = json!(["key-2025-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE"]);
     });
     all_in(&s, &tokens, "old key dropped");
     assert_eq!(s.get("/api/whoami", Some(&bearer(&dave))).status, 200);
@@ -1023,7 +1047,7 @@ fn with_grpc_ext_authz(mut config: EnvoyConfig) -> EnvoyConfig {
 #[test]
 fn envoys_grpc_ext_authz_gets_the_filters_decision_from_the_companion() {
     let s = Stack::start_with(|_| {}, with_grpc_ext_authz);
-    let alice = support::issue_token(&s.url(), "alice", &["--device", "laptop", "--scope", "read"]);
+    let alice = s.issue("alice", &["--device", "laptop", "--scope", "read"]);
     let r = s.request("GET", "/api/headers", &[("authorization", &bearer(&alice)), ("x-multitokens-user", "root")], None);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["x-multitokens-user"], json!(["alice"]), "{}", r.body);

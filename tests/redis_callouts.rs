@@ -575,9 +575,9 @@ fn tampered_records_are_refused_and_a_key_rotation_logs_nobody_out_in_both_build
             host.tick();
             host
         };
-        let one = env("key-one", "");
+        let one = env("key-one-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE", "");
         let companion_one = start(&one);
-        let mut host = host_for(&companion_one, json!({"hash_key": "key-one"}));
+        let mut host = host_for(&companion_one, json!({"hash_key": "key-one-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE"}));
         let alice = run(&one, &["issue", "--user", "alice"]);
         let mallory = run(&one, &["issue", "--user", "mallory"]);
         assert_eq!(get(&mut host, "/api", &alice).status(), 200);
@@ -597,10 +597,13 @@ fn tampered_records_are_refused_and_a_key_rotation_logs_nobody_out_in_both_build
         drop(host);
         drop(companion_one);
 
-        // rotation: key-two is current, key-one still accepted, in the companion and the filter
-        let rotating = env("key-two", "key-one");
+        // rotation: key two is current, key one still accepted, in the companion and the filter
+        let rotating = env("key-two-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE", "key-one-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE");
         let companion_two = start(&rotating);
-        let mut host = host_for(&companion_two, json!({"hash_key": "key-two", "previous_hash_keys": ["key-one"]}));
+        let mut host = host_for(
+            &companion_two,
+            json!({"hash_key": "key-two-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE", "previous_hash_keys": ["key-one-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE"]}),
+        );
         let bob = run(&rotating, &["issue", "--user", "bob"]);
         for token in [&alice, &alice, &bob, &bob] {
             assert_eq!(get(&mut host, "/api", token).status(), 200, "{build:?}");
@@ -626,10 +629,22 @@ fn tampered_records_are_refused_and_a_key_rotation_logs_nobody_out_in_both_build
         drop(host);
         drop(companion_two);
 
-        // the old key dropped everywhere: alice and bob still logged in; a revocation still lands
-        let two = env("key-two", "");
+        // the old key retired everywhere: alice and bob still logged in; a revocation still lands
+        let mut two = env("key-two-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE", "");
+        two.push(("MULTITOKENS_RETIRED_HASH_KEYS", "key-one-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE".to_string()));
         let companion_three = start(&two);
-        let mut host = host_for(&companion_three, json!({"hash_key": "key-two"}));
+        // a filter that dropped the old key outright: alice's token (minted under it) no longer
+        // passes the MAC check, refused without a lookup; bob's, minted under the new key, does
+        let mut dropped = host_for(&companion_three, json!({"hash_key": "key-two-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE"}));
+        let misses = dropped.metric("multitokens.cache_miss");
+        assert_invalid(&get(&mut dropped, "/api", &alice));
+        assert_eq!(dropped.metric("multitokens.cache_miss"), misses, "{build:?}: no lookup for a MAC no key made");
+        assert_eq!(get(&mut dropped, "/api", &bob).status(), 200);
+        drop(dropped);
+        let mut host = host_for(
+            &companion_three,
+            json!({"hash_key": "key-two-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE", "retired_hash_keys": ["key-one-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE"]}),
+        );
         for token in [&alice, &bob] {
             assert_eq!(get(&mut host, "/api", token).status(), 200, "{build:?}");
         }

@@ -129,6 +129,9 @@ pub enum Command {
     },
     /// Print the HTTP API's OpenAPI 3.1 description (JSON), as `serve` answers at /openapi.json.
     Openapi,
+    /// Print a new hash key: 256 random bits from the OS, as 43 base64url characters, for
+    /// MULTITOKENS_HASH_KEY and every filter's `hash_key`. Needs no settings and no Redis.
+    Keygen,
     /// Serve the HTTP API (needs MULTITOKENS_ADMIN_KEY; --listen sets the address). Stops on
     /// Ctrl-C or SIGTERM.
     Serve,
@@ -335,6 +338,7 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
             Ok(())
         }
         Command::Openapi => print(&super::openapi::json()),
+        Command::Keygen => Ok(()),
         Command::Serve => Ok(server::serve(&settings, store).await?),
     }
 }
@@ -361,6 +365,18 @@ pub fn main() -> ExitCode {
             return Exit::Usage.into();
         }
     };
+    if matches!(cli.command, Command::Keygen) {
+        return match crate::core::keyring::generate_hash_key() {
+            Ok(key) => {
+                println!("{key}");
+                Exit::Success.into()
+            }
+            Err(e) => {
+                eprintln!("multitokens: cannot read the OS random source: {e}");
+                Exit::Refused.into()
+            }
+        };
+    }
     if matches!(cli.command, Command::Serve) {
         server::init_logging();
     }

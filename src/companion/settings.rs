@@ -163,6 +163,11 @@ pub struct SettingsLayer {
     /// MULTITOKENS_PREVIOUS_HASH_KEYS or the file, never a flag.
     #[arg(skip = secrets_from_env("MULTITOKENS_PREVIOUS_HASH_KEYS"))]
     pub previous_hash_keys: Option<SecretList>,
+    /// Hash keys a finished rotation retired, comma-separated: the tokens minted under them keep
+    /// passing the MAC check until they expire; no digest is tried under them.
+    /// MULTITOKENS_RETIRED_HASH_KEYS or the file, never a flag.
+    #[arg(skip = secrets_from_env("MULTITOKENS_RETIRED_HASH_KEYS"))]
+    pub retired_hash_keys: Option<SecretList>,
     /// Bearer keys of the admin role, comma-separated (more than one while rotating):
     /// MULTITOKENS_ADMIN_KEY or the file, never a flag.
     #[arg(skip = secrets_from_env("MULTITOKENS_ADMIN_KEY"))]
@@ -232,6 +237,8 @@ pub struct Settings {
     pub hash_key: Option<String>,
     /// Hash keys still accepted (a rotation in progress), at most 4.
     pub previous_hash_keys: Vec<String>,
+    /// Hash keys retired by a finished rotation (only their tokens' MACs are checked), at most 4.
+    pub retired_hash_keys: Vec<String>,
     /// Honour records with no seal (an upgrade in progress).
     pub accept_unsealed_records: bool,
     /// Most live tokens per user (every script's cost is bounded by it).
@@ -265,6 +272,7 @@ impl std::fmt::Debug for Settings {
             .field("overwrite_none_ttl", &self.overwrite_none_ttl)
             .field("hash_key", &self.hash_key.as_ref().map(|_| "<set>"))
             .field("previous_hash_keys", &self.previous_hash_keys.len())
+            .field("retired_hash_keys", &self.retired_hash_keys.len())
             .field("accept_unsealed_records", &self.accept_unsealed_records)
             .field("max_tokens_per_user", &self.max_tokens_per_user)
             .field("max_tokens_policy", &self.max_tokens_policy)
@@ -296,8 +304,16 @@ impl Settings {
         let nonempty = |v: Option<String>| v.filter(|v| !v.is_empty());
         let previous_hash_keys = layer.previous_hash_keys.unwrap_or_default().0;
         let previous: Vec<&[u8]> = previous_hash_keys.iter().map(|k| k.as_bytes()).collect();
+        let retired_hash_keys = layer.retired_hash_keys.unwrap_or_default().0;
+        let retired: Vec<&[u8]> = retired_hash_keys.iter().map(|k| k.as_bytes()).collect();
         crate::core::keyring::HashKeys::new(layer.hash_key.as_deref().map(str::as_bytes), &previous)
-            .map_err(|e| format!("invalid previous_hash_keys: {e}"))?;
+            .map_err(|e| format!("invalid previous_hash_keys: {e}"))?
+            .retiring(&retired)
+            .map_err(|e| format!("invalid retired_hash_keys: {e}"))?;
+        // the current key must be strong; a previous one may be weak: rotating is the way off it
+        if let Some(key) = layer.hash_key.as_deref().filter(|k| !k.is_empty()) {
+            crate::core::keyring::check_key_strength(key).map_err(|e| format!("invalid hash_key: {e}"))?;
+        }
         Ok(Settings {
             redis_url,
             prefix,
@@ -306,6 +322,7 @@ impl Settings {
             overwrite_none_ttl: layer.overwrite_none_ttl.unwrap_or(true),
             hash_key: nonempty(layer.hash_key),
             previous_hash_keys,
+            retired_hash_keys,
             accept_unsealed_records: layer.accept_unsealed_records.unwrap_or(false),
             max_tokens_per_user: within("max_tokens_per_user", layer.max_tokens_per_user, 1, MAX_TOKENS_PER_USER)?
                 .unwrap_or(DEFAULT_MAX_TOKENS_PER_USER),
@@ -347,13 +364,14 @@ mod tests {
 
     #[test]
     fn flags_and_env_win_over_the_file() {
-        let lower = file("prefix = \"file\"\ntoken_ttl = \"never\"\nmax_tokens_per_user = 3\nhash_key = \"k\"\n");
+        const STRONG: &str = "fX2vQ9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE";
+        let lower = file(&format!("prefix = \"file\"\ntoken_ttl = \"never\"\nmax_tokens_per_user = 3\nhash_key = \"{STRONG}\"\n"));
         let upper = SettingsLayer { prefix: Some("flag".into()), ..Default::default() };
         let s = Settings::resolve(upper.over(lower).unwrap()).unwrap();
         assert_eq!(s.prefix, "flag");
         assert_eq!(s.token_ttl, TokenTtl::Never);
         assert_eq!(s.max_tokens_per_user, 3);
-        assert_eq!(s.hash_key.as_deref(), Some("k"));
+        assert_eq!(s.hash_key.as_deref(), Some(STRONG));
     }
 
     #[test]
@@ -363,6 +381,7 @@ mod tests {
             Err(e) => e,
         };
         assert!(err("token_ttl = \"soon\"").contains("token_ttl"));
+        assert!(err("hash_key = \"pepper\"").contains("invalid hash_key: a hash key needs 256 random bits"));
         assert!(err("token_ttl = 0").contains("token_ttl"));
         assert!(err("reset_ttl_on_login = \"maybe\"").contains("reset_ttl_on_login"));
         assert!(err("max_tokens_policy = \"lifo\"").contains("max_tokens_policy"));

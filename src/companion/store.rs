@@ -275,8 +275,11 @@ impl TokenStore {
         let target = RedisTarget::parse(&settings.redis_url).map_err(StoreError::BadInput)?;
         let redis = Redis::open(&target, settings.redis_timeout).map_err(|e| StoreError::BadInput(format!("invalid redis_url: {e}")))?;
         let previous: Vec<&[u8]> = settings.previous_hash_keys.iter().map(|k| k.as_bytes()).collect();
+        let retired: Vec<&[u8]> = settings.retired_hash_keys.iter().map(|k| k.as_bytes()).collect();
         let hash_keys = HashKeys::new(settings.hash_key.as_deref().map(str::as_bytes), &previous)
             .map_err(|e| StoreError::BadInput(format!("previous_hash_keys: {e}")))?
+            .retiring(&retired)
+            .map_err(|e| StoreError::BadInput(format!("retired_hash_keys: {e}")))?
             .accepting_unsealed(settings.accept_unsealed_records);
         Ok(Self::new(redis, StorePolicy::from_settings(settings), hash_keys))
     }
@@ -366,8 +369,8 @@ impl TokenStore {
         let mut conn = self.redis.conn().await?;
         // A digest collision is astronomically unlikely; one retry covers it anyway.
         for _ in 0..2 {
-            let token = token::generate(&self.policy.prefix, &req.user).map_err(|e| StoreError::Random(e.to_string()))?;
             let hasher = self.hash_keys.current();
+            let token = hasher.mint(&self.policy.prefix, &req.user).map_err(|e| StoreError::Random(e.to_string()))?;
             let digest = hasher.digest(&token);
             let created = now_secs();
             let record = TokenRecord {
@@ -432,14 +435,24 @@ impl TokenStore {
     /// Checks a token's format and returns its routing tag and its digest under the current key,
     /// or `InvalidToken`.
     pub fn digest_of(&self, token: &str) -> Result<(RoutingTag, TokenDigest), StoreError> {
-        let tag = token::parse(token, &self.policy.prefix).map_err(|_| StoreError::InvalidToken)?;
+        let tag = self.check_format(token)?;
         Ok((tag, self.hash_keys.current().digest(token)))
+    }
+
+    /// A token's routing tag if its format, checksum and MAC hold: a forged token (a version 3
+    /// token none of the hash keys minted) is `InvalidToken` without any Redis command.
+    fn check_format(&self, token: &str) -> Result<RoutingTag, StoreError> {
+        let tag = token::parse(token, &self.policy.prefix).map_err(|_| StoreError::InvalidToken)?;
+        match self.hash_keys.origin(token, &self.policy.prefix) {
+            token::Origin::Forged => Err(StoreError::InvalidToken),
+            token::Origin::Issued | token::Origin::Unchecked => Ok(tag),
+        }
     }
 
     /// Like [`TokenStore::digest_of`], with the digests under the previous keys after the current
     /// one's: every digest the token may be stored under.
     pub fn digests_of(&self, token: &str) -> Result<(RoutingTag, Vec<TokenDigest>), StoreError> {
-        let tag = token::parse(token, &self.policy.prefix).map_err(|_| StoreError::InvalidToken)?;
+        let tag = self.check_format(token)?;
         Ok((tag, self.hash_keys.digests(token)))
     }
 

@@ -6,6 +6,8 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
+use super::token::TokenMac;
+
 /// The 32-byte digest of a token; the only form of a token Redis ever sees.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TokenDigest(pub [u8; 32]);
@@ -41,11 +43,13 @@ impl std::fmt::Debug for TokenDigest {
 ///
 /// A version 2 token's digest is HMAC(key, SHA-256(token)): a record keeps SHA-256(token)
 /// ([`token_hash`], useless without the key), so a sweep can re-key it under a new key. A version
-/// 1 token's is HMAC(key, token). Without a key both are SHA-256(token).
+/// 1 token's is HMAC(key, token). Version 3 tokens (minted under a key) carry a MAC under a key
+/// derived from it ([`TokenMac`]). Without a key both are SHA-256(token).
 #[derive(Clone)]
 pub struct TokenHasher {
     keyed: Option<Hmac<Sha256>>,
     seal: Option<Hmac<Sha256>>,
+    mac: Option<TokenMac>,
 }
 
 /// SHA-256 of a token: what a version 2 digest is keyed over.
@@ -65,7 +69,22 @@ impl TokenHasher {
             let derived = mac.clone().chain_update(SEAL_KEY_LABEL).finalize().into_bytes();
             Hmac::<Sha256>::new_from_slice(&derived).ok()
         });
-        TokenHasher { keyed, seal }
+        let mac = hash_key.filter(|k| !k.is_empty()).and_then(TokenMac::from_hash_key);
+        TokenHasher { keyed, seal, mac }
+    }
+
+    /// The key of the MAC inside the tokens minted under this hash key (`None` when unkeyed).
+    pub fn token_mac(&self) -> Option<&TokenMac> {
+        self.mac.as_ref()
+    }
+
+    /// Mints a token for `user`: a version 3 token carrying this key's MAC, or without a key a
+    /// version 2 token.
+    pub fn mint(&self, prefix: &str, user: &str) -> Result<String, getrandom::Error> {
+        match &self.mac {
+            Some(mac) => super::token::generate_with_mac(prefix, user, mac),
+            None => super::token::generate(prefix, user),
+        }
     }
 
     /// Whether a hash key is set (digests keyed, records sealed).

@@ -2,6 +2,7 @@
 //! written, and the previous ones, still accepted until a sweep has re-keyed what they wrote.
 
 use super::digest::{TokenDigest, TokenHasher};
+use super::token::{Origin, TokenMac};
 
 /// Most previous keys accepted at once: each is one more digest tried by every lookup.
 pub const MAX_PREVIOUS_HASH_KEYS: usize = 4;
@@ -20,11 +21,57 @@ pub enum HashKeysError {
     NoCurrent,
 }
 
+/// Why a hash key is refused: it must carry at least 256 random bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "a hash key needs 256 random bits: at least 64 hex or 43 base64 characters, e.g. from `multitokens keygen` or \
+     `openssl rand -base64 32`"
+)]
+pub struct WeakKey;
+
+/// Checks that a hash key is written as 256 random bits or more: 64 or more hex digits, or 43 or
+/// more base64 or base64url characters (padding aside), with the variety of random text (10 hex
+/// digits, 20 base64 characters or more: a repeated pattern or a word is refused). The key's
+/// text is what keys the HMACs, as before; this only refuses keys a dictionary could find,
+/// which the public `<prefix>:keycheck` value would let anyone test offline.
+pub fn check_key_strength(key: &str) -> Result<(), WeakKey> {
+    let distinct = |text: &str| {
+        let mut seen = [false; 256];
+        text.bytes().for_each(|b| seen[b as usize] = true);
+        seen.iter().filter(|s| **s).count()
+    };
+    let is_hex = key.bytes().all(|b| b.is_ascii_hexdigit());
+    if is_hex && key.len() >= 64 && distinct(key) >= 10 {
+        return Ok(());
+    }
+    let body = key.trim_end_matches('=');
+    let is_base64 = body.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/-_".contains(&b));
+    if is_base64 && body.len() >= 43 && distinct(body) >= 20 {
+        return Ok(());
+    }
+    Err(WeakKey)
+}
+
+/// What the shipped configurations hold in place of a hash key: refused as weak, so a stack
+/// started without putting a real key there fails at once, naming `hash_key`.
+pub const HASH_KEY_PLACEHOLDER: &str = "REPLACE-ME-with-multitokens-keygen";
+
+/// A new hash key: 32 bytes from the OS random source, as unpadded base64url (43 characters).
+pub fn generate_hash_key() -> Result<String, getrandom::Error> {
+    use base64::Engine;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
 /// The current hash key and the previous ones still accepted.
 #[derive(Clone, Debug)]
 pub struct HashKeys {
     /// The current key first, then the previous ones in the order given.
     hashers: Vec<TokenHasher>,
+    /// Keys a rotation has finished with (no record is stored under their digests any more), kept
+    /// only so that the MACs of tokens minted under them still verify until those tokens expire.
+    retired: Vec<TokenMac>,
     /// Honour records that carry no seal at all (an upgrade from a release before sealing).
     accept_unsealed: bool,
 }
@@ -44,12 +91,27 @@ impl HashKeys {
         }
         let mut hashers = vec![TokenHasher::new(current)];
         hashers.extend(previous.iter().filter(|k| Some(**k) != current).map(|k| TokenHasher::new(Some(k))));
-        Ok(HashKeys { hashers, accept_unsealed: false })
+        Ok(HashKeys { hashers, retired: Vec::new(), accept_unsealed: false })
     }
 
     /// One key (or none): no rotation in progress.
     pub fn single(current: Option<&[u8]>) -> Self {
-        HashKeys { hashers: vec![TokenHasher::new(current)], accept_unsealed: false }
+        HashKeys { hashers: vec![TokenHasher::new(current)], retired: Vec::new(), accept_unsealed: false }
+    }
+
+    /// The same keys, with `retired` ones whose tokens' MACs still verify: after a rotation's
+    /// sweep, the old key moves here from the previous keys until the tokens minted under it have
+    /// expired (no digest is tried under it; a record re-keyed by the sweep is found under the
+    /// current one).
+    pub fn retiring(mut self, retired: &[&[u8]]) -> Result<Self, HashKeysError> {
+        if retired.len() > MAX_PREVIOUS_HASH_KEYS {
+            return Err(HashKeysError::TooMany);
+        }
+        if retired.iter().any(|k| k.is_empty()) {
+            return Err(HashKeysError::Empty);
+        }
+        self.retired = retired.iter().filter_map(|k| TokenMac::from_hash_key(k)).collect();
+        Ok(self)
     }
 
     /// The same keys, also honouring records with no seal at all while `accept` (during an upgrade
@@ -88,6 +150,20 @@ impl HashKeys {
         out
     }
 
+    /// Who minted a well-formed token: `Issued` when its MAC verifies under one of the keys (the
+    /// previous ones too: tokens minted before a rotation stay valid), `Forged` when it is a
+    /// version 3 token none of them minted, `Unchecked` for an old-format token or without keys.
+    pub fn origin(&self, token: &str, prefix: &str) -> Origin {
+        let mut origin = Origin::Unchecked;
+        for mac in self.hashers.iter().filter_map(TokenHasher::token_mac).chain(&self.retired) {
+            match mac.origin(token, prefix) {
+                Origin::Issued => return Origin::Issued,
+                other => origin = other,
+            }
+        }
+        origin
+    }
+
     /// Which key sealed a record stored under `digest` (0: the current one), `None` if none did.
     pub fn sealed_by(&self, digest: &TokenDigest, value: &[u8]) -> Option<usize> {
         self.hashers.iter().position(|h| h.verify_seal(digest, value))
@@ -113,6 +189,51 @@ mod tests {
         assert_eq!(HashKeys::new(Some(b"k"), &[b""]).err(), Some(HashKeysError::Empty));
         assert_eq!(HashKeys::new(None, &[b"a"]).err(), Some(HashKeysError::NoCurrent));
         assert_eq!(HashKeys::single(None).digests(&t).len(), 1);
+    }
+
+    #[test]
+    fn keys_weaker_than_256_random_bits_are_refused() {
+        for _ in 0..200 {
+            assert_eq!(check_key_strength(&generate_hash_key().unwrap()), Ok(()));
+        }
+        let hex: String = (0..32u8).map(|i| format!("{:02x}", i.wrapping_mul(37).wrapping_add(11))).collect();
+        assert_eq!(check_key_strength(&hex), Ok(()));
+        assert_eq!(check_key_strength("Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0Z2FycGx5Cg=="), Ok(()), "padded base64");
+        for weak in [
+            "",
+            "pepper",
+            "demo-hash-key-change-me",
+            &"a".repeat(64),
+            &"0123456789abcdef".repeat(2),
+            &"abcdefgh".repeat(8),
+            "correct horse battery staple correct horse battery staple",
+            &generate_hash_key().unwrap()[..40],
+            HASH_KEY_PLACEHOLDER,
+        ] {
+            assert_eq!(check_key_strength(weak), Err(WeakKey), "{weak:?}");
+        }
+        assert!(WeakKey.to_string().contains("multitokens keygen"));
+    }
+
+    #[test]
+    fn tokens_minted_under_a_previous_key_stay_issued_through_a_rotation() {
+        let (old, new) = (b"old-key".as_slice(), b"new-key".as_slice());
+        let before = HashKeys::single(Some(old));
+        let t = before.current().mint("mt", "u").unwrap();
+        assert_eq!(before.origin(&t, "mt"), Origin::Issued);
+        let rotating = HashKeys::new(Some(new), &[old]).unwrap();
+        assert_eq!(rotating.origin(&t, "mt"), Origin::Issued, "minted under the previous key");
+        assert_eq!(rotating.origin(&rotating.current().mint("mt", "u").unwrap(), "mt"), Origin::Issued);
+        let after = HashKeys::single(Some(new));
+        assert_eq!(after.origin(&t, "mt"), Origin::Forged, "once the old key is dropped, its tokens are not ours");
+        let retired = HashKeys::single(Some(new)).retiring(&[old]).unwrap();
+        assert_eq!(retired.origin(&t, "mt"), Origin::Issued, "retired, not dropped: its tokens still pass the edge");
+        assert_eq!(retired.digests(&t).len(), 1, "and no digest is tried under it");
+        let forged = crate::core::token::forge("mt", "u").unwrap();
+        assert_eq!(rotating.origin(&forged, "mt"), Origin::Forged);
+        let unkeyed = HashKeys::single(None);
+        assert_eq!(unkeyed.origin(&t, "mt"), Origin::Unchecked, "no key: nothing to check with");
+        assert_eq!(rotating.origin(&crate::core::token::generate("mt", "u").unwrap(), "mt"), Origin::Unchecked);
     }
 
     #[test]

@@ -130,6 +130,15 @@ pub struct FilterConfig {
     /// a lookup tries the token's digest under each, in the same round trip.
     #[serde(default)]
     pub previous_hash_keys: Vec<String>,
+    /// Hash keys a finished rotation retired (the companion's MULTITOKENS_RETIRED_HASH_KEYS): the
+    /// tokens minted under them still pass the MAC check until they expire; no digest is tried.
+    #[serde(default)]
+    pub retired_hash_keys: Vec<String>,
+    /// Look up tokens the edge cannot check by their MAC: old-format tokens (issued before MACs,
+    /// or by a companion without a hash key). Turn off once no such token is live (docs/tokens.md):
+    /// then every token is checked before any lookup. Without `hash_key` it must stay on.
+    #[serde(default = "default_true")]
+    pub accept_legacy_tokens: bool,
     /// Honour token records with no seal at all, only while upgrading from a release before
     /// sealed records (the companion's MULTITOKENS_ACCEPT_UNSEALED_RECORDS); a broken seal is
     /// refused anyway.
@@ -425,10 +434,18 @@ impl Compiled {
                 return Err("refresh_on_use.ttl: seconds, at least 1".into());
             }
         }
+        if let Some(key) = config.hash_key.as_deref().filter(|k| !k.is_empty()) {
+            crate::core::keyring::check_key_strength(key).map_err(|e| format!("hash_key: {e}"))?;
+        }
+        if !config.accept_legacy_tokens && config.hash_key.as_deref().is_none_or(str::is_empty) {
+            return Err("accept_legacy_tokens: false needs hash_key (the MAC in tokens is checked with it)".into());
+        }
         config.schemes = config.schemes.iter().map(|s| s.to_ascii_lowercase()).collect();
         let previous: Vec<&[u8]> = config.previous_hash_keys.iter().map(|k| k.as_bytes()).collect();
         let hash_keys = HashKeys::new(config.hash_key.as_deref().map(str::as_bytes), &previous)
             .map_err(|e| format!("previous_hash_keys: {e}"))?
+            .retiring(&config.retired_hash_keys.iter().map(|k| k.as_bytes()).collect::<Vec<_>>())
+            .map_err(|e| format!("retired_hash_keys: {e}"))?
             .accepting_unsealed(config.accept_unsealed_records);
         let keys = crate::core::keys::KeyLayout::new(&config.prefix);
         let replies = super::reply::FixedReplies::new(&config.realm);

@@ -16,7 +16,7 @@ use super::rules::missing_scopes;
 use super::throttle::client_key;
 use crate::core::credential::{self, Credential, Source};
 use crate::core::digest::TokenDigest;
-use crate::core::token;
+use crate::core::token::{self, Origin};
 use std::rc::Rc;
 
 /// What the decision needs from a request, read once from its headers.
@@ -25,6 +25,8 @@ struct RequestInfo {
     method: String,
     path: String,
     cookie: Option<Vec<u8>>,
+    /// The client address a lookup of an unchecked token was charged to (refunded when valid).
+    charged: Option<Vec<u8>>,
 }
 
 /// A lookup under way for one request.
@@ -112,7 +114,7 @@ impl HttpFlow {
         let authorization: Vec<&[u8]> = values("authorization").collect();
         let (token, source) = match credential::extract(&authorization, cookie.as_slice(), &config.schemes, config.cookie.as_deref()) {
             Credential::Missing => return deny(host, &compiled, Denial::Missing, Metric::DeniedMissing, &[]),
-            Credential::Empty | Credential::Malformed => return refuse(host, worker, Metric::DeniedMalformed, now),
+            Credential::Empty | Credential::Malformed => return deny(host, &compiled, Denial::Invalid, Metric::DeniedMalformed, &[]),
             Credential::Token(t, s) => (t, s),
         };
         // a cached token passed the format check when it was cached: look it up first
@@ -121,7 +123,7 @@ impl HttpFlow {
                 match entry.verdict {
                     Cached::Invalid => {
                         host.count(Metric::CacheHit);
-                        return refuse(host, worker, Metric::DeniedInvalid, now);
+                        return deny(host, &compiled, Denial::Invalid, Metric::DeniedInvalid, &[]);
                     }
                     Cached::Valid(_) if worker.tick_overdue(now) => host.count(Metric::TickOverdue),
                     Cached::Valid(identity) if worker.feed_is_current(now) => {
@@ -134,16 +136,24 @@ impl HttpFlow {
                 }
             }
         }
-        // a client over its budget of refused tokens gets no callout
-        if let Some(step) = throttled(host, worker, now) {
-            return step;
-        }
         // format and checksum: a malformed token never causes a callout
         let Ok(tag) = token::parse(token, &config.prefix) else {
-            return refuse(host, worker, Metric::DeniedMalformed, now);
+            return deny(host, &compiled, Denial::Invalid, Metric::DeniedMalformed, &[]);
+        };
+        // the MAC: a token no hash key minted never causes a callout either, and a token whose MAC
+        // verifies is never throttled, whatever its neighbours sent
+        let charged = match compiled.hash_keys.origin(token, &config.prefix) {
+            Origin::Issued => None,
+            Origin::Forged => return deny(host, &compiled, Denial::Invalid, Metric::DeniedForged, &[]),
+            Origin::Unchecked if !config.accept_legacy_tokens => return deny(host, &compiled, Denial::Invalid, Metric::DeniedForged, &[]),
+            // a token the edge cannot check: its lookup is charged to the client's address
+            Origin::Unchecked => match charge_lookup(host, worker, now) {
+                Ok(client) => client,
+                Err(step) => return step,
+            },
         };
         host.count(Metric::CacheMiss);
-        let request = RequestInfo { method: method.to_string(), path: path.to_string(), cookie: cookie.map(<[u8]>::to_vec) };
+        let request = RequestInfo { method: method.to_string(), path: path.to_string(), cookie: cookie.map(<[u8]>::to_vec), charged };
         self.look_up(host, worker, token.to_string(), tag, source, request, now)
     }
 
@@ -162,7 +172,9 @@ impl HttpFlow {
     ) -> Step {
         let compiled = Rc::clone(&worker.compiled);
         let mut digests = compiled.hash_keys.digests(&token).into_iter();
-        let Some(digest) = digests.next() else { return refuse(host, worker, Metric::DeniedMalformed, now) };
+        let Some(digest) = digests.next() else {
+            return deny(host, &compiled, Denial::Invalid, Metric::DeniedMalformed, &[]);
+        };
         let previous: Vec<TokenDigest> = digests.collect();
         // with the cache off every request is checked on its own
         let shared = compiled.config.cache.max_entries > 0;
@@ -241,6 +253,11 @@ impl HttpFlow {
                 self.share = Some(Share { answer: answer.clone(), followers });
             }
         }
+        if let (Ok(Answer::Valid(..) | Answer::ValidUnderPrevious(..)), Some(client)) = (&answer, &p.request.charged) {
+            if let Some(throttle) = worker.throttle.as_mut() {
+                throttle.refund(client);
+            }
+        }
         match answer {
             Ok(Answer::Valid(identity, expires_in_ms)) => accept(host, worker, &p, identity, expires_in_ms, now),
             // stored under a previous key's digest: revocations (and its re-keying) are published
@@ -256,12 +273,12 @@ impl HttpFlow {
             },
             Ok(Answer::Tampered) => {
                 host.warn("multitokens: a token record's seal does not verify (rewritten in Redis?): refused");
-                refuse(host, worker, Metric::DeniedTampered, now)
+                remember_refused(worker, &p.token, now);
+                deny(host, &worker.compiled, Denial::Invalid, Metric::DeniedTampered, &[])
             }
             Ok(Answer::Invalid) => {
-                let ttl = worker.compiled.config.cache.negative_ttl_ms;
-                worker.cache.insert_invalid(&p.token, now + ttl, now);
-                refuse(host, worker, Metric::DeniedInvalid, now)
+                remember_refused(worker, &p.token, now);
+                deny(host, &worker.compiled, Denial::Invalid, Metric::DeniedInvalid, &[])
             }
             Err(problem) => no_answer(host, worker, &p, problem, now),
         }
@@ -329,27 +346,25 @@ fn deny(host: &mut dyn Host, compiled: &Compiled, denial: Denial, metric: Metric
     Step::Replied
 }
 
-/// A refused token (401): counted against the client's budget when throttling is on; the
-/// refusal that reaches the budget already answers 429.
-fn refuse(host: &mut dyn Host, worker: &mut Worker, metric: Metric, now: u64) -> Step {
-    if let Some(throttle) = worker.throttle.as_mut() {
-        if let Some(address) = host.client_address() {
-            let client = client_key(&address);
-            throttle.record_failure(client, now);
-            if let Some(seconds) = throttle.retry_after(client, now) {
-                return deny(host, &worker.compiled, Denial::Throttled(seconds), Metric::DeniedThrottled, &[]);
-            }
-        }
-    }
-    deny(host, &worker.compiled, Denial::Invalid, metric, &[])
+/// Remembers a token the store refused, so that re-sending it costs no lookup for
+/// `negative_ttl_ms`.
+fn remember_refused(worker: &mut Worker, token: &str, now: u64) {
+    let ttl = worker.compiled.config.cache.negative_ttl_ms;
+    worker.cache.insert_invalid(token, now + ttl, now);
 }
 
-/// 429 if the client is over its budget of refused tokens.
-fn throttled(host: &mut dyn Host, worker: &Worker, now: u64) -> Option<Step> {
-    let throttle = worker.throttle.as_ref()?;
-    let address = host.client_address()?;
-    let seconds = throttle.retry_after(client_key(&address), now)?;
-    Some(deny(host, &worker.compiled, Denial::Throttled(seconds), Metric::DeniedThrottled, &[]))
+/// Charges the lookup of a token the edge cannot check by its MAC to the client's address: 429 if
+/// the address has spent its budget (`throttle`), else the address charged (`None` when the
+/// throttle is off or the address unknown).
+fn charge_lookup(host: &mut dyn Host, worker: &mut Worker, now: u64) -> Result<Option<Vec<u8>>, Step> {
+    let Some(throttle) = worker.throttle.as_mut() else { return Ok(None) };
+    let Some(address) = host.client_address() else { return Ok(None) };
+    let client = client_key(&address);
+    if let Some(seconds) = throttle.retry_after(client, now) {
+        return Err(deny(host, &worker.compiled, Denial::Throttled(seconds), Metric::DeniedThrottled, &[]));
+    }
+    throttle.record_failure(client, now);
+    Ok(Some(client.to_vec()))
 }
 
 /// The store could not be asked: `allow_cached` may accept a recently verified token.
@@ -610,7 +625,7 @@ mod tests {
 
     #[test]
     fn during_a_rotation_a_verdict_is_cached_by_the_digest_its_record_is_stored_under() {
-        let mut w = worker(r#", "hash_key": "new", "previous_hash_keys": ["old"]"#);
+        let mut w = worker(&format!(r#", "hash_key": "{KEY}", "previous_hash_keys": ["old"]"#));
         let t = token::generate("mt", "alice").unwrap();
         let old = TokenHasher::new(Some(b"old")).digest(&t);
         let stored_under_old = br#"{"active":true,"user":"alice","id":"abc","stored_under":1}"#;
@@ -619,7 +634,7 @@ mod tests {
         assert_eq!(h.header("x-multitokens-user").unwrap(), b"alice");
         let sent = &h.lookups[0];
         assert!(sent.contains(&format!("previous={}", old.to_hex())), "{sent}");
-        assert!(sent.contains(&format!("key_id={}", TokenHasher::new(Some(b"new")).key_id())), "{sent}");
+        assert!(sent.contains(&format!("key_id={}", TokenHasher::new(Some(KEY.as_bytes())).key_id())), "{sent}");
         assert!(run(&mut w, "/api", &t, None, 2).lookups.is_empty(), "cached");
         // the old digest revoked (or re-keyed away): the entry goes
         w.apply_feed(lookup::FeedPage { cursor: "2-0".into(), digests: vec![old.to_hex()], reset: false, more: false }, 3);
@@ -703,27 +718,83 @@ mod tests {
         }
     }
 
+    const KEY: &str = "test-hash-key-0123456789abcdef0123456789abcdef";
+
+    fn keyed_token(user: &str) -> String {
+        TokenHasher::new(Some(KEY.as_bytes())).mint("mt", user).unwrap()
+    }
+
     #[test]
-    fn a_client_over_its_budget_of_refused_tokens_gets_429_and_no_callout() {
-        let mut w = worker(r#", "throttle": {"max_failures": 3, "window_ms": 60000}, "cache": {"ttl_ms": 600000}"#);
+    fn forged_tokens_are_refused_without_a_lookup_and_never_throttle_a_valid_one() {
+        let mut w = worker(&format!(r#", "hash_key": "{KEY}", "throttle": {{"max_failures": 3, "window_ms": 60000}}"#));
         follow_feed(&mut w, 0);
-        let good = token::generate("mt", "alice").unwrap();
-        run(&mut w, "/api", &good, Some((Some(200), VALID)), 0);
-        let forged: Vec<String> = (0..5).map(|_| token::generate("mt", "mallory").unwrap()).collect();
+        for i in 0..100 {
+            let forged = token::forge("mt", "mallory").unwrap();
+            let h = run(&mut w, "/api", &forged, None, i);
+            assert_eq!((h.replies[0].status, h.lookups.len()), (401, 0), "forged token {i}");
+            assert_eq!(h.counted(Metric::DeniedForged), 1);
+        }
+        // a token minted under the key, from the same address: looked up and let through
+        let good = keyed_token("alice");
+        let h = run(&mut w, "/api", &good, Some((Some(200), VALID)), 200);
+        assert_eq!((h.replies.len(), h.lookups.len()), (0, 1));
+        // a revoked one re-sent: one lookup, then the negative cache; 401 every time, never 429
+        let revoked = keyed_token("bob");
         let unknown = Some((Some(200), &br#"{"active":false}"#[..]));
-        assert_eq!(run(&mut w, "/api", &forged[0], unknown, 10).replies[0].status, 401);
-        assert_eq!(run(&mut w, "/api", "mt_garbage", None, 20).replies[0].status, 401);
-        follow_feed(&mut w, 30_000);
-        let h = run(&mut w, "/api", &forged[1], unknown, 30_000);
-        assert_eq!(h.replies[0].status, 429, "the third refusal reaches the budget");
-        assert!(h.replies[0].headers.contains(&("retry-after".into(), "31".into())), "30.01 s rounded up");
-        assert!(h.replies[0].body.contains("Request was throttled. Expected available in 31 seconds."));
-        let h = run(&mut w, "/api", &forged[2], None, 30_001);
-        assert_eq!((h.replies[0].status, h.lookups.len()), (429, 0), "no callout while throttled");
-        assert!(h.counted(Metric::DeniedThrottled) > 0);
-        assert!(run(&mut w, "/api", &good, None, 30_002).replies.is_empty(), "a cached valid token still passes");
+        let mut lookups = 0;
+        for i in 0..50 {
+            let h = run(&mut w, "/api", &revoked, unknown, 300 + i);
+            assert_eq!(h.replies[0].status, 401);
+            lookups += h.lookups.len();
+        }
+        assert_eq!(lookups, 1, "at most one lookup per negative_ttl_ms");
+        let fresh = keyed_token("carol");
+        let h = run(&mut w, "/api", &fresh, Some((Some(200), VALID)), 400);
+        assert!(h.replies.is_empty(), "a new login on the same address is served: {:?}", h.replies);
+    }
+
+    #[test]
+    fn old_format_tokens_are_refused_unlooked_once_legacy_tokens_are_off() {
+        let mut w = worker(&format!(r#", "hash_key": "{KEY}", "accept_legacy_tokens": false"#));
+        follow_feed(&mut w, 0);
+        let h = run(&mut w, "/api", &token::generate("mt", "alice").unwrap(), None, 1);
+        assert_eq!((h.replies[0].status, h.lookups.len()), (401, 0));
+        assert!(Compiled::parse(br#"{"companion": {"cluster": "c", "api_key": "k"}, "accept_legacy_tokens": false}"#)
+            .unwrap_err()
+            .contains("accept_legacy_tokens"));
+        // while on (the default), an old-format token is looked up as before
+        let mut w = worker(&format!(r#", "hash_key": "{KEY}""#));
+        follow_feed(&mut w, 0);
+        let h = run(&mut w, "/api", &token::generate("mt", "alice").unwrap(), Some((Some(200), VALID)), 1);
+        assert_eq!((h.replies.len(), h.lookups.len()), (0, 1));
+    }
+
+    #[test]
+    fn unchecked_lookups_are_charged_when_sent_and_refunded_when_valid() {
+        let mut w = worker(r#", "throttle": {"max_failures": 3, "window_ms": 60000}"#);
+        follow_feed(&mut w, 0);
+        let unknown = Some((Some(200), &br#"{"active":false}"#[..]));
+        // valid tokens cost nothing: their charge is given back
+        for i in 0..10 {
+            let h = run(&mut w, "/api", &token::generate("mt", "alice").unwrap(), Some((Some(200), VALID)), i);
+            assert!(h.replies.is_empty());
+        }
+        assert_eq!(run(&mut w, "/api", "mt_garbage", None, 20).replies[0].status, 401, "malformed: no charge");
+        // three unknown tokens sent at once: charged when sent, so a fourth in parallel is refused
+        let forged: Vec<String> = (0..4).map(|_| token::generate("mt", "mallory").unwrap()).collect();
+        let mut open: Vec<_> = forged[..3].iter().enumerate().map(|(i, t)| begin(&mut w, t, 10 + i as u32, 30)).collect();
+        assert!(open.iter().all(|(_, _, step)| *step == Step::Pause));
+        let (h, _, step) = begin(&mut w, &forged[3], 20, 31);
+        assert_eq!((step, h.lookups.len(), h.replies[0].status), (Step::Replied, 0, 429));
+        assert!(h.replies[0].headers.contains(&("retry-after".into(), "60".into())));
+        assert!(h.replies[0].body.contains("Request was throttled. Expected available in 60 seconds."));
+        for (h, flow, _) in open.iter_mut() {
+            flow.on_lookup_response(h, &mut w, companion_transport::parse_answer(unknown.unwrap().0, unknown.unwrap().1), 40);
+            assert_eq!(h.replies[0].status, 401);
+        }
+        assert_eq!(run(&mut w, "/api", &forged[3], None, 30_000).replies[0].status, 429);
         follow_feed(&mut w, 60_000);
-        assert_eq!(run(&mut w, "/api", &forged[3], unknown, 60_010).replies[0].status, 401, "a new window");
+        assert_eq!(run(&mut w, "/api", &forged[3], unknown, 60_031).replies[0].status, 401, "a new window");
     }
 
     /// A lookup that read the store before a feed page revoked its token must not be believed.

@@ -35,17 +35,21 @@ pub enum Metric {
     TickOverdue,
     /// Denied: a path that is not canonical (400) while path rules are configured.
     DeniedBadPath,
-    /// Denied: the client sent too many refused tokens (429, no callout).
+    /// Denied: the client's address spent its budget of lookups of tokens the edge cannot check by
+    /// their MAC (429, no callout; never a token with a verified MAC).
     DeniedThrottled,
     /// Denied: the token's record has no valid seal (rewritten in Redis).
     DeniedTampered,
     /// Lookups not sent: the request waited for another request's lookup of the same token.
     LookupShared,
+    /// Denied without a lookup: a token whose MAC no hash key made (forged), or an old-format
+    /// token while `accept_legacy_tokens` is off.
+    DeniedForged,
 }
 
 impl Metric {
     /// Every metric, for definition at start.
-    pub const ALL: [Metric; 19] = [
+    pub const ALL: [Metric; 20] = [
         Metric::Allowed,
         Metric::AllowedStale,
         Metric::Excluded,
@@ -65,6 +69,7 @@ impl Metric {
         Metric::DeniedThrottled,
         Metric::DeniedTampered,
         Metric::LookupShared,
+        Metric::DeniedForged,
     ];
 
     /// The stat name.
@@ -89,6 +94,7 @@ impl Metric {
             Metric::DeniedThrottled => "multitokens.denied_throttled",
             Metric::DeniedTampered => "multitokens.denied_tampered",
             Metric::LookupShared => "multitokens.lookup_shared",
+            Metric::DeniedForged => "multitokens.denied_forged",
         }
     }
 

@@ -1,7 +1,10 @@
-//! Failed-attempt throttling per client. Anyone can mint well-formed tokens (the checksum is
-//! public), so each refused token a client sends counts against a budget per window; over it, the
-//! client gets 429 and no callout until the window ends. The table is per VM and bounded (oldest
-//! clients forgotten first), keyed by the downstream address Envoy reports.
+//! A budget per client address on lookups of tokens the edge cannot check by their MAC: old-format
+//! tokens (issued before MACs, or by a companion without a hash key), which anyone can forge with
+//! the public checksum. Each such lookup is charged when it is sent (so parallel requests cannot
+//! overdraw it) and refunded when the token turns out valid; over budget, the address gets 429
+//! for such tokens until the window ends. A token whose MAC verifies is never charged nor refused
+//! here, and a forged version 3 token is refused before it could cost anything. The table is per
+//! VM and bounded (oldest clients forgotten first), keyed by the downstream address Envoy reports.
 
 use serde::Deserialize;
 use std::collections::{HashMap, VecDeque};
@@ -10,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ThrottleConfig {
-    /// Refused tokens a client may send per window.
+    /// Lookups of unchecked tokens a client address may have refused (or in flight) per window.
     #[serde(default = "default_max_failures")]
     pub max_failures: u32,
     /// The window, ms.
@@ -74,7 +77,7 @@ impl FailureThrottle {
         (w.failures >= self.config.max_failures && ends > now).then(|| (ends - now).div_ceil(1000))
     }
 
-    /// Counts one refused token of the client.
+    /// Charges one lookup to the client.
     pub fn record_failure(&mut self, client: &[u8], now: u64) {
         let window_ms = self.config.window_ms;
         if let Some(w) = self.clients.get_mut(client) {
@@ -90,6 +93,13 @@ impl FailureThrottle {
         }
         self.clients.insert(client.into(), Window { started: now, failures: 1 });
         self.order.push_back(client.into());
+    }
+
+    /// Gives back a charged lookup whose token was valid.
+    pub fn refund(&mut self, client: &[u8]) {
+        if let Some(w) = self.clients.get_mut(client) {
+            w.failures = w.failures.saturating_sub(1);
+        }
     }
 
     /// Clients remembered.
@@ -138,6 +148,17 @@ mod tests {
         assert_eq!(t.retry_after(b"a", 10_000), None, "a new window");
         t.record_failure(b"a", 10_000);
         assert_eq!(t.retry_after(b"a", 10_001), None);
+    }
+
+    #[test]
+    fn a_refund_gives_the_charge_back() {
+        let mut t = throttle(2, 10);
+        t.record_failure(b"a", 0);
+        t.record_failure(b"a", 1);
+        assert!(t.retry_after(b"a", 2).is_some());
+        t.refund(b"a");
+        assert_eq!(t.retry_after(b"a", 3), None, "a valid token's lookup does not count");
+        t.refund(b"unknown");
     }
 
     #[test]

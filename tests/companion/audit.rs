@@ -17,7 +17,10 @@ fn req(user: &str, device: &str) -> IssueRequest {
 #[test]
 fn every_mutation_through_the_api_is_audited_with_its_actor_and_request_id() {
     let redis = RedisServer::start();
-    let server = CompanionServer::start(&redis.url(), &[("MULTITOKENS_ADMIN_KEY", ADMIN), ("MULTITOKENS_HASH_KEY", "audit-pepper")]);
+    let server = CompanionServer::start(
+        &redis.url(),
+        &[("MULTITOKENS_ADMIN_KEY", ADMIN), ("MULTITOKENS_HASH_KEY", "audit-pepper-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE")],
+    );
     let agent = crate::support::http_agent();
     let url = |path: &str| format!("http://127.0.0.1:{}{path}", server.port);
     let admin = format!("Bearer {ADMIN}");

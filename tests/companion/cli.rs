@@ -168,11 +168,11 @@ fn every_subcommand_has_help() {
 fn a_hash_key_that_does_not_match_the_store_is_named() {
     let redis = RedisServer::start();
     let mut a = env(&redis);
-    a.push(("MULTITOKENS_HASH_KEY", "the-right-pepper-0123456789".into()));
+    a.push(("MULTITOKENS_HASH_KEY", "the-right-pepper-0123456789-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE".into()));
     let (code, token, _) = run(&["issue", "--user", "kim"], &a, None);
     assert_eq!(code, 0);
     let mut b = env(&redis);
-    b.push(("MULTITOKENS_HASH_KEY", "a-wrong-pepper-0123456789".into()));
+    b.push(("MULTITOKENS_HASH_KEY", "a-wrong-pepper-0123456789-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE".into()));
     let (code, _, err) = run(&["whoami", token.trim()], &b, None);
     assert_one_line_error(code, 1, &err, "MULTITOKENS_HASH_KEY does not match the key this store was written with");
     let (code, _, err) = run(&["issue", "--user", "kim"], &b, None);
@@ -199,13 +199,14 @@ fn the_rotation_runbook_from_the_command_line() {
         }
         e
     };
-    let old = with("pepper-one", None);
+    let old = with("pepper-one-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE", None);
     let tokens: Vec<String> = (0..3).map(|i| run(&["issue", "--user", &format!("u{i}")], &old, None).1).collect();
     // a new key without the old one: nobody is recognised, and the CLI says why
-    let (code, _, err) = run(&["whoami", &tokens[0]], &with("pepper-two", None), None);
+    let (code, _, err) = run(&["whoami", &tokens[0]], &with("pepper-two-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE", None), None);
     assert_one_line_error(code, 1, &err, "MULTITOKENS_HASH_KEY does not match");
     // the new key with the old one still accepted; the sweep moves everyone over
-    let rotating = with("pepper-two", Some(" pepper-one ,"));
+    let rotating =
+        with("pepper-two-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE", Some(" pepper-one-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE ,"));
     assert_eq!(run(&["whoami", &tokens[0]], &rotating, None).1, "u0");
     let (code, out, err) = run(&["rekey", "--json"], &rotating, None);
     assert_eq!(code, 0, "{err}");
@@ -213,8 +214,8 @@ fn the_rotation_runbook_from_the_command_line() {
     assert_eq!((report["scanned"].as_u64(), report["rekeyed"].as_u64(), report["current"].as_u64()), (Some(3), Some(2), Some(1)));
     // the old key dropped: all three still logged in
     for (i, t) in tokens.iter().enumerate() {
-        assert_eq!(run(&["whoami", t], &with("pepper-two", None), None).1, format!("u{i}"));
+        assert_eq!(run(&["whoami", t], &with("pepper-two-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE", None), None).1, format!("u{i}"));
     }
-    let (code, _, err) = run(&["rekey"], &with("pepper-three", Some("a,b,c,d,e")), None);
+    let (code, _, err) = run(&["rekey"], &with("pepper-three-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE", Some("a,b,c,d,e")), None);
     assert_one_line_error(code, 2, &err, "previous_hash_keys");
 }

@@ -5,6 +5,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 /// The companion binary built by cargo for this test run.
+/// The hash key of the test stacks built from the shipped configs (companion and filters alike).
+pub const TEST_HASH_KEY: &str = "e2e-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE-hash";
+
+/// The path of the companion binary.
 pub fn companion_bin() -> &'static str {
     env!("CARGO_BIN_EXE_multitokens")
 }
@@ -71,9 +75,16 @@ impl Drop for CompanionServer {
 
 /// Issues a token with the CLI (`issue --user <user>` plus `args`) into the Redis at `redis_url`.
 pub fn issue_token(redis_url: &str, user: &str, args: &[&str]) -> String {
+    issue_token_with(redis_url, user, args, &[])
+}
+
+/// [`issue_token`] with extra environment (a hash key, say).
+pub fn issue_token_with(redis_url: &str, user: &str, args: &[&str], env: &[(&str, &str)]) -> String {
     let mut all = vec!["issue", "--user", user];
     all.extend_from_slice(args);
-    let out = companion(&all, &[("MULTITOKENS_REDIS_URL", redis_url)], None);
+    let mut vars = vec![("MULTITOKENS_REDIS_URL", redis_url)];
+    vars.extend_from_slice(env);
+    let out = companion(&all, &vars, None);
     assert!(out.status.success(), "issue {all:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }

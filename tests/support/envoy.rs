@@ -209,6 +209,16 @@ impl EnvoyConfig {
         found
     }
 
+    /// Puts `key` where the shipped plugin configurations hold the hash key placeholder, as a user
+    /// deploying them does (the companion must get the same key).
+    pub fn keyed(self, key: &str) -> EnvoyConfig {
+        self.edit_plugin(|c| {
+            if c["hash_key"] == multitokens::core::keyring::HASH_KEY_PLACEHOLDER {
+                c["hash_key"] = serde_json::Value::String(key.to_string());
+            }
+        })
+    }
+
     /// Edits every wasm filter's plugin configuration as JSON.
     pub fn edit_plugin(mut self, edit: impl Fn(&mut Value)) -> EnvoyConfig {
         let mut count = 0;
