@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make demo`: Redis on a private port, the companion, the demo app and Envoy with the filter,
-# all in the foreground. Ctrl-C stops all of them. Ports: DEMO_PORT (10000), DEMO_REDIS_PORT
+# all in the foreground, with a fresh hash key (DEMO_HASH_KEY). Ctrl-C stops all of them. Ports: DEMO_PORT (10000), DEMO_REDIS_PORT
 # (16379), DEMO_COMPANION_PORT (18080), DEMO_APP_PORT (18081), DEMO_ADMIN_PORT (19901).
 # DEMO_APP=django (make demo-django) serves the Django REST framework example (examples/django)
 # with gunicorn instead of the Rust demo app.
@@ -18,7 +18,8 @@ ADMIN_KEY="demo-admin-key-change-me-please"
 INTERNAL_KEY="demo-internal-key-change-me"
 # a fresh hash key per run (256 random bits): the companion digests with it, the filter checks
 # tokens' MACs with it; envoy/envoy.yaml holds a placeholder the filter refuses
-HASH_KEY="$(head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+# (DEMO_HASH_KEY sets it instead, e.g. to keep tokens across demo runs on one Redis)
+HASH_KEY="${DEMO_HASH_KEY:-$(head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')}"
 
 work="$(mktemp -d -t multitokens-demo.XXXXXX)"
 pids=()
@@ -56,8 +57,11 @@ pids+=($!); names+=(redis-server)
 wait_port "$REDIS_PORT" redis-server
 
 MULTITOKENS_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" \
+# and a fresh record signing key: the companion signs every record (only it holds the key)
+# (DEMO_SIGNING_KEY sets it instead)
+SIGNING_KEY="${DEMO_SIGNING_KEY:-$("$BIN/multitokens" keygen --signing | sed -n 's/^signing_key=//p')}"
 MULTITOKENS_ADMIN_KEY="$ADMIN_KEY" MULTITOKENS_INTERNAL_KEY="$INTERNAL_KEY" MULTITOKENS_HASH_KEY="$HASH_KEY" \
-  "$BIN/multitokens" serve --listen "127.0.0.1:$COMPANION_PORT" 2>"$work/companion.log" &
+MULTITOKENS_SIGNING_KEY="$SIGNING_KEY" "$BIN/multitokens" serve --listen "127.0.0.1:$COMPANION_PORT" 2>"$work/companion.log" &
 pids+=($!); names+=("the companion")
 wait_port "$COMPANION_PORT" "the companion"
 
@@ -93,7 +97,7 @@ multitokens demo is up (Ctrl-C stops everything):
 
 In another shell, these make every CLI and API example of the docs work against this demo:
   export PATH="$root/target/release:$root/.tools/bin:\$PATH"
-  export MULTITOKENS_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0 MULTITOKENS_ADMIN_KEY=$ADMIN_KEY
+  export MULTITOKENS_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0 MULTITOKENS_ADMIN_KEY=$ADMIN_KEY MULTITOKENS_HASH_KEY=$HASH_KEY MULTITOKENS_SIGNING_KEY=$SIGNING_KEY
   export DEMO=http://127.0.0.1:$DEMO_PORT API=http://127.0.0.1:$COMPANION_PORT
 
 Try it:

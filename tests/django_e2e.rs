@@ -72,7 +72,12 @@ fn companion(redis: &RedisServer) -> (CompanionServer, u16) {
     let server = CompanionServer::start_on(
         port,
         &redis.url(),
-        &[("MULTITOKENS_ADMIN_KEY", ADMIN_KEY), ("MULTITOKENS_INTERNAL_KEY", INTERNAL_KEY), ("MULTITOKENS_HASH_KEY", TEST_HASH_KEY)],
+        &[
+            ("MULTITOKENS_ADMIN_KEY", ADMIN_KEY),
+            ("MULTITOKENS_INTERNAL_KEY", INTERNAL_KEY),
+            ("MULTITOKENS_HASH_KEY", TEST_HASH_KEY),
+            ("MULTITOKENS_SIGNING_KEY", support::TEST_SIGNING_KEY),
+        ],
     );
     (server, port)
 }

@@ -38,6 +38,8 @@ impl Demo {
             cmd.env(name, port.to_string());
         }
         cmd.env("DEMO_BIN_DIR", bin_dir());
+        cmd.env("DEMO_HASH_KEY", support::TEST_HASH_KEY);
+        cmd.env("DEMO_SIGNING_KEY", support::TEST_SIGNING_KEY);
         let child = cmd.spawn().expect("scripts/demo.sh");
         let demo = Demo { child, ports };
         assert!(wait_for_port(ports[0], Duration::from_secs(60)), "the demo did not start");
@@ -175,6 +177,8 @@ fn the_documented_examples_work_against_the_demo() {
             .env("PATH", format!("{}:{}:{}", bin_dir().display(), root.join(".tools/bin").display(), std::env::var("PATH").unwrap()))
             .env("MULTITOKENS_REDIS_URL", format!("redis://127.0.0.1:{redis}/0"))
             .env("MULTITOKENS_ADMIN_KEY", "demo-admin-key-change-me-please")
+            .env("MULTITOKENS_HASH_KEY", support::TEST_HASH_KEY)
+            .env("MULTITOKENS_SIGNING_KEY", support::TEST_SIGNING_KEY)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -141,7 +141,12 @@ impl Stack {
 
     /// Issues a token with the CLI under the stack's hash key.
     fn issue(&self, user: &str, args: &[&str]) -> String {
-        support::issue_token_with(&self.url(), user, args, &[("MULTITOKENS_HASH_KEY", TEST_HASH_KEY)])
+        support::issue_token_with(
+            &self.url(),
+            user,
+            args,
+            &[("MULTITOKENS_HASH_KEY", TEST_HASH_KEY), ("MULTITOKENS_SIGNING_KEY", support::TEST_SIGNING_KEY)],
+        )
     }
 
     /// Logs a token out straight through the companion's API (`DELETE /v1/tokens/current`).
@@ -152,8 +157,12 @@ impl Stack {
 
     fn companion(redis_url: &str, port: u16, extra: &[(&'static str, String)]) -> CompanionServer {
         // the key of the shipped config's filter; a test's own keys come after and win
-        let mut env =
-            vec![("MULTITOKENS_ADMIN_KEY", ADMIN_KEY), ("MULTITOKENS_INTERNAL_KEY", INTERNAL_KEY), ("MULTITOKENS_HASH_KEY", TEST_HASH_KEY)];
+        let mut env = vec![
+            ("MULTITOKENS_ADMIN_KEY", ADMIN_KEY),
+            ("MULTITOKENS_INTERNAL_KEY", INTERNAL_KEY),
+            ("MULTITOKENS_HASH_KEY", TEST_HASH_KEY),
+            ("MULTITOKENS_SIGNING_KEY", support::TEST_SIGNING_KEY),
+        ];
         env.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
         CompanionServer::start_on(port, redis_url, &env)
     }
@@ -344,7 +353,11 @@ fn a_token_revoked_through_the_cli_is_refused_as_soon_as_the_cli_returns_with_th
     // revoke out of band, straight through the companion CLI: it returns once the edges applied it
     let out = support::companion(
         &["revoke-all", "--user", "bob", "--json"],
-        &[("MULTITOKENS_REDIS_URL", &s.url()), ("MULTITOKENS_HASH_KEY", TEST_HASH_KEY)],
+        &[
+            ("MULTITOKENS_REDIS_URL", &s.url()),
+            ("MULTITOKENS_HASH_KEY", TEST_HASH_KEY),
+            ("MULTITOKENS_SIGNING_KEY", support::TEST_SIGNING_KEY),
+        ],
         None,
     );
     assert!(out.status.success());
@@ -730,6 +743,8 @@ fn a_forged_flood_from_a_thousand_addresses_costs_no_lookup() {
     let s = Stack::start(|c| {
         c["throttle"] = json!({"max_failures": 20, "window_ms": 60000});
         c["cache"]["ttl_ms"] = json!(600_000);
+        // sliding refreshes of the valid tokens would reach the store on their own schedule
+        c.as_object_mut().unwrap().remove("refresh_on_use");
     });
     std::thread::sleep(Duration::from_millis(1500));
     let valid: Vec<String> = (0..20).map(|i| s.login(&format!("v{i}"), "phone", &[])).collect();
@@ -950,8 +965,15 @@ fn no_token_is_accepted_after_its_logout_returned_across_two_envoys_under_load()
 fn edge_agrees_with_redis(s: &Stack, tokens: &[String], limit: Duration) -> (usize, usize) {
     let (mut live, mut revoked) = (0, 0);
     for token in tokens {
-        let out =
-            support::companion(&["whoami", token], &[("MULTITOKENS_REDIS_URL", &s.url()), ("MULTITOKENS_HASH_KEY", TEST_HASH_KEY)], None);
+        let out = support::companion(
+            &["whoami", token],
+            &[
+                ("MULTITOKENS_REDIS_URL", &s.url()),
+                ("MULTITOKENS_HASH_KEY", TEST_HASH_KEY),
+                ("MULTITOKENS_SIGNING_KEY", support::TEST_SIGNING_KEY),
+            ],
+            None,
+        );
         let expected = match out.status.code() {
             Some(0) => 200,
             Some(1) => 401,
@@ -1102,7 +1124,11 @@ fn revocations_hold_when_the_feeds_shard_fails_over() {
 #[test]
 fn rotating_the_hash_key_through_envoy_logs_nobody_out() {
     let keys = |current: &str, previous: &str| {
-        vec![("MULTITOKENS_HASH_KEY", current.to_string()), ("MULTITOKENS_PREVIOUS_HASH_KEYS", previous.to_string())]
+        vec![
+            ("MULTITOKENS_HASH_KEY", current.to_string()),
+            ("MULTITOKENS_PREVIOUS_HASH_KEYS", previous.to_string()),
+            ("MULTITOKENS_SIGNING_KEY", support::TEST_SIGNING_KEY.to_string()),
+        ]
     };
     let mut s = Stack::start_full(
         Store::Single(RedisServer::start()),

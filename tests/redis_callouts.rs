@@ -26,16 +26,26 @@ struct Stack {
     redis: RedisServer,
     companion: Option<CompanionServer>,
     build: Build,
+    /// The companion's and the CLI's extra environment (keys).
+    env: Vec<(&'static str, String)>,
 }
 
 impl Stack {
     fn start(build: Build) -> Stack {
+        Self::start_with_env(build, Vec::new())
+    }
+
+    /// A stack whose companion and CLI get `env` too (a hash key, a signing key).
+    fn start_with_env(build: Build, env: Vec<(&'static str, String)>) -> Stack {
         let redis = RedisServer::start();
-        let companion = CompanionServer::start(
-            &redis.url(),
-            &[("MULTITOKENS_ADMIN_KEY", "host-admin-key-0123456789"), ("MULTITOKENS_INTERNAL_KEY", INTERNAL_KEY)],
-        );
-        Stack { redis, companion: Some(companion), build }
+        let mut vars = vec![("MULTITOKENS_ADMIN_KEY", "host-admin-key-0123456789"), ("MULTITOKENS_INTERNAL_KEY", INTERNAL_KEY)];
+        vars.extend(env.iter().map(|(k, v)| (*k, v.as_str())));
+        let companion = CompanionServer::start(&redis.url(), &vars);
+        Stack { redis, companion: Some(companion), build, env }
+    }
+
+    fn env(&self) -> Vec<(&str, &str)> {
+        self.env.iter().map(|(k, v)| (*k, v.as_str())).collect()
     }
 
     fn upstreams(&self) -> Upstreams {
@@ -62,7 +72,10 @@ impl Stack {
     }
 
     fn cli(&self, args: &[&str]) -> String {
-        let out = companion(args, &[("MULTITOKENS_REDIS_URL", &self.redis.url())], None);
+        let url = self.redis.url();
+        let mut env = vec![("MULTITOKENS_REDIS_URL", url.as_str())];
+        env.extend(self.env());
+        let out = companion(args, &env, None);
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
@@ -70,7 +83,7 @@ impl Stack {
     fn issue(&self, user: &str, device: &str, extra: &[&str]) -> String {
         let mut args = vec!["--device", device];
         args.extend_from_slice(extra);
-        support::issue_token(&self.redis.url(), user, &args)
+        support::issue_token_with(&self.redis.url(), user, &args, &self.env())
     }
 }
 
@@ -229,7 +242,8 @@ fn forged_token_floods_are_throttled_in_both_builds() {
         let alice = stack.issue("alice", "laptop", &[]);
         host.set_client_address("192.0.2.10:5000");
         assert_eq!(get(&mut host, "/api", &alice).status(), 200);
-        host.set_client_address("198.51.100.66:1234");
+        // without a hash key no token can be checked before its lookup: the address's budget of
+        // such lookups (charged when sent) is what shields the store
         let misses = host.metric("multitokens.cache_miss");
         let mut statuses = Vec::new();
         for i in 0..40 {
@@ -237,12 +251,13 @@ fn forged_token_floods_are_throttled_in_both_builds() {
             let forged = multitokens::core::token::generate("mt", "mallory").unwrap();
             statuses.push(get(&mut host, "/api", &forged).status());
         }
-        assert_eq!(statuses[..4], [401; 4], "{build:?}");
-        assert!(statuses[4..].iter().all(|s| *s == 429), "{build:?}: {statuses:?}");
+        assert_eq!(statuses[..5], [401; 5], "{build:?}");
+        assert!(statuses[5..].iter().all(|s| *s == 429), "{build:?}: {statuses:?}");
         assert_eq!(host.metric("multitokens.cache_miss"), misses + 5, "{build:?}: no lookup once throttled");
-        let r = get(&mut host, "/api", "mt_whatever");
+        let r = get(&mut host, "/api", &multitokens::core::token::generate("mt", "mallory").unwrap());
         assert_eq!(r.reply().header("retry-after"), Some("60"));
         assert!(r.reply().json()["detail"].as_str().unwrap().starts_with("Request was throttled. Expected available in"));
+        assert_eq!(get(&mut host, "/api", "mt_whatever").status(), 401, "{build:?}: malformed costs nothing, so is not throttled");
         // another client, and a valid cached token from the throttled one
         host.set_client_address("192.0.2.10:5001");
         assert_eq!(get(&mut host, "/api", &format!("{alice}x")).status(), 401);
@@ -652,6 +667,108 @@ fn tampered_records_are_refused_and_a_key_rotation_logs_nobody_out_in_both_build
         host.tick();
         assert_invalid(&get(&mut host, "/api", &alice));
         assert_eq!(get(&mut host, "/api", &bob).status(), 200);
+    }
+}
+
+/// With a hash key, in both builds: a forged token (right checksum, made-up MAC) costs no lookup
+/// and no throttling, a valid token from the same address is served, a revoked one re-sent costs
+/// one lookup and is never answered 429.
+#[test]
+fn forged_tokens_cost_nothing_and_valid_ones_are_never_throttled_in_both_builds() {
+    for build in [Build::Stock, Build::Redis] {
+        let stack = Stack::start_with_env(build, vec![("MULTITOKENS_HASH_KEY", support::TEST_HASH_KEY.to_string())]);
+        let config = json!({"hash_key": support::TEST_HASH_KEY, "accept_legacy_tokens": false,
+                            "throttle": {"max_failures": 3, "window_ms": 60000}});
+        let mut host = stack.load(config);
+        host.set_client_address("198.51.100.66:1000");
+        let misses = host.metric("multitokens.cache_miss");
+        for i in 0..50 {
+            let forged = if i % 2 == 0 {
+                multitokens::core::token::forge("mt", "mallory").unwrap()
+            } else {
+                multitokens::core::token::generate("mt", "mallory").unwrap() // old format: no MAC
+            };
+            assert_invalid(&get(&mut host, "/api", &forged));
+        }
+        assert_eq!(host.metric("multitokens.cache_miss"), misses, "{build:?}: no lookup for a forged token");
+        assert_eq!(host.metric("multitokens.denied_forged"), 50);
+        let stale = stack.issue("alice", "laptop", &[]);
+        stack.cli(&["revoke", &stale]);
+        for _ in 0..10 {
+            assert_invalid(&get(&mut host, "/api", &stale));
+        }
+        assert_eq!(host.metric("multitokens.cache_miss"), misses + 1, "{build:?}: one lookup, then the negative cache");
+        let bob = stack.issue("bob", "phone", &[]);
+        for _ in 0..5 {
+            assert_eq!(get(&mut host, "/api", &bob).status(), 200, "{build:?}");
+        }
+        assert_eq!(host.metric("multitokens.denied_throttled"), 0);
+    }
+}
+
+/// Redis write access plus everything a gateway's plugin configuration holds (the hash key, so
+/// the token MAC key and the HMAC seal key; the internal key; the public signing key): an attacker
+/// makes up a token with a valid MAC, writes a record for it naming `admin` with every scope,
+/// HMAC-sealed, or signed with a key pair of their own. With records signed by the companion,
+/// both builds refuse it and count it as tampered.
+#[test]
+fn a_record_forged_with_everything_a_gateway_holds_is_refused_in_both_builds() {
+    use multitokens::core::{digest::TokenHasher, record::TokenRecord, signing::RecordSigner, token::RoutingTag};
+    for build in [Build::Stock, Build::Redis] {
+        let (seed, public) = RecordSigner::generate().unwrap();
+        let env = vec![("MULTITOKENS_HASH_KEY", support::TEST_HASH_KEY.to_string()), ("MULTITOKENS_SIGNING_KEY", seed)];
+        let stack = Stack::start_with_env(build, env);
+        let gateway = json!({"hash_key": support::TEST_HASH_KEY, "accept_legacy_tokens": false, "record_public_keys": [public]});
+        let mut host = stack.load(gateway.clone());
+        let alice = stack.issue("alice", "laptop", &["--scope", "read"]);
+        assert_eq!(get(&mut host, "/api", &alice).status(), 200, "{build:?}: a signed record is honoured");
+        // the attacker's side: only what the gateway config holds
+        let hasher = TokenHasher::new(Some(gateway["hash_key"].as_str().unwrap().as_bytes()));
+        let mut forged_tokens = Vec::new();
+        for (n, seal) in ["hmac", "own-key-pair"].into_iter().enumerate() {
+            let token = hasher.mint("mt", "admin").unwrap();
+            let digest = hasher.digest(&token);
+            let record = TokenRecord {
+                id: digest.public_id(),
+                user: "admin".into(),
+                device: "forged".into(),
+                created: 1,
+                scopes: vec!["admin".into(), "read".into(), "write".into()],
+                expires_at: None,
+                lifetime_ms: None,
+                token_hash: Some(hex::encode(multitokens::core::digest::token_hash(&token))),
+            }
+            .to_json()
+            .unwrap();
+            let value = match seal {
+                "hmac" => hasher.seal(&digest, record),
+                _ => RecordSigner::from_text(&RecordSigner::generate().unwrap().0).unwrap().sign(&digest, record),
+            };
+            let key = format!("mt:{{{}}}:t:{}", RoutingTag::for_user("admin").to_hex(), digest.to_hex());
+            stack.redis.cli(&["SET", &key, &value, "PX", "600000"]);
+            assert_invalid(&get(&mut host, "/admin/stats", &token));
+            assert_invalid(&get(&mut host, "/api", &token));
+            forged_tokens.push((n, token));
+        }
+        let tampered = match build {
+            Build::Redis => host.metric("multitokens.denied_tampered") as u64,
+            Build::Stock => {
+                let port = stack.companion.as_ref().unwrap().port;
+                let text = support::http_agent()
+                    .get(format!("http://127.0.0.1:{port}/metrics"))
+                    .call()
+                    .unwrap()
+                    .into_body()
+                    .read_to_string()
+                    .unwrap();
+                text.lines()
+                    .find_map(|l| l.strip_prefix("multitokens_companion_tampered_records_total "))
+                    .map(|v| v.trim().parse::<u64>().unwrap())
+                    .unwrap_or_else(|| panic!("no tampered count:\n{text}"))
+            }
+        };
+        assert!(tampered >= 2, "{build:?}: both counted as tampered, {tampered}");
+        assert_eq!(get(&mut host, "/api", &alice).status(), 200);
     }
 }
 

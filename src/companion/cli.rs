@@ -130,8 +130,14 @@ pub enum Command {
     /// Print the HTTP API's OpenAPI 3.1 description (JSON), as `serve` answers at /openapi.json.
     Openapi,
     /// Print a new hash key: 256 random bits from the OS, as 43 base64url characters, for
-    /// MULTITOKENS_HASH_KEY and every filter's `hash_key`. Needs no settings and no Redis.
-    Keygen,
+    /// MULTITOKENS_HASH_KEY and every filter's `hash_key`; or with --signing a record signing key
+    /// pair: `signing_key=<seed>` (MULTITOKENS_SIGNING_KEY, the companion only) and
+    /// `public_key=<key>` (the filters' `record_public_keys`). Needs no settings and no Redis.
+    Keygen {
+        /// A record signing key pair instead of a hash key.
+        #[arg(long)]
+        signing: bool,
+    },
     /// Serve the HTTP API (needs MULTITOKENS_ADMIN_KEY; --listen sets the address). Stops on
     /// Ctrl-C or SIGTERM.
     Serve,
@@ -235,6 +241,9 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
             if store.check_hash_key().await? == KeyCheck::Differs {
                 return Err(usage(KEY_DIFFERS));
             }
+            if !store.check_signing().await? {
+                return Err(usage(super::server::UNSIGNED_IN_SIGNED_STORE));
+            }
             let issued = store.issue_as(IssueRequest { user, device, ttl, scopes }, &Origin::new(Actor::Cli)).await?;
             print(&if json { to_json(&issued)? } else { issued.token })
         }
@@ -276,6 +285,9 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
         Command::Rekey { seal_unsealed, json } => {
             if store.check_hash_key().await? == KeyCheck::Differs {
                 return Err(usage(KEY_DIFFERS));
+            }
+            if !store.check_signing().await? {
+                return Err(usage(super::server::UNSIGNED_IN_SIGNED_STORE));
             }
             let r = store.rekey_all_as(seal_unsealed, &Origin::new(Actor::Cli)).await?;
             print(&if json {
@@ -338,7 +350,7 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
             Ok(())
         }
         Command::Openapi => print(&super::openapi::json()),
-        Command::Keygen => Ok(()),
+        Command::Keygen { .. } => Ok(()),
         Command::Serve => Ok(server::serve(&settings, store).await?),
     }
 }
@@ -365,10 +377,14 @@ pub fn main() -> ExitCode {
             return Exit::Usage.into();
         }
     };
-    if matches!(cli.command, Command::Keygen) {
-        return match crate::core::keyring::generate_hash_key() {
-            Ok(key) => {
-                println!("{key}");
+    if let Command::Keygen { signing } = cli.command {
+        let generated = match signing {
+            true => crate::core::signing::RecordSigner::generate().map(|(seed, public)| format!("signing_key={seed}\npublic_key={public}")),
+            false => crate::core::keyring::generate_hash_key(),
+        };
+        return match generated {
+            Ok(text) => {
+                println!("{text}");
                 Exit::Success.into()
             }
             Err(e) => {

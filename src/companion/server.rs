@@ -30,6 +30,10 @@ pub enum ServeError {
     Io(std::io::Error),
 }
 
+/// Why a companion without the signing key refuses to write into a store whose records are signed.
+pub const UNSIGNED_IN_SIGNED_STORE: &str =
+    "MULTITOKENS_SIGNING_KEY is not set, but this store's records are signed: every record written without it would be refused";
+
 /// The API's keys by role, checked ([`ApiKeys::new`]).
 fn checked_keys(settings: &Settings) -> Result<ApiKeys, ServeError> {
     let keys = ApiKeys::new(settings.admin_keys.clone(), settings.introspect_clients.clone(), settings.internal_keys.clone())
@@ -49,6 +53,9 @@ pub async fn serve(settings: &Settings, store: TokenStore) -> Result<(), ServeEr
         Ok(KeyCheck::Matches) => {}
         Ok(KeyCheck::Differs) => return Err(ServeError::KeyDiffers),
         Err(e) => tracing::warn!(error = %e, "Redis is not reachable yet; /readyz answers 503 until it is"),
+    }
+    if let Ok(false) = store.check_signing().await {
+        return Err(ServeError::Config(UNSIGNED_IN_SIGNED_STORE.into()));
     }
     tracing::info!(listen = %addr, prefix = %settings.prefix, "multitokens API listening");
     let state = AppState::new(Arc::new(store), keys, settings.revoke_wait);

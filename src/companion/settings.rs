@@ -137,6 +137,11 @@ pub struct SettingsLayer {
     #[arg(long, env = "MULTITOKENS_ACCEPT_UNSEALED_RECORDS", global = true, value_name = "BOOL",
           action = clap::ArgAction::Set, value_parser = parse_bool)]
     pub accept_unsealed_records: Option<bool>,
+    /// Honour HMAC-sealed records although records are signed (`signing_key` set), only while
+    /// upgrading to signed records, until `rekey` has signed them all [default: false].
+    #[arg(long, env = "MULTITOKENS_ACCEPT_HMAC_SEALED_RECORDS", global = true, value_name = "BOOL",
+          action = clap::ArgAction::Set, value_parser = parse_bool)]
+    pub accept_hmac_sealed_records: Option<bool>,
     /// Most live tokens per user, 1 to 10000: it bounds what one login costs Redis [default: 100].
     #[arg(long, env = "MULTITOKENS_MAX_TOKENS_PER_USER", global = true, value_name = "N")]
     pub max_tokens_per_user: Option<u32>,
@@ -168,6 +173,15 @@ pub struct SettingsLayer {
     /// MULTITOKENS_RETIRED_HASH_KEYS or the file, never a flag.
     #[arg(skip = secrets_from_env("MULTITOKENS_RETIRED_HASH_KEYS"))]
     pub retired_hash_keys: Option<SecretList>,
+    /// Ed25519 key that signs every record written (its 32-byte seed, base64url, from `multitokens
+    /// keygen --signing`); the edges verify with its public half. MULTITOKENS_SIGNING_KEY or the
+    /// file, never a flag.
+    #[arg(skip = secret_from_env("MULTITOKENS_SIGNING_KEY"))]
+    pub signing_key: Option<String>,
+    /// Other public keys whose record signatures are honoured (a signing key rotation),
+    /// comma-separated: MULTITOKENS_RECORD_PUBLIC_KEYS or the file.
+    #[arg(skip = secrets_from_env("MULTITOKENS_RECORD_PUBLIC_KEYS"))]
+    pub record_public_keys: Option<SecretList>,
     /// Bearer keys of the admin role, comma-separated (more than one while rotating):
     /// MULTITOKENS_ADMIN_KEY or the file, never a flag.
     #[arg(skip = secrets_from_env("MULTITOKENS_ADMIN_KEY"))]
@@ -239,6 +253,12 @@ pub struct Settings {
     pub previous_hash_keys: Vec<String>,
     /// Hash keys retired by a finished rotation (only their tokens' MACs are checked), at most 4.
     pub retired_hash_keys: Vec<String>,
+    /// The record signing key's seed (base64url).
+    pub signing_key: Option<String>,
+    /// Other public keys whose signatures are honoured.
+    pub record_public_keys: Vec<String>,
+    /// Honour HMAC-sealed records although records are signed (an upgrade in progress).
+    pub accept_hmac_sealed_records: bool,
     /// Honour records with no seal (an upgrade in progress).
     pub accept_unsealed_records: bool,
     /// Most live tokens per user (every script's cost is bounded by it).
@@ -273,6 +293,9 @@ impl std::fmt::Debug for Settings {
             .field("hash_key", &self.hash_key.as_ref().map(|_| "<set>"))
             .field("previous_hash_keys", &self.previous_hash_keys.len())
             .field("retired_hash_keys", &self.retired_hash_keys.len())
+            .field("signing_key", &self.signing_key.as_ref().map(|_| "<set>"))
+            .field("record_public_keys", &self.record_public_keys)
+            .field("accept_hmac_sealed_records", &self.accept_hmac_sealed_records)
             .field("accept_unsealed_records", &self.accept_unsealed_records)
             .field("max_tokens_per_user", &self.max_tokens_per_user)
             .field("max_tokens_policy", &self.max_tokens_policy)
@@ -310,6 +333,12 @@ impl Settings {
             .map_err(|e| format!("invalid previous_hash_keys: {e}"))?
             .retiring(&retired)
             .map_err(|e| format!("invalid retired_hash_keys: {e}"))?;
+        let signing_key = nonempty(layer.signing_key);
+        if let Some(key) = &signing_key {
+            crate::core::signing::RecordSigner::from_text(key).map_err(|e| format!("invalid signing_key: {e}"))?;
+        }
+        let record_public_keys = layer.record_public_keys.unwrap_or_default().0;
+        crate::core::signing::parse_public_keys(&record_public_keys).map_err(|e| format!("invalid record_public_keys: {e}"))?;
         // the current key must be strong; a previous one may be weak: rotating is the way off it
         if let Some(key) = layer.hash_key.as_deref().filter(|k| !k.is_empty()) {
             crate::core::keyring::check_key_strength(key).map_err(|e| format!("invalid hash_key: {e}"))?;
@@ -323,6 +352,9 @@ impl Settings {
             hash_key: nonempty(layer.hash_key),
             previous_hash_keys,
             retired_hash_keys,
+            signing_key,
+            record_public_keys,
+            accept_hmac_sealed_records: layer.accept_hmac_sealed_records.unwrap_or(false),
             accept_unsealed_records: layer.accept_unsealed_records.unwrap_or(false),
             max_tokens_per_user: within("max_tokens_per_user", layer.max_tokens_per_user, 1, MAX_TOKENS_PER_USER)?
                 .unwrap_or(DEFAULT_MAX_TOKENS_PER_USER),

@@ -214,7 +214,8 @@ pub struct RekeyReport {
     pub current: u64,
     /// Moved to the current key's digest and resealed.
     pub rekeyed: u64,
-    /// Unsealed records (written before sealing) sealed with the current key (`--seal-unsealed`).
+    /// Unsealed records (written before sealing) sealed with the current key (`--seal-unsealed`),
+    /// and, with a signing key, HMAC-sealed records signed.
     pub sealed: u64,
     /// Version 1 tokens under a previous key: only the token gives their new digest, so they are
     /// re-keyed when next used. Dropping the previous key logs them out.
@@ -280,6 +281,17 @@ impl TokenStore {
             .map_err(|e| StoreError::BadInput(format!("previous_hash_keys: {e}")))?
             .retiring(&retired)
             .map_err(|e| StoreError::BadInput(format!("retired_hash_keys: {e}")))?
+            .with_record_keys(
+                settings
+                    .signing_key
+                    .as_deref()
+                    .map(crate::core::signing::RecordSigner::from_text)
+                    .transpose()
+                    .map_err(|e| StoreError::BadInput(format!("signing_key: {e}")))?,
+                crate::core::signing::parse_public_keys(&settings.record_public_keys)
+                    .map_err(|e| StoreError::BadInput(format!("record_public_keys: {e}")))?,
+            )
+            .accepting_hmac_seals(settings.accept_hmac_sealed_records)
             .accepting_unsealed(settings.accept_unsealed_records);
         Ok(Self::new(redis, StorePolicy::from_settings(settings), hash_keys))
     }
@@ -383,7 +395,7 @@ impl TokenStore {
                 lifetime_ms: ttl.seconds().map(|s| s * 1000),
                 token_hash: hasher.is_keyed().then(|| hex::encode(crate::core::digest::token_hash(&token))),
             };
-            let json = hasher.seal(&digest, record.to_json()?);
+            let json = self.hash_keys.seal(&digest, record.to_json()?);
             let reply: Vec<Value> = self
                 .timed(
                     "issue",
@@ -514,7 +526,7 @@ impl TokenStore {
     /// verdicts under it are dropped). True if moved.
     async fn rekey_record(&self, conn: &mut Conn, read: ReadRecord<'_>, new: &TokenDigest, origin: &Origin) -> Result<bool, StoreError> {
         let ReadRecord { tag, digest: old, value: read, record } = read;
-        let sealed = self.hash_keys.current().seal(new, record.to_json()?);
+        let sealed = self.hash_keys.seal(new, record.to_json()?);
         let moved: i64 = self
             .timed(
                 "rekey",
@@ -737,6 +749,24 @@ impl TokenStore {
         Ok(KeyCheck::Differs)
     }
 
+    /// Whether this companion may write records here: with a signing key it marks the store as
+    /// signed (its public key in `<prefix>:signcheck`) and may; without one it may not once the
+    /// store is marked, since every record it wrote would be refused as tampered.
+    pub async fn check_signing(&self) -> Result<bool, StoreError> {
+        let mut conn = self.redis.conn().await?;
+        let key = self.keys.sign_check();
+        match self.hash_keys.signer() {
+            Some(signer) => {
+                let _: () = redis::cmd("SET").arg(&key).arg(signer.public_key_text()).query_async(&mut conn).await?;
+                Ok(true)
+            }
+            None => {
+                let signed: bool = redis::cmd("EXISTS").arg(&key).query_async(&mut conn).await?;
+                Ok(!signed)
+            }
+        }
+    }
+
     /// Re-keys every record of the namespace stored under a previous hash key (`multitokens
     /// rekey`), and with `seal_unsealed` seals records written before sealing with the current
     /// key. Safe to run while serving and to run again: each record moves in one atomic script
@@ -771,6 +801,8 @@ impl TokenStore {
             let sealed_by = self.hash_keys.sealed_by(&digest, &value);
             let new_digest = record.token_hash.as_deref().and_then(TokenDigest::from_hex).map(|h| current.digest_of_hash(&h.0));
             let has_seal = value.windows(SEAL_FIELD.len()).any(|w| w == SEAL_FIELD);
+            // an HMAC-sealed record while records are signed: signed where it is (or where it moves)
+            let sign = self.hash_keys.signs_records() && !crate::core::signing::has_signature(&value);
             // where the record goes, and the counter it adds to once moved
             let (target, counter) = match (sealed_by, new_digest) {
                 (None, _) if seal_unsealed && current.is_keyed() && !has_seal => (digest, &mut report.sealed),
@@ -782,15 +814,17 @@ impl TokenStore {
                     }
                     continue;
                 }
-                (Some(0), Some(new)) if new == digest => {
+                (Some(0), Some(new)) if new == digest && !sign => {
                     report.current += 1;
                     continue;
                 }
+                (Some(0), Some(new)) if new == digest => (digest, &mut report.sealed),
                 (Some(_), Some(new)) => (new, &mut report.rekeyed),
-                (Some(0), None) => {
+                (Some(0), None) if !sign => {
                     report.current += 1;
                     continue;
                 }
+                (Some(0), None) => (digest, &mut report.sealed),
                 (Some(_), None) => {
                     report.rekeyed_on_use_only += 1;
                     continue;

@@ -2,7 +2,10 @@
 //! written, and the previous ones, still accepted until a sweep has re-keyed what they wrote.
 
 use super::digest::{TokenDigest, TokenHasher};
+use super::record::TokenRecord;
+use super::signing::{self, RecordSigner};
 use super::token::{Origin, TokenMac};
+use ed25519_dalek::VerifyingKey;
 
 /// Most previous keys accepted at once: each is one more digest tried by every lookup.
 pub const MAX_PREVIOUS_HASH_KEYS: usize = 4;
@@ -74,6 +77,13 @@ pub struct HashKeys {
     retired: Vec<TokenMac>,
     /// Honour records that carry no seal at all (an upgrade from a release before sealing).
     accept_unsealed: bool,
+    /// The companion's record signing key (only the companion has one).
+    signer: Option<RecordSigner>,
+    /// Public keys whose signatures make a record valid; when any is set, an HMAC seal alone no
+    /// longer does (the gateways hold the hash key it is derived from).
+    verify_keys: Vec<VerifyingKey>,
+    /// Honour HMAC-sealed records although signatures are required (while `rekey` signs them).
+    accept_hmac_seals: bool,
 }
 
 impl HashKeys {
@@ -91,12 +101,54 @@ impl HashKeys {
         }
         let mut hashers = vec![TokenHasher::new(current)];
         hashers.extend(previous.iter().filter(|k| Some(**k) != current).map(|k| TokenHasher::new(Some(k))));
-        Ok(HashKeys { hashers, retired: Vec::new(), accept_unsealed: false })
+        Ok(HashKeys { hashers, retired: Vec::new(), ..HashKeys::single(None) })
     }
 
     /// One key (or none): no rotation in progress.
     pub fn single(current: Option<&[u8]>) -> Self {
-        HashKeys { hashers: vec![TokenHasher::new(current)], retired: Vec::new(), accept_unsealed: false }
+        HashKeys {
+            hashers: vec![TokenHasher::new(current)],
+            retired: Vec::new(),
+            accept_unsealed: false,
+            signer: None,
+            verify_keys: Vec::new(),
+            accept_hmac_seals: false,
+        }
+    }
+
+    /// The same keys, with records signed by `signer` (the companion) and records signed by it or
+    /// by any of `public` honoured, and from then on only those: an HMAC seal no longer suffices.
+    pub fn with_record_keys(mut self, signer: Option<RecordSigner>, public: Vec<VerifyingKey>) -> Self {
+        self.verify_keys = signer.iter().map(RecordSigner::public_key).chain(public).collect();
+        self.verify_keys.dedup();
+        self.signer = signer;
+        self
+    }
+
+    /// The same keys, still honouring HMAC-sealed records while `accept` although signatures are
+    /// required: the upgrade to signed records, until `multitokens rekey` has signed them all.
+    pub fn accepting_hmac_seals(mut self, accept: bool) -> Self {
+        self.accept_hmac_seals = accept;
+        self
+    }
+
+    /// Whether records are signed when written (the companion has a signing key).
+    pub fn signs_records(&self) -> bool {
+        self.signer.is_some()
+    }
+
+    /// The record signing key, if this side has one.
+    pub fn signer(&self) -> Option<&RecordSigner> {
+        self.signer.as_ref()
+    }
+
+    /// Seals a record's JSON for storage under `digest`: signed with the signing key when there
+    /// is one, else HMAC-sealed with the current hash key (unkeyed: unchanged).
+    pub fn seal(&self, digest: &TokenDigest, json: String) -> String {
+        match &self.signer {
+            Some(signer) => signer.sign(digest, json),
+            None => self.current().seal(digest, json),
+        }
     }
 
     /// The same keys, with `retired` ones whose tokens' MACs still verify: after a rotation's
@@ -122,12 +174,12 @@ impl HashKeys {
         self
     }
 
-    /// Whether a record stored under `digest` may be honoured: sealed by one of the keys, or
-    /// unsealed while those are accepted.
+    /// Whether a record stored under `digest` may be honoured: signed by one of the public keys
+    /// (when any is set), or else sealed by one of the hash keys; or unsealed while those are
+    /// accepted.
     pub fn accepts(&self, digest: &TokenDigest, value: &[u8]) -> bool {
-        self.sealed_by(digest, value).is_some() || (self.accept_unsealed && !TokenHasher::has_seal(value))
+        self.sealed_by(digest, value).is_some() || (self.accept_unsealed && !TokenHasher::has_seal(value) && !signing::has_signature(value))
     }
-
     /// The current key's hasher: every digest written and every seal made uses it.
     pub fn current(&self) -> &TokenHasher {
         &self.hashers[0]
@@ -164,9 +216,25 @@ impl HashKeys {
         origin
     }
 
-    /// Which key sealed a record stored under `digest` (0: the current one), `None` if none did.
+    /// Which hash key a valid record's digest is under (0: the current one), `None` if the record
+    /// is not validly sealed or signed. With public keys set, a signature decides (and the
+    /// record's `token_hash` tells the key); an HMAC seal only while those are accepted.
     pub fn sealed_by(&self, digest: &TokenDigest, value: &[u8]) -> Option<usize> {
+        if !self.verify_keys.is_empty() {
+            if signing::verify(&self.verify_keys, digest, value) {
+                return Some(self.key_of_digest(digest, value).unwrap_or(0));
+            }
+            if !self.accept_hmac_seals {
+                return None;
+            }
+        }
         self.hashers.iter().position(|h| h.verify_seal(digest, value))
+    }
+
+    /// Which hash key made `digest`, from the `token_hash` a record keeps (`None` without one).
+    fn key_of_digest(&self, digest: &TokenDigest, value: &[u8]) -> Option<usize> {
+        let hash = TokenRecord::from_json(value).ok()?.token_hash.and_then(|h| TokenDigest::from_hex(&h))?;
+        self.hashers.iter().position(|h| h.digest_of_hash(&hash.0) == *digest)
     }
 }
 
@@ -189,6 +257,42 @@ mod tests {
         assert_eq!(HashKeys::new(Some(b"k"), &[b""]).err(), Some(HashKeysError::Empty));
         assert_eq!(HashKeys::new(None, &[b"a"]).err(), Some(HashKeysError::NoCurrent));
         assert_eq!(HashKeys::single(None).digests(&t).len(), 1);
+    }
+
+    #[test]
+    fn with_public_keys_only_signed_records_are_honoured_and_the_hash_key_cannot_forge_one() {
+        let key = b"the-hash-key".as_slice();
+        let (seed, public) = RecordSigner::generate().unwrap();
+        let public = signing::parse_public_keys(&[public]).unwrap();
+        let companion = HashKeys::single(Some(key)).with_record_keys(Some(RecordSigner::from_text(&seed).unwrap()), vec![]);
+        let edge = HashKeys::single(Some(key)).with_record_keys(None, public);
+        let t = companion.current().mint("mt", "u").unwrap();
+        let d = companion.current().digest(&t);
+        let json = TokenRecord {
+            id: "i".into(),
+            user: "u".into(),
+            device: String::new(),
+            created: 1,
+            scopes: vec![],
+            expires_at: None,
+            lifetime_ms: None,
+            token_hash: Some(hex::encode(crate::core::digest::token_hash(&t))),
+        }
+        .to_json()
+        .unwrap();
+        let signed = companion.seal(&d, json.clone());
+        assert!(edge.accepts(&d, signed.as_bytes()) && companion.accepts(&d, signed.as_bytes()));
+        assert_eq!(edge.sealed_by(&d, signed.as_bytes()), Some(0));
+        // everything a gateway holds: the hash key, so an HMAC seal; not enough any more
+        let hmac_sealed = edge.current().seal(&d, json.clone());
+        assert!(!edge.accepts(&d, hmac_sealed.as_bytes()) && !companion.accepts(&d, hmac_sealed.as_bytes()));
+        assert!(!edge.clone().accepting_unsealed(true).accepts(&d, hmac_sealed.as_bytes()), "a seal is not 'no seal'");
+        assert!(!edge.clone().accepting_unsealed(true).accepts(&d, signed.replace("\"u\"", "\"root\"").as_bytes()));
+        // the upgrade: HMAC seals honoured while accepted
+        assert!(edge.clone().accepting_hmac_seals(true).accepts(&d, hmac_sealed.as_bytes()));
+        // during a rotation the signed record's digest is told by its token_hash
+        let rotating = HashKeys::new(Some(b"newer-key"), &[key]).unwrap().with_record_keys(None, edge.verify_keys.clone());
+        assert_eq!(rotating.sealed_by(&d, signed.as_bytes()), Some(1));
     }
 
     #[test]

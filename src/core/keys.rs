@@ -92,6 +92,12 @@ impl KeyLayout {
     pub fn key_check(&self) -> String {
         format!("{}:keycheck", self.namespace)
     }
+
+    /// The public key of the companion that signs this store's records (absent: records are not
+    /// signed): a companion without the signing key refuses to write into a signed store.
+    pub fn sign_check(&self) -> String {
+        format!("{}:signcheck", self.namespace)
+    }
 }
 
 #[cfg(test)]

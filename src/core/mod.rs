@@ -8,6 +8,7 @@ pub mod keys;
 pub mod record;
 pub mod resp;
 pub mod scripts;
+pub mod signing;
 pub mod token;
 pub mod ttl;
 pub mod user;

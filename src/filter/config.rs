@@ -144,6 +144,16 @@ pub struct FilterConfig {
     /// refused anyway.
     #[serde(default)]
     pub accept_unsealed_records: bool,
+    /// Public keys of the companion's record signing key (`multitokens keygen --signing` prints
+    /// the pair): with any set, a record read from Redis must carry a signature by one of them,
+    /// so what this configuration holds cannot forge one. For the Redis-callout build (the
+    /// companion checks records for the stock build).
+    #[serde(default)]
+    pub record_public_keys: Vec<String>,
+    /// Honour HMAC-sealed records although `record_public_keys` are set, only while upgrading to
+    /// signed records (the companion's MULTITOKENS_ACCEPT_HMAC_SEALED_RECORDS).
+    #[serde(default)]
+    pub accept_hmac_sealed_records: bool,
     /// Realm in `WWW-Authenticate`.
     #[serde(default = "default_realm")]
     pub realm: String,
@@ -446,6 +456,11 @@ impl Compiled {
             .map_err(|e| format!("previous_hash_keys: {e}"))?
             .retiring(&config.retired_hash_keys.iter().map(|k| k.as_bytes()).collect::<Vec<_>>())
             .map_err(|e| format!("retired_hash_keys: {e}"))?
+            .with_record_keys(
+                None,
+                crate::core::signing::parse_public_keys(&config.record_public_keys).map_err(|e| format!("record_public_keys: {e}"))?,
+            )
+            .accepting_hmac_seals(config.accept_hmac_sealed_records)
             .accepting_unsealed(config.accept_unsealed_records);
         let keys = crate::core::keys::KeyLayout::new(&config.prefix);
         let replies = super::reply::FixedReplies::new(&config.realm);

@@ -789,7 +789,7 @@ mod tests {
         assert!(h.replies[0].headers.contains(&("retry-after".into(), "60".into())));
         assert!(h.replies[0].body.contains("Request was throttled. Expected available in 60 seconds."));
         for (h, flow, _) in open.iter_mut() {
-            flow.on_lookup_response(h, &mut w, companion_transport::parse_answer(unknown.unwrap().0, unknown.unwrap().1), 40);
+            flow.on_lookup_response(h, &mut w, companion_transport::parse_answer(Some(200), br#"{"active":false}"#), 40);
             assert_eq!(h.replies[0].status, 401);
         }
         assert_eq!(run(&mut w, "/api", &forged[3], None, 30_000).replies[0].status, 429);

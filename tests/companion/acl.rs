@@ -81,7 +81,7 @@ fn serve_runs_as_the_companion_user() {
     let url = redis.url_as("mt-companion", "change-me-companion");
     let companion = crate::support::CompanionServer::start(
         &url,
-        &[("MULTITOKENS_ADMIN_KEY", "acl-admin-key-0123456789"), ("MULTITOKENS_HASH_KEY", "k-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE")],
+        &[("MULTITOKENS_ADMIN_KEY", "acl-admin-key-0123456789"), ("MULTITOKENS_HASH_KEY", "acl-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE")],
     );
     let agent = crate::support::http_agent();
     let base = format!("http://127.0.0.1:{}", companion.port);

@@ -213,9 +213,33 @@ fn the_rotation_runbook_from_the_command_line() {
     let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!((report["scanned"].as_u64(), report["rekeyed"].as_u64(), report["current"].as_u64()), (Some(3), Some(2), Some(1)));
     // the old key dropped: all three still logged in
+    let mut retired = with("pepper-two-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE", None);
+    retired.push(("MULTITOKENS_RETIRED_HASH_KEYS", "pepper-one-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE".into()));
     for (i, t) in tokens.iter().enumerate() {
-        assert_eq!(run(&["whoami", t], &with("pepper-two-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE", None), None).1, format!("u{i}"));
+        assert_eq!(run(&["whoami", t], &retired, None).1, format!("u{i}"));
     }
     let (code, _, err) = run(&["rekey"], &with("pepper-three-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE", Some("a,b,c,d,e")), None);
     assert_one_line_error(code, 2, &err, "previous_hash_keys");
+}
+
+#[test]
+fn a_companion_without_the_signing_key_refuses_to_write_into_a_signed_store() {
+    let redis = RedisServer::start();
+    let (seed, _) = multitokens::core::signing::RecordSigner::generate().unwrap();
+    let mut signed = env(&redis);
+    signed.push(("MULTITOKENS_SIGNING_KEY", seed));
+    let (code, token, err) = run(&["issue", "--user", "sam"], &signed, None);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(run(&["whoami", token.trim()], &signed, None).1, "sam");
+    let (code, _, err) = run(&["issue", "--user", "sam"], &env(&redis), None);
+    assert_one_line_error(code, 2, &err, "MULTITOKENS_SIGNING_KEY is not set, but this store's records are signed");
+    // and the new commands: keygen prints keys the settings accept
+    let (code, out, _) = run(&["keygen"], &[], None);
+    assert_eq!(code, 0);
+    assert!(multitokens::core::keyring::check_key_strength(out.trim()).is_ok(), "{out}");
+    let (code, out, _) = run(&["keygen", "--signing"], &[], None);
+    assert_eq!(code, 0);
+    let seed = out.lines().find_map(|l| l.strip_prefix("signing_key=")).unwrap();
+    let public = out.lines().find_map(|l| l.strip_prefix("public_key=")).unwrap();
+    assert_eq!(multitokens::core::signing::RecordSigner::from_text(seed).unwrap().public_key_text(), public);
 }

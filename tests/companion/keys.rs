@@ -14,6 +14,11 @@ fn req(user: &str, device: &str) -> IssueRequest {
 }
 
 /// A store whose current hash key is `current`, still accepting `previous`.
+/// A store after a rotation: `current`, and `retired` only for the MACs of the tokens minted under it.
+fn retired_store(url: &str, current: &str, retired: &str) -> TokenStore {
+    store_with_keys(url, policy(), HashKeys::single(Some(current.as_bytes())).retiring(&[retired.as_bytes()]).unwrap())
+}
+
 fn rotating_store(url: &str, current: &str, previous: &[&str]) -> TokenStore {
     let previous: Vec<&[u8]> = previous.iter().map(|k| k.as_bytes()).collect();
     store_with_keys(url, policy(), HashKeys::new(Some(current.as_bytes()), &previous).unwrap())
@@ -104,8 +109,8 @@ async fn rotating_the_hash_key_logs_nobody_out() {
     let report = rotating.rekey_all(false).await.unwrap();
     assert_eq!(report, RekeyReport { scanned: 5, current: 2, rekeyed: 3, ..Default::default() });
     assert_eq!(rotating.rekey_all(false).await.unwrap().current, 5, "a second sweep has nothing to do");
-    // the old key dropped: everyone still logged in, every operation works
-    let new = store_at(&redis.url(), policy(), Some("key-2026"));
+    // the old key retired: everyone still logged in, every operation works
+    let new = retired_store(&redis.url(), "key-2026", "key-2025");
     for t in tokens.iter().chain([&bob, &carol]) {
         assert!(new.whoami(t).await.is_ok());
     }
@@ -157,7 +162,7 @@ async fn rotation_and_the_sweep_on_a_redis_cluster() {
     }
     let report = rotating.rekey_all(false).await.unwrap();
     assert_eq!((report.scanned, report.current, report.rekeyed), (30, 5, 25));
-    let new = store_at(&cluster.url(), policy(), Some("cluster-2026"));
+    let new = retired_store(&cluster.url(), "cluster-2026", "cluster-2025");
     // log out other devices by the kept token's id, on every shard
     for (i, token) in tokens.iter_mut().enumerate().take(5) {
         let user = format!("user-{i}");
@@ -193,4 +198,46 @@ async fn an_upgrade_from_unsealed_records_logs_nobody_out() {
     // the sweep seals what has no seal; then the flag can go
     assert_eq!(upgrading.rekey_all(true).await.unwrap().sealed, 1);
     assert_eq!(old.whoami(&t).await.unwrap().user, "ivan");
+}
+
+/// The upgrade to signed records, nobody logged out: companions sign new records and still honour
+/// HMAC-sealed ones while told to; `rekey` signs the rest; then an HMAC seal (which anyone holding
+/// a gateway's hash key can make) no longer makes a record valid.
+#[tokio::test]
+async fn upgrading_to_signed_records_logs_nobody_out_and_then_hmac_seals_are_refused() {
+    use multitokens::core::signing::RecordSigner;
+    let redis = RedisServer::start();
+    let key = b"signing-test-hash-key".as_slice();
+    let hmac_only = store_with_keys(&redis.url(), policy(), HashKeys::single(Some(key)));
+    let alice = hmac_only.issue(req("alice", "laptop")).await.unwrap().token;
+    let (seed, _) = RecordSigner::generate().unwrap();
+    let signing = |accept_hmac: bool| {
+        let keys = HashKeys::single(Some(key))
+            .with_record_keys(Some(RecordSigner::from_text(&seed).unwrap()), vec![])
+            .accepting_hmac_seals(accept_hmac);
+        store_with_keys(&redis.url(), policy(), keys)
+    };
+    let upgrading = signing(true);
+    assert_eq!(upgrading.whoami(&alice).await.unwrap().user, "alice", "HMAC-sealed: honoured during the upgrade");
+    let bob = upgrading.issue(req("bob", "phone")).await.unwrap().token;
+    // before the sweep, a companion that requires signatures refuses alice's record as tampered
+    assert!(matches!(signing(false).whoami(&alice).await, Err(StoreError::InvalidToken)));
+    assert_eq!(signing(false).whoami(&bob).await.unwrap().user, "bob");
+    let report = upgrading.rekey_all(false).await.unwrap();
+    assert_eq!((report.scanned, report.sealed, report.current), (2, 1, 1), "{report:?}");
+    assert_eq!(upgrading.rekey_all(false).await.unwrap().current, 2, "a second sweep has nothing to do");
+    let signed = signing(false);
+    for (t, user) in [(&alice, "alice"), (&bob, "bob")] {
+        assert_eq!(signed.whoami(t).await.unwrap().user, user);
+    }
+    // an HMAC seal made with the hash key alone is refused now, and counted
+    let mut conn = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    let record_key = record_key(&signed, &alice, "signing-test-hash-key");
+    let stored: String = conn.get(&record_key).unwrap();
+    let record = TokenRecord::from_json(stored.as_bytes()).unwrap();
+    let hasher = TokenHasher::new(Some(key));
+    let resealed = hasher.seal(&hasher.digest(&alice), TokenRecord { scopes: vec!["admin".into()], ..record }.to_json().unwrap());
+    let _: () = conn.set(&record_key, resealed).unwrap();
+    assert!(matches!(signed.whoami(&alice).await, Err(StoreError::InvalidToken)));
+    assert!(signed.tampered_records() >= 1);
 }

@@ -8,6 +8,11 @@ use std::time::Duration;
 /// The hash key of the test stacks built from the shipped configs (companion and filters alike).
 pub const TEST_HASH_KEY: &str = "e2e-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE-hash";
 
+/// The record signing key of the test stacks (a seed from `multitokens keygen --signing`; test-only).
+pub const TEST_SIGNING_KEY: &str = "_BdNUo1RQweo72UX4siHEp3FtdzIjnYNd8U0XQcRGiE";
+/// Its public half.
+pub const TEST_PUBLIC_KEY: &str = "6gfe-VXc6_TdKo_ni1aDQZIClIit-IybrlMAEX2YNms";
+
 /// The path of the companion binary.
 pub fn companion_bin() -> &'static str {
     env!("CARGO_BIN_EXE_multitokens")

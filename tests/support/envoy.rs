@@ -212,11 +212,7 @@ impl EnvoyConfig {
     /// Puts `key` where the shipped plugin configurations hold the hash key placeholder, as a user
     /// deploying them does (the companion must get the same key).
     pub fn keyed(self, key: &str) -> EnvoyConfig {
-        self.edit_plugin(|c| {
-            if c["hash_key"] == multitokens::core::keyring::HASH_KEY_PLACEHOLDER {
-                c["hash_key"] = serde_json::Value::String(key.to_string());
-            }
-        })
+        self.edit_plugin(|c| keyed_plugin(c, key, None))
     }
 
     /// Edits every wasm filter's plugin configuration as JSON.
@@ -232,5 +228,18 @@ impl EnvoyConfig {
         });
         assert!(count > 0, "no wasm plugin configuration in the config");
         self
+    }
+}
+
+/// Puts `key` (and the signing key's `public` half, if given) where a shipped plugin configuration
+/// holds the placeholders, as a deployment does.
+pub fn keyed_plugin(config: &mut Value, key: &str, public: Option<&str>) {
+    if config["hash_key"] == multitokens::core::keyring::HASH_KEY_PLACEHOLDER {
+        config["hash_key"] = Value::String(key.to_string());
+    }
+    if let (Some(public), Some(keys)) = (public, config.get_mut("record_public_keys").and_then(Value::as_array_mut)) {
+        for k in keys.iter_mut().filter(|k| *k == multitokens::core::signing::PUBLIC_KEY_PLACEHOLDER) {
+            *k = Value::String(public.to_string());
+        }
     }
 }
