@@ -56,10 +56,10 @@ redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$work" --save "" --app
 pids+=($!); names+=(redis-server)
 wait_port "$REDIS_PORT" redis-server
 
-MULTITOKENS_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" \
 # and a fresh record signing key: the companion signs every record (only it holds the key)
 # (DEMO_SIGNING_KEY sets it instead)
 SIGNING_KEY="${DEMO_SIGNING_KEY:-$("$BIN/multitokens" keygen --signing | sed -n 's/^signing_key=//p')}"
+MULTITOKENS_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" \
 MULTITOKENS_ADMIN_KEY="$ADMIN_KEY" MULTITOKENS_INTERNAL_KEY="$INTERNAL_KEY" MULTITOKENS_HASH_KEY="$HASH_KEY" \
 MULTITOKENS_SIGNING_KEY="$SIGNING_KEY" "$BIN/multitokens" serve --listen "127.0.0.1:$COMPANION_PORT" 2>"$work/companion.log" &
 pids+=($!); names+=("the companion")
