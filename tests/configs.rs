@@ -286,3 +286,42 @@ fn the_companion_dockerfile_passes_hadolint_and_runs_as_non_root() {
     assert!(last_stage.starts_with("gcr.io/distroless/"), "a small runtime image");
     assert!(last_stage.lines().any(|l| l.trim() == "USER 65532:65532"), "non-root");
 }
+
+/// The compose file's Redis, started by its own command line (the shell snippet compose runs,
+/// with `$$` unescaped and the container's paths and port mapped to a temp dir and a free port):
+/// the shipped ACL loaded with the passwords from the environment, the default user off, so
+/// nothing reaches Redis without a password; the companion's user works.
+#[test]
+fn the_compose_redis_refuses_clients_without_a_password() {
+    let text = std::fs::read_to_string(repo_root().join("envoy/docker-compose.yaml")).unwrap();
+    let compose: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+    let redis = &compose["services"]["redis"];
+    assert_eq!(redis["entrypoint"][0].as_str(), Some("/bin/sh"));
+    let dir = tempfile::tempdir().unwrap();
+    let port = support::free_port(false);
+    let script = redis["command"][0]
+        .as_str()
+        .unwrap()
+        .replace("$$", "$")
+        .replace("/etc/redis/users.acl", &repo_root().join("envoy/redis/users.acl").display().to_string())
+        .replace("/data/", &format!("{}/", dir.path().display()))
+        .replace("--appendonly yes", &format!("--appendonly no --port {port} --bind 127.0.0.1 --dir {}", dir.path().display()));
+    let mut server = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .env("MULTITOKENS_REDIS_PASSWORD", "compose-test-password")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(support::wait_for_port(port, std::time::Duration::from_secs(10)), "the compose Redis did not start");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let anonymous = cli(&["SET", "mt:x", "1"]);
+    assert!(anonymous.contains("NOAUTH") || anonymous.contains("WRONGPASS") || anonymous.contains("disabled"), "{anonymous}");
+    assert!(cli(&["--user", "mt-companion", "--pass", "change-me-companion", "PING"]).contains("WRONGPASS"), "the placeholder password");
+    assert_eq!(cli(&["--user", "mt-companion", "--pass", "compose-test-password", "--no-auth-warning", "PING"]).trim(), "PONG");
+    let _ = server.kill();
+    let _ = server.wait();
+}
