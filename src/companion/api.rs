@@ -62,6 +62,12 @@ impl AppState {
         tokio::spawn(self.edges.clone().run_flusher());
         let store = self.store.clone();
         tokio::spawn(async move {
+            // outboxes written before the index existed (an upgrade): one scan at start
+            match store.publish_unindexed_outboxes().await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(outboxes = n, "published revocations left unpublished before the outbox index"),
+                Err(e) => tracing::warn!(error = %e, "outbox scan at start failed"),
+            }
             loop {
                 match store.publish_abandoned_outboxes().await {
                     Ok(0) => {}
@@ -600,7 +606,9 @@ pub(crate) async fn internal_revocations(
         // a VM's first poll (no cursor yet) registers it as having applied nothing: it may cache
         // verdicts as soon as it has the first page, so every later revoke waits for it
         let acked = query.after.as_deref().filter(|a| super::store::stream_id(a).is_some()).unwrap_or("0-0");
-        state.edges.record(edge, acked, now_ms() + wait.as_millis().max(2000) as u64);
+        if !state.edges.record(edge, acked, now_ms() + wait.as_millis().max(2000) as u64) {
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Too many edges follow this companion."));
+        }
     }
     Ok(Json(state.feed.next_page(query.after.as_deref(), wait).await?).into_response())
 }
@@ -666,10 +674,16 @@ pub(crate) async fn metrics(State(store): State<Arc<TokenStore>>) -> Response {
     ([(CONTENT_TYPE, super::metrics::CONTENT_TYPE)], store.metrics().encode()).into_response()
 }
 
-/// Counts and times every request by its route template (bounded cardinality: never the path).
+/// Counts and times every request by its route template and a known method (bounded cardinality:
+/// never the path, never a made-up method).
 async fn track(State(store): State<Arc<TokenStore>>, request: Request, next: axum::middleware::Next) -> Response {
     let route = request.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |m| m.as_str()).to_string();
-    let method = request.method().as_str().to_string();
+    // a method is any token a client makes up: only the ones the API knows get a label of their own
+    let method = match request.method().as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => m,
+        _ => "other",
+    }
+    .to_string();
     let started = std::time::Instant::now();
     let response = next.run(request).await;
     let m = store.metrics();

@@ -18,6 +18,10 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(20);
 pub const GRACE_MS: u64 = 3000;
 /// Entries of edges silent for this long are removed from the shared hash.
 pub const FORGET_AFTER_MS: u64 = 10 * 60 * 1000;
+/// Most edges one companion keeps track of (each Envoy worker following the feed is one). A new
+/// edge past it is refused until a silent one expires, so an internal-key holder making up edge
+/// ids cannot grow the companion or the shared hash without bound.
+pub const MAX_EDGES: usize = 10_000;
 
 /// What is known of one edge.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +60,9 @@ pub fn valid_edge_id(id: &str) -> bool {
 pub struct EdgeRegistry {
     store: Arc<TokenStore>,
     local: Mutex<HashMap<String, EdgeState>>,
+    /// Edges still behind a revocation they were waited for in vain, with that revocation's feed
+    /// position: later revokes count them pending but do not wait for them, until they catch up.
+    lagging: Mutex<HashMap<String, (u64, u64)>>,
     dirty: Mutex<Vec<String>>,
     changed: Notify,
 }
@@ -63,18 +70,49 @@ pub struct EdgeRegistry {
 impl EdgeRegistry {
     /// An empty registry over the store's Redis.
     pub fn new(store: Arc<TokenStore>) -> Arc<EdgeRegistry> {
-        Arc::new(EdgeRegistry { store, local: Mutex::default(), dirty: Mutex::default(), changed: Notify::new() })
+        Arc::new(EdgeRegistry {
+            store,
+            local: Mutex::default(),
+            lagging: Mutex::default(),
+            dirty: Mutex::default(),
+            changed: Notify::new(),
+        })
     }
 
     /// An edge polled: it has applied everything through `acked` and will poll again by `due_ms`.
-    pub fn record(&self, edge: &str, acked: &str, due_ms: u64) {
+    /// False when the edge is new and [`MAX_EDGES`] live edges are known already (it is not
+    /// tracked, and the caller refuses the poll).
+    pub fn record(&self, edge: &str, acked: &str, due_ms: u64) -> bool {
         if let Ok(mut local) = self.local.lock() {
+            if !local.contains_key(edge) && local.len() >= MAX_EDGES {
+                let now = now_ms();
+                local.retain(|_, s| s.due_ms + GRACE_MS >= now);
+                if local.len() >= MAX_EDGES {
+                    return false;
+                }
+            }
             local.insert(edge.to_string(), EdgeState { acked: acked.to_string(), due_ms });
+        }
+        if let (Ok(mut lagging), Some(acked)) = (self.lagging.lock(), stream_id(acked)) {
+            if lagging.get(edge).is_some_and(|missed| acked >= *missed) {
+                lagging.remove(edge);
+            }
         }
         if let Ok(mut dirty) = self.dirty.lock() {
             dirty.push(edge.to_string());
         }
         self.changed.notify_waiters();
+        true
+    }
+
+    /// How many edges this companion tracks.
+    pub fn len(&self) -> usize {
+        self.local.lock().map_or(0, |l| l.len())
+    }
+
+    /// Whether it tracks none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Writes what changed to the shared hash, for ever (spawned by `serve`).
@@ -97,6 +135,9 @@ impl EdgeRegistry {
                 last_forget = now_ms();
                 if let Ok(mut local) = self.local.lock() {
                     local.retain(|_, s| s.due_ms + FORGET_AFTER_MS > last_forget);
+                    if let Ok(mut lagging) = self.lagging.lock() {
+                        lagging.retain(|name, _| local.contains_key(name));
+                    }
                 }
                 let _ = self.store.forget_edges(last_forget.saturating_sub(FORGET_AFTER_MS)).await;
             }
@@ -113,7 +154,9 @@ impl EdgeRegistry {
     }
 
     /// Waits until every live edge has acknowledged `position` (a feed stream id), at most
-    /// `timeout`; counts who did. Reads the other companions' knowledge from Redis meanwhile.
+    /// `timeout`; counts who did. An edge that let a whole wait run out is still counted pending
+    /// but not waited for again until it has caught up: one stuck or made-up edge costs one
+    /// revoke its wait, not every revoke. Reads the other companions' knowledge from Redis meanwhile.
     pub async fn wait_for(&self, position: &str, timeout: Duration) -> Result<Acknowledgements, StoreError> {
         let Some(target) = stream_id(position) else { return Ok(Acknowledgements::default()) };
         let deadline = tokio::time::Instant::now() + timeout;
@@ -129,15 +172,29 @@ impl EdgeRegistry {
                 }
             }
             let now = now_ms();
+            let lagging = self.lagging.lock().map(|l| l.clone()).unwrap_or_default();
             let mut counts = Acknowledgements::default();
-            for state in edges.values().filter(|s| s.due_ms + GRACE_MS >= now) {
+            let mut awaited = Vec::new();
+            for (name, state) in edges.iter().filter(|(_, s)| s.due_ms + GRACE_MS >= now) {
                 if stream_id(&state.acked).is_some_and(|a| a >= target) {
                     counts.acknowledged += 1;
                 } else {
                     counts.pending += 1;
+                    if !lagging.contains_key(name) {
+                        awaited.push(name.clone());
+                    }
                 }
             }
-            if counts.pending == 0 || tokio::time::Instant::now() >= deadline {
+            if awaited.is_empty() {
+                return Ok(counts);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                // waited for in vain: not waited for again until they catch up with this position
+                if let Ok(mut lagging) = self.lagging.lock() {
+                    for name in awaited {
+                        lagging.insert(name, target);
+                    }
+                }
                 return Ok(counts);
             }
             let _ = tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + FLUSH_EVERY), notified).await;

@@ -13,7 +13,7 @@ use crate::core::record::TokenRecord;
 use crate::core::scripts;
 use crate::core::token::{self, RoutingTag};
 use crate::core::ttl::TokenTtl;
-use crate::core::user::{validate_device, validate_scopes, validate_user};
+use crate::core::user::{validate_device, validate_new_labels, validate_scopes, validate_user};
 use crate::core::verdict::{evaluate, ValidToken, Verdict};
 use redis::{AsyncCommands, Script, Value};
 use serde::Serialize;
@@ -26,6 +26,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const FEED_MAX_LEN: usize = 100_000;
 /// Outbox entries copied to the feed per round trip.
 const OUTBOX_BATCH: usize = 500;
+/// How long after its last announcement an outbox counts as abandoned if it still holds digests
+/// (ms): the announcing companion publishes within milliseconds when it lives.
+pub const OUTBOX_SETTLE_MS: u64 = 10_000;
+/// Most pending outboxes one sweep looks at.
+pub const OUTBOX_SWEEP_BATCH: usize = 1000;
 /// Most feed entries returned by one poll.
 pub const FEED_PAGE: usize = scripts::FEED_PAGE_SIZE;
 
@@ -177,6 +182,7 @@ struct Scripts {
     revoke: Script,
     revoke_all: Script,
     outbox_done: Script,
+    outbox_forget: Script,
     revoke_by_id: Script,
     rekey: Script,
     list: Script,
@@ -310,6 +316,7 @@ impl TokenStore {
                 revoke: Script::new(scripts::REVOKE),
                 revoke_all: Script::new(scripts::REVOKE_ALL),
                 outbox_done: Script::new(scripts::OUTBOX_DONE),
+                outbox_forget: Script::new(scripts::OUTBOX_FORGET),
                 revoke_by_id: Script::new(scripts::REVOKE_BY_ID),
                 rekey: Script::new(scripts::REKEY),
                 list: Script::new(scripts::LIST),
@@ -370,6 +377,7 @@ impl TokenStore {
         validate_user(&req.user)?;
         let device = req.device.unwrap_or_default();
         validate_device(&device)?;
+        validate_new_labels(&req.user, &device)?;
         validate_scopes(&req.scopes)?;
         let tag = RoutingTag::for_user(&req.user);
         // an absolute lifetime caps the token's own TTL too (an immortal token becomes mortal)
@@ -380,6 +388,10 @@ impl TokenStore {
         };
         let mut conn = self.redis.conn().await?;
         // A digest collision is astronomically unlikely; one retry covers it anyway.
+        if self.policy.max_tokens_per_user.is_some() {
+            // the limit may evict (and so revoke) older tokens into the outbox
+            self.announce_outbox(&self.keys.outbox_key(tag)).await?;
+        }
         for _ in 0..2 {
             let hasher = self.hash_keys.current();
             let token = hasher.mint(&self.policy.prefix, &req.user).map_err(|e| StoreError::Random(e.to_string()))?;
@@ -526,6 +538,7 @@ impl TokenStore {
     /// verdicts under it are dropped). True if moved.
     async fn rekey_record(&self, conn: &mut Conn, read: ReadRecord<'_>, new: &TokenDigest, origin: &Origin) -> Result<bool, StoreError> {
         let ReadRecord { tag, digest: old, value: read, record } = read;
+        self.announce_outbox(&self.keys.outbox_key(tag)).await?;
         let sealed = self.hash_keys.seal(new, record.to_json()?);
         let moved: i64 = self
             .timed(
@@ -571,6 +584,7 @@ impl TokenStore {
         let (tag, digests) = self.digests_of(token)?;
         let mut conn = self.redis.conn().await?;
         let mut revoke = self.scripts.revoke.key(self.keys.outbox_key(tag));
+        self.announce_outbox(&self.keys.outbox_key(tag)).await?;
         for d in &digests {
             revoke.key(self.keys.record_key(tag, d));
         }
@@ -629,6 +643,7 @@ impl TokenStore {
     async fn revoke_all_keeping(&self, user: &str, keep: Keep<'_>, event: Event, origin: &Origin) -> Result<Revocation, StoreError> {
         let mut conn = self.redis.conn().await?;
         let tag = RoutingTag::for_user(user);
+        self.announce_outbox(&self.keys.outbox_key(tag)).await?;
         let (member, id) = match keep {
             Keep::Member(m) => (m, ""),
             Keep::PublicId(id) => ("", id),
@@ -658,6 +673,7 @@ impl TokenStore {
         validate_user(user)?;
         let mut conn = self.redis.conn().await?;
         let tag = RoutingTag::for_user(user);
+        self.announce_outbox(&self.keys.outbox_key(tag)).await?;
         let member: Option<String> = self
             .timed(
                 "revoke_by_id",
@@ -1033,9 +1049,52 @@ impl TokenStore {
         }
     }
 
+    /// Announces that a script may put revoked digests into `outbox`, before it runs: if this
+    /// companion dies before publishing them, the sweep finds the outbox in the index.
+    pub async fn announce_outbox(&self, outbox: &str) -> Result<(), StoreError> {
+        let mut conn = self.redis.conn().await?;
+        let _: i64 = redis::cmd("ZADD").arg(self.keys.pending_outboxes()).arg(now_ms()).arg(outbox).query_async(&mut conn).await?;
+        Ok(())
+    }
+
     /// Publishes every outbox a companion left behind (it died between a revocation and its
-    /// publication): scans each Redis node for outbox keys. Returns how many it published.
+    /// publication): those announced in the index more than [`OUTBOX_SETTLE_MS`] ago, at most
+    /// [`OUTBOX_SWEEP_BATCH`] a call, each dropped from the index once drained (unless announced
+    /// again meanwhile). O(outboxes pending), never the keyspace. Returns how many held digests.
     pub async fn publish_abandoned_outboxes(&self) -> Result<usize, StoreError> {
+        self.publish_outboxes_announced_before(now_ms().saturating_sub(OUTBOX_SETTLE_MS)).await
+    }
+
+    /// Publishes the outboxes announced at or before `settled` (Unix ms), at most
+    /// [`OUTBOX_SWEEP_BATCH`], dropping each from the index once drained; see
+    /// [`TokenStore::publish_abandoned_outboxes`].
+    pub async fn publish_outboxes_announced_before(&self, settled: u64) -> Result<usize, StoreError> {
+        let mut conn = self.redis.conn().await?;
+        let entries: Vec<(String, String)> = redis::cmd("ZRANGE")
+            .arg(self.keys.pending_outboxes())
+            .arg("-inf")
+            .arg(settled)
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(OUTBOX_SWEEP_BATCH)
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await?;
+        let mut published = 0;
+        for (outbox, score) in entries {
+            if self.publish_outbox(&outbox).await?.is_some() {
+                published += 1;
+            }
+            let _: i64 =
+                self.scripts.outbox_forget.key(self.keys.pending_outboxes()).arg(&outbox).arg(&score).invoke_async(&mut conn).await?;
+        }
+        Ok(published)
+    }
+
+    /// Publishes the outboxes found by scanning every node: once at start, for outboxes written
+    /// by companions from before the index (an upgrade). Returns how many held digests.
+    pub async fn publish_unindexed_outboxes(&self) -> Result<usize, StoreError> {
         let keys = self.redis.scan_all(&self.keys.outbox_pattern()).await?;
         let mut published = 0;
         for key in keys {

@@ -7,6 +7,8 @@
 //!   for immortal ones), so expired tokens are pruned by score, never by visiting each record.
 //! - `<ns>:{<tag>}:o`: the outbox, a list of digests revoked by a script under this hash tag and
 //!   not yet copied to the feed: the revocation and its publication commit together.
+//! - `<ns>:outboxes`: the outboxes a companion announced a revocation into (a sorted set scored by
+//!   when), so the sweep for outboxes a dead companion left reads only those, never the keyspace.
 //! - `<ns>:revoked`: the revocation feed (a capped stream of revoked digests) that filters poll.
 //! - `<ns>:edges`: the filter VMs following the feed and the cursor each acknowledged.
 //! - `<ns>:audit`: the audit trail, a capped stream of issues, revocations and re-keyings.
@@ -70,6 +72,12 @@ impl KeyLayout {
     /// The `SCAN` pattern matching every outbox of the namespace.
     pub fn outbox_pattern(&self) -> String {
         format!("{}:{{*}}:o", self.namespace)
+    }
+
+    /// The outboxes that may hold unpublished digests: a sorted set of outbox keys, scored by the
+    /// time (ms) a companion last announced a revocation into each (the sweep's index).
+    pub fn pending_outboxes(&self) -> String {
+        format!("{}:outboxes", self.namespace)
     }
 
     /// The revocation feed stream.

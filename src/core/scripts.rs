@@ -435,6 +435,17 @@ for _, m in ipairs(ARGV) do removed = removed + redis.call('LREM', KEYS[1], 1, m
 return removed
 "#;
 
+/// Drops an outbox from the index of pending outboxes if no revocation was announced into it
+/// since the sweep read its score (a revocation under way re-announces it first).
+///
+/// KEYS: the pending-outbox index. ARGV: outbox key, the score the sweep read. Returns 1 if removed.
+pub const OUTBOX_FORGET: &str = r#"
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) == ARGV[2] then
+  return redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0
+"#;
+
 /// Revocation feed entries read per page; a full page means more are waiting.
 pub const FEED_PAGE_SIZE: usize = 1000;
 

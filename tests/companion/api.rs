@@ -408,6 +408,16 @@ fn ext_authz_check_for_envoys_ext_authz_filter() {
         let detail = answer["detail"].as_str().unwrap();
         assert!(detail.contains("whitespace") || detail.contains("control"), "{answer}");
     }
+    // and so are labels that would not show as what they are: a bidi override, a line separator
+    for body in [
+        json!({"user": "alice\u{202e}nimda"}),
+        json!({"user": "bob", "device": "phone\u{2028}2026-12-04 revoked everything"}),
+        json!({"user": "bob", "device": "pho\u{200b}ne"}),
+    ] {
+        let (status, answer, _) = api.call("POST", "/v1/tokens", admin(), Some(body.clone()));
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert!(answer["detail"].as_str().unwrap().contains("format or line separator"), "{answer}");
+    }
 }
 
 /// One companion holds one blocking read on Redis and fans it out: 60 long-polling edges get a

@@ -11,6 +11,7 @@ mod cli;
 mod cluster;
 mod concurrency;
 mod keys;
+mod limits;
 mod openapi;
 mod store;
 

@@ -65,6 +65,11 @@ impl CompanionServer {
         CompanionServer { child, port }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Base URL of the API.
     pub fn base(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
