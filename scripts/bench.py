@@ -921,7 +921,8 @@ def per_user_cost(redis_port, levels=(1, 100, 10000), samples=20):
     The tokens are put in place by a companion with the TTL reset off, so filling is linear."""
     fill_port, measure_port = free_port(), free_port()
     common = {"MULTITOKENS_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "MULTITOKENS_ADMIN_KEY": ADMIN_KEY,
-              "MULTITOKENS_LOG": "warn", "MULTITOKENS_MAX_TOKENS_PER_USER": "10000"}
+              "MULTITOKENS_LOG": "warn", "MULTITOKENS_MAX_TOKENS_PER_USER": "10000",
+              "MULTITOKENS_HASH_KEY": HASH_KEY, "MULTITOKENS_SIGNING_KEY": SIGNING_KEY}
     start("companion-fill", [str(COMPANION), "serve", "--listen", f"127.0.0.1:{fill_port}"],
           {**common, "MULTITOKENS_RESET_TTL_ON_LOGIN": "false"})
     start("companion-measure", [str(COMPANION), "serve", "--listen", f"127.0.0.1:{measure_port}"], common)

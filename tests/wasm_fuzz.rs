@@ -84,6 +84,8 @@ fn header_name() -> impl Strategy<Value = Vec<u8>> {
         6 => prop::sample::select(vec![
             "authorization", "cookie", ":path", ":method", "x-multitokens-user", "x_multitokens_user",
             "X-Multitokens-Scopes", "x-multitokens_token_id", "x-multitokens-device", "user-agent", "host",
+            "x-http-method-override", "origin", "access-control-request-method", "sec-fetch-site", "content-length",
+            "x-multitokens-credential", ":authority",
         ])
         .prop_map(|s| s.as_bytes().to_vec()),
         1 => bytes(64),
@@ -115,7 +117,11 @@ fn request() -> impl Strategy<Value = Request> {
             "/%61dmin/x",
             "/admin;x",
             "*",
-            "/h?x=/../"
+            "/h?x=/../",
+            "/ADMIN/x/",
+            "/admin%3Ax?_method=DELETE",
+            "/admin/%253A",
+            "/%C5%BF%FF"
         ])
         .prop_map(|p| p.as_bytes().to_vec()),
         bytes(256),
@@ -136,7 +142,8 @@ fn config(redis: bool) -> impl Strategy<Value = Vec<u8>> {
         move |(rules, cookie, throttle, allow_cached, refresh, cache)| {
             let mut c = transport.clone();
             if rules {
-                c["exclude"] = json!([{"path": "/healthz"}, {"methods": ["OPTIONS"]}]);
+                c["exclude"] = json!([{"path": "/healthz"}]);
+                c["cors_preflight"] = json!("pass");
                 c["required_scopes"] = json!([{"prefix": "/admin", "methods": ["GET"], "scopes": ["admin"]}]);
             }
             if cookie {
@@ -164,6 +171,8 @@ fn config(redis: bool) -> impl Strategy<Value = Vec<u8>> {
             r#"{"redis": {"cluster": "redis"}, "cache": {"max_entries": -1}}"#,
             r#"{"companion": {"cluster": "c", "api_key": "k"}, "throttle": {"max_failures": 0}}"#,
             r#"{"companion": {"cluster": "c", "api_key": "k"}, "exclude": [{"path": "no-slash"}]}"#,
+            r#"{"companion": {"cluster": "c", "api_key": "k"}, "exclude": [{"methods": ["OPTIONS"]}]}"#,
+            r#"{"companion": {"cluster": "c", "api_key": "k"}, "required_scopes": [{"path": "/%FF", "scopes": ["a"]}]}"#,
             "null", "[]", "{}",
         ])
         .prop_map(|s| s.as_bytes().to_vec()),

@@ -20,8 +20,10 @@ pub const DEVICE_HEADER: &str = "x-multitokens-device";
 pub const SCOPES_HEADER: &str = "x-multitokens-scopes";
 /// Identity header: the token's public id.
 pub const TOKEN_ID_HEADER: &str = "x-multitokens-token-id";
+/// Identity header: where the credential came from, `header` or `cookie`.
+pub const CREDENTIAL_HEADER: &str = "x-multitokens-credential";
 /// Every identity header, in that order.
-pub const IDENTITY_HEADERS: [&str; 4] = [USER_HEADER, DEVICE_HEADER, SCOPES_HEADER, TOKEN_ID_HEADER];
+pub const IDENTITY_HEADERS: [&str; 5] = [USER_HEADER, DEVICE_HEADER, SCOPES_HEADER, TOKEN_ID_HEADER, CREDENTIAL_HEADER];
 
 /// The `Authorization` schemes accepted by default (lower-case).
 pub const DEFAULT_SCHEMES: [&str; 2] = ["bearer", "token"];
@@ -36,6 +38,8 @@ pub const NO_PERMISSION: &str = "You do not have permission to perform this acti
 pub const AUTH_UNAVAILABLE: &str = "Authentication service unavailable.";
 /// Reply text: a path that is not canonical.
 pub const BAD_PATH: &str = "Malformed request path.";
+/// Reply text: an unsafe cookie-authenticated request from another site (DRF's wording).
+pub const CSRF_FAILED: &str = "CSRF Failed: Origin checking failed.";
 
 /// Reply text: too many refused tokens (DRF's wording).
 pub fn throttled(seconds: u64) -> String {

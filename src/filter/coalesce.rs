@@ -54,10 +54,14 @@ impl InFlight {
         Some(Joined { call: shared.call, epoch: shared.epoch })
     }
 
-    /// Offers a lookup just sent for others to follow.
+    /// Offers a lookup just sent for others to follow. It replaces an overdue lookup of the same
+    /// token, whose followers then follow it: they are answered by it (each still checks the
+    /// revocations applied since its own, older, epoch), never left waiting for an answer that no
+    /// longer reaches them.
     pub fn lead(&mut self, token: &str, context: u32, call: u32, epoch: u64, now: u64) {
         if self.by_token.len() < MAX_SHARED || self.by_token.contains_key(token) {
-            self.by_token.insert(token.into(), Shared { leader: context, call, epoch, sent_at: now, followers: Vec::new() });
+            let followers = self.by_token.remove(token).map(|s| s.followers).unwrap_or_default();
+            self.by_token.insert(token.into(), Shared { leader: context, call, epoch, sent_at: now, followers });
         }
     }
 
@@ -150,6 +154,18 @@ mod tests {
         // a new lookup of the token replaces an overdue one
         f.lead("u", 6, 79, 0, 3_000);
         assert_eq!(f.follow("u", 7, 3_000, 1_000), Some(Joined { call: 79, epoch: 0 }));
+    }
+
+    #[test]
+    fn followers_of_a_replaced_lookup_are_answered_by_its_replacement() {
+        let mut f = InFlight::default();
+        f.lead("t", 1, 77, 3, 1_000);
+        assert!(f.follow("t", 2, 1_100, 1_000).is_some());
+        // overdue before the tick expired it: a new request leads a new lookup of the same token
+        assert_eq!(f.follow("t", 3, 2_100, 1_000), None);
+        f.lead("t", 3, 78, 4, 2_100);
+        assert_eq!(f.finish("t", 77), Vec::<u32>::new(), "the old answer reaches the old leader only");
+        assert_eq!(f.finish("t", 78), vec![2], "the follower gets the new lookup's answer");
     }
 
     #[test]

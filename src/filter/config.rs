@@ -1,7 +1,9 @@
 //! The filter's plugin configuration (JSON), parsed and checked once in `on_configure`. Unknown
 //! fields are rejected and every error names the field.
 
-use super::rules::{ExcludeRule, ScopeRule};
+use super::csrf::CsrfConfig;
+use super::route::UpstreamRouting;
+use super::rules::{CompiledScopeRule, ExcludeRule, ScopeRule};
 use crate::core::contract;
 use crate::core::keyring::HashKeys;
 use crate::core::token::{validate_prefix, DEFAULT_PREFIX};
@@ -16,6 +18,19 @@ pub enum FailureMode {
     Deny,
     /// Keep accepting tokens positively verified within `stale_window_ms`; 503 for the rest.
     AllowCached,
+}
+
+/// What happens to a CORS preflight: an `OPTIONS` request with an `Origin` and an
+/// `Access-Control-Request-Method`, no body and no method override.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CorsPreflight {
+    /// Forward it without a token (browsers send none on a preflight), credentials and identity
+    /// headers stripped, for the upstream's CORS layer to answer (the default).
+    #[default]
+    Pass,
+    /// Treat it as any other request: a token is needed.
+    Authenticate,
 }
 
 /// Where the HTTP callout goes: the companion's internal API, as an Envoy cluster.
@@ -175,9 +190,22 @@ pub struct FilterConfig {
     /// Upstream header carrying the token's public id, for "log out this device" (`null`: not sent).
     #[serde(default = "default_token_id_header")]
     pub token_id_header: Option<String>,
-    /// Remove the credential (header or cookie) before the upstream.
+    /// Upstream header saying where the credential came from, `header` or `cookie` (`null`: not sent).
+    #[serde(default = "default_credential_header")]
+    pub credential_header: Option<String>,
+    /// Remove the credential (our `Authorization` schemes and the cookie) before the upstream,
+    /// on authenticated and excluded requests alike.
     #[serde(default = "default_true")]
     pub strip_credential: bool,
+    /// How the upstream reads requests: scope rules match every spelling it routes alike.
+    #[serde(default)]
+    pub upstream_routing: UpstreamRouting,
+    /// What happens to CORS preflights.
+    #[serde(default)]
+    pub cors_preflight: CorsPreflight,
+    /// The cross-site request check for cookie credentials.
+    #[serde(default)]
+    pub csrf: CsrfConfig,
     /// Requests that need no token.
     #[serde(default)]
     pub exclude: Vec<ExcludeRule>,
@@ -237,6 +265,9 @@ fn default_scopes_header() -> Option<String> {
 fn default_token_id_header() -> Option<String> {
     Some(contract::TOKEN_ID_HEADER.into())
 }
+fn default_credential_header() -> Option<String> {
+    Some(contract::CREDENTIAL_HEADER.into())
+}
 fn default_true() -> bool {
     true
 }
@@ -284,19 +315,25 @@ pub struct IdentityHeaders {
     pub scopes: Option<String>,
     /// The token's public id.
     pub token_id: Option<String>,
+    /// Where the credential came from.
+    pub credential: Option<String>,
+    /// Every name stripped from client requests: the configured ones and the defaults, whether
+    /// switched on or off (an upstream may still read a default name).
+    pub stripped: Vec<String>,
 }
 
 impl IdentityHeaders {
     /// Every name in use.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        std::iter::once(self.user.as_str()).chain([&self.device, &self.scopes, &self.token_id].into_iter().flatten().map(String::as_str))
+        std::iter::once(self.user.as_str())
+            .chain([&self.device, &self.scopes, &self.token_id, &self.credential].into_iter().flatten().map(String::as_str))
     }
 
-    /// Whether a client's header name stands for an identity header: equal to one after
-    /// lower-casing and reading `_` as `-`, the way CGI and WSGI servers name their variables.
+    /// Whether a client's header name stands for an identity header, in use or not: equal to one
+    /// after lower-casing and reading `_` as `-`, the way CGI and WSGI servers name their variables.
     pub fn is_alias(&self, name: &[u8]) -> bool {
         let fold = |b: &u8| if *b == b'_' { b'-' } else { b.to_ascii_lowercase() };
-        self.names().any(|ours| ours.len() == name.len() && ours.as_bytes().iter().map(fold).eq(name.iter().map(fold)))
+        self.stripped.iter().any(|ours| ours.len() == name.len() && ours.as_bytes().iter().map(fold).eq(name.iter().map(fold)))
     }
 }
 
@@ -311,6 +348,8 @@ pub struct Compiled {
     pub identity_headers: IdentityHeaders,
     /// Whether exclusion or scope rules look at the path (then only canonical paths pass).
     pub has_path_rules: bool,
+    /// The scope rules, keyed as the upstream routes (see [`super::route`]).
+    pub scope_rules: Vec<CompiledScopeRule>,
     /// How the token store is reached.
     pub transport: Transport,
     /// Redis key layout (the Redis transport reads the companion's keys).
@@ -368,23 +407,40 @@ impl Compiled {
             }
         }
         let optional = |field: &str, value: &Option<String>| value.as_deref().map(|v| header_name(field, v)).transpose();
-        let identity_headers = IdentityHeaders {
+        let mut identity_headers = IdentityHeaders {
             user: header_name("user_header", &config.user_header)?,
             device: optional("device_header", &config.device_header)?,
             scopes: optional("scopes_header", &config.scopes_header)?,
             token_id: optional("token_id_header", &config.token_id_header)?,
+            credential: optional("credential_header", &config.credential_header)?,
+            stripped: Vec::new(),
         };
+        let mut stripped: Vec<String> = contract::IDENTITY_HEADERS.iter().map(|h| h.to_string()).collect();
+        stripped.extend(identity_headers.names().map(String::from));
+        stripped.sort();
+        stripped.dedup();
+        identity_headers.stripped = stripped;
         if identity_headers.names().any(|h| h == "authorization" || h == "cookie") {
-            return Err("user_header/device_header/scopes_header/token_id_header: must not be authorization or cookie".into());
+            return Err(
+                "user_header/device_header/scopes_header/token_id_header/credential_header: must not be authorization or cookie".into()
+            );
         }
+        let mut in_use: Vec<&str> = identity_headers.names().collect();
+        in_use.sort_unstable();
+        if in_use.windows(2).any(|w| w[0] == w[1]) {
+            return Err("user_header/device_header/scopes_header/token_id_header/credential_header: give each a different name".into());
+        }
+        config.upstream_routing.compile()?;
+        config.csrf.compile()?;
         let has_path_rules = config.exclude.iter().any(|r| r.matching.path.is_some() || r.matching.prefix.is_some())
             || config.required_scopes.iter().any(|r| r.matching.path.is_some() || r.matching.prefix.is_some());
         for (i, rule) in config.exclude.iter().enumerate() {
             rule.check().map_err(|e| format!("exclude[{i}]: {e}"))?;
         }
-        for (i, rule) in config.required_scopes.iter().enumerate() {
-            rule.check().map_err(|e| format!("required_scopes[{i}]: {e}"))?;
-        }
+        let case_sensitive = config.upstream_routing.case_sensitive;
+        let scope_rules = (config.required_scopes.iter().enumerate())
+            .map(|(i, rule)| CompiledScopeRule::compile(rule.clone(), case_sensitive).map_err(|e| format!("required_scopes[{i}]: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
         let transport = match (config.companion.clone(), config.redis.clone()) {
             (Some(c), None) => {
                 if c.cluster.is_empty() {
@@ -468,7 +524,7 @@ impl Compiled {
             Transport::Companion(c) => format!("Bearer {}", c.api_key),
             Transport::Redis(_) => String::new(),
         };
-        Ok(Compiled { config, hash_keys, identity_headers, has_path_rules, transport, keys, replies, companion_auth })
+        Ok(Compiled { config, hash_keys, identity_headers, has_path_rules, scope_rules, transport, keys, replies, companion_auth })
     }
 }
 
@@ -490,12 +546,20 @@ mod tests {
         assert_eq!((redis.poll_ms(), redis.feed_wait_ms()), (250, 0), "the Redis-callout build polls every 250 ms");
         assert_eq!(
             c.identity_headers.names().collect::<Vec<_>>(),
-            ["x-multitokens-user", "x-multitokens-device", "x-multitokens-scopes", "x-multitokens-token-id"]
+            ["x-multitokens-user", "x-multitokens-device", "x-multitokens-scopes", "x-multitokens-token-id", "x-multitokens-credential"]
         );
+        assert_eq!(c.config.cors_preflight, CorsPreflight::Pass);
+        assert!(c.config.csrf.check && !c.config.upstream_routing.case_sensitive);
         assert!(!c.has_path_rules, "no rules: the path is not looked at");
         let lean = Compiled::parse(br#"{"companion": {"cluster": "mt", "api_key": "k"}, "token_id_header": null, "scopes_header": null}"#)
             .unwrap();
-        assert_eq!(lean.identity_headers.names().collect::<Vec<_>>(), ["x-multitokens-user", "x-multitokens-device"]);
+        assert_eq!(
+            lean.identity_headers.names().collect::<Vec<_>>(),
+            ["x-multitokens-user", "x-multitokens-device", "x-multitokens-credential"]
+        );
+        for switched_off in ["x-multitokens-scopes", "X_Multitokens_Token_Id"] {
+            assert!(lean.identity_headers.is_alias(switched_off.as_bytes()), "{switched_off} is stripped though not set");
+        }
         let r = Compiled::parse(br#"{"redis": {"cluster": "outbound|6379||redis.svc?db=2", "password": "p"}}"#).unwrap();
         assert!(matches!(r.transport, Transport::Redis(ref t) if t.cluster.ends_with("?db=2")));
     }
@@ -519,6 +583,23 @@ mod tests {
             (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "required_scopes": [{"prefix": "/a"}]}"#, "scopes"),
             (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "cache": {"size": 1}}"#, "size"),
             (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "revocation_poll_ms": 5}"#, "revocation_poll_ms"),
+            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "exclude": [{"methods": ["OPTIONS"]}]}"#, "cors_preflight"),
+            (
+                r#"{"companion": {"cluster": "mt", "api_key": "k"}, "required_scopes": [{"prefix": "/a/../b", "scopes": ["x"]}]}"#,
+                "required_scopes[0]",
+            ),
+            (
+                r#"{"companion": {"cluster": "mt", "api_key": "k"}, "required_scopes": [{"path": "/a%2Fb", "scopes": ["x"]}]}"#,
+                "required_scopes[0]",
+            ),
+            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "upstream_routing": {"case_insensitive": true}}"#, "case_insensitive"),
+            (
+                r#"{"companion": {"cluster": "mt", "api_key": "k"}, "upstream_routing": {"method_override_headers": ["a b"]}}"#,
+                "upstream_routing.method_override_headers",
+            ),
+            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "csrf": {"trusted_origins": ["app.example"]}}"#, "csrf.trusted_origins"),
+            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "cors_preflight": "answer"}"#, "answer"),
+            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "credential_header": "x-multitokens-user"}"#, "different name"),
             ("not json", "invalid multitokens configuration"),
         ];
         for (json, field) in cases {

@@ -7,11 +7,12 @@ use super::metric::Metric;
 use super::worker::{Worker, MAX_REFRESH_QUEUE};
 
 use super::cache::{Cached, Entry, Lifetime, Stored};
-use super::config::{Compiled, FailureMode};
+use super::config::{Compiled, CorsPreflight, FailureMode};
 use super::identity::{Identity, IdentityView};
 use super::lookup::{Answer, CalloutProblem, LookupRequest};
 use super::path;
 use super::reply::{self, Denial};
+use super::route;
 use super::rules::missing_scopes;
 use super::throttle::client_key;
 use crate::core::credential::{self, Credential, Source};
@@ -22,9 +23,14 @@ use std::rc::Rc;
 /// What the decision needs from a request, read once from its headers.
 #[derive(Debug, Default)]
 struct RequestInfo {
-    method: String,
-    path: String,
+    /// The methods the upstream may run the request as (its own first, then overrides).
+    methods: Vec<String>,
+    /// The route key the scope rules match (empty without path scope rules).
+    route: String,
+    /// Every `Cookie` header, joined (read only when a cookie credential is configured).
     cookie: Option<Vec<u8>>,
+    /// The `Authorization` header carries one of our schemes: removed before the upstream.
+    strip_authorization: bool,
     /// The client address a lookup of an unchecked token was charged to (refunded when valid).
     charged: Option<Vec<u8>>,
 }
@@ -75,6 +81,7 @@ impl HttpFlow {
 
     /// Request headers arrived.
     pub fn on_request_headers(&mut self, host: &mut dyn Host, worker: &mut Worker, now: u64) -> Step {
+        worker.observe_clock(now);
         let compiled = Rc::clone(&worker.compiled);
         let config = &compiled.config;
         let headers = host.request_headers();
@@ -91,18 +98,18 @@ impl HttpFlow {
         }
         // method and path only meet the rules, and only a canonical path does
         let method = values(":method").next().and_then(|m| std::str::from_utf8(m).ok()).unwrap_or_default();
+        let raw_path = values(":path").next().unwrap_or_default();
         let path = if compiled.has_path_rules {
-            match path::canonical(values(":path").next().unwrap_or_default()) {
+            match path::canonical(raw_path) {
                 Ok(path) => path,
                 Err(_) => return deny(host, &compiled, Denial::BadPath, Metric::DeniedBadPath, &[]),
             }
         } else {
             ""
         };
-        if config.exclude.iter().any(|r| r.matching.matches(method, path)) {
-            host.count(Metric::Excluded);
-            return Step::Continue;
-        }
+        // every method the upstream may run the request as: an override never meets an exclusion
+        let methods = route::methods(method, raw_path, &headers, &config.upstream_routing);
+        let overridden = methods.len() > 1;
         let cookie: Option<Vec<u8>> = match config.cookie {
             Some(_) => {
                 let all: Vec<&[u8]> = values("cookie").collect();
@@ -110,13 +117,53 @@ impl HttpFlow {
             }
             None => None,
         };
-        let cookie = cookie.as_deref();
         let authorization: Vec<&[u8]> = values("authorization").collect();
-        let (token, source) = match credential::extract(&authorization, cookie.as_slice(), &config.schemes, config.cookie.as_deref()) {
-            Credential::Missing => return deny(host, &compiled, Denial::Missing, Metric::DeniedMissing, &[]),
-            Credential::Empty | Credential::Malformed => return deny(host, &compiled, Denial::Invalid, Metric::DeniedMalformed, &[]),
-            Credential::Token(t, s) => (t, s),
+        let ours = |value: &&[u8]| {
+            let scheme = value.split(|b| *b == b' ').next().unwrap_or_default();
+            config.schemes.iter().any(|s| s.as_bytes().eq_ignore_ascii_case(scheme))
         };
+        let strip_authorization = config.strip_credential && authorization.iter().any(ours);
+        let preflight = config.cors_preflight == CorsPreflight::Pass
+            && !overridden
+            && method == "OPTIONS"
+            && values("origin").next().is_some()
+            && values("access-control-request-method").next().is_some()
+            && !host.request_has_body()
+            && values("transfer-encoding").next().is_none()
+            && values("content-length").all(|v| v == b"0");
+        if preflight || (!overridden && config.exclude.iter().any(|r| r.matches(method, path))) {
+            // no token needed, and none reaches the upstream
+            strip_credentials(host, &compiled, strip_authorization, cookie.as_deref());
+            host.count(Metric::Excluded);
+            return Step::Continue;
+        }
+        let route = if compiled.scope_rules.is_empty() || !compiled.has_path_rules {
+            String::new()
+        } else {
+            match route::route_key(path, config.upstream_routing.case_sensitive) {
+                Ok(key) => key,
+                Err(_) => return deny(host, &compiled, Denial::BadPath, Metric::DeniedBadPath, &[]),
+            }
+        };
+        let (token, source) =
+            match credential::extract(&authorization, cookie.as_deref().as_slice(), &config.schemes, config.cookie.as_deref()) {
+                Credential::Missing => return deny(host, &compiled, Denial::Missing, Metric::DeniedMissing, &[]),
+                Credential::Empty | Credential::Malformed => return deny(host, &compiled, Denial::Invalid, Metric::DeniedMalformed, &[]),
+                Credential::Token(t, s) => (t, s),
+            };
+        // a cookie goes with every request to its site, whoever's page sent it: unsafe requests
+        // from other sites are refused before any lookup
+        if source == Source::Cookie
+            && !config.csrf.allows(
+                &methods,
+                values("sec-fetch-site").next(),
+                values("origin").next(),
+                values(":authority").next().unwrap_or_default(),
+            )
+        {
+            return deny(host, &compiled, Denial::CrossSite, Metric::DeniedCrossSite, &[]);
+        }
+        let mut request = RequestInfo { methods, route, cookie: cookie.clone(), strip_authorization, charged: None };
         // a cached token passed the format check when it was cached: look it up first
         if let Some(entry) = worker.cache.get(token) {
             if entry.fresh_until > now {
@@ -128,7 +175,7 @@ impl HttpFlow {
                     Cached::Valid(_) if worker.tick_overdue(now) => host.count(Metric::TickOverdue),
                     Cached::Valid(identity) if worker.feed_is_current(now) => {
                         host.count(Metric::CacheHit);
-                        let step = authorize(host, &compiled, identity, source, cookie, method, path, false);
+                        let step = authorize(host, &compiled, identity, source, &request, false);
                         queue_refresh(worker, token, now);
                         return step;
                     }
@@ -153,7 +200,7 @@ impl HttpFlow {
             },
         };
         host.count(Metric::CacheMiss);
-        let request = RequestInfo { method: method.to_string(), path: path.to_string(), cookie: cookie.map(<[u8]>::to_vec), charged };
+        request.charged = charged;
         self.look_up(host, worker, token.to_string(), tag, source, request, now)
     }
 
@@ -304,7 +351,7 @@ fn accept(host: &mut dyn Host, worker: &mut Worker, p: &Pending, identity: Ident
     };
     let refreshed_at = if cfg.refresh_on_use.is_some() { now } else { 0 };
     let r = &p.request;
-    let step = authorize(host, &worker.compiled, identity.view(), p.source, r.cookie.as_deref(), &r.method, &r.path, false);
+    let step = authorize(host, &worker.compiled, identity.view(), p.source, r, false);
     if revoked.is_none() {
         return step; // the feed cannot vouch for this answer: use it once, never cache it
     }
@@ -373,8 +420,7 @@ fn unavailable(host: &mut dyn Host, worker: &Worker, token: &str, source: Source
     if compiled.config.failure_mode == FailureMode::AllowCached {
         if let Some(Entry { verdict: Cached::Valid(identity), usable_until, .. }) = worker.cache.get(token) {
             if usable_until > now {
-                let r = request;
-                return authorize(host, compiled, identity, source, r.cookie.as_deref(), &r.method, &r.path, true);
+                return authorize(host, compiled, identity, source, request, true);
             }
         }
     }
@@ -382,18 +428,15 @@ fn unavailable(host: &mut dyn Host, worker: &Worker, token: &str, source: Source
 }
 
 /// Lets a request with a valid token through: scope check, identity headers, credential strip.
-#[allow(clippy::too_many_arguments)]
 fn authorize(
     host: &mut dyn Host,
     compiled: &Compiled,
     identity: IdentityView<'_>,
     source: Source,
-    cookie: Option<&[u8]>,
-    method: &str,
-    path: &str,
+    request: &RequestInfo,
     stale: bool,
 ) -> Step {
-    let missing = missing_scopes(&compiled.config.required_scopes, method, path, identity);
+    let missing = missing_scopes(&compiled.scope_rules, &request.methods, &request.route, identity);
     if !missing.is_empty() {
         return deny(host, compiled, Denial::Scope, Metric::DeniedScope, &missing);
     }
@@ -405,21 +448,33 @@ fn authorize(
             host.set_header(name, value.as_bytes());
         }
     }
-    if compiled.config.strip_credential {
-        match source {
-            Source::Header => host.remove_header("authorization"),
-            Source::Cookie => {
-                if let (Some(name), Some(cookies)) = (compiled.config.cookie.as_deref(), cookie) {
-                    match credential::without_cookie(&[cookies], name) {
-                        Some(rest) => host.set_header("cookie", &rest),
-                        None => host.remove_header("cookie"),
-                    }
-                }
+    if let Some(name) = &names.credential {
+        host.set_header(name, if source == Source::Cookie { b"cookie" } else { b"header" });
+    }
+    strip_credentials(host, compiled, request.strip_authorization, request.cookie.as_deref());
+    host.count(if stale { Metric::AllowedStale } else { Metric::Allowed });
+    Step::Continue
+}
+
+/// Removes our credentials before the upstream (unless `strip_credential` is off): an
+/// `Authorization` header with one of our schemes, and the token cookie from the `Cookie` headers,
+/// whichever of them carried the token.
+fn strip_credentials(host: &mut dyn Host, compiled: &Compiled, strip_authorization: bool, cookies: Option<&[u8]>) {
+    if strip_authorization {
+        host.remove_header("authorization");
+    }
+    if let (true, Some(name), Some(cookies)) = (compiled.config.strip_credential, compiled.config.cookie.as_deref(), cookies) {
+        let ours = cookies
+            .split(|b| *b == b';')
+            .map(<[u8]>::trim_ascii)
+            .any(|c| c.starts_with(name.as_bytes()) && c.get(name.len()) == Some(&b'='));
+        if ours {
+            match credential::without_cookie(&[cookies], name) {
+                Some(rest) => host.set_header("cookie", &rest),
+                None => host.remove_header("cookie"),
             }
         }
     }
-    host.count(if stale { Metric::AllowedStale } else { Metric::Allowed });
-    Step::Continue
 }
 
 #[cfg(test)]
@@ -860,6 +915,139 @@ mod tests {
         let h = run(&mut w, "/admin/users", &t, Some((Some(200), VALID)), 0);
         assert_eq!(h.replies[0].status, 403);
         assert!(h.replies[0].headers.iter().any(|(_, v)| v.contains("insufficient_scope")));
+    }
+
+    /// A request with extra headers through a worker, answered VALID when it looks up.
+    /// (`(":body", _)` says a body follows the headers.)
+    fn run_with(w: &mut Worker, method: &str, path: &str, headers: &[(&str, &str)]) -> MemoryHost {
+        let mut h = MemoryHost::request(method, path.as_bytes());
+        h.client_address = Some(b"192.0.2.7:40000".to_vec());
+        for (name, value) in headers {
+            match *name {
+                ":body" => h.has_body = true,
+                _ => {
+                    h.add_header(name, value.as_bytes());
+                }
+            }
+        }
+        let mut flow = HttpFlow::new();
+        if flow.on_request_headers(&mut h, w, 0) == Step::Pause {
+            flow.on_lookup_response(&mut h, w, companion_transport::parse_answer(Some(200), VALID), 0);
+        }
+        h
+    }
+
+    #[test]
+    fn scope_rules_hold_for_every_spelling_and_method_override() {
+        let t = token::generate("mt", "alice").unwrap();
+        let auth = format!("Bearer {t}");
+        let mut w = Worker::new(
+            Compiled::parse(
+                br#"{"companion": {"cluster": "c", "api_key": "k"},
+                     "required_scopes": [{"prefix": "/api/admin/", "scopes": ["admin"]}, {"path": "/v1/orders:cancel", "scopes": ["admin"]},
+                                         {"prefix": "/api/items/", "methods": ["DELETE"], "scopes": ["admin"]}]}"#,
+            )
+            .unwrap(),
+        );
+        for (method, path, extra) in [
+            ("GET", "/API/ADMIN/stats", None),
+            ("GET", "/Api/admin/stats/", None),
+            ("GET", "/api/admin", None),
+            ("POST", "/v1/orders%3Acancel", None),
+            ("POST", "/v1/orders%3acancel/", None),
+            ("POST", "/api/items/7", Some(("x-http-method-override", "DELETE"))),
+            ("POST", "/api/items/7", Some(("X-Method-Override", "delete"))),
+            ("POST", "/api/items/7?_method=DELETE", None),
+        ] {
+            let mut headers = vec![("authorization", auth.as_str())];
+            headers.extend(extra);
+            let h = run_with(&mut w, method, path, &headers);
+            assert_eq!(h.replies.first().map(|r| r.status), Some(403), "{method} {path} {extra:?}");
+        }
+        for (method, path) in [("GET", "/api/items/7"), ("POST", "/api/items/7"), ("GET", "/api/administrator")] {
+            let h = run_with(&mut w, method, path, &[("authorization", &auth)]);
+            assert!(h.replies.is_empty(), "{method} {path} needs no scope");
+        }
+        let h = run_with(&mut w, "GET", "/api/admin/%253A", &[("authorization", &auth)]);
+        assert_eq!((h.replies[0].status, h.lookups.len()), (400, 0), "a double-encoded path cannot be matched safely");
+    }
+
+    #[test]
+    fn exclusions_never_widen_by_spelling_or_override() {
+        let mut w = worker("");
+        assert_eq!(run_with(&mut w, "GET", "/healthz", &[]).counted(Metric::Excluded), 1);
+        for (path, headers) in [("/HEALTHZ", vec![]), ("/healthz", vec![("x-http-method-override", "DELETE")])] {
+            let h = run_with(&mut w, "GET", path, &headers);
+            assert_eq!(h.replies[0].status, 401, "{path} {headers:?} needs a token");
+        }
+    }
+
+    #[test]
+    fn only_a_cors_preflight_passes_without_a_token() {
+        let mut w = worker("");
+        let preflight = [("origin", "https://app.example"), ("access-control-request-method", "POST")];
+        let h = run_with(&mut w, "OPTIONS", "/admin/stats", &preflight);
+        assert_eq!((h.replies.len(), h.counted(Metric::Excluded)), (0, 1));
+        for (what, headers) in [
+            ("no Origin", vec![("access-control-request-method", "POST")]),
+            ("no request method", vec![("origin", "https://app.example")]),
+            ("a body", vec![preflight[0], preflight[1], ("content-length", "12")]),
+            ("a chunked body", vec![preflight[0], preflight[1], ("transfer-encoding", "chunked")]),
+            ("a body without a length (HTTP/2)", vec![preflight[0], preflight[1], (":body", "")]),
+            ("an override", vec![preflight[0], preflight[1], ("x-http-method-override", "DELETE")]),
+        ] {
+            let h = run_with(&mut w, "OPTIONS", "/admin/stats", &headers);
+            assert_eq!(h.replies[0].status, 401, "an OPTIONS with {what} is no preflight");
+        }
+        let mut strict = worker(r#", "cors_preflight": "authenticate""#);
+        assert_eq!(run_with(&mut strict, "OPTIONS", "/x", &preflight).replies[0].status, 401);
+    }
+
+    #[test]
+    fn credentials_never_reach_the_upstream() {
+        let mut w = worker(r#", "cookie": "mt_session""#);
+        let t = token::generate("mt", "alice").unwrap();
+        let (auth, cookie) = (format!("Bearer {t}"), format!("theme=dark; mt_session={t}"));
+        // on an excluded route and on a preflight
+        for (method, headers) in
+            [("GET", vec![]), ("OPTIONS", vec![("origin", "https://a.example"), ("access-control-request-method", "GET")])]
+        {
+            let path = if method == "GET" { "/healthz" } else { "/x" };
+            let mut all = vec![("authorization", auth.as_str()), ("cookie", cookie.as_str())];
+            all.extend(headers);
+            let h = run_with(&mut w, method, path, &all);
+            assert!(h.replies.is_empty());
+            assert!(h.header("authorization").is_none(), "{method}: header token stripped");
+            assert_eq!(h.header("cookie").unwrap(), b"theme=dark", "{method}: cookie token stripped, others kept");
+        }
+        // the same token in the header and the cookie: both go
+        let h = run_with(&mut w, "GET", "/api", &[("authorization", &auth), ("cookie", &cookie)]);
+        assert_eq!(h.header("x-multitokens-credential").unwrap(), b"header");
+        assert!(h.header("authorization").is_none());
+        assert_eq!(h.header("cookie").unwrap(), b"theme=dark");
+        // another scheme is not ours: kept on an excluded route
+        let h = run_with(&mut w, "GET", "/healthz", &[("authorization", "Basic dXNlcjpwdw==")]);
+        assert_eq!(h.header("authorization").unwrap(), b"Basic dXNlcjpwdw==");
+        let h = run_with(&mut w, "GET", "/api", &[("cookie", &cookie)]);
+        assert_eq!(h.header("x-multitokens-credential").unwrap(), b"cookie");
+    }
+
+    #[test]
+    fn unsafe_cookie_requests_from_other_sites_are_refused_before_any_lookup() {
+        let mut w = worker(r#", "cookie": "mt_session""#);
+        let t = token::generate("mt", "alice").unwrap();
+        let cookie = format!("mt_session={t}");
+        let h =
+            run_with(&mut w, "POST", "/api", &[("cookie", &cookie), ("sec-fetch-site", "cross-site"), ("origin", "https://evil.example")]);
+        assert_eq!((h.replies[0].status, h.lookups.len(), h.counted(Metric::DeniedCrossSite)), (403, 0, 1));
+        assert!(h.replies[0].body.contains("CSRF Failed"));
+        let h = run_with(&mut w, "POST", "/api", &[("cookie", &cookie), (":authority", "api.example"), ("origin", "https://api.example")]);
+        assert!(h.replies.is_empty(), "same origin");
+        let h = run_with(&mut w, "GET", "/api", &[("cookie", &cookie), ("sec-fetch-site", "cross-site")]);
+        assert!(h.replies.is_empty(), "safe method");
+        let auth = format!("Bearer {t}");
+        let h = run_with(&mut w, "POST", "/api", &[("authorization", &auth), ("sec-fetch-site", "cross-site")]);
+        assert!(h.replies.is_empty(), "a header token is not sent by the browser on its own");
     }
 
     #[test]

@@ -15,6 +15,9 @@ pub trait Host {
     fn set_header(&mut self, name: &str, value: &[u8]);
     /// Removes a request header.
     fn remove_header(&mut self, name: &str);
+    /// Whether a body or trailers follow the request headers (the headers did not end the
+    /// stream): an HTTP/2 or HTTP/3 request may carry a body without any `content-length`.
+    fn request_has_body(&self) -> bool;
     /// All request trailers as raw bytes.
     fn request_trailers(&self) -> Vec<(Vec<u8>, Vec<u8>)>;
     /// Removes a request trailer.

@@ -27,6 +27,8 @@ pub struct MemoryHost {
     pub warnings: RefCell<Vec<String>>,
     /// The request's context id.
     pub context_id: u32,
+    /// A body follows the headers.
+    pub has_body: bool,
 }
 
 impl Default for MemoryHost {
@@ -40,6 +42,7 @@ impl Default for MemoryHost {
             counts: [0; Metric::ALL.len()],
             warnings: RefCell::new(Vec::new()),
             context_id: 1,
+            has_body: false,
         }
     }
 }
@@ -58,6 +61,7 @@ impl MemoryHost {
         self.trailers.clear();
         self.replies.clear();
         self.counts = [0; Metric::ALL.len()];
+        self.has_body = false;
         self.headers.push((b":method".to_vec(), method.as_bytes().to_vec()));
         self.headers.push((b":path".to_vec(), path.to_vec()));
     }
@@ -111,6 +115,9 @@ impl Host for MemoryHost {
     }
     fn remove_header(&mut self, name: &str) {
         self.headers.retain(|(k, _)| k != name.as_bytes());
+    }
+    fn request_has_body(&self) -> bool {
+        self.has_body
     }
     fn request_trailers(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
         self.trailers.clone()

@@ -45,11 +45,13 @@ pub enum Metric {
     /// Denied without a lookup: a token whose MAC no hash key made (forged), or an old-format
     /// token while `accept_legacy_tokens` is off.
     DeniedForged,
+    /// Denied: an unsafe request authenticated by the cookie, sent from another site (403, no lookup).
+    DeniedCrossSite,
 }
 
 impl Metric {
     /// Every metric, for definition at start.
-    pub const ALL: [Metric; 20] = [
+    pub const ALL: [Metric; 21] = [
         Metric::Allowed,
         Metric::AllowedStale,
         Metric::Excluded,
@@ -70,6 +72,7 @@ impl Metric {
         Metric::DeniedTampered,
         Metric::LookupShared,
         Metric::DeniedForged,
+        Metric::DeniedCrossSite,
     ];
 
     /// The stat name.
@@ -95,6 +98,7 @@ impl Metric {
             Metric::DeniedTampered => "multitokens.denied_tampered",
             Metric::LookupShared => "multitokens.lookup_shared",
             Metric::DeniedForged => "multitokens.denied_forged",
+            Metric::DeniedCrossSite => "multitokens.denied_cross_site",
         }
     }
 

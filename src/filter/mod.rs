@@ -8,6 +8,7 @@ pub mod cache;
 pub mod coalesce;
 pub mod companion_transport;
 pub mod config;
+pub mod csrf;
 pub mod feed;
 pub mod flow;
 pub mod header_map;
@@ -19,6 +20,7 @@ pub mod metric;
 pub mod path;
 pub mod redis_transport;
 pub mod reply;
+pub mod route;
 pub mod rules;
 pub mod throttle;
 #[cfg(feature = "wasm-filter")]

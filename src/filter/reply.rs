@@ -27,6 +27,8 @@ pub enum Denial {
     Unavailable,
     /// A path that is not canonical, which upstreams may read differently: 400.
     BadPath,
+    /// An unsafe cookie-authenticated request from another site: 403.
+    CrossSite,
     /// Too many refused tokens from this client: 429, retry after that many seconds.
     Throttled(u64),
 }
@@ -58,7 +60,7 @@ impl FixedReplies {
             Denial::Invalid => Some(&self.invalid),
             Denial::Unavailable => Some(&self.unavailable),
             Denial::BadPath => Some(&self.bad_path),
-            Denial::Scope | Denial::Throttled(_) => None,
+            Denial::Scope | Denial::CrossSite | Denial::Throttled(_) => None,
         }
     }
 }
@@ -78,6 +80,7 @@ pub fn deny(denial: Denial, realm: &str, missing: &[&str]) -> LocalReply {
         Denial::Scope => reply(403, vec![json, challenge(Some("insufficient_scope"), Some(&missing.join(" ")))], contract::NO_PERMISSION),
         Denial::Unavailable => reply(503, vec![json, ("retry-after".to_string(), "1".to_string())], contract::AUTH_UNAVAILABLE),
         Denial::BadPath => reply(400, vec![json], contract::BAD_PATH),
+        Denial::CrossSite => reply(403, vec![json], contract::CSRF_FAILED),
         Denial::Throttled(seconds) => {
             reply(429, vec![json, ("retry-after".to_string(), seconds.to_string())], &contract::throttled(seconds))
         }

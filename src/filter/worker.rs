@@ -31,7 +31,13 @@ pub struct Worker {
     last_purge_ms: u64,
     /// This VM's id on the feed: the companion counts what each edge has applied.
     pub(crate) edge_id: String,
+    /// The latest time a callback ran at (ms), to notice the wall clock stepping back.
+    clock_high_ms: u64,
 }
+
+/// How far the host's clock may go back before it counts as a step (ms): smaller steps extend a
+/// cached verdict's freshness by at most this much.
+pub const CLOCK_STEP_MS: u64 = 1000;
 
 /// A random id for this VM (16 hex digits); the clock if the host gives no randomness.
 fn new_edge_id() -> String {
@@ -75,6 +81,7 @@ impl Worker {
             throttle,
             last_purge_ms: 0,
             edge_id: new_edge_id(),
+            clock_high_ms: 0,
         }
     }
 
@@ -99,6 +106,7 @@ impl Worker {
     /// The timer ticked: notes it, purges expired entries now and then, and says whether to poll
     /// the feed and which sliding refreshes to send.
     pub fn on_tick(&mut self, now: u64) -> TickWork {
+        self.observe_clock(now);
         self.record_tick(now);
         if now.saturating_sub(self.last_purge_ms) > PURGE_EVERY_MS {
             self.cache.purge_expired(now);
@@ -138,6 +146,27 @@ impl Worker {
     /// A feed poll got no page (the next tick tries again).
     pub fn feed_poll_failed(&mut self) {
         self.feed.call = None;
+    }
+
+    /// Notes the time a callback runs at; true when the clock stepped back. The host's clock is
+    /// the wall clock (proxy-wasm has no other for the request path): after a step back, ages
+    /// measured from earlier times come out too young, so cached verdicts would stay fresh and the
+    /// feed would look current by the size of the step. So a step drops every cached verdict, and
+    /// the feed counts as not current until its next page.
+    pub fn observe_clock(&mut self, now: u64) -> bool {
+        if now.saturating_add(CLOCK_STEP_MS) < self.clock_high_ms {
+            self.cache.clear();
+            self.feed.last_ok_ms = 0;
+            if let Some((call, _)) = self.feed.call {
+                self.feed.call = Some((call, now));
+            }
+            self.last_tick_ms = now;
+            self.last_purge_ms = now;
+            self.clock_high_ms = now;
+            return true;
+        }
+        self.clock_high_ms = self.clock_high_ms.max(now);
+        false
     }
 
     /// Notes that the timer ticked.
@@ -184,6 +213,33 @@ mod tests {
     fn worker(extra: &str) -> Worker {
         let json = format!(r#"{{"companion": {{"cluster": "c", "api_key": "k", "timeout_ms": 500}} {extra}}}"#);
         Worker::new(Compiled::parse(json.as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn a_clock_stepping_back_never_extends_trust() {
+        let mut w = worker("");
+        w.on_tick(10_000_000);
+        w.apply_feed(FeedPage { cursor: "1-0".into(), digests: vec![], reset: false, more: false }, 10_000_000);
+        assert!(w.feed_is_current(10_000_500));
+        let identity = crate::filter::identity::Identity::new("u".into(), "d".into(), vec![], "i".into()).unwrap();
+        let token = crate::core::token::generate("mt", "u").unwrap();
+        let stored = crate::filter::cache::Stored { digest: TokenHasher::new(None).digest(&token), tag: RoutingTag::for_user("u") };
+        w.cache.insert_valid(
+            &token,
+            stored,
+            &identity,
+            crate::filter::cache::Lifetime { fresh_until: 10_030_000, usable_until: 10_030_000, refreshed_at: 10_000_000 },
+            10_000_000,
+        );
+        assert!(!w.observe_clock(9_999_500), "jitter under a second is no step");
+        assert_eq!(w.cache.len(), 1);
+        // the wall clock goes back an hour: nothing measured before counts
+        assert!(w.observe_clock(10_000_000 - 3_600_000 + 10));
+        assert!(w.cache.is_empty(), "cached verdicts dropped");
+        assert!(!w.feed_is_current(10_000_000 - 3_600_000 + 20), "the feed is not current until its next page");
+        assert!(!w.tick_overdue(10_000_000 - 3_600_000 + 20));
+        w.apply_feed(FeedPage { cursor: "2-0".into(), digests: vec![], reset: false, more: false }, 10_000_000 - 3_600_000 + 30);
+        assert!(w.feed_is_current(10_000_000 - 3_600_000 + 40));
     }
 
     #[test]

@@ -109,9 +109,9 @@ pub extern "C" fn proxy_on_tick(root_id: u32) {
 
 /// Request headers: 0 continue, 1 pause. A request of an unknown context fails closed.
 #[no_mangle]
-pub extern "C" fn proxy_on_request_headers(context_id: u32, _num_headers: usize, _end_of_stream: u32) -> u32 {
+pub extern "C" fn proxy_on_request_headers(context_id: u32, _num_headers: usize, end_of_stream: u32) -> u32 {
     let step = match stream(context_id).as_ref().map(|s| s.try_borrow_mut()) {
-        Some(Ok(mut s)) => s.on_request_headers(),
+        Some(Ok(mut s)) => s.on_request_headers(end_of_stream != 0),
         _ => super::unavailable(&super::Metrics::default()),
     };
     match step {

@@ -246,6 +246,8 @@ struct EnvoyHost<'a> {
     transport: Option<&'a dyn StoreTransport>,
     context_id: u32,
     root_id: u32,
+    /// A body follows the request headers (known in the request-headers callback only).
+    has_body: bool,
 }
 
 impl Host for EnvoyHost<'_> {
@@ -263,6 +265,10 @@ impl Host for EnvoyHost<'_> {
 
     fn remove_header(&mut self, name: &str) {
         let _ = abi::remove_header(Map::RequestHeaders, name);
+    }
+
+    fn request_has_body(&self) -> bool {
+        self.has_body
     }
 
     fn request_trailers(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -313,7 +319,7 @@ fn with_flow(
     let (Some(worker), Ok(mut flow)) = (worker, flow.try_borrow_mut()) else { return unavailable(metrics) };
     let Ok(mut worker) = worker.try_borrow_mut() else { return unavailable(metrics) };
     let compiled = Rc::clone(&worker.compiled);
-    let mut host = EnvoyHost { metrics, compiled: &compiled, transport, context_id: ids.0, root_id: ids.1 };
+    let mut host = EnvoyHost { metrics, compiled: &compiled, transport, context_id: ids.0, root_id: ids.1, has_body: false };
     run(&mut flow, &mut host, &mut worker)
 }
 
@@ -406,9 +412,10 @@ fn in_context(context_id: u32, f: impl FnOnce(&mut Http)) {
 
 impl Http {
     /// Request headers: forward, or pause (for a lookup, or after a local reply).
-    fn on_request_headers(&mut self) -> Step {
+    fn on_request_headers(&mut self, end_of_stream: bool) -> Step {
         let step =
             with_flow(&self.flow, self.worker.as_ref(), &self.metrics, self.transport, (self.id, self.root_id), |flow, host, worker| {
+                host.has_body = !end_of_stream;
                 flow.on_request_headers(host, worker, now_ms())
             });
         step
@@ -424,6 +431,7 @@ impl Http {
             transport: self.transport,
             context_id: self.id,
             root_id: self.root_id,
+            has_body: false,
         };
         flow.on_request_trailers(&mut host, &worker);
     }
