@@ -226,9 +226,13 @@ fn the_kubernetes_manifests_validate_against_the_kubernetes_schemas() {
     let (ok, output) = tool("k8s", "python3", &args, None);
     assert!(ok, "kubernetes-validate:\n{output}");
     assert_eq!(output.matches(" passed for resource ").count(), resources.len(), "{output}");
-    for kind in ["deployment/multitokens", "service/multitokens", "poddisruptionbudget/multitokens"] {
+    for kind in ["deployment/multitokens", "service/multitokens", "poddisruptionbudget/multitokens", "networkpolicy/multitokens"] {
         assert!(output.contains(kind), "{kind}: {output}");
     }
+    // the policy for the application's namespace, applied apart
+    let app_policy = repo_root().join("envoy/kubernetes/app-networkpolicy.yaml");
+    let (ok, output) = tool("k8s", "python3", &["-m", "kubernetes_validate", "--strict", "-k", "1.30", app_policy.to_str().unwrap()], None);
+    assert!(ok && output.contains("networkpolicy/only-through-the-gateway"), "{output}");
     // the validator does refuse a misspelt field
     let bad = tempfile::tempdir().unwrap();
     let path = bad.path().join("deployment.yaml");
@@ -256,16 +260,34 @@ fn the_kubernetes_manifests_validate_against_the_kubernetes_schemas() {
     }
 }
 
-/// The Istio WasmPlugin validates against Istio's CRD schema (kubernetes-models' @kubernetes-models/istio
-/// from npm). No package publishes the Higress WasmPlugin CRD's schema; that one is checked by the
-/// strict YAML parser and the filter's own parser only.
+/// The Istio WasmPlugin and policies validate against Istio's CRD schemas (kubernetes-models'
+/// @kubernetes-models/istio from npm). No package publishes the Higress WasmPlugin CRD's schema;
+/// that one is checked by the strict YAML parser and the filter's own parser only.
 #[test]
-fn the_istio_wasmplugin_validates_against_istios_crd_schema() {
-    let script = std::fs::read_to_string(repo_root().join("tests/clients/validate_wasmplugin.mjs")).unwrap();
+fn the_istio_wasmplugin_and_policies_validate_against_istios_crd_schemas() {
+    let script = std::fs::read_to_string(repo_root().join("tests/clients/validate_istio.mjs")).unwrap();
     let plugin = repo_root().join("envoy/istio/wasmplugin.yaml");
     let (ok, output) = tool("node", "node", &["--input-type=module", "-", plugin.to_str().unwrap()], Some(&script));
     assert!(ok, "{output}");
-    assert!(output.contains("valid multitokens"), "{output}");
+    assert!(output.contains("valid WasmPlugin multitokens"), "{output}");
+    // only the gateway reaches the application and the companion's internal API, by mTLS identity
+    let policies = repo_root().join("envoy/istio/authorizationpolicy.yaml");
+    let (ok, output) = tool("node", "node", &["--input-type=module", "-", policies.to_str().unwrap()], Some(&script));
+    assert!(ok, "{output}");
+    assert_eq!(output.matches("valid ").count(), 4, "{output}");
+    let docs: Vec<serde_yaml_ng::Value> = serde_yaml_ng::Deserializer::from_str(&std::fs::read_to_string(&policies).unwrap())
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    for doc in docs.iter().filter(|d| d["kind"] == "AuthorizationPolicy") {
+        assert_eq!(doc["spec"]["action"], "ALLOW", "allow-listed callers only");
+        let principals = &doc["spec"]["rules"][0]["from"][0]["source"]["principals"][0];
+        assert_eq!(principals.as_str(), Some("cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"));
+    }
+    assert!(docs.iter().filter(|d| d["kind"] == "PeerAuthentication").all(|d| d["spec"]["mtls"]["mode"] == "STRICT"));
+    let bad = tempfile::tempdir().unwrap();
+    let path = bad.path().join("policies.yaml");
+    std::fs::write(&path, std::fs::read_to_string(&policies).unwrap().replace("mode: STRICT", "mode: STRICTER")).unwrap();
+    assert!(!tool("node", "node", &["--input-type=module", "-", path.to_str().unwrap()], Some(&script)).0, "a wrong mode is refused");
     let bad = tempfile::tempdir().unwrap();
     let path = bad.path().join("wasmplugin.yaml");
     std::fs::write(&path, std::fs::read_to_string(&plugin).unwrap().replace("FAIL_CLOSE", "FAIL_SHUT")).unwrap();

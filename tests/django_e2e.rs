@@ -192,8 +192,33 @@ fn old_and_new_tokens_work_side_by_side_during_the_cut_over() {
     let django = Gunicorn::start(companion_port, &legacy);
     let created = django.manage(&["drf_create_token", "carol"], &legacy);
     let old = created.split_whitespace().find(|w| w.len() == 40 && w.bytes().all(|b| b.is_ascii_hexdigit())).unwrap().to_string();
-    let route: Value =
+    let migration: Value =
         serde_yaml_ng::from_str(&std::fs::read_to_string(repo_root().join("envoy/migration/legacy-token-route.yaml")).unwrap()).unwrap();
+    let migration = migration.as_array().unwrap().clone();
+    // the old route strips every identity header under every `_` spelling
+    let removed: Vec<&str> = migration[1]["request_headers_to_remove"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    for name in multitokens::core::contract::IDENTITY_HEADERS {
+        let dashes = name.matches('-').count();
+        for mask in 0..(1u32 << dashes) {
+            let mut n = 0;
+            let spelling: String = name
+                .chars()
+                .map(|c| {
+                    if c == '-' {
+                        n += 1;
+                        if mask & (1 << (n - 1)) != 0 {
+                            '_'
+                        } else {
+                            '-'
+                        }
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            assert!(removed.contains(&spelling.as_str()), "{spelling} is not removed");
+        }
+    }
     let (_envoy, port) = envoy_for(&django, companion_port, |mut c| {
         fn routes(v: &mut Value) -> Option<&mut Vec<Value>> {
             if v.get("routes").is_some_and(Value::is_array) {
@@ -205,7 +230,10 @@ fn old_and_new_tokens_work_side_by_side_during_the_cut_over() {
                 _ => None,
             }
         }
-        routes(&mut c.0).expect("a route list").insert(0, route.clone());
+        let list = routes(&mut c.0).expect("a route list");
+        for (i, route) in migration.iter().enumerate() {
+            list.insert(i, route.clone());
+        }
         c
     });
     let agent = support::http_agent();
@@ -216,6 +244,12 @@ fn old_and_new_tokens_work_side_by_side_during_the_cut_over() {
     // the old route removes identity headers: no claiming an identity past the filter
     let r = call(&[("authorization", &format!("Token {old}")), ("x-multitokens-user", "alice")]);
     assert_eq!(r.body["username"], "carol");
+    // old tokens carry no scope: refused on every spelling of a scope-protected path
+    for path in ["/api/admin/stats", "/API/Admin/stats", "/api/admin", "/api/%61dmin/stats"] {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        let r = support::http_call(&agent, "GET", &url, &[("authorization", &format!("Token {old}"))], None);
+        assert_eq!((r.status, r.body["detail"].as_str()), (403, Some("You do not have permission to perform this action.")), "{path}");
+    }
     let r = call(&[("authorization", &format!("token {}", "0".repeat(40))), ("x-multitokens-user", "alice")]);
     assert_eq!((r.status, r.body.clone()), (401, json!({"detail": "Invalid token."})));
     // a new token: the filter, as always; a malformed one never reaches Django
