@@ -29,6 +29,22 @@ fn request_with_method(port: u16, method: &str) -> u16 {
     text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
+/// Issues a token to user `u` and logs `u` out everywhere; the log-out's answer.
+fn issue_and_log_out_everywhere(server: &CompanionServer) -> serde_json::Value {
+    let (agent, admin) = (http_agent(), format!("Bearer {ADMIN}"));
+    let issued = http_call(
+        &agent,
+        "POST",
+        &format!("{}/v1/tokens", server.base()),
+        &[("authorization", &admin)],
+        Some(serde_json::json!({"user": "u"})),
+    );
+    assert_eq!(issued.status, 201);
+    let r = http_call(&agent, "DELETE", &format!("{}/v1/users/u/tokens", server.base()), &[("authorization", &admin)], None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body
+}
+
 #[test]
 fn made_up_methods_get_no_metric_labels_of_their_own() {
     let redis = RedisServer::start();
@@ -73,20 +89,10 @@ fn made_up_edges_are_bounded_and_hold_one_revoke_at_most() {
     let shared: usize = redis::cmd("HLEN").arg("mt:edges").query(&mut redis.conn()).unwrap();
     assert!(shared <= max, "the shared hash holds {shared} edges");
     // a revoke waits for them once, and reports them pending; the next one does not wait again
-    let admin = format!("Bearer {ADMIN}");
     let revoke = || {
-        let issued = http_call(
-            &agent,
-            "POST",
-            &format!("{}/v1/tokens", server.base()),
-            &[("authorization", &admin)],
-            Some(serde_json::json!({"user": "u"})),
-        );
-        assert_eq!(issued.status, 201);
         let started = Instant::now();
-        let r = http_call(&agent, "DELETE", &format!("{}/v1/users/u/tokens", server.base()), &[("authorization", &admin)], None);
-        assert_eq!(r.status, 200, "{}", r.body);
-        (started.elapsed(), r.body["edges"]["pending"].as_u64().unwrap())
+        let r = issue_and_log_out_everywhere(&server);
+        (started.elapsed(), r["edges"]["pending"].as_u64().unwrap())
     };
     let (first, pending) = revoke();
     assert!(first >= Duration::from_millis(1400), "the first revoke waits for every edge ({first:?})");
@@ -130,18 +136,7 @@ fn the_outbox_sweep_reads_only_pending_outboxes_and_still_finds_abandoned_ones()
     let announced = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64 - 20_000;
     let _: () = redis::cmd("ZADD").arg("mt:outboxes").arg(announced).arg(outbox).query(&mut conn).unwrap();
     // and one revoke through the API announces its own outbox
-    let agent = http_agent();
-    let admin = format!("Bearer {ADMIN}");
-    let issued = http_call(
-        &agent,
-        "POST",
-        &format!("{}/v1/tokens", server.base()),
-        &[("authorization", &admin)],
-        Some(serde_json::json!({"user": "u"})),
-    );
-    assert_eq!(issued.status, 201);
-    let r = http_call(&agent, "DELETE", &format!("{}/v1/users/u/tokens", server.base()), &[("authorization", &admin)], None);
-    assert_eq!((r.status, r.body["revoked"].as_u64()), (200, Some(1)));
+    assert_eq!(issue_and_log_out_everywhere(&server)["revoked"], 1);
     let pending: u64 = redis::cmd("ZCARD").arg("mt:outboxes").query(&mut conn).unwrap();
     assert_eq!(pending, 2, "the revoke announced its outbox before its script ran");
     // two sweeps later (every 5 s): the abandoned digest is in the feed, the index drained of it
