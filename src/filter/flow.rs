@@ -15,6 +15,7 @@ use super::reply::{self, Denial};
 use super::route;
 use super::rules::missing_scopes;
 use super::throttle::client_key;
+use crate::core::contract;
 use crate::core::credential::{self, Credential, Source};
 use crate::core::digest::TokenDigest;
 use crate::core::token::{self, Origin};
@@ -449,7 +450,8 @@ fn authorize(
         }
     }
     if let Some(name) = &names.credential {
-        host.set_header(name, if source == Source::Cookie { b"cookie" } else { b"header" });
+        let from = if source == Source::Cookie { contract::CREDENTIAL_FROM_COOKIE } else { contract::CREDENTIAL_FROM_HEADER };
+        host.set_header(name, from.as_bytes());
     }
     strip_credentials(host, compiled, request.strip_authorization, request.cookie.as_deref());
     host.count(if stale { Metric::AllowedStale } else { Metric::Allowed });
