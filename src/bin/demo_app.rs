@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use multitokens::core::contract::{DEVICE_HEADER, SCOPES_HEADER, TOKEN_ID_HEADER, USER_HEADER};
+use multitokens::core::contract::{DEVICE_HEADER, IDENTITY_HEADERS, TOKEN_ID_HEADER, USER_HEADER};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -72,13 +72,13 @@ async fn login(State(demo): State<Arc<Demo>>, Json(body): Json<Value>) -> Respon
 /// name a CGI/WSGI server would read as one of them (`x_multitokens_user`), keyed by the name
 /// received (to show that clients cannot add their own and that the credential is stripped).
 fn all_values(headers: &HeaderMap) -> Value {
-    const NAMES: [&str; 5] = [USER_HEADER, DEVICE_HEADER, SCOPES_HEADER, TOKEN_ID_HEADER, "authorization"];
+    let names: Vec<&str> = IDENTITY_HEADERS.into_iter().chain(["authorization"]).collect();
     let mut out = serde_json::Map::new();
-    for name in NAMES {
+    for name in &names {
         out.insert(name.to_string(), Value::Array(Vec::new()));
     }
     for (name, value) in headers {
-        if NAMES.contains(&name.as_str().replace('_', "-").as_str()) {
+        if names.contains(&name.as_str().replace('_', "-").as_str()) {
             let values = out.entry(name.as_str()).or_insert_with(|| Value::Array(Vec::new()));
             if let Value::Array(values) = values {
                 values.push(json!(String::from_utf8_lossy(value.as_bytes())));

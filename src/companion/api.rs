@@ -468,8 +468,9 @@ impl Introspection {
     }
 }
 
-/// RFC 7662 token introspection: form-encoded (the RFC's) or JSON `token`.
 /// RFC 7662 token introspection.
+///
+/// The `token` form-encoded (the RFC's) or as JSON.
 #[utoipa::path(post, path = "/v1/introspect", tag = "introspect",
     request_body(content((IntrospectBody = "application/x-www-form-urlencoded"), (IntrospectBody = "application/json"))),
     security(("introspect" = []), ("admin" = [])),
@@ -530,8 +531,9 @@ pub(crate) async fn logout_others(State(state): State<AppState>, CallerToken(tok
     Ok(Json(state.confirm(&revocation).await).into_response())
 }
 
-/// The filter's lookup: it sends the routing tag and digest, never the token (a bodiless GET).
 /// The stock filter's lookup by routing tag and digest (never the token).
+///
+/// A bodiless GET: the filter sends the routing tag and the digest, never the token.
 #[utoipa::path(get, path = "/v1/internal/lookup", tag = "internal", params(LookupQuery), security(("internal" = [])),
     responses((status = 200, body = LookupAnswer), (status = "default", description = "Error", body = ErrorBody)))]
 pub(crate) async fn internal_lookup(
@@ -587,10 +589,10 @@ pub(crate) async fn internal_lookup(
     .into_response())
 }
 
-/// The revocation feed for filters: digests revoked after a cursor. With `wait_ms` it is a long
-/// poll (answered as soon as something is revoked); with `edge` the cursor acknowledges what
-/// that filter VM has applied.
 /// The revocation feed for filters: digests revoked after a cursor; a long poll with `wait_ms`.
+///
+/// With `wait_ms` it is answered as soon as something is revoked; with `edge` the cursor
+/// acknowledges what that filter VM has applied.
 #[utoipa::path(get, path = "/v1/internal/revocations", tag = "internal", params(FeedQuery), security(("internal" = [])),
     responses((status = 200, body = FeedPage), (status = "default", description = "Error", body = ErrorBody)))]
 pub(crate) async fn internal_revocations(
@@ -613,33 +615,46 @@ pub(crate) async fn internal_revocations(
     Ok(Json(state.feed.next_page(query.after.as_deref(), wait).await?).into_response())
 }
 
-/// Envoy `ext_authz` (HTTP service) check: Envoy forwards the request's `authorization` header to
-/// `/v1/ext_authz/<original path>`; 200 with the identity headers allows, 401 denies. Values go
-/// out as their UTF-8 bytes, exactly as the filter sets them; a value that cannot be a header
-/// value is an error, never a header left out (the client's own would then reach the app).
-/// Envoy's ext_authz HTTP check: 200 with the identity headers, or 401.
+/// Envoy's ext_authz HTTP check: 200 with the identity headers, or DRF's refusal.
+///
+/// Envoy forwards the request's `authorization` header to `/v1/ext_authz/<original path>`;
+/// one decision serves this and gRPC (`src/companion/ext_authz.rs`). Allowed: 200 with the identity
+/// headers (as their UTF-8 bytes, exactly as the filter sets them; a value that cannot be a header
+/// value is an error, never a header left out) and `x-envoy-auth-headers-to-remove` naming the
+/// credential, which Envoy then removes. Refused: DRF's body, which Envoy passes to the client.
 #[utoipa::path(get, path = "/v1/ext_authz/{path}", tag = "ext_authz", params(("path" = String, Path, description = "The checked request's path (any)")),
     security(("token" = [])),
-    responses((status = 200, description = "Valid: identity in x-multitokens-user, -device, -token-id, -scopes"),
+    responses((status = 200, description = "Valid: identity in x-multitokens-user, -device, -scopes, -token-id, -credential"),
         (status = "default", description = "Error", body = ErrorBody)))]
-pub(crate) async fn ext_authz(State(store): State<Arc<TokenStore>>, CallerToken(token, _): CallerToken) -> Result<Response, ApiError> {
-    let info = store.whoami(&token).await?;
-    let scopes = info.scopes.join(" ");
+pub(crate) async fn ext_authz(State(store): State<Arc<TokenStore>>, headers: axum::http::HeaderMap) -> Result<Response, ApiError> {
+    let values: Vec<&[u8]> = headers.get_all(AUTHORIZATION).iter().map(|v| v.as_bytes()).collect();
+    let set = match super::ext_authz::check(&store, &values).await {
+        super::ext_authz::Check::Allow(set) => set,
+        super::ext_authz::Check::Deny { status, detail, challenge } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let mut response = (status, Json(ErrorBody { detail: detail.to_string() })).into_response();
+            if let Some(value) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+                response.headers_mut().insert(WWW_AUTHENTICATE, value);
+            }
+            return Ok(response);
+        }
+    };
     let mut response = StatusCode::OK.into_response();
-    let headers = response.headers_mut();
-    for (name, value) in [
-        (contract::USER_HEADER, info.user.as_str()),
-        (contract::DEVICE_HEADER, info.device.as_str()),
-        (contract::TOKEN_ID_HEADER, info.id.as_str()),
-        (contract::SCOPES_HEADER, scopes.as_str()),
-    ] {
+    let out = response.headers_mut();
+    for (name, value) in set {
         let value = HeaderValue::from_bytes(value.as_bytes()).map_err(|_| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("The token's {name} cannot be sent as a header value."))
         })?;
-        headers.insert(name, value);
+        out.insert(name, value);
+    }
+    if let Ok(removed) = HeaderValue::from_str(&super::ext_authz::REMOVED_HEADERS.join(", ")) {
+        out.insert(ENVOY_AUTH_HEADERS_TO_REMOVE, removed);
     }
     Ok(response)
 }
+
+/// The response header Envoy's HTTP ext_authz reads for request headers to remove (comma-separated).
+const ENVOY_AUTH_HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 
 /// A health answer.
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -666,8 +681,9 @@ pub(crate) async fn readyz(State(store): State<Arc<TokenStore>>) -> Response {
     }
 }
 
-/// Prometheus metrics (OpenMetrics text); no key, no user data: route templates and counts.
 /// Prometheus metrics.
+///
+/// OpenMetrics text; no key, no user data: route templates and counts.
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, description = "Prometheus metrics", content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String)))]
 pub(crate) async fn metrics(State(store): State<Arc<TokenStore>>) -> Response {

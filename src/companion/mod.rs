@@ -7,6 +7,7 @@ pub mod cli;
 pub mod connection;
 pub mod edges;
 pub mod error;
+pub mod ext_authz;
 pub mod feed;
 pub mod grpc;
 pub mod metrics;

@@ -22,6 +22,10 @@ pub const SCOPES_HEADER: &str = "x-multitokens-scopes";
 pub const TOKEN_ID_HEADER: &str = "x-multitokens-token-id";
 /// Identity header: where the credential came from, `header` or `cookie`.
 pub const CREDENTIAL_HEADER: &str = "x-multitokens-credential";
+/// `x-multitokens-credential`'s value for a token from the `Authorization` header.
+pub const CREDENTIAL_FROM_HEADER: &str = "header";
+/// `x-multitokens-credential`'s value for a token from the cookie.
+pub const CREDENTIAL_FROM_COOKIE: &str = "cookie";
 /// Every identity header, in that order.
 pub const IDENTITY_HEADERS: [&str; 5] = [USER_HEADER, DEVICE_HEADER, SCOPES_HEADER, TOKEN_ID_HEADER, CREDENTIAL_HEADER];
 

@@ -472,11 +472,12 @@ impl TestHost {
     }
 
     /// A metric's value by name (e.g. `multitokens.allowed`), after a tick (the filter hands its
-    /// counts to the host on its tick, as it does to Envoy).
+    /// counts to the host on its tick, as it does to Envoy); an unknown name fails the test.
     pub fn metric(&mut self, name: &str) -> i64 {
         self.tick();
         let s = self.store.data();
-        s.metric_names.iter().position(|n| n == name).map_or(0, |i| s.metric_values[i])
+        let index = s.metric_names.iter().position(|n| n == name);
+        index.map(|i| s.metric_values[i]).unwrap_or_else(|| panic!("the filter defined no metric {name} (renamed?)"))
     }
 
     /// What `proxy_redis_init` was given.
