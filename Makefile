@@ -30,16 +30,16 @@ build:
 wasm: $(WASM_STOCK) $(WASM_REDIS)
 	@ls -l $(WASM_STOCK) $(WASM_REDIS)
 
-WASM_SOURCES := Cargo.toml Cargo.lock $(shell find src -name '*.rs')
+WASM_SOURCES := Cargo.toml Cargo.lock $(shell find crates/core crates/filter crates/filter-wasm -name '*.rs' -o -name Cargo.toml)
 
 $(WASM_REDIS): $(WASM_SOURCES)
-	cargo rustc --lib --profile wasm-release --target $(WASM_TARGET) --no-default-features --features redis-callout --crate-type cdylib
-	cp $(WASM_DIR)/multitokens.wasm $(WASM_REDIS)
+	cargo rustc -p multitokens-filter-wasm --lib --profile wasm-release --target $(WASM_TARGET) --features redis-callout --crate-type cdylib
+	cp $(WASM_DIR)/multitokens_filter_wasm.wasm $(WASM_REDIS)
 
-# (after the Redis-callout build: both link to the same multitokens.wasm before being copied)
+# (after the Redis-callout build: both link to the same multitokens_filter_wasm.wasm before being copied)
 $(WASM_STOCK): $(WASM_SOURCES) | $(WASM_REDIS)
-	cargo rustc --lib --profile wasm-release --target $(WASM_TARGET) --no-default-features --features wasm-filter --crate-type cdylib
-	cp $(WASM_DIR)/multitokens.wasm $(WASM_STOCK)
+	cargo rustc -p multitokens-filter-wasm --lib --profile wasm-release --target $(WASM_TARGET) --crate-type cdylib
+	cp $(WASM_DIR)/multitokens_filter_wasm.wasm $(WASM_STOCK)
 
 ## install: the companion CLI `multitokens` into $(PREFIX)/bin (default ~/.local/bin); Envoy stays in .tools/bin
 PREFIX ?= $(HOME)/.local
@@ -50,14 +50,14 @@ install: build
 
 ## lint: rustfmt check, then clippy (unwrap/expect/panic denied outside tests) for the native and the wasm builds
 lint:
-	cargo fmt --check
-	cargo clippy --all-targets -- -D warnings
-	cargo clippy --lib --target $(WASM_TARGET) --no-default-features --features wasm-filter -- -D warnings
-	cargo clippy --lib --target $(WASM_TARGET) --no-default-features --features redis-callout -- -D warnings
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p multitokens-filter-wasm --target $(WASM_TARGET) -- -D warnings
+	cargo clippy -p multitokens-filter-wasm --target $(WASM_TARGET) --features redis-callout -- -D warnings
 
 ## test: everything CI runs (installs its tools first); ends with one summary line over all targets
 test: tools lint wasm
-	set -o pipefail; cargo test --all-targets -- --test-threads=4 2>&1 | tee target/test-output.log
+	set -o pipefail; cargo test --workspace --all-targets -- --test-threads=4 2>&1 | tee target/test-output.log
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f; exit (p == 0) }' target/test-output.log
 
 ## openapi: rewrite docs/openapi.json from the code (a test fails while they differ)

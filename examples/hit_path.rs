@@ -2,14 +2,14 @@
 //! time goes"): the whole cache-hit decision and its parts, in nanoseconds per request, with a
 //! the in-memory host the unit tests use. Prints one JSON line.
 
-use multitokens::core::token;
-use multitokens::filter::config::Compiled;
-use multitokens::filter::flow::HttpFlow;
-use multitokens::filter::host::Step;
-use multitokens::filter::identity::Identity;
-use multitokens::filter::lookup::{Answer, FeedPage};
-use multitokens::filter::memory_host::MemoryHost;
-use multitokens::filter::worker::Worker;
+use multitokens_core::token;
+use multitokens_filter::config::Compiled;
+use multitokens_filter::flow::HttpFlow;
+use multitokens_filter::host::Step;
+use multitokens_filter::identity::Identity;
+use multitokens_filter::lookup::{Answer, FeedPage};
+use multitokens_filter::memory_host::MemoryHost;
+use multitokens_filter::worker::Worker;
 use std::hint::black_box;
 use std::time::Instant;
 

@@ -6,7 +6,7 @@
 //! - `--forged`: a right checksum and a made-up MAC, as anyone can make: refused without a lookup;
 //! - `--bad-checksum`: a broken checksum.
 
-use multitokens::core::{digest::TokenHasher, token};
+use multitokens_core::{digest::TokenHasher, token};
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -1,13 +1,19 @@
-//! multitokens: per-device bearer tokens for Envoy.
-//!
-//! - [`core`]: token format, hashing, record schema, Redis key layout, Lua scripts and auth
-//!   decisions. Plain Rust, no I/O; shared by the filter and the companion.
-//! - [`filter`]: the proxy-wasm HTTP filter's logic (config, cache, decisions) as plain Rust, plus
-//!   the thin proxy-wasm shell when built with the `wasm-filter` feature.
-//! - `companion` (feature `companion`): the `multitokens` CLI and HTTP API over Redis.
+//! The native companion `multitokens`: CLI and HTTP API that issue, list, verify and revoke tokens
+//! in Redis (single node or Redis Cluster) through the atomic scripts of [`multitokens_core::scripts`].
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
-#[cfg(feature = "companion")]
-pub mod companion;
-pub mod core;
-pub mod filter;
+pub mod api;
+pub mod audit;
+pub mod cli;
+pub mod connection;
+pub mod edges;
+pub mod error;
+pub mod ext_authz;
+pub mod feed;
+pub mod grpc;
+pub mod metrics;
+pub mod openapi;
+pub mod roles;
+pub mod server;
+pub mod settings;
+pub mod store;

@@ -1,5 +1,5 @@
 //! The `multitokens` companion binary.
 
 fn main() -> std::process::ExitCode {
-    multitokens::companion::cli::main()
+    multitokens::cli::main()
 }

@@ -5,9 +5,9 @@
 
 mod support;
 
-use multitokens::core::keyring::{generate_hash_key, HASH_KEY_PLACEHOLDER};
-use multitokens::core::signing::{RecordSigner, PUBLIC_KEY_PLACEHOLDER};
-use multitokens::filter::config::Compiled;
+use multitokens_core::keyring::{generate_hash_key, HASH_KEY_PLACEHOLDER};
+use multitokens_core::signing::{RecordSigner, PUBLIC_KEY_PLACEHOLDER};
+use multitokens_filter::config::Compiled;
 use std::path::{Path, PathBuf};
 use support::{envoy_validate, repo_root, wasm_path, EnvoyConfig};
 

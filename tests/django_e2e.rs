@@ -197,7 +197,7 @@ fn old_and_new_tokens_work_side_by_side_during_the_cut_over() {
     let migration = migration.as_array().unwrap().clone();
     // the old route strips every identity header under every `_` spelling
     let removed: Vec<&str> = migration[1]["request_headers_to_remove"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    for name in multitokens::core::contract::IDENTITY_HEADERS {
+    for name in multitokens_core::contract::IDENTITY_HEADERS {
         let dashes = name.matches('-').count();
         for mask in 0..(1u32 << dashes) {
             let mut n = 0;

@@ -652,7 +652,7 @@ fn ambiguous_paths_never_bypass_the_rules() {
         let keys: Vec<&String> = r.body.as_object().unwrap().keys().collect();
         assert_eq!(
             keys.len(),
-            multitokens::core::contract::IDENTITY_HEADERS.len() + 1,
+            multitokens_core::contract::IDENTITY_HEADERS.len() + 1,
             "{path}: only the identity names the filter sets reach the app: {}",
             r.body
         );
@@ -689,11 +689,11 @@ fn neighbours_on_one_address_never_lock_a_valid_token_out() {
 
     let (misses, forged_before) = (s.stat("cache_miss"), s.stat("denied_forged"));
     for _ in 0..80 {
-        assert_eq!(whoami_fresh(s.port, &multitokens::core::token::forge("mt", "mallory").unwrap()), 401);
+        assert_eq!(whoami_fresh(s.port, &multitokens_core::token::forge("mt", "mallory").unwrap()), 401);
     }
     // an old-format token (version 2: no MAC at all) is refused unlooked too: the shipped config
     // accepts no legacy tokens
-    assert_eq!(whoami_fresh(s.port, &multitokens::core::token::generate("mt", "mallory").unwrap()), 401);
+    assert_eq!(whoami_fresh(s.port, &multitokens_core::token::generate("mt", "mallory").unwrap()), 401);
     assert_eq!(s.stat("cache_miss"), misses, "a forged token never causes a lookup");
     assert_eq!(s.stat("denied_forged") - forged_before, 81);
     let carol = s.login("carol", "tablet", &[]);
@@ -833,7 +833,7 @@ async fn flood_from(ip: std::net::Ipv4Addr, port: u16, count: usize, valid: &[St
     let mut stream = tokio::io::BufReader::new(stream);
     let (mut forged, mut ok) = (Vec::new(), Vec::new());
     for i in 0..count {
-        let mut tokens = vec![(false, multitokens::core::token::forge("mt", "mallory").unwrap())];
+        let mut tokens = vec![(false, multitokens_core::token::forge("mt", "mallory").unwrap())];
         if i % 10 == 9 {
             tokens.push((true, valid[(seed + i) % valid.len()].clone()));
         }

@@ -248,13 +248,13 @@ fn forged_token_floods_are_throttled_in_both_builds() {
         let mut statuses = Vec::new();
         for i in 0..40 {
             host.set_client_address(&format!("198.51.100.66:{}", 1000 + i)); // new connections, same client
-            let forged = multitokens::core::token::generate("mt", "mallory").unwrap();
+            let forged = multitokens_core::token::generate("mt", "mallory").unwrap();
             statuses.push(get(&mut host, "/api", &forged).status());
         }
         assert_eq!(statuses[..5], [401; 5], "{build:?}");
         assert!(statuses[5..].iter().all(|s| *s == 429), "{build:?}: {statuses:?}");
         assert_eq!(host.metric("multitokens.cache_miss"), misses + 5, "{build:?}: no lookup once throttled");
-        let r = get(&mut host, "/api", &multitokens::core::token::generate("mt", "mallory").unwrap());
+        let r = get(&mut host, "/api", &multitokens_core::token::generate("mt", "mallory").unwrap());
         assert_eq!(r.reply().header("retry-after"), Some("60"));
         assert!(r.reply().json()["detail"].as_str().unwrap().starts_with("Request was throttled. Expected available in"));
         assert_eq!(get(&mut host, "/api", "mt_whatever").status(), 401, "{build:?}: malformed costs nothing, so is not throttled");
@@ -267,7 +267,7 @@ fn forged_token_floods_are_throttled_in_both_builds() {
         // many clients each under budget: negatives evict only negatives
         for i in 0..200 {
             host.set_client_address(&format!("203.0.113.{}:1", i % 250));
-            let forged = multitokens::core::token::generate("mt", "mallory").unwrap();
+            let forged = multitokens_core::token::generate("mt", "mallory").unwrap();
             assert_eq!(get(&mut host, "/api", &forged).status(), 401);
         }
         let hits = host.metric("multitokens.cache_hit");
@@ -305,7 +305,7 @@ fn concurrent_requests_with_one_token_share_one_lookup_in_both_builds() {
             assert_eq!(user_of(host.decision_of(ctx)), Some(b"alice".to_vec()), "{build:?}");
         }
         // a forged token: all refused on one lookup
-        let forged = multitokens::core::token::generate("mt", "mallory").unwrap();
+        let forged = multitokens_core::token::generate("mt", "mallory").unwrap();
         let page: Vec<u32> = (0..3).map(|_| host.try_begin(request(&forged), "192.0.2.2:1000").unwrap()).collect();
         assert_eq!(host.pending_callouts(), 1, "{build:?}");
         host.run_callouts();
@@ -347,7 +347,7 @@ fn sliding_refresh_only_after_a_positive_answer() {
     let mut host = stack.load(json!({"refresh_on_use": {"ttl": 600, "min_interval_ms": 1000}}));
     let is_refresh = |q: &Vec<u8>| q.windows(7).any(|w| w == b"PEXPIRE");
     let before = host.redis_queries().len();
-    let forged = multitokens::core::token::generate("mt", "mallory").unwrap();
+    let forged = multitokens_core::token::generate("mt", "mallory").unwrap();
     assert_eq!(get(&mut host, "/api", &forged).status(), 401);
     let sent: Vec<Vec<u8>> = host.redis_queries()[before..].to_vec();
     assert_eq!(sent.len(), 1, "one lookup, no refresh");
@@ -420,7 +420,7 @@ fn redis_errors_and_garbage_map_to_the_failure_mode() {
     let mut upstreams = Upstreams::default();
     upstreams.redis.insert("redis".into(), addr(locked.port));
     let mut host = TestHost::load(&wasm_path("multitokens_filter_redis.wasm"), &config, upstreams.clone()).unwrap();
-    let token = multitokens::core::token::generate("mt", "eve").unwrap();
+    let token = multitokens_core::token::generate("mt", "eve").unwrap();
     let r = get(&mut host, "/api", &token);
     assert_eq!(r.reply().status, 503);
     assert!(host.metric("multitokens.callout_error") >= 1);
@@ -684,9 +684,9 @@ fn forged_tokens_cost_nothing_and_valid_ones_are_never_throttled_in_both_builds(
         let misses = host.metric("multitokens.cache_miss");
         for i in 0..50 {
             let forged = if i % 2 == 0 {
-                multitokens::core::token::forge("mt", "mallory").unwrap()
+                multitokens_core::token::forge("mt", "mallory").unwrap()
             } else {
-                multitokens::core::token::generate("mt", "mallory").unwrap() // old format: no MAC
+                multitokens_core::token::generate("mt", "mallory").unwrap() // old format: no MAC
             };
             assert_invalid(&get(&mut host, "/api", &forged));
         }
@@ -713,7 +713,7 @@ fn forged_tokens_cost_nothing_and_valid_ones_are_never_throttled_in_both_builds(
 /// both builds refuse it and count it as tampered.
 #[test]
 fn a_record_forged_with_everything_a_gateway_holds_is_refused_in_both_builds() {
-    use multitokens::core::{digest::TokenHasher, record::TokenRecord, signing::RecordSigner, token::RoutingTag};
+    use multitokens_core::{digest::TokenHasher, record::TokenRecord, signing::RecordSigner, token::RoutingTag};
     for build in [Build::Stock, Build::Redis] {
         let (seed, public) = RecordSigner::generate().unwrap();
         let env = vec![("MULTITOKENS_HASH_KEY", support::TEST_HASH_KEY.to_string()), ("MULTITOKENS_SIGNING_KEY", seed)];
@@ -736,7 +736,7 @@ fn a_record_forged_with_everything_a_gateway_holds_is_refused_in_both_builds() {
                 scopes: vec!["admin".into(), "read".into(), "write".into()],
                 expires_at: None,
                 lifetime_ms: None,
-                token_hash: Some(hex::encode(multitokens::core::digest::token_hash(&token))),
+                token_hash: Some(hex::encode(multitokens_core::digest::token_hash(&token))),
             }
             .to_json()
             .unwrap();
@@ -818,7 +818,7 @@ fn the_redis_callout_build_runs_as_the_gateway_users_which_cannot_write_records(
             redis::cmd("EVAL").arg("return redis.call('DEL', KEYS[1])").arg(1).arg(&key).clone(),
             redis::cmd("EVAL_RO").arg("return redis.call('DEL', KEYS[1])").arg(1).arg(&key).clone(),
             redis::cmd("EVAL")
-                .arg(multitokens::core::scripts::REVOKE_ALL)
+                .arg(multitokens_core::scripts::REVOKE_ALL)
                 .arg(3)
                 .arg(&index)
                 .arg("mt:{x}:o")

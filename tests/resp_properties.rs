@@ -1,7 +1,7 @@
 //! Property tests of the RESP codec over random bytes (bounded: they run in CI every time).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use multitokens::core::resp::{decode, decode_prefix, encode_command, Reply};
+use multitokens_core::resp::{decode, decode_prefix, encode_command, Reply};
 use proptest::prelude::*;
 
 fn reply_strategy() -> impl Strategy<Value = Vec<u8>> {

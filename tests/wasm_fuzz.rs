@@ -244,7 +244,7 @@ fn check<S: Strategy>(default_cases: u32, strategy: S, case: impl Fn(S::Value) -
 
 /// `n` well-formed tokens of different users.
 fn tokens(n: usize) -> Vec<String> {
-    (0..n).map(|i| multitokens::core::token::generate("mt", &format!("user{i}")).unwrap()).collect()
+    (0..n).map(|i| multitokens_core::token::generate("mt", &format!("user{i}")).unwrap()).collect()
 }
 
 fn run_case(redis: bool, config: &[u8], requests: &[Request], tokens: &[String]) -> Result<(), TestCaseError> {

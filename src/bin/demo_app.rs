@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use multitokens::core::contract::{DEVICE_HEADER, IDENTITY_HEADERS, TOKEN_ID_HEADER, USER_HEADER};
+use multitokens_core::contract::{DEVICE_HEADER, IDENTITY_HEADERS, TOKEN_ID_HEADER, USER_HEADER};
 use serde_json::{json, Value};
 use std::sync::Arc;
 

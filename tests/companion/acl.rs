@@ -4,7 +4,7 @@
 
 use crate::support::RedisServer;
 use crate::{policy, store_at};
-use multitokens::companion::store::IssueRequest;
+use multitokens::store::IssueRequest;
 use std::time::Duration;
 
 fn req(user: &str, device: &str) -> IssueRequest {
@@ -30,7 +30,7 @@ async fn the_companion_user_can_do_everything_the_companion_does_and_nothing_els
     assert_eq!(redis.apply_shipped_acl(), ["mt-companion", "mt-gateway", "mt-gateway-refresh"]);
     let url = redis.url_as("mt-companion", "change-me-companion");
     let store = store_at(&url, policy(), Some("acl-pepper"));
-    assert_eq!(store.check_hash_key().await.unwrap(), multitokens::companion::store::KeyCheck::Matches);
+    assert_eq!(store.check_hash_key().await.unwrap(), multitokens::store::KeyCheck::Matches);
     // every operation, every script
     let a = store.issue(req("alice", "laptop")).await.unwrap();
     let b = store.issue(req("alice", "phone")).await.unwrap();
@@ -38,7 +38,7 @@ async fn the_companion_user_can_do_everything_the_companion_does_and_nothing_els
     assert!(a.first && b.ttl_reset == 1);
     assert_eq!(store.whoami(&a.token).await.unwrap().user, "alice");
     let (tag, digest) = store.digest_of(&b.token).unwrap();
-    store.refresh(tag, &digest, multitokens::core::ttl::TokenTtl::Seconds(3600)).await.unwrap();
+    store.refresh(tag, &digest, multitokens_core::ttl::TokenTtl::Seconds(3600)).await.unwrap();
     assert_eq!(store.list("alice").await.unwrap().len(), 3);
     store.revoke_by_id("alice", &c.id).await.unwrap();
     store.revoke(&b.token).await.unwrap();
@@ -51,11 +51,11 @@ async fn the_companion_user_can_do_everything_the_companion_does_and_nothing_els
     store.write_edges(&[("edge-1".into(), r#"{"acked":"0-0","due_ms":1}"#.into())]).await.unwrap();
     store.read_edges().await.unwrap();
     store.forget_edges(u64::MAX).await.unwrap();
-    store.publish_outboxes_announced_before(multitokens::companion::store::now_ms()).await.unwrap();
+    store.publish_outboxes_announced_before(multitokens::store::now_ms()).await.unwrap();
     store.publish_unindexed_outboxes().await.unwrap();
     // a rotation's sweep, with this user
     let bob = store.issue(req("bob", "a")).await.unwrap().token;
-    let keys = multitokens::core::keyring::HashKeys::new(Some(b"acl-pepper-2"), &[b"acl-pepper"]).unwrap();
+    let keys = multitokens_core::keyring::HashKeys::new(Some(b"acl-pepper-2"), &[b"acl-pepper"]).unwrap();
     let rotating = crate::store_with_keys(&url, policy(), keys);
     assert_eq!(rotating.rekey_all(false).await.unwrap().rekeyed, 1);
     assert_eq!(rotating.whoami(&bob).await.unwrap().user, "bob");

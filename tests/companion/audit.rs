@@ -4,8 +4,8 @@
 
 use crate::support::{companion, CompanionServer, RedisCluster, RedisServer};
 use crate::{policy, store_at};
-use multitokens::companion::settings::MaxTokensPolicy;
-use multitokens::companion::store::IssueRequest;
+use multitokens::settings::MaxTokensPolicy;
+use multitokens::store::IssueRequest;
 use serde_json::{json, Value};
 
 const ADMIN: &str = "audit-admin-key-0123456789";
@@ -114,7 +114,7 @@ async fn evictions_and_rekeys_are_audited_and_a_cluster_keeps_the_trail_too() {
     assert_eq!(names, ["issue", "issue", "evict", "issue"]);
     assert_eq!((events[2].id.as_str(), events[2].actor.as_str()), (first.id.as_str(), "companion"));
     // a rotation's sweep: one rekey event per token moved
-    let keys = multitokens::core::keyring::HashKeys::new(Some(b"k2"), &[b"k1"]).unwrap();
+    let keys = multitokens_core::keyring::HashKeys::new(Some(b"k2"), &[b"k1"]).unwrap();
     let rotating = crate::store_with_keys(&redis.url(), policy(), keys);
     assert_eq!(rotating.rekey_all(false).await.unwrap().rekeyed, 2);
     let (events, _) = store.audit_events(Some("carol"), None, 0, 100).await.unwrap();

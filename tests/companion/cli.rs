@@ -225,7 +225,7 @@ fn the_rotation_runbook_from_the_command_line() {
 #[test]
 fn a_companion_without_the_signing_key_refuses_to_write_into_a_signed_store() {
     let redis = RedisServer::start();
-    let (seed, _) = multitokens::core::signing::RecordSigner::generate().unwrap();
+    let (seed, _) = multitokens_core::signing::RecordSigner::generate().unwrap();
     let mut signed = env(&redis);
     signed.push(("MULTITOKENS_SIGNING_KEY", seed));
     let (code, token, err) = run(&["issue", "--user", "sam"], &signed, None);
@@ -236,10 +236,10 @@ fn a_companion_without_the_signing_key_refuses_to_write_into_a_signed_store() {
     // and the new commands: keygen prints keys the settings accept
     let (code, out, _) = run(&["keygen"], &[], None);
     assert_eq!(code, 0);
-    assert!(multitokens::core::keyring::check_key_strength(out.trim()).is_ok(), "{out}");
+    assert!(multitokens_core::keyring::check_key_strength(out.trim()).is_ok(), "{out}");
     let (code, out, _) = run(&["keygen", "--signing"], &[], None);
     assert_eq!(code, 0);
     let seed = out.lines().find_map(|l| l.strip_prefix("signing_key=")).unwrap();
     let public = out.lines().find_map(|l| l.strip_prefix("public_key=")).unwrap();
-    assert_eq!(multitokens::core::signing::RecordSigner::from_text(seed).unwrap().public_key_text(), public);
+    assert_eq!(multitokens_core::signing::RecordSigner::from_text(seed).unwrap().public_key_text(), public);
 }

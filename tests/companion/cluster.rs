@@ -2,8 +2,8 @@
 
 use crate::support::RedisCluster;
 use crate::{policy, store_at};
-use multitokens::companion::error::StoreError;
-use multitokens::companion::store::IssueRequest;
+use multitokens::error::StoreError;
+use multitokens::store::IssueRequest;
 
 #[tokio::test]
 async fn every_operation_works_across_the_slots() {
@@ -51,7 +51,7 @@ async fn outboxes_left_behind_are_found_on_every_master() {
         store.issue(IssueRequest { user: user.clone(), ..Default::default() }).await.unwrap();
         assert_eq!(crate::store::revoke_all_then_die(&store, user).await.len(), 1);
     }
-    let now = multitokens::companion::store::now_ms();
+    let now = multitokens::store::now_ms();
     assert_eq!(store.publish_outboxes_announced_before(now).await.unwrap(), users.len(), "every master's outboxes were published");
     let page = store.revocations_after(Some("0")).await.unwrap();
     assert_eq!(page.digests.len(), users.len());

@@ -2,7 +2,7 @@
 
 use crate::support::RedisServer;
 use crate::{policy, store_at};
-use multitokens::companion::store::IssueRequest;
+use multitokens::store::IssueRequest;
 use redis::Commands;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -54,7 +54,7 @@ async fn concurrent_logins_cannot_escape_revoke_all() {
     let mut conn = redis.conn();
     let index: BTreeSet<String> = conn.zrange::<_, Vec<String>>(store.keys().index_key("rita"), 0, -1).unwrap().into_iter().collect();
     let record_keys: Vec<String> =
-        conn.keys(format!("{}*", store.keys().record_prefix(multitokens::core::token::RoutingTag::for_user("rita")))).unwrap();
+        conn.keys(format!("{}*", store.keys().record_prefix(multitokens_core::token::RoutingTag::for_user("rita")))).unwrap();
     let records: BTreeSet<String> = record_keys.iter().map(|k| k.rsplit(':').next().unwrap().to_string()).collect();
     assert_eq!(index, records, "index and records disagree");
     assert_eq!(records, live, "stored records are exactly the tokens that validate");

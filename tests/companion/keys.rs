@@ -2,11 +2,11 @@
 
 use crate::support::{RedisCluster, RedisServer};
 use crate::{policy, store_at, store_with_keys};
-use multitokens::companion::error::StoreError;
-use multitokens::companion::store::{IssueRequest, RekeyReport, TokenStore};
-use multitokens::core::digest::TokenHasher;
-use multitokens::core::keyring::HashKeys;
-use multitokens::core::record::TokenRecord;
+use multitokens::error::StoreError;
+use multitokens::store::{IssueRequest, RekeyReport, TokenStore};
+use multitokens_core::digest::TokenHasher;
+use multitokens_core::keyring::HashKeys;
+use multitokens_core::record::TokenRecord;
 use redis::Commands;
 
 fn req(user: &str, device: &str) -> IssueRequest {
@@ -93,7 +93,7 @@ async fn rotating_the_hash_key_logs_nobody_out() {
 
     // the new key, the old one still accepted
     let rotating = rotating_store(&redis.url(), "key-2026", &["key-2025"]);
-    assert_eq!(rotating.check_hash_key().await.unwrap(), multitokens::companion::store::KeyCheck::Matches);
+    assert_eq!(rotating.check_hash_key().await.unwrap(), multitokens::store::KeyCheck::Matches);
     // used: found under the old digest, re-keyed in place, and still one token of the user
     let pttl_before: i64 = conn.pttl(record_key(&old, &bob, "key-2025")).unwrap();
     assert_eq!(rotating.whoami(&bob).await.unwrap().user, "bob");
@@ -167,7 +167,7 @@ async fn rotation_and_the_sweep_on_a_redis_cluster() {
     for (i, token) in tokens.iter_mut().enumerate().take(5) {
         let user = format!("user-{i}");
         let extra = new.issue(req(&user, "b")).await.unwrap();
-        let origin = multitokens::companion::audit::Origin::new(multitokens::companion::audit::Actor::Admin);
+        let origin = multitokens::audit::Origin::new(multitokens::audit::Actor::Admin);
         assert_eq!(new.revoke_others_by_id_as(&user, &extra.id, &origin).await.unwrap().revoked, 1);
         assert!(new.whoami(token).await.is_err() && new.whoami(&extra.token).await.is_ok());
         *token = extra.token;
@@ -205,7 +205,7 @@ async fn an_upgrade_from_unsealed_records_logs_nobody_out() {
 /// a gateway's hash key can make) no longer makes a record valid.
 #[tokio::test]
 async fn upgrading_to_signed_records_logs_nobody_out_and_then_hmac_seals_are_refused() {
-    use multitokens::core::signing::RecordSigner;
+    use multitokens_core::signing::RecordSigner;
     let redis = RedisServer::start();
     let key = b"signing-test-hash-key".as_slice();
     let hmac_only = store_with_keys(&redis.url(), policy(), HashKeys::single(Some(key)));

@@ -79,7 +79,7 @@ fn made_up_edges_are_bounded_and_hold_one_revoke_at_most() {
         http_call(&agent, "GET", &url, &[("authorization", &internal)], None).status
     };
     // an internal-key holder registers edges that will never acknowledge anything
-    let max = multitokens::companion::edges::MAX_EDGES;
+    let max = multitokens::edges::MAX_EDGES;
     for i in 0..max {
         assert_eq!(poll(&format!("fake{i}")), 200);
     }

@@ -15,11 +15,11 @@ mod limits;
 mod openapi;
 mod store;
 
-use multitokens::companion::connection::{Redis, RedisTarget};
-use multitokens::companion::settings::MaxTokensPolicy;
-use multitokens::companion::store::{StorePolicy, TokenStore};
-use multitokens::core::keyring::HashKeys;
-use multitokens::core::ttl::TokenTtl;
+use multitokens::connection::{Redis, RedisTarget};
+use multitokens::settings::MaxTokensPolicy;
+use multitokens::store::{StorePolicy, TokenStore};
+use multitokens_core::keyring::HashKeys;
+use multitokens_core::ttl::TokenTtl;
 use std::time::Duration;
 
 /// The seed's defaults: 30-day TTL, reset on login, overwrite immortal TTLs, no limit.

@@ -11,7 +11,7 @@ const INTERNAL: &str = "openapi-internal-key-0123456789";
 #[test]
 fn the_committed_description_is_generated_and_served() {
     let committed = std::fs::read_to_string(repo_root().join("docs/openapi.json")).unwrap();
-    assert_eq!(committed.trim_end(), multitokens::companion::openapi::json(), "docs/openapi.json is stale: run make openapi");
+    assert_eq!(committed.trim_end(), multitokens::openapi::json(), "docs/openapi.json is stale: run make openapi");
     let redis = RedisServer::start();
     let server = CompanionServer::start(&redis.url(), &[("MULTITOKENS_ADMIN_KEY", ADMIN)]);
     let served = crate::support::http_agent()
@@ -21,7 +21,7 @@ fn the_committed_description_is_generated_and_served() {
         .into_body()
         .read_to_string()
         .unwrap();
-    assert_eq!(served, multitokens::companion::openapi::json());
+    assert_eq!(served, multitokens::openapi::json());
     let spec: serde_json::Value = serde_json::from_str(&served).unwrap();
     assert_eq!(spec["openapi"], "3.1.0");
 }

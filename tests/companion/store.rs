@@ -2,17 +2,17 @@
 
 use crate::support::RedisServer;
 use crate::{policy, store_at};
-use multitokens::companion::error::StoreError;
-use multitokens::companion::settings::MaxTokensPolicy;
-use multitokens::companion::store::{now_ms, IssueRequest};
-use multitokens::core::ttl::TokenTtl;
+use multitokens::error::StoreError;
+use multitokens::settings::MaxTokensPolicy;
+use multitokens::store::{now_ms, IssueRequest};
+use multitokens_core::ttl::TokenTtl;
 use redis::Commands;
 
 fn req(user: &str, device: &str) -> IssueRequest {
     IssueRequest { user: user.into(), device: Some(device.into()), ..Default::default() }
 }
 
-fn pttl_of_token(server: &RedisServer, store: &multitokens::companion::store::TokenStore, token: &str) -> i64 {
+fn pttl_of_token(server: &RedisServer, store: &multitokens::store::TokenStore, token: &str) -> i64 {
     let (tag, digest) = store.digest_of(token).unwrap();
     let key = store.keys().record_key(tag, &digest);
     server.conn().pttl(key).unwrap()
@@ -58,7 +58,7 @@ async fn damaged_or_foreign_tokens_are_rejected() {
         assert!(matches!(store.whoami(&bad).await, Err(StoreError::InvalidToken)), "accepted {bad:?}");
     }
     // well-formed but never issued: valid checksum, unknown digest
-    let unknown = multitokens::core::token::generate("mt", "carol").unwrap();
+    let unknown = multitokens_core::token::generate("mt", "carol").unwrap();
     assert!(matches!(store.whoami(&unknown).await, Err(StoreError::InvalidToken)));
     assert!(store.whoami(&t).await.is_ok());
 }
@@ -104,7 +104,7 @@ async fn revoke_all_and_revoke_others() {
     assert_eq!(feed.ids.len(), 4);
 }
 
-pub async fn futures_tokens(store: &multitokens::companion::store::TokenStore, user: &str, n: usize) -> Vec<String> {
+pub async fn futures_tokens(store: &multitokens::store::TokenStore, user: &str, n: usize) -> Vec<String> {
     let mut out = Vec::new();
     for i in 0..n {
         out.push(store.issue(req(user, &format!("device-{i}"))).await.unwrap().token);
@@ -386,13 +386,13 @@ async fn reset_on_login_and_refresh_never_stretch_a_token_past_its_issued_lifeti
 /// script runs.
 /// Runs the revoke-all script as a companion would, then "dies" before publishing; returns the
 /// public ids it revoked.
-pub async fn revoke_all_then_die(store: &multitokens::companion::store::TokenStore, user: &str) -> Vec<String> {
-    use multitokens::core::token::RoutingTag;
+pub async fn revoke_all_then_die(store: &multitokens::store::TokenStore, user: &str) -> Vec<String> {
+    use multitokens_core::token::RoutingTag;
     let tag = RoutingTag::for_user(user);
     // as the companion does: announce the outbox, run the script, then (here) die
     store.announce_outbox(&store.keys().outbox_key(tag)).await.unwrap();
     let mut conn = store.redis().conn().await.unwrap();
-    redis::Script::new(multitokens::core::scripts::REVOKE_ALL)
+    redis::Script::new(multitokens_core::scripts::REVOKE_ALL)
         .key(store.keys().index_key(user))
         .key(store.keys().outbox_key(tag))
         .key(store.keys().expiry_key(user))
@@ -419,7 +419,7 @@ async fn a_revocation_is_published_even_when_its_companion_dies_before_publishin
     assert!(feed.ids.is_empty(), "not published yet: the companion died");
     // the revocation sits in the user's outbox, written by the same script
     let outbox: Vec<String> =
-        redis.conn().lrange(store.keys().outbox_key(multitokens::core::token::RoutingTag::for_user("olga")), 0, -1).unwrap();
+        redis.conn().lrange(store.keys().outbox_key(multitokens_core::token::RoutingTag::for_user("olga")), 0, -1).unwrap();
     assert_eq!(outbox, revoked);
     // any companion's sweep publishes it
     assert_eq!(store.publish_abandoned_outboxes().await.unwrap(), 0, "announced just now: its companion may still publish it");
@@ -490,11 +490,7 @@ async fn a_user_logging_in_again_and_again_costs_redis_the_same_at_any_number_of
     // an expired index entry is pruned by score, and the limit evicts the oldest at the cap
     let capped = store_at(
         &redis.url(),
-        multitokens::companion::store::StorePolicy {
-            max_tokens_per_user: Some(1010),
-            max_tokens_policy: MaxTokensPolicy::EvictOldest,
-            ..policy()
-        },
+        multitokens::store::StorePolicy { max_tokens_per_user: Some(1010), max_tokens_policy: MaxTokensPolicy::EvictOldest, ..policy() },
         None,
     );
     let issued = capped.issue(req("loop", "over")).await.unwrap();

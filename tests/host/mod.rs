@@ -10,8 +10,8 @@
 //! follow cluster redirections.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use multitokens::filter::header_map;
-pub use multitokens::filter::header_map::RawHeaders;
+use multitokens_filter::header_map;
+pub use multitokens_filter::header_map::RawHeaders;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -420,7 +420,7 @@ fn link(linker: &mut Linker<State>) {
 /// Reads one RESP reply off a stream with core's decoder and returns its raw bytes (the host
 /// hands them to the guest uninterpreted, as Envoy does).
 fn read_resp(reader: &mut impl Read) -> std::io::Result<Vec<u8>> {
-    use multitokens::core::resp::{decode_prefix, RespError};
+    use multitokens_core::resp::{decode_prefix, RespError};
     let mut received = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     loop {
@@ -583,13 +583,13 @@ impl TestHost {
         let mut prelude = Vec::new();
         if let Some((_, user, pass, _)) = &init {
             match (user.is_empty(), pass.is_empty()) {
-                (false, false) => prelude.push(multitokens::core::resp::encode_command(&["AUTH", user, pass])),
-                (true, false) => prelude.push(multitokens::core::resp::encode_command(&["AUTH", pass])),
+                (false, false) => prelude.push(multitokens_core::resp::encode_command(&["AUTH", user, pass])),
+                (true, false) => prelude.push(multitokens_core::resp::encode_command(&["AUTH", pass])),
                 _ => {}
             }
         }
         if let Some(db) = db {
-            prelude.push(multitokens::core::resp::encode_command(&["SELECT", &db.to_string()]));
+            prelude.push(multitokens_core::resp::encode_command(&["SELECT", &db.to_string()]));
         }
         for command in prelude {
             writer.write_all(&command).ok()?;

@@ -234,11 +234,11 @@ impl EnvoyConfig {
 /// Puts `key` (and the signing key's `public` half, if given) where a shipped plugin configuration
 /// holds the placeholders, as a deployment does.
 pub fn keyed_plugin(config: &mut Value, key: &str, public: Option<&str>) {
-    if config["hash_key"] == multitokens::core::keyring::HASH_KEY_PLACEHOLDER {
+    if config["hash_key"] == multitokens_core::keyring::HASH_KEY_PLACEHOLDER {
         config["hash_key"] = Value::String(key.to_string());
     }
     if let (Some(public), Some(keys)) = (public, config.get_mut("record_public_keys").and_then(Value::as_array_mut)) {
-        for k in keys.iter_mut().filter(|k| *k == multitokens::core::signing::PUBLIC_KEY_PLACEHOLDER) {
+        for k in keys.iter_mut().filter(|k| *k == multitokens_core::signing::PUBLIC_KEY_PLACEHOLDER) {
             *k = Value::String(public.to_string());
         }
     }

@@ -1,0 +1,255 @@
+//! The proxy-wasm host calls (ABI 0.2.1) the shell makes. Declared here rather than taken from
+//! the proxy-wasm SDK, whose wrappers panic (trapping the VM) on a status they do not expect and
+//! decode header bytes as UTF-8 with `unwrap`: every call here returns `Result`, and every byte
+//! the host hands over stays bytes.
+
+use multitokens_filter::header_map::{self, RawHeaders};
+
+/// A host call's status other than OK.
+pub type Status = u32;
+
+/// The header maps the shell reads and writes.
+#[derive(Clone, Copy)]
+#[repr(u32)]
+pub enum Map {
+    /// The request headers of the current HTTP context.
+    RequestHeaders = 0,
+    /// The request trailers of the current HTTP context.
+    RequestTrailers = 2,
+    /// The response headers of the HTTP callout being answered.
+    CalloutResponseHeaders = 6,
+}
+
+/// The buffers the shell reads.
+#[derive(Clone, Copy)]
+#[repr(u32)]
+pub enum Buffer {
+    /// The body of the HTTP callout being answered.
+    CalloutResponseBody = 4,
+    /// The plugin configuration (at configure time).
+    PluginConfiguration = 7,
+    /// The reply of the Redis call being answered (Redis-callout ABI).
+    #[cfg(feature = "redis-callout")]
+    RedisCallResponse = 9,
+}
+
+#[allow(clashing_extern_declarations)]
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
+    fn proxy_get_header_map_value(
+        map_type: u32,
+        key: *const u8,
+        key_size: usize,
+        return_data: *mut *mut u8,
+        return_size: *mut usize,
+    ) -> u32;
+    fn proxy_replace_header_map_value(map_type: u32, key: *const u8, key_size: usize, value: *const u8, value_size: usize) -> u32;
+    fn proxy_remove_header_map_value(map_type: u32, key: *const u8, key_size: usize) -> u32;
+    fn proxy_get_buffer_bytes(buffer_type: u32, start: usize, max_size: usize, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
+    fn proxy_send_local_response(
+        status_code: u32,
+        details: *const u8,
+        details_size: usize,
+        body: *const u8,
+        body_size: usize,
+        headers: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_http_call(
+        upstream: *const u8,
+        upstream_size: usize,
+        headers: *const u8,
+        headers_size: usize,
+        body: *const u8,
+        body_size: usize,
+        trailers: *const u8,
+        trailers_size: usize,
+        timeout_ms: u32,
+        return_token: *mut u32,
+    ) -> u32;
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_log(level: u32, message: *const u8, message_size: usize) -> u32;
+    fn proxy_define_metric(metric_type: u32, name: *const u8, name_size: usize, return_id: *mut u32) -> u32;
+    fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_get_property(path: *const u8, path_size: usize, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
+}
+
+fn ok(status: u32) -> Result<(), Status> {
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(status)
+    }
+}
+
+/// Takes ownership of bytes the host allocated through our `proxy_on_memory_allocate`.
+///
+/// # Safety
+/// `data`/`size` must come from a host call that just returned OK.
+unsafe fn take(data: *mut u8, size: usize) -> Vec<u8> {
+    if data.is_null() {
+        Vec::new()
+    } else {
+        // SAFETY: the host allocated `size` bytes at `data` with the SDK's Vec-based allocator
+        // and hands ownership to us, exactly as the SDK's own getters assume.
+        unsafe { Vec::from_raw_parts(data, size, size) }
+    }
+}
+
+/// Every header of a map, as bytes.
+pub fn headers(map: Map) -> Result<RawHeaders, Status> {
+    let (mut data, mut size) = (std::ptr::null_mut(), 0usize);
+    // SAFETY: the out-pointers are valid locals the host writes to.
+    ok(unsafe { proxy_get_header_map_pairs(map as u32, &mut data, &mut size) })?;
+    // SAFETY: the call returned OK.
+    let bytes = unsafe { take(data, size) };
+    header_map::decode(&bytes).ok_or(1)
+}
+
+/// One header's value, as bytes (`None`: absent or unreadable).
+pub fn header(map: Map, name: &str) -> Option<Vec<u8>> {
+    let (mut data, mut size) = (std::ptr::null_mut(), 0usize);
+    // SAFETY: `name` lives for the call; the out-pointers are valid locals.
+    let status = unsafe { proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), &mut data, &mut size) };
+    // SAFETY: the call returned OK.
+    (status == 0).then(|| unsafe { take(data, size) })
+}
+
+/// Sets a header, replacing every value it had.
+pub fn set_header(map: Map, name: &str, value: &[u8]) -> Result<(), Status> {
+    // SAFETY: both slices live for the call.
+    ok(unsafe { proxy_replace_header_map_value(map as u32, name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
+}
+
+/// Removes a header.
+pub fn remove_header(map: Map, name: &str) -> Result<(), Status> {
+    // SAFETY: `name` lives for the call.
+    ok(unsafe { proxy_remove_header_map_value(map as u32, name.as_ptr(), name.len()) })
+}
+
+/// A buffer's bytes, at most `max` of them.
+pub fn buffer(buffer: Buffer, max: usize) -> Result<Vec<u8>, Status> {
+    let (mut data, mut size) = (std::ptr::null_mut(), 0usize);
+    // SAFETY: the out-pointers are valid locals the host writes to.
+    ok(unsafe { proxy_get_buffer_bytes(buffer as u32, 0, max, &mut data, &mut size) })?;
+    // SAFETY: the call returned OK.
+    Ok(unsafe { take(data, size) })
+}
+
+/// Sends a local reply instead of forwarding the request.
+pub fn send_reply(status: u32, headers: &[(String, String)], body: &[u8]) -> Result<(), Status> {
+    let map = header_map::encode(headers);
+    // SAFETY: every slice lives for the call; no details string.
+    ok(unsafe { proxy_send_local_response(status, std::ptr::null(), 0, body.as_ptr(), body.len(), map.as_ptr(), map.len(), -1) })
+}
+
+/// Resumes the paused request of the current HTTP context.
+pub fn resume_request() -> Result<(), Status> {
+    // SAFETY: no pointers.
+    ok(unsafe { proxy_continue_stream(0) })
+}
+
+/// Makes a context the one later host calls act on.
+pub fn set_effective_context(context_id: u32) -> Result<(), Status> {
+    // SAFETY: no pointers.
+    ok(unsafe { proxy_set_effective_context(context_id) })
+}
+
+/// The host's wall clock in milliseconds since the epoch (0 if it will not say).
+pub fn now_ms() -> u64 {
+    let mut nanos = 0u64;
+    // SAFETY: `nanos` is a valid local the host writes to.
+    match unsafe { proxy_get_current_time_nanoseconds(&mut nanos) } {
+        0 => nanos / 1_000_000,
+        _ => 0,
+    }
+}
+
+/// Asks for `proxy_on_tick` every `period_ms`.
+pub fn set_tick_period(period_ms: u64) -> Result<(), Status> {
+    // SAFETY: no pointers.
+    ok(unsafe { proxy_set_tick_period_milliseconds(u32::try_from(period_ms).unwrap_or(u32::MAX)) })
+}
+
+/// Log levels of the host.
+#[derive(Clone, Copy)]
+#[repr(u32)]
+pub enum Level {
+    /// Debug.
+    Debug = 1,
+    /// Info.
+    Info = 2,
+    /// Warning.
+    Warn = 3,
+    /// Error.
+    Error = 4,
+}
+
+/// Logs a line (never a token or a secret).
+pub fn log(level: Level, message: &str) {
+    // SAFETY: `message` lives for the call.
+    let _ = unsafe { proxy_log(level as u32, message.as_ptr(), message.len()) };
+}
+
+/// Metric kinds.
+#[derive(Clone, Copy)]
+#[repr(u32)]
+pub enum MetricKind {
+    /// Only goes up.
+    Counter = 0,
+    /// Goes up and down.
+    Gauge = 1,
+}
+
+/// Defines a metric; its id.
+pub fn define_metric(kind: MetricKind, name: &str) -> Option<u32> {
+    let mut id = 0u32;
+    // SAFETY: `name` lives for the call; `id` is a valid local.
+    (unsafe { proxy_define_metric(kind as u32, name.as_ptr(), name.len(), &mut id) } == 0).then_some(id)
+}
+
+/// Adds to a metric.
+pub fn increment_metric(id: u32, by: i64) -> Result<(), Status> {
+    // SAFETY: no pointers.
+    ok(unsafe { proxy_increment_metric(id, by) })
+}
+
+/// A property of the current context by its path segments (`["source", "address"]`).
+pub fn property(path: &[&str]) -> Option<Vec<u8>> {
+    let joined = path.join("\0");
+    let (mut data, mut size) = (std::ptr::null_mut(), 0usize);
+    // SAFETY: `joined` lives for the call; the out-pointers are valid locals.
+    let status = unsafe { proxy_get_property(joined.as_ptr(), joined.len(), &mut data, &mut size) };
+    // SAFETY: the call returned OK.
+    (status == 0).then(|| unsafe { take(data, size) })
+}
+
+/// Starts a bodiless HTTP call to an Envoy cluster; its token (the answer comes to
+/// `proxy_on_http_call_response`).
+pub fn http_call(cluster: &str, headers: &[(&str, &str)], timeout_ms: u64) -> Result<u32, Status> {
+    let map = header_map::encode(headers);
+    let trailers = header_map::encode::<&str, &str>(&[]);
+    let mut token = 0u32;
+    let timeout = u32::try_from(timeout_ms).unwrap_or(u32::MAX);
+    // SAFETY: every slice lives for the call; `token` is a valid local the host writes to.
+    ok(unsafe {
+        proxy_http_call(
+            cluster.as_ptr(),
+            cluster.len(),
+            map.as_ptr(),
+            map.len(),
+            std::ptr::null(),
+            0,
+            trailers.as_ptr(),
+            trailers.len(),
+            timeout,
+            &mut token,
+        )
+    })?;
+    Ok(token)
+}

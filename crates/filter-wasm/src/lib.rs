@@ -1,0 +1,440 @@
+//! The proxy-wasm shell: wires Envoy's host calls to [`multitokens_filter::flow`]. No decisions are made here.
+//! Built for `wasm32-wasip1` only (elsewhere the crate is empty: its imports are Envoy's).
+//!
+//! Flow as in proxy-wasm-rust-sdk `http_auth_random`: dispatch the callout, return `Pause`, then
+//! resume or send the local reply in the callback. The ABI itself is spoken by [`abi`] (the host
+//! calls) and [`exports`] (the entry points), which never panic. The root context owns the per-VM [`Worker`]
+//! (config, cache, revocation feed) and polls the feed on its tick. The stock build reaches the
+//! store through HTTP callouts to the companion; the `redis-callout` build can also use Envoy's
+//! Redis callouts ([`redis`]).
+#![cfg(target_arch = "wasm32")]
+
+mod abi;
+mod exports;
+#[cfg(feature = "redis-callout")]
+mod redis;
+mod transport;
+
+use abi::{Buffer, Level, Map, MetricKind};
+use multitokens_filter::companion_transport;
+use multitokens_filter::config::Compiled;
+use multitokens_filter::flow::HttpFlow;
+use multitokens_filter::host::{Host, Step};
+use multitokens_filter::lookup::{Answer, CalloutProblem, FeedPage, LookupRequest};
+use multitokens_filter::metric::Metric;
+use multitokens_filter::reply::{self, Denial, LocalReply};
+use multitokens_filter::worker::Worker;
+use std::cell::RefCell;
+use std::rc::Rc;
+use transport::StoreTransport;
+
+use abi::log;
+
+/// The host's clock, read on every request (one cheap host call): a cached verdict's age is
+/// always measured against real time, whether or not the timer still ticks.
+fn now_ms() -> u64 {
+    abi::now_ms()
+}
+
+/// Metric ids, defined once per VM: the counters of [`Metric`] and two gauges. Counts are
+/// gathered in the VM and handed to Envoy on each tick, so a request costs no metric host call.
+#[derive(Default)]
+struct Metrics {
+    ids: [Option<u32>; Metric::ALL.len()],
+    pending: [std::cell::Cell<i64>; Metric::ALL.len()],
+    cache_entries: Option<u32>,
+    vm_memory_bytes: Option<u32>,
+    reported: [std::cell::Cell<i64>; 2],
+}
+
+impl Metrics {
+    fn define() -> Self {
+        let mut m = Metrics::default();
+        for metric in Metric::ALL {
+            m.ids[metric.index()] = abi::define_metric(MetricKind::Counter, metric.name());
+        }
+        m.cache_entries = abi::define_metric(MetricKind::Gauge, "multitokens.cache_entries");
+        m.vm_memory_bytes = abi::define_metric(MetricKind::Gauge, "multitokens.vm_memory_bytes");
+        m
+    }
+
+    /// Updates the gauges: verdicts cached and the VM's linear memory. Envoy runs one VM per
+    /// worker (and one on the main thread) under the same stat names, so each VM adds its change
+    /// since its last report: the gauges are the totals over all VMs.
+    fn record_gauges(&self, cache_entries: usize) {
+        #[cfg(target_arch = "wasm32")]
+        let memory = (core::arch::wasm32::memory_size::<0>() as i64) * 65_536;
+        #[cfg(not(target_arch = "wasm32"))]
+        let memory = 0;
+        for (i, (id, value)) in [(self.cache_entries, cache_entries as i64), (self.vm_memory_bytes, memory)].into_iter().enumerate() {
+            let delta = value - self.reported[i].get();
+            if let (Some(id), true) = (id, delta != 0) {
+                if abi::increment_metric(id, delta).is_ok() {
+                    self.reported[i].set(value);
+                }
+            }
+        }
+    }
+
+    fn add(&self, metric: Metric, n: i64) {
+        let cell = &self.pending[metric.index()];
+        cell.set(cell.get() + n);
+    }
+
+    /// Hands the gathered counts to Envoy.
+    fn flush(&self) {
+        for (id, cell) in self.ids.iter().zip(self.pending.iter()) {
+            let n = cell.replace(0);
+            if let (Some(id), true) = (id, n != 0) {
+                let _ = abi::increment_metric(*id, n);
+            }
+        }
+    }
+}
+
+/// The HTTP callout response of the current callback: status (`None`: no response) and body.
+fn http_response(num_headers: usize, body_size: usize) -> (Option<u32>, Vec<u8>) {
+    if num_headers == 0 {
+        return (None, Vec::new());
+    }
+    let status =
+        abi::header(Map::CalloutResponseHeaders, ":status").and_then(|s| std::str::from_utf8(&s).ok().and_then(|s| s.parse::<u32>().ok()));
+    let body = abi::buffer(Buffer::CalloutResponseBody, body_size).unwrap_or_default();
+    (status.or(Some(0)), body)
+}
+
+/// Applies a feed poll's outcome to the worker.
+fn apply_feed(worker: &mut Worker, metrics: &Metrics, page: Result<FeedPage, CalloutProblem>) {
+    let now = now_ms();
+    match page {
+        Ok(page) => {
+            let applied = worker.apply_feed(page, now);
+            if applied > 0 {
+                metrics.add(Metric::RevocationsApplied, applied as i64);
+            }
+        }
+        Err(problem) => {
+            worker.feed_poll_failed();
+            metrics.add(if problem == CalloutProblem::NoResponse { Metric::CalloutFailed } else { Metric::CalloutError }, 1);
+            log(Level::Warn, &format!("multitokens: revocation feed poll failed: {problem:?}"));
+        }
+    }
+}
+
+struct Root {
+    id: u32,
+    worker: Option<Rc<RefCell<Worker>>>,
+    metrics: Rc<Metrics>,
+    transport: Option<&'static dyn StoreTransport>,
+}
+
+impl Root {
+    fn new(id: u32) -> Self {
+        Root { id, worker: None, metrics: Rc::new(Metrics::default()), transport: None }
+    }
+
+    /// Starts a feed poll if one is due.
+    /// Starts a feed poll (the caller has checked that one is due).
+    fn start_feed_poll(&self, worker: &mut Worker, now: u64) {
+        let Some(transport) = self.transport else { return };
+        let compiled = Rc::clone(worker.compiled());
+        match transport.poll_feed(&compiled, worker.feed_cursor(), worker.edge_id(), self.id) {
+            Ok(call) => worker.feed_poll_started(call, now),
+            Err(e) => log(Level::Warn, &format!("multitokens: revocation feed poll: {e}")),
+        }
+    }
+}
+
+impl Root {
+    /// An HTTP callout of this root answered: a feed page, or a sliding refresh.
+    fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize) {
+        let Some(worker) = &self.worker else { return };
+        let Ok(mut worker) = worker.try_borrow_mut() else { return };
+        if worker.feed_call().map(|(call, _)| call) != Some(token) {
+            return; // a sliding refresh: nothing to do with its answer
+        }
+        let started = worker.feed_call().map_or(0, |(_, at)| at);
+        let (status, body) = http_response(num_headers, body_size);
+        let page = companion_transport::parse_feed(status, &body);
+        let revoked_something = page.as_ref().is_ok_and(|p| !p.digests.is_empty() || p.reset);
+        let ok = page.is_ok();
+        apply_feed(&mut worker, &self.metrics, page);
+        let now = now_ms();
+        // the first page, a full page, a revocation (the next poll acknowledges it) or a long poll
+        // that ran its course: poll again now, not on the next tick
+        if ok && worker.poll_again_now(revoked_something, started, now) && worker.feed_poll_due(now) {
+            self.start_feed_poll(&mut worker, now);
+        }
+    }
+}
+
+impl Root {
+    /// Parses the plugin configuration once; `false` stops the plugin from loading.
+    fn on_configure(&mut self) -> bool {
+        let bytes = abi::buffer(Buffer::PluginConfiguration, usize::MAX).unwrap_or_default();
+        let compiled = match Compiled::parse(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                log(Level::Error, &e);
+                return false;
+            }
+        };
+        let transport = match transport::start(&compiled) {
+            Ok(t) => t,
+            Err(e) => {
+                log(Level::Error, &e);
+                return false;
+            }
+        };
+        self.transport = Some(transport);
+        let mut worker = Worker::new(compiled);
+        worker.record_tick(now_ms());
+        let tick = worker.tick_ms();
+        let worker = Rc::new(RefCell::new(worker));
+        self.metrics = Rc::new(Metrics::define());
+        #[cfg(feature = "redis-callout")]
+        redis::register_root(self.id, worker.clone(), self.metrics.clone());
+        self.worker = Some(worker);
+        let _ = abi::set_tick_period(tick);
+        log(Level::Info, "multitokens: configured");
+        true
+    }
+
+    /// The timer: what [`Worker::on_tick`] asks for (feed poll, sliding refreshes), then gauges
+    /// and counters.
+    fn on_tick(&mut self) {
+        let (Some(worker), Some(transport)) = (self.worker.clone(), self.transport) else { return };
+        let Ok(mut worker) = worker.try_borrow_mut() else { return };
+        let now = now_ms();
+        let work = worker.on_tick(now);
+        self.metrics.add(Metric::Ticks, 1);
+        let compiled = Rc::clone(worker.compiled());
+        if work.poll_feed {
+            self.start_feed_poll(&mut worker, now);
+        }
+        for request in work.refreshes {
+            if let Err(e) = transport.refresh(&compiled, &request, self.id) {
+                log(Level::Warn, &format!("multitokens: sliding refresh: {e}"));
+            }
+        }
+        self.metrics.record_gauges(worker.cached_verdicts());
+        self.metrics.flush();
+        drop(worker);
+        for follower in work.look_up_again {
+            in_context(follower, Http::retry);
+        }
+    }
+
+    /// A new request under this root.
+    fn create_http_context(&self, context_id: u32) -> Http {
+        let flow = Rc::new(RefCell::new(HttpFlow::new()));
+        #[cfg(feature = "redis-callout")]
+        redis::register_flow(context_id, flow.clone());
+        Http {
+            id: context_id,
+            root_id: self.id,
+            worker: self.worker.clone(),
+            metrics: self.metrics.clone(),
+            transport: self.transport,
+            flow,
+        }
+    }
+}
+
+/// The [`Host`] over Envoy's host calls for the HTTP context in effect.
+struct EnvoyHost<'a> {
+    metrics: &'a Metrics,
+    compiled: &'a Compiled,
+    transport: Option<&'a dyn StoreTransport>,
+    context_id: u32,
+    root_id: u32,
+    /// A body follows the request headers (known in the request-headers callback only).
+    has_body: bool,
+}
+
+impl Host for EnvoyHost<'_> {
+    fn context_id(&self) -> u32 {
+        self.context_id
+    }
+
+    fn request_headers(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        abi::headers(Map::RequestHeaders).unwrap_or_default()
+    }
+
+    fn set_header(&mut self, name: &str, value: &[u8]) {
+        let _ = abi::set_header(Map::RequestHeaders, name, value);
+    }
+
+    fn remove_header(&mut self, name: &str) {
+        let _ = abi::remove_header(Map::RequestHeaders, name);
+    }
+
+    fn request_has_body(&self) -> bool {
+        self.has_body
+    }
+
+    fn request_trailers(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        abi::headers(Map::RequestTrailers).unwrap_or_default()
+    }
+
+    fn remove_trailer(&mut self, name: &str) {
+        let _ = abi::remove_header(Map::RequestTrailers, name);
+    }
+
+    fn send_reply(&mut self, reply: &LocalReply) {
+        let _ = abi::send_reply(reply.status, &reply.headers, reply.body.as_bytes());
+    }
+
+    fn client_address(&self) -> Option<Vec<u8>> {
+        abi::property(&["source", "address"])
+    }
+
+    fn dispatch_lookup(&mut self, request: &LookupRequest) -> Result<u32, String> {
+        match self.transport {
+            Some(t) => t.lookup(self.compiled, request, self.context_id, self.root_id),
+            None => Err("no transport started".into()),
+        }
+    }
+
+    fn count(&mut self, metric: Metric) {
+        self.metrics.add(metric, 1);
+        if metric == Metric::TickOverdue {
+            // counts are handed over on the tick, which is what is overdue: hand them over now
+            self.metrics.flush();
+        }
+    }
+
+    fn warn(&self, message: &str) {
+        log(Level::Warn, message);
+    }
+}
+
+/// Runs one step of a request's flow with the worker borrowed; fails closed if it cannot be.
+fn with_flow(
+    flow: &RefCell<HttpFlow>,
+    worker: Option<&Rc<RefCell<Worker>>>,
+    metrics: &Metrics,
+    transport: Option<&dyn StoreTransport>,
+    ids: (u32, u32),
+    run: impl FnOnce(&mut HttpFlow, &mut EnvoyHost, &mut Worker) -> Step,
+) -> Step {
+    let (Some(worker), Ok(mut flow)) = (worker, flow.try_borrow_mut()) else { return unavailable(metrics) };
+    let Ok(mut worker) = worker.try_borrow_mut() else { return unavailable(metrics) };
+    let compiled = Rc::clone(worker.compiled());
+    let mut host = EnvoyHost { metrics, compiled: &compiled, transport, context_id: ids.0, root_id: ids.1, has_body: false };
+    run(&mut flow, &mut host, &mut worker)
+}
+
+/// Fails closed when the worker is not usable (never expected: config is checked at load).
+fn unavailable(metrics: &Metrics) -> Step {
+    let r = reply::deny(Denial::Unavailable, "multitokens", &[]);
+    let _ = abi::send_reply(r.status, &r.headers, r.body.as_bytes());
+    metrics.add(Metric::DeniedUnavailable, 1);
+    Step::Replied
+}
+
+struct Http {
+    id: u32,
+    root_id: u32,
+    worker: Option<Rc<RefCell<Worker>>>,
+    metrics: Rc<Metrics>,
+    transport: Option<&'static dyn StoreTransport>,
+    flow: Rc<RefCell<HttpFlow>>,
+}
+
+impl Drop for Http {
+    fn drop(&mut self) {
+        #[cfg(feature = "redis-callout")]
+        redis::forget_flow(self.id);
+    }
+}
+
+impl Http {
+    /// This request's lookup answered (an answer for another call is ignored).
+    fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize) {
+        if self.flow.try_borrow().map(|f| f.waiting_for()).ok().flatten() != Some(token) {
+            return;
+        }
+        let (status, body) = http_response(num_headers, body_size);
+        self.answer(companion_transport::parse_answer(status, &body));
+    }
+
+    /// Decides on the lookup's answer (this context is the effective one), then hands it to the
+    /// requests that followed the lookup.
+    fn answer(&mut self, answer: Result<Answer, CalloutProblem>) {
+        let step =
+            with_flow(&self.flow, self.worker.as_ref(), &self.metrics, self.transport, (self.id, self.root_id), |flow, host, worker| {
+                flow.on_lookup_response(host, worker, answer, now_ms())
+            });
+        if step == Step::Continue {
+            let _ = abi::resume_request();
+        }
+        let share = self.flow.try_borrow_mut().ok().and_then(|mut f| f.take_share());
+        if let Some(share) = share {
+            for follower in share.followers {
+                in_context(follower, |http| http.answer(share.answer.clone()));
+            }
+        }
+    }
+
+    /// This request's stream is gone: the requests that followed its lookup look up again.
+    fn on_gone(&mut self) {
+        let followers = match (self.flow.try_borrow_mut(), self.worker.as_ref().map(|w| w.try_borrow_mut())) {
+            (Ok(mut flow), Some(Ok(mut worker))) => flow.on_gone(&mut worker, self.id),
+            _ => return,
+        };
+        for follower in followers {
+            in_context(follower, Http::retry);
+        }
+    }
+
+    /// The lookup this request followed will not be answered: look up again.
+    fn retry(&mut self) {
+        let step =
+            with_flow(&self.flow, self.worker.as_ref(), &self.metrics, self.transport, (self.id, self.root_id), |flow, host, worker| {
+                flow.retry(host, worker, now_ms())
+            });
+        if step == Step::Continue {
+            let _ = abi::resume_request();
+        }
+    }
+}
+
+/// Runs `f` on another live request, made the effective context first.
+fn in_context(context_id: u32, f: impl FnOnce(&mut Http)) {
+    let Some(http) = exports::stream(context_id) else { return };
+    if abi::set_effective_context(context_id).is_err() {
+        return;
+    }
+    let borrowed = http.try_borrow_mut();
+    if let Ok(mut http) = borrowed {
+        f(&mut http);
+    }
+}
+
+impl Http {
+    /// Request headers: forward, or pause (for a lookup, or after a local reply).
+    fn on_request_headers(&mut self, end_of_stream: bool) -> Step {
+        let step =
+            with_flow(&self.flow, self.worker.as_ref(), &self.metrics, self.transport, (self.id, self.root_id), |flow, host, worker| {
+                host.has_body = !end_of_stream;
+                flow.on_request_headers(host, worker, now_ms())
+            });
+        step
+    }
+
+    /// Request trailers: never carry identity headers upstream.
+    fn on_request_trailers(&mut self) {
+        let (Ok(mut flow), Some(Ok(worker))) = (self.flow.try_borrow_mut(), self.worker.as_ref().map(|w| w.try_borrow())) else { return };
+        let compiled = Rc::clone(worker.compiled());
+        let mut host = EnvoyHost {
+            metrics: &self.metrics,
+            compiled: &compiled,
+            transport: self.transport,
+            context_id: self.id,
+            root_id: self.root_id,
+            has_body: false,
+        };
+        flow.on_request_trailers(&mut host, &worker);
+    }
+}

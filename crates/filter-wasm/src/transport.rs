@@ -1,0 +1,73 @@
+//! How the shell reaches the token store, chosen once at configure time: HTTP callouts to the
+//! companion, or (the Redis-callout build) Envoy's Redis callouts. The rest of the shell only sees
+//! [`StoreTransport`].
+
+use super::{abi, exports};
+use multitokens_core::contract::FeedQuery;
+use multitokens_filter::config::{Compiled, Transport};
+use multitokens_filter::lookup::LookupRequest;
+
+/// Lookups, feed polls and sliding refreshes; each returns the call's token.
+pub(super) trait StoreTransport {
+    /// Starts a request's lookup (its answer goes to that request's context).
+    fn lookup(&self, compiled: &Compiled, request: &LookupRequest, context_id: u32, root_id: u32) -> Result<u32, String>;
+    /// Starts a revocation feed poll after a cursor, as edge `edge` (its answer goes to the root).
+    fn poll_feed(&self, compiled: &Compiled, cursor: Option<&str>, edge: &str, root_id: u32) -> Result<u32, String>;
+    /// Sends a sliding refresh (its answer is not needed).
+    fn refresh(&self, compiled: &Compiled, request: &LookupRequest, root_id: u32) -> Result<u32, String>;
+}
+
+/// The stock build's transport: bodiless GETs to the companion's internal endpoints.
+pub(super) struct CompanionCallouts;
+
+impl CompanionCallouts {
+    /// Sends a GET through the companion's Envoy cluster on behalf of a context.
+    fn get(compiled: &Compiled, path: &str, context_id: u32, timeout_ms: u64) -> Result<u32, String> {
+        let Transport::Companion(c) = &compiled.transport else {
+            return Err("no companion configured".into());
+        };
+        let headers = [
+            (":method", "GET"),
+            (":path", path),
+            (":authority", c.authority.as_str()),
+            ("authorization", compiled.companion_auth.as_str()),
+        ];
+        let token = abi::http_call(&c.cluster, &headers, timeout_ms)
+            .map_err(|s| format!("dispatch to cluster {:?} failed: status {s}", c.cluster))?;
+        exports::expect_answer(token, context_id);
+        Ok(token)
+    }
+}
+
+impl StoreTransport for CompanionCallouts {
+    fn lookup(&self, compiled: &Compiled, request: &LookupRequest, context_id: u32, _: u32) -> Result<u32, String> {
+        Self::get(compiled, &request.path(), context_id, compiled.transport.timeout_ms())
+    }
+
+    fn poll_feed(&self, compiled: &Compiled, cursor: Option<&str>, edge: &str, root_id: u32) -> Result<u32, String> {
+        let path = FeedQuery::path(cursor, Some(edge), compiled.feed_wait_ms());
+        Self::get(compiled, &path, root_id, compiled.feed_timeout_ms())
+    }
+
+    fn refresh(&self, compiled: &Compiled, request: &LookupRequest, root_id: u32) -> Result<u32, String> {
+        Self::get(compiled, &request.path(), root_id, compiled.transport.timeout_ms())
+    }
+}
+
+static COMPANION: CompanionCallouts = CompanionCallouts;
+/// Starts the configured transport; an error stops the plugin from loading.
+pub(super) fn start(compiled: &Compiled) -> Result<&'static dyn StoreTransport, String> {
+    match &compiled.transport {
+        Transport::Companion(_) => Ok(&COMPANION),
+        #[cfg(feature = "redis-callout")]
+        Transport::Redis(target) => {
+            super::redis::init(target)?;
+            Ok(&super::redis::REDIS)
+        }
+        #[cfg(not(feature = "redis-callout"))]
+        Transport::Redis(_) => Err("invalid multitokens configuration: redis: this is the stock build, which has no Redis \
+            callouts (upstream Envoy cannot load them); use `companion`, or deploy multitokens_filter_redis.wasm on an \
+            Envoy with the Redis-callout ABI (e.g. Higress)"
+            .into()),
+    }
+}

@@ -1,0 +1,76 @@
+//! The companion transport of the stock build: the answers of the companion's internal endpoints
+//! (lookup by digest, revocation feed), read with the contract's own types.
+
+use super::identity::Identity;
+use super::lookup::{Answer, CalloutProblem, FeedPage};
+use multitokens_core::contract::LookupAnswer;
+
+/// Interprets the lookup response (`status` is `None` when there was no response).
+pub fn parse_answer(status: Option<u32>, body: &[u8]) -> Result<Answer, CalloutProblem> {
+    match status {
+        None => Err(CalloutProblem::NoResponse),
+        Some(200) => {
+            let reply: LookupAnswer = serde_json::from_slice(body).map_err(|e| CalloutProblem::BadResponse(format!("lookup body: {e}")))?;
+            if !reply.active {
+                return Ok(Answer::Invalid);
+            }
+            match (reply.user, reply.id) {
+                (Some(user), Some(id)) if !user.is_empty() => {
+                    // milliseconds when the companion gives them, else whole seconds
+                    let left = reply.expires_in_ms.or(reply.expires_in.map(|s| s.saturating_mul(1000)));
+                    let identity = Identity::new(user, reply.device.unwrap_or_default(), reply.scopes, id)
+                        .map_err(|e| CalloutProblem::BadResponse(format!("lookup body: {e}")))?;
+                    Ok(match reply.stored_under {
+                        0 => Answer::Valid(identity, left),
+                        n => Answer::ValidUnderPrevious(identity, left, n - 1),
+                    })
+                }
+                _ => Err(CalloutProblem::BadResponse("lookup body: active without user or id".into())),
+            }
+        }
+        Some(other) => Err(CalloutProblem::BadResponse(format!("lookup status {other}"))),
+    }
+}
+
+/// Interprets a feed response.
+pub fn parse_feed(status: Option<u32>, body: &[u8]) -> Result<FeedPage, CalloutProblem> {
+    match status {
+        None => Err(CalloutProblem::NoResponse),
+        Some(200) => serde_json::from_slice(body).map_err(|e| CalloutProblem::BadResponse(format!("feed body: {e}"))),
+        Some(other) => Err(CalloutProblem::BadResponse(format!("feed status {other}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_and_problems() {
+        let body = br#"{"active":true,"user":"u","device":"d","scopes":["a"],"expires_in":5,"id":"i"}"#;
+        assert_eq!(
+            parse_answer(Some(200), body),
+            Ok(Answer::Valid(Identity::new("u".into(), "d".into(), vec!["a".into()], "i".into()).unwrap(), Some(5000)))
+        );
+        let ms = br#"{"active":true,"user":"u","id":"i","expires_in":5,"expires_in_ms":4321}"#;
+        assert!(matches!(parse_answer(Some(200), ms), Ok(Answer::Valid(_, Some(4321)))));
+        assert_eq!(parse_answer(Some(200), br#"{"active":false}"#), Ok(Answer::Invalid));
+        let elsewhere = br#"{"active":true,"user":"u","id":"i","stored_under":2}"#;
+        assert!(matches!(parse_answer(Some(200), elsewhere), Ok(Answer::ValidUnderPrevious(_, None, 1))));
+        assert_eq!(parse_answer(None, b""), Err(CalloutProblem::NoResponse));
+        assert!(matches!(parse_answer(Some(503), b"{}"), Err(CalloutProblem::BadResponse(_))));
+        assert!(matches!(parse_answer(Some(200), b"\xff garbage"), Err(CalloutProblem::BadResponse(_))));
+        assert!(matches!(parse_answer(Some(200), br#"{"active":true}"#), Err(CalloutProblem::BadResponse(_))));
+        // scopes travel joined by spaces: one holding a space would grant its parts
+        let spaced = br#"{"active":true,"user":"u","id":"i","scopes":["admin x"]}"#;
+        assert!(matches!(parse_answer(Some(200), spaced), Err(CalloutProblem::BadResponse(_))));
+        let empty = br#"{"active":true,"user":"u","id":"i","scopes":[""]}"#;
+        assert!(matches!(parse_answer(Some(200), empty), Err(CalloutProblem::BadResponse(_))));
+    }
+
+    #[test]
+    fn feed_pages() {
+        assert_eq!(parse_feed(Some(200), br#"{"cursor":"1-0","digests":["ab"],"reset":false}"#).unwrap().digests, vec!["ab"]);
+        assert!(parse_feed(Some(401), b"").is_err());
+    }
+}

@@ -1,0 +1,610 @@
+//! The filter's plugin configuration (JSON), parsed and checked once in `on_configure`. Unknown
+//! fields are rejected and every error names the field.
+
+use super::csrf::CsrfConfig;
+use super::route::UpstreamRouting;
+use super::rules::{CompiledScopeRule, ExcludeRule, ScopeRule};
+use multitokens_core::contract;
+use multitokens_core::keyring::HashKeys;
+use multitokens_core::token::{validate_prefix, DEFAULT_PREFIX};
+use serde::Deserialize;
+
+/// What to do when the token store cannot be asked (down, slow, failing).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// Answer 503 (the default: fail closed).
+    #[default]
+    Deny,
+    /// Keep accepting tokens positively verified within `stale_window_ms`; 503 for the rest.
+    AllowCached,
+}
+
+/// What happens to a CORS preflight: an `OPTIONS` request with an `Origin` and an
+/// `Access-Control-Request-Method`, no body and no method override.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CorsPreflight {
+    /// Forward it without a token (browsers send none on a preflight), credentials and identity
+    /// headers stripped, for the upstream's CORS layer to answer (the default).
+    #[default]
+    Pass,
+    /// Treat it as any other request: a token is needed.
+    Authenticate,
+}
+
+/// Where the HTTP callout goes: the companion's internal API, as an Envoy cluster.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CompanionTarget {
+    /// Envoy cluster name of the companion.
+    pub cluster: String,
+    /// `:authority` of the callout.
+    #[serde(default = "default_authority")]
+    pub authority: String,
+    /// The companion's internal key (MULTITOKENS_INTERNAL_KEY; never its admin key).
+    pub api_key: String,
+    /// Callout timeout.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// Where the Redis callouts go (Redis-callout build): an Envoy cluster in front of Redis.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RedisTarget {
+    /// Envoy cluster name of the Redis, optionally with `?db=N`.
+    pub cluster: String,
+    /// ACL user (`AUTH user password`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password (`AUTH password`, or with `username`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Connect and operation timeout.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Send lookups and feed reads as `EVAL_RO` (Redis 7), so the gateway's Redis user can be
+    /// read-only. Set false when Envoy's redis_proxy stands in between (it does not know
+    /// `EVAL_RO`): they go as `EVAL`, which needs write access to the keys they read.
+    #[serde(default = "default_true")]
+    pub eval_ro: bool,
+}
+
+/// How the filter reaches the token store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// HTTP callouts to the companion (stock Envoy, Istio).
+    Companion(CompanionTarget),
+    /// Redis callouts straight to Redis (Envoy with the Redis-callout ABI, e.g. Higress).
+    Redis(RedisTarget),
+}
+
+impl Transport {
+    /// The callout timeout.
+    pub fn timeout_ms(&self) -> u64 {
+        match self {
+            Transport::Companion(c) => c.timeout_ms,
+            Transport::Redis(r) => r.timeout_ms,
+        }
+    }
+}
+
+/// Verdict cache sizing.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Most entries per worker (0 disables the cache).
+    #[serde(default = "default_max_entries")]
+    pub max_entries: usize,
+    /// How long a positive verdict is served from the cache.
+    #[serde(default = "default_ttl_ms")]
+    pub ttl_ms: u64,
+    /// How long "unknown token" is remembered.
+    #[serde(default = "default_negative_ttl_ms")]
+    pub negative_ttl_ms: u64,
+    /// Most "unknown token" verdicts per worker, apart from the positive ones: a flood of forged
+    /// tokens evicts only other negatives.
+    #[serde(default = "default_max_negative_entries")]
+    pub max_negative_entries: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_entries: default_max_entries(),
+            ttl_ms: default_ttl_ms(),
+            negative_ttl_ms: default_negative_ttl_ms(),
+            max_negative_entries: default_max_negative_entries(),
+        }
+    }
+}
+
+/// Sliding expiry: a used token's TTL is pushed out, at most once per interval.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshConfig {
+    /// The TTL a used token gets, in seconds.
+    pub ttl: u64,
+    /// Least time between two refreshes of one token.
+    #[serde(default = "default_refresh_interval_ms")]
+    pub min_interval_ms: u64,
+}
+
+/// The plugin configuration as written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// Token prefix; must match the companion's.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// HMAC key for digests; must match the companion's MULTITOKENS_HASH_KEY.
+    #[serde(default)]
+    pub hash_key: Option<String>,
+    /// Hash keys still accepted during a rotation (the companion's MULTITOKENS_PREVIOUS_HASH_KEYS):
+    /// a lookup tries the token's digest under each, in the same round trip.
+    #[serde(default)]
+    pub previous_hash_keys: Vec<String>,
+    /// Hash keys a finished rotation retired (the companion's MULTITOKENS_RETIRED_HASH_KEYS): the
+    /// tokens minted under them still pass the MAC check until they expire; no digest is tried.
+    #[serde(default)]
+    pub retired_hash_keys: Vec<String>,
+    /// Look up tokens the edge cannot check by their MAC: old-format tokens (issued before MACs,
+    /// or by a companion without a hash key). Turn off once no such token is live (docs/tokens.md):
+    /// then every token is checked before any lookup. Without `hash_key` it must stay on.
+    #[serde(default = "default_true")]
+    pub accept_legacy_tokens: bool,
+    /// Honour token records with no seal at all, only while upgrading from a release before
+    /// sealed records (the companion's MULTITOKENS_ACCEPT_UNSEALED_RECORDS); a broken seal is
+    /// refused anyway.
+    #[serde(default)]
+    pub accept_unsealed_records: bool,
+    /// Public keys of the companion's record signing key (`multitokens keygen --signing` prints
+    /// the pair): with any set, a record read from Redis must carry a signature by one of them,
+    /// so what this configuration holds cannot forge one. For the Redis-callout build (the
+    /// companion checks records for the stock build).
+    #[serde(default)]
+    pub record_public_keys: Vec<String>,
+    /// Honour HMAC-sealed records although `record_public_keys` are set, only while upgrading to
+    /// signed records (the companion's MULTITOKENS_ACCEPT_HMAC_SEALED_RECORDS).
+    #[serde(default)]
+    pub accept_hmac_sealed_records: bool,
+    /// Realm in `WWW-Authenticate`.
+    #[serde(default = "default_realm")]
+    pub realm: String,
+    /// Accepted `Authorization` schemes (case-insensitive).
+    #[serde(default = "default_schemes")]
+    pub schemes: Vec<String>,
+    /// Cookie to read the token from when there is no `Authorization` header.
+    #[serde(default)]
+    pub cookie: Option<String>,
+    /// Upstream header carrying the user id.
+    #[serde(default = "default_user_header")]
+    pub user_header: String,
+    /// Upstream header carrying the device label (`null`: not sent).
+    #[serde(default = "default_device_header")]
+    pub device_header: Option<String>,
+    /// Upstream header carrying the scopes, space-separated (`null`: not sent).
+    #[serde(default = "default_scopes_header")]
+    pub scopes_header: Option<String>,
+    /// Upstream header carrying the token's public id, for "log out this device" (`null`: not sent).
+    #[serde(default = "default_token_id_header")]
+    pub token_id_header: Option<String>,
+    /// Upstream header saying where the credential came from, `header` or `cookie` (`null`: not sent).
+    #[serde(default = "default_credential_header")]
+    pub credential_header: Option<String>,
+    /// Remove the credential (our `Authorization` schemes and the cookie) before the upstream,
+    /// on authenticated and excluded requests alike.
+    #[serde(default = "default_true")]
+    pub strip_credential: bool,
+    /// How the upstream reads requests: scope rules match every spelling it routes alike.
+    #[serde(default)]
+    pub upstream_routing: UpstreamRouting,
+    /// What happens to CORS preflights.
+    #[serde(default)]
+    pub cors_preflight: CorsPreflight,
+    /// The cross-site request check for cookie credentials.
+    #[serde(default)]
+    pub csrf: CsrfConfig,
+    /// Requests that need no token.
+    #[serde(default)]
+    pub exclude: Vec<ExcludeRule>,
+    /// Scopes required per path.
+    #[serde(default)]
+    pub required_scopes: Vec<ScopeRule>,
+    /// The companion to ask (stock build); give this or `redis`.
+    #[serde(default)]
+    pub companion: Option<CompanionTarget>,
+    /// The Redis to ask through Redis callouts (Redis-callout build); give this or `companion`.
+    #[serde(default)]
+    pub redis: Option<RedisTarget>,
+    /// Verdict cache.
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// The timer period: how often the revocation feed is polled, or a failed long poll retried
+    /// (0 disables the feed and caching of positives). Default 1000 with the companion, 250 with
+    /// Redis callouts (which cannot hold a blocking read on the shared connection).
+    #[serde(default)]
+    pub revocation_poll_ms: Option<u64>,
+    /// Companion transport: how long the companion may hold a feed poll until something is
+    /// revoked (a long poll: revocations arrive at once); 0 polls on the timer instead.
+    #[serde(default = "default_wait_ms")]
+    pub revocation_wait_ms: u64,
+    /// What to do when the store cannot be asked.
+    #[serde(default)]
+    pub failure_mode: FailureMode,
+    /// With `allow_cached`: how long after its last positive check a token is still accepted.
+    #[serde(default = "default_stale_window_ms")]
+    pub stale_window_ms: u64,
+    /// Sliding expiry on use.
+    #[serde(default)]
+    pub refresh_on_use: Option<RefreshConfig>,
+    /// Failed-attempt throttling per client (off when absent).
+    #[serde(default)]
+    pub throttle: Option<super::throttle::ThrottleConfig>,
+}
+
+fn default_prefix() -> String {
+    DEFAULT_PREFIX.into()
+}
+fn default_realm() -> String {
+    "multitokens".into()
+}
+fn default_schemes() -> Vec<String> {
+    contract::DEFAULT_SCHEMES.iter().map(|s| s.to_string()).collect()
+}
+fn default_user_header() -> String {
+    contract::USER_HEADER.into()
+}
+fn default_device_header() -> Option<String> {
+    Some(contract::DEVICE_HEADER.into())
+}
+fn default_scopes_header() -> Option<String> {
+    Some(contract::SCOPES_HEADER.into())
+}
+fn default_token_id_header() -> Option<String> {
+    Some(contract::TOKEN_ID_HEADER.into())
+}
+fn default_credential_header() -> Option<String> {
+    Some(contract::CREDENTIAL_HEADER.into())
+}
+fn default_true() -> bool {
+    true
+}
+fn default_authority() -> String {
+    "multitokens".into()
+}
+fn default_timeout_ms() -> u64 {
+    500
+}
+fn default_max_entries() -> usize {
+    10_000
+}
+fn default_max_negative_entries() -> usize {
+    1_000
+}
+fn default_ttl_ms() -> u64 {
+    30_000
+}
+fn default_negative_ttl_ms() -> u64 {
+    10_000
+}
+fn default_wait_ms() -> u64 {
+    5000
+}
+
+/// The timer period with the companion when none is configured.
+pub const DEFAULT_POLL_MS: u64 = 1000;
+/// The timer period with Redis callouts when none is configured: the bound of that build.
+pub const DEFAULT_REDIS_POLL_MS: u64 = 250;
+fn default_stale_window_ms() -> u64 {
+    300_000
+}
+fn default_refresh_interval_ms() -> u64 {
+    60_000
+}
+
+/// The identity headers set upstream (lower-case); the optional ones can be switched off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityHeaders {
+    /// The user id.
+    pub user: String,
+    /// The device label.
+    pub device: Option<String>,
+    /// The scopes.
+    pub scopes: Option<String>,
+    /// The token's public id.
+    pub token_id: Option<String>,
+    /// Where the credential came from.
+    pub credential: Option<String>,
+    /// Every name stripped from client requests: the configured ones and the defaults, whether
+    /// switched on or off (an upstream may still read a default name).
+    pub stripped: Vec<String>,
+}
+
+impl IdentityHeaders {
+    /// Every name in use.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.user.as_str())
+            .chain([&self.device, &self.scopes, &self.token_id, &self.credential].into_iter().flatten().map(String::as_str))
+    }
+
+    /// Whether a client's header name stands for an identity header, in use or not: equal to one
+    /// after lower-casing and reading `_` as `-`, the way CGI and WSGI servers name their variables.
+    pub fn is_alias(&self, name: &[u8]) -> bool {
+        let fold = |b: &u8| if *b == b'_' { b'-' } else { b.to_ascii_lowercase() };
+        self.stripped.iter().any(|ours| ours.len() == name.len() && ours.as_bytes().iter().map(fold).eq(name.iter().map(fold)))
+    }
+}
+
+/// The configuration compiled for use: validated, lower-cased, with the hasher built.
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    /// The checked configuration.
+    pub config: FilterConfig,
+    /// Digest functions and seal keys: `hash_key`, then `previous_hash_keys`.
+    pub hash_keys: HashKeys,
+    /// Identity headers: only the filter sets them; client values never reach the upstream.
+    pub identity_headers: IdentityHeaders,
+    /// Whether exclusion or scope rules look at the path (then only canonical paths pass).
+    pub has_path_rules: bool,
+    /// The scope rules, keyed as the upstream routes (see [`super::route`]).
+    pub scope_rules: Vec<CompiledScopeRule>,
+    /// How the token store is reached.
+    pub transport: Transport,
+    /// Redis key layout (the Redis transport reads the companion's keys).
+    pub keys: multitokens_core::keys::KeyLayout,
+    /// The deny replies that never vary.
+    pub replies: super::reply::FixedReplies,
+    /// `Bearer <api_key>` for the companion callouts, built once.
+    pub companion_auth: String,
+}
+
+impl Compiled {
+    /// The timer period (ms); 0 when the feed is off.
+    pub fn poll_ms(&self) -> u64 {
+        self.config.revocation_poll_ms.unwrap_or(DEFAULT_POLL_MS)
+    }
+
+    /// How long the companion may hold a feed poll (ms); 0 without long polls (the Redis
+    /// transport, or `revocation_wait_ms: 0`).
+    pub fn feed_wait_ms(&self) -> u64 {
+        match self.transport {
+            Transport::Companion(_) if self.poll_ms() > 0 => self.config.revocation_wait_ms,
+            _ => 0,
+        }
+    }
+
+    /// The timeout of a feed poll: the callout timeout, plus the long poll's hold.
+    pub fn feed_timeout_ms(&self) -> u64 {
+        self.transport.timeout_ms() + self.feed_wait_ms()
+    }
+}
+
+fn header_name(field: &str, value: &str) -> Result<String, String> {
+    let ok = !value.is_empty() && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !ok {
+        return Err(format!("{field}: {value:?} is not a valid header name"));
+    }
+    Ok(value.to_ascii_lowercase())
+}
+
+impl Compiled {
+    /// Parses and checks plugin configuration bytes.
+    pub fn parse(bytes: &[u8]) -> Result<Compiled, String> {
+        let config: FilterConfig = serde_json::from_slice(bytes).map_err(|e| format!("invalid multitokens configuration: {e}"))?;
+        Self::compile(config).map_err(|e| format!("invalid multitokens configuration: {e}"))
+    }
+
+    fn compile(mut config: FilterConfig) -> Result<Compiled, String> {
+        validate_prefix(&config.prefix).map_err(|e| format!("prefix: {e}"))?;
+        if config.schemes.is_empty() || config.schemes.iter().any(|s| s.is_empty() || s.contains(' ')) {
+            return Err("schemes: give at least one scheme, without spaces".into());
+        }
+        if let Some(cookie) = &config.cookie {
+            if cookie.is_empty() || cookie.contains([';', '=', ' ']) {
+                return Err(format!("cookie: {cookie:?} is not a valid cookie name"));
+            }
+        }
+        let optional = |field: &str, value: &Option<String>| value.as_deref().map(|v| header_name(field, v)).transpose();
+        let mut identity_headers = IdentityHeaders {
+            user: header_name("user_header", &config.user_header)?,
+            device: optional("device_header", &config.device_header)?,
+            scopes: optional("scopes_header", &config.scopes_header)?,
+            token_id: optional("token_id_header", &config.token_id_header)?,
+            credential: optional("credential_header", &config.credential_header)?,
+            stripped: Vec::new(),
+        };
+        let mut stripped: Vec<String> = contract::IDENTITY_HEADERS.iter().map(|h| h.to_string()).collect();
+        stripped.extend(identity_headers.names().map(String::from));
+        stripped.sort();
+        stripped.dedup();
+        identity_headers.stripped = stripped;
+        if identity_headers.names().any(|h| h == "authorization" || h == "cookie") {
+            return Err(
+                "user_header/device_header/scopes_header/token_id_header/credential_header: must not be authorization or cookie".into()
+            );
+        }
+        let mut in_use: Vec<&str> = identity_headers.names().collect();
+        in_use.sort_unstable();
+        if in_use.windows(2).any(|w| w[0] == w[1]) {
+            return Err("user_header/device_header/scopes_header/token_id_header/credential_header: give each a different name".into());
+        }
+        config.upstream_routing.compile()?;
+        config.csrf.compile()?;
+        let has_path_rules = config.exclude.iter().any(|r| r.matching.path.is_some() || r.matching.prefix.is_some())
+            || config.required_scopes.iter().any(|r| r.matching.path.is_some() || r.matching.prefix.is_some());
+        for (i, rule) in config.exclude.iter().enumerate() {
+            rule.check().map_err(|e| format!("exclude[{i}]: {e}"))?;
+        }
+        let case_sensitive = config.upstream_routing.case_sensitive;
+        let scope_rules = (config.required_scopes.iter().enumerate())
+            .map(|(i, rule)| CompiledScopeRule::compile(rule.clone(), case_sensitive).map_err(|e| format!("required_scopes[{i}]: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let transport = match (config.companion.clone(), config.redis.clone()) {
+            (Some(c), None) => {
+                if c.cluster.is_empty() {
+                    return Err("companion.cluster: must name an Envoy cluster".into());
+                }
+                if c.api_key.is_empty() {
+                    return Err("companion.api_key: must not be empty".into());
+                }
+                if !(1..=60_000).contains(&c.timeout_ms) {
+                    return Err("companion.timeout_ms: must be 1 to 60000".into());
+                }
+                Transport::Companion(c)
+            }
+            (None, Some(r)) => {
+                if r.cluster.is_empty() || r.cluster.starts_with('?') {
+                    return Err("redis.cluster: must name an Envoy cluster (optionally with ?db=N)".into());
+                }
+                if let Some((_, db)) = r.cluster.split_once('?') {
+                    let n = db.strip_prefix("db=").and_then(|n| n.parse::<u32>().ok());
+                    if n.is_none() {
+                        return Err(format!("redis.cluster: {db:?} is not ?db=N"));
+                    }
+                }
+                if r.username.is_some() && r.password.is_none() {
+                    return Err("redis.password: needed with redis.username".into());
+                }
+                if !(1..=60_000).contains(&r.timeout_ms) {
+                    return Err("redis.timeout_ms: must be 1 to 60000".into());
+                }
+                Transport::Redis(r)
+            }
+            (Some(_), Some(_)) => return Err("companion, redis: give one transport, not both".into()),
+            (None, None) => return Err("missing field `companion` (or `redis` for the Redis-callout build)".into()),
+        };
+        if config.cache.max_entries > 10_000_000 {
+            return Err("cache.max_entries: at most 10000000".into());
+        }
+        if config.cache.max_negative_entries > 10_000_000 {
+            return Err("cache.max_negative_entries: at most 10000000".into());
+        }
+        let default_poll = match transport {
+            Transport::Companion(_) => DEFAULT_POLL_MS,
+            Transport::Redis(_) => DEFAULT_REDIS_POLL_MS,
+        };
+        let poll = *config.revocation_poll_ms.get_or_insert(default_poll);
+        if poll != 0 && !(50..=600_000).contains(&poll) {
+            return Err("revocation_poll_ms: 0 (off) or 50 to 600000".into());
+        }
+        if config.revocation_wait_ms > 25_000 {
+            return Err("revocation_wait_ms: 0 (poll on the timer) to 25000".into());
+        }
+        if let Some(t) = &config.throttle {
+            t.check().map_err(|e| format!("throttle.{e}"))?;
+        }
+        if let Some(r) = &config.refresh_on_use {
+            if r.ttl == 0 || r.ttl > multitokens_core::ttl::MAX_TTL_SECS {
+                return Err("refresh_on_use.ttl: seconds, at least 1".into());
+            }
+        }
+        if let Some(key) = config.hash_key.as_deref().filter(|k| !k.is_empty()) {
+            multitokens_core::keyring::check_key_strength(key).map_err(|e| format!("hash_key: {e}"))?;
+        }
+        if !config.accept_legacy_tokens && config.hash_key.as_deref().is_none_or(str::is_empty) {
+            return Err("accept_legacy_tokens: false needs hash_key (the MAC in tokens is checked with it)".into());
+        }
+        config.schemes = config.schemes.iter().map(|s| s.to_ascii_lowercase()).collect();
+        let previous: Vec<&[u8]> = config.previous_hash_keys.iter().map(|k| k.as_bytes()).collect();
+        let hash_keys = HashKeys::new(config.hash_key.as_deref().map(str::as_bytes), &previous)
+            .map_err(|e| format!("previous_hash_keys: {e}"))?
+            .retiring(&config.retired_hash_keys.iter().map(|k| k.as_bytes()).collect::<Vec<_>>())
+            .map_err(|e| format!("retired_hash_keys: {e}"))?
+            .with_record_keys(
+                None,
+                multitokens_core::signing::parse_public_keys(&config.record_public_keys).map_err(|e| format!("record_public_keys: {e}"))?,
+            )
+            .accepting_hmac_seals(config.accept_hmac_sealed_records)
+            .accepting_unsealed(config.accept_unsealed_records);
+        let keys = multitokens_core::keys::KeyLayout::new(&config.prefix);
+        let replies = super::reply::FixedReplies::new(&config.realm);
+        let companion_auth = match &transport {
+            Transport::Companion(c) => format!("Bearer {}", c.api_key),
+            Transport::Redis(_) => String::new(),
+        };
+        Ok(Compiled { config, hash_keys, identity_headers, has_path_rules, scope_rules, transport, keys, replies, companion_auth })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"{"companion": {"cluster": "mt", "api_key": "k"}}"#;
+
+    #[test]
+    fn minimal_config_gets_the_documented_defaults() {
+        let c = Compiled::parse(MINIMAL.as_bytes()).unwrap();
+        assert_eq!(c.config.prefix, "mt");
+        assert_eq!(c.config.schemes, vec!["bearer", "token"]);
+        assert_eq!(c.config.failure_mode, FailureMode::Deny);
+        assert!(c.config.strip_credential);
+        assert_eq!((c.poll_ms(), c.feed_wait_ms(), c.feed_timeout_ms()), (1000, 5000, 5500));
+        let redis = Compiled::parse(br#"{"redis": {"cluster": "r"}}"#).unwrap();
+        assert_eq!((redis.poll_ms(), redis.feed_wait_ms()), (250, 0), "the Redis-callout build polls every 250 ms");
+        assert_eq!(
+            c.identity_headers.names().collect::<Vec<_>>(),
+            ["x-multitokens-user", "x-multitokens-device", "x-multitokens-scopes", "x-multitokens-token-id", "x-multitokens-credential"]
+        );
+        assert_eq!(c.config.cors_preflight, CorsPreflight::Pass);
+        assert!(c.config.csrf.check && !c.config.upstream_routing.case_sensitive);
+        assert!(!c.has_path_rules, "no rules: the path is not looked at");
+        let lean = Compiled::parse(br#"{"companion": {"cluster": "mt", "api_key": "k"}, "token_id_header": null, "scopes_header": null}"#)
+            .unwrap();
+        assert_eq!(
+            lean.identity_headers.names().collect::<Vec<_>>(),
+            ["x-multitokens-user", "x-multitokens-device", "x-multitokens-credential"]
+        );
+        for switched_off in ["x-multitokens-scopes", "X_Multitokens_Token_Id"] {
+            assert!(lean.identity_headers.is_alias(switched_off.as_bytes()), "{switched_off} is stripped though not set");
+        }
+        let r = Compiled::parse(br#"{"redis": {"cluster": "outbound|6379||redis.svc?db=2", "password": "p"}}"#).unwrap();
+        assert!(matches!(r.transport, Transport::Redis(ref t) if t.cluster.ends_with("?db=2")));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "prefixx": "mt"}"#, "prefixx"),
+            (r#"{"companion": {"cluster": "mt", "api_key": "k", "timeout": 5}}"#, "timeout"),
+            (r#"{"companion": {"cluster": "mt"}}"#, "api_key"),
+            (r#"{"redis": {"cluster": "r?db=x"}}"#, "redis.cluster"),
+            (r#"{"redis": {"cluster": "r", "username": "u"}}"#, "redis.password"),
+            (r#"{"redis": {"cluster": "r", "timeout": 3}}"#, "timeout"),
+            (r#"{"redis": {"cluster": "r"}, "companion": {"cluster": "mt", "api_key": "k"}}"#, "one transport"),
+            (r#"{}"#, "companion"),
+            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "prefix": "a_b"}"#, "prefix"),
+            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "failure_mode": "open"}"#, "open"),
+            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "user_header": "bad header"}"#, "user_header"),
+            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "exclude": [{"path": "x"}]}"#, "exclude[0]"),
+            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "exclude": [{"paht": "/x"}]}"#, "paht"),
+            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "required_scopes": [{"prefix": "/a"}]}"#, "scopes"),
+            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "cache": {"size": 1}}"#, "size"),
+            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "revocation_poll_ms": 5}"#, "revocation_poll_ms"),
+            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "exclude": [{"methods": ["OPTIONS"]}]}"#, "cors_preflight"),
+            (
+                r#"{"companion": {"cluster": "mt", "api_key": "k"}, "required_scopes": [{"prefix": "/a/../b", "scopes": ["x"]}]}"#,
+                "required_scopes[0]",
+            ),
+            (
+                r#"{"companion": {"cluster": "mt", "api_key": "k"}, "required_scopes": [{"path": "/a%2Fb", "scopes": ["x"]}]}"#,
+                "required_scopes[0]",
+            ),
+            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "upstream_routing": {"case_insensitive": true}}"#, "case_insensitive"),
+            (
+                r#"{"companion": {"cluster": "mt", "api_key": "k"}, "upstream_routing": {"method_override_headers": ["a b"]}}"#,
+                "upstream_routing.method_override_headers",
+            ),
+            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "csrf": {"trusted_origins": ["app.example"]}}"#, "csrf.trusted_origins"),
+            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "cors_preflight": "answer"}"#, "answer"),
+            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "credential_header": "x-multitokens-user"}"#, "different name"),
+            ("not json", "invalid multitokens configuration"),
+        ];
+        for (json, field) in cases {
+            let err = Compiled::parse(json.as_bytes()).unwrap_err();
+            assert!(err.contains(field), "{json}: {err}");
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! The filter's logic. Everything but the host calls is plain Rust here, tested natively:
+//! [`config`] (parsed once at load), [`header_map`] (the header map wire form, as bytes), [`cache`] (bounded verdict
+//! cache with revocation), [`path`] (only canonical paths meet the rules), [`rules`] (exclusions and scope rules), [`reply`] (local replies), [`throttle`] (failed attempts per client) and
+//! [`flow`] (the per-request decision, behind the small [`host::Host`] trait). It knows nothing of
+//! proxy-wasm: the shells (crate `multitokens-filter-wasm`) implement `Host` over their proxy.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod cache;
+pub mod coalesce;
+pub mod companion_transport;
+pub mod config;
+pub mod csrf;
+pub mod feed;
+pub mod flow;
+pub mod header_map;
+pub mod host;
+pub mod identity;
+pub mod lookup;
+pub mod memory_host;
+pub mod metric;
+pub mod path;
+pub mod redis_transport;
+pub mod reply;
+pub mod route;
+pub mod rules;
+pub mod throttle;
+pub mod worker;

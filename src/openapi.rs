@@ -1,0 +1,75 @@
+//! The companion API's OpenAPI 3.1 description, generated from the handlers and types
+//! (`utoipa`), served at `/openapi.json` and committed as `docs/openapi.json` (a test checks they
+//! are the same; `make openapi` rewrites the file).
+
+use super::api;
+use multitokens_core::contract::{FeedPage, LookupAnswer};
+use multitokens_core::ttl::MAX_TTL_SECS;
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::RefOr;
+use utoipa::{Modify, OpenApi};
+
+/// The description.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "multitokens companion API", description = "Issue, list, introspect and revoke per-device bearer tokens; the stock filter's internal lookup and revocation feed."),
+    paths(
+        api::issue, api::list, api::revoke_user, api::revoke_by_id, api::events, api::introspect,
+        api::current, api::logout_current, api::logout_others,
+        api::internal_lookup, api::internal_revocations, api::ext_authz,
+        api::healthz, api::readyz, api::metrics,
+    ),
+    components(schemas(FeedPage, LookupAnswer)),
+    modifiers(&SecuritySchemes),
+)]
+pub struct ApiDoc;
+
+/// The keys of each role, and the user's own token.
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let scheme = |auth: HttpAuthScheme, what: &str| {
+            let mut http = Http::new(auth);
+            http.description = Some(what.to_string());
+            SecurityScheme::Http(http)
+        };
+        components.add_security_scheme("admin", scheme(HttpAuthScheme::Bearer, "An admin key (MULTITOKENS_ADMIN_KEY)"));
+        components.add_security_scheme(
+            "introspect",
+            scheme(HttpAuthScheme::Basic, "An introspection client's id and secret (MULTITOKENS_INTROSPECT_CLIENTS)"),
+        );
+        components.add_security_scheme(
+            "internal",
+            scheme(HttpAuthScheme::Bearer, "An internal key (MULTITOKENS_INTERNAL_KEY): the stock filter's"),
+        );
+        components.add_security_scheme("token", scheme(HttpAuthScheme::Bearer, "The user's own token"));
+    }
+}
+
+/// A token lifetime: whole seconds, or `"never"`.
+pub fn ttl_schema() -> impl Into<RefOr<Schema>> {
+    OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(SchemaType::Type(Type::Integer)).minimum(Some(1)).maximum(Some(MAX_TTL_SECS)))
+        .item(ObjectBuilder::new().schema_type(SchemaType::Type(Type::String)).enum_values(Some(["never"])))
+        .item(ObjectBuilder::new().schema_type(SchemaType::Type(Type::Null)))
+        .description(Some("seconds, or \"never\""))
+}
+
+/// A token's scopes: at most 64, each 1 to 128 visible ASCII characters without quotes or
+/// backslashes.
+pub fn scopes_schema() -> impl Into<RefOr<Schema>> {
+    let scope = ObjectBuilder::new()
+        .schema_type(SchemaType::Type(Type::String))
+        .min_length(Some(1))
+        .max_length(Some(128))
+        .pattern(Some(r"^[!#-\[\]-~]+$"));
+    ArrayBuilder::new().items(scope).max_items(Some(64)).description(Some("scopes granted to the token"))
+}
+
+/// The description as pretty JSON (what `/openapi.json` serves and docs/openapi.json holds).
+pub fn json() -> String {
+    ApiDoc::openapi().to_pretty_json().unwrap_or_default()
+}
