@@ -32,7 +32,8 @@ fn main() {
     let hasher = compiled.hash_keys.current().clone();
     let mut worker = Worker::new(compiled);
     worker.apply_feed(FeedPage { cursor: "1-0".into(), digests: vec![], reset: false, more: false }, 0);
-    let tokens: Vec<String> = (0..1000).filter_map(|i| token::generate("mt", &format!("user-{}", i % 100)).ok()).collect();
+    let tokens: Vec<String> =
+        (0..1000).filter_map(|i| token::generate("mt", &format!("user-{}", i % 100)).ok()).collect();
     let mut host = MemoryHost::default();
     let reset = |host: &mut MemoryHost, t: &str| {
         host.reset("GET", b"/api/bench");
@@ -43,7 +44,9 @@ fn main() {
         reset(&mut host, t);
         let mut flow = HttpFlow::new();
         if flow.on_request_headers(&mut host, &mut worker, 1) == Step::Pause {
-            if let Ok(id) = Identity::new(format!("user-{}", i % 100), "laptop".into(), vec!["read".into()], format!("{i:016x}")) {
+            if let Ok(id) =
+                Identity::new(format!("user-{}", i % 100), "laptop".into(), vec!["read".into()], format!("{i:016x}"))
+            {
                 flow.on_lookup_response(&mut host, &mut worker, Ok(Answer::Valid(id, Some(3600))), 1);
             }
         }

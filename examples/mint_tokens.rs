@@ -20,7 +20,8 @@ fn main() -> std::process::ExitCode {
     let mut out = String::new();
     for i in 0..count {
         let user = format!("user-{}", i % 100);
-        let minted = if forged { token::forge(token::DEFAULT_PREFIX, &user) } else { hasher.mint(token::DEFAULT_PREFIX, &user) };
+        let minted =
+            if forged { token::forge(token::DEFAULT_PREFIX, &user) } else { hasher.mint(token::DEFAULT_PREFIX, &user) };
         let Ok(t) = minted else {
             eprintln!("mint_tokens: the OS random source failed");
             return std::process::ExitCode::from(1);

@@ -162,8 +162,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes =
-            Bytes::from_request(req, state).await.map_err(|r| ApiError::new(r.status(), "Request body too large or unreadable."))?;
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|r| ApiError::new(r.status(), "Request body too large or unreadable."))?;
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         serde_path_to_error::deserialize(&mut de).map(JsonBody).map_err(|e| {
             let at = if e.path().to_string() == "." { String::new() } else { format!("{}: ", e.path()) };
@@ -181,9 +182,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryArgs<T> {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         let query = form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes());
-        serde_path_to_error::deserialize(serde_urlencoded::Deserializer::new(query))
-            .map(QueryArgs)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("Invalid query string: {}: {}", e.path(), e.inner())))
+        serde_path_to_error::deserialize(serde_urlencoded::Deserializer::new(query)).map(QueryArgs).map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("Invalid query string: {}: {}", e.path(), e.inner()))
+        })
     }
 }
 
@@ -229,7 +230,11 @@ fn check_role(parts: &Parts, keys: &ApiKeys, roles: &[Role]) -> Result<(), ApiEr
             format!("This endpoint needs the {} role; the key presented has the {} role.", needed.name(), role.name()),
         )),
         None => Err(ApiError::unauthorized(
-            &format!("Invalid credentials: this endpoint needs a key of the {} role ({}).", needed.name(), needed.variable()),
+            &format!(
+                "Invalid credentials: this endpoint needs a key of the {} role ({}).",
+                needed.name(),
+                needed.variable()
+            ),
             Some("invalid_token"),
         )),
     }
@@ -273,7 +278,10 @@ impl FromRequestParts<AppState> for Internal {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         if !state.keys.has_internal() {
-            return Err(ApiError::new(StatusCode::FORBIDDEN, "Internal endpoints are disabled: set MULTITOKENS_INTERNAL_KEY."));
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "Internal endpoints are disabled: set MULTITOKENS_INTERNAL_KEY.",
+            ));
         }
         check_role(parts, &state.keys, &[Role::Internal]).map(|_| Internal(origin(parts, Actor::Internal)))
     }
@@ -300,7 +308,10 @@ pub(crate) struct IssueBody {
     /// A label for the device or browser: up to 256 bytes, no control characters, no whitespace
     /// at either end.
     #[serde(default)]
-    #[schema(max_length = 64, pattern = r"^([^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?)?$")]
+    #[schema(
+        max_length = 64,
+        pattern = r"^([^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?)?$"
+    )]
     device: Option<String>,
     /// This token's lifetime: seconds, or `"never"` (default: `token_ttl`).
     #[serde(default)]
@@ -323,14 +334,20 @@ pub(crate) async fn issue(
     State(store): State<Arc<TokenStore>>,
     JsonBody(body): JsonBody<IssueBody>,
 ) -> Result<Response, ApiError> {
-    let issued = store.issue_as(IssueRequest { user: body.user, device: body.device, ttl: body.ttl, scopes: body.scopes }, &origin).await?;
+    let issued = store
+        .issue_as(IssueRequest { user: body.user, device: body.device, ttl: body.ttl, scopes: body.scopes }, &origin)
+        .await?;
     Ok((StatusCode::CREATED, Json(issued)).into_response())
 }
 
 /// A user's live tokens, oldest first.
 #[utoipa::path(get, path = "/v1/users/{user}/tokens", tag = "admin", params(("user" = String, Path, description = "The user id")), security(("admin" = [])),
     responses((status = 200, body = Vec<TokenInfo>), (status = "default", description = "Error", body = ErrorBody)))]
-pub(crate) async fn list(_: Admin, State(store): State<Arc<TokenStore>>, PathArgs(user): PathArgs<String>) -> Result<Response, ApiError> {
+pub(crate) async fn list(
+    _: Admin,
+    State(store): State<Arc<TokenStore>>,
+    PathArgs(user): PathArgs<String>,
+) -> Result<Response, ApiError> {
     Ok(Json(store.list(&user).await?).into_response())
 }
 
@@ -416,8 +433,8 @@ pub(crate) async fn events(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "limit: 1 to 1000."));
     }
-    let since =
-        super::audit::parse_since(q.since.as_deref().unwrap_or("24h"), now_ms()).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let since = super::audit::parse_since(q.since.as_deref().unwrap_or("24h"), now_ms())
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
     let (events, next) = store.audit_events(q.user.as_deref(), q.after.as_deref(), since, limit).await?;
     Ok(Json(EventsPage { events, next }).into_response())
 }
@@ -464,7 +481,16 @@ pub(crate) struct Introspection {
 impl Introspection {
     /// RFC 7662's answer for a token that is not live.
     fn inactive() -> Self {
-        Introspection { active: false, sub: None, device: None, iat: None, exp: None, scope: None, token_type: None, jti: None }
+        Introspection {
+            active: false,
+            sub: None,
+            device: None,
+            iat: None,
+            exp: None,
+            scope: None,
+            token_type: None,
+            jti: None,
+        }
     }
 }
 
@@ -475,13 +501,25 @@ impl Introspection {
     request_body(content((IntrospectBody = "application/x-www-form-urlencoded"), (IntrospectBody = "application/json"))),
     security(("introspect" = []), ("admin" = [])),
     responses((status = 200, body = Introspection), (status = "default", description = "Error", body = ErrorBody)))]
-pub(crate) async fn introspect(_: Introspector, State(store): State<Arc<TokenStore>>, req: Request) -> Result<Response, ApiError> {
-    let is_json = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"));
-    let bytes = Bytes::from_request(req, &()).await.map_err(|r| ApiError::new(r.status(), "Request body too large or unreadable."))?;
+pub(crate) async fn introspect(
+    _: Introspector,
+    State(store): State<Arc<TokenStore>>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let is_json = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let bytes = Bytes::from_request(req, &())
+        .await
+        .map_err(|r| ApiError::new(r.status(), "Request body too large or unreadable."))?;
     let body: IntrospectBody = if is_json {
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("Invalid JSON body: {e}")))?
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("Invalid JSON body: {e}")))?
     } else {
-        serde_urlencoded_token(&bytes).ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "Missing token parameter."))?
+        serde_urlencoded_token(&bytes)
+            .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "Missing token parameter."))?
     };
     match store.whoami(&body.token).await {
         Ok(info) => {
@@ -510,14 +548,20 @@ fn serde_urlencoded_token(bytes: &[u8]) -> Option<IntrospectBody> {
 /// Who the presented token belongs to.
 #[utoipa::path(get, path = "/v1/tokens/current", tag = "self-service", security(("token" = [])),
     responses((status = 200, body = TokenInfo), (status = "default", description = "Error", body = ErrorBody)))]
-pub(crate) async fn current(State(store): State<Arc<TokenStore>>, CallerToken(token, _): CallerToken) -> Result<Response, ApiError> {
+pub(crate) async fn current(
+    State(store): State<Arc<TokenStore>>,
+    CallerToken(token, _): CallerToken,
+) -> Result<Response, ApiError> {
     Ok(Json(store.whoami(&token).await?).into_response())
 }
 
 /// Logs out the presented token's device.
 #[utoipa::path(delete, path = "/v1/tokens/current", tag = "self-service", security(("token" = [])),
     responses((status = 200, body = RevokeReport), (status = "default", description = "Error", body = ErrorBody)))]
-pub(crate) async fn logout_current(State(state): State<AppState>, CallerToken(token, origin): CallerToken) -> Result<Response, ApiError> {
+pub(crate) async fn logout_current(
+    State(state): State<AppState>,
+    CallerToken(token, origin): CallerToken,
+) -> Result<Response, ApiError> {
     let revocation = state.store.revoke_as(&token, &origin).await?;
     Ok(Json(state.confirm(&revocation).await).into_response())
 }
@@ -525,7 +569,10 @@ pub(crate) async fn logout_current(State(state): State<AppState>, CallerToken(to
 /// Logs out all the user's other devices.
 #[utoipa::path(delete, path = "/v1/tokens/others", tag = "self-service", security(("token" = [])),
     responses((status = 200, body = RevokeReport), (status = "default", description = "Error", body = ErrorBody)))]
-pub(crate) async fn logout_others(State(state): State<AppState>, CallerToken(token, origin): CallerToken) -> Result<Response, ApiError> {
+pub(crate) async fn logout_others(
+    State(state): State<AppState>,
+    CallerToken(token, origin): CallerToken,
+) -> Result<Response, ApiError> {
     let me = state.store.whoami(&token).await?;
     let revocation = state.store.revoke_all_as(&me.user, Some(&token), &origin).await?;
     Ok(Json(state.confirm(&revocation).await).into_response())
@@ -626,7 +673,10 @@ pub(crate) async fn internal_revocations(
     security(("token" = [])),
     responses((status = 200, description = "Valid: identity in x-multitokens-user, -device, -scopes, -token-id, -credential"),
         (status = "default", description = "Error", body = ErrorBody)))]
-pub(crate) async fn ext_authz(State(store): State<Arc<TokenStore>>, headers: axum::http::HeaderMap) -> Result<Response, ApiError> {
+pub(crate) async fn ext_authz(
+    State(store): State<Arc<TokenStore>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
     let values: Vec<&[u8]> = headers.get_all(AUTHORIZATION).iter().map(|v| v.as_bytes()).collect();
     let set = match super::ext_authz::check(&store, &values).await {
         super::ext_authz::Check::Allow(set) => set,
@@ -643,7 +693,10 @@ pub(crate) async fn ext_authz(State(store): State<Arc<TokenStore>>, headers: axu
     let out = response.headers_mut();
     for (name, value) in set {
         let value = HeaderValue::from_bytes(value.as_bytes()).map_err(|_| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("The token's {name} cannot be sent as a header value."))
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("The token's {name} cannot be sent as a header value."),
+            )
         })?;
         out.insert(name, value);
     }
@@ -693,7 +746,8 @@ pub(crate) async fn metrics(State(store): State<Arc<TokenStore>>) -> Response {
 /// Counts and times every request by its route template and a known method (bounded cardinality:
 /// never the path, never a made-up method).
 async fn track(State(store): State<Arc<TokenStore>>, request: Request, next: axum::middleware::Next) -> Response {
-    let route = request.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |m| m.as_str()).to_string();
+    let route =
+        request.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |m| m.as_str()).to_string();
     // a method is any token a client makes up: only the ones the API knows get a label of their own
     let method = match request.method().as_str() {
         m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => m,
@@ -748,6 +802,10 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// Serves the API on a bound listener until `shutdown` completes.
-pub async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
 }

@@ -59,7 +59,10 @@ impl Origin {
     /// `[A-Za-z0-9._:-]`).
     pub fn with_request_id(actor: Actor, given: Option<&[u8]>) -> Origin {
         match given.and_then(|g| std::str::from_utf8(g).ok()) {
-            Some(id) if (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b)) => {
+            Some(id)
+                if (1..=128).contains(&id.len())
+                    && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b)) =>
+            {
                 Origin { actor, request_id: id.to_string() }
             }
             _ => Origin::new(actor),
@@ -165,7 +168,8 @@ pub fn fields(
 /// An entry read from the stream, `None` if it is not an audit event.
 pub fn record(cursor: &str, fields: &std::collections::HashMap<String, String>) -> Option<AuditRecord> {
     let ms: u64 = cursor.split_once('-')?.0.parse().ok()?;
-    let time = humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string();
+    let time =
+        humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string();
     let get = |k: &str| fields.get(k).cloned().unwrap_or_default();
     Some(AuditRecord {
         cursor: cursor.to_string(),
@@ -185,11 +189,16 @@ pub fn record(cursor: &str, fields: &std::collections::HashMap<String, String>) 
 /// `15m`, `2h`, `7d`). Returns Unix milliseconds.
 pub fn parse_since(text: &str, now_ms: u64) -> Result<u64, String> {
     if let Ok(t) = humantime::parse_rfc3339_weak(text) {
-        return t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).map_err(|_| "since: before 1970".to_string());
+        return t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .map_err(|_| "since: before 1970".to_string());
     }
     match humantime::parse_duration(text) {
         Ok(back) => Ok(now_ms.saturating_sub(back.as_millis() as u64)),
-        Err(_) => Err(format!("since: {text:?} is neither a time (2026-11-26T10:00:00Z) nor a duration back from now (15m, 2h, 7d)")),
+        Err(_) => Err(format!(
+            "since: {text:?} is neither a time (2026-11-26T10:00:00Z) nor a duration back from now (15m, 2h, 7d)"
+        )),
     }
 }
 
@@ -200,8 +209,13 @@ mod tests {
     #[test]
     fn request_ids_are_kept_only_when_plausible() {
         assert_eq!(Origin::with_request_id(Actor::Admin, Some(b"4f1c-9a.x:1")).request_id, "4f1c-9a.x:1");
-        let written =
-            |o: &Origin| fields(Event::Issue, "u", &["i".into()], None, None, o).into_iter().find(|(k, _)| *k == "request_id").unwrap().1;
+        let written = |o: &Origin| {
+            fields(Event::Issue, "u", &["i".into()], None, None, o)
+                .into_iter()
+                .find(|(k, _)| *k == "request_id")
+                .unwrap()
+                .1
+        };
         for bad in [&b""[..], b"a b", b"\xff", &[b'a'; 129]] {
             let o = Origin::with_request_id(Actor::Admin, Some(bad));
             assert!(o.request_id.is_empty(), "{bad:?}");
@@ -216,7 +230,8 @@ mod tests {
         let origin = Origin { actor: Actor::Token, request_id: "r1".into() };
         let ids: Vec<String> = (0..150).map(|i| format!("{i:016x}")).collect();
         let f = fields(Event::RevokeAll, "alice", &ids, None, None, &origin);
-        let map: std::collections::HashMap<String, String> = f.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        let map: std::collections::HashMap<String, String> =
+            f.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
         let r = record("1764115200000-0", &map).unwrap();
         assert_eq!(
             (r.event.as_str(), r.count, r.actor.as_str(), r.time.as_str()),

@@ -212,7 +212,10 @@ fn read_token(arg: &str) -> Result<String, Failure> {
         return Ok(arg.trim().to_string());
     }
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).map_err(|e| usage(format!("cannot read the token from standard input: {e}")))?;
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| usage(format!("cannot read the token from standard input: {e}")))?;
     Ok(line.trim().to_string())
 }
 
@@ -319,13 +322,17 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
                     to_json(r)?
                 } else {
                     let what = r.count.map_or(r.id.clone(), |n| format!("{n} token(s)"));
-                    format!("{}\t{}\t{}\t{}\t{}\t{}\t{}", r.time, r.event, r.user, what, r.device, r.actor, r.request_id)
+                    format!(
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                        r.time, r.event, r.user, what, r.device, r.actor, r.request_id
+                    )
                 })
             };
             let mut cursor: Option<String> = None;
             let mut printed = 0;
             while printed < limit {
-                let (events, last) = store.audit_events(user.as_deref(), cursor.as_deref(), since, limit - printed).await?;
+                let (events, last) =
+                    store.audit_events(user.as_deref(), cursor.as_deref(), since, limit - printed).await?;
                 for e in &events {
                     show(e)?;
                 }
@@ -336,7 +343,8 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
                 }
             }
             if follow {
-                let mut conn = store.redis().dedicated(std::time::Duration::from_secs(5)).await.map_err(StoreError::from)?;
+                let mut conn =
+                    store.redis().dedicated(std::time::Duration::from_secs(5)).await.map_err(StoreError::from)?;
                 let mut after = cursor.unwrap_or_else(|| "$".to_string());
                 loop {
                     for e in store.audit_events_after(&mut conn, &after, std::time::Duration::from_secs(2)).await? {
@@ -379,9 +387,8 @@ pub fn main() -> ExitCode {
     };
     if let Command::Keygen { signing } = cli.command {
         let generated = match signing {
-            true => {
-                multitokens_core::signing::RecordSigner::generate().map(|(seed, public)| format!("signing_key={seed}\npublic_key={public}"))
-            }
+            true => multitokens_core::signing::RecordSigner::generate()
+                .map(|(seed, public)| format!("signing_key={seed}\npublic_key={public}")),
             false => multitokens_core::keyring::generate_hash_key(),
         };
         return match generated {

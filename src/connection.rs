@@ -69,7 +69,10 @@ impl Redis {
     /// Builds the handle without connecting; errors on a malformed URL or outside a tokio runtime.
     pub fn open(target: &RedisTarget, timeout: Duration) -> RedisResult<Redis> {
         if tokio::runtime::Handle::try_current().is_err() {
-            return Err(redis::RedisError::from((redis::ErrorKind::Client, "Redis::open needs a running tokio runtime")));
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "Redis::open needs a running tokio runtime",
+            )));
         }
         match target {
             RedisTarget::Single(url) => {
@@ -83,8 +86,11 @@ impl Redis {
                 Ok(Redis::Single(ConnectionManager::new_lazy_with_config(manager_client, config)?, client, timeout))
             }
             RedisTarget::Cluster(nodes) => {
-                let client =
-                    ClusterClient::builder(nodes.clone()).connection_timeout(timeout).response_timeout(timeout).retries(2).build()?;
+                let client = ClusterClient::builder(nodes.clone())
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .retries(2)
+                    .build()?;
                 Ok(Redis::Cluster(Arc::new(client), SharedCluster::default()))
             }
         }
@@ -114,13 +120,17 @@ impl Redis {
             Conn::Cluster(mut c, _) => {
                 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
                 let nodes = c
-                    .route_command(redis::cmd("CLUSTER").arg("NODES").clone(), RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
+                    .route_command(
+                        redis::cmd("CLUSTER").arg("NODES").clone(),
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+                    )
                     .await?;
                 let nodes: String = redis::FromRedisValue::from_redis_value(nodes)?;
                 for (host, port) in masters(&nodes) {
                     let mut cursor = 0u64;
                     loop {
-                        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host: host.clone(), port });
+                        let route =
+                            RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host: host.clone(), port });
                         let reply = c.route_command(scan(cursor), route).await?;
                         let (next, keys): (u64, Vec<String>) = redis::FromRedisValue::from_redis_value(reply)?;
                         found.extend(keys);
@@ -140,12 +150,15 @@ impl Redis {
     pub async fn dedicated(&self, block: Duration) -> RedisResult<Conn> {
         match self {
             Redis::Single(_, client, timeout) => {
-                let config =
-                    redis::AsyncConnectionConfig::new().set_connection_timeout(Some(*timeout)).set_response_timeout(Some(*timeout + block));
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(*timeout))
+                    .set_response_timeout(Some(*timeout + block));
                 let conn = client.get_multiplexed_async_connection_with_config(&config).await?;
                 Ok(Conn::Dedicated(conn))
             }
-            Redis::Cluster(client, _) => Ok(Conn::Cluster(client.get_async_connection().await?, SharedCluster::default())),
+            Redis::Cluster(client, _) => {
+                Ok(Conn::Cluster(client.get_async_connection().await?, SharedCluster::default()))
+            }
         }
     }
 
@@ -193,7 +206,12 @@ pub struct SharedCluster(Arc<tokio::sync::Mutex<Option<ClusterConnection>>>);
 impl SharedCluster {
     async fn drop_if_broken<T>(&self, result: RedisResult<T>) -> RedisResult<T> {
         if let Err(e) = &result {
-            if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_cluster_error() {
+            if e.is_io_error()
+                || e.is_timeout()
+                || e.is_connection_dropped()
+                || e.is_connection_refusal()
+                || e.is_cluster_error()
+            {
                 *self.0.lock().await = None;
             }
         }
@@ -223,7 +241,12 @@ impl ConnectionLike for Conn {
         }
     }
 
-    fn req_packed_commands<'a>(&'a mut self, pipeline: &'a Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Dedicated(c) => c.req_packed_commands(pipeline, offset, count),

@@ -124,7 +124,9 @@ impl EdgeRegistry {
             let entries: Vec<(String, String)> = match self.local.lock() {
                 Ok(local) => names
                     .iter()
-                    .filter_map(|n| local.get(n).and_then(|s| serde_json::to_string(s).ok()).map(|json| (n.clone(), json)))
+                    .filter_map(|n| {
+                        local.get(n).and_then(|s| serde_json::to_string(s).ok()).map(|json| (n.clone(), json))
+                    })
                     .collect(),
                 Err(_) => Vec::new(),
             };

@@ -69,11 +69,13 @@ mod tests {
     fn redis_errors_keep_unavailable_apart_from_refused_and_corrupt() {
         let io = redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused"));
         assert!(matches!(StoreError::from(io), StoreError::Unavailable(_)));
-        let script = redis::RedisError::from((redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError), "script failed"));
+        let script =
+            redis::RedisError::from((redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError), "script failed"));
         assert!(matches!(StoreError::from(script), StoreError::Refused(_)));
         let perm = redis::RedisError::from((redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm), "no permission"));
         assert!(matches!(StoreError::from(perm), StoreError::Refused(_)));
-        let loading = redis::RedisError::from((redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading), "loading"));
+        let loading =
+            redis::RedisError::from((redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading), "loading"));
         assert!(matches!(StoreError::from(loading), StoreError::Unavailable(_)));
         let shape = redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "not an array"));
         assert!(matches!(StoreError::from(shape), StoreError::Corrupt(_)));

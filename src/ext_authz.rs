@@ -42,11 +42,14 @@ pub async fn check(store: &TokenStore, authorization: &[&[u8]]) -> Check {
     let token = match extract(authorization, &[], &schemes, None) {
         Credential::Token(t, _) => t,
         Credential::Missing => return unauthorized(contract::NOT_PROVIDED, None),
-        Credential::Empty | Credential::Malformed => return unauthorized(contract::INVALID_TOKEN, Some("invalid_token")),
+        Credential::Empty | Credential::Malformed => {
+            return unauthorized(contract::INVALID_TOKEN, Some("invalid_token"))
+        }
     };
     match store.whoami(token).await {
         Ok(info) => {
-            let values = [info.user, info.device, info.scopes.join(" "), info.id, contract::CREDENTIAL_FROM_HEADER.to_string()];
+            let values =
+                [info.user, info.device, info.scopes.join(" "), info.id, contract::CREDENTIAL_FROM_HEADER.to_string()];
             Check::Allow(contract::IDENTITY_HEADERS.into_iter().zip(values).collect())
         }
         Err(StoreError::InvalidToken) => unauthorized(contract::INVALID_TOKEN, Some("invalid_token")),

@@ -77,18 +77,33 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("multitokens_companion");
         let requests = Family::<RequestLabels, Counter>::default();
-        let request_seconds =
-            Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(seconds_histogram as fn() -> Histogram);
-        let redis_seconds = Family::<OpLabels, Histogram, fn() -> Histogram>::new_with_constructor(seconds_histogram as fn() -> Histogram);
+        let request_seconds = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            seconds_histogram as fn() -> Histogram,
+        );
+        let redis_seconds = Family::<OpLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            seconds_histogram as fn() -> Histogram,
+        );
         let (issued, revoked, rekeyed, tampered) =
             (Counter::default(), Family::<HowLabels, Counter>::default(), Counter::default(), Counter::default());
         registry.register("http_requests", "API requests by route template, method and status", requests.clone());
-        registry.register("http_request_duration_seconds", "API request durations by route template", request_seconds.clone());
-        registry.register("redis_duration_seconds", "Store operations' Redis round trips, by operation", redis_seconds.clone());
+        registry.register(
+            "http_request_duration_seconds",
+            "API request durations by route template",
+            request_seconds.clone(),
+        );
+        registry.register(
+            "redis_duration_seconds",
+            "Store operations' Redis round trips, by operation",
+            redis_seconds.clone(),
+        );
         registry.register("tokens_issued", "Tokens issued", issued.clone());
         registry.register("tokens_revoked", "Tokens revoked, by how", revoked.clone());
         registry.register("tokens_rekeyed", "Tokens moved to the current hash key", rekeyed.clone());
-        registry.register("tampered_records", "Token records refused because their seal does not verify", tampered.clone());
+        registry.register(
+            "tampered_records",
+            "Token records refused because their seal does not verify",
+            tampered.clone(),
+        );
         Metrics { registry, requests, request_seconds, redis_seconds, issued, revoked, rekeyed, tampered }
     }
 }
@@ -118,7 +133,9 @@ mod tests {
         let m = Metrics::default();
         m.issued.inc();
         m.revoked.get_or_create(&HowLabels { how: "evict" }).inc_by(3);
-        m.requests.get_or_create(&RequestLabels { route: "/v1/tokens".into(), method: "POST".into(), status: 201 }).inc();
+        m.requests
+            .get_or_create(&RequestLabels { route: "/v1/tokens".into(), method: "POST".into(), status: 201 })
+            .inc();
         m.observe_redis("issue", std::time::Instant::now());
         let text = m.encode();
         for needle in [

@@ -52,7 +52,12 @@ impl Modify for SecuritySchemes {
 /// A token lifetime: whole seconds, or `"never"`.
 pub fn ttl_schema() -> impl Into<RefOr<Schema>> {
     OneOfBuilder::new()
-        .item(ObjectBuilder::new().schema_type(SchemaType::Type(Type::Integer)).minimum(Some(1)).maximum(Some(MAX_TTL_SECS)))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(SchemaType::Type(Type::Integer))
+                .minimum(Some(1))
+                .maximum(Some(MAX_TTL_SECS)),
+        )
         .item(ObjectBuilder::new().schema_type(SchemaType::Type(Type::String)).enum_values(Some(["never"])))
         .item(ObjectBuilder::new().schema_type(SchemaType::Type(Type::Null)))
         .description(Some("seconds, or \"never\""))

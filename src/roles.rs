@@ -79,7 +79,8 @@ impl Presented {
         let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
         let pair = String::from_utf8(decoded).ok()?;
         let (id, secret) = pair.split_once(':')?;
-        let unescape = |s: &str| form_urlencoded::parse(format!("v={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
+        let unescape =
+            |s: &str| form_urlencoded::parse(format!("v={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
         Some(Presented::Basic { id: unescape(id)?, secret: unescape(secret)? })
     }
 }
@@ -203,14 +204,21 @@ mod tests {
         let basic = |id: &str, secret: &str| Presented::Basic { id: id.into(), secret: secret.into() };
         assert_eq!(k.role_of(&basic("resource-server", "rs-secret-0123456789")), Some(Role::Introspect));
         assert_eq!(k.role_of(&basic("other", "rs-secret-0123456789")), None);
-        assert_eq!(k.role_of(&basic("resource-server", "admin-key-new-0123456789")), None, "Basic is for introspection clients only");
+        assert_eq!(
+            k.role_of(&basic("resource-server", "admin-key-new-0123456789")),
+            None,
+            "Basic is for introspection clients only"
+        );
     }
 
     #[test]
     fn basic_credentials_are_read_as_rfc_6749_says() {
         use base64::Engine;
         let encode = |s: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(s));
-        let Some(Presented::Basic { id, secret }) = Presented::basic(encode("my%20client:p%3Ass+word").as_bytes()) else { panic!() };
+        let Some(Presented::Basic { id, secret }) = Presented::basic(encode("my%20client:p%3Ass+word").as_bytes())
+        else {
+            panic!()
+        };
         assert_eq!((id.as_str(), secret.as_str()), ("my client", "p:ss word"));
         assert!(Presented::basic(b"Bearer abc").is_none());
         assert!(Presented::basic(b"Basic !!!").is_none());
@@ -223,9 +231,15 @@ mod tests {
         let long = |s: &str| format!("{s}-0123456789abcdef");
         assert!(ApiKeys::new(vec![], vec![], vec![]).unwrap_err().contains("MULTITOKENS_ADMIN_KEY"));
         assert!(ApiKeys::new(vec!["short".into()], vec![], vec![]).unwrap_err().contains("admin_key"));
-        assert!(ApiKeys::new(vec![long("a")], vec![], vec![long("a")]).unwrap_err().contains("internal_key must differ"));
-        assert!(ApiKeys::new(vec![long("a")], vec!["nocolon".into()], vec![]).unwrap_err().contains("introspect_clients"));
-        assert!(ApiKeys::new(vec![long("a")], vec![format!("rs:{}", long("a"))], vec![]).unwrap_err().contains("differ"));
+        assert!(ApiKeys::new(vec![long("a")], vec![], vec![long("a")])
+            .unwrap_err()
+            .contains("internal_key must differ"));
+        assert!(ApiKeys::new(vec![long("a")], vec!["nocolon".into()], vec![])
+            .unwrap_err()
+            .contains("introspect_clients"));
+        assert!(ApiKeys::new(vec![long("a")], vec![format!("rs:{}", long("a"))], vec![])
+            .unwrap_err()
+            .contains("differ"));
         assert!(ApiKeys::new(vec![long("a")], vec!["rs:short".into()], vec![]).unwrap_err().contains("secret"));
         assert!(format!("{:?}", keys()).contains("admin: 2"), "Debug shows counts, never keys");
     }

@@ -36,10 +36,13 @@ pub const UNSIGNED_IN_SIGNED_STORE: &str =
 
 /// The API's keys by role, checked ([`ApiKeys::new`]).
 fn checked_keys(settings: &Settings) -> Result<ApiKeys, ServeError> {
-    let keys = ApiKeys::new(settings.admin_keys.clone(), settings.introspect_clients.clone(), settings.internal_keys.clone())
-        .map_err(ServeError::Config)?;
+    let keys =
+        ApiKeys::new(settings.admin_keys.clone(), settings.introspect_clients.clone(), settings.internal_keys.clone())
+            .map_err(ServeError::Config)?;
     if !keys.has_internal() {
-        tracing::warn!("MULTITOKENS_INTERNAL_KEY is not set: the filter's lookup and revocation feed endpoints are disabled");
+        tracing::warn!(
+            "MULTITOKENS_INTERNAL_KEY is not set: the filter's lookup and revocation feed endpoints are disabled"
+        );
     }
     Ok(keys)
 }
@@ -47,7 +50,9 @@ fn checked_keys(settings: &Settings) -> Result<ApiKeys, ServeError> {
 /// Serves the API with `store` until Ctrl-C or SIGTERM.
 pub async fn serve(settings: &Settings, store: TokenStore) -> Result<(), ServeError> {
     let keys = checked_keys(settings)?;
-    let listener = tokio::net::TcpListener::bind(&settings.listen).await.map_err(|e| ServeError::Bind(settings.listen.clone(), e))?;
+    let listener = tokio::net::TcpListener::bind(&settings.listen)
+        .await
+        .map_err(|e| ServeError::Bind(settings.listen.clone(), e))?;
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     match store.check_hash_key().await {
         Ok(KeyCheck::Matches) => {}
@@ -91,10 +96,14 @@ async fn shutdown_signal() {
 /// Logs of `serve` on stderr: level from `MULTITOKENS_LOG` (default info), JSON lines when
 /// `MULTITOKENS_LOG_FORMAT=json`. Fields carry users and token ids, never tokens or keys.
 pub fn init_logging() {
-    let level = std::env::var("MULTITOKENS_LOG").ok().and_then(|l| l.parse::<tracing::Level>().ok()).unwrap_or(tracing::Level::INFO);
+    let level = std::env::var("MULTITOKENS_LOG")
+        .ok()
+        .and_then(|l| l.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::INFO);
     // colour only on a terminal: a log file gets plain text
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(level).with_target(false).with_ansi(ansi);
+    let builder =
+        tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(level).with_target(false).with_ansi(ansi);
     let _ = match std::env::var("MULTITOKENS_LOG_FORMAT").as_deref() {
         Ok("json") => builder.json().try_init(),
         _ => builder.try_init(),

@@ -69,7 +69,9 @@ impl From<OneOrMany> for SecretList {
     fn from(v: OneOrMany) -> Self {
         match v {
             OneOrMany::One(text) => SecretList::split(&text),
-            OneOrMany::Many(list) => SecretList(list.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()),
+            OneOrMany::Many(list) => {
+                SecretList(list.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+            }
         }
     }
 }
@@ -206,7 +208,8 @@ impl std::fmt::Debug for SettingsLayer {
 impl SettingsLayer {
     /// Reads a TOML config file; unknown keys and wrong types are refused with the key's name.
     pub fn from_file(path: &Path) -> Result<SettingsLayer, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
         Self::from_toml(&text).map_err(|e| format!("config file {}: {e}", path.display()))
     }
 
@@ -310,7 +313,12 @@ impl std::fmt::Debug for Settings {
 }
 
 /// A range check that names the setting.
-fn within<T: PartialOrd + std::fmt::Display>(name: &str, value: Option<T>, min: T, max: T) -> Result<Option<T>, String> {
+fn within<T: PartialOrd + std::fmt::Display>(
+    name: &str,
+    value: Option<T>,
+    min: T,
+    max: T,
+) -> Result<Option<T>, String> {
     match value {
         Some(v) if v < min || v > max => Err(format!("invalid {name}: expected {min} to {max}, got {v}")),
         other => Ok(other),
@@ -338,7 +346,8 @@ impl Settings {
             multitokens_core::signing::RecordSigner::from_text(key).map_err(|e| format!("invalid signing_key: {e}"))?;
         }
         let record_public_keys = layer.record_public_keys.unwrap_or_default().0;
-        multitokens_core::signing::parse_public_keys(&record_public_keys).map_err(|e| format!("invalid record_public_keys: {e}"))?;
+        multitokens_core::signing::parse_public_keys(&record_public_keys)
+            .map_err(|e| format!("invalid record_public_keys: {e}"))?;
         // the current key must be strong; a previous one may be weak: rotating is the way off it
         if let Some(key) = layer.hash_key.as_deref().filter(|k| !k.is_empty()) {
             multitokens_core::keyring::check_key_strength(key).map_err(|e| format!("invalid hash_key: {e}"))?;
@@ -397,7 +406,9 @@ mod tests {
     #[test]
     fn flags_and_env_win_over_the_file() {
         const STRONG: &str = "fX2vQ9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE";
-        let lower = file(&format!("prefix = \"file\"\ntoken_ttl = \"never\"\nmax_tokens_per_user = 3\nhash_key = \"{STRONG}\"\n"));
+        let lower = file(&format!(
+            "prefix = \"file\"\ntoken_ttl = \"never\"\nmax_tokens_per_user = 3\nhash_key = \"{STRONG}\"\n"
+        ));
         let upper = SettingsLayer { prefix: Some("flag".into()), ..Default::default() };
         let s = Settings::resolve(upper.over(lower).unwrap()).unwrap();
         assert_eq!(s.prefix, "flag");

@@ -172,7 +172,15 @@ impl TokenInfo {
     fn from_valid(v: ValidToken) -> Self {
         let (expires_in, expires_in_ms) = (v.expires_in(), v.expires_in_ms);
         let r = v.record;
-        TokenInfo { id: r.id, user: r.user, device: r.device, created: r.created, expires_in, expires_in_ms, scopes: r.scopes }
+        TokenInfo {
+            id: r.id,
+            user: r.user,
+            device: r.device,
+            created: r.created,
+            expires_in,
+            expires_in_ms,
+            scopes: r.scopes,
+        }
     }
 }
 
@@ -280,7 +288,8 @@ impl TokenStore {
     /// A store from resolved settings; does not connect yet.
     pub fn from_settings(settings: &Settings) -> Result<Self, StoreError> {
         let target = RedisTarget::parse(&settings.redis_url).map_err(StoreError::BadInput)?;
-        let redis = Redis::open(&target, settings.redis_timeout).map_err(|e| StoreError::BadInput(format!("invalid redis_url: {e}")))?;
+        let redis = Redis::open(&target, settings.redis_timeout)
+            .map_err(|e| StoreError::BadInput(format!("invalid redis_url: {e}")))?;
         let previous: Vec<&[u8]> = settings.previous_hash_keys.iter().map(|k| k.as_bytes()).collect();
         let retired: Vec<&[u8]> = settings.retired_hash_keys.iter().map(|k| k.as_bytes()).collect();
         let hash_keys = HashKeys::new(settings.hash_key.as_deref().map(str::as_bytes), &previous)
@@ -440,8 +449,24 @@ impl TokenStore {
                         self.audit(Event::Evict, &record.user, &evicted, None, None, origin).await;
                     }
                     tracing::info!(user = %record.user, id = %record.id, first, evicted = evicted.len(), "token issued");
-                    self.audit(Event::Issue, &record.user, std::slice::from_ref(&record.id), Some(&device), Some(first), origin).await;
-                    return Ok(Issued { token, id: record.id, user: record.user, device, first, expires_in: ttl.seconds(), ttl_reset });
+                    self.audit(
+                        Event::Issue,
+                        &record.user,
+                        std::slice::from_ref(&record.id),
+                        Some(&device),
+                        Some(first),
+                        origin,
+                    )
+                    .await;
+                    return Ok(Issued {
+                        token,
+                        id: record.id,
+                        user: record.user,
+                        device,
+                        first,
+                        expires_in: ttl.seconds(),
+                        ttl_reset,
+                    });
                 }
                 1 => return Err(StoreError::LimitReached(self.policy.max_tokens_per_user.unwrap_or(0))),
                 _ => continue,
@@ -536,7 +561,13 @@ impl TokenStore {
     /// Moves a record to `new` (or reseals it in place when `new` is its digest), sealed with
     /// the current key, if it still holds what was read, and publishes the old digest (cached
     /// verdicts under it are dropped). True if moved.
-    async fn rekey_record(&self, conn: &mut Conn, read: ReadRecord<'_>, new: &TokenDigest, origin: &Origin) -> Result<bool, StoreError> {
+    async fn rekey_record(
+        &self,
+        conn: &mut Conn,
+        read: ReadRecord<'_>,
+        new: &TokenDigest,
+        origin: &Origin,
+    ) -> Result<bool, StoreError> {
         let ReadRecord { tag, digest: old, value: read, record } = read;
         self.announce_outbox(&self.keys.outbox_key(tag)).await?;
         let sealed = self.hash_keys.seal(new, record.to_json()?);
@@ -570,7 +601,11 @@ impl TokenStore {
     /// Who a token belongs to (the seed's `get_user_from_token`).
     pub async fn whoami(&self, token: &str) -> Result<TokenInfo, StoreError> {
         let (tag, digests) = self.digests_of(token)?;
-        Ok(self.lookup_digests(tag, &digests, Some(&Origin::new(Actor::Companion))).await?.ok_or(StoreError::InvalidToken)?.info)
+        Ok(self
+            .lookup_digests(tag, &digests, Some(&Origin::new(Actor::Companion)))
+            .await?
+            .ok_or(StoreError::InvalidToken)?
+            .info)
     }
 
     /// Logs out one device. `InvalidToken` if the token was not live. Returns where the
@@ -600,7 +635,8 @@ impl TokenStore {
         if revoked < 1 {
             return Err(StoreError::InvalidToken);
         }
-        let (user, id) = (reply.get(1).and_then(as_text).unwrap_or_default(), reply.get(2).and_then(as_text).unwrap_or_default());
+        let (user, id) =
+            (reply.get(1).and_then(as_text).unwrap_or_default(), reply.get(2).and_then(as_text).unwrap_or_default());
         tracing::info!(%id, "token revoked");
         self.audit(Event::Revoke, &user, &[id], None, None, origin).await;
         Ok(Revocation { revoked: 1, feed_position })
@@ -613,7 +649,12 @@ impl TokenStore {
     }
 
     /// [`TokenStore::revoke_all`] on behalf of `origin`.
-    pub async fn revoke_all_as(&self, user: &str, except: Option<&str>, origin: &Origin) -> Result<Revocation, StoreError> {
+    pub async fn revoke_all_as(
+        &self,
+        user: &str,
+        except: Option<&str>,
+        origin: &Origin,
+    ) -> Result<Revocation, StoreError> {
         validate_user(user)?;
         let keep = match except {
             Some(token) => {
@@ -633,14 +674,25 @@ impl TokenStore {
     /// Logs a user out of every device but the one whose token has public id `keep` (the
     /// application knows the id from the filter's `x-multitokens-token-id`, not the token).
     /// `NotFound` when that is no live token of the user; then nothing is revoked.
-    pub async fn revoke_others_by_id_as(&self, user: &str, keep: &str, origin: &Origin) -> Result<Revocation, StoreError> {
+    pub async fn revoke_others_by_id_as(
+        &self,
+        user: &str,
+        keep: &str,
+        origin: &Origin,
+    ) -> Result<Revocation, StoreError> {
         validate_user(user)?;
         self.revoke_all_keeping(user, Keep::PublicId(keep), Event::RevokeOthers, origin).await
     }
 
     /// The revoke-all script for a user, keeping one token (by digest or by public id) or none;
     /// publishes what it revoked and audits it as `event`.
-    async fn revoke_all_keeping(&self, user: &str, keep: Keep<'_>, event: Event, origin: &Origin) -> Result<Revocation, StoreError> {
+    async fn revoke_all_keeping(
+        &self,
+        user: &str,
+        keep: Keep<'_>,
+        event: Event,
+        origin: &Origin,
+    ) -> Result<Revocation, StoreError> {
         let mut conn = self.redis.conn().await?;
         let tag = RoutingTag::for_user(user);
         self.announce_outbox(&self.keys.outbox_key(tag)).await?;
@@ -657,7 +709,8 @@ impl TokenStore {
             }
             other => other?,
         };
-        let feed_position = if revoked.is_empty() { None } else { self.publish_outbox(&self.keys.outbox_key(tag)).await? };
+        let feed_position =
+            if revoked.is_empty() { None } else { self.publish_outbox(&self.keys.outbox_key(tag)).await? };
         tracing::info!(user, revoked = revoked.len(), event = event.as_str(), "tokens revoked");
         self.audit(event, user, &revoked, None, None, origin).await;
         Ok(Revocation { revoked: revoked.len() as u64, feed_position })
@@ -802,7 +855,8 @@ impl TokenStore {
         for name in names {
             let Some((tag, digest)) = parse_record_key(&name) else { continue };
             report.scanned += 1;
-            let (value, pttl): (Option<Vec<u8>>, i64) = redis::pipe().get(&name).cmd("PTTL").arg(&name).query_async(&mut conn).await?;
+            let (value, pttl): (Option<Vec<u8>>, i64) =
+                redis::pipe().get(&name).cmd("PTTL").arg(&name).query_async(&mut conn).await?;
             let Some(value) = value.filter(|_| pttl != -2) else {
                 report.gone += 1;
                 continue;
@@ -815,7 +869,8 @@ impl TokenStore {
                 }
             };
             let sealed_by = self.hash_keys.sealed_by(&digest, &value);
-            let new_digest = record.token_hash.as_deref().and_then(TokenDigest::from_hex).map(|h| current.digest_of_hash(&h.0));
+            let new_digest =
+                record.token_hash.as_deref().and_then(TokenDigest::from_hex).map(|h| current.digest_of_hash(&h.0));
             let has_seal = value.windows(SEAL_FIELD.len()).any(|w| w == SEAL_FIELD);
             // an HMAC-sealed record while records are signed: signed where it is (or where it moves)
             let sign = self.hash_keys.signs_records() && !multitokens_core::signing::has_signature(&value);
@@ -846,7 +901,15 @@ impl TokenStore {
                     continue;
                 }
             };
-            if self.rekey_record(&mut conn, ReadRecord { tag, digest: &digest, value: &value, record: &record }, &target, origin).await? {
+            if self
+                .rekey_record(
+                    &mut conn,
+                    ReadRecord { tag, digest: &digest, value: &value, record: &record },
+                    &target,
+                    origin,
+                )
+                .await?
+            {
                 *counter += 1;
             } else {
                 report.gone += 1;
@@ -872,7 +935,12 @@ impl TokenStore {
         let reply: Vec<Value> = self
             .timed(
                 "feed",
-                self.scripts.feed.key(self.keys.revocation_feed()).arg(cursor.unwrap_or("")).arg(FEED_PAGE).invoke_async(&mut conn),
+                self.scripts
+                    .feed
+                    .key(self.keys.revocation_feed())
+                    .arg(cursor.unwrap_or(""))
+                    .arg(FEED_PAGE)
+                    .invoke_async(&mut conn),
             )
             .await?;
         let cursor = reply.first().and_then(as_text).ok_or_else(|| corrupt("feed"))?;
@@ -884,10 +952,16 @@ impl TokenStore {
 
     /// Waits at most `block` on `conn` (a dedicated connection) for feed entries after `cursor`;
     /// returns them as (stream id, digest), oldest first.
-    pub async fn feed_entries_after(&self, conn: &mut Conn, cursor: &str, block: Duration) -> Result<Vec<(String, String)>, StoreError> {
+    pub async fn feed_entries_after(
+        &self,
+        conn: &mut Conn,
+        cursor: &str,
+        block: Duration,
+    ) -> Result<Vec<(String, String)>, StoreError> {
         use redis::streams::{StreamReadOptions, StreamReadReply};
         let options = StreamReadOptions::default().block(block.as_millis() as usize).count(FEED_PAGE);
-        let reply: Option<StreamReadReply> = conn.xread_options(&[self.keys.revocation_feed()], &[cursor], &options).await?;
+        let reply: Option<StreamReadReply> =
+            conn.xread_options(&[self.keys.revocation_feed()], &[cursor], &options).await?;
         let mut out = Vec::new();
         for key in reply.map(|r| r.keys).unwrap_or_default() {
             for entry in key.ids {
@@ -901,7 +975,15 @@ impl TokenStore {
 
     /// Appends an event to the audit trail. The mutation it records has committed: a failure to
     /// append is logged, never the operation's failure.
-    async fn audit(&self, event: Event, user: &str, ids: &[String], device: Option<&str>, first: Option<bool>, origin: &Origin) {
+    async fn audit(
+        &self,
+        event: Event,
+        user: &str,
+        ids: &[String],
+        device: Option<&str>,
+        first: Option<bool>,
+        origin: &Origin,
+    ) {
         match event {
             Event::Issue => {
                 self.metrics.issued.inc();
@@ -940,7 +1022,9 @@ impl TokenStore {
         let mut conn = self.redis.conn().await?;
         let start = match cursor {
             Some(c) => {
-                stream_id(c).ok_or_else(|| StoreError::BadInput(format!("after: {c:?} is not a cursor (like 1700000000000-0)")))?;
+                stream_id(c).ok_or_else(|| {
+                    StoreError::BadInput(format!("after: {c:?} is not a cursor (like 1700000000000-0)"))
+                })?;
                 format!("({c}")
             }
             None => format!("{since_ms}-0"),
@@ -957,8 +1041,11 @@ impl TokenStore {
         let mut last = None;
         for entry in reply.ids {
             last = Some(entry.id.clone());
-            let fields: std::collections::HashMap<String, String> =
-                entry.map.iter().filter_map(|(k, v)| redis::from_redis_value::<String>(v.clone()).ok().map(|v| (k.clone(), v))).collect();
+            let fields: std::collections::HashMap<String, String> = entry
+                .map
+                .iter()
+                .filter_map(|(k, v)| redis::from_redis_value::<String>(v.clone()).ok().map(|v| (k.clone(), v)))
+                .collect();
             if let Some(r) = audit::record(&entry.id, &fields) {
                 if user.is_none_or(|u| r.user == u) {
                     out.push(r);
@@ -973,7 +1060,12 @@ impl TokenStore {
 
     /// Waits at most `block` on `conn` (a dedicated connection) for audit events after `cursor`
     /// (`$`: from now), oldest first (`multitokens events --follow`).
-    pub async fn audit_events_after(&self, conn: &mut Conn, cursor: &str, block: Duration) -> Result<Vec<AuditRecord>, StoreError> {
+    pub async fn audit_events_after(
+        &self,
+        conn: &mut Conn,
+        cursor: &str,
+        block: Duration,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
         use redis::streams::{StreamReadOptions, StreamReadReply};
         let options = StreamReadOptions::default().block(block.as_millis() as usize).count(1000);
         let reply: Option<StreamReadReply> = conn.xread_options(&[self.keys.audit()], &[cursor], &options).await?;
@@ -1011,7 +1103,8 @@ impl TokenStore {
 
     /// Removes edges not due since `before_ms` from the shared hash.
     pub async fn forget_edges(&self, before_ms: u64) -> Result<(), StoreError> {
-        let stale: Vec<String> = self.read_edges().await?.into_iter().filter(|(_, s)| s.due_ms < before_ms).map(|(k, _)| k).collect();
+        let stale: Vec<String> =
+            self.read_edges().await?.into_iter().filter(|(_, s)| s.due_ms < before_ms).map(|(k, _)| k).collect();
         if !stale.is_empty() {
             let mut conn = self.redis.conn().await?;
             let _: () = conn.hdel(self.keys.edges(), stale).await?;
@@ -1031,13 +1124,21 @@ impl TokenStore {
         let mut conn = self.redis.conn().await?;
         let mut last = None;
         loop {
-            let members: Vec<String> = redis::cmd("LRANGE").arg(outbox).arg(0).arg(OUTBOX_BATCH - 1).query_async(&mut conn).await?;
+            let members: Vec<String> =
+                redis::cmd("LRANGE").arg(outbox).arg(0).arg(OUTBOX_BATCH - 1).query_async(&mut conn).await?;
             if members.is_empty() {
                 return Ok(last);
             }
             let mut pipe = redis::pipe();
             for m in &members {
-                pipe.cmd("XADD").arg(self.keys.revocation_feed()).arg("MAXLEN").arg("~").arg(FEED_MAX_LEN).arg("*").arg("d").arg(m);
+                pipe.cmd("XADD")
+                    .arg(self.keys.revocation_feed())
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(FEED_MAX_LEN)
+                    .arg("*")
+                    .arg("d")
+                    .arg(m);
             }
             let ids: Vec<String> = self.timed("publish", pipe.query_async(&mut conn)).await?;
             last = ids.last().cloned().or(last);
@@ -1053,7 +1154,12 @@ impl TokenStore {
     /// companion dies before publishing them, the sweep finds the outbox in the index.
     pub async fn announce_outbox(&self, outbox: &str) -> Result<(), StoreError> {
         let mut conn = self.redis.conn().await?;
-        let _: i64 = redis::cmd("ZADD").arg(self.keys.pending_outboxes()).arg(now_ms()).arg(outbox).query_async(&mut conn).await?;
+        let _: i64 = redis::cmd("ZADD")
+            .arg(self.keys.pending_outboxes())
+            .arg(now_ms())
+            .arg(outbox)
+            .query_async(&mut conn)
+            .await?;
         Ok(())
     }
 
@@ -1086,8 +1192,14 @@ impl TokenStore {
             if self.publish_outbox(&outbox).await?.is_some() {
                 published += 1;
             }
-            let _: i64 =
-                self.scripts.outbox_forget.key(self.keys.pending_outboxes()).arg(&outbox).arg(&score).invoke_async(&mut conn).await?;
+            let _: i64 = self
+                .scripts
+                .outbox_forget
+                .key(self.keys.pending_outboxes())
+                .arg(&outbox)
+                .arg(&score)
+                .invoke_async(&mut conn)
+                .await?;
         }
         Ok(published)
     }

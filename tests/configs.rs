@@ -61,7 +61,11 @@ fn every_envoy_config_validates() {
         if text.contains(HASH_KEY_PLACEHOLDER) {
             // started as shipped, without putting a key in: Envoy refuses it, naming the field
             let (ok, output) = envoy_validate(&with_built_wasm(&text, false));
-            assert!(!ok && output.contains("hash_key: a hash key needs 256 random bits"), "{}:\n{output}", path.display());
+            assert!(
+                !ok && output.contains("hash_key: a hash key needs 256 random bits"),
+                "{}:\n{output}",
+                path.display()
+            );
         }
     }
 }
@@ -154,7 +158,10 @@ fn the_stock_build_imports_no_redis_callouts() {
         }
     }
     assert!(imports.iter().any(|i| i == "env.proxy_http_call"), "uses HTTP callouts: {imports:?}");
-    assert!(!imports.iter().any(|i| i.contains("proxy_redis")), "stock build must not import Redis callouts: {imports:?}");
+    assert!(
+        !imports.iter().any(|i| i.contains("proxy_redis")),
+        "stock build must not import Redis callouts: {imports:?}"
+    );
     assert!(!exports.iter().any(|e| e == "proxy_on_redis_call_response"));
     assert!(exports.iter().any(|e| e == "proxy_abi_version_0_2_1"), "ABI marker 0_2_1: {exports:?}");
 }
@@ -163,12 +170,18 @@ fn the_stock_build_imports_no_redis_callouts() {
 fn python_tool(args: &[&str]) -> (bool, String) {
     let tools = repo_root().join(".tools/python");
     assert!(tools.exists(), "{} is missing: run `make tools` (make test does)", tools.display());
-    let out = std::process::Command::new("python3").args(args).env("PYTHONPATH", &tools).current_dir(repo_root()).output().unwrap();
+    let out = std::process::Command::new("python3")
+        .args(args)
+        .env("PYTHONPATH", &tools)
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
 /// Reads YAML files with ruamel.yaml, a YAML 1.2 parser that refuses duplicate keys.
-const STRICT_YAML: &str = "import sys\nfrom ruamel.yaml import YAML\nfor f in sys.argv[1:]:\n    list(YAML(typ='rt').load_all(open(f)))\n";
+const STRICT_YAML: &str =
+    "import sys\nfrom ruamel.yaml import YAML\nfor f in sys.argv[1:]:\n    list(YAML(typ='rt').load_all(open(f)))\n";
 
 /// Every YAML file of the repository parses with a strict YAML 1.2 parser from PyPI, and the
 /// compose file validates against the Compose specification's schema (check-jsonschema's own copy).
@@ -187,7 +200,13 @@ fn every_yaml_file_is_strict_yaml_and_the_compose_file_follows_the_compose_spec(
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, "spec:\n  phase: AUTHN\n  phase: AUTHZ\n").unwrap();
     assert!(!python_tool(&["-c", STRICT_YAML, &bad.display().to_string()]).0, "a duplicate key must be refused");
-    let (ok, output) = python_tool(&["-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec", "envoy/docker-compose.yaml"]);
+    let (ok, output) = python_tool(&[
+        "-m",
+        "check_jsonschema",
+        "--builtin-schema",
+        "vendor.compose-spec",
+        "envoy/docker-compose.yaml",
+    ]);
     assert!(ok, "compose spec:\n{output}");
 }
 
@@ -196,7 +215,8 @@ fn tool(dir: &str, program: &str, args: &[&str], stdin: Option<&str>) -> (bool, 
     use std::io::Write;
     let root = repo_root().join(".tools").join(dir);
     assert!(root.exists(), "{} is missing: run `make tools` (make test does)", root.display());
-    let program = if program.starts_with("bin/") { root.join(program).display().to_string() } else { program.to_string() };
+    let program =
+        if program.starts_with("bin/") { root.join(program).display().to_string() } else { program.to_string() };
     let mut cmd = std::process::Command::new(program);
     cmd.args(args).env("PYTHONPATH", &root).current_dir(if dir == "node" { root.clone() } else { repo_root() });
     cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
@@ -218,44 +238,73 @@ fn the_kubernetes_manifests_validate_against_the_kubernetes_schemas() {
     let kustomization: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap()).unwrap();
     assert_eq!(kustomization["kind"].as_str(), Some("Kustomization"));
-    let resources: Vec<String> =
-        kustomization["resources"].as_sequence().unwrap().iter().map(|r| format!("envoy/kubernetes/{}", r.as_str().unwrap())).collect();
+    let resources: Vec<String> = kustomization["resources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| format!("envoy/kubernetes/{}", r.as_str().unwrap()))
+        .collect();
     assert!(resources.len() >= 5, "{resources:?}");
     let mut args = vec!["-m", "kubernetes_validate", "--strict", "-k", "1.30"];
     args.extend(resources.iter().map(String::as_str));
     let (ok, output) = tool("k8s", "python3", &args, None);
     assert!(ok, "kubernetes-validate:\n{output}");
     assert_eq!(output.matches(" passed for resource ").count(), resources.len(), "{output}");
-    for kind in ["deployment/multitokens", "service/multitokens", "poddisruptionbudget/multitokens", "networkpolicy/multitokens"] {
+    for kind in [
+        "deployment/multitokens",
+        "service/multitokens",
+        "poddisruptionbudget/multitokens",
+        "networkpolicy/multitokens",
+    ] {
         assert!(output.contains(kind), "{kind}: {output}");
     }
     // the policy for the application's namespace, applied apart
     let app_policy = repo_root().join("envoy/kubernetes/app-networkpolicy.yaml");
-    let (ok, output) = tool("k8s", "python3", &["-m", "kubernetes_validate", "--strict", "-k", "1.30", app_policy.to_str().unwrap()], None);
+    let (ok, output) = tool(
+        "k8s",
+        "python3",
+        &["-m", "kubernetes_validate", "--strict", "-k", "1.30", app_policy.to_str().unwrap()],
+        None,
+    );
     assert!(ok && output.contains("networkpolicy/only-through-the-gateway"), "{output}");
     // the validator does refuse a misspelt field
     let bad = tempfile::tempdir().unwrap();
     let path = bad.path().join("deployment.yaml");
     std::fs::write(
         &path,
-        std::fs::read_to_string(dir.join("deployment.yaml")).unwrap().replace("readOnlyRootFilesystem", "readOnlyRootFilesytem"),
+        std::fs::read_to_string(dir.join("deployment.yaml"))
+            .unwrap()
+            .replace("readOnlyRootFilesystem", "readOnlyRootFilesytem"),
     )
     .unwrap();
-    assert!(!tool("k8s", "python3", &["-m", "kubernetes_validate", "--strict", "-k", "1.30", path.to_str().unwrap()], None).0);
+    assert!(
+        !tool("k8s", "python3", &["-m", "kubernetes_validate", "--strict", "-k", "1.30", path.to_str().unwrap()], None)
+            .0
+    );
     // what the pod runs as, and how it is probed
-    let deployment: serde_yaml_ng::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join("deployment.yaml")).unwrap()).unwrap();
+    let deployment: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join("deployment.yaml")).unwrap()).unwrap();
     let pod = &deployment["spec"]["template"]["spec"];
     assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
     let container = &pod["containers"][0];
     assert_eq!(container["livenessProbe"]["httpGet"]["path"].as_str(), Some("/healthz"));
     assert_eq!(container["readinessProbe"]["httpGet"]["path"].as_str(), Some("/readyz"));
-    assert!(container["resources"]["limits"]["memory"].is_string() && container["resources"]["requests"]["cpu"].is_string());
+    assert!(
+        container["resources"]["limits"]["memory"].is_string() && container["resources"]["requests"]["cpu"].is_string()
+    );
     // with kubectl at hand (not on every machine), the kustomize build itself validates too
-    if let Ok(out) = std::process::Command::new("kubectl").args(["kustomize", "envoy/istio"]).current_dir(repo_root()).output() {
+    if let Ok(out) =
+        std::process::Command::new("kubectl").args(["kustomize", "envoy/istio"]).current_dir(repo_root()).output()
+    {
         assert!(out.status.success(), "kubectl kustomize envoy/istio: {}", String::from_utf8_lossy(&out.stderr));
         let built = bad.path().join("built.yaml");
         std::fs::write(&built, &out.stdout).unwrap();
-        let (ok, output) = tool("k8s", "python3", &["-m", "kubernetes_validate", "--strict", "-k", "1.30", built.to_str().unwrap()], None);
+        let (ok, output) = tool(
+            "k8s",
+            "python3",
+            &["-m", "kubernetes_validate", "--strict", "-k", "1.30", built.to_str().unwrap()],
+            None,
+        );
         assert!(ok && output.matches(" passed for resource ").count() == resources.len(), "{output}");
     }
 }
@@ -275,9 +324,10 @@ fn the_istio_wasmplugin_and_policies_validate_against_istios_crd_schemas() {
     let (ok, output) = tool("node", "node", &["--input-type=module", "-", policies.to_str().unwrap()], Some(&script));
     assert!(ok, "{output}");
     assert_eq!(output.matches("valid ").count(), 4, "{output}");
-    let docs: Vec<serde_yaml_ng::Value> = serde_yaml_ng::Deserializer::from_str(&std::fs::read_to_string(&policies).unwrap())
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .collect();
+    let docs: Vec<serde_yaml_ng::Value> =
+        serde_yaml_ng::Deserializer::from_str(&std::fs::read_to_string(&policies).unwrap())
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect();
     for doc in docs.iter().filter(|d| d["kind"] == "AuthorizationPolicy") {
         assert_eq!(doc["spec"]["action"], "ALLOW", "allow-listed callers only");
         let principals = &doc["spec"]["rules"][0]["from"][0]["source"]["principals"][0];
@@ -286,8 +336,12 @@ fn the_istio_wasmplugin_and_policies_validate_against_istios_crd_schemas() {
     assert!(docs.iter().filter(|d| d["kind"] == "PeerAuthentication").all(|d| d["spec"]["mtls"]["mode"] == "STRICT"));
     let bad = tempfile::tempdir().unwrap();
     let path = bad.path().join("policies.yaml");
-    std::fs::write(&path, std::fs::read_to_string(&policies).unwrap().replace("mode: STRICT", "mode: STRICTER")).unwrap();
-    assert!(!tool("node", "node", &["--input-type=module", "-", path.to_str().unwrap()], Some(&script)).0, "a wrong mode is refused");
+    std::fs::write(&path, std::fs::read_to_string(&policies).unwrap().replace("mode: STRICT", "mode: STRICTER"))
+        .unwrap();
+    assert!(
+        !tool("node", "node", &["--input-type=module", "-", path.to_str().unwrap()], Some(&script)).0,
+        "a wrong mode is refused"
+    );
     let bad = tempfile::tempdir().unwrap();
     let path = bad.path().join("wasmplugin.yaml");
     std::fs::write(&path, std::fs::read_to_string(&plugin).unwrap().replace("FAIL_CLOSE", "FAIL_SHUT")).unwrap();
@@ -327,7 +381,10 @@ fn the_compose_redis_refuses_clients_without_a_password() {
         .replace("$$", "$")
         .replace("/etc/redis/users.acl", &repo_root().join("envoy/redis/users.acl").display().to_string())
         .replace("/data/", &format!("{}/", dir.path().display()))
-        .replace("--appendonly yes", &format!("--appendonly no --port {port} --bind 127.0.0.1 --dir {}", dir.path().display()));
+        .replace(
+            "--appendonly yes",
+            &format!("--appendonly no --port {port} --bind 127.0.0.1 --dir {}", dir.path().display()),
+        );
     let mut server = std::process::Command::new("sh")
         .args(["-c", &script])
         .env("MULTITOKENS_REDIS_PASSWORD", "compose-test-password")
@@ -341,9 +398,18 @@ fn the_compose_redis_refuses_clients_without_a_password() {
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
     };
     let anonymous = cli(&["SET", "mt:x", "1"]);
-    assert!(anonymous.contains("NOAUTH") || anonymous.contains("WRONGPASS") || anonymous.contains("disabled"), "{anonymous}");
-    assert!(cli(&["--user", "mt-companion", "--pass", "change-me-companion", "PING"]).contains("WRONGPASS"), "the placeholder password");
-    assert_eq!(cli(&["--user", "mt-companion", "--pass", "compose-test-password", "--no-auth-warning", "PING"]).trim(), "PONG");
+    assert!(
+        anonymous.contains("NOAUTH") || anonymous.contains("WRONGPASS") || anonymous.contains("disabled"),
+        "{anonymous}"
+    );
+    assert!(
+        cli(&["--user", "mt-companion", "--pass", "change-me-companion", "PING"]).contains("WRONGPASS"),
+        "the placeholder password"
+    );
+    assert_eq!(
+        cli(&["--user", "mt-companion", "--pass", "compose-test-password", "--no-auth-warning", "PING"]).trim(),
+        "PONG"
+    );
     let _ = server.kill();
     let _ = server.wait();
 }

@@ -8,7 +8,10 @@ mod support;
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use support::{free_port, repo_root, wait_for_port, wasm_path, CompanionServer, Envoy, EnvoyConfig, HttpReply, RedisServer, TEST_HASH_KEY};
+use support::{
+    free_port, repo_root, wait_for_port, wasm_path, CompanionServer, Envoy, EnvoyConfig, HttpReply, RedisServer,
+    TEST_HASH_KEY,
+};
 
 const ADMIN_KEY: &str = "django-admin-key-0123456789";
 const INTERNAL_KEY: &str = "demo-internal-key-change-me";
@@ -115,7 +118,8 @@ fn a_drf_app_behind_the_filter_logs_in_authenticates_and_logs_out_three_ways() {
         support::http_call(&agent, method, &format!("http://127.0.0.1:{port}{path}"), headers, body)
     };
     let login = |user: &str, device: &str| -> String {
-        let r = call("POST", "/login", &[], Some(json!({"username": user, "password": "demo-password", "device": device})));
+        let r =
+            call("POST", "/login", &[], Some(json!({"username": user, "password": "demo-password", "device": device})));
         assert_eq!(r.status, 200, "login: {}", r.body);
         r.body["token"].as_str().unwrap().to_string()
     };
@@ -123,7 +127,10 @@ fn a_drf_app_behind_the_filter_logs_in_authenticates_and_logs_out_three_ways() {
 
     // DRF's obtain_auth_token answers: a token, or its message for wrong credentials
     let r = call("POST", "/login", &[], Some(json!({"username": "alice", "password": "wrong"})));
-    assert_eq!((r.status, r.body.clone()), (400, json!({"non_field_errors": ["Unable to log in with provided credentials."]})));
+    assert_eq!(
+        (r.status, r.body.clone()),
+        (400, json!({"non_field_errors": ["Unable to log in with provided credentials."]}))
+    );
     let laptop = login("alice", "laptop");
     let phone = login("alice", "phone");
     let tablet = login("alice", "tablet");
@@ -131,7 +138,10 @@ fn a_drf_app_behind_the_filter_logs_in_authenticates_and_logs_out_three_ways() {
 
     // an authenticated DRF view sees the user through Django's RemoteUser machinery
     let r = call("GET", "/api/whoami", &[("authorization", &bearer(&laptop))], None);
-    assert_eq!((r.status, r.body["username"].clone(), r.body["device"].clone()), (200, json!("alice"), json!("laptop")));
+    assert_eq!(
+        (r.status, r.body["username"].clone(), r.body["device"].clone()),
+        (200, json!("alice"), json!("laptop"))
+    );
     // spoofed identity headers never reach Django's view of the user
     let r = call(
         "GET",
@@ -150,16 +160,27 @@ fn a_drf_app_behind_the_filter_logs_in_authenticates_and_logs_out_three_ways() {
     // no credential: DRF's usual 401 body, from the filter at the edge and from Django itself
     let r = call("GET", "/api/whoami", &[], None);
     assert_eq!((r.status, r.body.clone()), (401, json!({"detail": "Authentication credentials were not provided."})));
-    let direct =
-        support::http_call(&agent, "GET", &format!("http://127.0.0.1:{}/api/whoami", django.port), &[("x-multitokens-user", "")], None);
-    assert_eq!((direct.status, direct.body.clone()), (401, json!({"detail": "Authentication credentials were not provided."})));
+    let direct = support::http_call(
+        &agent,
+        "GET",
+        &format!("http://127.0.0.1:{}/api/whoami", django.port),
+        &[("x-multitokens-user", "")],
+        None,
+    );
+    assert_eq!(
+        (direct.status, direct.body.clone()),
+        (401, json!({"detail": "Authentication credentials were not provided."}))
+    );
     assert!(direct.challenge.unwrap().starts_with("Bearer"));
 
     // the user's devices, the current one marked
     let r = call("GET", "/api/devices", &[("authorization", &bearer(&phone))], None);
     let devices = r.body.as_array().unwrap();
     assert_eq!(devices.len(), 3);
-    assert_eq!(devices.iter().filter(|d| d["current"] == true).map(|d| d["device"].clone()).collect::<Vec<_>>(), [json!("phone")]);
+    assert_eq!(
+        devices.iter().filter(|d| d["current"] == true).map(|d| d["device"].clone()).collect::<Vec<_>>(),
+        [json!("phone")]
+    );
 
     // log out this device: refused on the very next request, the others stay
     let r = call("POST", "/logout", &[("authorization", &bearer(&laptop))], None);
@@ -191,12 +212,19 @@ fn old_and_new_tokens_work_side_by_side_during_the_cut_over() {
     let (_companion, companion_port) = companion(&redis);
     let django = Gunicorn::start(companion_port, &legacy);
     let created = django.manage(&["drf_create_token", "carol"], &legacy);
-    let old = created.split_whitespace().find(|w| w.len() == 40 && w.bytes().all(|b| b.is_ascii_hexdigit())).unwrap().to_string();
-    let migration: Value =
-        serde_yaml_ng::from_str(&std::fs::read_to_string(repo_root().join("envoy/migration/legacy-token-route.yaml")).unwrap()).unwrap();
+    let old = created
+        .split_whitespace()
+        .find(|w| w.len() == 40 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap()
+        .to_string();
+    let migration: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(repo_root().join("envoy/migration/legacy-token-route.yaml")).unwrap(),
+    )
+    .unwrap();
     let migration = migration.as_array().unwrap().clone();
     // the old route strips every identity header under every `_` spelling
-    let removed: Vec<&str> = migration[1]["request_headers_to_remove"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let removed: Vec<&str> =
+        migration[1]["request_headers_to_remove"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     for name in multitokens_core::contract::IDENTITY_HEADERS {
         let dashes = name.matches('-').count();
         for mask in 0..(1u32 << dashes) {
@@ -237,7 +265,9 @@ fn old_and_new_tokens_work_side_by_side_during_the_cut_over() {
         c
     });
     let agent = support::http_agent();
-    let call = |headers: &[(&str, &str)]| support::http_call(&agent, "GET", &format!("http://127.0.0.1:{port}/api/whoami"), headers, None);
+    let call = |headers: &[(&str, &str)]| {
+        support::http_call(&agent, "GET", &format!("http://127.0.0.1:{port}/api/whoami"), headers, None)
+    };
     // an old token: Django checks it, as before
     let r = call(&[("authorization", &format!("Token {old}"))]);
     assert_eq!((r.status, r.body["username"].clone()), (200, json!("carol")), "{}", r.body);
@@ -248,7 +278,11 @@ fn old_and_new_tokens_work_side_by_side_during_the_cut_over() {
     for path in ["/api/admin/stats", "/API/Admin/stats", "/api/admin", "/api/%61dmin/stats"] {
         let url = format!("http://127.0.0.1:{port}{path}");
         let r = support::http_call(&agent, "GET", &url, &[("authorization", &format!("Token {old}"))], None);
-        assert_eq!((r.status, r.body["detail"].as_str()), (403, Some("You do not have permission to perform this action.")), "{path}");
+        assert_eq!(
+            (r.status, r.body["detail"].as_str()),
+            (403, Some("You do not have permission to perform this action.")),
+            "{path}"
+        );
     }
     let r = call(&[("authorization", &format!("token {}", "0".repeat(40))), ("x-multitokens-user", "alice")]);
     assert_eq!((r.status, r.body.clone()), (401, json!({"detail": "Invalid token."})));
@@ -269,7 +303,11 @@ fn old_and_new_tokens_work_side_by_side_during_the_cut_over() {
     assert_eq!(r.status, 401, "{}", r.body);
     // "log out everywhere" logs out both kinds
     let second = django.manage(&["drf_create_token", "alice"], &legacy);
-    let old_alice = second.split_whitespace().find(|w| w.len() == 40 && w.bytes().all(|b| b.is_ascii_hexdigit())).unwrap().to_string();
+    let old_alice = second
+        .split_whitespace()
+        .find(|w| w.len() == 40 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap()
+        .to_string();
     assert_eq!(call(&[("authorization", &format!("Token {old_alice}"))]).body["username"], "alice");
     let url = format!("http://127.0.0.1:{port}/logout-all");
     let r = support::http_call(&agent, "POST", &url, &[("authorization", &format!("Bearer {new}"))], None);

@@ -33,7 +33,11 @@ impl Demo {
         let names = ["DEMO_PORT", "DEMO_REDIS_PORT", "DEMO_COMPANION_PORT", "DEMO_APP_PORT", "DEMO_ADMIN_PORT"];
         let mut cmd = Command::new("setsid");
         let log = std::fs::File::create(std::env::temp_dir().join("multitokens-doc-examples-demo.log")).unwrap();
-        cmd.arg("bash").arg(repo_root().join("scripts/demo.sh")).current_dir(repo_root()).stdout(log.try_clone().unwrap()).stderr(log);
+        cmd.arg("bash")
+            .arg(repo_root().join("scripts/demo.sh"))
+            .current_dir(repo_root())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
         for (name, port) in names.iter().zip(ports) {
             cmd.env(name, port.to_string());
         }
@@ -108,12 +112,14 @@ fn matches(expected: &Value, got: &Value) -> bool {
         (Value::String(s), Value::String(g)) if s.ends_with('…') => g.starts_with(s.trim_end_matches('…')),
         (Value::Object(e), Value::Object(g)) => {
             let open = e.contains_key("…");
-            e.iter().filter(|(k, _)| *k != "…").all(|(k, v)| g.get(k).is_some_and(|gv| matches(v, gv))) && (open || e.len() == g.len())
+            e.iter().filter(|(k, _)| *k != "…").all(|(k, v)| g.get(k).is_some_and(|gv| matches(v, gv)))
+                && (open || e.len() == g.len())
         }
         (Value::Array(e), Value::Array(g)) => {
             let open = e.last().is_some_and(|v| v == "…");
             let e: Vec<&Value> = e.iter().filter(|v| *v != "…").collect();
-            (if open { g.len() >= e.len() } else { g.len() == e.len() }) && e.iter().zip(g).all(|(ev, gv)| matches(ev, gv))
+            (if open { g.len() >= e.len() } else { g.len() == e.len() })
+                && e.iter().zip(g).all(|(ev, gv)| matches(ev, gv))
         }
         _ => expected == got,
     }
@@ -128,7 +134,9 @@ fn expected_json(text: &str) -> Option<Value> {
 fn check(expected: &str, output: &str) -> Result<(), String> {
     let output = output.trim();
     // `401 {json}`: the status line of `curl -i`, then the body
-    if let Some((status, body)) = expected.split_once(' ').filter(|(s, _)| s.len() == 3 && s.chars().all(|c| c.is_ascii_digit())) {
+    if let Some((status, body)) =
+        expected.split_once(' ').filter(|(s, _)| s.len() == 3 && s.chars().all(|c| c.is_ascii_digit()))
+    {
         let status_line = output.lines().next().unwrap_or("");
         if !status_line.contains(status) {
             return Err(format!("status line {status_line:?}, expected {status}"));
@@ -174,7 +182,15 @@ fn the_documented_examples_work_against_the_demo() {
         script.push_str("echo '@@@end'\n");
         let root = repo_root();
         let mut bash = Command::new("bash")
-            .env("PATH", format!("{}:{}:{}", bin_dir().display(), root.join(".tools/bin").display(), std::env::var("PATH").unwrap()))
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}:{}",
+                    bin_dir().display(),
+                    root.join(".tools/bin").display(),
+                    std::env::var("PATH").unwrap()
+                ),
+            )
             .env("MULTITOKENS_REDIS_URL", format!("redis://127.0.0.1:{redis}/0"))
             .env("MULTITOKENS_ADMIN_KEY", "demo-admin-key-change-me-please")
             .env("MULTITOKENS_HASH_KEY", support::TEST_HASH_KEY)
@@ -187,7 +203,11 @@ fn the_documented_examples_work_against_the_demo() {
         bash.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
         let out = bash.wait_with_output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(stdout.contains("@@@end"), "{doc}: the block did not run to its end:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            stdout.contains("@@@end"),
+            "{doc}: the block did not run to its end:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut checked = 0;
         for (i, e) in block.iter().enumerate() {
             let Some(expected) = &e.expected else { continue };

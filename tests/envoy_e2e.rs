@@ -8,7 +8,9 @@ mod support;
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{free_port, wait_for_port, wasm_path, CompanionServer, Envoy, EnvoyConfig, HttpReply, RedisServer, TEST_HASH_KEY};
+use support::{
+    free_port, wait_for_port, wasm_path, CompanionServer, Envoy, EnvoyConfig, HttpReply, RedisServer, TEST_HASH_KEY,
+};
 
 const ADMIN_KEY: &str = "e2e-admin-key-0123456789abcdef";
 const INTERNAL_KEY: &str = "demo-internal-key-change-me";
@@ -268,7 +270,12 @@ fn the_request_matrix() {
         assert_eq!(r.challenge.as_deref(), Some("Bearer realm=\"multitokens-demo\""));
     }
     // scheme spelling and spacing
-    for auth in [format!("bearer {alice}"), format!("Token {alice}"), format!("Bearer    {alice}   "), format!("BEARER {alice}")] {
+    for auth in [
+        format!("bearer {alice}"),
+        format!("Token {alice}"),
+        format!("Bearer    {alice}   "),
+        format!("BEARER {alice}"),
+    ] {
         let r = s.get("/api/whoami", Some(&auth));
         assert_eq!((r.status, r.body["user"].clone()), (200, json!("alice")), "{auth:?}");
     }
@@ -293,7 +300,8 @@ fn the_request_matrix() {
     assert_eq!(s.get("/api/whoami", Some(&bearer(&alice))).status, 200, "Envoy still serves");
 
     // spoofed identity headers are removed, authenticated or excluded, duplicates included
-    let r = s.request("GET", "/api/whoami", &[("authorization", &bearer(&alice)), ("x-multitokens-user", "root")], None);
+    let r =
+        s.request("GET", "/api/whoami", &[("authorization", &bearer(&alice)), ("x-multitokens-user", "root")], None);
     assert_eq!(r.body["user"], "alice");
     let auth = bearer(&alice);
     let spoofed = [
@@ -311,9 +319,15 @@ fn the_request_matrix() {
     assert_eq!(r.body["x-multitokens-scopes"], json!([""]));
     assert_eq!(r.body["x-multitokens-token-id"].as_array().unwrap().len(), 1);
     assert_eq!(r.body["authorization"], json!([]), "the credential is stripped before the upstream");
-    let r = s.request("GET", "/public/headers", &[("x-multitokens-user", "root"), ("x-multitokens-scopes", "admin")], None);
+    let r =
+        s.request("GET", "/public/headers", &[("x-multitokens-user", "root"), ("x-multitokens-scopes", "admin")], None);
     assert_eq!(r.status, 200);
-    assert_eq!((r.body["x-multitokens-user"].clone(), r.body["x-multitokens-scopes"].clone()), (json!([]), json!([])), "{}", r.body);
+    assert_eq!(
+        (r.body["x-multitokens-user"].clone(), r.body["x-multitokens-scopes"].clone()),
+        (json!([]), json!([])),
+        "{}",
+        r.body
+    );
     // excluded paths need no token
     assert_eq!(s.get("/healthz", None).status, 200);
     let preflight = [("origin", "http://localhost:3000"), ("access-control-request-method", "GET")];
@@ -332,7 +346,12 @@ fn the_request_matrix() {
     assert_eq!(s.get("/api/whoami", Some(&bearer(&phone))).body["device"], "phone");
     assert_eq!(s.get("/api/whoami", Some(&bearer(&alice))).body["device"], "laptop");
     let r = s.request("POST", "/logout", &[("authorization", &bearer(&phone))], None);
-    assert_eq!((r.status, r.body["revoked"].clone(), r.body["edges"]["pending"].clone()), (200, json!(1), json!(0)), "{}", r.body);
+    assert_eq!(
+        (r.status, r.body["revoked"].clone(), r.body["edges"]["pending"].clone()),
+        (200, json!(1), json!(0)),
+        "{}",
+        r.body
+    );
     // Envoy runs a VM per worker and one on its main thread: all of them acknowledged
     assert!(r.body["edges"]["acknowledged"].as_u64().unwrap() >= 2, "{}", r.body);
     // read-your-writes: refused on every worker as soon as the logout has returned
@@ -342,7 +361,12 @@ fn the_request_matrix() {
     assert_eq!(s.get("/api/whoami", Some(&bearer(&alice))).status, 200, "the other device is still logged in");
     let tablet = s.login("alice", "tablet", &[]);
     let r = s.request("POST", "/logout-all", &[("authorization", &bearer(&tablet))], None);
-    assert_eq!((r.status, r.body["revoked"].clone(), r.body["edges"]["pending"].clone()), (200, json!(2), json!(0)), "{}", r.body);
+    assert_eq!(
+        (r.status, r.body["revoked"].clone(), r.body["edges"]["pending"].clone()),
+        (200, json!(2), json!(0)),
+        "{}",
+        r.body
+    );
     for t in [&alice, &tablet] {
         for _ in 0..10 {
             assert_eq!(s.get("/api/whoami", Some(&bearer(t))).status, 401);
@@ -380,11 +404,28 @@ fn a_token_revoked_through_the_cli_is_refused_as_soon_as_the_cli_returns_with_th
     }
     assert!(s.stat("revocations_applied") >= 1);
     // the filter's stats are in Prometheus form too
-    let prometheus =
-        s.agent.get(format!("http://127.0.0.1:{}/stats/prometheus", s.admin_port)).call().unwrap().into_body().read_to_string().unwrap();
-    for name in ["allowed", "cache_hit", "cache_miss", "denied_invalid", "revocations_applied", "callout_failed", "cache_entries"] {
+    let prometheus = s
+        .agent
+        .get(format!("http://127.0.0.1:{}/stats/prometheus", s.admin_port))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    for name in [
+        "allowed",
+        "cache_hit",
+        "cache_miss",
+        "denied_invalid",
+        "revocations_applied",
+        "callout_failed",
+        "cache_entries",
+    ] {
         // Envoy exports the wasm custom namespace without its prefix: multitokens_<name>
-        assert!(prometheus.lines().any(|l| l.starts_with(&format!("multitokens_{name}{{"))), "{name} missing from /stats/prometheus");
+        assert!(
+            prometheus.lines().any(|l| l.starts_with(&format!("multitokens_{name}{{"))),
+            "{name} missing from /stats/prometheus"
+        );
     }
 }
 
@@ -438,8 +479,12 @@ fn without_rules_only_authorization_is_read_and_spoofing_still_fails() {
     });
     let token = s.issue("gus", &["--device", "tv"]);
     let auth = bearer(&token);
-    let headers =
-        [("authorization", auth.as_str()), ("x-multitokens-user", "root"), ("x-multitokens-user", "admin"), ("x-multitokens-device", "x")];
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("x-multitokens-user", "root"),
+        ("x-multitokens-user", "admin"),
+        ("x-multitokens-device", "x"),
+    ];
     for _ in 0..2 {
         // a lookup, then a cache hit: both replace every client value
         let r = s.request("GET", "/api/headers", &headers, None);
@@ -476,12 +521,22 @@ fn revoked_tokens_stay_refused_after_hostile_credentials() {
         ];
         for value in &malformed {
             for agent in [&s.agent, &support::http_agent()] {
-                let r =
-                    support::http_call(agent, "GET", &format!("http://127.0.0.1:{}/api/whoami", s.port), &[("authorization", value)], None);
+                let r = support::http_call(
+                    agent,
+                    "GET",
+                    &format!("http://127.0.0.1:{}/api/whoami", s.port),
+                    &[("authorization", value)],
+                    None,
+                );
                 assert!(matches!(r.status, 401 | 431), "round {round}: {} for a malformed credential", r.status);
             }
         }
-        let r = s.request("GET", "/api/whoami", &[("authorization", &bearer(&laptop)), ("authorization", &bearer(&phone))], None);
+        let r = s.request(
+            "GET",
+            "/api/whoami",
+            &[("authorization", &bearer(&laptop)), ("authorization", &bearer(&phone))],
+            None,
+        );
         assert_eq!(r.status, 401, "two Authorization headers");
         assert_eq!(s.request("POST", "/logout", &[("authorization", &bearer(&laptop))], None).status, 200);
         s.wait_for_status("/api/whoami", &bearer(&laptop), 401, Duration::from_secs(3));
@@ -616,9 +671,11 @@ fn ambiguous_paths_never_bypass_the_rules() {
         let admin = s.login("root", "console", &["admin"]);
         for path in attacks {
             // the app answers 404 to a path it does not route: that status means it got the request
-            for (who, auth, allowed) in
-                [("nobody", None, &[400u16, 401][..]), ("user", Some(&user), &[400, 403][..]), ("admin", Some(&admin), &[200, 400][..])]
-            {
+            for (who, auth, allowed) in [
+                ("nobody", None, &[400u16, 401][..]),
+                ("user", Some(&user), &[400, 403][..]),
+                ("admin", Some(&admin), &[200, 400][..]),
+            ] {
                 let mut request = [b"GET ", path, b" HTTP/1.1\r\nhost: test\r\nconnection: close\r\n"].concat();
                 if let Some(t) = auth {
                     request.extend_from_slice(format!("authorization: Bearer {t}\r\n").as_bytes());
@@ -662,7 +719,8 @@ fn ambiguous_paths_never_bypass_the_rules() {
 
 /// GET /api/whoami with a token on a fresh connection (so both workers see the requests).
 fn whoami_fresh(port: u16, token: &str) -> u16 {
-    let request = format!("GET /api/whoami HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n");
+    let request =
+        format!("GET /api/whoami HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n");
     raw_status(port, request.as_bytes())
 }
 
@@ -771,8 +829,14 @@ fn a_forged_flood_from_a_thousand_addresses_costs_no_lookup() {
         }
     }
     let companion_lookups = |s: &Stack| -> u64 {
-        let text =
-            s.agent.get(format!("http://127.0.0.1:{}/metrics", s.companion_port)).call().unwrap().into_body().read_to_string().unwrap();
+        let text = s
+            .agent
+            .get(format!("http://127.0.0.1:{}/metrics", s.companion_port))
+            .call()
+            .unwrap()
+            .into_body()
+            .read_to_string()
+            .unwrap();
         text.lines()
             .find_map(|l| l.strip_prefix("multitokens_companion_redis_duration_seconds_count{op=\"lookup\"} "))
             .map(|v| v.trim().parse::<u64>().unwrap())
@@ -785,7 +849,8 @@ fn a_forged_flood_from_a_thousand_addresses_costs_no_lookup() {
     let (forged_statuses, valid_statuses) = runtime.block_on(async move {
         let valid = std::sync::Arc::new(valid);
         let mut tasks = tokio::task::JoinSet::new();
-        let mut results = (std::collections::BTreeMap::<u16, u64>::new(), std::collections::BTreeMap::<u16, u64>::new());
+        let mut results =
+            (std::collections::BTreeMap::<u16, u64>::new(), std::collections::BTreeMap::<u16, u64>::new());
         for address in 0..1000u32 {
             if tasks.len() >= 32 {
                 let (f, v) = tasks.join_next().await.unwrap().unwrap();
@@ -808,13 +873,20 @@ fn a_forged_flood_from_a_thousand_addresses_costs_no_lookup() {
     // a lookup now can only be a cached valid token checked again because a worker's tick ran late
     // under the load (tick_overdue): forged tokens are refused before the cache is even asked
     let (new_misses, new_overdue) = (s.stat("cache_miss") - misses, s.stat("tick_overdue") - overdue);
-    assert!(new_misses <= new_overdue, "lookups at the filter: {new_misses}, beyond the {new_overdue} late-tick re-checks");
+    assert!(
+        new_misses <= new_overdue,
+        "lookups at the filter: {new_misses}, beyond the {new_overdue} late-tick re-checks"
+    );
     assert_eq!(companion_lookups(&s) - lookups, new_misses, "no lookup reached Redis but those");
     assert_eq!(s.stat("denied_forged") - forged_before, 100_000);
     assert_eq!(s.stat("denied_throttled"), 0);
 }
 
-fn merge(into: &mut (std::collections::BTreeMap<u16, u64>, std::collections::BTreeMap<u16, u64>), forged: Vec<u16>, valid: Vec<u16>) {
+fn merge(
+    into: &mut (std::collections::BTreeMap<u16, u64>, std::collections::BTreeMap<u16, u64>),
+    forged: Vec<u16>,
+    valid: Vec<u16>,
+) {
     for st in forged {
         *into.0.entry(st).or_default() += 1;
     }
@@ -825,7 +897,13 @@ fn merge(into: &mut (std::collections::BTreeMap<u16, u64>, std::collections::BTr
 
 /// From one source address, on one keep-alive connection: `count` forged tokens, every tenth
 /// request followed by a valid one. Returns the statuses of each kind.
-async fn flood_from(ip: std::net::Ipv4Addr, port: u16, count: usize, valid: &[String], seed: usize) -> (Vec<u16>, Vec<u16>) {
+async fn flood_from(
+    ip: std::net::Ipv4Addr,
+    port: u16,
+    count: usize,
+    valid: &[String],
+    seed: usize,
+) -> (Vec<u16>, Vec<u16>) {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(std::net::SocketAddr::new(ip.into(), 0)).unwrap();
@@ -895,7 +973,10 @@ fn a_burst_with_a_new_token_costs_one_lookup_per_worker() {
     std::thread::sleep(Duration::from_millis(1500)); // the filters hand their counts over on the tick
     let followed = s.stat("lookup_shared") - shared;
     let lookups = s.stat("cache_miss") - misses - followed;
-    assert!(lookups <= 2 * rounds as u64, "at most one lookup per worker and token: {lookups} lookups, {followed} followed");
+    assert!(
+        lookups <= 2 * rounds as u64,
+        "at most one lookup per worker and token: {lookups} lookups, {followed} followed"
+    );
     assert!(followed > 0, "requests that came while a lookup was under way waited for it");
 }
 
@@ -913,10 +994,12 @@ fn no_token_is_accepted_after_its_logout_returned_across_two_envoys_under_load()
     let ports = [s.port, second_port];
     std::thread::sleep(Duration::from_millis(1200)); // the second Envoy's VMs follow the feed
     let users: Vec<String> = (0..200).map(|i| format!("user-{i}")).collect();
-    let tokens: Vec<String> = users.iter().flat_map(|u| [s.login(u, "laptop", &[]), s.login(u, "phone", &[])]).collect();
+    let tokens: Vec<String> =
+        users.iter().flat_map(|u| [s.login(u, "laptop", &[]), s.login(u, "phone", &[])]).collect();
     let logged_out: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let violations: Arc<Mutex<Vec<String>>> = Arc::default();
-    let (stop, sent, accepted) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (stop, sent, accepted) =
+        (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let load: Vec<_> = (0..6)
         .map(|thread| {
             let (tokens, logged_out, violations) = (tokens.clone(), logged_out.clone(), violations.clone());
@@ -950,7 +1033,13 @@ fn no_token_is_accepted_after_its_logout_returned_across_two_envoys_under_load()
     for (i, pair) in tokens.chunks(2).enumerate() {
         let port = ports[i % 2];
         let call = |path: &str, token: &str| {
-            support::http_call(&agent, "POST", &format!("http://127.0.0.1:{port}{path}"), &[("authorization", &bearer(token))], None)
+            support::http_call(
+                &agent,
+                "POST",
+                &format!("http://127.0.0.1:{port}{path}"),
+                &[("authorization", &bearer(token))],
+                None,
+            )
         };
         if i % 2 == 0 {
             // log out one device, then the other
@@ -1061,7 +1150,9 @@ fn revoked_tokens_stay_refused_through_companion_kills_redis_restarts_and_a_lost
     s.redis().kill();
     assert_eq!(s.revoke_at_companion(&tokens[20]).status, 503, "no revoke can succeed without Redis");
     s.redis().restart();
-    wait_until(Duration::from_secs(10), || support::http_call(&s.agent, "GET", &format!("{companion}/readyz"), &[], None).status == 200);
+    wait_until(Duration::from_secs(10), || {
+        support::http_call(&s.agent, "GET", &format!("{companion}/readyz"), &[], None).status == 200
+    });
     for t in &tokens[20..25] {
         let r = s.revoke_at_companion(t);
         assert_eq!((r.status, r.body["edges"]["pending"].clone()), (200, json!(0)), "{}", r.body);
@@ -1077,7 +1168,11 @@ fn revoked_tokens_stay_refused_through_companion_kills_redis_restarts_and_a_lost
         for t in &tokens[from..to] {
             let r = s.revoke_at_companion(t);
             assert_eq!(r.status, 200, "{}", r.body);
-            assert_eq!(s.get("/api/whoami", Some(&bearer(t))).status, 401, "{lose:?}: refused as soon as the revoke returned");
+            assert_eq!(
+                s.get("/api/whoami", Some(&bearer(t))).status,
+                401,
+                "{lose:?}: refused as soon as the revoke returned"
+            );
         }
     }
     let (live, revoked) = edge_agrees_with_redis(&s, &tokens, Duration::from_secs(10));
@@ -1093,8 +1188,9 @@ fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) {
 }
 
 /// The Redis Cluster shard holding the revocation feed fails over (its master SIGKILLed, its
-/// replica promoted with `CLUSTER FAILOVER FORCE`) while tokens are cached at the edge: revokes after the failover hold at once,
-/// and once it has recovered the edge agrees with Redis for every token.
+/// replica promoted with `CLUSTER FAILOVER FORCE`) while tokens are cached at the edge: revokes
+/// after the failover hold at once, and once it has recovered the edge agrees with Redis for every
+/// token.
 #[test]
 fn revocations_hold_when_the_feeds_shard_fails_over() {
     let cluster = support::RedisCluster::start_with_replicas();
@@ -1172,7 +1268,10 @@ fn rotating_the_hash_key_through_envoy_logs_nobody_out() {
     s.restart_envoy(|c| c["previous_hash_keys"] = json!(["key-2026-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE"]));
     all_in(&s, &tokens, "filters accept the new key");
     // 2. the companions write with the new key, still accepting the old one
-    s.restart_companion(keys("key-2026-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE", "key-2025-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE"));
+    s.restart_companion(keys(
+        "key-2026-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE",
+        "key-2025-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE",
+    ));
     let dave = s.login("dave", "phone", &[]);
     assert_eq!(s.get("/api/whoami", Some(&bearer(&dave))).status, 200, "a token issued under the new key");
     all_in(&s, &tokens, "companions on the new key");
@@ -1185,7 +1284,10 @@ fn rotating_the_hash_key_through_envoy_logs_nobody_out() {
     // 4. the sweep re-keys what is left
     let env: Vec<(&str, String)> = [("MULTITOKENS_REDIS_URL", s.url())]
         .into_iter()
-        .chain(keys("key-2026-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE", "key-2025-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE"))
+        .chain(keys(
+            "key-2026-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE",
+            "key-2025-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE",
+        ))
         .collect();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let out = support::companion(&["rekey", "--json"], &env, None);
@@ -1227,7 +1329,9 @@ enum ExtAuthz {
 /// cluster speaks HTTP/2 (cleartext, which its port serves beside HTTP/1.1).
 fn with_ext_authz(mut config: EnvoyConfig, transport: ExtAuthz) -> EnvoyConfig {
     let service = match transport {
-        ExtAuthz::Grpc => json!({"grpc_service": {"envoy_grpc": {"cluster_name": "multitokens_companion"}, "timeout": "0.5s"}}),
+        ExtAuthz::Grpc => {
+            json!({"grpc_service": {"envoy_grpc": {"cluster_name": "multitokens_companion"}, "timeout": "0.5s"}})
+        }
         ExtAuthz::Http => json!({"http_service": {
             "server_uri": {"uri": "http://multitokens_companion", "cluster": "multitokens_companion", "timeout": "0.5s"},
             "path_prefix": "/v1/ext_authz",
@@ -1238,7 +1342,10 @@ fn with_ext_authz(mut config: EnvoyConfig, transport: ExtAuthz) -> EnvoyConfig {
         match v {
             Value::Object(map) => {
                 if let Some(Value::Array(filters)) = map.get_mut("http_filters") {
-                    for f in filters.iter_mut().filter(|f| f["name"] == "multitokens" || f["name"] == "envoy.filters.http.ext_authz") {
+                    for f in filters
+                        .iter_mut()
+                        .filter(|f| f["name"] == "multitokens" || f["name"] == "envoy.filters.http.ext_authz")
+                    {
                         let mut typed = json!({
                             "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
                             "transport_api_version": "V3",
@@ -1247,7 +1354,9 @@ fn with_ext_authz(mut config: EnvoyConfig, transport: ExtAuthz) -> EnvoyConfig {
                         *f = json!({"name": "envoy.filters.http.ext_authz", "typed_config": typed});
                     }
                 }
-                if map.get("name").and_then(Value::as_str) == Some("multitokens_companion") && map.contains_key("load_assignment") {
+                if map.get("name").and_then(Value::as_str) == Some("multitokens_companion")
+                    && map.contains_key("load_assignment")
+                {
                     map.insert(
                         "typed_extension_protocol_options".into(),
                         json!({
@@ -1274,14 +1383,17 @@ fn http_and_grpc_ext_authz_give_the_upstream_the_same_request() {
     let s = Stack::start_with(|_| {}, |c| with_ext_authz(c, ExtAuthz::Grpc));
     let (http_envoy, http_port) = {
         let (port, admin_port) = (free_port(false), free_port(false));
-        let config = with_ext_authz(s.config.clone(), ExtAuthz::Http).move_port(s.port, port).move_port(s.admin_port, admin_port);
+        let config = with_ext_authz(s.config.clone(), ExtAuthz::Http)
+            .move_port(s.port, port)
+            .move_port(s.admin_port, admin_port);
         (Envoy::start(&config.to_yaml(), port, 2), port)
     };
     let alice = bearer(&s.issue("alice", &["--device", "laptop", "--scope", "read", "--scope", "orders:write"]));
     let revoked = s.issue("bob", &["--device", "phone"]);
     assert_eq!(s.revoke_at_companion(&revoked).status, 200);
     let revoked = bearer(&revoked);
-    let spoofed = [("x-multitokens-user", "root"), ("x-multitokens-scopes", "admin"), ("x-multitokens-credential", "cookie")];
+    let spoofed =
+        [("x-multitokens-user", "root"), ("x-multitokens-scopes", "admin"), ("x-multitokens-credential", "cookie")];
     let cases: Vec<Vec<(&str, &str)>> = vec![
         [vec![("authorization", alice.as_str())], spoofed.to_vec()].concat(),
         vec![],
@@ -1315,7 +1427,8 @@ fn http_and_grpc_ext_authz_give_the_upstream_the_same_request() {
 fn envoys_grpc_ext_authz_gets_the_filters_decision_from_the_companion() {
     let s = Stack::start_with(|_| {}, |c| with_ext_authz(c, ExtAuthz::Grpc));
     let alice = s.issue("alice", &["--device", "laptop", "--scope", "read"]);
-    let r = s.request("GET", "/api/headers", &[("authorization", &bearer(&alice)), ("x-multitokens-user", "root")], None);
+    let r =
+        s.request("GET", "/api/headers", &[("authorization", &bearer(&alice)), ("x-multitokens-user", "root")], None);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["x-multitokens-user"], json!(["alice"]), "{}", r.body);
     assert_eq!(r.body["x-multitokens-device"], json!(["laptop"]));
@@ -1330,11 +1443,21 @@ fn envoys_grpc_ext_authz_gets_the_filters_decision_from_the_companion() {
     assert_eq!((r.status, r.body["detail"].clone()), (401, json!("Invalid token.")));
     // it was Envoy's ext_authz asking over gRPC, not the wasm filter
     assert!(!s.config.to_yaml().contains("multitokens_filter.wasm"));
-    let metrics =
-        s.agent.get(format!("http://127.0.0.1:{}/metrics", s.companion_port)).call().unwrap().into_body().read_to_string().unwrap();
+    let metrics = s
+        .agent
+        .get(format!("http://127.0.0.1:{}/metrics", s.companion_port))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
     let checks = metrics
         .lines()
-        .filter(|l| l.starts_with("multitokens_companion_http_requests_total{route=\"/envoy.service.auth.v3.Authorization/Check\""))
+        .filter(|l| {
+            l.starts_with(
+                "multitokens_companion_http_requests_total{route=\"/envoy.service.auth.v3.Authorization/Check\"",
+            )
+        })
         .count();
     assert!(checks >= 1, "no gRPC Check reached the companion:\n{metrics}");
     let stats = s.stats("ext_authz");
@@ -1427,7 +1550,9 @@ fn no_spelling_reaches_a_protected_handler_of_a_lenient_upstream_without_its_sco
         assert_eq!(r.status, 403, "{method} {path} {extra:?} reached {}", r.body);
     }
     // what the rules do not protect still answers, as mallory
-    for (method, path, handler) in [("GET", "/api/items/7", "item"), ("POST", "/api/items/7", "item"), ("GET", "/api/other", "other")] {
+    for (method, path, handler) in
+        [("GET", "/api/items/7", "item"), ("POST", "/api/items/7", "item"), ("GET", "/api/other", "other")]
+    {
         let r = as_mallory(method, path, &[]);
         assert_eq!(
             (r.status, r.body["handler"].as_str(), r.body["user"].as_str()),
@@ -1442,7 +1567,10 @@ fn no_spelling_reaches_a_protected_handler_of_a_lenient_upstream_without_its_sco
         assert_eq!((r.status, r.body["handler"].as_str()), (200, Some("admin-stats")), "{path}");
     }
     let r = s.request("POST", "/api/items/7", &[("authorization", &admin), ("x-http-method-override", "DELETE")], None);
-    assert_eq!((r.status, r.body["handler"].as_str(), r.body["method"].as_str()), (200, Some("delete-item"), Some("DELETE")));
+    assert_eq!(
+        (r.status, r.body["handler"].as_str(), r.body["method"].as_str()),
+        (200, Some("delete-item"), Some("DELETE"))
+    );
     // a path that cannot be matched safely is refused
     assert_eq!(as_mallory("GET", "/api/admin%253Astats", &[]).status, 400);
 }
@@ -1478,8 +1606,16 @@ fn nothing_of_the_clients_own_and_no_token_reaches_a_lenient_upstream() {
         &[("origin", "https://app.example"), ("access-control-request-method", "POST"), ("authorization", &auth)],
         None,
     );
-    assert_eq!((r.status, r.body["handler"].as_str()), (200, Some("admin-stats")), "the preflight reaches the upstream's CORS layer");
-    assert_eq!((r.body["user"].clone(), r.body["authorization"].clone()), (Value::Null, Value::Null), "anonymous, token stripped");
+    assert_eq!(
+        (r.status, r.body["handler"].as_str()),
+        (200, Some("admin-stats")),
+        "the preflight reaches the upstream's CORS layer"
+    );
+    assert_eq!(
+        (r.body["user"].clone(), r.body["authorization"].clone()),
+        (Value::Null, Value::Null),
+        "anonymous, token stripped"
+    );
     let body = r#"{"amount": 100}"#;
     let (status, reply) = raw_request(
         s.port,
@@ -1494,16 +1630,28 @@ fn nothing_of_the_clients_own_and_no_token_reaches_a_lenient_upstream() {
     let cookie = format!("theme=dark; mt_session={token}");
     let r = s.request("GET", "/public/headers", &[("authorization", &auth), ("cookie", &cookie)], None);
     assert_eq!(r.status, 200);
-    assert_eq!((r.body["authorization"].clone(), r.body["cookie"].as_str()), (Value::Null, Some("theme=dark")), "{}", r.body);
+    assert_eq!(
+        (r.body["authorization"].clone(), r.body["cookie"].as_str()),
+        (Value::Null, Some("theme=dark")),
+        "{}",
+        r.body
+    );
     // the same token in the header and the cookie: both removed
     let r = s.request("GET", "/api/other", &[("authorization", &auth), ("cookie", &cookie)], None);
     assert_eq!((r.status, r.body["credential"].as_str()), (200, Some("header")));
     assert_eq!((r.body["authorization"].clone(), r.body["cookie"].as_str()), (Value::Null, Some("theme=dark")));
     // cookie mode: the upstream is told, and another site's unsafe request is refused
     let r = s.request("GET", "/api/other", &[("cookie", &cookie)], None);
-    assert_eq!((r.status, r.body["credential"].as_str(), r.body["cookie"].as_str()), (200, Some("cookie"), Some("theme=dark")));
-    let r =
-        s.request("POST", "/api/other", &[("cookie", &cookie), ("sec-fetch-site", "cross-site"), ("origin", "https://evil.example")], None);
+    assert_eq!(
+        (r.status, r.body["credential"].as_str(), r.body["cookie"].as_str()),
+        (200, Some("cookie"), Some("theme=dark"))
+    );
+    let r = s.request(
+        "POST",
+        "/api/other",
+        &[("cookie", &cookie), ("sec-fetch-site", "cross-site"), ("origin", "https://evil.example")],
+        None,
+    );
     assert_eq!((r.status, r.body["detail"].as_str()), (403, Some("CSRF Failed: Origin checking failed.")));
     let r = s.request("POST", "/api/other", &[("cookie", &cookie), ("origin", "https://evil.example")], None);
     assert_eq!(r.status, 403, "a browser without Sec-Fetch-Site, Origin elsewhere");
@@ -1532,10 +1680,16 @@ fn the_kubernetes_companion_and_the_istio_wasmplugin_as_shipped_authenticate_a_t
     .into_iter()
     .collect();
     // the Deployment's companion container: its args, with the listen address on loopback
-    let deployment: Value =
-        serde_yaml_ng::from_str(&std::fs::read_to_string(support::repo_root().join("envoy/kubernetes/deployment.yaml")).unwrap()).unwrap();
-    let container =
-        deployment["spec"]["template"]["spec"]["containers"].as_array().unwrap().iter().find(|c| c["name"] == "companion").unwrap();
+    let deployment: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(support::repo_root().join("envoy/kubernetes/deployment.yaml")).unwrap(),
+    )
+    .unwrap();
+    let container = deployment["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "companion")
+        .unwrap();
     let companion_port = free_port(false);
     let args: Vec<String> = container["args"]
         .as_array()
@@ -1544,7 +1698,12 @@ fn the_kubernetes_companion_and_the_istio_wasmplugin_as_shipped_authenticate_a_t
         .map(|a| a.as_str().unwrap().replace("0.0.0.0:8080", &format!("127.0.0.1:{companion_port}")))
         .collect();
     let mut companion = Command::new(support::companion_bin());
-    companion.args(&args).env_clear().env("PATH", std::env::var("PATH").unwrap()).stdout(Stdio::null()).stderr(Stdio::null());
+    companion
+        .args(&args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     for var in container["env"].as_array().unwrap() {
         let name = var["name"].as_str().unwrap();
         if let Some(value) = var["value"].as_str() {
@@ -1556,21 +1715,28 @@ fn the_kubernetes_companion_and_the_istio_wasmplugin_as_shipped_authenticate_a_t
                 Some(value) => {
                     companion.env(name, value);
                 }
-                None => assert_eq!(reference["optional"], true, "{name} reads a key the documented Secret does not have"),
+                None => {
+                    assert_eq!(reference["optional"], true, "{name} reads a key the documented Secret does not have")
+                }
             }
         }
     }
     let mut companion = companion.spawn().unwrap();
     assert!(wait_for_port(companion_port, Duration::from_secs(10)), "the companion as deployed did not start");
     // the WasmPlugin's pluginConfig, with the placeholders replaced by the same Secret's values
-    let plugin: Value =
-        serde_yaml_ng::from_str(&std::fs::read_to_string(support::repo_root().join("envoy/istio/wasmplugin.yaml")).unwrap()).unwrap();
+    let plugin: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(support::repo_root().join("envoy/istio/wasmplugin.yaml")).unwrap(),
+    )
+    .unwrap();
     let mut plugin_config = plugin["spec"]["pluginConfig"].clone();
     support::keyed_plugin(&mut plugin_config, &secret["hash-key"], None);
     assert_eq!(plugin_config["companion"]["api_key"], "replace-with-MULTITOKENS_INTERNAL_KEY");
     plugin_config["companion"]["api_key"] = json!(secret["internal-key"]);
     let istio_cluster = plugin_config["companion"]["cluster"].as_str().unwrap().to_string();
-    assert_eq!(istio_cluster, "outbound|8080||multitokens.multitokens.svc.cluster.local", "the name Istio gives the Service's cluster");
+    assert_eq!(
+        istio_cluster, "outbound|8080||multitokens.multitokens.svc.cluster.local",
+        "the name Istio gives the Service's cluster"
+    );
     let (port, admin_port) = (free_port(false), free_port(false));
     let config = EnvoyConfig::load("envoy/envoy.yaml")
         .edit_plugin(|c| *c = plugin_config.clone())
@@ -1593,12 +1759,14 @@ fn the_kubernetes_companion_and_the_istio_wasmplugin_as_shipped_authenticate_a_t
     );
     assert_eq!(issued.status, 201, "{}", issued.body);
     let token = bearer(issued.body["token"].as_str().unwrap());
-    let through =
-        |path: &str| support::http_call(&agent, "GET", &format!("http://127.0.0.1:{port}{path}"), &[("authorization", &token)], None);
+    let through = |path: &str| {
+        support::http_call(&agent, "GET", &format!("http://127.0.0.1:{port}{path}"), &[("authorization", &token)], None)
+    };
     let r = through("/api/other");
     assert_eq!((r.status, r.body["user"].as_str()), (200, Some("kate")), "{}", r.body);
     assert_eq!(through("/ADMIN/users").status, 403, "the WasmPlugin's scope rule, in any case");
-    let revoked = support::http_call(&agent, "DELETE", &format!("{base}/v1/tokens/current"), &[("authorization", &token)], None);
+    let revoked =
+        support::http_call(&agent, "DELETE", &format!("{base}/v1/tokens/current"), &[("authorization", &token)], None);
     assert_eq!(revoked.status, 200, "{}", revoked.body);
     assert_eq!(revoked.body["edges"]["pending"], 0, "both workers acknowledged: {}", revoked.body);
     assert_eq!(through("/api/other").status, 401, "refused right after the revoke returned");

@@ -38,7 +38,8 @@ impl Stack {
     /// A stack whose companion and CLI get `env` too (a hash key, a signing key).
     fn start_with_env(build: Build, env: Vec<(&'static str, String)>) -> Stack {
         let redis = RedisServer::start();
-        let mut vars = vec![("MULTITOKENS_ADMIN_KEY", "host-admin-key-0123456789"), ("MULTITOKENS_INTERNAL_KEY", INTERNAL_KEY)];
+        let mut vars =
+            vec![("MULTITOKENS_ADMIN_KEY", "host-admin-key-0123456789"), ("MULTITOKENS_INTERNAL_KEY", INTERNAL_KEY)];
         vars.extend(env.iter().map(|(k, v)| (*k, v.as_str())));
         let companion = CompanionServer::start(&redis.url(), &vars);
         Stack { redis, companion: Some(companion), build, env }
@@ -66,7 +67,8 @@ impl Stack {
             Build::Stock => wasm_path("multitokens_filter.wasm"),
             Build::Redis => wasm_path("multitokens_filter_redis.wasm"),
         };
-        let mut host = TestHost::load(&wasm, &self.config(extra), self.upstreams()).unwrap_or_else(|logs| panic!("load failed:\n{logs}"));
+        let mut host = TestHost::load(&wasm, &self.config(extra), self.upstreams())
+            .unwrap_or_else(|logs| panic!("load failed:\n{logs}"));
         host.tick(); // follow the revocation feed from now on
         host
     }
@@ -138,12 +140,15 @@ fn behaviour_matrix(build: Build) {
     let misses = host.metric("multitokens.cache_miss");
     let mut flipped = alice.clone().into_bytes();
     flipped[10] = if flipped[10] == b'A' { b'B' } else { b'A' };
-    for bad in [&alice[..alice.len() - 1], &alice[1..], &format!("xx{}", &alice[2..]), &String::from_utf8(flipped).unwrap()] {
+    for bad in
+        [&alice[..alice.len() - 1], &alice[1..], &format!("xx{}", &alice[2..]), &String::from_utf8(flipped).unwrap()]
+    {
         assert_invalid(&get(&mut host, "/api", bad));
     }
     assert_eq!(host.metric("multitokens.cache_miss"), misses, "malformed tokens caused a lookup");
     // valid: identity injected, credential stripped, spoofed headers replaced
-    let r = host.request("GET", "/api", &[("authorization", &format!("Bearer {alice}")), ("x-multitokens-user", "root")]);
+    let r =
+        host.request("GET", "/api", &[("authorization", &format!("Bearer {alice}")), ("x-multitokens-user", "root")]);
     assert_eq!(r.upstream_header("x-multitokens-user").as_deref(), Some("alice"));
     assert_eq!(r.upstream_header("x-multitokens-device").as_deref(), Some("laptop"));
     assert_eq!(r.upstream_header("authorization"), None);
@@ -208,7 +213,8 @@ fn header_bytes_that_are_not_utf8_never_trap_either_build() {
         let mut host = stack.load(json!({"cookie": "session"}));
         let token = stack.issue("alice", "laptop", &[]);
         let raw = |path: &[u8], extra: &[(&[u8], &[u8])]| {
-            let mut h: Vec<(Vec<u8>, Vec<u8>)> = vec![(b":method".to_vec(), b"GET".to_vec()), (b":path".to_vec(), path.to_vec())];
+            let mut h: Vec<(Vec<u8>, Vec<u8>)> =
+                vec![(b":method".to_vec(), b"GET".to_vec()), (b":path".to_vec(), path.to_vec())];
             h.extend(extra.iter().map(|(k, v)| (k.to_vec(), v.to_vec())));
             h
         };
@@ -224,8 +230,16 @@ fn header_bytes_that_are_not_utf8_never_trap_either_build() {
             raw(b"/healthz", &[(b"\xff\xfe", b"\xff"), (b"x-multitokens-user", b"\xff")]),
         ];
         let statuses: Vec<u32> = hostile.into_iter().map(|h| host.request_raw(h).status()).collect();
-        assert_eq!(statuses, [200, 401, 401, 401, 401, 400, 200], "{build:?}: a path that is not UTF-8 is not canonical");
-        assert_eq!(host.metric("multitokens.cache_miss"), misses + 1, "{build:?}: only the well-formed token was looked up");
+        assert_eq!(
+            statuses,
+            [200, 401, 401, 401, 401, 400, 200],
+            "{build:?}: a path that is not UTF-8 is not canonical"
+        );
+        assert_eq!(
+            host.metric("multitokens.cache_miss"),
+            misses + 1,
+            "{build:?}: only the well-formed token was looked up"
+        );
         // the VM is alive and still decides
         assert_eq!(get(&mut host, "/api", &token).upstream_header("x-multitokens-user").as_deref(), Some("alice"));
         assert_invalid(&get(&mut host, "/api", &token[1..]));
@@ -256,8 +270,15 @@ fn forged_token_floods_are_throttled_in_both_builds() {
         assert_eq!(host.metric("multitokens.cache_miss"), misses + 5, "{build:?}: no lookup once throttled");
         let r = get(&mut host, "/api", &multitokens_core::token::generate("mt", "mallory").unwrap());
         assert_eq!(r.reply().header("retry-after"), Some("60"));
-        assert!(r.reply().json()["detail"].as_str().unwrap().starts_with("Request was throttled. Expected available in"));
-        assert_eq!(get(&mut host, "/api", "mt_whatever").status(), 401, "{build:?}: malformed costs nothing, so is not throttled");
+        assert!(r.reply().json()["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("Request was throttled. Expected available in"));
+        assert_eq!(
+            get(&mut host, "/api", "mt_whatever").status(),
+            401,
+            "{build:?}: malformed costs nothing, so is not throttled"
+        );
         // another client, and a valid cached token from the throttled one
         host.set_client_address("192.0.2.10:5001");
         assert_eq!(get(&mut host, "/api", &format!("{alice}x")).status(), 401);
@@ -294,7 +315,9 @@ fn concurrent_requests_with_one_token_share_one_lookup_in_both_builds() {
             ]
         };
         let user_of = |d: Decision| match d {
-            Decision::Forwarded(headers) => headers.into_iter().find(|(k, _)| k == b"x-multitokens-user").map(|(_, v)| v),
+            Decision::Forwarded(headers) => {
+                headers.into_iter().find(|(k, _)| k == b"x-multitokens-user").map(|(_, v)| v)
+            }
             other => panic!("{build:?}: not forwarded: {other:?}"),
         };
         let alice = stack.issue("alice", "laptop", &[]);
@@ -436,9 +459,12 @@ fn redis_errors_and_garbage_map_to_the_failure_mode() {
     let http = CompanionServer::start(&redis.url(), &[("MULTITOKENS_ADMIN_KEY", "host-admin-key-0123456789")]);
     let mut upstreams = Upstreams::default();
     upstreams.redis.insert("redis".into(), addr(http.port));
-    let mut host =
-        TestHost::load(&wasm_path("multitokens_filter_redis.wasm"), &json!({"redis": {"cluster": "redis"}}).to_string(), upstreams)
-            .unwrap();
+    let mut host = TestHost::load(
+        &wasm_path("multitokens_filter_redis.wasm"),
+        &json!({"redis": {"cluster": "redis"}}).to_string(),
+        upstreams,
+    )
+    .unwrap();
     assert_eq!(get(&mut host, "/api", &token).reply().status, 503);
     // and allow_cached never lets an unverified token in
     let redis = RedisServer::start();
@@ -459,12 +485,14 @@ fn each_build_refuses_the_transport_it_cannot_serve() {
     let config = json!({"redis": {"cluster": "redis"}}).to_string();
     let mut upstreams = Upstreams::default();
     upstreams.redis.insert("redis".into(), addr(1));
-    let err =
-        TestHost::load(&wasm_path("multitokens_filter.wasm"), &config, upstreams.clone()).err().expect("stock build must refuse redis");
+    let err = TestHost::load(&wasm_path("multitokens_filter.wasm"), &config, upstreams.clone())
+        .err()
+        .expect("stock build must refuse redis");
     assert!(err.contains("stock build") && err.contains("multitokens_filter_redis.wasm"), "{err}");
     // an unknown Redis cluster is refused at configure time (proxy_redis_init answers BadArgument)
     let config = json!({"redis": {"cluster": "nowhere"}}).to_string();
-    let err = TestHost::load(&wasm_path("multitokens_filter_redis.wasm"), &config, upstreams).err().expect("unknown cluster");
+    let err =
+        TestHost::load(&wasm_path("multitokens_filter_redis.wasm"), &config, upstreams).err().expect("unknown cluster");
     assert!(err.contains("redis.cluster"), "{err}");
 }
 
@@ -487,8 +515,9 @@ fn upstream_envoy_refuses_the_redis_callout_build() {
 fn redis_cluster_through_envoys_redis_proxy() {
     let cluster = support::RedisCluster::start();
     let listen = support::free_port(false);
-    let mut config =
-        support::EnvoyConfig::load("envoy/redis-cluster-proxy.yaml").move_port(16400, listen).move_port(19902, support::free_port(false));
+    let mut config = support::EnvoyConfig::load("envoy/redis-cluster-proxy.yaml")
+        .move_port(16400, listen)
+        .move_port(19902, support::free_port(false));
     for (i, node) in cluster.nodes.iter().enumerate() {
         config = config.move_port(7000 + i as u16, node.port);
     }
@@ -497,9 +526,15 @@ fn redis_cluster_through_envoys_redis_proxy() {
     // Envoy's redis_proxy does not know EVAL_RO
     let plugin =
         json!({"redis": {"cluster": "redis_cluster_proxy", "timeout_ms": 1000, "eval_ro": false}, "cache": {"ttl_ms": 600000}}).to_string();
-    let mut host = TestHost::load(&wasm_path("multitokens_filter_redis.wasm"), &plugin, host_upstreams(listen)).unwrap();
+    let mut host =
+        TestHost::load(&wasm_path("multitokens_filter_redis.wasm"), &plugin, host_upstreams(listen)).unwrap();
     host.tick();
-    assert_eq!(host.metric("multitokens.callout_error") + host.metric("multitokens.callout_failed"), 0, "{:?}", host.logs());
+    assert_eq!(
+        host.metric("multitokens.callout_error") + host.metric("multitokens.callout_failed"),
+        0,
+        "{:?}",
+        host.logs()
+    );
 
     let url = cluster.url();
     let issue = |user: &str| support::issue_token(&url, user, &[]);
@@ -584,9 +619,13 @@ fn tampered_records_are_refused_and_a_key_rotation_logs_nobody_out_in_both_build
             let mut upstreams = Upstreams::default();
             upstreams.http.insert("companion".into(), addr(companion.port));
             upstreams.redis.insert("redis".into(), addr(redis.port));
-            let wasm = wasm_path(if build == Build::Stock { "multitokens_filter.wasm" } else { "multitokens_filter_redis.wasm" });
-            let mut host =
-                TestHost::load(&wasm, &filter_config(build, keys), upstreams).unwrap_or_else(|logs| panic!("load failed:\n{logs}"));
+            let wasm = wasm_path(if build == Build::Stock {
+                "multitokens_filter.wasm"
+            } else {
+                "multitokens_filter_redis.wasm"
+            });
+            let mut host = TestHost::load(&wasm, &filter_config(build, keys), upstreams)
+                .unwrap_or_else(|logs| panic!("load failed:\n{logs}"));
             host.tick();
             host
         };
@@ -613,7 +652,8 @@ fn tampered_records_are_refused_and_a_key_rotation_logs_nobody_out_in_both_build
         drop(companion_one);
 
         // rotation: key two is current, key one still accepted, in the companion and the filter
-        let rotating = env("key-two-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE", "key-one-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE");
+        let rotating =
+            env("key-two-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE", "key-one-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE");
         let companion_two = start(&rotating);
         let mut host = host_for(
             &companion_two,
@@ -626,11 +666,20 @@ fn tampered_records_are_refused_and_a_key_rotation_logs_nobody_out_in_both_build
         let misses = host.metric("multitokens.cache_miss");
         assert_eq!(get(&mut host, "/api", &alice).status(), 200);
         assert_eq!(host.metric("multitokens.cache_miss"), misses, "{build:?}: cached");
-        assert_eq!(run(&rotating, &["revoke-all", "--user", "mallory"]), "1", "her rewritten record can still be logged out");
-        let report: Value = serde_json::from_str(&run(&rotating, &["rekey", "--json"])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            run(&rotating, &["revoke-all", "--user", "mallory"]),
+            "1",
+            "her rewritten record can still be logged out"
+        );
+        let report: Value =
+            serde_json::from_str(&run(&rotating, &["rekey", "--json"])).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((report["scanned"].as_u64(), report["unsealed_or_tampered"].as_u64()), (Some(2), Some(0)));
         let rekeyed = if build == Build::Redis { 1 } else { 0 };
-        assert_eq!(report["rekeyed"].as_u64(), Some(rekeyed), "{build:?}: alice unless the companion re-keyed her on use");
+        assert_eq!(
+            report["rekeyed"].as_u64(),
+            Some(rekeyed),
+            "{build:?}: alice unless the companion re-keyed her on use"
+        );
         // the sweep's move reaches the filter like a revocation of the old digest: the cached
         // verdict under it goes, and the next request finds her under the new one
         let applied = host.metric("multitokens.revocations_applied");
@@ -650,7 +699,8 @@ fn tampered_records_are_refused_and_a_key_rotation_logs_nobody_out_in_both_build
         let companion_three = start(&two);
         // a filter that dropped the old key outright: alice's token (minted under it) no longer
         // passes the MAC check, refused without a lookup; bob's, minted under the new key, does
-        let mut dropped = host_for(&companion_three, json!({"hash_key": "key-two-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE"}));
+        let mut dropped =
+            host_for(&companion_three, json!({"hash_key": "key-two-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE"}));
         let misses = dropped.metric("multitokens.cache_miss");
         assert_invalid(&get(&mut dropped, "/api", &alice));
         assert_eq!(dropped.metric("multitokens.cache_miss"), misses, "{build:?}: no lookup for a MAC no key made");
@@ -718,7 +768,8 @@ fn a_record_forged_with_everything_a_gateway_holds_is_refused_in_both_builds() {
         let (seed, public) = RecordSigner::generate().unwrap();
         let env = vec![("MULTITOKENS_HASH_KEY", support::TEST_HASH_KEY.to_string()), ("MULTITOKENS_SIGNING_KEY", seed)];
         let stack = Stack::start_with_env(build, env);
-        let gateway = json!({"hash_key": support::TEST_HASH_KEY, "accept_legacy_tokens": false, "record_public_keys": [public]});
+        let gateway =
+            json!({"hash_key": support::TEST_HASH_KEY, "accept_legacy_tokens": false, "record_public_keys": [public]});
         let mut host = stack.load(gateway.clone());
         let alice = stack.issue("alice", "laptop", &["--scope", "read"]);
         assert_eq!(get(&mut host, "/api", &alice).status(), 200, "{build:?}: a signed record is honoured");
@@ -793,8 +844,13 @@ fn the_redis_callout_build_runs_as_the_gateway_users_which_cannot_write_records(
         assert_eq!(r.upstream_header("x-multitokens-user").as_deref(), Some("alice"), "{user}: {:?}", host.logs());
         assert_eq!(get(&mut host, "/api", &phone).status(), 200);
         host.tick(); // the refresh goes out, and the feed is read
-        let records: Vec<String> = stack.redis.cli(&["--scan", "--pattern", "mt:*:t:*"]).lines().map(str::to_string).collect();
-        let key = records.iter().find(|k| stack.redis.cli(&["PTTL", k]).trim().parse::<i64>().unwrap() <= 600_000).unwrap().clone();
+        let records: Vec<String> =
+            stack.redis.cli(&["--scan", "--pattern", "mt:*:t:*"]).lines().map(str::to_string).collect();
+        let key = records
+            .iter()
+            .find(|k| stack.redis.cli(&["PTTL", k]).trim().parse::<i64>().unwrap() <= 600_000)
+            .unwrap()
+            .clone();
         let pttl: i64 = stack.redis.cli(&["PTTL", &key]).trim().parse().unwrap();
         assert_eq!(pttl > 599_000, refresh, "{user}: refreshed iff refresh_on_use ({pttl} ms left)");
         stack.cli(&["revoke", &alice]);
@@ -804,7 +860,8 @@ fn the_redis_callout_build_runs_as_the_gateway_users_which_cannot_write_records(
         assert_eq!(host.metric("multitokens.callout_error"), 0, "{user}: {:?}", host.logs());
 
         // what the gateway users cannot do
-        let mut conn = redis::Client::open(stack.redis.url_as(user, "change-me-gateway")).unwrap().get_connection().unwrap();
+        let mut conn =
+            redis::Client::open(stack.redis.url_as(user, "change-me-gateway")).unwrap().get_connection().unwrap();
         let key = records.iter().find(|k| stack.redis.cli(&["EXISTS", k]).trim() == "1").unwrap().clone();
         let record = stack.redis.cli(&["GET", &key]).trim().to_string();
         let forged = record.replace("alice", "root");

@@ -104,7 +104,8 @@ struct Request {
 
 fn request() -> impl Strategy<Value = Request> {
     let method = prop::option::of(prop_oneof![
-        prop::sample::select(vec!["GET", "HEAD", "POST", "OPTIONS", "DELETE", "get"]).prop_map(|m| m.as_bytes().to_vec()),
+        prop::sample::select(vec!["GET", "HEAD", "POST", "OPTIONS", "DELETE", "get"])
+            .prop_map(|m| m.as_bytes().to_vec()),
         bytes(16),
     ]);
     let path = prop::option::of(prop_oneof![
@@ -158,7 +159,9 @@ fn config(redis: bool) -> impl Strategy<Value = Vec<u8>> {
             if refresh {
                 c["refresh_on_use"] = json!({"ttl": 60, "min_interval_ms": 0});
             }
-            c["cache"] = [json!({"max_entries": 0}), json!({"max_entries": 2, "max_negative_entries": 1}), json!({})][cache].clone();
+            c["cache"] = [json!({"max_entries": 0}), json!({"max_entries": 2, "max_negative_entries": 1}), json!({})]
+                [cache]
+                .clone();
             c["revocation_poll_ms"] = json!(100);
             serde_json::to_vec(&c).unwrap()
         },
@@ -180,7 +183,9 @@ fn config(redis: bool) -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn http_answer(a: &Answer) -> Option<(host::RawHeaders, Vec<u8>)> {
-    let ok = |body: serde_json::Value| Some((vec![(b":status".to_vec(), b"200".to_vec())], serde_json::to_vec(&body).unwrap()));
+    let ok = |body: serde_json::Value| {
+        Some((vec![(b":status".to_vec(), b"200".to_vec())], serde_json::to_vec(&body).unwrap()))
+    };
     match a {
         Answer::Nothing => None,
         Answer::Garbage { status, headers, body } => {
@@ -188,8 +193,10 @@ fn http_answer(a: &Answer) -> Option<(host::RawHeaders, Vec<u8>)> {
             h.extend(headers.iter().cloned());
             Some((h, body.clone()))
         }
-        Answer::Valid(secs) => ok(json!({"active": true, "user": "u-alice", "device": "d-phone", "scopes": ["admin"], "id": "i-1",
-            "expires_in": if *secs == 0 { serde_json::Value::Null } else { json!(secs) }})),
+        Answer::Valid(secs) => {
+            ok(json!({"active": true, "user": "u-alice", "device": "d-phone", "scopes": ["admin"], "id": "i-1",
+            "expires_in": if *secs == 0 { serde_json::Value::Null } else { json!(secs) }}))
+        }
         Answer::Invalid => ok(json!({"active": false})),
         Answer::Feed(reset) => ok(json!({"cursor": "5-1", "digests": ["00"], "reset": reset})),
     }
@@ -200,12 +207,16 @@ fn redis_answer(a: &Answer) -> Option<Vec<u8>> {
         Answer::Nothing => None,
         Answer::Garbage { body, .. } => Some(body.clone()),
         Answer::Valid(secs) => {
-            let record = json!({"id": "i-1", "user": "u-alice", "device": "d-phone", "created": 1, "scopes": ["admin"]}).to_string();
+            let record =
+                json!({"id": "i-1", "user": "u-alice", "device": "d-phone", "created": 1, "scopes": ["admin"]})
+                    .to_string();
             let pttl: i64 = if *secs == 0 { -1 } else { i64::from(*secs) * 1000 };
             Some(format!("*2\r\n${}\r\n{record}\r\n:{pttl}\r\n", record.len()).into_bytes())
         }
         Answer::Invalid => Some(b"*1\r\n:-2\r\n".to_vec()),
-        Answer::Feed(reset) => Some(format!("*3\r\n$3\r\n5-1\r\n:{}\r\n*1\r\n$2\r\n00\r\n", u8::from(*reset)).into_bytes()),
+        Answer::Feed(reset) => {
+            Some(format!("*3\r\n$3\r\n5-1\r\n:{}\r\n*1\r\n$2\r\n00\r\n", u8::from(*reset)).into_bytes())
+        }
     }
 }
 
@@ -269,7 +280,9 @@ fn run_case(redis: bool, config: &[u8], requests: &[Request], tokens: &[String])
             };
             headers.push((name.clone(), value));
         }
-        let ctx = host.try_begin(headers, &format!("198.51.100.{}:{}", r.client, 1000 + r.client as u32)).map_err(TestCaseError::fail)?;
+        let ctx = host
+            .try_begin(headers, &format!("198.51.100.{}:{}", r.client, 1000 + r.client as u32))
+            .map_err(TestCaseError::fail)?;
         calls.extend(host.take_calls());
         let mut reset = false;
         for event in &r.events {
@@ -318,7 +331,10 @@ fn run_case(redis: bool, config: &[u8], requests: &[Request], tokens: &[String])
                             "a client's identity header was forwarded: {:?}",
                             String::from_utf8_lossy(name)
                         );
-                        prop_assert!(name.iter().all(|b| *b != b'_' && !b.is_ascii_uppercase()), "an identity alias was forwarded");
+                        prop_assert!(
+                            name.iter().all(|b| *b != b'_' && !b.is_ascii_uppercase()),
+                            "an identity alias was forwarded"
+                        );
                     }
                 }
             }
@@ -375,7 +391,9 @@ fn run_concurrent_case(redis: bool, config: &[u8], acts: &[Act], tokens: &[Strin
     };
     for a in acts {
         match a {
-            Act::Begin(t) => live.push(host.try_begin(request(&tokens[*t]), "198.51.100.1:1000").map_err(TestCaseError::fail)?),
+            Act::Begin(t) => {
+                live.push(host.try_begin(request(&tokens[*t]), "198.51.100.1:1000").map_err(TestCaseError::fail)?)
+            }
             Act::End(i) if !live.is_empty() => {
                 let ctx = live.remove(i % live.len());
                 host.try_end(ctx).map_err(TestCaseError::fail)?;

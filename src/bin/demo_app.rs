@@ -36,7 +36,9 @@ async fn admin_call(demo: Arc<Demo>, method: &'static str, path: String, body: O
         let auth = format!("Bearer {}", demo.admin_key);
         let request = ureq::http::Request::builder().method(method).uri(uri).header("authorization", auth);
         let response = match body {
-            Some(b) => demo.agent.run(request.header("content-type", "application/json").body(b.to_string()).map_err(|e| e.to_string())?),
+            Some(b) => demo.agent.run(
+                request.header("content-type", "application/json").body(b.to_string()).map_err(|e| e.to_string())?,
+            ),
             None => demo.agent.run(request.body(()).map_err(|e| e.to_string())?),
         }
         .map_err(|e| e.to_string())?;
@@ -58,7 +60,9 @@ async fn login(State(demo): State<Arc<Demo>>, Json(body): Json<Value>) -> Respon
     let user = body.get("user").and_then(Value::as_str).unwrap_or_default().to_string();
     let device = body.get("device").and_then(Value::as_str).unwrap_or_default().to_string();
     let scopes = body.get("scopes").cloned().unwrap_or_else(|| json!([]));
-    let response = admin_call(demo, "POST", "/v1/tokens".into(), Some(json!({"user": user, "device": device, "scopes": scopes}))).await;
+    let response =
+        admin_call(demo, "POST", "/v1/tokens".into(), Some(json!({"user": user, "device": device, "scopes": scopes})))
+            .await;
     if response.status() != StatusCode::CREATED {
         return response;
     }
@@ -91,7 +95,8 @@ fn all_values(headers: &HeaderMap) -> Value {
 async fn whoami(headers: HeaderMap) -> Response {
     match header(&headers, USER_HEADER) {
         Some(user) => Json(json!({"user": user, "device": header(&headers, DEVICE_HEADER)})).into_response(),
-        None => (StatusCode::UNAUTHORIZED, Json(json!({"detail": "no identity: is the multitokens filter in front?"}))).into_response(),
+        None => (StatusCode::UNAUTHORIZED, Json(json!({"detail": "no identity: is the multitokens filter in front?"})))
+            .into_response(),
     }
 }
 

@@ -82,13 +82,22 @@ fn serve_runs_as_the_companion_user() {
     let url = redis.url_as("mt-companion", "change-me-companion");
     let companion = crate::support::CompanionServer::start(
         &url,
-        &[("MULTITOKENS_ADMIN_KEY", "acl-admin-key-0123456789"), ("MULTITOKENS_HASH_KEY", "acl-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE")],
+        &[
+            ("MULTITOKENS_ADMIN_KEY", "acl-admin-key-0123456789"),
+            ("MULTITOKENS_HASH_KEY", "acl-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE"),
+        ],
     );
     let agent = crate::support::http_agent();
     let base = format!("http://127.0.0.1:{}", companion.port);
     assert_eq!(crate::support::http_call(&agent, "GET", &format!("{base}/readyz"), &[], None).status, 200);
     let auth = [("authorization", "Bearer acl-admin-key-0123456789")];
-    let issued = crate::support::http_call(&agent, "POST", &format!("{base}/v1/tokens"), &auth, Some(serde_json::json!({"user": "alice"})));
+    let issued = crate::support::http_call(
+        &agent,
+        "POST",
+        &format!("{base}/v1/tokens"),
+        &auth,
+        Some(serde_json::json!({"user": "alice"})),
+    );
     assert_eq!(issued.status, 201, "{}", issued.body);
     let out = crate::support::http_call(&agent, "DELETE", &format!("{base}/v1/users/alice/tokens"), &auth, None);
     assert_eq!((out.status, out.body["revoked"].as_u64()), (200, Some(1)), "{}", out.body);

@@ -89,7 +89,8 @@ impl Api {
         let _guard = self.runtime.enter();
         self.state.spawn_followers(std::time::Duration::from_millis(500));
         let internal = format!("Bearer {INTERNAL}");
-        let tail = self.request("GET", "/v1/internal/revocations", &[("authorization", &internal)], Vec::new()).body["cursor"]
+        let tail = self.request("GET", "/v1/internal/revocations", &[("authorization", &internal)], Vec::new()).body
+            ["cursor"]
             .as_str()
             .unwrap()
             .to_string();
@@ -113,10 +114,15 @@ impl Api {
             self.runtime.spawn(async move {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let path = format!("/v1/internal/revocations?after={cursor}&edge={edge}&wait_ms=3000");
-                    let request =
-                        Request::builder().uri(path).header("authorization", format!("Bearer {INTERNAL}")).body(Body::empty()).unwrap();
+                    let request = Request::builder()
+                        .uri(path)
+                        .header("authorization", format!("Bearer {INTERNAL}"))
+                        .body(Body::empty())
+                        .unwrap();
                     let response = app.clone().oneshot(request).await.unwrap();
-                    let page: Value = serde_json::from_slice(&axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap()).unwrap();
+                    let page: Value =
+                        serde_json::from_slice(&axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap())
+                            .unwrap();
                     if !page["digests"].as_array().unwrap().is_empty() {
                         received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
@@ -129,7 +135,12 @@ impl Api {
 
     /// An admin POST with any content type and body.
     fn raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
-        let r = self.request("POST", path, &[("authorization", &format!("Bearer {ADMIN}")), ("content-type", content_type)], body);
+        let r = self.request(
+            "POST",
+            path,
+            &[("authorization", &format!("Bearer {ADMIN}")), ("content-type", content_type)],
+            body,
+        );
         (r.status, r.body)
     }
 }
@@ -142,12 +153,14 @@ fn admin() -> Option<&'static str> {
 fn admin_endpoints_issue_list_and_revoke() {
     let redis = RedisServer::start();
     let api = Api::start(&redis.url());
-    let (status, a, _) = api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "alice", "device": "laptop", "scopes": ["read"]})));
+    let (status, a, _) =
+        api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "alice", "device": "laptop", "scopes": ["read"]})));
     assert_eq!(status, 201);
     assert_eq!(a["first"], true);
     let keys: Vec<&str> = a.as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(keys, vec!["device", "expires_in", "first", "id", "token", "ttl_reset", "user"]);
-    let (_, b, _) = api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "alice", "device": "phone", "ttl": "never"})));
+    let (_, b, _) =
+        api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "alice", "device": "phone", "ttl": "never"})));
     assert_eq!((b["first"].clone(), b["expires_in"].clone()), (json!(false), Value::Null));
     assert_eq!(b["ttl_reset"], 1, "the laptop's lifetime was reset by this login");
     assert_eq!(a["ttl_reset"], 0);
@@ -192,7 +205,10 @@ fn self_service_current_and_others() {
     let redis = RedisServer::start();
     let api = Api::start(&redis.url());
     let issue = |device: &str| {
-        api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "bob", "device": device}))).1["token"].as_str().unwrap().to_string()
+        api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "bob", "device": device}))).1["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
     };
     let (laptop, phone, tablet) = (issue("laptop"), issue("phone"), issue("tablet"));
     let (status, me, _) = api.call("GET", "/v1/tokens/current", Some(&format!("Token {laptop}")), None);
@@ -213,8 +229,12 @@ fn self_service_current_and_others() {
 fn introspection_per_rfc_7662() {
     let redis = RedisServer::start();
     let api = Api::start(&redis.url());
-    let (_, issued, _) =
-        api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "carol", "device": "tv", "ttl": 600, "scopes": ["a", "b"]})));
+    let (_, issued, _) = api.call(
+        "POST",
+        "/v1/tokens",
+        admin(),
+        Some(json!({"user": "carol", "device": "tv", "ttl": 600, "scopes": ["a", "b"]})),
+    );
     let token = issued["token"].as_str().unwrap();
     let (status, v, _) = api.call("POST", "/v1/introspect", admin(), Some(json!({"token": token})));
     assert_eq!(status, 200);
@@ -224,7 +244,8 @@ fn introspection_per_rfc_7662() {
     );
     let (iat, exp) = (v["iat"].as_u64().unwrap(), v["exp"].as_u64().unwrap());
     assert!((599..=601).contains(&(exp - iat)));
-    let (status, v) = api.raw("/v1/introspect", "application/x-www-form-urlencoded", format!("token={token}").into_bytes());
+    let (status, v) =
+        api.raw("/v1/introspect", "application/x-www-form-urlencoded", format!("token={token}").into_bytes());
     assert_eq!((status, v["active"].clone()), (200, json!(true)));
     let (status, v) = api.raw("/v1/introspect", "application/x-www-form-urlencoded", b"token=mt_nope".to_vec());
     assert_eq!((status, v), (200, json!({"active": false})));
@@ -269,7 +290,8 @@ fn health_readiness_and_internal_lookup() {
     let api = Api::start(&redis.url());
     assert_eq!(api.call("GET", "/healthz", None, None).0, 200);
     assert_eq!(api.call("GET", "/readyz", None, None).0, 200);
-    let (_, issued, _) = api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "dora", "device": "d", "ttl": 1000})));
+    let (_, issued, _) =
+        api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "dora", "device": "d", "ttl": 1000})));
     let token = issued["token"].as_str().unwrap();
     let store = api.runtime.block_on(async { store_at(&redis.url(), policy(), None) });
     let (tag, digest) = store.digest_of(token).unwrap();
@@ -318,7 +340,11 @@ fn internal_endpoints_need_their_own_key() {
     // the admin key cannot double as the internal key
     let out = crate::support::companion(
         &["serve", "--listen", "127.0.0.1:0"],
-        &[("MULTITOKENS_REDIS_URL", &redis.url()), ("MULTITOKENS_ADMIN_KEY", ADMIN), ("MULTITOKENS_INTERNAL_KEY", ADMIN)],
+        &[
+            ("MULTITOKENS_REDIS_URL", &redis.url()),
+            ("MULTITOKENS_ADMIN_KEY", ADMIN),
+            ("MULTITOKENS_INTERNAL_KEY", ADMIN),
+        ],
         None,
     );
     assert_eq!(out.status.code(), Some(2));
@@ -329,7 +355,8 @@ fn internal_endpoints_need_their_own_key() {
 fn a_wrong_key_is_told_which_key_the_endpoint_needs_and_the_feed_starts_at_0() {
     let redis = RedisServer::start();
     let api = Api::start(&redis.url());
-    let call = |path: &str, key: &str| api.request("GET", path, &[("authorization", &format!("Bearer {key}"))], Vec::new());
+    let call =
+        |path: &str, key: &str| api.request("GET", path, &[("authorization", &format!("Bearer {key}"))], Vec::new());
     let r = call("/v1/internal/revocations", ADMIN);
     assert_eq!(r.status, 403);
     assert_eq!(r.body["detail"], "This endpoint needs the internal role; the key presented has the admin role.");
@@ -355,7 +382,9 @@ fn a_wrong_key_is_told_which_key_the_endpoint_needs_and_the_feed_starts_at_0() {
         let detail = r.body["detail"].as_str().unwrap_or_else(|| panic!("{path}: not JSON: {}", r.body));
         assert!(detail.contains(needle), "{path}: {detail}");
     }
-    for (body, needle) in [(serde_json::json!({"user": 5}), "user: invalid type"), (serde_json::json!({"user": "a", "ttl": [1]}), "ttl")] {
+    for (body, needle) in
+        [(serde_json::json!({"user": 5}), "user: invalid type"), (serde_json::json!({"user": "a", "ttl": [1]}), "ttl")]
+    {
         let (status, answer, _) = api.call("POST", "/v1/tokens", admin(), Some(body.clone()));
         assert_eq!(status, 400, "{body}");
         assert!(answer["detail"].as_str().unwrap().contains(needle), "{body}: {answer}");
@@ -384,7 +413,8 @@ fn the_serve_binary_starts_and_answers() {
 fn ext_authz_check_for_envoys_ext_authz_filter() {
     let redis = RedisServer::start();
     let api = Api::start(&redis.url());
-    let (_, issued, _) = api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "fay", "device": "tv", "scopes": ["a", "b"]})));
+    let (_, issued, _) =
+        api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "fay", "device": "tv", "scopes": ["a", "b"]})));
     let token = issued["token"].as_str().unwrap();
     let bearer = format!("Bearer {token}");
     let ok = api.request("GET", "/v1/ext_authz/api/orders?x=1", &[("authorization", &bearer)], Vec::new());
@@ -487,30 +517,56 @@ fn each_role_does_its_own_job_and_keys_rotate() {
     use base64::Engine;
     let redis = RedisServer::start();
     let api = Api::start(&redis.url());
-    let token = api.call("POST", "/v1/tokens", Some(&format!("Bearer {OLD_ADMIN}")), Some(json!({"user": "dora"}))).1["token"]
+    let token = api.call("POST", "/v1/tokens", Some(&format!("Bearer {OLD_ADMIN}")), Some(json!({"user": "dora"}))).1
+        ["token"]
         .as_str()
         .unwrap()
         .to_string();
-    let basic = |id: &str, secret: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}")));
+    let basic = |id: &str, secret: &str| {
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}")))
+    };
     let introspect = |auth: &str| {
         let headers = [("authorization", auth), ("content-type", "application/x-www-form-urlencoded")];
-        api.request("POST", "/v1/introspect", &headers, format!("token={token}&token_type_hint=access_token").into_bytes())
+        api.request(
+            "POST",
+            "/v1/introspect",
+            &headers,
+            format!("token={token}&token_type_hint=access_token").into_bytes(),
+        )
     };
-    for auth in [basic(RESOURCE_SERVER, RESOURCE_SECRET), format!("Bearer {RESOURCE_SECRET}"), format!("Bearer {ADMIN}")] {
+    for auth in
+        [basic(RESOURCE_SERVER, RESOURCE_SECRET), format!("Bearer {RESOURCE_SECRET}"), format!("Bearer {ADMIN}")]
+    {
         let r = introspect(&auth);
-        assert_eq!((r.status, r.body["active"].clone(), r.body["sub"].clone()), (200, json!(true), json!("dora")), "{auth}");
+        assert_eq!(
+            (r.status, r.body["active"].clone(), r.body["sub"].clone()),
+            (200, json!(true), json!("dora")),
+            "{auth}"
+        );
     }
     // a wrong secret, or an unknown client: 401 with a Basic challenge, as HTTP Basic clients expect
-    for auth in [basic(RESOURCE_SERVER, "wrong-secret-0123456789"), basic("other-api", RESOURCE_SECRET), "Basic !!".to_string()] {
+    for auth in
+        [basic(RESOURCE_SERVER, "wrong-secret-0123456789"), basic("other-api", RESOURCE_SECRET), "Basic !!".to_string()]
+    {
         let r = introspect(&auth);
         assert_eq!(r.status, 401, "{auth}");
-        assert!(r.headers.get("www-authenticate").unwrap().to_str().unwrap().starts_with("Basic realm=\"multitokens\""));
+        assert!(r
+            .headers
+            .get("www-authenticate")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("Basic realm=\"multitokens\""));
     }
     // the introspection client cannot mint, list or revoke; the filter's key cannot introspect
-    for (method, path) in [("POST", "/v1/tokens"), ("GET", "/v1/users/dora/tokens"), ("DELETE", "/v1/users/dora/tokens")] {
-        let (status, body, _) = api.call(method, path, Some(&basic(RESOURCE_SERVER, RESOURCE_SECRET)), Some(json!({"user": "x"})));
+    for (method, path) in
+        [("POST", "/v1/tokens"), ("GET", "/v1/users/dora/tokens"), ("DELETE", "/v1/users/dora/tokens")]
+    {
+        let (status, body, _) =
+            api.call(method, path, Some(&basic(RESOURCE_SERVER, RESOURCE_SECRET)), Some(json!({"user": "x"})));
         assert_eq!(status, 401, "{method} {path}: Basic is for introspection only: {body}");
-        let (status, body, _) = api.call(method, path, Some(&format!("Bearer {RESOURCE_SECRET}")), Some(json!({"user": "x"})));
+        let (status, body, _) =
+            api.call(method, path, Some(&format!("Bearer {RESOURCE_SECRET}")), Some(json!({"user": "x"})));
         assert_eq!(
             (status, body["detail"].clone()),
             (403, json!("This endpoint needs the admin role; the key presented has the introspect role.")),
@@ -532,7 +588,10 @@ fn each_role_does_its_own_job_and_keys_rotate() {
 fn an_authlib_resource_server_introspects_with_http_basic() {
     let redis = RedisServer::start();
     let clients = format!("{RESOURCE_SERVER}:{RESOURCE_SECRET}");
-    let server = CompanionServer::start(&redis.url(), &[("MULTITOKENS_ADMIN_KEY", ADMIN), ("MULTITOKENS_INTROSPECT_CLIENTS", &clients)]);
+    let server = CompanionServer::start(
+        &redis.url(),
+        &[("MULTITOKENS_ADMIN_KEY", ADMIN), ("MULTITOKENS_INTROSPECT_CLIENTS", &clients)],
+    );
     let base = format!("http://127.0.0.1:{}", server.port);
     let agent = crate::support::http_agent();
     let auth = format!("Bearer {ADMIN}");
@@ -546,7 +605,8 @@ fn an_authlib_resource_server_introspects_with_http_basic() {
         );
         r.body["token"].as_str().unwrap().to_string()
     };
-    let (reader, other, revoked) = (issue(json!(["orders:read"])), issue(json!(["billing"])), issue(json!(["orders:read"])));
+    let (reader, other, revoked) =
+        (issue(json!(["orders:read"])), issue(json!(["billing"])), issue(json!(["orders:read"])));
     let r = crate::support::http_call(
         &agent,
         "DELETE",
@@ -558,12 +618,21 @@ fn an_authlib_resource_server_introspects_with_http_basic() {
     let root = crate::support::repo_root();
     let out = std::process::Command::new("python3")
         .arg(root.join("tests/clients/introspect_authlib.py"))
-        .args([&format!("{base}/v1/introspect"), RESOURCE_SERVER, RESOURCE_SECRET, &reader, &other, &revoked, "mt_unknown"])
+        .args([
+            &format!("{base}/v1/introspect"),
+            RESOURCE_SERVER,
+            RESOURCE_SECRET,
+            &reader,
+            &other,
+            &revoked,
+            "mt_unknown",
+        ])
         .env("PYTHONPATH", root.join(".tools/python"))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines[0], json!({"active": true, "sub": "erin", "scope": "orders:read"}));
     assert_eq!(lines[1], json!({"active": true, "error": "insufficient_scope"}));
     assert_eq!(lines[2], json!({"active": false, "error": "invalid_token"}));
@@ -599,7 +668,13 @@ fn metrics_are_valid_openmetrics_with_requests_redis_latency_and_tokens() {
         );
         assert_eq!(r.status, 201);
     }
-    crate::support::http_call(&agent, "DELETE", &format!("{base}/v1/users/a/tokens"), &[("authorization", &auth)], None);
+    crate::support::http_call(
+        &agent,
+        "DELETE",
+        &format!("{base}/v1/users/a/tokens"),
+        &[("authorization", &auth)],
+        None,
+    );
     crate::support::http_call(
         &agent,
         "GET",
@@ -615,7 +690,8 @@ fn metrics_are_valid_openmetrics_with_requests_redis_latency_and_tokens() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let samples: Vec<Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let samples: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let value = |name: &str, labels: Value| {
         samples
             .iter()
@@ -623,10 +699,19 @@ fn metrics_are_valid_openmetrics_with_requests_redis_latency_and_tokens() {
             .map(|s| s["value"].as_f64().unwrap())
     };
     assert_eq!(
-        value("multitokens_companion_http_requests_total", json!({"route": "/v1/tokens", "method": "POST", "status": "201"})),
+        value(
+            "multitokens_companion_http_requests_total",
+            json!({"route": "/v1/tokens", "method": "POST", "status": "201"})
+        ),
         Some(2.0)
     );
-    assert_eq!(value("multitokens_companion_http_requests_total", json!({"route": "/v1/users/{user}/tokens", "status": "401"})), Some(1.0));
+    assert_eq!(
+        value(
+            "multitokens_companion_http_requests_total",
+            json!({"route": "/v1/users/{user}/tokens", "status": "401"})
+        ),
+        Some(1.0)
+    );
     assert_eq!(value("multitokens_companion_tokens_issued_total", json!({})), Some(2.0));
     assert_eq!(value("multitokens_companion_tokens_revoked_total", json!({"how": "revoke_all"})), Some(1.0));
     assert!(value("multitokens_companion_redis_duration_seconds_count", json!({"op": "issue"})).unwrap() >= 2.0);
@@ -639,16 +724,22 @@ fn metrics_are_valid_openmetrics_with_requests_redis_latency_and_tokens() {
 fn log_out_other_devices_by_the_current_tokens_id() {
     let redis = RedisServer::start();
     let api = Api::start(&redis.url());
-    let issue = |device: &str| api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "gina", "device": device}))).1;
+    let issue =
+        |device: &str| api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "gina", "device": device}))).1;
     let (_, phone, _) = (issue("laptop"), issue("phone"), issue("tablet"));
     let id = phone["id"].as_str().unwrap();
     let (status, body, _) = api.call("DELETE", "/v1/users/gina/tokens?except_id=0000000000000000", admin(), None);
     assert_eq!(status, 404, "{body}");
-    assert_eq!(api.call("GET", "/v1/users/gina/tokens", admin(), None).1.as_array().unwrap().len(), 3, "nothing revoked");
+    assert_eq!(
+        api.call("GET", "/v1/users/gina/tokens", admin(), None).1.as_array().unwrap().len(),
+        3,
+        "nothing revoked"
+    );
     let (status, body, _) = api.call("DELETE", &format!("/v1/users/gina/tokens?except_id={id}"), admin(), None);
     assert_eq!((status, body["revoked"].clone()), (200, json!(2)));
     let left = api.call("GET", "/v1/users/gina/tokens", admin(), None).1;
     assert_eq!(left.as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect::<Vec<_>>(), [id]);
-    let (status, me, _) = api.call("GET", "/v1/tokens/current", Some(&format!("Bearer {}", phone["token"].as_str().unwrap())), None);
+    let (status, me, _) =
+        api.call("GET", "/v1/tokens/current", Some(&format!("Bearer {}", phone["token"].as_str().unwrap())), None);
     assert_eq!((status, me["device"].clone()), (200, json!("phone")));
 }

@@ -19,21 +19,36 @@ fn every_mutation_through_the_api_is_audited_with_its_actor_and_request_id() {
     let redis = RedisServer::start();
     let server = CompanionServer::start(
         &redis.url(),
-        &[("MULTITOKENS_ADMIN_KEY", ADMIN), ("MULTITOKENS_HASH_KEY", "audit-pepper-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE")],
+        &[
+            ("MULTITOKENS_ADMIN_KEY", ADMIN),
+            ("MULTITOKENS_HASH_KEY", "audit-pepper-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE"),
+        ],
     );
     let agent = crate::support::http_agent();
     let url = |path: &str| format!("http://127.0.0.1:{}{path}", server.port);
     let admin = format!("Bearer {ADMIN}");
     let call = |method: &str, path: &str, auth: &str, request_id: &str, body: Option<Value>| {
-        crate::support::http_call(&agent, method, &url(path), &[("authorization", auth), ("x-request-id", request_id)], body)
+        crate::support::http_call(
+            &agent,
+            method,
+            &url(path),
+            &[("authorization", auth), ("x-request-id", request_id)],
+            body,
+        )
     };
-    let issue = |device: &str, rid: &str| call("POST", "/v1/tokens", &admin, rid, Some(json!({"user": "alice", "device": device}))).body;
+    let issue = |device: &str, rid: &str| {
+        call("POST", "/v1/tokens", &admin, rid, Some(json!({"user": "alice", "device": device}))).body
+    };
     let laptop = issue("laptop", "req-1");
     let phone = issue("phone", "req-2");
     let tablet = issue("tablet", "req-3");
     let bearer = |t: &Value| format!("Bearer {}", t["token"].as_str().unwrap());
     assert_eq!(call("DELETE", "/v1/tokens/current", &bearer(&phone), "req-4", None).status, 200);
-    assert_eq!(call("DELETE", &format!("/v1/users/alice/tokens/{}", tablet["id"].as_str().unwrap()), &admin, "req-5", None).status, 200);
+    assert_eq!(
+        call("DELETE", &format!("/v1/users/alice/tokens/{}", tablet["id"].as_str().unwrap()), &admin, "req-5", None)
+            .status,
+        200
+    );
     issue("tv", "req-6");
     assert_eq!(call("DELETE", "/v1/tokens/others", &bearer(&laptop), "req-7", None).status, 200);
     assert_eq!(call("DELETE", "/v1/users/alice/tokens", &admin, "req-8", None).status, 200);
@@ -80,7 +95,8 @@ fn every_mutation_through_the_api_is_audited_with_its_actor_and_request_id() {
     // pages: the next page starts after the cursor
     let first = call("GET", "/v1/events?limit=2", &admin, "x", None).body;
     assert_eq!(first["events"].as_array().unwrap().len(), 2);
-    let next = call("GET", &format!("/v1/events?limit=100&after={}", first["next"].as_str().unwrap()), &admin, "x", None).body;
+    let next =
+        call("GET", &format!("/v1/events?limit=100&after={}", first["next"].as_str().unwrap()), &admin, "x", None).body;
     assert_eq!(next["events"].as_array().unwrap().len(), 7, "the other 6 of alice and bob's issue");
     // the admin role only, and bad queries name the parameter
     assert_eq!(call("GET", "/v1/events", &bearer(&laptop), "x", None).status, 401);
@@ -144,7 +160,8 @@ fn the_cli_prints_and_follows_the_trail() {
     let token = run(&["issue", "--user", "dave", "--device", "laptop"]).trim().to_string();
     run(&["issue", "--user", "erin"]);
     run(&["revoke", &token]);
-    let lines: Vec<Value> = run(&["events", "--user", "dave", "--json"]).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> =
+        run(&["events", "--user", "dave", "--json"]).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(
         (lines[0]["event"].clone(), lines[0]["actor"].clone(), lines[1]["event"].clone()),

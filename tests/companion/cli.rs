@@ -112,9 +112,12 @@ fn bad_usage_and_config_exit_2_with_one_line() {
     assert_one_line_error(code, 2, &err, "--token-ttl");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("mt.toml");
-    for (text, named) in [("token_ttl = -3", "token_ttl"), ("max_tokens_per_user = 0", "max_tokens_per_user"), ("bogus = 1", "bogus")] {
+    for (text, named) in
+        [("token_ttl = -3", "token_ttl"), ("max_tokens_per_user = 0", "max_tokens_per_user"), ("bogus = 1", "bogus")]
+    {
         std::fs::write(&file, text).unwrap();
-        let (code, _, err) = run(&["issue", "--user", "x"], &[("MULTITOKENS_CONFIG", file.display().to_string())], None);
+        let (code, _, err) =
+            run(&["issue", "--user", "x"], &[("MULTITOKENS_CONFIG", file.display().to_string())], None);
         assert_one_line_error(code, 2, &err, named);
     }
     let (code, _, err) = run(&["issue", "--user", "x"], &[("MULTITOKENS_CONFIG", "/nonexistent/mt.toml".into())], None);
@@ -146,8 +149,11 @@ fn malformed_tokens_exit_1_and_redis_down_exits_3() {
     assert!(!err.contains(&token));
     assert!(err.contains(&format!("redis_url {}", redis.url())), "the URL tried is named: {err}");
     // with credentials in the URL, they are masked
-    let (code, _, err) =
-        run(&["issue", "--user", "zed"], &[("MULTITOKENS_REDIS_URL", format!("redis://u:s3cret@127.0.0.1:{}/0", redis.port))], None);
+    let (code, _, err) = run(
+        &["issue", "--user", "zed"],
+        &[("MULTITOKENS_REDIS_URL", format!("redis://u:s3cret@127.0.0.1:{}/0", redis.port))],
+        None,
+    );
     assert_one_line_error(code, 3, &err, "redis://***@127.0.0.1");
     assert!(!err.contains("s3cret"));
 }
@@ -202,23 +208,30 @@ fn the_rotation_runbook_from_the_command_line() {
     let old = with("pepper-one-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE", None);
     let tokens: Vec<String> = (0..3).map(|i| run(&["issue", "--user", &format!("u{i}")], &old, None).1).collect();
     // a new key without the old one: nobody is recognised, and the CLI says why
-    let (code, _, err) = run(&["whoami", &tokens[0]], &with("pepper-two-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE", None), None);
+    let (code, _, err) =
+        run(&["whoami", &tokens[0]], &with("pepper-two-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE", None), None);
     assert_one_line_error(code, 1, &err, "MULTITOKENS_HASH_KEY does not match");
     // the new key with the old one still accepted; the sweep moves everyone over
-    let rotating =
-        with("pepper-two-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE", Some(" pepper-one-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE ,"));
+    let rotating = with(
+        "pepper-two-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE",
+        Some(" pepper-one-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE ,"),
+    );
     assert_eq!(run(&["whoami", &tokens[0]], &rotating, None).1, "u0");
     let (code, out, err) = run(&["rekey", "--json"], &rotating, None);
     assert_eq!(code, 0, "{err}");
     let report: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!((report["scanned"].as_u64(), report["rekeyed"].as_u64(), report["current"].as_u64()), (Some(3), Some(2), Some(1)));
+    assert_eq!(
+        (report["scanned"].as_u64(), report["rekeyed"].as_u64(), report["current"].as_u64()),
+        (Some(3), Some(2), Some(1))
+    );
     // the old key dropped: all three still logged in
     let mut retired = with("pepper-two-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE", None);
     retired.push(("MULTITOKENS_RETIRED_HASH_KEYS", "pepper-one-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE".into()));
     for (i, t) in tokens.iter().enumerate() {
         assert_eq!(run(&["whoami", t], &retired, None).1, format!("u{i}"));
     }
-    let (code, _, err) = run(&["rekey"], &with("pepper-three-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE", Some("a,b,c,d,e")), None);
+    let (code, _, err) =
+        run(&["rekey"], &with("pepper-three-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE", Some("a,b,c,d,e")), None);
     assert_one_line_error(code, 2, &err, "previous_hash_keys");
 }
 

@@ -12,8 +12,14 @@ async fn every_operation_works_across_the_slots() {
     let users: Vec<String> = (0..40).map(|i| format!("user-{i}")).collect();
     let mut tokens = Vec::new();
     for user in &users {
-        let a = store.issue(IssueRequest { user: user.clone(), device: Some("a".into()), ..Default::default() }).await.unwrap();
-        let b = store.issue(IssueRequest { user: user.clone(), device: Some("b".into()), ..Default::default() }).await.unwrap();
+        let a = store
+            .issue(IssueRequest { user: user.clone(), device: Some("a".into()), ..Default::default() })
+            .await
+            .unwrap();
+        let b = store
+            .issue(IssueRequest { user: user.clone(), device: Some("b".into()), ..Default::default() })
+            .await
+            .unwrap();
         assert!(a.first && !b.first);
         tokens.push((user.clone(), a.token, b.token));
     }
@@ -30,7 +36,10 @@ async fn every_operation_works_across_the_slots() {
         assert!(store.whoami(b).await.is_ok());
     }
     for (user, _, b) in tokens.iter().take(20) {
-        let c = store.issue(IssueRequest { user: user.clone(), device: Some("c".into()), ..Default::default() }).await.unwrap();
+        let c = store
+            .issue(IssueRequest { user: user.clone(), device: Some("c".into()), ..Default::default() })
+            .await
+            .unwrap();
         assert_eq!(store.revoke_all(user, Some(&c.token)).await.unwrap().revoked, 1);
         assert!(store.whoami(b).await.is_err());
         assert_eq!(store.revoke_all(user, None).await.unwrap().revoked, 1);
@@ -52,7 +61,11 @@ async fn outboxes_left_behind_are_found_on_every_master() {
         assert_eq!(crate::store::revoke_all_then_die(&store, user).await.len(), 1);
     }
     let now = multitokens::store::now_ms();
-    assert_eq!(store.publish_outboxes_announced_before(now).await.unwrap(), users.len(), "every master's outboxes were published");
+    assert_eq!(
+        store.publish_outboxes_announced_before(now).await.unwrap(),
+        users.len(),
+        "every master's outboxes were published"
+    );
     let page = store.revocations_after(Some("0")).await.unwrap();
     assert_eq!(page.digests.len(), users.len());
 }

@@ -17,8 +17,10 @@ async fn concurrent_logins_cannot_escape_revoke_all() {
     for i in 0..200 {
         let issuer = store.clone();
         issues.push(tokio::spawn(async move {
-            let issued =
-                issuer.issue(IssueRequest { user: "rita".into(), device: Some(format!("d{i}")), ..Default::default() }).await.unwrap();
+            let issued = issuer
+                .issue(IssueRequest { user: "rita".into(), device: Some(format!("d{i}")), ..Default::default() })
+                .await
+                .unwrap();
             (issued.token, Instant::now())
         }));
         if i % 40 == 20 {
@@ -52,9 +54,11 @@ async fn concurrent_logins_cannot_escape_revoke_all() {
     }
     // the index and the records agree exactly
     let mut conn = redis.conn();
-    let index: BTreeSet<String> = conn.zrange::<_, Vec<String>>(store.keys().index_key("rita"), 0, -1).unwrap().into_iter().collect();
-    let record_keys: Vec<String> =
-        conn.keys(format!("{}*", store.keys().record_prefix(multitokens_core::token::RoutingTag::for_user("rita")))).unwrap();
+    let index: BTreeSet<String> =
+        conn.zrange::<_, Vec<String>>(store.keys().index_key("rita"), 0, -1).unwrap().into_iter().collect();
+    let record_keys: Vec<String> = conn
+        .keys(format!("{}*", store.keys().record_prefix(multitokens_core::token::RoutingTag::for_user("rita"))))
+        .unwrap();
     let records: BTreeSet<String> = record_keys.iter().map(|k| k.rsplit(':').next().unwrap().to_string()).collect();
     assert_eq!(index, records, "index and records disagree");
     assert_eq!(records, live, "stored records are exactly the tokens that validate");

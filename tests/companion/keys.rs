@@ -57,7 +57,8 @@ async fn a_record_rewritten_in_redis_is_refused_counted_and_never_honoured() {
     assert!(stored.contains(r#""seal":""#), "records are sealed: {stored}");
 
     // someone with write access rewrites mallory's record to another user with a scope
-    let rewritten = stored.replace(r#""user":"mallory""#, r#""user":"root""#).replace(r#""scopes":[]"#, r#""scopes":["admin"]"#);
+    let rewritten =
+        stored.replace(r#""user":"mallory""#, r#""user":"root""#).replace(r#""scopes":[]"#, r#""scopes":["admin"]"#);
     assert_ne!(rewritten, stored);
     let _: () = redis::cmd("SET").arg(&key).arg(&rewritten).arg("KEEPTTL").query(&mut conn).unwrap();
     assert!(matches!(store.whoami(&mallory.token).await, Err(StoreError::InvalidToken)));
@@ -187,7 +188,8 @@ async fn an_upgrade_from_unsealed_records_logs_nobody_out() {
     let mut conn = redis.conn();
     as_written_before_sealing(&mut conn, &key);
     assert!(old.whoami(&t).await.is_err(), "refused once sealing is in force");
-    let upgrading = store_with_keys(&redis.url(), policy(), HashKeys::single(Some(b"upgrade-key")).accepting_unsealed(true));
+    let upgrading =
+        store_with_keys(&redis.url(), policy(), HashKeys::single(Some(b"upgrade-key")).accepting_unsealed(true));
     assert_eq!(upgrading.whoami(&t).await.unwrap().user, "ivan", "honoured during the upgrade");
     // a broken seal is refused even then
     let other = old.issue(req("judy", "a")).await.unwrap().token;
@@ -236,7 +238,8 @@ async fn upgrading_to_signed_records_logs_nobody_out_and_then_hmac_seals_are_ref
     let stored: String = conn.get(&record_key).unwrap();
     let record = TokenRecord::from_json(stored.as_bytes()).unwrap();
     let hasher = TokenHasher::new(Some(key));
-    let resealed = hasher.seal(&hasher.digest(&alice), TokenRecord { scopes: vec!["admin".into()], ..record }.to_json().unwrap());
+    let resealed =
+        hasher.seal(&hasher.digest(&alice), TokenRecord { scopes: vec!["admin".into()], ..record }.to_json().unwrap());
     let _: () = conn.set(&record_key, resealed).unwrap();
     assert!(matches!(signed.whoami(&alice).await, Err(StoreError::InvalidToken)));
     assert!(signed.tampered_records() >= 1);

@@ -40,7 +40,13 @@ fn issue_and_log_out_everywhere(server: &CompanionServer) -> serde_json::Value {
         Some(serde_json::json!({"user": "u"})),
     );
     assert_eq!(issued.status, 201);
-    let r = http_call(&agent, "DELETE", &format!("{}/v1/users/u/tokens", server.base()), &[("authorization", &admin)], None);
+    let r = http_call(
+        &agent,
+        "DELETE",
+        &format!("{}/v1/users/u/tokens", server.base()),
+        &[("authorization", &admin)],
+        None,
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     r.body
 }
@@ -48,7 +54,10 @@ fn issue_and_log_out_everywhere(server: &CompanionServer) -> serde_json::Value {
 #[test]
 fn made_up_methods_get_no_metric_labels_of_their_own() {
     let redis = RedisServer::start();
-    let server = CompanionServer::start(&redis.url(), &[("MULTITOKENS_ADMIN_KEY", ADMIN), ("MULTITOKENS_INTERNAL_KEY", INTERNAL)]);
+    let server = CompanionServer::start(
+        &redis.url(),
+        &[("MULTITOKENS_ADMIN_KEY", ADMIN), ("MULTITOKENS_INTERNAL_KEY", INTERNAL)],
+    );
     for _ in 0..200 {
         request_with_method(server.port, "GET");
     }
@@ -70,7 +79,11 @@ fn made_up_edges_are_bounded_and_hold_one_revoke_at_most() {
     let redis = RedisServer::start();
     let server = CompanionServer::start(
         &redis.url(),
-        &[("MULTITOKENS_ADMIN_KEY", ADMIN), ("MULTITOKENS_INTERNAL_KEY", INTERNAL), ("MULTITOKENS_REVOKE_WAIT_MS", "1500")],
+        &[
+            ("MULTITOKENS_ADMIN_KEY", ADMIN),
+            ("MULTITOKENS_INTERNAL_KEY", INTERNAL),
+            ("MULTITOKENS_REVOKE_WAIT_MS", "1500"),
+        ],
     );
     let agent = http_agent();
     let internal = format!("Bearer {INTERNAL}");
@@ -106,7 +119,9 @@ fn made_up_edges_are_bounded_and_hold_one_revoke_at_most() {
 fn command_calls(redis: &RedisServer, command: &str) -> u64 {
     let info: String = redis::cmd("INFO").arg("commandstats").query(&mut redis.conn()).unwrap();
     let prefix = format!("cmdstat_{command}:calls=");
-    info.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
 }
 
 /// The sweep for outboxes a dead companion left reads the index of announced outboxes, never
@@ -117,7 +132,10 @@ fn the_outbox_sweep_reads_only_pending_outboxes_and_still_finds_abandoned_ones()
     let mut conn = redis.conn();
     // a keyspace the size of a real deployment's (the sweep used to SCAN all of it every 5 s)
     let _: () = redis::cmd("DEBUG").arg("POPULATE").arg(1_000_000).arg("other:key").query(&mut conn).unwrap();
-    let server = CompanionServer::start(&redis.url(), &[("MULTITOKENS_ADMIN_KEY", ADMIN), ("MULTITOKENS_INTERNAL_KEY", INTERNAL)]);
+    let server = CompanionServer::start(
+        &redis.url(),
+        &[("MULTITOKENS_ADMIN_KEY", ADMIN), ("MULTITOKENS_INTERNAL_KEY", INTERNAL)],
+    );
     // the one scan at start (for outboxes from before the index) runs to its end
     let mut scans_after_start = command_calls(&redis, "scan");
     loop {
@@ -133,7 +151,8 @@ fn the_outbox_sweep_reads_only_pending_outboxes_and_still_finds_abandoned_ones()
     let outbox = "mt:{00ab}:o";
     let digest = "ff".repeat(32);
     let _: () = redis::cmd("RPUSH").arg(outbox).arg(&digest).query(&mut conn).unwrap();
-    let announced = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64 - 20_000;
+    let announced =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64 - 20_000;
     let _: () = redis::cmd("ZADD").arg("mt:outboxes").arg(announced).arg(outbox).query(&mut conn).unwrap();
     // and one revoke through the API announces its own outbox
     assert_eq!(issue_and_log_out_everywhere(&server)["revoked"], 1);

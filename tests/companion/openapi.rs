@@ -72,9 +72,11 @@ fn schemathesis_finds_no_server_error_and_no_answer_outside_the_description() {
         .unwrap()
         .to_string();
     // each part of the API with the credential it takes
-    for (tags, key) in
-        [(vec!["admin", "introspect", "health"], ADMIN), (vec!["internal"], INTERNAL), (vec!["self-service", "ext_authz"], token.as_str())]
-    {
+    for (tags, key) in [
+        (vec!["admin", "introspect", "health"], ADMIN),
+        (vec!["internal"], INTERNAL),
+        (vec!["self-service", "ext_authz"], token.as_str()),
+    ] {
         let schema = format!("{base}/openapi.json");
         let header = format!("Authorization: Bearer {key}");
         let mut args = vec![

@@ -23,7 +23,12 @@ async fn issue_whoami_and_the_first_flag() {
     let redis = RedisServer::start();
     let store = store_at(&redis.url(), policy(), None);
     let a = store
-        .issue(IssueRequest { user: "alice".into(), device: Some("laptop".into()), ttl: None, scopes: vec!["read".into(), "write".into()] })
+        .issue(IssueRequest {
+            user: "alice".into(),
+            device: Some("laptop".into()),
+            ttl: None,
+            scopes: vec!["read".into(), "write".into()],
+        })
         .await
         .unwrap();
     assert!(a.first, "first login of the user");
@@ -118,11 +123,17 @@ async fn immortal_tokens_and_ttl_reset_with_overwrite_none_ttl() {
     let mut p = policy();
     p.token_ttl = TokenTtl::Seconds(1000);
     let store = store_at(&redis.url(), p, None);
-    let immortal = store.issue(IssueRequest { user: "hank".into(), ttl: Some(TokenTtl::Never), ..Default::default() }).await.unwrap();
+    let immortal = store
+        .issue(IssueRequest { user: "hank".into(), ttl: Some(TokenTtl::Never), ..Default::default() })
+        .await
+        .unwrap();
     assert_eq!(immortal.expires_in, None);
     assert_eq!(pttl_of_token(&redis, &store, &immortal.token), -1);
     assert_eq!(store.whoami(&immortal.token).await.unwrap().expires_in, None);
-    let short = store.issue(IssueRequest { user: "hank".into(), ttl: Some(TokenTtl::Seconds(50)), ..Default::default() }).await.unwrap();
+    let short = store
+        .issue(IssueRequest { user: "hank".into(), ttl: Some(TokenTtl::Seconds(50)), ..Default::default() })
+        .await
+        .unwrap();
     assert!(pttl_of_token(&redis, &store, &short.token) <= 50_000);
     // the next login resets the immortal one to token_ttl (overwrite_none_ttl), and re-arms the
     // short one to the 50 s it was issued with, never stretching it to token_ttl
@@ -140,12 +151,22 @@ async fn overwrite_none_ttl_false_keeps_immortal_tokens_immortal() {
     p.token_ttl = TokenTtl::Seconds(1000);
     p.overwrite_none_ttl = false;
     let store = store_at(&redis.url(), p, None);
-    let immortal = store.issue(IssueRequest { user: "ivy".into(), ttl: Some(TokenTtl::Never), ..Default::default() }).await.unwrap().token;
-    let short =
-        store.issue(IssueRequest { user: "ivy".into(), ttl: Some(TokenTtl::Seconds(50)), ..Default::default() }).await.unwrap().token;
+    let immortal = store
+        .issue(IssueRequest { user: "ivy".into(), ttl: Some(TokenTtl::Never), ..Default::default() })
+        .await
+        .unwrap()
+        .token;
+    let short = store
+        .issue(IssueRequest { user: "ivy".into(), ttl: Some(TokenTtl::Seconds(50)), ..Default::default() })
+        .await
+        .unwrap()
+        .token;
     store.issue(req("ivy", "third")).await.unwrap();
     assert_eq!(pttl_of_token(&redis, &store, &immortal), -1);
-    assert!((40_000..=50_000).contains(&pttl_of_token(&redis, &store, &short)), "mortal tokens are re-armed to their own lifetime");
+    assert!(
+        (40_000..=50_000).contains(&pttl_of_token(&redis, &store, &short)),
+        "mortal tokens are re-armed to their own lifetime"
+    );
 }
 
 #[tokio::test]
@@ -154,8 +175,11 @@ async fn reset_disabled_and_reset_to_never() {
     let mut p = policy();
     p.reset_ttl_on_login = false;
     let store = store_at(&redis.url(), p.clone(), None);
-    let short =
-        store.issue(IssueRequest { user: "jack".into(), ttl: Some(TokenTtl::Seconds(50)), ..Default::default() }).await.unwrap().token;
+    let short = store
+        .issue(IssueRequest { user: "jack".into(), ttl: Some(TokenTtl::Seconds(50)), ..Default::default() })
+        .await
+        .unwrap()
+        .token;
     store.issue(req("jack", "b")).await.unwrap();
     assert!(pttl_of_token(&redis, &store, &short) <= 50_000, "no reset when disabled");
 
@@ -196,7 +220,11 @@ async fn limit_with_reject_and_evict_oldest() {
 async fn expired_tokens_are_invalid_and_pruned() {
     let redis = RedisServer::start();
     let store = store_at(&redis.url(), policy(), None);
-    let t = store.issue(IssueRequest { user: "leo".into(), ttl: Some(TokenTtl::Seconds(1)), ..Default::default() }).await.unwrap().token;
+    let t = store
+        .issue(IssueRequest { user: "leo".into(), ttl: Some(TokenTtl::Seconds(1)), ..Default::default() })
+        .await
+        .unwrap()
+        .token;
     assert!(store.whoami(&t).await.is_ok());
     tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
     assert!(matches!(store.whoami(&t).await, Err(StoreError::InvalidToken)));
@@ -272,9 +300,15 @@ async fn the_index_outlives_every_record() {
     let mut p = policy();
     p.reset_ttl_on_login = false;
     let store = store_at(&redis.url(), p, None);
-    let long =
-        store.issue(IssueRequest { user: "pat".into(), ttl: Some(TokenTtl::Seconds(5000)), ..Default::default() }).await.unwrap().token;
-    store.issue(IssueRequest { user: "pat".into(), ttl: Some(TokenTtl::Seconds(10)), ..Default::default() }).await.unwrap();
+    let long = store
+        .issue(IssueRequest { user: "pat".into(), ttl: Some(TokenTtl::Seconds(5000)), ..Default::default() })
+        .await
+        .unwrap()
+        .token;
+    store
+        .issue(IssueRequest { user: "pat".into(), ttl: Some(TokenTtl::Seconds(10)), ..Default::default() })
+        .await
+        .unwrap();
     let index_ttl: i64 = redis.conn().pttl(store.keys().index_key("pat")).unwrap();
     assert!(index_ttl >= pttl_of_token(&redis, &store, &long), "index {index_ttl}");
     // a sliding refresh past the index's TTL extends the index too
@@ -337,7 +371,10 @@ async fn max_lifetime_caps_every_ttl_and_is_never_extended() {
     p.token_ttl = TokenTtl::Seconds(1000);
     p.max_lifetime = Some(100);
     let store = store_at(&redis.url(), p, None);
-    let immortal = store.issue(IssueRequest { user: "uma".into(), ttl: Some(TokenTtl::Never), ..Default::default() }).await.unwrap();
+    let immortal = store
+        .issue(IssueRequest { user: "uma".into(), ttl: Some(TokenTtl::Never), ..Default::default() })
+        .await
+        .unwrap();
     assert_eq!(immortal.expires_in, Some(100), "an absolute lifetime makes every token mortal");
     let pttl = pttl_of_token(&redis, &store, &immortal.token);
     assert!((99_000..=100_000).contains(&pttl), "{pttl}");
@@ -360,8 +397,11 @@ async fn max_lifetime_caps_every_ttl_and_is_never_extended() {
 async fn reset_on_login_and_refresh_never_stretch_a_token_past_its_issued_lifetime() {
     let redis = RedisServer::start();
     let store = store_at(&redis.url(), policy(), None); // reset on login to 30 days
-    let short =
-        store.issue(IssueRequest { user: "ivy".into(), ttl: Some(TokenTtl::Seconds(60)), ..Default::default() }).await.unwrap().token;
+    let short = store
+        .issue(IssueRequest { user: "ivy".into(), ttl: Some(TokenTtl::Seconds(60)), ..Default::default() })
+        .await
+        .unwrap()
+        .token;
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let issued = store.issue(req("ivy", "phone")).await.unwrap();
     assert_eq!(issued.ttl_reset, 1, "the login still re-arms the other token's lifetime (the seed's semantics)");
@@ -418,14 +458,21 @@ async fn a_revocation_is_published_even_when_its_companion_dies_before_publishin
     let feed: redis::streams::StreamRangeReply = redis.conn().xrange_all("mt:revoked").unwrap();
     assert!(feed.ids.is_empty(), "not published yet: the companion died");
     // the revocation sits in the user's outbox, written by the same script
-    let outbox: Vec<String> =
-        redis.conn().lrange(store.keys().outbox_key(multitokens_core::token::RoutingTag::for_user("olga")), 0, -1).unwrap();
+    let outbox: Vec<String> = redis
+        .conn()
+        .lrange(store.keys().outbox_key(multitokens_core::token::RoutingTag::for_user("olga")), 0, -1)
+        .unwrap();
     assert_eq!(outbox, revoked);
     // any companion's sweep publishes it
-    assert_eq!(store.publish_abandoned_outboxes().await.unwrap(), 0, "announced just now: its companion may still publish it");
+    assert_eq!(
+        store.publish_abandoned_outboxes().await.unwrap(),
+        0,
+        "announced just now: its companion may still publish it"
+    );
     assert_eq!(store.publish_outboxes_announced_before(now_ms()).await.unwrap(), 1);
     let feed: redis::streams::StreamRangeReply = redis.conn().xrange_all("mt:revoked").unwrap();
-    let published: Vec<String> = feed.ids.iter().map(|e| redis::from_redis_value(e.map["d"].clone()).unwrap()).collect();
+    let published: Vec<String> =
+        feed.ids.iter().map(|e| redis::from_redis_value(e.map["d"].clone()).unwrap()).collect();
     assert_eq!(published, revoked);
     assert_eq!(store.publish_outboxes_announced_before(now_ms()).await.unwrap(), 0, "the outbox is empty now");
     let index: u64 = redis.conn().zcard("mt:outboxes").unwrap();
@@ -444,12 +491,19 @@ async fn expired_tokens_are_pruned_by_score_and_an_old_index_is_scored_once() {
     p.max_tokens_per_user = Some(100);
     let store = store_at(&redis.url(), p, None);
     for i in 0..50 {
-        let short =
-            IssueRequest { user: "pam".into(), device: Some(format!("d{i}")), ttl: Some(TokenTtl::Seconds(1)), ..Default::default() };
+        let short = IssueRequest {
+            user: "pam".into(),
+            device: Some(format!("d{i}")),
+            ttl: Some(TokenTtl::Seconds(1)),
+            ..Default::default()
+        };
         store.issue(short).await.unwrap();
     }
     let (index, expiry) = (store.keys().index_key("pam"), store.keys().expiry_key("pam"));
-    assert_eq!((redis.conn().zcard::<_, i64>(&index).unwrap(), redis.conn().zcard::<_, i64>(&expiry).unwrap()), (50, 50));
+    assert_eq!(
+        (redis.conn().zcard::<_, i64>(&index).unwrap(), redis.conn().zcard::<_, i64>(&expiry).unwrap()),
+        (50, 50)
+    );
     std::thread::sleep(std::time::Duration::from_millis(1300));
     let immortal = IssueRequest { user: "pam".into(), ttl: Some(TokenTtl::Never), ..Default::default() };
     assert!(store.issue(immortal).await.unwrap().first, "the 50 expired tokens do not count");
@@ -490,7 +544,11 @@ async fn a_user_logging_in_again_and_again_costs_redis_the_same_at_any_number_of
     // an expired index entry is pruned by score, and the limit evicts the oldest at the cap
     let capped = store_at(
         &redis.url(),
-        multitokens::store::StorePolicy { max_tokens_per_user: Some(1010), max_tokens_policy: MaxTokensPolicy::EvictOldest, ..policy() },
+        multitokens::store::StorePolicy {
+            max_tokens_per_user: Some(1010),
+            max_tokens_policy: MaxTokensPolicy::EvictOldest,
+            ..policy()
+        },
         None,
     );
     let issued = capped.issue(req("loop", "over")).await.unwrap();

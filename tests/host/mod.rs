@@ -80,7 +80,9 @@ impl Outcome {
 
     pub fn upstream_header(&self, name: &str) -> Option<String> {
         match self {
-            Outcome::Forwarded(h) => h.iter().find(|(k, _)| k == name.as_bytes()).map(|(_, v)| String::from_utf8_lossy(v).into_owned()),
+            Outcome::Forwarded(h) => {
+                h.iter().find(|(k, _)| k == name.as_bytes()).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            }
             _ => None,
         }
     }
@@ -220,44 +222,63 @@ fn link(linker: &mut Linker<State>) {
             OK
         })
         .unwrap()
-        .func_wrap("env", "proxy_get_buffer_bytes", |mut c: Host, kind: i32, start: i32, max: i32, ret_ptr: i32, ret_size: i32| -> i32 {
-            let data = match kind {
-                4 => c.data().call_response_body.clone(),
-                7 => c.data().plugin_config.clone(),
-                9 => c.data().redis_response.clone(),
-                _ => return NOT_FOUND,
-            };
-            let start = (start as u32 as usize).min(data.len());
-            let end = start.saturating_add(max as u32 as usize).min(data.len());
-            hand_over(&mut c, &data[start..end], ret_ptr, ret_size)
-        })
+        .func_wrap(
+            "env",
+            "proxy_get_buffer_bytes",
+            |mut c: Host, kind: i32, start: i32, max: i32, ret_ptr: i32, ret_size: i32| -> i32 {
+                let data = match kind {
+                    4 => c.data().call_response_body.clone(),
+                    7 => c.data().plugin_config.clone(),
+                    9 => c.data().redis_response.clone(),
+                    _ => return NOT_FOUND,
+                };
+                let start = (start as u32 as usize).min(data.len());
+                let end = start.saturating_add(max as u32 as usize).min(data.len());
+                hand_over(&mut c, &data[start..end], ret_ptr, ret_size)
+            },
+        )
         .unwrap()
         .func_wrap("env", "proxy_get_header_map_pairs", |mut c: Host, map: i32, ret_ptr: i32, ret_size: i32| -> i32 {
             let Some(pairs) = map_of(c.data_mut(), map).cloned() else { return NOT_FOUND };
             hand_over(&mut c, &header_map::encode(&pairs), ret_ptr, ret_size)
         })
         .unwrap()
-        .func_wrap("env", "proxy_get_header_map_value", |mut c: Host, map: i32, kp: i32, kl: i32, ret_ptr: i32, ret_size: i32| -> i32 {
-            let key = read_bytes(&c, kp, kl).to_ascii_lowercase();
-            let Some(pairs) = map_of(c.data_mut(), map) else { return NOT_FOUND };
-            let Some(value) = pairs.iter().find(|(k, _)| k.to_ascii_lowercase() == key).map(|(_, v)| v.clone()) else { return NOT_FOUND };
-            hand_over(&mut c, &value, ret_ptr, ret_size)
-        })
+        .func_wrap(
+            "env",
+            "proxy_get_header_map_value",
+            |mut c: Host, map: i32, kp: i32, kl: i32, ret_ptr: i32, ret_size: i32| -> i32 {
+                let key = read_bytes(&c, kp, kl).to_ascii_lowercase();
+                let Some(pairs) = map_of(c.data_mut(), map) else { return NOT_FOUND };
+                let Some(value) = pairs.iter().find(|(k, _)| k.to_ascii_lowercase() == key).map(|(_, v)| v.clone())
+                else {
+                    return NOT_FOUND;
+                };
+                hand_over(&mut c, &value, ret_ptr, ret_size)
+            },
+        )
         .unwrap()
-        .func_wrap("env", "proxy_add_header_map_value", |mut c: Host, map: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> i32 {
-            let (key, value) = (read_bytes(&c, kp, kl).to_ascii_lowercase(), read_bytes(&c, vp, vl));
-            let Some(pairs) = map_of(c.data_mut(), map) else { return NOT_FOUND };
-            pairs.push((key, value));
-            OK
-        })
+        .func_wrap(
+            "env",
+            "proxy_add_header_map_value",
+            |mut c: Host, map: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> i32 {
+                let (key, value) = (read_bytes(&c, kp, kl).to_ascii_lowercase(), read_bytes(&c, vp, vl));
+                let Some(pairs) = map_of(c.data_mut(), map) else { return NOT_FOUND };
+                pairs.push((key, value));
+                OK
+            },
+        )
         .unwrap()
-        .func_wrap("env", "proxy_replace_header_map_value", |mut c: Host, map: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> i32 {
-            let (key, value) = (read_bytes(&c, kp, kl).to_ascii_lowercase(), read_bytes(&c, vp, vl));
-            let Some(pairs) = map_of(c.data_mut(), map) else { return NOT_FOUND };
-            pairs.retain(|(k, _)| k.to_ascii_lowercase() != key);
-            pairs.push((key, value));
-            OK
-        })
+        .func_wrap(
+            "env",
+            "proxy_replace_header_map_value",
+            |mut c: Host, map: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> i32 {
+                let (key, value) = (read_bytes(&c, kp, kl).to_ascii_lowercase(), read_bytes(&c, vp, vl));
+                let Some(pairs) = map_of(c.data_mut(), map) else { return NOT_FOUND };
+                pairs.retain(|(k, _)| k.to_ascii_lowercase() != key);
+                pairs.push((key, value));
+                OK
+            },
+        )
         .unwrap()
         .func_wrap("env", "proxy_remove_header_map_value", |mut c: Host, map: i32, kp: i32, kl: i32| -> i32 {
             let key = read_bytes(&c, kp, kl).to_ascii_lowercase();
@@ -302,7 +323,18 @@ fn link(linker: &mut Linker<State>) {
         .func_wrap(
             "env",
             "proxy_http_call",
-            |mut c: Host, up: i32, ul: i32, hp: i32, hl: i32, bp: i32, bl: i32, _tp: i32, _tl: i32, timeout: i32, ret: i32| -> i32 {
+            |mut c: Host,
+             up: i32,
+             ul: i32,
+             hp: i32,
+             hl: i32,
+             bp: i32,
+             bl: i32,
+             _tp: i32,
+             _tl: i32,
+             timeout: i32,
+             ret: i32|
+             -> i32 {
                 let cluster = read_string(&c, up, ul);
                 if !c.data().upstreams.http.contains_key(&cluster) {
                     return BAD_ARGUMENT;
@@ -313,7 +345,14 @@ fn link(linker: &mut Linker<State>) {
                 state.next_token += 1;
                 let token = state.next_token;
                 let context = state.effective_context;
-                state.callouts.push(Callout::Http { token, context, cluster, headers, body, timeout_ms: timeout as u32 });
+                state.callouts.push(Callout::Http {
+                    token,
+                    context,
+                    cluster,
+                    headers,
+                    body,
+                    timeout_ms: timeout as u32,
+                });
                 write_u32(&mut c, ret, token);
                 OK
             },
@@ -354,16 +393,20 @@ fn link(linker: &mut Linker<State>) {
             }
         })
         .unwrap()
-        .func_wrap("env", "proxy_redis_init", |mut c: Host, sp: i32, sl: i32, up: i32, ul: i32, pp: i32, pl: i32, timeout: i32| -> i32 {
-            let service = read_string(&c, sp, sl);
-            let name = service.split('?').next().unwrap_or("").to_string();
-            if !c.data().upstreams.redis.contains_key(&name) {
-                return BAD_ARGUMENT;
-            }
-            let (user, pass) = (read_string(&c, up, ul), read_string(&c, pp, pl));
-            c.data_mut().redis_init = Some((service, user, pass, timeout as u32));
-            OK
-        })
+        .func_wrap(
+            "env",
+            "proxy_redis_init",
+            |mut c: Host, sp: i32, sl: i32, up: i32, ul: i32, pp: i32, pl: i32, timeout: i32| -> i32 {
+                let service = read_string(&c, sp, sl);
+                let name = service.split('?').next().unwrap_or("").to_string();
+                if !c.data().upstreams.redis.contains_key(&name) {
+                    return BAD_ARGUMENT;
+                }
+                let (user, pass) = (read_string(&c, up, ul), read_string(&c, pp, pl));
+                c.data_mut().redis_init = Some((service, user, pass, timeout as u32));
+                OK
+            },
+        )
         .unwrap()
         .func_wrap("env", "proxy_redis_call", |mut c: Host, sp: i32, sl: i32, qp: i32, ql: i32, ret: i32| -> i32 {
             let service = read_string(&c, sp, sl);
@@ -396,20 +439,24 @@ fn link(linker: &mut Linker<State>) {
         .unwrap()
         .func_wrap("wasi_snapshot_preview1", "environ_get", |_: Host, _: i32, _: i32| -> i32 { 0 })
         .unwrap()
-        .func_wrap("wasi_snapshot_preview1", "fd_write", |mut c: Host, _fd: i32, iovs: i32, n: i32, written: i32| -> i32 {
-            let mut total = 0u32;
-            let mut text = Vec::new();
-            for i in 0..n {
-                let iov = read_bytes(&c, iovs + i * 8, 8);
-                let ptr = u32::from_le_bytes(iov[0..4].try_into().unwrap()) as i32;
-                let len = u32::from_le_bytes(iov[4..8].try_into().unwrap()) as i32;
-                text.extend(read_bytes(&c, ptr, len));
-                total += len as u32;
-            }
-            c.data_mut().logs.push((-1, String::from_utf8_lossy(&text).into_owned()));
-            write_u32(&mut c, written, total);
-            0
-        })
+        .func_wrap(
+            "wasi_snapshot_preview1",
+            "fd_write",
+            |mut c: Host, _fd: i32, iovs: i32, n: i32, written: i32| -> i32 {
+                let mut total = 0u32;
+                let mut text = Vec::new();
+                for i in 0..n {
+                    let iov = read_bytes(&c, iovs + i * 8, 8);
+                    let ptr = u32::from_le_bytes(iov[0..4].try_into().unwrap()) as i32;
+                    let len = u32::from_le_bytes(iov[4..8].try_into().unwrap()) as i32;
+                    text.extend(read_bytes(&c, ptr, len));
+                    total += len as u32;
+                }
+                c.data_mut().logs.push((-1, String::from_utf8_lossy(&text).into_owned()));
+                write_u32(&mut c, written, total);
+                0
+            },
+        )
         .unwrap()
         .func_wrap("wasi_snapshot_preview1", "proc_exit", |_: Host, code: i32| -> Result<(), wasmi::Error> {
             Err(wasmi::Error::new(format!("guest called proc_exit({code})")))
@@ -502,8 +549,11 @@ impl TestHost {
 
     /// Runs one request through the filter, performing its callouts for real.
     pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)]) -> Outcome {
-        let mut raw: RawHeaders =
-            vec![(b":method".to_vec(), method.into()), (b":path".to_vec(), path.into()), (b":authority".to_vec(), b"test".to_vec())];
+        let mut raw: RawHeaders = vec![
+            (b":method".to_vec(), method.into()),
+            (b":path".to_vec(), path.into()),
+            (b":authority".to_vec(), b"test".to_vec()),
+        ];
         raw.extend(headers.iter().map(|(k, v)| (k.to_ascii_lowercase().into_bytes(), v.as_bytes().to_vec())));
         self.request_raw(raw)
     }
@@ -601,14 +651,20 @@ impl TestHost {
 }
 
 /// Performs an HTTP/1.1 callout; `None` when there is no response (refused, reset, timeout).
-fn http_call(addr: SocketAddr, headers: &[(String, String)], body: &[u8], timeout_ms: u32) -> Option<(RawHeaders, Vec<u8>)> {
+fn http_call(
+    addr: SocketAddr,
+    headers: &[(String, String)],
+    body: &[u8],
+    timeout_ms: u32,
+) -> Option<(RawHeaders, Vec<u8>)> {
     let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default();
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_millis(timeout_ms as u64)))
         .build()
         .into();
-    let mut request = ureq::http::Request::builder().method(get(":method").as_str()).uri(format!("http://{addr}{}", get(":path")));
+    let mut request =
+        ureq::http::Request::builder().method(get(":method").as_str()).uri(format!("http://{addr}{}", get(":path")));
     for (k, v) in headers.iter().filter(|(k, _)| !k.starts_with(':')) {
         request = request.header(k.as_str(), v.as_str());
     }
@@ -670,8 +726,12 @@ impl TestHost {
                 });
             }
         }
-        let state =
-            State { plugin_config: plugin_config.to_vec(), upstreams, client_address: "192.0.2.1:40000".into(), ..State::default() };
+        let state = State {
+            plugin_config: plugin_config.to_vec(),
+            upstreams,
+            client_address: "192.0.2.1:40000".into(),
+            ..State::default()
+        };
         let mut store = Store::new(&engine, state);
         let instance = linker.instantiate_and_start(&mut store, &module).map_err(|e| e.to_string())?;
         let mut host = TestHost { store, instance, root_id: 1, next_context: 1 };
@@ -688,7 +748,8 @@ impl TestHost {
         let func = self.export(name).ok_or_else(|| format!("guest does not export {name}"))?;
         let ty = func.ty(&self.store);
         let mut out: Vec<Val> = ty.results().iter().map(|_| Val::I32(0)).collect();
-        func.call(&mut self.store, args, &mut out).map_err(|e| format!("{name} trapped: {e}\nlogs:\n{}", self.logs().join("\n")))?;
+        func.call(&mut self.store, args, &mut out)
+            .map_err(|e| format!("{name} trapped: {e}\nlogs:\n{}", self.logs().join("\n")))?;
         Ok(match out.first() {
             Some(Val::I32(v)) => *v,
             _ => 0,
@@ -746,7 +807,12 @@ impl TestHost {
     }
 
     /// Answers an HTTP call (`None`: no response, as after a timeout or reset).
-    pub fn try_answer_http(&mut self, context: u32, token: u32, answer: Option<(RawHeaders, Vec<u8>)>) -> Result<(), String> {
+    pub fn try_answer_http(
+        &mut self,
+        context: u32,
+        token: u32,
+        answer: Option<(RawHeaders, Vec<u8>)>,
+    ) -> Result<(), String> {
         let (n, size) = {
             let s = self.store.data_mut();
             s.effective_context = context;

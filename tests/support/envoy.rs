@@ -16,7 +16,9 @@ pub fn wasm_path(name: &str) -> std::path::PathBuf {
 
 /// The Envoy binary: `$ENVOY_BIN`, else `.tools/bin/envoy` (installed by `make tools`).
 pub fn envoy_bin() -> std::path::PathBuf {
-    let path = std::env::var_os("ENVOY_BIN").map(std::path::PathBuf::from).unwrap_or_else(|| repo_root().join(".tools/bin/envoy"));
+    let path = std::env::var_os("ENVOY_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".tools/bin/envoy"));
     assert!(path.exists(), "{} is missing: run `make tools` (make test does)", path.display());
     path
 }

@@ -14,7 +14,13 @@ pub struct HttpReply {
 }
 
 /// Sends a request with optional extra headers and a JSON body.
-pub fn http_call(agent: &ureq::Agent, method: &str, url: &str, headers: &[(&str, &str)], body: Option<serde_json::Value>) -> HttpReply {
+pub fn http_call(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<serde_json::Value>,
+) -> HttpReply {
     let mut req = ureq::http::Request::builder().method(method).uri(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -27,7 +33,10 @@ pub fn http_call(agent: &ureq::Agent, method: &str, url: &str, headers: &[(&str,
     let status = response.status().as_u16();
     let challenge = response.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_string());
     let text = response.into_body().read_to_string().unwrap_or_default();
-    let body =
-        if text.is_empty() { serde_json::Value::Null } else { serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)) };
+    let body = if text.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+    };
     HttpReply { status, body, challenge }
 }

@@ -82,14 +82,19 @@ impl RedisServer {
 
     /// Runs `redis-cli` against this server and returns its stdout.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", &self.port.to_string()]).args(args).output().expect("redis-cli");
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 
     /// Creates the users of the shipped ACL file (envoy/redis/users.acl) with `ACL SETUSER`, rule
     /// for rule as written there; returns their names.
     pub fn apply_shipped_acl(&self) -> Vec<String> {
-        let text = std::fs::read_to_string(super::repo_root().join("envoy/redis/users.acl")).expect("envoy/redis/users.acl");
+        let text =
+            std::fs::read_to_string(super::repo_root().join("envoy/redis/users.acl")).expect("envoy/redis/users.acl");
         let mut users = Vec::new();
         for line in text.lines().filter_map(|l| l.strip_prefix("user ")) {
             let rules: Vec<&str> = line.split_whitespace().collect();
@@ -152,7 +157,14 @@ impl RedisCluster {
         let nodes: Vec<RedisServer> = (0..count)
             .map(|_| {
                 RedisServer::start_with(
-                    &["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", node_timeout],
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        node_timeout,
+                    ],
                     true,
                 )
             })

@@ -167,7 +167,9 @@ impl FeedQuery {
         if let Some(c) = cursor.filter(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit() || b == b'-')) {
             query.push(format!("after={c}"));
         }
-        if let Some(e) = edge.filter(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')) {
+        if let Some(e) =
+            edge.filter(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        {
             query.push(format!("edge={e}"));
         }
         if wait_ms > 0 {
@@ -214,14 +216,23 @@ mod tests {
         let path = q.path();
         let query = path.split_once('?').unwrap().1;
         assert_eq!(serde_urlencoded_like(query), q);
-        let a = LookupAnswer { active: true, user: Some("u".into()), id: Some("i".into()), expires_in_ms: Some(5), ..Default::default() };
+        let a = LookupAnswer {
+            active: true,
+            user: Some("u".into()),
+            id: Some("i".into()),
+            expires_in_ms: Some(5),
+            ..Default::default()
+        };
         assert_eq!(serde_json::from_str::<LookupAnswer>(&serde_json::to_string(&a).unwrap()).unwrap(), a);
         assert_eq!(serde_json::to_string(&LookupAnswer::inactive()).unwrap(), r#"{"active":false}"#);
         let p = FeedPage { cursor: "1-0".into(), digests: vec!["ab".into()], reset: false, more: true };
         assert_eq!(serde_json::from_str::<FeedPage>(&serde_json::to_string(&p).unwrap()).unwrap(), p);
         assert_eq!(FeedQuery::path(Some("17-3"), None, 0), format!("{FEED_PATH}?after=17-3"));
         assert_eq!(FeedQuery::path(Some("x&y"), Some("a&b"), 0), FEED_PATH);
-        assert_eq!(FeedQuery::path(Some("17-3"), Some("ab12"), 5000), format!("{FEED_PATH}?after=17-3&edge=ab12&wait_ms=5000"));
+        assert_eq!(
+            FeedQuery::path(Some("17-3"), Some("ab12"), 5000),
+            format!("{FEED_PATH}?after=17-3&edge=ab12&wait_ms=5000")
+        );
         assert_eq!(
             challenge("api", Some("insufficient_scope"), Some("a b")),
             r#"Bearer realm="api", error="insufficient_scope", scope="a b""#
@@ -233,7 +244,12 @@ mod tests {
         let map: serde_json::Map<String, serde_json::Value> = query
             .split('&')
             .filter_map(|p| p.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.parse::<u64>().map(serde_json::Value::from).unwrap_or_else(|_| serde_json::Value::from(v))))
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    v.parse::<u64>().map(serde_json::Value::from).unwrap_or_else(|_| serde_json::Value::from(v)),
+                )
+            })
             .collect();
         serde_json::from_value(serde_json::Value::Object(map)).unwrap()
     }

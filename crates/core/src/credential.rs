@@ -29,7 +29,12 @@ pub enum Source {
 /// `Cookie` value the request carries. `schemes` are lower-case. A request that carries two
 /// credentials (two `Authorization` values, the cookie twice, or a header and a cookie with
 /// different tokens) is malformed: the filter never guesses which one the upstream will read.
-pub fn extract<'a>(authorization: &[&'a [u8]], cookie_headers: &[&'a [u8]], schemes: &[String], cookie: Option<&'a str>) -> Credential<'a> {
+pub fn extract<'a>(
+    authorization: &[&'a [u8]],
+    cookie_headers: &[&'a [u8]],
+    schemes: &[String],
+    cookie: Option<&'a str>,
+) -> Credential<'a> {
     let from_header = match authorization {
         [] => Credential::Missing,
         [value] => from_authorization(value, schemes),
@@ -144,7 +149,11 @@ mod tests {
         assert_eq!(with_cookie(&[], &[b"session=\"tok\""], "session"), Credential::Token("tok", Source::Cookie));
         assert_eq!(with_cookie(&[], &[c], "other"), Credential::Missing);
         assert_eq!(extract(&[], &[c], &schemes(), None), Credential::Missing);
-        assert_eq!(with_cookie(&[b"Bearer tok"], &[c], "session"), Credential::Token("tok", Source::Header), "the same token twice");
+        assert_eq!(
+            with_cookie(&[b"Bearer tok"], &[c], "session"),
+            Credential::Token("tok", Source::Header),
+            "the same token twice"
+        );
         assert_eq!(without_cookie(&[c], "session").as_deref(), Some(&b"a=1; b=2"[..]));
         assert_eq!(without_cookie(&[b"session=tok"], "session"), None);
         assert_eq!(without_cookie(&[b"a=1", b"session=tok; b=2"], "session").as_deref(), Some(&b"a=1; b=2"[..]));

@@ -123,7 +123,8 @@ impl TokenHasher {
     pub fn seal(&self, digest: &TokenDigest, json: String) -> String {
         let Some(mac) = &self.seal else { return json };
         let Some(body) = json.strip_suffix('}') else { return json };
-        let tag = mac.clone().chain_update(digest.0).chain_update(body.as_bytes()).chain_update(b"}").finalize().into_bytes();
+        let tag =
+            mac.clone().chain_update(digest.0).chain_update(body.as_bytes()).chain_update(b"}").finalize().into_bytes();
         format!("{body},{SEAL_PREFIX}{}\"}}", URL_SAFE_NO_PAD.encode(tag))
     }
 
@@ -142,8 +143,10 @@ impl TokenHasher {
         let Some(mac) = &self.seal else { return true };
         let Some(at) = value.len().checked_sub(SEAL_SUFFIX_LEN) else { return false };
         let (body, suffix) = value.split_at(at);
-        let Some(encoded) =
-            suffix.strip_prefix(b",").and_then(|s| s.strip_prefix(SEAL_PREFIX.as_bytes())).and_then(|s| s.strip_suffix(b"\"}"))
+        let Some(encoded) = suffix
+            .strip_prefix(b",")
+            .and_then(|s| s.strip_prefix(SEAL_PREFIX.as_bytes()))
+            .and_then(|s| s.strip_suffix(b"\"}"))
         else {
             return false;
         };

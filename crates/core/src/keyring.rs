@@ -178,7 +178,8 @@ impl HashKeys {
     /// (when any is set), or else sealed by one of the hash keys; or unsealed while those are
     /// accepted.
     pub fn accepts(&self, digest: &TokenDigest, value: &[u8]) -> bool {
-        self.sealed_by(digest, value).is_some() || (self.accept_unsealed && !TokenHasher::has_seal(value) && !signing::has_signature(value))
+        self.sealed_by(digest, value).is_some()
+            || (self.accept_unsealed && !TokenHasher::has_seal(value) && !signing::has_signature(value))
     }
     /// The current key's hasher: every digest written and every seal made uses it.
     pub fn current(&self) -> &TokenHasher {
@@ -264,7 +265,8 @@ mod tests {
         let key = b"the-hash-key".as_slice();
         let (seed, public) = RecordSigner::generate().unwrap();
         let public = signing::parse_public_keys(&[public]).unwrap();
-        let companion = HashKeys::single(Some(key)).with_record_keys(Some(RecordSigner::from_text(&seed).unwrap()), vec![]);
+        let companion =
+            HashKeys::single(Some(key)).with_record_keys(Some(RecordSigner::from_text(&seed).unwrap()), vec![]);
         let edge = HashKeys::single(Some(key)).with_record_keys(None, public);
         let t = companion.current().mint("mt", "u").unwrap();
         let d = companion.current().digest(&t);
@@ -291,7 +293,8 @@ mod tests {
         // the upgrade: HMAC seals honoured while accepted
         assert!(edge.clone().accepting_hmac_seals(true).accepts(&d, hmac_sealed.as_bytes()));
         // during a rotation the signed record's digest is told by its token_hash
-        let rotating = HashKeys::new(Some(b"newer-key"), &[key]).unwrap().with_record_keys(None, edge.verify_keys.clone());
+        let rotating =
+            HashKeys::new(Some(b"newer-key"), &[key]).unwrap().with_record_keys(None, edge.verify_keys.clone());
         assert_eq!(rotating.sealed_by(&d, signed.as_bytes()), Some(1));
     }
 

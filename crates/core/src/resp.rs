@@ -139,7 +139,10 @@ mod tests {
     #[test]
     fn decodes_every_kind() {
         assert_eq!(decode(b"+OK\r\n"), Ok(Reply::Status("OK".into())));
-        assert_eq!(decode(b"-NOAUTH Authentication required.\r\n"), Ok(Reply::Error("NOAUTH Authentication required.".into())));
+        assert_eq!(
+            decode(b"-NOAUTH Authentication required.\r\n"),
+            Ok(Reply::Error("NOAUTH Authentication required.".into()))
+        );
         assert_eq!(decode(b":-3\r\n"), Ok(Reply::Int(-3)));
         assert_eq!(decode(b"$-1\r\n"), Ok(Reply::Bulk(None)));
         assert_eq!(decode(b"$5\r\na\r\nb!\r\n"), Ok(Reply::Bulk(Some(b"a\r\nb!".to_vec()))));

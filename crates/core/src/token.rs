@@ -191,7 +191,14 @@ impl TokenMac {
     }
 
     fn tag(&self, prefix: &str, input: &[u8]) -> [u8; MAC_LEN] {
-        let full = self.key.clone().chain_update(prefix.as_bytes()).chain_update(b"_").chain_update(input).finalize().into_bytes();
+        let full = self
+            .key
+            .clone()
+            .chain_update(prefix.as_bytes())
+            .chain_update(b"_")
+            .chain_update(input)
+            .finalize()
+            .into_bytes();
         let mut tag = [0u8; MAC_LEN];
         tag.copy_from_slice(&full[..MAC_LEN]);
         tag
@@ -204,7 +211,8 @@ impl TokenMac {
         if body[0] != MAC_TOKEN_VERSION {
             return Origin::Unchecked;
         }
-        let mac = self.key.clone().chain_update(prefix.as_bytes()).chain_update(b"_").chain_update(&body[..MAC_INPUT_LEN]);
+        let mac =
+            self.key.clone().chain_update(prefix.as_bytes()).chain_update(b"_").chain_update(&body[..MAC_INPUT_LEN]);
         match mac.verify_truncated_left(&body[MAC_INPUT_LEN..MAC_INPUT_LEN + MAC_LEN]) {
             Ok(()) => Origin::Issued,
             Err(_) => Origin::Forged,

@@ -121,8 +121,9 @@ pub fn validate_scopes(scopes: &[String]) -> Result<(), InputError> {
         return Err(InputError::TooManyScopes);
     }
     for scope in scopes {
-        let ok =
-            !scope.is_empty() && scope.len() <= MAX_SCOPE_LEN && scope.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+        let ok = !scope.is_empty()
+            && scope.len() <= MAX_SCOPE_LEN
+            && scope.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
         if !ok {
             return Err(InputError::Scope(scope.clone()));
         }
@@ -149,9 +150,16 @@ mod tests {
         }
         assert!(validate_user("José Müller").is_ok(), "inner spaces and non-ASCII are fine");
         assert!(validate_new_labels("José Müller", "山田さんの iPhone 📱").is_ok());
-        for spoof in
-            ["alice\u{202e}gpj.exe", "a\u{2028}b", "a\u{2029}b", "a\u{200b}b", "a\u{2066}b", "a\u{feff}b", "a\u{e0041}b", "a\u{ad}b"]
-        {
+        for spoof in [
+            "alice\u{202e}gpj.exe",
+            "a\u{2028}b",
+            "a\u{2029}b",
+            "a\u{200b}b",
+            "a\u{2066}b",
+            "a\u{feff}b",
+            "a\u{e0041}b",
+            "a\u{ad}b",
+        ] {
             assert_eq!(validate_new_labels(spoof, "phone"), Err(InputError::Invisible("user")), "{spoof:?}");
             assert_eq!(validate_new_labels("alice", spoof), Err(InputError::Invisible("device")), "{spoof:?}");
             assert!(validate_user(spoof).is_ok(), "an existing user can still be named to log out");

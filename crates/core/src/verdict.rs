@@ -64,7 +64,12 @@ pub enum Verdict {
 /// Decides on a `GET` + `PTTL` reply at `now_ms` (Unix milliseconds); `sealed` says whether the
 /// value carries a valid seal for the digest it was read under. Garbage in Redis is an error
 /// (fail closed), not a verdict.
-pub fn evaluate(value: Option<&[u8]>, pttl: i64, now_ms: u64, sealed: impl FnOnce(&[u8]) -> bool) -> Result<Verdict, RecordError> {
+pub fn evaluate(
+    value: Option<&[u8]>,
+    pttl: i64,
+    now_ms: u64,
+    sealed: impl FnOnce(&[u8]) -> bool,
+) -> Result<Verdict, RecordError> {
     let Some(bytes) = value else { return Ok(Verdict::Invalid) };
     let remaining = Remaining::from_pttl(pttl);
     if remaining == Remaining::Missing || remaining == Remaining::Millis(0) {
@@ -126,6 +131,10 @@ mod tests {
         assert_eq!(v.expires_in_ms, Some(29_750), "the absolute expiry, to the millisecond");
         assert!(evaluate(Some(b"not json"), 1000, 100_000, |_| true).is_err());
         assert_eq!(evaluate(Some(&json(None)), 1000, 100_000, |_| false).ok(), Some(Verdict::Tampered));
-        assert_eq!(evaluate(None, -2, 100_000, |_| false).ok(), Some(Verdict::Invalid), "nothing stored: nothing tampered");
+        assert_eq!(
+            evaluate(None, -2, 100_000, |_| false).ok(),
+            Some(Verdict::Invalid),
+            "nothing stored: nothing tampered"
+        );
     }
 }

@@ -44,9 +44,21 @@ extern "C" {
         return_data: *mut *mut u8,
         return_size: *mut usize,
     ) -> u32;
-    fn proxy_replace_header_map_value(map_type: u32, key: *const u8, key_size: usize, value: *const u8, value_size: usize) -> u32;
+    fn proxy_replace_header_map_value(
+        map_type: u32,
+        key: *const u8,
+        key_size: usize,
+        value: *const u8,
+        value_size: usize,
+    ) -> u32;
     fn proxy_remove_header_map_value(map_type: u32, key: *const u8, key_size: usize) -> u32;
-    fn proxy_get_buffer_bytes(buffer_type: u32, start: usize, max_size: usize, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
+    fn proxy_get_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        max_size: usize,
+        return_data: *mut *mut u8,
+        return_size: *mut usize,
+    ) -> u32;
     fn proxy_send_local_response(
         status_code: u32,
         details: *const u8,
@@ -76,7 +88,8 @@ extern "C" {
     fn proxy_log(level: u32, message: *const u8, message_size: usize) -> u32;
     fn proxy_define_metric(metric_type: u32, name: *const u8, name_size: usize, return_id: *mut u32) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
-    fn proxy_get_property(path: *const u8, path_size: usize, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
+    fn proxy_get_property(path: *const u8, path_size: usize, return_data: *mut *mut u8, return_size: *mut usize)
+        -> u32;
 }
 
 fn ok(status: u32) -> Result<(), Status> {
@@ -145,7 +158,9 @@ pub fn buffer(buffer: Buffer, max: usize) -> Result<Vec<u8>, Status> {
 pub fn send_reply(status: u32, headers: &[(String, String)], body: &[u8]) -> Result<(), Status> {
     let map = header_map::encode(headers);
     // SAFETY: every slice lives for the call; no details string.
-    ok(unsafe { proxy_send_local_response(status, std::ptr::null(), 0, body.as_ptr(), body.len(), map.as_ptr(), map.len(), -1) })
+    ok(unsafe {
+        proxy_send_local_response(status, std::ptr::null(), 0, body.as_ptr(), body.len(), map.as_ptr(), map.len(), -1)
+    })
 }
 
 /// Resumes the paused request of the current HTTP context.

@@ -132,7 +132,13 @@ pub extern "C" fn proxy_on_request_trailers(context_id: u32, _num_trailers: usiz
 /// An HTTP call answered (no headers: it failed). Routed by its token to the context that made
 /// it; an answer nobody waits for is dropped.
 #[no_mangle]
-pub extern "C" fn proxy_on_http_call_response(_context_id: u32, token: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
+pub extern "C" fn proxy_on_http_call_response(
+    _context_id: u32,
+    token: u32,
+    num_headers: usize,
+    body_size: usize,
+    _num_trailers: usize,
+) {
     let Some(Some(caller)) = with(|c| c.calls.remove(&token)) else {
         super::log(super::abi::Level::Debug, "multitokens: an HTTP call answer nobody waits for");
         return;

@@ -66,7 +66,9 @@ impl Metrics {
         let memory = (core::arch::wasm32::memory_size::<0>() as i64) * 65_536;
         #[cfg(not(target_arch = "wasm32"))]
         let memory = 0;
-        for (i, (id, value)) in [(self.cache_entries, cache_entries as i64), (self.vm_memory_bytes, memory)].into_iter().enumerate() {
+        for (i, (id, value)) in
+            [(self.cache_entries, cache_entries as i64), (self.vm_memory_bytes, memory)].into_iter().enumerate()
+        {
             let delta = value - self.reported[i].get();
             if let (Some(id), true) = (id, delta != 0) {
                 if abi::increment_metric(id, delta).is_ok() {
@@ -97,8 +99,8 @@ fn http_response(num_headers: usize, body_size: usize) -> (Option<u32>, Vec<u8>)
     if num_headers == 0 {
         return (None, Vec::new());
     }
-    let status =
-        abi::header(Map::CalloutResponseHeaders, ":status").and_then(|s| std::str::from_utf8(&s).ok().and_then(|s| s.parse::<u32>().ok()));
+    let status = abi::header(Map::CalloutResponseHeaders, ":status")
+        .and_then(|s| std::str::from_utf8(&s).ok().and_then(|s| s.parse::<u32>().ok()));
     let body = abi::buffer(Buffer::CalloutResponseBody, body_size).unwrap_or_default();
     (status.or(Some(0)), body)
 }
@@ -115,7 +117,10 @@ fn apply_feed(worker: &mut Worker, metrics: &Metrics, page: Result<FeedPage, Cal
         }
         Err(problem) => {
             worker.feed_poll_failed();
-            metrics.add(if problem == CalloutProblem::NoResponse { Metric::CalloutFailed } else { Metric::CalloutError }, 1);
+            metrics.add(
+                if problem == CalloutProblem::NoResponse { Metric::CalloutFailed } else { Metric::CalloutError },
+                1,
+            );
             log(Level::Warn, &format!("multitokens: revocation feed poll failed: {problem:?}"));
         }
     }
@@ -321,7 +326,8 @@ fn with_flow(
     let (Some(worker), Ok(mut flow)) = (worker, flow.try_borrow_mut()) else { return unavailable(metrics) };
     let Ok(mut worker) = worker.try_borrow_mut() else { return unavailable(metrics) };
     let compiled = Rc::clone(worker.compiled());
-    let mut host = EnvoyHost { metrics, compiled: &compiled, transport, context_id: ids.0, root_id: ids.1, has_body: false };
+    let mut host =
+        EnvoyHost { metrics, compiled: &compiled, transport, context_id: ids.0, root_id: ids.1, has_body: false };
     run(&mut flow, &mut host, &mut worker)
 }
 
@@ -362,10 +368,14 @@ impl Http {
     /// Decides on the lookup's answer (this context is the effective one), then hands it to the
     /// requests that followed the lookup.
     fn answer(&mut self, answer: Result<Answer, CalloutProblem>) {
-        let step =
-            with_flow(&self.flow, self.worker.as_ref(), &self.metrics, self.transport, (self.id, self.root_id), |flow, host, worker| {
-                flow.on_lookup_response(host, worker, answer, now_ms())
-            });
+        let step = with_flow(
+            &self.flow,
+            self.worker.as_ref(),
+            &self.metrics,
+            self.transport,
+            (self.id, self.root_id),
+            |flow, host, worker| flow.on_lookup_response(host, worker, answer, now_ms()),
+        );
         if step == Step::Continue {
             let _ = abi::resume_request();
         }
@@ -390,10 +400,14 @@ impl Http {
 
     /// The lookup this request followed will not be answered: look up again.
     fn retry(&mut self) {
-        let step =
-            with_flow(&self.flow, self.worker.as_ref(), &self.metrics, self.transport, (self.id, self.root_id), |flow, host, worker| {
-                flow.retry(host, worker, now_ms())
-            });
+        let step = with_flow(
+            &self.flow,
+            self.worker.as_ref(),
+            &self.metrics,
+            self.transport,
+            (self.id, self.root_id),
+            |flow, host, worker| flow.retry(host, worker, now_ms()),
+        );
         if step == Step::Continue {
             let _ = abi::resume_request();
         }
@@ -415,17 +429,27 @@ fn in_context(context_id: u32, f: impl FnOnce(&mut Http)) {
 impl Http {
     /// Request headers: forward, or pause (for a lookup, or after a local reply).
     fn on_request_headers(&mut self, end_of_stream: bool) -> Step {
-        let step =
-            with_flow(&self.flow, self.worker.as_ref(), &self.metrics, self.transport, (self.id, self.root_id), |flow, host, worker| {
+        let step = with_flow(
+            &self.flow,
+            self.worker.as_ref(),
+            &self.metrics,
+            self.transport,
+            (self.id, self.root_id),
+            |flow, host, worker| {
                 host.has_body = !end_of_stream;
                 flow.on_request_headers(host, worker, now_ms())
-            });
+            },
+        );
         step
     }
 
     /// Request trailers: never carry identity headers upstream.
     fn on_request_trailers(&mut self) {
-        let (Ok(mut flow), Some(Ok(worker))) = (self.flow.try_borrow_mut(), self.worker.as_ref().map(|w| w.try_borrow())) else { return };
+        let (Ok(mut flow), Some(Ok(worker))) =
+            (self.flow.try_borrow_mut(), self.worker.as_ref().map(|w| w.try_borrow()))
+        else {
+            return;
+        };
         let compiled = Rc::clone(worker.compiled());
         let mut host = EnvoyHost {
             metrics: &self.metrics,

@@ -87,11 +87,21 @@ pub(super) fn init(target: &RedisTarget) -> Result<(), String> {
     let timeout = u32::try_from(target.timeout_ms).unwrap_or(u32::MAX);
     // SAFETY: every pointer/length pair describes a live byte slice for the duration of the call.
     let status = unsafe {
-        proxy_redis_init(target.cluster.as_ptr(), target.cluster.len(), user.as_ptr(), user.len(), pass.as_ptr(), pass.len(), timeout)
+        proxy_redis_init(
+            target.cluster.as_ptr(),
+            target.cluster.len(),
+            user.as_ptr(),
+            user.len(),
+            pass.as_ptr(),
+            pass.len(),
+            timeout,
+        )
     };
     match status {
         0 => Ok(()),
-        2 => Err(format!("invalid multitokens configuration: redis.cluster: Envoy has no cluster {:?}", target.cluster)),
+        2 => {
+            Err(format!("invalid multitokens configuration: redis.cluster: Envoy has no cluster {:?}", target.cluster))
+        }
         other => Err(format!("invalid multitokens configuration: redis: proxy_redis_init failed with status {other}")),
     }
 }
@@ -99,7 +109,9 @@ pub(super) fn init(target: &RedisTarget) -> Result<(), String> {
 fn call(target: &RedisTarget, query: &[u8], purpose: Purpose) -> Result<u32, String> {
     let mut token: u32 = 0;
     // SAFETY: the slices live for the call; `token` is a valid u32 the host writes to.
-    let status = unsafe { proxy_redis_call(target.cluster.as_ptr(), target.cluster.len(), query.as_ptr(), query.len(), &mut token) };
+    let status = unsafe {
+        proxy_redis_call(target.cluster.as_ptr(), target.cluster.len(), query.as_ptr(), query.len(), &mut token)
+    };
     match status {
         0 => {
             with_registry(|r| r.calls.insert(token, purpose));
@@ -118,7 +130,13 @@ pub(super) struct RedisCallouts;
 pub(super) static REDIS: RedisCallouts = RedisCallouts;
 
 impl StoreTransport for RedisCallouts {
-    fn lookup(&self, compiled: &Compiled, request: &LookupRequest, context_id: u32, root_id: u32) -> Result<u32, String> {
+    fn lookup(
+        &self,
+        compiled: &Compiled,
+        request: &LookupRequest,
+        context_id: u32,
+        root_id: u32,
+    ) -> Result<u32, String> {
         let Transport::Redis(target) = &compiled.transport else { return Err("no Redis configured".into()) };
         let refresh = redis_transport::refresh_command(&compiled.keys, request);
         call(
@@ -162,7 +180,8 @@ pub extern "C" fn proxy_on_redis_call_response(_root_context_id: u32, token: u32
             }
         }
         Purpose::Lookup { context_id, root_id, refresh, request } => {
-            let found = with_registry(|r| (r.flows.get(&context_id).and_then(Weak::upgrade), r.roots.get(&root_id).cloned()));
+            let found =
+                with_registry(|r| (r.flows.get(&context_id).and_then(Weak::upgrade), r.roots.get(&root_id).cloned()));
             let Some((Some(flow), Some((worker, metrics)))) = found else {
                 log(Level::Debug, "multitokens: Redis reply for a finished request");
                 return;
@@ -171,8 +190,9 @@ pub extern "C" fn proxy_on_redis_call_response(_root_context_id: u32, token: u32
                 return;
             }
             let now = now_ms();
-            let Ok(answer) =
-                worker.try_borrow().map(|w| redis_transport::parse_lookup(bytes.as_deref(), now, &w.compiled().hash_keys, &request))
+            let Ok(answer) = worker
+                .try_borrow()
+                .map(|w| redis_transport::parse_lookup(bytes.as_deref(), now, &w.compiled().hash_keys, &request))
             else {
                 return;
             };
@@ -183,9 +203,10 @@ pub extern "C" fn proxy_on_redis_call_response(_root_context_id: u32, token: u32
                     }
                 }
             }
-            let step = with_flow(&flow, Some(&worker), &metrics, Some(&REDIS), (context_id, root_id), |flow, host, worker| {
-                flow.on_lookup_response(host, worker, answer, now)
-            });
+            let step =
+                with_flow(&flow, Some(&worker), &metrics, Some(&REDIS), (context_id, root_id), |flow, host, worker| {
+                    flow.on_lookup_response(host, worker, answer, now)
+                });
             if step == Step::Continue {
                 let _ = abi::resume_request();
             }

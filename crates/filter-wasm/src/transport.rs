@@ -10,7 +10,13 @@ use multitokens_filter::lookup::LookupRequest;
 /// Lookups, feed polls and sliding refreshes; each returns the call's token.
 pub(super) trait StoreTransport {
     /// Starts a request's lookup (its answer goes to that request's context).
-    fn lookup(&self, compiled: &Compiled, request: &LookupRequest, context_id: u32, root_id: u32) -> Result<u32, String>;
+    fn lookup(
+        &self,
+        compiled: &Compiled,
+        request: &LookupRequest,
+        context_id: u32,
+        root_id: u32,
+    ) -> Result<u32, String>;
     /// Starts a revocation feed poll after a cursor, as edge `edge` (its answer goes to the root).
     fn poll_feed(&self, compiled: &Compiled, cursor: Option<&str>, edge: &str, root_id: u32) -> Result<u32, String>;
     /// Sends a sliding refresh (its answer is not needed).
@@ -65,9 +71,11 @@ pub(super) fn start(compiled: &Compiled) -> Result<&'static dyn StoreTransport, 
             Ok(&super::redis::REDIS)
         }
         #[cfg(not(feature = "redis-callout"))]
-        Transport::Redis(_) => Err("invalid multitokens configuration: redis: this is the stock build, which has no Redis \
+        Transport::Redis(_) => {
+            Err("invalid multitokens configuration: redis: this is the stock build, which has no Redis \
             callouts (upstream Envoy cannot load them); use `companion`, or deploy multitokens_filter_redis.wasm on an \
             Envoy with the Redis-callout ABI (e.g. Higress)"
-            .into()),
+                .into())
+        }
     }
 }

@@ -99,7 +99,9 @@ impl Packed {
     }
 
     fn view(&self) -> Option<IdentityView<'_>> {
-        let len = |at: usize| self.0.get(at..at + 2).and_then(|b| b.try_into().ok()).map(|b| usize::from(u16::from_le_bytes(b)));
+        let len = |at: usize| {
+            self.0.get(at..at + 2).and_then(|b| b.try_into().ok()).map(|b| usize::from(u16::from_le_bytes(b)))
+        };
         let (user, device, id) = (len(TAG_END)?, len(TAG_END + 2)?, len(TAG_END + 4)?);
         let text = std::str::from_utf8(self.0.get(TEXT_START..)?).ok()?;
         let (device_end, id_end) = (user + device, user + device + id);
@@ -130,8 +132,16 @@ struct Slot {
 }
 
 impl Slot {
-    const FREE: Slot =
-        Slot { body: [0; BODY_B64_LEN], used: false, fresh_until: 0, usable_until: 0, refreshed_at: 0, valid: None, prev: NIL, next: NIL };
+    const FREE: Slot = Slot {
+        body: [0; BODY_B64_LEN],
+        used: false,
+        fresh_until: 0,
+        usable_until: 0,
+        refreshed_at: 0,
+        valid: None,
+        prev: NIL,
+        next: NIL,
+    };
 }
 
 /// Slots in chunks of [`CHUNK`], addressed by 32-bit numbers, with a free list.
@@ -161,7 +171,9 @@ impl Slab {
         if self.free == NIL {
             let base = self.chunks.len() * CHUNK;
             let first = u32::try_from(base).ok().filter(|_| u32::try_from(base + CHUNK).is_ok_and(|end| end < NIL))?;
-            let chunk = (1..=CHUNK as u32).map(|k| Slot { next: if k < CHUNK as u32 { first + k } else { NIL }, ..Slot::FREE }).collect();
+            let chunk = (1..=CHUNK as u32)
+                .map(|k| Slot { next: if k < CHUNK as u32 { first + k } else { NIL }, ..Slot::FREE })
+                .collect();
             self.chunks.push(chunk);
             self.free = first;
         }
@@ -363,19 +375,25 @@ impl VerdictCache {
             }
         }
         let Some(i) = self.slots.take() else { return };
-        let times =
-            (self.since_epoch(lifetime.fresh_until), self.since_epoch(lifetime.usable_until), self.since_epoch(lifetime.refreshed_at));
+        let times = (
+            self.since_epoch(lifetime.fresh_until),
+            self.since_epoch(lifetime.usable_until),
+            self.since_epoch(lifetime.refreshed_at),
+        );
         let digest = valid.as_ref().map(|v| digest_hash(v.digest()));
         let Some(slot) = self.slots.get_mut(i) else { return };
         (slot.fresh_until, slot.usable_until, slot.refreshed_at) = times;
         slot.body = body;
         slot.valid = valid;
-        let VerdictCache { slots, by_token, by_digest, hasher, positive: valid_lane, negative: invalid_lane, .. } = self;
+        let VerdictCache { slots, by_token, by_digest, hasher, positive: valid_lane, negative: invalid_lane, .. } =
+            self;
         if positive { valid_lane } else { invalid_lane }.push(slots, i);
         let slots = &*slots;
         by_token.insert_unique(hasher.hash_one(body), i, |&j| slots.get(j).map_or(0, |s| hasher.hash_one(s.body)));
         if let Some(hash) = digest {
-            by_digest.insert_unique(hash, i, |&j| slots.get(j).and_then(|s| s.valid.as_ref()).map_or(0, |v| digest_hash(v.digest())));
+            by_digest.insert_unique(hash, i, |&j| {
+                slots.get(j).and_then(|s| s.valid.as_ref()).map_or(0, |v| digest_hash(v.digest()))
+            });
         }
     }
 
@@ -417,7 +435,8 @@ impl VerdictCache {
     /// Drops the entry of a revoked digest; true if there was one.
     pub fn revoke(&mut self, digest: &TokenDigest) -> bool {
         let slots = &self.slots;
-        let stored_under = |&j: &u32| slots.get(j).and_then(|s| s.valid.as_ref()).is_some_and(|v| v.digest() == digest.0);
+        let stored_under =
+            |&j: &u32| slots.get(j).and_then(|s| s.valid.as_ref()).is_some_and(|v| v.digest() == digest.0);
         match self.by_digest.find(digest_hash(&digest.0), stored_under).copied() {
             Some(i) => self.remove_slot(i),
             None => false,
@@ -449,8 +468,11 @@ impl VerdictCache {
     /// Moves the epoch to `now` (the slots' times would soon no longer fit 32 bits).
     fn rebase(&mut self, now: u64) {
         let shift = u32::try_from(now.saturating_sub(self.epoch)).unwrap_or(u32::MAX);
-        let used: Vec<u32> =
-            [&self.positive, &self.negative].into_iter().flat_map(|lane| lane.slots(&self.slots)).map(|(i, _)| i).collect();
+        let used: Vec<u32> = [&self.positive, &self.negative]
+            .into_iter()
+            .flat_map(|lane| lane.slots(&self.slots))
+            .map(|(i, _)| i)
+            .collect();
         for i in used {
             if let Some(s) = self.slots.get_mut(i) {
                 s.fresh_until = s.fresh_until.saturating_sub(shift);
@@ -533,7 +555,10 @@ mod tests {
             c.insert_invalid(t, 100, 0);
         }
         assert_eq!(c.len(), 550);
-        assert!(valid[..500].iter().all(|t| matches!(c.get(t).map(|e| e.verdict), Some(Cached::Valid(_)))), "every valid verdict kept");
+        assert!(
+            valid[..500].iter().all(|t| matches!(c.get(t).map(|e| e.verdict), Some(Cached::Valid(_)))),
+            "every valid verdict kept"
+        );
         // positives still evict only positives, oldest first
         for t in &valid[500..] {
             c.insert_valid(t, stored(t), &alice(), life(100), 0);

@@ -46,10 +46,9 @@ impl InFlight {
     /// Joins the lookup under way for `token`, if there is one with room that was sent less than
     /// `max_wait_ms` ago.
     pub fn follow(&mut self, token: &str, context: u32, now: u64, max_wait_ms: u64) -> Option<Joined> {
-        let shared = self
-            .by_token
-            .get_mut(token)
-            .filter(|s| s.followers.len() < MAX_FOLLOWERS && s.leader != context && now.saturating_sub(s.sent_at) < max_wait_ms)?;
+        let shared = self.by_token.get_mut(token).filter(|s| {
+            s.followers.len() < MAX_FOLLOWERS && s.leader != context && now.saturating_sub(s.sent_at) < max_wait_ms
+        })?;
         shared.followers.push(context);
         Some(Joined { call: shared.call, epoch: shared.epoch })
     }

@@ -10,7 +10,8 @@ pub fn parse_answer(status: Option<u32>, body: &[u8]) -> Result<Answer, CalloutP
     match status {
         None => Err(CalloutProblem::NoResponse),
         Some(200) => {
-            let reply: LookupAnswer = serde_json::from_slice(body).map_err(|e| CalloutProblem::BadResponse(format!("lookup body: {e}")))?;
+            let reply: LookupAnswer =
+                serde_json::from_slice(body).map_err(|e| CalloutProblem::BadResponse(format!("lookup body: {e}")))?;
             if !reply.active {
                 return Ok(Answer::Invalid);
             }
@@ -70,7 +71,10 @@ mod tests {
 
     #[test]
     fn feed_pages() {
-        assert_eq!(parse_feed(Some(200), br#"{"cursor":"1-0","digests":["ab"],"reset":false}"#).unwrap().digests, vec!["ab"]);
+        assert_eq!(
+            parse_feed(Some(200), br#"{"cursor":"1-0","digests":["ab"],"reset":false}"#).unwrap().digests,
+            vec!["ab"]
+        );
         assert!(parse_feed(Some(401), b"").is_err());
     }
 }

@@ -325,15 +325,18 @@ pub struct IdentityHeaders {
 impl IdentityHeaders {
     /// Every name in use.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        std::iter::once(self.user.as_str())
-            .chain([&self.device, &self.scopes, &self.token_id, &self.credential].into_iter().flatten().map(String::as_str))
+        std::iter::once(self.user.as_str()).chain(
+            [&self.device, &self.scopes, &self.token_id, &self.credential].into_iter().flatten().map(String::as_str),
+        )
     }
 
     /// Whether a client's header name stands for an identity header, in use or not: equal to one
     /// after lower-casing and reading `_` as `-`, the way CGI and WSGI servers name their variables.
     pub fn is_alias(&self, name: &[u8]) -> bool {
         let fold = |b: &u8| if *b == b'_' { b'-' } else { b.to_ascii_lowercase() };
-        self.stripped.iter().any(|ours| ours.len() == name.len() && ours.as_bytes().iter().map(fold).eq(name.iter().map(fold)))
+        self.stripped
+            .iter()
+            .any(|ours| ours.len() == name.len() && ours.as_bytes().iter().map(fold).eq(name.iter().map(fold)))
     }
 }
 
@@ -392,7 +395,8 @@ fn header_name(field: &str, value: &str) -> Result<String, String> {
 impl Compiled {
     /// Parses and checks plugin configuration bytes.
     pub fn parse(bytes: &[u8]) -> Result<Compiled, String> {
-        let config: FilterConfig = serde_json::from_slice(bytes).map_err(|e| format!("invalid multitokens configuration: {e}"))?;
+        let config: FilterConfig =
+            serde_json::from_slice(bytes).map_err(|e| format!("invalid multitokens configuration: {e}"))?;
         Self::compile(config).map_err(|e| format!("invalid multitokens configuration: {e}"))
     }
 
@@ -406,7 +410,8 @@ impl Compiled {
                 return Err(format!("cookie: {cookie:?} is not a valid cookie name"));
             }
         }
-        let optional = |field: &str, value: &Option<String>| value.as_deref().map(|v| header_name(field, v)).transpose();
+        let optional =
+            |field: &str, value: &Option<String>| value.as_deref().map(|v| header_name(field, v)).transpose();
         let mut identity_headers = IdentityHeaders {
             user: header_name("user_header", &config.user_header)?,
             device: optional("device_header", &config.device_header)?,
@@ -428,7 +433,10 @@ impl Compiled {
         let mut in_use: Vec<&str> = identity_headers.names().collect();
         in_use.sort_unstable();
         if in_use.windows(2).any(|w| w[0] == w[1]) {
-            return Err("user_header/device_header/scopes_header/token_id_header/credential_header: give each a different name".into());
+            return Err(
+                "user_header/device_header/scopes_header/token_id_header/credential_header: give each a different name"
+                    .into(),
+            );
         }
         config.upstream_routing.compile()?;
         config.csrf.compile()?;
@@ -439,7 +447,10 @@ impl Compiled {
         }
         let case_sensitive = config.upstream_routing.case_sensitive;
         let scope_rules = (config.required_scopes.iter().enumerate())
-            .map(|(i, rule)| CompiledScopeRule::compile(rule.clone(), case_sensitive).map_err(|e| format!("required_scopes[{i}]: {e}")))
+            .map(|(i, rule)| {
+                CompiledScopeRule::compile(rule.clone(), case_sensitive)
+                    .map_err(|e| format!("required_scopes[{i}]: {e}"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let transport = match (config.companion.clone(), config.redis.clone()) {
             (Some(c), None) => {
@@ -514,7 +525,8 @@ impl Compiled {
             .map_err(|e| format!("retired_hash_keys: {e}"))?
             .with_record_keys(
                 None,
-                multitokens_core::signing::parse_public_keys(&config.record_public_keys).map_err(|e| format!("record_public_keys: {e}"))?,
+                multitokens_core::signing::parse_public_keys(&config.record_public_keys)
+                    .map_err(|e| format!("record_public_keys: {e}"))?,
             )
             .accepting_hmac_seals(config.accept_hmac_sealed_records)
             .accepting_unsealed(config.accept_unsealed_records);
@@ -524,7 +536,17 @@ impl Compiled {
             Transport::Companion(c) => format!("Bearer {}", c.api_key),
             Transport::Redis(_) => String::new(),
         };
-        Ok(Compiled { config, hash_keys, identity_headers, has_path_rules, scope_rules, transport, keys, replies, companion_auth })
+        Ok(Compiled {
+            config,
+            hash_keys,
+            identity_headers,
+            has_path_rules,
+            scope_rules,
+            transport,
+            keys,
+            replies,
+            companion_auth,
+        })
     }
 }
 
@@ -546,21 +568,33 @@ mod tests {
         assert_eq!((redis.poll_ms(), redis.feed_wait_ms()), (250, 0), "the Redis-callout build polls every 250 ms");
         assert_eq!(
             c.identity_headers.names().collect::<Vec<_>>(),
-            ["x-multitokens-user", "x-multitokens-device", "x-multitokens-scopes", "x-multitokens-token-id", "x-multitokens-credential"]
+            [
+                "x-multitokens-user",
+                "x-multitokens-device",
+                "x-multitokens-scopes",
+                "x-multitokens-token-id",
+                "x-multitokens-credential"
+            ]
         );
         assert_eq!(c.config.cors_preflight, CorsPreflight::Pass);
         assert!(c.config.csrf.check && !c.config.upstream_routing.case_sensitive);
         assert!(!c.has_path_rules, "no rules: the path is not looked at");
-        let lean = Compiled::parse(br#"{"companion": {"cluster": "mt", "api_key": "k"}, "token_id_header": null, "scopes_header": null}"#)
-            .unwrap();
+        let lean = Compiled::parse(
+            br#"{"companion": {"cluster": "mt", "api_key": "k"}, "token_id_header": null, "scopes_header": null}"#,
+        )
+        .unwrap();
         assert_eq!(
             lean.identity_headers.names().collect::<Vec<_>>(),
             ["x-multitokens-user", "x-multitokens-device", "x-multitokens-credential"]
         );
         for switched_off in ["x-multitokens-scopes", "X_Multitokens_Token_Id"] {
-            assert!(lean.identity_headers.is_alias(switched_off.as_bytes()), "{switched_off} is stripped though not set");
+            assert!(
+                lean.identity_headers.is_alias(switched_off.as_bytes()),
+                "{switched_off} is stripped though not set"
+            );
         }
-        let r = Compiled::parse(br#"{"redis": {"cluster": "outbound|6379||redis.svc?db=2", "password": "p"}}"#).unwrap();
+        let r =
+            Compiled::parse(br#"{"redis": {"cluster": "outbound|6379||redis.svc?db=2", "password": "p"}}"#).unwrap();
         assert!(matches!(r.transport, Transport::Redis(ref t) if t.cluster.ends_with("?db=2")));
     }
 
@@ -583,7 +617,10 @@ mod tests {
             (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "required_scopes": [{"prefix": "/a"}]}"#, "scopes"),
             (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "cache": {"size": 1}}"#, "size"),
             (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "revocation_poll_ms": 5}"#, "revocation_poll_ms"),
-            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "exclude": [{"methods": ["OPTIONS"]}]}"#, "cors_preflight"),
+            (
+                r#"{"companion": {"cluster": "mt", "api_key": "k"}, "exclude": [{"methods": ["OPTIONS"]}]}"#,
+                "cors_preflight",
+            ),
             (
                 r#"{"companion": {"cluster": "mt", "api_key": "k"}, "required_scopes": [{"prefix": "/a/../b", "scopes": ["x"]}]}"#,
                 "required_scopes[0]",
@@ -592,14 +629,23 @@ mod tests {
                 r#"{"companion": {"cluster": "mt", "api_key": "k"}, "required_scopes": [{"path": "/a%2Fb", "scopes": ["x"]}]}"#,
                 "required_scopes[0]",
             ),
-            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "upstream_routing": {"case_insensitive": true}}"#, "case_insensitive"),
+            (
+                r#"{"companion": {"cluster": "mt", "api_key": "k"}, "upstream_routing": {"case_insensitive": true}}"#,
+                "case_insensitive",
+            ),
             (
                 r#"{"companion": {"cluster": "mt", "api_key": "k"}, "upstream_routing": {"method_override_headers": ["a b"]}}"#,
                 "upstream_routing.method_override_headers",
             ),
-            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "csrf": {"trusted_origins": ["app.example"]}}"#, "csrf.trusted_origins"),
+            (
+                r#"{"companion": {"cluster": "mt", "api_key": "k"}, "csrf": {"trusted_origins": ["app.example"]}}"#,
+                "csrf.trusted_origins",
+            ),
             (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "cors_preflight": "answer"}"#, "answer"),
-            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "credential_header": "x-multitokens-user"}"#, "different name"),
+            (
+                r#"{"companion": {"cluster": "mt", "api_key": "k"}, "credential_header": "x-multitokens-user"}"#,
+                "different name",
+            ),
             ("not json", "invalid multitokens configuration"),
         ];
         for (json, field) in cases {

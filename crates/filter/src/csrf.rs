@@ -46,7 +46,13 @@ impl CsrfConfig {
 
     /// Whether a cookie-authenticated request may go on. `methods` are those the upstream may run
     /// it as; `authority` is the request's `:authority`.
-    pub fn allows(&self, methods: &[String], sec_fetch_site: Option<&[u8]>, origin: Option<&[u8]>, authority: &[u8]) -> bool {
+    pub fn allows(
+        &self,
+        methods: &[String],
+        sec_fetch_site: Option<&[u8]>,
+        origin: Option<&[u8]>,
+        authority: &[u8],
+    ) -> bool {
         if !self.check || methods.iter().all(|m| is_safe(m)) {
             return true;
         }
@@ -88,7 +94,10 @@ mod tests {
         assert!(!c.allows(&post(), None, Some(b"https://evil.example"), b"api.example"));
         assert!(!c.allows(&post(), None, Some(b"null"), b"api.example"));
         let overridden = vec!["GET".to_string(), "DELETE".into()];
-        assert!(!c.allows(&overridden, Some(b"cross-site"), None, b"api.example"), "a GET the upstream may run as DELETE");
+        assert!(
+            !c.allows(&overridden, Some(b"cross-site"), None, b"api.example"),
+            "a GET the upstream may run as DELETE"
+        );
     }
 
     #[test]

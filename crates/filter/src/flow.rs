@@ -86,7 +86,8 @@ impl HttpFlow {
         let compiled = Rc::clone(&worker.compiled);
         let config = &compiled.config;
         let headers = host.request_headers();
-        let values = |name: &'static str| headers.iter().filter(move |(k, _)| k == name.as_bytes()).map(|(_, v)| v.as_slice());
+        let values =
+            |name: &'static str| headers.iter().filter(move |(k, _)| k == name.as_bytes()).map(|(_, v)| v.as_slice());
         // identity headers come only from us: drop whatever the client sent under those names, or
         // under a name a CGI/WSGI server maps to the same variable (`X_Multitokens_User`). On an
         // authenticated request the filter then sets them; a denied request goes nowhere.
@@ -146,12 +147,18 @@ impl HttpFlow {
                 Err(_) => return deny(host, &compiled, Denial::BadPath, Metric::DeniedBadPath, &[]),
             }
         };
-        let (token, source) =
-            match credential::extract(&authorization, cookie.as_deref().as_slice(), &config.schemes, config.cookie.as_deref()) {
-                Credential::Missing => return deny(host, &compiled, Denial::Missing, Metric::DeniedMissing, &[]),
-                Credential::Empty | Credential::Malformed => return deny(host, &compiled, Denial::Invalid, Metric::DeniedMalformed, &[]),
-                Credential::Token(t, s) => (t, s),
-            };
+        let (token, source) = match credential::extract(
+            &authorization,
+            cookie.as_deref().as_slice(),
+            &config.schemes,
+            config.cookie.as_deref(),
+        ) {
+            Credential::Missing => return deny(host, &compiled, Denial::Missing, Metric::DeniedMissing, &[]),
+            Credential::Empty | Credential::Malformed => {
+                return deny(host, &compiled, Denial::Invalid, Metric::DeniedMalformed, &[])
+            }
+            Credential::Token(t, s) => (t, s),
+        };
         // a cookie goes with every request to its site, whoever's page sent it: unsafe requests
         // from other sites are refused before any lookup
         if source == Source::Cookie
@@ -193,7 +200,9 @@ impl HttpFlow {
         let charged = match compiled.hash_keys.origin(token, &config.prefix) {
             Origin::Issued => None,
             Origin::Forged => return deny(host, &compiled, Denial::Invalid, Metric::DeniedForged, &[]),
-            Origin::Unchecked if !config.accept_legacy_tokens => return deny(host, &compiled, Denial::Invalid, Metric::DeniedForged, &[]),
+            Origin::Unchecked if !config.accept_legacy_tokens => {
+                return deny(host, &compiled, Denial::Invalid, Metric::DeniedForged, &[])
+            }
             // a token the edge cannot check: its lookup is charged to the client's address
             Origin::Unchecked => match charge_lookup(host, worker, now) {
                 Ok(client) => client,
@@ -230,7 +239,8 @@ impl HttpFlow {
             if let Some(joined) = worker.in_flight.follow(&token, host.context_id(), now, worker.max_lookup_wait_ms()) {
                 host.count(Metric::LookupShared);
                 let (call, epoch) = (joined.call, joined.epoch);
-                self.pending = Some(Pending { call, epoch, token, tag, digest, previous, source, request, follower: true });
+                self.pending =
+                    Some(Pending { call, epoch, token, tag, digest, previous, source, request, follower: true });
                 return Step::Pause;
             }
         }
@@ -242,7 +252,8 @@ impl HttpFlow {
                 if shared {
                     worker.in_flight.lead(&token, host.context_id(), call, epoch, now);
                 }
-                self.pending = Some(Pending { call, epoch, token, tag, digest, previous, source, request, follower: false });
+                self.pending =
+                    Some(Pending { call, epoch, token, tag, digest, previous, source, request, follower: false });
                 Step::Pause
             }
             Err(e) => {
@@ -315,9 +326,13 @@ impl HttpFlow {
                     p.digest = *stored;
                     accept(host, worker, &p, identity, expires_in_ms, now)
                 }
-                None => {
-                    no_answer(host, worker, &p, CalloutProblem::BadResponse("the lookup answer names a digest not asked for".into()), now)
-                }
+                None => no_answer(
+                    host,
+                    worker,
+                    &p,
+                    CalloutProblem::BadResponse("the lookup answer names a digest not asked for".into()),
+                    now,
+                ),
             },
             Ok(Answer::Tampered) => {
                 host.warn("multitokens: a token record's seal does not verify (rewritten in Redis?): refused");
@@ -335,7 +350,14 @@ impl HttpFlow {
 
 /// A lookup said the token is valid: authorize the request, and cache the verdict by the digest
 /// the record is stored under when the feed can vouch for it.
-fn accept(host: &mut dyn Host, worker: &mut Worker, p: &Pending, identity: Identity, expires_in_ms: Option<u64>, now: u64) -> Step {
+fn accept(
+    host: &mut dyn Host,
+    worker: &mut Worker,
+    p: &Pending,
+    identity: Identity,
+    expires_in_ms: Option<u64>,
+    now: u64,
+) -> Step {
     // the store was read before the feed pages applied since: one of them may have revoked this
     // very token, and then the answer is already stale
     let revoked = worker.feed.revoked_since(p.epoch, &p.digest);
@@ -381,7 +403,13 @@ fn queue_refresh(worker: &mut Worker, token: &str, now: u64) {
         return;
     }
     let Some(stored) = worker.cache.refresh_due(token, now, min_interval_ms) else { return };
-    let request = LookupRequest { tag: stored.tag, digest: stored.digest, previous: Vec::new(), key_id: None, refresh_ttl: Some(ttl) };
+    let request = LookupRequest {
+        tag: stored.tag,
+        digest: stored.digest,
+        previous: Vec::new(),
+        key_id: None,
+        refresh_ttl: Some(ttl),
+    };
     worker.refresh_queue.push(request);
 }
 
@@ -416,7 +444,14 @@ fn charge_lookup(host: &mut dyn Host, worker: &mut Worker, now: u64) -> Result<O
 }
 
 /// The store could not be asked: `allow_cached` may accept a recently verified token.
-fn unavailable(host: &mut dyn Host, worker: &Worker, token: &str, source: Source, request: &RequestInfo, now: u64) -> Step {
+fn unavailable(
+    host: &mut dyn Host,
+    worker: &Worker,
+    token: &str,
+    source: Source,
+    request: &RequestInfo,
+    now: u64,
+) -> Step {
     let compiled = &worker.compiled;
     if compiled.config.failure_mode == FailureMode::AllowCached {
         if let Some(Entry { verdict: Cached::Valid(identity), usable_until, .. }) = worker.cache.get(token) {
@@ -444,13 +479,16 @@ fn authorize(
     // replacing sets exactly one value: whatever the client sent under these names is gone
     let names = &compiled.identity_headers;
     host.set_header(&names.user, identity.user.as_bytes());
-    for (name, value) in [(&names.device, identity.device), (&names.scopes, identity.scopes), (&names.token_id, identity.id)] {
+    for (name, value) in
+        [(&names.device, identity.device), (&names.scopes, identity.scopes), (&names.token_id, identity.id)]
+    {
         if let Some(name) = name {
             host.set_header(name, value.as_bytes());
         }
     }
     if let Some(name) = &names.credential {
-        let from = if source == Source::Cookie { contract::CREDENTIAL_FROM_COOKIE } else { contract::CREDENTIAL_FROM_HEADER };
+        let from =
+            if source == Source::Cookie { contract::CREDENTIAL_FROM_COOKIE } else { contract::CREDENTIAL_FROM_HEADER };
         host.set_header(name, from.as_bytes());
     }
     strip_credentials(host, compiled, request.strip_authorization, request.cookie.as_deref());
@@ -465,7 +503,9 @@ fn strip_credentials(host: &mut dyn Host, compiled: &Compiled, strip_authorizati
     if strip_authorization {
         host.remove_header("authorization");
     }
-    if let (true, Some(name), Some(cookies)) = (compiled.config.strip_credential, compiled.config.cookie.as_deref(), cookies) {
+    if let (true, Some(name), Some(cookies)) =
+        (compiled.config.strip_credential, compiled.config.cookie.as_deref(), cookies)
+    {
         let ours = cookies
             .split(|b| *b == b';')
             .map(<[u8]>::trim_ascii)
@@ -505,7 +545,8 @@ mod tests {
         h
     }
 
-    const VALID: &[u8] = br#"{"active":true,"user":"alice","device":"phone","scopes":["read"],"expires_in":3600,"id":"abc"}"#;
+    const VALID: &[u8] =
+        br#"{"active":true,"user":"alice","device":"phone","scopes":["read"],"expires_in":3600,"id":"abc"}"#;
 
     fn run(w: &mut Worker, path: &str, token: &str, answer: Option<(Option<u32>, &[u8])>, now: u64) -> MemoryHost {
         let mut h = request(path, Some(&format!("Bearer {token}")));
@@ -541,11 +582,18 @@ mod tests {
         assert_eq!((step, a.lookups.len()), (Step::Pause, 1));
         let mut followers: Vec<_> = (2..5).map(|c| begin(&mut w, &t, c, 11)).collect();
         for (h, _, step) in &followers {
-            assert_eq!((*step, h.lookups.len(), h.counted(Metric::LookupShared)), (Step::Pause, 0, 1), "no lookup of its own");
+            assert_eq!(
+                (*step, h.lookups.len(), h.counted(Metric::LookupShared)),
+                (Step::Pause, 0, 1),
+                "no lookup of its own"
+            );
         }
         let (other, _, _) = begin(&mut w, &token::generate("mt", "bob").unwrap(), 9, 11);
         assert_eq!(other.lookups.len(), 1, "another token is looked up");
-        assert_eq!(leader.on_lookup_response(&mut a, &mut w, companion_transport::parse_answer(Some(200), VALID), 20), Step::Continue);
+        assert_eq!(
+            leader.on_lookup_response(&mut a, &mut w, companion_transport::parse_answer(Some(200), VALID), 20),
+            Step::Continue
+        );
         let share = leader.take_share().expect("followers wait");
         assert_eq!(share.followers, vec![2, 3, 4]);
         assert!(leader.take_share().is_none(), "handed over once");
@@ -568,7 +616,10 @@ mod tests {
         let (mut a, mut leader, _) = begin(&mut w, &t, 1, 10);
         // revoked after the lookup was sent, before the follower came: the store may have read the
         // record before the revocation, so the follower must not believe the answer either
-        w.apply_feed(lookup::FeedPage { cursor: "2-0".into(), digests: vec![digest.to_hex()], reset: false, more: false }, 12);
+        w.apply_feed(
+            lookup::FeedPage { cursor: "2-0".into(), digests: vec![digest.to_hex()], reset: false, more: false },
+            12,
+        );
         let (mut b, mut follower, step) = begin(&mut w, &t, 2, 13);
         assert_eq!((step, b.lookups.len()), (Step::Pause, 0));
         leader.on_lookup_response(&mut a, &mut w, companion_transport::parse_answer(Some(200), VALID), 20);
@@ -599,7 +650,11 @@ mod tests {
         follow_feed(&mut off, 0);
         let (a, _, _) = begin(&mut off, &t, 1, 10);
         let (b, _, _) = begin(&mut off, &t, 2, 10);
-        assert_eq!((a.lookups.len(), b.lookups.len()), (1, 1), "with the cache off every request is checked on its own");
+        assert_eq!(
+            (a.lookups.len(), b.lookups.len()),
+            (1, 1),
+            "with the cache off every request is checked on its own"
+        );
     }
 
     #[test]
@@ -641,9 +696,14 @@ mod tests {
         let mut w = worker("");
         follow_feed(&mut w, 0);
         let t = token::generate("mt", "alice").unwrap();
-        for raw in
-            ["/healthz/../admin/users", "/admin//users", "/%61dmin/users", "/admin;x/users", "/healthz/%2e%2e/admin", "/admin%2Fusers"]
-        {
+        for raw in [
+            "/healthz/../admin/users",
+            "/admin//users",
+            "/%61dmin/users",
+            "/admin;x/users",
+            "/healthz/%2e%2e/admin",
+            "/admin%2Fusers",
+        ] {
             let mut h = request(raw, None);
             assert_eq!(HttpFlow::new().on_request_headers(&mut h, &mut w, 0), Step::Replied, "{raw}");
             assert_eq!((h.replies[0].status, h.counted(Metric::DeniedBadPath)), (400, 1), "{raw}");
@@ -663,14 +723,16 @@ mod tests {
         let t = token::generate("mt", "alice").unwrap();
         for path in ["/healthz", "/api"] {
             let mut h = request(path, Some(&format!("Bearer {t}")));
-            for name in ["x_multitokens_user", "x-multitokens_scopes", "X_MULTITOKENS_TOKEN_ID", "x-multitokens-device"] {
+            for name in ["x_multitokens_user", "x-multitokens_scopes", "X_MULTITOKENS_TOKEN_ID", "x-multitokens-device"]
+            {
                 h.set_header(name, b"admin");
             }
             let mut flow = HttpFlow::new();
             if flow.on_request_headers(&mut h, &mut w, 0) == Step::Pause {
                 flow.on_lookup_response(&mut h, &mut w, companion_transport::parse_answer(Some(200), VALID), 0);
             }
-            let left: Vec<_> = h.headers.iter().filter(|(_, v)| v.as_slice() == b"admin").map(|(k, _)| k.clone()).collect();
+            let left: Vec<_> =
+                h.headers.iter().filter(|(_, v)| v.as_slice() == b"admin").map(|(k, _)| k.clone()).collect();
             assert!(left.is_empty(), "{path}: {left:?} reached the upstream");
             h.add_trailer("x_multitokens_user", b"admin");
             h.add_trailer("x-multitokens-user", b"admin");
@@ -694,11 +756,15 @@ mod tests {
         assert!(sent.contains(&format!("key_id={}", TokenHasher::new(Some(KEY.as_bytes())).key_id())), "{sent}");
         assert!(run(&mut w, "/api", &t, None, 2).lookups.is_empty(), "cached");
         // the old digest revoked (or re-keyed away): the entry goes
-        w.apply_feed(lookup::FeedPage { cursor: "2-0".into(), digests: vec![old.to_hex()], reset: false, more: false }, 3);
+        w.apply_feed(
+            lookup::FeedPage { cursor: "2-0".into(), digests: vec![old.to_hex()], reset: false, more: false },
+            3,
+        );
         assert_eq!(run(&mut w, "/api", &t, Some((Some(200), VALID)), 4).lookups.len(), 1, "looked up again");
         // an answer naming a digest that was not asked for is a bad answer, never a verdict
         let u = token::generate("mt", "bob").unwrap();
-        let h = run(&mut w, "/api", &u, Some((Some(200), br#"{"active":true,"user":"bob","id":"x","stored_under":2}"#)), 5);
+        let h =
+            run(&mut w, "/api", &u, Some((Some(200), br#"{"active":true,"user":"bob","id":"x","stored_under":2}"#)), 5);
         assert_eq!(h.replies[0].status, 503);
         assert!(h.counted(Metric::CalloutError) > 0);
     }
@@ -736,7 +802,13 @@ mod tests {
         assert_eq!(h.header("x-multitokens-user").unwrap(), b"alice");
         // revoked through the feed: the next request asks the store
         let digest = TokenHasher::new(None).digest(&t).to_hex();
-        assert_eq!(w.apply_feed(lookup::FeedPage { cursor: "2-0".into(), digests: vec![digest], reset: false, more: false }, 1400), 1);
+        assert_eq!(
+            w.apply_feed(
+                lookup::FeedPage { cursor: "2-0".into(), digests: vec![digest], reset: false, more: false },
+                1400
+            ),
+            1
+        );
         let h = run(&mut w, "/api", &t, Some((Some(200), br#"{"active":false}"#)), 1500);
         assert_eq!(h.replies[0].status, 401);
         // the negative verdict is cached
@@ -839,14 +911,20 @@ mod tests {
         assert_eq!(run(&mut w, "/api", "mt_garbage", None, 20).replies[0].status, 401, "malformed: no charge");
         // three unknown tokens sent at once: charged when sent, so a fourth in parallel is refused
         let forged: Vec<String> = (0..4).map(|_| token::generate("mt", "mallory").unwrap()).collect();
-        let mut open: Vec<_> = forged[..3].iter().enumerate().map(|(i, t)| begin(&mut w, t, 10 + i as u32, 30)).collect();
+        let mut open: Vec<_> =
+            forged[..3].iter().enumerate().map(|(i, t)| begin(&mut w, t, 10 + i as u32, 30)).collect();
         assert!(open.iter().all(|(_, _, step)| *step == Step::Pause));
         let (h, _, step) = begin(&mut w, &forged[3], 20, 31);
         assert_eq!((step, h.lookups.len(), h.replies[0].status), (Step::Replied, 0, 429));
         assert!(h.replies[0].headers.contains(&("retry-after".into(), "60".into())));
         assert!(h.replies[0].body.contains("Request was throttled. Expected available in 60 seconds."));
         for (h, flow, _) in open.iter_mut() {
-            flow.on_lookup_response(h, &mut w, companion_transport::parse_answer(Some(200), br#"{"active":false}"#), 40);
+            flow.on_lookup_response(
+                h,
+                &mut w,
+                companion_transport::parse_answer(Some(200), br#"{"active":false}"#),
+                40,
+            );
             assert_eq!(h.replies[0].status, 401);
         }
         assert_eq!(run(&mut w, "/api", &forged[3], None, 30_000).replies[0].status, 429);
@@ -865,7 +943,10 @@ mod tests {
         let mut flow = HttpFlow::new();
         assert_eq!(flow.on_request_headers(&mut h, &mut w, 10), Step::Pause);
         // the feed page revoking it is applied while the lookup is under way
-        w.apply_feed(lookup::FeedPage { cursor: "2-0".into(), digests: vec![digest.to_hex()], reset: false, more: false }, 20);
+        w.apply_feed(
+            lookup::FeedPage { cursor: "2-0".into(), digests: vec![digest.to_hex()], reset: false, more: false },
+            20,
+        );
         flow.on_lookup_response(&mut h, &mut w, companion_transport::parse_answer(Some(200), VALID), 30);
         assert_eq!(h.replies[0].status, 401);
         assert!(w.cache.get(&t).is_none_or(|e| e.verdict == Cached::Invalid), "never cached as valid");
@@ -874,7 +955,10 @@ mod tests {
         let mut h = request("/api", Some(&format!("Bearer {u}")));
         let mut flow = HttpFlow::new();
         flow.on_request_headers(&mut h, &mut w, 40);
-        w.apply_feed(lookup::FeedPage { cursor: "3-0".into(), digests: vec![digest.to_hex()], reset: false, more: false }, 50);
+        w.apply_feed(
+            lookup::FeedPage { cursor: "3-0".into(), digests: vec![digest.to_hex()], reset: false, more: false },
+            50,
+        );
         flow.on_lookup_response(&mut h, &mut w, companion_transport::parse_answer(Some(200), VALID), 60);
         assert!(h.replies.is_empty());
         assert!(matches!(w.cache.get(&u).map(|e| e.verdict), Some(Cached::Valid(_))));
@@ -893,7 +977,10 @@ mod tests {
             let mut h = request("/api", Some(&format!("Bearer {t}")));
             let mut flow = HttpFlow::new();
             flow.on_request_headers(&mut h, &mut w, 10);
-            w.apply_feed(lookup::FeedPage { cursor: "9-0".into(), digests: vec![], reset: reset_first, more: false }, 20);
+            w.apply_feed(
+                lookup::FeedPage { cursor: "9-0".into(), digests: vec![], reset: reset_first, more: false },
+                20,
+            );
             flow.on_lookup_response(&mut h, &mut w, companion_transport::parse_answer(Some(200), VALID), 30);
             assert!(h.replies.is_empty(), "the answer itself is used");
             assert!(w.cache.get(&t).is_none(), "but not cached (reset first: {reset_first})");
@@ -1011,9 +1098,10 @@ mod tests {
         let t = token::generate("mt", "alice").unwrap();
         let (auth, cookie) = (format!("Bearer {t}"), format!("theme=dark; mt_session={t}"));
         // on an excluded route and on a preflight
-        for (method, headers) in
-            [("GET", vec![]), ("OPTIONS", vec![("origin", "https://a.example"), ("access-control-request-method", "GET")])]
-        {
+        for (method, headers) in [
+            ("GET", vec![]),
+            ("OPTIONS", vec![("origin", "https://a.example"), ("access-control-request-method", "GET")]),
+        ] {
             let path = if method == "GET" { "/healthz" } else { "/x" };
             let mut all = vec![("authorization", auth.as_str()), ("cookie", cookie.as_str())];
             all.extend(headers);
@@ -1039,11 +1127,20 @@ mod tests {
         let mut w = worker(r#", "cookie": "mt_session""#);
         let t = token::generate("mt", "alice").unwrap();
         let cookie = format!("mt_session={t}");
-        let h =
-            run_with(&mut w, "POST", "/api", &[("cookie", &cookie), ("sec-fetch-site", "cross-site"), ("origin", "https://evil.example")]);
+        let h = run_with(
+            &mut w,
+            "POST",
+            "/api",
+            &[("cookie", &cookie), ("sec-fetch-site", "cross-site"), ("origin", "https://evil.example")],
+        );
         assert_eq!((h.replies[0].status, h.lookups.len(), h.counted(Metric::DeniedCrossSite)), (403, 0, 1));
         assert!(h.replies[0].body.contains("CSRF Failed"));
-        let h = run_with(&mut w, "POST", "/api", &[("cookie", &cookie), (":authority", "api.example"), ("origin", "https://api.example")]);
+        let h = run_with(
+            &mut w,
+            "POST",
+            "/api",
+            &[("cookie", &cookie), (":authority", "api.example"), ("origin", "https://api.example")],
+        );
         assert!(h.replies.is_empty(), "same origin");
         let h = run_with(&mut w, "GET", "/api", &[("cookie", &cookie), ("sec-fetch-site", "cross-site")]);
         assert!(h.replies.is_empty(), "safe method");

@@ -57,8 +57,11 @@ mod tests {
 
     #[test]
     fn round_trips_any_bytes() {
-        let pairs: RawHeaders =
-            vec![(b":path".to_vec(), b"/".to_vec()), (b"user-agent".to_vec(), b"\xff\xfe".to_vec()), (b"\xc3".to_vec(), Vec::new())];
+        let pairs: RawHeaders = vec![
+            (b":path".to_vec(), b"/".to_vec()),
+            (b"user-agent".to_vec(), b"\xff\xfe".to_vec()),
+            (b"\xc3".to_vec(), Vec::new()),
+        ];
         assert_eq!(decode(&encode(&pairs)), Some(pairs));
         assert_eq!(decode(&[]), Some(Vec::new()));
     }

@@ -1,8 +1,10 @@
 //! The filter's logic. Everything but the host calls is plain Rust here, tested natively:
-//! [`config`] (parsed once at load), [`header_map`] (the header map wire form, as bytes), [`cache`] (bounded verdict
-//! cache with revocation), [`path`] (only canonical paths meet the rules), [`rules`] (exclusions and scope rules), [`reply`] (local replies), [`throttle`] (failed attempts per client) and
-//! [`flow`] (the per-request decision, behind the small [`host::Host`] trait). It knows nothing of
-//! proxy-wasm: the shells (crate `multitokens-filter-wasm`) implement `Host` over their proxy.
+//! [`config`] (parsed once at load), [`header_map`] (the header map wire form, as bytes), [`cache`]
+//! (bounded verdict cache with revocation), [`path`] (only canonical paths meet the rules), [`route`]
+//! (a path as lenient upstreams route it), [`rules`] (exclusions and scope rules), [`reply`] (local
+//! replies), [`throttle`] (failed attempts per client) and [`flow`] (the per-request decision, behind
+//! the small [`host::Host`] trait). It knows nothing of proxy-wasm: the shells (crate
+//! `multitokens-filter-wasm`) implement `Host` over their proxy.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod cache;

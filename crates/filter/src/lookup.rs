@@ -27,7 +27,8 @@ pub struct LookupRequest {
 impl LookupRequest {
     /// The companion's lookup path for this request (a bodiless GET).
     pub fn path(&self) -> String {
-        let previous = (!self.previous.is_empty()).then(|| self.previous.iter().map(TokenDigest::to_hex).collect::<Vec<_>>().join(","));
+        let previous = (!self.previous.is_empty())
+            .then(|| self.previous.iter().map(TokenDigest::to_hex).collect::<Vec<_>>().join(","));
         LookupQuery {
             tag: self.tag.to_hex(),
             digest: self.digest.to_hex(),

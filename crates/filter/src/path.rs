@@ -41,13 +41,16 @@ pub fn canonical(raw: &[u8]) -> Result<&str, PathProblem> {
             b';' => return Err(PathProblem::Parameter),
             b'%' => {
                 let hex = |b: u8| (b as char).to_digit(16);
-                let (Some(h), Some(l)) = (path.get(i + 1).and_then(|b| hex(*b)), path.get(i + 2).and_then(|b| hex(*b))) else {
+                let (Some(h), Some(l)) = (path.get(i + 1).and_then(|b| hex(*b)), path.get(i + 2).and_then(|b| hex(*b)))
+                else {
                     return Err(PathProblem::Encoding);
                 };
                 match (h * 16 + l) as u8 {
                     b'/' | b'\\' => return Err(PathProblem::Slash),
                     b'.' => return Err(PathProblem::DotSegment),
-                    b if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'~' => return Err(PathProblem::Encoding),
+                    b if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'~' => {
+                        return Err(PathProblem::Encoding)
+                    }
                     _ => {}
                 }
                 i += 2;

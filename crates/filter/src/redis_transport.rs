@@ -67,7 +67,9 @@ fn reply(bytes: Option<&[u8]>) -> Result<Vec<Reply>, CalloutProblem> {
     let bytes = bytes.ok_or(CalloutProblem::NoResponse)?;
     match decode(bytes) {
         Ok(Reply::Array(Some(items))) => Ok(items),
-        Ok(Reply::Error(e)) => Err(CalloutProblem::BadResponse(format!("Redis error: {}", e.split(' ').next().unwrap_or("")))),
+        Ok(Reply::Error(e)) => {
+            Err(CalloutProblem::BadResponse(format!("Redis error: {}", e.split(' ').next().unwrap_or(""))))
+        }
         Ok(other) => Err(CalloutProblem::BadResponse(format!("unexpected Redis reply {}", kind(&other)))),
         Err(e) => Err(CalloutProblem::BadResponse(format!("malformed Redis reply: {e:?}"))),
     }
@@ -86,14 +88,21 @@ fn kind(r: &Reply) -> &'static str {
 /// Interprets a lookup reply (`None`: network error) to `request`. Garbage is a problem, never a
 /// verdict; a record is honoured only with a seal by one of `hash_keys` over the digest it was
 /// found under. `now_ms` is the host's clock (Unix milliseconds), for a record's absolute expiry.
-pub fn parse_lookup(bytes: Option<&[u8]>, now_ms: u64, hash_keys: &HashKeys, request: &LookupRequest) -> Result<Answer, CalloutProblem> {
+pub fn parse_lookup(
+    bytes: Option<&[u8]>,
+    now_ms: u64,
+    hash_keys: &HashKeys,
+    request: &LookupRequest,
+) -> Result<Answer, CalloutProblem> {
     let items = reply(bytes)?;
     let (at, value, pttl) = match items.as_slice() {
         [Reply::Int(0)] => return Ok(Answer::Invalid),
         [Reply::Int(at), Reply::Bulk(Some(value)), Reply::Int(pttl)] => (*at, value, *pttl),
         _ => return Err(CalloutProblem::BadResponse("lookup reply is not [index, record, ttl] or [0]".into())),
     };
-    let Some(digest) = usize::try_from(at).ok().and_then(|i| i.checked_sub(1)).and_then(|i| request.candidates().nth(i)) else {
+    let Some(digest) =
+        usize::try_from(at).ok().and_then(|i| i.checked_sub(1)).and_then(|i| request.candidates().nth(i))
+    else {
         return Err(CalloutProblem::BadResponse("lookup reply names no digest that was asked for".into()));
     };
     let sealed = |v: &[u8]| hash_keys.accepts(digest, v);
@@ -101,9 +110,13 @@ pub fn parse_lookup(bytes: Option<&[u8]>, now_ms: u64, hash_keys: &HashKeys, req
         Verdict::Valid(v) => {
             let left = v.expires_in_ms;
             let r = v.record;
-            let identity =
-                Identity::new(r.user, r.device, r.scopes, r.id).map_err(|e| CalloutProblem::BadResponse(format!("lookup record: {e}")))?;
-            Ok(if at == 1 { Answer::Valid(identity, left) } else { Answer::ValidUnderPrevious(identity, left, (at - 2) as usize) })
+            let identity = Identity::new(r.user, r.device, r.scopes, r.id)
+                .map_err(|e| CalloutProblem::BadResponse(format!("lookup record: {e}")))?;
+            Ok(if at == 1 {
+                Answer::Valid(identity, left)
+            } else {
+                Answer::ValidUnderPrevious(identity, left, (at - 2) as usize)
+            })
         }
         Verdict::Invalid => Ok(Answer::Invalid),
         Verdict::Tampered => Ok(Answer::Tampered),
@@ -146,7 +159,9 @@ mod tests {
     fn commands_carry_the_companions_keys() {
         let keys = KeyLayout::new("mt");
         let cmd = String::from_utf8(lookup_command(&keys, &request(), true)).unwrap();
-        assert!(String::from_utf8(lookup_command(&keys, &request(), false)).unwrap().starts_with("*4\r\n$4\r\nEVAL\r\n"));
+        assert!(String::from_utf8(lookup_command(&keys, &request(), false))
+            .unwrap()
+            .starts_with("*4\r\n$4\r\nEVAL\r\n"));
         assert!(cmd.starts_with("*4\r\n$7\r\nEVAL_RO\r\n"));
         assert!(cmd.contains(&keys.record_key(request().tag, &request().digest)));
         let refresh = String::from_utf8(refresh_command(&keys, &request()).unwrap()).unwrap();
@@ -174,18 +189,30 @@ mod tests {
         .unwrap();
         let reply = |at: u8, value: &str| format!("*3\r\n:{at}\r\n${}\r\n{}\r\n:5000\r\n", value.len(), value);
         let sealed = keys.current().seal(&req.digest, record.clone());
-        let Ok(Answer::Valid(id, Some(5000))) = parse_lookup(Some(reply(1, &sealed).as_bytes()), 100_000, &keys, &req) else { panic!() };
+        let Ok(Answer::Valid(id, Some(5000))) = parse_lookup(Some(reply(1, &sealed).as_bytes()), 100_000, &keys, &req)
+        else {
+            panic!()
+        };
         assert_eq!((id.user.as_str(), id.scopes.as_str()), ("u", "s"));
         // unsealed, rewritten, or sealed for another digest: refused as tampered
-        for tampered in
-            [record.clone(), sealed.replace("\"u\"", "\"admin\""), keys.current().seal(&keys.current().digest("mt_y"), record.clone())]
-        {
-            assert_eq!(parse_lookup(Some(reply(1, &tampered).as_bytes()), 100_000, &keys, &req), Ok(Answer::Tampered), "{tampered}");
+        for tampered in [
+            record.clone(),
+            sealed.replace("\"u\"", "\"admin\""),
+            keys.current().seal(&keys.current().digest("mt_y"), record.clone()),
+        ] {
+            assert_eq!(
+                parse_lookup(Some(reply(1, &tampered).as_bytes()), 100_000, &keys, &req),
+                Ok(Answer::Tampered),
+                "{tampered}"
+            );
         }
         // with accept_unsealed_records (an upgrade), a record with no seal at all is honoured, a
         // broken one still is not
         let upgrading = keys.clone().accepting_unsealed(true);
-        assert!(matches!(parse_lookup(Some(reply(1, &record).as_bytes()), 100_000, &upgrading, &req), Ok(Answer::Valid(..))));
+        assert!(matches!(
+            parse_lookup(Some(reply(1, &record).as_bytes()), 100_000, &upgrading, &req),
+            Ok(Answer::Valid(..))
+        ));
         let broken = sealed.replace("\"u\"", "\"admin\"");
         assert_eq!(parse_lookup(Some(reply(1, &broken).as_bytes()), 100_000, &upgrading, &req), Ok(Answer::Tampered));
         // found under a previous key's digest: valid once
@@ -212,7 +239,13 @@ mod tests {
             b"*3\r\n:-1\r\n$2\r\n{}\r\n:3\r\n",
             b"*1\r\n:1\r\n",
         ] {
-            assert!(matches!(parse_lookup(Some(bad), 100, &HashKeys::single(None), &req), Err(CalloutProblem::BadResponse(_))), "{bad:?}");
+            assert!(
+                matches!(
+                    parse_lookup(Some(bad), 100, &HashKeys::single(None), &req),
+                    Err(CalloutProblem::BadResponse(_))
+                ),
+                "{bad:?}"
+            );
         }
     }
 

@@ -72,13 +72,25 @@ fn json_body(detail: &str) -> String {
 /// Builds the reply for a denial. `missing` lists the scopes lacking (for `Scope`).
 pub fn deny(denial: Denial, realm: &str, missing: &[&str]) -> LocalReply {
     let json = ("content-type".to_string(), "application/json".to_string());
-    let challenge = |error: Option<&str>, scope: Option<&str>| ("www-authenticate".to_string(), contract::challenge(realm, error, scope));
-    let reply = |status: u32, headers: Vec<(String, String)>, detail: &str| LocalReply { status, headers, body: json_body(detail) };
+    let challenge = |error: Option<&str>, scope: Option<&str>| {
+        ("www-authenticate".to_string(), contract::challenge(realm, error, scope))
+    };
+    let reply = |status: u32, headers: Vec<(String, String)>, detail: &str| LocalReply {
+        status,
+        headers,
+        body: json_body(detail),
+    };
     match denial {
         Denial::Missing => reply(401, vec![json, challenge(None, None)], contract::NOT_PROVIDED),
         Denial::Invalid => reply(401, vec![json, challenge(Some("invalid_token"), None)], contract::INVALID_TOKEN),
-        Denial::Scope => reply(403, vec![json, challenge(Some("insufficient_scope"), Some(&missing.join(" ")))], contract::NO_PERMISSION),
-        Denial::Unavailable => reply(503, vec![json, ("retry-after".to_string(), "1".to_string())], contract::AUTH_UNAVAILABLE),
+        Denial::Scope => reply(
+            403,
+            vec![json, challenge(Some("insufficient_scope"), Some(&missing.join(" ")))],
+            contract::NO_PERMISSION,
+        ),
+        Denial::Unavailable => {
+            reply(503, vec![json, ("retry-after".to_string(), "1".to_string())], contract::AUTH_UNAVAILABLE)
+        }
         Denial::BadPath => reply(400, vec![json], contract::BAD_PATH),
         Denial::CrossSite => reply(403, vec![json], contract::CSRF_FAILED),
         Denial::Throttled(seconds) => {
@@ -105,7 +117,10 @@ mod tests {
         assert!(r.headers[1].1.contains("scope=\"admin write\""));
         assert_eq!(deny(Denial::Unavailable, "api", &[]).status, 503);
         let r = deny(Denial::Throttled(7), "api", &[]);
-        assert_eq!((r.status, r.body.as_str()), (429, r#"{"detail":"Request was throttled. Expected available in 7 seconds."}"#));
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (429, r#"{"detail":"Request was throttled. Expected available in 7 seconds."}"#)
+        );
         assert!(r.headers.contains(&("retry-after".into(), "7".into())));
         assert_eq!(
             (deny(Denial::BadPath, "api", &[]).status, deny(Denial::BadPath, "api", &[]).body.as_str()),

@@ -86,9 +86,14 @@ pub fn pattern_key(pattern: &str, case_sensitive: bool, keep_slash: bool) -> Res
     match super::path::canonical(pattern.as_bytes()) {
         Ok(p) if p == pattern && pattern != "*" => {}
         Ok(_) => return Err(format!("path {pattern:?} must be a path without a query or fragment")),
-        Err(problem) => return Err(format!("path {pattern:?} is not canonical ({problem:?}): write it as clients' canonical requests do")),
+        Err(problem) => {
+            return Err(format!(
+                "path {pattern:?} is not canonical ({problem:?}): write it as clients' canonical requests do"
+            ))
+        }
     }
-    let key = route_key(pattern, case_sensitive).map_err(|p| format!("path {pattern:?} cannot be matched safely ({p:?})"))?;
+    let key =
+        route_key(pattern, case_sensitive).map_err(|p| format!("path {pattern:?} cannot be matched safely ({p:?})"))?;
     if !key.is_ascii() {
         return Err(format!("path {pattern:?} must decode to ASCII"));
     }
@@ -118,7 +123,8 @@ pub fn percent_decode(bytes: &[u8]) -> Vec<u8> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            if let (Some(h), Some(l)) = (bytes.get(i + 1).and_then(|b| hex(*b)), bytes.get(i + 2).and_then(|b| hex(*b))) {
+            if let (Some(h), Some(l)) = (bytes.get(i + 1).and_then(|b| hex(*b)), bytes.get(i + 2).and_then(|b| hex(*b)))
+            {
                 out.push(h * 16 + l);
                 i += 3;
                 continue;
@@ -132,7 +138,12 @@ pub fn percent_decode(bytes: &[u8]) -> Vec<u8> {
 
 /// The methods a request may run as: its own, and every override a header or query parameter the
 /// upstream honours names (upper-cased; comma-separated values each count).
-pub fn methods(method: &str, raw_path: &[u8], headers: &[(Vec<u8>, Vec<u8>)], routing: &UpstreamRouting) -> Vec<String> {
+pub fn methods(
+    method: &str,
+    raw_path: &[u8],
+    headers: &[(Vec<u8>, Vec<u8>)],
+    routing: &UpstreamRouting,
+) -> Vec<String> {
     let mut all = vec![method.to_ascii_uppercase()];
     let mut add = |value: &[u8]| {
         for part in value.split(|b| *b == b',') {
@@ -174,7 +185,9 @@ mod tests {
 
     #[test]
     fn spellings_a_lenient_upstream_routes_together_share_one_key() {
-        for spelling in ["/api/admin/stats", "/API/ADMIN/stats", "/Api/admin/stats/", "/api/%61dmin/stats", "/api/admin/%53tats"] {
+        for spelling in
+            ["/api/admin/stats", "/API/ADMIN/stats", "/Api/admin/stats/", "/api/%61dmin/stats", "/api/admin/%53tats"]
+        {
             assert_eq!(route_key(spelling, false).unwrap(), "/api/admin/stats", "{spelling}");
         }
         assert_eq!(route_key("/v1/orders%3Acancel", false).unwrap(), "/v1/orders:cancel");
@@ -211,7 +224,14 @@ mod tests {
         assert_eq!(methods("POST", b"/x?a=1&_method=DELETE", &[], &routing), vec!["POST", "DELETE"]);
         assert_eq!(methods("POST", b"/x?_%6Dethod=put#f", &[], &routing), vec!["POST", "PUT"]);
         assert_eq!(methods("GET", b"/x?method=DELETE", &[h("x-other", "DELETE")], &routing), vec!["GET"]);
-        let none = UpstreamRouting { method_override_headers: vec![], method_override_params: vec![], ..UpstreamRouting::default() };
-        assert_eq!(methods("POST", b"/x?_method=DELETE", &[h("x-http-method-override", "DELETE")], &none), vec!["POST"]);
+        let none = UpstreamRouting {
+            method_override_headers: vec![],
+            method_override_params: vec![],
+            ..UpstreamRouting::default()
+        };
+        assert_eq!(
+            methods("POST", b"/x?_method=DELETE", &[h("x-http-method-override", "DELETE")], &none),
+            vec!["POST"]
+        );
     }
 }

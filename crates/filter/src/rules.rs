@@ -36,7 +36,9 @@ impl RequestMatch {
 
     fn method_ok(&self, method: &str) -> bool {
         // HEAD is GET without a body: a rule for GET covers it
-        let ok = |m: &String| m.eq_ignore_ascii_case(method) || (m.eq_ignore_ascii_case("GET") && method.eq_ignore_ascii_case("HEAD"));
+        let ok = |m: &String| {
+            m.eq_ignore_ascii_case(method) || (m.eq_ignore_ascii_case("GET") && method.eq_ignore_ascii_case("HEAD"))
+        };
         self.methods.is_empty() || self.methods.iter().any(ok)
     }
 }
@@ -116,7 +118,8 @@ impl CompiledScopeRule {
     pub fn compile(rule: ScopeRule, case_sensitive: bool) -> Result<Self, String> {
         rule.check()?;
         let exact = rule.matching.path.as_deref().map(|p| route::pattern_key(p, case_sensitive, false)).transpose()?;
-        let prefix = rule.matching.prefix.as_deref().map(|p| route::pattern_key(p, case_sensitive, true)).transpose()?;
+        let prefix =
+            rule.matching.prefix.as_deref().map(|p| route::pattern_key(p, case_sensitive, true)).transpose()?;
         Ok(CompiledScopeRule { rule, exact, prefix })
     }
 
@@ -125,7 +128,9 @@ impl CompiledScopeRule {
         let path_ok = match (&self.exact, &self.prefix) {
             (Some(exact), _) => key == exact,
             // `/api/admin/` covers `/api/admin` too: the upstream routes both to one handler
-            (_, Some(prefix)) => key.starts_with(prefix.as_str()) || prefix.strip_suffix('/').is_some_and(|bare| key == bare),
+            (_, Some(prefix)) => {
+                key.starts_with(prefix.as_str()) || prefix.strip_suffix('/').is_some_and(|bare| key == bare)
+            }
             _ => true,
         };
         path_ok && self.rule.matching.method_ok(method)
@@ -134,7 +139,12 @@ impl CompiledScopeRule {
 
 /// The scopes missing for a request: under the first matching rule for each method the upstream
 /// may run it as (its own and any override), all together.
-pub fn missing_scopes<'a>(rules: &'a [CompiledScopeRule], methods: &[String], key: &str, granted: IdentityView<'_>) -> Vec<&'a str> {
+pub fn missing_scopes<'a>(
+    rules: &'a [CompiledScopeRule],
+    methods: &[String],
+    key: &str,
+    granted: IdentityView<'_>,
+) -> Vec<&'a str> {
     let mut missing: Vec<&'a str> = Vec::new();
     for method in methods {
         if let Some(rule) = rules.iter().find(|r| r.matches(method, key)) {
@@ -162,7 +172,11 @@ mod tests {
     }
 
     fn scope(matching: RequestMatch, scopes: &[&str]) -> CompiledScopeRule {
-        CompiledScopeRule::compile(ScopeRule { matching, scopes: scopes.iter().map(|s| s.to_string()).collect() }, false).unwrap()
+        CompiledScopeRule::compile(
+            ScopeRule { matching, scopes: scopes.iter().map(|s| s.to_string()).collect() },
+            false,
+        )
+        .unwrap()
     }
 
     fn granted(scopes: &[&str]) -> Identity {
@@ -199,20 +213,37 @@ mod tests {
     #[test]
     fn scope_rules_cover_every_spelling_a_lenient_upstream_routes_to_them() {
         let admin = [scope(m(None, Some("/api/admin/"), &[]), &["admin"])];
-        for path in ["/api/admin/stats", "/API/ADMIN/stats", "/Api/admin/stats", "/api/admin", "/api/admin/", "/api/%61dmin/x"] {
-            assert_eq!(missing_scopes(&admin, &["GET".into()], &key(path), granted(&[]).view()), vec!["admin"], "{path}");
+        for path in
+            ["/api/admin/stats", "/API/ADMIN/stats", "/Api/admin/stats", "/api/admin", "/api/admin/", "/api/%61dmin/x"]
+        {
+            assert_eq!(
+                missing_scopes(&admin, &["GET".into()], &key(path), granted(&[]).view()),
+                vec!["admin"],
+                "{path}"
+            );
         }
         assert!(missing_scopes(&admin, &["GET".into()], &key("/api/administrator"), granted(&[]).view()).is_empty());
         let billing = [scope(m(Some("/api/billing"), None, &[]), &["billing"])];
         for path in ["/api/billing", "/api/billing/", "/API/Billing"] {
-            assert_eq!(missing_scopes(&billing, &["GET".into()], &key(path), granted(&[]).view()), vec!["billing"], "{path}");
+            assert_eq!(
+                missing_scopes(&billing, &["GET".into()], &key(path), granted(&[]).view()),
+                vec!["billing"],
+                "{path}"
+            );
         }
         let cancel = [scope(m(Some("/v1/orders:cancel"), None, &[]), &["orders"])];
         for path in ["/v1/orders:cancel", "/v1/orders%3Acancel", "/v1/orders%3acancel", "/V1/Orders%3ACancel/"] {
-            assert_eq!(missing_scopes(&cancel, &["POST".into()], &key(path), granted(&[]).view()), vec!["orders"], "{path}");
+            assert_eq!(
+                missing_scopes(&cancel, &["POST".into()], &key(path), granted(&[]).view()),
+                vec!["orders"],
+                "{path}"
+            );
         }
         let encoded_rule = [scope(m(Some("/users/%40me/keys"), None, &[]), &["keys"])];
-        assert_eq!(missing_scopes(&encoded_rule, &["GET".into()], &key("/users/@me/keys"), granted(&[]).view()), vec!["keys"]);
+        assert_eq!(
+            missing_scopes(&encoded_rule, &["GET".into()], &key("/users/@me/keys"), granted(&[]).view()),
+            vec!["keys"]
+        );
     }
 
     #[test]
@@ -230,15 +261,19 @@ mod tests {
         let overridden = vec!["POST".to_string(), "DELETE".into(), "PUT".into()];
         assert_eq!(missing_scopes(&rules, &overridden, &key("/x"), granted(&[]).view()), vec!["write", "put"]);
         assert!(
-            missing_scopes(&rules, &one("GET"), &key("/admin/x"), granted(&["administrator", "read"]).view()).contains(&"admin"),
+            missing_scopes(&rules, &one("GET"), &key("/admin/x"), granted(&["administrator", "read"]).view())
+                .contains(&"admin"),
             "whole scopes only"
         );
     }
 
     #[test]
     fn a_case_sensitive_upstream_keeps_case_in_scope_rules() {
-        let rule =
-            CompiledScopeRule::compile(ScopeRule { matching: m(None, Some("/Admin/"), &[]), scopes: vec!["admin".into()] }, true).unwrap();
+        let rule = CompiledScopeRule::compile(
+            ScopeRule { matching: m(None, Some("/Admin/"), &[]), scopes: vec!["admin".into()] },
+            true,
+        )
+        .unwrap();
         assert!(rule.matches("GET", &route::route_key("/Admin/x", true).unwrap()));
         assert!(!rule.matches("GET", &route::route_key("/admin/x", true).unwrap()));
     }

@@ -44,7 +44,10 @@ fn new_edge_id() -> String {
     let mut bytes = [0u8; 8];
     match getrandom::fill(&mut bytes) {
         Ok(()) => hex::encode(bytes),
-        Err(_) => format!("t{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())),
+        Err(_) => format!(
+            "t{:x}",
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+        ),
     }
 }
 
@@ -68,8 +71,11 @@ pub const MAX_REFRESH_QUEUE: usize = 1024;
 impl Worker {
     /// State for a freshly configured VM.
     pub fn new(compiled: Compiled) -> Self {
-        let cache =
-            VerdictCache::new(&compiled.config.prefix, compiled.config.cache.max_entries, compiled.config.cache.max_negative_entries);
+        let cache = VerdictCache::new(
+            &compiled.config.prefix,
+            compiled.config.cache.max_entries,
+            compiled.config.cache.max_negative_entries,
+        );
         let throttle = compiled.config.throttle.clone().map(FailureThrottle::new);
         Worker {
             compiled: Rc::new(compiled),
@@ -113,7 +119,11 @@ impl Worker {
             self.last_purge_ms = now;
         }
         let look_up_again = self.in_flight.expire(now, self.max_lookup_wait_ms());
-        TickWork { poll_feed: self.feed_poll_due(now), refreshes: std::mem::take(&mut self.refresh_queue), look_up_again }
+        TickWork {
+            poll_feed: self.feed_poll_due(now),
+            refreshes: std::mem::take(&mut self.refresh_queue),
+            look_up_again,
+        }
     }
 
     /// How long requests wait for another request's lookup: its timeout and a second more (the
@@ -135,7 +145,9 @@ impl Worker {
     /// companion that does not hold polls) waits for the tick, so polls never spin.
     pub fn poll_again_now(&self, page_had_digests: bool, started: u64, now: u64) -> bool {
         let wait = self.compiled.feed_wait_ms();
-        self.feed.epoch == 1 || self.feed.more || (wait > 0 && (page_had_digests || now.saturating_sub(started) >= wait / 2))
+        self.feed.epoch == 1
+            || self.feed.more
+            || (wait > 0 && (page_had_digests || now.saturating_sub(started) >= wait / 2))
     }
 
     /// A feed poll was dispatched.
@@ -215,7 +227,8 @@ impl Worker {
         let recent_page = now.saturating_sub(self.feed.last_ok_ms) <= bound;
         let held = self.compiled.feed_wait_ms() > 0
             && self.feed.call.is_some_and(|(_, started)| {
-                started.saturating_sub(self.feed.last_ok_ms) <= bound && now.saturating_sub(started) <= self.compiled.feed_timeout_ms()
+                started.saturating_sub(self.feed.last_ok_ms) <= bound
+                    && now.saturating_sub(started) <= self.compiled.feed_timeout_ms()
             });
         poll > 0 && self.feed.cursor.is_some() && (recent_page || held)
     }
@@ -248,7 +261,8 @@ mod tests {
         assert!(w.feed_is_current(10_000_500));
         let identity = crate::identity::Identity::new("u".into(), "d".into(), vec![], "i".into()).unwrap();
         let token = multitokens_core::token::generate("mt", "u").unwrap();
-        let stored = crate::cache::Stored { digest: TokenHasher::new(None).digest(&token), tag: RoutingTag::for_user("u") };
+        let stored =
+            crate::cache::Stored { digest: TokenHasher::new(None).digest(&token), tag: RoutingTag::for_user("u") };
         w.cache.insert_valid(
             &token,
             stored,
@@ -263,7 +277,10 @@ mod tests {
         assert!(w.cache.is_empty(), "cached verdicts dropped");
         assert!(!w.feed_is_current(10_000_000 - 3_600_000 + 20), "the feed is not current until its next page");
         assert!(!w.tick_overdue(10_000_000 - 3_600_000 + 20));
-        w.apply_feed(FeedPage { cursor: "2-0".into(), digests: vec![], reset: false, more: false }, 10_000_000 - 3_600_000 + 30);
+        w.apply_feed(
+            FeedPage { cursor: "2-0".into(), digests: vec![], reset: false, more: false },
+            10_000_000 - 3_600_000 + 30,
+        );
         assert!(w.feed_is_current(10_000_000 - 3_600_000 + 40));
     }
 
