@@ -10,7 +10,8 @@ use multitokens_core::digest::TokenDigest;
 use multitokens_core::keyring::HashKeys;
 use multitokens_core::keys::KeyLayout;
 use multitokens_core::record::TokenRecord;
-use multitokens_core::scripts;
+use multitokens_core::resp::Reply;
+use multitokens_core::scripts::{self, LookupReply, ScriptCall, SharedScript};
 use multitokens_core::token::{self, RoutingTag};
 use multitokens_core::ttl::TokenTtl;
 use multitokens_core::user::{validate_device, validate_new_labels, validate_scopes, validate_user};
@@ -284,6 +285,40 @@ fn as_text(v: &Value) -> Option<String> {
     }
 }
 
+/// A Redis reply as the core reads script replies (the companion and the filter read them with
+/// the same code: [`scripts::LookupReply`], [`scripts::feed_page`]).
+fn to_reply(v: Value) -> Reply {
+    match v {
+        Value::Int(i) => Reply::Int(i),
+        Value::BulkString(b) => Reply::Bulk(Some(b)),
+        Value::SimpleString(s) => Reply::Status(s),
+        Value::Okay => Reply::Status("OK".into()),
+        Value::Nil => Reply::Bulk(None),
+        Value::Array(items) => Reply::Array(Some(items.into_iter().map(to_reply).collect())),
+        Value::ServerError(e) => Reply::Error(format!("{e:?}")),
+        _ => Reply::Error("unsupported reply type".into()),
+    }
+}
+
+impl Scripts {
+    /// The script a core [`ScriptCall`] runs, invoked with its keys and arguments.
+    fn invocation(&self, call: &ScriptCall) -> redis::ScriptInvocation<'_> {
+        let script = match call.script {
+            SharedScript::Lookup => &self.lookup,
+            SharedScript::Refresh => &self.refresh,
+            SharedScript::Feed => &self.feed,
+        };
+        let mut invocation = script.prepare_invoke();
+        for key in &call.keys {
+            invocation.key(key);
+        }
+        for arg in &call.args {
+            invocation.arg(arg);
+        }
+        invocation
+    }
+}
+
 impl TokenStore {
     /// A store from resolved settings; does not connect yet.
     pub fn from_settings(settings: &Settings) -> Result<Self, StoreError> {
@@ -361,6 +396,15 @@ impl TokenStore {
         let result = round_trip.await;
         self.metrics.observe_redis(op, started);
         result
+    }
+
+    /// Runs a core script call and returns its reply's items (a reply that is no array is corrupt).
+    async fn run_script(&self, conn: &mut Conn, op: &'static str, call: &ScriptCall) -> Result<Vec<Reply>, StoreError> {
+        let reply: Value = self.timed(op, self.scripts.invocation(call).invoke_async(conn)).await?;
+        match to_reply(reply) {
+            Reply::Array(Some(items)) => Ok(items),
+            _ => Err(corrupt(op)),
+        }
     }
 
     /// Counts and logs (the token's public id only) a record refused for its seal.
@@ -526,18 +570,14 @@ impl TokenStore {
         rekey: Option<&Origin>,
     ) -> Result<Option<Found>, StoreError> {
         let mut conn = self.redis.conn().await?;
-        let mut lookup = self.scripts.lookup.prepare_invoke();
-        for d in digests {
-            lookup.key(self.keys.record_key(tag, d));
-        }
-        let reply: Vec<Value> = self.timed("lookup", lookup.invoke_async(&mut conn)).await?;
-        let at = reply.first().and_then(as_int).ok_or_else(|| corrupt("lookup"))?;
-        let Some(&digest) = usize::try_from(at).ok().and_then(|i| i.checked_sub(1)).and_then(|i| digests.get(i)) else {
-            return Ok(None);
+        let items =
+            self.run_script(&mut conn, "lookup", &scripts::lookup_call(&self.keys, tag, digests.iter())).await?;
+        let (stored_under, value, pttl) = match LookupReply::parse(&items, digests.len()) {
+            Ok(LookupReply::Missing) => return Ok(None),
+            Ok(LookupReply::Found { candidate, value, pttl_ms }) => (candidate, value, pttl_ms),
+            Err(e) => return Err(StoreError::Corrupt(e)),
         };
-        let (Some(Value::BulkString(value)), Some(pttl)) = (reply.get(1), reply.get(2).and_then(as_int)) else {
-            return Err(corrupt("lookup"));
-        };
+        let digest = digests[stored_under];
         let info = match evaluate(Some(value), pttl, now_ms(), |v| self.hash_keys.accepts(&digest, v))? {
             Verdict::Valid(v) => v,
             Verdict::Invalid => return Ok(None),
@@ -546,7 +586,7 @@ impl TokenStore {
                 return Ok(None);
             }
         };
-        let mut stored_under = (at - 1) as usize;
+        let mut stored_under = stored_under;
         if let Some(origin) = rekey.filter(|_| stored_under > 0) {
             let read = ReadRecord { tag, digest: &digest, value, record: &info.record };
             match self.rekey_record(&mut conn, read, &digests[0], origin).await {
@@ -782,18 +822,8 @@ impl TokenStore {
     pub async fn refresh(&self, tag: RoutingTag, digest: &TokenDigest, ttl: TokenTtl) -> Result<bool, StoreError> {
         let TokenTtl::Seconds(_) = ttl else { return Ok(false) };
         let mut conn = self.redis.conn().await?;
-        let refreshed: i64 = self
-            .timed(
-                "refresh",
-                self.scripts
-                    .refresh
-                    .key(self.keys.record_key(tag, digest))
-                    .arg(ttl.as_millis_or_zero())
-                    .arg(self.keys.index_prefix(tag))
-                    .arg(self.keys.expiry_prefix(tag))
-                    .invoke_async(&mut conn),
-            )
-            .await?;
+        let call = scripts::refresh_call(&self.keys, tag, digest, ttl.as_millis_or_zero());
+        let refreshed: i64 = self.timed("refresh", self.scripts.invocation(&call).invoke_async(&mut conn)).await?;
         Ok(refreshed == 1)
     }
 
@@ -932,22 +962,8 @@ impl TokenStore {
             }
         }
         let mut conn = self.redis.conn().await?;
-        let reply: Vec<Value> = self
-            .timed(
-                "feed",
-                self.scripts
-                    .feed
-                    .key(self.keys.revocation_feed())
-                    .arg(cursor.unwrap_or(""))
-                    .arg(FEED_PAGE)
-                    .invoke_async(&mut conn),
-            )
-            .await?;
-        let cursor = reply.first().and_then(as_text).ok_or_else(|| corrupt("feed"))?;
-        let reset = reply.get(1).and_then(as_int).ok_or_else(|| corrupt("feed"))? == 1;
-        let digests: Vec<String> = reply.iter().skip(2).filter_map(as_text).collect();
-        let more = digests.len() >= FEED_PAGE;
-        Ok(RevocationPage { cursor, digests, reset, more })
+        let items = self.run_script(&mut conn, "feed", &scripts::feed_call(&self.keys, cursor)).await?;
+        scripts::feed_page(&items).map_err(StoreError::Corrupt)
     }
 
     /// Waits at most `block` on `conn` (a dedicated connection) for feed entries after `cursor`;

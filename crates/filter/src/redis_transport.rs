@@ -13,54 +13,35 @@ use super::lookup::{Answer, CalloutProblem, FeedPage, LookupRequest};
 use multitokens_core::keyring::HashKeys;
 use multitokens_core::keys::KeyLayout;
 use multitokens_core::resp::{decode, encode_command, Reply};
-use multitokens_core::scripts;
+use multitokens_core::scripts::{self, LookupReply, ScriptCall};
 use multitokens_core::verdict::{evaluate, Verdict};
 
 /// `EVAL_RO LOOKUP n <record key>...`: the record under the first of the token's digests that has
 /// one (the current hash key's, then the previous keys'), and its remaining TTL.
 /// With `eval_ro` false, `EVAL` (for proxies that do not know `EVAL_RO`).
 pub fn lookup_command(keys: &KeyLayout, request: &LookupRequest, eval_ro: bool) -> Vec<u8> {
-    let records: Vec<String> = request.candidates().map(|d| keys.record_key(request.tag, d)).collect();
-    let count = records.len().to_string();
-    let mut parts: Vec<&[u8]> = vec![eval(eval_ro), scripts::LOOKUP.as_bytes(), count.as_bytes()];
-    parts.extend(records.iter().map(|k| k.as_bytes()));
-    encode_command(&parts)
+    eval_command(&scripts::lookup_call(keys, request.tag, request.candidates()), eval_ro)
 }
 
 /// `EVAL REFRESH 1 <record key> <ttl ms> <index prefix> <expiry index prefix>`: sliding expiry.
 pub fn refresh_command(keys: &KeyLayout, request: &LookupRequest) -> Option<Vec<u8>> {
-    let ttl_ms = request.refresh_ttl?.saturating_mul(1000).to_string();
-    Some(encode_command(&[
-        "EVAL".as_bytes(),
-        scripts::REFRESH.as_bytes(),
-        b"1",
-        keys.record_key(request.tag, &request.digest).as_bytes(),
-        ttl_ms.as_bytes(),
-        keys.index_prefix(request.tag).as_bytes(),
-        keys.expiry_prefix(request.tag).as_bytes(),
-    ]))
+    let ttl_ms = request.refresh_ttl?.saturating_mul(1000);
+    Some(eval_command(&scripts::refresh_call(keys, request.tag, &request.digest, ttl_ms), false))
 }
 
 /// `EVAL_RO FEED 1 <feed> <cursor> <page>`: the revocation feed after a cursor (`EVAL` without
 /// `eval_ro`).
 pub fn feed_command(keys: &KeyLayout, cursor: Option<&str>, eval_ro: bool) -> Vec<u8> {
-    encode_command(&[
-        eval(eval_ro),
-        scripts::FEED.as_bytes(),
-        b"1",
-        keys.revocation_feed().as_bytes(),
-        cursor.unwrap_or("").as_bytes(),
-        scripts::FEED_PAGE_SIZE.to_string().as_bytes(),
-    ])
+    eval_command(&scripts::feed_call(keys, cursor), eval_ro)
 }
 
-/// The command that runs a read-only script.
-fn eval(read_only: bool) -> &'static [u8] {
-    if read_only {
-        b"EVAL_RO"
-    } else {
-        b"EVAL"
-    }
+/// A script call as one RESP command: `EVAL_RO` for a read-only script (`EVAL` otherwise).
+fn eval_command(call: &ScriptCall, read_only: bool) -> Vec<u8> {
+    let eval: &[u8] = if read_only { b"EVAL_RO" } else { b"EVAL" };
+    let count = call.keys.len().to_string();
+    let mut parts: Vec<&[u8]> = vec![eval, call.script.source().as_bytes(), count.as_bytes()];
+    parts.extend(call.keys.iter().chain(&call.args).map(String::as_bytes));
+    encode_command(&parts)
 }
 
 fn reply(bytes: Option<&[u8]>) -> Result<Vec<Reply>, CalloutProblem> {
@@ -95,14 +76,12 @@ pub fn parse_lookup(
     request: &LookupRequest,
 ) -> Result<Answer, CalloutProblem> {
     let items = reply(bytes)?;
-    let (at, value, pttl) = match items.as_slice() {
-        [Reply::Int(0)] => return Ok(Answer::Invalid),
-        [Reply::Int(at), Reply::Bulk(Some(value)), Reply::Int(pttl)] => (*at, value, *pttl),
-        _ => return Err(CalloutProblem::BadResponse("lookup reply is not [index, record, ttl] or [0]".into())),
+    let (at, value, pttl) = match LookupReply::parse(&items, request.candidates().count()) {
+        Ok(LookupReply::Missing) => return Ok(Answer::Invalid),
+        Ok(LookupReply::Found { candidate, value, pttl_ms }) => (candidate, value, pttl_ms),
+        Err(e) => return Err(CalloutProblem::BadResponse(e)),
     };
-    let Some(digest) =
-        usize::try_from(at).ok().and_then(|i| i.checked_sub(1)).and_then(|i| request.candidates().nth(i))
-    else {
+    let Some(digest) = request.candidates().nth(at) else {
         return Err(CalloutProblem::BadResponse("lookup reply names no digest that was asked for".into()));
     };
     let sealed = |v: &[u8]| hash_keys.accepts(digest, v);
@@ -112,10 +91,9 @@ pub fn parse_lookup(
             let r = v.record;
             let identity = Identity::new(r.user, r.device, r.scopes, r.id)
                 .map_err(|e| CalloutProblem::BadResponse(format!("lookup record: {e}")))?;
-            Ok(if at == 1 {
-                Answer::Valid(identity, left)
-            } else {
-                Answer::ValidUnderPrevious(identity, left, (at - 2) as usize)
+            Ok(match at {
+                0 => Answer::Valid(identity, left),
+                previous => Answer::ValidUnderPrevious(identity, left, previous - 1),
             })
         }
         Verdict::Invalid => Ok(Answer::Invalid),
@@ -125,17 +103,7 @@ pub fn parse_lookup(
 
 /// Interprets a feed reply (`None`: network error).
 pub fn parse_feed(bytes: Option<&[u8]>) -> Result<FeedPage, CalloutProblem> {
-    let items = reply(bytes)?;
-    let text = |r: &Reply| match r {
-        Reply::Bulk(Some(b)) => String::from_utf8(b.clone()).ok(),
-        _ => None,
-    };
-    let (Some(cursor), Some(Reply::Int(reset))) = (items.first().and_then(text), items.get(1)) else {
-        return Err(CalloutProblem::BadResponse("feed reply is not [cursor, reset, digests...]".into()));
-    };
-    let digests: Vec<String> = items.iter().skip(2).filter_map(text).collect();
-    let more = digests.len() >= scripts::FEED_PAGE_SIZE;
-    Ok(FeedPage { cursor, digests, reset: *reset == 1, more })
+    scripts::feed_page(&reply(bytes)?).map_err(CalloutProblem::BadResponse)
 }
 
 #[cfg(test)]
