@@ -15,7 +15,7 @@ use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use multitokens_core::contract::{self, FeedPage, FeedQuery, LookupAnswer, LookupQuery};
 use multitokens_core::digest::TokenDigest;
@@ -28,6 +28,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -581,7 +584,7 @@ pub(crate) async fn logout_others(
 /// The stock filter's lookup by routing tag and digest (never the token).
 ///
 /// A bodiless GET: the filter sends the routing tag and the digest, never the token.
-#[utoipa::path(get, path = "/v1/internal/lookup", tag = "internal", params(LookupQuery), security(("internal" = [])),
+#[utoipa::path(get, path = contract::LOOKUP_PATH, tag = "internal", params(LookupQuery), security(("internal" = [])),
     responses((status = 200, body = LookupAnswer), (status = "default", description = "Error", body = ErrorBody)))]
 pub(crate) async fn internal_lookup(
     Internal(origin): Internal,
@@ -640,7 +643,7 @@ pub(crate) async fn internal_lookup(
 ///
 /// With `wait_ms` it is answered as soon as something is revoked; with `edge` the cursor
 /// acknowledges what that filter VM has applied.
-#[utoipa::path(get, path = "/v1/internal/revocations", tag = "internal", params(FeedQuery), security(("internal" = [])),
+#[utoipa::path(get, path = contract::FEED_PATH, tag = "internal", params(FeedQuery), security(("internal" = [])),
     responses((status = 200, body = FeedPage), (status = "default", description = "Error", body = ErrorBody)))]
 pub(crate) async fn internal_revocations(
     _: Internal,
@@ -775,22 +778,30 @@ async fn method_not_allowed() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed.")
 }
 
-/// The API router over its state.
+/// Every documented route, registered once from its handler's OpenAPI path (the description in
+/// [`super::openapi`] is generated from the same list).
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(super::openapi::ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(issue))
+        .routes(routes!(list, revoke_user))
+        .routes(routes!(revoke_by_id))
+        .routes(routes!(introspect))
+        .routes(routes!(events))
+        .routes(routes!(current, logout_current))
+        .routes(routes!(logout_others))
+        .routes(routes!(internal_lookup))
+        .routes(routes!(internal_revocations))
+}
+
+/// The API router over its state: [`routes`], the description itself, gRPC ext_authz and the
+/// HTTP ext_authz check (any method: Envoy forwards the checked request's).
 pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+    let (router, _) = routes().split_for_parts();
+    router
         .route("/openapi.json", get(openapi_json))
-        .route("/v1/tokens", post(issue))
-        .route("/v1/users/{user}/tokens", get(list).delete(revoke_user))
-        .route("/v1/users/{user}/tokens/{id}", delete(revoke_by_id))
-        .route("/v1/introspect", post(introspect))
-        .route("/v1/events", get(events))
-        .route("/v1/tokens/current", get(current).delete(logout_current))
-        .route("/v1/tokens/others", delete(logout_others))
-        .route(contract::LOOKUP_PATH, get(internal_lookup))
-        .route(contract::FEED_PATH, get(internal_revocations))
         .route_service(super::grpc::CHECK_PATH, super::grpc::ExtAuthz::service(state.store.clone()))
         .route(contract::EXT_AUTHZ_PATH, axum::routing::any(ext_authz))
         .route(&format!("{}/{{*path}}", contract::EXT_AUTHZ_PATH), axum::routing::any(ext_authz))

@@ -9,7 +9,7 @@ use multitokens_core::user::InputError;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Malformed, unknown, revoked or expired token.
-    #[error("Invalid token.")]
+    #[error("{}", multitokens_core::contract::INVALID_TOKEN)]
     InvalidToken,
     /// The thing asked for does not exist.
     #[error("{0}")]

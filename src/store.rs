@@ -54,18 +54,6 @@ struct ReadRecord<'a> {
     record: &'a TokenRecord,
 }
 
-/// How a sealed record's seal starts.
-const SEAL_FIELD: &[u8] = b"\"seal\":\"";
-
-/// The routing tag and digest of a record key (`<ns>:{<tag>}:t:<digest>`).
-fn parse_record_key(name: &str) -> Option<(RoutingTag, TokenDigest)> {
-    let (_, rest) = name.split_once(":{")?;
-    let (tag_hex, rest) = rest.split_once("}:t:")?;
-    let mut tag = [0u8; token::ROUTING_TAG_LEN];
-    hex::decode_to_slice(tag_hex, &mut tag).ok()?;
-    Some((RoutingTag(tag), TokenDigest::from_hex(rest)?))
-}
-
 /// Parses a stream id `ms-seq` for ordering.
 pub fn stream_id(id: &str) -> Option<(u64, u64)> {
     let (ms, seq) = id.split_once('-')?;
@@ -877,13 +865,12 @@ impl TokenStore {
 
     /// [`TokenStore::rekey_all`] on behalf of `origin`.
     pub async fn rekey_all_as(&self, seal_unsealed: bool, origin: &Origin) -> Result<RekeyReport, StoreError> {
-        let pattern = format!("{}:{{*}}:t:*", self.policy.prefix);
-        let names = self.redis.scan_all(&pattern).await?;
+        let names = self.redis.scan_all(&self.keys.record_pattern()).await?;
         let mut report = RekeyReport::default();
         let mut conn = self.redis.conn().await?;
         let current = self.hash_keys.current();
         for name in names {
-            let Some((tag, digest)) = parse_record_key(&name) else { continue };
+            let Some((tag, digest)) = self.keys.parse_record_key(&name) else { continue };
             report.scanned += 1;
             let (value, pttl): (Option<Vec<u8>>, i64) =
                 redis::pipe().get(&name).cmd("PTTL").arg(&name).query_async(&mut conn).await?;
@@ -901,7 +888,8 @@ impl TokenStore {
             let sealed_by = self.hash_keys.sealed_by(&digest, &value);
             let new_digest =
                 record.token_hash.as_deref().and_then(TokenDigest::from_hex).map(|h| current.digest_of_hash(&h.0));
-            let has_seal = value.windows(SEAL_FIELD.len()).any(|w| w == SEAL_FIELD);
+            // a record with a broken seal or signature is tampered with, never sealed afresh
+            let has_seal = HashKeys::carries_seal(&value);
             // an HMAC-sealed record while records are signed: signed where it is (or where it moves)
             let sign = self.hash_keys.signs_records() && !multitokens_core::signing::has_signature(&value);
             // where the record goes, and the counter it adds to once moved

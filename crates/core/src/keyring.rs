@@ -151,6 +151,12 @@ impl HashKeys {
         }
     }
 
+    /// Whether a stored value carries a seal of either kind (an HMAC seal or a signature), valid or
+    /// not: only a record with neither was written before sealing.
+    pub fn carries_seal(value: &[u8]) -> bool {
+        TokenHasher::has_seal(value) || crate::signing::has_signature(value)
+    }
+
     /// The same keys, with `retired` ones whose tokens' MACs still verify: after a rotation's
     /// sweep, the old key moves here from the previous keys until the tokens minted under it have
     /// expired (no digest is tried under it; a record re-keyed by the sweep is found under the
@@ -290,6 +296,12 @@ mod tests {
         assert!(!edge.accepts(&d, hmac_sealed.as_bytes()) && !companion.accepts(&d, hmac_sealed.as_bytes()));
         assert!(!edge.clone().accepting_unsealed(true).accepts(&d, hmac_sealed.as_bytes()), "a seal is not 'no seal'");
         assert!(!edge.clone().accepting_unsealed(true).accepts(&d, signed.replace("\"u\"", "\"root\"").as_bytes()));
+        // either kind of seal, broken or not, is a seal: only a record with none was written before sealing
+        let tampered = signed.replace("\"u\"", "\"root\"");
+        for sealed in [signed.as_str(), hmac_sealed.as_str(), tampered.as_str()] {
+            assert!(HashKeys::carries_seal(sealed.as_bytes()), "{sealed}");
+        }
+        assert!(!HashKeys::carries_seal(json.as_bytes()));
         // the upgrade: HMAC seals honoured while accepted
         assert!(edge.clone().accepting_hmac_seals(true).accepts(&d, hmac_sealed.as_bytes()));
         // during a rotation the signed record's digest is told by its token_hash

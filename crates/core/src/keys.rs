@@ -57,6 +57,20 @@ impl KeyLayout {
         key
     }
 
+    /// The `SCAN` pattern of every record key.
+    pub fn record_pattern(&self) -> String {
+        format!("{}:{{*}}:t:*", self.namespace)
+    }
+
+    /// The routing tag and digest of a record key (`<ns>:{<tag>}:t:<digest>`), if it is one.
+    pub fn parse_record_key(&self, name: &str) -> Option<(RoutingTag, TokenDigest)> {
+        let rest = name.strip_prefix(self.namespace.as_str())?.strip_prefix(":{")?;
+        let (tag_hex, digest_hex) = rest.split_once("}:t:")?;
+        let mut tag = [0u8; crate::token::ROUTING_TAG_LEN];
+        hex::decode_to_slice(tag_hex, &mut tag).ok()?;
+        Some((RoutingTag(tag), TokenDigest::from_hex(digest_hex)?))
+    }
+
     /// The index key of a user.
     pub fn index_key(&self, user: &str) -> String {
         let mut key = self.index_prefix(RoutingTag::for_user(user));
@@ -125,6 +139,8 @@ mod tests {
         let tag = RoutingTag::for_user("alice");
         let digest = TokenHasher::new(None).digest("mt_whatever");
         let record = keys.record_key(tag, &digest);
+        assert_eq!(keys.parse_record_key(&record), Some((tag, digest)));
+        assert_eq!(KeyLayout::new("other").parse_record_key(&record), None, "another namespace's key");
         let index = keys.index_key("alice");
         assert_eq!(hash_tag(&record), hash_tag(&index));
         assert_eq!(hash_tag(&keys.outbox_key(tag)), hash_tag(&index));
