@@ -3,12 +3,13 @@
 //! and health checks. Errors are JSON `{"detail": "..."}`.
 
 use super::audit::{Actor, Origin};
+use super::clock::now_ms;
 use super::edges::{valid_edge_id, EdgeRegistry, RevokeReport};
 use super::error::StoreError;
-use super::feed::FeedFanout;
+use super::fanout::FeedFanout;
 use super::metrics::{RequestLabels, RouteLabels};
 use super::roles::{ApiKeys, Presented, Role};
-use super::store::{now_ms, IssueRequest, Issued, Revocation, TokenInfo, TokenStore};
+use super::store::{IssueRequest, Issued, Revocation, TokenInfo, TokenStore};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRef, FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
@@ -526,7 +527,7 @@ pub(crate) async fn introspect(
     };
     match store.whoami(&body.token).await {
         Ok(info) => {
-            let now = super::store::now_secs();
+            let now = super::clock::now_secs();
             Ok(Json(Introspection {
                 active: true,
                 sub: Some(info.user),
@@ -650,7 +651,7 @@ pub(crate) async fn internal_revocations(
     State(state): State<AppState>,
     QueryArgs(query): QueryArgs<FeedQuery>,
 ) -> Result<Response, ApiError> {
-    let wait = Duration::from_millis(query.wait_ms.unwrap_or(0)).min(super::feed::MAX_WAIT);
+    let wait = Duration::from_millis(query.wait_ms.unwrap_or(0)).min(super::fanout::MAX_WAIT);
     if let Some(edge) = &query.edge {
         if !valid_edge_id(edge) {
             return Err(ApiError::new(StatusCode::BAD_REQUEST, "edge must be 1 to 64 letters, digits, - or _."));

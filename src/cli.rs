@@ -316,7 +316,7 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
             if !(1..=100_000).contains(&limit) {
                 return Err(usage("--limit: 1 to 100000"));
             }
-            let since = super::audit::parse_since(&since, super::store::now_ms()).map_err(usage)?;
+            let since = super::audit::parse_since(&since, super::clock::now_ms()).map_err(usage)?;
             let show = |r: &AuditRecord| -> Result<(), Failure> {
                 print(&if json {
                     to_json(r)?

@@ -3,8 +3,9 @@
 //! every edge seen recently has acknowledged its feed position. Companions behind one Redis share
 //! what they know through one hash (`<ns>:edges`), written at most every [`FLUSH_EVERY`].
 
+use super::clock::now_ms;
 use super::error::StoreError;
-use super::store::{now_ms, stream_id, Revocation, TokenStore};
+use super::store::{stream_id, Revocation, TokenStore};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -5,11 +5,12 @@
 pub mod api;
 pub mod audit;
 pub mod cli;
+pub mod clock;
 pub mod connection;
 pub mod edges;
 pub mod error;
 pub mod ext_authz;
-pub mod feed;
+pub mod fanout;
 pub mod grpc;
 pub mod metrics;
 pub mod openapi;

@@ -51,7 +51,7 @@ async fn the_companion_user_can_do_everything_the_companion_does_and_nothing_els
     store.write_edges(&[("edge-1".into(), r#"{"acked":"0-0","due_ms":1}"#.into())]).await.unwrap();
     store.read_edges().await.unwrap();
     store.forget_edges(u64::MAX).await.unwrap();
-    store.publish_outboxes_announced_before(multitokens::store::now_ms()).await.unwrap();
+    store.publish_outboxes_announced_before(multitokens::clock::now_ms()).await.unwrap();
     store.publish_unindexed_outboxes().await.unwrap();
     // a rotation's sweep, with this user
     let bob = store.issue(req("bob", "a")).await.unwrap().token;

@@ -60,7 +60,7 @@ async fn outboxes_left_behind_are_found_on_every_master() {
         store.issue(IssueRequest { user: user.clone(), ..Default::default() }).await.unwrap();
         assert_eq!(crate::store::revoke_all_then_die(&store, user).await.len(), 1);
     }
-    let now = multitokens::store::now_ms();
+    let now = multitokens::clock::now_ms();
     assert_eq!(
         store.publish_outboxes_announced_before(now).await.unwrap(),
         users.len(),

@@ -2,9 +2,10 @@
 
 use crate::support::RedisServer;
 use crate::{policy, store_at};
+use multitokens::clock::now_ms;
 use multitokens::error::StoreError;
 use multitokens::settings::MaxTokensPolicy;
-use multitokens::store::{now_ms, IssueRequest};
+use multitokens::store::IssueRequest;
 use multitokens_core::ttl::TokenTtl;
 use redis::Commands;
 
