@@ -304,41 +304,8 @@ fn default_refresh_interval_ms() -> u64 {
     60_000
 }
 
-/// The identity headers set upstream (lower-case); the optional ones can be switched off.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IdentityHeaders {
-    /// The user id.
-    pub user: String,
-    /// The device label.
-    pub device: Option<String>,
-    /// The scopes.
-    pub scopes: Option<String>,
-    /// The token's public id.
-    pub token_id: Option<String>,
-    /// Where the credential came from.
-    pub credential: Option<String>,
-    /// Every name stripped from client requests: the configured ones and the defaults, whether
-    /// switched on or off (an upstream may still read a default name).
-    pub stripped: Vec<String>,
-}
-
-impl IdentityHeaders {
-    /// Every name in use.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        std::iter::once(self.user.as_str()).chain(
-            [&self.device, &self.scopes, &self.token_id, &self.credential].into_iter().flatten().map(String::as_str),
-        )
-    }
-
-    /// Whether a client's header name stands for an identity header, in use or not: equal to one
-    /// after lower-casing and reading `_` as `-`, the way CGI and WSGI servers name their variables.
-    pub fn is_alias(&self, name: &[u8]) -> bool {
-        let fold = |b: &u8| if *b == b'_' { b'-' } else { b.to_ascii_lowercase() };
-        self.stripped
-            .iter()
-            .any(|ours| ours.len() == name.len() && ours.as_bytes().iter().map(fold).eq(name.iter().map(fold)))
-    }
-}
+mod identity_headers;
+pub use identity_headers::IdentityHeaders;
 
 /// The configuration compiled for use: validated, lower-cased, with the hasher built.
 #[derive(Clone, Debug)]
@@ -384,14 +351,6 @@ impl Compiled {
     }
 }
 
-fn header_name(field: &str, value: &str) -> Result<String, String> {
-    let ok = !value.is_empty() && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if !ok {
-        return Err(format!("{field}: {value:?} is not a valid header name"));
-    }
-    Ok(value.to_ascii_lowercase())
-}
-
 impl Compiled {
     /// Parses and checks plugin configuration bytes.
     pub fn parse(bytes: &[u8]) -> Result<Compiled, String> {
@@ -410,34 +369,7 @@ impl Compiled {
                 return Err(format!("cookie: {cookie:?} is not a valid cookie name"));
             }
         }
-        let optional =
-            |field: &str, value: &Option<String>| value.as_deref().map(|v| header_name(field, v)).transpose();
-        let mut identity_headers = IdentityHeaders {
-            user: header_name("user_header", &config.user_header)?,
-            device: optional("device_header", &config.device_header)?,
-            scopes: optional("scopes_header", &config.scopes_header)?,
-            token_id: optional("token_id_header", &config.token_id_header)?,
-            credential: optional("credential_header", &config.credential_header)?,
-            stripped: Vec::new(),
-        };
-        let mut stripped: Vec<String> = contract::IDENTITY_HEADERS.iter().map(|h| h.to_string()).collect();
-        stripped.extend(identity_headers.names().map(String::from));
-        stripped.sort();
-        stripped.dedup();
-        identity_headers.stripped = stripped;
-        if identity_headers.names().any(|h| h == "authorization" || h == "cookie") {
-            return Err(
-                "user_header/device_header/scopes_header/token_id_header/credential_header: must not be authorization or cookie".into()
-            );
-        }
-        let mut in_use: Vec<&str> = identity_headers.names().collect();
-        in_use.sort_unstable();
-        if in_use.windows(2).any(|w| w[0] == w[1]) {
-            return Err(
-                "user_header/device_header/scopes_header/token_id_header/credential_header: give each a different name"
-                    .into(),
-            );
-        }
+        let identity_headers = IdentityHeaders::compile(&config)?;
         config.upstream_routing.compile()?;
         config.csrf.compile()?;
         let has_path_rules = config.exclude.iter().any(|r| r.matching.path.is_some() || r.matching.prefix.is_some())
@@ -551,106 +483,4 @@ impl Compiled {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MINIMAL: &str = r#"{"companion": {"cluster": "mt", "api_key": "k"}}"#;
-
-    #[test]
-    fn minimal_config_gets_the_documented_defaults() {
-        let c = Compiled::parse(MINIMAL.as_bytes()).unwrap();
-        assert_eq!(c.config.prefix, "mt");
-        assert_eq!(c.config.schemes, vec!["bearer", "token"]);
-        assert_eq!(c.config.failure_mode, FailureMode::Deny);
-        assert!(c.config.strip_credential);
-        assert_eq!((c.poll_ms(), c.feed_wait_ms(), c.feed_timeout_ms()), (1000, 5000, 5500));
-        let redis = Compiled::parse(br#"{"redis": {"cluster": "r"}}"#).unwrap();
-        assert_eq!((redis.poll_ms(), redis.feed_wait_ms()), (250, 0), "the Redis-callout build polls every 250 ms");
-        assert_eq!(
-            c.identity_headers.names().collect::<Vec<_>>(),
-            [
-                "x-multitokens-user",
-                "x-multitokens-device",
-                "x-multitokens-scopes",
-                "x-multitokens-token-id",
-                "x-multitokens-credential"
-            ]
-        );
-        assert_eq!(c.config.cors_preflight, CorsPreflight::Pass);
-        assert!(c.config.csrf.check && !c.config.upstream_routing.case_sensitive);
-        assert!(!c.has_path_rules, "no rules: the path is not looked at");
-        let lean = Compiled::parse(
-            br#"{"companion": {"cluster": "mt", "api_key": "k"}, "token_id_header": null, "scopes_header": null}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            lean.identity_headers.names().collect::<Vec<_>>(),
-            ["x-multitokens-user", "x-multitokens-device", "x-multitokens-credential"]
-        );
-        for switched_off in ["x-multitokens-scopes", "X_Multitokens_Token_Id"] {
-            assert!(
-                lean.identity_headers.is_alias(switched_off.as_bytes()),
-                "{switched_off} is stripped though not set"
-            );
-        }
-        let r =
-            Compiled::parse(br#"{"redis": {"cluster": "outbound|6379||redis.svc?db=2", "password": "p"}}"#).unwrap();
-        assert!(matches!(r.transport, Transport::Redis(ref t) if t.cluster.ends_with("?db=2")));
-    }
-
-    #[test]
-    fn errors_name_the_field() {
-        let cases = [
-            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "prefixx": "mt"}"#, "prefixx"),
-            (r#"{"companion": {"cluster": "mt", "api_key": "k", "timeout": 5}}"#, "timeout"),
-            (r#"{"companion": {"cluster": "mt"}}"#, "api_key"),
-            (r#"{"redis": {"cluster": "r?db=x"}}"#, "redis.cluster"),
-            (r#"{"redis": {"cluster": "r", "username": "u"}}"#, "redis.password"),
-            (r#"{"redis": {"cluster": "r", "timeout": 3}}"#, "timeout"),
-            (r#"{"redis": {"cluster": "r"}, "companion": {"cluster": "mt", "api_key": "k"}}"#, "one transport"),
-            (r#"{}"#, "companion"),
-            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "prefix": "a_b"}"#, "prefix"),
-            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "failure_mode": "open"}"#, "open"),
-            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "user_header": "bad header"}"#, "user_header"),
-            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "exclude": [{"path": "x"}]}"#, "exclude[0]"),
-            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "exclude": [{"paht": "/x"}]}"#, "paht"),
-            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "required_scopes": [{"prefix": "/a"}]}"#, "scopes"),
-            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "cache": {"size": 1}}"#, "size"),
-            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "revocation_poll_ms": 5}"#, "revocation_poll_ms"),
-            (
-                r#"{"companion": {"cluster": "mt", "api_key": "k"}, "exclude": [{"methods": ["OPTIONS"]}]}"#,
-                "cors_preflight",
-            ),
-            (
-                r#"{"companion": {"cluster": "mt", "api_key": "k"}, "required_scopes": [{"prefix": "/a/../b", "scopes": ["x"]}]}"#,
-                "required_scopes[0]",
-            ),
-            (
-                r#"{"companion": {"cluster": "mt", "api_key": "k"}, "required_scopes": [{"path": "/a%2Fb", "scopes": ["x"]}]}"#,
-                "required_scopes[0]",
-            ),
-            (
-                r#"{"companion": {"cluster": "mt", "api_key": "k"}, "upstream_routing": {"case_insensitive": true}}"#,
-                "case_insensitive",
-            ),
-            (
-                r#"{"companion": {"cluster": "mt", "api_key": "k"}, "upstream_routing": {"method_override_headers": ["a b"]}}"#,
-                "upstream_routing.method_override_headers",
-            ),
-            (
-                r#"{"companion": {"cluster": "mt", "api_key": "k"}, "csrf": {"trusted_origins": ["app.example"]}}"#,
-                "csrf.trusted_origins",
-            ),
-            (r#"{"companion": {"cluster": "mt", "api_key": "k"}, "cors_preflight": "answer"}"#, "answer"),
-            (
-                r#"{"companion": {"cluster": "mt", "api_key": "k"}, "credential_header": "x-multitokens-user"}"#,
-                "different name",
-            ),
-            ("not json", "invalid multitokens configuration"),
-        ];
-        for (json, field) in cases {
-            let err = Compiled::parse(json.as_bytes()).unwrap_err();
-            assert!(err.contains(field), "{json}: {err}");
-        }
-    }
-}
+mod tests;

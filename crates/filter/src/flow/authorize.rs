@@ -1,0 +1,65 @@
+//! The way through for a request with a valid token: its scopes checked, the identity headers
+//! set, the credential removed.
+
+use super::*;
+
+/// Lets a request with a valid token through: scope check, identity headers, credential strip.
+pub(super) fn authorize(
+    host: &mut dyn Host,
+    compiled: &Compiled,
+    identity: IdentityView<'_>,
+    source: Source,
+    request: &RequestInfo,
+    stale: bool,
+) -> Step {
+    let missing = missing_scopes(&compiled.scope_rules, &request.methods, &request.route, identity);
+    if !missing.is_empty() {
+        return deny(host, compiled, Denial::Scope, Metric::DeniedScope, &missing);
+    }
+    // replacing sets exactly one value: whatever the client sent under these names is gone
+    let names = &compiled.identity_headers;
+    host.set_header(&names.user, identity.user.as_bytes());
+    for (name, value) in
+        [(&names.device, identity.device), (&names.scopes, identity.scopes), (&names.token_id, identity.id)]
+    {
+        if let Some(name) = name {
+            host.set_header(name, value.as_bytes());
+        }
+    }
+    if let Some(name) = &names.credential {
+        let from =
+            if source == Source::Cookie { contract::CREDENTIAL_FROM_COOKIE } else { contract::CREDENTIAL_FROM_HEADER };
+        host.set_header(name, from.as_bytes());
+    }
+    strip_credentials(host, compiled, request.strip_authorization, request.cookie.as_deref());
+    host.count(if stale { Metric::AllowedStale } else { Metric::Allowed });
+    Step::Continue
+}
+
+/// Removes our credentials before the upstream (unless `strip_credential` is off): an
+/// `Authorization` header with one of our schemes, and the token cookie from the `Cookie` headers,
+/// whichever of them carried the token.
+pub(super) fn strip_credentials(
+    host: &mut dyn Host,
+    compiled: &Compiled,
+    strip_authorization: bool,
+    cookies: Option<&[u8]>,
+) {
+    if strip_authorization {
+        host.remove_header("authorization");
+    }
+    if let (true, Some(name), Some(cookies)) =
+        (compiled.config.strip_credential, compiled.config.cookie.as_deref(), cookies)
+    {
+        let ours = cookies
+            .split(|b| *b == b';')
+            .map(<[u8]>::trim_ascii)
+            .any(|c| c.starts_with(name.as_bytes()) && c.get(name.len()) == Some(&b'='));
+        if ours {
+            match credential::without_cookie(&[cookies], name) {
+                Some(rest) => host.set_header("cookie", &rest),
+                None => host.remove_header("cookie"),
+            }
+        }
+    }
+}

@@ -1,0 +1,470 @@
+//! One request's decision, behind the small [`Host`] trait so it runs natively in unit tests with
+//! a mock host: read the headers once, exclusions and path, the credential, the cache, the lookup,
+//! then forward with identity headers or answer locally.
+
+use super::host::{Host, Step};
+use super::metric::Metric;
+use super::worker::{Worker, MAX_REFRESH_QUEUE};
+
+use super::cache::{Cached, Entry, Lifetime, Stored};
+use super::config::{Compiled, CorsPreflight, FailureMode};
+use super::identity::{Identity, IdentityView};
+use super::lookup::{Answer, CalloutProblem, LookupRequest};
+use super::path;
+use super::reply::{self, Denial};
+use super::route;
+use super::rules::missing_scopes;
+use super::throttle::client_key;
+use multitokens_core::contract;
+use multitokens_core::credential::{self, Credential, Source};
+use multitokens_core::digest::TokenDigest;
+use multitokens_core::token::{self, Origin};
+use std::rc::Rc;
+
+/// What the decision needs from a request, read once from its headers.
+#[derive(Debug, Default)]
+struct RequestInfo {
+    /// The methods the upstream may run the request as (its own first, then overrides).
+    methods: Vec<String>,
+    /// The route key the scope rules match (empty without path scope rules).
+    route: String,
+    /// Every `Cookie` header, joined (read only when a cookie credential is configured).
+    cookie: Option<Vec<u8>>,
+    /// The `Authorization` header carries one of our schemes: removed before the upstream.
+    strip_authorization: bool,
+    /// The client address a lookup of an unchecked token was charged to (refunded when valid).
+    charged: Option<Vec<u8>>,
+}
+
+/// A lookup under way for one request.
+#[derive(Debug)]
+struct Pending {
+    call: u32,
+    /// Feed pages applied when the lookup was dispatched.
+    epoch: u64,
+    token: String,
+    tag: token::RoutingTag,
+    digest: TokenDigest,
+    /// The digests under previous hash keys asked for too (a rotation in progress).
+    previous: Vec<TokenDigest>,
+    source: Source,
+    request: RequestInfo,
+    /// Waits for another request's lookup of the same token.
+    follower: bool,
+}
+
+/// A lookup's answer for the requests that followed it (see [`super::coalesce`]).
+#[derive(Debug)]
+pub struct Share {
+    /// The answer, as the leader got it.
+    pub answer: Result<Answer, CalloutProblem>,
+    /// The followers' contexts.
+    pub followers: Vec<u32>,
+}
+
+/// One request's flow.
+#[derive(Debug, Default)]
+pub struct HttpFlow {
+    pending: Option<Pending>,
+    share: Option<Share>,
+}
+
+impl HttpFlow {
+    /// A new request.
+    pub fn new() -> Self {
+        HttpFlow::default()
+    }
+
+    /// The call id this request waits for, if any.
+    pub fn waiting_for(&self) -> Option<u32> {
+        self.pending.as_ref().map(|p| p.call)
+    }
+
+    /// Request headers arrived.
+    pub fn on_request_headers(&mut self, host: &mut dyn Host, worker: &mut Worker, now: u64) -> Step {
+        worker.observe_clock(now);
+        let compiled = Rc::clone(&worker.compiled);
+        let config = &compiled.config;
+        let headers = host.request_headers();
+        let values =
+            |name: &'static str| headers.iter().filter(move |(k, _)| k == name.as_bytes()).map(|(_, v)| v.as_slice());
+        // identity headers come only from us: drop whatever the client sent under those names, or
+        // under a name a CGI/WSGI server maps to the same variable (`X_Multitokens_User`). On an
+        // authenticated request the filter then sets them; a denied request goes nowhere.
+        for (name, _) in &headers {
+            if compiled.identity_headers.is_alias(name) {
+                if let Ok(name) = std::str::from_utf8(name) {
+                    host.remove_header(name);
+                }
+            }
+        }
+        // method and path only meet the rules, and only a canonical path does
+        let method = values(":method").next().and_then(|m| std::str::from_utf8(m).ok()).unwrap_or_default();
+        let raw_path = values(":path").next().unwrap_or_default();
+        let path = if compiled.has_path_rules {
+            match path::canonical(raw_path) {
+                Ok(path) => path,
+                Err(_) => return deny(host, &compiled, Denial::BadPath, Metric::DeniedBadPath, &[]),
+            }
+        } else {
+            ""
+        };
+        // every method the upstream may run the request as: an override never meets an exclusion
+        let methods = route::methods(method, raw_path, &headers, &config.upstream_routing);
+        let overridden = methods.len() > 1;
+        let cookie: Option<Vec<u8>> = match config.cookie {
+            Some(_) => {
+                let all: Vec<&[u8]> = values("cookie").collect();
+                (!all.is_empty()).then(|| all.join(&b"; "[..]))
+            }
+            None => None,
+        };
+        let authorization: Vec<&[u8]> = values("authorization").collect();
+        let ours = |value: &&[u8]| {
+            let scheme = value.split(|b| *b == b' ').next().unwrap_or_default();
+            config.schemes.iter().any(|s| s.as_bytes().eq_ignore_ascii_case(scheme))
+        };
+        let strip_authorization = config.strip_credential && authorization.iter().any(ours);
+        let preflight = config.cors_preflight == CorsPreflight::Pass
+            && !overridden
+            && method == "OPTIONS"
+            && values("origin").next().is_some()
+            && values("access-control-request-method").next().is_some()
+            && !host.request_has_body()
+            && values("transfer-encoding").next().is_none()
+            && values("content-length").all(|v| v == b"0");
+        if preflight || (!overridden && config.exclude.iter().any(|r| r.matches(method, path))) {
+            // no token needed, and none reaches the upstream
+            strip_credentials(host, &compiled, strip_authorization, cookie.as_deref());
+            host.count(Metric::Excluded);
+            return Step::Continue;
+        }
+        let route = if compiled.scope_rules.is_empty() || !compiled.has_path_rules {
+            String::new()
+        } else {
+            match route::route_key(path, config.upstream_routing.case_sensitive) {
+                Ok(key) => key,
+                Err(_) => return deny(host, &compiled, Denial::BadPath, Metric::DeniedBadPath, &[]),
+            }
+        };
+        let (token, source) = match credential::extract(
+            &authorization,
+            cookie.as_deref().as_slice(),
+            &config.schemes,
+            config.cookie.as_deref(),
+        ) {
+            Credential::Missing => return deny(host, &compiled, Denial::Missing, Metric::DeniedMissing, &[]),
+            Credential::Empty | Credential::Malformed => {
+                return deny(host, &compiled, Denial::Invalid, Metric::DeniedMalformed, &[])
+            }
+            Credential::Token(t, s) => (t, s),
+        };
+        // a cookie goes with every request to its site, whoever's page sent it: unsafe requests
+        // from other sites are refused before any lookup
+        if source == Source::Cookie
+            && !config.csrf.allows(
+                &methods,
+                values("sec-fetch-site").next(),
+                values("origin").next(),
+                values(":authority").next().unwrap_or_default(),
+            )
+        {
+            return deny(host, &compiled, Denial::CrossSite, Metric::DeniedCrossSite, &[]);
+        }
+        let mut request = RequestInfo { methods, route, cookie: cookie.clone(), strip_authorization, charged: None };
+        // a cached token passed the format check when it was cached: look it up first
+        if let Some(entry) = worker.cache.get(token) {
+            if entry.fresh_until > now {
+                match entry.verdict {
+                    Cached::Invalid => {
+                        host.count(Metric::CacheHit);
+                        return deny(host, &compiled, Denial::Invalid, Metric::DeniedInvalid, &[]);
+                    }
+                    Cached::Valid(_) if worker.tick_overdue(now) => host.count(Metric::TickOverdue),
+                    Cached::Valid(identity) if worker.feed_is_current(now) => {
+                        host.count(Metric::CacheHit);
+                        let step = authorize(host, &compiled, identity, source, &request, false);
+                        queue_refresh(worker, token, now);
+                        return step;
+                    }
+                    Cached::Valid(_) => {}
+                }
+            }
+        }
+        // format and checksum: a malformed token never causes a callout
+        let Ok(tag) = token::parse(token, &config.prefix) else {
+            return deny(host, &compiled, Denial::Invalid, Metric::DeniedMalformed, &[]);
+        };
+        // the MAC: a token no hash key minted never causes a callout either, and a token whose MAC
+        // verifies is never throttled, whatever its neighbours sent
+        let charged = match compiled.hash_keys.origin(token, &config.prefix) {
+            Origin::Issued => None,
+            Origin::Forged => return deny(host, &compiled, Denial::Invalid, Metric::DeniedForged, &[]),
+            Origin::Unchecked if !config.accept_legacy_tokens => {
+                return deny(host, &compiled, Denial::Invalid, Metric::DeniedForged, &[])
+            }
+            // a token the edge cannot check: its lookup is charged to the client's address
+            Origin::Unchecked => match charge_lookup(host, worker, now) {
+                Ok(client) => client,
+                Err(step) => return step,
+            },
+        };
+        host.count(Metric::CacheMiss);
+        request.charged = charged;
+        self.look_up(host, worker, token.to_string(), tag, source, request, now)
+    }
+
+    /// Asks the store about a well-formed token that is not cached: follows a lookup of the same
+    /// token already under way when the cache is on, else sends one (that others may follow).
+    #[allow(clippy::too_many_arguments)]
+    fn look_up(
+        &mut self,
+        host: &mut dyn Host,
+        worker: &mut Worker,
+        token: String,
+        tag: token::RoutingTag,
+        source: Source,
+        request: RequestInfo,
+        now: u64,
+    ) -> Step {
+        let compiled = Rc::clone(&worker.compiled);
+        let mut digests = compiled.hash_keys.digests(&token).into_iter();
+        let Some(digest) = digests.next() else {
+            return deny(host, &compiled, Denial::Invalid, Metric::DeniedMalformed, &[]);
+        };
+        let previous: Vec<TokenDigest> = digests.collect();
+        // with the cache off every request is checked on its own
+        let shared = compiled.config.cache.max_entries > 0;
+        if shared {
+            if let Some(joined) = worker.in_flight.follow(&token, host.context_id(), now, worker.max_lookup_wait_ms()) {
+                host.count(Metric::LookupShared);
+                let (call, epoch) = (joined.call, joined.epoch);
+                self.pending =
+                    Some(Pending { call, epoch, token, tag, digest, previous, source, request, follower: true });
+                return Step::Pause;
+            }
+        }
+        let refresh_ttl = compiled.config.refresh_on_use.as_ref().map(|r| r.ttl);
+        let key_id = (!previous.is_empty()).then(|| compiled.hash_keys.current().key_id());
+        match host.dispatch_lookup(&LookupRequest { tag, digest, previous: previous.clone(), key_id, refresh_ttl }) {
+            Ok(call) => {
+                let epoch = worker.feed.epoch;
+                if shared {
+                    worker.in_flight.lead(&token, host.context_id(), call, epoch, now);
+                }
+                self.pending =
+                    Some(Pending { call, epoch, token, tag, digest, previous, source, request, follower: false });
+                Step::Pause
+            }
+            Err(e) => {
+                host.warn(&format!("multitokens: cannot dispatch the lookup: {e}"));
+                host.count(Metric::CalloutFailed);
+                unavailable(host, worker, &token, source, &request, now)
+            }
+        }
+    }
+
+    /// The answer this request's lookup got, for the requests that followed it (taken once).
+    pub fn take_share(&mut self) -> Option<Share> {
+        self.share.take()
+    }
+
+    /// The lookup this request followed will not be answered (its leader is gone): look up again.
+    pub fn retry(&mut self, host: &mut dyn Host, worker: &mut Worker, now: u64) -> Step {
+        match self.pending.take() {
+            Some(p) => self.look_up(host, worker, p.token, p.tag, p.source, p.request, now),
+            None => Step::Continue,
+        }
+    }
+
+    /// This request's stream is gone: stop waiting. Returns the requests that followed its lookup,
+    /// which must look up again (the host cancels a gone stream's callouts).
+    pub fn on_gone(&mut self, worker: &mut Worker, context: u32) -> Vec<u32> {
+        match self.pending.take() {
+            Some(_) => worker.in_flight.leave(context),
+            None => Vec::new(),
+        }
+    }
+
+    /// Request trailers arrived: a client cannot add identity headers through them either.
+    pub fn on_request_trailers(&mut self, host: &mut dyn Host, worker: &Worker) {
+        for (name, _) in host.request_trailers() {
+            if worker.compiled.identity_headers.is_alias(&name) {
+                if let Ok(name) = std::str::from_utf8(&name) {
+                    host.remove_trailer(name);
+                }
+            }
+        }
+    }
+
+    /// The lookup answered (already interpreted by the transport).
+    pub fn on_lookup_response(
+        &mut self,
+        host: &mut dyn Host,
+        worker: &mut Worker,
+        answer: Result<Answer, CalloutProblem>,
+        now: u64,
+    ) -> Step {
+        let Some(mut p) = self.pending.take() else { return Step::Continue };
+        if !p.follower {
+            let followers = worker.in_flight.finish(&p.token, p.call);
+            if !followers.is_empty() {
+                self.share = Some(Share { answer: answer.clone(), followers });
+            }
+        }
+        if let (Ok(Answer::Valid(..) | Answer::ValidUnderPrevious(..)), Some(client)) = (&answer, &p.request.charged) {
+            if let Some(throttle) = worker.throttle.as_mut() {
+                throttle.refund(client);
+            }
+        }
+        match answer {
+            Ok(Answer::Valid(identity, expires_in_ms)) => accept(host, worker, &p, identity, expires_in_ms, now),
+            // stored under a previous key's digest: revocations (and its re-keying) are published
+            // under that one, so the verdict is checked against and cached by it
+            Ok(Answer::ValidUnderPrevious(identity, expires_in_ms, n)) => match p.previous.get(n) {
+                Some(stored) => {
+                    p.digest = *stored;
+                    accept(host, worker, &p, identity, expires_in_ms, now)
+                }
+                None => no_answer(
+                    host,
+                    worker,
+                    &p,
+                    CalloutProblem::BadResponse("the lookup answer names a digest not asked for".into()),
+                    now,
+                ),
+            },
+            Ok(Answer::Tampered) => {
+                host.warn("multitokens: a token record's seal does not verify (rewritten in Redis?): refused");
+                remember_refused(worker, &p.token, now);
+                deny(host, &worker.compiled, Denial::Invalid, Metric::DeniedTampered, &[])
+            }
+            Ok(Answer::Invalid) => {
+                remember_refused(worker, &p.token, now);
+                deny(host, &worker.compiled, Denial::Invalid, Metric::DeniedInvalid, &[])
+            }
+            Err(problem) => no_answer(host, worker, &p, problem, now),
+        }
+    }
+}
+
+/// A lookup said the token is valid: authorize the request, and cache the verdict by the digest
+/// the record is stored under when the feed can vouch for it.
+fn accept(
+    host: &mut dyn Host,
+    worker: &mut Worker,
+    p: &Pending,
+    identity: Identity,
+    expires_in_ms: Option<u64>,
+    now: u64,
+) -> Step {
+    // the store was read before the feed pages applied since: one of them may have revoked this
+    // very token, and then the answer is already stale
+    let revoked = worker.feed.revoked_since(p.epoch, &p.digest);
+    if revoked == Some(true) {
+        return deny(host, &worker.compiled, Denial::Invalid, Metric::DeniedInvalid, &[]);
+    }
+    let cfg = &worker.compiled.config;
+    // a positive entry never outlives the token
+    let token_left = expires_in_ms.unwrap_or(u64::MAX);
+    let fresh = cfg.cache.ttl_ms.min(token_left);
+    let usable = match cfg.failure_mode {
+        FailureMode::AllowCached => cfg.stale_window_ms.min(token_left),
+        FailureMode::Deny => fresh,
+    };
+    let refreshed_at = if cfg.refresh_on_use.is_some() { now } else { 0 };
+    let r = &p.request;
+    let step = authorize(host, &worker.compiled, identity.view(), p.source, r, false);
+    if revoked.is_none() {
+        return step; // the feed cannot vouch for this answer: use it once, never cache it
+    }
+    let lifetime = Lifetime { fresh_until: now + fresh, usable_until: now + usable, refreshed_at };
+    worker.cache.insert_valid(&p.token, Stored { tag: p.tag, digest: p.digest }, &identity, lifetime, now);
+    step
+}
+
+/// The store could not be asked, or answered badly: the failure mode decides.
+fn no_answer(host: &mut dyn Host, worker: &mut Worker, p: &Pending, problem: CalloutProblem, now: u64) -> Step {
+    match &problem {
+        CalloutProblem::NoResponse => host.count(Metric::CalloutFailed),
+        CalloutProblem::BadResponse(why) => {
+            host.count(Metric::CalloutError);
+            host.warn(&format!("multitokens: token store answered badly: {why}"));
+        }
+    }
+    unavailable(host, worker, &p.token, p.source, &p.request, now)
+}
+
+/// Queues a sliding refresh of a cached token if one is due.
+fn queue_refresh(worker: &mut Worker, token: &str, now: u64) {
+    let Some(refresh) = worker.compiled.config.refresh_on_use.as_ref() else { return };
+    let (min_interval_ms, ttl) = (refresh.min_interval_ms, refresh.ttl);
+    if worker.refresh_queue.len() >= MAX_REFRESH_QUEUE {
+        return;
+    }
+    let Some(stored) = worker.cache.refresh_due(token, now, min_interval_ms) else { return };
+    let request = LookupRequest {
+        tag: stored.tag,
+        digest: stored.digest,
+        previous: Vec::new(),
+        key_id: None,
+        refresh_ttl: Some(ttl),
+    };
+    worker.refresh_queue.push(request);
+}
+
+fn deny(host: &mut dyn Host, compiled: &Compiled, denial: Denial, metric: Metric, missing: &[&str]) -> Step {
+    host.count(metric);
+    match compiled.replies.get(denial) {
+        Some(fixed) => host.send_reply(fixed),
+        None => host.send_reply(&reply::deny(denial, &compiled.config.realm, missing)),
+    }
+    Step::Replied
+}
+
+/// Remembers a token the store refused, so that re-sending it costs no lookup for
+/// `negative_ttl_ms`.
+fn remember_refused(worker: &mut Worker, token: &str, now: u64) {
+    let ttl = worker.compiled.config.cache.negative_ttl_ms;
+    worker.cache.insert_invalid(token, now + ttl, now);
+}
+
+/// Charges the lookup of a token the edge cannot check by its MAC to the client's address: 429 if
+/// the address has spent its budget (`throttle`), else the address charged (`None` when the
+/// throttle is off or the address unknown).
+fn charge_lookup(host: &mut dyn Host, worker: &mut Worker, now: u64) -> Result<Option<Vec<u8>>, Step> {
+    let Some(throttle) = worker.throttle.as_mut() else { return Ok(None) };
+    let Some(address) = host.client_address() else { return Ok(None) };
+    let client = client_key(&address);
+    if let Some(seconds) = throttle.retry_after(client, now) {
+        return Err(deny(host, &worker.compiled, Denial::Throttled(seconds), Metric::DeniedThrottled, &[]));
+    }
+    throttle.record_failure(client, now);
+    Ok(Some(client.to_vec()))
+}
+
+/// The store could not be asked: `allow_cached` may accept a recently verified token.
+fn unavailable(
+    host: &mut dyn Host,
+    worker: &Worker,
+    token: &str,
+    source: Source,
+    request: &RequestInfo,
+    now: u64,
+) -> Step {
+    let compiled = &worker.compiled;
+    if compiled.config.failure_mode == FailureMode::AllowCached {
+        if let Some(Entry { verdict: Cached::Valid(identity), usable_until, .. }) = worker.cache.get(token) {
+            if usable_until > now {
+                return authorize(host, compiled, identity, source, request, true);
+            }
+        }
+    }
+    deny(host, compiled, Denial::Unavailable, Metric::DeniedUnavailable, &[])
+}
+
+mod authorize;
+use authorize::{authorize, strip_credentials};
+
+#[cfg(test)]
+mod tests;

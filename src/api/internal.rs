@@ -1,0 +1,135 @@
+//! What the edges call: the stock filter's lookup and revocation feed (the internal key), and
+//! Envoy's ext_authz HTTP check.
+
+use super::*;
+
+/// The stock filter's lookup by routing tag and digest (never the token).
+///
+/// A bodiless GET: the filter sends the routing tag and the digest, never the token.
+#[utoipa::path(get, path = contract::LOOKUP_PATH, tag = "internal", params(LookupQuery), security(("internal" = [])),
+    responses((status = 200, body = LookupAnswer), (status = "default", description = "Error", body = ErrorBody)))]
+pub(crate) async fn internal_lookup(
+    Internal(origin): Internal,
+    State(store): State<Arc<TokenStore>>,
+    QueryArgs(query): QueryArgs<LookupQuery>,
+) -> Result<Response, ApiError> {
+    let bad = || {
+        let most = MAX_PREVIOUS_HASH_KEYS;
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("tag must be 8 and digest 64 hex characters; previous at most {most} digests, comma-separated."),
+        )
+    };
+    let mut tag = [0u8; 4];
+    hex::decode_to_slice(&query.tag, &mut tag).map_err(|_| bad())?;
+    let tag = RoutingTag(tag);
+    let mut digests = vec![TokenDigest::from_hex(&query.digest).ok_or_else(bad)?];
+    for previous in query.previous.as_deref().into_iter().flat_map(|p| p.split(',')) {
+        digests.push(TokenDigest::from_hex(previous).ok_or_else(bad)?);
+    }
+    if digests.len() > 1 + MAX_PREVIOUS_HASH_KEYS {
+        return Err(bad());
+    }
+    // re-key on use only towards this companion's current key: a filter still digesting with the
+    // old key (a rotation being rolled out) must not move records back
+    let rekey = Some(&origin).filter(|_| query.key_id.as_deref() == Some(store.key_id().as_str()));
+    let Some(found) = store.lookup_digests(tag, &digests, rekey).await? else {
+        return Ok(Json(LookupAnswer::inactive()).into_response());
+    };
+    let (mut info, digest, stored_under) = (found.info, found.digest, found.stored_under);
+    if let Some(secs) = query.refresh_ttl.filter(|s| *s > 0) {
+        // the internal key may ask for a refresh no longer than a login's token_ttl
+        let ttl = TokenTtl::Seconds(secs.min(store.max_refresh_secs()));
+        // report the lifetime Redis now holds (a refresh may be capped by the absolute expiry)
+        if store.refresh(tag, &digest, ttl).await? {
+            match store.lookup_digest(tag, &digest).await? {
+                Some(fresh) => info = fresh,
+                None => return Ok(Json(LookupAnswer::inactive()).into_response()),
+            }
+        }
+    }
+    Ok(Json(LookupAnswer {
+        active: true,
+        user: Some(info.user),
+        device: Some(info.device),
+        scopes: info.scopes,
+        expires_in: info.expires_in,
+        expires_in_ms: info.expires_in_ms,
+        id: Some(info.id),
+        stored_under,
+    })
+    .into_response())
+}
+
+/// The revocation feed for filters: digests revoked after a cursor; a long poll with `wait_ms`.
+///
+/// With `wait_ms` it is answered as soon as something is revoked; with `edge` the cursor
+/// acknowledges what that filter VM has applied.
+#[utoipa::path(get, path = contract::FEED_PATH, tag = "internal", params(FeedQuery), security(("internal" = [])),
+    responses((status = 200, body = FeedPage), (status = "default", description = "Error", body = ErrorBody)))]
+pub(crate) async fn internal_revocations(
+    _: Internal,
+    State(state): State<AppState>,
+    QueryArgs(query): QueryArgs<FeedQuery>,
+) -> Result<Response, ApiError> {
+    let wait = Duration::from_millis(query.wait_ms.unwrap_or(0)).min(crate::fanout::MAX_WAIT);
+    if let Some(edge) = &query.edge {
+        if !valid_edge_id(edge) {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, "edge must be 1 to 64 letters, digits, - or _."));
+        }
+        // a VM's first poll (no cursor yet) registers it as having applied nothing: it may cache
+        // verdicts as soon as it has the first page, so every later revoke waits for it
+        let acked = query.after.as_deref().filter(|a| crate::store::stream_id(a).is_some()).unwrap_or("0-0");
+        if !state.edges.record(edge, acked, now_ms() + wait.as_millis().max(2000) as u64) {
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Too many edges follow this companion."));
+        }
+    }
+    Ok(Json(state.feed.next_page(query.after.as_deref(), wait).await?).into_response())
+}
+
+/// Envoy's ext_authz HTTP check: 200 with the identity headers, or DRF's refusal.
+///
+/// Envoy forwards the request's `authorization` header to `/v1/ext_authz/<original path>`;
+/// one decision serves this and gRPC (`src/ext_authz.rs`). Allowed: 200 with the identity
+/// headers (as their UTF-8 bytes, exactly as the filter sets them; a value that cannot be a header
+/// value is an error, never a header left out) and `x-envoy-auth-headers-to-remove` naming the
+/// credential, which Envoy then removes. Refused: DRF's body, which Envoy passes to the client.
+#[utoipa::path(get, path = "/v1/ext_authz/{path}", tag = "ext_authz", params(("path" = String, Path, description = "The checked request's path (any)")),
+    security(("token" = [])),
+    responses((status = 200, description = "Valid: identity in x-multitokens-user, -device, -scopes, -token-id, -credential"),
+        (status = "default", description = "Error", body = ErrorBody)))]
+pub(crate) async fn ext_authz(
+    State(store): State<Arc<TokenStore>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let values: Vec<&[u8]> = headers.get_all(AUTHORIZATION).iter().map(|v| v.as_bytes()).collect();
+    let set = match crate::ext_authz::check(&store, &values).await {
+        crate::ext_authz::Check::Allow(set) => set,
+        crate::ext_authz::Check::Deny { status, detail, challenge } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let mut response = (status, Json(ErrorBody { detail: detail.to_string() })).into_response();
+            if let Some(value) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+                response.headers_mut().insert(WWW_AUTHENTICATE, value);
+            }
+            return Ok(response);
+        }
+    };
+    let mut response = StatusCode::OK.into_response();
+    let out = response.headers_mut();
+    for (name, value) in set {
+        let value = HeaderValue::from_bytes(value.as_bytes()).map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("The token's {name} cannot be sent as a header value."),
+            )
+        })?;
+        out.insert(name, value);
+    }
+    if let Ok(removed) = HeaderValue::from_str(&crate::ext_authz::REMOVED_HEADERS.join(", ")) {
+        out.insert(ENVOY_AUTH_HEADERS_TO_REMOVE, removed);
+    }
+    Ok(response)
+}
+
+/// The response header Envoy's HTTP ext_authz reads for request headers to remove (comma-separated).
+const ENVOY_AUTH_HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
