@@ -1,7 +1,7 @@
 //! The decision behind Envoy's own `ext_authz` filter, one for both of its transports (HTTP:
 //! `/v1/ext_authz`; gRPC: `envoy.service.auth.v3.Authorization/Check`), and the same the filter
-//! makes for a header token: a valid token's identity in every identity header (the client's own
-//! values replaced), the credential removed; DRF's 401 bodies with a challenge otherwise; 503 when
+//! makes for a header token: a valid token's identity in the identity headers (the client's own
+//! values replaced or removed), the credential removed; DRF's 401 bodies with a challenge otherwise; 503 when
 //! the store cannot answer (an answer: Envoy's `failure_mode_allow` decides nothing here).
 
 use super::error::StoreError;
@@ -12,8 +12,10 @@ use multitokens_core::credential::{extract, Credential};
 /// The realm of the challenge on a refusal.
 pub const REALM: &str = "multitokens";
 
-/// Request headers removed before the upstream on an allowed request.
-pub const REMOVED_HEADERS: [&str; 1] = ["authorization"];
+/// Request headers removed before the upstream on an allowed request: the credential, and the one
+/// identity header a check never sets (it reads header tokens only, which the filter does not
+/// label either), so that a client's own value never reaches the upstream.
+pub const REMOVED_HEADERS: [&str; 2] = ["authorization", contract::CREDENTIAL_HEADER];
 
 /// The answer to one check.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,9 +50,13 @@ pub async fn check(store: &TokenStore, authorization: &[&[u8]]) -> Check {
     };
     match store.whoami(token).await {
         Ok(info) => {
-            let values =
-                [info.user, info.device, info.scopes.join(" "), info.id, contract::CREDENTIAL_FROM_HEADER.to_string()];
-            Check::Allow(contract::IDENTITY_HEADERS.into_iter().zip(values).collect())
+            let set = [
+                (contract::USER_HEADER, info.user),
+                (contract::DEVICE_HEADER, info.device),
+                (contract::SCOPES_HEADER, info.scopes.join(" ")),
+                (contract::TOKEN_ID_HEADER, info.id),
+            ];
+            Check::Allow(set.into())
         }
         Err(StoreError::InvalidToken) => unauthorized(contract::INVALID_TOKEN, Some("invalid_token")),
         Err(e) => {

@@ -193,6 +193,35 @@ fn behaviour_matrix(build: Build) {
     assert!(host.metric("multitokens.vm_memory_bytes") >= 65_536, "gauge of the VM's memory");
 }
 
+/// What a cache hit costs is its host calls (bench/README.md: Envoy's side of each call is most of
+/// the filter's cost): the hit path makes exactly these, in this order, in both builds. One more is
+/// a regression to explain (and then this list changes with it), not noise.
+#[test]
+fn a_cache_hit_makes_the_host_calls_it_makes_today_and_no_more() {
+    for build in [Build::Stock, Build::Redis] {
+        let stack = Stack::start(build);
+        let mut host = stack.load(json!({}));
+        let alice = stack.issue("alice", "laptop", &[]);
+        assert!(matches!(get(&mut host, "/api", &alice), Outcome::Forwarded(_)), "{build:?}: the lookup");
+        host.take_host_calls();
+        assert!(matches!(get(&mut host, "/api", &alice), Outcome::Forwarded(_)), "{build:?}: the hit");
+        let calls = host.take_host_calls();
+        assert_eq!(
+            calls,
+            [
+                "proxy_get_current_time_nanoseconds", // the request path's own clock
+                "proxy_get_header_map_pairs",         // every request header, in one call
+                "proxy_replace_header_map_value",     // x-multitokens-user
+                "proxy_replace_header_map_value",     // -device
+                "proxy_replace_header_map_value",     // -scopes
+                "proxy_replace_header_map_value",     // -token-id
+                "proxy_remove_header_map_value",      // authorization
+            ],
+            "{build:?}"
+        );
+    }
+}
+
 #[test]
 fn the_stock_build_in_the_test_host() {
     behaviour_matrix(Build::Stock);

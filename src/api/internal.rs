@@ -96,7 +96,7 @@ pub(crate) async fn internal_revocations(
 /// credential, which Envoy then removes. Refused: DRF's body, which Envoy passes to the client.
 #[utoipa::path(get, path = "/v1/ext_authz/{path}", tag = "ext_authz", params(("path" = String, Path, description = "The checked request's path (any)")),
     security(("token" = [])),
-    responses((status = 200, description = "Valid: identity in x-multitokens-user, -device, -scopes, -token-id, -credential"),
+    responses((status = 200, description = "Valid: identity in x-multitokens-user, -device, -scopes, -token-id"),
         (status = "default", description = "Error", body = ErrorBody)))]
 pub(crate) async fn ext_authz(
     State(store): State<Arc<TokenStore>>,

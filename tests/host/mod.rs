@@ -124,6 +124,8 @@ struct State {
     upstreams: Upstreams,
     client_address: String,
     redis_queries: Vec<Vec<u8>>,
+    /// Every host call the guest made (Envoy's `env` imports), in order.
+    host_calls: Vec<&'static str>,
 }
 
 impl State {
@@ -205,19 +207,22 @@ fn map_of(state: &mut State, map_type: i32) -> Option<&mut RawHeaders> {
 fn link(linker: &mut Linker<State>) {
     linker
         .func_wrap("env", "proxy_log", |c: Host, level: i32, ptr: i32, len: i32| -> i32 {
-            let msg = read_string(&c, ptr, len);
             let mut c = c;
+            c.data_mut().host_calls.push("proxy_log");
+            let msg = read_string(&c, ptr, len);
             c.data_mut().logs.push((level, msg));
             OK
         })
         .unwrap()
         .func_wrap("env", "proxy_get_current_time_nanoseconds", |mut c: Host, ret: i32| -> i32 {
+            c.data_mut().host_calls.push("proxy_get_current_time_nanoseconds");
             let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
             write_bytes(&mut c, ret, &nanos.to_le_bytes());
             OK
         })
         .unwrap()
         .func_wrap("env", "proxy_set_tick_period_milliseconds", |mut c: Host, period: i32| -> i32 {
+            c.data_mut().host_calls.push("proxy_set_tick_period_milliseconds");
             c.data_mut().tick_period_ms = period as u32;
             OK
         })
@@ -226,6 +231,7 @@ fn link(linker: &mut Linker<State>) {
             "env",
             "proxy_get_buffer_bytes",
             |mut c: Host, kind: i32, start: i32, max: i32, ret_ptr: i32, ret_size: i32| -> i32 {
+                c.data_mut().host_calls.push("proxy_get_buffer_bytes");
                 let data = match kind {
                     4 => c.data().call_response_body.clone(),
                     7 => c.data().plugin_config.clone(),
@@ -239,6 +245,7 @@ fn link(linker: &mut Linker<State>) {
         )
         .unwrap()
         .func_wrap("env", "proxy_get_header_map_pairs", |mut c: Host, map: i32, ret_ptr: i32, ret_size: i32| -> i32 {
+            c.data_mut().host_calls.push("proxy_get_header_map_pairs");
             let Some(pairs) = map_of(c.data_mut(), map).cloned() else { return NOT_FOUND };
             hand_over(&mut c, &header_map::encode(&pairs), ret_ptr, ret_size)
         })
@@ -247,6 +254,7 @@ fn link(linker: &mut Linker<State>) {
             "env",
             "proxy_get_header_map_value",
             |mut c: Host, map: i32, kp: i32, kl: i32, ret_ptr: i32, ret_size: i32| -> i32 {
+                c.data_mut().host_calls.push("proxy_get_header_map_value");
                 let key = read_bytes(&c, kp, kl).to_ascii_lowercase();
                 let Some(pairs) = map_of(c.data_mut(), map) else { return NOT_FOUND };
                 let Some(value) = pairs.iter().find(|(k, _)| k.to_ascii_lowercase() == key).map(|(_, v)| v.clone())
@@ -261,6 +269,7 @@ fn link(linker: &mut Linker<State>) {
             "env",
             "proxy_add_header_map_value",
             |mut c: Host, map: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> i32 {
+                c.data_mut().host_calls.push("proxy_add_header_map_value");
                 let (key, value) = (read_bytes(&c, kp, kl).to_ascii_lowercase(), read_bytes(&c, vp, vl));
                 let Some(pairs) = map_of(c.data_mut(), map) else { return NOT_FOUND };
                 pairs.push((key, value));
@@ -272,6 +281,7 @@ fn link(linker: &mut Linker<State>) {
             "env",
             "proxy_replace_header_map_value",
             |mut c: Host, map: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> i32 {
+                c.data_mut().host_calls.push("proxy_replace_header_map_value");
                 let (key, value) = (read_bytes(&c, kp, kl).to_ascii_lowercase(), read_bytes(&c, vp, vl));
                 let Some(pairs) = map_of(c.data_mut(), map) else { return NOT_FOUND };
                 pairs.retain(|(k, _)| k.to_ascii_lowercase() != key);
@@ -281,6 +291,7 @@ fn link(linker: &mut Linker<State>) {
         )
         .unwrap()
         .func_wrap("env", "proxy_remove_header_map_value", |mut c: Host, map: i32, kp: i32, kl: i32| -> i32 {
+            c.data_mut().host_calls.push("proxy_remove_header_map_value");
             let key = read_bytes(&c, kp, kl).to_ascii_lowercase();
             let Some(pairs) = map_of(c.data_mut(), map) else { return NOT_FOUND };
             pairs.retain(|(k, _)| k.to_ascii_lowercase() != key);
@@ -291,6 +302,7 @@ fn link(linker: &mut Linker<State>) {
             "env",
             "proxy_send_local_response",
             |mut c: Host, status: i32, _dp: i32, _dl: i32, bp: i32, bl: i32, hp: i32, hl: i32, _grpc: i32| -> i32 {
+                c.data_mut().host_calls.push("proxy_send_local_response");
                 let body = read_string(&c, bp, bl);
                 let headers = deserialize_map(&read_bytes(&c, hp, hl));
                 c.data_mut().stream().local_reply = Some(LocalReply { status: status as u32, headers, body });
@@ -299,6 +311,7 @@ fn link(linker: &mut Linker<State>) {
         )
         .unwrap()
         .func_wrap("env", "proxy_continue_stream", |mut c: Host, stream: i32| -> i32 {
+            c.data_mut().host_calls.push("proxy_continue_stream");
             if stream == 0 {
                 c.data_mut().stream().continued = true;
             }
@@ -306,6 +319,7 @@ fn link(linker: &mut Linker<State>) {
         })
         .unwrap()
         .func_wrap("env", "proxy_get_property", |mut c: Host, pp: i32, pl: i32, ret_ptr: i32, ret_size: i32| -> i32 {
+            c.data_mut().host_calls.push("proxy_get_property");
             match read_bytes(&c, pp, pl).as_slice() {
                 b"source\0address" => {
                     let address = c.data().client_address.clone();
@@ -316,6 +330,7 @@ fn link(linker: &mut Linker<State>) {
         })
         .unwrap()
         .func_wrap("env", "proxy_set_effective_context", |mut c: Host, context: i32| -> i32 {
+            c.data_mut().host_calls.push("proxy_set_effective_context");
             c.data_mut().effective_context = context as u32;
             OK
         })
@@ -335,6 +350,7 @@ fn link(linker: &mut Linker<State>) {
              timeout: i32,
              ret: i32|
              -> i32 {
+                c.data_mut().host_calls.push("proxy_http_call");
                 let cluster = read_string(&c, up, ul);
                 if !c.data().upstreams.http.contains_key(&cluster) {
                     return BAD_ARGUMENT;
@@ -359,6 +375,7 @@ fn link(linker: &mut Linker<State>) {
         )
         .unwrap()
         .func_wrap("env", "proxy_define_metric", |mut c: Host, _kind: i32, np: i32, nl: i32, ret: i32| -> i32 {
+            c.data_mut().host_calls.push("proxy_define_metric");
             let name = read_string(&c, np, nl);
             let state = c.data_mut();
             let id = match state.metric_names.iter().position(|n| *n == name) {
@@ -374,6 +391,7 @@ fn link(linker: &mut Linker<State>) {
         })
         .unwrap()
         .func_wrap("env", "proxy_increment_metric", |mut c: Host, id: i32, offset: i64| -> i32 {
+            c.data_mut().host_calls.push("proxy_increment_metric");
             match c.data_mut().metric_values.get_mut(id as usize) {
                 Some(v) => {
                     *v += offset;
@@ -384,6 +402,7 @@ fn link(linker: &mut Linker<State>) {
         })
         .unwrap()
         .func_wrap("env", "proxy_record_metric", |mut c: Host, id: i32, value: i64| -> i32 {
+            c.data_mut().host_calls.push("proxy_record_metric");
             match c.data_mut().metric_values.get_mut(id as usize) {
                 Some(v) => {
                     *v = value;
@@ -397,6 +416,7 @@ fn link(linker: &mut Linker<State>) {
             "env",
             "proxy_redis_init",
             |mut c: Host, sp: i32, sl: i32, up: i32, ul: i32, pp: i32, pl: i32, timeout: i32| -> i32 {
+                c.data_mut().host_calls.push("proxy_redis_init");
                 let service = read_string(&c, sp, sl);
                 let name = service.split('?').next().unwrap_or("").to_string();
                 if !c.data().upstreams.redis.contains_key(&name) {
@@ -409,6 +429,7 @@ fn link(linker: &mut Linker<State>) {
         )
         .unwrap()
         .func_wrap("env", "proxy_redis_call", |mut c: Host, sp: i32, sl: i32, qp: i32, ql: i32, ret: i32| -> i32 {
+            c.data_mut().host_calls.push("proxy_redis_call");
             let service = read_string(&c, sp, sl);
             let name = service.split('?').next().unwrap_or("").to_string();
             if !c.data().upstreams.redis.contains_key(&name) {
@@ -545,6 +566,11 @@ impl TestHost {
     /// The tick period the guest asked for.
     pub fn tick_period_ms(&self) -> u32 {
         self.store.data().tick_period_ms
+    }
+
+    /// The host calls the guest made since the last time this was asked.
+    pub fn take_host_calls(&mut self) -> Vec<&'static str> {
+        std::mem::take(&mut self.store.data_mut().host_calls)
     }
 
     /// Runs one request through the filter, performing its callouts for real.

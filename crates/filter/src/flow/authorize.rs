@@ -26,7 +26,8 @@ pub(super) fn authorize(
             host.set_header(name, value.as_bytes());
         }
     }
-    if let Some(name) = &names.credential {
+    // only with a cookie can a token come from elsewhere than the header: without one, no write
+    if let (Some(name), Some(_)) = (&names.credential, &compiled.config.cookie) {
         let from =
             if source == Source::Cookie { contract::CREDENTIAL_FROM_COOKIE } else { contract::CREDENTIAL_FROM_HEADER };
         host.set_header(name, from.as_bytes());

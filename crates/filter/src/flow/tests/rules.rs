@@ -149,6 +149,11 @@ fn credentials_never_reach_the_upstream() {
     assert_eq!(h.header("authorization").unwrap(), b"Basic dXNlcjpwdw==");
     let h = run_with(&mut w, "GET", "/api", &[("cookie", &cookie)]);
     assert_eq!(h.header("x-multitokens-credential").unwrap(), b"cookie");
+    // without a cookie every token is a header token: no label written, a client's own removed
+    let mut headers_only = worker("");
+    let h =
+        run_with(&mut headers_only, "GET", "/api", &[("authorization", &auth), ("x-multitokens-credential", "cookie")]);
+    assert_eq!(h.header("x-multitokens-credential"), None);
 }
 
 #[test]
