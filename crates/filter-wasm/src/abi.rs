@@ -1,7 +1,5 @@
-//! The proxy-wasm host calls (ABI 0.2.1) the shell makes. Declared here rather than taken from
-//! the proxy-wasm SDK, whose wrappers panic (trapping the VM) on a status they do not expect and
-//! decode header bytes as UTF-8 with `unwrap`: every call here returns `Result`, and every byte
-//! the host hands over stays bytes.
+//! The proxy-wasm host calls (ABI 0.2.1) the shell makes: every call returns `Result`, and every
+//! byte the host hands over stays bytes. Why not the proxy-wasm SDK: docs/security.md.
 
 use multitokens_filter::header_map::{self, RawHeaders};
 

@@ -1,8 +1,7 @@
 //! The proxy-wasm ABI 0.2.1 entry points: the host creates root and HTTP contexts, calls them,
 //! and answers their callouts; this module routes each call to the [`Root`] or [`Http`] it is for.
-//! Written here rather than taken from the proxy-wasm SDK, whose dispatcher panics (trapping the
-//! VM, so every later request on that worker fails) on an answer for an unknown call, an unknown
-//! context or a re-entrant call: here an unknown one is ignored, or a request fails closed.
+//! An answer for an unknown call or context, or a re-entrant call, is ignored, or its request
+//! fails closed; never a panic (why not the proxy-wasm SDK: docs/security.md).
 
 use super::{Http, Root};
 use multitokens_filter::host::Step;
