@@ -3,23 +3,18 @@
 //! An answer for an unknown call or context, or a re-entrant call, is ignored, or its request
 //! fails closed; never a panic (why not the proxy-wasm SDK: docs/security.md).
 
-use super::{Http, Root};
+use super::{Http, Purpose, Root};
 use multitokens_filter::host::Step;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-/// Who waits for an HTTP call's answer.
-#[derive(Clone, Copy)]
-struct Caller {
-    context_id: u32,
-}
-
 #[derive(Default)]
 struct Contexts {
     roots: HashMap<u32, Rc<RefCell<Root>>>,
     streams: HashMap<u32, Rc<RefCell<Http>>>,
-    calls: HashMap<u32, Caller>,
+    /// What each callout under way (HTTP or Redis) is for, by its token.
+    calls: HashMap<u32, Purpose>,
 }
 
 thread_local! {
@@ -31,7 +26,7 @@ fn with<T>(f: impl FnOnce(&mut Contexts) -> T) -> Option<T> {
     CONTEXTS.with(|c| c.try_borrow_mut().ok().map(|mut c| f(&mut c)))
 }
 
-fn root(id: u32) -> Option<Rc<RefCell<Root>>> {
+pub(super) fn root(id: u32) -> Option<Rc<RefCell<Root>>> {
     with(|c| c.roots.get(&id).cloned()).flatten()
 }
 
@@ -39,9 +34,14 @@ pub(super) fn stream(id: u32) -> Option<Rc<RefCell<Http>>> {
     with(|c| c.streams.get(&id).cloned()).flatten()
 }
 
-/// Remembers which context an HTTP call's answer is for.
-pub(super) fn expect_answer(token: u32, context_id: u32) {
-    with(|c| c.calls.insert(token, Caller { context_id }));
+/// Remembers what a callout's answer is for.
+pub(super) fn expect_answer(token: u32, purpose: Purpose) {
+    with(|c| c.calls.insert(token, purpose));
+}
+
+/// What a callout's answer is for, once (`None`: nobody waits for it).
+pub(super) fn take_call(token: u32) -> Option<Purpose> {
+    with(|c| c.calls.remove(&token)).flatten()
 }
 
 /// The ABI version this module speaks.
@@ -138,22 +138,11 @@ pub extern "C" fn proxy_on_http_call_response(
     body_size: usize,
     _num_trailers: usize,
 ) {
-    let Some(Some(caller)) = with(|c| c.calls.remove(&token)) else {
+    let Some(purpose) = take_call(token) else {
         super::log(super::abi::Level::Debug, "multitokens: an HTTP call answer nobody waits for");
         return;
     };
-    if super::abi::set_effective_context(caller.context_id).is_err() {
-        return;
-    }
-    if let Some(s) = stream(caller.context_id) {
-        if let Ok(mut s) = s.try_borrow_mut() {
-            s.on_http_call_response(token, num_headers, body_size);
-        }
-    } else if let Some(r) = root(caller.context_id) {
-        if let Ok(mut r) = r.try_borrow_mut() {
-            r.on_http_call_response(token, num_headers, body_size);
-        }
-    }
+    super::on_callout_answer(token, purpose, super::http_response(num_headers, body_size));
 }
 
 // `proxy_on_done` and `proxy_on_log` are not exported: the host then treats a stream as done at
@@ -170,6 +159,6 @@ pub extern "C" fn proxy_on_delete(context_id: u32) {
     with(|c| {
         c.streams.remove(&context_id);
         c.roots.remove(&context_id);
-        c.calls.retain(|_, caller| caller.context_id != context_id);
+        c.calls.retain(|_, purpose| purpose.context() != context_id);
     });
 }

@@ -11,11 +11,13 @@
 
 mod abi;
 mod exports;
+mod metrics;
 #[cfg(feature = "redis-callout")]
 mod redis;
 mod transport;
 
-use abi::{Buffer, Level, Map, MetricKind};
+use abi::{Buffer, Level, Map};
+use metrics::Metrics;
 use multitokens_filter::companion_transport;
 use multitokens_filter::config::Compiled;
 use multitokens_filter::flow::HttpFlow;
@@ -36,73 +38,15 @@ fn now_ms() -> u64 {
     abi::now_ms()
 }
 
-/// Metric ids, defined once per VM: the counters of [`Metric`] and two gauges. Counts are
-/// gathered in the VM and handed to Envoy on each tick, so a request costs no metric host call.
-#[derive(Default)]
-struct Metrics {
-    ids: [Option<u32>; Metric::ALL.len()],
-    pending: [std::cell::Cell<i64>; Metric::ALL.len()],
-    cache_entries: Option<u32>,
-    vm_memory_bytes: Option<u32>,
-    reported: [std::cell::Cell<i64>; 2],
-}
-
-impl Metrics {
-    fn define() -> Self {
-        let mut m = Metrics::default();
-        for metric in Metric::ALL {
-            m.ids[metric.index()] = abi::define_metric(MetricKind::Counter, metric.name());
-        }
-        m.cache_entries = abi::define_metric(MetricKind::Gauge, "multitokens.cache_entries");
-        m.vm_memory_bytes = abi::define_metric(MetricKind::Gauge, "multitokens.vm_memory_bytes");
-        m
-    }
-
-    /// Updates the gauges: verdicts cached and the VM's linear memory. Envoy runs one VM per
-    /// worker (and one on the main thread) under the same stat names, so each VM adds its change
-    /// since its last report: the gauges are the totals over all VMs.
-    fn record_gauges(&self, cache_entries: usize) {
-        #[cfg(target_arch = "wasm32")]
-        let memory = (core::arch::wasm32::memory_size::<0>() as i64) * 65_536;
-        #[cfg(not(target_arch = "wasm32"))]
-        let memory = 0;
-        for (i, (id, value)) in
-            [(self.cache_entries, cache_entries as i64), (self.vm_memory_bytes, memory)].into_iter().enumerate()
-        {
-            let delta = value - self.reported[i].get();
-            if let (Some(id), true) = (id, delta != 0) {
-                if abi::increment_metric(id, delta).is_ok() {
-                    self.reported[i].set(value);
-                }
-            }
-        }
-    }
-
-    fn add(&self, metric: Metric, n: i64) {
-        let cell = &self.pending[metric.index()];
-        cell.set(cell.get() + n);
-    }
-
-    /// Hands the gathered counts to Envoy.
-    fn flush(&self) {
-        for (id, cell) in self.ids.iter().zip(self.pending.iter()) {
-            let n = cell.replace(0);
-            if let (Some(id), true) = (id, n != 0) {
-                let _ = abi::increment_metric(*id, n);
-            }
-        }
-    }
-}
-
-/// The HTTP callout response of the current callback: status (`None`: no response) and body.
-fn http_response(num_headers: usize, body_size: usize) -> (Option<u32>, Vec<u8>) {
+/// The HTTP callout answer of the current callback: status (`None`: no response) and body.
+fn http_response(num_headers: usize, body_size: usize) -> Reply {
     if num_headers == 0 {
-        return (None, Vec::new());
+        return Reply::Http(None, Vec::new());
     }
     let status = abi::header(Map::CalloutResponseHeaders, ":status")
         .and_then(|s| std::str::from_utf8(&s).ok().and_then(|s| s.parse::<u32>().ok()));
     let body = abi::buffer(Buffer::CalloutResponseBody, body_size).unwrap_or_default();
-    (status.or(Some(0)), body)
+    Reply::Http(status.or(Some(0)), body)
 }
 
 /// Applies a feed poll's outcome to the worker.
@@ -123,6 +67,79 @@ fn apply_feed(worker: &mut Worker, metrics: &Metrics, page: Result<FeedPage, Cal
             );
             log(Level::Warn, &format!("multitokens: revocation feed poll failed: {problem:?}"));
         }
+    }
+}
+
+/// What a callout was for: both transports' answers are routed by it, in one registry
+/// ([`exports`]).
+pub(crate) enum Purpose {
+    /// A request's lookup, answered in that request's context.
+    Lookup {
+        /// The request's context.
+        context_id: u32,
+        /// What its answer needs besides the reply.
+        via: LookupVia,
+    },
+    /// A root's revocation feed poll.
+    Feed {
+        /// The root context.
+        root_id: u32,
+    },
+    /// A sliding refresh: its answer is not needed.
+    Refresh {
+        /// The root context that sent it.
+        root_id: u32,
+    },
+}
+
+impl Purpose {
+    /// The context whose end makes the answer pointless.
+    fn context(&self) -> u32 {
+        match self {
+            Purpose::Lookup { context_id, .. } => *context_id,
+            Purpose::Feed { root_id } | Purpose::Refresh { root_id } => *root_id,
+        }
+    }
+}
+
+/// What a lookup's answer needs besides the reply, by transport.
+pub(crate) enum LookupVia {
+    /// The companion's answer says it all.
+    Companion,
+    /// Redis: the request (a record is honoured only with a seal over the digest it was found
+    /// under) and the sliding refresh to send once the token proved valid (never for an unknown
+    /// one: a forged token costs one call).
+    #[cfg(feature = "redis-callout")]
+    Redis(Box<(LookupRequest, Option<Vec<u8>>)>),
+}
+
+/// A callout's answer as the host handed it over.
+enum Reply {
+    /// An HTTP callout: its status (`None`: no response) and body.
+    Http(Option<u32>, Vec<u8>),
+    /// A Redis callout: the RESP reply (`None`: the call failed).
+    #[cfg(feature = "redis-callout")]
+    Redis(Option<Vec<u8>>),
+}
+
+/// Routes a callout's answer to what it was for: the one path of both transports' answers.
+fn on_callout_answer(token: u32, purpose: Purpose, reply: Reply) {
+    match purpose {
+        Purpose::Refresh { .. } => {}
+        Purpose::Feed { root_id } => {
+            let page = match reply {
+                Reply::Http(status, body) => companion_transport::parse_feed(status, &body),
+                #[cfg(feature = "redis-callout")]
+                Reply::Redis(bytes) => multitokens_filter::redis_transport::parse_feed(bytes.as_deref()),
+            };
+            let Some(root) = exports::root(root_id) else { return };
+            if abi::set_effective_context(root_id).is_ok() {
+                if let Ok(mut root) = root.try_borrow_mut() {
+                    root.on_feed_answer(token, page);
+                }
+            }
+        }
+        Purpose::Lookup { context_id, via } => in_context(context_id, |http| http.on_lookup_answer(token, via, reply)),
     }
 }
 
@@ -151,16 +168,14 @@ impl Root {
 }
 
 impl Root {
-    /// An HTTP callout of this root answered: a feed page, or a sliding refresh.
-    fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize) {
+    /// This root's feed poll answered (an answer to an older poll is dropped).
+    fn on_feed_answer(&mut self, token: u32, page: Result<FeedPage, CalloutProblem>) {
         let Some(worker) = &self.worker else { return };
         let Ok(mut worker) = worker.try_borrow_mut() else { return };
-        if worker.feed_call().map(|(call, _)| call) != Some(token) {
-            return; // a sliding refresh: nothing to do with its answer
+        let Some((call, started)) = worker.feed_call() else { return };
+        if call != token {
+            return;
         }
-        let started = worker.feed_call().map_or(0, |(_, at)| at);
-        let (status, body) = http_response(num_headers, body_size);
-        let page = companion_transport::parse_feed(status, &body);
         let revoked_something = page.as_ref().is_ok_and(|p| !p.digests.is_empty() || p.reset);
         let ok = page.is_ok();
         apply_feed(&mut worker, &self.metrics, page);
@@ -197,8 +212,6 @@ impl Root {
         let tick = worker.tick_ms();
         let worker = Rc::new(RefCell::new(worker));
         self.metrics = Rc::new(Metrics::define());
-        #[cfg(feature = "redis-callout")]
-        redis::register_root(self.id, worker.clone(), self.metrics.clone());
         self.worker = Some(worker);
         let _ = abi::set_tick_period(tick);
         log(Level::Info, "multitokens: configured");
@@ -233,8 +246,6 @@ impl Root {
     /// A new request under this root.
     fn create_http_context(&self, context_id: u32) -> Http {
         let flow = Rc::new(RefCell::new(HttpFlow::new()));
-        #[cfg(feature = "redis-callout")]
-        redis::register_flow(context_id, flow.clone());
         Http {
             id: context_id,
             root_id: self.id,
@@ -348,21 +359,21 @@ struct Http {
     flow: Rc<RefCell<HttpFlow>>,
 }
 
-impl Drop for Http {
-    fn drop(&mut self) {
-        #[cfg(feature = "redis-callout")]
-        redis::forget_flow(self.id);
-    }
-}
-
 impl Http {
     /// This request's lookup answered (an answer for another call is ignored).
-    fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize) {
+    fn on_lookup_answer(&mut self, token: u32, via: LookupVia, reply: Reply) {
         if self.flow.try_borrow().map(|f| f.waiting_for()).ok().flatten() != Some(token) {
             return;
         }
-        let (status, body) = http_response(num_headers, body_size);
-        self.answer(companion_transport::parse_answer(status, &body));
+        let answer = match (reply, via) {
+            (Reply::Http(status, body), _) => companion_transport::parse_answer(status, &body),
+            #[cfg(feature = "redis-callout")]
+            (Reply::Redis(bytes), via) => {
+                let Some(Ok(worker)) = self.worker.as_ref().map(|w| w.try_borrow()) else { return };
+                redis::read_lookup(worker.compiled(), bytes.as_deref(), via, self.root_id)
+            }
+        };
+        self.answer(answer);
     }
 
     /// Decides on the lookup's answer (this context is the effective one), then hands it to the

@@ -2,7 +2,7 @@
 //! companion, or (the Redis-callout build) Envoy's Redis callouts. The rest of the shell only sees
 //! [`StoreTransport`].
 
-use super::{abi, exports};
+use super::{abi, exports, LookupVia, Purpose};
 use multitokens_core::contract::FeedQuery;
 use multitokens_filter::config::{Compiled, Transport};
 use multitokens_filter::lookup::LookupRequest;
@@ -28,7 +28,7 @@ pub(super) struct CompanionCallouts;
 
 impl CompanionCallouts {
     /// Sends a GET through the companion's Envoy cluster on behalf of a context.
-    fn get(compiled: &Compiled, path: &str, context_id: u32, timeout_ms: u64) -> Result<u32, String> {
+    fn get(compiled: &Compiled, path: &str, purpose: Purpose, timeout_ms: u64) -> Result<u32, String> {
         let Transport::Companion(c) = &compiled.transport else {
             return Err("no companion configured".into());
         };
@@ -40,23 +40,24 @@ impl CompanionCallouts {
         ];
         let token = abi::http_call(&c.cluster, &headers, timeout_ms)
             .map_err(|s| format!("dispatch to cluster {:?} failed: status {s}", c.cluster))?;
-        exports::expect_answer(token, context_id);
+        exports::expect_answer(token, purpose);
         Ok(token)
     }
 }
 
 impl StoreTransport for CompanionCallouts {
     fn lookup(&self, compiled: &Compiled, request: &LookupRequest, context_id: u32, _: u32) -> Result<u32, String> {
-        Self::get(compiled, &request.path(), context_id, compiled.transport.timeout_ms())
+        let purpose = Purpose::Lookup { context_id, via: LookupVia::Companion };
+        Self::get(compiled, &request.path(), purpose, compiled.transport.timeout_ms())
     }
 
     fn poll_feed(&self, compiled: &Compiled, cursor: Option<&str>, edge: &str, root_id: u32) -> Result<u32, String> {
         let path = FeedQuery::path(cursor, Some(edge), compiled.feed_wait_ms());
-        Self::get(compiled, &path, root_id, compiled.feed_timeout_ms())
+        Self::get(compiled, &path, Purpose::Feed { root_id }, compiled.feed_timeout_ms())
     }
 
     fn refresh(&self, compiled: &Compiled, request: &LookupRequest, root_id: u32) -> Result<u32, String> {
-        Self::get(compiled, &request.path(), root_id, compiled.transport.timeout_ms())
+        Self::get(compiled, &request.path(), Purpose::Refresh { root_id }, compiled.transport.timeout_ms())
     }
 }
 
