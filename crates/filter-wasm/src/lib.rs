@@ -245,7 +245,7 @@ impl Root {
 
     /// A new request under this root.
     fn create_http_context(&self, context_id: u32) -> Http {
-        let flow = Rc::new(RefCell::new(HttpFlow::new()));
+        let flow = HttpFlow::new();
         Http {
             id: context_id,
             root_id: self.id,
@@ -325,23 +325,6 @@ impl Host for EnvoyHost<'_> {
     }
 }
 
-/// Runs one step of a request's flow with the worker borrowed; fails closed if it cannot be.
-fn with_flow(
-    flow: &RefCell<HttpFlow>,
-    worker: Option<&Rc<RefCell<Worker>>>,
-    metrics: &Metrics,
-    transport: Option<&dyn StoreTransport>,
-    ids: (u32, u32),
-    run: impl FnOnce(&mut HttpFlow, &mut EnvoyHost, &mut Worker) -> Step,
-) -> Step {
-    let (Some(worker), Ok(mut flow)) = (worker, flow.try_borrow_mut()) else { return unavailable(metrics) };
-    let Ok(mut worker) = worker.try_borrow_mut() else { return unavailable(metrics) };
-    let compiled = Rc::clone(worker.compiled());
-    let mut host =
-        EnvoyHost { metrics, compiled: &compiled, transport, context_id: ids.0, root_id: ids.1, has_body: false };
-    run(&mut flow, &mut host, &mut worker)
-}
-
 /// Fails closed when the worker is not usable (never expected: config is checked at load).
 fn unavailable(metrics: &Metrics) -> Step {
     let r = reply::deny(Denial::Unavailable, "multitokens", &[]);
@@ -356,13 +339,60 @@ struct Http {
     worker: Option<Rc<RefCell<Worker>>>,
     metrics: Rc<Metrics>,
     transport: Option<&'static dyn StoreTransport>,
-    flow: Rc<RefCell<HttpFlow>>,
+    flow: HttpFlow,
+}
+
+/// Runs `f` on another live request, made the effective context first.
+fn in_context(context_id: u32, f: impl FnOnce(&mut Http)) {
+    let Some(http) = exports::stream(context_id) else { return };
+    if abi::set_effective_context(context_id).is_err() {
+        return;
+    }
+    let borrowed = http.try_borrow_mut();
+    if let Ok(mut http) = borrowed {
+        f(&mut http);
+    }
 }
 
 impl Http {
+    /// Runs one step of the flow over Envoy's host calls with the worker borrowed (failing closed
+    /// if it cannot be); resumes the request when the step lets it through and `resume`.
+    fn step(
+        &mut self,
+        has_body: bool,
+        resume: bool,
+        run: impl FnOnce(&mut HttpFlow, &mut EnvoyHost, &mut Worker) -> Step,
+    ) -> Step {
+        let Some(Ok(mut worker)) = self.worker.as_ref().map(|w| w.try_borrow_mut()) else {
+            return unavailable(&self.metrics);
+        };
+        let compiled = Rc::clone(worker.compiled());
+        let (metrics, transport, context_id, root_id) = (&self.metrics, self.transport, self.id, self.root_id);
+        let mut host = EnvoyHost { metrics, compiled: &compiled, transport, context_id, root_id, has_body };
+        let step = run(&mut self.flow, &mut host, &mut worker);
+        if resume && step == Step::Continue {
+            let _ = abi::resume_request();
+        }
+        step
+    }
+
+    /// Request headers: forward, or pause (for a lookup, or after a local reply).
+    fn on_request_headers(&mut self, end_of_stream: bool) -> Step {
+        self.step(!end_of_stream, false, |flow, host, worker| flow.on_request_headers(host, worker, now_ms()))
+    }
+
+    /// Request trailers: never carry identity headers upstream.
+    fn on_request_trailers(&mut self) {
+        let Some(Ok(worker)) = self.worker.as_ref().map(|w| w.try_borrow()) else { return };
+        let compiled = Rc::clone(worker.compiled());
+        let (metrics, transport, context_id, root_id) = (&*self.metrics, self.transport, self.id, self.root_id);
+        let mut host = EnvoyHost { metrics, compiled: &compiled, transport, context_id, root_id, has_body: false };
+        self.flow.on_request_trailers(&mut host, &worker);
+    }
+
     /// This request's lookup answered (an answer for another call is ignored).
     fn on_lookup_answer(&mut self, token: u32, via: LookupVia, reply: Reply) {
-        if self.flow.try_borrow().map(|f| f.waiting_for()).ok().flatten() != Some(token) {
+        if self.flow.waiting_for() != Some(token) {
             return;
         }
         let answer = match (reply, via) {
@@ -379,19 +409,8 @@ impl Http {
     /// Decides on the lookup's answer (this context is the effective one), then hands it to the
     /// requests that followed the lookup.
     fn answer(&mut self, answer: Result<Answer, CalloutProblem>) {
-        let step = with_flow(
-            &self.flow,
-            self.worker.as_ref(),
-            &self.metrics,
-            self.transport,
-            (self.id, self.root_id),
-            |flow, host, worker| flow.on_lookup_response(host, worker, answer, now_ms()),
-        );
-        if step == Step::Continue {
-            let _ = abi::resume_request();
-        }
-        let share = self.flow.try_borrow_mut().ok().and_then(|mut f| f.take_share());
-        if let Some(share) = share {
+        self.step(false, true, |flow, host, worker| flow.on_lookup_response(host, worker, answer, now_ms()));
+        if let Some(share) = self.flow.take_share() {
             for follower in share.followers {
                 in_context(follower, |http| http.answer(share.answer.clone()));
             }
@@ -400,10 +419,9 @@ impl Http {
 
     /// This request's stream is gone: the requests that followed its lookup look up again.
     fn on_gone(&mut self) {
-        let followers = match (self.flow.try_borrow_mut(), self.worker.as_ref().map(|w| w.try_borrow_mut())) {
-            (Ok(mut flow), Some(Ok(mut worker))) => flow.on_gone(&mut worker, self.id),
-            _ => return,
-        };
+        let Some(Ok(mut worker)) = self.worker.as_ref().map(|w| w.try_borrow_mut()) else { return };
+        let followers = self.flow.on_gone(&mut worker, self.id);
+        drop(worker);
         for follower in followers {
             in_context(follower, Http::retry);
         }
@@ -411,65 +429,6 @@ impl Http {
 
     /// The lookup this request followed will not be answered: look up again.
     fn retry(&mut self) {
-        let step = with_flow(
-            &self.flow,
-            self.worker.as_ref(),
-            &self.metrics,
-            self.transport,
-            (self.id, self.root_id),
-            |flow, host, worker| flow.retry(host, worker, now_ms()),
-        );
-        if step == Step::Continue {
-            let _ = abi::resume_request();
-        }
-    }
-}
-
-/// Runs `f` on another live request, made the effective context first.
-fn in_context(context_id: u32, f: impl FnOnce(&mut Http)) {
-    let Some(http) = exports::stream(context_id) else { return };
-    if abi::set_effective_context(context_id).is_err() {
-        return;
-    }
-    let borrowed = http.try_borrow_mut();
-    if let Ok(mut http) = borrowed {
-        f(&mut http);
-    }
-}
-
-impl Http {
-    /// Request headers: forward, or pause (for a lookup, or after a local reply).
-    fn on_request_headers(&mut self, end_of_stream: bool) -> Step {
-        let step = with_flow(
-            &self.flow,
-            self.worker.as_ref(),
-            &self.metrics,
-            self.transport,
-            (self.id, self.root_id),
-            |flow, host, worker| {
-                host.has_body = !end_of_stream;
-                flow.on_request_headers(host, worker, now_ms())
-            },
-        );
-        step
-    }
-
-    /// Request trailers: never carry identity headers upstream.
-    fn on_request_trailers(&mut self) {
-        let (Ok(mut flow), Some(Ok(worker))) =
-            (self.flow.try_borrow_mut(), self.worker.as_ref().map(|w| w.try_borrow()))
-        else {
-            return;
-        };
-        let compiled = Rc::clone(worker.compiled());
-        let mut host = EnvoyHost {
-            metrics: &self.metrics,
-            compiled: &compiled,
-            transport: self.transport,
-            context_id: self.id,
-            root_id: self.root_id,
-            has_body: false,
-        };
-        flow.on_request_trailers(&mut host, &worker);
+        self.step(false, true, |flow, host, worker| flow.retry(host, worker, now_ms()));
     }
 }
