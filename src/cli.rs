@@ -231,7 +231,7 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String, Failure> {
 
 /// Waits (at most `revoke_wait`) until the live edges applied a revocation, as the API does.
 async fn confirm(store: TokenStore, revocation: &Revocation, settings: &Settings) -> RevokeReport {
-    EdgeRegistry::new(std::sync::Arc::new(store)).confirm(revocation, settings.revoke_wait).await
+    EdgeRegistry::new(std::sync::Arc::new(store), settings.max_edges).confirm(revocation, settings.revoke_wait).await
 }
 
 async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {

@@ -19,9 +19,9 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(20);
 pub const GRACE_MS: u64 = 3000;
 /// Entries of edges silent for this long are removed from the shared hash.
 pub const FORGET_AFTER_MS: u64 = 10 * 60 * 1000;
-/// Most edges one companion keeps track of (each Envoy worker following the feed is one). A new
-/// edge past it is refused until a silent one expires, so an internal-key holder making up edge
-/// ids cannot grow the companion or the shared hash without bound.
+/// Most edges one companion keeps track of by default (each Envoy worker following the feed is
+/// one; `max_edges`). A new edge past it is refused until a silent one expires, so an
+/// internal-key holder making up edge ids cannot grow the companion or the shared hash without bound.
 pub const MAX_EDGES: usize = 10_000;
 
 /// What is known of one edge.
@@ -60,6 +60,8 @@ pub fn valid_edge_id(id: &str) -> bool {
 /// The registry of edges.
 pub struct EdgeRegistry {
     store: Arc<TokenStore>,
+    /// Most edges tracked.
+    max_edges: usize,
     local: Mutex<HashMap<String, EdgeState>>,
     /// Edges still behind a revocation they were waited for in vain, with that revocation's feed
     /// position: later revokes count them pending but do not wait for them, until they catch up.
@@ -69,10 +71,11 @@ pub struct EdgeRegistry {
 }
 
 impl EdgeRegistry {
-    /// An empty registry over the store's Redis.
-    pub fn new(store: Arc<TokenStore>) -> Arc<EdgeRegistry> {
+    /// An empty registry over the store's Redis, tracking at most `max_edges` edges.
+    pub fn new(store: Arc<TokenStore>, max_edges: usize) -> Arc<EdgeRegistry> {
         Arc::new(EdgeRegistry {
             store,
+            max_edges,
             local: Mutex::default(),
             lagging: Mutex::default(),
             dirty: Mutex::default(),
@@ -81,14 +84,14 @@ impl EdgeRegistry {
     }
 
     /// An edge polled: it has applied everything through `acked` and will poll again by `due_ms`.
-    /// False when the edge is new and [`MAX_EDGES`] live edges are known already (it is not
+    /// False when the edge is new and `max_edges` live edges are known already (it is not
     /// tracked, and the caller refuses the poll).
     pub fn record(&self, edge: &str, acked: &str, due_ms: u64) -> bool {
         if let Ok(mut local) = self.local.lock() {
-            if !local.contains_key(edge) && local.len() >= MAX_EDGES {
+            if !local.contains_key(edge) && local.len() >= self.max_edges {
                 let now = now_ms();
                 local.retain(|_, s| s.due_ms + GRACE_MS >= now);
-                if local.len() >= MAX_EDGES {
+                if local.len() >= self.max_edges {
                     return false;
                 }
             }

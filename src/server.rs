@@ -63,7 +63,7 @@ pub async fn serve(settings: &Settings, store: TokenStore) -> Result<(), ServeEr
         return Err(ServeError::Config(UNSIGNED_IN_SIGNED_STORE.into()));
     }
     tracing::info!(listen = %addr, prefix = %settings.prefix, "multitokens API listening");
-    let state = AppState::new(Arc::new(store), keys, settings.revoke_wait);
+    let state = AppState::new(Arc::new(store), keys, settings.revoke_wait, settings.max_edges);
     // the feed's blocking read returns well within the Redis timeout
     state.spawn_followers((settings.redis_timeout / 2).min(std::time::Duration::from_secs(1)));
     api::run(listener, state, shutdown_signal()).await.map_err(ServeError::Io)

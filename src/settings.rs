@@ -160,6 +160,10 @@ pub struct SettingsLayer {
     /// 0 to 10000; its answer says how many did [default: 1000].
     #[arg(long, env = "MULTITOKENS_REVOKE_WAIT_MS", global = true, value_name = "MS")]
     pub revoke_wait_ms: Option<u64>,
+    /// Most edges (filter VMs following the feed: one per Envoy worker) one companion tracks, 1 to
+    /// 1000000; a new edge past it is refused until a silent one expires [default: 10000].
+    #[arg(long, env = "MULTITOKENS_MAX_EDGES", global = true, value_name = "N")]
+    pub max_edges: Option<u64>,
     /// Address `serve` listens on [default: 127.0.0.1:8080].
     #[arg(long, env = "MULTITOKENS_LISTEN", global = true, value_name = "ADDR")]
     pub listen: Option<String>,
@@ -281,6 +285,8 @@ pub struct Settings {
     pub redis_timeout: Duration,
     /// How long a revoke waits for the live edges to apply it.
     pub revoke_wait: Duration,
+    /// Most edges one companion tracks.
+    pub max_edges: usize,
     /// Listen address of `serve`.
     pub listen: String,
 }
@@ -378,6 +384,8 @@ impl Settings {
             revoke_wait: Duration::from_millis(
                 within("revoke_wait_ms", layer.revoke_wait_ms, 0, 10_000)?.unwrap_or(DEFAULT_REVOKE_WAIT_MS),
             ),
+            max_edges: within("max_edges", layer.max_edges, 1, 1_000_000)?
+                .map_or(crate::edges::MAX_EDGES, |n| n as usize),
             listen: layer.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
         })
     }
@@ -401,6 +409,7 @@ mod tests {
         assert_eq!(s.max_tokens_per_user, 100);
         assert_eq!(s.max_tokens_policy, MaxTokensPolicy::EvictOldest);
         assert_eq!(s.redis_timeout, Duration::from_millis(2000));
+        assert_eq!(s.max_edges, 10_000);
     }
 
     #[test]

@@ -53,8 +53,8 @@ pub struct AppState {
 
 impl AppState {
     /// The state over a store; [`AppState::spawn_followers`] starts its background tasks.
-    pub fn new(store: Arc<TokenStore>, keys: ApiKeys, revoke_wait: Duration) -> AppState {
-        let edges = EdgeRegistry::new(store.clone());
+    pub fn new(store: Arc<TokenStore>, keys: ApiKeys, revoke_wait: Duration, max_edges: usize) -> AppState {
+        let edges = EdgeRegistry::new(store.clone(), max_edges);
         let feed = FeedFanout::new(store.clone());
         AppState { store, keys: Arc::new(keys), edges, feed, revoke_wait }
     }

@@ -49,7 +49,8 @@ impl Api {
             internal_key.map(|k| vec![k.to_string()]).unwrap_or_default(),
         )
         .unwrap();
-        let state = AppState::new(Arc::new(store), keys, std::time::Duration::from_millis(300));
+        let state =
+            AppState::new(Arc::new(store), keys, std::time::Duration::from_millis(300), multitokens::edges::MAX_EDGES);
         Api { app: api::app(state.clone()), state, runtime }
     }
 
