@@ -8,9 +8,10 @@ use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Where Redis is.
+/// Where Redis is: one node, or a Redis Cluster's seed nodes (the filter's `RedisTarget` is
+/// an Envoy cluster instead).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RedisTarget {
+pub enum RedisAddress {
     /// One Redis node (or a proxy in front of many).
     Single(String),
     /// Seed nodes of a Redis Cluster.
@@ -33,7 +34,7 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-impl RedisTarget {
+impl RedisAddress {
     /// Parses the `redis_url` setting.
     pub fn parse(url: &str) -> Result<Self, String> {
         let url = url.trim();
@@ -42,17 +43,17 @@ impl RedisTarget {
             if nodes.iter().any(|n| n == "redis://") {
                 return Err("redis+cluster:// needs host:port entries separated by commas".into());
             }
-            return Ok(RedisTarget::Cluster(nodes));
+            return Ok(RedisAddress::Cluster(nodes));
         }
         if url.contains(',') {
             let nodes: Vec<String> = url.split(',').map(|n| n.trim().to_string()).collect();
             for n in &nodes {
                 check_scheme(n)?;
             }
-            return Ok(RedisTarget::Cluster(nodes));
+            return Ok(RedisAddress::Cluster(nodes));
         }
         check_scheme(url)?;
-        Ok(RedisTarget::Single(url.to_string()))
+        Ok(RedisAddress::Single(url.to_string()))
     }
 }
 
@@ -67,7 +68,7 @@ pub enum Redis {
 
 impl Redis {
     /// Builds the handle without connecting; errors on a malformed URL or outside a tokio runtime.
-    pub fn open(target: &RedisTarget, timeout: Duration) -> RedisResult<Redis> {
+    pub fn open(target: &RedisAddress, timeout: Duration) -> RedisResult<Redis> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(redis::RedisError::from((
                 redis::ErrorKind::Client,
@@ -75,7 +76,7 @@ impl Redis {
             )));
         }
         match target {
-            RedisTarget::Single(url) => {
+            RedisAddress::Single(url) => {
                 let client = redis::Client::open(url.as_str())?;
                 let manager_client = client.clone();
                 let config = ConnectionManagerConfig::new()
@@ -85,7 +86,7 @@ impl Redis {
                     .set_max_delay(Duration::from_millis(200));
                 Ok(Redis::Single(ConnectionManager::new_lazy_with_config(manager_client, config)?, client, timeout))
             }
-            RedisTarget::Cluster(nodes) => {
+            RedisAddress::Cluster(nodes) => {
                 let client = ClusterClient::builder(nodes.clone())
                     .connection_timeout(timeout)
                     .response_timeout(timeout)
@@ -272,17 +273,17 @@ mod tests {
 
     #[test]
     fn parses_single_and_cluster_urls() {
-        assert_eq!(RedisTarget::parse("redis://h:1/2"), Ok(RedisTarget::Single("redis://h:1/2".into())));
+        assert_eq!(RedisAddress::parse("redis://h:1/2"), Ok(RedisAddress::Single("redis://h:1/2".into())));
         assert_eq!(
-            RedisTarget::parse("redis+cluster://a:1,b:2"),
-            Ok(RedisTarget::Cluster(vec!["redis://a:1".into(), "redis://b:2".into()]))
+            RedisAddress::parse("redis+cluster://a:1,b:2"),
+            Ok(RedisAddress::Cluster(vec!["redis://a:1".into(), "redis://b:2".into()]))
         );
         assert_eq!(
-            RedisTarget::parse("redis://a:1, redis://b:2"),
-            Ok(RedisTarget::Cluster(vec!["redis://a:1".into(), "redis://b:2".into()]))
+            RedisAddress::parse("redis://a:1, redis://b:2"),
+            Ok(RedisAddress::Cluster(vec!["redis://a:1".into(), "redis://b:2".into()]))
         );
-        assert!(RedisTarget::parse("http://a").is_err());
-        assert!(RedisTarget::parse("redis+cluster://a:1,").is_err());
-        assert!(!RedisTarget::parse("http://u:secret@a").unwrap_err().contains("secret"));
+        assert!(RedisAddress::parse("http://a").is_err());
+        assert!(RedisAddress::parse("redis+cluster://a:1,").is_err());
+        assert!(!RedisAddress::parse("http://u:secret@a").unwrap_err().contains("secret"));
     }
 }

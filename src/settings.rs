@@ -337,7 +337,7 @@ impl Settings {
         let prefix = layer.prefix.unwrap_or_else(|| DEFAULT_PREFIX.to_string());
         validate_prefix(&prefix).map_err(|e| format!("invalid prefix: {e}"))?;
         let redis_url = layer.redis_url.unwrap_or_else(|| DEFAULT_REDIS_URL.to_string());
-        crate::connection::RedisTarget::parse(&redis_url).map_err(|e| format!("invalid redis_url: {e}"))?;
+        crate::connection::RedisAddress::parse(&redis_url).map_err(|e| format!("invalid redis_url: {e}"))?;
         let nonempty = |v: Option<String>| v.filter(|v| !v.is_empty());
         let previous_hash_keys = layer.previous_hash_keys.unwrap_or_default().0;
         let previous: Vec<&[u8]> = previous_hash_keys.iter().map(|k| k.as_bytes()).collect();

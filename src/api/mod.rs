@@ -42,7 +42,7 @@ pub struct AppState {
     /// The token store.
     pub store: Arc<TokenStore>,
     /// The API keys by role.
-    pub keys: Arc<ApiKeys>,
+    pub api_keys: Arc<ApiKeys>,
     /// The edges following the feed, and what each acknowledged.
     pub edges: Arc<EdgeRegistry>,
     /// The revocation feed, fanned out to long polls.
@@ -56,7 +56,7 @@ impl AppState {
     pub fn new(store: Arc<TokenStore>, keys: ApiKeys, revoke_wait: Duration, max_edges: usize) -> AppState {
         let edges = EdgeRegistry::new(store.clone(), max_edges);
         let feed = FeedFanout::new(store.clone());
-        AppState { store, keys: Arc::new(keys), edges, feed, revoke_wait }
+        AppState { store, api_keys: Arc::new(keys), edges, feed, revoke_wait }
     }
 
     /// Starts the background tasks (on the current tokio runtime): the feed's blocking reader,
@@ -255,7 +255,7 @@ pub struct Admin(pub Origin);
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        check_role(parts, &state.keys, &[Role::Admin]).map(|_| Admin(origin(parts, Actor::Admin)))
+        check_role(parts, &state.api_keys, &[Role::Admin]).map(|_| Admin(origin(parts, Actor::Admin)))
     }
 }
 
@@ -265,7 +265,7 @@ pub struct Introspector;
 impl FromRequestParts<AppState> for Introspector {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        check_role(parts, &state.keys, &[Role::Introspect, Role::Admin]).map(|_| Introspector).map_err(|mut e| {
+        check_role(parts, &state.api_keys, &[Role::Introspect, Role::Admin]).map(|_| Introspector).map_err(|mut e| {
             if e.status == StatusCode::UNAUTHORIZED {
                 // RFC 7662 clients authenticate with HTTP Basic: say it can
                 e.challenge = Some(format!("Basic realm=\"multitokens\", {}", e.challenge.unwrap_or_default()));
@@ -281,13 +281,13 @@ pub struct Internal(pub Origin);
 impl FromRequestParts<AppState> for Internal {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        if !state.keys.has_internal() {
+        if !state.api_keys.has_internal() {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "Internal endpoints are disabled: set MULTITOKENS_INTERNAL_KEY.",
             ));
         }
-        check_role(parts, &state.keys, &[Role::Internal]).map(|_| Internal(origin(parts, Actor::Internal)))
+        check_role(parts, &state.api_keys, &[Role::Internal]).map(|_| Internal(origin(parts, Actor::Internal)))
     }
 }
 

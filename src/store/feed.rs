@@ -42,7 +42,7 @@ impl TokenStore {
             }
         }
         let mut conn = self.redis.conn().await?;
-        let items = self.run_script(&mut conn, "feed", &scripts::feed_call(&self.keys, cursor)).await?;
+        let items = self.run_script(&mut conn, "feed", &scripts::feed_call(&self.layout, cursor)).await?;
         scripts::feed_page(&items).map_err(StoreError::Corrupt)
     }
 
@@ -57,7 +57,7 @@ impl TokenStore {
         use redis::streams::{StreamReadOptions, StreamReadReply};
         let options = StreamReadOptions::default().block(block.as_millis() as usize).count(FEED_PAGE);
         let reply: Option<StreamReadReply> =
-            conn.xread_options(&[self.keys.revocation_feed()], &[cursor], &options).await?;
+            conn.xread_options(&[self.layout.revocation_feed()], &[cursor], &options).await?;
         let mut out = Vec::new();
         for key in reply.map(|r| r.keys).unwrap_or_default() {
             for entry in key.ids {
@@ -84,7 +84,7 @@ impl TokenStore {
             let mut pipe = redis::pipe();
             for m in &members {
                 pipe.cmd("XADD")
-                    .arg(self.keys.revocation_feed())
+                    .arg(self.layout.revocation_feed())
                     .arg("MAXLEN")
                     .arg("~")
                     .arg(FEED_MAX_LEN)
@@ -107,7 +107,7 @@ impl TokenStore {
     pub async fn announce_outbox(&self, outbox: &str) -> Result<(), StoreError> {
         let mut conn = self.redis.conn().await?;
         let _: i64 = redis::cmd("ZADD")
-            .arg(self.keys.pending_outboxes())
+            .arg(self.layout.pending_outboxes())
             .arg(now_ms())
             .arg(outbox)
             .query_async(&mut conn)
@@ -129,7 +129,7 @@ impl TokenStore {
     pub async fn publish_outboxes_announced_before(&self, settled: u64) -> Result<usize, StoreError> {
         let mut conn = self.redis.conn().await?;
         let entries: Vec<(String, String)> = redis::cmd("ZRANGE")
-            .arg(self.keys.pending_outboxes())
+            .arg(self.layout.pending_outboxes())
             .arg("-inf")
             .arg(settled)
             .arg("BYSCORE")
@@ -147,7 +147,7 @@ impl TokenStore {
             let _: i64 = self
                 .scripts
                 .outbox_forget
-                .key(self.keys.pending_outboxes())
+                .key(self.layout.pending_outboxes())
                 .arg(&outbox)
                 .arg(&score)
                 .invoke_async(&mut conn)
@@ -159,7 +159,7 @@ impl TokenStore {
     /// Publishes the outboxes found by scanning every node: once at start, for outboxes written
     /// by companions from before the index (an upgrade). Returns how many held digests.
     pub async fn publish_unindexed_outboxes(&self) -> Result<usize, StoreError> {
-        let keys = self.redis.scan_all(&self.keys.outbox_pattern()).await?;
+        let keys = self.redis.scan_all(&self.layout.outbox_pattern()).await?;
         let mut published = 0;
         for key in keys {
             if self.publish_outbox(&key).await?.is_some() {

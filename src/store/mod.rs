@@ -3,7 +3,7 @@
 
 use super::audit::{self, Actor, AuditRecord, Event, Origin, AUDIT_MAX_LEN};
 use super::clock::{now_ms, now_secs};
-use super::connection::{Conn, Redis, RedisTarget};
+use super::connection::{Conn, Redis, RedisAddress};
 use super::error::StoreError;
 use super::metrics::{HowLabels, Metrics};
 use super::settings::{MaxTokensPolicy, Settings};
@@ -172,7 +172,7 @@ struct Scripts {
 /// The token store over Redis.
 pub struct TokenStore {
     redis: Redis,
-    keys: KeyLayout,
+    layout: KeyLayout,
     hash_keys: HashKeys,
     policy: StorePolicy,
     scripts: Scripts,
@@ -247,7 +247,7 @@ impl Scripts {
 impl TokenStore {
     /// A store from resolved settings; does not connect yet.
     pub fn from_settings(settings: &Settings) -> Result<Self, StoreError> {
-        let target = RedisTarget::parse(&settings.redis_url).map_err(StoreError::BadInput)?;
+        let target = RedisAddress::parse(&settings.redis_url).map_err(StoreError::BadInput)?;
         let redis = Redis::open(&target, settings.redis_timeout)
             .map_err(|e| StoreError::BadInput(format!("invalid redis_url: {e}")))?;
         let previous: Vec<&[u8]> = settings.previous_hash_keys.iter().map(|k| k.as_bytes()).collect();
@@ -275,7 +275,7 @@ impl TokenStore {
     pub fn new(redis: Redis, policy: StorePolicy, hash_keys: HashKeys) -> Self {
         TokenStore {
             redis,
-            keys: KeyLayout::new(&policy.prefix),
+            layout: KeyLayout::new(&policy.prefix),
             hash_keys,
             metrics: Arc::new(Metrics::default()),
             policy,
@@ -301,8 +301,8 @@ impl TokenStore {
     }
 
     /// The key layout in force.
-    pub fn keys(&self) -> &KeyLayout {
-        &self.keys
+    pub fn layout(&self) -> &KeyLayout {
+        &self.layout
     }
 
     /// How many records with a seal that does not verify this companion has refused.

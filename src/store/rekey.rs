@@ -50,18 +50,18 @@ impl TokenStore {
         origin: &Origin,
     ) -> Result<bool, StoreError> {
         let ReadRecord { tag, digest: old, value: read, record } = read;
-        self.announce_outbox(&self.keys.outbox_key(tag)).await?;
+        self.announce_outbox(&self.layout.outbox_key(tag)).await?;
         let sealed = self.hash_keys.seal(new, record.to_json()?);
         let moved: i64 = self
             .timed(
                 "rekey",
                 self.scripts
                     .rekey
-                    .key(self.keys.record_key(tag, old))
-                    .key(self.keys.record_key(tag, new))
-                    .key(self.keys.index_key(&record.user))
-                    .key(self.keys.expiry_key(&record.user))
-                    .key(self.keys.outbox_key(tag))
+                    .key(self.layout.record_key(tag, old))
+                    .key(self.layout.record_key(tag, new))
+                    .key(self.layout.index_key(&record.user))
+                    .key(self.layout.expiry_key(&record.user))
+                    .key(self.layout.outbox_key(tag))
                     .arg(old.to_hex())
                     .arg(new.to_hex())
                     .arg(read)
@@ -72,7 +72,7 @@ impl TokenStore {
         if moved == 1 {
             tracing::info!(id = %record.id, "token re-keyed under the current hash key");
             if old != new {
-                self.publish_outbox(&self.keys.outbox_key(tag)).await?;
+                self.publish_outbox(&self.layout.outbox_key(tag)).await?;
             }
             self.audit(Event::Rekey, &record.user, std::slice::from_ref(&record.id), None, None, origin).await;
         }
@@ -86,7 +86,7 @@ impl TokenStore {
         let mut conn = self.redis.conn().await?;
         let check = |h: &multitokens_core::digest::TokenHasher| h.digest(KEY_CHECK_TEXT).to_hex();
         let ours = check(self.hash_keys.current());
-        let key = self.keys.key_check();
+        let key = self.layout.key_check();
         let _: Option<String> = redis::cmd("SET").arg(&key).arg(&ours).arg("NX").query_async(&mut conn).await?;
         let stored: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
         if stored.as_deref() == Some(ours.as_str()) {
@@ -105,7 +105,7 @@ impl TokenStore {
     /// store is marked, since every record it wrote would be refused as tampered.
     pub async fn check_signing(&self) -> Result<bool, StoreError> {
         let mut conn = self.redis.conn().await?;
-        let key = self.keys.sign_check();
+        let key = self.layout.sign_check();
         match self.hash_keys.signer() {
             Some(signer) => {
                 let _: () = redis::cmd("SET").arg(&key).arg(signer.public_key_text()).query_async(&mut conn).await?;
@@ -129,12 +129,12 @@ impl TokenStore {
 
     /// [`TokenStore::rekey_all`] on behalf of `origin`.
     pub async fn rekey_all_as(&self, seal_unsealed: bool, origin: &Origin) -> Result<RekeyReport, StoreError> {
-        let names = self.redis.scan_all(&self.keys.record_pattern()).await?;
+        let names = self.redis.scan_all(&self.layout.record_pattern()).await?;
         let mut report = RekeyReport::default();
         let mut conn = self.redis.conn().await?;
         let current = self.hash_keys.current();
         for name in names {
-            let Some((tag, digest)) = self.keys.parse_record_key(&name) else { continue };
+            let Some((tag, digest)) = self.layout.parse_record_key(&name) else { continue };
             report.scanned += 1;
             let (value, pttl): (Option<Vec<u8>>, i64) =
                 redis::pipe().get(&name).cmd("PTTL").arg(&name).query_async(&mut conn).await?;

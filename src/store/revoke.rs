@@ -22,12 +22,12 @@ impl TokenStore {
     pub async fn revoke_as(&self, token: &str, origin: &Origin) -> Result<Revocation, StoreError> {
         let (tag, digests) = self.digests_of(token)?;
         let mut conn = self.redis.conn().await?;
-        let mut revoke = self.scripts.revoke.key(self.keys.outbox_key(tag));
-        self.announce_outbox(&self.keys.outbox_key(tag)).await?;
+        let mut revoke = self.scripts.revoke.key(self.layout.outbox_key(tag));
+        self.announce_outbox(&self.layout.outbox_key(tag)).await?;
         for d in &digests {
-            revoke.key(self.keys.record_key(tag, d));
+            revoke.key(self.layout.record_key(tag, d));
         }
-        revoke.arg(self.keys.index_prefix(tag)).arg(self.keys.expiry_prefix(tag));
+        revoke.arg(self.layout.index_prefix(tag)).arg(self.layout.expiry_prefix(tag));
         for d in &digests {
             revoke.arg(d.to_hex());
         }
@@ -35,7 +35,7 @@ impl TokenStore {
         let revoked = reply.first().and_then(as_int).ok_or_else(|| corrupt("revoke"))?;
         // publish whatever the outbox holds even when this call revoked nothing: it may be a
         // retry of a revoke whose answer was lost before its publication
-        let feed_position = self.publish_outbox(&self.keys.outbox_key(tag)).await?;
+        let feed_position = self.publish_outbox(&self.layout.outbox_key(tag)).await?;
         if revoked < 1 {
             return Err(StoreError::InvalidToken);
         }
@@ -99,14 +99,14 @@ impl TokenStore {
     ) -> Result<Revocation, StoreError> {
         let mut conn = self.redis.conn().await?;
         let tag = RoutingTag::for_user(user);
-        self.announce_outbox(&self.keys.outbox_key(tag)).await?;
+        self.announce_outbox(&self.layout.outbox_key(tag)).await?;
         let (member, id) = match keep {
             Keep::Member(m) => (m, ""),
             Keep::PublicId(id) => ("", id),
         };
         let mut invocation = self.scripts.revoke_all.prepare_invoke();
-        invocation.key(self.keys.index_key(user)).key(self.keys.outbox_key(tag)).key(self.keys.expiry_key(user));
-        invocation.arg(self.keys.record_prefix(tag)).arg(member).arg(id);
+        invocation.key(self.layout.index_key(user)).key(self.layout.outbox_key(tag)).key(self.layout.expiry_key(user));
+        invocation.arg(self.layout.record_prefix(tag)).arg(member).arg(id);
         let revoked: Vec<String> = match self.timed("revoke_all", invocation.invoke_async(&mut conn)).await {
             Err(e) if e.code() == Some("NOKEEP") => {
                 return Err(StoreError::NotFound(format!("no live token with id {id:?} for this user")));
@@ -114,7 +114,7 @@ impl TokenStore {
             other => other?,
         };
         let feed_position =
-            if revoked.is_empty() { None } else { self.publish_outbox(&self.keys.outbox_key(tag)).await? };
+            if revoked.is_empty() { None } else { self.publish_outbox(&self.layout.outbox_key(tag)).await? };
         tracing::info!(user, revoked = revoked.len(), event = event.as_str(), "tokens revoked");
         self.audit(event, user, &revoked, None, None, origin).await;
         Ok(Revocation { revoked: revoked.len() as u64, feed_position })
@@ -130,22 +130,22 @@ impl TokenStore {
         validate_user(user)?;
         let mut conn = self.redis.conn().await?;
         let tag = RoutingTag::for_user(user);
-        self.announce_outbox(&self.keys.outbox_key(tag)).await?;
+        self.announce_outbox(&self.layout.outbox_key(tag)).await?;
         let member: Option<String> = self
             .timed(
                 "revoke_by_id",
                 self.scripts
                     .revoke_by_id
-                    .key(self.keys.index_key(user))
-                    .key(self.keys.outbox_key(tag))
-                    .key(self.keys.expiry_key(user))
-                    .arg(self.keys.record_prefix(tag))
+                    .key(self.layout.index_key(user))
+                    .key(self.layout.outbox_key(tag))
+                    .key(self.layout.expiry_key(user))
+                    .arg(self.layout.record_prefix(tag))
                     .arg(id)
                     .invoke_async(&mut conn),
             )
             .await?;
         member.ok_or_else(|| StoreError::NotFound(format!("no live token with id {id:?} for this user")))?;
-        let feed_position = self.publish_outbox(&self.keys.outbox_key(tag)).await?;
+        let feed_position = self.publish_outbox(&self.layout.outbox_key(tag)).await?;
         tracing::info!(user, id, "token revoked by id");
         self.audit(Event::Revoke, user, &[id.to_string()], None, None, origin).await;
         Ok(Revocation { revoked: 1, feed_position })

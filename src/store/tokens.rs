@@ -26,7 +26,7 @@ impl TokenStore {
         // A digest collision is astronomically unlikely; one retry covers it anyway.
         if self.policy.max_tokens_per_user.is_some() {
             // the limit may evict (and so revoke) older tokens into the outbox
-            self.announce_outbox(&self.keys.outbox_key(tag)).await?;
+            self.announce_outbox(&self.layout.outbox_key(tag)).await?;
         }
         for _ in 0..2 {
             let hasher = self.hash_keys.current();
@@ -49,10 +49,10 @@ impl TokenStore {
                     "issue",
                     self.scripts
                         .issue
-                        .key(self.keys.index_key(&req.user))
-                        .key(self.keys.record_key(tag, &digest))
-                        .key(self.keys.outbox_key(tag))
-                        .key(self.keys.expiry_key(&req.user))
+                        .key(self.layout.index_key(&req.user))
+                        .key(self.layout.record_key(tag, &digest))
+                        .key(self.layout.outbox_key(tag))
+                        .key(self.layout.expiry_key(&req.user))
                         .arg(digest.to_hex())
                         .arg(json)
                         .arg(ttl.as_millis_or_zero())
@@ -61,7 +61,7 @@ impl TokenStore {
                         .arg(if self.policy.overwrite_none_ttl { "1" } else { "0" })
                         .arg(self.policy.max_tokens_per_user.unwrap_or(0))
                         .arg(self.policy.max_tokens_policy.as_str())
-                        .arg(self.keys.record_prefix(tag))
+                        .arg(self.layout.record_prefix(tag))
                         .invoke_async(&mut conn),
                 )
                 .await?;
@@ -72,7 +72,7 @@ impl TokenStore {
                     let ttl_reset = reply.get(2).and_then(as_int).ok_or_else(|| corrupt("issue"))?.max(0) as u64;
                     let evicted: Vec<String> = reply.get(3..).unwrap_or_default().iter().filter_map(as_text).collect();
                     if !evicted.is_empty() {
-                        self.publish_outbox(&self.keys.outbox_key(tag)).await?;
+                        self.publish_outbox(&self.layout.outbox_key(tag)).await?;
                         self.audit(Event::Evict, &record.user, &evicted, None, None, origin).await;
                     }
                     tracing::info!(user = %record.user, id = %record.id, first, evicted = evicted.len(), "token issued");
@@ -154,7 +154,7 @@ impl TokenStore {
     ) -> Result<Option<Found>, StoreError> {
         let mut conn = self.redis.conn().await?;
         let items =
-            self.run_script(&mut conn, "lookup", &scripts::lookup_call(&self.keys, tag, digests.iter())).await?;
+            self.run_script(&mut conn, "lookup", &scripts::lookup_call(&self.layout, tag, digests.iter())).await?;
         let (stored_under, value, pttl) = match LookupReply::parse(&items, digests.len()) {
             Ok(LookupReply::Missing) => return Ok(None),
             Ok(LookupReply::Found { candidate, value, pttl_ms }) => (candidate, value, pttl_ms),
@@ -201,9 +201,9 @@ impl TokenStore {
                 "list",
                 self.scripts
                     .list
-                    .key(self.keys.index_key(user))
-                    .key(self.keys.expiry_key(user))
-                    .arg(self.keys.record_prefix(tag))
+                    .key(self.layout.index_key(user))
+                    .key(self.layout.expiry_key(user))
+                    .arg(self.layout.record_prefix(tag))
                     .invoke_async(&mut conn),
             )
             .await?;
@@ -226,7 +226,7 @@ impl TokenStore {
     pub async fn refresh(&self, tag: RoutingTag, digest: &TokenDigest, ttl: TokenTtl) -> Result<bool, StoreError> {
         let TokenTtl::Seconds(_) = ttl else { return Ok(false) };
         let mut conn = self.redis.conn().await?;
-        let call = scripts::refresh_call(&self.keys, tag, digest, ttl.as_millis_or_zero());
+        let call = scripts::refresh_call(&self.layout, tag, digest, ttl.as_millis_or_zero());
         let refreshed: i64 = self.timed("refresh", self.scripts.invocation(&call).invoke_async(&mut conn)).await?;
         Ok(refreshed == 1)
     }

@@ -29,7 +29,7 @@ impl TokenStore {
         let appended: Result<String, StoreError> = async {
             let mut conn = self.redis.conn().await?;
             let mut xadd = redis::cmd("XADD");
-            xadd.arg(self.keys.audit()).arg("MAXLEN").arg("~").arg(AUDIT_MAX_LEN).arg("*").arg(&fields);
+            xadd.arg(self.layout.audit()).arg("MAXLEN").arg("~").arg(AUDIT_MAX_LEN).arg("*").arg(&fields);
             Ok(xadd.query_async(&mut conn).await?)
         }
         .await;
@@ -60,7 +60,7 @@ impl TokenStore {
             None => format!("{since_ms}-0"),
         };
         let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(self.keys.audit())
+            .arg(self.layout.audit())
             .arg(&start)
             .arg("+")
             .arg("COUNT")
@@ -98,7 +98,7 @@ impl TokenStore {
     ) -> Result<Vec<AuditRecord>, StoreError> {
         use redis::streams::{StreamReadOptions, StreamReadReply};
         let options = StreamReadOptions::default().block(block.as_millis() as usize).count(1000);
-        let reply: Option<StreamReadReply> = conn.xread_options(&[self.keys.audit()], &[cursor], &options).await?;
+        let reply: Option<StreamReadReply> = conn.xread_options(&[self.layout.audit()], &[cursor], &options).await?;
         let mut out = Vec::new();
         for key in reply.map(|r| r.keys).unwrap_or_default() {
             for entry in key.ids {

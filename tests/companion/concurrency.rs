@@ -55,9 +55,9 @@ async fn concurrent_logins_cannot_escape_revoke_all() {
     // the index and the records agree exactly
     let mut conn = redis.conn();
     let index: BTreeSet<String> =
-        conn.zrange::<_, Vec<String>>(store.keys().index_key("rita"), 0, -1).unwrap().into_iter().collect();
+        conn.zrange::<_, Vec<String>>(store.layout().index_key("rita"), 0, -1).unwrap().into_iter().collect();
     let record_keys: Vec<String> = conn
-        .keys(format!("{}*", store.keys().record_prefix(multitokens_core::token::RoutingTag::for_user("rita"))))
+        .keys(format!("{}*", store.layout().record_prefix(multitokens_core::token::RoutingTag::for_user("rita"))))
         .unwrap();
     let records: BTreeSet<String> = record_keys.iter().map(|k| k.rsplit(':').next().unwrap().to_string()).collect();
     assert_eq!(index, records, "index and records disagree");

@@ -42,7 +42,7 @@ fn as_written_before_token_hashes(conn: &mut redis::Connection, key: &str, token
 
 fn record_key(store: &TokenStore, token: &str, key: &str) -> String {
     let (tag, _) = store.digest_of(token).unwrap();
-    store.keys().record_key(tag, &TokenHasher::new(Some(key.as_bytes())).digest(token))
+    store.layout().record_key(tag, &TokenHasher::new(Some(key.as_bytes())).digest(token))
 }
 
 #[tokio::test]

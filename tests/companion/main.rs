@@ -15,7 +15,7 @@ mod limits;
 mod openapi;
 mod store;
 
-use multitokens::connection::{Redis, RedisTarget};
+use multitokens::connection::{Redis, RedisAddress};
 use multitokens::settings::MaxTokensPolicy;
 use multitokens::store::{StorePolicy, TokenStore};
 use multitokens_core::keyring::HashKeys;
@@ -42,6 +42,6 @@ pub fn store_at(url: &str, policy: StorePolicy, hash_key: Option<&str>) -> Token
 
 /// A store over a Redis URL with a set of hash keys (a rotation, an upgrade).
 pub fn store_with_keys(url: &str, policy: StorePolicy, keys: HashKeys) -> TokenStore {
-    let redis = Redis::open(&RedisTarget::parse(url).unwrap(), Duration::from_millis(1500)).unwrap();
+    let redis = Redis::open(&RedisAddress::parse(url).unwrap(), Duration::from_millis(1500)).unwrap();
     TokenStore::new(redis, policy, keys)
 }

@@ -15,7 +15,7 @@ fn req(user: &str, device: &str) -> IssueRequest {
 
 fn pttl_of_token(server: &RedisServer, store: &multitokens::store::TokenStore, token: &str) -> i64 {
     let (tag, digest) = store.digest_of(token).unwrap();
-    let key = store.keys().record_key(tag, &digest);
+    let key = store.layout().record_key(tag, &digest);
     server.conn().pttl(key).unwrap()
 }
 
@@ -190,7 +190,7 @@ async fn reset_disabled_and_reset_to_never() {
     let store = store_at(&redis.url(), p, None);
     store.issue(req("jack", "c")).await.unwrap();
     assert!((40_000..=50_000).contains(&pttl_of_token(&redis, &store, &short)), "never stretched to immortal");
-    let index = store.keys().index_key("jack");
+    let index = store.layout().index_key("jack");
     assert_eq!(redis.conn().pttl::<_, i64>(index).unwrap(), -1, "index of immortal tokens is persistent");
 }
 
@@ -231,7 +231,7 @@ async fn expired_tokens_are_invalid_and_pruned() {
     assert!(matches!(store.whoami(&t).await, Err(StoreError::InvalidToken)));
     assert!(store.list("leo").await.unwrap().is_empty());
     assert!(store.issue(req("leo", "again")).await.unwrap().first, "an expired token does not count");
-    let members: Vec<String> = redis.conn().zrange(store.keys().index_key("leo"), 0, -1).unwrap();
+    let members: Vec<String> = redis.conn().zrange(store.layout().index_key("leo"), 0, -1).unwrap();
     assert_eq!(members.len(), 1, "the expired member was pruned from the index");
 }
 
@@ -310,14 +310,14 @@ async fn the_index_outlives_every_record() {
         .issue(IssueRequest { user: "pat".into(), ttl: Some(TokenTtl::Seconds(10)), ..Default::default() })
         .await
         .unwrap();
-    let index_ttl: i64 = redis.conn().pttl(store.keys().index_key("pat")).unwrap();
+    let index_ttl: i64 = redis.conn().pttl(store.layout().index_key("pat")).unwrap();
     assert!(index_ttl >= pttl_of_token(&redis, &store, &long), "index {index_ttl}");
     // a sliding refresh past the index's TTL extends the index too
     let (tag, digest) = store.digest_of(&long).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(2100));
     assert!(store.refresh(tag, &digest, TokenTtl::Seconds(9000)).await.unwrap());
     assert!(pttl_of_token(&redis, &store, &long) <= 5_000_000, "capped at the issued lifetime");
-    let index_ttl: i64 = redis.conn().pttl(store.keys().index_key("pat")).unwrap();
+    let index_ttl: i64 = redis.conn().pttl(store.layout().index_key("pat")).unwrap();
     assert!(index_ttl >= pttl_of_token(&redis, &store, &long) + 900, "index {index_ttl}");
     assert!(!store.refresh(tag, &digest, TokenTtl::Seconds(100)).await.unwrap(), "refresh never shortens");
 }
@@ -328,7 +328,7 @@ async fn garbage_in_redis_and_redis_down_are_errors_not_verdicts() {
     let store = store_at(&redis.url(), policy(), None);
     let t = store.issue(req("quinn", "a")).await.unwrap().token;
     let (tag, digest) = store.digest_of(&t).unwrap();
-    let _: () = redis.conn().set(store.keys().record_key(tag, &digest), "\u{1}garbage").unwrap();
+    let _: () = redis.conn().set(store.layout().record_key(tag, &digest), "\u{1}garbage").unwrap();
     assert!(matches!(store.whoami(&t).await, Err(StoreError::Record(_))));
     redis.kill();
     assert!(matches!(store.whoami(&t).await, Err(StoreError::Unavailable(_))));
@@ -390,7 +390,7 @@ async fn max_lifetime_caps_every_ttl_and_is_never_extended() {
     // and the record carries the absolute expiry that the verdict enforces
     let who = store.whoami(&immortal.token).await.unwrap();
     assert!(who.expires_in.unwrap() <= 100);
-    let raw: String = redis.conn().get(store.keys().record_key(tag, &digest)).unwrap();
+    let raw: String = redis.conn().get(store.layout().record_key(tag, &digest)).unwrap();
     assert!(raw.contains("\"expires_at\":"), "{raw}");
 }
 
@@ -431,13 +431,13 @@ pub async fn revoke_all_then_die(store: &multitokens::store::TokenStore, user: &
     use multitokens_core::token::RoutingTag;
     let tag = RoutingTag::for_user(user);
     // as the companion does: announce the outbox, run the script, then (here) die
-    store.announce_outbox(&store.keys().outbox_key(tag)).await.unwrap();
+    store.announce_outbox(&store.layout().outbox_key(tag)).await.unwrap();
     let mut conn = store.redis().conn().await.unwrap();
     redis::Script::new(multitokens_core::scripts::REVOKE_ALL)
-        .key(store.keys().index_key(user))
-        .key(store.keys().outbox_key(tag))
-        .key(store.keys().expiry_key(user))
-        .arg(store.keys().record_prefix(tag))
+        .key(store.layout().index_key(user))
+        .key(store.layout().outbox_key(tag))
+        .key(store.layout().expiry_key(user))
+        .arg(store.layout().record_prefix(tag))
         .arg("")
         .invoke_async(&mut conn)
         .await
@@ -461,7 +461,7 @@ async fn a_revocation_is_published_even_when_its_companion_dies_before_publishin
     // the revocation sits in the user's outbox, written by the same script
     let outbox: Vec<String> = redis
         .conn()
-        .lrange(store.keys().outbox_key(multitokens_core::token::RoutingTag::for_user("olga")), 0, -1)
+        .lrange(store.layout().outbox_key(multitokens_core::token::RoutingTag::for_user("olga")), 0, -1)
         .unwrap();
     assert_eq!(outbox, revoked);
     // any companion's sweep publishes it
@@ -500,7 +500,7 @@ async fn expired_tokens_are_pruned_by_score_and_an_old_index_is_scored_once() {
         };
         store.issue(short).await.unwrap();
     }
-    let (index, expiry) = (store.keys().index_key("pam"), store.keys().expiry_key("pam"));
+    let (index, expiry) = (store.layout().index_key("pam"), store.layout().expiry_key("pam"));
     assert_eq!(
         (redis.conn().zcard::<_, i64>(&index).unwrap(), redis.conn().zcard::<_, i64>(&expiry).unwrap()),
         (50, 50)

@@ -82,23 +82,27 @@ pub(super) static REDIS: RedisCallouts = RedisCallouts;
 impl StoreTransport for RedisCallouts {
     fn lookup(&self, compiled: &Compiled, request: &LookupRequest, context_id: u32, _: u32) -> Result<u32, String> {
         let Transport::Redis(target) = &compiled.transport else { return Err("no Redis configured".into()) };
-        let refresh = redis_transport::refresh_command(&compiled.keys, request);
+        let refresh = redis_transport::refresh_command(&compiled.layout, request);
         let via = LookupVia::Redis(Box::new((request.clone(), refresh)));
         call(
             target,
-            &redis_transport::lookup_command(&compiled.keys, request, target.eval_ro),
+            &redis_transport::lookup_command(&compiled.layout, request, target.eval_ro),
             Purpose::Lookup { context_id, via },
         )
     }
 
     fn poll_feed(&self, compiled: &Compiled, cursor: Option<&str>, _edge: &str, root_id: u32) -> Result<u32, String> {
         let Transport::Redis(target) = &compiled.transport else { return Err("no Redis configured".into()) };
-        call(target, &redis_transport::feed_command(&compiled.keys, cursor, target.eval_ro), Purpose::Feed { root_id })
+        call(
+            target,
+            &redis_transport::feed_command(&compiled.layout, cursor, target.eval_ro),
+            Purpose::Feed { root_id },
+        )
     }
 
     fn refresh(&self, compiled: &Compiled, request: &LookupRequest, root_id: u32) -> Result<u32, String> {
         let Transport::Redis(target) = &compiled.transport else { return Err("no Redis configured".into()) };
-        match redis_transport::refresh_command(&compiled.keys, request) {
+        match redis_transport::refresh_command(&compiled.layout, request) {
             Some(query) => call(target, &query, Purpose::Refresh { root_id }),
             None => Err("refresh without a TTL".into()),
         }

@@ -323,7 +323,7 @@ pub struct Compiled {
     /// How the token store is reached.
     pub transport: Transport,
     /// Redis key layout (the Redis transport reads the companion's keys).
-    pub keys: multitokens_core::keys::KeyLayout,
+    pub layout: multitokens_core::keys::KeyLayout,
     /// The deny replies that never vary.
     pub replies: super::reply::FixedReplies,
     /// `Bearer <api_key>` for the companion callouts, built once.
@@ -462,7 +462,7 @@ impl Compiled {
             )
             .accepting_hmac_seals(config.accept_hmac_sealed_records)
             .accepting_unsealed(config.accept_unsealed_records);
-        let keys = multitokens_core::keys::KeyLayout::new(&config.prefix);
+        let layout = multitokens_core::keys::KeyLayout::new(&config.prefix);
         let replies = super::reply::FixedReplies::new(&config.realm);
         let companion_auth = match &transport {
             Transport::Companion(c) => format!("Bearer {}", c.api_key),
@@ -475,7 +475,7 @@ impl Compiled {
             has_path_rules,
             scope_rules,
             transport,
-            keys,
+            layout,
             replies,
             companion_auth,
         })
