@@ -50,6 +50,11 @@ pub struct Origin {
 }
 
 impl Origin {
+    /// The companion itself (the CLI, a sweep, a test): no caller, no request id.
+    pub fn companion() -> Origin {
+        Origin::new(Actor::Companion)
+    }
+
     /// An origin without a request id of its own.
     pub fn new(actor: Actor) -> Origin {
         Origin { actor, request_id: String::new() }

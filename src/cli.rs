@@ -247,7 +247,7 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
             if !store.check_signing().await? {
                 return Err(usage(super::server::UNSIGNED_IN_SIGNED_STORE));
             }
-            let issued = store.issue_as(IssueRequest { user, device, ttl, scopes }, &Origin::new(Actor::Cli)).await?;
+            let issued = store.issue(IssueRequest { user, device, ttl, scopes }, &Origin::new(Actor::Cli)).await?;
             print(&if json { to_json(&issued)? } else { issued.token })
         }
         Command::Whoami { token, json } => {
@@ -260,13 +260,13 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
             print(&if json { to_json(&info)? } else { info.user })
         }
         Command::Revoke { token } => {
-            let revocation = store.revoke_as(&read_token(&token)?, &Origin::new(Actor::Cli)).await?;
+            let revocation = store.revoke(&read_token(&token)?, &Origin::new(Actor::Cli)).await?;
             confirm(store, &revocation, &settings).await;
             Ok(())
         }
         Command::RevokeAll { user, except, json } => {
             let except = except.as_deref().map(read_token).transpose()?;
-            let revocation = store.revoke_all_as(&user, except.as_deref(), &Origin::new(Actor::Cli)).await?;
+            let revocation = store.revoke_all(&user, except.as_deref(), &Origin::new(Actor::Cli)).await?;
             let report = confirm(store, &revocation, &settings).await;
             print(&if json { to_json(&report)? } else { report.revoked.to_string() })
         }
@@ -292,7 +292,7 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
             if !store.check_signing().await? {
                 return Err(usage(super::server::UNSIGNED_IN_SIGNED_STORE));
             }
-            let r = store.rekey_all_as(seal_unsealed, &Origin::new(Actor::Cli)).await?;
+            let r = store.rekey_all(seal_unsealed, &Origin::new(Actor::Cli)).await?;
             print(&if json {
                 to_json(&r)?
             } else {

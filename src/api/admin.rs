@@ -39,7 +39,7 @@ pub(crate) async fn issue(
     JsonBody(body): JsonBody<IssueBody>,
 ) -> Result<Response, ApiError> {
     let issued = store
-        .issue_as(IssueRequest { user: body.user, device: body.device, ttl: body.ttl, scopes: body.scopes }, &origin)
+        .issue(IssueRequest { user: body.user, device: body.device, ttl: body.ttl, scopes: body.scopes }, &origin)
         .await?;
     Ok((StatusCode::CREATED, Json(issued)).into_response())
 }
@@ -77,8 +77,8 @@ pub(crate) async fn revoke_user(
     QueryArgs(keep): QueryArgs<KeepQuery>,
 ) -> Result<Response, ApiError> {
     let revocation = match keep.except_id.as_deref() {
-        Some(id) => state.store.revoke_others_by_id_as(&user, id, &origin).await?,
-        None => state.store.revoke_all_as(&user, None, &origin).await?,
+        Some(id) => state.store.revoke_others_by_id(&user, id, &origin).await?,
+        None => state.store.revoke_all(&user, None, &origin).await?,
     };
     Ok(Json(state.confirm(&revocation).await).into_response())
 }
@@ -93,7 +93,7 @@ pub(crate) async fn revoke_by_id(
     State(state): State<AppState>,
     PathArgs((user, id)): PathArgs<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let revocation = state.store.revoke_by_id_as(&user, &id, &origin).await?;
+    let revocation = state.store.revoke_by_id(&user, &id, &origin).await?;
     Ok(Json(state.confirm(&revocation).await).into_response())
 }
 

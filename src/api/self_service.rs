@@ -125,7 +125,7 @@ pub(crate) async fn logout_current(
     State(state): State<AppState>,
     CallerToken(token, origin): CallerToken,
 ) -> Result<Response, ApiError> {
-    let revocation = state.store.revoke_as(&token, &origin).await?;
+    let revocation = state.store.revoke(&token, &origin).await?;
     Ok(Json(state.confirm(&revocation).await).into_response())
 }
 
@@ -137,6 +137,6 @@ pub(crate) async fn logout_others(
     CallerToken(token, origin): CallerToken,
 ) -> Result<Response, ApiError> {
     let me = state.store.whoami(&token).await?;
-    let revocation = state.store.revoke_all_as(&me.user, Some(&token), &origin).await?;
+    let revocation = state.store.revoke_all(&me.user, Some(&token), &origin).await?;
     Ok(Json(state.confirm(&revocation).await).into_response())
 }

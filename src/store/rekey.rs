@@ -120,15 +120,10 @@ impl TokenStore {
 
     /// Re-keys every record of the namespace stored under a previous hash key (`multitokens
     /// rekey`), and with `seal_unsealed` seals records written before sealing with the current
-    /// key. Safe to run while serving and to run again: each record moves in one atomic script
-    /// that checks it still holds what was read. Holds the record key names in memory (~100 bytes
-    /// per token).
-    pub async fn rekey_all(&self, seal_unsealed: bool) -> Result<RekeyReport, StoreError> {
-        self.rekey_all_as(seal_unsealed, &Origin::new(Actor::Companion)).await
-    }
-
-    /// [`TokenStore::rekey_all`] on behalf of `origin`.
-    pub async fn rekey_all_as(&self, seal_unsealed: bool, origin: &Origin) -> Result<RekeyReport, StoreError> {
+    /// key; the audit trail names `origin`. Safe to run while serving and to run again: each
+    /// record moves in one atomic script that checks it still holds what was read. Holds the
+    /// record key names in memory (~100 bytes per token).
+    pub async fn rekey_all(&self, seal_unsealed: bool, origin: &Origin) -> Result<RekeyReport, StoreError> {
         let names = self.redis.scan_all(&self.layout.record_pattern()).await?;
         let mut report = RekeyReport::default();
         let mut conn = self.redis.conn().await?;

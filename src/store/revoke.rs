@@ -12,14 +12,9 @@ enum Keep<'a> {
 }
 
 impl TokenStore {
-    /// Logs out one device. `InvalidToken` if the token was not live. Returns where the
-    /// revocation sits in the feed.
-    pub async fn revoke(&self, token: &str) -> Result<Revocation, StoreError> {
-        self.revoke_as(token, &Origin::new(Actor::Companion)).await
-    }
-
-    /// [`TokenStore::revoke`] on behalf of `origin`.
-    pub async fn revoke_as(&self, token: &str, origin: &Origin) -> Result<Revocation, StoreError> {
+    /// Logs out one device, on behalf of `origin`. `InvalidToken` if the token was not live.
+    /// Returns where the revocation sits in the feed.
+    pub async fn revoke(&self, token: &str, origin: &Origin) -> Result<Revocation, StoreError> {
         let (tag, digests) = self.digests_of(token)?;
         let mut conn = self.redis.conn().await?;
         let mut revoke = self.scripts.revoke.key(self.layout.outbox_key(tag));
@@ -47,13 +42,9 @@ impl TokenStore {
     }
 
     /// Logs a user out everywhere, or everywhere but the device of `except` (which must be a live
-    /// token of that user). Returns how many tokens were revoked and where in the feed.
-    pub async fn revoke_all(&self, user: &str, except: Option<&str>) -> Result<Revocation, StoreError> {
-        self.revoke_all_as(user, except, &Origin::new(Actor::Companion)).await
-    }
-
-    /// [`TokenStore::revoke_all`] on behalf of `origin`.
-    pub async fn revoke_all_as(
+    /// token of that user), on behalf of `origin`. Returns how many tokens were revoked and where
+    /// in the feed.
+    pub async fn revoke_all(
         &self,
         user: &str,
         except: Option<&str>,
@@ -78,12 +69,7 @@ impl TokenStore {
     /// Logs a user out of every device but the one whose token has public id `keep` (the
     /// application knows the id from the filter's `x-multitokens-token-id`, not the token).
     /// `NotFound` when that is no live token of the user; then nothing is revoked.
-    pub async fn revoke_others_by_id_as(
-        &self,
-        user: &str,
-        keep: &str,
-        origin: &Origin,
-    ) -> Result<Revocation, StoreError> {
+    pub async fn revoke_others_by_id(&self, user: &str, keep: &str, origin: &Origin) -> Result<Revocation, StoreError> {
         validate_user(user)?;
         self.revoke_all_keeping(user, Keep::PublicId(keep), Event::RevokeOthers, origin).await
     }
@@ -120,13 +106,8 @@ impl TokenStore {
         Ok(Revocation { revoked: revoked.len() as u64, feed_position })
     }
 
-    /// Logs out one of a user's devices by the token's public id.
-    pub async fn revoke_by_id(&self, user: &str, id: &str) -> Result<Revocation, StoreError> {
-        self.revoke_by_id_as(user, id, &Origin::new(Actor::Companion)).await
-    }
-
-    /// [`TokenStore::revoke_by_id`] on behalf of `origin`.
-    pub async fn revoke_by_id_as(&self, user: &str, id: &str, origin: &Origin) -> Result<Revocation, StoreError> {
+    /// Logs out one of a user's devices by the token's public id, on behalf of `origin`.
+    pub async fn revoke_by_id(&self, user: &str, id: &str, origin: &Origin) -> Result<Revocation, StoreError> {
         validate_user(user)?;
         let mut conn = self.redis.conn().await?;
         let tag = RoutingTag::for_user(user);

@@ -3,13 +3,9 @@
 use super::*;
 
 impl TokenStore {
-    /// Logs a device in: mints a token and stores its digest atomically with the policy applied.
-    pub async fn issue(&self, req: IssueRequest) -> Result<Issued, StoreError> {
-        self.issue_as(req, &Origin::new(Actor::Companion)).await
-    }
-
-    /// [`TokenStore::issue`] on behalf of `origin` (the audit trail names it).
-    pub async fn issue_as(&self, req: IssueRequest, origin: &Origin) -> Result<Issued, StoreError> {
+    /// Logs a device in: mints a token and stores its digest atomically with the policy applied,
+    /// on behalf of `origin` (the audit trail names it).
+    pub async fn issue(&self, req: IssueRequest, origin: &Origin) -> Result<Issued, StoreError> {
         validate_user(&req.user)?;
         let device = req.device.unwrap_or_default();
         validate_device(&device)?;

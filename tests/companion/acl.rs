@@ -4,6 +4,7 @@
 
 use crate::support::RedisServer;
 use crate::{policy, store_at};
+use multitokens::audit::Origin;
 use multitokens::store::IssueRequest;
 use std::time::Duration;
 
@@ -32,18 +33,18 @@ async fn the_companion_user_can_do_everything_the_companion_does_and_nothing_els
     let store = store_at(&url, policy(), Some("acl-pepper"));
     assert_eq!(store.check_hash_key().await.unwrap(), multitokens::store::KeyCheck::Matches);
     // every operation, every script
-    let a = store.issue(req("alice", "laptop")).await.unwrap();
-    let b = store.issue(req("alice", "phone")).await.unwrap();
-    let c = store.issue(req("alice", "tablet")).await.unwrap();
+    let a = store.issue(req("alice", "laptop"), &Origin::companion()).await.unwrap();
+    let b = store.issue(req("alice", "phone"), &Origin::companion()).await.unwrap();
+    let c = store.issue(req("alice", "tablet"), &Origin::companion()).await.unwrap();
     assert!(a.first && b.ttl_reset == 1);
     assert_eq!(store.whoami(&a.token).await.unwrap().user, "alice");
     let (tag, digest) = store.digest_of(&b.token).unwrap();
     store.refresh(tag, &digest, multitokens_core::ttl::TokenTtl::Seconds(3600)).await.unwrap();
     assert_eq!(store.list("alice").await.unwrap().len(), 3);
-    store.revoke_by_id("alice", &c.id).await.unwrap();
-    store.revoke(&b.token).await.unwrap();
-    assert_eq!(store.revoke_all("alice", Some(&a.token)).await.unwrap().revoked, 0);
-    assert_eq!(store.revoke_all("alice", None).await.unwrap().revoked, 1);
+    store.revoke_by_id("alice", &c.id, &Origin::companion()).await.unwrap();
+    store.revoke(&b.token, &Origin::companion()).await.unwrap();
+    assert_eq!(store.revoke_all("alice", Some(&a.token), &Origin::companion()).await.unwrap().revoked, 0);
+    assert_eq!(store.revoke_all("alice", None, &Origin::companion()).await.unwrap().revoked, 1);
     let page = store.revocations_after(Some("0")).await.unwrap();
     assert_eq!(page.digests.len(), 3);
     let mut dedicated = store.redis().dedicated(Duration::from_millis(200)).await.unwrap();
@@ -54,10 +55,10 @@ async fn the_companion_user_can_do_everything_the_companion_does_and_nothing_els
     store.publish_outboxes_announced_before(multitokens::clock::now_ms()).await.unwrap();
     store.publish_unindexed_outboxes().await.unwrap();
     // a rotation's sweep, with this user
-    let bob = store.issue(req("bob", "a")).await.unwrap().token;
+    let bob = store.issue(req("bob", "a"), &Origin::companion()).await.unwrap().token;
     let keys = multitokens_core::keyring::HashKeys::new(Some(b"acl-pepper-2"), &[b"acl-pepper"]).unwrap();
     let rotating = crate::store_with_keys(&url, policy(), keys);
-    assert_eq!(rotating.rekey_all(false).await.unwrap().rekeyed, 1);
+    assert_eq!(rotating.rekey_all(false, &Origin::companion()).await.unwrap().rekeyed, 1);
     assert_eq!(rotating.whoami(&bob).await.unwrap().user, "bob");
 
     // nothing outside its namespace, nothing administrative

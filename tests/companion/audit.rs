@@ -4,6 +4,7 @@
 
 use crate::support::{companion, CompanionServer, RedisCluster, RedisServer};
 use crate::{policy, store_at};
+use multitokens::audit::Origin;
 use multitokens::settings::MaxTokensPolicy;
 use multitokens::store::IssueRequest;
 use serde_json::{json, Value};
@@ -122,9 +123,9 @@ async fn evictions_and_rekeys_are_audited_and_a_cluster_keeps_the_trail_too() {
     p.max_tokens_per_user = Some(2);
     p.max_tokens_policy = MaxTokensPolicy::EvictOldest;
     let store = store_at(&redis.url(), p, Some("k1"));
-    let first = store.issue(req("carol", "a")).await.unwrap();
-    store.issue(req("carol", "b")).await.unwrap();
-    store.issue(req("carol", "c")).await.unwrap();
+    let first = store.issue(req("carol", "a"), &Origin::companion()).await.unwrap();
+    store.issue(req("carol", "b"), &Origin::companion()).await.unwrap();
+    store.issue(req("carol", "c"), &Origin::companion()).await.unwrap();
     let (events, _) = store.audit_events(Some("carol"), None, 0, 100).await.unwrap();
     let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
     assert_eq!(names, ["issue", "issue", "evict", "issue"]);
@@ -132,15 +133,15 @@ async fn evictions_and_rekeys_are_audited_and_a_cluster_keeps_the_trail_too() {
     // a rotation's sweep: one rekey event per token moved
     let keys = multitokens_core::keyring::HashKeys::new(Some(b"k2"), &[b"k1"]).unwrap();
     let rotating = crate::store_with_keys(&redis.url(), policy(), keys);
-    assert_eq!(rotating.rekey_all(false).await.unwrap().rekeyed, 2);
+    assert_eq!(rotating.rekey_all(false, &Origin::companion()).await.unwrap().rekeyed, 2);
     let (events, _) = store.audit_events(Some("carol"), None, 0, 100).await.unwrap();
     assert_eq!(events.iter().filter(|e| e.event == "rekey").count(), 2);
 
     let cluster = RedisCluster::start();
     let store = store_at(&cluster.url(), policy(), Some("k1"));
     for i in 0..10 {
-        let t = store.issue(req(&format!("u{i}"), "a")).await.unwrap().token;
-        store.revoke(&t).await.unwrap();
+        let t = store.issue(req(&format!("u{i}"), "a"), &Origin::companion()).await.unwrap().token;
+        store.revoke(&t, &Origin::companion()).await.unwrap();
     }
     let (events, _) = store.audit_events(None, None, 0, 100).await.unwrap();
     assert_eq!(events.len(), 20);

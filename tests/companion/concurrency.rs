@@ -2,6 +2,7 @@
 
 use crate::support::RedisServer;
 use crate::{policy, store_at};
+use multitokens::audit::Origin;
 use multitokens::store::IssueRequest;
 use redis::Commands;
 use std::collections::BTreeSet;
@@ -18,7 +19,10 @@ async fn concurrent_logins_cannot_escape_revoke_all() {
         let issuer = store.clone();
         issues.push(tokio::spawn(async move {
             let issued = issuer
-                .issue(IssueRequest { user: "rita".into(), device: Some(format!("d{i}")), ..Default::default() })
+                .issue(
+                    IssueRequest { user: "rita".into(), device: Some(format!("d{i}")), ..Default::default() },
+                    &Origin::companion(),
+                )
                 .await
                 .unwrap();
             (issued.token, Instant::now())
@@ -27,7 +31,7 @@ async fn concurrent_logins_cannot_escape_revoke_all() {
             let revoker = store.clone();
             revokes.push(tokio::spawn(async move {
                 let started = Instant::now();
-                revoker.revoke_all("rita", None).await.unwrap();
+                revoker.revoke_all("rita", None, &Origin::companion()).await.unwrap();
                 started
             }));
         }

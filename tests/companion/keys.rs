@@ -2,6 +2,7 @@
 
 use crate::support::{RedisCluster, RedisServer};
 use crate::{policy, store_at, store_with_keys};
+use multitokens::audit::Origin;
 use multitokens::error::StoreError;
 use multitokens::store::{IssueRequest, RekeyReport, TokenStore};
 use multitokens_core::digest::TokenHasher;
@@ -49,8 +50,11 @@ fn record_key(store: &TokenStore, token: &str, key: &str) -> String {
 async fn a_record_rewritten_in_redis_is_refused_counted_and_never_honoured() {
     let redis = RedisServer::start();
     let store = store_at(&redis.url(), policy(), Some("seal-pepper"));
-    let mallory = store.issue(req("mallory", "laptop")).await.unwrap();
-    let admin = store.issue(IssueRequest { scopes: vec!["admin".into()], ..req("root", "console") }).await.unwrap();
+    let mallory = store.issue(req("mallory", "laptop"), &Origin::companion()).await.unwrap();
+    let admin = store
+        .issue(IssueRequest { scopes: vec!["admin".into()], ..req("root", "console") }, &Origin::companion())
+        .await
+        .unwrap();
     let mut conn = redis.conn();
     let key = record_key(&store, &mallory.token, "seal-pepper");
     let stored: String = conn.get(&key).unwrap();
@@ -77,7 +81,7 @@ async fn a_record_rewritten_in_redis_is_refused_counted_and_never_honoured() {
     assert_eq!(store.tampered_records(), 4);
     assert_eq!(store.whoami(&admin.token).await.unwrap().scopes, vec!["admin"]);
     // the user can still log it out
-    assert_eq!(store.revoke_all("mallory", None).await.unwrap().revoked, 1);
+    assert_eq!(store.revoke_all("mallory", None, &Origin::companion()).await.unwrap().revoked, 1);
 }
 
 #[tokio::test]
@@ -85,9 +89,9 @@ async fn rotating_the_hash_key_logs_nobody_out() {
     let redis = RedisServer::start();
     let old = store_at(&redis.url(), policy(), Some("key-2025"));
     let tokens: Vec<String> = crate::store::futures_tokens(&old, "alice", 3).await;
-    let bob = old.issue(req("bob", "phone")).await.unwrap().token;
+    let bob = old.issue(req("bob", "phone"), &Origin::companion()).await.unwrap().token;
     // a record without the token's hash (as written before records kept it): re-keyed on use only
-    let carol = old.issue(req("carol", "tablet")).await.unwrap().token;
+    let carol = old.issue(req("carol", "tablet"), &Origin::companion()).await.unwrap().token;
     let carol_key = record_key(&old, &carol, "key-2025");
     let mut conn = redis.conn();
     as_written_before_token_hashes(&mut conn, &carol_key, &carol, "key-2025");
@@ -107,17 +111,21 @@ async fn rotating_the_hash_key_logs_nobody_out() {
     assert_eq!(feed.digests, vec![TokenHasher::new(Some(b"key-2025")).digest(&bob).to_hex()]);
     assert_eq!(rotating.whoami(&carol).await.unwrap().user, "carol", "re-keyed on use without the token's hash");
     // the sweep re-keys the rest: alice's three
-    let report = rotating.rekey_all(false).await.unwrap();
+    let report = rotating.rekey_all(false, &Origin::companion()).await.unwrap();
     assert_eq!(report, RekeyReport { scanned: 5, current: 2, rekeyed: 3, ..Default::default() });
-    assert_eq!(rotating.rekey_all(false).await.unwrap().current, 5, "a second sweep has nothing to do");
+    assert_eq!(
+        rotating.rekey_all(false, &Origin::companion()).await.unwrap().current,
+        5,
+        "a second sweep has nothing to do"
+    );
     // the old key retired: everyone still logged in, every operation works
     let new = retired_store(&redis.url(), "key-2026", "key-2025");
     for t in tokens.iter().chain([&bob, &carol]) {
         assert!(new.whoami(t).await.is_ok());
     }
     assert_eq!(new.list("alice").await.unwrap().len(), 3);
-    new.revoke(&tokens[0]).await.unwrap();
-    assert_eq!(new.revoke_all("alice", Some(&tokens[1])).await.unwrap().revoked, 1);
+    new.revoke(&tokens[0], &Origin::companion()).await.unwrap();
+    assert_eq!(new.revoke_all("alice", Some(&tokens[1]), &Origin::companion()).await.unwrap().revoked, 1);
     assert!(new.whoami(&tokens[1]).await.is_ok() && new.whoami(&tokens[2]).await.is_err());
     assert_eq!(new.tampered_records(), 0);
 }
@@ -126,25 +134,25 @@ async fn rotating_the_hash_key_logs_nobody_out() {
 async fn a_token_never_used_during_the_rotation_and_without_its_hash_is_reported_by_the_sweep() {
     let redis = RedisServer::start();
     let old = store_at(&redis.url(), policy(), Some("k1"));
-    let t = old.issue(req("dan", "a")).await.unwrap().token;
+    let t = old.issue(req("dan", "a"), &Origin::companion()).await.unwrap().token;
     let key = record_key(&old, &t, "k1");
     let mut conn = redis.conn();
     as_written_before_token_hashes(&mut conn, &key, &t, "k1");
     // an unsealed one (written before sealing): sealed by the sweep only when asked
-    let u = old.issue(req("erin", "a")).await.unwrap().token;
+    let u = old.issue(req("erin", "a"), &Origin::companion()).await.unwrap().token;
     let ukey = record_key(&old, &u, "k1");
     as_written_before_sealing(&mut conn, &ukey);
     assert!(old.whoami(&u).await.is_err(), "unsealed: refused");
 
     let rotating = rotating_store(&redis.url(), "k2", &["k1"]);
-    let report = rotating.rekey_all(false).await.unwrap();
+    let report = rotating.rekey_all(false, &Origin::companion()).await.unwrap();
     assert_eq!((report.rekeyed_on_use_only, report.unsealed_or_tampered), (1, 1));
     assert_eq!(
         report.unsealed_or_tampered_ids,
         vec![rotating.digest_of(&u).map(|_| TokenHasher::new(Some(b"k1")).digest(&u).public_id()).unwrap()]
     );
     assert!(rotating.whoami(&t).await.is_ok(), "still accepted under the previous key");
-    let sealed = old.rekey_all(true).await.unwrap();
+    let sealed = old.rekey_all(true, &Origin::companion()).await.unwrap();
     assert_eq!(sealed.sealed, 1);
     assert_eq!(old.whoami(&u).await.unwrap().user, "erin");
 }
@@ -155,27 +163,27 @@ async fn rotation_and_the_sweep_on_a_redis_cluster() {
     let old = store_at(&cluster.url(), policy(), Some("cluster-2025"));
     let mut tokens = Vec::new();
     for i in 0..30usize {
-        tokens.push(old.issue(req(&format!("user-{i}"), "a")).await.unwrap().token);
+        tokens.push(old.issue(req(&format!("user-{i}"), "a"), &Origin::companion()).await.unwrap().token);
     }
     let rotating = rotating_store(&cluster.url(), "cluster-2026", &["cluster-2025"]);
     for t in &tokens[..5] {
         assert!(rotating.whoami(t).await.is_ok());
     }
-    let report = rotating.rekey_all(false).await.unwrap();
+    let report = rotating.rekey_all(false, &Origin::companion()).await.unwrap();
     assert_eq!((report.scanned, report.current, report.rekeyed), (30, 5, 25));
     let new = retired_store(&cluster.url(), "cluster-2026", "cluster-2025");
     // log out other devices by the kept token's id, on every shard
     for (i, token) in tokens.iter_mut().enumerate().take(5) {
         let user = format!("user-{i}");
-        let extra = new.issue(req(&user, "b")).await.unwrap();
+        let extra = new.issue(req(&user, "b"), &Origin::companion()).await.unwrap();
         let origin = multitokens::audit::Origin::new(multitokens::audit::Actor::Admin);
-        assert_eq!(new.revoke_others_by_id_as(&user, &extra.id, &origin).await.unwrap().revoked, 1);
+        assert_eq!(new.revoke_others_by_id(&user, &extra.id, &origin).await.unwrap().revoked, 1);
         assert!(new.whoami(token).await.is_err() && new.whoami(&extra.token).await.is_ok());
         *token = extra.token;
     }
     for (i, t) in tokens.iter().enumerate() {
         assert_eq!(new.whoami(t).await.unwrap().user, format!("user-{i}"));
-        assert_eq!(new.revoke_all(&format!("user-{i}"), None).await.unwrap().revoked, 1);
+        assert_eq!(new.revoke_all(&format!("user-{i}"), None, &Origin::companion()).await.unwrap().revoked, 1);
     }
 }
 
@@ -183,7 +191,7 @@ async fn rotation_and_the_sweep_on_a_redis_cluster() {
 async fn an_upgrade_from_unsealed_records_logs_nobody_out() {
     let redis = RedisServer::start();
     let old = store_at(&redis.url(), policy(), Some("upgrade-key"));
-    let t = old.issue(req("ivan", "a")).await.unwrap().token;
+    let t = old.issue(req("ivan", "a"), &Origin::companion()).await.unwrap().token;
     let key = record_key(&old, &t, "upgrade-key");
     let mut conn = redis.conn();
     as_written_before_sealing(&mut conn, &key);
@@ -192,13 +200,13 @@ async fn an_upgrade_from_unsealed_records_logs_nobody_out() {
         store_with_keys(&redis.url(), policy(), HashKeys::single(Some(b"upgrade-key")).accepting_unsealed(true));
     assert_eq!(upgrading.whoami(&t).await.unwrap().user, "ivan", "honoured during the upgrade");
     // a broken seal is refused even then
-    let other = old.issue(req("judy", "a")).await.unwrap().token;
+    let other = old.issue(req("judy", "a"), &Origin::companion()).await.unwrap().token;
     let other_key = record_key(&old, &other, "upgrade-key");
     let forged = conn.get::<_, String>(&other_key).unwrap().replace("judy", "ivan");
     let _: () = redis::cmd("SET").arg(&other_key).arg(&forged).arg("KEEPTTL").query(&mut conn).unwrap();
     assert!(upgrading.whoami(&other).await.is_err());
     // the sweep seals what has no seal; then the flag can go
-    assert_eq!(upgrading.rekey_all(true).await.unwrap().sealed, 1);
+    assert_eq!(upgrading.rekey_all(true, &Origin::companion()).await.unwrap().sealed, 1);
     assert_eq!(old.whoami(&t).await.unwrap().user, "ivan");
 }
 
@@ -211,7 +219,7 @@ async fn upgrading_to_signed_records_logs_nobody_out_and_then_hmac_seals_are_ref
     let redis = RedisServer::start();
     let key = b"signing-test-hash-key".as_slice();
     let hmac_only = store_with_keys(&redis.url(), policy(), HashKeys::single(Some(key)));
-    let alice = hmac_only.issue(req("alice", "laptop")).await.unwrap().token;
+    let alice = hmac_only.issue(req("alice", "laptop"), &Origin::companion()).await.unwrap().token;
     let (seed, _) = RecordSigner::generate().unwrap();
     let signing = |accept_hmac: bool| {
         let keys = HashKeys::single(Some(key))
@@ -221,13 +229,17 @@ async fn upgrading_to_signed_records_logs_nobody_out_and_then_hmac_seals_are_ref
     };
     let upgrading = signing(true);
     assert_eq!(upgrading.whoami(&alice).await.unwrap().user, "alice", "HMAC-sealed: honoured during the upgrade");
-    let bob = upgrading.issue(req("bob", "phone")).await.unwrap().token;
+    let bob = upgrading.issue(req("bob", "phone"), &Origin::companion()).await.unwrap().token;
     // before the sweep, a companion that requires signatures refuses alice's record as tampered
     assert!(matches!(signing(false).whoami(&alice).await, Err(StoreError::InvalidToken)));
     assert_eq!(signing(false).whoami(&bob).await.unwrap().user, "bob");
-    let report = upgrading.rekey_all(false).await.unwrap();
+    let report = upgrading.rekey_all(false, &Origin::companion()).await.unwrap();
     assert_eq!((report.scanned, report.sealed, report.current), (2, 1, 1), "{report:?}");
-    assert_eq!(upgrading.rekey_all(false).await.unwrap().current, 2, "a second sweep has nothing to do");
+    assert_eq!(
+        upgrading.rekey_all(false, &Origin::companion()).await.unwrap().current,
+        2,
+        "a second sweep has nothing to do"
+    );
     let signed = signing(false);
     for (t, user) in [(&alice, "alice"), (&bob, "bob")] {
         assert_eq!(signed.whoami(t).await.unwrap().user, user);

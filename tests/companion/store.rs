@@ -2,6 +2,7 @@
 
 use crate::support::RedisServer;
 use crate::{policy, store_at};
+use multitokens::audit::Origin;
 use multitokens::clock::now_ms;
 use multitokens::error::StoreError;
 use multitokens::settings::MaxTokensPolicy;
@@ -24,34 +25,40 @@ async fn issue_whoami_and_the_first_flag() {
     let redis = RedisServer::start();
     let store = store_at(&redis.url(), policy(), None);
     let a = store
-        .issue(IssueRequest {
-            user: "alice".into(),
-            device: Some("laptop".into()),
-            ttl: None,
-            scopes: vec!["read".into(), "write".into()],
-        })
+        .issue(
+            IssueRequest {
+                user: "alice".into(),
+                device: Some("laptop".into()),
+                ttl: None,
+                scopes: vec!["read".into(), "write".into()],
+            },
+            &Origin::companion(),
+        )
         .await
         .unwrap();
     assert!(a.first, "first login of the user");
     assert_eq!(a.expires_in, Some(30 * 24 * 3600));
-    let b = store.issue(req("alice", "phone")).await.unwrap();
+    let b = store.issue(req("alice", "phone"), &Origin::companion()).await.unwrap();
     assert!(!b.first, "alice was already logged in elsewhere");
-    assert!(store.issue(req("bob", "phone")).await.unwrap().first, "other users are independent");
+    assert!(store.issue(req("bob", "phone"), &Origin::companion()).await.unwrap().first, "other users are independent");
 
     let who = store.whoami(&a.token).await.unwrap();
     assert_eq!((who.user.as_str(), who.device.as_str(), who.id.as_str()), ("alice", "laptop", a.id.as_str()));
     assert_eq!(who.scopes, vec!["read", "write"]);
     assert!(who.expires_in.unwrap() > 30 * 24 * 3600 - 5);
 
-    assert_eq!(store.revoke_all("alice", None).await.unwrap().revoked, 2);
-    assert!(store.issue(req("alice", "laptop")).await.unwrap().first, "first again after log out everywhere");
+    assert_eq!(store.revoke_all("alice", None, &Origin::companion()).await.unwrap().revoked, 2);
+    assert!(
+        store.issue(req("alice", "laptop"), &Origin::companion()).await.unwrap().first,
+        "first again after log out everywhere"
+    );
 }
 
 #[tokio::test]
 async fn damaged_or_foreign_tokens_are_rejected() {
     let redis = RedisServer::start();
     let store = store_at(&redis.url(), policy(), None);
-    let t = store.issue(req("carol", "tv")).await.unwrap().token;
+    let t = store.issue(req("carol", "tv"), &Origin::companion()).await.unwrap().token;
     for bad in [
         t[1..].to_string(),
         t[..t.len() - 1].to_string(),
@@ -73,12 +80,15 @@ async fn damaged_or_foreign_tokens_are_rejected() {
 async fn revoke_logs_out_one_device_only() {
     let redis = RedisServer::start();
     let store = store_at(&redis.url(), policy(), None);
-    let laptop = store.issue(req("dave", "laptop")).await.unwrap().token;
-    let phone = store.issue(req("dave", "phone")).await.unwrap().token;
-    let other = store.issue(req("erin", "laptop")).await.unwrap().token;
-    store.revoke(&laptop).await.unwrap();
+    let laptop = store.issue(req("dave", "laptop"), &Origin::companion()).await.unwrap().token;
+    let phone = store.issue(req("dave", "phone"), &Origin::companion()).await.unwrap().token;
+    let other = store.issue(req("erin", "laptop"), &Origin::companion()).await.unwrap().token;
+    store.revoke(&laptop, &Origin::companion()).await.unwrap();
     assert!(matches!(store.whoami(&laptop).await, Err(StoreError::InvalidToken)));
-    assert!(matches!(store.revoke(&laptop).await, Err(StoreError::InvalidToken)), "second revoke finds nothing");
+    assert!(
+        matches!(store.revoke(&laptop, &Origin::companion()).await, Err(StoreError::InvalidToken)),
+        "second revoke finds nothing"
+    );
     assert_eq!(store.whoami(&phone).await.unwrap().device, "phone");
     assert_eq!(store.whoami(&other).await.unwrap().user, "erin");
     let listed: Vec<String> = store.list("dave").await.unwrap().into_iter().map(|t| t.device).collect();
@@ -90,20 +100,23 @@ async fn revoke_all_and_revoke_others() {
     let redis = RedisServer::start();
     let store = store_at(&redis.url(), policy(), None);
     let tokens: Vec<String> = futures_tokens(&store, "frank", 4).await;
-    let bystander = store.issue(req("grace", "laptop")).await.unwrap().token;
+    let bystander = store.issue(req("grace", "laptop"), &Origin::companion()).await.unwrap().token;
     // everywhere else: keep tokens[0]
-    assert_eq!(store.revoke_all("frank", Some(&tokens[0])).await.unwrap().revoked, 3);
+    assert_eq!(store.revoke_all("frank", Some(&tokens[0]), &Origin::companion()).await.unwrap().revoked, 3);
     assert!(store.whoami(&tokens[0]).await.is_ok());
     for t in &tokens[1..] {
         assert!(store.whoami(t).await.is_err());
     }
     // an --except token of another user is refused and revokes nothing
-    assert!(matches!(store.revoke_all("frank", Some(&bystander)).await, Err(StoreError::InvalidToken)));
+    assert!(matches!(
+        store.revoke_all("frank", Some(&bystander), &Origin::companion()).await,
+        Err(StoreError::InvalidToken)
+    ));
     assert!(store.whoami(&tokens[0]).await.is_ok());
     // everywhere
-    assert_eq!(store.revoke_all("frank", None).await.unwrap().revoked, 1);
+    assert_eq!(store.revoke_all("frank", None, &Origin::companion()).await.unwrap().revoked, 1);
     assert!(store.whoami(&tokens[0]).await.is_err());
-    assert_eq!(store.revoke_all("frank", None).await.unwrap().revoked, 0);
+    assert_eq!(store.revoke_all("frank", None, &Origin::companion()).await.unwrap().revoked, 0);
     assert!(store.whoami(&bystander).await.is_ok(), "other users untouched");
     // the revocation feed carries every revoked digest
     let feed: redis::streams::StreamRangeReply = redis.conn().xrange_all("mt:revoked").unwrap();
@@ -113,7 +126,7 @@ async fn revoke_all_and_revoke_others() {
 pub async fn futures_tokens(store: &multitokens::store::TokenStore, user: &str, n: usize) -> Vec<String> {
     let mut out = Vec::new();
     for i in 0..n {
-        out.push(store.issue(req(user, &format!("device-{i}"))).await.unwrap().token);
+        out.push(store.issue(req(user, &format!("device-{i}")), &Origin::companion()).await.unwrap().token);
     }
     out
 }
@@ -125,20 +138,26 @@ async fn immortal_tokens_and_ttl_reset_with_overwrite_none_ttl() {
     p.token_ttl = TokenTtl::Seconds(1000);
     let store = store_at(&redis.url(), p, None);
     let immortal = store
-        .issue(IssueRequest { user: "hank".into(), ttl: Some(TokenTtl::Never), ..Default::default() })
+        .issue(
+            IssueRequest { user: "hank".into(), ttl: Some(TokenTtl::Never), ..Default::default() },
+            &Origin::companion(),
+        )
         .await
         .unwrap();
     assert_eq!(immortal.expires_in, None);
     assert_eq!(pttl_of_token(&redis, &store, &immortal.token), -1);
     assert_eq!(store.whoami(&immortal.token).await.unwrap().expires_in, None);
     let short = store
-        .issue(IssueRequest { user: "hank".into(), ttl: Some(TokenTtl::Seconds(50)), ..Default::default() })
+        .issue(
+            IssueRequest { user: "hank".into(), ttl: Some(TokenTtl::Seconds(50)), ..Default::default() },
+            &Origin::companion(),
+        )
         .await
         .unwrap();
     assert!(pttl_of_token(&redis, &store, &short.token) <= 50_000);
     // the next login resets the immortal one to token_ttl (overwrite_none_ttl), and re-arms the
     // short one to the 50 s it was issued with, never stretching it to token_ttl
-    store.issue(req("hank", "third")).await.unwrap();
+    store.issue(req("hank", "third"), &Origin::companion()).await.unwrap();
     let pttl = pttl_of_token(&redis, &store, &immortal.token);
     assert!((990_000..=1_000_000).contains(&pttl), "pttl {pttl}");
     let pttl = pttl_of_token(&redis, &store, &short.token);
@@ -153,16 +172,22 @@ async fn overwrite_none_ttl_false_keeps_immortal_tokens_immortal() {
     p.overwrite_none_ttl = false;
     let store = store_at(&redis.url(), p, None);
     let immortal = store
-        .issue(IssueRequest { user: "ivy".into(), ttl: Some(TokenTtl::Never), ..Default::default() })
+        .issue(
+            IssueRequest { user: "ivy".into(), ttl: Some(TokenTtl::Never), ..Default::default() },
+            &Origin::companion(),
+        )
         .await
         .unwrap()
         .token;
     let short = store
-        .issue(IssueRequest { user: "ivy".into(), ttl: Some(TokenTtl::Seconds(50)), ..Default::default() })
+        .issue(
+            IssueRequest { user: "ivy".into(), ttl: Some(TokenTtl::Seconds(50)), ..Default::default() },
+            &Origin::companion(),
+        )
         .await
         .unwrap()
         .token;
-    store.issue(req("ivy", "third")).await.unwrap();
+    store.issue(req("ivy", "third"), &Origin::companion()).await.unwrap();
     assert_eq!(pttl_of_token(&redis, &store, &immortal), -1);
     assert!(
         (40_000..=50_000).contains(&pttl_of_token(&redis, &store, &short)),
@@ -177,18 +202,21 @@ async fn reset_disabled_and_reset_to_never() {
     p.reset_ttl_on_login = false;
     let store = store_at(&redis.url(), p.clone(), None);
     let short = store
-        .issue(IssueRequest { user: "jack".into(), ttl: Some(TokenTtl::Seconds(50)), ..Default::default() })
+        .issue(
+            IssueRequest { user: "jack".into(), ttl: Some(TokenTtl::Seconds(50)), ..Default::default() },
+            &Origin::companion(),
+        )
         .await
         .unwrap()
         .token;
-    store.issue(req("jack", "b")).await.unwrap();
+    store.issue(req("jack", "b"), &Origin::companion()).await.unwrap();
     assert!(pttl_of_token(&redis, &store, &short) <= 50_000, "no reset when disabled");
 
     // token_ttl = never: a login re-arms the user's other tokens, but a mortal one stays mortal
     p.reset_ttl_on_login = true;
     p.token_ttl = TokenTtl::Never;
     let store = store_at(&redis.url(), p, None);
-    store.issue(req("jack", "c")).await.unwrap();
+    store.issue(req("jack", "c"), &Origin::companion()).await.unwrap();
     assert!((40_000..=50_000).contains(&pttl_of_token(&redis, &store, &short)), "never stretched to immortal");
     let index = store.layout().index_key("jack");
     assert_eq!(redis.conn().pttl::<_, i64>(index).unwrap(), -1, "index of immortal tokens is persistent");
@@ -200,16 +228,16 @@ async fn limit_with_reject_and_evict_oldest() {
     let mut p = policy();
     p.max_tokens_per_user = Some(2);
     let store = store_at(&redis.url(), p.clone(), None);
-    let a = store.issue(req("kim", "a")).await.unwrap().token;
-    store.issue(req("kim", "b")).await.unwrap();
-    assert!(matches!(store.issue(req("kim", "c")).await, Err(StoreError::LimitReached(2))));
+    let a = store.issue(req("kim", "a"), &Origin::companion()).await.unwrap().token;
+    store.issue(req("kim", "b"), &Origin::companion()).await.unwrap();
+    assert!(matches!(store.issue(req("kim", "c"), &Origin::companion()).await, Err(StoreError::LimitReached(2))));
     assert_eq!(store.list("kim").await.unwrap().len(), 2);
-    store.revoke(&a).await.unwrap();
-    store.issue(req("kim", "c")).await.unwrap();
+    store.revoke(&a, &Origin::companion()).await.unwrap();
+    store.issue(req("kim", "c"), &Origin::companion()).await.unwrap();
 
     p.max_tokens_policy = MaxTokensPolicy::EvictOldest;
     let store = store_at(&redis.url(), p, None);
-    let d = store.issue(req("kim", "d")).await.unwrap();
+    let d = store.issue(req("kim", "d"), &Origin::companion()).await.unwrap();
     assert!(!d.first);
     let devices: Vec<String> = store.list("kim").await.unwrap().into_iter().map(|t| t.device).collect();
     assert_eq!(devices, vec!["c", "d"], "the oldest (b) was evicted");
@@ -222,7 +250,10 @@ async fn expired_tokens_are_invalid_and_pruned() {
     let redis = RedisServer::start();
     let store = store_at(&redis.url(), policy(), None);
     let t = store
-        .issue(IssueRequest { user: "leo".into(), ttl: Some(TokenTtl::Seconds(1)), ..Default::default() })
+        .issue(
+            IssueRequest { user: "leo".into(), ttl: Some(TokenTtl::Seconds(1)), ..Default::default() },
+            &Origin::companion(),
+        )
         .await
         .unwrap()
         .token;
@@ -230,7 +261,10 @@ async fn expired_tokens_are_invalid_and_pruned() {
     tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
     assert!(matches!(store.whoami(&t).await, Err(StoreError::InvalidToken)));
     assert!(store.list("leo").await.unwrap().is_empty());
-    assert!(store.issue(req("leo", "again")).await.unwrap().first, "an expired token does not count");
+    assert!(
+        store.issue(req("leo", "again"), &Origin::companion()).await.unwrap().first,
+        "an expired token does not count"
+    );
     let members: Vec<String> = redis.conn().zrange(store.layout().index_key("leo"), 0, -1).unwrap();
     assert_eq!(members.len(), 1, "the expired member was pruned from the index");
 }
@@ -239,15 +273,15 @@ async fn expired_tokens_are_invalid_and_pruned() {
 async fn list_and_revoke_by_id() {
     let redis = RedisServer::start();
     let store = store_at(&redis.url(), policy(), None);
-    let a = store.issue(req("mia", "laptop")).await.unwrap();
-    let b = store.issue(req("mia", "phone")).await.unwrap();
+    let a = store.issue(req("mia", "laptop"), &Origin::companion()).await.unwrap();
+    let b = store.issue(req("mia", "phone"), &Origin::companion()).await.unwrap();
     let listed = store.list("mia").await.unwrap();
     assert_eq!(listed.iter().map(|t| t.id.clone()).collect::<Vec<_>>(), vec![a.id.clone(), b.id.clone()]);
-    store.revoke_by_id("mia", &a.id).await.unwrap();
+    store.revoke_by_id("mia", &a.id, &Origin::companion()).await.unwrap();
     assert!(store.whoami(&a.token).await.is_err());
     assert!(store.whoami(&b.token).await.is_ok());
-    assert!(matches!(store.revoke_by_id("mia", &a.id).await, Err(StoreError::NotFound(_))));
-    assert!(matches!(store.revoke_by_id("nobody", &b.id).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(store.revoke_by_id("mia", &a.id, &Origin::companion()).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(store.revoke_by_id("nobody", &b.id, &Origin::companion()).await, Err(StoreError::NotFound(_))));
     assert!(store.list("nobody").await.unwrap().is_empty());
 }
 
@@ -258,10 +292,10 @@ async fn redis_holds_no_token_nor_its_secret() {
         let store = store_at(&redis.url(), policy(), hash_key);
         let mut tokens = Vec::new();
         for i in 0..3 {
-            let t = store.issue(req("nina", &format!("d{i}"))).await.unwrap().token;
+            let t = store.issue(req("nina", &format!("d{i}")), &Origin::companion()).await.unwrap().token;
             tokens.push(t);
         }
-        store.revoke(&tokens[0]).await.unwrap();
+        store.revoke(&tokens[0], &Origin::companion()).await.unwrap();
         let mut conn = redis.conn();
         let keys: Vec<String> = conn.keys("*").unwrap();
         let mut everything = keys.join("\n");
@@ -289,7 +323,7 @@ async fn redis_holds_no_token_nor_its_secret() {
 async fn the_hash_key_must_match() {
     let redis = RedisServer::start();
     let peppered = store_at(&redis.url(), policy(), Some("server-secret-one"));
-    let t = peppered.issue(req("olga", "a")).await.unwrap().token;
+    let t = peppered.issue(req("olga", "a"), &Origin::companion()).await.unwrap().token;
     assert!(peppered.whoami(&t).await.is_ok());
     assert!(store_at(&redis.url(), policy(), Some("server-secret-two")).whoami(&t).await.is_err());
     assert!(store_at(&redis.url(), policy(), None).whoami(&t).await.is_err());
@@ -302,12 +336,18 @@ async fn the_index_outlives_every_record() {
     p.reset_ttl_on_login = false;
     let store = store_at(&redis.url(), p, None);
     let long = store
-        .issue(IssueRequest { user: "pat".into(), ttl: Some(TokenTtl::Seconds(5000)), ..Default::default() })
+        .issue(
+            IssueRequest { user: "pat".into(), ttl: Some(TokenTtl::Seconds(5000)), ..Default::default() },
+            &Origin::companion(),
+        )
         .await
         .unwrap()
         .token;
     store
-        .issue(IssueRequest { user: "pat".into(), ttl: Some(TokenTtl::Seconds(10)), ..Default::default() })
+        .issue(
+            IssueRequest { user: "pat".into(), ttl: Some(TokenTtl::Seconds(10)), ..Default::default() },
+            &Origin::companion(),
+        )
         .await
         .unwrap();
     let index_ttl: i64 = redis.conn().pttl(store.layout().index_key("pat")).unwrap();
@@ -326,17 +366,17 @@ async fn the_index_outlives_every_record() {
 async fn garbage_in_redis_and_redis_down_are_errors_not_verdicts() {
     let mut redis = RedisServer::start();
     let store = store_at(&redis.url(), policy(), None);
-    let t = store.issue(req("quinn", "a")).await.unwrap().token;
+    let t = store.issue(req("quinn", "a"), &Origin::companion()).await.unwrap().token;
     let (tag, digest) = store.digest_of(&t).unwrap();
     let _: () = redis.conn().set(store.layout().record_key(tag, &digest), "\u{1}garbage").unwrap();
     assert!(matches!(store.whoami(&t).await, Err(StoreError::Record(_))));
     redis.kill();
     assert!(matches!(store.whoami(&t).await, Err(StoreError::Unavailable(_))));
-    assert!(matches!(store.issue(req("quinn", "b")).await, Err(StoreError::Unavailable(_))));
+    assert!(matches!(store.issue(req("quinn", "b"), &Origin::companion()).await, Err(StoreError::Unavailable(_))));
     assert!(store.ping().await.is_err());
     // bad input is refused before Redis is asked
-    assert!(matches!(store.issue(req("", "a")).await, Err(StoreError::Input(_))));
-    assert!(matches!(store.issue(req("a\nb", "a")).await, Err(StoreError::Input(_))));
+    assert!(matches!(store.issue(req("", "a"), &Origin::companion()).await, Err(StoreError::Input(_))));
+    assert!(matches!(store.issue(req("a\nb", "a"), &Origin::companion()).await, Err(StoreError::Input(_))));
 }
 
 #[tokio::test]
@@ -345,15 +385,15 @@ async fn the_revocation_feed_pages_and_detects_loss() {
     let store = store_at(&redis.url(), policy(), None);
     let start = store.revocations_after(None).await.unwrap();
     assert_eq!((start.cursor.as_str(), start.digests.len(), start.reset), ("0-0", 0, false));
-    let a = store.issue(req("sam", "a")).await.unwrap().token;
-    let b = store.issue(req("sam", "b")).await.unwrap().token;
-    store.revoke(&a).await.unwrap();
+    let a = store.issue(req("sam", "a"), &Origin::companion()).await.unwrap().token;
+    let b = store.issue(req("sam", "b"), &Origin::companion()).await.unwrap().token;
+    store.revoke(&a, &Origin::companion()).await.unwrap();
     let page = store.revocations_after(Some(&start.cursor)).await.unwrap();
     assert_eq!(page.digests, vec![store.digest_of(&a).unwrap().1.to_hex()]);
     assert!(!page.reset);
     let again = store.revocations_after(Some(&page.cursor)).await.unwrap();
     assert!(again.digests.is_empty() && again.cursor == page.cursor);
-    store.revoke(&b).await.unwrap();
+    store.revoke(&b, &Origin::companion()).await.unwrap();
     let next = store.revocations_after(Some(&page.cursor)).await.unwrap();
     assert_eq!(next.digests, vec![store.digest_of(&b).unwrap().1.to_hex()]);
     // entries the poller never saw are trimmed away: it is told to reset
@@ -373,14 +413,17 @@ async fn max_lifetime_caps_every_ttl_and_is_never_extended() {
     p.max_lifetime = Some(100);
     let store = store_at(&redis.url(), p, None);
     let immortal = store
-        .issue(IssueRequest { user: "uma".into(), ttl: Some(TokenTtl::Never), ..Default::default() })
+        .issue(
+            IssueRequest { user: "uma".into(), ttl: Some(TokenTtl::Never), ..Default::default() },
+            &Origin::companion(),
+        )
         .await
         .unwrap();
     assert_eq!(immortal.expires_in, Some(100), "an absolute lifetime makes every token mortal");
     let pttl = pttl_of_token(&redis, &store, &immortal.token);
     assert!((99_000..=100_000).contains(&pttl), "{pttl}");
     // a later login resets the TTL of the others to token_ttl: capped by their absolute expiry
-    store.issue(req("uma", "second")).await.unwrap();
+    store.issue(req("uma", "second"), &Origin::companion()).await.unwrap();
     let pttl = pttl_of_token(&redis, &store, &immortal.token);
     assert!((98_000..=100_000).contains(&pttl), "reset must not pass expires_at: {pttl}");
     // a sliding refresh cannot extend it either
@@ -399,12 +442,15 @@ async fn reset_on_login_and_refresh_never_stretch_a_token_past_its_issued_lifeti
     let redis = RedisServer::start();
     let store = store_at(&redis.url(), policy(), None); // reset on login to 30 days
     let short = store
-        .issue(IssueRequest { user: "ivy".into(), ttl: Some(TokenTtl::Seconds(60)), ..Default::default() })
+        .issue(
+            IssueRequest { user: "ivy".into(), ttl: Some(TokenTtl::Seconds(60)), ..Default::default() },
+            &Origin::companion(),
+        )
         .await
         .unwrap()
         .token;
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let issued = store.issue(req("ivy", "phone")).await.unwrap();
+    let issued = store.issue(req("ivy", "phone"), &Origin::companion()).await.unwrap();
     assert_eq!(issued.ttl_reset, 1, "the login still re-arms the other token's lifetime (the seed's semantics)");
     let left = pttl_of_token(&redis, &store, &short);
     assert!((58_000..=60_000).contains(&left), "re-armed to its own 60 s, not to token_ttl: {left} ms");
@@ -418,7 +464,7 @@ async fn reset_on_login_and_refresh_never_stretch_a_token_past_its_issued_lifeti
     let mut p = policy();
     p.token_ttl = TokenTtl::Never;
     let never = store_at(&redis.url(), p, None);
-    never.issue(req("ivy", "tablet")).await.unwrap();
+    never.issue(req("ivy", "tablet"), &Origin::companion()).await.unwrap();
     let left = pttl_of_token(&redis, &store, &short);
     assert!((0..=60_000).contains(&left), "still mortal, at most 60 s: {left} ms");
 }
@@ -479,8 +525,8 @@ async fn a_revocation_is_published_even_when_its_companion_dies_before_publishin
     let index: u64 = redis.conn().zcard("mt:outboxes").unwrap();
     assert_eq!(index, 0, "and left the index");
     // a revoke that returns has published already: nothing left behind
-    let t = store.issue(req("olga", "again")).await.unwrap().token;
-    store.revoke(&t).await.unwrap();
+    let t = store.issue(req("olga", "again"), &Origin::companion()).await.unwrap().token;
+    store.revoke(&t, &Origin::companion()).await.unwrap();
     assert_eq!(store.publish_outboxes_announced_before(now_ms()).await.unwrap(), 0);
 }
 
@@ -498,7 +544,7 @@ async fn expired_tokens_are_pruned_by_score_and_an_old_index_is_scored_once() {
             ttl: Some(TokenTtl::Seconds(1)),
             ..Default::default()
         };
-        store.issue(short).await.unwrap();
+        store.issue(short, &Origin::companion()).await.unwrap();
     }
     let (index, expiry) = (store.layout().index_key("pam"), store.layout().expiry_key("pam"));
     assert_eq!(
@@ -507,14 +553,14 @@ async fn expired_tokens_are_pruned_by_score_and_an_old_index_is_scored_once() {
     );
     std::thread::sleep(std::time::Duration::from_millis(1300));
     let immortal = IssueRequest { user: "pam".into(), ttl: Some(TokenTtl::Never), ..Default::default() };
-    assert!(store.issue(immortal).await.unwrap().first, "the 50 expired tokens do not count");
+    assert!(store.issue(immortal, &Origin::companion()).await.unwrap().first, "the 50 expired tokens do not count");
     assert_eq!((redis.conn().zcard::<_, i64>(&index).unwrap(), redis.conn().zcard::<_, i64>(&expiry).unwrap()), (1, 1));
     let scores: Vec<(String, String)> = redis.conn().zrange_withscores(&expiry, 0, -1).unwrap();
     assert_eq!(scores[0].1, "inf", "an immortal token is scored inf");
     assert_eq!(redis.conn().pttl::<_, i64>(&index).unwrap(), -1, "the index of an immortal token persists");
     // an index written before the expiry index existed is scored once, record by record
     let _: () = redis.conn().del(&expiry).unwrap();
-    store.issue(req("pam", "later")).await.unwrap();
+    store.issue(req("pam", "later"), &Origin::companion()).await.unwrap();
     assert_eq!(redis.conn().zcard::<_, i64>(&expiry).unwrap(), 2);
     assert_eq!(store.list("pam").await.unwrap().len(), 2);
 }
@@ -533,12 +579,15 @@ async fn a_user_logging_in_again_and_again_costs_redis_the_same_at_any_number_of
     p.max_tokens_per_user = Some(10_000);
     let store = store_at(&redis.url(), p, None);
     for i in 0..1000 {
-        store.issue(req("loop", &format!("d{i}"))).await.unwrap();
+        store.issue(req("loop", &format!("d{i}")), &Origin::companion()).await.unwrap();
     }
     // the last logins re-armed every token a moment ago: the next ones walk nothing
     let (pttl, pexpire, get) = (calls(&redis, "pttl"), calls(&redis, "pexpire"), calls(&redis, "get"));
     for i in 0..10 {
-        assert_eq!(store.issue(req("loop", &format!("again{i}"))).await.unwrap().ttl_reset, 1000 + i);
+        assert_eq!(
+            store.issue(req("loop", &format!("again{i}")), &Origin::companion()).await.unwrap().ttl_reset,
+            1000 + i
+        );
     }
     let walked = (calls(&redis, "pttl") - pttl) + (calls(&redis, "pexpire") - pexpire) + (calls(&redis, "get") - get);
     assert!(walked < 50, "10 logins of a user with 1,000 tokens visited {walked} records");
@@ -552,7 +601,7 @@ async fn a_user_logging_in_again_and_again_costs_redis_the_same_at_any_number_of
         },
         None,
     );
-    let issued = capped.issue(req("loop", "over")).await.unwrap();
+    let issued = capped.issue(req("loop", "over"), &Origin::companion()).await.unwrap();
     assert_eq!(issued.ttl_reset, 1009, "the oldest token was evicted to make room");
     assert_eq!(capped.list("loop").await.unwrap().len(), 1010);
 }
