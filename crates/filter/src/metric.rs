@@ -1,107 +1,77 @@
-//! The filter's counters (Envoy stats `multitokens.<name>`).
+//! The filter's counters (Envoy stats `multitokens.<name>`), each listed once: its doc, its
+//! variant and its stat name.
 
-/// Counters the filter keeps (Envoy stats `multitokens.<name>`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Metric {
+/// Declares [`Metric`], [`Metric::ALL`] and [`Metric::name`] from one list.
+macro_rules! metrics {
+    ($($(#[$doc:meta])* $variant:ident => $name:literal,)*) => {
+        /// Counters the filter keeps (Envoy stats `multitokens.<name>`).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Metric {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl Metric {
+            /// Every metric, for definition at start.
+            pub const ALL: [Metric; [$(Metric::$variant),*].len()] = [$(Metric::$variant),*];
+
+            /// The stat name.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $(Metric::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+metrics! {
     /// Requests let through with a valid token.
-    Allowed,
+    Allowed => "multitokens.allowed",
     /// Requests let through on a stale verdict while the store was down (`allow_cached`).
-    AllowedStale,
+    AllowedStale => "multitokens.allowed_stale",
     /// Requests excluded from authentication.
-    Excluded,
+    Excluded => "multitokens.excluded",
     /// Denied: no credential.
-    DeniedMissing,
+    DeniedMissing => "multitokens.denied_missing",
     /// Denied: malformed token (no callout made).
-    DeniedMalformed,
+    DeniedMalformed => "multitokens.denied_malformed",
     /// Denied: unknown, revoked or expired token.
-    DeniedInvalid,
+    DeniedInvalid => "multitokens.denied_invalid",
     /// Denied: missing scope.
-    DeniedScope,
+    DeniedScope => "multitokens.denied_scope",
     /// Denied: store unavailable.
-    DeniedUnavailable,
+    DeniedUnavailable => "multitokens.denied_unavailable",
     /// Verdict served from the cache.
-    CacheHit,
+    CacheHit => "multitokens.cache_hit",
     /// Verdict had to be looked up.
-    CacheMiss,
+    CacheMiss => "multitokens.cache_miss",
     /// Callout got no response (timeout, reset, no upstream).
-    CalloutFailed,
+    CalloutFailed => "multitokens.callout_failed",
     /// Callout got a bad response.
-    CalloutError,
+    CalloutError => "multitokens.callout_error",
     /// Cached verdicts dropped by the revocation feed.
-    RevocationsApplied,
+    RevocationsApplied => "multitokens.revocations_applied",
     /// Timer ticks run (a counter that stops moving means the tick stopped).
-    Ticks,
+    Ticks => "multitokens.ticks",
     /// Cached positives not trusted because the tick was overdue (they were looked up instead).
-    TickOverdue,
+    TickOverdue => "multitokens.tick_overdue",
     /// Denied: a path that is not canonical (400) while path rules are configured.
-    DeniedBadPath,
+    DeniedBadPath => "multitokens.denied_bad_path",
     /// Denied: the client's address spent its budget of lookups of tokens the edge cannot check by
     /// their MAC (429, no callout; never a token with a verified MAC).
-    DeniedThrottled,
+    DeniedThrottled => "multitokens.denied_throttled",
     /// Denied: the token's record has no valid seal (rewritten in Redis).
-    DeniedTampered,
+    DeniedTampered => "multitokens.denied_tampered",
     /// Lookups not sent: the request waited for another request's lookup of the same token.
-    LookupShared,
+    LookupShared => "multitokens.lookup_shared",
     /// Denied without a lookup: a token whose MAC no hash key made (forged), or an old-format
     /// token while `accept_legacy_tokens` is off.
-    DeniedForged,
+    DeniedForged => "multitokens.denied_forged",
     /// Denied: an unsafe request authenticated by the cookie, sent from another site (403, no lookup).
-    DeniedCrossSite,
+    DeniedCrossSite => "multitokens.denied_cross_site",
 }
 
 impl Metric {
-    /// Every metric, for definition at start.
-    pub const ALL: [Metric; 21] = [
-        Metric::Allowed,
-        Metric::AllowedStale,
-        Metric::Excluded,
-        Metric::DeniedMissing,
-        Metric::DeniedMalformed,
-        Metric::DeniedInvalid,
-        Metric::DeniedScope,
-        Metric::DeniedUnavailable,
-        Metric::CacheHit,
-        Metric::CacheMiss,
-        Metric::CalloutFailed,
-        Metric::CalloutError,
-        Metric::RevocationsApplied,
-        Metric::Ticks,
-        Metric::TickOverdue,
-        Metric::DeniedBadPath,
-        Metric::DeniedThrottled,
-        Metric::DeniedTampered,
-        Metric::LookupShared,
-        Metric::DeniedForged,
-        Metric::DeniedCrossSite,
-    ];
-
-    /// The stat name.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Metric::Allowed => "multitokens.allowed",
-            Metric::AllowedStale => "multitokens.allowed_stale",
-            Metric::Excluded => "multitokens.excluded",
-            Metric::DeniedMissing => "multitokens.denied_missing",
-            Metric::DeniedMalformed => "multitokens.denied_malformed",
-            Metric::DeniedInvalid => "multitokens.denied_invalid",
-            Metric::DeniedScope => "multitokens.denied_scope",
-            Metric::DeniedUnavailable => "multitokens.denied_unavailable",
-            Metric::CacheHit => "multitokens.cache_hit",
-            Metric::CacheMiss => "multitokens.cache_miss",
-            Metric::CalloutFailed => "multitokens.callout_failed",
-            Metric::CalloutError => "multitokens.callout_error",
-            Metric::RevocationsApplied => "multitokens.revocations_applied",
-            Metric::Ticks => "multitokens.ticks",
-            Metric::TickOverdue => "multitokens.tick_overdue",
-            Metric::DeniedBadPath => "multitokens.denied_bad_path",
-            Metric::DeniedThrottled => "multitokens.denied_throttled",
-            Metric::DeniedTampered => "multitokens.denied_tampered",
-            Metric::LookupShared => "multitokens.lookup_shared",
-            Metric::DeniedForged => "multitokens.denied_forged",
-            Metric::DeniedCrossSite => "multitokens.denied_cross_site",
-        }
-    }
-
     /// Index into [`Metric::ALL`] (declaration order).
     pub fn index(&self) -> usize {
         *self as usize
