@@ -98,7 +98,7 @@ fn filter_config(build: Build, extra: Value) -> String {
     });
     match build {
         // the test host performs callouts synchronously, so no long polls here: those are
-        // tested through real Envoy (tests/envoy_e2e.rs)
+        // tested through real Envoy (tests/envoy_e2e/)
         Build::Stock => {
             config["companion"] = json!({"cluster": "companion", "api_key": INTERNAL_KEY});
             config["revocation_wait_ms"] = json!(0);
