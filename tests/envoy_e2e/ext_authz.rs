@@ -130,14 +130,7 @@ fn envoys_grpc_ext_authz_gets_the_filters_decision_from_the_companion() {
     assert_eq!((r.status, r.body["detail"].clone()), (401, json!("Invalid token.")));
     // it was Envoy's ext_authz asking over gRPC, not the wasm filter
     assert!(!s.config.to_yaml().contains("multitokens_filter.wasm"));
-    let metrics = s
-        .agent
-        .get(format!("http://127.0.0.1:{}/metrics", s.companion_port))
-        .call()
-        .unwrap()
-        .into_body()
-        .read_to_string()
-        .unwrap();
+    let metrics = support::companion_metrics(s.companion_port);
     let checks = metrics
         .lines()
         .filter(|l| {

@@ -114,18 +114,7 @@ fn a_forged_flood_from_a_thousand_addresses_costs_no_lookup() {
         }
     }
     let companion_lookups = |s: &Stack| -> u64 {
-        let text = s
-            .agent
-            .get(format!("http://127.0.0.1:{}/metrics", s.companion_port))
-            .call()
-            .unwrap()
-            .into_body()
-            .read_to_string()
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix("multitokens_companion_redis_duration_seconds_count{op=\"lookup\"} "))
-            .map(|v| v.trim().parse::<u64>().unwrap())
-            .unwrap_or_else(|| panic!("no lookup count in the companion's metrics:\n{text}"))
+        support::companion_metric(s.companion_port, "multitokens_companion_redis_duration_seconds_count{op=\"lookup\"}")
     };
     let (misses, lookups, forged_before, overdue) =
         (s.stat("cache_miss"), companion_lookups(&s), s.stat("denied_forged"), s.stat("tick_overdue"));

@@ -222,17 +222,7 @@ fn a_record_forged_with_everything_a_gateway_holds_is_refused_in_both_builds() {
             Build::Redis => host.metric("multitokens.denied_tampered") as u64,
             Build::Stock => {
                 let port = stack.companion.as_ref().unwrap().port;
-                let text = support::http_agent()
-                    .get(format!("http://127.0.0.1:{port}/metrics"))
-                    .call()
-                    .unwrap()
-                    .into_body()
-                    .read_to_string()
-                    .unwrap();
-                text.lines()
-                    .find_map(|l| l.strip_prefix("multitokens_companion_tampered_records_total "))
-                    .map(|v| v.trim().parse::<u64>().unwrap())
-                    .unwrap_or_else(|| panic!("no tampered count:\n{text}"))
+                support::companion_metric(port, "multitokens_companion_tampered_records_total")
             }
         };
         assert!(tampered >= 2, "{build:?}: both counted as tampered, {tampered}");

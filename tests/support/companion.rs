@@ -98,3 +98,24 @@ pub fn issue_token_with(redis_url: &str, user: &str, args: &[&str], env: &[(&str
     assert!(out.status.success(), "issue {all:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
+
+/// The metrics text of the companion on `port` (`GET /metrics`).
+pub fn companion_metrics(port: u16) -> String {
+    super::http_agent()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap()
+}
+
+/// One sample of the companion's metrics (the line's value after `series `); fails the test when
+/// the series is not there.
+pub fn companion_metric(port: u16, series: &str) -> u64 {
+    let text = companion_metrics(port);
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map(|v| v.trim().parse::<u64>().unwrap())
+        .unwrap_or_else(|| panic!("no {series} in the companion's metrics:\n{text}"))
+}

@@ -3,8 +3,45 @@
 
 use multitokens_filter::header_map::{self, RawHeaders};
 
-/// A host call's status other than OK.
-pub type Status = u32;
+/// A host call's status other than OK (proxy-wasm ABI 0.2.1 `WasmResult`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// 1: the thing asked for does not exist.
+    NotFound,
+    /// 2: an argument was refused (for a callout: no such cluster).
+    BadArgument,
+    /// 10: the upstream is unavailable (for a Redis callout: no healthy host).
+    Unavailable,
+    /// Any other status, as the host gave it.
+    Other(u32),
+    /// The call succeeded but what it handed over does not decode (never expected).
+    Malformed,
+}
+
+impl Status {
+    /// The status of a host call's return value (`Ok` for 0).
+    pub fn of(code: u32) -> Result<(), Status> {
+        match code {
+            0 => Ok(()),
+            1 => Err(Status::NotFound),
+            2 => Err(Status::BadArgument),
+            10 => Err(Status::Unavailable),
+            other => Err(Status::Other(other)),
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Status::NotFound => f.write_str("not found (1)"),
+            Status::BadArgument => f.write_str("bad argument (2)"),
+            Status::Unavailable => f.write_str("unavailable (10)"),
+            Status::Other(code) => write!(f, "status {code}"),
+            Status::Malformed => f.write_str("a malformed answer"),
+        }
+    }
+}
 
 /// The header maps the shell reads and writes.
 #[derive(Clone, Copy)]
@@ -91,11 +128,7 @@ extern "C" {
 }
 
 fn ok(status: u32) -> Result<(), Status> {
-    if status == 0 {
-        Ok(())
-    } else {
-        Err(status)
-    }
+    Status::of(status)
 }
 
 /// Takes ownership of bytes the host allocated through our `proxy_on_memory_allocate`.
@@ -119,7 +152,7 @@ pub fn headers(map: Map) -> Result<RawHeaders, Status> {
     ok(unsafe { proxy_get_header_map_pairs(map as u32, &mut data, &mut size) })?;
     // SAFETY: the call returned OK.
     let bytes = unsafe { take(data, size) };
-    header_map::decode(&bytes).ok_or(1)
+    header_map::decode(&bytes).ok_or(Status::Malformed)
 }
 
 /// One header's value, as bytes (`None`: absent or unreadable).
@@ -128,7 +161,7 @@ pub fn header(map: Map, name: &str) -> Option<Vec<u8>> {
     // SAFETY: `name` lives for the call; the out-pointers are valid locals.
     let status = unsafe { proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), &mut data, &mut size) };
     // SAFETY: the call returned OK.
-    (status == 0).then(|| unsafe { take(data, size) })
+    Status::of(status).is_ok().then(|| unsafe { take(data, size) })
 }
 
 /// Sets a header, replacing every value it had.
@@ -239,7 +272,7 @@ pub fn property(path: &[&str]) -> Option<Vec<u8>> {
     // SAFETY: `joined` lives for the call; the out-pointers are valid locals.
     let status = unsafe { proxy_get_property(joined.as_ptr(), joined.len(), &mut data, &mut size) };
     // SAFETY: the call returned OK.
-    (status == 0).then(|| unsafe { take(data, size) })
+    Status::of(status).is_ok().then(|| unsafe { take(data, size) })
 }
 
 /// Starts a bodiless HTTP call to an Envoy cluster; its token (the answer comes to

@@ -3,7 +3,7 @@
 //! `proxy_on_redis_call_response`, which the host calls on the ROOT context. Its replies are
 //! routed like HTTP callout answers, by their token (one registry: [`super::exports`]).
 
-use super::abi::{self, Buffer};
+use super::abi::{self, Buffer, Status};
 use super::transport::StoreTransport;
 use super::{exports, now_ms, LookupVia, Purpose, Reply};
 use multitokens_filter::config::{Compiled, RedisTarget, Transport};
@@ -47,12 +47,12 @@ pub(super) fn init(target: &RedisTarget) -> Result<(), String> {
             timeout,
         )
     };
-    match status {
-        0 => Ok(()),
-        2 => {
+    match Status::of(status) {
+        Ok(()) => Ok(()),
+        Err(Status::BadArgument) => {
             Err(format!("invalid multitokens configuration: redis.cluster: Envoy has no cluster {:?}", target.cluster))
         }
-        other => Err(format!("invalid multitokens configuration: redis: proxy_redis_init failed with status {other}")),
+        Err(other) => Err(format!("invalid multitokens configuration: redis: proxy_redis_init failed: {other}")),
     }
 }
 
@@ -62,14 +62,14 @@ fn call(target: &RedisTarget, query: &[u8], purpose: Purpose) -> Result<u32, Str
     let status = unsafe {
         proxy_redis_call(target.cluster.as_ptr(), target.cluster.len(), query.as_ptr(), query.len(), &mut token)
     };
-    match status {
-        0 => {
+    match Status::of(status) {
+        Ok(()) => {
             exports::expect_answer(token, purpose);
             Ok(token)
         }
-        2 => Err(format!("Redis callout: no cluster {:?}", target.cluster)),
-        10 => Err("Redis callout: no healthy Redis host".into()),
-        other => Err(format!("Redis callout failed with status {other}")),
+        Err(Status::BadArgument) => Err(format!("Redis callout: no cluster {:?}", target.cluster)),
+        Err(Status::Unavailable) => Err("Redis callout: no healthy Redis host".into()),
+        Err(other) => Err(format!("Redis callout failed: {other}")),
     }
 }
 
@@ -132,6 +132,7 @@ pub(super) fn read_lookup(
 #[no_mangle]
 pub extern "C" fn proxy_on_redis_call_response(_root_context_id: u32, token: u32, status: u32, response_size: usize) {
     let Some(purpose) = exports::take_call(token) else { return };
-    let bytes = if status == 0 { abi::buffer(Buffer::RedisCallResponse, response_size).ok() } else { None };
+    let bytes =
+        if Status::of(status).is_ok() { abi::buffer(Buffer::RedisCallResponse, response_size).ok() } else { None };
     super::on_callout_answer(token, purpose, Reply::Redis(bytes));
 }

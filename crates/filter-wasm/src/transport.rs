@@ -39,7 +39,7 @@ impl CompanionCallouts {
             ("authorization", compiled.companion_auth.as_str()),
         ];
         let token = abi::http_call(&c.cluster, &headers, timeout_ms)
-            .map_err(|s| format!("dispatch to cluster {:?} failed: status {s}", c.cluster))?;
+            .map_err(|s| format!("dispatch to cluster {:?} failed: {s}", c.cluster))?;
         exports::expect_answer(token, purpose);
         Ok(token)
     }
