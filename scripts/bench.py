@@ -377,7 +377,49 @@ def machine():
     return {"cpu": model, "cores": os.cpu_count(), "kernel": platform.release(), "envoy": envoy}
 
 
+def main_scenarios(stock, jwks):
+    """The Envoy scenarios of the main run: name -> (HTTP filters, HTTP/2 to the companion)."""
+    return {
+        "no_auth": ("", False),
+        "noop_wasm": (wasm_filter("noop", NOOP_WASM), False),
+        "filter_hit": (wasm_filter("multitokens", stock, filter_config(10000)), False),
+        "filter_hit_lean": (wasm_filter("multitokens", stock, filter_config(
+            10000, device_header=None, scopes_header=None, token_id_header=None)), False),
+        "filter_miss": (wasm_filter("multitokens", stock, filter_config(0)), False),
+        "ext_authz": (ext_authz_filter(), False),
+        "ext_authz_grpc": (ext_authz_filter("grpc"), False),
+        # the miss path with HTTP/2 to the companion, for both (one connection, multiplexed)
+        "filter_miss_h2": (wasm_filter("multitokens", stock, filter_config(0)), True),
+        "ext_authz_h2": (ext_authz_filter(), True),
+        "minimal_auth_wasm": (wasm_filter("minimal_auth", MINIMAL_WASM), False),
+        "jwt_rs256": (jwt_filter(jwks, cached=False), False),
+        "jwt_rs256_cached": (jwt_filter(jwks, cached=True), False),
+        "jwt_hs256": (jwt_filter(jwks, cached=False), False),
+        "jwt_hs256_cached": (jwt_filter(jwks, cached=True), False),
+        "invalid_flood": (wasm_filter("multitokens", stock, filter_config(10000)), False),
+        # the shipped defaults: throttling on, negatives bounded apart from positives
+        "forged_mixed": (wasm_filter("multitokens", stock, filter_config(
+            10000, throttle={"max_failures": 20, "window_ms": 60000})), False),
+    }
+
+
+def write_configs(directory):
+    """`bench.py --configs DIR`: writes the Envoy config of every main-run scenario whose files
+    exist here (the wasm fixtures and the JWT anchors' keys are made by `make bench` only), for
+    `envoy --mode validate` (tests/configs.rs)."""
+    directory = Path(directory)
+    stock = WASM_DIR / "multitokens_filter.wasm"
+    for name, (filters, http2) in main_scenarios(stock, jwks=None).items():
+        if name.startswith("jwt_") or (name in ("noop_wasm", "minimal_auth_wasm") and not (NOOP_WASM.exists() and MINIMAL_WASM.exists())):
+            continue
+        (directory / f"{name}.yaml").write_text(envoy_config(10000, 10001, filters, 10002, http2))
+        print(name)
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--configs":
+        write_configs(sys.argv[2])
+        return
     for path in [COMPANION, WASM_DIR / "multitokens_filter.wasm", WASM_DIR / "multitokens_filter_redis.wasm", NOOP_WASM, MINIMAL_WASM]:
         if not path.exists():
             sys.exit(f"bench: {path} is missing (make bench builds it)")
@@ -420,28 +462,11 @@ def main():
         "jwt_hs256": write_lines("jwt-hs256.txt", hs_tokens),
         "jwt_hs256_cached": write_lines("jwt-hs256.txt", hs_tokens),
     }
-    envoys = {
-        "no_auth": Envoy("no_auth", "", companion_port),
-        "noop_wasm": Envoy("noop_wasm", wasm_filter("noop", NOOP_WASM), companion_port),
-        "filter_hit": Envoy("filter_hit", wasm_filter("multitokens", stock, filter_config(10000)), companion_port),
-        "filter_hit_lean": Envoy("filter_hit_lean", wasm_filter("multitokens", stock, filter_config(
-            10000, device_header=None, scopes_header=None, token_id_header=None)), companion_port),
-        "filter_miss": Envoy("filter_miss", wasm_filter("multitokens", stock, filter_config(0)), companion_port),
-        "ext_authz": Envoy("ext_authz", ext_authz_filter(), companion_port),
-        "ext_authz_grpc": Envoy("ext_authz_grpc", ext_authz_filter("grpc"), companion_port),
-        # the miss path with HTTP/2 to the companion, for both (one connection, multiplexed)
-        "filter_miss_h2": Envoy("filter_miss_h2", wasm_filter("multitokens", stock, filter_config(0)), companion_port, http2=True),
-        "ext_authz_h2": Envoy("ext_authz_h2", ext_authz_filter(), companion_port, http2=True),
-        "minimal_auth_wasm": Envoy("minimal_auth_wasm", wasm_filter("minimal_auth", MINIMAL_WASM), companion_port),
-        "jwt_rs256": Envoy("jwt_rs256", jwt_filter(jwks, cached=False), companion_port),
-        "jwt_rs256_cached": Envoy("jwt_rs256_cached", jwt_filter(jwks, cached=True), companion_port),
-        "jwt_hs256": Envoy("jwt_hs256", jwt_filter(jwks, cached=False), companion_port),
-        "jwt_hs256_cached": Envoy("jwt_hs256_cached", jwt_filter(jwks, cached=True), companion_port),
-    }
-    flood = Envoy("invalid_flood", wasm_filter("multitokens", stock, filter_config(10000)), companion_port)
-    # the shipped defaults: throttling on, negatives bounded apart from positives
-    mixed = Envoy("forged_mixed", wasm_filter("multitokens", stock, filter_config(
-        10000, throttle={"max_failures": 20, "window_ms": 60000})), companion_port)
+    scenarios = main_scenarios(stock, jwks)
+    envoys = {name: Envoy(name, filters, companion_port, http2=http2)
+              for name, (filters, http2) in scenarios.items() if name not in ("invalid_flood", "forged_mixed")}
+    flood = Envoy("invalid_flood", scenarios["invalid_flood"][0], companion_port)
+    mixed = Envoy("forged_mixed", scenarios["forged_mixed"][0], companion_port)
     for e in list(envoys.values()) + [flood, mixed]:
         e.ready()
     time.sleep(2.5)  # filters follow the revocation feed

@@ -49,15 +49,7 @@ pub async fn check(store: &TokenStore, authorization: &[&[u8]]) -> Check {
         }
     };
     match store.whoami(token).await {
-        Ok(info) => {
-            let set = [
-                (contract::USER_HEADER, info.user),
-                (contract::DEVICE_HEADER, info.device),
-                (contract::SCOPES_HEADER, info.scopes.join(" ")),
-                (contract::TOKEN_ID_HEADER, info.id),
-            ];
-            Check::Allow(set.into())
-        }
+        Ok(info) => Check::Allow(contract::identity_headers(&info.user, &info.device, &info.scopes, &info.id)),
         Err(StoreError::InvalidToken) => unauthorized(contract::INVALID_TOKEN, Some("invalid_token")),
         Err(e) => {
             tracing::error!(error = %e, "ext_authz check: token store failure");

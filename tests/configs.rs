@@ -413,3 +413,46 @@ fn the_compose_redis_refuses_clients_without_a_password() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// Every Envoy config the benchmark's main run starts with the multitokens filter or ext_authz
+/// (`scripts/bench.py --configs`, built from the same scenario list the run uses) validates in real
+/// Envoy, which also configures the wasm plugin: a filter configuration the plugin refuses, a
+/// renamed field, a missing wasm file fail here instead of in `make bench`. The JWT anchors need
+/// the keys `make bench` makes, and the wasm fixtures its build, so they are left to it.
+#[test]
+fn the_benchmarks_envoy_configs_validate_in_real_envoy() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(repo_root().join("scripts/bench.py"))
+        .arg("--configs")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let written = String::from_utf8(out.stdout).unwrap();
+    let expected = [
+        "no_auth",
+        "filter_hit",
+        "filter_hit_lean",
+        "filter_miss",
+        "filter_miss_h2",
+        "ext_authz",
+        "ext_authz_h2",
+        "ext_authz_grpc",
+        "invalid_flood",
+        "forged_mixed",
+    ];
+    for name in expected {
+        assert!(written.lines().any(|l| l == name), "{name} not written: {written}");
+    }
+    for name in written.lines() {
+        let config = std::fs::read_to_string(dir.path().join(format!("{name}.yaml"))).unwrap();
+        let (ok, log) = envoy_validate(&config);
+        assert!(ok, "the bench's {name} config does not validate:\n{log}");
+    }
+    // and validation does reach the plugin: a configuration it refuses fails
+    let filter_hit = std::fs::read_to_string(dir.path().join("filter_hit.yaml")).unwrap();
+    let refused = filter_hit.replace("\"revocation_poll_ms\": 1000", "\"revocation_poll_ms\": 1000, \"bogus\": 1");
+    assert_ne!(refused, filter_hit);
+    assert!(!envoy_validate(&refused).0, "a plugin configuration with an unknown field validated");
+}

@@ -29,6 +29,17 @@ pub const CREDENTIAL_FROM_COOKIE: &str = "cookie";
 /// Every identity header, in that order.
 pub const IDENTITY_HEADERS: [&str; 5] = [USER_HEADER, DEVICE_HEADER, SCOPES_HEADER, TOKEN_ID_HEADER, CREDENTIAL_HEADER];
 
+/// The identity headers under their default names for a valid token, as the companion's ext_authz
+/// sets them (the filter sets the same values under its configured names).
+pub fn identity_headers(user: &str, device: &str, scopes: &[String], token_id: &str) -> Vec<(&'static str, String)> {
+    vec![
+        (USER_HEADER, user.to_string()),
+        (DEVICE_HEADER, device.to_string()),
+        (SCOPES_HEADER, scopes.join(" ")),
+        (TOKEN_ID_HEADER, token_id.to_string()),
+    ]
+}
+
 /// The `Authorization` schemes accepted by default (lower-case).
 pub const DEFAULT_SCHEMES: [&str; 2] = ["bearer", "token"];
 
