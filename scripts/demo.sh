@@ -52,14 +52,23 @@ wait_port() {
   exit 1
 }
 
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$work" --save "" --appendonly no >"$work/redis.log" 2>&1 &
+# Redis runs the shipped least-privilege users (envoy/redis/users.acl) with a fresh password and the
+# default user off, as every shipped stack does: the companion connects as mt-companion
+# (DEMO_REDIS_PASSWORD sets the password instead)
+REDIS_PASSWORD="${DEMO_REDIS_PASSWORD:-$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')}"
+{ echo 'user default off'
+  grep '^user ' "$root/envoy/redis/users.acl" | sed -e "s|>change-me-companion|>$REDIS_PASSWORD|" -e "s|>change-me-gateway|>$REDIS_PASSWORD-gateway|"
+} >"$work/users.acl"
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$work" --save "" --appendonly no --aclfile "$work/users.acl" \
+  >"$work/redis.log" 2>&1 &
 pids+=($!); names+=(redis-server)
 wait_port "$REDIS_PORT" redis-server
+REDIS_URL="redis://mt-companion:$REDIS_PASSWORD@127.0.0.1:$REDIS_PORT/0"
 
 # and a fresh record signing key: the companion signs every record (only it holds the key)
 # (DEMO_SIGNING_KEY sets it instead)
 SIGNING_KEY="${DEMO_SIGNING_KEY:-$("$BIN/multitokens" keygen --signing | sed -n 's/^signing_key=//p')}"
-MULTITOKENS_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" \
+MULTITOKENS_REDIS_URL="$REDIS_URL" \
 MULTITOKENS_ADMIN_KEY="$ADMIN_KEY" MULTITOKENS_INTERNAL_KEY="$INTERNAL_KEY" MULTITOKENS_HASH_KEY="$HASH_KEY" \
 MULTITOKENS_SIGNING_KEY="$SIGNING_KEY" "$BIN/multitokens" serve --listen "127.0.0.1:$COMPANION_PORT" 2>"$work/companion.log" &
 pids+=($!); names+=("the companion")
@@ -93,11 +102,11 @@ multitokens demo is up (Ctrl-C stops everything):
   Envoy + multitokens filter  http://127.0.0.1:$DEMO_PORT   (admin, stats: http://127.0.0.1:$ADMIN_PORT/stats?filter=multitokens)
   companion API               http://127.0.0.1:$COMPANION_PORT  (admin key: $ADMIN_KEY)
   demo app                    http://127.0.0.1:$APP_PORT
-  redis-server                127.0.0.1:$REDIS_PORT (data in $work, removed on exit)
+  redis-server                127.0.0.1:$REDIS_PORT (users of envoy/redis/users.acl, default user off; data in $work, removed on exit)
 
 In another shell, these make every CLI and API example of the docs work against this demo:
   export PATH="$root/target/release:$root/.tools/bin:\$PATH"
-  export MULTITOKENS_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0 MULTITOKENS_ADMIN_KEY=$ADMIN_KEY MULTITOKENS_HASH_KEY=$HASH_KEY MULTITOKENS_SIGNING_KEY=$SIGNING_KEY
+  export MULTITOKENS_REDIS_URL=$REDIS_URL MULTITOKENS_ADMIN_KEY=$ADMIN_KEY MULTITOKENS_HASH_KEY=$HASH_KEY MULTITOKENS_SIGNING_KEY=$SIGNING_KEY
   export DEMO=http://127.0.0.1:$DEMO_PORT API=http://127.0.0.1:$COMPANION_PORT
 
 Try it:

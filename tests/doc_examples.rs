@@ -15,6 +15,8 @@ use std::time::Duration;
 use support::{free_port, repo_root, wait_for_port};
 
 const MARK: &str = "<!-- runs against make demo -->";
+/// The password of the demo Redis's mt-companion user in this test (the demo makes a fresh one).
+const DEMO_REDIS_PASSWORD: &str = "doc-examples-redis-password";
 
 /// Where `cargo test` put the companion and the demo app.
 fn bin_dir() -> std::path::PathBuf {
@@ -44,6 +46,7 @@ impl Demo {
         cmd.env("DEMO_BIN_DIR", bin_dir());
         cmd.env("DEMO_HASH_KEY", support::TEST_HASH_KEY);
         cmd.env("DEMO_SIGNING_KEY", support::TEST_SIGNING_KEY);
+        cmd.env("DEMO_REDIS_PASSWORD", DEMO_REDIS_PASSWORD);
         let child = cmd.spawn().expect("scripts/demo.sh");
         let demo = Demo { child, ports };
         assert!(wait_for_port(ports[0], Duration::from_secs(60)), "the demo did not start");
@@ -163,6 +166,13 @@ fn check(expected: &str, output: &str) -> Result<(), String> {
 fn the_documented_examples_work_against_the_demo() {
     let demo = Demo::start();
     let [listen, redis, companion, _, _] = demo.ports;
+    // the demo's Redis runs the shipped users, the default one off: nothing gets in without a password
+    let anonymous = Command::new("redis-cli").args(["-p", &redis.to_string(), "ping"]).output().unwrap();
+    let answer = String::from_utf8_lossy(&anonymous.stdout).to_string() + &String::from_utf8_lossy(&anonymous.stderr);
+    assert!(
+        answer.contains("NOAUTH") || answer.contains("uthentication"),
+        "the demo's Redis let an anonymous client in: {answer}"
+    );
     let mut blocks = Vec::new();
     for doc in ["README.md", "docs/companion.md"] {
         let text = std::fs::read_to_string(repo_root().join(doc)).unwrap();
@@ -191,7 +201,7 @@ fn the_documented_examples_work_against_the_demo() {
                     std::env::var("PATH").unwrap()
                 ),
             )
-            .env("MULTITOKENS_REDIS_URL", format!("redis://127.0.0.1:{redis}/0"))
+            .env("MULTITOKENS_REDIS_URL", format!("redis://mt-companion:{DEMO_REDIS_PASSWORD}@127.0.0.1:{redis}/0"))
             .env("MULTITOKENS_ADMIN_KEY", "demo-admin-key-change-me-please")
             .env("MULTITOKENS_HASH_KEY", support::TEST_HASH_KEY)
             .env("MULTITOKENS_SIGNING_KEY", support::TEST_SIGNING_KEY)
