@@ -275,7 +275,12 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
             if json {
                 let rows: Vec<_> = tokens
                     .iter()
-                    .map(|t| serde_json::json!({"id": t.id, "device": t.device, "created": t.created, "expires_in": t.expires_in, "scopes": t.scopes}))
+                    .map(|t| {
+                        serde_json::json!({
+                            "id": t.id, "device": t.device, "created": t.created, "expires_in": t.expires_in,
+                            "scopes": t.scopes,
+                        })
+                    })
                     .collect();
                 return print(&to_json(&rows)?);
             }
@@ -297,7 +302,8 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
                 to_json(&r)?
             } else {
                 format!(
-                    "scanned {}, current {}, rekeyed {}, sealed {}, rekeyed on use only {}, unsealed or tampered {}, gone {}",
+                    "scanned {}, current {}, rekeyed {}, sealed {}, rekeyed on use only {}, unsealed or tampered {}, \
+                     gone {}",
                     r.scanned, r.current, r.rekeyed, r.sealed, r.rekeyed_on_use_only, r.unsealed_or_tampered, r.gone
                 )
             })?;
@@ -305,7 +311,8 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
                 return Err(Failure::new(
                     Exit::Refused,
                     format!(
-                        "{} token(s) can be re-keyed only when next used (dropping a previous key now logs them out); {} record(s) have no valid seal (refused on use; their ids: rekey --json)",
+                        "{} token(s) can be re-keyed only when next used (dropping a previous key now logs them \
+                         out); {} record(s) have no valid seal (refused on use; their ids: rekey --json)",
                         r.rekeyed_on_use_only, r.unsealed_or_tampered
                     ),
                 ));

@@ -13,7 +13,9 @@ use utoipa::{Modify, OpenApi};
 /// The description.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "multitokens companion API", description = "Issue, list, introspect and revoke per-device bearer tokens; the stock filter's internal lookup and revocation feed."),
+    info(title = "multitokens companion API",
+        description = "Issue, list, introspect and revoke per-device bearer tokens; the stock filter's internal \
+            lookup and revocation feed."),
     // every other path comes from the router (api::routes), where each is registered once
     paths(api::internal::ext_authz),
     components(schemas(FeedPage, LookupAnswer)),

@@ -10,8 +10,9 @@ use std::sync::Arc;
 pub use super::roles::MIN_KEY_LEN;
 
 /// What a companion with the wrong `MULTITOKENS_HASH_KEY` is told.
-pub const KEY_DIFFERS: &str = "MULTITOKENS_HASH_KEY does not match the key this store was written with (its <prefix>:keycheck \
-    value): every token would look unknown. Use the store's key; to start over with a new key on purpose, delete that key.";
+pub const KEY_DIFFERS: &str = "MULTITOKENS_HASH_KEY does not match the key this store was written with (its \
+    <prefix>:keycheck value): every token would look unknown. Use the store's key; to start over with a new key on \
+    purpose, delete that key.";
 
 /// Why the server did not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +33,8 @@ pub enum ServeError {
 
 /// Why a companion without the signing key refuses to write into a store whose records are signed.
 pub const UNSIGNED_IN_SIGNED_STORE: &str =
-    "MULTITOKENS_SIGNING_KEY is not set, but this store's records are signed: every record written without it would be refused";
+    "MULTITOKENS_SIGNING_KEY is not set, but this store's records are signed: every record written without it would \
+     be refused";
 
 /// The API's keys by role, checked ([`ApiKeys::new`]).
 fn checked_keys(settings: &Settings) -> Result<ApiKeys, ServeError> {

@@ -32,7 +32,8 @@ pub(crate) struct IssueBody {
 #[utoipa::path(post, path = "/v1/tokens", tag = "admin", request_body = IssueBody, security(("admin" = [])),
     responses((status = 201, description = "The token (shown this once)", body = Issued),
         (status = 409, description = "max_tokens_per_user reached (policy reject)", body = ErrorBody),
-        (status = "default", description = "Bad input (400), no or unknown key (401), another role (403), store unavailable (503)", body = ErrorBody)))]
+        (status = "default", body = ErrorBody,
+            description = "Bad input (400), no or unknown key (401), another role (403), store unavailable (503)")))]
 pub(crate) async fn issue(
     Admin(origin): Admin,
     State(store): State<Arc<TokenStore>>,
@@ -45,7 +46,8 @@ pub(crate) async fn issue(
 }
 
 /// A user's live tokens, oldest first.
-#[utoipa::path(get, path = "/v1/users/{user}/tokens", tag = "admin", params(("user" = String, Path, description = "The user id")), security(("admin" = [])),
+#[utoipa::path(get, path = "/v1/users/{user}/tokens", tag = "admin",
+    params(("user" = String, Path, description = "The user id")), security(("admin" = [])),
     responses((status = 200, body = Vec<TokenInfo>), (status = "default", description = "Error", body = ErrorBody)))]
 pub(crate) async fn list(
     _: Admin,
@@ -66,7 +68,8 @@ pub(crate) struct KeepQuery {
 }
 
 /// Logs a user out everywhere, or everywhere but one device (`except_id`).
-#[utoipa::path(delete, path = "/v1/users/{user}/tokens", tag = "admin", params(("user" = String, Path, description = "The user id"), KeepQuery), security(("admin" = [])),
+#[utoipa::path(delete, path = "/v1/users/{user}/tokens", tag = "admin",
+    params(("user" = String, Path, description = "The user id"), KeepQuery), security(("admin" = [])),
     responses((status = 200, description = "Revoked, and how many edges applied it", body = RevokeReport),
         (status = 404, description = "except_id is no live token of the user (nothing revoked)", body = ErrorBody),
         (status = "default", description = "Error", body = ErrorBody)))]
@@ -85,8 +88,13 @@ pub(crate) async fn revoke_user(
 
 /// Logs out one of a user's devices by the token's public id.
 #[utoipa::path(delete, path = "/v1/users/{user}/tokens/{id}", tag = "admin",
-    params(("user" = String, Path, description = "The user id"), ("id" = String, Path, description = "The token's public id")), security(("admin" = [])),
-    responses((status = 200, body = RevokeReport), (status = 404, description = "No live token with that id", body = ErrorBody),
+    params(
+        ("user" = String, Path, description = "The user id"),
+        ("id" = String, Path, description = "The token's public id")
+    ),
+    security(("admin" = [])),
+    responses((status = 200, body = RevokeReport),
+        (status = 404, description = "No live token with that id", body = ErrorBody),
         (status = "default", description = "Error", body = ErrorBody)))]
 pub(crate) async fn revoke_by_id(
     Admin(origin): Admin,

@@ -16,7 +16,8 @@ pub(crate) async fn healthz() -> Response {
 }
 
 /// Answers 200 only while Redis answers.
-#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
 pub(crate) async fn readyz(State(store): State<Arc<TokenStore>>) -> Response {
     match store.ping().await {
         Ok(()) => Json(Health { status: "ready" }).into_response(),
@@ -31,7 +32,8 @@ pub(crate) async fn readyz(State(store): State<Arc<TokenStore>>) -> Response {
 ///
 /// OpenMetrics text; no key, no user data: route templates and counts.
 #[utoipa::path(get, path = "/metrics", tag = "health",
-    responses((status = 200, description = "Prometheus metrics", content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String)))]
+    responses((status = 200, description = "Prometheus metrics",
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String)))]
 pub(crate) async fn metrics(State(store): State<Arc<TokenStore>>) -> Response {
     ([(CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], store.metrics().encode()).into_response()
 }

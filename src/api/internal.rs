@@ -94,7 +94,8 @@ pub(crate) async fn internal_revocations(
 /// headers (as their UTF-8 bytes, exactly as the filter sets them; a value that cannot be a header
 /// value is an error, never a header left out) and `x-envoy-auth-headers-to-remove` naming the
 /// credential, which Envoy then removes. Refused: DRF's body, which Envoy passes to the client.
-#[utoipa::path(get, path = "/v1/ext_authz/{path}", tag = "ext_authz", params(("path" = String, Path, description = "The checked request's path (any)")),
+#[utoipa::path(get, path = "/v1/ext_authz/{path}", tag = "ext_authz",
+    params(("path" = String, Path, description = "The checked request's path (any)")),
     security(("token" = [])),
     responses((status = 200, description = "Valid: identity in x-multitokens-user, -device, -scopes, -token-id"),
         (status = "default", description = "Error", body = ErrorBody)))]

@@ -61,7 +61,10 @@ impl Introspection {
 ///
 /// The `token` form-encoded (the RFC's) or as JSON.
 #[utoipa::path(post, path = "/v1/introspect", tag = "introspect",
-    request_body(content((IntrospectBody = "application/x-www-form-urlencoded"), (IntrospectBody = "application/json"))),
+    request_body(content(
+        (IntrospectBody = "application/x-www-form-urlencoded"),
+        (IntrospectBody = "application/json")
+    )),
     security(("introspect" = []), ("admin" = [])),
     responses((status = 200, body = Introspection), (status = "default", description = "Error", body = ErrorBody)))]
 pub(crate) async fn introspect(

@@ -37,7 +37,8 @@ impl TokenStore {
         if let Some(c) = cursor {
             if stream_id(c).is_none() {
                 return Err(StoreError::BadInput(format!(
-                    "after: {c:?} is not a cursor: give 0 for the beginning, or the cursor of the last page (like 1700000000000-0)"
+                    "after: {c:?} is not a cursor: give 0 for the beginning, or the cursor of the last page \
+                     (like 1700000000000-0)"
                 )));
             }
         }

@@ -335,7 +335,8 @@ impl TokenStore {
     /// Counts and logs (the token's public id only) a record refused for its seal.
     fn refuse_tampered(&self, digest: &TokenDigest) {
         let total = self.metrics.tampered.inc() + 1;
-        tracing::warn!(id = %digest.public_id(), tampered_records_total = total, "token record seal does not verify: refused (rewritten in Redis?)");
+        let why = "token record seal does not verify: refused (rewritten in Redis?)";
+        tracing::warn!(id = %digest.public_id(), tampered_records_total = total, "{why}");
     }
 
     /// Checks that Redis answers.

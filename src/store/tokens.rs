@@ -71,7 +71,8 @@ impl TokenStore {
                         self.publish_outbox(&self.layout.outbox_key(tag)).await?;
                         self.audit(Event::Evict, &record.user, &evicted, None, None, origin).await;
                     }
-                    tracing::info!(user = %record.user, id = %record.id, first, evicted = evicted.len(), "token issued");
+                    let evicted = evicted.len();
+                    tracing::info!(user = %record.user, id = %record.id, first, evicted, "token issued");
                     self.audit(
                         Event::Issue,
                         &record.user,

@@ -59,9 +59,9 @@ impl ExcludeRule {
     pub fn check(&self) -> Result<(), String> {
         self.matching.check()?;
         let Some(p) = self.matching.path.as_ref().or(self.matching.prefix.as_ref()) else {
-            return Err(
-                "give a path or a prefix: methods alone would exclude every path (for CORS preflights use \"cors_preflight\")".into()
-            );
+            return Err("give a path or a prefix: methods alone would exclude every path (for CORS preflights use \
+                 \"cors_preflight\")"
+                .into());
         };
         match super::path::canonical(p.as_bytes()) {
             Ok(c) if c == p && p != "*" => Ok(()),

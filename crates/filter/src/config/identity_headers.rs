@@ -59,7 +59,9 @@ impl IdentityHeaders {
         identity_headers.stripped = stripped;
         if identity_headers.names().any(|h| h == "authorization" || h == "cookie") {
             return Err(
-            "user_header/device_header/scopes_header/token_id_header/credential_header: must not be authorization or cookie".into()
+            "user_header/device_header/scopes_header/token_id_header/credential_header: must not be authorization or \
+             cookie"
+                .into()
         );
         }
         let mut in_use: Vec<&str> = identity_headers.names().collect();
