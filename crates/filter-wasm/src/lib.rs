@@ -49,27 +49,6 @@ fn http_response(num_headers: usize, body_size: usize) -> Reply {
     Reply::Http(status.or(Some(0)), body)
 }
 
-/// Applies a feed poll's outcome to the worker.
-fn apply_feed(worker: &mut Worker, metrics: &Metrics, page: Result<FeedPage, CalloutProblem>) {
-    let now = now_ms();
-    match page {
-        Ok(page) => {
-            let applied = worker.apply_feed(page, now);
-            if applied > 0 {
-                metrics.add(Metric::RevocationsApplied, applied as i64);
-            }
-        }
-        Err(problem) => {
-            worker.feed_poll_failed();
-            metrics.add(
-                if problem == CalloutProblem::NoResponse { Metric::CalloutFailed } else { Metric::CalloutError },
-                1,
-            );
-            log(Level::Warn, &format!("multitokens: revocation feed poll failed: {problem:?}"));
-        }
-    }
-}
-
 /// What a callout was for: both transports' answers are routed by it, in one registry
 /// ([`exports`]).
 pub(crate) enum Purpose {
@@ -172,17 +151,20 @@ impl Root {
     fn on_feed_answer(&mut self, token: u32, page: Result<FeedPage, CalloutProblem>) {
         let Some(worker) = &self.worker else { return };
         let Ok(mut worker) = worker.try_borrow_mut() else { return };
-        let Some((call, started)) = worker.feed_call() else { return };
-        if call != token {
-            return;
-        }
-        let revoked_something = page.as_ref().is_ok_and(|p| !p.digests.is_empty() || p.reset);
-        let ok = page.is_ok();
-        apply_feed(&mut worker, &self.metrics, page);
         let now = now_ms();
-        // the first page, a full page, a revocation (the next poll acknowledges it) or a long poll
-        // that ran its course: poll again now, not on the next tick
-        if ok && worker.poll_again_now(revoked_something, started, now) && worker.feed_poll_due(now) {
+        let Some(answered) = worker.on_feed_answer(token, page, now) else { return };
+        if answered.applied > 0 {
+            self.metrics.add(Metric::RevocationsApplied, answered.applied as i64);
+        }
+        if let Some(problem) = answered.problem {
+            let metric =
+                if problem == CalloutProblem::NoResponse { Metric::CalloutFailed } else { Metric::CalloutError };
+            self.metrics.add(metric, 1);
+            log(Level::Warn, &format!("multitokens: revocation feed poll failed: {problem:?}"));
+        }
+        if answered.poll_again {
+            // the first page, a full page, a revocation (the next poll acknowledges it) or a long
+            // poll that ran its course: poll again now, not on the next tick
             self.start_feed_poll(&mut worker, now);
         }
     }

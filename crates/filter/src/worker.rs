@@ -5,9 +5,20 @@ use super::cache::VerdictCache;
 use super::coalesce::InFlight;
 use super::config::Compiled;
 use super::feed::FeedState;
-use super::lookup::{FeedPage, LookupRequest};
+use super::lookup::{CalloutProblem, FeedPage, LookupRequest};
 use super::throttle::FailureThrottle;
 use std::rc::Rc;
+
+/// What a feed poll's answer did ([`Worker::on_feed_answer`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedAnswered {
+    /// Cached verdicts dropped.
+    pub applied: usize,
+    /// Why there was no page (the next tick polls again).
+    pub problem: Option<CalloutProblem>,
+    /// The next poll starts now, not on the next tick.
+    pub poll_again: bool,
+}
 
 /// Per-VM (per worker) state shared by all requests.
 #[derive(Debug)]
@@ -233,6 +244,33 @@ impl Worker {
         poll > 0 && self.feed.cursor.is_some() && (recent_page || held)
     }
 
+    /// A feed poll's answer arrived (any shell, any transport): `None` when it is not the answer
+    /// to the poll under way (a stale one); else what was applied, the problem if there was no
+    /// page, and whether the next poll starts now ([`Worker::poll_again_now`], when one is due).
+    pub fn on_feed_answer(
+        &mut self,
+        call: u32,
+        page: Result<FeedPage, CalloutProblem>,
+        now: u64,
+    ) -> Option<FeedAnswered> {
+        let (under_way, started) = self.feed.call?;
+        if under_way != call {
+            return None;
+        }
+        Some(match page {
+            Ok(page) => {
+                let revoked_something = !page.digests.is_empty() || page.reset;
+                let applied = self.apply_feed(page, now);
+                let poll_again = self.poll_again_now(revoked_something, started, now) && self.feed_poll_due(now);
+                FeedAnswered { applied, problem: None, poll_again }
+            }
+            Err(problem) => {
+                self.feed_poll_failed();
+                FeedAnswered { applied: 0, problem: Some(problem), poll_again: false }
+            }
+        })
+    }
+
     /// Applies a feed page; returns how many cached verdicts were dropped.
     ///
     /// The first page after the VM starts, and a page saying entries were lost, drop every
@@ -251,6 +289,21 @@ mod tests {
     fn worker(extra: &str) -> Worker {
         let json = format!(r#"{{"companion": {{"cluster": "c", "api_key": "k", "timeout_ms": 500}} {extra}}}"#);
         Worker::new(Compiled::parse(json.as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn a_feed_answer_is_applied_once_and_says_whether_to_poll_again() {
+        let mut w = worker("");
+        w.feed_poll_started(7, 1_000);
+        let page = |digests: Vec<String>| FeedPage { cursor: "1-0".into(), digests, reset: false, more: false };
+        assert_eq!(w.on_feed_answer(6, Ok(page(vec![])), 1_010), None, "not the poll under way");
+        let first = w.on_feed_answer(7, Ok(page(vec![])), 1_010).unwrap();
+        assert!(first.poll_again && first.problem.is_none(), "the first page: the next poll acknowledges it");
+        assert_eq!(w.on_feed_answer(7, Ok(page(vec![])), 1_020), None, "answered already");
+        w.feed_poll_started(8, 2_000);
+        let failed = w.on_feed_answer(8, Err(CalloutProblem::NoResponse), 2_010).unwrap();
+        assert_eq!((failed.problem, failed.poll_again), (Some(CalloutProblem::NoResponse), false));
+        assert!(w.feed_poll_due(2_020), "a failed poll leaves the next one to the tick");
     }
 
     #[test]
