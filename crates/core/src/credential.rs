@@ -59,14 +59,34 @@ pub fn extract<'a>(
 }
 
 fn from_authorization<'a>(value: &'a [u8], schemes: &[String]) -> Credential<'a> {
-    let value = value.trim_ascii();
-    let split = value.iter().position(|b| *b == b' ' || *b == b'\t');
-    let (scheme, rest) = split.map_or((value, &b""[..]), |i| (&value[..i], &value[i + 1..]));
-    if schemes.iter().any(|s| s.as_bytes().eq_ignore_ascii_case(scheme)) {
+    let (scheme, rest) = split_scheme(value);
+    if is_ours(scheme, schemes) {
         candidate(rest.trim_ascii(), Source::Header)
     } else {
         Credential::Missing
     }
+}
+
+/// An `Authorization` value's scheme and the rest, split at the first space or tab.
+fn split_scheme(value: &[u8]) -> (&[u8], &[u8]) {
+    let value = value.trim_ascii();
+    let split = value.iter().position(|b| *b == b' ' || *b == b'\t');
+    split.map_or((value, &b""[..]), |i| (&value[..i], &value[i + 1..]))
+}
+
+fn is_ours(scheme: &[u8], schemes: &[String]) -> bool {
+    schemes.iter().any(|s| s.as_bytes().eq_ignore_ascii_case(scheme))
+}
+
+/// Whether an `Authorization` value uses one of `schemes`, read as [`extract`] reads it (so a
+/// value it takes a token from is always one this says is ours).
+pub fn has_scheme(value: &[u8], schemes: &[String]) -> bool {
+    is_ours(split_scheme(value).0, schemes)
+}
+
+/// Whether the `Cookie` headers carry the named cookie, read as [`extract`] reads them.
+pub fn has_cookie(headers: &[&[u8]], name: &str) -> bool {
+    headers.iter().any(|h| named_cookie(h, name).next().is_some())
 }
 
 /// Every value of the named cookie in one `Cookie` header (quotes removed).
@@ -113,6 +133,19 @@ mod tests {
 
     fn auth(value: &str) -> Credential<'_> {
         extract(&[value.as_bytes()], &[], &schemes(), None)
+    }
+
+    #[test]
+    fn what_extract_takes_a_token_from_is_what_has_scheme_and_has_cookie_see() {
+        for value in ["Bearer t", "bearer\tt", " Token  t ", "BEARER"] {
+            assert!(has_scheme(value.as_bytes(), &schemes()), "{value:?}");
+        }
+        for value in ["Basic dXNlcjpwdw==", "Bearerx t", ""] {
+            assert!(!has_scheme(value.as_bytes(), &schemes()), "{value:?}");
+        }
+        assert!(!has_cookie(&[b"a=1", b" mt = x"], "mt"), "a name with spaces is another cookie");
+        assert!(has_cookie(&[b"a=1", b"theme=dark; mt=\"x\""], "mt"));
+        assert!(!has_cookie(&[b"mtx=1; xmt=2"], "mt"));
     }
 
     fn with_cookie<'a>(authorization: &[&'a [u8]], cookies: &[&'a [u8]], name: &'a str) -> Credential<'a> {

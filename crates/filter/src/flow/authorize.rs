@@ -52,11 +52,7 @@ pub(super) fn strip_credentials(
     if let (true, Some(name), Some(cookies)) =
         (compiled.config.strip_credential, compiled.config.cookie.as_deref(), cookies)
     {
-        let ours = cookies
-            .split(|b| *b == b';')
-            .map(<[u8]>::trim_ascii)
-            .any(|c| c.starts_with(name.as_bytes()) && c.get(name.len()) == Some(&b'='));
-        if ours {
+        if credential::has_cookie(&[cookies], name) {
             match credential::without_cookie(&[cookies], name) {
                 Some(rest) => host.set_header("cookie", &rest),
                 None => host.remove_header("cookie"),

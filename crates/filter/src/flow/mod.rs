@@ -120,11 +120,8 @@ impl HttpFlow {
             None => None,
         };
         let authorization: Vec<&[u8]> = values("authorization").collect();
-        let ours = |value: &&[u8]| {
-            let scheme = value.split(|b| *b == b' ').next().unwrap_or_default();
-            config.schemes.iter().any(|s| s.as_bytes().eq_ignore_ascii_case(scheme))
-        };
-        let strip_authorization = config.strip_credential && authorization.iter().any(ours);
+        let strip_authorization =
+            config.strip_credential && authorization.iter().any(|v| credential::has_scheme(v, &config.schemes));
         let preflight = config.cors_preflight == CorsPreflight::Pass
             && !overridden
             && method == "OPTIONS"

@@ -144,6 +144,13 @@ fn credentials_never_reach_the_upstream() {
     assert_eq!(h.header("x-multitokens-credential").unwrap(), b"header");
     assert!(h.header("authorization").is_none());
     assert_eq!(h.header("cookie").unwrap(), b"theme=dark");
+    // a tab after the scheme is read as a separator where the token is taken, so where it is
+    // stripped too: the token never reaches the upstream, on excluded routes or authenticated ones
+    let tabbed = format!("Bearer\t{t}");
+    for path in ["/healthz", "/api"] {
+        let h = run_with(&mut w, "GET", path, &[("authorization", &tabbed)]);
+        assert!(h.replies.is_empty() && h.header("authorization").is_none(), "{path}: {:?}", h.header("authorization"));
+    }
     // another scheme is not ours: kept on an excluded route
     let h = run_with(&mut w, "GET", "/healthz", &[("authorization", "Basic dXNlcjpwdw==")]);
     assert_eq!(h.header("authorization").unwrap(), b"Basic dXNlcjpwdw==");
