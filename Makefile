@@ -9,9 +9,9 @@ WASM_DIR := target/$(WASM_TARGET)/wasm-release
 WASM_STOCK := $(WASM_DIR)/multitokens_filter.wasm
 WASM_REDIS := $(WASM_DIR)/multitokens_filter_redis.wasm
 
-.PHONY: all help tools build wasm install lint test fuzz demo demo-django bench oci openapi clean
+.PHONY: all help tools build wasm module install lint test fuzz demo demo-django bench oci openapi clean
 
-all: build wasm
+all: build wasm module
 
 ## help: this list
 help:
@@ -41,6 +41,18 @@ $(WASM_STOCK): $(WASM_SOURCES) | $(WASM_REDIS)
 	cargo rustc -p multitokens-filter-wasm --lib --profile wasm-release --target $(WASM_TARGET) --crate-type cdylib
 	cp $(WASM_DIR)/multitokens_filter_wasm.wasm $(WASM_STOCK)
 
+## module: the native Envoy dynamic module target/native/libmultitokens_filter.so (Envoy 1.40 only:
+##         `dynamic_module_config: {name: multitokens_filter}`, ENVOY_DYNAMIC_MODULES_SEARCH_PATH=target/native)
+NATIVE_DIR := target/native
+NATIVE_MODULE := $(NATIVE_DIR)/libmultitokens_filter.so
+module: $(NATIVE_MODULE)
+	@ls -l $(NATIVE_MODULE)
+
+$(NATIVE_MODULE): $(shell find crates/core crates/filter crates/filter-native -name '*.rs' -o -name Cargo.toml) Cargo.toml Cargo.lock
+	cargo build -p multitokens-filter-native --lib --release
+	mkdir -p $(NATIVE_DIR)
+	cp target/release/libmultitokens_filter_native.so $(NATIVE_MODULE)
+
 ## install: the companion CLI `multitokens` into $(PREFIX)/bin (default ~/.local/bin); Envoy stays in .tools/bin
 PREFIX ?= $(HOME)/.local
 install: build
@@ -56,8 +68,10 @@ lint:
 	cargo clippy -p multitokens-filter-wasm --target $(WASM_TARGET) --features redis-callout -- -D warnings
 
 ## test: everything CI runs (installs its tools first); ends with one summary line over all targets
-test: tools lint wasm
+## (the real-Envoy suite runs twice: against the wasm build, then the native module)
+test: tools lint wasm module
 	set -o pipefail; cargo test --workspace --all-targets -- --test-threads=4 2>&1 | tee target/test-output.log
+	set -o pipefail; MULTITOKENS_FILTER_BUILD=native cargo test --test envoy_e2e -- --test-threads=4 2>&1 | tee -a target/test-output.log
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f; exit (p == 0) }' target/test-output.log
 
 ## openapi: rewrite docs/openapi.json from the code (a test fails while they differ)

@@ -283,7 +283,7 @@ fn the_kubernetes_companion_and_the_istio_wasmplugin_as_shipped_authenticate_a_t
         .move_port(19901, admin_port)
         .move_port(18080, companion_port)
         .move_port(18081, upstream.port)
-        .use_wasm(&wasm_path("multitokens_filter.wasm"));
+        .use_build(Build::under_test());
     let text = config.to_yaml().replace("multitokens_companion", &istio_cluster);
     let envoy = Envoy::start(&text, port, 2);
     std::thread::sleep(Duration::from_millis(1200));

@@ -1,6 +1,8 @@
-//! End to end through real Envoy 1.40 (V8) with the stock filter build, the real companion, the
-//! demo app and a real redis-server, each on free ports. The Envoy config is envoy/envoy.yaml with
-//! its ports rewritten, so the shipped example is what is tested.
+//! End to end through real Envoy 1.40 with the real companion, the demo app and a real redis-server,
+//! each on free ports. The Envoy config is envoy/envoy.yaml with its ports rewritten, so the shipped
+//! example is what is tested. One suite, two builds: the stock wasm filter (V8), or with
+//! `MULTITOKENS_FILTER_BUILD=native` the native dynamic module with the same plugin JSON (`make test`
+//! runs both).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../support/mod.rs"]
@@ -10,7 +12,7 @@ use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::{
-    free_port, wait_for_port, wasm_path, CompanionServer, Envoy, EnvoyConfig, HttpReply, RedisServer, TEST_HASH_KEY,
+    free_port, wait_for_port, Build, CompanionServer, Envoy, EnvoyConfig, HttpReply, RedisServer, TEST_HASH_KEY,
 };
 
 mod ext_authz;
@@ -111,7 +113,7 @@ impl Stack {
                 .move_port(19901, admin_port)
                 .move_port(18080, companion_port)
                 .move_port(18081, app_port)
-                .use_wasm(&wasm_path("multitokens_filter.wasm")),
+                .use_build(Build::under_test()),
         );
         let envoy = Envoy::start(&config.to_yaml(), port, 2);
         let stack = Stack {
@@ -234,11 +236,12 @@ impl Stack {
     /// unknown name fails the test.
     fn stat(&self, name: &str) -> u64 {
         std::thread::sleep(Duration::from_millis(1100));
-        self.stats("wasmcustom.multitokens")
+        let stat = format!("{}multitokens.{name}", Build::under_test().stat_prefix());
+        self.stats(&stat)
             .lines()
-            .find_map(|l| l.strip_prefix(&format!("wasmcustom.multitokens.{name}: ")))
+            .find_map(|l| l.strip_prefix(&format!("{stat}: ")))
             .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("Envoy has no stat wasmcustom.multitokens.{name} (renamed?)"))
+            .unwrap_or_else(|| panic!("Envoy has no stat {stat} (renamed?)"))
     }
 
     /// Waits until `GET path` with `auth` answers `status`; returns how long it took.

@@ -14,6 +14,59 @@ pub fn wasm_path(name: &str) -> std::path::PathBuf {
     path
 }
 
+/// Which filter build a test binary runs against: `MULTITOKENS_FILTER_BUILD=native` runs the same
+/// suite against the native dynamic module (`make module`), anything else against the wasm build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Build {
+    /// `multitokens_filter.wasm` in Envoy's V8.
+    Wasm,
+    /// `libmultitokens_filter.so`, an Envoy dynamic module.
+    Native,
+}
+
+impl Build {
+    /// The build under test.
+    pub fn under_test() -> Build {
+        match std::env::var("MULTITOKENS_FILTER_BUILD").as_deref() {
+            Ok("native") => Build::Native,
+            _ => Build::Wasm,
+        }
+    }
+
+    /// How many edges of the feed one Envoy (two workers) counts as: at least a wasm VM per worker
+    /// (and one on the main thread); exactly one process for the native module.
+    pub fn edges_per_envoy(self) -> u64 {
+        match self {
+            Build::Wasm => 2,
+            Build::Native => 1,
+        }
+    }
+
+    /// The prefix of the filter's stats in `/stats/prometheus` (`<prefix><name>{`).
+    pub fn prometheus_prefix(self) -> &'static str {
+        match self {
+            // Envoy exports the wasm custom namespace without its prefix
+            Build::Wasm => "multitokens_",
+            Build::Native => "envoy_dynamicmodulescustom_multitokens_",
+        }
+    }
+
+    /// The prefix Envoy gives the filter's stats (`<prefix>multitokens.<name>`).
+    pub fn stat_prefix(self) -> &'static str {
+        match self {
+            Build::Wasm => "wasmcustom.",
+            Build::Native => "dynamicmodulescustom.",
+        }
+    }
+}
+
+/// The folder Envoy loads the native module from (`make module`).
+pub fn native_dir() -> std::path::PathBuf {
+    let dir = repo_root().join("target/native");
+    assert!(dir.join("libmultitokens_filter.so").exists(), "{} has no module: run `make module`", dir.display());
+    dir
+}
+
 /// The Envoy binary: `$ENVOY_BIN`, else `.tools/bin/envoy` (installed by `make tools`).
 pub fn envoy_bin() -> std::path::PathBuf {
     let path = std::env::var_os("ENVOY_BIN")
@@ -44,6 +97,7 @@ impl Envoy {
             .arg("--log-path")
             .arg(&log)
             .current_dir(repo_root())
+            .env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", repo_root().join("target/native"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -199,12 +253,44 @@ impl EnvoyConfig {
         self
     }
 
-    /// The wasm filters' plugin configurations (the JSON strings under `configuration.value`).
+    /// Runs the multitokens filter of `build`: the stock wasm file, or the native module with the
+    /// same plugin JSON in place of every wasm filter (as docs/deploying.md tells a user to).
+    pub fn use_build(self, build: Build) -> EnvoyConfig {
+        match build {
+            Build::Wasm => self.use_wasm(&wasm_path("multitokens_filter.wasm")),
+            Build::Native => {
+                native_dir();
+                self.use_native()
+            }
+        }
+    }
+
+    /// Replaces every wasm filter's `typed_config` by the native module's, with the same plugin JSON.
+    pub fn use_native(mut self) -> EnvoyConfig {
+        let mut count = 0;
+        each_map(&mut self.0, &mut |map| {
+            let is_wasm =
+                map.get("@type").and_then(Value::as_str).is_some_and(|t| t.ends_with("filters.http.wasm.v3.Wasm"));
+            if let (true, Some(plugin)) = (is_wasm, map.get("config").and_then(|c| c.get("configuration")).cloned()) {
+                map.clear();
+                map.insert("@type".into(), Value::from(NATIVE_FILTER_TYPE));
+                map.insert("dynamic_module_config".into(), serde_json::json!({"name": "multitokens_filter"}));
+                map.insert("filter_name".into(), Value::from("multitokens"));
+                map.insert("filter_config".into(), plugin);
+                count += 1;
+            }
+        });
+        assert!(count > 0, "no wasm filter in the config");
+        self
+    }
+
+    /// The filters' plugin configurations (the JSON strings under `configuration.value`, or
+    /// `filter_config.value` for the native module).
     pub fn plugin_configs(&self) -> Vec<String> {
         let mut found = Vec::new();
         let mut tree = self.0.clone();
         each_map(&mut tree, &mut |map| {
-            if let Some(Value::String(json)) = map.get("configuration").and_then(|c| c.get("value")) {
+            if let Some(Value::String(json)) = plugin_holder(map).and_then(|c| c.get("value")) {
                 found.push(json.clone());
             }
         });
@@ -221,7 +307,8 @@ impl EnvoyConfig {
     pub fn edit_plugin(mut self, edit: impl Fn(&mut Value)) -> EnvoyConfig {
         let mut count = 0;
         each_map(&mut self.0, &mut |map| {
-            if let Some(Value::String(json)) = map.get_mut("configuration").and_then(|c| c.get_mut("value")) {
+            let holder = if map.contains_key("filter_config") { "filter_config" } else { "configuration" };
+            if let Some(Value::String(json)) = map.get_mut(holder).and_then(|c| c.get_mut("value")) {
                 let mut config: Value = serde_json::from_str(json).expect("plugin configuration is JSON");
                 edit(&mut config);
                 *json = config.to_string();
@@ -231,6 +318,15 @@ impl EnvoyConfig {
         assert!(count > 0, "no wasm plugin configuration in the config");
         self
     }
+}
+
+/// The `@type` of the native module's filter config.
+pub const NATIVE_FILTER_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter";
+
+/// Where a filter map holds its plugin JSON: `configuration` (wasm) or `filter_config` (native).
+fn plugin_holder(map: &serde_json::Map<String, Value>) -> Option<&Value> {
+    map.get("configuration").or_else(|| map.get("filter_config"))
 }
 
 /// Puts `key` (and the signing key's `public` half, if given) where a shipped plugin configuration

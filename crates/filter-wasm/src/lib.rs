@@ -20,6 +20,7 @@ use abi::{Buffer, Level, Map};
 use metrics::Metrics;
 use multitokens_filter::companion_transport;
 use multitokens_filter::config::Compiled;
+use multitokens_filter::edge::{self, Edge};
 use multitokens_filter::flow::HttpFlow;
 use multitokens_filter::host::{Host, Step};
 use multitokens_filter::lookup::{Answer, CalloutProblem, FeedPage, LookupRequest};
@@ -28,6 +29,7 @@ use multitokens_filter::reply::{self, Denial, LocalReply};
 use multitokens_filter::worker::Worker;
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 use transport::StoreTransport;
 
 use abi::log;
@@ -134,39 +136,37 @@ impl Root {
         Root { id, worker: None, metrics: Rc::new(Metrics::default()), transport: None }
     }
 
-    /// Starts a feed poll if one is due.
-    /// Starts a feed poll (the caller has checked that one is due).
-    fn start_feed_poll(&self, worker: &mut Worker, now: u64) {
-        let Some(transport) = self.transport else { return };
-        let compiled = Rc::clone(worker.compiled());
-        match transport.poll_feed(&compiled, worker.feed_cursor(), worker.edge_id(), self.id) {
-            Ok(call) => worker.feed_poll_started(call, now),
-            Err(e) => log(Level::Warn, &format!("multitokens: revocation feed poll: {e}")),
-        }
+    /// This root's feed poll answered (an answer to an older poll is dropped).
+    fn on_feed_answer(&mut self, token: u32, page: Result<FeedPage, CalloutProblem>) {
+        let (Some(worker), Some(transport)) = (&self.worker, self.transport) else { return };
+        let Ok(mut worker) = worker.try_borrow_mut() else { return };
+        let mut edge = RootEdge { root_id: self.id, metrics: &self.metrics, transport };
+        edge::on_feed_answer(&mut worker, &mut edge, token, page, now_ms());
     }
 }
 
-impl Root {
-    /// This root's feed poll answered (an answer to an older poll is dropped).
-    fn on_feed_answer(&mut self, token: u32, page: Result<FeedPage, CalloutProblem>) {
-        let Some(worker) = &self.worker else { return };
-        let Ok(mut worker) = worker.try_borrow_mut() else { return };
-        let now = now_ms();
-        let Some(answered) = worker.on_feed_answer(token, page, now) else { return };
-        if answered.applied > 0 {
-            self.metrics.add(Metric::RevocationsApplied, answered.applied as i64);
-        }
-        if let Some(problem) = answered.problem {
-            let metric =
-                if problem == CalloutProblem::NoResponse { Metric::CalloutFailed } else { Metric::CalloutError };
-            self.metrics.add(metric, 1);
-            log(Level::Warn, &format!("multitokens: revocation feed poll failed: {problem:?}"));
-        }
-        if answered.poll_again {
-            // the first page, a full page, a revocation (the next poll acknowledges it) or a long
-            // poll that ran its course: poll again now, not on the next tick
-            self.start_feed_poll(&mut worker, now);
-        }
+/// The [`Edge`] of a root: its transport and its counters.
+struct RootEdge<'a> {
+    root_id: u32,
+    metrics: &'a Metrics,
+    transport: &'static dyn StoreTransport,
+}
+
+impl Edge for RootEdge<'_> {
+    fn poll_feed(&mut self, compiled: &Compiled, cursor: Option<&str>, edge: &str) -> Result<u32, String> {
+        self.transport.poll_feed(compiled, cursor, edge, self.root_id)
+    }
+
+    fn refresh(&mut self, compiled: &Compiled, request: &LookupRequest) -> Result<(), String> {
+        self.transport.refresh(compiled, request, self.root_id).map(|_| ())
+    }
+
+    fn count(&mut self, metric: Metric, n: u64) {
+        self.metrics.add(metric, n as i64);
+    }
+
+    fn warn(&self, message: &str) {
+        log(Level::Warn, message);
     }
 }
 
@@ -200,27 +200,17 @@ impl Root {
         true
     }
 
-    /// The timer: what [`Worker::on_tick`] asks for (feed poll, sliding refreshes), then gauges
-    /// and counters.
+    /// The timer: feed poll and sliding refreshes ([`edge::on_tick`]), then gauges and counters;
+    /// the requests whose lookup was never answered look up again.
     fn on_tick(&mut self) {
         let (Some(worker), Some(transport)) = (self.worker.clone(), self.transport) else { return };
         let Ok(mut worker) = worker.try_borrow_mut() else { return };
-        let now = now_ms();
-        let work = worker.on_tick(now);
-        self.metrics.add(Metric::Ticks, 1);
-        let compiled = Rc::clone(worker.compiled());
-        if work.poll_feed {
-            self.start_feed_poll(&mut worker, now);
-        }
-        for request in work.refreshes {
-            if let Err(e) = transport.refresh(&compiled, &request, self.id) {
-                log(Level::Warn, &format!("multitokens: sliding refresh: {e}"));
-            }
-        }
+        let mut edge = RootEdge { root_id: self.id, metrics: &self.metrics, transport };
+        let look_up_again = edge::on_tick(&mut worker, &mut edge, now_ms());
         self.metrics.record_gauges(worker.cached_verdicts());
         self.metrics.flush();
         drop(worker);
-        for follower in work.look_up_again {
+        for follower in look_up_again {
             in_context(follower, Http::retry);
         }
     }
@@ -348,7 +338,7 @@ impl Http {
         let Some(Ok(mut worker)) = self.worker.as_ref().map(|w| w.try_borrow_mut()) else {
             return unavailable(&self.metrics);
         };
-        let compiled = Rc::clone(worker.compiled());
+        let compiled = Arc::clone(worker.compiled());
         let (metrics, transport, context_id, root_id) = (&self.metrics, self.transport, self.id, self.root_id);
         let mut host = EnvoyHost { metrics, compiled: &compiled, transport, context_id, root_id, has_body };
         let step = run(&mut self.flow, &mut host, &mut worker);
@@ -366,7 +356,7 @@ impl Http {
     /// Request trailers: never carry identity headers upstream.
     fn on_request_trailers(&mut self) {
         let Some(Ok(worker)) = self.worker.as_ref().map(|w| w.try_borrow()) else { return };
-        let compiled = Rc::clone(worker.compiled());
+        let compiled = Arc::clone(worker.compiled());
         let (metrics, transport, context_id, root_id) = (&*self.metrics, self.transport, self.id, self.root_id);
         let mut host = EnvoyHost { metrics, compiled: &compiled, transport, context_id, root_id, has_body: false };
         self.flow.on_request_trailers(&mut host, &worker);

@@ -3,7 +3,7 @@
 //! [`StoreTransport`].
 
 use super::{abi, exports, LookupVia, Purpose};
-use multitokens_core::contract::FeedQuery;
+use multitokens_filter::companion_transport::CompanionGet;
 use multitokens_filter::config::{Compiled, Transport};
 use multitokens_filter::lookup::LookupRequest;
 
@@ -28,18 +28,10 @@ pub(super) struct CompanionCallouts;
 
 impl CompanionCallouts {
     /// Sends a GET through the companion's Envoy cluster on behalf of a context.
-    fn get(compiled: &Compiled, path: &str, purpose: Purpose, timeout_ms: u64) -> Result<u32, String> {
-        let Transport::Companion(c) = &compiled.transport else {
-            return Err("no companion configured".into());
-        };
-        let headers = [
-            (":method", "GET"),
-            (":path", path),
-            (":authority", c.authority.as_str()),
-            ("authorization", compiled.companion_auth.as_str()),
-        ];
-        let token = abi::http_call(&c.cluster, &headers, timeout_ms)
-            .map_err(|s| format!("dispatch to cluster {:?} failed: {s}", c.cluster))?;
+    fn get(get: Result<CompanionGet, String>, purpose: Purpose) -> Result<u32, String> {
+        let get = get?;
+        let token = abi::http_call(get.cluster, &get.headers(), get.timeout_ms)
+            .map_err(|s| format!("dispatch to cluster {:?} failed: {s}", get.cluster))?;
         exports::expect_answer(token, purpose);
         Ok(token)
     }
@@ -48,16 +40,15 @@ impl CompanionCallouts {
 impl StoreTransport for CompanionCallouts {
     fn lookup(&self, compiled: &Compiled, request: &LookupRequest, context_id: u32, _: u32) -> Result<u32, String> {
         let purpose = Purpose::Lookup { context_id, via: LookupVia::Companion };
-        Self::get(compiled, &request.path(), purpose, compiled.transport.timeout_ms())
+        Self::get(CompanionGet::lookup(compiled, request), purpose)
     }
 
     fn poll_feed(&self, compiled: &Compiled, cursor: Option<&str>, edge: &str, root_id: u32) -> Result<u32, String> {
-        let path = FeedQuery::path(cursor, Some(edge), compiled.feed_wait_ms());
-        Self::get(compiled, &path, Purpose::Feed { root_id }, compiled.feed_timeout_ms())
+        Self::get(CompanionGet::feed(compiled, cursor, edge), Purpose::Feed { root_id })
     }
 
     fn refresh(&self, compiled: &Compiled, request: &LookupRequest, root_id: u32) -> Result<u32, String> {
-        Self::get(compiled, &request.path(), Purpose::Refresh { root_id }, compiled.transport.timeout_ms())
+        Self::get(CompanionGet::lookup(compiled, request), Purpose::Refresh { root_id })
     }
 }
 

@@ -1,9 +1,53 @@
 //! The companion transport of the stock build: the answers of the companion's internal endpoints
 //! (lookup by digest, revocation feed), read with the contract's own types.
 
+use super::config::{Compiled, Transport};
 use super::identity::Identity;
-use super::lookup::{Answer, CalloutProblem, FeedPage};
-use multitokens_core::contract::LookupAnswer;
+use super::lookup::{Answer, CalloutProblem, FeedPage, LookupRequest};
+use multitokens_core::contract::{FeedQuery, LookupAnswer};
+
+/// A bodiless GET to the companion's internal endpoints, as every shell sends it: the Envoy
+/// cluster it goes through, its path, headers and timeout.
+pub struct CompanionGet<'a> {
+    /// The companion's Envoy cluster.
+    pub cluster: &'a str,
+    /// The request path (with its query).
+    pub path: String,
+    /// The authority the companion is reached under.
+    authority: &'a str,
+    /// The `authorization` header (the internal API key).
+    authorization: &'a str,
+    /// How long Envoy waits for the answer.
+    pub timeout_ms: u64,
+}
+
+impl<'a> CompanionGet<'a> {
+    fn new(compiled: &'a Compiled, path: String, timeout_ms: u64) -> Result<Self, String> {
+        let Transport::Companion(c) = &compiled.transport else { return Err("no companion configured".into()) };
+        let (cluster, authority, authorization) = (&c.cluster[..], &c.authority[..], &compiled.companion_auth[..]);
+        Ok(CompanionGet { cluster, path, authority, authorization, timeout_ms })
+    }
+
+    /// The lookup of a token's digests (also its sliding refresh).
+    pub fn lookup(compiled: &'a Compiled, request: &LookupRequest) -> Result<Self, String> {
+        Self::new(compiled, request.path(), compiled.transport.timeout_ms())
+    }
+
+    /// A revocation feed poll after `cursor` as edge `edge`.
+    pub fn feed(compiled: &'a Compiled, cursor: Option<&str>, edge: &str) -> Result<Self, String> {
+        Self::new(compiled, FeedQuery::path(cursor, Some(edge), compiled.feed_wait_ms()), compiled.feed_timeout_ms())
+    }
+
+    /// The request's headers, pseudo-headers first.
+    pub fn headers(&self) -> [(&str, &str); 4] {
+        [
+            (":method", "GET"),
+            (":path", &self.path),
+            (":authority", self.authority),
+            ("authorization", self.authorization),
+        ]
+    }
+}
 
 /// Interprets the lookup response (`status` is `None` when there was no response).
 pub fn parse_answer(status: Option<u32>, body: &[u8]) -> Result<Answer, CalloutProblem> {

@@ -12,6 +12,7 @@ pub mod coalesce;
 pub mod companion_transport;
 pub mod config;
 pub mod csrf;
+pub mod edge;
 pub mod feed;
 pub mod flow;
 pub mod header_map;

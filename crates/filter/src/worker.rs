@@ -7,7 +7,7 @@ use super::config::Compiled;
 use super::feed::FeedState;
 use super::lookup::{CalloutProblem, FeedPage, LookupRequest};
 use super::throttle::FailureThrottle;
-use std::rc::Rc;
+use std::sync::Arc;
 
 /// What a feed poll's answer did ([`Worker::on_feed_answer`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,7 +24,7 @@ pub struct FeedAnswered {
 #[derive(Debug)]
 pub struct Worker {
     /// The compiled configuration (shared, so a request can hold it while changing the worker).
-    pub(crate) compiled: Rc<Compiled>,
+    pub(crate) compiled: Arc<Compiled>,
     /// The verdict cache.
     pub(crate) cache: VerdictCache,
     /// Revocation feed poller.
@@ -89,7 +89,7 @@ impl Worker {
         );
         let throttle = compiled.config.throttle.clone().map(FailureThrottle::new);
         Worker {
-            compiled: Rc::new(compiled),
+            compiled: Arc::new(compiled),
             cache,
             feed: FeedState::default(),
             in_flight: InFlight::default(),
@@ -193,7 +193,7 @@ impl Worker {
     }
 
     /// The compiled configuration.
-    pub fn compiled(&self) -> &Rc<Compiled> {
+    pub fn compiled(&self) -> &Arc<Compiled> {
         &self.compiled
     }
 

@@ -19,7 +19,7 @@ use multitokens_core::contract;
 use multitokens_core::credential::{self, Credential, Source};
 use multitokens_core::digest::TokenDigest;
 use multitokens_core::token::{self, Origin};
-use std::rc::Rc;
+use std::sync::Arc;
 
 /// What the decision needs from a request, read once from its headers.
 #[derive(Debug, Default)]
@@ -83,7 +83,7 @@ impl HttpFlow {
     /// Request headers arrived.
     pub fn on_request_headers(&mut self, host: &mut dyn Host, worker: &mut Worker, now: u64) -> Step {
         worker.observe_clock(now);
-        let compiled = Rc::clone(&worker.compiled);
+        let compiled = Arc::clone(&worker.compiled);
         let config = &compiled.config;
         let headers = host.request_headers();
         let values =
@@ -224,7 +224,7 @@ impl HttpFlow {
         request: RequestInfo,
         now: u64,
     ) -> Step {
-        let compiled = Rc::clone(&worker.compiled);
+        let compiled = Arc::clone(&worker.compiled);
         let mut digests = compiled.hash_keys.digests(&token).into_iter();
         let Some(digest) = digests.next() else {
             return deny(host, &compiled, Denial::Invalid, Metric::DeniedMalformed, &[]);
