@@ -21,6 +21,7 @@ mod hostile;
 mod lenient;
 mod load;
 mod matrix;
+mod reload;
 
 const ADMIN_KEY: &str = "e2e-admin-key-0123456789abcdef";
 

@@ -86,6 +86,11 @@ pub struct Envoy {
 impl Envoy {
     /// Starts Envoy on a config text and waits for `wait_port` to accept connections.
     pub fn start(config: &str, wait_port: u16, concurrency: u32) -> Envoy {
+        Self::start_with_args(config, wait_port, concurrency, &[])
+    }
+
+    /// Starts Envoy with extra command-line arguments.
+    pub fn start_with_args(config: &str, wait_port: u16, concurrency: u32, extra: &[&str]) -> Envoy {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("envoy.yaml");
         std::fs::write(&config_path, config).unwrap();
@@ -96,6 +101,7 @@ impl Envoy {
             .args(["--concurrency", &concurrency.to_string(), "--log-level", "info", "--disable-hot-restart"])
             .arg("--log-path")
             .arg(&log)
+            .args(extra)
             .current_dir(repo_root())
             .env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", repo_root().join("target/native"))
             .stdout(Stdio::null())
@@ -108,6 +114,11 @@ impl Envoy {
             panic!("envoy did not start:\n{}", envoy.log_text());
         }
         envoy
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Envoy's log so far.
