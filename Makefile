@@ -68,10 +68,10 @@ lint:
 	cargo clippy -p multitokens-filter-wasm --target $(WASM_TARGET) --features redis-callout -- -D warnings
 
 ## test: everything CI runs (installs its tools first); ends with one summary line over all targets
-## (the real-Envoy suite runs twice: against the wasm build, then the native module)
+## (the real-Envoy suite and the demo examples run twice: against the wasm build, then the native module)
 test: tools lint wasm module
 	set -o pipefail; cargo test --workspace --all-targets -- --test-threads=4 2>&1 | tee target/test-output.log
-	set -o pipefail; MULTITOKENS_FILTER_BUILD=native cargo test --test envoy_e2e -- --test-threads=4 2>&1 | tee -a target/test-output.log
+	set -o pipefail; MULTITOKENS_FILTER_BUILD=native cargo test --test envoy_e2e --test doc_examples -- --test-threads=4 2>&1 | tee -a target/test-output.log
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f; exit (p == 0) }' target/test-output.log
 
 ## openapi: rewrite docs/openapi.json from the code (a test fails while they differ)
@@ -83,12 +83,14 @@ fuzz: tools wasm
 	MULTITOKENS_FUZZ_CASES=$${MULTITOKENS_FUZZ_CASES:-3000} cargo test --release --test wasm_fuzz -- --test-threads=2
 
 ## demo: Redis, the companion, a demo app and Envoy with the filter, in the foreground
-demo: tools wasm build
-	scripts/demo.sh
+##       (FILTER=native: the native dynamic module instead of the wasm filter)
+FILTER ?= wasm
+demo: tools wasm module build
+	FILTER=$(FILTER) scripts/demo.sh
 
 ## demo-django: the same with the Django REST framework example (examples/django, gunicorn) as the app
-demo-django: tools wasm build
-	DEMO_APP=django scripts/demo.sh
+demo-django: tools wasm module build
+	FILTER=$(FILTER) DEMO_APP=django scripts/demo.sh
 
 ## bench: the benchmark suite (see bench/README.md)
 bench: tools wasm build

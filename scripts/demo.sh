@@ -3,7 +3,8 @@
 # all in the foreground, with a fresh hash key (DEMO_HASH_KEY). Ctrl-C stops all of them. Ports: DEMO_PORT (10000), DEMO_REDIS_PORT
 # (16379), DEMO_COMPANION_PORT (18080), DEMO_APP_PORT (18081), DEMO_ADMIN_PORT (19901).
 # DEMO_APP=django (make demo-django) serves the Django REST framework example (examples/django)
-# with gunicorn instead of the Rust demo app.
+# with gunicorn instead of the Rust demo app. FILTER=native (make demo FILTER=native) runs the
+# native Envoy dynamic module (envoy/native/envoy.yaml, target/native) instead of the wasm filter.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -20,6 +21,12 @@ INTERNAL_KEY="demo-internal-key-change-me"
 # tokens' MACs with it; envoy/envoy.yaml holds a placeholder the filter refuses
 # (DEMO_HASH_KEY sets it instead, e.g. to keep tokens across demo runs on one Redis)
 HASH_KEY="${DEMO_HASH_KEY:-$(head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')}"
+
+case "${FILTER:-wasm}" in
+  wasm) envoy_config=envoy/envoy.yaml; filter_name="multitokens filter (wasm)" ;;
+  native) envoy_config=envoy/native/envoy.yaml; filter_name="multitokens native module" ;;
+  *) echo "demo: FILTER must be wasm or native, not ${FILTER}" >&2; exit 2 ;;
+esac
 
 work="$(mktemp -d -t multitokens-demo.XXXXXX)"
 pids=()
@@ -92,14 +99,15 @@ fi
 
 sed -e "s/port_value: 10000/port_value: $DEMO_PORT/" -e "s/port_value: 18080/port_value: $COMPANION_PORT/" \
     -e "s/port_value: 18081/port_value: $APP_PORT/" -e "s/port_value: 19901/port_value: $ADMIN_PORT/" \
-    -e "s/REPLACE-ME-with-multitokens-keygen/$HASH_KEY/" envoy/envoy.yaml >"$work/envoy.yaml"
-"$ENVOY" -c "$work/envoy.yaml" --concurrency 2 --log-level warn 2>"$work/envoy.log" &
+    -e "s/REPLACE-ME-with-multitokens-keygen/$HASH_KEY/" "$envoy_config" >"$work/envoy.yaml"
+ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$root/target/native" \
+  "$ENVOY" -c "$work/envoy.yaml" --concurrency 2 --log-level warn 2>"$work/envoy.log" &
 pids+=($!); names+=(Envoy)
 wait_port "$DEMO_PORT" Envoy
 
 cat <<EOT
 multitokens demo is up (Ctrl-C stops everything):
-  Envoy + multitokens filter  http://127.0.0.1:$DEMO_PORT   (admin, stats: http://127.0.0.1:$ADMIN_PORT/stats?filter=multitokens)
+  Envoy + $filter_name  http://127.0.0.1:$DEMO_PORT   (admin, stats: http://127.0.0.1:$ADMIN_PORT/stats?filter=multitokens)
   companion API               http://127.0.0.1:$COMPANION_PORT  (admin key: $ADMIN_KEY)
   demo app                    http://127.0.0.1:$APP_PORT
   redis-server                127.0.0.1:$REDIS_PORT (users of envoy/redis/users.acl, default user off; data in $work, removed on exit)

@@ -43,7 +43,7 @@ fn with_built_wasm(text: &str, keyed: bool) -> String {
     if config.plugin_configs().is_empty() {
         return config.to_yaml();
     }
-    let config = config.use_wasm(&wasm_path("multitokens_filter.wasm"));
+    let config = if text.contains(".wasm") { config.use_wasm(&wasm_path("multitokens_filter.wasm")) } else { config };
     if keyed {
         config.keyed(&generate_hash_key().unwrap()).to_yaml()
     } else {
@@ -68,6 +68,21 @@ fn every_envoy_config_validates() {
             );
         }
     }
+}
+
+#[test]
+fn the_native_envoy_config_is_the_wasm_one_with_the_module_in_its_place() {
+    // the same listener, routes, clusters and plugin JSON: only the filter's typed_config differs
+    let native = EnvoyConfig::load("envoy/native/envoy.yaml");
+    assert_eq!(native.0, EnvoyConfig::load("envoy/envoy.yaml").use_native().0, "envoy/native/envoy.yaml drifted");
+    support::native_dir();
+    let keyed = native.keyed(&generate_hash_key().unwrap());
+    let (ok, output) = envoy_validate(&keyed.to_yaml());
+    assert!(ok, "envoy/native/envoy.yaml does not validate:\n{output}");
+    // the module checks the plugin JSON at load, as the wasm filter does
+    let broken = keyed.edit_plugin(|c| c["cache"]["max_entriez"] = serde_json::json!(1));
+    let (ok, output) = envoy_validate(&broken.to_yaml());
+    assert!(!ok && output.contains("max_entriez"), "an unknown field was accepted:\n{output}");
 }
 
 /// Every plugin configuration in envoy/, read with a YAML parser: the Envoy configs' wasm

@@ -47,6 +47,9 @@ impl Demo {
         cmd.env("DEMO_HASH_KEY", support::TEST_HASH_KEY);
         cmd.env("DEMO_SIGNING_KEY", support::TEST_SIGNING_KEY);
         cmd.env("DEMO_REDIS_PASSWORD", DEMO_REDIS_PASSWORD);
+        if support::Build::under_test() == support::Build::Native {
+            cmd.env("FILTER", "native"); // make demo FILTER=native
+        }
         let child = cmd.spawn().expect("scripts/demo.sh");
         let demo = Demo { child, ports };
         assert!(wait_for_port(ports[0], Duration::from_secs(60)), "the demo did not start");

@@ -154,6 +154,7 @@ pub fn envoy_validate(config: &str) -> (bool, String) {
         .arg(&path)
         .arg("--disable-hot-restart")
         .current_dir(repo_root())
+        .env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", repo_root().join("target/native"))
         .output()
         .expect("envoy --mode validate");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
