@@ -93,7 +93,7 @@ demo-django: tools wasm module build
 	FILTER=$(FILTER) DEMO_APP=django scripts/demo.sh
 
 ## bench: the benchmark suite (see bench/README.md)
-bench: tools wasm build
+bench: tools wasm module build
 	scripts/bench.sh
 
 ## oci: the OCI images Istio and Higress pull, and the companion's image (needs docker or podman)

@@ -40,6 +40,7 @@ ENVOY = os.environ.get("ENVOY_BIN", str(ROOT / ".tools/bin/envoy"))
 COMPANION = ROOT / "target/release/multitokens"
 MINT = ROOT / "target/release/examples/mint_tokens"
 WASM_DIR = ROOT / "target/wasm32-wasip1/wasm-release"
+NATIVE_DIR = ROOT / "target/native"
 NOOP_WASM = ROOT / "target/bench-noop/wasm32-wasip1/release/noop_filter.wasm"
 MINIMAL_WASM = ROOT / "target/bench-minimal/wasm32-wasip1/release/minimal_auth_filter.wasm"
 WRK_DIR = ROOT / "bench/wrk"
@@ -167,6 +168,20 @@ def wasm_filter(name, wasm, configuration=None):
                   vm_id: {name}
                   runtime: envoy.wasm.runtime.v8
                   code: {{ local: {{ filename: {wasm} }} }}{config}"""
+
+
+def native_filter(configuration):
+    """The native dynamic module (`make module`) with the wasm filter's plugin JSON."""
+    value = json.dumps(configuration)
+    return f"""
+          - name: multitokens
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config: {{ name: multitokens_filter }}
+              filter_name: multitokens
+              filter_config:
+                "@type": type.googleapis.com/google.protobuf.StringValue
+                value: '{value}'"""
 
 
 def jwt_tokens(count):
@@ -305,7 +320,8 @@ class Envoy:
         self.port, self.admin = free_port(), free_port()
         path = WORK / f"envoy-{name}.yaml"
         path.write_text(envoy_config(self.port, self.admin, filters, companion_port, http2))
-        self.proc = start(f"envoy-{name}", [ENVOY, "-c", str(path), "--concurrency", str(concurrency), "--disable-hot-restart", "--log-level", "warn"])
+        self.proc = start(f"envoy-{name}", [ENVOY, "-c", str(path), "--concurrency", str(concurrency), "--disable-hot-restart", "--log-level", "warn"],
+                          {"ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(NATIVE_DIR)})
 
     def ready(self):
         wait_port(self.port, f"envoy ({self.name})")
@@ -386,6 +402,9 @@ def main_scenarios(stock, jwks):
         "filter_hit_lean": (wasm_filter("multitokens", stock, filter_config(
             10000, device_header=None, scopes_header=None, token_id_header=None)), False),
         "filter_miss": (wasm_filter("multitokens", stock, filter_config(0)), False),
+        # the same filter logic as a native Envoy dynamic module (one cache per process)
+        "native_hit": (native_filter(filter_config(10000)), False),
+        "native_miss": (native_filter(filter_config(0)), False),
         "ext_authz": (ext_authz_filter(), False),
         "ext_authz_grpc": (ext_authz_filter("grpc"), False),
         # the miss path with HTTP/2 to the companion, for both (one connection, multiplexed)
@@ -420,7 +439,8 @@ def main():
     if len(sys.argv) == 3 and sys.argv[1] == "--configs":
         write_configs(sys.argv[2])
         return
-    for path in [COMPANION, WASM_DIR / "multitokens_filter.wasm", WASM_DIR / "multitokens_filter_redis.wasm", NOOP_WASM, MINIMAL_WASM]:
+    for path in [COMPANION, WASM_DIR / "multitokens_filter.wasm", WASM_DIR / "multitokens_filter_redis.wasm", NOOP_WASM, MINIMAL_WASM,
+                 NATIVE_DIR / "libmultitokens_filter.so"]:
         if not path.exists():
             sys.exit(f"bench: {path} is missing (make bench builds it)")
     log(f"work dir {WORK}; {SECONDS}s runs, {WARMUP}s warm-up, {ROUNDS} rounds, {CONNECTIONS} connections")
@@ -480,7 +500,7 @@ def main():
         conn.close()
         if status != 200:
             sys.exit(f"bench: {name} answered {status} to a valid token (logs in {WORK})")
-        if name in ("filter_hit", "filter_hit_lean", "filter_miss", "filter_miss_h2") or name.startswith(("jwt_", "ext_authz")):
+        if name in ("filter_hit", "filter_hit_lean", "filter_miss", "filter_miss_h2", "native_hit", "native_miss") or name.startswith(("jwt_", "ext_authz")):
             conn = http.client.HTTPConnection("127.0.0.1", e.port, timeout=5)
             conn.request("GET", "/api/bench", headers={"authorization": f"Bearer {mint_tokens(1)[0]}"})
             if conn.getresponse().status != 401:
@@ -584,6 +604,12 @@ def main():
         "scenarios": s,
         "ratios": {
             "filter_hit_vs_noop_wasm": ratio("filter_hit", "noop_wasm"),
+            "native_hit_vs_jwt_rs256_cached": ratio("native_hit", "jwt_rs256_cached"),
+            "native_hit_vs_jwt_rs256": ratio("native_hit", "jwt_rs256"),
+            "native_hit_vs_no_auth": ratio("native_hit", "no_auth"),
+            "native_hit_vs_filter_hit": ratio("native_hit", "filter_hit"),
+            "native_miss_vs_ext_authz": ratio("native_miss", "ext_authz"),
+            "native_miss_vs_filter_miss": ratio("native_miss", "filter_miss"),
             "filter_hit_vs_minimal_auth_wasm": ratio("filter_hit", "minimal_auth_wasm"),
             "filter_hit_vs_jwt_rs256": ratio("filter_hit", "jwt_rs256"),
             "filter_hit_vs_jwt_rs256_cached": ratio("filter_hit", "jwt_rs256_cached"),
@@ -805,6 +831,8 @@ def hit_path(companion_port, wasm):
         "filter_hit": Envoy("filter_hit", wasm_filter("multitokens", wasm, filter_config(10000)), companion_port),
         "minimal_auth_wasm": Envoy("minimal_auth_wasm", wasm_filter("minimal_auth", MINIMAL_WASM), companion_port),
         "noop_wasm": Envoy("noop_wasm", wasm_filter("noop", NOOP_WASM), companion_port),
+        "native_hit": Envoy("native_hit", native_filter(filter_config(10000)), companion_port),
+        "no_auth": Envoy("no_auth", "", companion_port),
     }
     return side_by_side(envoys, env, companion_port, filter_config(10000))
 
@@ -846,6 +874,7 @@ def miss_path(companion_port, wasm):
     envoys = {
         "filter_miss": Envoy("filter_miss", wasm_filter("multitokens", wasm, filter_config(0)), companion_port),
         "filter_miss_h2": Envoy("filter_miss_h2", wasm_filter("multitokens", wasm, filter_config(0)), companion_port, http2=True),
+        "native_miss": Envoy("native_miss", native_filter(filter_config(0)), companion_port),
         "ext_authz": Envoy("ext_authz", ext_authz_filter(), companion_port),
         "ext_authz_h2": Envoy("ext_authz_h2", ext_authz_filter(), companion_port, http2=True),
         "ext_authz_grpc": Envoy("ext_authz_grpc", ext_authz_filter("grpc"), companion_port),
