@@ -3,8 +3,9 @@
 use super::{
     callout_init_problem, envoy_dynamic_module_callback_http_filter_config_http_callout,
     envoy_dynamic_module_callback_http_filter_http_callout, module_headers, Config, EnvoyBuffer, EnvoyHeader, Filter,
-    ModuleBuffer,
+    ModuleBuffer, ModuleHeader,
 };
+use std::ffi::c_void;
 
 /// Where a callout is sent from: a request (answered on its worker) or the config (answered on
 /// the main thread).
@@ -22,28 +23,17 @@ pub fn http_callout(caller: Caller, cluster: &str, headers: &[(&str, &str)], tim
     let mut views = module_headers(headers);
     let mut id = 0u64;
     let cluster_buffer = ModuleBuffer::of(cluster.as_bytes());
-    // SAFETY: every buffer lives for the call; `id` is a valid local Envoy writes to.
+    // the request's and the config's callout take the same arguments after their owner
+    type Send =
+        unsafe extern "C" fn(*mut c_void, *mut u64, ModuleBuffer, *mut ModuleHeader, usize, ModuleBuffer, u64) -> u32;
+    let (send, owner): (Send, *mut c_void) = match caller {
+        Caller::Filter(f) => (envoy_dynamic_module_callback_http_filter_http_callout, f.0),
+        Caller::Config(c) => (envoy_dynamic_module_callback_http_filter_config_http_callout, c.0),
+    };
+    // SAFETY: `owner` is the caller's live pointer; every buffer lives for the call; `id` is a
+    // valid local Envoy writes to.
     let code = unsafe {
-        match caller {
-            Caller::Filter(f) => envoy_dynamic_module_callback_http_filter_http_callout(
-                f.0,
-                &mut id,
-                cluster_buffer,
-                views.as_mut_ptr(),
-                views.len(),
-                ModuleBuffer::none(),
-                timeout_ms,
-            ),
-            Caller::Config(c) => envoy_dynamic_module_callback_http_filter_config_http_callout(
-                c.0,
-                &mut id,
-                cluster_buffer,
-                views.as_mut_ptr(),
-                views.len(),
-                ModuleBuffer::none(),
-                timeout_ms,
-            ),
-        }
+        send(owner, &mut id, cluster_buffer, views.as_mut_ptr(), views.len(), ModuleBuffer::none(), timeout_ms)
     };
     match code {
         0 => Ok(id),
