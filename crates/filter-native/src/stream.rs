@@ -88,6 +88,8 @@ struct Stream {
     scheduler: Option<Arc<Scheduler>>,
     inbox: Arc<Mutex<Vec<Wake>>>,
     paused: bool,
+    /// In the process's registry of paused requests (a hit never is: no lock taken for it).
+    registered: bool,
     gone: bool,
 }
 
@@ -101,6 +103,7 @@ impl Stream {
             scheduler: None,
             inbox: Arc::new(Mutex::new(Vec::new())),
             paused: false,
+            registered: false,
             gone: false,
         }
     }
@@ -130,7 +133,7 @@ impl Stream {
         if self.paused {
             self.register(filter);
         } else {
-            self.process.unregister(self.id);
+            self.unregister();
         }
         if resume && step == Step::Continue {
             abi::continue_decoding(filter);
@@ -146,6 +149,14 @@ impl Stream {
         if let Some(scheduler) = &self.scheduler {
             let waiting = Waiting { scheduler: Arc::clone(scheduler), inbox: Arc::clone(&self.inbox) };
             self.process.register(self.id, waiting);
+            self.registered = true;
+        }
+    }
+
+    /// Takes this request out of the registry, if it is in it.
+    fn unregister(&mut self) {
+        if std::mem::replace(&mut self.registered, false) {
+            self.process.unregister(self.id);
         }
     }
 
@@ -202,7 +213,10 @@ impl Stream {
         if std::mem::replace(&mut self.gone, true) {
             return;
         }
-        self.process.unregister(self.id);
+        self.unregister();
+        if self.flow.waiting_for().is_none() {
+            return; // no lookup of its own or followed: nothing to hand on (the worker stays unlocked)
+        }
         let followers = self.flow.on_gone(&mut self.process.worker(), self.id);
         for follower in followers {
             self.process.wake(follower, Wake::Retry);
