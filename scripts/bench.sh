@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make bench`: installs wrk when missing, builds the no-op and minimal-auth fixtures and the
+# `make bench`: installs wrk when missing, builds the no-op (wasm and native) and minimal-auth fixtures and the
 # micro-benchmark, installs PyJWT (the jwt_authn anchors' tokens), runs
 # scripts/bench.py (the companion and both filter builds are built by the Makefile first).
 set -euo pipefail
@@ -12,6 +12,11 @@ if ! command -v wrk >/dev/null 2>&1; then
 fi
 cargo build --quiet --manifest-path bench/noop-filter/Cargo.toml --target wasm32-wasip1 --release --target-dir target/bench-noop
 cargo build --quiet --manifest-path bench/minimal-auth-filter/Cargo.toml --target wasm32-wasip1 --release --target-dir target/bench-minimal
+cargo build --quiet --manifest-path bench/noop-module/Cargo.toml --release --target-dir target/bench-noop-module
+# Envoy has one module search path: the native module and the no-op module side by side
+mkdir -p target/bench-modules
+ln -sf "$root/target/native/libmultitokens_filter.so" target/bench-modules/libmultitokens_filter.so
+ln -sf "$root/target/bench-noop-module/release/libnoop_module.so" target/bench-modules/libnoop_module.so
 # PyJWT and cryptography sign the jwt_authn anchors' tokens
 if ! PYTHONPATH=.tools/bench python3 -c "import jwt, cryptography" 2>/dev/null; then
   echo "bench: installing PyJWT and cryptography from PyPI into .tools/bench"
