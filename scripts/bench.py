@@ -42,6 +42,11 @@ MINT = ROOT / "target/release/examples/mint_tokens"
 WASM_DIR = ROOT / "target/wasm32-wasip1/wasm-release"
 NATIVE_DIR = ROOT / "target/native"
 NOOP_WASM = ROOT / "target/bench-noop/wasm32-wasip1/release/noop_filter.wasm"
+# the filter's stats in Envoy, by mix scenario: the wasm filter's and the native module's names
+STAT_PREFIX = {"mix_filter": "wasmcustom.multitokens.", "mix_native": "dynamicmodulescustom.multitokens."}
+# bench.sh links the native module and the no-op module fixture (bench/noop-module) here: Envoy
+# finds both in its one module search path
+MODULES_DIR = ROOT / "target/bench-modules"
 MINIMAL_WASM = ROOT / "target/bench-minimal/wasm32-wasip1/release/minimal_auth_filter.wasm"
 WRK_DIR = ROOT / "bench/wrk"
 ADMIN_KEY = "bench-admin-key-0123456789abcdef"
@@ -170,15 +175,15 @@ def wasm_filter(name, wasm, configuration=None):
                   code: {{ local: {{ filename: {wasm} }} }}{config}"""
 
 
-def native_filter(configuration):
+def native_filter(configuration, module="multitokens_filter", filter_name="multitokens"):
     """The native dynamic module (`make module`) with the wasm filter's plugin JSON."""
     value = json.dumps(configuration)
     return f"""
-          - name: multitokens
+          - name: {filter_name}
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
-              dynamic_module_config: {{ name: multitokens_filter }}
-              filter_name: multitokens
+              dynamic_module_config: {{ name: {module} }}
+              filter_name: {filter_name}
               filter_config:
                 "@type": type.googleapis.com/google.protobuf.StringValue
                 value: '{value}'"""
@@ -321,7 +326,7 @@ class Envoy:
         path = WORK / f"envoy-{name}.yaml"
         path.write_text(envoy_config(self.port, self.admin, filters, companion_port, http2))
         self.proc = start(f"envoy-{name}", [ENVOY, "-c", str(path), "--concurrency", str(concurrency), "--disable-hot-restart", "--log-level", "warn"],
-                          {"ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(NATIVE_DIR)})
+                          {"ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(MODULES_DIR)})
 
     def ready(self):
         wait_port(self.port, f"envoy ({self.name})")
@@ -398,12 +403,16 @@ def main_scenarios(stock, jwks):
     return {
         "no_auth": ("", False),
         "noop_wasm": (wasm_filter("noop", NOOP_WASM), False),
+        # the floor of any native module: a dynamic module whose hooks do nothing
+        "noop_native": (native_filter({}, module="noop_module", filter_name="noop"), False),
         "filter_hit": (wasm_filter("multitokens", stock, filter_config(10000)), False),
         "filter_hit_lean": (wasm_filter("multitokens", stock, filter_config(
             10000, device_header=None, scopes_header=None, token_id_header=None)), False),
         "filter_miss": (wasm_filter("multitokens", stock, filter_config(0)), False),
         # the same filter logic as a native Envoy dynamic module (one cache per process)
         "native_hit": (native_filter(filter_config(10000)), False),
+        "native_hit_lean": (native_filter(filter_config(
+            10000, device_header=None, scopes_header=None, token_id_header=None)), False),
         "native_miss": (native_filter(filter_config(0)), False),
         "ext_authz": (ext_authz_filter(), False),
         "ext_authz_grpc": (ext_authz_filter("grpc"), False),
@@ -424,12 +433,13 @@ def main_scenarios(stock, jwks):
 
 def write_configs(directory):
     """`bench.py --configs DIR`: writes the Envoy config of every main-run scenario whose files
-    exist here (the wasm fixtures and the JWT anchors' keys are made by `make bench` only), for
+    exist here (the fixtures and the JWT anchors' keys are made by `make bench` only), for
     `envoy --mode validate` (tests/configs.rs)."""
     directory = Path(directory)
     stock = WASM_DIR / "multitokens_filter.wasm"
     for name, (filters, http2) in main_scenarios(stock, jwks=None).items():
-        if name.startswith("jwt_") or (name in ("noop_wasm", "minimal_auth_wasm") and not (NOOP_WASM.exists() and MINIMAL_WASM.exists())):
+        if name.startswith("jwt_") or name == "noop_native" or (
+                name in ("noop_wasm", "minimal_auth_wasm") and not (NOOP_WASM.exists() and MINIMAL_WASM.exists())):
             continue
         (directory / f"{name}.yaml").write_text(envoy_config(10000, 10001, filters, 10002, http2))
         print(name)
@@ -440,7 +450,7 @@ def main():
         write_configs(sys.argv[2])
         return
     for path in [COMPANION, WASM_DIR / "multitokens_filter.wasm", WASM_DIR / "multitokens_filter_redis.wasm", NOOP_WASM, MINIMAL_WASM,
-                 NATIVE_DIR / "libmultitokens_filter.so"]:
+                 MODULES_DIR / "libmultitokens_filter.so", MODULES_DIR / "libnoop_module.so"]:
         if not path.exists():
             sys.exit(f"bench: {path} is missing (make bench builds it)")
     log(f"work dir {WORK}; {SECONDS}s runs, {WARMUP}s warm-up, {ROUNDS} rounds, {CONNECTIONS} connections")
@@ -461,6 +471,7 @@ def main():
     if ONLY:
         parts = {"memory": lambda: memory_per_verdict(companion_port, stock), "mix": lambda: realistic_mix(companion_port, stock),
                  "miss": lambda: miss_path(companion_port, stock), "hit": lambda: hit_path(companion_port, stock),
+                 "native": lambda: native_hit_path(companion_port),
                  "burst": lambda: burst(companion_port, stock)}
         if ONLY not in parts:
             sys.exit(f"bench: BENCH_ONLY must be one of {', '.join(parts)}")
@@ -500,7 +511,7 @@ def main():
         conn.close()
         if status != 200:
             sys.exit(f"bench: {name} answered {status} to a valid token (logs in {WORK})")
-        if name in ("filter_hit", "filter_hit_lean", "filter_miss", "filter_miss_h2", "native_hit", "native_miss") or name.startswith(("jwt_", "ext_authz")):
+        if name in ("filter_hit", "filter_hit_lean", "filter_miss", "filter_miss_h2", "native_hit", "native_hit_lean", "native_miss") or name.startswith(("jwt_", "ext_authz")):
             conn = http.client.HTTPConnection("127.0.0.1", e.port, timeout=5)
             conn.request("GET", "/api/bench", headers={"authorization": f"Bearer {mint_tokens(1)[0]}"})
             if conn.getresponse().status != 401:
@@ -580,10 +591,12 @@ def main():
     scenarios["invalid_flood_bad_checksum"] = {k: flood_results["invalid_bad_checksum"][k] for k in ("rps", "p50_ms", "p99_ms", "errors")}
 
     memory = memory_per_verdict(companion_port, stock)
+    by_concurrency = verdict_memory_by_concurrency(companion_port, stock, valid_file, len(tokens))
     bursts = burst(companion_port, stock)
     scenarios.update(bursts)
     mix = realistic_mix(companion_port, stock)
     scenarios["mix_filter"] = {k: mix["mix_filter"][k] for k in ("rps", "p50_ms", "p99_ms", "errors", "envoy_cpu_us_per_req")}
+    scenarios["mix_native"] = {k: mix["mix_native"][k] for k in ("rps", "p50_ms", "p99_ms", "errors", "envoy_cpu_us_per_req")}
     scenarios["mix_ext_authz"] = {k: mix["mix_ext_authz"][k] for k in ("rps", "p50_ms", "p99_ms", "errors", "envoy_cpu_us_per_req")}
     revocation = revocation_latency(companion_port, stock, valid_file)
     per_user = per_user_cost(redis_port)
@@ -610,6 +623,11 @@ def main():
             "native_hit_vs_filter_hit": ratio("native_hit", "filter_hit"),
             "native_miss_vs_ext_authz": ratio("native_miss", "ext_authz"),
             "native_miss_vs_filter_miss": ratio("native_miss", "filter_miss"),
+            "native_hit_vs_noop_native": ratio("native_hit", "noop_native"),
+            "noop_native_vs_no_auth": ratio("noop_native", "no_auth"),
+            "native_miss_best_vs_ext_authz_best": round(s["native_miss"]["rps"]
+                                                        / max(s[k]["rps"] for k in ("ext_authz", "ext_authz_h2", "ext_authz_grpc")), 3),
+            "mix_native_vs_mix_ext_authz": ratio("mix_native", "mix_ext_authz"),
             "filter_hit_vs_minimal_auth_wasm": ratio("filter_hit", "minimal_auth_wasm"),
             "filter_hit_vs_jwt_rs256": ratio("filter_hit", "jwt_rs256"),
             "filter_hit_vs_jwt_rs256_cached": ratio("filter_hit", "jwt_rs256_cached"),
@@ -646,6 +664,7 @@ def main():
             "minimal_auth": MINIMAL_WASM.stat().st_size,
         },
         "filter_vm_bytes_per_cached_verdict": memory,
+        "verdict_memory_by_concurrency": by_concurrency,
         "mix": mix,
         "filter_vm_memory_bytes": {"filter_hit": hit_memory, "after_invalid_flood": flood_results["vm_memory_bytes_after"]},
         "invalid_flood": flood_results,
@@ -658,7 +677,17 @@ def main():
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     rt = results["ratios"]
+    cpu = lambda name: s[name]["envoy_cpu_us_per_req"]
+    results["envoy_cpu_us_over_no_auth"] = {name: round(cpu(name) - cpu("no_auth"), 1)
+                                            for name in ("noop_native", "native_hit", "noop_wasm", "filter_hit", "jwt_rs256_cached")}
     results["targets"] = {
+        # the native module (issue 23)
+        "native_hit_at_least_1.10x_jwt_rs256_cached": rt["native_hit_vs_jwt_rs256_cached"] >= 1.10,
+        "native_hit_at_least_0.82x_no_auth": rt["native_hit_vs_no_auth"] >= 0.82,
+        "native_hit_envoy_cpu_at_most_9_us_over_no_auth": results["envoy_cpu_us_over_no_auth"]["native_hit"] <= 9,
+        "native_miss_at_least_1.2x_ext_authz_best_transport_each": rt["native_miss_best_vs_ext_authz_best"] >= 1.2,
+        "mix_native_at_least_3x_ext_authz_on_the_same_mix": rt["mix_native_vs_mix_ext_authz"] >= 3.0,
+        "native_verdict_memory_concurrency_4_at_most_1.1x_concurrency_1": (by_concurrency["native"]["ratio"] or 99) <= 1.1,
         "envoy_cpu_per_request_filter_hit_at_most_3_percent_over_minimal_auth_wasm":
             s["filter_hit"]["envoy_cpu_us_per_req"] <= 1.03 * s["minimal_auth_wasm"]["envoy_cpu_us_per_req"],
         "filter_hit_at_least_1.55x_jwt_rs256": rt["filter_hit_vs_jwt_rs256"] is not None and rt["filter_hit_vs_jwt_rs256"] >= 1.55,
@@ -720,20 +749,25 @@ def realistic_mix(companion_port, wasm):
     bad_file = write_lines("mix-bad.txt", mint_tokens(10000))
     order = list(range(len(hot)))
     results = {}
-    for name, filters in [("mix_filter", wasm_filter("multitokens", wasm, filter_config(20000))), ("mix_ext_authz", ext_authz_filter())]:
+    mixes = [("mix_filter", wasm_filter("multitokens", wasm, filter_config(20000))),
+             ("mix_native", native_filter(filter_config(20000))), ("mix_ext_authz", ext_authz_filter())]
+    for name, filters in mixes:
         e = Envoy(name, filters, companion_port, concurrency=2)
         e.ready()
         time.sleep(2.5)  # the filter follows the revocation feed
-        # the hot tokens are cached on both workers before measuring (a connection lands on one
-        # worker, so the rotation runs until both hold nearly all of them; ext_authz caches nothing)
+        # the hot tokens are cached before measuring: on both workers for the wasm filter (a
+        # connection lands on one worker, so the rotation runs until both hold nearly all of them),
+        # once for the native module (one cache per process); ext_authz caches nothing
+        stat = STAT_PREFIX.get(name, "")
+        caches = 2 if name == "mix_filter" else 1
         warmed = 0
         for _ in range(8):
             wrk(e.port, max(WARMUP, 3), env={"TOKENS_FILE": str(hot_file)})
-            if name != "mix_filter":
+            if not stat:
                 break
             time.sleep(1.2)  # the tick hands the gauge over
-            warmed = envoy_stats(e.admin, "multitokens").get("wasmcustom.multitokens.cache_entries", 0)
-            if warmed >= 0.98 * 2 * len(hot):
+            warmed = envoy_stats(e.admin, "multitokens").get(f"{stat}cache_entries", 0)
+            if warmed >= 0.98 * caches * len(hot):
                 break
         log(f"{name}: warmed, {warmed} verdicts cached")
         before = envoy_stats(e.admin)
@@ -769,7 +803,7 @@ def realistic_mix(companion_port, wasm):
             "allowed": d("http.bench.downstream_rq_2xx"), "refused": d("http.bench.downstream_rq_4xx"),
             "envoy_cpu_us_per_req": round(cpu * 1e6 / max(result["requests"], 1), 1),
             "revocations": len(latencies), "revoke_p50_ms": pick(0.5), "revoke_p99_ms": pick(0.99), "revoke_max_ms": pick(1.0),
-            "lookups": d("wasmcustom.multitokens.cache_miss") - d("wasmcustom.multitokens.lookup_shared"),
+            "lookups": d(f"{stat}cache_miss") - d(f"{stat}lookup_shared"),
             "cached_before": warmed,
         }
         log(f"{name}: {result['rps']:.0f} req/s, p99 {result['p99_ms']:.2f} ms, {len(latencies)} revocations, revoke p99 {pick(0.99)} ms")
@@ -832,9 +866,33 @@ def hit_path(companion_port, wasm):
         "minimal_auth_wasm": Envoy("minimal_auth_wasm", wasm_filter("minimal_auth", MINIMAL_WASM), companion_port),
         "noop_wasm": Envoy("noop_wasm", wasm_filter("noop", NOOP_WASM), companion_port),
         "native_hit": Envoy("native_hit", native_filter(filter_config(10000)), companion_port),
+        "native_hit_lean": Envoy("native_hit_lean", native_filter(filter_config(
+            10000, device_header=None, scopes_header=None, token_id_header=None)), companion_port),
+        "noop_native": Envoy("noop_native", native_filter({}, module="noop_module", filter_name="noop"), companion_port),
         "no_auth": Envoy("no_auth", "", companion_port),
     }
     return side_by_side(envoys, env, companion_port, filter_config(10000))
+
+
+def native_hit_path(companion_port):
+    """The native module's cache hits alone (BENCH_ONLY=native): beside its floor (the no-op
+    module), cached `jwt_authn` and no filter at all, on the same connections and load."""
+    tokens = issue_tokens(companion_port, "native")
+    rs_tokens, _, jwks = jwt_tokens(1000)
+    files = {"jwt_rs256_cached": str(write_lines("native-jwt.txt", rs_tokens))}
+    envoys = {
+        "native_hit": Envoy("native_hit", native_filter(filter_config(10000)), companion_port),
+        "native_hit_lean": Envoy("native_hit_lean", native_filter(filter_config(
+            10000, device_header=None, scopes_header=None, token_id_header=None)), companion_port),
+        "noop_native": Envoy("noop_native", native_filter({}, module="noop_module", filter_name="noop"), companion_port),
+        "jwt_rs256_cached": Envoy("jwt_rs256_cached", jwt_filter(jwks, cached=True), companion_port),
+        "no_auth": Envoy("no_auth", "", companion_port),
+    }
+    valid = str(write_lines("native.txt", tokens))
+    for e in envoys.values():
+        e.ready()
+    time.sleep(2.5)
+    return alternating(envoys, lambda name: {"TOKENS_FILE": files.get(name, valid)})
 
 
 def burst(companion_port, wasm, repeat=16):
@@ -919,6 +977,37 @@ def memory_per_verdict(companion_port, wasm, levels=(10000, 50000)):
             out[f"{kind}_at_{level}"] = round(memory / grew) if grew > 0 else None
             log(f"memory: {kind} verdicts up to {level}: {grew} more entries, {memory} more bytes")
     e.proc.terminate()
+    return out
+
+
+def verdict_memory_by_concurrency(companion_port, wasm, tokens_file, count):
+    """Cached verdicts at `--concurrency 1` and `4` for the same `count` tokens, for the wasm
+    filter (one cache per worker VM) and the native module (one per process): each Envoy serves
+    the tokens over 16 connections until every worker has seen them all, then the
+    `cache_entries` gauge (summed over VMs) is read. Every verdict costs the same bytes in one
+    build, so the ratio of entries is the ratio of verdict memory."""
+    out = {}
+    for build, filters, stat in [("filter", wasm_filter("multitokens", wasm, filter_config(10000)), "wasmcustom.multitokens."),
+                                 ("native", native_filter(filter_config(10000)), "dynamicmodulescustom.multitokens.")]:
+        entries = {}
+        for concurrency in (1, 4):
+            e = Envoy(f"memory-{build}-{concurrency}", filters, companion_port, concurrency=concurrency)
+            e.ready()
+            time.sleep(2.5)
+            cached = 0
+            for _ in range(4):
+                wrk(e.port, max(WARMUP, 2), env={"TOKENS_FILE": str(tokens_file)})
+                time.sleep(1.2)  # the tick hands the gauge over
+                now = envoy_stats(e.admin, "multitokens").get(f"{stat}cache_entries", 0)
+                if now >= concurrency * count or now == cached:
+                    cached = now
+                    break
+                cached = now
+            entries[concurrency] = cached
+            e.proc.terminate()
+        out[build] = {"entries_concurrency_1": entries[1], "entries_concurrency_4": entries[4],
+                      "ratio": round(entries[4] / entries[1], 3) if entries[1] else None}
+        log(f"verdict memory ({build}): {entries[1]} verdicts at --concurrency 1, {entries[4]} at 4")
     return out
 
 
@@ -1023,6 +1112,10 @@ def print_table(results):
     w = results["wasm_bytes"]
     print(f"  wasm bytes: stock {w['stock']}, redis {w['redis']} (no-op fixture {w['noop']}, minimal auth fixture {w['minimal_auth']})")
     print(f"  filter VM bytes per cached verdict: {results['filter_vm_bytes_per_cached_verdict']}")
+    for build, c in results["verdict_memory_by_concurrency"].items():
+        print(f"  {build} cached verdicts, same tokens: {c['entries_concurrency_1']} at --concurrency 1, "
+              f"{c['entries_concurrency_4']} at 4 ({c['ratio']}x)")
+    print(f"  Envoy CPU us per request over no_auth: {results['envoy_cpu_us_over_no_auth']}")
     m = results["filter_vm_memory_bytes"]
     f = results["invalid_flood"]
     print(f"  filter VM memory: {m['filter_hit']} B after filter_hit, {m['after_invalid_flood']} B after the invalid flood "

@@ -451,6 +451,8 @@ fn the_benchmarks_envoy_configs_validate_in_real_envoy() {
         "filter_hit_lean",
         "filter_miss",
         "filter_miss_h2",
+        "native_hit",
+        "native_miss",
         "ext_authz",
         "ext_authz_h2",
         "ext_authz_grpc",
