@@ -46,8 +46,8 @@ fi
 ln -sf "$envoy_bin" "$tools/bin/envoy"
 "$tools/bin/envoy" --version | grep -q "/$envoy_version/" || { echo "install-tools: envoy $envoy_version not runnable" >&2; exit 1; }
 python_tools="$tools/python"
-python_pins=("check-jsonschema==0.33.3" "ruamel.yaml==0.18.17" "Authlib==1.6.5" "requests==2.32.5" "prometheus-client==0.23.1")
-if ! PYTHONPATH="$python_tools" python3 -c "import check_jsonschema, ruamel.yaml, authlib, requests, prometheus_client" 2>/dev/null; then
+python_pins=("check-jsonschema==0.33.3" "ruamel.yaml==0.18.17" "Authlib==1.6.5" "requests==2.32.5" "prometheus-client==0.23.1" "standardwebhooks==1.3.0")
+if ! PYTHONPATH="$python_tools" python3 -c "import check_jsonschema, ruamel.yaml, authlib, requests, prometheus_client, standardwebhooks" 2>/dev/null; then
   echo "install-tools: installing ${python_pins[*]} from PyPI into .tools/python"
   rm -rf "$python_tools"
   python3 -m pip install --quiet --disable-pip-version-check --target "$python_tools" "${python_pins[@]}"

@@ -1,5 +1,5 @@
 //! The audit trail: every issue (with the first-device flag), revoke, revoke-all, revoke-others,
-//! eviction and re-keying appends an event to a capped Redis stream (`<prefix>:audit`): time,
+//! eviction, re-keying and tampered record found appends an event to a capped Redis stream (`<prefix>:audit`): time,
 //! event, user, token id, device, actor (the API key's role, the token itself, or the CLI),
 //! request id. Never a token or a digest of one.
 
@@ -100,6 +100,8 @@ pub enum Event {
     Evict,
     /// A token moved to the current hash key.
     Rekey,
+    /// A record whose seal does not verify was refused (someone rewrote it in Redis).
+    Tampered,
 }
 
 impl Event {
@@ -112,6 +114,7 @@ impl Event {
             Event::RevokeOthers => "revoke_others",
             Event::Evict => "evict",
             Event::Rekey => "rekey",
+            Event::Tampered => "tampered",
         }
     }
 }
@@ -123,7 +126,7 @@ pub struct AuditRecord {
     pub cursor: String,
     /// When, RFC 3339 UTC with milliseconds.
     pub time: String,
-    /// What (`issue`, `revoke`, `revoke_all`, `revoke_others`, `evict`, `rekey`).
+    /// What (`issue`, `revoke`, `revoke_all`, `revoke_others`, `evict`, `rekey`, `tampered`).
     pub event: String,
     /// Whose token(s).
     pub user: String,

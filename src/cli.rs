@@ -132,11 +132,16 @@ pub enum Command {
     /// Print a new hash key: 256 random bits from the OS, as 43 base64url characters, for
     /// MULTITOKENS_HASH_KEY and every filter's `hash_key`; or with --signing a record signing key
     /// pair: `signing_key=<seed>` (MULTITOKENS_SIGNING_KEY, the companion only) and
-    /// `public_key=<key>` (the filters' `record_public_keys`). Needs no settings and no Redis.
+    /// `public_key=<key>` (the filters' `record_public_keys`); or with --webhook a webhook signing
+    /// secret (`whsec_…`, 256 random bits, for `[[webhooks]]` `secrets` and the receiver). Needs no
+    /// settings and no Redis.
     Keygen {
         /// A record signing key pair instead of a hash key.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "webhook")]
         signing: bool,
+        /// A Standard Webhooks signing secret instead of a hash key.
+        #[arg(long)]
+        webhook: bool,
     },
     /// Serve the HTTP API (needs MULTITOKENS_ADMIN_KEY; --listen sets the address). Stops on
     /// Ctrl-C or SIGTERM.
@@ -392,11 +397,12 @@ pub fn main() -> ExitCode {
             return Exit::Usage.into();
         }
     };
-    if let Command::Keygen { signing } = cli.command {
-        let generated = match signing {
-            true => multitokens_core::signing::RecordSigner::generate()
+    if let Command::Keygen { signing, webhook } = cli.command {
+        let generated = match (signing, webhook) {
+            (true, _) => multitokens_core::signing::RecordSigner::generate()
                 .map(|(seed, public)| format!("signing_key={seed}\npublic_key={public}")),
-            false => multitokens_core::keyring::generate_hash_key(),
+            (_, true) => crate::webhooks::WebhookSecret::generate(),
+            _ => multitokens_core::keyring::generate_hash_key(),
         };
         return match generated {
             Ok(text) => {

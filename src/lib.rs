@@ -18,3 +18,4 @@ pub mod roles;
 pub mod server;
 pub mod settings;
 pub mod store;
+pub mod webhooks;

@@ -7,10 +7,14 @@
 //! - `multitokens_companion_tokens_issued_total`, `multitokens_companion_tokens_revoked_total{how}`
 //!   (`revoke`, `revoke_all`, `revoke_others`, `evict`), `multitokens_companion_tokens_rekeyed_total`.
 //! - `multitokens_companion_tampered_records_total`: records refused for their seal.
+//! - `multitokens_companion_webhook_deliveries_total{endpoint,outcome}` (`delivered`, `failed`:
+//!   an attempt that will be retried, `dropped`: undelivered for a day) and
+//!   `multitokens_companion_webhook_retrying{endpoint}` (1 while an event is being retried).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -49,6 +53,22 @@ pub struct HowLabels {
     pub how: &'static str,
 }
 
+/// A webhook delivery's labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    /// The endpoint's name.
+    pub endpoint: String,
+    /// `delivered`, `failed` (an attempt; retried) or `dropped`.
+    pub outcome: &'static str,
+}
+
+/// A webhook endpoint's label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// The endpoint's name.
+    pub endpoint: String,
+}
+
 fn seconds_histogram() -> Histogram {
     // 100 µs to ~3 s
     Histogram::new(exponential_buckets(0.0001, 2.0, 16))
@@ -71,6 +91,10 @@ pub struct Metrics {
     pub rekeyed: Counter,
     /// Records refused for their seal.
     pub tampered: Counter,
+    /// Webhook attempts by endpoint and outcome.
+    pub webhook_deliveries: Family<WebhookLabels, Counter>,
+    /// 1 while an endpoint's event is being retried.
+    pub webhook_retrying: Family<EndpointLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -104,7 +128,30 @@ impl Default for Metrics {
             "Token records refused because their seal does not verify",
             tampered.clone(),
         );
-        Metrics { registry, requests, request_seconds, redis_seconds, issued, revoked, rekeyed, tampered }
+        let webhook_deliveries = Family::<WebhookLabels, Counter>::default();
+        let webhook_retrying = Family::<EndpointLabels, Gauge>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook attempts by endpoint and outcome (delivered, failed and retried, dropped)",
+            webhook_deliveries.clone(),
+        );
+        registry.register(
+            "webhook_retrying",
+            "1 while an endpoint's oldest undelivered event is being retried",
+            webhook_retrying.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            request_seconds,
+            redis_seconds,
+            issued,
+            revoked,
+            rekeyed,
+            tampered,
+            webhook_deliveries,
+            webhook_retrying,
+        }
     }
 }
 

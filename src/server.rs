@@ -68,6 +68,10 @@ pub async fn serve(settings: &Settings, store: TokenStore) -> Result<(), ServeEr
     let state = AppState::new(Arc::new(store), keys, settings.revoke_wait, settings.max_edges);
     // the feed's blocking read returns well within the Redis timeout
     state.spawn_followers((settings.redis_timeout / 2).min(std::time::Duration::from_secs(1)));
+    if !settings.webhooks.is_empty() {
+        tracing::info!(endpoints = settings.webhooks.len(), "delivering security webhooks");
+        crate::webhooks::spawn(state.store.clone(), settings.webhooks.clone());
+    }
     api::run(listener, state, shutdown_signal()).await.map_err(ServeError::Io)
 }
 

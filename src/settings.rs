@@ -200,6 +200,11 @@ pub struct SettingsLayer {
     /// MULTITOKENS_INTROSPECT_CLIENTS or the file, never a flag.
     #[arg(skip = secrets_from_env("MULTITOKENS_INTROSPECT_CLIENTS"))]
     pub introspect_clients: Option<SecretList>,
+    /// Signed security webhooks: `[[webhooks]]` tables in the config file only (`name`, `url`,
+    /// `secrets`, optional `events` and `timeout_ms`; docs/companion.md).
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhooks: Option<Vec<crate::webhooks::WebhookConfig>>,
 }
 
 /// Never prints values: a layer may hold secrets.
@@ -289,6 +294,8 @@ pub struct Settings {
     pub max_edges: usize,
     /// Listen address of `serve`.
     pub listen: String,
+    /// Webhook endpoints for security events.
+    pub webhooks: Vec<crate::webhooks::WebhookEndpoint>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -314,6 +321,7 @@ impl std::fmt::Debug for Settings {
             .field("introspect_clients", &self.introspect_clients.len())
             .field("revoke_wait", &self.revoke_wait)
             .field("listen", &self.listen)
+            .field("webhooks", &self.webhooks.iter().map(|w| &w.name).collect::<Vec<_>>())
             .finish()
     }
 }
@@ -387,6 +395,7 @@ impl Settings {
             max_edges: within("max_edges", layer.max_edges, 1, 1_000_000)?
                 .map_or(crate::edges::MAX_EDGES, |n| n as usize),
             listen: layer.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
+            webhooks: crate::webhooks::WebhookEndpoint::resolve_all(layer.webhooks.unwrap_or_default())?,
         })
     }
 }

@@ -30,9 +30,16 @@ mod rekey;
 mod revoke;
 mod tokens;
 mod trail;
+mod webhook_group;
 
 pub use feed::{stream_id, RevocationPage, FEED_MAX_LEN, FEED_PAGE, OUTBOX_SETTLE_MS, OUTBOX_SWEEP_BATCH};
 pub use rekey::{KeyCheck, RekeyReport};
+pub use webhook_group::GroupEntry;
+
+/// How often one tampered record is written to the audit trail, at most (milliseconds).
+pub const TAMPER_AUDIT_EVERY_MS: u64 = 10 * 60 * 1000;
+/// Most tampered records remembered for that (more are audited at most once each meanwhile).
+const TAMPER_AUDIT_MEMORY: usize = 10_000;
 
 /// A record as read from Redis: where, the bytes, and what they say.
 struct ReadRecord<'a> {
@@ -177,6 +184,8 @@ pub struct TokenStore {
     policy: StorePolicy,
     scripts: Scripts,
     metrics: Arc<Metrics>,
+    /// When each tampered record was last written to the audit trail (Unix ms, by public id).
+    tamper_audited: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// A live token found by a lookup.
@@ -278,6 +287,7 @@ impl TokenStore {
             layout: KeyLayout::new(&policy.prefix),
             hash_keys,
             metrics: Arc::new(Metrics::default()),
+            tamper_audited: std::sync::Mutex::default(),
             policy,
             scripts: Scripts {
                 issue: Script::new(scripts::ISSUE),
@@ -337,6 +347,32 @@ impl TokenStore {
         let total = self.metrics.tampered.inc() + 1;
         let why = "token record seal does not verify: refused (rewritten in Redis?)";
         tracing::warn!(id = %digest.public_id(), tampered_records_total = total, "{why}");
+    }
+
+    /// [`TokenStore::refuse_tampered`], and a `tampered` audit event (the `record.tampered`
+    /// webhook), at most once per record per [`TAMPER_AUDIT_EVERY_MS`]: a tampered record looked
+    /// up in a loop does not flood the trail. The record's own user is not trusted, so none is
+    /// named.
+    async fn report_tampered(&self, digest: &TokenDigest) {
+        self.refuse_tampered(digest);
+        let id = digest.public_id();
+        let now = now_ms();
+        let due = match self.tamper_audited.lock() {
+            Ok(mut seen) => {
+                if seen.len() >= TAMPER_AUDIT_MEMORY {
+                    seen.retain(|_, at| now.saturating_sub(*at) < TAMPER_AUDIT_EVERY_MS);
+                }
+                let due = seen.get(&id).is_none_or(|at| now.saturating_sub(*at) >= TAMPER_AUDIT_EVERY_MS);
+                if due && seen.len() < TAMPER_AUDIT_MEMORY {
+                    seen.insert(id.clone(), now);
+                }
+                due
+            }
+            Err(_) => false,
+        };
+        if due {
+            self.audit(Event::Tampered, "", std::slice::from_ref(&id), None, None, &Origin::companion()).await;
+        }
     }
 
     /// Checks that Redis answers.

@@ -162,7 +162,7 @@ impl TokenStore {
             Verdict::Valid(v) => v,
             Verdict::Invalid => return Ok(None),
             Verdict::Tampered => {
-                self.refuse_tampered(&digest);
+                self.report_tampered(&digest).await;
                 return Ok(None);
             }
         };
@@ -212,7 +212,7 @@ impl TokenStore {
             let pttl = as_int(pttl).ok_or_else(|| corrupt("list"))?;
             match evaluate(Some(json), pttl, now, |v| self.hash_keys.accepts(&digest, v))? {
                 Verdict::Valid(v) => out.push(TokenInfo::from_valid(v)),
-                Verdict::Tampered => self.refuse_tampered(&digest),
+                Verdict::Tampered => self.report_tampered(&digest).await,
                 Verdict::Invalid => {}
             }
         }

@@ -82,6 +82,12 @@ async fn a_record_rewritten_in_redis_is_refused_counted_and_never_honoured() {
     assert_eq!(store.whoami(&admin.token).await.unwrap().scopes, vec!["admin"]);
     // the user can still log it out
     assert_eq!(store.revoke_all("mallory", None, &Origin::companion()).await.unwrap().revoked, 1);
+    // the trail (and the record.tampered webhook) has it once, however often it was refused,
+    // under its id and without the user the rewritten record claims
+    let (events, _) = store.audit_events(None, None, 0, 100).await.unwrap();
+    let tampered: Vec<_> = events.iter().filter(|e| e.event == "tampered").collect();
+    assert_eq!(tampered.len(), 1, "{events:?}");
+    assert_eq!((tampered[0].id.as_str(), tampered[0].user.as_str()), (mallory.id.as_str(), ""));
 }
 
 #[tokio::test]

@@ -1,0 +1,218 @@
+//! Signed security webhooks against a real redis-server and `multitokens serve`, received by a
+//! Python endpoint that verifies each delivery with the `standardwebhooks` package from PyPI: the
+//! events and their fields, retries of a failing endpoint with one `webhook-id`, a delivery
+//! finished by a restarted companion after a SIGKILL in its middle, and tampering refused.
+
+use crate::support::{companion_metric, free_port, issue_token_with, wait_for_port, CompanionServer, RedisServer};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ADMIN: &str = "webhook-admin-key-0123456789";
+const HASH_KEY: &str = "webhook-pepper-Q9mTzR4wLk7pN1sYbC8eHj3uGd6aVq0oWi5rZtE";
+/// The receiver's secret (the Standard Webhooks example secret).
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// The Python receiver on a free port, logging to a file.
+struct Receiver {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Receiver {
+    fn start(env: &[(&str, &str)]) -> Receiver {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("received.jsonl");
+        let port = free_port(false);
+        let root = crate::support::repo_root();
+        let child = Command::new("python3")
+            .arg(root.join("tests/clients/webhook_receiver.py"))
+            .args([&port.to_string(), log.to_str().unwrap(), SECRET])
+            .env("PYTHONPATH", root.join(".tools/python"))
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(wait_for_port(port, Duration::from_secs(10)), "the webhook receiver did not listen");
+        Receiver { child, port, log, _dir: dir }
+    }
+
+    /// Every delivery received so far.
+    fn received(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Waits until `done` holds for what was received.
+    fn wait_for(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = self.received();
+            if done(&got) {
+                return got;
+            }
+            assert!(Instant::now() < deadline, "{what}: received {got:#?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A config file with one endpoint, `app`, at the receiver.
+fn config_file(dir: &Path, receiver: &Receiver, extra: &str) -> PathBuf {
+    let path = dir.join("multitokens.toml");
+    let url = format!("http://127.0.0.1:{}/hooks", receiver.port);
+    std::fs::write(&path, format!("[[webhooks]]\nname = \"app\"\nurl = \"{url}\"\nsecrets = [\"{SECRET}\"]\n{extra}"))
+        .unwrap();
+    path
+}
+
+fn env(config: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("MULTITOKENS_ADMIN_KEY", ADMIN.to_string()),
+        ("MULTITOKENS_HASH_KEY", HASH_KEY.to_string()),
+        ("MULTITOKENS_CONFIG", config.to_str().unwrap().to_string()),
+        ("HOSTNAME", "webhook-test-companion".to_string()),
+    ]
+}
+
+fn serve(redis_url: &str, env: &[(&'static str, String)], port: Option<u16>) -> CompanionServer {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    match port {
+        Some(p) => CompanionServer::start_on(p, redis_url, &env),
+        None => CompanionServer::start(redis_url, &env),
+    }
+}
+
+/// Waits until the companion has created the endpoint's consumer group (at the stream's end:
+/// events before it are not sent).
+fn wait_for_group(redis: &RedisServer) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !redis.cli(&["XINFO", "GROUPS", "mt:audit"]).contains("webhook:app") {
+        assert!(Instant::now() < deadline, "no consumer group webhook:app on mt:audit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn of_type<'a>(got: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    got.iter().filter(|d| d["payload"]["type"] == kind).collect()
+}
+
+#[test]
+fn security_events_arrive_signed_and_a_failing_endpoint_gets_the_same_message_again() {
+    let redis = RedisServer::start();
+    let receiver = Receiver::start(&[("FAIL_FIRST", "2")]);
+    let dir = tempfile::tempdir().unwrap();
+    let env = env(&config_file(dir.path(), &receiver, ""));
+    let server = serve(&redis.url(), &env, None);
+    wait_for_group(&redis);
+    let cli_env = [("MULTITOKENS_HASH_KEY", HASH_KEY)];
+    let token = issue_token_with(&redis.url(), "alice", &["--device", "phone"], &cli_env);
+    let second = issue_token_with(&redis.url(), "alice", &["--device", "laptop"], &cli_env);
+    let out = crate::support::companion(
+        &["revoke-all", "--user", "alice"],
+        &[("MULTITOKENS_REDIS_URL", &redis.url()), ("MULTITOKENS_HASH_KEY", HASH_KEY)],
+        None,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let got = receiver.wait_for("two logins and a logout everywhere, delivered", |got| {
+        got.iter().filter(|d| d["answer"] == 204).count() == 3
+    });
+    // the first message failed twice (500), then was taken: three attempts, one webhook-id
+    let first_id = got[0]["webhook_id"].as_str().unwrap();
+    assert!(first_id.starts_with("msg_"), "{first_id}");
+    let answers: Vec<&Value> = got.iter().filter(|d| d["webhook_id"] == first_id).map(|d| &d["answer"]).collect();
+    assert_eq!(answers, [&Value::from(500), &Value::from(500), &Value::from(204)]);
+    for d in &got {
+        assert_eq!(d["verified"], true, "standardwebhooks verifies every delivery: {d}");
+        assert_eq!(d["tampered_refused"], true, "and refuses it tampered: {d}");
+        let text = d["payload"].to_string();
+        assert!(!text.contains(&token) && !text.contains(&second), "never a token in a payload: {text}");
+    }
+    let issued = of_type(&got, "token.issued");
+    let firsts: Vec<(&Value, &Value)> = issued
+        .iter()
+        .filter(|d| d["answer"] == 204)
+        .map(|d| (&d["payload"]["data"]["device"], &d["payload"]["data"]["first_device"]))
+        .collect();
+    assert_eq!(firsts, [(&Value::from("phone"), &Value::from(true)), (&Value::from("laptop"), &Value::from(false))]);
+    let everywhere = of_type(&got, "user.logged_out_everywhere");
+    assert_eq!(everywhere.len(), 1);
+    assert_eq!(everywhere[0]["payload"]["data"]["count"], 2);
+    assert_eq!(everywhere[0]["payload"]["data"]["user"], "alice");
+    assert_eq!(everywhere[0]["payload"]["data"]["actor"], "cli");
+    let metric = |outcome: &str| {
+        companion_metric(
+            server.port,
+            &format!("multitokens_companion_webhook_deliveries_total{{endpoint=\"app\",outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert_eq!((metric("delivered"), metric("failed")), (3, 2));
+}
+
+#[test]
+fn a_delivery_cut_by_sigkill_is_finished_by_the_restarted_companion() {
+    let redis = RedisServer::start();
+    let receiver = Receiver::start(&[("HANG_FIRST", "1")]);
+    let dir = tempfile::tempdir().unwrap();
+    let env = env(&config_file(dir.path(), &receiver, "events = [\"token.issued\"]\ntimeout_ms = 20000\n"));
+    // as the shipped least-privilege Redis user: its ACL allows the consumer-group commands
+    redis.apply_shipped_acl();
+    let url = redis.url_as("mt-companion", "change-me-companion");
+    let server = serve(&url, &env, None);
+    let port = server.port;
+    wait_for_group(&redis);
+    issue_token_with(&redis.url(), "bob", &["--device", "watch"], &[("MULTITOKENS_HASH_KEY", HASH_KEY)]);
+    let got = receiver.wait_for("the first attempt in flight", |got| got.len() == 1);
+    let id = got[0]["webhook_id"].as_str().unwrap().to_string();
+    drop(server); // SIGKILL, mid-delivery: the event was never acknowledged
+    let restarted = serve(&url, &env, Some(port));
+    let got = receiver.wait_for("the same message delivered after the restart", |got| {
+        got.iter().any(|d| d["webhook_id"] == id.as_str() && d["answer"] == 204)
+    });
+    assert!(got.iter().all(|d| d["verified"] == true), "{got:#?}");
+    assert_eq!(got.iter().filter(|d| d["answer"] == 204).count(), 1, "delivered once: {got:#?}");
+    assert_eq!(
+        companion_metric(
+            restarted.port,
+            "multitokens_companion_webhook_deliveries_total{endpoint=\"app\",outcome=\"delivered\"}"
+        ),
+        1
+    );
+}
+
+#[test]
+fn a_bad_webhook_setting_stops_serve_with_the_field_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[[webhooks]]\nname = \"app\"\nurl = \"ftp://x/\"\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n",
+    )
+    .unwrap();
+    let out = crate::support::companion(
+        &["serve"],
+        &[("MULTITOKENS_CONFIG", path.to_str().unwrap()), ("MULTITOKENS_ADMIN_KEY", ADMIN)],
+        None,
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("webhooks[0].url") && stderr.lines().count() == 1, "{stderr}");
+    std::fs::write(&path, "[[webhooks]]\nname = \"app\"\nurl = \"http://x/\"\nsecret = \"whsec_x\"\n").unwrap();
+    let out = crate::support::companion(&["serve"], &[("MULTITOKENS_CONFIG", path.to_str().unwrap())], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("secret"), "{stderr}");
+}
