@@ -48,9 +48,15 @@ impl Gunicorn {
         let mut cmd = Command::new("python3");
         cmd.args(["-m", "gunicorn", "mtdemo.wsgi", "--bind", &format!("127.0.0.1:{port}"), "--workers", "2"]);
         env(&mut cmd);
-        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let log = std::fs::File::create(dir.path().join("gunicorn.log")).unwrap();
+        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap();
         assert!(wait_for_port(port, Duration::from_secs(20)), "gunicorn did not start");
         Gunicorn { child, port, _dir: dir }
+    }
+
+    /// What the app logged (gunicorn's and Django's loggers write to stderr).
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("gunicorn.log")).unwrap_or_default()
     }
 
     /// Runs a manage.py command against this app's database; returns its output.
@@ -314,4 +320,67 @@ fn old_and_new_tokens_work_side_by_side_during_the_cut_over() {
     assert_eq!((r.status, r.body["revoked"].clone()), (200, json!(2)), "{}", r.body);
     assert_eq!(call(&[("authorization", &format!("Token {old_alice}"))]).status, 401);
     assert_eq!(call(&[("authorization", &format!("Bearer {new}"))]).status, 401);
+}
+
+#[test]
+fn the_app_verifies_the_new_device_webhook_and_logs_it() {
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let redis = RedisServer::start();
+    let companion_port = free_port(false);
+    let django = Gunicorn::start(companion_port, &[("MULTITOKENS_WEBHOOK_SECRET", SECRET)]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("multitokens.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[webhooks]]\nname = \"django\"\nurl = \"http://127.0.0.1:{port}/webhooks/multitokens\"\nsecrets = [\"{SECRET}\"]\n",
+            port = django.port
+        ),
+    )
+    .unwrap();
+    let _companion = CompanionServer::start_on(
+        companion_port,
+        &redis.url(),
+        &[
+            ("MULTITOKENS_ADMIN_KEY", ADMIN_KEY),
+            ("MULTITOKENS_HASH_KEY", TEST_HASH_KEY),
+            ("MULTITOKENS_CONFIG", config.to_str().unwrap()),
+        ],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !redis.cli(&["XINFO", "GROUPS", "mt:audit"]).contains("webhook:django") {
+        assert!(std::time::Instant::now() < deadline, "the companion made no consumer group");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let agent = support::http_agent();
+    let app = |path: &str| format!("http://127.0.0.1:{}{path}", django.port);
+    for device in ["laptop", "phone"] {
+        let body = json!({"username": "alice", "password": "demo-password", "device": device});
+        assert_eq!(support::http_call(&agent, "POST", &app("/login"), &[], Some(body)).status, 200);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !django.log_text().contains("new device logged in: user=alice device='phone'") {
+        assert!(std::time::Instant::now() < deadline, "no new-device line in the app's log:\n{}", django.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(django.log_text().matches("device='phone'").count(), 1, "{}", django.log_text());
+    // the first login is the user's first device: no alert for it
+    assert!(!django.log_text().contains("device='laptop'"), "{}", django.log_text());
+    // a forged or replayed-and-altered message is refused by the verifier
+    let r = support::http_call(
+        &agent,
+        "POST",
+        &app("/webhooks/multitokens"),
+        &[
+            ("webhook-id", "msg_1-0"),
+            (
+                "webhook-timestamp",
+                &std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string(),
+            ),
+            ("webhook-signature", "v1,AAAA"),
+        ],
+        Some(json!({"type": "token.issued", "data": {"user": "alice", "device": "evil", "first_device": false}})),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(!django.log_text().contains("device='evil'"));
 }

@@ -51,6 +51,9 @@ REST_FRAMEWORK = {
 # Where the companion's admin API is, and its admin key (the login and logout views use it).
 MULTITOKENS_URL = os.environ.get("MULTITOKENS_URL", "http://127.0.0.1:18080")
 MULTITOKENS_ADMIN_KEY = os.environ.get("MULTITOKENS_ADMIN_KEY", "")
+# The secret of the companion's `[[webhooks]]` endpoint for this app (`multitokens keygen --webhook`);
+# unset: /webhooks/multitokens answers 404.
+MULTITOKENS_WEBHOOK_SECRET = os.environ.get("MULTITOKENS_WEBHOOK_SECRET", "")
 
 # Migrating from djforge-redis-multitokens: with DJANGO_LEGACY_TOKENS=1 the old tokens (DRF
 # token format, `Authorization: Token <key>`) are still accepted, by DRF's TokenAuthentication
@@ -62,4 +65,9 @@ if os.environ.get("DJANGO_LEGACY_TOKENS") == "1":
 
 USE_TZ = True
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
-LOGGING = {"version": 1, "disable_existing_loggers": False}
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"accounts.security": {"handlers": ["console"], "level": "INFO"}},
+}

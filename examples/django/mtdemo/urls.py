@@ -1,8 +1,9 @@
 """Paths as envoy/envoy.yaml expects them: POST /login and /healthz are excluded from the filter;
-everything else needs a token."""
+everything else needs a token. /webhooks/multitokens is called by the companion directly,
+signed (accounts/webhooks.py)."""
 from django.urls import path
 
-from accounts import views
+from accounts import views, webhooks
 
 urlpatterns = [
     path("healthz", views.healthz),
@@ -12,4 +13,5 @@ urlpatterns = [
     path("logout", views.logout),
     path("logout-all", views.logout_all),
     path("logout-others", views.logout_others),
+    path("webhooks/multitokens", webhooks.security_webhook),
 ]
