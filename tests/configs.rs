@@ -453,6 +453,7 @@ fn the_benchmarks_envoy_configs_validate_in_real_envoy() {
         "filter_miss_h2",
         "native_hit",
         "native_miss",
+        "native_miss_h2",
         "ext_authz",
         "ext_authz_h2",
         "ext_authz_grpc",
