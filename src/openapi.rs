@@ -18,7 +18,7 @@ use utoipa::{Modify, OpenApi};
             lookup and revocation feed."),
     // every other path comes from the router (api::routes), where each is registered once
     paths(api::internal::ext_authz),
-    components(schemas(FeedPage, LookupAnswer)),
+    components(schemas(FeedPage, LookupAnswer, crate::webhooks::payload::Payload, crate::webhooks::payload::Data)),
     modifiers(&SecuritySchemes),
 )]
 pub struct ApiDoc;
@@ -72,8 +72,44 @@ pub fn scopes_schema() -> impl Into<RefOr<Schema>> {
     ArrayBuilder::new().items(scope).max_items(Some(64)).description(Some("scopes granted to the token"))
 }
 
+/// The security webhooks the companion sends (OpenAPI 3.1 `webhooks`, which utoipa does not
+/// write): one per event type, each a signed `POST` of a `WebhookPayload`.
+fn add_webhooks(description: &mut serde_json::Value) {
+    use crate::webhooks::payload::EVENT_TYPES;
+    use serde_json::json;
+    let types = json!(EVENT_TYPES);
+    if let Some(kind) = description.pointer_mut("/components/schemas/WebhookPayload/properties/type") {
+        kind["enum"] = types;
+    }
+    let header = |name: &str, what: &str| json!({"name": name, "in": "header", "required": true, "description": what, "schema": {"type": "string"}});
+    let parameters = json!([
+        header("webhook-id", "`msg_<audit stream id>`: the same on every attempt (deduplicate by it)"),
+        header("webhook-timestamp", "Unix seconds of this attempt"),
+        header(
+            "webhook-signature",
+            "`v1,<base64 HMAC-SHA256 of <id>.<timestamp>.<body>>` per secret, space-separated (Standard Webhooks)"
+        ),
+    ]);
+    let hooks: serde_json::Map<String, serde_json::Value> = EVENT_TYPES
+        .iter()
+        .map(|kind| {
+            let post = json!({"post": {
+                "summary": format!("{kind}, to each `[[webhooks]]` endpoint subscribed to it"),
+                "parameters": parameters,
+                "requestBody": {"required": true, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/WebhookPayload"}}}},
+                "responses": {"2XX": {"description": "taken; any other answer, or none, is retried with backoff"}},
+            }});
+            (kind.to_string(), post)
+        })
+        .collect();
+    description["webhooks"] = serde_json::Value::Object(hooks);
+}
+
 /// The description as pretty JSON (what `/openapi.json` serves and docs/openapi.json holds).
 pub fn json() -> String {
     let (_, description) = api::routes().split_for_parts();
-    description.to_pretty_json().unwrap_or_default()
+    let Ok(mut value) = serde_json::to_value(&description) else { return String::new() };
+    add_webhooks(&mut value);
+    serde_json::to_string_pretty(&value).unwrap_or_default()
 }

@@ -20,11 +20,13 @@ pub const RECORD_TAMPERED: &str = "record.tampered";
 /// Every event type a webhook can subscribe to.
 pub const EVENT_TYPES: &[&str] = &[TOKEN_ISSUED, TOKEN_REVOKED, USER_LOGGED_OUT_EVERYWHERE, RECORD_TAMPERED];
 
-/// The body of one webhook message.
-#[derive(Debug, Serialize)]
+/// The body of one webhook message (Standard Webhooks: `type`, `timestamp`, `data`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = WebhookPayload)]
 pub struct Payload<'a> {
-    /// The event type (`token.issued`, …).
+    /// The event type.
     #[serde(rename = "type")]
+    #[schema(value_type = String)]
     pub kind: &'static str,
     /// When it happened, RFC 3339 UTC.
     pub timestamp: &'a str,
@@ -33,7 +35,8 @@ pub struct Payload<'a> {
 }
 
 /// The event's details.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = WebhookData)]
 pub struct Data<'a> {
     /// Whose token(s) (not for `record.tampered`).
     #[serde(skip_serializing_if = "str::is_empty")]

@@ -3,7 +3,9 @@
 //! events and their fields, retries of a failing endpoint with one `webhook-id`, a delivery
 //! finished by a restarted companion after a SIGKILL in its middle, and tampering refused.
 
-use crate::support::{companion_metric, free_port, issue_token_with, wait_for_port, CompanionServer, RedisServer};
+use crate::support::{
+    companion_metric, free_port, issue_token_with, wait_for_port, CompanionServer, RedisCluster, RedisServer,
+};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -99,11 +101,38 @@ fn serve(redis_url: &str, env: &[(&'static str, String)], port: Option<u16>) -> 
 /// Waits until the companion has created the endpoint's consumer group (at the stream's end:
 /// events before it are not sent).
 fn wait_for_group(redis: &RedisServer) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(20);
     while !redis.cli(&["XINFO", "GROUPS", "mt:audit"]).contains("webhook:app") {
         assert!(Instant::now() < deadline, "no consumer group webhook:app on mt:audit");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Validates payloads against docs/openapi.json's `WebhookPayload` with Python's `jsonschema`.
+fn assert_match_the_description(payloads: &[Value]) {
+    let root = crate::support::repo_root();
+    let check = r##"
+import json, sys
+import jsonschema
+doc = json.load(open(sys.argv[1]))
+assert set(doc["webhooks"]) == {"token.issued", "token.revoked", "user.logged_out_everywhere", "record.tampered"}
+schema = {"$ref": "#/components/schemas/WebhookPayload", "components": doc["components"]}
+for payload in json.load(sys.stdin):
+    jsonschema.Draft202012Validator(schema).validate(payload)
+print("ok")
+"##;
+    let mut child = Command::new("python3")
+        .args(["-c", check, root.join("docs/openapi.json").to_str().unwrap()])
+        .env("PYTHONPATH", root.join(".tools/python"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(serde_json::to_string(payloads).unwrap().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn of_type<'a>(got: &'a [Value], kind: &str) -> Vec<&'a Value> {
@@ -154,6 +183,8 @@ fn security_events_arrive_signed_and_a_failing_endpoint_gets_the_same_message_ag
     assert_eq!(everywhere[0]["payload"]["data"]["count"], 2);
     assert_eq!(everywhere[0]["payload"]["data"]["user"], "alice");
     assert_eq!(everywhere[0]["payload"]["data"]["actor"], "cli");
+    // each body is what the OpenAPI description's `webhooks` promise, checked by `jsonschema`
+    assert_match_the_description(&got.iter().map(|d| d["payload"].clone()).collect::<Vec<_>>());
     let metric = |outcome: &str| {
         companion_metric(
             server.port,
@@ -215,4 +246,19 @@ fn a_bad_webhook_setting_stops_serve_with_the_field_named() {
     let out = crate::support::companion(&["serve"], &[("MULTITOKENS_CONFIG", path.to_str().unwrap())], None);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("secret"), "{stderr}");
+}
+
+#[test]
+fn webhooks_are_delivered_from_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    let receiver = Receiver::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let env = env(&config_file(dir.path(), &receiver, ""));
+    let _server = serve(&cluster.url(), &env, None);
+    wait_for_group(&cluster.nodes[cluster.master_of("mt:audit")]);
+    issue_token_with(&cluster.url(), "carol", &["--device", "tv"], &[("MULTITOKENS_HASH_KEY", HASH_KEY)]);
+    let got = receiver.wait_for("the login's webhook", |got| got.iter().any(|d| d["answer"] == 204));
+    assert_eq!(got[0]["verified"], true);
+    assert_eq!(got[0]["payload"]["data"]["user"], "carol");
+    assert_eq!(got[0]["payload"]["data"]["device"], "tv");
 }
