@@ -429,6 +429,19 @@ fn the_compose_redis_refuses_clients_without_a_password() {
     let _ = server.wait();
 }
 
+/// The benchmark's report (scripts/benchkit/report.py: ratios, targets, the table) passes its
+/// unit tests on the committed run, bench/results.json.
+#[test]
+fn the_benchmarks_report_passes_its_tests() {
+    let out = std::process::Command::new("python3")
+        .args(["-m", "unittest", "discover", "-s", "scripts/benchkit", "-t", "scripts"])
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("Ran 4 tests"), "{stderr}");
+}
+
 /// Every Envoy config the benchmark's main run starts with the multitokens filter or ext_authz
 /// (`scripts/bench.py --configs`, built from the same scenario list the run uses) validates in real
 /// Envoy, which also configures the wasm plugin: a filter configuration the plugin refuses, a
