@@ -14,8 +14,9 @@ use crate::store::{GroupEntry, TokenStore};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Events read at once.
-const BATCH: usize = 16;
+/// Events read at once: one, so that no event waits, handed to this companion, behind another's
+/// retries long enough for a second companion to take it over.
+const BATCH: usize = 1;
 /// How long a read waits for new events.
 const BLOCK: Duration = Duration::from_secs(1);
 /// How often events left by another companion are looked for.
@@ -93,15 +94,18 @@ impl Delivery {
         let mut conn: Option<Conn> = None;
         let mut own_pending = true;
         let mut last_claim: Option<Instant> = None;
+        // while claims find events left behind, claim on: a dead companion's backlog moves at once
+        let mut claiming = false;
         loop {
-            let batch = if last_claim.is_none_or(|t| t.elapsed() >= CLAIM_EVERY) {
+            let claimed = if claiming || last_claim.is_none_or(|t| t.elapsed() >= CLAIM_EVERY) {
                 last_claim = Some(Instant::now());
                 self.store.claim_webhook_group(&self.group, &self.consumer, CLAIM_AFTER, BATCH).await
             } else {
                 Ok(Vec::new())
             };
-            let batch = match batch {
-                Ok(claimed) if !claimed.is_empty() => Ok(claimed),
+            claiming = claimed.as_ref().is_ok_and(|c| !c.is_empty());
+            let batch = match claimed {
+                Ok(claimed) if claiming => Ok(claimed),
                 _ => self.read(&mut conn, own_pending).await,
             };
             match batch {

@@ -262,3 +262,39 @@ fn webhooks_are_delivered_from_a_redis_cluster() {
     assert_eq!(got[0]["payload"]["data"]["user"], "carol");
     assert_eq!(got[0]["payload"]["data"]["device"], "tv");
 }
+
+#[tokio::test]
+async fn an_event_another_companion_left_unacknowledged_is_taken_over_and_handed_out_once() {
+    use multitokens::audit::Origin;
+    use multitokens::store::IssueRequest;
+    let redis = RedisServer::start();
+    let store = crate::store_at(&redis.url(), crate::policy(), None);
+    store.create_webhook_group("webhook:app").await.unwrap();
+    store.create_webhook_group("webhook:app").await.unwrap(); // an existing group is kept
+    let issued =
+        store.issue(IssueRequest { user: "dave".into(), ..Default::default() }, &Origin::companion()).await.unwrap();
+    let mut conn = store.redis().dedicated(Duration::from_millis(100)).await.unwrap();
+    let block = Duration::from_millis(100);
+    // companion "a" is handed the event and dies before acknowledging it
+    let a = store.read_webhook_group(&mut conn, "webhook:app", "a", false, 1, block).await.unwrap();
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].1.as_ref().map(|r| (r.event.as_str(), r.id.as_str())), Some(("issue", issued.id.as_str())));
+    // new events: none for "b"; "a" restarted would see it as its own pending one
+    assert!(store.read_webhook_group(&mut conn, "webhook:app", "b", false, 1, block).await.unwrap().is_empty());
+    let again = store.read_webhook_group(&mut conn, "webhook:app", "a", true, 1, block).await.unwrap();
+    assert_eq!(again.iter().map(|e| &e.0).collect::<Vec<_>>(), vec![&a[0].0]);
+    // not yet idle long enough: "b" takes nothing; then it takes the event over, once
+    let idle = Duration::from_millis(300);
+    assert!(store.claim_webhook_group("webhook:app", "b", idle, 1).await.unwrap().is_empty());
+    tokio::time::sleep(idle).await;
+    let taken = store.claim_webhook_group("webhook:app", "b", idle, 1).await.unwrap();
+    assert_eq!(taken.iter().map(|e| &e.0).collect::<Vec<_>>(), vec![&a[0].0]);
+    // "b" retrying it keeps it: still not idle for "c", however long the retries take
+    tokio::time::sleep(idle).await;
+    store.keep_webhook_entry("webhook:app", "b", &a[0].0).await.unwrap();
+    assert!(store.claim_webhook_group("webhook:app", "c", idle, 1).await.unwrap().is_empty(), "b holds it now");
+    store.ack_webhook_group("webhook:app", &a[0].0).await.unwrap();
+    tokio::time::sleep(idle).await;
+    assert!(store.claim_webhook_group("webhook:app", "c", idle, 1).await.unwrap().is_empty(), "acknowledged");
+    assert!(store.read_webhook_group(&mut conn, "webhook:app", "b", true, 1, block).await.unwrap().is_empty());
+}
