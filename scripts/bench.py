@@ -63,6 +63,9 @@ def main():
         parts = {"memory": lambda: memory_per_verdict(companion_port, stock), "mix": lambda: realistic_mix(companion_port, stock),
                  "miss": lambda: miss_path(companion_port, stock), "hit": lambda: hit_path(companion_port, stock),
                  "native": lambda: native_hit_path(companion_port),
+                 "revocation": lambda: {build: revocation_latency(companion_port, stock, write_lines(
+                     "revocation.txt", issue_tokens(companion_port, "load")), native=build == "native")
+                     for build in ("wasm", "native")},
                  "burst": lambda: burst(companion_port, stock)}
         if ONLY not in parts:
             sys.exit(f"bench: BENCH_ONLY must be one of {', '.join(parts)}")
@@ -133,6 +136,7 @@ def main():
     scenarios["mix_native"] = {k: mix["mix_native"][k] for k in ("rps", "p50_ms", "p99_ms", "errors", "envoy_cpu_us_per_req")}
     scenarios["mix_ext_authz"] = {k: mix["mix_ext_authz"][k] for k in ("rps", "p50_ms", "p99_ms", "errors", "envoy_cpu_us_per_req")}
     revocation = revocation_latency(companion_port, stock, valid_file)
+    revocation_native = revocation_latency(companion_port, stock, valid_file, native=True)
     per_user = per_user_cost(redis_port)
 
     # the companion alone, and Redis as its floor
@@ -162,6 +166,7 @@ def main():
         "invalid_flood": flood_results,
         "forged_mixed": mixed_results,
         "revocation": revocation,
+        "revocation_native": revocation_native,
         "per_user_cost": per_user,
         "hit_path_native_ns": json.loads(micro) if micro.startswith("{") else None,
         "machine": machine(),

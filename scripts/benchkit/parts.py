@@ -308,12 +308,14 @@ def status_on_fresh_connection(port, token):
     return status
 
 
-def revocation_latency(companion_port, wasm, load_tokens, samples=60):
-    """Revocation latency under load: a two-worker Envoy serves cached tokens at full speed while
-    each sample revokes one token cached on both workers. The revoke returns once every worker
-    applied it, so its duration is the latency until every worker refuses; probes on fresh
-    connections right after it returned must all be refused."""
-    envoy = Envoy("revocation", wasm_filter("multitokens", wasm, filter_config(10000)), companion_port, concurrency=2)
+def revocation_latency(companion_port, wasm, load_tokens, samples=60, native=False):
+    """Revocation latency under load: a two-worker Envoy (the wasm filter, or with `native` the
+    module) serves cached tokens at full speed while each sample revokes one token cached on both
+    workers. The revoke returns once every worker (for the module: the process) applied it, so its
+    duration is the latency until every worker refuses; probes on fresh connections right after it
+    returned must all be refused."""
+    filters = native_filter(filter_config(10000)) if native else wasm_filter("multitokens", wasm, filter_config(10000))
+    envoy = Envoy("revocation-native" if native else "revocation", filters, companion_port, concurrency=2)
     envoy.ready()
     time.sleep(2.5)
     auth = {"authorization": f"Bearer {ADMIN_KEY}"}
@@ -342,7 +344,7 @@ def revocation_latency(companion_port, wasm, load_tokens, samples=60):
     pick = lambda q: round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 2)
     result = {"samples": len(latencies), "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": round(latencies[-1], 2),
               "accepted_after_return": accepted_after, "pending_edges": pending, "envoy_workers": 2}
-    log(f"revocation under load: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, max {result['max_ms']} ms, "
+    log(f"revocation under load ({'native' if native else 'wasm'}): p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, max {result['max_ms']} ms, "
         f"{accepted_after} accepted after the revoke returned")
     return result
 
