@@ -1,5 +1,5 @@
 //! The audit trail: every issue (with the first-device flag), revoke, revoke-all, revoke-others,
-//! eviction, re-keying and tampered record found appends an event to a capped Redis stream (`<prefix>:audit`): time,
+//! eviction, re-keying, suspend, resume and tampered record found appends an event to a capped Redis stream (`<prefix>:audit`): time,
 //! event, user, token id, device, actor (the API key's role, the token itself, or the CLI),
 //! request id. Never a token or a digest of one.
 
@@ -102,6 +102,10 @@ pub enum Event {
     Rekey,
     /// A record whose seal does not verify was refused (someone rewrote it in Redis).
     Tampered,
+    /// Tokens were suspended: refused everywhere until resumed.
+    Suspend,
+    /// Suspended tokens were resumed.
+    Resume,
 }
 
 impl Event {
@@ -115,6 +119,8 @@ impl Event {
             Event::Evict => "evict",
             Event::Rekey => "rekey",
             Event::Tampered => "tampered",
+            Event::Suspend => "suspend",
+            Event::Resume => "resume",
         }
     }
 }
@@ -126,14 +132,15 @@ pub struct AuditRecord {
     pub cursor: String,
     /// When, RFC 3339 UTC with milliseconds.
     pub time: String,
-    /// What (`issue`, `revoke`, `revoke_all`, `revoke_others`, `evict`, `rekey`, `tampered`).
+    /// What (`issue`, `revoke`, `revoke_all`, `revoke_others`, `evict`, `rekey`, `tampered`,
+    /// `suspend`, `resume`).
     pub event: String,
     /// Whose token(s).
     pub user: String,
     /// The token's public id, or for several the first 100, comma-separated.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub id: String,
-    /// How many tokens (revoke_all, revoke_others, evict).
+    /// How many tokens (revoke_all, revoke_others, evict, suspend, resume).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
     /// The device label (issue).
@@ -159,7 +166,7 @@ pub fn fields(
 ) -> Vec<(&'static str, String)> {
     let mut f = vec![("event", event.as_str().to_string()), ("user", user.to_string())];
     f.push(("id", ids.iter().take(MAX_IDS_PER_EVENT).cloned().collect::<Vec<_>>().join(",")));
-    if matches!(event, Event::RevokeAll | Event::RevokeOthers | Event::Evict) {
+    if matches!(event, Event::RevokeAll | Event::RevokeOthers | Event::Evict | Event::Suspend | Event::Resume) {
         f.push(("count", ids.len().to_string()));
     }
     if let Some(d) = device {

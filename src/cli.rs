@@ -84,7 +84,35 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List a user's live tokens: id, device, created, expires_in, scopes (a JSON array with --json).
+    /// Suspend a user's token (--id), or all of the user's live tokens: refused everywhere, as
+    /// if revoked, until `resume`; the device stays in `list`. Prints how many changed
+    /// ({"changed": n} with --json); exit 1 if --id is no live token of the user.
+    Suspend {
+        /// The user id.
+        #[arg(long)]
+        user: String,
+        /// The token's public id (from `list`); none: every live token of the user.
+        #[arg(long)]
+        id: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resume a suspended token (--id), or all of a user's: accepted again, no new login needed.
+    /// Prints how many changed ({"changed": n} with --json).
+    Resume {
+        /// The user id.
+        #[arg(long)]
+        user: String,
+        /// The token's public id (from `list`); none: every live token of the user.
+        #[arg(long)]
+        id: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a user's live tokens: id, device, created, expires_in, scopes, and `suspended` for a
+    /// suspended one (a JSON array with --json).
     List {
         /// The user id.
         #[arg(long)]
@@ -239,6 +267,21 @@ async fn confirm(store: TokenStore, revocation: &Revocation, settings: &Settings
     EdgeRegistry::new(std::sync::Arc::new(store), settings.max_edges).confirm(revocation, settings.revoke_wait).await
 }
 
+/// `suspend` / `resume`: changes the state, waits for the edges, prints how many changed.
+async fn suspend(
+    store: TokenStore,
+    settings: &Settings,
+    user: &str,
+    id: Option<&str>,
+    suspended: bool,
+    json: bool,
+) -> Result<(), Failure> {
+    let change = store.set_suspended(user, id, suspended, &Origin::new(Actor::Cli)).await?;
+    let changed = change.revoked;
+    confirm(store, &change, settings).await;
+    print(&if json { to_json(&serde_json::json!({ "changed": changed }))? } else { changed.to_string() })
+}
+
 async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
     if let Command::Openapi = command {
         return print(&super::openapi::json());
@@ -275,23 +318,30 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
             let report = confirm(store, &revocation, &settings).await;
             print(&if json { to_json(&report)? } else { report.revoked.to_string() })
         }
+        Command::Suspend { user, id, json } => suspend(store, &settings, &user, id.as_deref(), true, json).await,
+        Command::Resume { user, id, json } => suspend(store, &settings, &user, id.as_deref(), false, json).await,
         Command::List { user, json } => {
             let tokens = store.list(&user).await?;
             if json {
                 let rows: Vec<_> = tokens
                     .iter()
                     .map(|t| {
-                        serde_json::json!({
+                        let mut row = serde_json::json!({
                             "id": t.id, "device": t.device, "created": t.created, "expires_in": t.expires_in,
                             "scopes": t.scopes,
-                        })
+                        });
+                        if t.suspended {
+                            row["suspended"] = serde_json::Value::Bool(true);
+                        }
+                        row
                     })
                     .collect();
                 return print(&to_json(&rows)?);
             }
             for t in tokens {
                 let expires = t.expires_in.map_or("never".to_string(), |s| format!("{s}s"));
-                print(&format!("{}\t{}\t{}\t{}\t{}", t.id, t.device, t.created, expires, t.scopes.join(" ")))?;
+                let state = if t.suspended { "\tsuspended" } else { "" };
+                print(&format!("{}\t{}\t{}\t{}\t{}{state}", t.id, t.device, t.created, expires, t.scopes.join(" ")))?;
             }
             Ok(())
         }

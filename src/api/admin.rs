@@ -105,6 +105,71 @@ pub(crate) async fn revoke_by_id(
     Ok(Json(state.confirm(&revocation).await).into_response())
 }
 
+/// A suspend or resume: the state the token(s) should be in.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SuspendBody {
+    /// `true`: refused everywhere (like a revoked token, to the client) until resumed; `false`:
+    /// accepted again.
+    suspended: bool,
+}
+
+/// What a suspend or resume answers: how many tokens changed, and how the live edges
+/// acknowledged it (a suspend is applied at the edges as a revocation is, before this answer).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct SuspendReport {
+    /// Tokens whose state changed (those already in it are left alone).
+    changed: u64,
+    /// Live edges that applied the change before this answer, and those that had not.
+    edges: crate::edges::Acknowledgements,
+}
+
+/// Applies a suspend or resume and waits for the edges.
+async fn suspend(
+    state: &AppState,
+    user: &str,
+    id: Option<&str>,
+    suspended: bool,
+    origin: &Origin,
+) -> Result<Response, ApiError> {
+    let change = state.store.set_suspended(user, id, suspended, origin).await?;
+    let report = state.confirm(&change).await;
+    Ok(Json(SuspendReport { changed: change.revoked, edges: report.edges }).into_response())
+}
+
+/// Suspends or resumes every live token of a user (a new login after it is not suspended).
+#[utoipa::path(patch, path = "/v1/users/{user}/tokens", tag = "admin", request_body = SuspendBody,
+    params(("user" = String, Path, description = "The user id")), security(("admin" = [])),
+    responses((status = 200, description = "Changed, and how many edges applied it", body = SuspendReport),
+        (status = "default", description = "Error", body = ErrorBody)))]
+pub(crate) async fn suspend_user(
+    Admin(origin): Admin,
+    State(state): State<AppState>,
+    PathArgs(user): PathArgs<String>,
+    JsonBody(body): JsonBody<SuspendBody>,
+) -> Result<Response, ApiError> {
+    suspend(&state, &user, None, body.suspended, &origin).await
+}
+
+/// Suspends or resumes one of a user's tokens by its public id.
+#[utoipa::path(patch, path = "/v1/users/{user}/tokens/{id}", tag = "admin", request_body = SuspendBody,
+    params(
+        ("user" = String, Path, description = "The user id"),
+        ("id" = String, Path, description = "The token's public id")
+    ),
+    security(("admin" = [])),
+    responses((status = 200, description = "Changed (0: already so), and how many edges applied it", body = SuspendReport),
+        (status = 404, description = "No live token with that id", body = ErrorBody),
+        (status = "default", description = "Error", body = ErrorBody)))]
+pub(crate) async fn suspend_by_id(
+    Admin(origin): Admin,
+    State(state): State<AppState>,
+    PathArgs((user, id)): PathArgs<(String, String)>,
+    JsonBody(body): JsonBody<SuspendBody>,
+) -> Result<Response, ApiError> {
+    suspend(&state, &user, Some(&id), body.suspended, &origin).await
+}
+
 /// The audit trail's query.
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -28,6 +28,7 @@ mod edges;
 mod feed;
 mod rekey;
 mod revoke;
+mod suspend;
 mod tokens;
 mod trail;
 mod webhook_group;
@@ -144,6 +145,16 @@ pub struct TokenInfo {
     pub expires_in_ms: Option<u64>,
     /// Scopes granted.
     pub scopes: Vec<String>,
+    /// Suspended: refused everywhere until resumed (only listed tokens can be; absent when not).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub suspended: bool,
+}
+
+/// A live record of a user, as listed: its digest, its stored value, what it says.
+pub(crate) struct UserRecord {
+    digest: TokenDigest,
+    value: Vec<u8>,
+    info: TokenInfo,
 }
 
 impl TokenInfo {
@@ -158,6 +169,7 @@ impl TokenInfo {
             expires_in,
             expires_in_ms,
             scopes: r.scopes,
+            suspended: r.suspended,
         }
     }
 }
@@ -174,6 +186,7 @@ struct Scripts {
     list: Script,
     refresh: Script,
     feed: Script,
+    rewrite: Script,
 }
 
 /// The token store over Redis.
@@ -301,6 +314,7 @@ impl TokenStore {
                 list: Script::new(scripts::LIST),
                 refresh: Script::new(scripts::REFRESH),
                 feed: Script::new(scripts::FEED),
+                rewrite: Script::new(scripts::REWRITE),
             },
         }
     }

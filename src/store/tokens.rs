@@ -38,6 +38,7 @@ impl TokenStore {
                 expires_at: self.policy.max_lifetime.map(|max| created + max),
                 lifetime_ms: ttl.seconds().map(|s| s * 1000),
                 token_hash: hasher.is_keyed().then(|| hex::encode(multitokens_core::digest::token_hash(&token))),
+                suspended: false,
             };
             let json = self.hash_keys.seal(&digest, record.to_json()?);
             let reply: Vec<Value> = self
@@ -160,7 +161,7 @@ impl TokenStore {
         let digest = digests[stored_under];
         let info = match evaluate(Some(value), pttl, now_ms(), |v| self.hash_keys.accepts(&digest, v))? {
             Verdict::Valid(v) => v,
-            Verdict::Invalid => return Ok(None),
+            Verdict::Invalid | Verdict::Suspended(_) => return Ok(None),
             Verdict::Tampered => {
                 self.report_tampered(&digest).await;
                 return Ok(None);
@@ -188,8 +189,13 @@ impl TokenStore {
             .info)
     }
 
-    /// A user's live tokens, oldest first.
+    /// A user's live tokens, oldest first, suspended ones included (`suspended` says so).
     pub async fn list(&self, user: &str) -> Result<Vec<TokenInfo>, StoreError> {
+        Ok(self.records_of(user).await?.into_iter().map(|r| r.info).collect())
+    }
+
+    /// A user's live records, oldest first: where each is stored, its value, what it says.
+    pub(super) async fn records_of(&self, user: &str) -> Result<Vec<UserRecord>, StoreError> {
         validate_user(user)?;
         let mut conn = self.redis.conn().await?;
         let tag = RoutingTag::for_user(user);
@@ -210,11 +216,15 @@ impl TokenStore {
             let [member, Value::BulkString(json), pttl] = triple else { return Err(corrupt("list")) };
             let digest = as_text(member).and_then(|m| TokenDigest::from_hex(&m)).ok_or_else(|| corrupt("list"))?;
             let pttl = as_int(pttl).ok_or_else(|| corrupt("list"))?;
-            match evaluate(Some(json), pttl, now, |v| self.hash_keys.accepts(&digest, v))? {
-                Verdict::Valid(v) => out.push(TokenInfo::from_valid(v)),
-                Verdict::Tampered => self.report_tampered(&digest).await,
-                Verdict::Invalid => {}
-            }
+            let info = match evaluate(Some(json), pttl, now, |v| self.hash_keys.accepts(&digest, v))? {
+                Verdict::Valid(v) | Verdict::Suspended(v) => TokenInfo::from_valid(v),
+                Verdict::Tampered => {
+                    self.report_tampered(&digest).await;
+                    continue;
+                }
+                Verdict::Invalid => continue,
+            };
+            out.push(UserRecord { digest, value: json.clone(), info });
         }
         Ok(out)
     }

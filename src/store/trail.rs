@@ -21,7 +21,7 @@ impl TokenStore {
             Event::Rekey => {
                 self.metrics.rekeyed.inc();
             }
-            Event::Tampered => {} // counted where it was refused
+            Event::Tampered | Event::Suspend | Event::Resume => {} // tampered: counted where refused
             Event::Revoke | Event::RevokeAll | Event::RevokeOthers | Event::Evict => {
                 self.metrics.revoked.get_or_create(&HowLabels { how: event.as_str() }).inc_by(ids.len() as u64);
             }

@@ -17,8 +17,14 @@ pub const USER_LOGGED_OUT_EVERYWHERE: &str = "user.logged_out_everywhere";
 /// Redis rewrote it (its `user` is not named: the record's own is not to be trusted).
 pub const RECORD_TAMPERED: &str = "record.tampered";
 
+/// Tokens were suspended: refused everywhere until resumed.
+pub const TOKEN_SUSPENDED: &str = "token.suspended";
+/// Suspended tokens were resumed: accepted again.
+pub const TOKEN_RESUMED: &str = "token.resumed";
+
 /// Every event type a webhook can subscribe to.
-pub const EVENT_TYPES: &[&str] = &[TOKEN_ISSUED, TOKEN_REVOKED, USER_LOGGED_OUT_EVERYWHERE, RECORD_TAMPERED];
+pub const EVENT_TYPES: &[&str] =
+    &[TOKEN_ISSUED, TOKEN_REVOKED, USER_LOGGED_OUT_EVERYWHERE, RECORD_TAMPERED, TOKEN_SUSPENDED, TOKEN_RESUMED];
 
 /// The body of one webhook message (Standard Webhooks: `type`, `timestamp`, `data`).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -72,6 +78,8 @@ pub fn event_type(record: &AuditRecord) -> Option<&'static str> {
         "revoke" | "revoke_others" | "evict" => Some(TOKEN_REVOKED),
         "revoke_all" => Some(USER_LOGGED_OUT_EVERYWHERE),
         "tampered" => Some(RECORD_TAMPERED),
+        "suspend" => Some(TOKEN_SUSPENDED),
+        "resume" => Some(TOKEN_RESUMED),
         _ => None,
     }
 }
@@ -147,6 +155,13 @@ mod tests {
         assert_eq!(v["type"], RECORD_TAMPERED);
         assert_eq!(v["data"]["token_id"], "0a1b2c3d4e5f6a7b");
         assert!(v["data"].get("user").is_none() && v["data"].get("token_ids").is_none());
+        for (event, kind) in [("suspend", TOKEN_SUSPENDED), ("resume", TOKEN_RESUMED)] {
+            let v: serde_json::Value = serde_json::from_slice(&body(&record(event)).unwrap().1).unwrap();
+            assert_eq!(
+                (v["type"].as_str(), v["data"]["token_ids"].clone()),
+                (Some(kind), serde_json::json!(["0a1b2c3d4e5f6a7b"]))
+            );
+        }
         assert!(body(&record("rekey")).is_none());
     }
 }

@@ -256,3 +256,23 @@ fn a_companion_without_the_signing_key_refuses_to_write_into_a_signed_store() {
     let public = out.lines().find_map(|l| l.strip_prefix("public_key=")).unwrap();
     assert_eq!(multitokens_core::signing::RecordSigner::from_text(seed).unwrap().public_key_text(), public);
 }
+
+#[test]
+fn suspend_and_resume_from_the_command_line() {
+    let redis = RedisServer::start();
+    let e = env(&redis);
+    let (_, token, _) = run(&["issue", "--user", "erin", "--device", "laptop"], &e, None);
+    let (_, out, _) = run(&["list", "--user", "erin", "--json"], &e, None);
+    let id = serde_json::from_str::<Value>(&out).unwrap()[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(run(&["suspend", "--user", "erin", "--id", &id], &e, None).1, "1");
+    let (code, _, err) = run(&["whoami", &token], &e, None);
+    assert_one_line_error(code, 1, &err, "not valid");
+    let (_, out, _) = run(&["list", "--user", "erin"], &e, None);
+    assert!(out.ends_with("\tsuspended"), "{out}");
+    let (_, out, _) = run(&["list", "--user", "erin", "--json"], &e, None);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()[0]["suspended"], true);
+    let (code, _, err) = run(&["suspend", "--user", "erin", "--id", "0000000000000000"], &e, None);
+    assert_one_line_error(code, 1, &err, "no live token");
+    assert_eq!(run(&["resume", "--user", "erin", "--json"], &e, None).1, r#"{"changed":1}"#);
+    assert_eq!(run(&["whoami", &token], &e, None).1, "erin");
+}

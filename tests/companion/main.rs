@@ -14,6 +14,7 @@ mod keys;
 mod limits;
 mod openapi;
 mod store;
+mod suspend;
 mod webhooks;
 
 use multitokens::connection::{Redis, RedisAddress};

@@ -115,7 +115,7 @@ fn assert_match_the_description(payloads: &[Value]) {
 import json, sys
 import jsonschema
 doc = json.load(open(sys.argv[1]))
-assert set(doc["webhooks"]) == {"token.issued", "token.revoked", "user.logged_out_everywhere", "record.tampered"}
+assert set(doc["webhooks"]) == {"token.issued", "token.revoked", "user.logged_out_everywhere", "record.tampered", "token.suspended", "token.resumed"}
 schema = {"$ref": "#/components/schemas/WebhookPayload", "components": doc["components"]}
 for payload in json.load(sys.stdin):
     jsonschema.Draft202012Validator(schema).validate(payload)

@@ -345,3 +345,112 @@ fn no_token_is_accepted_after_its_logout_returned_across_two_envoys_under_load()
     let (sent, accepted) = (sent.load(Ordering::Relaxed), accepted.load(Ordering::Relaxed));
     assert!(sent > 2000 && accepted > 500, "the load reached the workers: {sent} sent, {accepted} accepted");
 }
+
+/// Suspend and resume under load: two Envoys (two workers each), 60 users with two devices each,
+/// every token kept busy on every worker of both; half the users are suspended whole, the other
+/// half one device at a time (by id, through the admin API). No request sent after a suspend
+/// returned gets a 200 for that token while it is suspended; after the resume (and the negative
+/// verdicts' TTL) every token is accepted again on both, without a new login.
+#[test]
+fn a_suspended_token_is_refused_everywhere_once_the_call_returns_and_accepted_again_after_resume() {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    let s = Stack::start(|c| {
+        c["cache"]["ttl_ms"] = json!(600_000);
+        c["cache"]["negative_ttl_ms"] = json!(300);
+    });
+    let (_second, second_port) = s.second_envoy();
+    let ports = [s.port, second_port];
+    std::thread::sleep(Duration::from_millis(1200)); // the second Envoy's VMs follow the feed
+    let users: Vec<String> = (0..60).map(|i| format!("suspended-{i}")).collect();
+    let tokens: Vec<String> =
+        users.iter().flat_map(|u| [s.login(u, "laptop", &[]), s.login(u, "phone", &[])]).collect();
+    let suspended: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let violations: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (stop, accepted) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let load: Vec<_> = (0..6)
+        .map(|thread| {
+            let (tokens, suspended, violations) = (tokens.clone(), suspended.clone(), violations.clone());
+            let (stop, accepted) = (stop.clone(), accepted.clone());
+            std::thread::spawn(move || {
+                let agent = support::http_agent();
+                let mut i = thread * 7919;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let token = &tokens[(i * 31) % tokens.len()];
+                    let port = ports[i % 2];
+                    let at = Instant::now();
+                    let url = format!("http://127.0.0.1:{port}/api/whoami");
+                    let r = support::http_call(&agent, "GET", &url, &[("authorization", &bearer(token))], None);
+                    if r.status == 200 {
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                        if suspended.lock().unwrap().get(token).is_some_and(|since| *since <= at) {
+                            violations
+                                .lock()
+                                .unwrap()
+                                .push(format!("{token:.12}… accepted on port {port} while suspended"));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2)); // every token cached on every worker
+    let admin = [("authorization", format!("Bearer {ADMIN_KEY}"))];
+    let admin: Vec<(&str, &str)> = admin.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let companion = |method: &str, path: &str, body: Option<Value>| {
+        support::http_call(&s.agent, method, &format!("http://127.0.0.1:{}{path}", s.companion_port), &admin, body)
+    };
+    for (i, (user, pair)) in users.iter().zip(tokens.chunks(2)).enumerate() {
+        if i % 2 == 0 {
+            let r = companion("PATCH", &format!("/v1/users/{user}/tokens"), Some(json!({"suspended": true})));
+            assert_eq!((r.status, r.body["changed"].clone()), (200, json!(2)), "{}", r.body);
+            let now = Instant::now();
+            for token in pair {
+                suspended.lock().unwrap().insert(token.clone(), now);
+            }
+        } else {
+            // the laptop only, by its id: the phone stays accepted
+            let list = companion("GET", &format!("/v1/users/{user}/tokens"), None);
+            let laptop = list.body.as_array().unwrap().iter().find(|t| t["device"] == "laptop").unwrap()["id"].clone();
+            let r = companion(
+                "PATCH",
+                &format!("/v1/users/{user}/tokens/{}", laptop.as_str().unwrap()),
+                Some(json!({"suspended": true})),
+            );
+            assert_eq!((r.status, r.body["changed"].clone()), (200, json!(1)), "{}", r.body);
+            suspended.lock().unwrap().insert(pair[0].clone(), Instant::now());
+        }
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let during = accepted.load(Ordering::Relaxed);
+    // the device list shows the state
+    let list = companion("GET", "/v1/users/suspended-1/tokens", None);
+    let states: Vec<(Value, bool)> =
+        list.body.as_array().unwrap().iter().map(|t| (t["device"].clone(), t["suspended"] == true)).collect();
+    assert_eq!(states, [(json!("laptop"), true), (json!("phone"), false)]);
+    // resume everyone (a token leaves the suspended ones before its resume is sent)
+    for (user, pair) in users.iter().zip(tokens.chunks(2)) {
+        for token in pair {
+            suspended.lock().unwrap().remove(token);
+        }
+        let r = companion("PATCH", &format!("/v1/users/{user}/tokens"), Some(json!({"suspended": false})));
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for thread in load {
+        thread.join().unwrap();
+    }
+    let violations = violations.lock().unwrap();
+    assert!(violations.is_empty(), "{} accepted while suspended, e.g. {:?}", violations.len(), violations.first());
+    assert!(during > 500, "the load reached the workers: {during} accepted");
+    std::thread::sleep(Duration::from_millis(400)); // the negative verdicts' TTL (300 ms)
+    for token in &tokens {
+        for port in ports {
+            let url = format!("http://127.0.0.1:{port}/api/whoami");
+            let r = support::http_call(&s.agent, "GET", &url, &[("authorization", &bearer(token))], None);
+            assert_eq!(r.status, 200, "accepted again after the resume, no new login: {}", r.body);
+        }
+    }
+}

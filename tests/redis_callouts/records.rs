@@ -205,6 +205,7 @@ fn a_record_forged_with_everything_a_gateway_holds_is_refused_in_both_builds() {
                 expires_at: None,
                 lifetime_ms: None,
                 token_hash: Some(hex::encode(multitokens_core::digest::token_hash(&token))),
+                suspended: false,
             }
             .to_json()
             .unwrap();

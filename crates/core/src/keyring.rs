@@ -285,6 +285,7 @@ mod tests {
             expires_at: None,
             lifetime_ms: None,
             token_hash: Some(hex::encode(crate::digest::token_hash(&t))),
+            suspended: false,
         }
         .to_json()
         .unwrap();

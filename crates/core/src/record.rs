@@ -39,6 +39,11 @@ pub struct TokenRecord {
     /// key from it. Useless without the key: the record's digest is keyed over it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_hash: Option<String>,
+    /// Suspended (`multitokens suspend`): refused everywhere like a revoked token, until resumed.
+    /// Under the seal, so write access to Redis cannot lift it (short of restoring an older value
+    /// of the record, which could undo a revoke too).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspended: bool,
 }
 
 impl TokenRecord {
@@ -70,6 +75,7 @@ mod tests {
             lifetime_ms: Some(60_000),
             expires_at: None,
             token_hash: None,
+            suspended: false,
         };
         assert_eq!(TokenRecord::from_json(r.to_json().unwrap().as_bytes()).unwrap(), r);
         let newer = br#"{"id":"x","user":"u","created":1,"future":true}"#;

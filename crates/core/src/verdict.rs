@@ -59,6 +59,9 @@ pub enum Verdict {
     /// A record whose seal does not verify: rewritten in Redis. Refused like an unknown token,
     /// and counted and logged by the caller.
     Tampered,
+    /// A live token that is suspended: refused like an unknown one (the client cannot tell them
+    /// apart); its owner's device list still shows it.
+    Suspended(ValidToken),
 }
 
 /// Decides on a `GET` + `PTTL` reply at `now_ms` (Unix milliseconds); `sealed` says whether the
@@ -91,7 +94,8 @@ pub fn evaluate(
         let hard = at_ms - now_ms;
         expires_in_ms = Some(expires_in_ms.map_or(hard, |ms| ms.min(hard)));
     }
-    Ok(Verdict::Valid(ValidToken { record, expires_in_ms }))
+    let token = ValidToken { record, expires_in_ms };
+    Ok(if token.record.suspended { Verdict::Suspended(token) } else { Verdict::Valid(token) })
 }
 
 #[cfg(test)]
@@ -108,10 +112,24 @@ mod tests {
             expires_at,
             lifetime_ms: None,
             token_hash: None,
+            suspended: false,
         }
         .to_json()
         .unwrap()
         .into_bytes()
+    }
+
+    #[test]
+    fn a_suspended_record_is_its_own_verdict_and_its_flag_is_sealed() {
+        let mut record = TokenRecord::from_json(&json(None)).unwrap();
+        assert!(!String::from_utf8(json(None)).unwrap().contains("suspended"), "absent unless set");
+        record.suspended = true;
+        let bytes = record.to_json().unwrap();
+        assert!(bytes.contains(r#""suspended":true"#));
+        let Verdict::Suspended(v) = evaluate(Some(bytes.as_bytes()), -1, 100_000, |_| true).unwrap() else { panic!() };
+        assert!(v.record.suspended);
+        // the flag is part of what the seal covers: a value without a valid seal is tampered
+        assert_eq!(evaluate(Some(bytes.as_bytes()), -1, 100_000, |_| false).ok(), Some(Verdict::Tampered));
     }
 
     #[test]

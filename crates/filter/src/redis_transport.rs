@@ -96,7 +96,8 @@ pub fn parse_lookup(
                 previous => Answer::ValidUnderPrevious(identity, left, previous - 1),
             })
         }
-        Verdict::Invalid => Ok(Answer::Invalid),
+        // suspended: refused like an unknown token (the client cannot tell them apart)
+        Verdict::Invalid | Verdict::Suspended(_) => Ok(Answer::Invalid),
         Verdict::Tampered => Ok(Answer::Tampered),
     }
 }
@@ -144,6 +145,7 @@ mod tests {
         let mut req = request();
         req.digest = keys.current().digest("mt_x");
         let record = TokenRecord {
+            suspended: false,
             id: "i".into(),
             user: "u".into(),
             device: "d".into(),

@@ -266,6 +266,21 @@ return 1
 "#
 );
 
+/// Rewrites a record in place (suspend, resume: the companion resealed the new value), only if it
+/// still holds what the companion read (a revoke or another rewrite meanwhile wins); its TTL is
+/// kept. Its digest goes to the outbox as a revocation's does: every edge drops what it cached.
+///
+/// KEYS: record, outbox. ARGV: value read, new value, member. Returns 1 if rewritten, else 0.
+pub const REWRITE: &str = concat!(
+    prelude!(),
+    r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+to_outbox(KEYS[2], {ARGV[3]})
+return 1
+"#
+);
+
 /// Lists a user's live tokens, oldest first, pruning dead index members.
 ///
 /// KEYS: index, expiry index. ARGV: record key prefix. Returns `{member, json, pttl, ...}`.
