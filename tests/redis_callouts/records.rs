@@ -307,3 +307,32 @@ fn the_redis_callout_build_runs_as_the_gateway_users_which_cannot_write_records(
         assert_eq!(stack.redis.cli(&["EXISTS", &index]).trim(), "1", "{user}: the index is untouched");
     }
 }
+
+/// Suspend and resume in both builds: the Redis-callout build reads the sealed flag itself, the
+/// stock build asks the companion; either way a cached token is refused once the suspend is in the
+/// feed, the other device is not, and the resumed token is accepted again (after the negative
+/// verdict's TTL) without a new login.
+#[test]
+fn a_suspended_token_is_refused_and_a_resumed_one_accepted_in_both_builds() {
+    for build in [Build::Stock, Build::Redis] {
+        let stack = Stack::start(build);
+        let mut host = stack.load(json!({"cache": {"negative_ttl_ms": 200}}));
+        let laptop = stack.issue("frank", "laptop", &[]);
+        let phone = stack.issue("frank", "phone", &[]);
+        for token in [&laptop, &phone] {
+            assert!(matches!(get(&mut host, "/api", token), Outcome::Forwarded(_)), "{build:?}");
+        }
+        let id = serde_json::from_str::<Value>(&stack.cli(&["list", "--user", "frank", "--json"])).unwrap()[0]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(stack.cli(&["suspend", "--user", "frank", "--id", &id]), "1");
+        host.tick();
+        assert_invalid(&get(&mut host, "/api", &laptop));
+        assert!(matches!(get(&mut host, "/api", &phone), Outcome::Forwarded(_)), "{build:?}: the other device");
+        assert_eq!(stack.cli(&["resume", "--user", "frank"]), "1");
+        host.tick();
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(matches!(get(&mut host, "/api", &laptop), Outcome::Forwarded(_)), "{build:?}: resumed");
+    }
+}
