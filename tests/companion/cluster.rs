@@ -58,6 +58,13 @@ async fn every_operation_works_across_the_slots() {
     }
     for (user, _, b) in tokens.iter().skip(20) {
         assert_eq!(&store.whoami(b).await.unwrap().user, user, "other users untouched");
+        // suspend and resume: one script per record, in the user's slot, published to the feed
+        let suspended = store.set_suspended(user, None, true, &Origin::companion()).await.unwrap();
+        assert!(suspended.revoked == 1 && suspended.feed_position.is_some());
+        assert!(matches!(store.whoami(b).await, Err(StoreError::InvalidToken)));
+        assert!(store.list(user).await.unwrap()[0].suspended);
+        assert_eq!(store.set_suspended(user, None, false, &Origin::companion()).await.unwrap().revoked, 1);
+        assert_eq!(&store.whoami(b).await.unwrap().user, user);
     }
 }
 
