@@ -87,30 +87,10 @@ pub enum Command {
     /// Suspend a user's token (--id), or all of the user's live tokens: refused everywhere, as
     /// if revoked, until `resume`; the device stays in `list`. Prints how many changed
     /// ({"changed": n} with --json); exit 1 if --id is no live token of the user.
-    Suspend {
-        /// The user id.
-        #[arg(long)]
-        user: String,
-        /// The token's public id (from `list`); none: every live token of the user.
-        #[arg(long)]
-        id: Option<String>,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Suspend(Suspension),
     /// Resume a suspended token (--id), or all of a user's: accepted again, no new login needed.
     /// Prints how many changed ({"changed": n} with --json).
-    Resume {
-        /// The user id.
-        #[arg(long)]
-        user: String,
-        /// The token's public id (from `list`); none: every live token of the user.
-        #[arg(long)]
-        id: Option<String>,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Resume(Suspension),
     /// List a user's live tokens: id, device, created, expires_in, scopes, and `suspended` for a
     /// suspended one (a JSON array with --json).
     List {
@@ -174,6 +154,20 @@ pub enum Command {
     /// Serve the HTTP API (needs MULTITOKENS_ADMIN_KEY; --listen sets the address). Stops on
     /// Ctrl-C or SIGTERM.
     Serve,
+}
+
+/// Which tokens `suspend` and `resume` change.
+#[derive(clap::Args)]
+pub struct Suspension {
+    /// The user id.
+    #[arg(long)]
+    user: String,
+    /// The token's public id (from `list`); none: every live token of the user.
+    #[arg(long)]
+    id: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// The process exit codes, the one place they are defined.
@@ -268,18 +262,12 @@ async fn confirm(store: TokenStore, revocation: &Revocation, settings: &Settings
 }
 
 /// `suspend` / `resume`: changes the state, waits for the edges, prints how many changed.
-async fn suspend(
-    store: TokenStore,
-    settings: &Settings,
-    user: &str,
-    id: Option<&str>,
-    suspended: bool,
-    json: bool,
-) -> Result<(), Failure> {
-    let change = store.set_suspended(user, id, suspended, &Origin::new(Actor::Cli)).await?;
+async fn suspend(store: TokenStore, settings: &Settings, which: &Suspension, suspended: bool) -> Result<(), Failure> {
+    let origin = Origin::new(Actor::Cli);
+    let change = store.set_suspended(&which.user, which.id.as_deref(), suspended, &origin).await?;
     let changed = change.revoked;
     confirm(store, &change, settings).await;
-    print(&if json { to_json(&serde_json::json!({ "changed": changed }))? } else { changed.to_string() })
+    print(&if which.json { to_json(&serde_json::json!({ "changed": changed }))? } else { changed.to_string() })
 }
 
 async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
@@ -318,8 +306,8 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
             let report = confirm(store, &revocation, &settings).await;
             print(&if json { to_json(&report)? } else { report.revoked.to_string() })
         }
-        Command::Suspend { user, id, json } => suspend(store, &settings, &user, id.as_deref(), true, json).await,
-        Command::Resume { user, id, json } => suspend(store, &settings, &user, id.as_deref(), false, json).await,
+        Command::Suspend(which) => suspend(store, &settings, &which, true).await,
+        Command::Resume(which) => suspend(store, &settings, &which, false).await,
         Command::List { user, json } => {
             let tokens = store.list(&user).await?;
             if json {

@@ -257,31 +257,33 @@ fn a_burst_with_a_new_token_costs_one_lookup_per_cache() {
     assert!(followed > 0, "requests that came while a lookup was under way waited for it");
 }
 
-/// The revocation guarantee under load: two Envoys (two workers each), 200 users logging in and
-/// out while load threads keep every token busy on every worker of both. Every response is
-/// recorded with the time its request was sent: no request sent after a logout returned gets a
-/// 200 for that token.
-#[test]
-fn no_token_is_accepted_after_its_logout_returned_across_two_envoys_under_load() {
-    use std::collections::HashMap;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::sync::{Arc, Mutex};
-    let s = Stack::start(|c| c["cache"]["ttl_ms"] = json!(600_000));
-    let (_second, second_port) = s.second_envoy();
-    let ports = [s.port, second_port];
-    std::thread::sleep(Duration::from_millis(1200)); // the second Envoy's VMs follow the feed
-    let users: Vec<String> = (0..200).map(|i| format!("user-{i}")).collect();
-    let tokens: Vec<String> =
-        users.iter().flat_map(|u| [s.login(u, "laptop", &[]), s.login(u, "phone", &[])]).collect();
-    let logged_out: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let violations: Arc<Mutex<Vec<String>>> = Arc::default();
-    let (stop, sent, accepted) =
-        (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let load: Vec<_> = (0..6)
-        .map(|thread| {
-            let (tokens, logged_out, violations) = (tokens.clone(), logged_out.clone(), violations.clone());
-            let (stop, sent, accepted) = (stop.clone(), sent.clone(), accepted.clone());
-            std::thread::spawn(move || {
+/// Six threads sending every token, in turn, to both Envoys (`/api/whoami`) until stopped; a 200
+/// for a token in `refused` (revoked or suspended at that instant) that was sent after that
+/// instant is a violation.
+struct Load {
+    refused: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    violations: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(tokens: &[String], ports: [u16; 2]) -> Load {
+        use std::sync::atomic::Ordering;
+        let mut load = Load {
+            refused: Default::default(),
+            stop: Default::default(),
+            sent: Default::default(),
+            accepted: Default::default(),
+            violations: Default::default(),
+            threads: Vec::new(),
+        };
+        for thread in 0..6 {
+            let (tokens, refused, violations) = (tokens.to_vec(), load.refused.clone(), load.violations.clone());
+            let (stop, sent, accepted) = (load.stop.clone(), load.sent.clone(), load.accepted.clone());
+            load.threads.push(std::thread::spawn(move || {
                 let agent = support::http_agent();
                 let mut i = thread * 7919;
                 while !stop.load(Ordering::Relaxed) {
@@ -294,17 +296,44 @@ fn no_token_is_accepted_after_its_logout_returned_across_two_envoys_under_load()
                     sent.fetch_add(1, Ordering::Relaxed);
                     if r.status == 200 {
                         accepted.fetch_add(1, Ordering::Relaxed);
-                        if logged_out.lock().unwrap().get(token).is_some_and(|out| *out <= at) {
-                            violations
-                                .lock()
-                                .unwrap()
-                                .push(format!("{token:.12}… accepted on port {port}, sent after its logout returned"));
+                        if refused.lock().unwrap().get(token).is_some_and(|since| *since <= at) {
+                            let what = format!("{token:.12}… accepted on port {port}, sent after it was refused");
+                            violations.lock().unwrap().push(what);
                         }
                     }
                 }
-            })
-        })
-        .collect();
+            }));
+        }
+        load
+    }
+
+    /// Stops the threads: requests sent, accepted, and the violations.
+    fn stop(self) -> (u64, u64, Vec<String>) {
+        use std::sync::atomic::Ordering;
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads {
+            thread.join().unwrap();
+        }
+        let violations = std::mem::take(&mut *self.violations.lock().unwrap());
+        (self.sent.load(Ordering::Relaxed), self.accepted.load(Ordering::Relaxed), violations)
+    }
+}
+
+/// The revocation guarantee under load: two Envoys (two workers each), 200 users logging in and
+/// out while load threads keep every token busy on every worker of both. Every response is
+/// recorded with the time its request was sent: no request sent after a logout returned gets a
+/// 200 for that token.
+#[test]
+fn no_token_is_accepted_after_its_logout_returned_across_two_envoys_under_load() {
+    let s = Stack::start(|c| c["cache"]["ttl_ms"] = json!(600_000));
+    let (_second, second_port) = s.second_envoy();
+    let ports = [s.port, second_port];
+    std::thread::sleep(Duration::from_millis(1200)); // the second Envoy's VMs follow the feed
+    let users: Vec<String> = (0..200).map(|i| format!("user-{i}")).collect();
+    let tokens: Vec<String> =
+        users.iter().flat_map(|u| [s.login(u, "laptop", &[]), s.login(u, "phone", &[])]).collect();
+    let load = Load::start(&tokens, ports);
+    let logged_out = load.refused.clone();
     std::thread::sleep(Duration::from_secs(2)); // every token cached on every worker
     let agent = support::http_agent();
     for (i, pair) in tokens.chunks(2).enumerate() {
@@ -336,13 +365,8 @@ fn no_token_is_accepted_after_its_logout_returned_across_two_envoys_under_load()
         }
     }
     std::thread::sleep(Duration::from_secs(1));
-    stop.store(true, Ordering::Relaxed);
-    for thread in load {
-        thread.join().unwrap();
-    }
-    let violations = violations.lock().unwrap();
+    let (sent, accepted, violations) = load.stop();
     assert!(violations.is_empty(), "{} accepted after logout, e.g. {:?}", violations.len(), violations.first());
-    let (sent, accepted) = (sent.load(Ordering::Relaxed), accepted.load(Ordering::Relaxed));
     assert!(sent > 2000 && accepted > 500, "the load reached the workers: {sent} sent, {accepted} accepted");
 }
 
@@ -353,9 +377,6 @@ fn no_token_is_accepted_after_its_logout_returned_across_two_envoys_under_load()
 /// verdicts' TTL) every token is accepted again on both, without a new login.
 #[test]
 fn a_suspended_token_is_refused_everywhere_once_the_call_returns_and_accepted_again_after_resume() {
-    use std::collections::HashMap;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::sync::{Arc, Mutex};
     let s = Stack::start(|c| {
         c["cache"]["ttl_ms"] = json!(600_000);
         c["cache"]["negative_ttl_ms"] = json!(300);
@@ -366,36 +387,8 @@ fn a_suspended_token_is_refused_everywhere_once_the_call_returns_and_accepted_ag
     let users: Vec<String> = (0..60).map(|i| format!("suspended-{i}")).collect();
     let tokens: Vec<String> =
         users.iter().flat_map(|u| [s.login(u, "laptop", &[]), s.login(u, "phone", &[])]).collect();
-    let suspended: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let violations: Arc<Mutex<Vec<String>>> = Arc::default();
-    let (stop, accepted) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-    let load: Vec<_> = (0..6)
-        .map(|thread| {
-            let (tokens, suspended, violations) = (tokens.clone(), suspended.clone(), violations.clone());
-            let (stop, accepted) = (stop.clone(), accepted.clone());
-            std::thread::spawn(move || {
-                let agent = support::http_agent();
-                let mut i = thread * 7919;
-                while !stop.load(Ordering::Relaxed) {
-                    i += 1;
-                    let token = &tokens[(i * 31) % tokens.len()];
-                    let port = ports[i % 2];
-                    let at = Instant::now();
-                    let url = format!("http://127.0.0.1:{port}/api/whoami");
-                    let r = support::http_call(&agent, "GET", &url, &[("authorization", &bearer(token))], None);
-                    if r.status == 200 {
-                        accepted.fetch_add(1, Ordering::Relaxed);
-                        if suspended.lock().unwrap().get(token).is_some_and(|since| *since <= at) {
-                            violations
-                                .lock()
-                                .unwrap()
-                                .push(format!("{token:.12}… accepted on port {port} while suspended"));
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(&tokens, ports);
+    let suspended = load.refused.clone();
     std::thread::sleep(Duration::from_secs(2)); // every token cached on every worker
     let admin = [("authorization", format!("Bearer {ADMIN_KEY}"))];
     let admin: Vec<(&str, &str)> = admin.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -424,7 +417,6 @@ fn a_suspended_token_is_refused_everywhere_once_the_call_returns_and_accepted_ag
         }
     }
     std::thread::sleep(Duration::from_secs(1));
-    let during = accepted.load(Ordering::Relaxed);
     // the device list shows the state
     let list = companion("GET", "/v1/users/suspended-1/tokens", None);
     let states: Vec<(Value, bool)> =
@@ -438,13 +430,9 @@ fn a_suspended_token_is_refused_everywhere_once_the_call_returns_and_accepted_ag
         let r = companion("PATCH", &format!("/v1/users/{user}/tokens"), Some(json!({"suspended": false})));
         assert_eq!(r.status, 200, "{}", r.body);
     }
-    stop.store(true, Ordering::Relaxed);
-    for thread in load {
-        thread.join().unwrap();
-    }
-    let violations = violations.lock().unwrap();
+    let (_, accepted, violations) = load.stop();
     assert!(violations.is_empty(), "{} accepted while suspended, e.g. {:?}", violations.len(), violations.first());
-    assert!(during > 500, "the load reached the workers: {during} accepted");
+    assert!(accepted > 500, "the load reached the workers: {accepted} accepted");
     std::thread::sleep(Duration::from_millis(400)); // the negative verdicts' TTL (300 ms)
     for token in &tokens {
         for port in ports {
