@@ -187,6 +187,27 @@ fn a_drf_app_behind_the_filter_logs_in_authenticates_and_logs_out_three_ways() {
         devices.iter().filter(|d| d["current"] == true).map(|d| d["device"].clone()).collect::<Vec<_>>(),
         [json!("phone")]
     );
+    // a suspended device is listed as such (and refused)
+    let tablet_id = devices.iter().find(|d| d["device"] == "tablet").unwrap()["id"].as_str().unwrap().to_string();
+    let suspend = |suspended: bool| {
+        let url = format!("http://127.0.0.1:{companion_port}/v1/users/alice/tokens/{tablet_id}");
+        let admin = format!("Bearer {ADMIN_KEY}");
+        let r = support::http_call(
+            &agent,
+            "PATCH",
+            &url,
+            &[("authorization", &admin)],
+            Some(json!({"suspended": suspended})),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    };
+    suspend(true);
+    let r = call("GET", "/api/whoami", &[("authorization", &bearer(&tablet))], None);
+    assert_eq!((r.status, r.body["detail"].clone()), (401, json!("Invalid token.")));
+    let r = call("GET", "/api/devices", &[("authorization", &bearer(&phone))], None);
+    let tablet_row = r.body.as_array().unwrap().iter().find(|d| d["device"] == "tablet").unwrap().clone();
+    assert_eq!(tablet_row["suspended"], true);
+    suspend(false);
 
     // log out this device: refused on the very next request, the others stay
     let r = call("POST", "/logout", &[("authorization", &bearer(&laptop))], None);

@@ -69,7 +69,11 @@ def devices(request):
     except companion.CompanionError as e:
         return companion_failure(e)
     current = token_context(request)["token_id"]
-    return Response([{"id": t["id"], "device": t["device"], "created": t["created"], "current": t["id"] == current} for t in tokens])
+    return Response([
+        {"id": t["id"], "device": t["device"], "created": t["created"], "current": t["id"] == current,
+         "suspended": t.get("suspended", False)}
+        for t in tokens
+    ])
 
 
 @api_view(["POST"])
