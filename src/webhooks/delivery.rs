@@ -122,6 +122,10 @@ impl Delivery {
                     tracing::warn!(endpoint, error = %e, "cannot read the audit stream for webhooks");
                     conn = None;
                     tokio::time::sleep(BLOCK).await;
+                    if e.contains("NOGROUP") {
+                        // the stream or the group was deleted: start again at the stream's end
+                        let _ = self.store.create_webhook_group(&self.group).await;
+                    }
                 }
             }
         }

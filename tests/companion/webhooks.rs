@@ -223,6 +223,23 @@ fn a_delivery_cut_by_sigkill_is_finished_by_the_restarted_companion() {
         ),
         1
     );
+    // the endpoint takes token.issued only: a logout everywhere is not sent to it
+    let out = crate::support::companion(
+        &["revoke-all", "--user", "bob"],
+        &[("MULTITOKENS_REDIS_URL", &redis.url()), ("MULTITOKENS_HASH_KEY", HASH_KEY)],
+        None,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    issue_token_with(&redis.url(), "bob", &["--device", "ring"], &[("MULTITOKENS_HASH_KEY", HASH_KEY)]);
+    let got = receiver.wait_for("the next login", |got| got.iter().any(|d| d["payload"]["data"]["device"] == "ring"));
+    assert!(of_type(&got, "user.logged_out_everywhere").is_empty(), "{got:#?}");
+    // the audit stream deleted under it: the companion makes its group again, and goes on
+    redis.cli(&["DEL", "mt:audit"]);
+    wait_for_group(&redis);
+    issue_token_with(&redis.url(), "bob", &["--device", "car"], &[("MULTITOKENS_HASH_KEY", HASH_KEY)]);
+    receiver.wait_for("a login after the stream was deleted", |got| {
+        got.iter().any(|d| d["payload"]["data"]["device"] == "car" && d["answer"] == 204)
+    });
 }
 
 #[test]
