@@ -24,20 +24,25 @@ impl TokenStore {
         let tag = RoutingTag::for_user(user);
         let outbox = self.layout.outbox_key(tag);
         self.announce_outbox(&outbox).await?;
-        let mut conn = self.redis.conn().await?;
+        let to_change: Vec<&UserRecord> = chosen.into_iter().filter(|r| r.info.suspended != suspended).collect();
         let mut changed = Vec::new();
-        for r in chosen.into_iter().filter(|r| r.info.suspended != suspended) {
-            let mut record = TokenRecord::from_json(&r.value)?;
-            record.suspended = suspended;
-            let value = self.hash_keys.seal(&r.digest, record.to_json()?);
-            let member = r.digest.to_hex();
-            let mut rewrite = self.scripts.rewrite.key(self.layout.record_key(tag, &r.digest));
-            rewrite.key(&outbox).arg(r.value.as_slice()).arg(value).arg(member);
-            let done: i64 = self.timed("rewrite", rewrite.invoke_async(&mut conn)).await?;
-            // 0: revoked or rewritten meanwhile (a revoke wins; a concurrent suspend did it)
-            if done == 1 {
-                changed.push(r.info.id.clone());
+        if !to_change.is_empty() {
+            // every record in one script (one hash tag): no request sees half a suspend-all
+            let mut rewrite = self.scripts.rewrite.key(&outbox);
+            for r in &to_change {
+                let mut record = TokenRecord::from_json(&r.value)?;
+                record.suspended = suspended;
+                let value = self.hash_keys.seal(&r.digest, record.to_json()?);
+                rewrite.key(self.layout.record_key(tag, &r.digest));
+                rewrite.arg(r.value.as_slice()).arg(value).arg(r.digest.to_hex());
             }
+            let mut conn = self.redis.conn().await?;
+            let done: Vec<i64> = self.timed("rewrite", rewrite.invoke_async(&mut conn)).await?;
+            if done.len() != to_change.len() {
+                return Err(corrupt("rewrite"));
+            }
+            // 0: revoked or rewritten meanwhile (a revoke wins; a concurrent suspend did it)
+            changed = to_change.iter().zip(done).filter(|(_, d)| *d == 1).map(|(r, _)| r.info.id.clone()).collect();
         }
         let feed_position = self.publish_outbox(&outbox).await?;
         let event = if suspended { Event::Suspend } else { Event::Resume };

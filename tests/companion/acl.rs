@@ -100,6 +100,11 @@ fn serve_runs_as_the_companion_user() {
         Some(serde_json::json!({"user": "alice"})),
     );
     assert_eq!(issued.status, 201, "{}", issued.body);
+    for suspended in [true, false] {
+        let body = Some(serde_json::json!({"suspended": suspended}));
+        let r = crate::support::http_call(&agent, "PATCH", &format!("{base}/v1/users/alice/tokens"), &auth, body);
+        assert_eq!((r.status, r.body["changed"].as_u64()), (200, Some(1)), "{}", r.body);
+    }
     let out = crate::support::http_call(&agent, "DELETE", &format!("{base}/v1/users/alice/tokens"), &auth, None);
     assert_eq!((out.status, out.body["revoked"].as_u64()), (200, Some(1)), "{}", out.body);
 }

@@ -266,18 +266,29 @@ return 1
 "#
 );
 
-/// Rewrites a record in place (suspend, resume: the companion resealed the new value), only if it
-/// still holds what the companion read (a revoke or another rewrite meanwhile wins); its TTL is
-/// kept. Its digest goes to the outbox as a revocation's does: every edge drops what it cached.
+/// Rewrites records of one hash tag in place, in one step (suspend, resume: the companion resealed
+/// the new values), each only if it still holds what the companion read (a revoke or another
+/// rewrite meanwhile wins); TTLs are kept. Their digests go to the outbox as a revocation's do:
+/// every edge drops what it cached.
 ///
-/// KEYS: record, outbox. ARGV: value read, new value, member. Returns 1 if rewritten, else 0.
+/// KEYS: outbox, then the records. ARGV: for each record its value read, new value and member.
+/// Returns, per record, 1 if rewritten, else 0.
 pub const REWRITE: &str = concat!(
     prelude!(),
     r#"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
-to_outbox(KEYS[2], {ARGV[3]})
-return 1
+local done, members = {}, {}
+for i = 2, #KEYS do
+  local at = (i - 2) * 3
+  if redis.call('GET', KEYS[i]) == ARGV[at + 1] then
+    redis.call('SET', KEYS[i], ARGV[at + 2], 'KEEPTTL')
+    members[#members + 1] = ARGV[at + 3]
+    done[i - 1] = 1
+  else
+    done[i - 1] = 0
+  end
+end
+to_outbox(KEYS[1], members)
+return done
 "#
 );
 
