@@ -58,7 +58,7 @@ async fn every_operation_works_across_the_slots() {
     }
     for (user, _, b) in tokens.iter().skip(20) {
         assert_eq!(&store.whoami(b).await.unwrap().user, user, "other users untouched");
-        // suspend and resume: one script per record, in the user's slot, published to the feed
+        // suspend and resume: one script over the user's records, in their slot, published to the feed
         let suspended = store.set_suspended(user, None, true, &Origin::companion()).await.unwrap();
         assert!(suspended.revoked == 1 && suspended.feed_position.is_some());
         assert!(matches!(store.whoami(b).await, Err(StoreError::InvalidToken)));
