@@ -86,6 +86,13 @@ impl Delivery {
 
     /// Follows the audit stream for ever.
     async fn run(self) {
+        // every series from the start, at 0: a dashboard or an alert sees the endpoint before its
+        // first event
+        for outcome in ["delivered", "failed", "dropped"] {
+            let _ = self.store.metrics().webhook_deliveries.get_or_create(&self.labels(outcome));
+        }
+        let endpoint = EndpointLabels { endpoint: self.endpoint.name.clone() };
+        let _ = self.store.metrics().webhook_retrying.get_or_create(&endpoint);
         while let Err(e) = self.store.create_webhook_group(&self.group).await {
             let endpoint = &self.endpoint.name;
             tracing::warn!(endpoint, error = %e, "cannot create the webhook consumer group; retrying");

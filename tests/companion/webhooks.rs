@@ -147,6 +147,13 @@ fn security_events_arrive_signed_and_a_failing_endpoint_gets_the_same_message_ag
     let env = env(&config_file(dir.path(), &receiver, ""));
     let server = serve(&redis.url(), &env, None);
     wait_for_group(&redis);
+    // every series is there, at 0, before the first event
+    for series in [
+        "multitokens_companion_webhook_deliveries_total{endpoint=\"app\",outcome=\"dropped\"}",
+        "multitokens_companion_webhook_retrying{endpoint=\"app\"}",
+    ] {
+        assert_eq!(companion_metric(server.port, series), 0, "{series}");
+    }
     let cli_env = [("MULTITOKENS_HASH_KEY", HASH_KEY)];
     let token = issue_token_with(&redis.url(), "alice", &["--device", "phone"], &cli_env);
     let second = issue_token_with(&redis.url(), "alice", &["--device", "laptop"], &cli_env);
