@@ -35,7 +35,7 @@ mod webhook_group;
 
 pub use feed::{stream_id, RevocationPage, FEED_MAX_LEN, FEED_PAGE, OUTBOX_SETTLE_MS, OUTBOX_SWEEP_BATCH};
 pub use rekey::{KeyCheck, RekeyReport};
-pub use webhook_group::GroupEntry;
+pub use trail::AuditEntry;
 
 /// How often one tampered record is written to the audit trail, at most (milliseconds).
 pub const TAMPER_AUDIT_EVERY_MS: u64 = 10 * 60 * 1000;

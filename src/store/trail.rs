@@ -1,6 +1,49 @@
 //! The audit trail: each issue, revocation and re-keying written to a capped stream, and read back.
 
 use super::*;
+use std::collections::HashMap;
+
+/// An audit stream entry: its id, and the event (`None`: not an audit event, or trimmed from the
+/// stream while pending in a consumer group).
+pub type AuditEntry = (String, Option<AuditRecord>);
+
+/// Reads stream entries, `[id, [field, value, …] | nil]` (XRANGE, XAUTOCLAIM).
+pub(super) fn stream_entries(items: &Value) -> Vec<AuditEntry> {
+    let Value::Array(items) = items else { return Vec::new() };
+    items
+        .iter()
+        .filter_map(|item| {
+            let Value::Array(pair) = item else { return None };
+            let id = as_text(pair.first()?)?;
+            let fields: Option<HashMap<String, String>> = match pair.get(1) {
+                Some(Value::Array(kv)) => Some(
+                    kv.chunks(2)
+                        .filter_map(|c| match c {
+                            [k, v] => Some((as_text(k)?, as_text(v)?)),
+                            _ => None,
+                        })
+                        .collect(),
+                ),
+                Some(Value::Map(kv)) => Some(kv.iter().filter_map(|(k, v)| Some((as_text(k)?, as_text(v)?))).collect()),
+                _ => None,
+            };
+            let record = fields.and_then(|f| audit::record(&id, &f));
+            Some((id, record))
+        })
+        .collect()
+}
+
+/// Reads an XREAD or XREADGROUP reply (per stream its name and entries; nil when none came).
+pub(super) fn read_reply_entries(reply: &Value) -> Vec<AuditEntry> {
+    let streams: Vec<&Value> = match reply {
+        Value::Array(streams) => {
+            streams.iter().filter_map(|s| if let Value::Array(kv) = s { kv.get(1) } else { None }).collect()
+        }
+        Value::Map(streams) => streams.iter().map(|(_, v)| v).collect(),
+        _ => Vec::new(),
+    };
+    streams.into_iter().flat_map(stream_entries).collect()
+}
 
 impl TokenStore {
     /// Appends an event to the audit trail. The mutation it records has committed: a failure to
@@ -60,7 +103,7 @@ impl TokenStore {
             }
             None => format!("{since_ms}-0"),
         };
-        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        let reply: Value = redis::cmd("XRANGE")
             .arg(self.layout.audit())
             .arg(&start)
             .arg("+")
@@ -70,14 +113,9 @@ impl TokenStore {
             .await?;
         let mut out = Vec::new();
         let mut last = None;
-        for entry in reply.ids {
-            last = Some(entry.id.clone());
-            let fields: std::collections::HashMap<String, String> = entry
-                .map
-                .iter()
-                .filter_map(|(k, v)| redis::from_redis_value::<String>(v.clone()).ok().map(|v| (k.clone(), v)))
-                .collect();
-            if let Some(r) = audit::record(&entry.id, &fields) {
+        for (id, record) in stream_entries(&reply) {
+            last = Some(id);
+            if let Some(r) = record {
                 if user.is_none_or(|u| r.user == u) {
                     out.push(r);
                     if out.len() >= limit {
@@ -97,20 +135,16 @@ impl TokenStore {
         cursor: &str,
         block: Duration,
     ) -> Result<Vec<AuditRecord>, StoreError> {
-        use redis::streams::{StreamReadOptions, StreamReadReply};
-        let options = StreamReadOptions::default().block(block.as_millis() as usize).count(1000);
-        let reply: Option<StreamReadReply> = conn.xread_options(&[self.layout.audit()], &[cursor], &options).await?;
-        let mut out = Vec::new();
-        for key in reply.map(|r| r.keys).unwrap_or_default() {
-            for entry in key.ids {
-                let fields: std::collections::HashMap<String, String> = entry
-                    .map
-                    .iter()
-                    .filter_map(|(k, v)| redis::from_redis_value::<String>(v.clone()).ok().map(|v| (k.clone(), v)))
-                    .collect();
-                out.extend(audit::record(&entry.id, &fields));
-            }
-        }
-        Ok(out)
+        let reply: Value = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(1000)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(self.layout.audit())
+            .arg(cursor)
+            .query_async(conn)
+            .await?;
+        Ok(read_reply_entries(&reply).into_iter().filter_map(|(_, record)| record).collect())
     }
 }

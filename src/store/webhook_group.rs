@@ -2,38 +2,8 @@
 //! one companion, stays pending until it is acknowledged (delivered, or given up on), and the
 //! events a dead companion held are claimed by another after a while. At least once, none lost.
 
+use super::trail::{read_reply_entries, stream_entries, AuditEntry};
 use super::*;
-use std::collections::HashMap;
-
-/// An audit stream entry handed to a consumer: its id, and the event (`None`: not an audit event,
-/// or trimmed from the stream while pending).
-pub type GroupEntry = (String, Option<AuditRecord>);
-
-/// Reads `[id, [field, value, …] | nil]` entries.
-fn entries(items: &Value) -> Vec<GroupEntry> {
-    let Value::Array(items) = items else { return Vec::new() };
-    items
-        .iter()
-        .filter_map(|item| {
-            let Value::Array(pair) = item else { return None };
-            let id = as_text(pair.first()?)?;
-            let fields: Option<HashMap<String, String>> = match pair.get(1) {
-                Some(Value::Array(kv)) => Some(
-                    kv.chunks(2)
-                        .filter_map(|c| match c {
-                            [k, v] => Some((as_text(k)?, as_text(v)?)),
-                            _ => None,
-                        })
-                        .collect(),
-                ),
-                Some(Value::Map(kv)) => Some(kv.iter().filter_map(|(k, v)| Some((as_text(k)?, as_text(v)?))).collect()),
-                _ => None,
-            };
-            let record = fields.and_then(|f| audit::record(&id, &f));
-            Some((id, record))
-        })
-        .collect()
-}
 
 impl TokenStore {
     /// Creates the consumer group `group` on the audit stream, starting at its end (events before
@@ -66,7 +36,7 @@ impl TokenStore {
         pending: bool,
         count: usize,
         block: Duration,
-    ) -> Result<Vec<GroupEntry>, StoreError> {
+    ) -> Result<Vec<AuditEntry>, StoreError> {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP").arg(group).arg(consumer).arg("COUNT").arg(count);
         if !pending {
@@ -74,14 +44,7 @@ impl TokenStore {
         }
         cmd.arg("STREAMS").arg(self.layout.audit()).arg(if pending { "0" } else { ">" });
         let reply: Value = cmd.query_async(conn).await?;
-        let streams: Vec<&Value> = match &reply {
-            Value::Array(streams) => {
-                streams.iter().filter_map(|s| if let Value::Array(kv) = s { kv.get(1) } else { None }).collect()
-            }
-            Value::Map(streams) => streams.iter().map(|(_, v)| v).collect(),
-            _ => Vec::new(),
-        };
-        Ok(streams.into_iter().flat_map(entries).collect())
+        Ok(read_reply_entries(&reply))
     }
 
     /// Takes over events of `group` that another consumer was handed more than `idle` ago and
@@ -92,7 +55,7 @@ impl TokenStore {
         consumer: &str,
         idle: Duration,
         count: usize,
-    ) -> Result<Vec<GroupEntry>, StoreError> {
+    ) -> Result<Vec<AuditEntry>, StoreError> {
         let mut conn = self.redis.conn().await?;
         let reply: Value = redis::cmd("XAUTOCLAIM")
             .arg(self.layout.audit())
@@ -105,7 +68,7 @@ impl TokenStore {
             .query_async(&mut conn)
             .await?;
         match &reply {
-            Value::Array(parts) => Ok(parts.get(1).map(entries).unwrap_or_default()),
+            Value::Array(parts) => Ok(parts.get(1).map(stream_entries).unwrap_or_default()),
             _ => Err(corrupt("XAUTOCLAIM")),
         }
     }

@@ -10,7 +10,7 @@ use super::{signature_header, WebhookEndpoint};
 use crate::audit::AuditRecord;
 use crate::connection::Conn;
 use crate::metrics::{EndpointLabels, WebhookLabels};
-use crate::store::{GroupEntry, TokenStore};
+use crate::store::{AuditEntry, TokenStore};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -84,6 +84,12 @@ impl Delivery {
         WebhookLabels { endpoint: self.endpoint.name.clone(), outcome }
     }
 
+    /// This endpoint's `webhook_retrying` gauge.
+    fn retrying(&self) -> prometheus_client::metrics::gauge::Gauge {
+        let endpoint = EndpointLabels { endpoint: self.endpoint.name.clone() };
+        self.store.metrics().webhook_retrying.get_or_create(&endpoint).clone()
+    }
+
     /// Follows the audit stream for ever.
     async fn run(self) {
         // every series from the start, at 0: a dashboard or an alert sees the endpoint before its
@@ -91,8 +97,7 @@ impl Delivery {
         for outcome in ["delivered", "failed", "dropped"] {
             let _ = self.store.metrics().webhook_deliveries.get_or_create(&self.labels(outcome));
         }
-        let endpoint = EndpointLabels { endpoint: self.endpoint.name.clone() };
-        let _ = self.store.metrics().webhook_retrying.get_or_create(&endpoint);
+        let _ = self.retrying();
         while let Err(e) = self.store.create_webhook_group(&self.group).await {
             let endpoint = &self.endpoint.name;
             tracing::warn!(endpoint, error = %e, "cannot create the webhook consumer group; retrying");
@@ -138,7 +143,7 @@ impl Delivery {
         }
     }
 
-    async fn read(&self, conn: &mut Option<Conn>, pending: bool) -> Result<Vec<GroupEntry>, String> {
+    async fn read(&self, conn: &mut Option<Conn>, pending: bool) -> Result<Vec<AuditEntry>, String> {
         if conn.is_none() {
             *conn = Some(self.store.redis().dedicated(BLOCK).await.map_err(|e| e.to_string())?);
         }
@@ -170,8 +175,7 @@ impl Delivery {
     /// Attempts, with backoff, until one is delivered or the event is a day old.
     async fn send_until_taken(&self, id: &str, kind: &'static str, body: &[u8]) {
         let webhook_id = format!("msg_{id}");
-        let endpoint = EndpointLabels { endpoint: self.endpoint.name.clone() };
-        let retrying = self.store.metrics().webhook_retrying.get_or_create(&endpoint).clone();
+        let retrying = self.retrying();
         let endpoint = &self.endpoint.name;
         let mut backoff = FIRST_BACKOFF;
         while let Attempt::Failed(why) = self.attempt(&webhook_id, body).await {
