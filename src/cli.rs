@@ -311,19 +311,14 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
         Command::List { user, json } => {
             let tokens = store.list(&user).await?;
             if json {
-                let rows: Vec<_> = tokens
-                    .iter()
-                    .map(|t| {
-                        let mut row = serde_json::json!({
-                            "id": t.id, "device": t.device, "created": t.created, "expires_in": t.expires_in,
-                            "scopes": t.scopes,
-                        });
-                        if t.suspended {
-                            row["suspended"] = serde_json::Value::Bool(true);
-                        }
-                        row
-                    })
-                    .collect();
+                // each token as the API lists it, without the user the command was given
+                let mut rows =
+                    serde_json::to_value(&tokens).map_err(|e| usage(format!("cannot write JSON output: {e}")))?;
+                for row in rows.as_array_mut().into_iter().flatten() {
+                    if let Some(row) = row.as_object_mut() {
+                        row.remove("user");
+                    }
+                }
                 return print(&to_json(&rows)?);
             }
             for t in tokens {
