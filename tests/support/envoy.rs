@@ -109,11 +109,21 @@ impl Envoy {
             .spawn()
             .expect("spawn envoy");
         let mut envoy = Envoy { child, log, _dir: dir };
-        if !wait_for_port(wait_port, Duration::from_secs(30)) {
-            let _ = envoy.child.kill();
-            panic!("envoy did not start:\n{}", envoy.log_text());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // Envoy's own listener, not something else on the port: Envoy still running once it answers
+        while !wait_for_port(wait_port, Duration::from_millis(200)) || !envoy.serving() {
+            if Instant::now() > deadline || matches!(envoy.child.try_wait(), Ok(Some(_))) {
+                let _ = envoy.child.kill();
+                panic!("envoy did not start on port {wait_port}:\n{}", envoy.log_text());
+            }
         }
         envoy
+    }
+
+    /// Whether this Envoy is up and has started its workers (so what answers on its listener's
+    /// port is this Envoy, not another process that held the port first).
+    fn serving(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None)) && self.log_text().contains("starting workers")
     }
 
     /// The process id.

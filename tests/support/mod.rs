@@ -17,18 +17,31 @@ pub use self::redis::*;
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-/// A free loopback port (and, for cluster nodes, its bus port +10000 too).
+/// A free loopback port (and, for cluster nodes, its bus port +10000 too), never handed out twice
+/// in one test process and taken below the kernel's ephemeral range (32768 and up), so neither
+/// another test's `free_port` nor an outgoing connection's local port can take it between this
+/// check and the child process binding it. (Asking the kernel for port 0 could hand the same port
+/// to two tests at once: an Envoy that then failed to bind left the test talking to another
+/// test's upstream.) Each process starts at its own offset, so two test binaries rarely meet.
 pub fn free_port(with_bus: bool) -> u16 {
-    loop {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-        let port = listener.local_addr().unwrap().port();
-        if !with_bus {
-            return port;
-        }
-        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 12_000;
+    const SPAN: u32 = 10_000; // up to 21_999; bus ports up to 31_999, still below 32768
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7_919) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && (!with_bus || free(port + 10_000)) {
             return port;
         }
     }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN)
 }
 
 /// Waits until something accepts connections on the port.
