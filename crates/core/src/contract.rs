@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 pub const LOOKUP_PATH: &str = "/v1/internal/lookup";
 /// The revocation feed (`?after=<cursor>`; no cursor: the current tail, `0`: the beginning).
 pub const FEED_PATH: &str = "/v1/internal/revocations";
+/// Where edges report device activity (`POST`, a [`crate::activity::ActivityBatch`]).
+pub const ACTIVITY_PATH: &str = "/v1/internal/activity";
 /// Envoy's `ext_authz` HTTP service check (`/v1/ext_authz/<any path>`).
 pub const EXT_AUTHZ_PATH: &str = "/v1/ext_authz";
 

@@ -2,6 +2,9 @@
 //! so a user's keys live in one Redis Cluster slot and one Lua script can change them atomically.
 //!
 //! - `<ns>:{<tag>}:t:<digest hex>`: a token record (JSON), its Redis TTL the token's lifetime.
+//! - `<ns>:{<tag>}:a:<digest hex>`: the token's last activity (JSON, beside the record, never
+//!   part of what it grants), its TTL the record's; the scripts that delete or move a record
+//!   delete or move it too.
 //! - `<ns>:{<tag>}:u:<user>`: the user's index, a sorted set of digests scored by creation order.
 //! - `<ns>:{<tag>}:x:<user>`: the same digests scored by when their record expires (Unix ms, `inf`
 //!   for immortal ones), so expired tokens are pruned by score, never by visiting each record.
@@ -55,6 +58,12 @@ impl KeyLayout {
         let mut key = self.record_prefix(tag);
         key.push_str(&digest.to_hex());
         key
+    }
+
+    /// The activity key beside a token's record (the scripts derive it from the record key the
+    /// same way: `:t:` becomes `:a:`).
+    pub fn activity_key(&self, tag: RoutingTag, digest: &TokenDigest) -> String {
+        format!("{}:{{{}}}:a:{}", self.namespace, tag.to_hex(), digest.to_hex())
     }
 
     /// The `SCAN` pattern of every record key.

@@ -1,6 +1,7 @@
 //! Token core: everything the filter and the companion must agree on, with no host calls.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod activity;
 pub mod contract;
 pub mod credential;
 pub mod digest;

@@ -58,6 +58,13 @@ impl RoutingTag {
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
+
+    /// Reads [`RoutingTag::to_hex`]'s form (either case); `None` for anything else.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let mut tag = [0u8; ROUTING_TAG_LEN];
+        hex::decode_to_slice(text, &mut tag).ok()?;
+        Some(RoutingTag(tag))
+    }
 }
 
 /// Why a string is not a well-formed token. None of these needs Redis to decide.

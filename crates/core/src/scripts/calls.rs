@@ -2,7 +2,8 @@
 //! of each call, and the reading of its reply, written once. The companion sends a [`ScriptCall`]
 //! through its Redis client, the filter encodes it as `EVAL`/`EVAL_RO`.
 
-use super::{FEED, FEED_PAGE_SIZE, LOOKUP, REFRESH};
+use super::{ACTIVITY, FEED, FEED_PAGE_SIZE, LOOKUP, REFRESH};
+use crate::activity::Activity;
 use crate::contract::FeedPage;
 use crate::digest::TokenDigest;
 use crate::keys::KeyLayout;
@@ -18,6 +19,8 @@ pub enum SharedScript {
     Refresh,
     /// [`FEED`].
     Feed,
+    /// [`ACTIVITY`].
+    Activity,
 }
 
 impl SharedScript {
@@ -27,6 +30,7 @@ impl SharedScript {
             SharedScript::Lookup => LOOKUP,
             SharedScript::Refresh => REFRESH,
             SharedScript::Feed => FEED,
+            SharedScript::Activity => ACTIVITY,
         }
     }
 }
@@ -61,6 +65,15 @@ pub fn refresh_call(layout: &KeyLayout, tag: RoutingTag, digest: &TokenDigest, t
         script: SharedScript::Refresh,
         keys: vec![layout.record_key(tag, digest)],
         args: vec![ttl_ms.to_string(), layout.index_prefix(tag), layout.expiry_prefix(tag)],
+    }
+}
+
+/// [`ACTIVITY`]: records what an edge saw of a token's use beside its record.
+pub fn activity_call(layout: &KeyLayout, tag: RoutingTag, digest: &TokenDigest, activity: &Activity) -> ScriptCall {
+    ScriptCall {
+        script: SharedScript::Activity,
+        keys: vec![layout.activity_key(tag, digest)],
+        args: vec![activity.seen_at_ms.to_string(), serde_json::to_string(activity).unwrap_or_default()],
     }
 }
 
@@ -135,6 +148,10 @@ mod tests {
         assert_eq!(lookup.keys, [layout.record_key(tag, &a), layout.record_key(tag, &b)]);
         let refresh = refresh_call(&layout, tag, &a, 60_000);
         assert_eq!(refresh.args, ["60000".to_string(), layout.index_prefix(tag), layout.expiry_prefix(tag)]);
+        let seen = Activity { seen_at_ms: 9, address: None, user_agent: Some("ua".into()) };
+        let activity = activity_call(&layout, tag, &a, &seen);
+        assert_eq!(activity.keys, [layout.activity_key(tag, &a)]);
+        assert_eq!(activity.args, ["9", r#"{"seen_at_ms":9,"address":null,"user_agent":"ua"}"#]);
         assert_eq!(feed_call(&layout, None).args, ["".to_string(), FEED_PAGE_SIZE.to_string()]);
     }
 

@@ -58,6 +58,16 @@ local function to_outbox(outbox, members)
   redis.call('PEXPIRE', outbox, 86400000)
 end
 
+-- The activity key beside a record: `:t:` becomes `:a:` (as KeyLayout::activity_key builds it).
+local function activity_of(record_key)
+  return (string.gsub(record_key, ':t:(%x+)$', ':a:%1'))
+end
+
+-- Deletes a record and the activity beside it (same hash tag, same slot).
+local function drop_record(record_key)
+  redis.call('DEL', record_key, activity_of(record_key))
+end
+
 -- The public id in a record (for the audit trail), '' if it has none.
 local function id_of(raw)
   local ok, rec = pcall(cjson.decode, raw or '')
@@ -137,7 +147,9 @@ mod calls;
 mod feed;
 mod revoke;
 
-pub use calls::{feed_call, feed_page, lookup_call, refresh_call, LookupReply, ScriptCall, SharedScript};
+pub use calls::{
+    activity_call, feed_call, feed_page, lookup_call, refresh_call, LookupReply, ScriptCall, SharedScript,
+};
 pub use feed::{FEED, FEED_PAGE_SIZE};
 pub use revoke::{OUTBOX_DONE, OUTBOX_FORGET, REVOKE, REVOKE_ALL, REVOKE_BY_ID};
 
@@ -168,7 +180,7 @@ if max > 0 and count >= max then
   local evicted = redis.call('ZRANGE', index, 0, count - max)
   for _, m in ipairs(evicted) do
     result[#result + 1] = id_of(redis.call('GET', record_prefix .. m))
-    redis.call('DEL', record_prefix .. m)
+    drop_record(record_prefix .. m)
     redis.call('ZREM', index, m)
     redis.call('ZREM', expiry, m)
   end
@@ -254,6 +266,7 @@ else
   return 0
 end
 redis.call('DEL', old)
+if redis.call('EXISTS', activity_of(old)) == 1 then redis.call('RENAME', activity_of(old), activity_of(new)) end
 for _, index in ipairs({KEYS[3], KEYS[4]}) do
   local score = redis.call('ZSCORE', index, ARGV[1])
   if score then
@@ -294,7 +307,8 @@ return done
 
 /// Lists a user's live tokens, oldest first, pruning dead index members.
 ///
-/// KEYS: index, expiry index. ARGV: record key prefix. Returns `{member, json, pttl, ...}`.
+/// KEYS: index, expiry index. ARGV: record key prefix. Returns `{member, json, pttl, activity
+/// (nil if none), ...}`.
 pub const LIST: &str = r#"
 local index, expiry, record_prefix = KEYS[1], KEYS[2], ARGV[1]
 local out = {}
@@ -305,12 +319,37 @@ for _, m in ipairs(redis.call('ZRANGE', index, 0, -1)) do
     out[#out + 1] = m
     out[#out + 1] = raw
     out[#out + 1] = redis.call('PTTL', key)
+    out[#out + 1] = redis.call('GET', (string.gsub(key, ':t:(%x+)$', ':a:%1')))
   else
     redis.call('ZREM', index, m)
     redis.call('ZREM', expiry, m)
   end
 end
 return out
+"#;
+
+/// Records a token's last activity beside its record, as long as the record lives; a report
+/// older than what is stored (another edge's, delayed) changes nothing, nor one for a token no
+/// longer live.
+///
+/// KEYS: activity (only: `EVAL` needs write access to every key it declares, and the gateway's
+/// Redis user may write activity keys alone; the record beside it, `:a:` back to `:t:`, has the
+/// same hash tag, so the same slot, and is only read). ARGV: seen at (Unix ms), the activity
+/// JSON. Returns 1 if written.
+pub const ACTIVITY: &str = r#"
+local record, found = string.gsub(KEYS[1], ':a:(%x+)$', ':t:%1')
+if found ~= 1 then return 0 end
+local pttl = redis.call('PTTL', record)
+if pttl == -2 then return 0 end
+local old = redis.call('GET', KEYS[1])
+if old then
+  local ok, a = pcall(cjson.decode, old)
+  if ok and type(a) == 'table' and type(a.seen_at_ms) == 'number' and a.seen_at_ms >= tonumber(ARGV[1]) then
+    return 0
+  end
+end
+if pttl == -1 then redis.call('SET', KEYS[1], ARGV[2]) else redis.call('SET', KEYS[1], ARGV[2], 'PX', pttl) end
+return 1
 "#;
 
 /// Sliding expiry: pushes a mortal token's TTL out to the given value (never shortens it, never
@@ -332,6 +371,9 @@ if left and left < ttl then ttl = left end
 -- refresh only what it extends by a second or more (clamped TTLs differ by clock noise)
 if ttl - pttl < 1000 then return 0 end
 redis.call('PEXPIRE', KEYS[1], ttl)
+-- the activity beside the record lives as long
+local activity = string.gsub(KEYS[1], ':t:(%x+)$', ':a:%1')
+if redis.call('PTTL', activity) >= 0 then redis.call('PEXPIRE', activity, ttl) end
 local ok, rec = pcall(cjson.decode, redis.call('GET', KEYS[1]))
 if ok and type(rec) == 'table' and type(rec.user) == 'string' then
   local index, expiry = ARGV[2] .. rec.user, (ARGV[3] or '') .. rec.user

@@ -12,7 +12,7 @@ for i = 2, #KEYS do
   local raw = redis.call('GET', KEYS[i])
   if raw then
     local member = ARGV[i + 1]
-    redis.call('DEL', KEYS[i])
+    drop_record(KEYS[i])
     to_outbox(KEYS[1], {member})
     local ok, rec = pcall(cjson.decode, raw)
     if ok and type(rec) == 'table' and type(rec.user) == 'string' then
@@ -53,7 +53,7 @@ for _, m in ipairs(members) do
   else
     local raw = redis.call('GET', record_prefix .. m)
     if raw then
-      redis.call('DEL', record_prefix .. m)
+      drop_record(record_prefix .. m)
       revoked[#revoked + 1] = m
       ids[#ids + 1] = id_of(raw)
     end
@@ -86,7 +86,7 @@ for _, m in ipairs(redis.call('ZRANGE', index, 0, -1)) do
   local ok, rec = false, nil
   if raw then ok, rec = pcall(cjson.decode, raw) end
   if ok and type(rec) == 'table' and rec.id == id then
-    redis.call('DEL', record_prefix .. m)
+    drop_record(record_prefix .. m)
     redis.call('ZREM', index, m)
     redis.call('ZREM', expiry, m)
     found = m
