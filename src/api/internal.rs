@@ -20,9 +20,7 @@ pub(crate) async fn internal_lookup(
             format!("tag must be 8 and digest 64 hex characters; previous at most {most} digests, comma-separated."),
         )
     };
-    let mut tag = [0u8; 4];
-    hex::decode_to_slice(&query.tag, &mut tag).map_err(|_| bad())?;
-    let tag = RoutingTag(tag);
+    let tag = RoutingTag::from_hex(&query.tag).ok_or_else(bad)?;
     let mut digests = vec![TokenDigest::from_hex(&query.digest).ok_or_else(bad)?];
     for previous in query.previous.as_deref().into_iter().flat_map(|p| p.split(',')) {
         digests.push(TokenDigest::from_hex(previous).ok_or_else(bad)?);
@@ -59,6 +57,32 @@ pub(crate) async fn internal_lookup(
         stored_under,
     })
     .into_response())
+}
+
+/// Device activity the edges saw: when and from where each token was last used.
+///
+/// Edges send at most one report per token per `activity_interval_ms`, batched. Each is written
+/// beside the token's record (never into it) if the record is still live and the report is newer
+/// than what is stored; `recorded` counts those written.
+#[utoipa::path(post, path = contract::ACTIVITY_PATH, tag = "internal", request_body = ActivityBatch,
+    security(("internal" = [])),
+    responses((status = 200, body = ActivityRecorded), (status = "default", description = "Error", body = ErrorBody)))]
+pub(crate) async fn internal_activity(
+    _: Internal,
+    State(store): State<Arc<TokenStore>>,
+    JsonBody(batch): JsonBody<ActivityBatch>,
+) -> Result<Response, ApiError> {
+    if batch.reports.len() > activity::MAX_BATCH || !batch.reports.iter().all(ActivityReport::is_well_formed) {
+        let most = activity::MAX_BATCH;
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "at most {most} reports, each with an 8 hex tag, a 64 hex digest, an IP address and a cleaned user agent."
+            ),
+        ));
+    }
+    let recorded = store.record_activity(&batch.reports).await?;
+    Ok(Json(ActivityRecorded { recorded }).into_response())
 }
 
 /// The revocation feed for filters: digests revoked after a cursor; a long poll with `wait_ms`.

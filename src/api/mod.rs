@@ -18,6 +18,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use multitokens_core::activity::{self, ActivityBatch, ActivityRecorded, ActivityReport};
 use multitokens_core::contract::{self, FeedPage, FeedQuery, LookupAnswer, LookupQuery};
 use multitokens_core::digest::TokenDigest;
 use multitokens_core::keyring::MAX_PREVIOUS_HASH_KEYS;
@@ -341,6 +342,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(logout_others))
         .routes(routes!(internal_lookup))
         .routes(routes!(internal_revocations))
+        .routes(routes!(internal_activity))
 }
 
 /// The API router over its state: [`routes`], the description itself, gRPC ext_authz and the

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
+mod activity;
 mod edges;
 mod feed;
 mod rekey;
@@ -148,6 +149,16 @@ pub struct TokenInfo {
     /// Suspended: refused everywhere until resumed (only listed tokens can be; absent when not).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub suspended: bool,
+    /// When an edge last saw it used, Unix seconds (reported at most every `activity_interval_ms`
+    /// per edge; absent until first seen).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<u64>,
+    /// The client address it was last used from, as Envoy saw it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_address: Option<String>,
+    /// The user agent it was last used with (control characters removed, at most 256 bytes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_user_agent: Option<String>,
 }
 
 /// A live record of a user, as listed: its digest, its stored value, what it says.
@@ -170,6 +181,9 @@ impl TokenInfo {
             expires_in_ms,
             scopes: r.scopes,
             suspended: r.suspended,
+            last_seen: None,
+            last_address: None,
+            last_user_agent: None,
         }
     }
 }
@@ -187,6 +201,7 @@ struct Scripts {
     refresh: Script,
     feed: Script,
     rewrite: Script,
+    activity: Script,
 }
 
 /// The token store over Redis.
@@ -254,6 +269,7 @@ impl Scripts {
             SharedScript::Lookup => &self.lookup,
             SharedScript::Refresh => &self.refresh,
             SharedScript::Feed => &self.feed,
+            SharedScript::Activity => &self.activity,
         };
         let mut invocation = script.prepare_invoke();
         for key in &call.keys {
@@ -315,6 +331,7 @@ impl TokenStore {
                 refresh: Script::new(scripts::REFRESH),
                 feed: Script::new(scripts::FEED),
                 rewrite: Script::new(scripts::REWRITE),
+                activity: Script::new(scripts::ACTIVITY),
             },
         }
     }

@@ -211,13 +211,17 @@ impl TokenStore {
             )
             .await?;
         let now = now_ms();
-        let mut out = Vec::with_capacity(flat.len() / 3);
-        for triple in flat.chunks(3) {
-            let [member, Value::BulkString(json), pttl] = triple else { return Err(corrupt("list")) };
+        let mut out = Vec::with_capacity(flat.len() / 4);
+        for entry in flat.chunks(4) {
+            let [member, Value::BulkString(json), pttl, activity] = entry else { return Err(corrupt("list")) };
+            let activity = match activity {
+                Value::BulkString(a) => Some(a.as_slice()),
+                _ => None,
+            };
             let digest = as_text(member).and_then(|m| TokenDigest::from_hex(&m)).ok_or_else(|| corrupt("list"))?;
             let pttl = as_int(pttl).ok_or_else(|| corrupt("list"))?;
             let info = match evaluate(Some(json), pttl, now, |v| self.hash_keys.accepts(&digest, v))? {
-                Verdict::Valid(v) | Verdict::Suspended(v) => TokenInfo::from_valid(v),
+                Verdict::Valid(v) | Verdict::Suspended(v) => TokenInfo::from_valid(v).with_activity(activity),
                 Verdict::Tampered => {
                     self.report_tampered(&digest).await;
                     continue;
