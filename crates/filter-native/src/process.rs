@@ -3,7 +3,8 @@
 //! from another thread, and the timer thread that drives the feed from Envoy's main thread.
 
 use crate::abi::{self, Caller, Config, Filter, Level, Scheduler, StatKind};
-use multitokens_filter::companion_transport::{self, CompanionGet};
+use multitokens_core::activity::ActivityReport;
+use multitokens_filter::companion_transport::{self, CompanionCall};
 use multitokens_filter::config::{Compiled, Transport};
 use multitokens_filter::edge::{self, Edge};
 use multitokens_filter::lookup::{Answer, CalloutProblem, LookupRequest};
@@ -45,8 +46,8 @@ pub struct Waiting {
 enum ConfigCall {
     /// A revocation feed poll, by the token the worker knows it under.
     Feed(u32),
-    /// A sliding refresh (its answer is not needed).
-    Refresh,
+    /// A sliding refresh or an activity report (its answer is not needed).
+    Unanswered,
 }
 
 /// The counters of [`Metric`] and the `cache_entries` gauge as Envoy stats (Envoy's own atomic
@@ -197,9 +198,9 @@ impl Process {
     }
 
     /// Sends a config-level GET to the companion (main thread); its callout id.
-    fn send(&self, config: Config, get: Result<CompanionGet, String>, call: ConfigCall) -> Result<u64, String> {
+    fn send(&self, config: Config, get: Result<CompanionCall, String>, call: ConfigCall) -> Result<u64, String> {
         let get = get?;
-        let id = abi::http_callout(Caller::Config(config), get.cluster, &get.headers(), get.timeout_ms)?;
+        let id = abi::http_callout(Caller::Config(config), get.cluster, &get.headers(), &get.body, get.timeout_ms)?;
         lock(&self.calls).insert(id, call);
         Ok(id)
     }
@@ -214,12 +215,17 @@ struct ConfigEdge<'a> {
 impl Edge for ConfigEdge<'_> {
     fn poll_feed(&mut self, compiled: &Compiled, cursor: Option<&str>, edge: &str) -> Result<u32, String> {
         let token = self.process.next_feed_token.fetch_add(1, Ordering::Relaxed);
-        let get = CompanionGet::feed(compiled, cursor, edge);
+        let get = CompanionCall::feed(compiled, cursor, edge);
         self.process.send(self.config, get, ConfigCall::Feed(token)).map(|_| token)
     }
 
     fn refresh(&mut self, compiled: &Compiled, request: &LookupRequest) -> Result<(), String> {
-        self.process.send(self.config, CompanionGet::lookup(compiled, request), ConfigCall::Refresh).map(|_| ())
+        self.process.send(self.config, CompanionCall::lookup(compiled, request), ConfigCall::Unanswered).map(|_| ())
+    }
+
+    fn report_activity(&mut self, compiled: &Compiled, reports: &[ActivityReport]) -> Result<(), String> {
+        let call = CompanionCall::activity(compiled, reports);
+        self.process.send(self.config, call, ConfigCall::Unanswered).map(|_| ())
     }
 
     fn count(&mut self, metric: Metric, n: u64) {

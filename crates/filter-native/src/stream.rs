@@ -3,7 +3,7 @@
 
 use crate::abi::{self, Caller, Filter, HeaderMap, Level, Scheduler};
 use crate::process::{new_context_id, now_ms, Process, Waiting, Wake};
-use multitokens_filter::companion_transport::{self, CompanionGet};
+use multitokens_filter::companion_transport::{self, CompanionCall};
 use multitokens_filter::config::Compiled;
 use multitokens_filter::flow::HttpFlow;
 use multitokens_filter::host::{Host, Step};
@@ -60,8 +60,9 @@ impl Host for NativeHost<'_> {
     }
 
     fn dispatch_lookup(&mut self, request: &LookupRequest) -> Result<u32, String> {
-        let get = CompanionGet::lookup(self.compiled, request)?;
-        let id = abi::http_callout(Caller::Filter(self.filter), get.cluster, &get.headers(), get.timeout_ms)?;
+        let get = CompanionCall::lookup(self.compiled, request)?;
+        let id =
+            abi::http_callout(Caller::Filter(self.filter), get.cluster, &get.headers(), &get.body, get.timeout_ms)?;
         Ok(call_token(id))
     }
 

@@ -277,7 +277,7 @@ pub fn property(path: &[&str]) -> Option<Vec<u8>> {
 
 /// Starts a bodiless HTTP call to an Envoy cluster; its token (the answer comes to
 /// `proxy_on_http_call_response`).
-pub fn http_call(cluster: &str, headers: &[(&str, &str)], timeout_ms: u64) -> Result<u32, Status> {
+pub fn http_call(cluster: &str, headers: &[(&str, &str)], body: &[u8], timeout_ms: u64) -> Result<u32, Status> {
     let map = header_map::encode(headers);
     let trailers = header_map::encode::<&str, &str>(&[]);
     let mut token = 0u32;
@@ -289,8 +289,8 @@ pub fn http_call(cluster: &str, headers: &[(&str, &str)], timeout_ms: u64) -> Re
             cluster.len(),
             map.as_ptr(),
             map.len(),
-            std::ptr::null(),
-            0,
+            body.as_ptr(),
+            body.len(),
             trailers.as_ptr(),
             trailers.len(),
             timeout,

@@ -18,6 +18,7 @@ mod transport;
 
 use abi::{Buffer, Level, Map};
 use metrics::Metrics;
+use multitokens_core::activity::ActivityReport;
 use multitokens_filter::companion_transport;
 use multitokens_filter::config::Compiled;
 use multitokens_filter::edge::{self, Edge};
@@ -66,8 +67,8 @@ pub(crate) enum Purpose {
         /// The root context.
         root_id: u32,
     },
-    /// A sliding refresh: its answer is not needed.
-    Refresh {
+    /// A sliding refresh or an activity report: its answer is not needed.
+    Unanswered {
         /// The root context that sent it.
         root_id: u32,
     },
@@ -78,7 +79,7 @@ impl Purpose {
     fn context(&self) -> u32 {
         match self {
             Purpose::Lookup { context_id, .. } => *context_id,
-            Purpose::Feed { root_id } | Purpose::Refresh { root_id } => *root_id,
+            Purpose::Feed { root_id } | Purpose::Unanswered { root_id } => *root_id,
         }
     }
 }
@@ -106,7 +107,7 @@ enum Reply {
 /// Routes a callout's answer to what it was for: the one path of both transports' answers.
 fn on_callout_answer(token: u32, purpose: Purpose, reply: Reply) {
     match purpose {
-        Purpose::Refresh { .. } => {}
+        Purpose::Unanswered { .. } => {}
         Purpose::Feed { root_id } => {
             let page = match reply {
                 Reply::Http(status, body) => companion_transport::parse_feed(status, &body),
@@ -159,6 +160,10 @@ impl Edge for RootEdge<'_> {
 
     fn refresh(&mut self, compiled: &Compiled, request: &LookupRequest) -> Result<(), String> {
         self.transport.refresh(compiled, request, self.root_id).map(|_| ())
+    }
+
+    fn report_activity(&mut self, compiled: &Compiled, reports: &[ActivityReport]) -> Result<(), String> {
+        self.transport.report_activity(compiled, reports, self.root_id)
     }
 
     fn count(&mut self, metric: Metric, n: u64) {

@@ -6,6 +6,7 @@
 use super::abi::{self, Buffer, Status};
 use super::transport::StoreTransport;
 use super::{exports, now_ms, LookupVia, Purpose, Reply};
+use multitokens_core::activity::ActivityReport;
 use multitokens_filter::config::{Compiled, RedisTarget, Transport};
 use multitokens_filter::lookup::{Answer, CalloutProblem, LookupRequest};
 use multitokens_filter::redis_transport;
@@ -103,9 +104,20 @@ impl StoreTransport for RedisCallouts {
     fn refresh(&self, compiled: &Compiled, request: &LookupRequest, root_id: u32) -> Result<u32, String> {
         let Transport::Redis(target) = &compiled.transport else { return Err("no Redis configured".into()) };
         match redis_transport::refresh_command(&compiled.layout, request) {
-            Some(query) => call(target, &query, Purpose::Refresh { root_id }),
+            Some(query) => call(target, &query, Purpose::Unanswered { root_id }),
             None => Err("refresh without a TTL".into()),
         }
+    }
+
+    fn report_activity(&self, compiled: &Compiled, reports: &[ActivityReport], root_id: u32) -> Result<(), String> {
+        let Transport::Redis(target) = &compiled.transport else { return Err("no Redis configured".into()) };
+        // one script per report: each writes one user's keys, which a Redis Cluster may keep anywhere
+        for report in reports {
+            if let Some(command) = redis_transport::activity_command(&compiled.layout, report) {
+                call(target, &command, Purpose::Unanswered { root_id })?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -122,7 +134,7 @@ pub(super) fn read_lookup(
     let (request, refresh) = *lookup;
     let answer = redis_transport::parse_lookup(bytes, now_ms(), &compiled.hash_keys, &request);
     if let (Ok(Answer::Valid(..)), Some(refresh), Transport::Redis(target)) = (&answer, refresh, &compiled.transport) {
-        let _ = call(target, &refresh, Purpose::Refresh { root_id });
+        let _ = call(target, &refresh, Purpose::Unanswered { root_id });
     }
     answer
 }

@@ -3,11 +3,12 @@
 //! [`StoreTransport`].
 
 use super::{abi, exports, LookupVia, Purpose};
-use multitokens_filter::companion_transport::CompanionGet;
+use multitokens_core::activity::ActivityReport;
+use multitokens_filter::companion_transport::CompanionCall;
 use multitokens_filter::config::{Compiled, Transport};
 use multitokens_filter::lookup::LookupRequest;
 
-/// Lookups, feed polls and sliding refreshes; each returns the call's token.
+/// Lookups, feed polls, sliding refreshes and activity reports.
 pub(super) trait StoreTransport {
     /// Starts a request's lookup (its answer goes to that request's context).
     fn lookup(
@@ -21,16 +22,18 @@ pub(super) trait StoreTransport {
     fn poll_feed(&self, compiled: &Compiled, cursor: Option<&str>, edge: &str, root_id: u32) -> Result<u32, String>;
     /// Sends a sliding refresh (its answer is not needed).
     fn refresh(&self, compiled: &Compiled, request: &LookupRequest, root_id: u32) -> Result<u32, String>;
+    /// Sends device activity reports (their answer is not needed).
+    fn report_activity(&self, compiled: &Compiled, reports: &[ActivityReport], root_id: u32) -> Result<(), String>;
 }
 
-/// The stock build's transport: bodiless GETs to the companion's internal endpoints.
+/// The stock build's transport: calls to the companion's internal endpoints.
 pub(super) struct CompanionCallouts;
 
 impl CompanionCallouts {
-    /// Sends a GET through the companion's Envoy cluster on behalf of a context.
-    fn get(get: Result<CompanionGet, String>, purpose: Purpose) -> Result<u32, String> {
+    /// Sends a call through the companion's Envoy cluster on behalf of a context.
+    fn get(get: Result<CompanionCall, String>, purpose: Purpose) -> Result<u32, String> {
         let get = get?;
-        let token = abi::http_call(get.cluster, &get.headers(), get.timeout_ms)
+        let token = abi::http_call(get.cluster, &get.headers(), &get.body, get.timeout_ms)
             .map_err(|s| format!("dispatch to cluster {:?} failed: {s}", get.cluster))?;
         exports::expect_answer(token, purpose);
         Ok(token)
@@ -40,15 +43,19 @@ impl CompanionCallouts {
 impl StoreTransport for CompanionCallouts {
     fn lookup(&self, compiled: &Compiled, request: &LookupRequest, context_id: u32, _: u32) -> Result<u32, String> {
         let purpose = Purpose::Lookup { context_id, via: LookupVia::Companion };
-        Self::get(CompanionGet::lookup(compiled, request), purpose)
+        Self::get(CompanionCall::lookup(compiled, request), purpose)
     }
 
     fn poll_feed(&self, compiled: &Compiled, cursor: Option<&str>, edge: &str, root_id: u32) -> Result<u32, String> {
-        Self::get(CompanionGet::feed(compiled, cursor, edge), Purpose::Feed { root_id })
+        Self::get(CompanionCall::feed(compiled, cursor, edge), Purpose::Feed { root_id })
     }
 
     fn refresh(&self, compiled: &Compiled, request: &LookupRequest, root_id: u32) -> Result<u32, String> {
-        Self::get(CompanionGet::lookup(compiled, request), Purpose::Refresh { root_id })
+        Self::get(CompanionCall::lookup(compiled, request), Purpose::Unanswered { root_id })
+    }
+
+    fn report_activity(&self, compiled: &Compiled, reports: &[ActivityReport], root_id: u32) -> Result<(), String> {
+        Self::get(CompanionCall::activity(compiled, reports), Purpose::Unanswered { root_id }).map(|_| ())
     }
 }
 

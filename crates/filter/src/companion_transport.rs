@@ -4,11 +4,14 @@
 use super::config::{Compiled, Transport};
 use super::identity::Identity;
 use super::lookup::{Answer, CalloutProblem, FeedPage, LookupRequest};
-use multitokens_core::contract::{FeedQuery, LookupAnswer};
+use multitokens_core::activity::{ActivityBatch, ActivityReport};
+use multitokens_core::contract::{FeedQuery, LookupAnswer, ACTIVITY_PATH};
 
-/// A bodiless GET to the companion's internal endpoints, as every shell sends it: the Envoy
-/// cluster it goes through, its path, headers and timeout.
-pub struct CompanionGet<'a> {
+/// A call to the companion's internal endpoints, as every shell sends it: the Envoy cluster it
+/// goes through, its method, path, headers, body and timeout.
+pub struct CompanionCall<'a> {
+    /// `GET` (lookup, feed) or `POST` (activity).
+    method: &'static str,
     /// The companion's Envoy cluster.
     pub cluster: &'a str,
     /// The request path (with its query).
@@ -19,13 +22,15 @@ pub struct CompanionGet<'a> {
     authorization: &'a str,
     /// How long Envoy waits for the answer.
     pub timeout_ms: u64,
+    /// The request body (JSON; empty for a GET).
+    pub body: Vec<u8>,
 }
 
-impl<'a> CompanionGet<'a> {
+impl<'a> CompanionCall<'a> {
     fn new(compiled: &'a Compiled, path: String, timeout_ms: u64) -> Result<Self, String> {
         let Transport::Companion(c) = &compiled.transport else { return Err("no companion configured".into()) };
         let (cluster, authority, authorization) = (&c.cluster[..], &c.authority[..], &compiled.companion_auth[..]);
-        Ok(CompanionGet { cluster, path, authority, authorization, timeout_ms })
+        Ok(CompanionCall { method: "GET", cluster, path, authority, authorization, timeout_ms, body: Vec::new() })
     }
 
     /// The lookup of a token's digests (also its sliding refresh).
@@ -38,14 +43,26 @@ impl<'a> CompanionGet<'a> {
         Self::new(compiled, FeedQuery::path(cursor, Some(edge), compiled.feed_wait_ms()), compiled.feed_timeout_ms())
     }
 
-    /// The request's headers, pseudo-headers first.
-    pub fn headers(&self) -> [(&str, &str); 4] {
-        [
-            (":method", "GET"),
+    /// Device activity reports (a `POST` of an [`ActivityBatch`]).
+    pub fn activity(compiled: &'a Compiled, reports: &[ActivityReport]) -> Result<Self, String> {
+        let batch = ActivityBatch { reports: reports.to_vec() };
+        let body = serde_json::to_vec(&batch).map_err(|e| format!("activity batch: {e}"))?;
+        let call = Self::new(compiled, ACTIVITY_PATH.to_string(), compiled.transport.timeout_ms())?;
+        Ok(CompanionCall { method: "POST", body, ..call })
+    }
+
+    /// The request's headers, pseudo-headers first (a body comes as JSON).
+    pub fn headers(&self) -> Vec<(&str, &str)> {
+        let mut headers = vec![
+            (":method", self.method),
             (":path", &self.path),
             (":authority", self.authority),
             ("authorization", self.authorization),
-        ]
+        ];
+        if !self.body.is_empty() {
+            headers.push(("content-type", "application/json"));
+        }
+        headers
     }
 }
 

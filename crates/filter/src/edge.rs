@@ -5,6 +5,7 @@ use super::config::Compiled;
 use super::lookup::{CalloutProblem, FeedPage, LookupRequest};
 use super::metric::Metric;
 use super::worker::Worker;
+use multitokens_core::activity::{ActivityReport, MAX_BATCH};
 
 /// The shell's side of the timer and the feed: its transport, its counters, its log.
 pub trait Edge {
@@ -12,13 +13,17 @@ pub trait Edge {
     fn poll_feed(&mut self, compiled: &Compiled, cursor: Option<&str>, edge: &str) -> Result<u32, String>;
     /// Sends a sliding refresh (its answer is not needed).
     fn refresh(&mut self, compiled: &Compiled, request: &LookupRequest) -> Result<(), String>;
+    /// Sends device activity reports, at most [`MAX_BATCH`] (their answer is not needed: a lost
+    /// report loses activity, never a request).
+    fn report_activity(&mut self, compiled: &Compiled, reports: &[ActivityReport]) -> Result<(), String>;
     /// Counts `n` events.
     fn count(&mut self, metric: Metric, n: u64);
     /// Logs a warning (never a token).
     fn warn(&self, message: &str);
 }
 
-/// The timer ticked: polls the feed if due, sends the sliding refreshes due, counts the tick.
+/// The timer ticked: polls the feed if due, sends the sliding refreshes and activity reports due
+/// (in batches), counts the tick.
 /// Returns the requests that followed a lookup never answered: the shell makes them look up again
 /// (with the worker no longer borrowed).
 pub fn on_tick(worker: &mut Worker, edge: &mut dyn Edge, now: u64) -> Vec<u32> {
@@ -31,6 +36,12 @@ pub fn on_tick(worker: &mut Worker, edge: &mut dyn Edge, now: u64) -> Vec<u32> {
     for request in work.refreshes {
         if let Err(e) = edge.refresh(&compiled, &request) {
             edge.warn(&format!("multitokens: sliding refresh: {e}"));
+        }
+    }
+    for batch in work.activity.chunks(MAX_BATCH) {
+        match edge.report_activity(&compiled, batch) {
+            Ok(()) => edge.count(Metric::ActivityReported, batch.len() as u64),
+            Err(e) => edge.warn(&format!("multitokens: device activity report: {e}")),
         }
     }
     work.look_up_again
@@ -81,6 +92,7 @@ mod tests {
         polls: Vec<Option<String>>,
         counts: Vec<(Metric, u64)>,
         fail_polls: bool,
+        batches: Vec<usize>,
     }
 
     impl Edge for Recorder {
@@ -92,6 +104,10 @@ mod tests {
             Ok(self.polls.len() as u32)
         }
         fn refresh(&mut self, _: &Compiled, _: &LookupRequest) -> Result<(), String> {
+            Ok(())
+        }
+        fn report_activity(&mut self, _: &Compiled, reports: &[ActivityReport]) -> Result<(), String> {
+            self.batches.push(reports.len());
             Ok(())
         }
         fn count(&mut self, metric: Metric, n: u64) {
@@ -134,5 +150,25 @@ mod tests {
         edge.fail_polls = false;
         on_tick(&mut w, &mut edge, 41_000);
         assert_eq!(edge.polls.len(), 3, "the next tick starts it");
+    }
+
+    #[test]
+    fn activity_goes_out_on_the_tick_in_batches() {
+        let (mut w, mut edge) = (worker(), Recorder::default());
+        let log = w.activity.as_mut().unwrap();
+        for n in 0..(MAX_BATCH + 5) {
+            let mut digest = [0u8; 32];
+            digest[0] = n as u8;
+            let stored = crate::cache::Stored {
+                tag: multitokens_core::token::RoutingTag([0; 4]),
+                digest: multitokens_core::digest::TokenDigest(digest),
+            };
+            log.note(stored, 10, None, None);
+        }
+        on_tick(&mut w, &mut edge, 10_000);
+        assert_eq!(edge.batches, vec![MAX_BATCH, 5]);
+        assert!(edge.counts.contains(&(Metric::ActivityReported, MAX_BATCH as u64)));
+        on_tick(&mut w, &mut edge, 11_000);
+        assert_eq!(edge.batches.len(), 2, "each report is sent once");
     }
 }

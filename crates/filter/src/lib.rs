@@ -7,6 +7,7 @@
 //! `multitokens-filter-wasm`) implement `Host` over their proxy.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod activity;
 pub mod cache;
 pub mod coalesce;
 pub mod companion_transport;

@@ -69,6 +69,8 @@ metrics! {
     DeniedForged => "multitokens.denied_forged",
     /// Denied: an unsafe request authenticated by the cookie, sent from another site (403, no lookup).
     DeniedCrossSite => "multitokens.denied_cross_site",
+    /// Device activity reports sent to the store (at most one per token per `activity_interval_ms`).
+    ActivityReported => "multitokens.activity_reported",
 }
 
 impl Metric {

@@ -5,15 +5,18 @@
 //! server-side.
 //!
 //! Lookups and feed reads are `EVAL_RO` (Redis 7): Redis checks only read access to their keys,
-//! so the gateway's Redis user can be read-only (envoy/redis/users.acl). Only the sliding refresh
-//! writes (`EVAL`).
+//! so a gateway's Redis user for those can be read-only (envoy/redis/users.acl). Only the sliding
+//! refresh and the device activity report write (`EVAL`).
 
 use super::identity::Identity;
 use super::lookup::{Answer, CalloutProblem, FeedPage, LookupRequest};
+use multitokens_core::activity::{Activity, ActivityReport};
+use multitokens_core::digest::TokenDigest;
 use multitokens_core::keyring::HashKeys;
 use multitokens_core::keys::KeyLayout;
 use multitokens_core::resp::{decode, encode_command, Reply};
 use multitokens_core::scripts::{self, LookupReply, ScriptCall};
+use multitokens_core::token::RoutingTag;
 use multitokens_core::verdict::{evaluate, Verdict};
 
 /// `EVAL_RO LOOKUP n <record key>...`: the record under the first of the token's digests that has
@@ -27,6 +30,19 @@ pub fn lookup_command(keys: &KeyLayout, request: &LookupRequest, eval_ro: bool) 
 pub fn refresh_command(keys: &KeyLayout, request: &LookupRequest) -> Option<Vec<u8>> {
     let ttl_ms = request.refresh_ttl?.saturating_mul(1000);
     Some(eval_command(&scripts::refresh_call(keys, request.tag, &request.digest, ttl_ms), false))
+}
+
+/// `EVAL ACTIVITY 1 <activity key> <seen at> <activity>`: a token's last activity
+/// beside its record; `None` for a report the filter did not make (its tag or digest not hex).
+pub fn activity_command(keys: &KeyLayout, report: &ActivityReport) -> Option<Vec<u8>> {
+    let tag = RoutingTag::from_hex(&report.tag)?;
+    let digest = TokenDigest::from_hex(&report.digest)?;
+    let activity = Activity {
+        seen_at_ms: report.seen_at_ms,
+        address: report.address.clone(),
+        user_agent: report.user_agent.clone(),
+    };
+    Some(eval_command(&scripts::activity_call(keys, tag, &digest, &activity), false))
 }
 
 /// `EVAL_RO FEED 1 <feed> <cursor> <page>`: the revocation feed after a cursor (`EVAL` without

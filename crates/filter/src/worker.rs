@@ -1,12 +1,14 @@
 //! The per-VM state every request shares: configuration, verdict cache, revocation feed,
 //! sliding refreshes due, the timer's beat and the throttle.
 
+use super::activity::ActivityLog;
 use super::cache::VerdictCache;
 use super::coalesce::InFlight;
 use super::config::Compiled;
 use super::feed::FeedState;
 use super::lookup::{CalloutProblem, FeedPage, LookupRequest};
 use super::throttle::FailureThrottle;
+use multitokens_core::activity::ActivityReport;
 use std::sync::Arc;
 
 /// What a feed poll's answer did ([`Worker::on_feed_answer`]).
@@ -38,6 +40,8 @@ pub struct Worker {
     pub(crate) last_tick_ms: u64,
     /// Refused tokens per client, when throttling is on.
     pub(crate) throttle: Option<FailureThrottle>,
+    /// Device activity reported and due, when it is on.
+    pub(crate) activity: Option<ActivityLog>,
     /// When expired entries were last purged (ms).
     last_purge_ms: u64,
     /// This VM's id on the feed: the companion counts what each edge has applied.
@@ -74,6 +78,8 @@ pub struct TickWork {
     pub refreshes: Vec<LookupRequest>,
     /// Requests that followed a lookup never answered: they look up again.
     pub look_up_again: Vec<u32>,
+    /// Device activity reports to send.
+    pub activity: Vec<ActivityReport>,
 }
 
 /// Most refreshes waiting for the next tick.
@@ -88,6 +94,8 @@ impl Worker {
             compiled.config.cache.max_negative_entries,
         );
         let throttle = compiled.config.throttle.clone().map(FailureThrottle::new);
+        let interval = compiled.config.activity_interval_ms;
+        let activity = (interval > 0).then(|| ActivityLog::new(interval));
         Worker {
             compiled: Arc::new(compiled),
             cache,
@@ -96,6 +104,7 @@ impl Worker {
             refresh_queue: Vec::new(),
             last_tick_ms: 0,
             throttle,
+            activity,
             last_purge_ms: 0,
             edge_id: new_edge_id(),
             clock_high_ms: 0,
@@ -134,6 +143,7 @@ impl Worker {
             poll_feed: self.feed_poll_due(now),
             refreshes: std::mem::take(&mut self.refresh_queue),
             look_up_again,
+            activity: self.activity.as_mut().map(ActivityLog::take).unwrap_or_default(),
         }
     }
 
@@ -340,7 +350,10 @@ mod tests {
     #[test]
     fn the_tick_polls_the_feed_once_at_a_time_and_drains_refreshes() {
         let mut w = worker("");
-        assert_eq!(w.on_tick(1000), TickWork { poll_feed: true, refreshes: vec![], look_up_again: vec![] });
+        assert_eq!(
+            w.on_tick(1000),
+            TickWork { poll_feed: true, refreshes: vec![], look_up_again: vec![], activity: vec![] }
+        );
         w.feed_poll_started(7, 1000);
         assert!(!w.on_tick(2000).poll_feed, "one poll under way");
         assert!(!w.on_tick(12_000).poll_feed, "a long poll is held up to 5 s (+ the 500 ms timeout)");

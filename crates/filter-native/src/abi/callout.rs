@@ -17,9 +17,15 @@ pub enum Caller {
     Config(Config),
 }
 
-/// Starts a bodiless HTTP callout to an Envoy cluster; its id (the answer comes to the caller's
-/// `http_callout_done` hook).
-pub fn http_callout(caller: Caller, cluster: &str, headers: &[(&str, &str)], timeout_ms: u64) -> Result<u64, String> {
+/// Starts an HTTP callout to an Envoy cluster (`body` empty: none); its id (the answer comes to
+/// the caller's `http_callout_done` hook).
+pub fn http_callout(
+    caller: Caller,
+    cluster: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout_ms: u64,
+) -> Result<u64, String> {
     let mut views = module_headers(headers);
     let mut id = 0u64;
     let cluster_buffer = ModuleBuffer::of(cluster.as_bytes());
@@ -33,7 +39,8 @@ pub fn http_callout(caller: Caller, cluster: &str, headers: &[(&str, &str)], tim
     // SAFETY: `owner` is the caller's live pointer; every buffer lives for the call; `id` is a
     // valid local Envoy writes to.
     let code = unsafe {
-        send(owner, &mut id, cluster_buffer, views.as_mut_ptr(), views.len(), ModuleBuffer::none(), timeout_ms)
+        let body = if body.is_empty() { ModuleBuffer::none() } else { ModuleBuffer::of(body) };
+        send(owner, &mut id, cluster_buffer, views.as_mut_ptr(), views.len(), body, timeout_ms)
     };
     match code {
         0 => Ok(id),

@@ -33,6 +33,8 @@ pub struct Entry<'a> {
     pub fresh_until: u64,
     /// With `allow_cached`, still usable when the store is down until then (ms).
     pub usable_until: u64,
+    /// Where a valid token's record is stored (`None` for an invalid verdict).
+    pub stored: Option<Stored>,
 }
 
 /// Where a valid token's record is stored: what a sliding refresh and a revocation name.
@@ -322,11 +324,12 @@ impl VerdictCache {
     /// The entry of a token, if any (fresh or not: the caller decides).
     pub fn get(&self, token: &str) -> Option<Entry<'_>> {
         let slot = self.slots.get(self.find(token)?)?;
-        let verdict = match &slot.valid {
-            Some(valid) => Cached::Valid(valid.view()?),
-            None => Cached::Invalid,
+        let (verdict, stored) = match &slot.valid {
+            Some(valid) => (Cached::Valid(valid.view()?), valid.stored()),
+            None => (Cached::Invalid, None),
         };
-        Some(Entry { verdict, fresh_until: self.at(slot.fresh_until), usable_until: self.at(slot.usable_until) })
+        let (fresh_until, usable_until) = (self.at(slot.fresh_until), self.at(slot.usable_until));
+        Some(Entry { verdict, fresh_until, usable_until, stored })
     }
 
     /// Where a cached valid token is stored, if a sliding refresh is due (none in the last

@@ -242,6 +242,15 @@ pub struct FilterConfig {
     /// Failed-attempt throttling per client (off when absent).
     #[serde(default)]
     pub throttle: Option<super::throttle::ThrottleConfig>,
+    /// Device activity: each token's use is reported (when, client address, user agent) on its
+    /// first use and then at most once per this many ms, per worker (per process for the native
+    /// module); 0 reports nothing.
+    #[serde(default = "default_activity_interval_ms")]
+    pub activity_interval_ms: u64,
+}
+
+fn default_activity_interval_ms() -> u64 {
+    300_000
 }
 
 fn default_prefix() -> String {
@@ -437,6 +446,9 @@ impl Compiled {
         }
         if let Some(t) = &config.throttle {
             t.check().map_err(|e| format!("throttle.{e}"))?;
+        }
+        if config.activity_interval_ms != 0 && !(1000..=86_400_000).contains(&config.activity_interval_ms) {
+            return Err("activity_interval_ms: 0 (off) or 1000 to 86400000".into());
         }
         if let Some(r) = &config.refresh_on_use {
             if r.ttl == 0 || r.ttl > multitokens_core::ttl::MAX_TTL_SECS {

@@ -34,6 +34,8 @@ struct RequestInfo {
     strip_authorization: bool,
     /// The client address a lookup of an unchecked token was charged to (refunded when valid).
     charged: Option<Vec<u8>>,
+    /// The `user-agent` header, kept for a lookup's answer when device activity is reported.
+    user_agent: Option<Vec<u8>>,
 }
 
 /// A lookup under way for one request.
@@ -168,7 +170,14 @@ impl HttpFlow {
         {
             return deny(host, &compiled, Denial::CrossSite, Metric::DeniedCrossSite, &[]);
         }
-        let mut request = RequestInfo { methods, route, cookie: cookie.clone(), strip_authorization, charged: None };
+        let mut request = RequestInfo {
+            methods,
+            route,
+            cookie: cookie.clone(),
+            strip_authorization,
+            charged: None,
+            user_agent: None,
+        };
         // a cached token passed the format check when it was cached: look it up first
         if let Some(entry) = worker.cache.get(token) {
             if entry.fresh_until > now {
@@ -181,6 +190,9 @@ impl HttpFlow {
                     Cached::Valid(identity) if worker.feed_is_current(now) => {
                         host.count(Metric::CacheHit);
                         let step = authorize(host, &compiled, identity, source, &request, false);
+                        if let (Step::Continue, Some(stored)) = (step, entry.stored) {
+                            note_activity(host, worker, stored, values("user-agent").next(), now);
+                        }
                         queue_refresh(worker, token, now);
                         return step;
                     }
@@ -208,6 +220,9 @@ impl HttpFlow {
         };
         host.count(Metric::CacheMiss);
         request.charged = charged;
+        if worker.activity.is_some() {
+            request.user_agent = values("user-agent").next().map(<[u8]>::to_vec);
+        }
         self.look_up(host, worker, token.to_string(), tag, source, request, now)
     }
 
@@ -372,6 +387,9 @@ fn accept(
     let refreshed_at = if cfg.refresh_on_use.is_some() { now } else { 0 };
     let r = &p.request;
     let step = authorize(host, &worker.compiled, identity.view(), p.source, r, false);
+    if step == Step::Continue {
+        note_activity(host, worker, Stored { tag: p.tag, digest: p.digest }, r.user_agent.as_deref(), now);
+    }
     if revoked.is_none() {
         return step; // the feed cannot vouch for this answer: use it once, never cache it
     }
@@ -390,6 +408,15 @@ fn no_answer(host: &mut dyn Host, worker: &mut Worker, p: &Pending, problem: Cal
         }
     }
     unavailable(host, worker, &p.token, p.source, &p.request, now)
+}
+
+/// Notes a token's use for the device activity report, when reports are on: the client address
+/// is read only when a report is due.
+fn note_activity(host: &dyn Host, worker: &mut Worker, stored: Stored, user_agent: Option<&[u8]>, now: u64) {
+    let Some(log) = worker.activity.as_mut() else { return };
+    if log.due(&stored.digest, now) {
+        log.note(stored, now, host.client_address().as_deref(), user_agent);
+    }
 }
 
 /// Queues a sliding refresh of a cached token if one is due.
