@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use support::{companion, wasm_path, CompanionServer, RedisServer};
 
+mod activity;
 mod failures;
 mod matrix;
 mod records;

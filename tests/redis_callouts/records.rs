@@ -240,7 +240,10 @@ fn the_redis_callout_build_runs_as_the_gateway_users_which_cannot_write_records(
     for (user, refresh) in [("mt-gateway", false), ("mt-gateway-refresh", true)] {
         let stack = Stack::start(Build::Redis);
         assert!(stack.redis.apply_shipped_acl().contains(&user.to_string()));
-        let mut config = json!({"redis": {"cluster": "redis", "username": user, "password": "change-me-gateway", "timeout_ms": 500}});
+        let mut config = json!({
+            "redis": {"cluster": "redis", "username": user, "password": "change-me-gateway", "timeout_ms": 500},
+            "activity_interval_ms": 1000,
+        });
         if refresh {
             config["refresh_on_use"] = json!({"ttl": 600, "min_interval_ms": 1000});
         }
@@ -261,6 +264,9 @@ fn the_redis_callout_build_runs_as_the_gateway_users_which_cannot_write_records(
             .clone();
         let pttl: i64 = stack.redis.cli(&["PTTL", &key]).trim().parse().unwrap();
         assert_eq!(pttl > 599_000, refresh, "{user}: refreshed iff refresh_on_use ({pttl} ms left)");
+        let activity: Vec<String> =
+            stack.redis.cli(&["--scan", "--pattern", "mt:*:a:*"]).lines().map(str::to_string).collect();
+        assert_eq!(activity.len(), 2, "{user}: device activity is written: {:?}", host.logs());
         stack.cli(&["revoke", &alice]);
         host.tick();
         assert_invalid(&get(&mut host, "/api", &alice));
@@ -291,6 +297,16 @@ fn the_redis_callout_build_runs_as_the_gateway_users_which_cannot_write_records(
                 .arg("mt:")
                 .arg("")
                 .clone(),
+            // the activity selector: a script declaring an activity key still cannot write a record
+            redis::cmd("EVAL")
+                .arg("return redis.call('SET', ARGV[1], ARGV[2])")
+                .arg(1)
+                .arg(&activity[0])
+                .arg(&key)
+                .arg(&forged)
+                .clone(),
+            redis::cmd("EVAL").arg("return redis.call('DEL', ARGV[1])").arg(1).arg(&activity[0]).arg(&key).clone(),
+            redis::cmd("SET").arg(format!("{}x", activity[0].replace(":a:", ":t:"))).arg(&forged).clone(),
             redis::cmd("FLUSHALL").clone(),
             redis::cmd("GET").arg("other:key").clone(),
         ];
