@@ -179,14 +179,22 @@ fn a_drf_app_behind_the_filter_logs_in_authenticates_and_logs_out_three_ways() {
     );
     assert!(direct.challenge.unwrap().starts_with("Bearer"));
 
-    // the user's devices, the current one marked
-    let r = call("GET", "/api/devices", &[("authorization", &bearer(&phone))], None);
+    // the user's devices, the current one marked, with when and where each was last used: the
+    // laptop's first use above is reported on the filter's next tick (1 s)
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = call("GET", "/api/devices", &[("authorization", &bearer(&phone)), ("user-agent", "DevicesPage/1.0")], None);
     let devices = r.body.as_array().unwrap();
     assert_eq!(devices.len(), 3);
     assert_eq!(
         devices.iter().filter(|d| d["current"] == true).map(|d| d["device"].clone()).collect::<Vec<_>>(),
         [json!("phone")]
     );
+    let laptop_row = devices.iter().find(|d| d["device"] == "laptop").unwrap();
+    assert_eq!(laptop_row["last_address"], "127.0.0.1", "{laptop_row}");
+    assert!(laptop_row["last_seen"].as_u64().is_some_and(|t| t > 1_700_000_000), "{laptop_row}");
+    assert!(laptop_row["last_user_agent"].as_str().is_some_and(|a| !a.is_empty()), "{laptop_row}");
+    let tablet_row = devices.iter().find(|d| d["device"] == "tablet").unwrap();
+    assert!(tablet_row["last_seen"].is_null(), "never used through Envoy: {tablet_row}");
     // a suspended device is listed as such (and refused)
     let tablet_id = devices.iter().find(|d| d["device"] == "tablet").unwrap()["id"].as_str().unwrap().to_string();
     let suspend = |suspended: bool| {

@@ -15,6 +15,7 @@ use support::{
     free_port, wait_for_port, Build, CompanionServer, Envoy, EnvoyConfig, HttpReply, RedisServer, TEST_HASH_KEY,
 };
 
+mod activity;
 mod ext_authz;
 mod faults;
 mod hostile;

@@ -71,7 +71,10 @@ def devices(request):
     current = token_context(request)["token_id"]
     return Response([
         {"id": t["id"], "device": t["device"], "created": t["created"], "current": t["id"] == current,
-         "suspended": t.get("suspended", False)}
+         "suspended": t.get("suspended", False),
+         # device activity as the edge saw it (absent until the token is first used through Envoy)
+         "last_seen": t.get("last_seen"), "last_address": t.get("last_address"),
+         "last_user_agent": t.get("last_user_agent")}
         for t in tokens
     ])
 

@@ -401,3 +401,52 @@ fn a_wrong_key_is_told_which_key_the_endpoint_needs_and_the_feed_starts_at_0() {
     assert_eq!(r.status, 400);
     assert!(r.body["detail"].as_str().unwrap().contains("give 0 for the beginning"), "{}", r.body);
 }
+
+#[test]
+fn internal_activity_is_written_for_live_tokens_only_and_malformed_batches_are_refused() {
+    let redis = RedisServer::start();
+    let api = Api::start(&redis.url());
+    let (_, issued, _) = api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "eve", "device": "tablet"})));
+    let token = issued["token"].as_str().unwrap();
+    let store = api.runtime.block_on(async { store_at(&redis.url(), policy(), None) });
+    let (tag, digest) = store.digest_of(token).unwrap();
+    let internal = format!("Bearer {INTERNAL}");
+    let report = |seen: u64, address: &str, agent: &str| json!({"tag": tag.to_hex(), "digest": digest.to_hex(), "seen_at_ms": seen, "address": address, "user_agent": agent});
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let path = "/v1/internal/activity";
+    // only the internal key writes activity
+    for key in [None, Some(format!("Bearer {ADMIN}"))] {
+        let (status, _, _) =
+            api.call("POST", path, key.as_deref(), Some(json!({"reports": [report(now, "192.0.2.1", "x")]})));
+        assert!(status == 401 || status == 403, "{key:?}: {status}");
+    }
+    let unknown = json!({"tag": tag.to_hex(), "digest": "ab".repeat(32), "seen_at_ms": now});
+    let (status, v, _) =
+        api.call("POST", path, Some(&internal), Some(json!({"reports": [report(now, "192.0.2.1", "app/1"), unknown]})));
+    assert_eq!((status, v["recorded"].clone()), (200, json!(1)), "no activity for a token that is not live: {v}");
+    // an older report does not overwrite a newer one
+    let (_, v, _) =
+        api.call("POST", path, Some(&internal), Some(json!({"reports": [report(now - 1000, "192.0.2.2", "old/0")]})));
+    assert_eq!(v["recorded"], 0, "{v}");
+    let (_, list, _) = api.call("GET", "/v1/users/eve/tokens", admin(), None);
+    let t = &list[0];
+    assert_eq!((t["last_address"].clone(), t["last_user_agent"].clone()), (json!("192.0.2.1"), json!("app/1")), "{t}");
+    assert_eq!(t["last_seen"], now / 1000, "{t}");
+    // what an edge never sends is refused whole, naming the rule
+    let many: Vec<Value> = (0..31).map(|_| report(now, "192.0.2.1", "a")).collect();
+    for (bad, what) in [
+        (json!({"reports": many}), "31 reports"),
+        (json!({"reports": [report(now, "192.0.2.1:80", "a")]}), "an address with a port"),
+        (json!({"reports": [report(now, "192.0.2.1", "a\r\nb")]}), "a user agent with control bytes"),
+        (json!({"reports": [report(now, "not-an-ip", "a")]}), "no IP address"),
+        (json!({"reports": [{"tag": "zz", "digest": digest.to_hex(), "seen_at_ms": now}]}), "a tag not hex"),
+        (json!({"reports": [], "extra": 1}), "an unknown field"),
+        (json!({"reports": [report(now, "192.0.2.1", "a")], "user": "eve"}), "a user field"),
+    ] {
+        let (status, v, _) = api.call("POST", path, Some(&internal), Some(bad));
+        assert_eq!(status, 400, "{what}: {v}");
+        assert!(v["detail"].is_string(), "{what}: {v}");
+    }
+    let (_, list, _) = api.call("GET", "/v1/users/eve/tokens", admin(), None);
+    assert_eq!(list[0]["last_user_agent"], "app/1", "nothing refused was written");
+}
