@@ -142,6 +142,10 @@ pub struct LookupAnswer {
     /// `previous`. Revocations are published under it, so the filter caches the verdict by it.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub stored_under: usize,
+    /// The JWK SHA-256 thumbprint of the key the token is bound to (DPoP), when it is bound: the
+    /// filter then accepts it only with a proof made with that key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop_jkt: Option<String>,
 }
 
 fn is_zero(n: &usize) -> bool {

@@ -286,6 +286,7 @@ mod tests {
             lifetime_ms: None,
             token_hash: Some(hex::encode(crate::digest::token_hash(&t))),
             suspended: false,
+            cnf: None,
         }
         .to_json()
         .unwrap();

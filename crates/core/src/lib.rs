@@ -5,6 +5,7 @@ pub mod activity;
 pub mod contract;
 pub mod credential;
 pub mod digest;
+pub mod dpop;
 pub mod keyring;
 pub mod keys;
 pub mod record;

@@ -44,6 +44,26 @@ pub struct TokenRecord {
     /// of the record, which could undo a revoke too).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspended: bool,
+    /// The key the token is bound to (DPoP, RFC 9449): only requests with a proof made with it
+    /// are accepted. Under the seal, so write access to Redis cannot unbind a token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+}
+
+/// A token's proof-of-possession key (RFC 7800's `cnf`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Confirmation {
+    /// The JWK SHA-256 thumbprint (RFC 7638), base64url.
+    pub jkt: String,
+}
+
+impl TokenRecord {
+    /// The key the token is bound to, if it is bound; a `cnf` that names no thumbprint binds it to
+    /// a key nobody holds (refused everywhere), never to none.
+    pub fn bound_to(&self) -> Option<crate::dpop::Thumbprint> {
+        self.cnf.as_ref().map(|c| crate::dpop::Thumbprint::from_b64(&c.jkt).unwrap_or(crate::dpop::Thumbprint([0; 32])))
+    }
 }
 
 impl TokenRecord {
@@ -76,6 +96,7 @@ mod tests {
             expires_at: None,
             token_hash: None,
             suspended: false,
+            cnf: None,
         };
         assert_eq!(TokenRecord::from_json(r.to_json().unwrap().as_bytes()).unwrap(), r);
         let newer = br#"{"id":"x","user":"u","created":1,"future":true}"#;

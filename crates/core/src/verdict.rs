@@ -113,6 +113,7 @@ mod tests {
             lifetime_ms: None,
             token_hash: None,
             suspended: false,
+            cnf: None,
         }
         .to_json()
         .unwrap()
