@@ -11,6 +11,7 @@ use super::server::{self, ServeError, KEY_DIFFERS};
 use super::settings::{Settings, SettingsLayer};
 use super::store::{IssueRequest, KeyCheck, Revocation, TokenStore};
 use clap::{Parser, Subcommand};
+use multitokens_core::dpop::Thumbprint;
 use multitokens_core::ttl::TokenTtl;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -53,6 +54,9 @@ pub enum Command {
         /// A scope granted to the token (repeatable).
         #[arg(long = "scope", value_name = "SCOPE")]
         scopes: Vec<String>,
+        /// Bind the token to a key (DPoP): the key's JWK SHA-256 thumbprint (RFC 7638, base64url).
+        #[arg(long, value_name = "JKT", value_parser = parse_jkt)]
+        dpop_jkt: Option<Thumbprint>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -276,14 +280,15 @@ async fn execute(command: Command, settings: Settings) -> Result<(), Failure> {
     }
     let store = TokenStore::from_settings(&settings)?;
     match command {
-        Command::Issue { user, device, ttl, scopes, json } => {
+        Command::Issue { user, device, ttl, scopes, dpop_jkt, json } => {
             if store.check_hash_key().await? == KeyCheck::Differs {
                 return Err(usage(KEY_DIFFERS));
             }
             if !store.check_signing().await? {
                 return Err(usage(super::server::UNSIGNED_IN_SIGNED_STORE));
             }
-            let issued = store.issue(IssueRequest { user, device, ttl, scopes }, &Origin::new(Actor::Cli)).await?;
+            let request = IssueRequest { user, device, ttl, scopes, bound_to: dpop_jkt };
+            let issued = store.issue(request, &Origin::new(Actor::Cli)).await?;
             print(&if json { to_json(&issued)? } else { issued.token })
         }
         Command::Whoami { token, json } => {
@@ -475,4 +480,9 @@ pub fn main() -> ExitCode {
             f.exit.into()
         }
     }
+}
+
+/// A `--dpop-jkt` value.
+fn parse_jkt(text: &str) -> Result<Thumbprint, String> {
+    Thumbprint::from_b64(text).ok_or_else(|| "not a JWK SHA-256 thumbprint (43 base64url characters)".into())
 }

@@ -1,6 +1,7 @@
 //! Admin endpoints (an admin key): issue tokens, list and revoke a user's, read the audit trail.
 
 use super::*;
+use multitokens_core::dpop::{self, Thumbprint};
 
 /// A login: the user, and optionally the device label, this token's lifetime and its scopes.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -26,6 +27,57 @@ pub(crate) struct IssueBody {
     #[serde(default)]
     #[schema(schema_with = crate::openapi::scopes_schema)]
     scopes: Vec<String>,
+    /// Bind the token to a key (DPoP, RFC 9449): the key's JWK SHA-256 thumbprint (RFC 7638),
+    /// 43 base64url characters. Every request with the token then needs a proof made with it.
+    #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_-]{43}$")]
+    dpop_jkt: Option<String>,
+    /// Bind the token to the key of the DPoP proof the client sent with its login: the proof as
+    /// received, and the method and URI of the login request it was made for.
+    #[serde(default)]
+    dpop: Option<LoginProof>,
+}
+
+/// A DPoP proof sent with a login, as the application received it.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LoginProof {
+    /// The `DPoP` header's value.
+    proof: String,
+    /// The login request's method.
+    method: String,
+    /// The login request's URI as the client sent it (scheme, authority, path).
+    uri: String,
+}
+
+/// How far a login proof's `iat` may be from now (seconds).
+const LOGIN_PROOF_WINDOW_S: u64 = 60;
+
+/// The key a login binds its token to: the thumbprint given, the key of the proof (which must
+/// verify for the login request), both if they agree, or none.
+fn binding(jkt: Option<&str>, proof: Option<&LoginProof>) -> Result<Option<Thumbprint>, ApiError> {
+    let bad = |detail: String| ApiError::new(StatusCode::BAD_REQUEST, detail);
+    let given = jkt
+        .map(|j| {
+            Thumbprint::from_b64(j).ok_or_else(|| bad("dpop_jkt: not a JWK SHA-256 thumbprint (43 base64url)".into()))
+        })
+        .transpose()?;
+    let proven = proof
+        .map(|p| {
+            let request = dpop::Request {
+                method: &p.method,
+                uri: &p.uri,
+                token: None,
+                now_s: crate::clock::now_secs(),
+                window_s: LOGIN_PROOF_WINDOW_S,
+            };
+            dpop::verify(p.proof.as_bytes(), &request).map(|v| v.jkt).map_err(|e| bad(format!("dpop: {e}")))
+        })
+        .transpose()?;
+    match (given, proven) {
+        (Some(g), Some(p)) if g != p => Err(bad("dpop_jkt: not the thumbprint of the dpop proof's key".into())),
+        (g, p) => Ok(g.or(p)),
+    }
 }
 
 /// Issues a token for a user (logs one device in).
@@ -39,9 +91,9 @@ pub(crate) async fn issue(
     State(store): State<Arc<TokenStore>>,
     JsonBody(body): JsonBody<IssueBody>,
 ) -> Result<Response, ApiError> {
-    let issued = store
-        .issue(IssueRequest { user: body.user, device: body.device, ttl: body.ttl, scopes: body.scopes }, &origin)
-        .await?;
+    let bound_to = binding(body.dpop_jkt.as_deref(), body.dpop.as_ref())?;
+    let request = IssueRequest { user: body.user, device: body.device, ttl: body.ttl, scopes: body.scopes, bound_to };
+    let issued = store.issue(request, &origin).await?;
     Ok((StatusCode::CREATED, Json(issued)).into_response())
 }
 

@@ -55,6 +55,7 @@ pub(crate) async fn internal_lookup(
         expires_in_ms: info.expires_in_ms,
         id: Some(info.id),
         stored_under,
+        dpop_jkt: info.dpop_jkt,
     })
     .into_response())
 }

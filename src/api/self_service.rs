@@ -33,12 +33,15 @@ pub(crate) struct Introspection {
     /// Scopes, space-separated.
     #[serde(skip_serializing_if = "Option::is_none")]
     scope: Option<String>,
-    /// Always `Bearer`.
+    /// `Bearer`, or `DPoP` for a token bound to a key.
     #[serde(skip_serializing_if = "Option::is_none")]
     token_type: Option<String>,
     /// The token's public id.
     #[serde(skip_serializing_if = "Option::is_none")]
     jti: Option<String>,
+    /// The key a DPoP-bound token is bound to (RFC 9449 §6.2: `{"jkt": <thumbprint>}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cnf: Option<multitokens_core::record::Confirmation>,
 }
 
 impl Introspection {
@@ -53,6 +56,7 @@ impl Introspection {
             scope: None,
             token_type: None,
             jti: None,
+            cnf: None,
         }
     }
 }
@@ -97,8 +101,9 @@ pub(crate) async fn introspect(
                 iat: Some(info.created),
                 exp: info.expires_in.map(|secs| now + secs),
                 scope: Some(info.scopes.join(" ")),
-                token_type: Some("Bearer".into()),
+                token_type: Some(if info.dpop_jkt.is_some() { "DPoP" } else { "Bearer" }.into()),
                 jti: Some(info.id),
+                cnf: info.dpop_jkt.map(|jkt| multitokens_core::record::Confirmation { jkt }),
             })
             .into_response())
         }

@@ -96,6 +96,8 @@ pub struct IssueRequest {
     pub ttl: Option<TokenTtl>,
     /// Scopes granted.
     pub scopes: Vec<String>,
+    /// The key the token is bound to (DPoP): refused without a proof made with it.
+    pub bound_to: Option<multitokens_core::dpop::Thumbprint>,
 }
 
 /// A freshly issued token (the only time the token itself is ever returned).
@@ -159,6 +161,9 @@ pub struct TokenInfo {
     /// The user agent it was last used with (control characters removed, at most 256 bytes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_user_agent: Option<String>,
+    /// The JWK SHA-256 thumbprint of the key the token is bound to (DPoP; absent: a bearer token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dpop_jkt: Option<String>,
 }
 
 /// A live record of a user, as listed: its digest, its stored value, what it says.
@@ -172,6 +177,7 @@ impl TokenInfo {
     fn from_valid(v: ValidToken) -> Self {
         let (expires_in, expires_in_ms) = (v.expires_in(), v.expires_in_ms);
         let r = v.record;
+        let dpop_jkt = r.bound_to().map(|t| t.to_b64());
         TokenInfo {
             id: r.id,
             user: r.user,
@@ -184,6 +190,7 @@ impl TokenInfo {
             last_seen: None,
             last_address: None,
             last_user_agent: None,
+            dpop_jkt,
         }
     }
 }

@@ -39,6 +39,7 @@ impl TokenStore {
                 lifetime_ms: ttl.seconds().map(|s| s * 1000),
                 token_hash: hasher.is_keyed().then(|| hex::encode(multitokens_core::digest::token_hash(&token))),
                 suspended: false,
+                cnf: req.bound_to.map(|t| multitokens_core::record::Confirmation { jkt: t.to_b64() }),
             };
             let json = self.hash_keys.seal(&digest, record.to_json()?);
             let reply: Vec<Value> = self
