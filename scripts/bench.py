@@ -132,9 +132,8 @@ def main():
     bursts = burst(companion_port, stock)
     scenarios.update(bursts)
     mix = realistic_mix(companion_port, stock)
-    scenarios["mix_filter"] = {k: mix["mix_filter"][k] for k in ("rps", "p50_ms", "p99_ms", "errors", "envoy_cpu_us_per_req")}
-    scenarios["mix_native"] = {k: mix["mix_native"][k] for k in ("rps", "p50_ms", "p99_ms", "errors", "envoy_cpu_us_per_req")}
-    scenarios["mix_ext_authz"] = {k: mix["mix_ext_authz"][k] for k in ("rps", "p50_ms", "p99_ms", "errors", "envoy_cpu_us_per_req")}
+    for name, result in mix.items():
+        scenarios[name] = {k: result[k] for k in ("rps", "p50_ms", "p99_ms", "errors", "envoy_cpu_us_per_req")}
     revocation = revocation_latency(companion_port, stock, valid_file)
     revocation_native = revocation_latency(companion_port, stock, valid_file, native=True)
     per_user = per_user_cost(redis_port)

@@ -71,14 +71,16 @@ fi
 
 # Istio's CRD schemas (WasmPlugin) as the kubernetes-models project publishes them, from npm,
 node_dir="$tools/node"
-# and Express with method-override: the upstream that folds case, trailing slashes and method
-# overrides, which the scope rules are tested against
+# Express with method-override: the upstream that folds case, trailing slashes and method
+# overrides, which the scope rules are tested against; and panva's dpop and jose, the DPoP client
+# whose proofs the edge is tested with
 if [ ! -d "$node_dir/node_modules/@kubernetes-models/istio" ] || [ ! -d "$node_dir/node_modules/yaml" ] \
-   || [ ! -d "$node_dir/node_modules/express" ] || [ ! -d "$node_dir/node_modules/method-override" ]; then
-  echo "install-tools: installing @kubernetes-models/istio, yaml, express and method-override from npm into .tools/node"
+   || [ ! -d "$node_dir/node_modules/express" ] || [ ! -d "$node_dir/node_modules/method-override" ] \
+   || [ ! -d "$node_dir/node_modules/dpop" ] || [ ! -d "$node_dir/node_modules/jose" ]; then
+  echo "install-tools: installing @kubernetes-models/istio, yaml, express, method-override, dpop and jose from npm into .tools/node"
   mkdir -p "$node_dir"
   npm install --silent --no-audit --no-fund --prefix "$node_dir" "@kubernetes-models/istio@3.0.1" "yaml@2.8.1" \
-    "express@4.22.3" "method-override@3.0.0" >/dev/null
+    "express@4.22.3" "method-override@3.0.0" "dpop@2.1.2" "jose@6.2.19" >/dev/null
 fi
 
 # the Django REST framework example (examples/django/requirements.txt, pinned)

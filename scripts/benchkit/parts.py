@@ -37,8 +37,12 @@ def realistic_mix(companion_port, wasm):
     bad_file = write_lines("mix-bad.txt", mint_tokens(10000))
     order = list(range(len(hot)))
     results = {}
+    # device activity is on by default (5 min); `*_activity_off` is the same filter without it
+    off = filter_config(20000, activity_interval_ms=0)
     mixes = [("mix_filter", wasm_filter("multitokens", wasm, filter_config(20000))),
-             ("mix_native", native_filter(filter_config(20000))), ("mix_ext_authz", ext_authz_filter())]
+             ("mix_filter_activity_off", wasm_filter("multitokens", wasm, off)),
+             ("mix_native", native_filter(filter_config(20000))),
+             ("mix_native_activity_off", native_filter(off)), ("mix_ext_authz", ext_authz_filter())]
     for name, filters in mixes:
         e = Envoy(name, filters, companion_port, concurrency=2)
         e.ready()
@@ -46,8 +50,8 @@ def realistic_mix(companion_port, wasm):
         # the hot tokens are cached before measuring: on both workers for the wasm filter (a
         # connection lands on one worker, so the rotation runs until both hold nearly all of them),
         # once for the native module (one cache per process); ext_authz caches nothing
-        stat = STAT_PREFIX.get(name, "")
-        caches = 2 if name == "mix_filter" else 1
+        stat = STAT_PREFIX.get(name.removesuffix("_activity_off"), "")
+        caches = 2 if name.startswith("mix_filter") else 1
         warmed = 0
         for _ in range(8):
             wrk(e.port, max(WARMUP, 3), env={"TOKENS_FILE": str(hot_file)})
@@ -93,6 +97,7 @@ def realistic_mix(companion_port, wasm):
             "revocations": len(latencies), "revoke_p50_ms": pick(0.5), "revoke_p99_ms": pick(0.99), "revoke_max_ms": pick(1.0),
             "lookups": d(f"{stat}cache_miss") - d(f"{stat}lookup_shared"),
             "cached_before": warmed,
+            "activity_reported": d(f"{stat}activity_reported"),
         }
         log(f"{name}: {result['rps']:.0f} req/s, p99 {result['p99_ms']:.2f} ms, {len(latencies)} revocations, revoke p99 {pick(0.99)} ms")
         e.proc.terminate()

@@ -16,6 +16,7 @@ use support::{
 };
 
 mod activity;
+mod dpop;
 mod ext_authz;
 mod faults;
 mod hostile;

@@ -17,6 +17,7 @@ use std::time::Duration;
 use support::{companion, wasm_path, CompanionServer, RedisServer};
 
 mod activity;
+mod dpop;
 mod failures;
 mod matrix;
 mod records;

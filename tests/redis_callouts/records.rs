@@ -206,6 +206,7 @@ fn a_record_forged_with_everything_a_gateway_holds_is_refused_in_both_builds() {
                 lifetime_ms: None,
                 token_hash: Some(hex::encode(multitokens_core::digest::token_hash(&token))),
                 suspended: false,
+                cnf: None,
             }
             .to_json()
             .unwrap();

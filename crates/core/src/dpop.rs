@@ -4,7 +4,8 @@
 //! functions: the edge and the companion check proofs alike.
 //!
 //! Algorithms: `ES256` (P-256, what browsers' WebCrypto makes as a non-extractable key) and
-//! `EdDSA` (Ed25519). Nothing else: `none` and HMAC algorithms can never prove possession of a
+//! Ed25519, as `EdDSA` or by its fully-specified name `Ed25519` (RFC 9864, which panva's `dpop`
+//! client sends). Nothing else: `none` and HMAC algorithms can never prove possession of a
 //! key pair, and RSA keys cost an edge ten times the verification time for no binding strength a
 //! device needs.
 
@@ -29,8 +30,8 @@ pub enum ProofError {
     /// `typ` is not `dpop+jwt`.
     #[error("the DPoP proof's typ is not dpop+jwt")]
     Type,
-    /// `alg` is not ES256 or EdDSA (`none`, HMAC, RSA, anything else).
-    #[error("the DPoP proof's alg is not ES256 or EdDSA")]
+    /// `alg` is not ES256, EdDSA or Ed25519 (`none`, HMAC, RSA, anything else).
+    #[error("the DPoP proof's alg is not ES256, EdDSA or Ed25519")]
     Algorithm,
     /// The `jwk` header is missing, not a public key of `alg`'s kind, or holds a private key.
     #[error("the DPoP proof's jwk is not a public key for its alg")]
@@ -100,6 +101,15 @@ impl Thumbprint {
     }
 }
 
+/// The algorithms proofs may use, as the challenge lists them.
+pub const ALGORITHMS: &str = "ES256 EdDSA Ed25519";
+
+/// The `WWW-Authenticate` challenge refusing a DPoP request: `error` is `invalid_dpop_proof` (the
+/// proof), `invalid_token` (a bound token sent as a bearer token) or `use_dpop_nonce`.
+pub fn challenge(error: &str) -> String {
+    format!(r#"{SCHEME} algs="{ALGORITHMS}", error="{error}""#)
+}
+
 /// `ath`: the base64url SHA-256 of the access token.
 pub fn token_hash(token: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes()))
@@ -159,7 +169,7 @@ impl Jwk {
                 let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{y}"}}"#, self.x);
                 Ok((Key::P256(key), Thumbprint(Sha256::digest(canonical).into())))
             }
-            ("EdDSA", "OKP", "Ed25519", None) => {
+            ("EdDSA" | "Ed25519", "OKP", "Ed25519", None) => {
                 let key =
                     ed25519_dalek::VerifyingKey::from_bytes(&coordinate(&self.x)?).map_err(|_| ProofError::Key)?;
                 let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#, self.x);
@@ -228,7 +238,7 @@ pub fn verify(proof: &[u8], request: &Request<'_>) -> Result<Proof, ProofError> 
     if !header.typ.eq_ignore_ascii_case("dpop+jwt") {
         return Err(ProofError::Type);
     }
-    if header.alg != "ES256" && header.alg != "EdDSA" {
+    if !matches!(header.alg.as_str(), "ES256" | "EdDSA" | "Ed25519") {
         return Err(ProofError::Algorithm);
     }
     let (key, jkt) = header.jwk.key(&header.alg)?;

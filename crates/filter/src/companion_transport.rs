@@ -6,6 +6,7 @@ use super::identity::Identity;
 use super::lookup::{Answer, CalloutProblem, FeedPage, LookupRequest};
 use multitokens_core::activity::{ActivityBatch, ActivityReport};
 use multitokens_core::contract::{FeedQuery, LookupAnswer, ACTIVITY_PATH};
+use multitokens_core::dpop::Thumbprint;
 
 /// A call to the companion's internal endpoints, as every shell sends it: the Envoy cluster it
 /// goes through, its method, path, headers, body and timeout.
@@ -80,8 +81,12 @@ pub fn parse_answer(status: Option<u32>, body: &[u8]) -> Result<Answer, CalloutP
                 (Some(user), Some(id)) if !user.is_empty() => {
                     // milliseconds when the companion gives them, else whole seconds
                     let left = reply.expires_in_ms.or(reply.expires_in.map(|s| s.saturating_mul(1000)));
+                    // a binding that names no key binds the token to a key nobody holds, never to none
+                    let bound_to =
+                        reply.dpop_jkt.as_deref().map(|jkt| Thumbprint::from_b64(jkt).unwrap_or(Thumbprint([0; 32])));
                     let identity = Identity::new(user, reply.device.unwrap_or_default(), reply.scopes, id)
-                        .map_err(|e| CalloutProblem::BadResponse(format!("lookup body: {e}")))?;
+                        .map_err(|e| CalloutProblem::BadResponse(format!("lookup body: {e}")))?
+                        .bound(bound_to);
                     Ok(match reply.stored_under {
                         0 => Answer::Valid(identity, left),
                         n => Answer::ValidUnderPrevious(identity, left, n - 1),

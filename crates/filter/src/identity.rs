@@ -1,5 +1,6 @@
 //! Who a valid token belongs to: what the filter sets upstream and caches.
 
+use multitokens_core::dpop::Thumbprint;
 use multitokens_core::user::{validate_scopes, InputError};
 
 /// Who a valid token belongs to, as a lookup answered it.
@@ -13,6 +14,8 @@ pub struct Identity {
     pub scopes: String,
     /// Public token id.
     pub id: String,
+    /// The key the token is bound to (DPoP): accepted only with a proof made with it.
+    pub bound_to: Option<Thumbprint>,
 }
 
 impl Identity {
@@ -21,12 +24,23 @@ impl Identity {
     /// otherwise grant `admin`.
     pub fn new(user: String, device: String, scopes: Vec<String>, id: String) -> Result<Self, InputError> {
         validate_scopes(&scopes)?;
-        Ok(Identity { user, device, scopes: scopes.join(" "), id })
+        Ok(Identity { user, device, scopes: scopes.join(" "), id, bound_to: None })
+    }
+
+    /// The identity of a token bound to `key` (DPoP), or of a bearer token (`None`).
+    pub fn bound(self, key: Option<Thumbprint>) -> Self {
+        Identity { bound_to: key, ..self }
     }
 
     /// The identity as borrowed strings.
     pub fn view(&self) -> IdentityView<'_> {
-        IdentityView { user: &self.user, device: &self.device, scopes: &self.scopes, id: &self.id }
+        IdentityView {
+            user: &self.user,
+            device: &self.device,
+            scopes: &self.scopes,
+            id: &self.id,
+            bound_to: self.bound_to,
+        }
     }
 }
 
@@ -41,6 +55,8 @@ pub struct IdentityView<'a> {
     pub scopes: &'a str,
     /// Public token id.
     pub id: &'a str,
+    /// The key the token is bound to (DPoP).
+    pub bound_to: Option<Thumbprint>,
 }
 
 impl IdentityView<'_> {

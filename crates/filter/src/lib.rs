@@ -13,6 +13,7 @@ pub mod coalesce;
 pub mod companion_transport;
 pub mod config;
 pub mod csrf;
+pub mod dpop;
 pub mod edge;
 pub mod feed;
 pub mod flow;

@@ -69,6 +69,9 @@ metrics! {
     DeniedForged => "multitokens.denied_forged",
     /// Denied: an unsafe request authenticated by the cookie, sent from another site (403, no lookup).
     DeniedCrossSite => "multitokens.denied_cross_site",
+    /// Denied: a DPoP proof missing, doubled, not verifying (no lookup then), of another key than
+    /// the token is bound to, or replayed; or a bound token sent as a bearer token (401).
+    DeniedDpop => "multitokens.denied_dpop",
     /// Device activity reports sent to the store (at most one per token per `activity_interval_ms`).
     ActivityReported => "multitokens.activity_reported",
 }

@@ -105,8 +105,10 @@ pub fn parse_lookup(
         Verdict::Valid(v) => {
             let left = v.expires_in_ms;
             let r = v.record;
+            let bound_to = r.bound_to();
             let identity = Identity::new(r.user, r.device, r.scopes, r.id)
-                .map_err(|e| CalloutProblem::BadResponse(format!("lookup record: {e}")))?;
+                .map_err(|e| CalloutProblem::BadResponse(format!("lookup record: {e}")))?
+                .bound(bound_to);
             Ok(match at {
                 0 => Answer::Valid(identity, left),
                 previous => Answer::ValidUnderPrevious(identity, left, previous - 1),
@@ -162,6 +164,7 @@ mod tests {
         req.digest = keys.current().digest("mt_x");
         let record = TokenRecord {
             suspended: false,
+            cnf: None,
             id: "i".into(),
             user: "u".into(),
             device: "d".into(),

@@ -31,6 +31,11 @@ pub enum Denial {
     CrossSite,
     /// Too many refused tokens from this client: 429, retry after that many seconds.
     Throttled(u64),
+    /// A DPoP proof missing, doubled, not verifying, of another key or replayed: 401
+    /// `invalid_dpop_proof`.
+    DpopProof,
+    /// A token bound to a key sent as a bearer token: 401 `invalid_token` with the DPoP challenge.
+    DpopBearer,
 }
 
 /// The replies that do not vary per request, built once at configure time.
@@ -60,9 +65,13 @@ impl FixedReplies {
             Denial::Invalid => Some(&self.invalid),
             Denial::Unavailable => Some(&self.unavailable),
             Denial::BadPath => Some(&self.bad_path),
-            Denial::Scope | Denial::CrossSite | Denial::Throttled(_) => None,
+            Denial::Scope | Denial::CrossSite | Denial::Throttled(_) | Denial::DpopProof | Denial::DpopBearer => None,
         }
     }
+}
+
+fn dpop_challenge(error: &str) -> (String, String) {
+    ("www-authenticate".to_string(), multitokens_core::dpop::challenge(error))
 }
 
 fn json_body(detail: &str) -> String {
@@ -96,6 +105,8 @@ pub fn deny(denial: Denial, realm: &str, missing: &[&str]) -> LocalReply {
         Denial::Throttled(seconds) => {
             reply(429, vec![json, ("retry-after".to_string(), seconds.to_string())], &contract::throttled(seconds))
         }
+        Denial::DpopProof => reply(401, vec![json, dpop_challenge("invalid_dpop_proof")], contract::INVALID_TOKEN),
+        Denial::DpopBearer => reply(401, vec![json, dpop_challenge("invalid_token")], contract::INVALID_TOKEN),
     }
 }
 
@@ -122,6 +133,13 @@ mod tests {
             (429, r#"{"detail":"Request was throttled. Expected available in 7 seconds."}"#)
         );
         assert!(r.headers.contains(&("retry-after".into(), "7".into())));
+        let r = deny(Denial::DpopProof, "api", &[]);
+        assert_eq!((r.status, r.body.as_str()), (401, r#"{"detail":"Invalid token."}"#));
+        assert!(r.headers.contains(&(
+            "www-authenticate".into(),
+            r#"DPoP algs="ES256 EdDSA Ed25519", error="invalid_dpop_proof""#.into()
+        )));
+        assert!(deny(Denial::DpopBearer, "api", &[]).headers[1].1.ends_with(r#"error="invalid_token""#));
         assert_eq!(
             (deny(Denial::BadPath, "api", &[]).status, deny(Denial::BadPath, "api", &[]).body.as_str()),
             (400, r#"{"detail":"Malformed request path."}"#)

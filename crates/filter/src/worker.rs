@@ -42,6 +42,8 @@ pub struct Worker {
     pub(crate) throttle: Option<FailureThrottle>,
     /// Device activity reported and due, when it is on.
     pub(crate) activity: Option<ActivityLog>,
+    /// DPoP proof ids seen within their window.
+    pub(crate) seen_proofs: super::dpop::SeenProofs,
     /// When expired entries were last purged (ms).
     last_purge_ms: u64,
     /// This VM's id on the feed: the companion counts what each edge has applied.
@@ -105,6 +107,7 @@ impl Worker {
             last_tick_ms: 0,
             throttle,
             activity,
+            seen_proofs: Default::default(),
             last_purge_ms: 0,
             edge_id: new_edge_id(),
             clock_high_ms: 0,

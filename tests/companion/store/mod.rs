@@ -33,6 +33,7 @@ async fn issue_whoami_and_the_first_flag() {
                 device: Some("laptop".into()),
                 ttl: None,
                 scopes: vec!["read".into(), "write".into()],
+                bound_to: None,
             },
             &Origin::companion(),
         )

@@ -247,6 +247,9 @@ pub struct FilterConfig {
     /// module); 0 reports nothing.
     #[serde(default = "default_activity_interval_ms")]
     pub activity_interval_ms: u64,
+    /// DPoP: how proofs for tokens bound to a key are checked.
+    #[serde(default)]
+    pub dpop: super::dpop::DpopConfig,
 }
 
 fn default_activity_interval_ms() -> u64 {
@@ -447,6 +450,7 @@ impl Compiled {
         if let Some(t) = &config.throttle {
             t.check().map_err(|e| format!("throttle.{e}"))?;
         }
+        config.dpop.check().map_err(|e| format!("dpop.{e}"))?;
         if config.activity_interval_ms != 0 && !(1000..=86_400_000).contains(&config.activity_interval_ms) {
             return Err("activity_interval_ms: 0 (off) or 1000 to 86400000".into());
         }
@@ -462,6 +466,9 @@ impl Compiled {
             return Err("accept_legacy_tokens: false needs hash_key (the MAC in tokens is checked with it)".into());
         }
         config.schemes = config.schemes.iter().map(|s| s.to_ascii_lowercase()).collect();
+        if !config.schemes.iter().any(|s| s == "dpop") {
+            config.schemes.push("dpop".into()); // bound tokens come with it
+        }
         let previous: Vec<&[u8]> = config.previous_hash_keys.iter().map(|k| k.as_bytes()).collect();
         let hash_keys = HashKeys::new(config.hash_key.as_deref().map(str::as_bytes), &previous)
             .map_err(|e| format!("previous_hash_keys: {e}"))?

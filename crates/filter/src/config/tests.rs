@@ -8,7 +8,7 @@ const MINIMAL: &str = r#"{"companion": {"cluster": "mt", "api_key": "k"}}"#;
 fn minimal_config_gets_the_documented_defaults() {
     let c = Compiled::parse(MINIMAL.as_bytes()).unwrap();
     assert_eq!(c.config.prefix, "mt");
-    assert_eq!(c.config.schemes, vec!["bearer", "token"]);
+    assert_eq!(c.config.schemes, vec!["bearer", "token", "dpop"], "DPoP-bound tokens come with the DPoP scheme");
     assert_eq!(c.config.failure_mode, FailureMode::Deny);
     assert!(c.config.strip_credential);
     assert_eq!((c.poll_ms(), c.feed_wait_ms(), c.feed_timeout_ms()), (1000, 5000, 5500));

@@ -4,14 +4,23 @@
 use super::*;
 
 /// Lets a request with a valid token through: scope check, identity headers, credential strip.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn authorize(
     host: &mut dyn Host,
     compiled: &Compiled,
+    seen_proofs: &mut SeenProofs,
     identity: IdentityView<'_>,
     source: Source,
     request: &RequestInfo,
+    now: u64,
     stale: bool,
 ) -> Step {
+    // a token bound to a key: only with a proof of that key, used once
+    match seen_proofs.check(&compiled.config.dpop, identity.bound_to, &request.possession, now) {
+        Ok(()) => {}
+        Err(Refusal::Proof) => return deny(host, compiled, Denial::DpopProof, Metric::DeniedDpop, &[]),
+        Err(Refusal::NotBearer) => return deny(host, compiled, Denial::DpopBearer, Metric::DeniedDpop, &[]),
+    }
     let missing = missing_scopes(&compiled.scope_rules, &request.methods, &request.route, identity);
     if !missing.is_empty() {
         return deny(host, compiled, Denial::Scope, Metric::DeniedScope, &missing);

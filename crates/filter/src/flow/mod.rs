@@ -8,6 +8,7 @@ use super::worker::{Worker, MAX_REFRESH_QUEUE};
 
 use super::cache::{Cached, Entry, Lifetime, Stored};
 use super::config::{Compiled, CorsPreflight, FailureMode};
+use super::dpop::{self, Possession, Refusal, SeenProofs};
 use super::identity::{Identity, IdentityView};
 use super::lookup::{Answer, CalloutProblem, LookupRequest};
 use super::path;
@@ -22,7 +23,7 @@ use multitokens_core::token::{self, Origin};
 use std::sync::Arc;
 
 /// What the decision needs from a request, read once from its headers.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct RequestInfo {
     /// The methods the upstream may run the request as (its own first, then overrides).
     methods: Vec<String>,
@@ -36,6 +37,8 @@ struct RequestInfo {
     charged: Option<Vec<u8>>,
     /// The `user-agent` header, kept for a lookup's answer when device activity is reported.
     user_agent: Option<Vec<u8>>,
+    /// The token came as a bearer token, or with a DPoP proof that verified.
+    possession: Possession,
 }
 
 /// A lookup under way for one request.
@@ -170,6 +173,24 @@ impl HttpFlow {
         {
             return deny(host, &compiled, Denial::CrossSite, Metric::DeniedCrossSite, &[]);
         }
+        // the `DPoP` scheme: its proof verifies for this request before anything is asked
+        let possession = match authorization.as_slice() {
+            [value] if source == Source::Header && dpop::is_dpop_scheme(value) => {
+                let first = |name| values(name).next().unwrap_or_default();
+                let seen = dpop::Seen {
+                    method: first(":method"),
+                    scheme: first(":scheme"),
+                    authority: first(":authority"),
+                    path: raw_path,
+                };
+                let proofs: Vec<&[u8]> = values("dpop").collect();
+                match dpop::prove(&config.dpop, &proofs, seen, token, now) {
+                    Ok(proof) => Possession::Proven(proof),
+                    Err(_) => return deny(host, &compiled, Denial::DpopProof, Metric::DeniedDpop, &[]),
+                }
+            }
+            _ => Possession::Bearer,
+        };
         let mut request = RequestInfo {
             methods,
             route,
@@ -177,6 +198,7 @@ impl HttpFlow {
             strip_authorization,
             charged: None,
             user_agent: None,
+            possession,
         };
         // a cached token passed the format check when it was cached: look it up first
         if let Some(entry) = worker.cache.get(token) {
@@ -189,7 +211,8 @@ impl HttpFlow {
                     Cached::Valid(_) if worker.tick_overdue(now) => host.count(Metric::TickOverdue),
                     Cached::Valid(identity) if worker.feed_is_current(now) => {
                         host.count(Metric::CacheHit);
-                        let step = authorize(host, &compiled, identity, source, &request, false);
+                        let step =
+                            authorize(host, &compiled, &mut worker.seen_proofs, identity, source, &request, now, false);
                         if let (Step::Continue, Some(stored)) = (step, entry.stored) {
                             note_activity(host, worker, stored, values("user-agent").next(), now);
                         }
@@ -386,7 +409,7 @@ fn accept(
     };
     let refreshed_at = if cfg.refresh_on_use.is_some() { now } else { 0 };
     let r = &p.request;
-    let step = authorize(host, &worker.compiled, identity.view(), p.source, r, false);
+    let step = authorize(host, &worker.compiled, &mut worker.seen_proofs, identity.view(), p.source, r, now, false);
     if step == Step::Continue {
         note_activity(host, worker, Stored { tag: p.tag, digest: p.digest }, r.user_agent.as_deref(), now);
     }
@@ -410,33 +433,6 @@ fn no_answer(host: &mut dyn Host, worker: &mut Worker, p: &Pending, problem: Cal
     unavailable(host, worker, &p.token, p.source, &p.request, now)
 }
 
-/// Notes a token's use for the device activity report, when reports are on: the client address
-/// is read only when a report is due.
-fn note_activity(host: &dyn Host, worker: &mut Worker, stored: Stored, user_agent: Option<&[u8]>, now: u64) {
-    let Some(log) = worker.activity.as_mut() else { return };
-    if log.due(&stored.digest, now) {
-        log.note(stored, now, host.client_address().as_deref(), user_agent);
-    }
-}
-
-/// Queues a sliding refresh of a cached token if one is due.
-fn queue_refresh(worker: &mut Worker, token: &str, now: u64) {
-    let Some(refresh) = worker.compiled.config.refresh_on_use.as_ref() else { return };
-    let (min_interval_ms, ttl) = (refresh.min_interval_ms, refresh.ttl);
-    if worker.refresh_queue.len() >= MAX_REFRESH_QUEUE {
-        return;
-    }
-    let Some(stored) = worker.cache.refresh_due(token, now, min_interval_ms) else { return };
-    let request = LookupRequest {
-        tag: stored.tag,
-        digest: stored.digest,
-        previous: Vec::new(),
-        key_id: None,
-        refresh_ttl: Some(ttl),
-    };
-    worker.refresh_queue.push(request);
-}
-
 fn deny(host: &mut dyn Host, compiled: &Compiled, denial: Denial, metric: Metric, missing: &[&str]) -> Step {
     host.count(metric);
     match compiled.replies.get(denial) {
@@ -446,31 +442,10 @@ fn deny(host: &mut dyn Host, compiled: &Compiled, denial: Denial, metric: Metric
     Step::Replied
 }
 
-/// Remembers a token the store refused, so that re-sending it costs no lookup for
-/// `negative_ttl_ms`.
-fn remember_refused(worker: &mut Worker, token: &str, now: u64) {
-    let ttl = worker.compiled.config.cache.negative_ttl_ms;
-    worker.cache.insert_invalid(token, now + ttl, now);
-}
-
-/// Charges the lookup of a token the edge cannot check by its MAC to the client's address: 429 if
-/// the address has spent its budget (`throttle`), else the address charged (`None` when the
-/// throttle is off or the address unknown).
-fn charge_lookup(host: &mut dyn Host, worker: &mut Worker, now: u64) -> Result<Option<Vec<u8>>, Step> {
-    let Some(throttle) = worker.throttle.as_mut() else { return Ok(None) };
-    let Some(address) = host.client_address() else { return Ok(None) };
-    let client = client_key(&address);
-    if let Some(seconds) = throttle.retry_after(client, now) {
-        return Err(deny(host, &worker.compiled, Denial::Throttled(seconds), Metric::DeniedThrottled, &[]));
-    }
-    throttle.record_failure(client, now);
-    Ok(Some(client.to_vec()))
-}
-
 /// The store could not be asked: `allow_cached` may accept a recently verified token.
 fn unavailable(
     host: &mut dyn Host,
-    worker: &Worker,
+    worker: &mut Worker,
     token: &str,
     source: Source,
     request: &RequestInfo,
@@ -480,7 +455,7 @@ fn unavailable(
     if compiled.config.failure_mode == FailureMode::AllowCached {
         if let Some(Entry { verdict: Cached::Valid(identity), usable_until, .. }) = worker.cache.get(token) {
             if usable_until > now {
-                return authorize(host, compiled, identity, source, request, true);
+                return authorize(host, compiled, &mut worker.seen_proofs, identity, source, request, now, true);
             }
         }
     }
@@ -488,7 +463,9 @@ fn unavailable(
 }
 
 mod authorize;
+mod upkeep;
 use authorize::{authorize, strip_credentials};
+use upkeep::{charge_lookup, note_activity, queue_refresh, remember_refused};
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,224 @@
+//! DPoP at the edge (RFC 9449): a token bound to a key is accepted only with `Authorization: DPoP
+//! <token>` and exactly one `DPoP` header holding a fresh proof made with that key for this
+//! request. The proof is verified before the cache or a lookup is asked (a proof that does not
+//! verify costs no lookup); its key is compared with the binding once the token's verdict is
+//! known, cached or looked up; its `jti` is remembered for the window, per worker (per process
+//! for the native module), and a second use refused.
+
+use multitokens_core::dpop::{self, Proof, Thumbprint};
+use serde::Deserialize;
+use std::collections::{HashSet, VecDeque};
+
+/// The `dpop` settings.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DpopConfig {
+    /// How far a proof's `iat` may be from now, seconds, either way; a proof's `jti` is
+    /// remembered this long after its `iat`.
+    #[serde(default = "default_window_s")]
+    pub window_s: u64,
+    /// The scheme and authority clients reach the API at (`https://api.example.com`), for
+    /// comparing `htu` behind another proxy or a TLS terminator; by default the request's own
+    /// `:scheme` and `:authority` as Envoy saw them.
+    #[serde(default)]
+    pub public_origin: Option<String>,
+    /// Most proof ids remembered; a proof past that while none has expired is refused.
+    #[serde(default = "default_max_remembered")]
+    pub max_remembered: usize,
+}
+
+fn default_window_s() -> u64 {
+    60
+}
+
+fn default_max_remembered() -> usize {
+    100_000
+}
+
+impl Default for DpopConfig {
+    fn default() -> Self {
+        DpopConfig { window_s: default_window_s(), public_origin: None, max_remembered: default_max_remembered() }
+    }
+}
+
+impl DpopConfig {
+    /// Checked at load; the error names the field.
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=600).contains(&self.window_s) {
+            return Err("window_s: 1 to 600".into());
+        }
+        if !(1..=10_000_000).contains(&self.max_remembered) {
+            return Err("max_remembered: 1 to 10000000".into());
+        }
+        if let Some(origin) = &self.public_origin {
+            let normalized = dpop::normalized_uri(origin);
+            if normalized.as_deref() != Some(&format!("{}/", origin.trim_end_matches('/').to_ascii_lowercase())) {
+                return Err("public_origin: scheme and authority only, e.g. https://api.example.com".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a request's credential says about possession, read before its verdict is known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Possession {
+    /// Sent as a bearer token (any other scheme, or the cookie): a bound token is refused.
+    Bearer,
+    /// Sent with the `DPoP` scheme and a proof that verified for this request and token.
+    Proven(Proof),
+}
+
+/// Why possession is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No proof, two proofs, or one that does not verify, is not of the bound key or was used
+    /// before: `error="invalid_dpop_proof"`.
+    Proof,
+    /// A bound token sent as a bearer token: `error="invalid_token"`.
+    NotBearer,
+}
+
+/// Whether an `Authorization` value uses the `DPoP` scheme.
+pub fn is_dpop_scheme(value: &[u8]) -> bool {
+    let scheme = value.trim_ascii_start().split(|b| *b == b' ' || *b == b'\t').next().unwrap_or_default();
+    scheme.eq_ignore_ascii_case(dpop::SCHEME.as_bytes())
+}
+
+/// The request a proof is checked against.
+#[derive(Clone, Copy, Debug)]
+pub struct Seen<'a> {
+    /// `:method`.
+    pub method: &'a [u8],
+    /// `:scheme`.
+    pub scheme: &'a [u8],
+    /// `:authority`.
+    pub authority: &'a [u8],
+    /// `:path` (its query is ignored).
+    pub path: &'a [u8],
+}
+
+/// Verifies the request's proof (`proofs`: every `DPoP` header value) for `token`, sent with the
+/// `DPoP` scheme.
+pub fn prove(
+    config: &DpopConfig,
+    proofs: &[&[u8]],
+    seen: Seen<'_>,
+    token: &str,
+    now_ms: u64,
+) -> Result<Proof, Refusal> {
+    let [proof] = proofs else { return Err(Refusal::Proof) };
+    let text = |b: &[u8]| std::str::from_utf8(b).map(str::to_string).map_err(|_| Refusal::Proof);
+    let origin = match &config.public_origin {
+        Some(origin) => origin.trim_end_matches('/').to_string(),
+        None => format!("{}://{}", text(seen.scheme)?, text(seen.authority)?),
+    };
+    let uri = format!("{origin}{}", text(seen.path)?);
+    let method = text(seen.method)?;
+    let request = dpop::Request {
+        method: &method,
+        uri: &uri,
+        token: Some(token),
+        now_s: now_ms / 1000,
+        window_s: config.window_s,
+    };
+    dpop::verify(proof, &request).map_err(|_| Refusal::Proof)
+}
+
+/// Proof ids seen within the window, oldest first: a proof is accepted once.
+#[derive(Debug, Default)]
+pub struct SeenProofs {
+    ids: HashSet<[u8; 32]>,
+    order: VecDeque<(u64, [u8; 32])>,
+}
+
+impl SeenProofs {
+    /// Checks `possession` against the key a token is bound to, and remembers the proof's id
+    /// until `iat` + the window: `Ok` if the request may go on.
+    pub fn check(
+        &mut self,
+        config: &DpopConfig,
+        bound_to: Option<Thumbprint>,
+        possession: &Possession,
+        now_ms: u64,
+    ) -> Result<(), Refusal> {
+        let (Some(key), proof) = (bound_to, possession) else { return Ok(()) };
+        let Possession::Proven(proof) = proof else { return Err(Refusal::NotBearer) };
+        if proof.jkt != key {
+            return Err(Refusal::Proof);
+        }
+        let now_s = now_ms / 1000;
+        while self.order.front().is_some_and(|(until, _)| *until < now_s) {
+            if let Some((_, id)) = self.order.pop_front() {
+                self.ids.remove(&id);
+            }
+        }
+        // the id is remembered per key: another client cannot spend this one's ids
+        let id: [u8; 32] = {
+            use sha2::{Digest, Sha256};
+            Sha256::new().chain_update(key.0).chain_update(proof.jti.as_bytes()).finalize().into()
+        };
+        if self.ids.len() >= config.max_remembered || !self.ids.insert(id) {
+            return Err(Refusal::Proof);
+        }
+        self.order.push_back((proof.iat.max(now_s) + config.window_s, id));
+        Ok(())
+    }
+
+    /// Proof ids remembered now.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether none is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proof(jti: &str, key: u8) -> Possession {
+        Possession::Proven(Proof { jkt: Thumbprint([key; 32]), jti: jti.into(), iat: 1_000 })
+    }
+
+    #[test]
+    fn a_bound_token_needs_a_proof_of_its_key_used_once() {
+        let config = DpopConfig::default();
+        let mut seen = SeenProofs::default();
+        let key = Some(Thumbprint([7; 32]));
+        assert_eq!(seen.check(&config, None, &Possession::Bearer, 1_000_000), Ok(()), "unbound: as today");
+        assert_eq!(seen.check(&config, key, &Possession::Bearer, 1_000_000), Err(Refusal::NotBearer));
+        assert_eq!(seen.check(&config, key, &proof("a", 8), 1_000_000), Err(Refusal::Proof), "another key");
+        assert_eq!(seen.check(&config, key, &proof("a", 7), 1_000_000), Ok(()));
+        assert_eq!(seen.check(&config, key, &proof("a", 7), 1_030_000), Err(Refusal::Proof), "replayed");
+        assert_eq!(seen.check(&config, key, &proof("b", 7), 1_030_000), Ok(()));
+        // forgotten after iat + window, when a replay is refused as stale anyway
+        assert_eq!(seen.check(&config, key, &proof("c", 7), 1_061_000), Ok(()));
+        assert_eq!(seen.len(), 2, "a is forgotten, b and c are not");
+        let small = DpopConfig { max_remembered: 1, ..DpopConfig::default() };
+        let mut full = SeenProofs::default();
+        assert_eq!(full.check(&small, key, &proof("x", 7), 1_000_000), Ok(()));
+        assert_eq!(full.check(&small, key, &proof("y", 7), 1_000_000), Err(Refusal::Proof), "full: refused");
+    }
+
+    #[test]
+    fn the_scheme_and_the_settings_are_read_strictly() {
+        assert!(is_dpop_scheme(b"DPoP abc") && is_dpop_scheme(b"dpop\tabc") && !is_dpop_scheme(b"Bearer abc"));
+        assert!(!is_dpop_scheme(b"DPoPx abc"));
+        assert_eq!(DpopConfig { window_s: 0, ..DpopConfig::default() }.check(), Err("window_s: 1 to 600".into()));
+        for bad in ["https://api.example.com/v1", "api.example.com", "https://u@h", "ftp://h"] {
+            let c = DpopConfig { public_origin: Some(bad.into()), ..DpopConfig::default() };
+            assert!(c.check().unwrap_err().starts_with("public_origin"), "{bad}");
+        }
+        let c = DpopConfig { public_origin: Some("https://API.example.com:8443".into()), ..DpopConfig::default() };
+        assert_eq!(c.check(), Ok(()));
+        // two proofs, or one that is not a proof: refused
+        let seen = Seen { method: b"GET", scheme: b"https", authority: b"h", path: b"/" };
+        assert_eq!(prove(&DpopConfig::default(), &[b"a", b"b"], seen, "t", 0), Err(Refusal::Proof));
+        assert_eq!(prove(&DpopConfig::default(), &[], seen, "t", 0), Err(Refusal::Proof));
+        assert_eq!(prove(&DpopConfig::default(), &[b"x.y.z"], seen, "t", 0), Err(Refusal::Proof));
+    }
+}

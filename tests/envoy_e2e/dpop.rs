@@ -1,0 +1,92 @@
+//! DPoP-bound tokens through real Envoy, with keys from panva's `jose` and proofs from panva's
+//! `dpop` (tests/clients/dpop_client.mjs): a proof of the bound key passes, every broken proof is
+//! refused with the DPoP challenge, and a revoke still applies before it returns.
+
+use super::*;
+
+fn client(args: &[&str]) -> String {
+    let out = Command::new("node")
+        .arg(support::repo_root().join("tests/clients/dpop_client.mjs"))
+        .args(args)
+        .env("NODE_TOOLS", support::repo_root().join(".tools/node/node_modules"))
+        .output()
+        .expect("node");
+    assert!(out.status.success(), "dpop_client {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Issues a token bound to `jkt` through the admin API.
+fn issue_bound(s: &Stack, user: &str, jkt: &str) -> String {
+    let url = format!("http://127.0.0.1:{}/v1/tokens", s.companion_port);
+    let body = json!({"user": user, "device": "phone", "dpop_jkt": jkt});
+    let r = support::http_call(&s.agent, "POST", &url, &[("authorization", &bearer(ADMIN_KEY))], Some(body));
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.body["token"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn bound_tokens_pass_only_with_a_fresh_proof_of_their_key() {
+    let s = Stack::start(|_| {});
+    let dir = tempfile::tempdir().unwrap();
+    for alg in ["ES256", "Ed25519"] {
+        let keyfile = dir.path().join(format!("{alg}.json"));
+        let jkt = client(&["key", alg, keyfile.to_str().unwrap()]);
+        let user = format!("dpop-{alg}");
+        let token = issue_bound(&s, &user, &jkt);
+        let other = issue_bound(&s, &user, &jkt);
+        let url = format!("http://127.0.0.1:{}/api/whoami", s.port);
+        let proofs: Value =
+            serde_json::from_str(&client(&["proofs", keyfile.to_str().unwrap(), &url, &token, &other])).unwrap();
+        let proof = |name: &str| proofs[name].as_str().unwrap().to_string();
+        let dpop_auth = format!("DPoP {token}");
+        let send = |headers: &[(&str, &str)]| s.request("GET", "/api/whoami", headers, None);
+
+        // one client, one kept-alive connection, so one Envoy worker: proof ids are remembered per
+        // worker (per process for the native module)
+        // a proof of the bound key for this request passes, and the upstream sees the user
+        let r = send(&[("authorization", &dpop_auth), ("dpop", &proof("valid_0"))]);
+        assert_eq!((r.status, r.body["user"].clone()), (200, json!(user)), "{alg}: {}", r.body);
+        // cached now: the proof is still checked on every request
+        let r = send(&[("authorization", &dpop_auth), ("dpop", &proof("valid_1"))]);
+        assert_eq!(r.status, 200, "{alg}: {}", r.body);
+
+        let refused = |headers: &[(&str, &str)], error: &str, why: &str| {
+            let r = send(headers);
+            assert_eq!(r.status, 401, "{alg}: {why}: {}", r.body);
+            let challenge = r.challenge.unwrap_or_default();
+            assert!(
+                challenge.starts_with("DPoP ") && challenge.contains(&format!("error=\"{error}\"")),
+                "{alg}: {why}: {challenge}"
+            );
+            assert_eq!(r.body["detail"], "Invalid token.", "{alg}: {why}");
+        };
+        for (name, why) in [
+            ("wrong_key", "a proof made with another key"),
+            ("wrong_htm", "a proof for POST"),
+            ("wrong_htu", "a proof for another URI"),
+            ("stale_iat", "a proof made ten minutes ago"),
+            ("missing_ath", "a proof without the token's hash"),
+            ("other_token", "a proof for another token"),
+            ("alg_none", "alg none"),
+            ("hmac", "an HMAC alg"),
+            ("valid_0", "a replayed proof"),
+        ] {
+            refused(&[("authorization", &dpop_auth), ("dpop", &proof(name))], "invalid_dpop_proof", why);
+        }
+        let (a, b) = (proof("valid_2"), proof("valid_3"));
+        refused(&[("authorization", &dpop_auth), ("dpop", &a), ("dpop", &b)], "invalid_dpop_proof", "two proofs");
+        refused(&[("authorization", &dpop_auth)], "invalid_dpop_proof", "no proof");
+        let bearer_auth = bearer(&token);
+        refused(&[("authorization", &bearer_auth), ("dpop", &proof("valid_4"))], "invalid_token", "sent as Bearer");
+        refused(&[("authorization", &bearer_auth)], "invalid_token", "sent as Bearer without a proof");
+
+        // a revoke applies to bound tokens before it returns
+        let url = format!("http://127.0.0.1:{}/v1/users/{user}/tokens", s.companion_port);
+        let r = support::http_call(&s.agent, "DELETE", &url, &[("authorization", &bearer(ADMIN_KEY))], None);
+        assert_eq!((r.status, r.body["revoked"].clone()), (200, json!(2)), "{}", r.body);
+        let r = send(&[("authorization", &dpop_auth), ("dpop", &proof("valid_5"))]);
+        assert_eq!(r.status, 401, "{alg}: revoked: {}", r.body);
+        assert!(r.challenge.unwrap_or_default().contains("invalid_token"), "{alg}");
+    }
+    assert_eq!(s.stat("denied_dpop"), 2 * 13, "every refusal counted once");
+}
