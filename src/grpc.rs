@@ -2,10 +2,11 @@
 //! teams that cannot run wasm: [`super::ext_authz`]'s decision, over gRPC. Served on the API's
 //! own port (HTTP/2 cleartext, which Envoy's gRPC client speaks).
 
-use super::ext_authz::{check, Check, REMOVED_HEADERS};
+use super::ext_authz::{check, Asked, Check, REMOVED_HEADERS};
 use super::store::TokenStore;
 use envoy_types::ext_authz::v3::pb::{Authorization, AuthorizationServer, CheckRequest, CheckResponse, HttpStatusCode};
 use envoy_types::ext_authz::v3::{CheckRequestExt, CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder};
+use multitokens_core::dpop::Seen;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -48,7 +49,18 @@ impl Authorization for ExtAuthz {
         // Envoy joins a repeated header's values with ","; a token never holds one, so two
         // credentials stay refused as the filter refuses them
         let values: Vec<&[u8]> = headers.get("authorization").map(|v| v.as_bytes()).into_iter().collect();
-        match check(&self.store, &values).await {
+        let dpop: Vec<&[u8]> = headers.get("dpop").map(|v| v.as_bytes()).into_iter().collect();
+        let http = request.attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
+        let field = |f: fn(&envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest) -> &str| {
+            http.map(f).unwrap_or_default().as_bytes()
+        };
+        let seen = Seen {
+            method: field(|h| &h.method),
+            scheme: field(|h| &h.scheme),
+            authority: field(|h| &h.host),
+            path: field(|h| &h.path),
+        };
+        match check(&self.store, Asked { authorization: &values, dpop: &dpop, seen }).await {
             Check::Allow(set) => {
                 let mut http = OkHttpResponseBuilder::new();
                 for (name, value) in &set {

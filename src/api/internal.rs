@@ -126,10 +126,26 @@ pub(crate) async fn internal_revocations(
         (status = "default", description = "Error", body = ErrorBody)))]
 pub(crate) async fn ext_authz(
     State(store): State<Arc<TokenStore>>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
     headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
     let values: Vec<&[u8]> = headers.get_all(AUTHORIZATION).iter().map(|v| v.as_bytes()).collect();
-    let set = match crate::ext_authz::check(&store, &values).await {
+    let dpop: Vec<&[u8]> = headers.get_all("dpop").iter().map(|v| v.as_bytes()).collect();
+    // Envoy sends the original method, the original path after its path_prefix and the Host
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let path = path.strip_prefix("/v1/ext_authz").unwrap_or(path);
+    let header = |name: &str| headers.get(name).map_or(&b""[..], |v| v.as_bytes());
+    let scheme = match header("x-forwarded-proto") {
+        b"" => &b"http"[..],
+        proto => proto,
+    };
+    // the Host header over HTTP/1.1, the URI's authority over HTTP/2
+    let authority = uri.authority().map_or(header("host"), |a| a.as_str().as_bytes());
+    let seen =
+        multitokens_core::dpop::Seen { method: method.as_str().as_bytes(), scheme, authority, path: path.as_bytes() };
+    let asked = crate::ext_authz::Asked { authorization: &values, dpop: &dpop, seen };
+    let set = match crate::ext_authz::check(&store, asked).await {
         crate::ext_authz::Check::Allow(set) => set,
         crate::ext_authz::Check::Deny { status, detail, challenge } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);

@@ -4,7 +4,8 @@
 
 use super::*;
 
-fn client(args: &[&str]) -> String {
+/// Runs tests/clients/dpop_client.mjs.
+pub(super) fn client(args: &[&str]) -> String {
     let out = Command::new("node")
         .arg(support::repo_root().join("tests/clients/dpop_client.mjs"))
         .args(args)
@@ -16,7 +17,7 @@ fn client(args: &[&str]) -> String {
 }
 
 /// Issues a token bound to `jkt` through the admin API.
-fn issue_bound(s: &Stack, user: &str, jkt: &str) -> String {
+pub(super) fn issue_bound(s: &Stack, user: &str, jkt: &str) -> String {
     let url = format!("http://127.0.0.1:{}/v1/tokens", s.companion_port);
     let body = json!({"user": user, "device": "phone", "dpop_jkt": jkt});
     let r = support::http_call(&s.agent, "POST", &url, &[("authorization", &bearer(ADMIN_KEY))], Some(body));

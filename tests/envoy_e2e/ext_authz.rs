@@ -22,7 +22,9 @@ fn with_ext_authz(mut config: EnvoyConfig, transport: ExtAuthz) -> EnvoyConfig {
         ExtAuthz::Http => json!({"http_service": {
             "server_uri": {"uri": "http://multitokens_companion", "cluster": "multitokens_companion", "timeout": "0.5s"},
             "path_prefix": "/v1/ext_authz",
-            "authorization_request": {"allowed_headers": {"patterns": [{"exact": "authorization", "ignore_case": true}]}},
+            "authorization_request": {"allowed_headers": {"patterns": [
+                {"exact": "authorization", "ignore_case": true}, {"exact": "dpop", "ignore_case": true},
+                {"exact": "x-forwarded-proto", "ignore_case": true}]}},
             "authorization_response": {"allowed_upstream_headers": {"patterns": [{"prefix": "x-multitokens-"}]}}}}),
     };
     fn walk(v: &mut Value, service: &Value) {
@@ -142,4 +144,40 @@ fn envoys_grpc_ext_authz_gets_the_filters_decision_from_the_companion() {
     assert!(checks >= 1, "no gRPC Check reached the companion:\n{metrics}");
     let stats = s.stats("ext_authz");
     assert!(stats.lines().any(|l| l.contains("ext_authz.ok: ") && !l.ends_with(": 0")), "{stats}");
+}
+
+/// DPoP-bound tokens through both transports: the proof is checked as the filter checks it.
+#[test]
+fn ext_authz_checks_dpop_proofs_over_both_transports() {
+    let dir = tempfile::tempdir().unwrap();
+    for transport in [ExtAuthz::Grpc, ExtAuthz::Http] {
+        let s = Stack::start_with(|_| {}, |c| with_ext_authz(c, transport));
+        let keyfile = dir.path().join(format!("{transport:?}.json"));
+        let jkt = super::dpop::client(&["key", "ES256", keyfile.to_str().unwrap()]);
+        let user = format!("ext-dpop-{transport:?}");
+        let token = super::dpop::issue_bound(&s, &user, &jkt);
+        let other = super::dpop::issue_bound(&s, &user, &jkt);
+        let url = format!("http://127.0.0.1:{}/api/whoami", s.port);
+        let proofs: Value =
+            serde_json::from_str(&super::dpop::client(&["proofs", keyfile.to_str().unwrap(), &url, &token, &other]))
+                .unwrap();
+        let proof = |name: &str| proofs[name].as_str().unwrap().to_string();
+        let auth = format!("DPoP {token}");
+        let send = |headers: &[(&str, &str)]| s.request("GET", "/api/whoami", headers, None);
+        let r = send(&[("authorization", &auth), ("dpop", &proof("valid_0"))]);
+        assert_eq!((r.status, r.body["user"].clone()), (200, json!(user)), "{transport:?}: {}", r.body);
+        for (headers, error, why) in [
+            (vec![("authorization", auth.clone()), ("dpop", proof("valid_0"))], "invalid_dpop_proof", "replayed"),
+            (vec![("authorization", auth.clone()), ("dpop", proof("wrong_key"))], "invalid_dpop_proof", "another key"),
+            (vec![("authorization", auth.clone()), ("dpop", proof("wrong_htu"))], "invalid_dpop_proof", "another URI"),
+            (vec![("authorization", auth.clone())], "invalid_dpop_proof", "no proof"),
+            (vec![("authorization", bearer(&token))], "invalid_token", "as Bearer"),
+        ] {
+            let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let r = send(&headers);
+            let challenge = r.challenge.clone().unwrap_or_default();
+            assert_eq!(r.status, 401, "{transport:?}: {why}: {}", r.body);
+            assert!(challenge.starts_with("DPoP ") && challenge.contains(error), "{transport:?}: {why}: {challenge}");
+        }
+    }
 }

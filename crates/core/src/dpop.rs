@@ -13,6 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use std::collections::{HashSet, VecDeque};
 
 /// The longest proof read (bytes): a proof with an EC key is about 600.
 pub const MAX_PROOF_LEN: usize = 4096;
@@ -268,6 +269,124 @@ pub fn verify(proof: &[u8], request: &Request<'_>) -> Result<Proof, ProofError> 
         return Err(ProofError::Jti);
     }
     Ok(Proof { jkt, jti: claims.jti, iat: claims.iat })
+}
+
+/// How long and how many proof ids are remembered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// The `iat` window, seconds: an id is remembered until its `iat` plus this.
+    pub window_s: u64,
+    /// Most ids remembered.
+    pub max_remembered: usize,
+}
+
+/// What a request's credential says about possession, read before its verdict is known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Possession {
+    /// Sent as a bearer token (any other scheme, or the cookie): a bound token is refused.
+    Bearer,
+    /// Sent with the `DPoP` scheme and a proof that verified for this request and token.
+    Proven(Proof),
+}
+
+/// Why possession is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No proof, two proofs, or one that does not verify, is not of the bound key or was used
+    /// before: `error="invalid_dpop_proof"`.
+    Proof,
+    /// A bound token sent as a bearer token: `error="invalid_token"`.
+    NotBearer,
+}
+
+/// Whether an `Authorization` value uses the `DPoP` scheme.
+pub fn is_dpop_scheme(value: &[u8]) -> bool {
+    let scheme = value.trim_ascii_start().split(|b| *b == b' ' || *b == b'\t').next().unwrap_or_default();
+    scheme.eq_ignore_ascii_case(SCHEME.as_bytes())
+}
+
+/// The request a proof is checked against.
+#[derive(Clone, Copy, Debug)]
+pub struct Seen<'a> {
+    /// `:method`.
+    pub method: &'a [u8],
+    /// `:scheme`.
+    pub scheme: &'a [u8],
+    /// `:authority`.
+    pub authority: &'a [u8],
+    /// `:path` (its query is ignored).
+    pub path: &'a [u8],
+}
+
+/// Verifies the request's proof (`proofs`: every `DPoP` header value) for `token`, sent with the
+/// `DPoP` scheme, against the request as the edge saw it (or, behind a proxy that changes
+/// them, with the scheme and authority of `public_origin`).
+pub fn prove(
+    proofs: &[&[u8]],
+    seen: Seen<'_>,
+    public_origin: Option<&str>,
+    token: &str,
+    now_s: u64,
+    window_s: u64,
+) -> Result<Proof, Refusal> {
+    let [proof] = proofs else { return Err(Refusal::Proof) };
+    let text = |b: &[u8]| std::str::from_utf8(b).map(str::to_string).map_err(|_| Refusal::Proof);
+    let origin = match public_origin {
+        Some(origin) => origin.trim_end_matches('/').to_string(),
+        None => format!("{}://{}", text(seen.scheme)?, text(seen.authority)?),
+    };
+    let uri = format!("{origin}{}", text(seen.path)?);
+    let method = text(seen.method)?;
+    let request = Request { method: &method, uri: &uri, token: Some(token), now_s, window_s };
+    verify(proof, &request).map_err(|_| Refusal::Proof)
+}
+
+/// Proof ids seen within the window, oldest first: a proof is accepted once.
+#[derive(Debug, Default)]
+pub struct SeenProofs {
+    ids: HashSet<[u8; 32]>,
+    order: VecDeque<(u64, [u8; 32])>,
+}
+
+impl SeenProofs {
+    /// Checks `possession` against the key a token is bound to, and remembers the proof's id
+    /// until `iat` + the window: `Ok` if the request may go on.
+    pub fn check(
+        &mut self,
+        limits: Limits,
+        bound_to: Option<Thumbprint>,
+        possession: &Possession,
+        now_ms: u64,
+    ) -> Result<(), Refusal> {
+        let (Some(key), proof) = (bound_to, possession) else { return Ok(()) };
+        let Possession::Proven(proof) = proof else { return Err(Refusal::NotBearer) };
+        if proof.jkt != key {
+            return Err(Refusal::Proof);
+        }
+        let now_s = now_ms / 1000;
+        while self.order.front().is_some_and(|(until, _)| *until < now_s) {
+            if let Some((_, id)) = self.order.pop_front() {
+                self.ids.remove(&id);
+            }
+        }
+        // the id is remembered per key: another client cannot spend this one's ids
+        let id: [u8; 32] = Sha256::new().chain_update(key.0).chain_update(proof.jti.as_bytes()).finalize().into();
+        if self.ids.len() >= limits.max_remembered || !self.ids.insert(id) {
+            return Err(Refusal::Proof);
+        }
+        self.order.push_back((proof.iat.max(now_s) + limits.window_s, id));
+        Ok(())
+    }
+
+    /// Proof ids remembered now.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether none is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
 }
 
 #[cfg(test)]

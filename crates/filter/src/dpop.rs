@@ -1,13 +1,13 @@
-//! DPoP at the edge (RFC 9449): a token bound to a key is accepted only with `Authorization: DPoP
+//! DPoP at the edge (RFC 9449), its settings and the request it reads (the proof's rules and the
+//! replay memory are core's, shared with the companion's ext_authz): a token bound to a key is accepted only with `Authorization: DPoP
 //! <token>` and exactly one `DPoP` header holding a fresh proof made with that key for this
 //! request. The proof is verified before the cache or a lookup is asked (a proof that does not
 //! verify costs no lookup); its key is compared with the binding once the token's verdict is
 //! known, cached or looked up; its `jti` is remembered for the window, per worker (per process
 //! for the native module), and a second use refused.
 
-use multitokens_core::dpop::{self, Proof, Thumbprint};
+use multitokens_core::dpop::{self, Proof, Refusal, Seen};
 use serde::Deserialize;
-use std::collections::{HashSet, VecDeque};
 
 /// The `dpop` settings.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -42,6 +42,11 @@ impl Default for DpopConfig {
 }
 
 impl DpopConfig {
+    /// The replay memory's limits.
+    pub fn limits(&self) -> dpop::Limits {
+        dpop::Limits { window_s: self.window_s, max_remembered: self.max_remembered }
+    }
+
     /// Checked at load; the error names the field.
     pub fn check(&self) -> Result<(), String> {
         if !(1..=600).contains(&self.window_s) {
@@ -60,46 +65,8 @@ impl DpopConfig {
     }
 }
 
-/// What a request's credential says about possession, read before its verdict is known.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Possession {
-    /// Sent as a bearer token (any other scheme, or the cookie): a bound token is refused.
-    Bearer,
-    /// Sent with the `DPoP` scheme and a proof that verified for this request and token.
-    Proven(Proof),
-}
-
-/// Why possession is refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
-    /// No proof, two proofs, or one that does not verify, is not of the bound key or was used
-    /// before: `error="invalid_dpop_proof"`.
-    Proof,
-    /// A bound token sent as a bearer token: `error="invalid_token"`.
-    NotBearer,
-}
-
-/// Whether an `Authorization` value uses the `DPoP` scheme.
-pub fn is_dpop_scheme(value: &[u8]) -> bool {
-    let scheme = value.trim_ascii_start().split(|b| *b == b' ' || *b == b'\t').next().unwrap_or_default();
-    scheme.eq_ignore_ascii_case(dpop::SCHEME.as_bytes())
-}
-
-/// The request a proof is checked against.
-#[derive(Clone, Copy, Debug)]
-pub struct Seen<'a> {
-    /// `:method`.
-    pub method: &'a [u8],
-    /// `:scheme`.
-    pub scheme: &'a [u8],
-    /// `:authority`.
-    pub authority: &'a [u8],
-    /// `:path` (its query is ignored).
-    pub path: &'a [u8],
-}
-
 /// Verifies the request's proof (`proofs`: every `DPoP` header value) for `token`, sent with the
-/// `DPoP` scheme.
+/// `DPoP` scheme, against the request as Envoy saw it or `public_origin`.
 pub fn prove(
     config: &DpopConfig,
     proofs: &[&[u8]],
@@ -107,78 +74,13 @@ pub fn prove(
     token: &str,
     now_ms: u64,
 ) -> Result<Proof, Refusal> {
-    let [proof] = proofs else { return Err(Refusal::Proof) };
-    let text = |b: &[u8]| std::str::from_utf8(b).map(str::to_string).map_err(|_| Refusal::Proof);
-    let origin = match &config.public_origin {
-        Some(origin) => origin.trim_end_matches('/').to_string(),
-        None => format!("{}://{}", text(seen.scheme)?, text(seen.authority)?),
-    };
-    let uri = format!("{origin}{}", text(seen.path)?);
-    let method = text(seen.method)?;
-    let request = dpop::Request {
-        method: &method,
-        uri: &uri,
-        token: Some(token),
-        now_s: now_ms / 1000,
-        window_s: config.window_s,
-    };
-    dpop::verify(proof, &request).map_err(|_| Refusal::Proof)
-}
-
-/// Proof ids seen within the window, oldest first: a proof is accepted once.
-#[derive(Debug, Default)]
-pub struct SeenProofs {
-    ids: HashSet<[u8; 32]>,
-    order: VecDeque<(u64, [u8; 32])>,
-}
-
-impl SeenProofs {
-    /// Checks `possession` against the key a token is bound to, and remembers the proof's id
-    /// until `iat` + the window: `Ok` if the request may go on.
-    pub fn check(
-        &mut self,
-        config: &DpopConfig,
-        bound_to: Option<Thumbprint>,
-        possession: &Possession,
-        now_ms: u64,
-    ) -> Result<(), Refusal> {
-        let (Some(key), proof) = (bound_to, possession) else { return Ok(()) };
-        let Possession::Proven(proof) = proof else { return Err(Refusal::NotBearer) };
-        if proof.jkt != key {
-            return Err(Refusal::Proof);
-        }
-        let now_s = now_ms / 1000;
-        while self.order.front().is_some_and(|(until, _)| *until < now_s) {
-            if let Some((_, id)) = self.order.pop_front() {
-                self.ids.remove(&id);
-            }
-        }
-        // the id is remembered per key: another client cannot spend this one's ids
-        let id: [u8; 32] = {
-            use sha2::{Digest, Sha256};
-            Sha256::new().chain_update(key.0).chain_update(proof.jti.as_bytes()).finalize().into()
-        };
-        if self.ids.len() >= config.max_remembered || !self.ids.insert(id) {
-            return Err(Refusal::Proof);
-        }
-        self.order.push_back((proof.iat.max(now_s) + config.window_s, id));
-        Ok(())
-    }
-
-    /// Proof ids remembered now.
-    pub fn len(&self) -> usize {
-        self.ids.len()
-    }
-
-    /// Whether none is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
+    dpop::prove(proofs, seen, config.public_origin.as_deref(), token, now_ms / 1000, config.window_s)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use multitokens_core::dpop::{is_dpop_scheme, Possession, SeenProofs, Thumbprint};
 
     fn proof(jti: &str, key: u8) -> Possession {
         Possession::Proven(Proof { jkt: Thumbprint([key; 32]), jti: jti.into(), iat: 1_000 })
@@ -189,19 +91,19 @@ mod tests {
         let config = DpopConfig::default();
         let mut seen = SeenProofs::default();
         let key = Some(Thumbprint([7; 32]));
-        assert_eq!(seen.check(&config, None, &Possession::Bearer, 1_000_000), Ok(()), "unbound: as today");
-        assert_eq!(seen.check(&config, key, &Possession::Bearer, 1_000_000), Err(Refusal::NotBearer));
-        assert_eq!(seen.check(&config, key, &proof("a", 8), 1_000_000), Err(Refusal::Proof), "another key");
-        assert_eq!(seen.check(&config, key, &proof("a", 7), 1_000_000), Ok(()));
-        assert_eq!(seen.check(&config, key, &proof("a", 7), 1_030_000), Err(Refusal::Proof), "replayed");
-        assert_eq!(seen.check(&config, key, &proof("b", 7), 1_030_000), Ok(()));
+        assert_eq!(seen.check(config.limits(), None, &Possession::Bearer, 1_000_000), Ok(()), "unbound: as today");
+        assert_eq!(seen.check(config.limits(), key, &Possession::Bearer, 1_000_000), Err(Refusal::NotBearer));
+        assert_eq!(seen.check(config.limits(), key, &proof("a", 8), 1_000_000), Err(Refusal::Proof), "another key");
+        assert_eq!(seen.check(config.limits(), key, &proof("a", 7), 1_000_000), Ok(()));
+        assert_eq!(seen.check(config.limits(), key, &proof("a", 7), 1_030_000), Err(Refusal::Proof), "replayed");
+        assert_eq!(seen.check(config.limits(), key, &proof("b", 7), 1_030_000), Ok(()));
         // forgotten after iat + window, when a replay is refused as stale anyway
-        assert_eq!(seen.check(&config, key, &proof("c", 7), 1_061_000), Ok(()));
+        assert_eq!(seen.check(config.limits(), key, &proof("c", 7), 1_061_000), Ok(()));
         assert_eq!(seen.len(), 2, "a is forgotten, b and c are not");
         let small = DpopConfig { max_remembered: 1, ..DpopConfig::default() };
         let mut full = SeenProofs::default();
-        assert_eq!(full.check(&small, key, &proof("x", 7), 1_000_000), Ok(()));
-        assert_eq!(full.check(&small, key, &proof("y", 7), 1_000_000), Err(Refusal::Proof), "full: refused");
+        assert_eq!(full.check(small.limits(), key, &proof("x", 7), 1_000_000), Ok(()));
+        assert_eq!(full.check(small.limits(), key, &proof("y", 7), 1_000_000), Err(Refusal::Proof), "full: refused");
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub struct Worker {
     /// Device activity reported and due, when it is on.
     pub(crate) activity: Option<ActivityLog>,
     /// DPoP proof ids seen within their window.
-    pub(crate) seen_proofs: super::dpop::SeenProofs,
+    pub(crate) seen_proofs: multitokens_core::dpop::SeenProofs,
     /// When expired entries were last purged (ms).
     last_purge_ms: u64,
     /// This VM's id on the feed: the companion counts what each edge has applied.

@@ -16,7 +16,7 @@ pub(super) fn authorize(
     stale: bool,
 ) -> Step {
     // a token bound to a key: only with a proof of that key, used once
-    match seen_proofs.check(&compiled.config.dpop, identity.bound_to, &request.possession, now) {
+    match seen_proofs.check(compiled.config.dpop.limits(), identity.bound_to, &request.possession, now) {
         Ok(()) => {}
         Err(Refusal::Proof) => return deny(host, compiled, Denial::DpopProof, Metric::DeniedDpop, &[]),
         Err(Refusal::NotBearer) => return deny(host, compiled, Denial::DpopBearer, Metric::DeniedDpop, &[]),

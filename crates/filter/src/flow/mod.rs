@@ -8,7 +8,6 @@ use super::worker::{Worker, MAX_REFRESH_QUEUE};
 
 use super::cache::{Cached, Entry, Lifetime, Stored};
 use super::config::{Compiled, CorsPreflight, FailureMode};
-use super::dpop::{self, Possession, Refusal, SeenProofs};
 use super::identity::{Identity, IdentityView};
 use super::lookup::{Answer, CalloutProblem, LookupRequest};
 use super::path;
@@ -19,6 +18,7 @@ use super::throttle::client_key;
 use multitokens_core::contract;
 use multitokens_core::credential::{self, Credential, Source};
 use multitokens_core::digest::TokenDigest;
+use multitokens_core::dpop::{is_dpop_scheme, Possession, Refusal, Seen, SeenProofs};
 use multitokens_core::token::{self, Origin};
 use std::sync::Arc;
 
@@ -175,16 +175,16 @@ impl HttpFlow {
         }
         // the `DPoP` scheme: its proof verifies for this request before anything is asked
         let possession = match authorization.as_slice() {
-            [value] if source == Source::Header && dpop::is_dpop_scheme(value) => {
+            [value] if source == Source::Header && is_dpop_scheme(value) => {
                 let first = |name| values(name).next().unwrap_or_default();
-                let seen = dpop::Seen {
+                let seen = Seen {
                     method: first(":method"),
                     scheme: first(":scheme"),
                     authority: first(":authority"),
                     path: raw_path,
                 };
                 let proofs: Vec<&[u8]> = values("dpop").collect();
-                match dpop::prove(&config.dpop, &proofs, seen, token, now) {
+                match super::dpop::prove(&config.dpop, &proofs, seen, token, now) {
                     Ok(proof) => Possession::Proven(proof),
                     Err(_) => return deny(host, &compiled, Denial::DpopProof, Metric::DeniedDpop, &[]),
                 }
