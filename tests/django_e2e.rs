@@ -413,3 +413,46 @@ fn the_app_verifies_the_new_device_webhook_and_logs_it() {
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(!django.log_text().contains("device='evil'"));
 }
+
+/// The DRF example's login binds the token to the client's key when the client sends a DPoP proof
+/// (made by panva's `dpop` with a `jose` key): through Envoy it then works with proofs only.
+#[test]
+fn a_dpop_login_through_the_drf_app_binds_the_token() {
+    let redis = RedisServer::start();
+    let (_companion, companion_port) = companion(&redis);
+    let django = Gunicorn::start(companion_port, &[]);
+    let (_envoy, port) = envoy_for(&django, companion_port, |c| c);
+    let agent = support::http_agent();
+    let node = |args: &[&str]| {
+        let out = std::process::Command::new("node")
+            .arg(support::repo_root().join("tests/clients/dpop_client.mjs"))
+            .args(args)
+            .env("NODE_TOOLS", support::repo_root().join(".tools/node/node_modules"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let keyfile = dir.path().join("key.json");
+    let keyfile = keyfile.to_str().unwrap();
+    node(&["key", "ES256", keyfile]);
+    let base = format!("http://127.0.0.1:{port}");
+    let proof = node(&["login", keyfile, &format!("{base}/login")]);
+    let login = json!({"username": "alice", "password": "demo-password", "device": "phone"});
+    let r = support::http_call(&agent, "POST", &format!("{base}/login"), &[("dpop", &proof)], Some(login.clone()));
+    assert_eq!(r.status, 200, "login: {}", r.body);
+    let token = r.body["token"].as_str().unwrap().to_string();
+    let url = format!("{base}/api/whoami");
+    let r = support::http_call(&agent, "GET", &url, &[("authorization", &format!("Token {token}"))], None);
+    assert_eq!(r.status, 401, "a bound token without a proof: {}", r.body);
+    let proofs: Value = serde_json::from_str(&node(&["proofs", keyfile, &url, &token, "other"])).unwrap();
+    let headers = [("authorization", format!("DPoP {token}")), ("dpop", proofs["valid_0"].as_str().unwrap().into())];
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = support::http_call(&agent, "GET", &url, &headers, None);
+    assert_eq!((r.status, r.body["username"].clone()), (200, json!("alice")), "{}", r.body);
+    // a proof made for another request logs nobody in
+    let stale = proofs["valid_1"].as_str().unwrap();
+    let r = support::http_call(&agent, "POST", &format!("{base}/login"), &[("dpop", stale)], Some(login));
+    assert_eq!(r.status, 400, "{}", r.body);
+}

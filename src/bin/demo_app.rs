@@ -5,7 +5,7 @@
 //! default http://127.0.0.1:18080), `MULTITOKENS_ADMIN_KEY`.
 //!
 //! Routes: `POST /login {"user","device","scopes"?}` -> 201 `{"token"}` (a real app checks a
-//! password first); `GET /api/whoami`; `GET /api/headers` (every identity header value received);
+//! password first; with a `DPoP` proof header, the token is bound to the proof's key); `GET /api/whoami`; `GET /api/headers` (every identity header value received);
 //! `GET /api/admin/stats` (needs scope `admin` at the edge);
 //! `POST /logout`; `POST /logout-all`; `GET /public/headers` (echoes identity headers, excluded
 //! from auth); `GET /healthz`.
@@ -56,13 +56,19 @@ async fn admin_call(demo: Arc<Demo>, method: &'static str, path: String, body: O
     }
 }
 
-async fn login(State(demo): State<Arc<Demo>>, Json(body): Json<Value>) -> Response {
+async fn login(State(demo): State<Arc<Demo>>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
     let user = body.get("user").and_then(Value::as_str).unwrap_or_default().to_string();
     let device = body.get("device").and_then(Value::as_str).unwrap_or_default().to_string();
     let scopes = body.get("scopes").cloned().unwrap_or_else(|| json!([]));
-    let response =
-        admin_call(demo, "POST", "/v1/tokens".into(), Some(json!({"user": user, "device": device, "scopes": scopes})))
-            .await;
+    let mut issue = json!({"user": user, "device": device, "scopes": scopes});
+    // a client that sent a DPoP proof with its login gets a token bound to its key: the companion
+    // checks the proof against this request as the client made it (through Envoy)
+    if let Some(proof) = header(&headers, "dpop") {
+        let scheme = header(&headers, "x-forwarded-proto").unwrap_or_else(|| "http".into());
+        let host = header(&headers, "host").unwrap_or_default();
+        issue["dpop"] = json!({"proof": proof, "method": "POST", "uri": format!("{scheme}://{host}/login")});
+    }
+    let response = admin_call(demo, "POST", "/v1/tokens".into(), Some(issue)).await;
     if response.status() != StatusCode::CREATED {
         return response;
     }

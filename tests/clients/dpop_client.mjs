@@ -4,6 +4,7 @@
 //   node dpop_client.mjs key <ES256|Ed25519> <keyfile>      writes the key pair, prints its JWK thumbprint
 //   node dpop_client.mjs proofs <keyfile> <url> <token> <other token>
 //                                                           prints {name: proof} as JSON
+//   node dpop_client.mjs login <keyfile> <url>              prints a proof for POST <url> (no token yet)
 import { createRequire } from "node:module";
 import { readFileSync, writeFileSync } from "node:fs";
 const require = createRequire(process.env.NODE_TOOLS + "/");
@@ -57,7 +58,11 @@ if (command === "key") {
     alg_none: `${b64u({ alg: "none", typ: "dpop+jwt", jwk: pub })}.${b64u({ ...claims, jti: crypto.randomUUID(), iat: now })}.`,
   });
   process.stdout.write(JSON.stringify(proofs));
+} else if (command === "login") {
+  const [file, url] = args;
+  const { keypair } = await load(file);
+  process.stdout.write(await DPoP.generateProof(keypair, url, "POST"));
 } else {
-  console.error("usage: dpop_client.mjs key <alg> <keyfile> | proofs <keyfile> <url> <token> <other token>");
+  console.error("usage: dpop_client.mjs key <alg> <keyfile> | proofs <keyfile> <url> <token> <other token> | login <keyfile> <url>");
   process.exit(2);
 }

@@ -91,3 +91,50 @@ fn bound_tokens_pass_only_with_a_fresh_proof_of_their_key() {
     }
     assert_eq!(s.stat("denied_dpop"), 2 * 13, "every refusal counted once");
 }
+
+/// A login with a DPoP proof (the demo app forwards it to the companion, which checks it against
+/// the login request) gets a token bound to the client's key: usable with proofs only.
+#[test]
+fn a_login_with_a_proof_binds_the_token_to_the_clients_key() {
+    let s = Stack::start(|_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let keyfile = dir.path().join("key.json");
+    let jkt = client(&["key", "Ed25519", keyfile.to_str().unwrap()]);
+    let login_url = format!("http://127.0.0.1:{}/login", s.port);
+    let proof = client(&["login", keyfile.to_str().unwrap(), &login_url]);
+    let body = json!({"user": "dpop-login", "device": "phone"});
+    let r = s.request("POST", "/login", &[("dpop", &proof)], Some(body.clone()));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let token = r.body["token"].as_str().unwrap().to_string();
+    // the companion shows the binding, and introspection answers as RFC 9449 §6.2 says
+    let admin = [("authorization", bearer(ADMIN_KEY))];
+    let admin: Vec<(&str, &str)> = admin.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let url = format!("http://127.0.0.1:{}/v1/users/dpop-login/tokens", s.companion_port);
+    let listed = support::http_call(&s.agent, "GET", &url, &admin, None);
+    assert_eq!(listed.body[0]["dpop_jkt"], json!(jkt), "{}", listed.body);
+    let url = format!("http://127.0.0.1:{}/v1/introspect", s.companion_port);
+    let r = support::http_call(&s.agent, "POST", &url, &admin, Some(json!({"token": token})));
+    assert_eq!(
+        (r.body["token_type"].clone(), r.body["cnf"].clone()),
+        (json!("DPoP"), json!({"jkt": jkt})),
+        "{}",
+        r.body
+    );
+    // usable with a proof of that key only
+    assert_eq!(s.get("/api/whoami", Some(&bearer(&token))).status, 401);
+    let api = format!("http://127.0.0.1:{}/api/whoami", s.port);
+    let proofs: Value =
+        serde_json::from_str(&client(&["proofs", keyfile.to_str().unwrap(), &api, &token, "other"])).unwrap();
+    let auth = format!("DPoP {token}");
+    let r = s.request(
+        "GET",
+        "/api/whoami",
+        &[("authorization", &auth), ("dpop", proofs["valid_0"].as_str().unwrap())],
+        None,
+    );
+    assert_eq!((r.status, r.body["user"].clone()), (200, json!("dpop-login")), "{}", r.body);
+    // the same login proof again, or one for another URI, logs nobody in
+    let r = s.request("POST", "/login", &[("dpop", proofs["valid_1"].as_str().unwrap())], Some(body));
+    assert_eq!(r.status, 400, "a proof for GET /api/whoami is no login proof: {}", r.body);
+    assert!(r.body["detail"].as_str().unwrap_or_default().starts_with("dpop:"), "{}", r.body);
+}

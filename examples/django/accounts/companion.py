@@ -40,9 +40,14 @@ def user_path(user):
     return "/v1/users/%s/tokens" % urllib.parse.quote(user, safe="")
 
 
-def create_token(user, device=""):
-    """The old ``MultiToken.create_token(user)``: returns ``(token, first)``."""
-    issued = call("POST", "/v1/tokens", {"user": user.get_username(), "device": device})
+def create_token(user, device="", dpop=None):
+    """The old ``MultiToken.create_token(user)``: returns ``(token, first)``. With ``dpop``
+    (``{"proof", "method", "uri"}``: the DPoP header the client sent to the login, and that
+    request), the token is bound to the proof's key (RFC 9449): usable with that key's proofs only."""
+    body = {"user": user.get_username(), "device": device}
+    if dpop:
+        body["dpop"] = dpop
+    issued = call("POST", "/v1/tokens", body)
     return issued["token"], issued["first"]
 
 

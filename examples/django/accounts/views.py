@@ -29,7 +29,7 @@ def expire_legacy_tokens(user):
 
 
 def companion_failure(error):
-    code = error.status if error.status in (404, 409) else status.HTTP_503_SERVICE_UNAVAILABLE
+    code = error.status if error.status in (400, 404, 409) else status.HTTP_503_SERVICE_UNAVAILABLE
     return Response({"detail": error.detail}, status=code)
 
 
@@ -49,8 +49,12 @@ def login(request):
     user = authenticate(request._request, username=username, password=password) if username and password else None
     if user is None or not user.is_active:
         return Response({"non_field_errors": ["Unable to log in with provided credentials."]}, status=status.HTTP_400_BAD_REQUEST)
+    # a DPoP proof sent with the login binds the token to the client's key (checked by the
+    # companion against this request as the client made it: method and absolute URI)
+    proof = request.headers.get("DPoP")
+    dpop = {"proof": proof, "method": request.method, "uri": request.build_absolute_uri(request.path)} if proof else None
     try:
-        token, _first = companion.create_token(user, device=str(request.data.get("device", "")))
+        token, _first = companion.create_token(user, device=str(request.data.get("device", "")), dpop=dpop)
     except companion.CompanionError as e:
         return companion_failure(e)
     return Response({"token": token})

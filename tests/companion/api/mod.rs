@@ -450,3 +450,35 @@ fn internal_activity_is_written_for_live_tokens_only_and_malformed_batches_are_r
     let (_, list, _) = api.call("GET", "/v1/users/eve/tokens", admin(), None);
     assert_eq!(list[0]["last_user_agent"], "app/1", "nothing refused was written");
 }
+
+#[test]
+fn a_token_bound_by_thumbprint_is_listed_and_introspected_as_dpop() {
+    let redis = RedisServer::start();
+    let api = Api::start(&redis.url());
+    let jkt = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"; // RFC 9449's example key
+    for (bad, needle) in [(json!("short"), "dpop_jkt"), (json!(5), "dpop_jkt"), (json!(format!("{jkt}=")), "dpop_jkt")]
+    {
+        let (status, v, _) = api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "ivy", "dpop_jkt": bad})));
+        assert_eq!(status, 400, "{v}");
+        assert!(v["detail"].as_str().unwrap().contains(needle), "{v}");
+    }
+    let (status, v, _) = api.call(
+        "POST",
+        "/v1/tokens",
+        admin(),
+        Some(json!({"user": "ivy", "dpop": {"proof": "a.b.c", "method": "POST", "uri": "https://app/login"}})),
+    );
+    assert_eq!(status, 400, "{v}");
+    assert!(v["detail"].as_str().unwrap().starts_with("dpop: "), "{v}");
+    let (_, issued, _) = api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "ivy", "dpop_jkt": jkt})));
+    let (_, plain, _) = api.call("POST", "/v1/tokens", admin(), Some(json!({"user": "ivy"})));
+    let (_, list, _) = api.call("GET", "/v1/users/ivy/tokens", admin(), None);
+    let bound: Vec<Value> = list.as_array().unwrap().iter().map(|t| t["dpop_jkt"].clone()).collect();
+    assert_eq!(bound, [json!(jkt), Value::Null]);
+    for (token, kind, cnf) in
+        [(&issued["token"], "DPoP", json!({"jkt": jkt})), (&plain["token"], "Bearer", Value::Null)]
+    {
+        let (_, v, _) = api.call("POST", "/v1/introspect", admin(), Some(json!({"token": token})));
+        assert_eq!((v["token_type"].clone(), v["cnf"].clone()), (json!(kind), cnf), "{v}");
+    }
+}
