@@ -11,7 +11,7 @@ companion alone against redis-benchmark. The
 Envoy scenarios run in alternating rounds and report medians. Writes bench/results.json.
 
 Settings (environment): BENCH_SECONDS (measured seconds per run, default 10), BENCH_WARMUP (2),
-BENCH_ROUNDS (3), BENCH_CONNECTIONS (16), ENVOY_BIN; BENCH_ONLY=memory|mix|miss|hit|native|burst runs that part
+BENCH_ROUNDS (3), BENCH_CONNECTIONS (16), ENVOY_BIN; BENCH_ONLY=memory|mix|miss|hit|native|burst|dpop runs that part
 alone and prints it (no results.json), for working on one figure; with BENCH_BASELINE_WASM=<a
 filter .wasm> the hit, miss and burst parts also run that build side by side (before and after a change).
 
@@ -26,7 +26,7 @@ import sys
 import time
 
 from benchkit.envoy import Envoy, jwt_tokens, main_scenarios, write_configs
-from benchkit.parts import (burst, forged_mixed, hit_path, invalid_flood, issue_tokens, memory_per_verdict,
+from benchkit.parts import (burst, dpop_hit, forged_mixed, hit_path, invalid_flood, issue_tokens, memory_per_verdict,
                             miss_path, native_hit_path, per_user_cost, realistic_mix, revocation_latency,
                             verdict_memory_by_concurrency, alternating)
 from benchkit.processes import (envoy_stats, free_port, log, machine, median_of, mint_tokens, redis_benchmark,
@@ -66,7 +66,7 @@ def main():
                  "revocation": lambda: {build: revocation_latency(companion_port, stock, write_lines(
                      "revocation.txt", issue_tokens(companion_port, "load")), native=build == "native")
                      for build in ("wasm", "native")},
-                 "burst": lambda: burst(companion_port, stock)}
+                 "burst": lambda: burst(companion_port, stock), "dpop": lambda: dpop_hit(companion_port, stock)}
         if ONLY not in parts:
             sys.exit(f"bench: BENCH_ONLY must be one of {', '.join(parts)}")
         print(json.dumps(parts[ONLY](), indent=2))
@@ -134,6 +134,7 @@ def main():
     mix = realistic_mix(companion_port, stock)
     for name, result in mix.items():
         scenarios[name] = {k: result[k] for k in ("rps", "p50_ms", "p99_ms", "errors", "envoy_cpu_us_per_req")}
+    scenarios.update(dpop_hit(companion_port, stock))
     revocation = revocation_latency(companion_port, stock, valid_file)
     revocation_native = revocation_latency(companion_port, stock, valid_file, native=True)
     per_user = per_user_cost(redis_port)

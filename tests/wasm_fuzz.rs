@@ -85,7 +85,7 @@ fn header_name() -> impl Strategy<Value = Vec<u8>> {
             "authorization", "cookie", ":path", ":method", "x-multitokens-user", "x_multitokens_user",
             "X-Multitokens-Scopes", "x-multitokens_token_id", "x-multitokens-device", "user-agent", "host",
             "x-http-method-override", "origin", "access-control-request-method", "sec-fetch-site", "content-length",
-            "x-multitokens-credential", ":authority",
+            "x-multitokens-credential", ":authority", "dpop", ":scheme",
         ])
         .prop_map(|s| s.as_bytes().to_vec()),
         1 => bytes(64),
@@ -194,8 +194,12 @@ fn http_answer(a: &Answer) -> Option<(host::RawHeaders, Vec<u8>)> {
             Some((h, body.clone()))
         }
         Answer::Valid(secs) => {
-            ok(json!({"active": true, "user": "u-alice", "device": "d-phone", "scopes": ["admin"], "id": "i-1",
-            "expires_in": if *secs == 0 { serde_json::Value::Null } else { json!(secs) }}))
+            let mut body = json!({"active": true, "user": "u-alice", "device": "d-phone", "scopes": ["admin"],
+                "id": "i-1", "expires_in": if *secs == 0 { serde_json::Value::Null } else { json!(secs) }});
+            if secs % 3 == 1 {
+                body["dpop_jkt"] = json!(BOUND_JKT);
+            }
+            ok(body)
         }
         Answer::Invalid => ok(json!({"active": false})),
         Answer::Feed(reset) => ok(json!({"cursor": "5-1", "digests": ["00"], "reset": reset})),
@@ -207,9 +211,12 @@ fn redis_answer(a: &Answer) -> Option<Vec<u8>> {
         Answer::Nothing => None,
         Answer::Garbage { body, .. } => Some(body.clone()),
         Answer::Valid(secs) => {
-            let record =
-                json!({"id": "i-1", "user": "u-alice", "device": "d-phone", "created": 1, "scopes": ["admin"]})
-                    .to_string();
+            let mut record =
+                json!({"id": "i-1", "user": "u-alice", "device": "d-phone", "created": 1, "scopes": ["admin"]});
+            if secs % 3 == 1 {
+                record["cnf"] = json!({"jkt": BOUND_JKT});
+            }
+            let record = record.to_string();
             let pttl: i64 = if *secs == 0 { -1 } else { i64::from(*secs) * 1000 };
             Some(format!("*2\r\n${}\r\n{record}\r\n:{pttl}\r\n", record.len()).into_bytes())
         }
@@ -258,6 +265,19 @@ fn tokens(n: usize) -> Vec<String> {
     (0..n).map(|i| multitokens_core::token::generate("mt", &format!("user{i}")).unwrap()).collect()
 }
 
+/// A DPoP proof's header (an EC key, RFC 9449's example) over hostile claims and signature.
+fn hostile_proof(bytes: &[u8]) -> Vec<u8> {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let header = br#"{"typ":"dpop+jwt","alg":"ES256","jwk":{"kty":"EC","crv":"P-256","x":"l8tFrhx-34tV3hRICRDY9zCkDlpBhF42UQUfWVAWBFs","y":"9VE4jf_Ok_o64zbTTlcuNJajHmt6v9TDVrU0CdvGRDA"}}"#;
+    let (claims, signature) = bytes.split_at(bytes.len() / 2);
+    format!("{}.{}.{}", b64(header), b64(claims), b64(signature)).into_bytes()
+}
+
+/// The thumbprint some answers bind their token to (RFC 9449's example key: no proof the fuzzer
+/// sends is signed by it).
+const BOUND_JKT: &str = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I";
+
 fn run_case(redis: bool, config: &[u8], requests: &[Request], tokens: &[String]) -> Result<(), TestCaseError> {
     let Some(mut host) = load(redis, config)? else { return Ok(()) }; // refused: fine, as long as it did not trap
     let mut calls: Vec<PendingCall> = Vec::new();
@@ -275,6 +295,9 @@ fn run_case(redis: bool, config: &[u8], requests: &[Request], tokens: &[String])
             let value = match (token, is_identity(name)) {
                 (_, true) => [SPOOF, value.as_slice()].concat(),
                 (Some(i), false) if name == b"cookie" => format!("session={}", tokens[*i]).into_bytes(),
+                // a DPoP proof's shape around hostile bytes: parsed as far as a signature check
+                (Some(_), false) if name == b"dpop" => hostile_proof(value),
+                (Some(i), false) if i % 2 == 1 => format!("DPoP {}", tokens[*i]).into_bytes(),
                 (Some(i), false) => format!("Bearer {}", tokens[*i]).into_bytes(),
                 (None, false) => value.clone(),
             };

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import time
-from .settings import ADMIN_KEY, BASELINE, COMPANION, CONNECTIONS, HASH_KEY, MINIMAL_WASM, NOOP_WASM, ROUNDS, SECONDS, SIGNING_KEY, STAT_PREFIX, WARMUP, WRK_DIR
+from .settings import ADMIN_KEY, BASELINE, COMPANION, CONNECTIONS, HASH_KEY, MINIMAL_WASM, NOOP_WASM, ROOT, ROUNDS, SECONDS, SIGNING_KEY, STAT_PREFIX, WARMUP, WORK, WRK_DIR
 from .processes import cpu_seconds, redis_commands, envoy_stats, free_port, http_json, log, median_of, mint_tokens, start, wait_port, write_lines, wrk
 from .envoy import Envoy, ext_authz_filter, filter_config, jwt_filter, jwt_tokens, native_filter, wasm_filter
 
@@ -61,7 +61,20 @@ def realistic_mix(companion_port, wasm):
             warmed = envoy_stats(e.admin, "multitokens").get(f"{stat}cache_entries", 0)
             if warmed >= 0.98 * caches * len(hot):
                 break
-        log(f"{name}: warmed, {warmed} verdicts cached")
+        # device activity: each hot token's first use is reported, at most 1,024 a second per worker
+        # (the rest are reported on a later use); keep the load on until that backlog is sent, as
+        # a gateway is after its first seconds, and measure from there
+        backlog = envoy_stats(e.admin, "multitokens").get(f"{stat}activity_reported", 0) if stat else 0
+        for _ in range(12):
+            if not stat:
+                break
+            wrk(e.port, 3, env={"TOKENS_FILE": str(hot_file)})
+            time.sleep(1.2)
+            now = envoy_stats(e.admin, "multitokens").get(f"{stat}activity_reported", 0)
+            if now - backlog < 30:
+                break
+            backlog = now
+        log(f"{name}: warmed, {warmed} verdicts cached, {backlog} activity reports sent")
         before = envoy_stats(e.admin)
         stop = threading.Event()
         latencies = []
@@ -98,6 +111,7 @@ def realistic_mix(companion_port, wasm):
             "lookups": d(f"{stat}cache_miss") - d(f"{stat}lookup_shared"),
             "cached_before": warmed,
             "activity_reported": d(f"{stat}activity_reported"),
+            "activity_reported_before": backlog,
         }
         log(f"{name}: {result['rps']:.0f} req/s, p99 {result['p99_ms']:.2f} ms, {len(latencies)} revocations, revoke p99 {pick(0.99)} ms")
         e.proc.terminate()
@@ -459,3 +473,77 @@ def forged_mixed(mixed, tokens, valid_file):
     log(f"forged_mixed: {result['rps']:.0f} req/s, {mixed_results['valid_passed']} valid passed, "
         f"{mixed_results['forged_throttled']} throttled, {mixed_results['lookups']} lookups")
     return mixed_results
+
+
+def dpop_client(*args):
+    """Runs tests/clients/dpop_client.mjs (panva's dpop and jose): the output."""
+    env = {**os.environ, "NODE_TOOLS": str(ROOT / ".tools/node/node_modules")}
+    out = subprocess.run(["node", str(ROOT / "tests/clients/dpop_client.mjs"), *map(str, args)],
+                         capture_output=True, text=True, env=env, timeout=600)
+    if out.returncode != 0:
+        sys.exit(f"bench: dpop_client {args[0]} failed: {out.stderr}")
+    return out.stdout
+
+
+def dpop_hit(companion_port, wasm):
+    """DPoP-bound tokens with a fresh proof per request (BENCH_ONLY=dpop): 1,000 tokens bound to
+    one key per scenario, every request with its own proof made by panva's `dpop`, verdicts
+    cached (the cost is the proof's check): the wasm build with ES256 (the wasm builds take no
+    RSA keys), the native module with RS256 (the algorithm `dpop_jwt_rs256` verifies: jwt_authn
+    without its cache, one signature verification per request, as here) and with ES256. Proofs are
+    made before each run for the Envoy's own URL, more than the run can send (a proof is accepted
+    once); runs last at most 3 s, so that making them stays quick."""
+    auth = {"authorization": f"Bearer {ADMIN_KEY}"}
+    seconds = min(SECONDS, 3)
+
+    def bound_tokens(alg):
+        keyfile = WORK / f"dpop-key-{alg}.json"
+        jkt = dpop_client("key", alg, keyfile)
+        tokens = []
+        for i in range(1000):
+            status, body = http_json(companion_port, "POST", "/v1/tokens",
+                                     {"user": f"dpop-{alg}-{i % 100}", "device": f"d{i}", "dpop_jkt": jkt}, auth)
+            if status != 201:
+                sys.exit(f"bench: issuing bound tokens failed: {status} {body}")
+            tokens.append(body["token"])
+        return keyfile, write_lines(f"dpop-tokens-{alg}.txt", tokens)
+
+    keys = {"dpop_hit": bound_tokens("ES256"), "dpop_hit_native": bound_tokens("RS256")}
+    keys["dpop_hit_native_es256"] = keys["dpop_hit"]
+    rs_tokens, _, jwks = jwt_tokens(1000)
+    rs_file = str(write_lines("dpop-jwt.txt", rs_tokens))
+    config = filter_config(10000, dpop={"max_remembered": 2_000_000})
+    envoys = {
+        "dpop_hit": Envoy("dpop_hit", wasm_filter("multitokens", wasm, config), companion_port),
+        "dpop_hit_native": Envoy("dpop_hit_native", native_filter(config), companion_port),
+        "dpop_hit_native_es256": Envoy("dpop_hit_native_es256", native_filter(config), companion_port),
+        "dpop_jwt_rs256": Envoy("dpop_jwt_rs256", jwt_filter(jwks, cached=False), companion_port),
+    }
+    for e in envoys.values():
+        e.ready()
+    time.sleep(2.5)
+
+    def proofs(name, e, run_seconds, rps):
+        keyfile, tokens_file = keys[name]
+        out = WORK / f"dpop-proofs-{e.port}.txt"
+        dpop_client("bench", keyfile, f"http://127.0.0.1:{e.port}/api/bench", tokens_file, int(rps * run_seconds * 1.3) + 500, out)
+        return {"PROOFS_FILE": str(out)}
+
+    runs = {name: [] for name in envoys}
+    for r in range(ROUNDS):
+        for name, e in envoys.items():
+            if name == "dpop_jwt_rs256":
+                env, script = {"TOKENS_FILE": rs_file}, "tokens.lua"
+                wrk(e.port, 1, script, env)
+            else:
+                script = "dpop.lua"
+                warm = wrk(e.port, 1, script, proofs(name, e, 1, 25000))
+                env = proofs(name, e, seconds, warm["rps"])
+            cpu_before = cpu_seconds(e.proc.pid)
+            result = wrk(e.port, seconds, script, env)
+            result["envoy_cpu_us_per_req"] = (cpu_seconds(e.proc.pid) - cpu_before) * 1e6 / max(result["requests"], 1)
+            runs[name].append(result)
+            log(f"round {r + 1}/{ROUNDS} {name}: {result['rps']:.0f} req/s, {result['status_errors']} refused")
+    for e in envoys.values():
+        e.proc.terminate()
+    return {name: median_of(rs) for name, rs in runs.items()}

@@ -5,6 +5,11 @@
 //   node dpop_client.mjs proofs <keyfile> <url> <token> <other token>
 //                                                           prints {name: proof} as JSON
 //   node dpop_client.mjs login <keyfile> <url>              prints a proof for POST <url> (no token yet)
+//   node dpop_client.mjs proof <keyfile> <url> <token> <nonce>
+//                                                           prints a proof for GET <url> with a server nonce
+//   node dpop_client.mjs bench <keyfile> <url> <tokens file> <count> <out file>
+//                                                           writes <count> lines "<token> <proof>" (GET <url>),
+//                                                           the tokens in turn, every proof fresh (make bench)
 import { createRequire } from "node:module";
 import { readFileSync, writeFileSync } from "node:fs";
 const require = createRequire(process.env.NODE_TOOLS + "/");
@@ -16,7 +21,7 @@ const b64u = (value) => Buffer.from(typeof value === "string" ? value : JSON.str
 
 async function load(file) {
   const { alg, jwk } = JSON.parse(readFileSync(file, "utf8"));
-  const { d, ...pub } = jwk;
+  const { d, p, q, dp, dq, qi, ...pub } = jwk; // the public members only
   return {
     alg,
     keypair: {
@@ -62,7 +67,25 @@ if (command === "key") {
   const [file, url] = args;
   const { keypair } = await load(file);
   process.stdout.write(await DPoP.generateProof(keypair, url, "POST"));
+} else if (command === "proof") {
+  const [file, url, token, nonce] = args;
+  const { keypair } = await load(file);
+  process.stdout.write(await DPoP.generateProof(keypair, url, "GET", nonce, token));
+} else if (command === "bench") {
+  const [file, url, tokensFile, count, out] = args;
+  const { keypair } = await load(file);
+  const tokens = readFileSync(tokensFile, "utf8").split("\n").filter(Boolean);
+  const lines = [];
+  for (let start = 0; start < Number(count); start += 1000) {
+    const batch = [];
+    for (let i = start; i < Math.min(start + 1000, Number(count)); i++) {
+      const token = tokens[i % tokens.length];
+      batch.push(DPoP.generateProof(keypair, url, "GET", undefined, token).then((proof) => `${token} ${proof}`));
+    }
+    lines.push(...(await Promise.all(batch)));
+  }
+  writeFileSync(out, lines.join("\n") + "\n");
 } else {
-  console.error("usage: dpop_client.mjs key <alg> <keyfile> | proofs <keyfile> <url> <token> <other token> | login <keyfile> <url>");
+  console.error("usage: dpop_client.mjs key <alg> <keyfile> | proofs <keyfile> <url> <token> <other token> | login <keyfile> <url> | bench <keyfile> <url> <tokens file> <count> <out file>");
   process.exit(2);
 }

@@ -68,3 +68,36 @@ fn a_bound_token_needs_its_keys_proof_and_stays_bound_in_both_builds() {
         assert!(listed.as_array().unwrap().iter().all(|t| t["device"] != "laptop" || t.get("dpop_jkt").is_none()));
     }
 }
+
+#[test]
+fn with_nonces_required_a_proof_needs_one_an_edge_handed_out_in_both_builds() {
+    let dir = tempfile::tempdir().unwrap();
+    let keyfile = dir.path().join("key.json");
+    let keyfile = keyfile.to_str().unwrap();
+    let jkt = client(&["key", "Ed25519", keyfile]);
+    for build in [Build::Stock, Build::Redis] {
+        let stack = Stack::start_with_env(build, vec![("MULTITOKENS_HASH_KEY", support::TEST_HASH_KEY.to_string())]);
+        let config = json!({"hash_key": support::TEST_HASH_KEY,
+                            "dpop": {"public_origin": "https://api.example.com", "require_nonce": true}});
+        let (mut host, mut other_edge) = (stack.load(config.clone()), stack.load(config));
+        let token = stack.issue("nina", "phone", &["--dpop-jkt", &jkt]);
+        let url = "https://api.example.com/api";
+        let auth = format!("DPoP {token}");
+        let proofs: Value = serde_json::from_str(&client(&["proofs", keyfile, url, &token, "other"])).unwrap();
+        let r = host.request("GET", "/api", &[("authorization", &auth), ("dpop", proofs["valid_0"].as_str().unwrap())]);
+        assert_refused(&r, "use_dpop_nonce", "a proof without a nonce");
+        let nonce = r.reply().header("dpop-nonce").unwrap().to_string();
+        let proof = client(&["proof", keyfile, url, &token, &nonce]);
+        // any edge with the same hash key takes the nonce another one handed out
+        let r = other_edge.request("GET", "/api", &[("authorization", &auth), ("dpop", &proof)]);
+        assert_eq!(
+            r.upstream_header("x-multitokens-user").as_deref(),
+            Some("nina"),
+            "{build:?}: {:?}",
+            other_edge.logs()
+        );
+        let forged = client(&["proof", keyfile, url, &token, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"]);
+        let r = host.request("GET", "/api", &[("authorization", &auth), ("dpop", &forged)]);
+        assert_refused(&r, "use_dpop_nonce", "a made-up nonce");
+    }
+}

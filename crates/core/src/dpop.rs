@@ -3,11 +3,12 @@
 //! a JWT signed with that key over the request's method and URI and the token's hash. Pure
 //! functions: the edge and the companion check proofs alike.
 //!
-//! Algorithms: `ES256` (P-256, what browsers' WebCrypto makes as a non-extractable key) and
-//! Ed25519, as `EdDSA` or by its fully-specified name `Ed25519` (RFC 9864, which panva's `dpop`
-//! client sends). Nothing else: `none` and HMAC algorithms can never prove possession of a
-//! key pair, and RSA keys cost an edge ten times the verification time for no binding strength a
-//! device needs.
+//! Algorithms: `ES256` (P-256, what browsers' WebCrypto makes as a non-extractable key),
+//! Ed25519 (as `EdDSA` or by its fully-specified name `Ed25519`, RFC 9864, which panva's `dpop`
+//! client sends), and, in builds with the `ring` feature (the native module, the companion),
+//! `RS256` and `PS256` with 2048- to 8192-bit keys, which verify fastest ([`key`] says why the
+//! wasm builds leave them out). Never `none` or an HMAC algorithm: a shared secret proves
+//! nothing about a key pair.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -81,6 +82,8 @@ pub struct Proof {
     pub jti: String,
     /// Its `iat`, Unix seconds.
     pub iat: u64,
+    /// The server nonce it carries (`nonce`), if any: see [`nonce`].
+    pub nonce: Option<String>,
 }
 
 /// A JWK SHA-256 thumbprint (RFC 7638).
@@ -102,8 +105,8 @@ impl Thumbprint {
     }
 }
 
-/// The algorithms proofs may use, as the challenge lists them.
-pub const ALGORITHMS: &str = "ES256 EdDSA Ed25519";
+use key::Jwk;
+pub use key::ALGORITHMS;
 
 /// The `WWW-Authenticate` challenge refusing a DPoP request: `error` is `invalid_dpop_proof` (the
 /// proof), `invalid_token` (a bound token sent as a bearer token) or `use_dpop_nonce`.
@@ -124,18 +127,6 @@ struct Header {
 }
 
 #[derive(Deserialize)]
-struct Jwk {
-    kty: String,
-    crv: String,
-    x: String,
-    #[serde(default)]
-    y: Option<String>,
-    /// A private key: refused.
-    #[serde(default)]
-    d: Option<serde::de::IgnoredAny>,
-}
-
-#[derive(Deserialize)]
 struct Claims {
     jti: String,
     htm: String,
@@ -143,55 +134,8 @@ struct Claims {
     iat: u64,
     #[serde(default)]
     ath: Option<String>,
-}
-
-/// The key of a proof's `jwk` header, checked against `alg`.
-enum Key {
-    P256(p256::ecdsa::VerifyingKey),
-    Ed25519(ed25519_dalek::VerifyingKey),
-}
-
-fn coordinate(b64: &str) -> Result<[u8; 32], ProofError> {
-    URL_SAFE_NO_PAD.decode(b64).ok().and_then(|b| b.try_into().ok()).ok_or(ProofError::Key)
-}
-
-impl Jwk {
-    fn key(&self, alg: &str) -> Result<(Key, Thumbprint), ProofError> {
-        if self.d.is_some() {
-            return Err(ProofError::Key);
-        }
-        // RFC 7638: the required members, in lexicographic order, no whitespace; the values are
-        // base64url (checked by decoding), so they need no JSON escaping
-        match (alg, self.kty.as_str(), self.crv.as_str(), &self.y) {
-            ("ES256", "EC", "P-256", Some(y)) => {
-                let (xb, yb) = (coordinate(&self.x)?, coordinate(y)?);
-                let point = p256::EncodedPoint::from_affine_coordinates(&xb.into(), &yb.into(), false);
-                let key = p256::ecdsa::VerifyingKey::from_encoded_point(&point).map_err(|_| ProofError::Key)?;
-                let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{y}"}}"#, self.x);
-                Ok((Key::P256(key), Thumbprint(Sha256::digest(canonical).into())))
-            }
-            ("EdDSA" | "Ed25519", "OKP", "Ed25519", None) => {
-                let key =
-                    ed25519_dalek::VerifyingKey::from_bytes(&coordinate(&self.x)?).map_err(|_| ProofError::Key)?;
-                let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#, self.x);
-                Ok((Key::Ed25519(key), Thumbprint(Sha256::digest(canonical).into())))
-            }
-            _ => Err(ProofError::Key),
-        }
-    }
-}
-
-impl Key {
-    fn verifies(&self, signed: &[u8], signature: &[u8]) -> bool {
-        match self {
-            Key::P256(key) => {
-                use p256::ecdsa::signature::Verifier;
-                p256::ecdsa::Signature::from_slice(signature).is_ok_and(|s| key.verify(signed, &s).is_ok())
-            }
-            Key::Ed25519(key) => <[u8; 64]>::try_from(signature)
-                .is_ok_and(|s| key.verify_strict(signed, &ed25519_dalek::Signature::from_bytes(&s)).is_ok()),
-        }
-    }
+    #[serde(default)]
+    nonce: Option<String>,
 }
 
 /// The URI without query and fragment, its scheme and host lower-cased and a default port
@@ -239,7 +183,7 @@ pub fn verify(proof: &[u8], request: &Request<'_>) -> Result<Proof, ProofError> 
     if !header.typ.eq_ignore_ascii_case("dpop+jwt") {
         return Err(ProofError::Type);
     }
-    if !matches!(header.alg.as_str(), "ES256" | "EdDSA" | "Ed25519") {
+    if !ALGORITHMS.split(' ').any(|a| a == header.alg) {
         return Err(ProofError::Algorithm);
     }
     let (key, jkt) = header.jwk.key(&header.alg)?;
@@ -268,7 +212,7 @@ pub fn verify(proof: &[u8], request: &Request<'_>) -> Result<Proof, ProofError> 
     if claims.jti.is_empty() || claims.jti.len() > 256 {
         return Err(ProofError::Jti);
     }
-    Ok(Proof { jkt, jti: claims.jti, iat: claims.iat })
+    Ok(Proof { jkt, jti: claims.jti, iat: claims.iat, nonce: claims.nonce })
 }
 
 /// How long and how many proof ids are remembered.
@@ -344,8 +288,9 @@ pub fn prove(
 /// Proof ids seen within the window, oldest first: a proof is accepted once.
 #[derive(Debug, Default)]
 pub struct SeenProofs {
-    ids: HashSet<[u8; 32]>,
-    order: VecDeque<(u64, [u8; 32])>,
+    /// 128 bits of SHA-256 over the key and the `jti`: about 50 bytes per id remembered.
+    ids: HashSet<u128>,
+    order: VecDeque<(u64, u128)>,
 }
 
 impl SeenProofs {
@@ -370,7 +315,8 @@ impl SeenProofs {
             }
         }
         // the id is remembered per key: another client cannot spend this one's ids
-        let id: [u8; 32] = Sha256::new().chain_update(key.0).chain_update(proof.jti.as_bytes()).finalize().into();
+        let hash = Sha256::new().chain_update(key.0).chain_update(proof.jti.as_bytes()).finalize();
+        let id = hash.first_chunk::<16>().map_or(0, |b| u128::from_le_bytes(*b));
         if self.ids.len() >= limits.max_remembered || !self.ids.insert(id) {
             return Err(Refusal::Proof);
         }
@@ -388,6 +334,9 @@ impl SeenProofs {
         self.ids.is_empty()
     }
 }
+
+mod key;
+pub mod nonce;
 
 #[cfg(test)]
 mod tests;

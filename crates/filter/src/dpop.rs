@@ -6,11 +6,12 @@
 //! known, cached or looked up; its `jti` is remembered for the window, per worker (per process
 //! for the native module), and a second use refused.
 
+use multitokens_core::dpop::nonce::NonceKey;
 use multitokens_core::dpop::{self, Proof, Refusal, Seen};
 use serde::Deserialize;
 
 /// The `dpop` settings.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DpopConfig {
     /// How far a proof's `iat` may be from now, seconds, either way; a proof's `jti` is
@@ -25,6 +26,17 @@ pub struct DpopConfig {
     /// Most proof ids remembered; a proof past that while none has expired is refused.
     #[serde(default = "default_max_remembered")]
     pub max_remembered: usize,
+    /// Require server nonces (RFC 9449 §8): a proof without a current one is answered 401
+    /// `use_dpop_nonce` with a `DPoP-Nonce` to retry with. Needs `hash_key` (every edge with the
+    /// same key accepts every edge's nonces).
+    #[serde(default)]
+    pub require_nonce: bool,
+    /// How long a nonce's slot lasts, seconds (a nonce is accepted in its slot and the next).
+    #[serde(default = "default_window_s")]
+    pub nonce_lifetime_s: u64,
+    /// The key nonces are made with, derived from `hash_key` at load.
+    #[serde(skip)]
+    pub nonce_key: Option<NonceKey>,
 }
 
 fn default_window_s() -> u64 {
@@ -37,7 +49,14 @@ fn default_max_remembered() -> usize {
 
 impl Default for DpopConfig {
     fn default() -> Self {
-        DpopConfig { window_s: default_window_s(), public_origin: None, max_remembered: default_max_remembered() }
+        DpopConfig {
+            window_s: default_window_s(),
+            public_origin: None,
+            max_remembered: default_max_remembered(),
+            require_nonce: false,
+            nonce_lifetime_s: default_window_s(),
+            nonce_key: None,
+        }
     }
 }
 
@@ -45,6 +64,31 @@ impl DpopConfig {
     /// The replay memory's limits.
     pub fn limits(&self) -> dpop::Limits {
         dpop::Limits { window_s: self.window_s, max_remembered: self.max_remembered }
+    }
+
+    /// Checks the settings and derives the nonce key from `hash_key`, at load; the error names
+    /// the field.
+    pub fn prepare(&mut self, hash_key: Option<&str>) -> Result<(), String> {
+        self.check()?;
+        if self.require_nonce {
+            if !(5..=3600).contains(&self.nonce_lifetime_s) {
+                return Err("nonce_lifetime_s: 5 to 3600".into());
+            }
+            let key = hash_key.filter(|k| !k.is_empty()).ok_or("require_nonce: needs hash_key")?;
+            self.nonce_key = Some(NonceKey::derive(key.as_bytes()));
+        }
+        Ok(())
+    }
+
+    /// With nonces required: `Err` with the nonce to retry with, unless the proof carries a
+    /// current one.
+    pub fn fresh_nonce(&self, proof: &Proof, now_ms: u64) -> Result<(), String> {
+        let Some(key) = self.nonce_key.as_ref().filter(|_| self.require_nonce) else { return Ok(()) };
+        let (now_s, lifetime) = (now_ms / 1000, self.nonce_lifetime_s);
+        match &proof.nonce {
+            Some(nonce) if key.accepts(nonce, now_s, lifetime) => Ok(()),
+            _ => Err(key.issue(now_s, lifetime)),
+        }
     }
 
     /// Checked at load; the error names the field.
@@ -83,7 +127,7 @@ mod tests {
     use multitokens_core::dpop::{is_dpop_scheme, Possession, SeenProofs, Thumbprint};
 
     fn proof(jti: &str, key: u8) -> Possession {
-        Possession::Proven(Proof { jkt: Thumbprint([key; 32]), jti: jti.into(), iat: 1_000 })
+        Possession::Proven(Proof { jkt: Thumbprint([key; 32]), jti: jti.into(), iat: 1_000, nonce: None })
     }
 
     #[test]
@@ -122,5 +166,18 @@ mod tests {
         assert_eq!(prove(&DpopConfig::default(), &[b"a", b"b"], seen, "t", 0), Err(Refusal::Proof));
         assert_eq!(prove(&DpopConfig::default(), &[], seen, "t", 0), Err(Refusal::Proof));
         assert_eq!(prove(&DpopConfig::default(), &[b"x.y.z"], seen, "t", 0), Err(Refusal::Proof));
+    }
+
+    #[test]
+    fn nonces_need_a_hash_key_and_a_proof_must_carry_a_current_one() {
+        let mut c = DpopConfig { require_nonce: true, ..DpopConfig::default() };
+        assert_eq!(c.prepare(None), Err("require_nonce: needs hash_key".into()));
+        c.prepare(Some("a hash key")).unwrap();
+        let proof = |nonce: Option<String>| Proof { jkt: Thumbprint([1; 32]), jti: "j".into(), iat: 1, nonce };
+        let Err(nonce) = c.fresh_nonce(&proof(None), 1_000_000) else { panic!("a nonce is required") };
+        assert_eq!(c.fresh_nonce(&proof(Some(nonce.clone())), 1_000_000), Ok(()));
+        assert!(c.fresh_nonce(&proof(Some(nonce)), 1_000_000 + 130_000).is_err(), "two slots later");
+        assert!(c.fresh_nonce(&proof(Some("made-up".into())), 1_000_000).is_err());
+        assert_eq!(DpopConfig::default().fresh_nonce(&proof(None), 0), Ok(()), "off by default");
     }
 }

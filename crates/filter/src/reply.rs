@@ -70,6 +70,19 @@ impl FixedReplies {
     }
 }
 
+/// 401 `use_dpop_nonce` with the nonce to make the proof again with (RFC 9449 §8).
+pub fn use_dpop_nonce(nonce: &str) -> LocalReply {
+    LocalReply {
+        status: 401,
+        headers: vec![
+            ("content-type".to_string(), "application/json".to_string()),
+            dpop_challenge("use_dpop_nonce"),
+            ("dpop-nonce".to_string(), nonce.to_string()),
+        ],
+        body: json_body(contract::INVALID_TOKEN),
+    }
+}
+
 fn dpop_challenge(error: &str) -> (String, String) {
     ("www-authenticate".to_string(), multitokens_core::dpop::challenge(error))
 }
@@ -135,10 +148,12 @@ mod tests {
         assert!(r.headers.contains(&("retry-after".into(), "7".into())));
         let r = deny(Denial::DpopProof, "api", &[]);
         assert_eq!((r.status, r.body.as_str()), (401, r#"{"detail":"Invalid token."}"#));
-        assert!(r.headers.contains(&(
-            "www-authenticate".into(),
-            r#"DPoP algs="ES256 EdDSA Ed25519", error="invalid_dpop_proof""#.into()
-        )));
+        let challenge = multitokens_core::dpop::challenge("invalid_dpop_proof");
+        assert!(r.headers.contains(&("www-authenticate".into(), challenge.clone())));
+        assert!(
+            challenge.starts_with(r#"DPoP algs="ES256 EdDSA Ed25519"#)
+                && challenge.ends_with(r#"error="invalid_dpop_proof""#)
+        );
         assert!(deny(Denial::DpopBearer, "api", &[]).headers[1].1.ends_with(r#"error="invalid_token""#));
         assert_eq!(
             (deny(Denial::BadPath, "api", &[]).status, deny(Denial::BadPath, "api", &[]).body.as_str()),

@@ -116,7 +116,12 @@ fn every_rule_of_section_4_3_refuses() {
             (header(&|h| h["typ"] = json!("JWT")), ProofError::Type),
             (header(&|h| h["alg"] = json!("none")), ProofError::Algorithm),
             (header(&|h| h["alg"] = json!("HS256")), ProofError::Algorithm),
-            (header(&|h| h["alg"] = json!("RS256")), ProofError::Algorithm),
+            // RS256 where RSA keys are taken (ring): not with this key
+            (
+                header(&|h| h["alg"] = json!("RS256")),
+                if cfg!(feature = "ring") { ProofError::Key } else { ProofError::Algorithm },
+            ),
+            (header(&|h| h["alg"] = json!("RS512")), ProofError::Algorithm),
             (header(&|h| h["jwk"] = other.jwk()), ProofError::Signature),
             (header(&|h| h["jwk"]["d"] = json!("AAAA")), ProofError::Key),
             (header(&|h| h.as_object_mut().unwrap().remove("jwk").map(drop).unwrap()), ProofError::Malformed),

@@ -450,7 +450,8 @@ impl Compiled {
         if let Some(t) = &config.throttle {
             t.check().map_err(|e| format!("throttle.{e}"))?;
         }
-        config.dpop.check().map_err(|e| format!("dpop.{e}"))?;
+        let hash_key = config.hash_key.clone();
+        config.dpop.prepare(hash_key.as_deref()).map_err(|e| format!("dpop.{e}"))?;
         if config.activity_interval_ms != 0 && !(1000..=86_400_000).contains(&config.activity_interval_ms) {
             return Err("activity_interval_ms: 0 (off) or 1000 to 86400000".into());
         }

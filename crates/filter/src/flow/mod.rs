@@ -185,7 +185,14 @@ impl HttpFlow {
                 };
                 let proofs: Vec<&[u8]> = values("dpop").collect();
                 match super::dpop::prove(&config.dpop, &proofs, seen, token, now) {
-                    Ok(proof) => Possession::Proven(proof),
+                    Ok(proof) => match config.dpop.fresh_nonce(&proof, now) {
+                        Ok(()) => Possession::Proven(proof),
+                        Err(nonce) => {
+                            host.count(Metric::DeniedDpop);
+                            host.send_reply(&reply::use_dpop_nonce(&nonce));
+                            return Step::Replied;
+                        }
+                    },
                     Err(_) => return deny(host, &compiled, Denial::DpopProof, Metric::DeniedDpop, &[]),
                 }
             }
