@@ -488,8 +488,8 @@ def dpop_client(*args):
 def dpop_hit(companion_port, wasm):
     """DPoP-bound tokens with a fresh proof per request (BENCH_ONLY=dpop): 1,000 tokens bound to
     one key per scenario, every request with its own proof made by panva's `dpop`, verdicts
-    cached (the cost is the proof's check): the wasm build with ES256 (the wasm builds take no
-    RSA keys), the native module with RS256 (the algorithm `dpop_jwt_rs256` verifies: jwt_authn
+    cached (the cost is the proof's check): the wasm build with ES256 and with Ed25519 (the wasm
+    builds take no RSA keys), the native module with RS256 (the algorithm `dpop_jwt_rs256` verifies: jwt_authn
     without its cache, one signature verification per request, as here) and with ES256. Proofs are
     made before each run for the Envoy's own URL, more than the run can send (a proof is accepted
     once); runs last at most 3 s, so that making them stays quick."""
@@ -508,13 +508,15 @@ def dpop_hit(companion_port, wasm):
             tokens.append(body["token"])
         return keyfile, write_lines(f"dpop-tokens-{alg}.txt", tokens)
 
-    keys = {"dpop_hit": bound_tokens("ES256"), "dpop_hit_native": bound_tokens("RS256")}
+    keys = {"dpop_hit": bound_tokens("ES256"), "dpop_hit_ed25519": bound_tokens("Ed25519"),
+            "dpop_hit_native": bound_tokens("RS256")}
     keys["dpop_hit_native_es256"] = keys["dpop_hit"]
     rs_tokens, _, jwks = jwt_tokens(1000)
     rs_file = str(write_lines("dpop-jwt.txt", rs_tokens))
     config = filter_config(10000, dpop={"max_remembered": 2_000_000})
     envoys = {
         "dpop_hit": Envoy("dpop_hit", wasm_filter("multitokens", wasm, config), companion_port),
+        "dpop_hit_ed25519": Envoy("dpop_hit_ed25519", wasm_filter("multitokens", wasm, config), companion_port),
         "dpop_hit_native": Envoy("dpop_hit_native", native_filter(config), companion_port),
         "dpop_hit_native_es256": Envoy("dpop_hit_native_es256", native_filter(config), companion_port),
         "dpop_jwt_rs256": Envoy("dpop_jwt_rs256", jwt_filter(jwks, cached=False), companion_port),
