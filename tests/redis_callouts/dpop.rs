@@ -45,14 +45,20 @@ fn a_bound_token_needs_its_keys_proof_and_stays_bound_in_both_builds() {
             let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
             host.request("GET", "/api?q=1", &headers)
         };
+        // a proof that does not verify is refused before the store is asked
+        for broken in ["stale_iat", "alg_none", "wrong_htu"] {
+            assert_refused(&send(&mut host, &auth, Some(proof(broken))), "invalid_dpop_proof", broken);
+        }
+        assert_eq!(host.metric("multitokens.cache_miss"), 0, "{build:?}: no lookup for a broken proof");
         let r = send(&mut host, &auth, Some(proof("valid_0")));
         assert_eq!(r.upstream_header("x-multitokens-user").as_deref(), Some("dora"), "{build:?}: {:?}", host.logs());
+        assert_eq!(host.metric("multitokens.cache_miss"), 1, "{build:?}");
         assert_refused(&send(&mut host, &auth, Some(proof("wrong_key"))), "invalid_dpop_proof", "another key");
         assert_refused(&send(&mut host, &auth, Some(proof("valid_0"))), "invalid_dpop_proof", "replayed");
         assert_refused(&send(&mut host, &format!("Bearer {token}"), None), "invalid_token", "as Bearer");
         // an unbound token works as before, with or without the DPoP scheme's proof
         assert!(matches!(get(&mut host, "/api", &bearer_token), Outcome::Forwarded(_)), "{build:?}");
-        assert_eq!(host.metric("multitokens.denied_dpop"), 3, "{build:?}");
+        assert_eq!(host.metric("multitokens.denied_dpop"), 6, "{build:?}");
 
         // Redis write access cannot unbind it: the record without its cnf no longer matches its seal
         let key = stack.redis.cli(&["--scan", "--pattern", "mt:*:t:*"]);
