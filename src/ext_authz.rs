@@ -8,11 +8,20 @@ use super::error::StoreError;
 use super::store::TokenStore;
 use multitokens_core::contract;
 use multitokens_core::credential::{extract, Credential};
+use multitokens_core::dpop::nonce::NonceKey;
 use multitokens_core::dpop::{self, is_dpop_scheme, Limits, Possession, Refusal, Seen, SeenProofs, Thumbprint};
 use std::sync::{Mutex, OnceLock};
 
 /// How far a proof's `iat` may be from now, seconds (the filter's default `dpop.window_s`).
 pub const DPOP_WINDOW_S: u64 = 60;
+
+/// The key of the DPoP server nonces this process requires (`dpop_require_nonce`), if any.
+static NONCES: OnceLock<NonceKey> = OnceLock::new();
+
+/// Requires DPoP server nonces in every check from now on (set once, at `serve`).
+pub fn require_nonces(key: NonceKey) {
+    let _ = NONCES.set(key);
+}
 
 /// Proof ids this process has seen (one memory for both transports).
 fn seen_proofs() -> &'static Mutex<SeenProofs> {
@@ -53,11 +62,13 @@ pub enum Check {
         detail: &'static str,
         /// The challenge, on 401.
         challenge: Option<String>,
+        /// A DPoP server nonce to make the proof again with (`use_dpop_nonce`), for `DPoP-Nonce`.
+        nonce: Option<String>,
     },
 }
 
 fn unauthorized(detail: &'static str, error: Option<&str>) -> Check {
-    Check::Deny { status: 401, detail, challenge: Some(contract::challenge(REALM, error, None)) }
+    Check::Deny { status: 401, detail, challenge: Some(contract::challenge(REALM, error, None)), nonce: None }
 }
 
 fn dpop_refused(refusal: Refusal) -> Check {
@@ -65,7 +76,7 @@ fn dpop_refused(refusal: Refusal) -> Check {
         Refusal::Proof => "invalid_dpop_proof",
         Refusal::NotBearer => "invalid_token",
     };
-    Check::Deny { status: 401, detail: contract::INVALID_TOKEN, challenge: Some(dpop::challenge(error)) }
+    Check::Deny { status: 401, detail: contract::INVALID_TOKEN, challenge: Some(dpop::challenge(error)), nonce: None }
 }
 
 /// Checks the request's credential as the filter does: a DPoP-bound token only with a proof of
@@ -85,7 +96,19 @@ pub async fn check(store: &TokenStore, asked: Asked<'_>) -> Check {
     let possession = match authorization {
         [value] if is_dpop_scheme(value) => {
             match dpop::prove(asked.dpop, asked.seen, None, token, now_s, DPOP_WINDOW_S) {
-                Ok(proof) => Possession::Proven(proof),
+                Ok(proof) => {
+                    if let Some(key) = NONCES.get() {
+                        if !proof.nonce.as_deref().is_some_and(|n| key.accepts(n, now_s, DPOP_WINDOW_S)) {
+                            return Check::Deny {
+                                status: 401,
+                                detail: contract::INVALID_TOKEN,
+                                challenge: Some(dpop::challenge("use_dpop_nonce")),
+                                nonce: Some(key.issue(now_s, DPOP_WINDOW_S)),
+                            };
+                        }
+                    }
+                    Possession::Proven(proof)
+                }
                 Err(refusal) => return dpop_refused(refusal),
             }
         }
@@ -107,7 +130,7 @@ pub async fn check(store: &TokenStore, asked: Asked<'_>) -> Check {
         Err(StoreError::InvalidToken) => unauthorized(contract::INVALID_TOKEN, Some("invalid_token")),
         Err(e) => {
             tracing::error!(error = %e, "ext_authz check: token store failure");
-            Check::Deny { status: 503, detail: contract::AUTH_UNAVAILABLE, challenge: None }
+            Check::Deny { status: 503, detail: contract::AUTH_UNAVAILABLE, challenge: None, nonce: None }
         }
     }
 }

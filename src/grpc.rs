@@ -25,7 +25,7 @@ impl ExtAuthz {
     }
 }
 
-fn denied(status: u16, detail: &str, challenge: Option<String>) -> Response<CheckResponse> {
+fn denied(status: u16, detail: &str, challenge: Option<String>, nonce: Option<String>) -> Response<CheckResponse> {
     let (code, grpc_status) = match status {
         401 => (HttpStatusCode::Unauthorized, Status::unauthenticated(detail)),
         _ => (HttpStatusCode::ServiceUnavailable, Status::unavailable(detail)),
@@ -34,6 +34,9 @@ fn denied(status: u16, detail: &str, challenge: Option<String>) -> Response<Chec
     http.set_http_status(code).add_header("content-type", "application/json", None, false);
     if let Some(c) = challenge {
         http.add_header("www-authenticate", c, None, false);
+    }
+    if let Some(n) = nonce {
+        http.add_header("dpop-nonce", n, None, false);
     }
     http.set_body(serde_json::json!({ "detail": detail }).to_string());
     let mut response = CheckResponse::with_status(grpc_status);
@@ -73,7 +76,7 @@ impl Authorization for ExtAuthz {
                 response.set_http_response(http);
                 Ok(Response::new(response))
             }
-            Check::Deny { status, detail, challenge } => Ok(denied(status, detail, challenge)),
+            Check::Deny { status, detail, challenge, nonce } => Ok(denied(status, detail, challenge, nonce)),
         }
     }
 }

@@ -65,6 +65,9 @@ pub async fn serve(settings: &Settings, store: TokenStore) -> Result<(), ServeEr
         return Err(ServeError::Config(UNSIGNED_IN_SIGNED_STORE.into()));
     }
     tracing::info!(listen = %addr, prefix = %settings.prefix, "multitokens API listening");
+    if let (true, Some(key)) = (settings.dpop_require_nonce, settings.hash_key.as_deref()) {
+        crate::ext_authz::require_nonces(multitokens_core::dpop::nonce::NonceKey::derive(key.as_bytes()));
+    }
     let state = AppState::new(Arc::new(store), keys, settings.revoke_wait, settings.max_edges);
     // the feed's blocking read returns well within the Redis timeout
     state.spawn_followers((settings.redis_timeout / 2).min(std::time::Duration::from_secs(1)));

@@ -164,6 +164,12 @@ pub struct SettingsLayer {
     /// 1000000; a new edge past it is refused until a silent one expires [default: 10000].
     #[arg(long, env = "MULTITOKENS_MAX_EDGES", global = true, value_name = "N")]
     pub max_edges: Option<u64>,
+    /// Require DPoP server nonces in ext_authz checks, as the filter's `dpop.require_nonce` does
+    /// (stateless, from hash_key: filters and companions with the same key take each other's)
+    /// [default: false].
+    #[arg(long, env = "MULTITOKENS_DPOP_REQUIRE_NONCE", global = true, value_name = "BOOL",
+          action = clap::ArgAction::Set, value_parser = parse_bool)]
+    pub dpop_require_nonce: Option<bool>,
     /// Address `serve` listens on [default: 127.0.0.1:8080].
     #[arg(long, env = "MULTITOKENS_LISTEN", global = true, value_name = "ADDR")]
     pub listen: Option<String>,
@@ -292,6 +298,8 @@ pub struct Settings {
     pub revoke_wait: Duration,
     /// Most edges one companion tracks.
     pub max_edges: usize,
+    /// Whether ext_authz requires DPoP server nonces.
+    pub dpop_require_nonce: bool,
     /// Listen address of `serve`.
     pub listen: String,
     /// Webhook endpoints for security events.
@@ -320,6 +328,7 @@ impl std::fmt::Debug for Settings {
             .field("internal_keys", &self.internal_keys.len())
             .field("introspect_clients", &self.introspect_clients.len())
             .field("revoke_wait", &self.revoke_wait)
+            .field("dpop_require_nonce", &self.dpop_require_nonce)
             .field("listen", &self.listen)
             .field("webhooks", &self.webhooks.iter().map(|w| &w.name).collect::<Vec<_>>())
             .finish()
@@ -366,6 +375,10 @@ impl Settings {
         if let Some(key) = layer.hash_key.as_deref().filter(|k| !k.is_empty()) {
             multitokens_core::keyring::check_key_strength(key).map_err(|e| format!("invalid hash_key: {e}"))?;
         }
+        let dpop_require_nonce = layer.dpop_require_nonce.unwrap_or(false);
+        if dpop_require_nonce && layer.hash_key.as_deref().is_none_or(str::is_empty) {
+            return Err("invalid dpop_require_nonce: nonces are made with hash_key, which is not set".into());
+        }
         Ok(Settings {
             redis_url,
             prefix,
@@ -394,6 +407,7 @@ impl Settings {
             ),
             max_edges: within("max_edges", layer.max_edges, 1, 1_000_000)?
                 .map_or(crate::edges::MAX_EDGES, |n| n as usize),
+            dpop_require_nonce,
             listen: layer.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
             webhooks: crate::webhooks::WebhookEndpoint::resolve_all(layer.webhooks.unwrap_or_default())?,
         })
@@ -452,6 +466,7 @@ mod tests {
         assert!(err("max_lifetime = \"never\"").contains("max_lifetime"));
         assert!(err("redis_timeout_ms = 0").contains("redis_timeout_ms"));
         assert!(err("revoke_wait_ms = 60000").contains("revoke_wait_ms"));
+        assert!(err("dpop_require_nonce = true").contains("dpop_require_nonce"), "nonces need hash_key");
         assert!(err("prefix = \"no_underscores\"").contains("prefix"));
         assert!(err("redis_url = \"http://x\"").contains("redis_url"));
         assert!(err("bogus = 1").contains("bogus"));

@@ -147,11 +147,14 @@ pub(crate) async fn ext_authz(
     let asked = crate::ext_authz::Asked { authorization: &values, dpop: &dpop, seen };
     let set = match crate::ext_authz::check(&store, asked).await {
         crate::ext_authz::Check::Allow(set) => set,
-        crate::ext_authz::Check::Deny { status, detail, challenge } => {
+        crate::ext_authz::Check::Deny { status, detail, challenge, nonce } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             let mut response = (status, Json(ErrorBody { detail: detail.to_string() })).into_response();
             if let Some(value) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
                 response.headers_mut().insert(WWW_AUTHENTICATE, value);
+            }
+            if let Some(value) = nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
+                response.headers_mut().insert("dpop-nonce", value);
             }
             return Ok(response);
         }

@@ -181,3 +181,38 @@ fn ext_authz_checks_dpop_proofs_over_both_transports() {
         }
     }
 }
+
+/// With `dpop_require_nonce`, both transports answer a proof without a current nonce with
+/// `use_dpop_nonce` and a `DPoP-Nonce`, and take a proof made with it.
+#[test]
+fn ext_authz_requires_server_nonces_when_set() {
+    let dir = tempfile::tempdir().unwrap();
+    for transport in [ExtAuthz::Grpc, ExtAuthz::Http] {
+        let s = Stack::start_full(
+            Store::Single(RedisServer::start()),
+            vec![("MULTITOKENS_DPOP_REQUIRE_NONCE", "true".to_string())],
+            |_| {},
+            |c| with_ext_authz(c, transport),
+        );
+        let keyfile = dir.path().join(format!("{transport:?}-nonce.json"));
+        let keyfile = keyfile.to_str().unwrap();
+        let jkt = super::dpop::client(&["key", "Ed25519", keyfile]);
+        let token = super::dpop::issue_bound(&s, &format!("nonce-{transport:?}"), &jkt);
+        let url = format!("http://127.0.0.1:{}/api/whoami", s.port);
+        let auth = format!("DPoP {token}");
+        let proofs: Value =
+            serde_json::from_str(&super::dpop::client(&["proofs", keyfile, &url, &token, "other"])).unwrap();
+        let r = s.request(
+            "GET",
+            "/api/whoami",
+            &[("authorization", &auth), ("dpop", proofs["valid_0"].as_str().unwrap())],
+            None,
+        );
+        assert_eq!(r.status, 401, "{transport:?}: {}", r.body);
+        assert!(r.challenge.clone().unwrap_or_default().contains("use_dpop_nonce"), "{transport:?}: {:?}", r.challenge);
+        let nonce = r.dpop_nonce.clone().unwrap_or_else(|| panic!("{transport:?}: no DPoP-Nonce"));
+        let proof = super::dpop::client(&["proof", keyfile, &url, &token, &nonce]);
+        let r = s.request("GET", "/api/whoami", &[("authorization", &auth), ("dpop", &proof)], None);
+        assert_eq!((r.status, r.body["user"].clone()), (200, json!(format!("nonce-{transport:?}"))), "{}", r.body);
+    }
+}

@@ -11,6 +11,8 @@ pub struct HttpReply {
     pub status: u16,
     pub body: serde_json::Value,
     pub challenge: Option<String>,
+    /// The `DPoP-Nonce` header (a server nonce to make a DPoP proof with).
+    pub dpop_nonce: Option<String>,
 }
 
 /// Sends a request with optional extra headers and a JSON body.
@@ -32,11 +34,12 @@ pub fn http_call(
     .unwrap();
     let status = response.status().as_u16();
     let challenge = response.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_string());
+    let dpop_nonce = response.headers().get("dpop-nonce").map(|v| v.to_str().unwrap().to_string());
     let text = response.into_body().read_to_string().unwrap_or_default();
     let body = if text.is_empty() {
         serde_json::Value::Null
     } else {
         serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
     };
-    HttpReply { status, body, challenge }
+    HttpReply { status, body, challenge, dpop_nonce }
 }
