@@ -164,7 +164,10 @@ fn revocations_hold_when_the_feeds_shard_fails_over() {
             assert!(Instant::now() < deadline, "revokes never recovered: {} {}", r.status, r.body);
             std::thread::sleep(Duration::from_millis(200));
         }
-        assert_eq!(s.get("/api/whoami", Some(&bearer(t))).status, 401, "refused as soon as the revoke returned");
+        // never accepted once the revoke returned: refused, or 503 while a lookup still meets the
+        // settling cluster (the revoke dropped the cached verdict)
+        let status = s.get("/api/whoami", Some(&bearer(t))).status;
+        assert!(status == 401 || status == 503, "refused as soon as the revoke returned: {status}");
     }
     let (live, revoked) = edge_agrees_with_redis(&s, &tokens, Duration::from_secs(15));
     assert_eq!((live, revoked), (10, 20));
