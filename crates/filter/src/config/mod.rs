@@ -120,17 +120,6 @@ impl Default for CacheConfig {
     }
 }
 
-/// Sliding expiry: a used token's TTL is pushed out, at most once per interval.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct RefreshConfig {
-    /// The TTL a used token gets, in seconds.
-    pub ttl: u64,
-    /// Least time between two refreshes of one token.
-    #[serde(default = "default_refresh_interval_ms")]
-    pub min_interval_ms: u64,
-}
-
 /// The plugin configuration as written.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -312,12 +301,11 @@ pub const DEFAULT_REDIS_POLL_MS: u64 = 250;
 fn default_stale_window_ms() -> u64 {
     300_000
 }
-fn default_refresh_interval_ms() -> u64 {
-    60_000
-}
 
 mod identity_headers;
+mod refresh;
 pub use identity_headers::IdentityHeaders;
+pub use refresh::RefreshConfig;
 
 /// The configuration compiled for use: validated, lower-cased, with the hasher built.
 #[derive(Clone, Debug)]
