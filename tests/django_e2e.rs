@@ -423,16 +423,7 @@ fn a_dpop_login_through_the_drf_app_binds_the_token() {
     let django = Gunicorn::start(companion_port, &[]);
     let (_envoy, port) = envoy_for(&django, companion_port, |c| c);
     let agent = support::http_agent();
-    let node = |args: &[&str]| {
-        let out = std::process::Command::new("node")
-            .arg(support::repo_root().join("tests/clients/dpop_client.mjs"))
-            .args(args)
-            .env("NODE_TOOLS", support::repo_root().join(".tools/node/node_modules"))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let node = support::dpop_client;
     let dir = tempfile::tempdir().unwrap();
     let keyfile = dir.path().join("key.json");
     let keyfile = keyfile.to_str().unwrap();

@@ -4,17 +4,7 @@
 
 use super::*;
 
-/// Runs tests/clients/dpop_client.mjs.
-pub(super) fn client(args: &[&str]) -> String {
-    let out = Command::new("node")
-        .arg(support::repo_root().join("tests/clients/dpop_client.mjs"))
-        .args(args)
-        .env("NODE_TOOLS", support::repo_root().join(".tools/node/node_modules"))
-        .output()
-        .expect("node");
-    assert!(out.status.success(), "dpop_client {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
+pub(super) use support::dpop_client as client;
 
 /// Issues a token bound to `jkt` through the admin API.
 pub(super) fn issue_bound(s: &Stack, user: &str, jkt: &str) -> String {

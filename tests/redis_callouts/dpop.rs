@@ -4,16 +4,7 @@
 
 use super::*;
 
-fn client(args: &[&str]) -> String {
-    let out = std::process::Command::new("node")
-        .arg(support::repo_root().join("tests/clients/dpop_client.mjs"))
-        .args(args)
-        .env("NODE_TOOLS", support::repo_root().join(".tools/node/node_modules"))
-        .output()
-        .expect("node");
-    assert!(out.status.success(), "dpop_client {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
+use support::dpop_client as client;
 
 fn assert_refused(outcome: &Outcome, error: &str, why: &str) {
     let r = outcome.reply();

@@ -60,3 +60,15 @@ pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
 pub fn repo_root() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// Runs tests/clients/dpop_client.mjs (keys from `jose`, proofs from panva's `dpop`): its output.
+pub fn dpop_client(args: &[&str]) -> String {
+    let out = std::process::Command::new("node")
+        .arg(repo_root().join("tests/clients/dpop_client.mjs"))
+        .args(args)
+        .env("NODE_TOOLS", repo_root().join(".tools/node/node_modules"))
+        .output()
+        .expect("node");
+    assert!(out.status.success(), "dpop_client {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
