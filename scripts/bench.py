@@ -26,9 +26,9 @@ import sys
 import time
 
 from benchkit.envoy import Envoy, jwt_tokens, main_scenarios, write_configs
-from benchkit.parts import (burst, dpop_hit, forged_mixed, hit_path, invalid_flood, issue_tokens, memory_per_verdict,
-                            miss_path, native_hit_path, per_user_cost, realistic_mix, revocation_latency,
-                            verdict_memory_by_concurrency, alternating)
+from benchkit.parts import (alternating, burst, hit_path, issue_tokens, memory_per_verdict, miss_path, native_hit_path,
+                            per_user_cost, realistic_mix, revocation_latency, verdict_memory_by_concurrency)
+from benchkit.hostile import dpop_hit, forged_mixed, invalid_flood
 from benchkit.processes import (envoy_stats, free_port, log, machine, median_of, mint_tokens, redis_benchmark,
                                 start, wait_port, write_lines, wrk)
 from benchkit.report import envoy_cpu_over_no_auth, print_table, ratios, targets
