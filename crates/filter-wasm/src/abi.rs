@@ -2,6 +2,7 @@
 //! byte the host hands over stays bytes. Why not the proxy-wasm SDK: docs/security.md.
 
 use multitokens_filter::header_map::{self, RawHeaders};
+use multitokens_filter::vm::Level;
 
 /// A host call's status other than OK (proxy-wasm ABI 0.2.1 `WasmResult`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,100 +69,62 @@ pub enum Buffer {
     RedisCallResponse = 9,
 }
 
+// The host functions, as proxy-wasm ABI 0.2.1 declares them.
+#[rustfmt::skip]
 #[allow(clashing_extern_declarations)]
 #[link(wasm_import_module = "env")]
 extern "C" {
     fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
-    fn proxy_get_header_map_value(
-        map_type: u32,
-        key: *const u8,
-        key_size: usize,
-        return_data: *mut *mut u8,
-        return_size: *mut usize,
-    ) -> u32;
-    fn proxy_replace_header_map_value(
-        map_type: u32,
-        key: *const u8,
-        key_size: usize,
-        value: *const u8,
-        value_size: usize,
-    ) -> u32;
+    fn proxy_get_header_map_value(map_type: u32, key: *const u8, key_size: usize,
+        return_data: *mut *mut u8, return_size: *mut usize) -> u32;
+    fn proxy_replace_header_map_value(map_type: u32, key: *const u8, key_size: usize,
+        value: *const u8, value_size: usize) -> u32;
     fn proxy_remove_header_map_value(map_type: u32, key: *const u8, key_size: usize) -> u32;
-    fn proxy_get_buffer_bytes(
-        buffer_type: u32,
-        start: usize,
-        max_size: usize,
-        return_data: *mut *mut u8,
-        return_size: *mut usize,
-    ) -> u32;
-    fn proxy_send_local_response(
-        status_code: u32,
-        details: *const u8,
-        details_size: usize,
-        body: *const u8,
-        body_size: usize,
-        headers: *const u8,
-        headers_size: usize,
-        grpc_status: i32,
-    ) -> u32;
+    fn proxy_get_buffer_bytes(buffer_type: u32, start: usize, max_size: usize,
+        return_data: *mut *mut u8, return_size: *mut usize) -> u32;
+    fn proxy_send_local_response(status_code: u32, details: *const u8, details_size: usize,
+        body: *const u8, body_size: usize, headers: *const u8, headers_size: usize, grpc_status: i32) -> u32;
     fn proxy_continue_stream(stream_type: u32) -> u32;
     fn proxy_set_effective_context(context_id: u32) -> u32;
-    fn proxy_http_call(
-        upstream: *const u8,
-        upstream_size: usize,
-        headers: *const u8,
-        headers_size: usize,
-        body: *const u8,
-        body_size: usize,
-        trailers: *const u8,
-        trailers_size: usize,
-        timeout_ms: u32,
-        return_token: *mut u32,
-    ) -> u32;
+    fn proxy_http_call(upstream: *const u8, upstream_size: usize, headers: *const u8, headers_size: usize,
+        body: *const u8, body_size: usize, trailers: *const u8, trailers_size: usize,
+        timeout_ms: u32, return_token: *mut u32) -> u32;
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     fn proxy_log(level: u32, message: *const u8, message_size: usize) -> u32;
     fn proxy_define_metric(metric_type: u32, name: *const u8, name_size: usize, return_id: *mut u32) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
-    fn proxy_get_property(path: *const u8, path_size: usize, return_data: *mut *mut u8, return_size: *mut usize)
-        -> u32;
+    fn proxy_get_property(path: *const u8, path_size: usize, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
 }
 
 fn ok(status: u32) -> Result<(), Status> {
     Status::of(status)
 }
 
-/// Takes ownership of bytes the host allocated through our `proxy_on_memory_allocate`.
-///
-/// # Safety
-/// `data`/`size` must come from a host call that just returned OK.
-unsafe fn take(data: *mut u8, size: usize) -> Vec<u8> {
+/// Bytes a host call hands over through its two out-pointers, allocated by our
+/// `proxy_on_memory_allocate`; the call's status if it failed.
+fn returned(call: impl FnOnce(*mut *mut u8, *mut usize) -> u32) -> Result<Vec<u8>, Status> {
+    let (mut data, mut size) = (std::ptr::null_mut::<u8>(), 0usize);
+    ok(call(&mut data, &mut size))?;
     if data.is_null() {
-        Vec::new()
-    } else {
-        // SAFETY: the host allocated `size` bytes at `data` with the SDK's Vec-based allocator
-        // and hands ownership to us, exactly as the SDK's own getters assume.
-        unsafe { Vec::from_raw_parts(data, size, size) }
+        return Ok(Vec::new());
     }
+    // SAFETY: the call returned OK, so the host allocated `size` bytes at `data` with the
+    // Vec-based allocator and hands ownership to us, exactly as the SDK's own getters assume.
+    Ok(unsafe { Vec::from_raw_parts(data, size, size) })
 }
 
 /// Every header of a map, as bytes.
 pub fn headers(map: Map) -> Result<RawHeaders, Status> {
-    let (mut data, mut size) = (std::ptr::null_mut(), 0usize);
     // SAFETY: the out-pointers are valid locals the host writes to.
-    ok(unsafe { proxy_get_header_map_pairs(map as u32, &mut data, &mut size) })?;
-    // SAFETY: the call returned OK.
-    let bytes = unsafe { take(data, size) };
+    let bytes = returned(|data, size| unsafe { proxy_get_header_map_pairs(map as u32, data, size) })?;
     header_map::decode(&bytes).ok_or(Status::Malformed)
 }
 
 /// One header's value, as bytes (`None`: absent or unreadable).
 pub fn header(map: Map, name: &str) -> Option<Vec<u8>> {
-    let (mut data, mut size) = (std::ptr::null_mut(), 0usize);
     // SAFETY: `name` lives for the call; the out-pointers are valid locals.
-    let status = unsafe { proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), &mut data, &mut size) };
-    // SAFETY: the call returned OK.
-    Status::of(status).is_ok().then(|| unsafe { take(data, size) })
+    returned(|data, size| unsafe { proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), data, size) }).ok()
 }
 
 /// Sets a header, replacing every value it had.
@@ -178,11 +141,8 @@ pub fn remove_header(map: Map, name: &str) -> Result<(), Status> {
 
 /// A buffer's bytes, at most `max` of them.
 pub fn buffer(buffer: Buffer, max: usize) -> Result<Vec<u8>, Status> {
-    let (mut data, mut size) = (std::ptr::null_mut(), 0usize);
     // SAFETY: the out-pointers are valid locals the host writes to.
-    ok(unsafe { proxy_get_buffer_bytes(buffer as u32, 0, max, &mut data, &mut size) })?;
-    // SAFETY: the call returned OK.
-    Ok(unsafe { take(data, size) })
+    returned(|data, size| unsafe { proxy_get_buffer_bytes(buffer as u32, 0, max, data, size) })
 }
 
 /// Sends a local reply instead of forwarding the request.
@@ -222,24 +182,16 @@ pub fn set_tick_period(period_ms: u64) -> Result<(), Status> {
     ok(unsafe { proxy_set_tick_period_milliseconds(u32::try_from(period_ms).unwrap_or(u32::MAX)) })
 }
 
-/// Log levels of the host.
-#[derive(Clone, Copy)]
-#[repr(u32)]
-pub enum Level {
-    /// Debug.
-    Debug = 1,
-    /// Info.
-    Info = 2,
-    /// Warning.
-    Warn = 3,
-    /// Error.
-    Error = 4,
-}
-
 /// Logs a line (never a token or a secret).
 pub fn log(level: Level, message: &str) {
+    let level = match level {
+        Level::Debug => 1,
+        Level::Info => 2,
+        Level::Warn => 3,
+        Level::Error => 4,
+    };
     // SAFETY: `message` lives for the call.
-    let _ = unsafe { proxy_log(level as u32, message.as_ptr(), message.len()) };
+    let _ = unsafe { proxy_log(level, message.as_ptr(), message.len()) };
 }
 
 /// Metric kinds.
@@ -268,11 +220,8 @@ pub fn increment_metric(id: u32, by: i64) -> Result<(), Status> {
 /// A property of the current context by its path segments (`["source", "address"]`).
 pub fn property(path: &[&str]) -> Option<Vec<u8>> {
     let joined = path.join("\0");
-    let (mut data, mut size) = (std::ptr::null_mut(), 0usize);
     // SAFETY: `joined` lives for the call; the out-pointers are valid locals.
-    let status = unsafe { proxy_get_property(joined.as_ptr(), joined.len(), &mut data, &mut size) };
-    // SAFETY: the call returned OK.
-    Status::of(status).is_ok().then(|| unsafe { take(data, size) })
+    returned(|data, size| unsafe { proxy_get_property(joined.as_ptr(), joined.len(), data, size) }).ok()
 }
 
 /// Starts a bodiless HTTP call to an Envoy cluster; its token (the answer comes to

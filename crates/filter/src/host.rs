@@ -1,5 +1,6 @@
-//! What the proxy offers the filter's logic: the small trait the proxy-wasm shell implements over
-//! Envoy's host calls and the unit tests over a mock.
+//! What the proxy offers the filter's logic for one request: the small trait the native shell
+//! implements over Envoy's callbacks, [`crate::vm`] over a proxy-wasm VM's host calls, and the unit
+//! tests over [`crate::memory_host::MemoryHost`].
 
 use super::lookup::LookupRequest;
 use super::metric::Metric;

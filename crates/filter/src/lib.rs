@@ -2,9 +2,10 @@
 //! [`config`] (parsed once at load), [`header_map`] (the header map wire form, as bytes), [`cache`]
 //! (bounded verdict cache with revocation), [`path`] (only canonical paths meet the rules), [`route`]
 //! (a path as lenient upstreams route it), [`rules`] (exclusions and scope rules), [`reply`] (local
-//! replies), [`throttle`] (failed attempts per client) and [`flow`] (the per-request decision, behind
-//! the small [`host::Host`] trait). It knows nothing of proxy-wasm: the shells (crate
-//! `multitokens-filter-wasm`) implement `Host` over their proxy.
+//! replies), [`throttle`] (failed attempts per client), [`flow`] (the per-request decision, behind
+//! the small [`host::Host`] trait), [`store_call`] (every store call, either transport) and [`vm`]
+//! (the contexts and callouts of a single-threaded VM, behind [`vm::Proxy`]). It speaks no proxy's
+//! ABI: the native shell implements `Host`, the proxy-wasm shell `vm::Proxy`.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod activity;
@@ -28,5 +29,7 @@ pub mod redis_transport;
 pub mod reply;
 pub mod route;
 pub mod rules;
+pub mod store_call;
 pub mod throttle;
+pub mod vm;
 pub mod worker;

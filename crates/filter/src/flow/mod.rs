@@ -85,6 +85,12 @@ impl HttpFlow {
         self.pending.as_ref().map(|p| p.call)
     }
 
+    /// The lookup this request sent and waits for, as it was asked (what a reply is read against).
+    pub fn lookup_request(&self, compiled: &Compiled) -> Option<LookupRequest> {
+        let p = self.pending.as_ref().filter(|p| !p.follower)?;
+        Some(lookup_request(compiled, p.tag, p.digest, &p.previous))
+    }
+
     /// Request headers arrived.
     pub fn on_request_headers(&mut self, host: &mut dyn Host, worker: &mut Worker, now: u64) -> Step {
         worker.observe_clock(now);
@@ -286,9 +292,7 @@ impl HttpFlow {
                 return Step::Pause;
             }
         }
-        let refresh_ttl = compiled.config.refresh_on_use.as_ref().map(|r| r.ttl);
-        let key_id = (!previous.is_empty()).then(|| compiled.hash_keys.current().key_id());
-        match host.dispatch_lookup(&LookupRequest { tag, digest, previous: previous.clone(), key_id, refresh_ttl }) {
+        match host.dispatch_lookup(&lookup_request(&compiled, tag, digest, &previous)) {
             Ok(call) => {
                 let epoch = worker.feed.epoch;
                 if shared {
@@ -388,6 +392,19 @@ impl HttpFlow {
             Err(problem) => no_answer(host, worker, &p, problem, now),
         }
     }
+}
+
+/// The lookup of a token by its digests (a sliding refresh when configured; with previous hash
+/// keys, the current key's id so the companion may re-key the record).
+fn lookup_request(
+    compiled: &Compiled,
+    tag: token::RoutingTag,
+    digest: TokenDigest,
+    previous: &[TokenDigest],
+) -> LookupRequest {
+    let refresh_ttl = compiled.config.refresh_on_use.as_ref().map(|r| r.ttl);
+    let key_id = (!previous.is_empty()).then(|| compiled.hash_keys.current().key_id());
+    LookupRequest { tag, digest, previous: previous.to_vec(), key_id, refresh_ttl }
 }
 
 /// A lookup said the token is valid: authorize the request, and cache the verdict by the digest
