@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import time
-from .settings import ADMIN_KEY, BASELINE, COMPANION, CONNECTIONS, HASH_KEY, MINIMAL_WASM, NOOP_WASM, ROUNDS, SECONDS, SIGNING_KEY, STAT_PREFIX, WARMUP, WRK_DIR
+from .settings import NAMED, ADMIN_KEY, BASELINE, COMPANION, CONNECTIONS, HASH_KEY, MINIMAL_WASM, NOOP_WASM, ROUNDS, SECONDS, SIGNING_KEY, STAT_PREFIX, WARMUP, WRK_DIR
 from .processes import cpu_seconds, envoy_stats, free_port, http_json, log, median_of, mint_tokens, start, wait_port, write_lines, wrk
 from .envoy import Envoy, ext_authz_filter, filter_config, jwt_filter, jwt_tokens, native_filter, wasm_filter
 
@@ -152,9 +152,11 @@ def alternating(envoys, env_of, keep=False):
         for name, e in envoys.items():
             env = env_of(name) if callable(env_of) else env_of
             wrk(e.port, WARMUP, env=env)
-            cpu_before = cpu_seconds(e.proc.pid)
+            others = {n: p.pid for n, p in NAMED.items() if n in ("companion", "redis") and p.poll() is None}
+            before = {n: cpu_seconds(pid) for n, pid in {"envoy": e.proc.pid, **others}.items()}
             result = wrk(e.port, SECONDS, env=env)
-            result["envoy_cpu_us_per_req"] = (cpu_seconds(e.proc.pid) - cpu_before) * 1e6 / max(result["requests"], 1)
+            for n, pid in {"envoy": e.proc.pid, **others}.items():
+                result[f"{n}_cpu_us_per_req"] = (cpu_seconds(pid) - before[n]) * 1e6 / max(result["requests"], 1)
             runs[name].append(result)
             log(f"round {r + 1}/{ROUNDS} {name}: {result['rps']:.0f} req/s, p50 {result['p50_ms']:.3f} ms, p99 {result['p99_ms']:.3f} ms")
     for e in envoys.values():
@@ -231,9 +233,17 @@ def burst(companion_port, wasm, repeat=16):
     return out
 
 
+def unbatched():
+    """The miss path's filter config with every lookup sent on its own."""
+    config = filter_config(0)
+    config["companion"] = {**config["companion"], "max_lookups_in_flight": 0}
+    return config
+
+
 def miss_path(companion_port, wasm):
     """The cache-miss path alone (BENCH_ONLY=miss): the filter with its cache off against both
-    ext_authz transports on the same 1,000 tokens, in alternating rounds, medians."""
+    ext_authz transports on the same 1,000 tokens, in alternating rounds, medians (with the
+    companion's and Redis's CPU per request beside Envoy's)."""
     tokens = issue_tokens(companion_port, "miss")
     env = {"TOKENS_FILE": str(write_lines("miss.txt", tokens))}
     envoys = {
@@ -241,6 +251,8 @@ def miss_path(companion_port, wasm):
         "filter_miss_h2": Envoy("filter_miss_h2", wasm_filter("multitokens", wasm, filter_config(0)), companion_port, http2=True),
         "native_miss": Envoy("native_miss", native_filter(filter_config(0)), companion_port),
         "native_miss_h2": Envoy("native_miss_h2", native_filter(filter_config(0)), companion_port, http2=True),
+        # every lookup on its own (`max_lookups_in_flight` 0): what the batches save
+        "native_miss_unbatched": Envoy("native_miss_unbatched", native_filter(unbatched()), companion_port),
         "ext_authz": Envoy("ext_authz", ext_authz_filter(), companion_port),
         "ext_authz_h2": Envoy("ext_authz_h2", ext_authz_filter(), companion_port, http2=True),
         "ext_authz_grpc": Envoy("ext_authz_grpc", ext_authz_filter("grpc"), companion_port),

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from .settings import CONNECTIONS, ENVOY, HASH_KEY, MINT, PROCS, ROOT, SECONDS, WORK, WRK_DIR
+from .settings import CONNECTIONS, ENVOY, HASH_KEY, MINT, NAMED, PROCS, ROOT, SECONDS, WORK, WRK_DIR
 
 
 def log(msg):
@@ -52,6 +52,7 @@ def start(name, argv, env=None):
     out = open(WORK / f"{name}.log", "w")
     p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=ROOT)
     PROCS.append(p)
+    NAMED[name] = p
     return p
 
 
@@ -137,8 +138,9 @@ def median_of(runs):
         "errors": sum(r["socket_errors"] + r["status_errors"] for r in runs),
         "rounds": len(runs),
     }
-    if all("envoy_cpu_us_per_req" in r for r in runs):
-        out["envoy_cpu_us_per_req"] = round(statistics.median(r["envoy_cpu_us_per_req"] for r in runs), 2)
+    for key in ("envoy_cpu_us_per_req", "companion_cpu_us_per_req", "redis_cpu_us_per_req"):
+        if all(key in r for r in runs):
+            out[key] = round(statistics.median(r[key] for r in runs), 2)
     return out
 
 

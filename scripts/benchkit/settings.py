@@ -32,3 +32,5 @@ SIGNING_KEY = "_BdNUo1RQweo72UX4siHEp3FtdzIjnYNd8U0XQcRGiE"
 
 WORK = Path(tempfile.mkdtemp(prefix="multitokens-bench."))
 PROCS = []
+# the long-lived processes by name ("redis", "companion"): their CPU is measured beside Envoy's
+NAMED = {}

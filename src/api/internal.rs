@@ -12,7 +12,34 @@ pub(crate) async fn internal_lookup(
     Internal(origin): Internal,
     State(store): State<Arc<TokenStore>>,
     QueryArgs(query): QueryArgs<LookupQuery>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<LookupAnswer>, ApiError> {
+    Ok(Json(answer_lookup(&store, &origin, &query).await?))
+}
+
+/// Several tokens' lookups in one request: the native module's lookups beyond its
+/// `max_lookups_in_flight`, sent together.
+///
+/// Each lookup is answered as `GET /v1/internal/lookup` answers it, in order, read from Redis
+/// together. One malformed lookup refuses the batch (400); a Redis failure fails all of it.
+#[utoipa::path(post, path = contract::LOOKUPS_PATH, tag = "internal", request_body = LookupBatch,
+    security(("internal" = [])),
+    responses((status = 200, body = LookupAnswers), (status = "default", description = "Error", body = ErrorBody)))]
+pub(crate) async fn internal_lookups(
+    Internal(origin): Internal,
+    State(store): State<Arc<TokenStore>>,
+    JsonBody(batch): JsonBody<LookupBatch>,
+) -> Result<Json<LookupAnswers>, ApiError> {
+    if batch.lookups.len() > contract::MAX_LOOKUP_BATCH {
+        let most = contract::MAX_LOOKUP_BATCH;
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("lookups: at most {most} in one batch.")));
+    }
+    let answers = batch.lookups.iter().map(|query| answer_lookup(&store, &origin, query));
+    Ok(Json(LookupAnswers { answers: futures_util::future::try_join_all(answers).await? }))
+}
+
+/// One lookup's answer: the record under the first of the digests that has one, with the
+/// sliding refresh asked for.
+async fn answer_lookup(store: &TokenStore, origin: &Origin, query: &LookupQuery) -> Result<LookupAnswer, ApiError> {
     let bad = || {
         let most = MAX_PREVIOUS_HASH_KEYS;
         ApiError::new(
@@ -30,9 +57,9 @@ pub(crate) async fn internal_lookup(
     }
     // re-key on use only towards this companion's current key: a filter still digesting with the
     // old key (a rotation being rolled out) must not move records back
-    let rekey = Some(&origin).filter(|_| query.key_id.as_deref() == Some(store.key_id().as_str()));
+    let rekey = Some(origin).filter(|_| query.key_id.as_deref() == Some(store.key_id().as_str()));
     let Some(found) = store.lookup_digests(tag, &digests, rekey).await? else {
-        return Ok(Json(LookupAnswer::inactive()).into_response());
+        return Ok(LookupAnswer::inactive());
     };
     let (mut info, digest, stored_under) = (found.info, found.digest, found.stored_under);
     if let Some(secs) = query.refresh_ttl.filter(|s| *s > 0) {
@@ -42,11 +69,11 @@ pub(crate) async fn internal_lookup(
         if store.refresh(tag, &digest, ttl).await? {
             match store.lookup_digest(tag, &digest).await? {
                 Some(fresh) => info = fresh,
-                None => return Ok(Json(LookupAnswer::inactive()).into_response()),
+                None => return Ok(LookupAnswer::inactive()),
             }
         }
     }
-    Ok(Json(LookupAnswer {
+    Ok(LookupAnswer {
         active: true,
         user: Some(info.user),
         device: Some(info.device),
@@ -57,7 +84,6 @@ pub(crate) async fn internal_lookup(
         stored_under,
         dpop_jkt: info.dpop_jkt,
     })
-    .into_response())
 }
 
 /// Device activity the edges saw: when and from where each token was last used.

@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use multitokens_core::activity::{self, ActivityBatch, ActivityRecorded, ActivityReport};
-use multitokens_core::contract::{self, FeedPage, FeedQuery, LookupAnswer, LookupQuery};
+use multitokens_core::contract::{self, FeedPage, FeedQuery, LookupAnswer, LookupAnswers, LookupBatch, LookupQuery};
 use multitokens_core::digest::TokenDigest;
 use multitokens_core::keyring::MAX_PREVIOUS_HASH_KEYS;
 use multitokens_core::token::RoutingTag;
@@ -341,6 +341,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(current, logout_current))
         .routes(routes!(logout_others))
         .routes(routes!(internal_lookup))
+        .routes(routes!(internal_lookups))
         .routes(routes!(internal_revocations))
         .routes(routes!(internal_activity))
 }

@@ -32,6 +32,7 @@ mod revoke;
 mod suspend;
 mod tokens;
 mod trail;
+mod verified;
 mod webhook_group;
 
 pub use feed::{stream_id, RevocationPage, FEED_MAX_LEN, FEED_PAGE, OUTBOX_SETTLE_MS, OUTBOX_SWEEP_BATCH};
@@ -221,6 +222,8 @@ pub struct TokenStore {
     metrics: Arc<Metrics>,
     /// When each tampered record was last written to the audit trail (Unix ms, by public id).
     tamper_audited: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// Records whose seal or signature verified (checked once per record, not per lookup).
+    verified: verified::VerifiedRecords,
 }
 
 /// A live token found by a lookup.
@@ -324,6 +327,7 @@ impl TokenStore {
             hash_keys,
             metrics: Arc::new(Metrics::default()),
             tamper_audited: std::sync::Mutex::default(),
+            verified: verified::VerifiedRecords::default(),
             policy,
             scripts: Scripts {
                 issue: Script::new(scripts::ISSUE),

@@ -136,6 +136,12 @@ impl TokenStore {
         Ok(self.lookup_digests(tag, std::slice::from_ref(digest), None).await?.map(|f| f.info))
     }
 
+    /// Whether a record stored under `digest` may be honoured (its seal or signature verifies;
+    /// remembered for records that did).
+    fn accepts(&self, digest: &TokenDigest, value: &[u8]) -> bool {
+        self.verified.check(digest, value, || self.hash_keys.accepts(digest, value))
+    }
+
     /// The fingerprint of the current hash key (see [`multitokens_core::digest::TokenHasher::key_id`]).
     pub fn key_id(&self) -> String {
         self.hash_keys.current().key_id()
@@ -160,7 +166,7 @@ impl TokenStore {
             Err(e) => return Err(StoreError::Corrupt(e)),
         };
         let digest = digests[stored_under];
-        let info = match evaluate(Some(value), pttl, now_ms(), |v| self.hash_keys.accepts(&digest, v))? {
+        let info = match evaluate(Some(value), pttl, now_ms(), |v| self.accepts(&digest, v))? {
             Verdict::Valid(v) => v,
             Verdict::Invalid | Verdict::Suspended(_) => return Ok(None),
             Verdict::Tampered => {
@@ -221,7 +227,7 @@ impl TokenStore {
             };
             let digest = as_text(member).and_then(|m| TokenDigest::from_hex(&m)).ok_or_else(|| corrupt("list"))?;
             let pttl = as_int(pttl).ok_or_else(|| corrupt("list"))?;
-            let info = match evaluate(Some(json), pttl, now, |v| self.hash_keys.accepts(&digest, v))? {
+            let info = match evaluate(Some(json), pttl, now, |v| self.accepts(&digest, v))? {
                 Verdict::Valid(v) | Verdict::Suspended(v) => TokenInfo::from_valid(v).with_activity(activity),
                 Verdict::Tampered => {
                     self.report_tampered(&digest).await;

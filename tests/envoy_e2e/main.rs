@@ -16,6 +16,7 @@ use support::{
 };
 
 mod activity;
+mod batching;
 mod dpop;
 mod ext_authz;
 mod faults;

@@ -7,6 +7,11 @@ use serde::{Deserialize, Serialize};
 
 /// The filter's lookup by digest (a bodiless GET; see [`LookupQuery`]).
 pub const LOOKUP_PATH: &str = "/v1/internal/lookup";
+/// Several lookups in one `POST` (a [`LookupBatch`]; the native module's lookups beyond its
+/// `max_lookups_in_flight`, sent together).
+pub const LOOKUPS_PATH: &str = "/v1/internal/lookups";
+/// At most this many lookups in one [`LookupBatch`].
+pub const MAX_LOOKUP_BATCH: usize = 32;
 /// The revocation feed (`?after=<cursor>`; no cursor: the current tail, `0`: the beginning).
 pub const FEED_PATH: &str = "/v1/internal/revocations";
 /// Where edges report device activity (`POST`, a [`crate::activity::ActivityBatch`]).
@@ -78,7 +83,7 @@ pub fn challenge(realm: &str, error: Option<&str>, scope: Option<&str>) -> Strin
 /// The lookup's query: routing tag and digest (hex), never the token; and the sliding refresh
 /// to apply, in seconds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams), into_params(parameter_in = Query))]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams, utoipa::ToSchema), into_params(parameter_in = Query))]
 #[serde(deny_unknown_fields)]
 pub struct LookupQuery {
     /// Routing tag, 8 hex characters.
@@ -146,6 +151,23 @@ pub struct LookupAnswer {
     /// filter then accepts it only with a proof made with that key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dpop_jkt: Option<String>,
+}
+
+/// Several tokens' lookups in one request, each as [`LookupQuery`] (at most [`MAX_LOOKUP_BATCH`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct LookupBatch {
+    /// The lookups.
+    pub lookups: Vec<LookupQuery>,
+}
+
+/// A [`LookupBatch`]'s answers, in the order of its lookups.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LookupAnswers {
+    /// One answer per lookup.
+    pub answers: Vec<LookupAnswer>,
 }
 
 fn is_zero(n: &usize) -> bool {

@@ -12,6 +12,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod abi;
+mod lookups;
 mod process;
 mod stream;
 
@@ -118,7 +119,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(ptr:
     })
 }
 
-/// The config's timer ticked (main thread).
+/// The config's timer ticked, or lookups wait to be sent together (main thread).
 ///
 /// # Safety
 /// Called by Envoy with the config's pointers.
@@ -126,15 +127,15 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(ptr:
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
     config: ConfigPtr,
     ptr: *const c_void,
-    _event: u64,
+    event: u64,
 ) {
     // SAFETY: the config Envoy passed to this hook.
     let config = unsafe { Config::from_hook(config) };
     // SAFETY: Envoy's pointer to the live config.
-    guard((), || unsafe { process(ptr) }.map_or((), |p| p.on_tick(config)))
+    guard((), || unsafe { process(ptr) }.map_or((), |p| p.on_scheduled(config, event)))
 }
 
-/// A config-level callout (feed poll or refresh) answered (main thread).
+/// A config-level callout (feed poll, lookup batch, refresh or activity) answered (main thread).
 ///
 /// # Safety
 /// Called by Envoy with the config's pointers and an answer valid for the call.

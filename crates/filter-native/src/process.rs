@@ -3,6 +3,7 @@
 //! from another thread, and the timer thread that drives the feed from Envoy's main thread.
 
 use crate::abi::{self, Caller, Config, Filter, Level, Scheduler, StatKind};
+use crate::lookups::{Admit, Lookups, Queued};
 use multitokens_core::activity::ActivityReport;
 use multitokens_filter::companion_transport::{self, CompanionCall};
 use multitokens_filter::config::{Compiled, Transport};
@@ -46,6 +47,8 @@ pub struct Waiting {
 enum ConfigCall {
     /// A revocation feed poll, by the token the worker knows it under.
     Feed(u32),
+    /// A batch of lookups: the requests to wake with their answers, in order, and when it was sent.
+    Batch(Vec<u32>, u64),
     /// A sliding refresh or an activity report (its answer is not needed).
     Unanswered,
 }
@@ -69,6 +72,9 @@ pub struct Process {
     stats: Stats,
     waiting: Mutex<HashMap<u32, Waiting>>,
     calls: Mutex<HashMap<u64, ConfigCall>>,
+    lookups: Mutex<Lookups>,
+    /// Runs [`BATCH_EVENT`] on the main thread.
+    flusher: Scheduler,
     ticker: Mutex<Option<Ticker>>,
     next_feed_token: AtomicU32,
 }
@@ -88,6 +94,8 @@ pub fn new_context_id() -> u32 {
 
 /// The event of the config scheduler: the timer ticked.
 pub const TICK_EVENT: u64 = 1;
+/// The event of the config scheduler: lookups wait to be sent together.
+pub const BATCH_EVENT: u64 = 2;
 
 impl Process {
     /// Parses the plugin JSON once and defines the stats; an error stops the config from loading.
@@ -98,6 +106,10 @@ impl Process {
                 companion (`companion`); Redis callouts exist only in the Higress wasm ABI (multitokens_filter_redis.wasm)"
                 .into());
         }
+        let max_in_flight = match &compiled.transport {
+            Transport::Companion(c) => c.max_lookups_in_flight,
+            Transport::Redis(_) => 0,
+        };
         let mut worker = Worker::new(compiled);
         worker.record_tick(now_ms());
         let tick = Duration::from_millis(worker.tick_ms());
@@ -110,6 +122,8 @@ impl Process {
             stats,
             waiting: Mutex::new(HashMap::new()),
             calls: Mutex::new(HashMap::new()),
+            lookups: Mutex::new(Lookups::new(max_in_flight)),
+            flusher: Scheduler::for_config(config).ok_or("multitokens: Envoy gave no config scheduler")?,
             ticker: Mutex::new(None),
             next_feed_token: AtomicU32::new(1),
         });
@@ -163,6 +177,103 @@ impl Process {
         lock(&self.waiting).remove(&id);
     }
 
+    /// A request's lookup: sent by the request now, or queued for a batch (its call token).
+    pub fn admit_lookup(&self, context_id: u32, request: &LookupRequest) -> Admit {
+        let admit = lock(&self.lookups).admit(context_id, request);
+        if let Admit::Queued { flush: true, .. } = admit {
+            self.flusher.commit(BATCH_EVENT);
+        }
+        admit
+    }
+
+    /// A request's own lookup callout is over (answered, failed or cancelled with the request).
+    pub fn lookup_done(&self) {
+        if lock(&self.lookups).done() {
+            self.flusher.commit(BATCH_EVENT);
+        }
+    }
+
+    /// A request went away: its lookup, if still queued, is not sent.
+    pub fn forget_queued(&self, context_id: u32) {
+        lock(&self.lookups).forget(context_id);
+    }
+
+    /// The config scheduler ran (main thread): the timer, or lookups waiting for a batch.
+    pub fn on_scheduled(&self, config: Config, event: u64) {
+        match event {
+            BATCH_EVENT => self.send_batches(config),
+            _ => self.on_tick(config),
+        }
+    }
+
+    /// Sends the queued lookups, [`multitokens_core::contract::MAX_LOOKUP_BATCH`] per callout
+    /// (main thread); a batch that cannot be sent answers its requests "no response".
+    fn send_batches(&self, config: Config) {
+        let batches = lock(&self.lookups).take_batches();
+        if batches.is_empty() {
+            return;
+        }
+        let compiled = Arc::clone(self.worker().compiled());
+        for batch in batches {
+            let (members, requests): (Vec<u32>, Vec<LookupRequest>) =
+                batch.into_iter().map(|Queued { context_id, request }| (context_id, request)).unzip();
+            let call = ConfigCall::Batch(members.clone(), now_ms());
+            if let Err(e) = self.send(config, CompanionCall::lookups(&compiled, &requests), call) {
+                abi::log(Level::Warn, &format!("multitokens: cannot send a lookup batch: {e}"));
+                self.count_on_main(config, Metric::CalloutFailed, members.len() as u64);
+                self.batch_over(config, members, Err(CalloutProblem::NoResponse));
+            }
+        }
+    }
+
+    /// A batch is over: each request woken with its answer (or all with the batch's problem),
+    /// and the lookups that waited meanwhile sent.
+    fn batch_over(
+        &self,
+        config: Config,
+        members: Vec<u32>,
+        answers: Result<Vec<Result<Answer, CalloutProblem>>, CalloutProblem>,
+    ) {
+        match answers {
+            Ok(answers) => {
+                for (member, answer) in members.into_iter().zip(answers) {
+                    self.wake(member, Wake::Answer(answer));
+                }
+            }
+            Err(problem) => {
+                for member in members {
+                    self.wake(member, Wake::Answer(Err(problem.clone())));
+                }
+            }
+        }
+        if lock(&self.lookups).done() {
+            self.send_batches(config);
+        }
+    }
+
+    /// Batches never answered within their timeout (and a margin) are over: a callout whose end
+    /// Envoy never reported must not hold its requests or a place under way.
+    fn expire_batches(&self, config: Config, timeout_ms: u64) {
+        let now = now_ms();
+        let expired: Vec<Vec<u32>> = {
+            let mut calls = lock(&self.calls);
+            let old: Vec<u64> = calls
+                .iter()
+                .filter(|(_, c)| matches!(c, ConfigCall::Batch(_, sent) if now > sent + timeout_ms + 1000))
+                .map(|(id, _)| *id)
+                .collect();
+            old.iter()
+                .filter_map(|id| match calls.remove(id) {
+                    Some(ConfigCall::Batch(members, _)) => Some(members),
+                    _ => None,
+                })
+                .collect()
+        };
+        for members in expired {
+            self.batch_over(config, members, Err(CalloutProblem::NoResponse));
+        }
+    }
+
     /// Wakes a paused request on its worker (a request already gone is skipped).
     pub fn wake(&self, id: u32, wake: Wake) {
         let waiting = lock(&self.waiting);
@@ -175,21 +286,41 @@ impl Process {
     /// The timer (main thread): feed poll and sliding refreshes, then the gauge; the requests
     /// whose lookup was never answered look up again.
     pub fn on_tick(&self, config: Config) {
-        let look_up_again = {
+        let (look_up_again, timeout_ms) = {
             let mut worker = self.worker();
             let mut edge = ConfigEdge { process: self, config };
             let again = edge::on_tick(&mut worker, &mut edge, now_ms());
             self.report_cache(config, &worker);
-            again
+            (again, worker.compiled().transport.timeout_ms())
         };
         for id in look_up_again {
             self.wake(id, Wake::Retry);
+        }
+        self.expire_batches(config, timeout_ms);
+        if lock(&self.lookups).waiting() {
+            self.send_batches(config);
         }
     }
 
     /// A config-level callout answered (main thread): a feed page is applied.
     pub fn on_config_callout_done(&self, config: Config, callout: u64, status: Option<u32>, body: &[u8]) {
-        let Some(ConfigCall::Feed(token)) = lock(&self.calls).remove(&callout) else { return };
+        let call = lock(&self.calls).remove(&callout);
+        let token = match call {
+            Some(ConfigCall::Feed(token)) => token,
+            Some(ConfigCall::Batch(members, _)) => {
+                let answers = companion_transport::parse_answers(status, body, members.len());
+                match &answers {
+                    Err(CalloutProblem::NoResponse) => self.count_on_main(config, Metric::CalloutFailed, 1),
+                    Err(CalloutProblem::BadResponse(why)) => {
+                        self.count_on_main(config, Metric::CalloutError, 1);
+                        abi::log(Level::Warn, &format!("multitokens: token store answered a batch badly: {why}"));
+                    }
+                    Ok(_) => {}
+                }
+                return self.batch_over(config, members, answers);
+            }
+            _ => return,
+        };
         let page = companion_transport::parse_feed(status, body);
         let mut worker = self.worker();
         let mut edge = ConfigEdge { process: self, config };

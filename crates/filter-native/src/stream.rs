@@ -2,6 +2,7 @@
 //! (or the lookup it follows, maybe on another worker) is under way.
 
 use crate::abi::{self, Caller, Filter, HeaderMap, Level, Scheduler};
+use crate::lookups::Admit;
 use crate::process::{new_context_id, now_ms, Process, Waiting, Wake};
 use multitokens_filter::companion_transport::{self, CompanionCall};
 use multitokens_filter::config::Compiled;
@@ -20,6 +21,10 @@ struct NativeHost<'a> {
     compiled: &'a Compiled,
     context_id: u32,
     has_body: bool,
+    /// The request's own lookup callout under way.
+    direct: &'a mut Option<u32>,
+    /// How the request is woken from other threads.
+    wakeable: &'a mut Wakeable,
 }
 
 impl Host for NativeHost<'_> {
@@ -59,11 +64,28 @@ impl Host for NativeHost<'_> {
         self.context_id
     }
 
+    /// Sends the lookup from this request, or queues it to go in the process's next batch.
     fn dispatch_lookup(&mut self, request: &LookupRequest) -> Result<u32, String> {
-        let get = CompanionCall::lookup(self.compiled, request)?;
-        let id =
-            abi::http_callout(Caller::Filter(self.filter), get.cluster, &get.headers(), &get.body, get.timeout_ms)?;
-        Ok(call_token(id))
+        // wakeable before it is queued: its batch may be answered before this hook returns
+        self.wakeable.register(self.process, self.context_id, self.filter);
+        if let Admit::Queued { token, .. } = self.process.admit_lookup(self.context_id, request) {
+            return Ok(token);
+        }
+        let sent = CompanionCall::lookup(self.compiled, request).and_then(|get| {
+            abi::http_callout(Caller::Filter(self.filter), get.cluster, &get.headers(), &get.body, get.timeout_ms)
+        });
+        match sent {
+            Ok(id) => {
+                if self.direct.replace(call_token(id)).is_some() {
+                    self.process.lookup_done(); // never expected: one lookup per request at a time
+                }
+                Ok(call_token(id))
+            }
+            Err(e) => {
+                self.process.lookup_done();
+                Err(e)
+            }
+        }
     }
 
     fn count(&mut self, metric: Metric) {
@@ -80,17 +102,45 @@ pub fn call_token(id: u64) -> u32 {
     u32::try_from(id).unwrap_or(u32::MAX)
 }
 
+/// How a paused request is woken from other threads: its scheduler (made the first time it is
+/// needed, on its worker, kept until the request ends), what it is woken with, and whether it is
+/// in the process's registry (a hit never is: no lock taken for it).
+#[derive(Default)]
+struct Wakeable {
+    scheduler: Option<Arc<Scheduler>>,
+    inbox: Arc<Mutex<Vec<Wake>>>,
+    registered: bool,
+}
+
+impl Wakeable {
+    /// Puts the request in the process's registry.
+    fn register(&mut self, process: &Process, id: u32, filter: Filter) {
+        if self.scheduler.is_none() {
+            self.scheduler = Scheduler::for_filter(filter).map(Arc::new);
+        }
+        if let Some(scheduler) = &self.scheduler {
+            process.register(id, Waiting { scheduler: Arc::clone(scheduler), inbox: Arc::clone(&self.inbox) });
+            self.registered = true;
+        }
+    }
+
+    /// Takes the request out of the registry, if it is in it.
+    fn unregister(&mut self, process: &Process, id: u32) {
+        if std::mem::replace(&mut self.registered, false) {
+            process.unregister(id);
+        }
+    }
+}
+
 /// One request under the filter.
 struct Stream {
     process: Arc<Process>,
     id: u32,
     flow: HttpFlow,
-    /// Made the first time the request pauses (on its worker), kept until it ends.
-    scheduler: Option<Arc<Scheduler>>,
-    inbox: Arc<Mutex<Vec<Wake>>>,
+    wakeable: Wakeable,
     paused: bool,
-    /// In the process's registry of paused requests (a hit never is: no lock taken for it).
-    registered: bool,
+    /// Its own lookup callout under way (a queued lookup has none: the process sends it).
+    direct: Option<u32>,
     gone: bool,
 }
 
@@ -101,10 +151,9 @@ impl Stream {
             process,
             id: new_context_id(),
             flow: HttpFlow::new(),
-            scheduler: None,
-            inbox: Arc::new(Mutex::new(Vec::new())),
+            wakeable: Wakeable::default(),
             paused: false,
-            registered: false,
+            direct: None,
             gone: false,
         }
     }
@@ -126,8 +175,9 @@ impl Stream {
         let step = {
             let mut worker = self.process.worker();
             let compiled = Arc::clone(worker.compiled());
-            let (process, context_id) = (&*self.process, self.id);
-            let mut host = NativeHost { filter, process, compiled: &compiled, context_id, has_body };
+            let (process, context_id, direct, wakeable) =
+                (&*self.process, self.id, &mut self.direct, &mut self.wakeable);
+            let mut host = NativeHost { filter, process, compiled: &compiled, context_id, has_body, direct, wakeable };
             run(&mut self.flow, &mut host, &mut worker)
         };
         self.paused = step == Step::Pause;
@@ -144,21 +194,12 @@ impl Stream {
 
     /// Makes this paused request wakeable from other threads.
     fn register(&mut self, filter: Filter) {
-        if self.scheduler.is_none() {
-            self.scheduler = Scheduler::for_filter(filter).map(Arc::new);
-        }
-        if let Some(scheduler) = &self.scheduler {
-            let waiting = Waiting { scheduler: Arc::clone(scheduler), inbox: Arc::clone(&self.inbox) };
-            self.process.register(self.id, waiting);
-            self.registered = true;
-        }
+        self.wakeable.register(&self.process, self.id, filter);
     }
 
     /// Takes this request out of the registry, if it is in it.
     fn unregister(&mut self) {
-        if std::mem::replace(&mut self.registered, false) {
-            self.process.unregister(self.id);
-        }
+        self.wakeable.unregister(&self.process, self.id);
     }
 
     /// Request headers: forward, pause (for a lookup) or a local reply was sent.
@@ -170,13 +211,18 @@ impl Stream {
     fn on_request_trailers(&mut self, filter: Filter) {
         let worker = self.process.worker();
         let compiled = Arc::clone(worker.compiled());
-        let (process, context_id) = (&*self.process, self.id);
-        let mut host = NativeHost { filter, process, compiled: &compiled, context_id, has_body: false };
+        let (process, context_id, direct, wakeable) = (&*self.process, self.id, &mut self.direct, &mut self.wakeable);
+        let mut host =
+            NativeHost { filter, process, compiled: &compiled, context_id, has_body: false, direct, wakeable };
         self.flow.on_request_trailers(&mut host, &worker);
     }
 
     /// This request's lookup answered (an answer for another call is ignored).
     fn on_callout_done(&mut self, filter: Filter, callout: u64, status: Option<u32>, body: &[u8]) {
+        if self.direct == Some(call_token(callout)) {
+            self.direct = None;
+            self.process.lookup_done();
+        }
         if self.flow.waiting_for() != Some(call_token(callout)) {
             return;
         }
@@ -195,7 +241,7 @@ impl Stream {
 
     /// Woken on this worker: what another thread handed over.
     fn on_scheduled(&mut self, filter: Filter) {
-        let wakes = std::mem::take(&mut *self.inbox.lock().unwrap_or_else(PoisonError::into_inner));
+        let wakes = std::mem::take(&mut *self.wakeable.inbox.lock().unwrap_or_else(PoisonError::into_inner));
         for wake in wakes {
             if !self.paused {
                 break;
@@ -215,9 +261,13 @@ impl Stream {
             return;
         }
         self.unregister();
+        if self.direct.take().is_some() {
+            self.process.lookup_done(); // Envoy cancels a gone request's callouts
+        }
         if self.flow.waiting_for().is_none() {
             return; // no lookup of its own or followed: nothing to hand on (the worker stays unlocked)
         }
+        self.process.forget_queued(self.id);
         let followers = self.flow.on_gone(&mut self.process.worker(), self.id);
         for follower in followers {
             self.process.wake(follower, Wake::Retry);

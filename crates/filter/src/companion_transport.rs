@@ -5,7 +5,7 @@ use super::config::{Compiled, Transport};
 use super::identity::Identity;
 use super::lookup::{Answer, CalloutProblem, FeedPage, LookupRequest};
 use multitokens_core::activity::{ActivityBatch, ActivityReport};
-use multitokens_core::contract::{FeedQuery, LookupAnswer, ACTIVITY_PATH};
+use multitokens_core::contract::{FeedQuery, LookupAnswer, LookupAnswers, LookupBatch, ACTIVITY_PATH, LOOKUPS_PATH};
 use multitokens_core::dpop::Thumbprint;
 
 /// A call to the companion's internal endpoints, as every shell sends it: the Envoy cluster it
@@ -44,6 +44,14 @@ impl<'a> CompanionCall<'a> {
         Self::new(compiled, FeedQuery::path(cursor, Some(edge), compiled.feed_wait_ms()), compiled.feed_timeout_ms())
     }
 
+    /// Several tokens' lookups in one `POST` of a [`LookupBatch`] (with their sliding refreshes).
+    pub fn lookups(compiled: &'a Compiled, requests: &[LookupRequest]) -> Result<Self, String> {
+        let batch = LookupBatch { lookups: requests.iter().map(LookupRequest::query).collect() };
+        let body = serde_json::to_vec(&batch).map_err(|e| format!("lookup batch: {e}"))?;
+        let call = Self::new(compiled, LOOKUPS_PATH.to_string(), compiled.transport.timeout_ms())?;
+        Ok(CompanionCall { method: "POST", body, ..call })
+    }
+
     /// Device activity reports (a `POST` of an [`ActivityBatch`]).
     pub fn activity(compiled: &'a Compiled, reports: &[ActivityReport]) -> Result<Self, String> {
         let batch = ActivityBatch { reports: reports.to_vec() };
@@ -71,32 +79,54 @@ impl<'a> CompanionCall<'a> {
 pub fn parse_answer(status: Option<u32>, body: &[u8]) -> Result<Answer, CalloutProblem> {
     match status {
         None => Err(CalloutProblem::NoResponse),
-        Some(200) => {
-            let reply: LookupAnswer =
-                serde_json::from_slice(body).map_err(|e| CalloutProblem::BadResponse(format!("lookup body: {e}")))?;
-            if !reply.active {
-                return Ok(Answer::Invalid);
-            }
-            match (reply.user, reply.id) {
-                (Some(user), Some(id)) if !user.is_empty() => {
-                    // milliseconds when the companion gives them, else whole seconds
-                    let left = reply.expires_in_ms.or(reply.expires_in.map(|s| s.saturating_mul(1000)));
-                    // a binding that names no key binds the token to a key nobody holds, never to none
-                    let bound_to =
-                        reply.dpop_jkt.as_deref().map(|jkt| Thumbprint::from_b64(jkt).unwrap_or(Thumbprint([0; 32])));
-                    let identity = Identity::new(user, reply.device.unwrap_or_default(), reply.scopes, id)
-                        .map_err(|e| CalloutProblem::BadResponse(format!("lookup body: {e}")))?
-                        .bound(bound_to);
-                    Ok(match reply.stored_under {
-                        0 => Answer::Valid(identity, left),
-                        n => Answer::ValidUnderPrevious(identity, left, n - 1),
-                    })
-                }
-                _ => Err(CalloutProblem::BadResponse("lookup body: active without user or id".into())),
-            }
-        }
+        Some(200) => answer_of(
+            serde_json::from_slice(body).map_err(|e| CalloutProblem::BadResponse(format!("lookup body: {e}")))?,
+        ),
         Some(other) => Err(CalloutProblem::BadResponse(format!("lookup status {other}"))),
     }
+}
+
+/// Interprets a batched lookup's response: one answer per request, in order, or one problem for
+/// all of them (no response, a bad status, a body that does not parse or answers another number).
+pub fn parse_answers(
+    status: Option<u32>,
+    body: &[u8],
+    asked: usize,
+) -> Result<Vec<Result<Answer, CalloutProblem>>, CalloutProblem> {
+    match status {
+        None => Err(CalloutProblem::NoResponse),
+        Some(200) => {
+            let reply: LookupAnswers =
+                serde_json::from_slice(body).map_err(|e| CalloutProblem::BadResponse(format!("lookups body: {e}")))?;
+            if reply.answers.len() != asked {
+                let got = reply.answers.len();
+                return Err(CalloutProblem::BadResponse(format!("lookups body: {got} answers to {asked} lookups")));
+            }
+            Ok(reply.answers.into_iter().map(answer_of).collect())
+        }
+        Some(other) => Err(CalloutProblem::BadResponse(format!("lookups status {other}"))),
+    }
+}
+
+/// What one lookup answer says.
+fn answer_of(reply: LookupAnswer) -> Result<Answer, CalloutProblem> {
+    if !reply.active {
+        return Ok(Answer::Invalid);
+    }
+    let (Some(user), Some(id)) = (reply.user.filter(|u| !u.is_empty()), reply.id) else {
+        return Err(CalloutProblem::BadResponse("lookup body: active without user or id".into()));
+    };
+    // milliseconds when the companion gives them, else whole seconds
+    let left = reply.expires_in_ms.or(reply.expires_in.map(|s| s.saturating_mul(1000)));
+    // a binding that names no key binds the token to a key nobody holds, never to none
+    let bound_to = reply.dpop_jkt.as_deref().map(|jkt| Thumbprint::from_b64(jkt).unwrap_or(Thumbprint([0; 32])));
+    let identity = Identity::new(user, reply.device.unwrap_or_default(), reply.scopes, id)
+        .map_err(|e| CalloutProblem::BadResponse(format!("lookup body: {e}")))?
+        .bound(bound_to);
+    Ok(match reply.stored_under {
+        0 => Answer::Valid(identity, left),
+        n => Answer::ValidUnderPrevious(identity, left, n - 1),
+    })
 }
 
 /// Interprets a feed response.
@@ -133,6 +163,20 @@ mod tests {
         assert!(matches!(parse_answer(Some(200), spaced), Err(CalloutProblem::BadResponse(_))));
         let empty = br#"{"active":true,"user":"u","id":"i","scopes":[""]}"#;
         assert!(matches!(parse_answer(Some(200), empty), Err(CalloutProblem::BadResponse(_))));
+    }
+
+    #[test]
+    fn a_batch_answers_each_lookup_or_fails_as_one() {
+        let body = br#"{"answers":[{"active":true,"user":"u","id":"i"},{"active":false},{"active":true}]}"#;
+        let answers = parse_answers(Some(200), body, 3).unwrap();
+        assert!(matches!(answers[0], Ok(Answer::Valid(_, None))));
+        assert_eq!(answers[1], Ok(Answer::Invalid));
+        assert!(matches!(answers[2], Err(CalloutProblem::BadResponse(_))), "one bad answer is that lookup's problem");
+        // answers that do not match the lookups asked are nobody's
+        assert!(matches!(parse_answers(Some(200), body, 2), Err(CalloutProblem::BadResponse(_))));
+        assert_eq!(parse_answers(None, b"", 1), Err(CalloutProblem::NoResponse));
+        assert!(matches!(parse_answers(Some(404), b"{}", 1), Err(CalloutProblem::BadResponse(_))));
+        assert!(matches!(parse_answers(Some(200), b"\xff", 1), Err(CalloutProblem::BadResponse(_))));
     }
 
     #[test]

@@ -25,8 +25,8 @@ pub struct LookupRequest {
 }
 
 impl LookupRequest {
-    /// The companion's lookup path for this request (a bodiless GET).
-    pub fn path(&self) -> String {
+    /// This request as the companion reads it.
+    pub fn query(&self) -> LookupQuery {
         let previous = (!self.previous.is_empty())
             .then(|| self.previous.iter().map(TokenDigest::to_hex).collect::<Vec<_>>().join(","));
         LookupQuery {
@@ -36,7 +36,11 @@ impl LookupRequest {
             key_id: self.key_id.clone(),
             refresh_ttl: self.refresh_ttl,
         }
-        .path()
+    }
+
+    /// The companion's lookup path for this request (a bodiless GET).
+    pub fn path(&self) -> String {
+        self.query().path()
     }
 
     /// Every digest tried, the current key's first.

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use tower::ServiceExt;
 
 mod clients;
+mod lookups;
 mod serving;
 
 const ADMIN: &str = "admin-key-for-tests-0123456789";

@@ -9,6 +9,9 @@ use multitokens_core::keyring::HashKeys;
 use multitokens_core::token::{validate_prefix, DEFAULT_PREFIX};
 use serde::Deserialize;
 
+mod transport;
+pub use transport::{CompanionTarget, RedisTarget, Transport};
+
 /// What to do when the token store cannot be asked (down, slow, failing).
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -31,63 +34,6 @@ pub enum CorsPreflight {
     Pass,
     /// Treat it as any other request: a token is needed.
     Authenticate,
-}
-
-/// Where the HTTP callout goes: the companion's internal API, as an Envoy cluster.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct CompanionTarget {
-    /// Envoy cluster name of the companion.
-    pub cluster: String,
-    /// `:authority` of the callout.
-    #[serde(default = "default_authority")]
-    pub authority: String,
-    /// The companion's internal key (MULTITOKENS_INTERNAL_KEY; never its admin key).
-    pub api_key: String,
-    /// Callout timeout.
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
-}
-
-/// Where the Redis callouts go (Redis-callout build): an Envoy cluster in front of Redis.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct RedisTarget {
-    /// Envoy cluster name of the Redis, optionally with `?db=N`.
-    pub cluster: String,
-    /// ACL user (`AUTH user password`).
-    #[serde(default)]
-    pub username: Option<String>,
-    /// Password (`AUTH password`, or with `username`).
-    #[serde(default)]
-    pub password: Option<String>,
-    /// Connect and operation timeout.
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
-    /// Send lookups and feed reads as `EVAL_RO` (Redis 7), so the gateway's Redis user can be
-    /// read-only. Set false when Envoy's redis_proxy stands in between (it does not know
-    /// `EVAL_RO`): they go as `EVAL`, which needs write access to the keys they read.
-    #[serde(default = "default_true")]
-    pub eval_ro: bool,
-}
-
-/// How the filter reaches the token store.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Transport {
-    /// HTTP callouts to the companion (stock Envoy, Istio).
-    Companion(CompanionTarget),
-    /// Redis callouts straight to Redis (Envoy with the Redis-callout ABI, e.g. Higress).
-    Redis(RedisTarget),
-}
-
-impl Transport {
-    /// The callout timeout.
-    pub fn timeout_ms(&self) -> u64 {
-        match self {
-            Transport::Companion(c) => c.timeout_ms,
-            Transport::Redis(r) => r.timeout_ms,
-        }
-    }
 }
 
 /// Verdict cache sizing.
@@ -269,13 +215,10 @@ fn default_token_id_header() -> Option<String> {
 fn default_credential_header() -> Option<String> {
     Some(contract::CREDENTIAL_HEADER.into())
 }
-fn default_true() -> bool {
+pub(super) fn default_true() -> bool {
     true
 }
-fn default_authority() -> String {
-    "multitokens".into()
-}
-fn default_timeout_ms() -> u64 {
+pub(super) fn default_timeout_ms() -> u64 {
     500
 }
 fn default_max_entries() -> usize {
