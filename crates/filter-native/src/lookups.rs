@@ -25,14 +25,9 @@ pub struct Queued {
 pub enum Admit {
     /// Send it now, on its own (it counts as under way until [`Lookups::done`]).
     Send,
-    /// It waits for a batch; the flow waits for this token. `flush` asks the main thread to send
-    /// the batches now (nothing is under way that would).
-    Queued {
-        /// The call token the flow waits for.
-        token: u32,
-        /// Ask for [`Lookups::take_batches`].
-        flush: bool,
-    },
+    /// It waits for a batch, sent when a callout under way is [`Lookups::done`] (or by the
+    /// flush that one already asked for); the flow waits for this call token.
+    Queued(u32),
 }
 
 /// The lookups under way and those waiting.
@@ -60,7 +55,7 @@ impl Lookups {
         }
         self.queue.push(Queued { context_id, request: request.clone() });
         self.next_token = (self.next_token + 1) % QUEUED_TOKENS;
-        Admit::Queued { token: QUEUED_TOKENS | self.next_token, flush: self.ask_flush() }
+        Admit::Queued(QUEUED_TOKENS | self.next_token)
     }
 
     /// A lookup callout (single or batch) is over, answered or not: whether the main thread must
@@ -71,7 +66,8 @@ impl Lookups {
     }
 
     /// Whether to ask for a flush: something waits, nothing under way will send it, and none was
-    /// asked for yet.
+    /// asked for yet. (A lookup is queued only while one is under way or a flush is asked for, so
+    /// this is the one place a flush is asked.)
     fn ask_flush(&mut self) -> bool {
         let nobody_will = self.in_flight < self.max_in_flight.max(1);
         if self.queue.is_empty() || self.flush_asked || !nobody_will {
@@ -133,13 +129,13 @@ mod tests {
         assert_eq!(lookups.admit(1, &request(1)), Admit::Send);
         assert_eq!(lookups.admit(2, &request(2)), Admit::Send);
         // two under way: the rest wait, and the callouts under way will flush them
-        let Admit::Queued { token: a, flush: false } = lookups.admit(3, &request(3)) else { panic!() };
-        let Admit::Queued { token: b, flush: false } = lookups.admit(4, &request(4)) else { panic!() };
+        let Admit::Queued(a) = lookups.admit(3, &request(3)) else { panic!() };
+        let Admit::Queued(b) = lookups.admit(4, &request(4)) else { panic!() };
         assert!(a >= QUEUED_TOKENS && b >= QUEUED_TOKENS && a != b);
         assert!(lookups.done(), "one returned: send the waiting ones");
         assert!(!lookups.done(), "asked once");
         // while a flush is pending, a new lookup waits behind the others
-        assert!(matches!(lookups.admit(5, &request(5)), Admit::Queued { flush: false, .. }));
+        assert!(matches!(lookups.admit(5, &request(5)), Admit::Queued(_)));
         lookups.forget(4);
         let batches = lookups.take_batches();
         let members: Vec<Vec<u32>> = batches.iter().map(|b| b.iter().map(|q| q.context_id).collect()).collect();
@@ -168,10 +164,10 @@ mod tests {
     fn nothing_under_way_means_the_lookup_that_waits_asks_for_its_own_flush() {
         let mut lookups = Lookups::new(1);
         assert_eq!(lookups.admit(1, &request(1)), Admit::Send);
-        assert!(matches!(lookups.admit(2, &request(2)), Admit::Queued { flush: false, .. }));
+        assert!(matches!(lookups.admit(2, &request(2)), Admit::Queued(_)));
         assert!(lookups.done());
         // the flush was asked but has not run: a lookup now still waits behind the queue
-        assert!(matches!(lookups.admit(3, &request(3)), Admit::Queued { flush: false, .. }));
+        assert!(matches!(lookups.admit(3, &request(3)), Admit::Queued(_)));
         assert_eq!(lookups.take_batches().len(), 1);
         // the batch returned with nothing waiting: no flush; then a lookup goes on its own again
         assert!(!lookups.done());

@@ -177,13 +177,10 @@ impl Process {
         lock(&self.waiting).remove(&id);
     }
 
-    /// A request's lookup: sent by the request now, or queued for a batch (its call token).
+    /// A request's lookup: sent by the request now, or queued for a batch (its call token; what is
+    /// under way, or a flush already asked for, sends it).
     pub fn admit_lookup(&self, context_id: u32, request: &LookupRequest) -> Admit {
-        let admit = lock(&self.lookups).admit(context_id, request);
-        if let Admit::Queued { flush: true, .. } = admit {
-            self.flusher.commit(BATCH_EVENT);
-        }
-        admit
+        lock(&self.lookups).admit(context_id, request)
     }
 
     /// A request's own lookup callout is over (answered, failed or cancelled with the request).

@@ -68,7 +68,7 @@ impl Host for NativeHost<'_> {
     fn dispatch_lookup(&mut self, request: &LookupRequest) -> Result<u32, String> {
         // wakeable before it is queued: its batch may be answered before this hook returns
         self.wakeable.register(self.process, self.context_id, self.filter);
-        if let Admit::Queued { token, .. } = self.process.admit_lookup(self.context_id, request) {
+        if let Admit::Queued(token) = self.process.admit_lookup(self.context_id, request) {
             return Ok(token);
         }
         let sent = CompanionCall::lookup(self.compiled, request).and_then(|get| {
