@@ -113,8 +113,11 @@ struct Wakeable {
 }
 
 impl Wakeable {
-    /// Puts the request in the process's registry.
+    /// Puts the request in the process's registry (once: it stays there until taken out).
     fn register(&mut self, process: &Process, id: u32, filter: Filter) {
+        if self.registered {
+            return;
+        }
         if self.scheduler.is_none() {
             self.scheduler = Scheduler::for_filter(filter).map(Arc::new);
         }
