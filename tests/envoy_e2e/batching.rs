@@ -70,9 +70,15 @@ fn concurrent_misses_of_distinct_tokens_each_get_their_own_answer() {
     }
     // the companion gone: every request refused (503, fail closed), batched or not
     let port = s.companion_port;
+    let failures = |s: &Stack| s.stat("callout_failed") + s.stat("callout_error");
+    let failed_before = failures(&s);
     s.companion = None;
     let down = all_at_once(&s, &tokens[..24], 2);
     assert!(down.iter().all(|(_, status, _)| *status == 503), "{down:?}");
+    // each refused request counts its lookup's failure once, batched or not (plus the feed polls
+    // that failed meanwhile: about one a second per edge)
+    let failed = failures(&s) - failed_before;
+    assert!((48..=48 + 20).contains(&failed), "{failed} failures counted for 48 failed lookups");
     // back: nothing is left waiting on what failed, every token answered again
     s.restart_companion(Vec::new());
     assert!(wait_for_port(port, Duration::from_secs(10)));

@@ -216,8 +216,8 @@ impl Process {
                 batch.into_iter().map(|Queued { context_id, request }| (context_id, request)).unzip();
             let call = ConfigCall::Batch(members.clone(), now_ms());
             if let Err(e) = self.send(config, CompanionCall::lookups(&compiled, &requests), call) {
+                // each request counts and handles the failure as its own lookup's
                 abi::log(Level::Warn, &format!("multitokens: cannot send a lookup batch: {e}"));
-                self.count_on_main(config, Metric::CalloutFailed, members.len() as u64);
                 self.batch_over(config, members, Err(CalloutProblem::NoResponse));
             }
         }
@@ -304,16 +304,9 @@ impl Process {
         let call = lock(&self.calls).remove(&callout);
         let token = match call {
             Some(ConfigCall::Feed(token)) => token,
+            // each request counts and logs a problem as its own lookup's
             Some(ConfigCall::Batch(members, _)) => {
                 let answers = companion_transport::parse_answers(status, body, members.len());
-                match &answers {
-                    Err(CalloutProblem::NoResponse) => self.count_on_main(config, Metric::CalloutFailed, 1),
-                    Err(CalloutProblem::BadResponse(why)) => {
-                        self.count_on_main(config, Metric::CalloutError, 1);
-                        abi::log(Level::Warn, &format!("multitokens: token store answered a batch badly: {why}"));
-                    }
-                    Ok(_) => {}
-                }
                 return self.batch_over(config, members, answers);
             }
             _ => return,
