@@ -95,8 +95,8 @@ impl StoreReply {
             (StoreReply::Redis(bytes), transport) => {
                 let answer = redis_transport::parse_lookup(bytes.as_deref(), now_ms, &compiled.hash_keys, request);
                 let refresh = match (&answer, transport) {
-                    (Ok(Answer::Valid(..)), Transport::Redis(target)) => {
-                        redis_transport::refresh_command(&compiled.layout, request).map(|c| StoreCall::Redis(target, c))
+                    (Ok(Answer::Valid(..)), Transport::Redis(_)) => {
+                        StoreCall::refresh(compiled, request).ok().flatten()
                     }
                     _ => None,
                 };

@@ -142,6 +142,11 @@ impl Vm {
         self.with(|c| c.roots.get(&id).cloned()).flatten()
     }
 
+    /// What a configured root shares (`None`: no such root, or not configured).
+    fn configured(&self, root_id: u32) -> Option<Rc<Shared>> {
+        self.root(root_id)?.try_borrow().ok()?.shared.clone()
+    }
+
     fn request(&self, id: u32) -> Option<Rc<RefCell<Request>>> {
         self.with(|c| c.requests.get(&id).cloned()).flatten()
     }
@@ -189,9 +194,7 @@ impl Vm {
     /// A root's timer: feed poll, sliding refreshes and activity ([`edge::on_tick`]), then gauges
     /// and counters; the requests whose lookup was never answered look up again.
     pub fn on_tick(&self, proxy: &mut dyn Proxy, root_id: u32) {
-        let Some(shared) = self.root(root_id).and_then(|r| r.try_borrow().ok().and_then(|r| r.shared.clone())) else {
-            return;
-        };
+        let Some(shared) = self.configured(root_id) else { return };
         let look_up_again = {
             let Ok(mut worker) = shared.worker.try_borrow_mut() else { return };
             let now = proxy.now_ms();
@@ -242,8 +245,7 @@ impl Vm {
         match purpose {
             Purpose::Unanswered(_) => {}
             Purpose::Feed(root_id) => {
-                let Some(root) = self.root(root_id) else { return };
-                let Some(shared) = root.try_borrow().ok().and_then(|r| r.shared.clone()) else { return };
+                let Some(shared) = self.configured(root_id) else { return };
                 if !proxy.set_effective_context(root_id) {
                     return;
                 }
