@@ -87,7 +87,8 @@ fn logouts_under_load_never_refuse_the_other_devices() {
     let laptop: Vec<u16> = seen.iter().filter(|(d, _)| *d == "laptop").map(|(_, st)| *st).collect();
     assert!(laptop.len() > 50, "the load ran: {} laptop requests", laptop.len());
     assert!(laptop.iter().all(|st| *st == 200), "every still valid device served: {laptop:?}");
-    assert!(seen.iter().all(|(_, st)| *st == 200 || *st == 401), "nothing but 200 and 401 (no 429)");
+    let odd: Vec<&(&str, u16)> = seen.iter().filter(|(_, st)| *st != 200 && *st != 401).collect();
+    assert!(odd.is_empty(), "nothing but 200 and 401 (no 429), of {}: {odd:?}", seen.len());
     for (phone, laptop) in phones.iter().zip(&laptops) {
         for port in ports {
             assert_eq!((whoami_fresh(port, phone), whoami_fresh(port, laptop)), (401, 200));
