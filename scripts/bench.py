@@ -41,7 +41,8 @@ def main():
         write_configs(sys.argv[2])
         return
     for path in [COMPANION, WASM_DIR / "multitokens_filter.wasm", WASM_DIR / "multitokens_filter_redis.wasm", NOOP_WASM, MINIMAL_WASM,
-                 MODULES_DIR / "libmultitokens_filter.so", MODULES_DIR / "libnoop_module.so"]:
+                 MODULES_DIR / "libmultitokens_filter.so", MODULES_DIR / "libnoop_module.so",
+                 MODULES_DIR / "libminimal_auth_module.so"]:
         if not path.exists():
             sys.exit(f"bench: {path} is missing (make bench builds it)")
     log(f"work dir {WORK}; {SECONDS}s runs, {WARMUP}s warm-up, {ROUNDS} rounds, {CONNECTIONS} connections")

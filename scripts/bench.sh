@@ -17,6 +17,8 @@ cargo build --quiet --manifest-path bench/noop-module/Cargo.toml --release --tar
 mkdir -p target/bench-modules
 ln -sf "$root/target/native/libmultitokens_filter.so" target/bench-modules/libmultitokens_filter.so
 ln -sf "$root/target/bench-noop-module/release/libnoop_module.so" target/bench-modules/libnoop_module.so
+cargo build --quiet --manifest-path bench/minimal-auth-module/Cargo.toml --release --target-dir target/bench-minimal-auth-module
+ln -sf "$root/target/bench-minimal-auth-module/release/libminimal_auth_module.so" target/bench-modules/libminimal_auth_module.so
 # PyJWT and cryptography sign the jwt_authn anchors' tokens
 if ! PYTHONPATH=.tools/bench python3 -c "import jwt, cryptography" 2>/dev/null; then
   echo "bench: installing PyJWT and cryptography from PyPI into .tools/bench"

@@ -168,6 +168,10 @@ def filter_config(cache_entries, **extra):
     }
 
 
+# bench/minimal-auth-module: reads Authorization, sets one header, removes the credential
+MINIMAL_NATIVE = native_filter({}, module="minimal_auth_module", filter_name="minimal_auth")
+
+
 def main_scenarios(stock, jwks):
     """The Envoy scenarios of the main run: name -> (HTTP filters, HTTP/2 to the companion)."""
     return {
@@ -191,6 +195,8 @@ def main_scenarios(stock, jwks):
         "native_miss_h2": (native_filter(filter_config(0)), True),
         "ext_authz_h2": (ext_authz_filter(), True),
         "minimal_auth_wasm": (wasm_filter("minimal_auth", MINIMAL_WASM), False),
+        # the floor of any native authentication module: the same least work as minimal_auth_wasm
+        "minimal_auth_native": (MINIMAL_NATIVE, False),
         "jwt_rs256": (jwt_filter(jwks, cached=False), False),
         "jwt_rs256_cached": (jwt_filter(jwks, cached=True), False),
         "jwt_hs256": (jwt_filter(jwks, cached=False), False),

@@ -8,7 +8,7 @@ import sys
 import time
 from .settings import NAMED, ADMIN_KEY, BASELINE, COMPANION, CONNECTIONS, HASH_KEY, MINIMAL_WASM, NOOP_WASM, ROUNDS, SECONDS, SIGNING_KEY, STAT_PREFIX, WARMUP, WRK_DIR
 from .processes import cpu_seconds, envoy_stats, free_port, http_json, log, median_of, mint_tokens, start, wait_port, write_lines, wrk
-from .envoy import Envoy, ext_authz_filter, filter_config, jwt_filter, jwt_tokens, native_filter, wasm_filter
+from .envoy import MINIMAL_NATIVE, Envoy, ext_authz_filter, filter_config, jwt_filter, jwt_tokens, native_filter, wasm_filter
 
 
 def realistic_mix(companion_port, wasm):
@@ -178,6 +178,7 @@ def hit_path(companion_port, wasm):
         "native_hit_lean": Envoy("native_hit_lean", native_filter(filter_config(
             10000, device_header=None, scopes_header=None, token_id_header=None)), companion_port),
         "noop_native": Envoy("noop_native", native_filter({}, module="noop_module", filter_name="noop"), companion_port),
+        "minimal_auth_native": Envoy("minimal_auth_native", MINIMAL_NATIVE, companion_port),
         "no_auth": Envoy("no_auth", "", companion_port),
     }
     return side_by_side(envoys, env, companion_port, filter_config(10000))
@@ -194,6 +195,7 @@ def native_hit_path(companion_port):
         "native_hit_lean": Envoy("native_hit_lean", native_filter(filter_config(
             10000, device_header=None, scopes_header=None, token_id_header=None)), companion_port),
         "noop_native": Envoy("noop_native", native_filter({}, module="noop_module", filter_name="noop"), companion_port),
+        "minimal_auth_native": Envoy("minimal_auth_native", MINIMAL_NATIVE, companion_port),
         "jwt_rs256_cached": Envoy("jwt_rs256_cached", jwt_filter(jwks, cached=True), companion_port),
         "no_auth": Envoy("no_auth", "", companion_port),
     }

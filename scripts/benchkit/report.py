@@ -18,6 +18,9 @@ def ratios(s):
         "native_miss_vs_filter_miss": ratio("native_miss", "filter_miss"),
         "native_hit_vs_noop_native": ratio("native_hit", "noop_native"),
         "noop_native_vs_no_auth": ratio("noop_native", "no_auth"),
+        "native_hit_vs_minimal_auth_native": ratio("native_hit", "minimal_auth_native"),
+        "minimal_auth_native_vs_no_auth": ratio("minimal_auth_native", "no_auth"),
+        "minimal_auth_native_vs_jwt_rs256_cached": ratio("minimal_auth_native", "jwt_rs256_cached"),
         "native_miss_best_vs_ext_authz_best": round(best(("native_miss", "native_miss_h2")) / ext_authz_best, 3),
         "mix_native_vs_mix_ext_authz": ratio("mix_native", "mix_ext_authz"),
         "dpop_hit_native_vs_jwt_rs256": ratio("dpop_hit_native", "dpop_jwt_rs256"),
@@ -57,7 +60,8 @@ def envoy_cpu_over_no_auth(s):
     """Envoy's CPU per request over `no_auth`'s, in µs, for the hit paths and their floors."""
     cpu = lambda name: s[name]["envoy_cpu_us_per_req"]
     return {name: round(cpu(name) - cpu("no_auth"), 1)
-            for name in ("noop_native", "native_hit", "noop_wasm", "filter_hit", "jwt_rs256_cached")}
+            for name in ("noop_native", "minimal_auth_native", "native_hit", "noop_wasm", "filter_hit", "jwt_rs256_cached")
+            if name in s}
 
 
 def targets(results, valid_tokens):

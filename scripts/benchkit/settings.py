@@ -18,8 +18,8 @@ NATIVE_DIR = ROOT / "target/native"
 NOOP_WASM = ROOT / "target/bench-noop/wasm32-wasip1/release/noop_filter.wasm"
 # the filter's stats in Envoy, by mix scenario: the wasm filter's and the native module's names
 STAT_PREFIX = {"mix_filter": "wasmcustom.multitokens.", "mix_native": "dynamicmodulescustom.multitokens."}
-# bench.sh links the native module and the no-op module fixture (bench/noop-module) here: Envoy
-# finds both in its one module search path
+# bench.sh links the native module and the module fixtures (bench/noop-module, bench/minimal-auth-module)
+# here: Envoy finds them all in its one module search path
 MODULES_DIR = ROOT / "target/bench-modules"
 MINIMAL_WASM = ROOT / "target/bench-minimal/wasm32-wasip1/release/minimal_auth_filter.wasm"
 WRK_DIR = ROOT / "bench/wrk"
