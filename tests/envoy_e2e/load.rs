@@ -49,7 +49,13 @@ fn neighbours_on_one_address_never_lock_a_valid_token_out() {
 /// on both Envoys all along, the logged-out ones are refused (401, never 429) once logout returns.
 #[test]
 fn logouts_under_load_never_refuse_the_other_devices() {
-    let s = Stack::start(|c| c["throttle"] = json!({"max_failures": 20, "window_ms": 60000}));
+    let s = Stack::start(|c| {
+        c["throttle"] = json!({"max_failures": 20, "window_ms": 60000});
+        // a logged-out phone's next request is a lookup: on a CI machine running this suite four
+        // tests at a time, a companion stalled past the default 500 ms would answer it 503 (fail
+        // closed, as it should), which is not what this test is about
+        c["companion"]["timeout_ms"] = json!(2000);
+    });
     let (_second, second_port) = s.second_envoy();
     std::thread::sleep(Duration::from_millis(1500));
     let users: Vec<String> = (0..30).map(|i| format!("user{i}")).collect();
