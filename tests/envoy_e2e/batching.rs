@@ -86,3 +86,74 @@ fn concurrent_misses_of_distinct_tokens_each_get_their_own_answer() {
     let served = again.iter().filter(|(user, status, _)| user.is_some() && *status == 200).count();
     assert_eq!(served, 40 * 2, "{again:?}");
 }
+
+/// Points the stack's companion cluster at `proxy`, which forwards to the companion.
+fn through(proxy: &support::hold::HoldingProxy, config: EnvoyConfig) -> EnvoyConfig {
+    let mut config = config;
+    let clusters = config.0["static_resources"]["clusters"].as_array_mut().unwrap();
+    let companion = clusters.iter_mut().find(|c| c["name"] == "multitokens_companion").unwrap();
+    let address = &mut companion["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"];
+    let port = &mut address["socket_address"]["port_value"];
+    proxy.forward_to(u16::try_from(port.as_u64().unwrap()).unwrap());
+    *port = json!(proxy.port);
+    config
+}
+
+/// The request that carries a batch goes away while the batch is under way (Envoy cancels its
+/// callout): the other requests' lookups are sent again, by the next of them, and every one is
+/// answered with its own user. The companion's lookups are held by a relay in between, so each
+/// step happens while the one before is still under way.
+#[test]
+fn a_batch_whose_carrier_goes_away_is_sent_again_for_the_others() {
+    let proxy = support::hold::HoldingProxy::start();
+    let s = Stack::start_with(
+        |c| {
+            c.as_object_mut().unwrap().remove("throttle");
+            c["companion"]["max_lookups_in_flight"] = json!(1);
+            c["companion"]["timeout_ms"] = json!(20_000); // held lookups must not time out
+        },
+        |config| through(&proxy, config),
+    );
+    let users: Vec<String> = (0..6).map(|i| format!("carried{i}")).collect();
+    let tokens: Vec<String> = users.iter().map(|u| s.login(u, "phone", &[])).collect();
+    let ask = |token: &str| {
+        let (agent, url) = (s.agent.clone(), format!("http://127.0.0.1:{}/api/whoami", s.port));
+        let auth = bearer(token);
+        std::thread::spawn(move || {
+            let r = support::http_call(&agent, "GET", &url, &[("authorization", &auth)], None);
+            (r.status, r.body["user"].as_str().map(str::to_string))
+        })
+    };
+    let limit = Duration::from_secs(10);
+    proxy.hold(true);
+    // the first lookup goes on its own and is held
+    let mut first = Some(ask(&tokens[0]));
+    assert!(proxy.wait_held(1, limit), "the first lookup reached the relay");
+    // the oldest waiting lookup (the carrier-to-be) from a connection the test can drop
+    let mut carrier = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    let raw = format!("GET /api/whoami HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {}\r\n\r\n", tokens[1]);
+    std::io::Write::write_all(&mut carrier, raw.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let others: Vec<_> = tokens[2..].iter().map(|t| ask(t)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let native = Build::under_test() == Build::Native;
+    if native {
+        assert!(proxy.wait_held(1, limit), "the rest wait in the module, not at the relay");
+        // the first answered (it alone is held): the carrier sends the batch, held in turn
+        proxy.pass_one();
+        assert_eq!(first.take().unwrap().join().unwrap(), (200, Some(users[0].clone())));
+        assert!(proxy.wait_held(1, limit), "the batch reached the relay");
+    }
+    // the carrier goes away with its batch under way (the wasm build: with its own lookup)
+    drop(carrier);
+    if native {
+        assert!(proxy.wait_held(2, limit), "the others' lookups were sent again, by one of them");
+    }
+    proxy.hold(false);
+    if let Some(first) = first {
+        assert_eq!(first.join().unwrap(), (200, Some(users[0].clone())));
+    }
+    for (other, user) in others.into_iter().zip(&users[2..]) {
+        assert_eq!(other.join().unwrap(), (200, Some(user.clone())), "each answered with its own user");
+    }
+}

@@ -1,11 +1,13 @@
 //! Real services for integration tests, one file per concern: `redis` (redis-server on free
 //! loopback ports with their own temp dirs, a 3-node Redis Cluster), `companion` (the binary, and
-//! issuing a token), `envoy` (real Envoy, and its YAML edited as data), `http` (a client).
+//! issuing a token), `envoy` (real Envoy, and its YAML edited as data), `http` (a client), `hold`
+//! (a relay that holds the edges' lookups to the companion while a test says so).
 //! Nothing here touches a fixed port or a database it did not create.
 #![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod companion;
 pub mod envoy;
+pub mod hold;
 pub mod http;
 pub mod redis;
 

@@ -33,6 +33,8 @@ pub enum Wake {
     Answer(Result<Answer, CalloutProblem>),
     /// The lookup it followed will not be answered: look up again.
     Retry,
+    /// It is the oldest waiting lookup: send the waiting lookups, from its own worker.
+    Carry,
 }
 
 /// A paused request that can be woken: its scheduler and what it is woken with.
@@ -183,16 +185,39 @@ impl Process {
         lock(&self.lookups).admit(context_id, request)
     }
 
-    /// A request's own lookup callout is over (answered, failed or cancelled with the request).
+    /// A request's own lookup callout, or a batch it carried, is over (answered, failed or
+    /// cancelled with the request).
     pub fn lookup_done(&self) {
-        if lock(&self.lookups).done() {
-            self.flusher.commit(BATCH_EVENT);
-        }
+        let carrier = lock(&self.lookups).done();
+        self.ask_to_carry(carrier);
     }
 
-    /// A request went away: its lookup, if still queued, is not sent.
+    /// A request went away: its lookup, if still queued, is not sent (and if it was asked to
+    /// carry the waiting lookups, the next one is).
     pub fn forget_queued(&self, context_id: u32) {
-        lock(&self.lookups).forget(context_id);
+        let carrier = lock(&self.lookups).forget(context_id);
+        self.ask_to_carry(carrier);
+    }
+
+    /// The batches to send now (a carrier sends them from its worker), each counted as under way.
+    pub fn take_batches(&self) -> Vec<Vec<Queued>> {
+        lock(&self.lookups).take_batches()
+    }
+
+    /// A carried batch was cancelled with its carrier: its other lookups wait again, first.
+    pub fn give_back(&self, batch: Vec<Queued>) {
+        let carrier = lock(&self.lookups).give_back(batch);
+        self.ask_to_carry(carrier);
+    }
+
+    /// Asks the request chosen to carry the waiting lookups; if it is gone already, the main
+    /// thread sends them.
+    fn ask_to_carry(&self, carrier: Option<u32>) {
+        if let Some(id) = carrier {
+            if !self.wake(id, Wake::Carry) {
+                self.flusher.commit(BATCH_EVENT);
+            }
+        }
     }
 
     /// The config scheduler ran (main thread): the timer, or lookups waiting for a batch.
@@ -218,19 +243,14 @@ impl Process {
             if let Err(e) = self.send(config, CompanionCall::lookups(&compiled, &requests), call) {
                 // each request counts and handles the failure as its own lookup's
                 abi::log(Level::Warn, &format!("multitokens: cannot send a lookup batch: {e}"));
-                self.batch_over(config, members, Err(CalloutProblem::NoResponse));
+                self.batch_over(members, Err(CalloutProblem::NoResponse));
             }
         }
     }
 
-    /// A batch is over: each request woken with its answer (or all with the batch's problem),
-    /// and the lookups that waited meanwhile sent.
-    fn batch_over(
-        &self,
-        config: Config,
-        members: Vec<u32>,
-        answers: Result<Vec<Result<Answer, CalloutProblem>>, CalloutProblem>,
-    ) {
+    /// A batch the main thread sent is over: each request woken with its answer (or all with the
+    /// batch's problem), and the lookups that waited meanwhile handed on.
+    fn batch_over(&self, members: Vec<u32>, answers: Result<Vec<Result<Answer, CalloutProblem>>, CalloutProblem>) {
         match answers {
             Ok(answers) => {
                 for (member, answer) in members.into_iter().zip(answers) {
@@ -243,14 +263,13 @@ impl Process {
                 }
             }
         }
-        if lock(&self.lookups).done() {
-            self.send_batches(config);
-        }
+        let carrier = lock(&self.lookups).done();
+        self.ask_to_carry(carrier);
     }
 
     /// Batches never answered within their timeout (and a margin) are over: a callout whose end
     /// Envoy never reported must not hold its requests or a place under way.
-    fn expire_batches(&self, config: Config, timeout_ms: u64) {
+    fn expire_batches(&self, timeout_ms: u64) {
         let now = now_ms();
         let expired: Vec<Vec<u32>> = {
             let mut calls = lock(&self.calls);
@@ -267,17 +286,18 @@ impl Process {
                 .collect()
         };
         for members in expired {
-            self.batch_over(config, members, Err(CalloutProblem::NoResponse));
+            self.batch_over(members, Err(CalloutProblem::NoResponse));
         }
     }
 
-    /// Wakes a paused request on its worker (a request already gone is skipped).
-    pub fn wake(&self, id: u32, wake: Wake) {
+    /// Wakes a paused request on its worker; whether it was there to wake (one already gone is
+    /// skipped).
+    pub fn wake(&self, id: u32, wake: Wake) -> bool {
         let waiting = lock(&self.waiting);
-        if let Some(w) = waiting.get(&id) {
-            lock(&w.inbox).push(wake);
-            w.scheduler.commit(0);
-        }
+        let Some(w) = waiting.get(&id) else { return false };
+        lock(&w.inbox).push(wake);
+        w.scheduler.commit(0);
+        true
     }
 
     /// The timer (main thread): feed poll and sliding refreshes, then the gauge; the requests
@@ -293,7 +313,7 @@ impl Process {
         for id in look_up_again {
             self.wake(id, Wake::Retry);
         }
-        self.expire_batches(config, timeout_ms);
+        self.expire_batches(timeout_ms);
         if lock(&self.lookups).waiting() {
             self.send_batches(config);
         }
@@ -307,7 +327,7 @@ impl Process {
             // each request counts and logs a problem as its own lookup's
             Some(ConfigCall::Batch(members, _)) => {
                 let answers = companion_transport::parse_answers(status, body, members.len());
-                return self.batch_over(config, members, answers);
+                return self.batch_over(members, answers);
             }
             _ => return,
         };

@@ -2,7 +2,7 @@
 //! (or the lookup it follows, maybe on another worker) is under way.
 
 use crate::abi::{self, Caller, Filter, HeaderMap, Level, Scheduler};
-use crate::lookups::Admit;
+use crate::lookups::{Admit, Queued};
 use crate::process::{new_context_id, now_ms, Process, Waiting, Wake};
 use multitokens_filter::companion_transport::{self, CompanionCall};
 use multitokens_filter::config::Compiled;
@@ -142,8 +142,10 @@ struct Stream {
     flow: HttpFlow,
     wakeable: Wakeable,
     paused: bool,
-    /// Its own lookup callout under way (a queued lookup has none: the process sends it).
+    /// Its own lookup callout under way (a queued lookup has none: a carrier sends it).
     direct: Option<u32>,
+    /// The lookup batches it carries for the process (it was the oldest waiting), by call token.
+    carried: Vec<(u32, Vec<Queued>)>,
     gone: bool,
 }
 
@@ -157,6 +159,7 @@ impl Stream {
             wakeable: Wakeable::default(),
             paused: false,
             direct: None,
+            carried: Vec::new(),
             gone: false,
         }
     }
@@ -220,8 +223,14 @@ impl Stream {
         self.flow.on_request_trailers(&mut host, &worker);
     }
 
-    /// This request's lookup answered (an answer for another call is ignored).
+    /// This request's lookup answered, or a batch it carried (an answer for another call is
+    /// ignored).
     fn on_callout_done(&mut self, filter: Filter, callout: u64, status: Option<u32>, body: &[u8]) {
+        if let Some(at) = self.carried.iter().position(|(call, _)| *call == call_token(callout)) {
+            let (_, batch) = self.carried.swap_remove(at);
+            let answers = companion_transport::parse_answers(status, body, batch.len());
+            return self.batch_over(filter, batch, answers);
+        }
         if self.direct == Some(call_token(callout)) {
             self.direct = None;
             self.process.lookup_done();
@@ -242,19 +251,69 @@ impl Stream {
         }
     }
 
-    /// Woken on this worker: what another thread handed over.
+    /// Woken on this worker: what another thread (or request) handed over.
     fn on_scheduled(&mut self, filter: Filter) {
         let wakes = std::mem::take(&mut *self.wakeable.inbox.lock().unwrap_or_else(PoisonError::into_inner));
         for wake in wakes {
-            if !self.paused {
-                break;
-            }
             match wake {
+                // the process's lookups are sent whatever became of this request's own
+                Wake::Carry => self.carry(filter),
+                _ if !self.paused => {}
                 Wake::Answer(answer) => self.answer(filter, answer),
                 Wake::Retry => {
                     self.step(filter, false, true, |flow, host, worker| flow.retry(host, worker, now_ms()));
                 }
             }
+        }
+    }
+
+    /// Sends the process's waiting lookups from this request (the oldest of them): the answers
+    /// come back on this worker. A batch that cannot be sent answers its requests "no response".
+    fn carry(&mut self, filter: Filter) {
+        let batches = self.process.take_batches();
+        if batches.is_empty() {
+            return; // the main thread's timer sent them first
+        }
+        let compiled = Arc::clone(self.process.worker().compiled());
+        for batch in batches {
+            let requests: Vec<LookupRequest> = batch.iter().map(|q| q.request.clone()).collect();
+            let sent = CompanionCall::lookups(&compiled, &requests).and_then(|post| {
+                abi::http_callout(Caller::Filter(filter), post.cluster, &post.headers(), &post.body, post.timeout_ms)
+            });
+            match sent {
+                Ok(id) => self.carried.push((call_token(id), batch)),
+                Err(e) => {
+                    // each request counts and handles the failure as its own lookup's
+                    abi::log(Level::Warn, &format!("multitokens: cannot send a lookup batch: {e}"));
+                    self.batch_over(filter, batch, Err(CalloutProblem::NoResponse));
+                }
+            }
+        }
+    }
+
+    /// A batch this request carried is over: each request woken with its answer (this one
+    /// answered here), and the lookups that waited meanwhile handed on.
+    fn batch_over(
+        &mut self,
+        filter: Filter,
+        batch: Vec<Queued>,
+        answers: Result<Vec<Result<Answer, CalloutProblem>>, CalloutProblem>,
+    ) {
+        let answers: Vec<Result<Answer, CalloutProblem>> = match answers {
+            Ok(answers) => answers,
+            Err(problem) => vec![Err(problem); batch.len()],
+        };
+        let mut own = None;
+        for (queued, answer) in batch.into_iter().zip(answers) {
+            if queued.context_id == self.id {
+                own = Some(answer);
+            } else {
+                self.process.wake(queued.context_id, Wake::Answer(answer));
+            }
+        }
+        self.process.lookup_done();
+        if let (Some(answer), true) = (own, self.paused) {
+            self.answer(filter, answer);
         }
     }
 
@@ -266,6 +325,10 @@ impl Stream {
         self.unregister();
         if self.direct.take().is_some() {
             self.process.lookup_done(); // Envoy cancels a gone request's callouts
+        }
+        // the batches it carried were cancelled with it: their other lookups are sent again
+        for (_, batch) in std::mem::take(&mut self.carried) {
+            self.process.give_back(batch.into_iter().filter(|q| q.context_id != self.id).collect());
         }
         if self.flow.waiting_for().is_none() {
             return; // no lookup of its own or followed: nothing to hand on (the worker stays unlocked)
