@@ -254,6 +254,11 @@ impl Stream {
     /// Woken on this worker: what another thread (or request) handed over.
     fn on_scheduled(&mut self, filter: Filter) {
         let wakes = std::mem::take(&mut *self.wakeable.inbox.lock().unwrap_or_else(PoisonError::into_inner));
+        if self.gone {
+            // complete: nothing more is sent or answered from it (a carrier that went away was
+            // forgotten, and the next waiting request asked in its place)
+            return;
+        }
         for wake in wakes {
             match wake {
                 // the process's lookups are sent whatever became of this request's own
