@@ -215,7 +215,7 @@ def write_configs(directory):
     directory = Path(directory)
     stock = WASM_DIR / "multitokens_filter.wasm"
     for name, (filters, http2) in main_scenarios(stock, jwks=None).items():
-        if name.startswith("jwt_") or name == "noop_native" or (
+        if name.startswith("jwt_") or name in ("noop_native", "minimal_auth_native") or (
                 name in ("noop_wasm", "minimal_auth_wasm") and not (NOOP_WASM.exists() and MINIMAL_WASM.exists())):
             continue
         (directory / f"{name}.yaml").write_text(envoy_config(10000, 10001, filters, 10002, http2))
