@@ -49,10 +49,10 @@ module: $(NATIVE_MODULE)
 	@ls -l $(NATIVE_MODULE)
 
 $(NATIVE_MODULE): $(shell find crates/core crates/filter crates/filter-native -name '*.rs' -o -name Cargo.toml) Cargo.toml Cargo.lock
-	cargo build -p multitokens-filter-native --lib --release
+	cargo build -p multitokens-filter-native --lib --profile module
 	mkdir -p $(NATIVE_DIR)
 	@# a new file renamed into place: an Envoy running the old module keeps its mapping intact
-	cp target/release/libmultitokens_filter_native.so $(NATIVE_MODULE).tmp
+	cp target/module/libmultitokens_filter_native.so $(NATIVE_MODULE).tmp
 	mv -f $(NATIVE_MODULE).tmp $(NATIVE_MODULE)
 
 ## install: the companion CLI `multitokens` into $(PREFIX)/bin (default ~/.local/bin); Envoy stays in .tools/bin

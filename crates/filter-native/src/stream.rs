@@ -102,13 +102,13 @@ pub fn call_token(id: u64) -> u32 {
     u32::try_from(id).unwrap_or(u32::MAX)
 }
 
-/// How a paused request is woken from other threads: its scheduler (made the first time it is
-/// needed, on its worker, kept until the request ends), what it is woken with, and whether it is
-/// in the process's registry (a hit never is: no lock taken for it).
+/// How a paused request is woken from other threads: its scheduler and its inbox (made the first
+/// time they are needed, on its worker, kept until the request ends), and whether it is in the
+/// process's registry (a hit never is: no lock taken and nothing allocated for it).
 #[derive(Default)]
 struct Wakeable {
     scheduler: Option<Arc<Scheduler>>,
-    inbox: Arc<Mutex<Vec<Wake>>>,
+    inbox: Option<Arc<Mutex<Vec<Wake>>>>,
     registered: bool,
 }
 
@@ -122,8 +122,17 @@ impl Wakeable {
             self.scheduler = Scheduler::for_filter(filter).map(Arc::new);
         }
         if let Some(scheduler) = &self.scheduler {
-            process.register(id, Waiting { scheduler: Arc::clone(scheduler), inbox: Arc::clone(&self.inbox) });
+            let inbox = Arc::clone(self.inbox.get_or_insert_with(Arc::default));
+            process.register(id, Waiting { scheduler: Arc::clone(scheduler), inbox });
             self.registered = true;
+        }
+    }
+
+    /// What other threads handed over since the last time (nothing if it was never registered).
+    fn take_wakes(&self) -> Vec<Wake> {
+        match &self.inbox {
+            Some(inbox) => std::mem::take(&mut *inbox.lock().unwrap_or_else(PoisonError::into_inner)),
+            None => Vec::new(),
         }
     }
 
@@ -253,7 +262,7 @@ impl Stream {
 
     /// Woken on this worker: what another thread (or request) handed over.
     fn on_scheduled(&mut self, filter: Filter) {
-        let wakes = std::mem::take(&mut *self.wakeable.inbox.lock().unwrap_or_else(PoisonError::into_inner));
+        let wakes = self.wakeable.take_wakes();
         if self.gone {
             // complete: nothing more is sent or answered from it (a carrier that went away was
             // forgotten, and the next waiting request asked in its place)
