@@ -243,28 +243,38 @@ impl Process {
             if let Err(e) = self.send(config, CompanionCall::lookups(&compiled, &requests), call) {
                 // each request counts and handles the failure as its own lookup's
                 abi::log(Level::Warn, &format!("multitokens: cannot send a lookup batch: {e}"));
-                self.batch_over(members, Err(CalloutProblem::NoResponse));
+                self.batch_over(members, Err(CalloutProblem::NoResponse), None);
             }
         }
     }
 
-    /// A batch the main thread sent is over: each request woken with its answer (or all with the
-    /// batch's problem), and the lookups that waited meanwhile handed on.
-    fn batch_over(&self, members: Vec<u32>, answers: Result<Vec<Result<Answer, CalloutProblem>>, CalloutProblem>) {
-        match answers {
-            Ok(answers) => {
-                for (member, answer) in members.into_iter().zip(answers) {
-                    self.wake(member, Wake::Answer(answer));
-                }
-            }
-            Err(problem) => {
-                for member in members {
-                    self.wake(member, Wake::Answer(Err(problem.clone())));
-                }
+    /// A batch is over (sent by the main thread, or carried by request `own`): each request but
+    /// `own` woken with its answer (all with the batch's problem if it has none), and the lookups
+    /// that waited meanwhile handed on; `own`'s answer is returned for it to take at once.
+    pub fn batch_over(
+        &self,
+        members: impl IntoIterator<Item = u32>,
+        answers: Result<Vec<Result<Answer, CalloutProblem>>, CalloutProblem>,
+        own: Option<u32>,
+    ) -> Option<Result<Answer, CalloutProblem>> {
+        let mut answers = answers.map(Vec::into_iter);
+        let mut owned = None;
+        for member in members {
+            let answer = match &mut answers {
+                Ok(each) => match each.next() {
+                    Some(answer) => answer,
+                    None => break,
+                },
+                Err(problem) => Err(problem.clone()),
+            };
+            if Some(member) == own {
+                owned = Some(answer);
+            } else {
+                self.wake(member, Wake::Answer(answer));
             }
         }
-        let carrier = lock(&self.lookups).done();
-        self.ask_to_carry(carrier);
+        self.lookup_done();
+        owned
     }
 
     /// Batches never answered within their timeout (and a margin) are over: a callout whose end
@@ -286,7 +296,7 @@ impl Process {
                 .collect()
         };
         for members in expired {
-            self.batch_over(members, Err(CalloutProblem::NoResponse));
+            self.batch_over(members, Err(CalloutProblem::NoResponse), None);
         }
     }
 
@@ -327,7 +337,8 @@ impl Process {
             // each request counts and logs a problem as its own lookup's
             Some(ConfigCall::Batch(members, _)) => {
                 let answers = companion_transport::parse_answers(status, body, members.len());
-                return self.batch_over(members, answers);
+                self.batch_over(members, answers, None);
+                return;
             }
             _ => return,
         };

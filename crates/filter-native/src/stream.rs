@@ -305,27 +305,15 @@ impl Stream {
         }
     }
 
-    /// A batch this request carried is over: each request woken with its answer (this one
-    /// answered here), and the lookups that waited meanwhile handed on.
+    /// A batch this request carried is over: the others woken with their answers (see
+    /// [`Process::batch_over`]), this one answered here.
     fn batch_over(
         &mut self,
         filter: Filter,
         batch: Vec<Queued>,
         answers: Result<Vec<Result<Answer, CalloutProblem>>, CalloutProblem>,
     ) {
-        let answers: Vec<Result<Answer, CalloutProblem>> = match answers {
-            Ok(answers) => answers,
-            Err(problem) => vec![Err(problem); batch.len()],
-        };
-        let mut own = None;
-        for (queued, answer) in batch.into_iter().zip(answers) {
-            if queued.context_id == self.id {
-                own = Some(answer);
-            } else {
-                self.process.wake(queued.context_id, Wake::Answer(answer));
-            }
-        }
-        self.process.lookup_done();
+        let own = self.process.batch_over(batch.iter().map(|q| q.context_id), answers, Some(self.id));
         if let (Some(answer), true) = (own, self.paused) {
             self.answer(filter, answer);
         }
