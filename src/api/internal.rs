@@ -13,7 +13,9 @@ pub(crate) async fn internal_lookup(
     State(store): State<Arc<TokenStore>>,
     QueryArgs(query): QueryArgs<LookupQuery>,
 ) -> Result<Json<LookupAnswer>, ApiError> {
-    Ok(Json(answer_lookup(&store, &origin, &query).await?))
+    let asked = AskedLookup::parse(&store.key_id(), &query)?;
+    let found = store.lookup_digests(asked.tag, &asked.digests, asked.rekey.then_some(&origin)).await?;
+    Ok(Json(answer(&store, &asked, found).await?))
 }
 
 /// Several tokens' lookups in one request: the native module's lookups beyond its
@@ -33,36 +35,63 @@ pub(crate) async fn internal_lookups(
         let most = contract::MAX_LOOKUP_BATCH;
         return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("lookups: at most {most} in one batch.")));
     }
-    let answers = batch.lookups.iter().map(|query| answer_lookup(&store, &origin, query));
+    let key_id = store.key_id();
+    let asked = batch.lookups.iter().map(|query| AskedLookup::parse(&key_id, query)).collect::<Result<Vec<_>, _>>()?;
+    let lookups: Vec<Lookup> = asked
+        .iter()
+        .map(|a| Lookup { tag: a.tag, digests: a.digests.clone(), rekey: a.rekey.then_some(&origin) })
+        .collect();
+    let found = store.lookup_many(&lookups).await?;
+    let answers = asked.iter().zip(found).map(|(asked, found)| answer(&store, asked, found));
     Ok(Json(LookupAnswers { answers: futures_util::future::try_join_all(answers).await? }))
 }
 
-/// One lookup's answer: the record under the first of the digests that has one, with the
+/// A lookup as an edge asked for it, checked.
+struct AskedLookup {
+    tag: RoutingTag,
+    /// The digest under the edge's key first, then those under its previous keys.
+    digests: Vec<TokenDigest>,
+    /// Whether a record found under a previous key is re-keyed on use.
+    rekey: bool,
+    /// The sliding refresh asked for, in seconds.
+    refresh_ttl: Option<u64>,
+}
+
+impl AskedLookup {
+    /// Checks a lookup's tag and digests (400 if malformed); `key_id` is the current hash key's.
+    fn parse(key_id: &str, query: &LookupQuery) -> Result<AskedLookup, ApiError> {
+        let bad = || {
+            let most = MAX_PREVIOUS_HASH_KEYS;
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "tag must be 8 and digest 64 hex characters; previous at most {most} digests, comma-separated."
+                ),
+            )
+        };
+        let tag = RoutingTag::from_hex(&query.tag).ok_or_else(bad)?;
+        let mut digests = vec![TokenDigest::from_hex(&query.digest).ok_or_else(bad)?];
+        for previous in query.previous.as_deref().into_iter().flat_map(|p| p.split(',')) {
+            digests.push(TokenDigest::from_hex(previous).ok_or_else(bad)?);
+        }
+        if digests.len() > 1 + MAX_PREVIOUS_HASH_KEYS {
+            return Err(bad());
+        }
+        // re-key on use only towards this companion's current key: a filter still digesting with
+        // the old key (a rotation being rolled out) must not move records back
+        let rekey = query.key_id.as_deref() == Some(key_id);
+        Ok(AskedLookup { tag, digests, rekey, refresh_ttl: query.refresh_ttl })
+    }
+}
+
+/// One lookup's answer: the record found under the first of the digests that has one, with the
 /// sliding refresh asked for.
-async fn answer_lookup(store: &TokenStore, origin: &Origin, query: &LookupQuery) -> Result<LookupAnswer, ApiError> {
-    let bad = || {
-        let most = MAX_PREVIOUS_HASH_KEYS;
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("tag must be 8 and digest 64 hex characters; previous at most {most} digests, comma-separated."),
-        )
-    };
-    let tag = RoutingTag::from_hex(&query.tag).ok_or_else(bad)?;
-    let mut digests = vec![TokenDigest::from_hex(&query.digest).ok_or_else(bad)?];
-    for previous in query.previous.as_deref().into_iter().flat_map(|p| p.split(',')) {
-        digests.push(TokenDigest::from_hex(previous).ok_or_else(bad)?);
-    }
-    if digests.len() > 1 + MAX_PREVIOUS_HASH_KEYS {
-        return Err(bad());
-    }
-    // re-key on use only towards this companion's current key: a filter still digesting with the
-    // old key (a rotation being rolled out) must not move records back
-    let rekey = Some(origin).filter(|_| query.key_id.as_deref() == Some(store.key_id().as_str()));
-    let Some(found) = store.lookup_digests(tag, &digests, rekey).await? else {
+async fn answer(store: &TokenStore, asked: &AskedLookup, found: Option<Found>) -> Result<LookupAnswer, ApiError> {
+    let Some(found) = found else {
         return Ok(LookupAnswer::inactive());
     };
-    let (mut info, digest, stored_under) = (found.info, found.digest, found.stored_under);
-    if let Some(secs) = query.refresh_ttl.filter(|s| *s > 0) {
+    let (tag, mut info, digest, stored_under) = (asked.tag, found.info, found.digest, found.stored_under);
+    if let Some(secs) = asked.refresh_ttl.filter(|s| *s > 0) {
         // the internal key may ask for a refresh no longer than a login's token_ttl
         let ttl = TokenTtl::Seconds(secs.min(store.max_refresh_secs()));
         // report the lifetime Redis now holds (a refresh may be capped by the absolute expiry)

@@ -9,7 +9,7 @@ use crate::error::StoreError;
 use crate::fanout::FeedFanout;
 use crate::metrics::{RequestLabels, RouteLabels};
 use crate::roles::{ApiKeys, Presented, Role};
-use crate::store::{IssueRequest, Issued, Revocation, TokenInfo, TokenStore};
+use crate::store::{Found, IssueRequest, Issued, Lookup, Revocation, TokenInfo, TokenStore};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRef, FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};

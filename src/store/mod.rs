@@ -27,6 +27,7 @@ use std::time::Instant;
 mod activity;
 mod edges;
 mod feed;
+mod lookup;
 mod rekey;
 mod revoke;
 mod suspend;
@@ -36,6 +37,7 @@ mod verified;
 mod webhook_group;
 
 pub use feed::{stream_id, RevocationPage, FEED_MAX_LEN, FEED_PAGE, OUTBOX_SETTLE_MS, OUTBOX_SWEEP_BATCH};
+pub use lookup::Lookup;
 pub use rekey::{KeyCheck, RekeyReport};
 pub use trail::AuditEntry;
 

@@ -131,59 +131,9 @@ impl TokenStore {
         Ok((tag, self.hash_keys.digests(token)))
     }
 
-    /// Looks a token up by routing tag and digest, `None` if not live.
-    pub async fn lookup_digest(&self, tag: RoutingTag, digest: &TokenDigest) -> Result<Option<TokenInfo>, StoreError> {
-        Ok(self.lookup_digests(tag, std::slice::from_ref(digest), None).await?.map(|f| f.info))
-    }
-
-    /// Whether a record stored under `digest` may be honoured (its seal or signature verifies;
-    /// remembered for records that did).
-    fn accepts(&self, digest: &TokenDigest, value: &[u8]) -> bool {
-        self.verified.check(digest, value, || self.hash_keys.accepts(digest, value))
-    }
-
     /// The fingerprint of the current hash key (see [`multitokens_core::digest::TokenHasher::key_id`]).
     pub fn key_id(&self) -> String {
         self.hash_keys.current().key_id()
-    }
-
-    /// Looks a token up under each digest it may be stored under (the current key's first), in
-    /// one round trip; `None` if not live. With `rekey` (who caused it), a record found under a
-    /// later digest is re-keyed to the first (on use; the first must be the current key's). A
-    /// record whose seal does not verify is refused, counted and logged.
-    pub async fn lookup_digests(
-        &self,
-        tag: RoutingTag,
-        digests: &[TokenDigest],
-        rekey: Option<&Origin>,
-    ) -> Result<Option<Found>, StoreError> {
-        let mut conn = self.redis.conn().await?;
-        let items =
-            self.run_script(&mut conn, "lookup", &scripts::lookup_call(&self.layout, tag, digests.iter())).await?;
-        let (stored_under, value, pttl) = match LookupReply::parse(&items, digests.len()) {
-            Ok(LookupReply::Missing) => return Ok(None),
-            Ok(LookupReply::Found { candidate, value, pttl_ms }) => (candidate, value, pttl_ms),
-            Err(e) => return Err(StoreError::Corrupt(e)),
-        };
-        let digest = digests[stored_under];
-        let info = match evaluate(Some(value), pttl, now_ms(), |v| self.accepts(&digest, v))? {
-            Verdict::Valid(v) => v,
-            Verdict::Invalid | Verdict::Suspended(_) => return Ok(None),
-            Verdict::Tampered => {
-                self.report_tampered(&digest).await;
-                return Ok(None);
-            }
-        };
-        let mut stored_under = stored_under;
-        if let Some(origin) = rekey.filter(|_| stored_under > 0) {
-            let read = ReadRecord { tag, digest: &digest, value, record: &info.record };
-            match self.rekey_record(&mut conn, read, &digests[0], origin).await {
-                Ok(true) => stored_under = 0,
-                Ok(false) => {}
-                Err(e) => tracing::warn!(id = %digest.public_id(), error = %e, "re-keying a token on use failed"),
-            }
-        }
-        Ok(Some(Found { info: TokenInfo::from_valid(info), digest: digests[stored_under], stored_under }))
     }
 
     /// Who a token belongs to (the seed's `get_user_from_token`).

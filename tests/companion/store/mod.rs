@@ -10,6 +10,7 @@ use multitokens::store::IssueRequest;
 use multitokens_core::ttl::TokenTtl;
 use redis::Commands;
 
+mod batch;
 mod lifetimes;
 
 fn req(user: &str, device: &str) -> IssueRequest {
