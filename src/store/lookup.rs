@@ -50,11 +50,11 @@ impl TokenStore {
         if lookups.is_empty() {
             return Ok(Vec::new()); // Redis refuses an empty pipeline
         }
-        let mut conn = self.redis.conn().await?;
-        if matches!(conn, Conn::Cluster(..)) {
+        if matches!(self.redis, Redis::Cluster(..)) {
             let each = lookups.iter().map(|l| self.lookup_digests(l.tag, &l.digests, l.rekey));
             return futures_util::future::try_join_all(each).await;
         }
+        let mut conn = self.redis.conn().await?;
         let calls: Vec<ScriptCall> =
             lookups.iter().map(|l| scripts::lookup_call(&self.layout, l.tag, l.digests.iter())).collect();
         let replies = self.run_pipelined(&mut conn, "lookup_batch", &calls).await?;
@@ -93,13 +93,7 @@ impl TokenStore {
         if replies.len() != calls.len() {
             return Err(corrupt(op));
         }
-        replies
-            .into_iter()
-            .map(|reply| match to_reply(reply) {
-                Reply::Array(Some(items)) => Ok(items),
-                _ => Err(corrupt(op)),
-            })
-            .collect()
+        replies.into_iter().map(|reply| script_items(op, reply)).collect()
     }
 
     /// What a lookup script's reply says: the token found (its record verified, re-keyed on use

@@ -274,6 +274,14 @@ fn to_reply(v: Value) -> Reply {
     }
 }
 
+/// A core script's reply as its items (a reply that is no array is corrupt).
+fn script_items(op: &'static str, reply: Value) -> Result<Vec<Reply>, StoreError> {
+    match to_reply(reply) {
+        Reply::Array(Some(items)) => Ok(items),
+        _ => Err(corrupt(op)),
+    }
+}
+
 impl Scripts {
     /// The script a core [`ScriptCall`] runs, invoked with its keys and arguments.
     fn invocation(&self, call: &ScriptCall) -> redis::ScriptInvocation<'_> {
@@ -377,13 +385,10 @@ impl TokenStore {
         result
     }
 
-    /// Runs a core script call and returns its reply's items (a reply that is no array is corrupt).
+    /// Runs a core script call and returns its reply's items.
     async fn run_script(&self, conn: &mut Conn, op: &'static str, call: &ScriptCall) -> Result<Vec<Reply>, StoreError> {
         let reply: Value = self.timed(op, self.scripts.invocation(call).invoke_async(conn)).await?;
-        match to_reply(reply) {
-            Reply::Array(Some(items)) => Ok(items),
-            _ => Err(corrupt(op)),
-        }
+        script_items(op, reply)
     }
 
     /// Counts and logs (the token's public id only) a record refused for its seal.
