@@ -13,9 +13,9 @@ pub(crate) async fn internal_lookup(
     State(store): State<Arc<TokenStore>>,
     QueryArgs(query): QueryArgs<LookupQuery>,
 ) -> Result<Json<LookupAnswer>, ApiError> {
-    let asked = AskedLookup::parse(&store.key_id(), &query)?;
-    let found = store.lookup_digests(asked.tag, &asked.digests, asked.rekey.then_some(&origin)).await?;
-    Ok(Json(answer(&store, &asked, found).await?))
+    let AskedLookup { lookup, refresh_ttl } = AskedLookup::parse(&store.key_id(), &origin, &query)?;
+    let found = store.lookup_digests(lookup.tag, &lookup.digests, lookup.rekey).await?;
+    Ok(Json(answer(&store, lookup.tag, refresh_ttl, found).await?))
 }
 
 /// Several tokens' lookups in one request: the native module's lookups beyond its
@@ -36,30 +36,28 @@ pub(crate) async fn internal_lookups(
         return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("lookups: at most {most} in one batch.")));
     }
     let key_id = store.key_id();
-    let asked = batch.lookups.iter().map(|query| AskedLookup::parse(&key_id, query)).collect::<Result<Vec<_>, _>>()?;
-    let lookups: Vec<Lookup> = asked
-        .iter()
-        .map(|a| Lookup { tag: a.tag, digests: a.digests.clone(), rekey: a.rekey.then_some(&origin) })
-        .collect();
+    let asked: Vec<AskedLookup> =
+        batch.lookups.iter().map(|query| AskedLookup::parse(&key_id, &origin, query)).collect::<Result<_, _>>()?;
+    let (lookups, refreshes): (Vec<Lookup>, Vec<Option<u64>>) =
+        asked.into_iter().map(|a| (a.lookup, a.refresh_ttl)).unzip();
     let found = store.lookup_many(&lookups).await?;
-    let answers = asked.iter().zip(found).map(|(asked, found)| answer(&store, asked, found));
+    let answers =
+        lookups.iter().zip(refreshes).zip(found).map(|((lookup, ttl), found)| answer(&store, lookup.tag, ttl, found));
     Ok(Json(LookupAnswers { answers: futures_util::future::try_join_all(answers).await? }))
 }
 
 /// A lookup as an edge asked for it, checked.
-struct AskedLookup {
-    tag: RoutingTag,
-    /// The digest under the edge's key first, then those under its previous keys.
-    digests: Vec<TokenDigest>,
-    /// Whether a record found under a previous key is re-keyed on use.
-    rekey: bool,
+struct AskedLookup<'a> {
+    /// What to read: the digest under the edge's key first, then those under its previous keys.
+    lookup: Lookup<'a>,
     /// The sliding refresh asked for, in seconds.
     refresh_ttl: Option<u64>,
 }
 
-impl AskedLookup {
-    /// Checks a lookup's tag and digests (400 if malformed); `key_id` is the current hash key's.
-    fn parse(key_id: &str, query: &LookupQuery) -> Result<AskedLookup, ApiError> {
+impl<'a> AskedLookup<'a> {
+    /// Checks a lookup's tag and digests (400 if malformed); `key_id` is the current hash key's,
+    /// `origin` the edge's (named if a record is re-keyed on use).
+    fn parse(key_id: &str, origin: &'a Origin, query: &LookupQuery) -> Result<AskedLookup<'a>, ApiError> {
         let bad = || {
             let most = MAX_PREVIOUS_HASH_KEYS;
             ApiError::new(
@@ -79,19 +77,24 @@ impl AskedLookup {
         }
         // re-key on use only towards this companion's current key: a filter still digesting with
         // the old key (a rotation being rolled out) must not move records back
-        let rekey = query.key_id.as_deref() == Some(key_id);
-        Ok(AskedLookup { tag, digests, rekey, refresh_ttl: query.refresh_ttl })
+        let rekey = Some(origin).filter(|_| query.key_id.as_deref() == Some(key_id));
+        Ok(AskedLookup { lookup: Lookup { tag, digests, rekey }, refresh_ttl: query.refresh_ttl })
     }
 }
 
-/// One lookup's answer: the record found under the first of the digests that has one, with the
-/// sliding refresh asked for.
-async fn answer(store: &TokenStore, asked: &AskedLookup, found: Option<Found>) -> Result<LookupAnswer, ApiError> {
+/// One lookup's answer: the record found under the first of the digests that has one (for the
+/// token of routing tag `tag`), with the sliding refresh asked for.
+async fn answer(
+    store: &TokenStore,
+    tag: RoutingTag,
+    refresh_ttl: Option<u64>,
+    found: Option<Found>,
+) -> Result<LookupAnswer, ApiError> {
     let Some(found) = found else {
         return Ok(LookupAnswer::inactive());
     };
-    let (tag, mut info, digest, stored_under) = (asked.tag, found.info, found.digest, found.stored_under);
-    if let Some(secs) = asked.refresh_ttl.filter(|s| *s > 0) {
+    let (mut info, digest, stored_under) = (found.info, found.digest, found.stored_under);
+    if let Some(secs) = refresh_ttl.filter(|s| *s > 0) {
         // the internal key may ask for a refresh no longer than a login's token_ttl
         let ttl = TokenTtl::Seconds(secs.min(store.max_refresh_secs()));
         // report the lifetime Redis now holds (a refresh may be capped by the absolute expiry)
