@@ -88,10 +88,10 @@ fn a_cache_hit_makes_the_host_calls_it_makes_today_and_no_more() {
             [
                 "proxy_get_current_time_nanoseconds", // the request path's own clock
                 "proxy_get_header_map_pairs",         // every request header, in one call
-                "proxy_replace_header_map_value",     // x-multitokens-user
-                "proxy_replace_header_map_value",     // -device
-                "proxy_replace_header_map_value",     // -scopes
-                "proxy_replace_header_map_value",     // -token-id
+                "proxy_add_header_map_value",         // x-multitokens-user
+                "proxy_add_header_map_value",         // -device
+                "proxy_add_header_map_value",         // -scopes
+                "proxy_add_header_map_value",         // -token-id
                 "proxy_remove_header_map_value",      // authorization
             ],
             "{build:?}"

@@ -155,6 +155,12 @@ fn callout_init_problem(code: u32) -> &'static str {
 extern "C" {
     fn envoy_dynamic_module_callback_http_get_headers_size(filter: FilterPtr, map: u32) -> usize;
     fn envoy_dynamic_module_callback_http_get_headers(filter: FilterPtr, map: u32, out: *mut EnvoyHeader) -> bool;
+    fn envoy_dynamic_module_callback_http_add_header(
+        filter: FilterPtr,
+        map: u32,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
     fn envoy_dynamic_module_callback_http_set_header(
         filter: FilterPtr,
         map: u32,
@@ -241,6 +247,7 @@ extern "C" {
 pub const CALLBACKS: &[&str] = &[
     "envoy_dynamic_module_callback_http_get_headers_size",
     "envoy_dynamic_module_callback_http_get_headers",
+    "envoy_dynamic_module_callback_http_add_header",
     "envoy_dynamic_module_callback_http_set_header",
     "envoy_dynamic_module_callback_http_send_response",
     "envoy_dynamic_module_callback_http_filter_continue_decoding",
@@ -287,6 +294,20 @@ pub fn set_header(filter: Filter, map: HeaderMap, name: &str, value: Option<&[u8
     // SAFETY: both buffers live for the call.
     unsafe {
         envoy_dynamic_module_callback_http_set_header(filter.0, map as u32, ModuleBuffer::of(name.as_bytes()), value)
+    };
+}
+
+/// Adds a header value (the header is known absent: no lookup, no removal). An empty value adds
+/// nothing.
+pub fn add_header(filter: Filter, map: HeaderMap, name: &str, value: &[u8]) {
+    // SAFETY: both buffers live for the call.
+    unsafe {
+        envoy_dynamic_module_callback_http_add_header(
+            filter.0,
+            map as u32,
+            ModuleBuffer::of(name.as_bytes()),
+            ModuleBuffer::of(value),
+        )
     };
 }
 

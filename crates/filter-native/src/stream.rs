@@ -36,6 +36,10 @@ impl Host for NativeHost<'_> {
         abi::set_header(self.filter, HeaderMap::Request, name, Some(value));
     }
 
+    fn add_header(&mut self, name: &str, value: &[u8]) {
+        abi::add_header(self.filter, HeaderMap::Request, name, value);
+    }
+
     fn remove_header(&mut self, name: &str) {
         abi::set_header(self.filter, HeaderMap::Request, name, None);
     }

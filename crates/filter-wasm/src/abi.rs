@@ -79,6 +79,8 @@ extern "C" {
         return_data: *mut *mut u8, return_size: *mut usize) -> u32;
     fn proxy_replace_header_map_value(map_type: u32, key: *const u8, key_size: usize,
         value: *const u8, value_size: usize) -> u32;
+    fn proxy_add_header_map_value(map_type: u32, key: *const u8, key_size: usize,
+        value: *const u8, value_size: usize) -> u32;
     fn proxy_remove_header_map_value(map_type: u32, key: *const u8, key_size: usize) -> u32;
     fn proxy_get_buffer_bytes(buffer_type: u32, start: usize, max_size: usize,
         return_data: *mut *mut u8, return_size: *mut usize) -> u32;
@@ -131,6 +133,12 @@ pub fn header(map: Map, name: &str) -> Option<Vec<u8>> {
 pub fn set_header(map: Map, name: &str, value: &[u8]) -> Result<(), Status> {
     // SAFETY: both slices live for the call.
     ok(unsafe { proxy_replace_header_map_value(map as u32, name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
+}
+
+/// Adds a value to a header (its other values stay).
+pub fn add_header(map: Map, name: &str, value: &[u8]) -> Result<(), Status> {
+    // SAFETY: both slices live for the call.
+    ok(unsafe { proxy_add_header_map_value(map as u32, name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
 }
 
 /// Removes a header.

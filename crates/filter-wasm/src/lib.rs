@@ -32,6 +32,10 @@ impl Proxy for Envoy {
         let _ = abi::set_header(Map::RequestHeaders, name, value);
     }
 
+    fn add_header(&mut self, name: &str, value: &[u8]) {
+        let _ = abi::add_header(Map::RequestHeaders, name, value);
+    }
+
     fn remove_header(&mut self, name: &str) {
         let _ = abi::remove_header(Map::RequestHeaders, name);
     }

@@ -14,6 +14,10 @@ pub trait Host {
     fn request_headers(&self) -> Vec<(Vec<u8>, Vec<u8>)>;
     /// Sets a request header, replacing every value it had.
     fn set_header(&mut self, name: &str, value: &[u8]);
+    /// Adds a request header the flow made sure is absent (it removed every value the client sent
+    /// under the name or an alias of it): one append, where `set_header` first looks for values to
+    /// replace (in Envoy a scan of the header map, and a runtime flag read, on every call).
+    fn add_header(&mut self, name: &str, value: &[u8]);
     /// Removes a request header.
     fn remove_header(&mut self, name: &str);
     /// Whether a body or trailers follow the request headers (the headers did not end the

@@ -113,6 +113,9 @@ impl Host for MemoryHost {
             None => self.headers.push((name.to_vec(), value.to_vec())),
         }
     }
+    fn add_header(&mut self, name: &str, value: &[u8]) {
+        MemoryHost::add_header(self, name, value);
+    }
     fn remove_header(&mut self, name: &str) {
         self.headers.retain(|(k, _)| k != name.as_bytes());
     }

@@ -25,21 +25,22 @@ pub(super) fn authorize(
     if !missing.is_empty() {
         return deny(host, compiled, Denial::Scope, Metric::DeniedScope, &missing);
     }
-    // replacing sets exactly one value: whatever the client sent under these names is gone
+    // each gets exactly one value: whatever the client sent under these names (or an alias of
+    // them) was removed with the request's headers, so a value is added, not replaced
     let names = &compiled.identity_headers;
-    host.set_header(&names.user, identity.user.as_bytes());
+    host.add_header(&names.user, identity.user.as_bytes());
     for (name, value) in
         [(&names.device, identity.device), (&names.scopes, identity.scopes), (&names.token_id, identity.id)]
     {
         if let Some(name) = name {
-            host.set_header(name, value.as_bytes());
+            host.add_header(name, value.as_bytes());
         }
     }
     // only with a cookie can a token come from elsewhere than the header: without one, no write
     if let (Some(name), Some(_)) = (&names.credential, &compiled.config.cookie) {
         let from =
             if source == Source::Cookie { contract::CREDENTIAL_FROM_COOKIE } else { contract::CREDENTIAL_FROM_HEADER };
-        host.set_header(name, from.as_bytes());
+        host.add_header(name, from.as_bytes());
     }
     strip_credentials(host, compiled, request.strip_authorization, request.cookie.as_deref());
     host.count(if stale { Metric::AllowedStale } else { Metric::Allowed });

@@ -233,6 +233,46 @@ fn identity_headers_are_always_replaced() {
 }
 
 #[test]
+fn each_identity_header_reaches_the_upstream_once_with_our_value_on_a_miss_and_a_hit() {
+    // the filter adds its identity headers instead of replacing them: that is only right while
+    // every value the client sent under those names (or their aliases) was removed first
+    let mut w = worker("");
+    follow_feed(&mut w, 0);
+    let t = token::generate("mt", "alice").unwrap();
+    let ours = [
+        ("x-multitokens-user", &b"alice"[..]),
+        ("x-multitokens-device", b"phone"),
+        ("x-multitokens-scopes", b"read"),
+        ("x-multitokens-token-id", b"abc"),
+    ];
+    for (attempt, answer) in [("miss", Some((Some(200), VALID))), ("hit", None)] {
+        let mut h = request("/api", Some(&format!("Bearer {t}")));
+        for (name, _) in ours {
+            h.add_header(name, b"admin").add_header(name, b"root");
+            h.add_header(&name.replace('-', "_").to_ascii_uppercase(), b"admin");
+        }
+        let mut flow = HttpFlow::new();
+        if flow.on_request_headers(&mut h, &mut w, 1) == Step::Pause {
+            let (status, body) = answer.expect("only the first request looks up");
+            flow.on_lookup_response(&mut h, &mut w, companion_transport::parse_answer(status, body), 1);
+        }
+        assert_eq!(h.counted(Metric::Allowed), 1, "{attempt}");
+        for (name, value) in ours {
+            let values: Vec<&[u8]> = h
+                .headers
+                .iter()
+                .filter(|(k, _)| {
+                    k.eq_ignore_ascii_case(name.as_bytes())
+                        || k == name.replace('-', "_").to_ascii_uppercase().as_bytes()
+                })
+                .map(|(_, v)| v.as_slice())
+                .collect();
+            assert_eq!(values, [value], "{attempt}: {name}");
+        }
+    }
+}
+
+#[test]
 fn cache_serves_positives_only_while_following_the_feed() {
     let mut w = worker("");
     let t = token::generate("mt", "alice").unwrap();

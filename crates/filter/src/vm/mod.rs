@@ -49,6 +49,8 @@ pub trait Proxy {
     fn request_headers(&self) -> RawHeaders;
     /// Sets a header of the current request, replacing every value it had.
     fn set_header(&mut self, name: &str, value: &[u8]);
+    /// Adds a value to a header of the current request (any other values stay).
+    fn add_header(&mut self, name: &str, value: &[u8]);
     /// Removes a header of the current request.
     fn remove_header(&mut self, name: &str);
     /// The current request's trailers.
@@ -423,6 +425,10 @@ impl Host for RequestHost<'_> {
 
     fn set_header(&mut self, name: &str, value: &[u8]) {
         self.proxy.set_header(name, value);
+    }
+
+    fn add_header(&mut self, name: &str, value: &[u8]) {
+        self.proxy.add_header(name, value);
     }
 
     fn remove_header(&mut self, name: &str) {

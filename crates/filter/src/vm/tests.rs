@@ -43,6 +43,10 @@ impl Proxy for Recorder {
         self.headers.entry(self.current).or_default().push((name.as_bytes().to_vec(), value.to_vec()));
         self.call(format!("set_header {name}"));
     }
+    fn add_header(&mut self, name: &str, value: &[u8]) {
+        self.headers.entry(self.current).or_default().push((name.as_bytes().to_vec(), value.to_vec()));
+        self.call(format!("add_header {name}"));
+    }
     fn remove_header(&mut self, name: &str) {
         self.headers.entry(self.current).or_default().retain(|(k, _)| k != name.as_bytes());
         self.call(format!("remove_header {name}"));
@@ -130,10 +134,10 @@ fn valid(proxy: &mut Recorder, vm: &Vm, token: u32) {
 }
 
 const IDENTITY: [&str; 4] = [
-    "set_header x-multitokens-user",
-    "set_header x-multitokens-device",
-    "set_header x-multitokens-scopes",
-    "set_header x-multitokens-token-id",
+    "add_header x-multitokens-user",
+    "add_header x-multitokens-device",
+    "add_header x-multitokens-scopes",
+    "add_header x-multitokens-token-id",
 ];
 
 #[test]
