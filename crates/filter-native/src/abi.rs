@@ -3,6 +3,7 @@
 //! Envoy hands back is copied before the hook returns. Each declared symbol is checked against the
 //! Envoy binary by a test (`tests/native_abi.rs`).
 
+use multitokens_filter::header_list::HeaderList;
 use std::ffi::c_void;
 
 mod callout;
@@ -81,16 +82,26 @@ pub struct EnvoyBuffer {
 impl EnvoyBuffer {
     const EMPTY: EnvoyBuffer = EnvoyBuffer { ptr: std::ptr::null(), length: 0 };
 
+    /// The bytes, borrowed (empty for a null pointer).
+    ///
+    /// # Safety
+    /// Envoy must guarantee the buffer for as long as the slice is used (at most the current hook,
+    /// and no setter called meanwhile).
+    pub unsafe fn bytes<'a>(self) -> &'a [u8] {
+        if self.ptr.is_null() || self.length == 0 {
+            return &[];
+        }
+        // SAFETY: Envoy keeps `length` bytes at `ptr` alive (the caller's promise).
+        unsafe { std::slice::from_raw_parts(self.ptr, self.length) }
+    }
+
     /// A copy of the bytes (empty for a null pointer).
     ///
     /// # Safety
     /// Envoy must guarantee the buffer for the current hook.
     pub unsafe fn to_vec(self) -> Vec<u8> {
-        if self.ptr.is_null() || self.length == 0 {
-            return Vec::new();
-        }
-        // SAFETY: Envoy keeps `length` bytes at `ptr` alive for the hook (the caller's promise).
-        unsafe { std::slice::from_raw_parts(self.ptr, self.length) }.to_vec()
+        // SAFETY: the caller's promise, for the moment of the copy.
+        unsafe { self.bytes() }.to_vec()
     }
 }
 
@@ -268,21 +279,35 @@ pub const CALLBACKS: &[&str] = &[
     "envoy_dynamic_module_callback_log",
 ];
 
-/// Every header of a map, as bytes (empty when the map is not available).
-pub fn headers(filter: Filter, map: HeaderMap) -> Vec<(Vec<u8>, Vec<u8>)> {
+/// Every header of a map, as bytes, copied into one buffer (empty when the map is not available).
+pub fn headers(filter: Filter, map: HeaderMap) -> HeaderList {
     // SAFETY: `filter` is the filter of the running hook.
     let size = unsafe { envoy_dynamic_module_callback_http_get_headers_size(filter.0, map as u32) };
     if size == 0 {
-        return Vec::new();
+        return HeaderList::default();
     }
-    let mut raw = vec![EnvoyHeader::EMPTY; size];
+    // a request's usual few headers are read onto the stack, more into a vector
+    let (mut on_stack, mut on_heap) = ([EnvoyHeader::EMPTY; 32], Vec::new());
+    let raw: &mut [EnvoyHeader] = match on_stack.get_mut(..size) {
+        Some(room) => room,
+        None => {
+            on_heap.resize(size, EnvoyHeader::EMPTY);
+            &mut on_heap
+        }
+    };
     // SAFETY: `raw` has room for the `size` headers Envoy just counted.
     if !unsafe { envoy_dynamic_module_callback_http_get_headers(filter.0, map as u32, raw.as_mut_ptr()) } {
-        return Vec::new();
+        return HeaderList::default();
     }
     // SAFETY: Envoy's header bytes stay valid until the hook returns or a setter is called;
     // they are copied here, before either.
-    raw.into_iter().map(|h| unsafe { (h.key.to_vec(), h.value.to_vec()) }).collect()
+    let bytes = raw.iter().map(|h| h.key.length.saturating_add(h.value.length)).fold(0, usize::saturating_add);
+    let mut list = HeaderList::with_capacity(size, bytes);
+    for h in raw.iter() {
+        // SAFETY: as above.
+        unsafe { list.push(h.key.bytes(), h.value.bytes()) };
+    }
+    list
 }
 
 /// Sets a header (replacing every value), or removes it with `None` or an empty value.

@@ -7,6 +7,7 @@ use crate::process::{new_context_id, now_ms, Process, Waiting, Wake};
 use multitokens_filter::companion_transport::{self, CompanionCall};
 use multitokens_filter::config::Compiled;
 use multitokens_filter::flow::HttpFlow;
+use multitokens_filter::header_list::HeaderList;
 use multitokens_filter::host::{Host, Step};
 use multitokens_filter::lookup::{Answer, CalloutProblem, LookupRequest};
 use multitokens_filter::metric::Metric;
@@ -28,7 +29,7 @@ struct NativeHost<'a> {
 }
 
 impl Host for NativeHost<'_> {
-    fn request_headers(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+    fn request_headers(&self) -> HeaderList {
         abi::headers(self.filter, HeaderMap::Request)
     }
 
@@ -48,7 +49,7 @@ impl Host for NativeHost<'_> {
         self.has_body
     }
 
-    fn request_trailers(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+    fn request_trailers(&self) -> HeaderList {
         abi::headers(self.filter, HeaderMap::RequestTrailers)
     }
 

@@ -1,7 +1,8 @@
 //! The proxy-wasm host calls (ABI 0.2.1) the shell makes: every call returns `Result`, and every
 //! byte the host hands over stays bytes. Why not the proxy-wasm SDK: docs/security.md.
 
-use multitokens_filter::header_map::{self, RawHeaders};
+use multitokens_filter::header_list::HeaderList;
+use multitokens_filter::header_map;
 use multitokens_filter::vm::Level;
 
 /// A host call's status other than OK (proxy-wasm ABI 0.2.1 `WasmResult`).
@@ -116,11 +117,11 @@ fn returned(call: impl FnOnce(*mut *mut u8, *mut usize) -> u32) -> Result<Vec<u8
     Ok(unsafe { Vec::from_raw_parts(data, size, size) })
 }
 
-/// Every header of a map, as bytes.
-pub fn headers(map: Map) -> Result<RawHeaders, Status> {
+/// Every header of a map, as bytes (kept in the buffer the host handed over).
+pub fn headers(map: Map) -> Result<HeaderList, Status> {
     // SAFETY: the out-pointers are valid locals the host writes to.
     let bytes = returned(|data, size| unsafe { proxy_get_header_map_pairs(map as u32, data, size) })?;
-    header_map::decode(&bytes).ok_or(Status::Malformed)
+    header_map::decode_list(bytes).ok_or(Status::Malformed)
 }
 
 /// One header's value, as bytes (`None`: absent or unreadable).

@@ -15,7 +15,7 @@ mod redis;
 
 use abi::{Buffer, Map, MetricKind};
 use multitokens_filter::config::{Compiled, Transport};
-use multitokens_filter::header_map::RawHeaders;
+use multitokens_filter::header_list::HeaderList;
 use multitokens_filter::reply::LocalReply;
 use multitokens_filter::store_call::{StoreCall, StoreReply};
 use multitokens_filter::vm::{Level, Proxy};
@@ -24,7 +24,7 @@ use multitokens_filter::vm::{Level, Proxy};
 struct Envoy;
 
 impl Proxy for Envoy {
-    fn request_headers(&self) -> RawHeaders {
+    fn request_headers(&self) -> HeaderList {
         abi::headers(Map::RequestHeaders).unwrap_or_default()
     }
 
@@ -40,7 +40,7 @@ impl Proxy for Envoy {
         let _ = abi::remove_header(Map::RequestHeaders, name);
     }
 
-    fn request_trailers(&self) -> RawHeaders {
+    fn request_trailers(&self) -> HeaderList {
         abi::headers(Map::RequestTrailers).unwrap_or_default()
     }
 

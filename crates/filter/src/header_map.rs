@@ -2,11 +2,25 @@
 //! length per pair, then each key and value followed by a NUL. Names and values stay bytes (a
 //! client may send any byte), and a map the host got wrong yields `None`, never a panic.
 
+use super::header_list::{HeaderList, Span};
+
 /// Header pairs as raw bytes.
 pub type RawHeaders = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Decodes a serialized header map; `None` when the bytes do not describe one.
 pub fn decode(bytes: &[u8]) -> Option<RawHeaders> {
+    decode_list(bytes.to_vec()).map(|list| list.to_pairs())
+}
+
+/// Decodes a serialized header map into a [`HeaderList`] over the same bytes (nothing copied);
+/// `None` when the bytes do not describe one.
+pub fn decode_list(bytes: Vec<u8>) -> Option<HeaderList> {
+    let spans = spans(&bytes)?;
+    HeaderList::from_spans(bytes, spans)
+}
+
+/// Where each pair of a serialized header map lies in it.
+fn spans(bytes: &[u8]) -> Option<Vec<Span>> {
     if bytes.is_empty() {
         return Some(Vec::new());
     }
@@ -20,17 +34,17 @@ pub fn decode(bytes: &[u8]) -> Option<RawHeaders> {
         return None;
     }
     let mut data = 4usize.checked_add(count.checked_mul(8)?)?;
-    let mut pairs = Vec::with_capacity(count);
+    let mut spans = Vec::with_capacity(count);
     for n in 0..count {
         let key_len = word(4 + n * 8)?;
         let value_len = word(8 + n * 8)?;
-        let key = bytes.get(data..data.checked_add(key_len)?)?.to_vec();
-        data = data.checked_add(key_len)?.checked_add(1)?;
-        let value = bytes.get(data..data.checked_add(value_len)?)?.to_vec();
-        data = data.checked_add(value_len)?.checked_add(1)?;
-        pairs.push((key, value));
+        let name = (data, data.checked_add(key_len)?);
+        data = name.1.checked_add(1)?;
+        let value = (data, data.checked_add(value_len)?);
+        data = value.1.checked_add(1)?;
+        spans.push(Span { name, value });
     }
-    (data <= bytes.len()).then_some(pairs)
+    (data <= bytes.len()).then_some(spans)
 }
 
 /// Serializes header pairs (for local replies and callouts).

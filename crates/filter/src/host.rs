@@ -2,6 +2,7 @@
 //! implements over Envoy's callbacks, [`crate::vm`] over a proxy-wasm VM's host calls, and the unit
 //! tests over [`crate::memory_host::MemoryHost`].
 
+use super::header_list::HeaderList;
 use super::lookup::LookupRequest;
 use super::metric::Metric;
 use super::reply::LocalReply;
@@ -11,7 +12,7 @@ pub trait Host {
     /// All request headers as raw bytes (a client may send any byte), lower-case names,
     /// pseudo-headers (`:method`, `:path`) included: one host call per request instead of one
     /// per header.
-    fn request_headers(&self) -> Vec<(Vec<u8>, Vec<u8>)>;
+    fn request_headers(&self) -> HeaderList;
     /// Sets a request header, replacing every value it had.
     fn set_header(&mut self, name: &str, value: &[u8]);
     /// Adds a request header the flow made sure is absent (it removed every value the client sent
@@ -24,7 +25,7 @@ pub trait Host {
     /// stream): an HTTP/2 or HTTP/3 request may carry a body without any `content-length`.
     fn request_has_body(&self) -> bool;
     /// All request trailers as raw bytes.
-    fn request_trailers(&self) -> Vec<(Vec<u8>, Vec<u8>)>;
+    fn request_trailers(&self) -> HeaderList;
     /// Removes a request trailer.
     fn remove_trailer(&mut self, name: &str);
     /// Sends a local reply instead of forwarding.

@@ -1,5 +1,6 @@
 //! The filter's logic. Everything but the host calls is plain Rust here, tested natively:
-//! [`config`] (parsed once at load), [`header_map`] (the header map wire form, as bytes), [`cache`]
+//! [`config`] (parsed once at load), [`header_map`] (the header map wire form, as bytes), [`header_list`]
+//! (a request's headers in one buffer), [`cache`]
 //! (bounded verdict cache with revocation), [`path`] (only canonical paths meet the rules), [`route`]
 //! (a path as lenient upstreams route it), [`rules`] (exclusions and scope rules), [`reply`] (local
 //! replies), [`throttle`] (failed attempts per client), [`flow`] (the per-request decision, behind
@@ -18,6 +19,7 @@ pub mod dpop;
 pub mod edge;
 pub mod feed;
 pub mod flow;
+pub mod header_list;
 pub mod header_map;
 pub mod host;
 pub mod identity;

@@ -2,6 +2,7 @@
 //! benchmark (`examples/hit_path.rs`). Headers are kept as a proxy hands them over (raw bytes, in
 //! order, duplicates allowed); every reply, lookup and warning is recorded, and each metric counted.
 
+use super::header_list::HeaderList;
 use super::host::Host;
 use super::lookup::LookupRequest;
 use super::metric::Metric;
@@ -95,8 +96,8 @@ impl MemoryHost {
 }
 
 impl Host for MemoryHost {
-    fn request_headers(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        self.headers.clone()
+    fn request_headers(&self) -> HeaderList {
+        HeaderList::from_pairs(&self.headers)
     }
     fn set_header(&mut self, name: &str, value: &[u8]) {
         let name = name.as_bytes();
@@ -122,8 +123,8 @@ impl Host for MemoryHost {
     fn request_has_body(&self) -> bool {
         self.has_body
     }
-    fn request_trailers(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        self.trailers.clone()
+    fn request_trailers(&self) -> HeaderList {
+        HeaderList::from_pairs(&self.trailers)
     }
     fn remove_trailer(&mut self, name: &str) {
         self.trailers.retain(|(k, _)| k != name.as_bytes());

@@ -5,6 +5,7 @@
 //! spelling reaches a protected handler without its scope; exclusions match only the literal
 //! canonical path and method, so a spelling never turns a protected route into an excluded one.
 
+use super::header_list::HeaderList;
 use super::path::PathProblem;
 use serde::Deserialize;
 
@@ -138,12 +139,7 @@ pub fn percent_decode(bytes: &[u8]) -> Vec<u8> {
 
 /// The methods a request may run as: its own, and every override a header or query parameter the
 /// upstream honours names (upper-cased; comma-separated values each count).
-pub fn methods(
-    method: &str,
-    raw_path: &[u8],
-    headers: &[(Vec<u8>, Vec<u8>)],
-    routing: &UpstreamRouting,
-) -> Vec<String> {
+pub fn methods(method: &str, raw_path: &[u8], headers: &HeaderList, routing: &UpstreamRouting) -> Vec<String> {
     let mut all = vec![method.to_ascii_uppercase()];
     let mut add = |value: &[u8]| {
         for part in value.split(|b| *b == b',') {
@@ -153,7 +149,7 @@ pub fn methods(
             }
         }
     };
-    for (name, value) in headers {
+    for (name, value) in headers.iter() {
         if routing.method_override_headers.iter().any(|h| h.as_bytes().eq_ignore_ascii_case(name)) {
             add(value);
         }
@@ -218,20 +214,18 @@ mod tests {
     #[test]
     fn overrides_add_the_methods_the_upstream_may_run() {
         let routing = UpstreamRouting::default();
-        let h = |n: &str, v: &str| (n.as_bytes().to_vec(), v.as_bytes().to_vec());
-        assert_eq!(methods("post", b"/x", &[h("X-HTTP-Method-Override", "delete")], &routing), vec!["POST", "DELETE"]);
-        assert_eq!(methods("POST", b"/x", &[h("x-http-method", "PUT, PATCH")], &routing), vec!["POST", "PUT", "PATCH"]);
-        assert_eq!(methods("POST", b"/x?a=1&_method=DELETE", &[], &routing), vec!["POST", "DELETE"]);
-        assert_eq!(methods("POST", b"/x?_%6Dethod=put#f", &[], &routing), vec!["POST", "PUT"]);
-        assert_eq!(methods("GET", b"/x?method=DELETE", &[h("x-other", "DELETE")], &routing), vec!["GET"]);
+        let h = |n: &str, v: &str| HeaderList::from_pairs(&[(n, v)]);
+        let no = HeaderList::default;
+        assert_eq!(methods("post", b"/x", &h("X-HTTP-Method-Override", "delete"), &routing), vec!["POST", "DELETE"]);
+        assert_eq!(methods("POST", b"/x", &h("x-http-method", "PUT, PATCH"), &routing), vec!["POST", "PUT", "PATCH"]);
+        assert_eq!(methods("POST", b"/x?a=1&_method=DELETE", &no(), &routing), vec!["POST", "DELETE"]);
+        assert_eq!(methods("POST", b"/x?_%6Dethod=put#f", &no(), &routing), vec!["POST", "PUT"]);
+        assert_eq!(methods("GET", b"/x?method=DELETE", &h("x-other", "DELETE"), &routing), vec!["GET"]);
         let none = UpstreamRouting {
             method_override_headers: vec![],
             method_override_params: vec![],
             ..UpstreamRouting::default()
         };
-        assert_eq!(
-            methods("POST", b"/x?_method=DELETE", &[h("x-http-method-override", "DELETE")], &none),
-            vec!["POST"]
-        );
+        assert_eq!(methods("POST", b"/x?_method=DELETE", &h("x-http-method-override", "DELETE"), &none), vec!["POST"]);
     }
 }

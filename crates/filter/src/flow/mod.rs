@@ -97,12 +97,11 @@ impl HttpFlow {
         let compiled = Arc::clone(&worker.compiled);
         let config = &compiled.config;
         let headers = host.request_headers();
-        let values =
-            |name: &'static str| headers.iter().filter(move |(k, _)| k == name.as_bytes()).map(|(_, v)| v.as_slice());
+        let values = |name: &'static str| headers.values(name.as_bytes());
         // identity headers come only from us: drop whatever the client sent under those names, or
         // under a name a CGI/WSGI server maps to the same variable (`X_Multitokens_User`). On an
         // authenticated request the filter then sets them; a denied request goes nowhere.
-        for (name, _) in &headers {
+        for (name, _) in headers.iter() {
             if compiled.identity_headers.is_alias(name) {
                 if let Ok(name) = std::str::from_utf8(name) {
                     host.remove_header(name);
@@ -334,9 +333,10 @@ impl HttpFlow {
 
     /// Request trailers arrived: a client cannot add identity headers through them either.
     pub fn on_request_trailers(&mut self, host: &mut dyn Host, worker: &Worker) {
-        for (name, _) in host.request_trailers() {
-            if worker.compiled.identity_headers.is_alias(&name) {
-                if let Ok(name) = std::str::from_utf8(&name) {
+        let trailers = host.request_trailers();
+        for (name, _) in trailers.iter() {
+            if worker.compiled.identity_headers.is_alias(name) {
+                if let Ok(name) = std::str::from_utf8(name) {
                     host.remove_trailer(name);
                 }
             }

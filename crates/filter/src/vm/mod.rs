@@ -15,7 +15,7 @@ mod tests;
 use super::config::Compiled;
 use super::edge::{self, Edge};
 use super::flow::HttpFlow;
-use super::header_map::RawHeaders;
+use super::header_list::HeaderList;
 use super::host::{Host, Step};
 use super::lookup::{Answer, CalloutProblem, LookupRequest};
 use super::metric::Metric;
@@ -46,7 +46,7 @@ pub enum Level {
 /// (effective) context.
 pub trait Proxy {
     /// The current request's headers, as bytes ([`Host::request_headers`]).
-    fn request_headers(&self) -> RawHeaders;
+    fn request_headers(&self) -> HeaderList;
     /// Sets a header of the current request, replacing every value it had.
     fn set_header(&mut self, name: &str, value: &[u8]);
     /// Adds a value to a header of the current request (any other values stay).
@@ -54,7 +54,7 @@ pub trait Proxy {
     /// Removes a header of the current request.
     fn remove_header(&mut self, name: &str);
     /// The current request's trailers.
-    fn request_trailers(&self) -> RawHeaders;
+    fn request_trailers(&self) -> HeaderList;
     /// Removes a trailer of the current request.
     fn remove_trailer(&mut self, name: &str);
     /// Answers the current request locally.
@@ -419,7 +419,7 @@ struct RequestHost<'a> {
 }
 
 impl Host for RequestHost<'_> {
-    fn request_headers(&self) -> RawHeaders {
+    fn request_headers(&self) -> HeaderList {
         self.proxy.request_headers()
     }
 
@@ -439,7 +439,7 @@ impl Host for RequestHost<'_> {
         self.has_body
     }
 
-    fn request_trailers(&self) -> RawHeaders {
+    fn request_trailers(&self) -> HeaderList {
         self.proxy.request_trailers()
     }
 

@@ -1,6 +1,7 @@
 //! Tests of the parent module: a proxy that records every host call, in order.
 
 use super::*;
+use crate::header_map::RawHeaders;
 use multitokens_core::token;
 use std::cell::Cell;
 
@@ -35,8 +36,8 @@ impl Recorder {
 }
 
 impl Proxy for Recorder {
-    fn request_headers(&self) -> RawHeaders {
-        self.headers.get(&self.current).cloned().unwrap_or_default()
+    fn request_headers(&self) -> HeaderList {
+        self.headers.get(&self.current).map(|h| HeaderList::from_pairs(h)).unwrap_or_default()
     }
     fn set_header(&mut self, name: &str, value: &[u8]) {
         self.headers.entry(self.current).or_default().retain(|(k, _)| k != name.as_bytes());
@@ -51,8 +52,8 @@ impl Proxy for Recorder {
         self.headers.entry(self.current).or_default().retain(|(k, _)| k != name.as_bytes());
         self.call(format!("remove_header {name}"));
     }
-    fn request_trailers(&self) -> RawHeaders {
-        vec![(b"x-multitokens-user".to_vec(), b"mallory".to_vec())]
+    fn request_trailers(&self) -> HeaderList {
+        HeaderList::from_pairs(&[("x-multitokens-user", "mallory")])
     }
     fn remove_trailer(&mut self, name: &str) {
         self.call(format!("remove_trailer {name}"));
