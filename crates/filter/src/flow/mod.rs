@@ -100,7 +100,7 @@ impl HttpFlow {
         let values = |name: &'static str| headers.values(name.as_bytes());
         // identity headers come only from us: drop whatever the client sent under those names, or
         // under a name a CGI/WSGI server maps to the same variable (`X_Multitokens_User`). On an
-        // authenticated request the filter then sets them; a denied request goes nowhere.
+        // authenticated request the filter then adds its own; a denied request goes nowhere.
         for (name, _) in headers.iter() {
             if compiled.identity_headers.is_alias(name) {
                 if let Ok(name) = std::str::from_utf8(name) {
