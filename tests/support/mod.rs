@@ -19,6 +19,12 @@ pub use self::redis::*;
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+/// The ports the shipped configurations (`envoy/`) use in `free_port`'s range. A test moves a
+/// shipped config's ports to free ones one `move_port` at a time, so a free port equal to one still
+/// to be moved would be moved twice (seen: the listener moved onto 19901, then with the admin port
+/// onto 19902, and Envoy could not bind).
+const SHIPPED_PORTS: [u16; 5] = [16400, 18080, 18081, 19901, 19902];
+
 /// A free loopback port (and, for cluster nodes, its bus port +10000 too), never handed out twice
 /// in one test process and taken below the kernel's ephemeral range (32768 and up), so neither
 /// another test's `free_port` nor an outgoing connection's local port can take it between this
@@ -39,7 +45,7 @@ pub fn free_port(with_bus: bool) -> u16 {
     for _ in 0..SPAN {
         let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
         let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
-        if free(port) && (!with_bus || free(port + 10_000)) {
+        if !SHIPPED_PORTS.contains(&port) && free(port) && (!with_bus || free(port + 10_000)) {
             return port;
         }
     }
