@@ -301,13 +301,7 @@ pub fn headers(filter: Filter, map: HeaderMap) -> HeaderList {
     }
     // SAFETY: Envoy's header bytes stay valid until the hook returns or a setter is called;
     // they are copied here, before either.
-    let bytes = raw.iter().map(|h| h.key.length.saturating_add(h.value.length)).fold(0, usize::saturating_add);
-    let mut list = HeaderList::with_capacity(size, bytes);
-    for h in raw.iter() {
-        // SAFETY: as above.
-        unsafe { list.push(h.key.bytes(), h.value.bytes()) };
-    }
-    list
+    HeaderList::copied(raw.iter().map(|h| unsafe { (h.key.bytes(), h.value.bytes()) }))
 }
 
 /// Sets a header (replacing every value), or removes it with `None` or an empty value.

@@ -70,8 +70,10 @@ pub struct Share {
 /// One request's flow.
 #[derive(Debug, Default)]
 pub struct HttpFlow {
-    pending: Option<Pending>,
-    share: Option<Share>,
+    // boxed: a request that never waits (every cache hit) carries two null pointers, not a
+    // lookup's worth of state set up and torn down for nothing
+    pending: Option<Box<Pending>>,
+    share: Option<Box<Share>>,
 }
 
 impl HttpFlow {
@@ -226,7 +228,7 @@ impl HttpFlow {
                         let step =
                             authorize(host, &compiled, &mut worker.seen_proofs, identity, source, &request, now, false);
                         if let (Step::Continue, Some(stored)) = (step, entry.stored) {
-                            note_activity(host, worker, stored, values("user-agent").next(), now);
+                            note_activity(host, worker, stored, || values("user-agent").next(), now);
                         }
                         queue_refresh(worker, token, now);
                         return step;
@@ -286,8 +288,8 @@ impl HttpFlow {
             if let Some(joined) = worker.in_flight.follow(&token, host.context_id(), now, worker.max_lookup_wait_ms()) {
                 host.count(Metric::LookupShared);
                 let (call, epoch) = (joined.call, joined.epoch);
-                self.pending =
-                    Some(Pending { call, epoch, token, tag, digest, previous, source, request, follower: true });
+                let pending = Pending { call, epoch, token, tag, digest, previous, source, request, follower: true };
+                self.pending = Some(Box::new(pending));
                 return Step::Pause;
             }
         }
@@ -297,8 +299,8 @@ impl HttpFlow {
                 if shared {
                     worker.in_flight.lead(&token, host.context_id(), call, epoch, now);
                 }
-                self.pending =
-                    Some(Pending { call, epoch, token, tag, digest, previous, source, request, follower: false });
+                let pending = Pending { call, epoch, token, tag, digest, previous, source, request, follower: false };
+                self.pending = Some(Box::new(pending));
                 Step::Pause
             }
             Err(e) => {
@@ -311,7 +313,7 @@ impl HttpFlow {
 
     /// The answer this request's lookup got, for the requests that followed it (taken once).
     pub fn take_share(&mut self) -> Option<Share> {
-        self.share.take()
+        self.share.take().map(|share| *share)
     }
 
     /// The lookup this request followed will not be answered (its leader is gone): look up again.
@@ -355,7 +357,7 @@ impl HttpFlow {
         if !p.follower {
             let followers = worker.in_flight.finish(&p.token, p.call);
             if !followers.is_empty() {
-                self.share = Some(Share { answer: answer.clone(), followers });
+                self.share = Some(Box::new(Share { answer: answer.clone(), followers }));
             }
         }
         if let (Ok(Answer::Valid(..) | Answer::ValidUnderPrevious(..)), Some(client)) = (&answer, &p.request.charged) {
@@ -435,7 +437,7 @@ fn accept(
     let r = &p.request;
     let step = authorize(host, &worker.compiled, &mut worker.seen_proofs, identity.view(), p.source, r, now, false);
     if step == Step::Continue {
-        note_activity(host, worker, Stored { tag: p.tag, digest: p.digest }, r.user_agent.as_deref(), now);
+        note_activity(host, worker, Stored { tag: p.tag, digest: p.digest }, || r.user_agent.as_deref(), now);
     }
     if revoked.is_none() {
         return step; // the feed cannot vouch for this answer: use it once, never cache it

@@ -4,11 +4,17 @@
 use super::*;
 
 /// Notes a token's use for the device activity report, when reports are on: the client address
-/// is read only when a report is due.
-pub(super) fn note_activity(host: &dyn Host, worker: &mut Worker, stored: Stored, user_agent: Option<&[u8]>, now: u64) {
+/// and the user agent are read only when a report is due.
+pub(super) fn note_activity<'a>(
+    host: &dyn Host,
+    worker: &mut Worker,
+    stored: Stored,
+    user_agent: impl FnOnce() -> Option<&'a [u8]>,
+    now: u64,
+) {
     let Some(log) = worker.activity.as_mut() else { return };
     if log.due(&stored.digest, now) {
-        log.note(stored, now, host.client_address().as_deref(), user_agent);
+        log.note(stored, now, host.client_address().as_deref(), user_agent());
     }
 }
 
