@@ -149,13 +149,17 @@ pub fn methods(method: &str, raw_path: &[u8], headers: &HeaderList, routing: &Up
             }
         }
     };
+    // lengths first: nearly every header of a request is none of these
+    let named = |name: &[u8]| {
+        routing.method_override_headers.iter().any(|h| h.len() == name.len() && h.as_bytes().eq_ignore_ascii_case(name))
+    };
     for (name, value) in headers.iter() {
-        if routing.method_override_headers.iter().any(|h| h.as_bytes().eq_ignore_ascii_case(name)) {
+        if named(name) {
             add(value);
         }
     }
-    if !routing.method_override_params.is_empty() {
-        let query = raw_path.iter().position(|b| *b == b'?').map(|i| &raw_path[i + 1..]).unwrap_or_default();
+    let query = raw_path.iter().position(|b| *b == b'?').and_then(|i| raw_path.get(i + 1..));
+    if let (false, Some(query)) = (routing.method_override_params.is_empty(), query) {
         let query = query.split(|b| *b == b'#').next().unwrap_or_default();
         for pair in query.split(|b| *b == b'&' || *b == b';') {
             let (name, value) = match pair.iter().position(|b| *b == b'=') {
