@@ -5,6 +5,12 @@
 
 use super::header_map::RawHeaders;
 
+/// A header name's length as one bit of a set of lengths (bit 63: 63 bytes or more): a set of a
+/// few names rules out most of a request's headers by length before a byte is compared.
+pub fn length_bit(len: usize) -> u64 {
+    1 << len.min(63)
+}
+
 /// Where one pair's name and value lie in the buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Span {

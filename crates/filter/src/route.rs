@@ -5,7 +5,7 @@
 //! spelling reaches a protected handler without its scope; exclusions match only the literal
 //! canonical path and method, so a spelling never turns a protected route into an excluded one.
 
-use super::header_list::HeaderList;
+use super::header_list::{length_bit, HeaderList};
 use super::path::PathProblem;
 use serde::Deserialize;
 
@@ -150,8 +150,10 @@ pub fn methods(method: &str, raw_path: &[u8], headers: &HeaderList, routing: &Up
         }
     };
     // lengths first: nearly every header of a request is none of these
+    let lengths = routing.method_override_headers.iter().fold(0, |bits, h| bits | length_bit(h.len()));
     let named = |name: &[u8]| {
-        routing.method_override_headers.iter().any(|h| h.len() == name.len() && h.as_bytes().eq_ignore_ascii_case(name))
+        lengths & length_bit(name.len()) != 0
+            && routing.method_override_headers.iter().any(|h| h.as_bytes().eq_ignore_ascii_case(name))
     };
     for (name, value) in headers.iter() {
         if named(name) {

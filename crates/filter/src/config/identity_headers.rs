@@ -1,6 +1,7 @@
 //! The identity headers the filter sets upstream, and every name it strips from clients.
 
 use super::FilterConfig;
+use crate::header_list::length_bit;
 use multitokens_core::contract;
 
 /// The identity headers set upstream (lower-case); the optional ones can be switched off.
@@ -18,7 +19,10 @@ pub struct IdentityHeaders {
     pub credential: Option<String>,
     /// Every name stripped from client requests: the configured ones and the defaults, whether
     /// switched on or off (an upstream may still read a default name).
-    pub stripped: Vec<String>,
+    stripped: Vec<String>,
+    /// One bit per length among `stripped` (bit 63: 63 bytes or more): most of a request's
+    /// headers are ruled out by their length before a byte is compared.
+    stripped_lengths: u64,
 }
 
 impl IdentityHeaders {
@@ -32,6 +36,9 @@ impl IdentityHeaders {
     /// Whether a client's header name stands for an identity header, in use or not: equal to one
     /// after lower-casing and reading `_` as `-`, the way CGI and WSGI servers name their variables.
     pub fn is_alias(&self, name: &[u8]) -> bool {
+        if self.stripped_lengths & length_bit(name.len()) == 0 {
+            return false;
+        }
         let fold = |b: &u8| if *b == b'_' { b'-' } else { b.to_ascii_lowercase() };
         self.stripped
             .iter()
@@ -51,11 +58,13 @@ impl IdentityHeaders {
             token_id: optional("token_id_header", &config.token_id_header)?,
             credential: optional("credential_header", &config.credential_header)?,
             stripped: Vec::new(),
+            stripped_lengths: 0,
         };
         let mut stripped: Vec<String> = contract::IDENTITY_HEADERS.iter().map(|h| h.to_string()).collect();
         stripped.extend(identity_headers.names().map(String::from));
         stripped.sort();
         stripped.dedup();
+        identity_headers.stripped_lengths = stripped.iter().fold(0, |bits, name| bits | length_bit(name.len()));
         identity_headers.stripped = stripped;
         if identity_headers.names().any(|h| h == "authorization" || h == "cookie") {
             return Err(

@@ -97,3 +97,19 @@ fn errors_name_the_field() {
         assert!(err.contains(field), "{json}: {err}");
     }
 }
+
+#[test]
+fn aliases_of_every_length_are_recognised_and_nothing_else() {
+    // a name past 62 bytes shares its length bit with every longer one: still compared in full
+    let long = format!("x-{}", "a".repeat(70));
+    let config = format!(r#"{{"companion": {{"cluster": "mt", "api_key": "k"}}, "user_header": "{long}"}}"#);
+    let c = Compiled::parse(config.as_bytes()).unwrap();
+    let names = &c.identity_headers;
+    assert!(names.is_alias(long.to_ascii_uppercase().replace('-', "_").as_bytes()));
+    assert!(!names.is_alias(format!("x-{}", "b".repeat(70)).as_bytes()), "same length, another name");
+    assert!(!names.is_alias(format!("x-{}", "a".repeat(90)).as_bytes()), "longer, another name");
+    assert!(names.is_alias(b"X-Multitokens-User"), "the default names stay stripped");
+    for other in ["x-multitokens-use", "x-multitokens-userx", "", "host", ":path"] {
+        assert!(!names.is_alias(other.as_bytes()), "{other}");
+    }
+}
