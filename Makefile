@@ -9,7 +9,7 @@ WASM_DIR := target/$(WASM_TARGET)/wasm-release
 WASM_STOCK := $(WASM_DIR)/multitokens_filter.wasm
 WASM_REDIS := $(WASM_DIR)/multitokens_filter_redis.wasm
 
-.PHONY: all help tools build wasm module install lint test fuzz demo demo-django bench oci openapi clean
+.PHONY: all help tools build wasm module install lint test fuzz demo demo-django bench bench-instructions oci openapi clean
 
 all: build wasm module
 
@@ -97,6 +97,10 @@ demo-django: tools wasm module build
 ## bench: the benchmark suite (see bench/README.md)
 bench: tools wasm module build
 	scripts/bench.sh
+
+## bench-instructions: the instructions one cache hit costs the filter's decision (valgrind's callgrind; exact, unlike timings)
+bench-instructions:
+	scripts/hit_instructions.sh
 
 ## oci: the OCI images Istio and Higress pull, and the companion's image (needs docker or podman)
 oci: wasm

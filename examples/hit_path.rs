@@ -1,6 +1,7 @@
 //! Native micro-benchmark of the filter's request path (what `make bench` reports as "where the
-//! time goes"): the whole cache-hit decision and its parts, in nanoseconds per request, with a
-//! the in-memory host the unit tests use. Prints one JSON line.
+//! time goes"): the whole cache-hit decision and its parts, in nanoseconds per request, with the
+//! in-memory host the unit tests use. Prints one JSON line. With `--hits N` it runs N hits only,
+//! untimed, for `make bench-instructions`.
 
 use multitokens_core::token;
 use multitokens_filter::config::Compiled;
@@ -50,6 +51,21 @@ fn main() {
                 flow.on_lookup_response(&mut host, &mut worker, Ok(Answer::Valid(id, Some(3600))), 1);
             }
         }
+    }
+    // `--hits N`: only N cache hits after the priming, untimed (what scripts/hit_instructions.sh
+    // counts instructions of under callgrind)
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, count] = args.as_slice() {
+        let Some(count) = count.parse::<u32>().ok().filter(|_| flag == "--hits") else {
+            return eprintln!("usage: hit_path [--hits N]");
+        };
+        let hits = (0..count)
+            .filter(|i| {
+                reset(&mut host, &tokens[(*i as usize) % tokens.len()]);
+                HttpFlow::new().on_request_headers(&mut host, &mut worker, 2) == Step::Continue
+            })
+            .count();
+        return println!("{{\"hits\":{hits}}}");
     }
     let n = 300_000;
     let mut hits = 0u32;
