@@ -74,7 +74,16 @@ pub fn route_key(canonical: &str, case_sensitive: bool) -> Result<String, PathPr
     if holds_escape(text.as_bytes()) {
         return Err(PathProblem::Encoding);
     }
-    let mut key: String = if case_sensitive { text } else { text.chars().map(fold).collect() };
+    let mut key: String = match (case_sensitive, text.is_ascii()) {
+        (true, _) => text,
+        // the folds past ASCII fold nothing in an ASCII path: in place, byte by byte, is the same
+        (false, true) => {
+            let mut text = text;
+            text.make_ascii_lowercase();
+            text
+        }
+        (false, false) => text.chars().map(fold).collect(),
+    };
     if key.len() > 1 && key.ends_with('/') {
         key.pop();
     }
