@@ -69,11 +69,15 @@ impl UpstreamRouting {
 /// A path whose decoded form is not UTF-8, or holds another escape (`%253A`, which an upstream
 /// that decodes twice reads as `:`), cannot be matched safely and is refused.
 pub fn route_key(canonical: &str, case_sensitive: bool) -> Result<String, PathProblem> {
-    let decoded = percent_decode(canonical.as_bytes());
-    let text = String::from_utf8(decoded).map_err(|_| PathProblem::Encoding)?;
-    if holds_escape(text.as_bytes()) {
-        return Err(PathProblem::Encoding);
-    }
+    let text = if canonical.contains('%') {
+        let text = String::from_utf8(percent_decode(canonical.as_bytes())).map_err(|_| PathProblem::Encoding)?;
+        if holds_escape(text.as_bytes()) {
+            return Err(PathProblem::Encoding);
+        }
+        text
+    } else {
+        canonical.to_string() // nothing to decode, and no escape left
+    };
     let mut key: String = match (case_sensitive, text.is_ascii()) {
         (true, _) => text,
         // the folds past ASCII fold nothing in an ASCII path: in place, byte by byte, is the same
