@@ -29,7 +29,7 @@ pub struct HeaderList {
 
 impl HeaderList {
     /// An empty list with room for `headers` pairs of `bytes` bytes in all.
-    pub fn with_capacity(headers: usize, bytes: usize) -> HeaderList {
+    fn with_capacity(headers: usize, bytes: usize) -> HeaderList {
         HeaderList { bytes: Vec::with_capacity(bytes), spans: Vec::with_capacity(headers) }
     }
 
@@ -57,7 +57,7 @@ impl HeaderList {
     }
 
     /// Appends a pair.
-    pub fn push(&mut self, name: &[u8], value: &[u8]) {
+    fn push(&mut self, name: &[u8], value: &[u8]) {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(name);
         let middle = self.bytes.len();

@@ -68,15 +68,15 @@ pub unsafe fn callout_answer(
     let status = headers
         .iter()
         // SAFETY: as above.
-        .find(|h| unsafe { h.key.to_vec() } == b":status")
+        .find(|h| unsafe { h.key.bytes() } == b":status")
         // SAFETY: as above.
-        .and_then(|h| std::str::from_utf8(&unsafe { h.value.to_vec() }).ok().and_then(|s| s.parse::<u32>().ok()));
+        .and_then(|h| std::str::from_utf8(unsafe { h.value.bytes() }).ok().and_then(|s| s.parse::<u32>().ok()));
     let mut body = Vec::new();
     if !chunks.is_null() {
         // SAFETY: Envoy passed `chunks_size` chunks at `chunks`, valid for the hook.
         for chunk in unsafe { std::slice::from_raw_parts(chunks, chunks_size) } {
             // SAFETY: as above.
-            body.extend_from_slice(&unsafe { chunk.to_vec() });
+            body.extend_from_slice(unsafe { chunk.bytes() });
         }
     }
     (Some(status.unwrap_or(0)), body)
